@@ -1,0 +1,38 @@
+"""One entry point for all routes: what API Gateway's routing does in production, for the local stack
+and for deployments that prefer a single function. Unknown paths get 404, known paths with another
+method 405, both as JSON errors like every other.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from lambdas import status, submit
+from lambdas.common import error
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
+    ("POST", re.compile(r"^/v1/jobs/?$"), submit.handler),
+    ("GET", re.compile(r"^/v1/jobs/(?P<id>[^/]+)$"), status.handler),
+]
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    method = event.get("requestContext", {}).get("http", {}).get("method", "GET").upper()
+    path = event.get("rawPath") or "/"
+    allowed = []
+    for route_method, pattern, route in ROUTES:
+        match = pattern.match(path)
+        if match is None:
+            continue
+        if route_method == method:
+            event = {**event, "pathParameters": {**(event.get("pathParameters") or {}), **match.groupdict()}}
+            return route(event, context)
+        allowed.append(route_method)
+    if allowed:
+        return error(405, "method_not_allowed", f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+                     Allow=", ".join(allowed))
+    return error(404, "not_found", f"no route for {path}")

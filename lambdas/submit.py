@@ -1,0 +1,125 @@
+"""``POST /v1/jobs``: validate, store inline images, write the ``queued`` status, publish to SNS.
+
+The order matters for "nothing lost or half-written": every check runs before the first write; the status
+document is created atomically (If-None-Match) so an id is used once; if publishing fails the status
+document is removed again, so the client can simply retry.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
+from runtime.contract import (
+    IMAGE_FIELDS,
+    MAX_BODY_BYTES,
+    ContractError,
+    JobRequest,
+    JobSpec,
+    JobState,
+    StatusDoc,
+    parse_request,
+    request_hash,
+    utcnow,
+    validate_inputs,
+)
+from runtime.envelope import build_celery_message
+from runtime.images import decode_inline
+from runtime.storage import status_key
+
+
+def parse(body: bytes, dep: Deployment) -> tuple[JobRequest, dict[str, Any]]:
+    """The request and its validated inputs (as plain JSON), or ContractError."""
+    settings = dep.settings
+    if len(body) > MAX_BODY_BYTES:
+        raise ContractError("body_too_large", f"the request body is larger than {MAX_BODY_BYTES} bytes", "body")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ContractError("invalid_json", "the request body is not valid JSON", "body") from None
+    request = parse_request(data)
+    if request.model not in settings.models:
+        raise ContractError("unknown_model", f"unknown model {request.model!r}; available: "
+                            f"{', '.join(settings.models)}", "model")
+    inputs = validate_inputs(request.pipeline, request.inputs, input_bucket=settings.input_bucket,
+                             extra_pipelines=frozenset(settings.extra_pipelines))
+    if isinstance(inputs, dict):
+        return request, inputs
+    controlnet = getattr(inputs, "controlnet", None)
+    if controlnet is not None and controlnet not in settings.controlnets:
+        raise ContractError("unknown_model", f"unknown ControlNet model {controlnet!r}; available: "
+                            f"{', '.join(settings.controlnets)}", "inputs.controlnet")
+    return request, inputs.model_dump(mode="json")
+
+
+def existing_job(dep: Deployment, job_id: str, digest: str) -> dict[str, Any]:
+    doc = dep.store.read_status(job_id)
+    if doc is None:  # created and rolled back between our two reads; the client may retry
+        return error(409, "conflict", f"job {job_id!r} is being submitted concurrently; retry", "id")
+    if doc.request_hash != digest:
+        return error(409, "id_conflict", f"job id {job_id!r} was already used for a different request", "id")
+    return response(200, {"id": job_id, "status": doc.state, "seed": doc.seed, "existing": True,
+                          "status_url": status_url(dep.settings, job_id)})
+
+
+def submit(dep: Deployment, body: bytes) -> dict[str, Any]:
+    try:
+        request, inputs = parse(body, dep)
+    except ContractError as exc:
+        return error(400, exc.code, exc.message, exc.field)
+    digest = request_hash(request)
+    job_id = request.id or uuid.uuid4().hex
+    if request.id and dep.store.read_status(job_id) is not None:
+        return existing_job(dep, job_id, digest)
+
+    seed = inputs.get("seed")
+    if seed is None:
+        seed = secrets.randbelow(2**32)
+    if request.pipeline in ("txt2img", "img2img", "controlnet"):
+        inputs["seed"] = seed
+    for name in IMAGE_FIELDS:
+        ref = inputs.get(name)
+        if isinstance(ref, str) and not ref.startswith("s3://"):
+            inputs[name] = dep.store.put_input(job_id, name, decode_inline(ref))
+
+    now = utcnow()
+    spec = JobSpec(id=job_id, pipeline=request.pipeline, model=request.model, inputs=inputs, seed=seed,
+                   output_prefix=request.output_prefix or "outputs", context=request.context,
+                   submitted_at=now, request_hash=digest)
+    doc = StatusDoc(id=job_id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model, seed=seed,
+                    context=spec.context, request_hash=digest, created_at=now, updated_at=now)
+    if not dep.store.create_status(doc):
+        return existing_job(dep, job_id, digest)
+    try:
+        publish(dep, spec)
+    except (BotoCoreError, ClientError) as exc:
+        dep.store.s3.delete_object(Bucket=dep.store.output_bucket, Key=status_key(job_id))
+        return error(503, "enqueue_failed", f"could not enqueue the job, nothing was kept; retry ({exc})")
+    return response(202, {"id": job_id, "status": "queued", "seed": seed,
+                          "status_url": status_url(dep.settings, job_id)})
+
+
+def publish(dep: Deployment, spec: JobSpec) -> None:
+    """One SNS message: a Celery task message as body, routing attributes for the subscription filters."""
+    body = build_celery_message(spec.id, [spec.model_dump(mode="json")], queue=dep.settings.queue_name)
+    attributes = {
+        "pipeline": {"DataType": "String", "StringValue": spec.pipeline},
+        "model": {"DataType": "String", "StringValue": spec.model},
+        "job_id": {"DataType": "String", "StringValue": spec.id},
+        "contract_version": {"DataType": "Number", "StringValue": str(spec.version)},
+    }
+    dep.sns.publish(TopicArn=dep.settings.jobs_topic_arn, Message=body, MessageAttributes=attributes)
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """API Gateway HTTP API (payload 2.0) entry point."""
+    try:
+        body = raw_body(event)
+    except ValueError:
+        return error(400, "invalid_body", "the request body is not valid base64", "body")
+    return submit(deployment(), body)

@@ -1,0 +1,96 @@
+"""The Celery app: SQS transport with predefined queues, late acks, one job at a time per process.
+
+A GPU runs one job at a time, so the worker uses the solo pool (the job runs in the process that holds the
+models) with prefetch 1: a second message is never held back while the first runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery import Celery
+
+from runtime import aws
+from runtime.config import Settings
+from runtime.envelope import TASK_NAME
+from runtime.models import ModelStore
+from runtime.plugins import Registry
+from runtime.storage import JobStore
+from runtime.worker import JobRunner, PermanentError
+
+
+@dataclass
+class Hooks:
+    """What the Celery extension points (dead-letter consumer and request) need from the runtime."""
+
+    settings: Settings
+    sqs: Any
+    runner: Callable[[], JobRunner]
+
+
+def broker_url(settings: Settings) -> str:
+    """``sqs://`` in production; ``sqs://@host:port`` points kombu at an emulator."""
+    if not settings.aws_endpoint_url:
+        return "sqs://"
+    parts = urlsplit(settings.aws_endpoint_url)
+    return f"sqs://@{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def build_runner(settings: Settings) -> JobRunner:
+    registry = Registry.default(settings.plugins)
+    store = JobStore(aws.client("s3", settings), settings)
+    models = ModelStore(settings.models_dir, settings.device)
+    return JobRunner(settings, store, aws.client("sns", settings), registry, models)
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("spotgen", broker=broker_url(settings), set_as_current=False)
+    app.conf.update(
+        broker_transport_options={
+            "region": settings.region,
+            "is_secure": (settings.aws_endpoint_url or "https").startswith("https"),
+            "predefined_queues": {settings.queue_name: {"url": settings.queue_url}},
+            "wait_time_seconds": settings.poll_wait_s,
+            "fetch_message_attributes": {
+                "MessageSystemAttributeNames": ["ApproximateReceiveCount"],
+                "MessageAttributeNames": ["job_id", "pipeline", "model"],
+            },
+        },
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue_name,
+        task_acks_late=True,
+        task_acks_on_failure_or_timeout=False,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_pool="solo",
+        worker_consumer="runtime.deadletter:DeadLetterConsumer",
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        worker_enable_remote_control=False,
+    )
+    runner = functools.cache(lambda: build_runner(settings))
+    app.spotgen = Hooks(settings, aws.client("sqs", settings), runner)
+
+    @app.task(name=TASK_NAME, Request="runtime.deadletter:JobRequest", acks_late=True, ignore_result=True)
+    def run_job(*args: Any, **kwargs: Any) -> None:
+        if len(args) != 1 or kwargs:
+            raise PermanentError("invalid_message", "a job message carries exactly one argument, the job")
+        runner().run(args[0])
+
+    return app
+
+
+def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
+    """Start consuming. The runner is built first so a broken plugin stops start-up, not every job."""
+    app = make_app(settings)
+    app.spotgen.runner()
+    argv = ["worker", "--pool=solo", "--concurrency=1", f"--queues={settings.queue_name}",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", f"--loglevel={settings.log_level}"]
+    app.worker_main(argv + (extra_argv or []))

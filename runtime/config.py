@@ -1,0 +1,81 @@
+"""Settings: one typed object, read from ``SPOTGEN_*`` environment variables.
+
+The Lambdas and the worker read the same object, so a name means the same thing everywhere. Plain pydantic
+(no settings framework) keeps the Lambda's imports to boto3, pydantic and the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PREFIX = "SPOTGEN_"
+
+
+class Settings(BaseModel):
+    """Every field is set by the environment variable ``SPOTGEN_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    region: str = "us-east-1"
+    #: AWS endpoint override (the local emulator); empty in production.
+    aws_endpoint_url: str | None = None
+    input_bucket: str = "spotgen-inputs"
+    output_bucket: str = "spotgen-outputs"
+    #: SNS topic the submit API publishes jobs to.
+    jobs_topic_arn: str = ""
+    #: SNS topic that receives one notification per finished job.
+    results_topic_arn: str = ""
+    #: The work queue this worker consumes (predefined: no ListQueues/CreateQueue at run time).
+    queue_name: str = "spotgen-jobs"
+    queue_url: str = ""
+    #: Where messages that can never succeed are moved (the work queue's redrive target).
+    dead_letter_queue_url: str = ""
+    #: Base URL clients use to reach the API (for ``status_url`` in responses).
+    public_url: str = ""
+    #: Base model ids the API accepts (comma separated); the worker's catalog is the final word.
+    models: list[str] = Field(default_factory=lambda: ["tiny-sd"])
+    #: ControlNet model ids the API accepts.
+    controlnets: list[str] = Field(default_factory=lambda: ["tiny-controlnet"])
+    #: Plugin pipeline names the API accepts besides the built-ins.
+    extra_pipelines: list[str] = Field(default_factory=list)
+    #: Extra pipeline classes the worker registers, as 'module:Class' (besides entry points).
+    plugins: list[str] = Field(default_factory=list)
+    models_dir: Path = Path("models")
+    device: str = "cpu"
+    #: Minimum seconds between two progress writes to the status document (each is a paid S3 PUT).
+    progress_interval_s: float = Field(1.0, ge=0.0)
+    presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    #: SQS long-poll wait of the worker.
+    poll_wait_s: int = Field(10, ge=0, le=20)
+    log_level: str = "INFO"
+
+    @field_validator("models", "controlnets", "extra_pipelines", "plugins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values = {name: env[PREFIX + name.upper()] for name in cls.model_fields if PREFIX + name.upper() in env}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            var = PREFIX + str(err["loc"][0]).upper() if err["loc"] else "SPOTGEN_*"
+            raise SystemExit(f"invalid setting {var}: {err['msg']}") from None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in another process."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            env[PREFIX + name.upper()] = ",".join(value) if isinstance(value, list) else str(value)
+        return env

@@ -1,0 +1,92 @@
+"""Moving messages that can never succeed to the dead-letter queue, at once.
+
+kombu leaves a rejected message in a queue that has a redrive policy, so SQS would hand it out again
+maxReceiveCount times, one visibility timeout apart, before moving it. A message that fails the same way on
+every worker (foreign, malformed, unknown pipeline, a pipeline error) is instead copied to the dead-letter
+queue as received (body and attributes, plus the reason) and then deleted. Transient failures still
+take the redrive path.
+
+The hooks are Celery's own extension points: a Consumer subclass for messages that never become a task,
+and a Request subclass for tasks that fail.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.worker.consumer import Consumer
+from celery.worker.request import Request
+
+log = logging.getLogger("spotgen.deadletter")
+
+MAX_SQS_ATTRIBUTES = 10
+
+
+def dead_letter(sqs: Any, dlq_url: str, message: Any, code: str, reason: str) -> bool:
+    """Copy a received kombu SQS message to the dead-letter queue; True when it was sent."""
+    raw = (getattr(message, "delivery_info", None) or {}).get("sqs_message")
+    if not raw or not dlq_url:
+        log.error("cannot dead-letter a message without its SQS original or a dead-letter queue URL (%s)", code)
+        return False
+    attributes = {k: {"DataType": v["DataType"], "StringValue": v["StringValue"]}
+                  for k, v in (raw.get("MessageAttributes") or {}).items() if "StringValue" in v}
+    attributes = dict(list(attributes.items())[: MAX_SQS_ATTRIBUTES - 2])
+    attributes["error_code"] = {"DataType": "String", "StringValue": code[:256]}
+    attributes["error_message"] = {"DataType": "String", "StringValue": reason[:1024] or code}
+    sqs.send_message(QueueUrl=dlq_url, MessageBody=raw["Body"], MessageAttributes=attributes)
+    log.warning("message %s moved to the dead-letter queue: %s: %s", raw.get("MessageId"), code, reason)
+    return True
+
+
+def job_id_attribute(message: Any) -> str | None:
+    raw = (getattr(message, "delivery_info", None) or {}).get("sqs_message") or {}
+    return (raw.get("MessageAttributes") or {}).get("job_id", {}).get("StringValue")
+
+
+def reject_permanently(app: Any, message: Any, code: str, reason: str) -> None:
+    """Dead-letter, fail the job's status if the message names one, then delete the original."""
+    hooks = app.spotgen
+    if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, message, code, reason):
+        try:
+            hooks.runner().fail_foreign(job_id_attribute(message), code, reason)
+        finally:
+            message.ack()
+    else:  # leave it to SQS's redrive policy rather than lose it
+        message.reject(requeue=False)
+
+
+class DeadLetterConsumer(Consumer):
+    """Messages that are not tasks of this worker go to the dead-letter queue instead of looping."""
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        reject_permanently(self.app, message, "foreign_message", "the message is not a Celery task message")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        task = (message.headers or {}).get("task")
+        reject_permanently(self.app, message, "unknown_task", f"this worker has no task {task!r}")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        reject_permanently(self.app, message, "invalid_message", f"invalid task message: {exc}")
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        reject_permanently(self.app, message, "invalid_message", f"the message cannot be decoded: {exc}")
+
+
+class JobRequest(Request):
+    """A job that failed permanently is dead-lettered, then its message deleted. Other failures are
+    rejected without delete (``task_acks_on_failure_or_timeout`` is off), so SQS redelivers them."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        from runtime.worker import PermanentError
+
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        if isinstance(exc, PermanentError):
+            hooks = self.task.app.spotgen
+            if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, self._message,
+                           exc.info.code, exc.info.message):
+                try:
+                    hooks.runner().fail_foreign(job_id_attribute(self._message), exc.info.code, exc.info.message)
+                finally:
+                    self.acknowledge()
+        return super().on_failure(exc_info, send_failed_event, return_ok)

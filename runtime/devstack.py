@@ -1,0 +1,126 @@
+"""The embedded local stack: AWS emulator, the production resources, the API and real worker processes.
+
+Everything listens on 127.0.0.1. The emulator (moto's server) serves S3, SNS and SQS over HTTP; the
+resources are created by ``runtime.provision`` exactly as production has them; the API is the Lambda code
+behind ``runtime.gateway``; workers are ``spotgen worker`` subprocesses configured only by environment, as
+in a container.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from runtime import aws
+from runtime.config import Settings
+from runtime.provision import Resources, provision
+
+log = logging.getLogger("spotgen.dev")
+
+#: The emulator accepts any credentials; fixed ones keep real credentials out of local traffic.
+EMULATOR_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_SESSION_TOKEN": "testing"}
+
+
+class DevStack:
+    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8080, aws_port: int = 4566,
+                 workers: int = 1, log_dir: Path | None = None) -> None:
+        self.base, self.host, self.port, self.aws_port = settings, host, port, aws_port
+        self.workers, self.log_dir = workers, log_dir
+        self.settings: Settings = settings
+        self.resources: Resources | None = None
+        self._emulator: Any = None
+        self._api: Any = None
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._logs: list[IO[bytes]] = []
+
+    @property
+    def api_url(self) -> str:
+        return self.settings.public_url
+
+    def start(self) -> DevStack:
+        from moto.server import ThreadedMotoServer
+
+        from lambdas import api
+        from runtime.gateway import make_server, serve_in_thread
+
+        os.environ.update(EMULATOR_CREDENTIALS)
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._emulator = ThreadedMotoServer(ip_address=self.host, port=self.aws_port, verbose=False)
+        self._emulator.start()
+        host, aws_port = self._emulator.get_host_and_port()
+        endpoint = f"http://{host}:{aws_port}"
+        emulator = self.base.model_copy(update={"aws_endpoint_url": endpoint})
+        self.resources = provision(aws.client("s3", emulator), aws.client("sns", emulator),
+                                   aws.client("sqs", emulator))
+        self._api = make_server(api.handler, self.host, self.port)
+        fields = {k: v for k, v in vars(self.resources).items() if k in Settings.model_fields}
+        self.settings = emulator.model_copy(update={**fields,
+                                                    "public_url": f"http://{self.host}:{self._api.server_port}"})
+        os.environ.update(self.settings.to_env())  # the in-process Lambda handlers read it, as on AWS
+        serve_in_thread(self._api)
+        for index in range(self.workers):
+            self._procs.append(self._spawn_worker(index))
+        return self
+
+    def _spawn_worker(self, index: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **self.settings.to_env(), **EMULATOR_CREDENTIALS}
+        out: Any = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - closed in stop()
+            self._logs.append(out)
+        return subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT if out else None, start_new_session=True)
+
+    def check_workers(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker process {proc.pid} exited with status {proc.returncode}"
+                                   + (f"; see {self.log_dir}" if self.log_dir else ""))
+
+    def state(self) -> dict[str, Any]:
+        """What a client or a test needs to talk to this stack."""
+        assert self.resources is not None
+        return {"api_url": self.api_url, "aws_endpoint_url": self.settings.aws_endpoint_url,
+                "results_queue_url": self.resources.results_queue_url, "pid": os.getpid(),
+                "worker_pids": [p.pid for p in self._procs], "env": self.settings.to_env()}
+
+    def write_state(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2))
+        tmp.replace(path)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Warm shutdown for workers (SIGTERM), then kill what is left; then the API and the emulator."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self._procs:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._procs.clear()
+        for handle in self._logs:
+            handle.close()
+        if self._api is not None:
+            self._api.shutdown()
+            self._api.server_close()
+            self._api = None
+        if self._emulator is not None:
+            self._emulator.stop()
+            self._emulator = None
+
+    def __enter__(self) -> DevStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,150 @@
+"""The pipeline plugin contract and its registry.
+
+A pipeline is a class with a ``name``, a pydantic ``Inputs`` model (which *is* its request schema), a
+``setup`` called once per worker process and a ``run`` called per job. Third-party pipelines are found
+through the ``spotgen.pipelines`` entry-point group. Mistakes are reported when a pipeline is registered,
+with a message that tells the author what to fix, rather than when the first job fails.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+from runtime.contract import PIPELINE_NAME_RE
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from runtime.models import ModelStore
+
+ENTRY_POINT_GROUP = "spotgen.pipelines"
+BUILTINS = ("pipelines.txt2img:Txt2Img", "pipelines.img2img:Img2Img", "pipelines.controlnet:ControlNet")
+
+
+@dataclass
+class SetupContext:
+    """What ``setup`` gets: where to run and where models come from."""
+
+    device: str
+    models: ModelStore
+
+
+@dataclass
+class RunContext:
+    """What ``run`` gets for one job. ``progress`` is cheap to call every step (the runtime throttles writes)."""
+
+    job_id: str
+    model: str
+    seed: int
+    device: str
+    models: ModelStore
+    report: Callable[[int, int], None] = field(repr=False)
+    fetch_image: Callable[[str], Image] = field(repr=False)
+
+    def progress(self, step: int, total: int) -> None:
+        self.report(step, total)
+
+    def image(self, ref: str) -> Image:
+        """Load an input image named by the request (an s3:// URI the runtime already checked), as RGB."""
+        return self.fetch_image(ref)
+
+
+class Pipeline:
+    """Base class for pipelines; subclass it and set ``name`` and ``Inputs``."""
+
+    name: ClassVar[str]
+    Inputs: ClassVar[type[BaseModel]]
+    #: Fields of ``Inputs`` that are image references (the submit API stores them in S3).
+    image_fields: ClassVar[tuple[str, ...]] = ()
+
+    def setup(self, ctx: SetupContext) -> None:
+        """Once per worker process, before the first job. Load what every job needs."""
+
+    def run(self, inputs: Any, ctx: RunContext) -> list[Image]:
+        """Run one job and return its images (the runtime encodes and stores them)."""
+        raise NotImplementedError
+
+
+class PluginError(TypeError):
+    """A pipeline class breaks the plugin contract."""
+
+
+def check_pipeline(cls: Any, source: str = "") -> type[Pipeline]:
+    where = f" ({source})" if source else ""
+    if not (inspect.isclass(cls) and issubclass(cls, Pipeline)):
+        raise PluginError(f"{cls!r}{where} must be a class that subclasses runtime.plugins.Pipeline")
+    label = f"{cls.__module__}.{cls.__qualname__}{where}"
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not PIPELINE_NAME_RE.match(name):
+        raise PluginError(f"{label}: set the class attribute `name` to a string matching "
+                          f"{PIPELINE_NAME_RE.pattern}, e.g. name = 'upscale'")
+    inputs = getattr(cls, "Inputs", None)
+    if not (inspect.isclass(inputs) and issubclass(inputs, BaseModel)):
+        raise PluginError(f"{label}: set the class attribute `Inputs` to a pydantic BaseModel subclass "
+                          "describing the request inputs")
+    if cls.run is Pipeline.run:
+        raise PluginError(f"{label}: implement `def run(self, inputs, ctx) -> list[PIL.Image.Image]`")
+    for method in ("setup", "run"):
+        fn = getattr(cls, method)
+        if inspect.iscoroutinefunction(fn):
+            raise PluginError(f"{label}: `{method}` must be a plain method, not async")
+        params = list(inspect.signature(fn).parameters)
+        expected = 3 if method == "run" else 2
+        if len(params) != expected:
+            want = "(self, inputs, ctx)" if method == "run" else "(self, ctx)"
+            raise PluginError(f"{label}: `{method}` must take {want}, it takes ({', '.join(params)})")
+    for image_field in cls.image_fields:
+        if image_field not in inputs.model_fields:
+            raise PluginError(f"{label}: image_fields names {image_field!r}, which `Inputs` does not have")
+    return cls
+
+
+def load_object(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    if not module or not attr:
+        raise PluginError(f"{path!r}: name a pipeline as 'module.path:ClassName'")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Registry:
+    """Pipelines by name. Built once per worker process (no registry exists at import time)."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Pipeline]] = {}
+
+    def register(self, cls: Any, source: str = "") -> type[Pipeline]:
+        cls = check_pipeline(cls, source)
+        existing = self._classes.get(cls.name)
+        if existing is not None and existing is not cls:
+            raise PluginError(f"pipeline name {cls.name!r} is taken by {existing.__module__}."
+                              f"{existing.__qualname__}; choose another name for {cls.__module__}.{cls.__qualname__}")
+        self._classes[cls.name] = cls
+        return cls
+
+    def get(self, name: str) -> type[Pipeline] | None:
+        return self._classes.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._classes)
+
+    @classmethod
+    def default(cls, extra: Iterable[str] = ()) -> Registry:
+        """Built-ins, then entry points of the ``spotgen.pipelines`` group, then ``extra`` 'module:Class' paths."""
+        registry = cls()
+        for path in BUILTINS:
+            registry.register(load_object(path), path)
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            registry.register(ep.load(), f"entry point {ep.name!r}")
+        for path in extra:
+            registry.register(load_object(path), path)
+        return registry

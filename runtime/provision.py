@@ -1,0 +1,81 @@
+"""Create the AWS resources of one deployment, shaped as production has them.
+
+Used by the embedded local stack against the emulator; the production equivalent is the SAM template.
+Buckets for inputs and outputs; a jobs topic; a work queue with a dead-letter queue (redrive policy)
+subscribed to the jobs topic with raw delivery and a filter policy; a results topic, and for local use a
+results queue subscribed to it so a client can watch notifications.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+#: Messages that fail this many receives move to the dead-letter queue.
+MAX_RECEIVE_COUNT = 3
+#: Work-queue visibility timeout; a job must finish (or, later, extend it) within this.
+VISIBILITY_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Resources:
+    input_bucket: str
+    output_bucket: str
+    jobs_topic_arn: str
+    results_topic_arn: str
+    queue_name: str
+    queue_url: str
+    dead_letter_queue_url: str
+    results_queue_url: str
+
+
+def create_queue(sqs: Any, name: str, attributes: dict[str, str] | None = None) -> tuple[str, str]:
+    url = sqs.create_queue(QueueName=name, Attributes=attributes or {})["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return url, arn
+
+
+def allow_topic(sqs: Any, queue_url: str, queue_arn: str, topic_arn: str) -> None:
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"}, "Action": "sqs:SendMessage",
+        "Resource": queue_arn, "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}}}]}
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
+
+
+def provision(
+    s3: Any,
+    sns: Any,
+    sqs: Any,
+    prefix: str = "spotgen",
+    queue: str = "jobs",
+    filter_policy: dict[str, Any] | None = None,
+) -> Resources:
+    """Idempotent: AWS create calls return the existing resource when it matches."""
+    input_bucket, output_bucket = f"{prefix}-inputs", f"{prefix}-outputs"
+    for bucket in (input_bucket, output_bucket):
+        s3.create_bucket(Bucket=bucket)
+        s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True})
+    jobs_topic = sns.create_topic(Name=f"{prefix}-jobs")["TopicArn"]
+    results_topic = sns.create_topic(Name=f"{prefix}-results")["TopicArn"]
+
+    queue_name = f"{prefix}-{queue}"
+    dlq_url, dlq_arn = create_queue(sqs, f"{queue_name}-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)})
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT})
+    queue_url, queue_arn = create_queue(sqs, queue_name, {
+        "VisibilityTimeout": str(VISIBILITY_TIMEOUT_S), "RedrivePolicy": redrive,
+        "MessageRetentionPeriod": str(4 * 24 * 3600)})
+    allow_topic(sqs, queue_url, queue_arn, jobs_topic)
+    policy = filter_policy or {"pipeline": [{"exists": True}]}
+    sns.subscribe(TopicArn=jobs_topic, Protocol="sqs", Endpoint=queue_arn, ReturnSubscriptionArn=True,
+                  Attributes={"RawMessageDelivery": "true", "FilterPolicy": json.dumps(policy),
+                              "FilterPolicyScope": "MessageAttributes"})
+
+    results_url, results_arn = create_queue(sqs, f"{prefix}-results")
+    allow_topic(sqs, results_url, results_arn, results_topic)
+    sns.subscribe(TopicArn=results_topic, Protocol="sqs", Endpoint=results_arn,
+                  Attributes={"RawMessageDelivery": "true"})
+    return Resources(input_bucket, output_bucket, jobs_topic, results_topic, queue_name, queue_url, dlq_url,
+                     results_url)

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny models built once, and the embedded stack as real processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from runtime.tiny import build_tiny_models
+
+    path = tmp_path_factory.mktemp("models")
+    build_tiny_models(path)
+    return path
+
+
+class Stack:
+    """A running `spotgen dev` process and clients for the emulator it serves."""
+
+    def __init__(self, state: dict[str, Any], proc: subprocess.Popen[bytes], log_dir: Path) -> None:
+        self.state, self.proc, self.log_dir = state, proc, log_dir
+        self.api_url: str = state["api_url"]
+        self.env: dict[str, str] = state["env"]
+        endpoint = state["aws_endpoint_url"]
+        session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                        region_name=self.env["SPOTGEN_REGION"])
+        self.s3 = session.client("s3", endpoint_url=endpoint)
+        self.sqs = session.client("sqs", endpoint_url=endpoint)
+        self.sns = session.client("sns", endpoint_url=endpoint)
+
+    def worker_log(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("worker-*.log")))
+
+
+def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None, timeout: float = 60) -> Stack:
+    state_file = tmp / "stack.json"
+    log_dir = tmp / "logs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPOTGEN_PLUGINS": "tests.plugins:AlwaysFails,tests.plugins:SolidColor",
+           "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid", "SPOTGEN_POLL_WAIT_S": "1", **(extra_env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "dev", "--port", "0", "--aws-port", "0", "--models", str(models),
+         "--state-file", str(state_file), "--log-dir", str(log_dir)],
+        cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "dev.log", "wb"))  # noqa: SIM115
+    deadline = time.monotonic() + timeout
+    while not state_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"spotgen dev did not start:\n{(tmp / 'dev.log').read_text()}")
+        time.sleep(0.1)
+    return Stack(json.loads(state_file.read_text()), proc, log_dir)
+
+
+def stop_stack(stack: Stack) -> None:
+    stack.proc.send_signal(signal.SIGTERM)
+    try:
+        stack.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        stack.proc.kill()
+        raise
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("stack"), tiny_models)
+    yield running
+    stop_stack(running)

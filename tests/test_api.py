@@ -1,0 +1,163 @@
+"""The HTTP API on the running stack: every bad input is a 400 naming the field, and nothing is written."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import urllib.request
+import zlib
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from runtime.demo import call
+from tests.conftest import Stack
+
+
+def png_bytes(width: int = 16, height: int = 16) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR claiming a huge size: the header check must refuse it without decoding."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+B64_PNG = base64.b64encode(png_bytes()).decode()
+BASE = {"pipeline": "txt2img", "model": "tiny-sd", "inputs": {"prompt": "a fox", "width": 64, "height": 64}}
+
+
+def with_inputs(pipeline: str = "txt2img", **inputs: Any) -> dict[str, Any]:
+    return {"pipeline": pipeline, "model": "tiny-sd", "inputs": {"prompt": "a fox", "width": 64, "height": 64,
+                                                                 **inputs}}
+
+
+BAD_REQUESTS: list[tuple[str, Any, str]] = [
+    ("unknown pipeline", {**BASE, "pipeline": "upscale"}, "pipeline"),
+    ("missing pipeline", {"model": "tiny-sd", "inputs": {"prompt": "x"}}, "pipeline"),
+    ("unknown model", {**BASE, "model": "sd-nonexistent"}, "model"),
+    ("model id is a path", {**BASE, "model": "../../etc/passwd"}, "model"),
+    ("model id is absolute", {**BASE, "model": "/models/x"}, "model"),
+    ("width not multiple of 8", with_inputs(width=65), "inputs.width"),
+    ("width zero", with_inputs(width=0), "inputs.width"),
+    ("height negative", with_inputs(height=-64), "inputs.height"),
+    ("width above limit", with_inputs(width=4096), "inputs.width"),
+    ("pixel budget", with_inputs(width=2048, height=2048), "inputs"),
+    ("steps zero", with_inputs(steps=0), "inputs.steps"),
+    ("steps above limit", with_inputs(steps=1000), "inputs.steps"),
+    ("guidance out of range", with_inputs(guidance_scale=99), "inputs.guidance_scale"),
+    ("too many images", with_inputs(num_images=64), "inputs.num_images"),
+    ("unknown scheduler", with_inputs(scheduler="k_lms_turbo"), "inputs.scheduler"),
+    ("strength zero", with_inputs("img2img", image=B64_PNG, strength=0), "inputs.strength"),
+    ("strength above one", with_inputs("img2img", image=B64_PNG, strength=1.5), "inputs.strength"),
+    ("img2img without image", with_inputs("img2img"), "inputs.image"),
+    ("controlnet without control image", with_inputs("controlnet", controlnet="tiny-controlnet"),
+     "inputs.control_image"),
+    ("unknown controlnet", with_inputs("controlnet", controlnet="nope", control_image=B64_PNG), "inputs.controlnet"),
+    ("base64 not an image", with_inputs("img2img", image=base64.b64encode(b"hello world").decode()), "inputs.image"),
+    ("not base64", with_inputs("img2img", image="%%%not-base64%%%"), "inputs.image"),
+    ("image too large", with_inputs("img2img", image=base64.b64encode(b"\0" * (5 * 1024 * 1024)).decode()),
+     "inputs.image"),
+    ("image too many pixels", with_inputs("img2img", image=base64.b64encode(png_header_only(5000, 5000)).decode()),
+     "inputs.image"),
+    ("s3 outside input bucket", with_inputs("img2img", image="s3://someone-elses-bucket/x.png"), "inputs.image"),
+    ("s3 key traversal", with_inputs("img2img", image="s3://spotgen-inputs/../x.png"), "inputs.image"),
+    ("http url", with_inputs("img2img", image="https://example.com/x.png"), "inputs.image"),
+    ("bad idempotency key", {**BASE, "id": "a/b"}, "id"),
+    ("idempotency key too long", {**BASE, "id": "x" * 65}, "id"),
+    ("context too large", {**BASE, "context": {"blob": "x" * 5000}}, "context"),
+    ("unknown top-level field", {**BASE, "priority": 9}, "priority"),
+    ("unknown input field", with_inputs(colour="red"), "inputs.colour"),
+    ("output prefix traversal", {**BASE, "output_prefix": "../secrets"}, "output_prefix"),
+    ("body not an object", [BASE], "body"),
+]
+
+
+def post_raw(stack: Stack, data: bytes) -> tuple[int, Any]:
+    request = urllib.request.Request(f"{stack.api_url}/v1/jobs", data=data, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture(scope="module")
+def spy(stack: Stack) -> str:
+    """A queue subscribed to the jobs topic with no filter: it sees every message the API publishes."""
+    url = stack.sqs.create_queue(QueueName="spy-jobs")["QueueUrl"]
+    arn = stack.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    stack.sns.subscribe(TopicArn=stack.env["SPOTGEN_JOBS_TOPIC_ARN"], Protocol="sqs", Endpoint=arn,
+                        Attributes={"RawMessageDelivery": "true"})
+    return url
+
+
+def snapshot(stack: Stack) -> set[str]:
+    keys = set()
+    for bucket in (stack.env["SPOTGEN_INPUT_BUCKET"], stack.env["SPOTGEN_OUTPUT_BUCKET"]):
+        for obj in stack.s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+            keys.add(f"{bucket}/{obj['Key']}")
+    return keys
+
+
+def assert_nothing_written(stack: Stack, spy: str, before: set[str]) -> None:
+    assert snapshot(stack) == before
+    assert "Messages" not in stack.sqs.receive_message(QueueUrl=spy, WaitTimeSeconds=0)
+
+
+@pytest.mark.parametrize(("case", "body", "field"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_request_is_400_naming_the_field(stack: Stack, spy: str, case: str, body: Any, field: str) -> None:
+    before = snapshot(stack)
+    status, answer = call("POST", f"{stack.api_url}/v1/jobs", body)
+    assert status == 400, answer
+    assert answer["error"]["field"] == field, answer
+    assert answer["error"]["code"] and answer["error"]["message"]
+    assert_nothing_written(stack, spy, before)
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    (b"{not json", "invalid_json"),
+    (b"\xff\xfe\x00garbage", "invalid_json"),
+    (b"{" + b" " * (7 * 1024 * 1024) + b"}", "body_too_large"),
+])
+def test_unparseable_body_is_400(stack: Stack, spy: str, data: bytes, code: str) -> None:
+    before = snapshot(stack)
+    status, answer = post_raw(stack, data)
+    assert (status, answer["error"]["code"], answer["error"]["field"]) == (400, code, "body")
+    assert_nothing_written(stack, spy, before)
+
+
+def test_unknown_route_is_404_and_wrong_method_is_405(stack: Stack) -> None:
+    status, answer = call("GET", f"{stack.api_url}/v2/things")
+    assert (status, answer["error"]["code"]) == (404, "not_found")
+    status, answer = call("DELETE", f"{stack.api_url}/v1/jobs/abc")
+    assert (status, answer["error"]["code"]) == (405, "method_not_allowed")
+    status, answer = call("PUT", f"{stack.api_url}/v1/jobs", {})
+    assert status == 405
+
+
+def test_status_of_unknown_job_is_404(stack: Stack) -> None:
+    status, answer = call("GET", f"{stack.api_url}/v1/jobs/no-such-job")
+    assert (status, answer["error"]["field"]) == (404, "id")
+
+
+def test_idempotent_resubmission_returns_the_same_job(stack: Stack, spy: str) -> None:
+    stack.sqs.purge_queue(QueueUrl=spy)
+    body = {**BASE, "id": "idem-1", "inputs": {**BASE["inputs"], "steps": 2}}
+    first = call("POST", f"{stack.api_url}/v1/jobs", body)
+    second = call("POST", f"{stack.api_url}/v1/jobs", body)
+    assert first[0] == 202 and second[0] == 200
+    assert first[1]["id"] == second[1]["id"] == "idem-1"
+    assert first[1]["seed"] == second[1]["seed"]  # server-chosen once, reported back both times
+    assert second[1]["existing"] is True
+    published = stack.sqs.receive_message(QueueUrl=spy, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    assert len(published.get("Messages", [])) == 1
+    conflict = call("POST", f"{stack.api_url}/v1/jobs", {**body, "inputs": {**body["inputs"], "prompt": "other"}})
+    assert conflict[0] == 409 and conflict[1]["error"]["field"] == "id"
