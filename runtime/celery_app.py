@@ -55,9 +55,12 @@ def make_app(settings: Settings) -> Celery:
             "is_secure": (settings.aws_endpoint_url or "https").startswith("https"),
             "predefined_queues": {settings.queue_name: {"url": settings.queue_url}},
             "wait_time_seconds": settings.poll_wait_s,
+            # Long polling already waits server-side; kombu's extra client-side pause (1 s by default) after a
+            # poll that got nothing would hold an idle worker back from the next job.
+            "polling_interval": 0,
             "fetch_message_attributes": {
                 "MessageSystemAttributeNames": ["ApproximateReceiveCount"],
-                "MessageAttributeNames": ["job_id", "pipeline", "model"],
+                "MessageAttributeNames": [".*"],  # forwarded as they are to the dead-letter queue
             },
         },
         broker_connection_retry_on_startup=True,

@@ -50,7 +50,7 @@ class Settings(BaseModel):
     progress_interval_s: float = Field(1.0, ge=0.0)
     presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
     #: SQS long-poll wait of the worker.
-    poll_wait_s: int = Field(10, ge=0, le=20)
+    poll_wait_s: int = Field(10, ge=1, le=20)
     log_level: str = "INFO"
 
     @field_validator("models", "controlnets", "extra_pipelines", "plugins", mode="before")

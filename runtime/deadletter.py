@@ -17,6 +17,7 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
+from vine import promise
 
 log = logging.getLogger("spotgen.deadletter")
 
@@ -58,6 +59,19 @@ def reject_permanently(app: Any, message: Any, code: str, reason: str) -> None:
 
 class DeadLetterConsumer(Consumer):
     """Messages that are not tasks of this worker go to the dead-letter queue instead of looping."""
+
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        handler = super().create_task_handler(promise)
+        queue = self.app.spotgen.settings.queue_name
+
+        def on_task_received(message: Any) -> Any:
+            # kombu acks through the queue named by the routing key *in the message body*; a body naming a
+            # queue this worker does not know stops the worker (UndefinedQueueException). The message came
+            # from our one queue, whatever its body says.
+            message.delivery_info["routing_key"] = queue
+            return handler(message)
+
+        return on_task_received
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         reject_permanently(self.app, message, "foreign_message", "the message is not a Celery task message")

@@ -39,7 +39,8 @@ def download(url: str, timeout: float = 30) -> bytes:
         return resp.read()
 
 
-def wait_for(api_url: str, job_id: str, timeout: float = 300, label: str = "", show: bool = True) -> dict[str, Any]:
+def wait_for(api_url: str, job_id: str, timeout: float = 300, label: str = "", show: bool = True,
+             poll_s: float = 0.1) -> dict[str, Any]:
     """Poll the status until the job ends, drawing a progress bar."""
     deadline = time.monotonic() + timeout
     while True:
@@ -58,7 +59,7 @@ def wait_for(api_url: str, job_id: str, timeout: float = 300, label: str = "", s
             return doc
         if time.monotonic() > deadline:
             raise ApiError(f"job {job_id} did not finish within {timeout} s (state {doc['state']})")
-        time.sleep(0.1)
+        time.sleep(poll_s)
 
 
 def png_b64(data: bytes) -> str:

@@ -42,8 +42,11 @@ class PermanentError(Exception):
     """The job can never succeed as sent: it ends ``failed`` and its message goes to the dead-letter queue."""
 
     def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(code, message, field)  # all arguments in args: Celery pickles exceptions
         self.info = JobErrorInfo(code=code, message=message, field=field)
+
+    def __str__(self) -> str:
+        return f"{self.info.code}: {self.info.message}"
 
 
 class ThrottledProgress:

@@ -48,8 +48,9 @@ class Stack:
 def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None, timeout: float = 60) -> Stack:
     state_file = tmp / "stack.json"
     log_dir = tmp / "logs"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPOTGEN_PLUGINS": "tests.plugins:AlwaysFails,tests.plugins:SolidColor",
-           "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid", "SPOTGEN_POLL_WAIT_S": "1", **(extra_env or {})}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPOTGEN_POLL_WAIT_S": "1",
+           "SPOTGEN_PLUGINS": "tests.plugins:AlwaysFails,tests.plugins:SolidColor",
+           "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid", **(extra_env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime.cli", "dev", "--port", "0", "--aws-port", "0", "--models", str(models),
          "--state-file", str(state_file), "--log-dir", str(log_dir)],

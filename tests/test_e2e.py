@@ -156,12 +156,13 @@ def test_failing_pipeline_ends_failed_in_dead_letter_queue(stack: Stack, notes: 
 
 def test_foreign_message_goes_to_dead_letter_queue(stack: Stack, dead: dict[str, Any]) -> None:
     queue = stack.env["SPOTGEN_QUEUE_URL"]
-    stack.sqs.send_message(QueueUrl=queue, MessageBody="hello, I am not a celery message",
-                           MessageAttributes={"marker": {"DataType": "String", "StringValue": "foreign-1"}})
-    stack.sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"task": "x", "args": "nope"}),
-                           MessageAttributes={"marker": {"DataType": "String", "StringValue": "foreign-2"}})
-    for marker in ("foreign-1", "foreign-2"):
+    bodies = {"foreign-1": "hello, I am not a celery message", "foreign-2": json.dumps({"task": "x", "args": "no"})}
+    for marker, body in bodies.items():
+        stack.sqs.send_message(QueueUrl=queue, MessageBody=body,
+                               MessageAttributes={"marker": {"DataType": "String", "StringValue": marker}})
+    for marker, body in bodies.items():
         (letter,) = dead_letters(stack, dead, marker)
+        assert letter["Body"] == body  # moved as received, attributes and all
         assert letter["MessageAttributes"]["error_code"]["StringValue"] == "foreign_message"
     assert run(stack, {"pipeline": "solid", "model": "tiny-sd", "inputs": {"prompt": "ok"}})["state"] == "succeeded"
 
@@ -177,6 +178,7 @@ def test_invalid_task_message_fails_its_job(stack: Stack, dead: dict[str, Any]) 
             "inputs": {"prompt": "x", "width": 4096, "height": 64}, "output_prefix": "outputs",
             "submitted_at": now.isoformat(), "request_hash": "0" * 64}
     stack.sqs.send_message(QueueUrl=stack.env["SPOTGEN_QUEUE_URL"],
+                           # the body names a queue this worker does not have: it must not matter
                            MessageBody=build_celery_message("tampered", [spec], queue="x"),
                            MessageAttributes={"job_id": {"DataType": "String", "StringValue": "tampered"}})
     doc = wait_for(stack.api_url, "tampered", show=False, timeout=60)

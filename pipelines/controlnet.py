@@ -1,0 +1,29 @@
+"""ControlNet: Stable Diffusion guided by a conditioning image (edges, depth, pose...)."""
+
+from __future__ import annotations
+
+from diffusers import StableDiffusionControlNetPipeline
+from PIL.Image import Image
+
+from pipelines.common import base_pipeline, controlnet_model, fit, generate, job_pipeline
+from runtime.contract import ControlNetInputs
+from runtime.models import ModelError
+from runtime.plugins import Pipeline, RunContext
+
+
+class ControlNet(Pipeline):
+    name = "controlnet"
+    Inputs = ControlNetInputs
+    image_fields = ("control_image",)
+
+    def run(self, inputs: ControlNetInputs, ctx: RunContext) -> list[Image]:
+        base_family = ctx.models.entry(ctx.model, "base").family
+        control_family = ctx.models.entry(inputs.controlnet, "controlnet").family
+        if control_family != base_family:  # the shapes would not match; say so instead of a tensor error
+            raise ModelError("incompatible_controlnet", f"ControlNet {inputs.controlnet!r} is for {control_family} "
+                             f"models and {ctx.model!r} is a {base_family} model")
+        control = fit(ctx.image(inputs.control_image), inputs.width, inputs.height)
+        pipe = job_pipeline(StableDiffusionControlNetPipeline, base_pipeline(ctx.models, ctx.model), inputs.scheduler,
+                            controlnet=controlnet_model(ctx.models, inputs.controlnet))
+        return generate(pipe, inputs, ctx, image=control, width=inputs.width, height=inputs.height,
+                        controlnet_conditioning_scale=inputs.controlnet_conditioning_scale)
