@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
 from runtime.contract import (
+    BUILTIN_PIPELINES,
     IMAGE_FIELDS,
     MAX_BODY_BYTES,
     ContractError,
@@ -80,7 +81,7 @@ def submit(dep: Deployment, body: bytes) -> dict[str, Any]:
     seed = inputs.get("seed")
     if seed is None:
         seed = secrets.randbelow(2**32)
-    if request.pipeline in ("txt2img", "img2img", "controlnet"):
+    if request.pipeline in BUILTIN_PIPELINES:
         inputs["seed"] = seed
     for name in IMAGE_FIELDS:
         ref = inputs.get(name)

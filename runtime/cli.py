@@ -56,6 +56,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
+    if args.demo and "SPOTGEN_PROGRESS_INTERVAL_S" not in os.environ:
+        settings = settings.model_copy(update={"progress_interval_s": 0.1})  # demo jobs are short: let bars move
     if not (settings.models_dir / "catalog.json").exists():
         from runtime.tiny import build_tiny_models
 
@@ -82,6 +84,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 time.sleep(1)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
+    except RuntimeError as exc:  # a worker died: say so plainly, then stop the rest
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        ok = False
     finally:
         stack.stop()
         if args.state_file:

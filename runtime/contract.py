@@ -124,6 +124,13 @@ class Img2ImgInputs(GenerationInputs):
     image: ImageRef
     strength: float = Field(0.75, gt=0.0, le=1.0)
 
+    @model_validator(mode="after")
+    def _runs_a_step(self) -> Img2ImgInputs:
+        # img2img denoises int(steps * strength) steps; zero steps is an error deep inside diffusers.
+        if int(self.steps * self.strength) < 1:
+            raise ValueError(f"steps x strength must be at least 1 (it is {self.steps} x {self.strength})")
+        return self
+
 
 class ControlNetInputs(GenerationInputs):
     control_image: ImageRef

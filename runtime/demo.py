@@ -43,18 +43,22 @@ def wait_for(api_url: str, job_id: str, timeout: float = 300, label: str = "", s
              poll_s: float = 0.1) -> dict[str, Any]:
     """Poll the status until the job ends, drawing a progress bar."""
     deadline = time.monotonic() + timeout
+    tty = sys.stdout.isatty()
+    last = None
     while True:
         status, doc = call("GET", f"{api_url}/v1/jobs/{job_id}")
         if status != 200:
             raise ApiError(f"GET status of {job_id}: {status} {doc}")
-        if show:
-            step, total = doc["progress"]["step"], doc["progress"]["total"] or 1
-            filled = int(30 * step / total)
+        step, total, state = doc["progress"]["step"], doc["progress"]["total"], doc["state"]
+        if show and (tty or (state, step) != last):  # redraw in a terminal; one line per change in a log
+            filled = int(30 * step / total) if total else 0
             bar = "#" * filled + "." * (30 - filled)
-            sys.stdout.write(f"\r  {label:<11} [{bar}] {step:>3}/{total:<3} {doc['state']:<10}")
+            line = f"  {label:<11} [{bar}] {step:>3}/{total or '?':<3} {state:<10}"
+            sys.stdout.write("\r" + line if tty else line + "\n")
             sys.stdout.flush()
-        if doc["state"] in ("succeeded", "failed", "cancelled"):
-            if show:
+            last = (state, step)
+        if state in ("succeeded", "failed", "cancelled"):
+            if show and tty:
                 sys.stdout.write("\n")
             return doc
         if time.monotonic() > deadline:

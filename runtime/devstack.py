@@ -28,6 +28,14 @@ EMULATOR_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY":
                         "AWS_SESSION_TOKEN": "testing"}
 
 
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM if the dev process dies, even by SIGKILL, so none is left behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class DevStack:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8080, aws_port: int = 4566,
                  workers: int = 1, log_dir: Path | None = None) -> None:
@@ -77,7 +85,8 @@ class DevStack:
             out = open(self.log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - closed in stop()
             self._logs.append(out)
         return subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT if out else None, start_new_session=True)
+                                stderr=subprocess.STDOUT if out else None, start_new_session=True,
+                                preexec_fn=_die_with_parent)
 
     def check_workers(self) -> None:
         for proc in self._procs:

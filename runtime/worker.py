@@ -193,10 +193,11 @@ class JobRunner:
         return keys
 
     def update(self, doc: StatusDoc, **changes: Any) -> StatusDoc:
-        new = doc.model_copy(update={**changes, "updated_at": utcnow()})
-        self.store.write_status(new)
-        doc.__dict__.update(new.__dict__)  # the caller's reference sees the latest state
-        return new
+        """Change the running job's status document in place and write it."""
+        for name, value in {**changes, "updated_at": utcnow()}.items():
+            setattr(doc, name, value)
+        self.store.write_status(doc)
+        return doc
 
     def finish(self, doc: StatusDoc, state: JobState, keys: list[str], error: JobErrorInfo | None) -> StatusDoc:
         """Result document, final status, then the notification: in this order, so a client that hears the

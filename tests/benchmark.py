@@ -1,6 +1,6 @@
 """`make bench`: the runtime's overhead, measured in one run on the embedded stack with the tiny model.
 
-1. Direct: the same diffusers pipeline, same inputs, called in a loop in this process (nothing else running).
+1. Direct: the worker's txt2img pipeline (diffusers), same inputs, called in a loop in this process.
 2. End to end: the same jobs through HTTP API -> SNS -> SQS -> Celery worker -> S3 -> SNS, queued at once;
    throughput = jobs / (last finished_at - first submit).
 3. Idle latency: submit -> `running` (status `started_at - created_at`) for one job at a time.
@@ -28,21 +28,18 @@ from runtime.demo import call, wait_for  # noqa: E402
 
 
 def direct_throughput(models: Path, inputs: dict[str, Any], n: int) -> float:
-    """Images per second from the worker's own pipeline code with no queue, storage or API around it."""
-    import torch
-
-    from pipelines.common import base_pipeline, generators, make_scheduler
+    """Images per second from the worker's own txt2img pipeline called in a loop: no API, queue or storage."""
+    from pipelines.txt2img import Txt2Img
+    from runtime.contract import Txt2ImgInputs
     from runtime.models import ModelStore
+    from runtime.plugins import RunContext
 
     store = ModelStore(models, "cpu")
-    pipe = base_pipeline(store, "tiny-sd")
-    kwargs = dict(prompt=inputs["prompt"], width=inputs["width"], height=inputs["height"],
-                  num_inference_steps=inputs["steps"], guidance_scale=inputs.get("guidance_scale", 7.5))
+    pipeline, parsed = Txt2Img(), Txt2ImgInputs(**inputs)
 
     def once(seed: int) -> None:
-        pipe.scheduler = make_scheduler(inputs.get("scheduler", "euler"), pipe.scheduler.config)
-        with torch.inference_mode():
-            pipe(**kwargs, generator=generators(seed, 1))
+        pipeline.run(parsed, RunContext(job_id="direct", model="tiny-sd", seed=seed, device="cpu", models=store,
+                                        report=lambda step, total: None, fetch_image=lambda ref: None))
 
     once(0)  # warm-up, as the worker's first job
     started = time.perf_counter()

@@ -106,3 +106,15 @@ def test_envelope_has_the_kombu_sqs_shape() -> None:
     assert args == [{"id": "job-1"}] and kwargs == {}
     with pytest.raises(ValueError, match="not a Celery"):
         read_celery_message("aGVsbG8=")
+
+
+def test_lambdas_import_no_worker_dependencies() -> None:
+    """The Lambda package must stay thin: boto3, pydantic, the standard library and the contract."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lambdas.api, lambdas.submit, lambdas.status; "
+            "print(','.join(m for m in ('torch', 'diffusers', 'celery', 'kombu', 'PIL', 'transformers', 'numpy')"
+            " if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
