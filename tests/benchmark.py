@@ -1,11 +1,13 @@
 """`make bench`: the runtime's overhead, measured in one run on the embedded stack with the tiny model.
 
-1. Direct: the worker's txt2img pipeline (diffusers), same inputs, called in a loop in this process.
+For each workload, in alternating rounds so that drift on a shared machine hits both alike:
+1. Direct: the worker's own txt2img pipeline (diffusers) called in a loop in this process.
 2. End to end: the same jobs through HTTP API -> SNS -> SQS -> Celery worker -> S3 -> SNS, queued at once;
-   throughput = jobs / (last finished_at - first submit).
-3. Idle latency: submit -> `running` (status `started_at - created_at`) for one job at a time.
+   time from the first submit to the last `finished_at`.
+Throughput ratio = direct time / end-to-end time for the same images (the goal is at least 0.95).
+Then submit -> `running` latency of an idle worker (status `started_at - created_at`), one job at a time.
 
-Prints a table per workload and, as the last line, one JSON object with every figure.
+Prints a table and, as the last line, one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -25,55 +27,50 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.config import Settings  # noqa: E402
 from runtime.demo import call, wait_for  # noqa: E402
+from runtime.models import ModelStore  # noqa: E402
 
 
-def direct_throughput(models: Path, inputs: dict[str, Any], n: int) -> float:
-    """Images per second from the worker's own txt2img pipeline called in a loop: no API, queue or storage."""
+def direct_seconds(store: ModelStore, inputs: dict[str, Any], seeds: range) -> float:
+    """Seconds for the worker's txt2img pipeline to make one image per seed, with no API, queue or storage."""
     from pipelines.txt2img import Txt2Img
     from runtime.contract import Txt2ImgInputs
-    from runtime.models import ModelStore
     from runtime.plugins import RunContext
 
-    store = ModelStore(models, "cpu")
     pipeline, parsed = Txt2Img(), Txt2ImgInputs(**inputs)
-
-    def once(seed: int) -> None:
+    started = time.perf_counter()
+    for seed in seeds:
         pipeline.run(parsed, RunContext(job_id="direct", model="tiny-sd", seed=seed, device="cpu", models=store,
                                         report=lambda step, total: None, fetch_image=lambda ref: None))
-
-    once(0)  # warm-up, as the worker's first job
-    started = time.perf_counter()
-    for seed in range(n):
-        once(seed)
-    return n / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
 def ts(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
-def e2e_throughput(api: str, inputs: dict[str, Any], n: int) -> float:
+def submit(api: str, inputs: dict[str, Any], seed: int) -> str:
+    status, body = call("POST", f"{api}/v1/jobs", {"pipeline": "txt2img", "model": "tiny-sd",
+                                                  "inputs": {**inputs, "seed": seed}})
+    assert status == 202, body
+    return body["id"]
+
+
+def e2e_seconds(api: str, inputs: dict[str, Any], seeds: range) -> float:
     started = time.time()
-    ids = []
-    for seed in range(n):
-        status, body = call("POST", f"{api}/v1/jobs", {"pipeline": "txt2img", "model": "tiny-sd",
-                                                      "inputs": {**inputs, "seed": seed}})
-        assert status == 202, body
-        ids.append(body["id"])
-    # polled slowly: the client shares the two cores with the worker and the emulator
+    ids = [submit(api, inputs, seed) for seed in seeds]
+    # polled slowly: this client shares the two cores with the worker and the emulator
     docs = [wait_for(api, job_id, show=False, timeout=900, poll_s=1.0) for job_id in ids]
     assert all(d["state"] == "succeeded" for d in docs), [d["error"] for d in docs]
-    return n / (max(ts(d["finished_at"]) for d in docs) - started)
+    return max(ts(d["finished_at"]) for d in docs) - started
 
 
-def idle_latency(api: str, inputs: dict[str, Any], n: int) -> list[float]:
+def idle_latency(api: str, n: int) -> list[float]:
     latencies = []
     for seed in range(n):
-        status, body = call("POST", f"{api}/v1/jobs", {"pipeline": "txt2img", "model": "tiny-sd",
-                                                      "inputs": {**inputs, "seed": seed}})
-        doc = wait_for(api, body["id"], show=False)
-        latencies.append(ts(doc["started_at"]) - ts(doc["created_at"]))
         time.sleep(0.5)  # let the worker go back to an idle long poll
+        doc = wait_for(api, submit(api, {"prompt": "latency", "width": 64, "height": 64, "steps": 2}, seed),
+                       show=False)
+        latencies.append(ts(doc["started_at"]) - ts(doc["created_at"]))
     return latencies
 
 
@@ -91,8 +88,8 @@ def main() -> int:
     from runtime.devstack import DevStack
     from runtime.tiny import build_tiny_models
 
-    # (inputs, jobs): from a job so short the fixed per-job cost dominates, to SD's native 512 px, whose
-    # seconds per image on these CPUs are about what a real model takes on a GPU.
+    # (inputs, jobs): from a job so short that the fixed cost per job dominates, to SD's native 512 px,
+    # whose seconds per image on these CPUs are about what a real model takes on a GPU.
     workloads = {
         "64px-20steps": ({"prompt": "a red fox", "width": 64, "height": 64, "steps": 20}, args.jobs),
         "256px-30steps": ({"prompt": "a red fox", "width": 256, "height": 256, "steps": 30}, max(2, args.jobs // 2)),
@@ -102,25 +99,28 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
         build_tiny_models(models)
-        for name, (inputs, jobs) in workloads.items():
-            figures[name] = {"jobs": jobs, "direct_images_per_s": direct_throughput(models, inputs, jobs)}
         os.environ["SPOTGEN_POLL_WAIT_S"] = "20"
         settings = Settings.from_env().model_copy(update={"models_dir": models})
         with DevStack(settings, port=0, aws_port=0, log_dir=Path(tmp) / "logs") as stack:
-            api = stack.api_url
-            wait_for(api, call("POST", f"{api}/v1/jobs", {"pipeline": "txt2img", "model": "tiny-sd", "inputs": {
-                "prompt": "warm-up", "width": 64, "height": 64, "steps": 2}})[1]["id"], show=False)
+            api, store = stack.api_url, ModelStore(models, "cpu")
             for name, (inputs, jobs) in workloads.items():
-                e2e = e2e_throughput(api, inputs, jobs)
-                figures[name].update(e2e_images_per_s=e2e, ratio=e2e / figures[name]["direct_images_per_s"])
-            lat = idle_latency(api, {"prompt": "latency", "width": 64, "height": 64, "steps": 2},
-                               args.latency_jobs)
+                direct_seconds(store, inputs, range(1))  # warm-up for this size, in both processes
+                wait_for(api, submit(api, inputs, 0), show=False, timeout=300)
+                half = max(1, jobs // 2)
+                direct = e2e = 0.0
+                for start in (0, half):
+                    direct += direct_seconds(store, inputs, range(start, start + half))
+                    e2e += e2e_seconds(api, inputs, range(start, start + half))
+                figures[name] = {"jobs": 2 * half, "direct_images_per_s": 2 * half / direct,
+                                 "e2e_images_per_s": 2 * half / e2e, "ratio": direct / e2e}
+            lat = idle_latency(api, args.latency_jobs)
     figures["submit_to_running_s"] = {"p50": percentile(lat, 0.5), "p95": percentile(lat, 0.95), "n": len(lat)}
 
-    print(f"{'workload':<16}{'direct img/s':>14}{'end-to-end img/s':>18}{'ratio':>8}   (goal >= 0.95)")
+    print(f"{'workload':<16}{'jobs':>6}{'direct img/s':>14}{'end-to-end img/s':>18}{'ratio':>8}   (goal >= 0.95)")
     for name in workloads:
         f = figures[name]
-        print(f"{name:<16}{f['direct_images_per_s']:>14.2f}{f['e2e_images_per_s']:>18.2f}{f['ratio']:>8.3f}")
+        print(f"{name:<16}{f['jobs']:>6}{f['direct_images_per_s']:>14.2f}{f['e2e_images_per_s']:>18.2f}"
+              f"{f['ratio']:>8.3f}")
     lat_f = figures["submit_to_running_s"]
     print(f"submit -> running, idle worker: p50 {lat_f['p50'] * 1000:.0f} ms, p95 {lat_f['p95'] * 1000:.0f} ms "
           f"({lat_f['n']} jobs)")
