@@ -64,6 +64,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"building tiny random-weight models in {settings.models_dir} ...", flush=True)
         build_tiny_models(settings.models_dir)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (ignored there)
     log_dir = Path(args.log_dir) if args.log_dir else (Path(".spotgen/logs") if args.demo else None)
     stack = DevStack(settings, port=args.port, aws_port=args.aws_port, workers=args.workers, log_dir=log_dir)
     ok = True
