@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from PIL import Image, PngImagePlugin
@@ -33,6 +32,7 @@ from runtime.contract import (
 from runtime.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageRefError
 from runtime.models import ModelError, ModelStore
 from runtime.plugins import Pipeline, Registry, RunContext, SetupContext
+from runtime.progress import ProgressWriter
 from runtime.storage import JobStore, output_key, result_key
 
 log = logging.getLogger("spotgen.worker")
@@ -47,23 +47,6 @@ class PermanentError(Exception):
 
     def __str__(self) -> str:
         return f"{self.info.code}: {self.info.message}"
-
-
-class ThrottledProgress:
-    """Progress writes at most once per ``interval_s``: each write is a paid S3 PUT, and steps are fast."""
-
-    def __init__(self, write: Callable[[int, int], None], interval_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.write, self.interval_s, self.clock = write, interval_s, clock
-        self.last = clock()  # the `running` write just said step 0
-        self.writes = 0
-
-    def __call__(self, step: int, total: int) -> None:
-        now = self.clock()
-        if step < total and now - self.last >= self.interval_s:
-            self.last = now
-            self.writes += 1
-            self.write(step, total)
 
 
 def encode_png(image: Image.Image, parameters: dict[str, Any]) -> bytes:
@@ -167,7 +150,7 @@ class JobRunner:
         def write_progress(step: int, total: int) -> None:
             self.update(doc, progress=Progress(step=step, total=total))
 
-        report = ThrottledProgress(write_progress, self.settings.progress_interval_s)
+        report = ProgressWriter(write_progress, self.settings.progress_interval_s)
         ctx = RunContext(job_id=spec.id, model=spec.model, seed=spec.seed, device=self.settings.device,
                          models=self.models, report=report, fetch_image=self.fetch_image)
         try:
@@ -179,6 +162,8 @@ class JobRunner:
         except Exception as exc:  # a pipeline bug or a bad input it found: both fail the same way again
             log.exception("pipeline %s failed on job %s", spec.pipeline, spec.id)
             raise PermanentError("pipeline_error", f"{type(exc).__name__}: {exc}") from None
+        finally:
+            report.close()
         if not isinstance(images, list) or not images or not all(isinstance(i, Image.Image) for i in images):
             raise PermanentError("pipeline_error", f"pipeline {spec.pipeline!r} must return a non-empty list of "
                                  "PIL images")

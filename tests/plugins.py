@@ -37,3 +37,18 @@ class SolidColor(Pipeline):
         ctx.progress(1, 1)
         shade = ctx.seed % 256
         return [Image.new("RGB", (self.size, self.size), (shade, 0, 255 - shade))]
+
+
+class SlowSteps(Pipeline):
+    """Ten steps of 0.25 s each: long enough for throttled progress to show up in the status."""
+
+    name = "slow"
+    Inputs = FailInputs
+
+    def run(self, inputs: FailInputs, ctx: RunContext) -> list[Image.Image]:
+        import time
+
+        for step in range(1, 11):
+            time.sleep(0.25)
+            ctx.progress(step, 10)
+        return [Image.new("RGB", (8, 8))]
