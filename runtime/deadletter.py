@@ -35,7 +35,11 @@ def dead_letter(sqs: Any, dlq_url: str, message: Any, code: str, reason: str) ->
     attributes = dict(list(attributes.items())[: MAX_SQS_ATTRIBUTES - 2])
     attributes["error_code"] = {"DataType": "String", "StringValue": code[:256]}
     attributes["error_message"] = {"DataType": "String", "StringValue": reason[:1024] or code}
-    sqs.send_message(QueueUrl=dlq_url, MessageBody=raw["Body"], MessageAttributes=attributes)
+    try:
+        sqs.send_message(QueueUrl=dlq_url, MessageBody=raw["Body"], MessageAttributes=attributes)
+    except Exception:  # noqa: BLE001 - the caller leaves the message to the redrive policy instead
+        log.exception("could not send message %s to the dead-letter queue", raw.get("MessageId"))
+        return False
     log.warning("message %s moved to the dead-letter queue: %s: %s", raw.get("MessageId"), code, reason)
     return True
 
@@ -45,14 +49,21 @@ def job_id_attribute(message: Any) -> str | None:
     return (raw.get("MessageAttributes") or {}).get("job_id", {}).get("StringValue")
 
 
+def fail_status(hooks: Any, message: Any, code: str, reason: str) -> None:
+    """Fail the status of the job the message names, if any. Never raises: this runs inside Celery's
+    consumer, where an exception would stop the worker; the message is in the dead-letter queue already."""
+    try:
+        hooks.runner().fail_foreign(job_id_attribute(message), code, reason)
+    except Exception:  # noqa: BLE001
+        log.exception("could not mark the job of a dead-lettered message failed")
+
+
 def reject_permanently(app: Any, message: Any, code: str, reason: str) -> None:
     """Dead-letter, fail the job's status if the message names one, then delete the original."""
     hooks = app.spotgen
     if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, message, code, reason):
-        try:
-            hooks.runner().fail_foreign(job_id_attribute(message), code, reason)
-        finally:
-            message.ack()
+        fail_status(hooks, message, code, reason)
+        message.ack()
     else:  # leave it to SQS's redrive policy rather than lose it
         message.reject(requeue=False)
 
@@ -99,8 +110,6 @@ class JobRequest(Request):
             hooks = self.task.app.spotgen
             if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, self._message,
                            exc.info.code, exc.info.message):
-                try:
-                    hooks.runner().fail_foreign(job_id_attribute(self._message), exc.info.code, exc.info.message)
-                finally:
-                    self.acknowledge()
+                fail_status(hooks, self._message, exc.info.code, exc.info.message)
+                self.acknowledge()
         return super().on_failure(exc_info, send_failed_event, return_ok)

@@ -93,7 +93,7 @@ def main() -> int:
     workloads = {
         "64px-20steps": ({"prompt": "a red fox", "width": 64, "height": 64, "steps": 20}, args.jobs),
         "256px-30steps": ({"prompt": "a red fox", "width": 256, "height": 256, "steps": 30}, max(2, args.jobs // 2)),
-        "512px-30steps": ({"prompt": "a red fox", "width": 512, "height": 512, "steps": 30}, max(2, args.jobs // 4)),
+        "512px-30steps": ({"prompt": "a red fox", "width": 512, "height": 512, "steps": 30}, max(2, args.jobs // 3)),
     }
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
