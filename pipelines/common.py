@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -31,6 +31,7 @@ from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
+from pipelines.resume import resumable, step_callback
 from runtime.contract import GenerationInputs
 from runtime.models import ModelError, ModelStore
 from runtime.plugins import RunContext
@@ -117,7 +118,8 @@ def controlnet_model(store: ModelStore, controlnet_id: str) -> ControlNetModel:
 
 
 def job_pipeline(cls: type[P], base: DiffusionPipeline, scheduler: str, **components: Any) -> P:
-    """A ``cls`` pipeline for one job on ``base``'s own modules (no copy), with a fresh ``scheduler``.
+    """A ``cls`` pipeline for one job on ``base``'s own modules (no copy), with a fresh ``scheduler``; it can
+    continue from a checkpoint (``pipelines.resume``).
 
     ``components`` adds modules ``base`` lacks, such as ``controlnet``. Construction goes through
     ``cls.__init__`` rather than ``cls.from_pipe``, which also casts every module to a dtype (float32
@@ -125,9 +127,10 @@ def job_pipeline(cls: type[P], base: DiffusionPipeline, scheduler: str, **compon
     """
     parts = {**base.components, **components, "scheduler": make_scheduler(scheduler, base.scheduler.config)}
     accepted = _init_parameters(cls)
-    pipe = cls(**{name: value for name, value in parts.items() if name in accepted}, requires_safety_checker=False)
+    pipe = resumable(cls)(**{name: value for name, value in parts.items() if name in accepted},
+                          requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pipe  # type: ignore[return-value]
 
 
 @functools.cache
@@ -141,17 +144,6 @@ def generators(seed: int, n: int) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
 
 
-def progress_callback(ctx: RunContext) -> Callable[[DiffusionPipeline, int, Any, dict[str, Any]], dict[str, Any]]:
-    """A ``callback_on_step_end`` reporting ``(step, total)``; the total is the steps the pipeline really runs,
-    which is fewer than asked for in img2img (strength) and one more with PNDM."""
-
-    def on_step_end(pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        ctx.progress(step + 1, pipe.num_timesteps)
-        return kwargs
-
-    return on_step_end
-
-
 def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     """The input image as RGB at exactly ``width`` x ``height``, so the output has the size the job asked for
     (diffusers would keep the input's own size, rounded to a multiple of 8)."""
@@ -162,7 +154,11 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def generate(pipe: DiffusionPipeline, inputs: GenerationInputs, ctx: RunContext, **task: Any) -> list[Image.Image]:
-    """Run ``pipe`` with the settings every task shares plus ``task``'s own arguments."""
+    """Run ``pipe`` with the settings every task shares plus ``task``'s own arguments, from the beginning or
+    from ``ctx.resume_from``; every step goes through ``ctx.step`` with a way to save the state."""
+    gens = generators(ctx.seed, inputs.num_images)
+    if ctx.resume_from is not None:
+        pipe.resume_from(ctx.resume_from, gens)  # type: ignore[attr-defined]
     with torch.inference_mode():
         result = pipe(
             prompt=inputs.prompt,
@@ -170,8 +166,8 @@ def generate(pipe: DiffusionPipeline, inputs: GenerationInputs, ctx: RunContext,
             num_inference_steps=inputs.steps,
             guidance_scale=inputs.guidance_scale,
             num_images_per_prompt=inputs.num_images,
-            generator=generators(ctx.seed, inputs.num_images),
-            callback_on_step_end=progress_callback(ctx),
+            generator=gens,
+            callback_on_step_end=step_callback(ctx, gens),
             output_type="pil",
             **task,
         )

@@ -13,6 +13,7 @@ from runtime.plugins import Pipeline, RunContext
 
 class ControlNet(Pipeline):
     name = "controlnet"
+    checkpoints = True
     Inputs = ControlNetInputs
     image_fields = ("control_image",)
 

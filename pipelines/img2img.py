@@ -12,6 +12,7 @@ from runtime.plugins import Pipeline, RunContext
 
 class Img2Img(Pipeline):
     name = "img2img"
+    checkpoints = True
     Inputs = Img2ImgInputs
     image_fields = ("image",)
 

@@ -12,6 +12,7 @@ from runtime.plugins import Pipeline, RunContext
 
 class Txt2Img(Pipeline):
     name = "txt2img"
+    checkpoints = True
     Inputs = Txt2ImgInputs
 
     def run(self, inputs: Txt2ImgInputs, ctx: RunContext) -> list[Image]:

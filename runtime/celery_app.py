@@ -1,7 +1,9 @@
 """The Celery app: SQS transport with predefined queues, late acks, one job at a time per process.
 
 A GPU runs one job at a time, so the worker uses the solo pool (the job runs in the process that holds the
-models) with prefetch 1: a second message is never held back while the first runs.
+models) with prefetch 1: a second message is never held back while the first runs. The running job holds
+a ``Lease`` on its message (visibility heartbeat); Celery's warm shutdown on SIGTERM is joined by an
+``Interruption`` that checkpoints the job and bounds the time to exit (``runtime.interrupt``).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from celery import Celery
+from celery import Celery, signals
 
 from runtime import aws
 from runtime.config import Settings
 from runtime.envelope import TASK_NAME
+from runtime.interrupt import Interruption, watch_imds
+from runtime.lease import Lease
 from runtime.models import ModelStore
 from runtime.plugins import Registry
 from runtime.storage import JobStore
@@ -30,6 +34,9 @@ class Hooks:
     settings: Settings
     sqs: Any
     runner: Callable[[], JobRunner]
+    interruption: Interruption
+    #: The raw SQS message of the task now running (set by ``JobRequest``; the solo pool runs one at a time).
+    current: dict[str, Any] | None = None
 
 
 def broker_url(settings: Settings) -> str:
@@ -40,11 +47,11 @@ def broker_url(settings: Settings) -> str:
     return f"sqs://@{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
-def build_runner(settings: Settings) -> JobRunner:
+def build_runner(settings: Settings, interruption: Interruption | None = None) -> JobRunner:
     registry = Registry.default(settings.plugins)
     store = JobStore(aws.client("s3", settings), settings)
     models = ModelStore(settings.models_dir, settings.device)
-    return JobRunner(settings, store, aws.client("sns", settings), registry, models)
+    return JobRunner(settings, store, aws.client("sns", settings), registry, models, interruption)
 
 
 def make_app(settings: Settings) -> Celery:
@@ -78,14 +85,26 @@ def make_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
         worker_enable_remote_control=False,
     )
-    runner = functools.cache(lambda: build_runner(settings))
-    app.spotgen = Hooks(settings, aws.client("sqs", settings), runner)
+    interruption = Interruption(settings.interrupt_deadline_s)
+    runner = functools.cache(lambda: build_runner(settings, interruption))
+    hooks = Hooks(settings, aws.client("sqs", settings), runner, interruption)
+    app.spotgen = hooks
 
     @app.task(name=TASK_NAME, Request="runtime.deadletter:JobRequest", acks_late=True, ignore_result=True)
     def run_job(*args: Any, **kwargs: Any) -> None:
         if len(args) != 1 or kwargs:
             raise PermanentError("invalid_message", "a job message carries exactly one argument, the job")
-        runner().run(args[0])
+        if hooks.current is None:  # called directly, not from a queue
+            runner().run(args[0])
+            return
+        lease = Lease(hooks.sqs, settings.queue_url, hooks.current, settings.heartbeat_s, settings.lease_s,
+                      settings.max_job_s)
+        interruption.lease = lease
+        try:
+            with lease:
+                runner().run(args[0], lease)
+        finally:
+            interruption.lease = None
 
     return app
 
@@ -94,6 +113,13 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     """Start consuming. The runner is built first so a broken plugin stops start-up, not every job."""
     app = make_app(settings)
     app.spotgen.runner()
+
+    def on_shutdown(sig: str = "", how: str = "", **_: Any) -> None:  # from Celery's own signal handler
+        app.spotgen.interruption.request(f"{sig or 'signal'}, {how.lower() or 'warm'} shutdown")
+
+    signals.worker_shutting_down.connect(on_shutdown, weak=False)
+    if settings.imds_poll_s:
+        watch_imds(settings.imds_url, settings.imds_poll_s)
     argv = ["worker", "--pool=solo", "--concurrency=1", f"--queues={settings.queue_name}",
             "--without-gossip", "--without-mingle", "--without-heartbeat", f"--loglevel={settings.log_level}"]
     app.worker_main(argv + (extra_argv or []))

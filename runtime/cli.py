@@ -66,7 +66,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (ignored there)
     log_dir = Path(args.log_dir) if args.log_dir else (Path(".spotgen/logs") if args.demo else None)
-    stack = DevStack(settings, port=args.port, aws_port=args.aws_port, workers=args.workers, log_dir=log_dir)
+    stack = DevStack(settings, port=args.port, aws_port=args.aws_port, workers=args.workers, log_dir=log_dir,
+                     visibility_timeout_s=args.visibility_timeout)
     ok = True
     try:
         stack.start()
@@ -106,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--demo", action="store_true", help="submit three demo jobs, save PNGs, then exit")
     dev.add_argument("--port", type=int, default=8080, help="API port (0: any free port)")
     dev.add_argument("--aws-port", type=int, default=4566, help="AWS emulator port (0: any free port)")
-    dev.add_argument("--workers", type=int, default=1)
+    dev.add_argument("--workers", type=int, default=1, help="worker processes to start (0: bring your own)")
+    dev.add_argument("--visibility-timeout", type=int, default=300, metavar="S",
+                     help="the work queue's visibility timeout (the worker's lease takes over once a job starts)")
     dev.add_argument("--models", help=f"models directory with catalog.json (default {DEFAULT_MODELS_DIR})")
     dev.add_argument("--device", help="torch device for the workers, e.g. cuda")
     dev.add_argument("--out", default="out", help="where --demo saves its PNGs")

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PREFIX = "SPOTGEN_"
 
@@ -53,12 +53,39 @@ class Settings(BaseModel):
     poll_wait_s: int = Field(10, ge=1, le=20)
     log_level: str = "INFO"
 
+    # -- interruption, checkpoints and the visibility lease (see README "Interruptions") ----------------
+    #: Seconds from SIGTERM (or a spot notice) to a forced exit; keep it below the pod's grace period and
+    #: the 120 s spot notice.
+    interrupt_deadline_s: float = Field(90.0, gt=0, le=3600)
+    #: Also checkpoint every N steps, to bound the loss of a hard kill; 0 = only when interrupted.
+    checkpoint_every: int = Field(0, ge=0)
+    #: Seconds between two extensions of the running job's SQS message visibility.
+    heartbeat_s: float = Field(20.0, gt=0, le=3600)
+    #: Visibility each extension sets: after a crash the message is visible again within this time.
+    lease_s: int = Field(60, ge=1, le=43200)
+    #: A job running longer than this stops being extended (and may be delivered again).
+    max_job_s: int = Field(4 * 3600, ge=1, le=43200)
+    #: The work queue's maxReceiveCount: on the last delivery a failing job ends ``failed`` for good.
+    max_receive_count: int = Field(5, ge=1, le=1000)
+    #: Poll the EC2 metadata service for a spot interruption notice every N seconds; 0 = off.
+    imds_poll_s: float = Field(0.0, ge=0)
+    imds_url: str = "http://169.254.169.254"
+    #: Diagnostics: append "pid job attempt step" per finished denoising step to this file (chaos harness).
+    step_log: Path | None = None
+
     @field_validator("models", "controlnets", "extra_pipelines", "plugins", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeat(self) -> Settings:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be shorter than lease_s ({self.lease_s}), or "
+                             "the message becomes visible between two extensions")
+        return self
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

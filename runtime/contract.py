@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -38,6 +38,7 @@ MAX_PROMPT_CHARS = 2000
 MAX_CONTEXT_BYTES = 4096
 MAX_BODY_BYTES = 6 * 1024 * 1024
 MAX_PLUGIN_INPUT_BYTES = 64 * 1024
+MAX_TTL_S = 7 * 24 * 3600
 
 #: Scheduler names a request may ask for; the worker maps each to a diffusers scheduler class.
 SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc", "pndm", "lms")
@@ -162,6 +163,35 @@ class JobRequest(_Strict):
     inputs: dict[str, Any] = Field(default_factory=dict)
     output_prefix: str | None = Field(None, max_length=128, pattern=OUTPUT_PREFIX_RE.pattern)
     context: Annotated[dict[str, Any] | None, AfterValidator(_context)] = None
+    #: A deadline: a job that reaches a worker after it ends as ``expired`` without running.
+    expires_at: datetime | None = None
+    ttl_seconds: int | None = Field(None, ge=1, le=MAX_TTL_S)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-01-01T12:00:00Z")
+        return value
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> JobRequest:
+        if self.expires_at is not None and self.ttl_seconds is not None:
+            raise ValueError("give expires_at or ttl_seconds, not both")
+        return self
+
+    def deadline(self, now: datetime) -> datetime | None:
+        """When the job expires, or None; ContractError if that is already past or too far away."""
+        if self.ttl_seconds is not None:
+            return now + timedelta(seconds=self.ttl_seconds)
+        if self.expires_at is None:
+            return None
+        if self.expires_at <= now:
+            raise ContractError("invalid_field", "expires_at: the deadline is already past", "expires_at")
+        if self.expires_at > now + timedelta(seconds=MAX_TTL_S):
+            raise ContractError("invalid_field", f"expires_at: the deadline is more than {MAX_TTL_S} s away",
+                                "expires_at")
+        return self.expires_at
 
 
 class JobSpec(_Strict):
@@ -177,6 +207,12 @@ class JobSpec(_Strict):
     context: Annotated[dict[str, Any] | None, AfterValidator(_context)] = None
     submitted_at: datetime
     request_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    expires_at: datetime | None = None
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must have been made from: this job, these inputs, this model and seed."""
+        body = self.model_dump(mode="json", include={"id", "pipeline", "model", "inputs", "seed", "version"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     @field_validator("version")
     @classmethod
@@ -192,10 +228,11 @@ class JobState(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    expired = "expired"
 
     @property
     def final(self) -> bool:
-        return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
+        return self not in (JobState.queued, JobState.running)
 
 
 class Progress(BaseModel):
@@ -207,6 +244,14 @@ class JobErrorInfo(BaseModel):
     code: str
     message: str
     field: str | None = None
+
+
+class ResumeInfo(BaseModel):
+    """How the latest attempt started: where it picked up, and why there if not at the last step done."""
+
+    attempt: int
+    from_step: int
+    note: str = ""
 
 
 class StatusDoc(BaseModel):
@@ -224,12 +269,20 @@ class StatusDoc(BaseModel):
     outputs: list[str] = Field(default_factory=list)
     error: JobErrorInfo | None = None
     context: dict[str, Any] | None = None
+    #: Deliveries that ran the job (an interruption makes one more).
     attempts: int = 0
+    interruptions: int = 0
+    resume: ResumeInfo | None = None
     request_hash: str = ""
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    expires_at: datetime | None = None
+    #: Set by ``POST /v1/jobs/{id}/cancel`` on a running job; the worker stops within one step.
+    cancel_requested_at: datetime | None = None
+    #: Set once the results topic has the job's notification (so a redelivery never sends a second).
+    notified_at: datetime | None = None
 
 
 class Notification(BaseModel):

@@ -98,18 +98,46 @@ class DeadLetterConsumer(Consumer):
         reject_permanently(self.app, message, "invalid_message", f"the message cannot be decoded: {exc}")
 
 
+def receive_count(message: Any) -> int:
+    raw = (getattr(message, "delivery_info", None) or {}).get("sqs_message") or {}
+    try:
+        return int((raw.get("Attributes") or {}).get("ApproximateReceiveCount", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
 class JobRequest(Request):
     """A job that failed permanently is dead-lettered, then its message deleted. Other failures are
-    rejected without delete (``task_acks_on_failure_or_timeout`` is off), so SQS redelivers them."""
+    rejected without delete (``task_acks_on_failure_or_timeout`` is off), so SQS redelivers them once the
+    lease runs out; on the last delivery maxReceiveCount allows, a failure is final too, so the job ends
+    ``failed`` with its error rather than sitting in the dead-letter queue with a stale status.
+
+    It also tells the task which SQS message it runs for (Celery passes the task a filtered copy of the
+    delivery information without the receipt handle the lease needs)."""
+
+    def execute_using_pool(self, pool: Any, **kwargs: Any) -> Any:
+        hooks = self.task.app.spotgen
+        hooks.current = (self._message.delivery_info or {}).get("sqs_message")
+        try:
+            return super().execute_using_pool(pool, **kwargs)
+        finally:
+            hooks.current = None
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         from runtime.worker import PermanentError
 
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        hooks = self.task.app.spotgen
         if isinstance(exc, PermanentError):
-            hooks = self.task.app.spotgen
-            if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, self._message,
-                           exc.info.code, exc.info.message):
-                fail_status(hooks, self._message, exc.info.code, exc.info.message)
-                self.acknowledge()
+            code, reason = exc.info.code, exc.info.message
+        elif receive_count(self._message) >= hooks.settings.max_receive_count:
+            code, reason = "retries_exhausted", (f"failed on each of {receive_count(self._message)} deliveries; "
+                                                 f"last error: {type(exc).__name__}: {exc}")
+        else:
+            log.warning("job failed (%s: %s); its message is redelivered when the lease runs out",
+                        type(exc).__name__, exc)
+            return super().on_failure(exc_info, send_failed_event, return_ok)
+        if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, self._message, code, reason):
+            fail_status(hooks, self._message, code, reason)
+            self.acknowledge()
         return super().on_failure(exc_info, send_failed_event, return_ok)

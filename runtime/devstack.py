@@ -38,9 +38,10 @@ def _die_with_parent() -> None:
 
 class DevStack:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8080, aws_port: int = 4566,
-                 workers: int = 1, log_dir: Path | None = None) -> None:
+                 workers: int = 1, log_dir: Path | None = None, visibility_timeout_s: int = 300) -> None:
         self.base, self.host, self.port, self.aws_port = settings, host, port, aws_port
         self.workers, self.log_dir = workers, log_dir
+        self.visibility_timeout_s = visibility_timeout_s
         self.settings: Settings = settings
         self.resources: Resources | None = None
         self._emulator: Any = None
@@ -66,7 +67,8 @@ class DevStack:
         endpoint = f"http://{host}:{aws_port}"
         emulator = self.base.model_copy(update={"aws_endpoint_url": endpoint})
         self.resources = provision(aws.client("s3", emulator), aws.client("sns", emulator),
-                                   aws.client("sqs", emulator))
+                                   aws.client("sqs", emulator), max_receive_count=self.base.max_receive_count,
+                                   visibility_timeout_s=self.visibility_timeout_s)
         self._api = make_server(api.handler, self.host, self.port)
         fields = {k: v for k, v in vars(self.resources).items() if k in Settings.model_fields}
         self.settings = emulator.model_copy(update={**fields,

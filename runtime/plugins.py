@@ -22,7 +22,11 @@ from runtime.contract import PIPELINE_NAME_RE
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from runtime.checkpoint import StepState
     from runtime.models import ModelStore
+
+#: What ``RunContext.step`` calls with ``(step, total, state)``; the runtime's policy lives behind it.
+StepHook = Callable[[int, int, "Callable[[], StepState] | None"], None]
 
 ENTRY_POINT_GROUP = "spotgen.pipelines"
 BUILTINS = ("pipelines.txt2img:Txt2Img", "pipelines.img2img:Img2Img", "pipelines.controlnet:ControlNet")
@@ -36,20 +40,45 @@ class SetupContext:
     models: ModelStore
 
 
+class JobStopped(BaseException):  # noqa: N818 - a signal to unwind, not an error
+    """Raised by ``RunContext.step`` to stop a job; a BaseException so that ``except Exception`` in a
+    pipeline does not swallow it. Let it propagate."""
+
+
+class JobInterrupted(JobStopped):
+    """The worker is being shut down (spot notice, scale-in); the state was saved if the pipeline gave one."""
+
+
+class JobCancelled(JobStopped):
+    """The client cancelled the job."""
+
+
+class JobSuperseded(JobStopped):
+    """The job ended elsewhere (another delivery finished it): stop without writing anything."""
+
+
 @dataclass
 class RunContext:
-    """What ``run`` gets for one job. ``progress`` is cheap to call every step (the runtime throttles writes)."""
+    """What ``run`` gets for one job. ``step`` is cheap to call every step (the runtime throttles writes)."""
 
     job_id: str
     model: str
     seed: int
     device: str
     models: ModelStore
-    report: Callable[[int, int], None] = field(repr=False)
+    report: StepHook = field(repr=False)
     fetch_image: Callable[[str], Image] = field(repr=False)
+    #: The state an earlier attempt saved, when the pipeline supports checkpoints and one was found.
+    resume_from: StepState | None = None
+
+    def step(self, step: int, total: int, state: Callable[[], StepState] | None = None) -> None:
+        """Call after each step. ``state`` builds what is needed to continue after ``step`` steps; the runtime
+        calls it only when it saves a checkpoint (interruption, or every N steps). May raise ``JobStopped``."""
+        self.report(step, total, state)
 
     def progress(self, step: int, total: int) -> None:
-        self.report(step, total)
+        """``step`` without saving: for pipelines that cannot continue from a checkpoint."""
+        self.report(step, total, None)
 
     def image(self, ref: str) -> Image:
         """Load an input image named by the request (an s3:// URI the runtime already checked), as RGB."""
@@ -63,6 +92,9 @@ class Pipeline:
     Inputs: ClassVar[type[BaseModel]]
     #: Fields of ``Inputs`` that are image references (the submit API stores them in S3).
     image_fields: ClassVar[tuple[str, ...]] = ()
+    #: True if ``run`` passes ``state`` to ``ctx.step`` and continues from ``ctx.resume_from``; otherwise an
+    #: interrupted job starts again from the beginning (and its status says so).
+    checkpoints: ClassVar[bool] = False
 
     def setup(self, ctx: SetupContext) -> None:
         """Once per worker process, before the first job. Load what every job needs."""

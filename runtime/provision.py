@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-#: Messages that fail this many receives move to the dead-letter queue.
-MAX_RECEIVE_COUNT = 3
-#: Work-queue visibility timeout; a job must finish (or, later, extend it) within this.
+#: Messages received this many times without being deleted move to the dead-letter queue. Interruptions
+#: do not count (the worker sends an interrupted job back as a new message); crashes and failures do.
+MAX_RECEIVE_COUNT = 5
+#: Work-queue visibility timeout: only covers receive-to-start, the worker's lease takes over from there.
 VISIBILITY_TIMEOUT_S = 300
 
 
@@ -50,6 +51,8 @@ def provision(
     prefix: str = "spotgen",
     queue: str = "jobs",
     filter_policy: dict[str, Any] | None = None,
+    max_receive_count: int = MAX_RECEIVE_COUNT,
+    visibility_timeout_s: int = VISIBILITY_TIMEOUT_S,
 ) -> Resources:
     """Idempotent: AWS create calls return the existing resource when it matches."""
     input_bucket, output_bucket = f"{prefix}-inputs", f"{prefix}-outputs"
@@ -63,9 +66,9 @@ def provision(
 
     queue_name = f"{prefix}-{queue}"
     dlq_url, dlq_arn = create_queue(sqs, f"{queue_name}-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)})
-    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT})
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
     queue_url, queue_arn = create_queue(sqs, queue_name, {
-        "VisibilityTimeout": str(VISIBILITY_TIMEOUT_S), "RedrivePolicy": redrive,
+        "VisibilityTimeout": str(visibility_timeout_s), "RedrivePolicy": redrive,
         "MessageRetentionPeriod": str(4 * 24 * 3600)})
     allow_topic(sqs, queue_url, queue_arn, jobs_topic)
     policy = filter_policy or {"pipeline": [{"exists": True}]}

@@ -29,6 +29,14 @@ def output_key(prefix: str, job_id: str, index: int) -> str:
     return f"{prefix}/{job_id}/{index}.png"
 
 
+def checkpoint_key(job_id: str) -> str:
+    return f"checkpoints/{job_id}/latest.safetensors"
+
+
+class StatusConflict(Exception):
+    """The status document changed since it was read (a cancel, or another worker): read it again."""
+
+
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -58,12 +66,31 @@ class JobStore:
         return True
 
     def read_status(self, job_id: str) -> StatusDoc | None:
-        data = self.get_json(self.output_bucket, status_key(job_id))
-        return None if data is None else StatusDoc.model_validate(data)
+        return self.read_status_tagged(job_id)[0]
 
-    def write_status(self, doc: StatusDoc) -> None:
-        self.s3.put_object(Bucket=self.output_bucket, Key=status_key(doc.id), Body=doc.model_dump_json(),
-                           ContentType="application/json")
+    def read_status_tagged(self, job_id: str) -> tuple[StatusDoc | None, str | None]:
+        """The status document and its ETag, for a later conditional ``write_status``."""
+        try:
+            obj = self.s3.get_object(Bucket=self.output_bucket, Key=status_key(job_id))
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                return None, None
+            raise
+        return StatusDoc.model_validate_json(obj["Body"].read()), obj["ETag"]
+
+    def write_status(self, doc: StatusDoc, if_match: str | None = None) -> str:
+        """Write the status document; with ``if_match`` only if it is still the version with that ETag
+        (S3 conditional write), else ``StatusConflict``. Returns the new ETag."""
+        extra = {"IfMatch": if_match} if if_match else {}
+        try:
+            out = self.s3.put_object(Bucket=self.output_bucket, Key=status_key(doc.id), Body=doc.model_dump_json(),
+                                     ContentType="application/json", **extra)
+        except ClientError as exc:
+            if if_match and _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412",
+                                                  "NoSuchKey", "404"):
+                raise StatusConflict(doc.id) from None
+            raise
+        return str(out["ETag"])
 
     # -- generic objects ----------------------------------------------------------------------------------
     def get_json(self, bucket: str, key: str) -> Any | None:
@@ -74,6 +101,17 @@ class JobStore:
                 return None
             raise
         return json.loads(body)
+
+    def create_json(self, key: str, data: Any) -> bool:
+        """Write ``data`` unless the key exists (atomic in S3); False if it did."""
+        try:
+            self.s3.put_object(Bucket=self.output_bucket, Key=key, Body=json.dumps(data, default=str).encode(),
+                               ContentType="application/json", IfNoneMatch="*")
+        except ClientError as exc:
+            if _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                return False
+            raise
+        return True
 
     def put_json(self, key: str, data: Any) -> None:
         self.s3.put_object(Bucket=self.output_bucket, Key=key, Body=json.dumps(data, default=str).encode(),
@@ -96,6 +134,26 @@ class JobStore:
     def put_output(self, key: str, png: bytes) -> str:
         self.s3.put_object(Bucket=self.output_bucket, Key=key, Body=png, ContentType="image/png")
         return f"s3://{self.output_bucket}/{key}"
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def put_checkpoint(self, job_id: str, data: bytes) -> None:
+        """One PUT: S3 makes it atomic (a reader sees the previous checkpoint or this one, never a mix)."""
+        self.s3.put_object(Bucket=self.output_bucket, Key=checkpoint_key(job_id), Body=data,
+                           ContentType="application/octet-stream")
+
+    def get_checkpoint(self, job_id: str, max_bytes: int) -> bytes | None:
+        try:
+            obj = self.s3.get_object(Bucket=self.output_bucket, Key=checkpoint_key(job_id))
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise
+        if obj.get("ContentLength", 0) > max_bytes:
+            raise ValueError(f"checkpoint of job {job_id} is larger than {max_bytes} bytes")
+        return obj["Body"].read()
+
+    def delete_checkpoint(self, job_id: str) -> None:
+        self.s3.delete_object(Bucket=self.output_bucket, Key=checkpoint_key(job_id))
 
     def presign(self, key: str) -> str:
         return self.s3.generate_presigned_url("get_object", Params={"Bucket": self.output_bucket, "Key": key},

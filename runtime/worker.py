@@ -3,6 +3,11 @@
 The message is validated again here (the queue is never trusted). Failures that would fail again on any
 worker raise ``PermanentError`` after the status says ``failed``; the Celery layer then moves the message
 to the dead-letter queue. Anything else (an AWS outage, say) propagates and the message is redelivered.
+
+Exactly-once as the client sees it: a delivery of a job that is already final does nothing but make sure
+its one notification went out; outputs go to keys derived from the job id (a second run writes the same
+bytes to the same keys); the result document is created once (``If-None-Match``) and the status document
+is only changed by compare-and-swap (``runtime.jobstatus``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, ValidationError
 
+from runtime import checkpoint
+from runtime.checkpoint import CheckpointError, Saver, StepState
 from runtime.config import Settings
 from runtime.contract import (
     JOB_ID_RE,
@@ -25,14 +32,27 @@ from runtime.contract import (
     JobState,
     Notification,
     Progress,
+    ResumeInfo,
     StatusDoc,
     raise_contract_error,
     utcnow,
 )
 from runtime.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageRefError
+from runtime.interrupt import Interruption
+from runtime.jobstatus import JobEnded, StatusTracker
+from runtime.lease import Lease
 from runtime.models import ModelError, ModelStore
-from runtime.plugins import Pipeline, Registry, RunContext, SetupContext
+from runtime.plugins import (
+    JobCancelled,
+    JobInterrupted,
+    JobSuperseded,
+    Pipeline,
+    Registry,
+    RunContext,
+    SetupContext,
+)
 from runtime.progress import ProgressWriter
+from runtime.steplog import StepLog
 from runtime.storage import JobStore, output_key, result_key
 
 log = logging.getLogger("spotgen.worker")
@@ -74,37 +94,73 @@ def decode_image(data: bytes) -> Image.Image:
 class JobRunner:
     """Runs jobs one at a time in a worker process; pipelines are set up once and reused."""
 
-    def __init__(self, settings: Settings, store: JobStore, sns: Any, registry: Registry,
-                 models: ModelStore) -> None:
+    def __init__(self, settings: Settings, store: JobStore, sns: Any, registry: Registry, models: ModelStore,
+                 interruption: Interruption | None = None) -> None:
         self.settings, self.store, self.sns = settings, store, sns
         self.registry, self.models = registry, models
+        self.interruption = interruption
+        self.steplog = StepLog(settings.step_log)
         self._pipelines: dict[str, Pipeline] = {}
 
     # -- entry point ---------------------------------------------------------------------------------------
-    def run(self, message: Any) -> StatusDoc | None:
-        """Run the job a queue message carries; returns the final status, or None for a duplicate."""
+    def run(self, message: Any, lease: Lease | None = None) -> StatusDoc | None:
+        """Run the job a queue message carries. Returns its final status, or None when this delivery did not
+        end it (a duplicate, or an interruption that handed the job back)."""
         spec = self.parse(message)
-        doc = self.store.read_status(spec.id)
-        if doc is not None and doc.state.final:
-            log.info("job %s is already %s; duplicate delivery skipped", spec.id, doc.state)
+        tracker = StatusTracker.open(self.store, spec)
+        try:
+            return self._run(spec, tracker, lease)
+        except JobEnded as ended:
+            log.info("job %s is already %s; this delivery stops", spec.id, ended.doc.state)
+            self.settle(tracker)
             return None
-        if doc is None:  # a message that did not come through the API: give it a status of its own
-            now = utcnow()
-            doc = StatusDoc(id=spec.id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model,
-                            seed=spec.seed, context=spec.context, request_hash=spec.request_hash,
-                            created_at=now, updated_at=now)
+
+    def _run(self, spec: JobSpec, tracker: StatusTracker, lease: Lease | None) -> StatusDoc | None:
+        doc = tracker.doc
+        if doc.state.final:
+            log.info("job %s is already %s; duplicate delivery skipped", spec.id, doc.state)
+            self.settle(tracker)
+            return None
+        if self.interruption is not None and self.interruption.requested and lease is not None:
+            lease.requeue()  # received just as the worker is going away: hand it on untouched
+            return None
+        if doc.cancel_requested_at is not None:
+            return self.finish(tracker, JobState.cancelled, [], None)
+        if spec.expires_at is not None and utcnow() >= spec.expires_at:
+            return self.finish(tracker, JobState.expired, [], JobErrorInfo(
+                code="expired", message=f"the job's deadline {spec.expires_at.isoformat()} passed before a worker "
+                "could start it", field="expires_at"))
         try:
             pipeline, inputs = self.prepare(spec)
-            doc = self.update(doc, state=JobState.running, attempts=doc.attempts + 1, started_at=utcnow(),
-                              progress=Progress(step=0, total=getattr(inputs, "steps", 0)))
-            started = time.perf_counter()
-            images = self.execute(spec, pipeline, inputs, doc)
         except PermanentError as exc:
-            self.finish(doc, JobState.failed, [], exc.info)
+            self.finish(tracker, JobState.failed, [], exc.info)
             raise
+        resume, note = self.resume_state(spec, pipeline, doc)
+        attempt = doc.attempts + 1
+        from_step = resume.step if resume else 0
+        tracker.write(state=JobState.running, attempts=attempt, started_at=doc.started_at or utcnow(),
+                      resume=ResumeInfo(attempt=attempt, from_step=from_step, note=note) if attempt > 1 else None,
+                      progress=Progress(step=from_step, total=doc.progress.total or getattr(inputs, "steps", 0)))
+        started = time.perf_counter()
+        try:
+            images = self.execute(spec, pipeline, inputs, tracker, resume, attempt)
+        except PermanentError as exc:
+            self.finish(tracker, JobState.failed, [], exc.info)
+            raise
+        except JobCancelled:
+            log.info("job %s cancelled at step %d", spec.id, tracker.doc.progress.step)
+            return self.finish(tracker, JobState.cancelled, [], None)
+        except JobSuperseded:
+            raise JobEnded(tracker.ended or tracker.doc) from None
+        except JobInterrupted:
+            tracker.write(state=JobState.queued, interruptions=tracker.doc.interruptions + 1)
+            if lease is not None:
+                lease.requeue()
+            log.warning("job %s interrupted at step %d and handed back", spec.id, tracker.doc.progress.step)
+            return None
         generated = time.perf_counter()
         keys = self.store_outputs(spec, images)
-        final = self.finish(doc, JobState.succeeded, keys, None)
+        final = self.finish(tracker, JobState.succeeded, keys, None)
         log.info("job %s succeeded: pipeline %.3f s, storing and notifying %.3f s", spec.id,
                  generated - started, time.perf_counter() - generated)
         return final
@@ -146,14 +202,58 @@ class JobRunner:
             self._pipelines[name] = instance
         return self._pipelines[name]
 
-    def execute(self, spec: JobSpec, pipeline: Pipeline, inputs: BaseModel, doc: StatusDoc) -> list[Image.Image]:
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def resume_state(self, spec: JobSpec, pipeline: Pipeline, doc: StatusDoc) -> tuple[StepState | None, str]:
+        """The checkpoint to continue from, if there is a usable one, and a note for the status."""
+        again = "; restarted from the beginning"
+        if not type(pipeline).checkpoints:
+            return None, (f"pipeline {spec.pipeline!r} does not save checkpoints{again}" if doc.attempts else "")
+        try:
+            data = self.store.get_checkpoint(spec.id, checkpoint.MAX_CHECKPOINT_BYTES)
+            if data is None:
+                return None, (f"no checkpoint was saved{again}" if doc.attempts else "")
+            state = checkpoint.load(data, spec.fingerprint())
+        except (CheckpointError, ValueError) as exc:
+            log.warning("job %s: checkpoint ignored: %s", spec.id, exc)
+            return None, f"checkpoint ignored ({exc}){again}"
+        log.info("job %s resumes at step %d", spec.id, state.step)
+        return state, f"resumed at step {state.step} from a checkpoint"
+
+    def execute(self, spec: JobSpec, pipeline: Pipeline, inputs: BaseModel, tracker: StatusTracker,
+                resume: StepState | None, attempt: int) -> list[Image.Image]:
         def write_progress(step: int, total: int) -> None:
-            self.update(doc, progress=Progress(step=step, total=total))
+            tracker.write(progress=Progress(step=step, total=total))
 
         report = ProgressWriter(write_progress, self.settings.progress_interval_s)
+        saver = Saver(lambda data: self.store.put_checkpoint(spec.id, data))
+        fingerprint, every = spec.fingerprint(), self.settings.checkpoint_every
+
+        def on_step(step: int, total: int, state: Any) -> None:
+            report(step, total)
+            self.steplog.write(spec.id, attempt, step)
+            if tracker.ended is not None:
+                raise JobSuperseded
+            if tracker.cancel_requested:
+                raise JobCancelled
+            if state is None or step >= total:  # nothing to save, or only decoding is left: finish instead
+                return
+            if self.interruption is not None and self.interruption.requested:
+                tracker.doc.progress = Progress(step=step, total=total)
+                if not saver.save(checkpoint.dump(state(), fingerprint), wait=True):
+                    log.error("job %s: the interruption checkpoint could not be stored", spec.id)
+                raise JobInterrupted
+            if every and step % every == 0:
+                saver.save(checkpoint.dump(state(), fingerprint))
+
         ctx = RunContext(job_id=spec.id, model=spec.model, seed=spec.seed, device=self.settings.device,
-                         models=self.models, report=report, fetch_image=self.fetch_image)
+                         models=self.models, report=on_step, fetch_image=self.fetch_image, resume_from=resume)
         try:
+            images = pipeline.run(inputs, ctx)
+        except CheckpointError as exc:  # the checkpoint passed its checks but does not fit this run
+            if resume is None:
+                raise PermanentError("pipeline_error", f"CheckpointError: {exc}") from None
+            log.warning("job %s: checkpoint ignored: %s; restarting from the beginning", spec.id, exc)
+            ctx.resume_from = None
             images = pipeline.run(inputs, ctx)
         except (PermanentError, ModelError, ImageRefError) as exc:
             if isinstance(exc, PermanentError):
@@ -164,6 +264,7 @@ class JobRunner:
             raise PermanentError("pipeline_error", f"{type(exc).__name__}: {exc}") from None
         finally:
             report.close()
+            saver.close()
         if not isinstance(images, list) or not images or not all(isinstance(i, Image.Image) for i in images):
             raise PermanentError("pipeline_error", f"pipeline {spec.pipeline!r} must return a non-empty list of "
                                  "PIL images")
@@ -182,24 +283,35 @@ class JobRunner:
             keys.append(key)
         return keys
 
-    def update(self, doc: StatusDoc, **changes: Any) -> StatusDoc:
-        """Change the running job's status document in place and write it."""
-        for name, value in {**changes, "updated_at": utcnow()}.items():
-            setattr(doc, name, value)
-        self.store.write_status(doc)
-        return doc
-
-    def finish(self, doc: StatusDoc, state: JobState, keys: list[str], error: JobErrorInfo | None) -> StatusDoc:
+    def finish(self, tracker: StatusTracker, state: JobState, keys: list[str],
+               error: JobErrorInfo | None) -> StatusDoc:
         """Result document, final status, then the notification: in this order, so a client that hears the
-        notification finds everything in place."""
-        progress = doc.progress if error else Progress(step=doc.progress.total, total=doc.progress.total)
+        notification finds everything in place. The result document is created once: if another delivery
+        got there first, its result stands."""
+        doc = tracker.doc
+        progress = doc.progress if state != JobState.succeeded else Progress(step=doc.progress.total,
+                                                                             total=doc.progress.total)
         now = utcnow()
         final = doc.model_copy(update={"state": state, "outputs": keys, "error": error, "progress": progress,
                                        "finished_at": now, "updated_at": now})
-        self.store.put_json(result_key(doc.id), final.model_dump(mode="json"))
-        self.store.write_status(final)
-        self.notify(final)
-        return final
+        if not self.store.create_json(result_key(doc.id), final.model_dump(mode="json")):
+            recorded = StatusDoc.model_validate(self.store.get_json(self.store.output_bucket, result_key(doc.id)))
+            log.info("job %s: completion was already recorded as %s", doc.id, recorded.state)
+            final = recorded
+        tracker.write(**final.model_dump(include={"state", "outputs", "error", "progress", "finished_at"}))
+        self.settle(tracker)
+        return tracker.doc
+
+    def settle(self, tracker: StatusTracker) -> None:
+        """For a final job: the one notification, and no checkpoint left behind."""
+        doc = tracker.doc
+        if doc.notified_at is None:
+            self.notify(doc)
+            tracker.mark_notified()
+        try:
+            self.store.delete_checkpoint(doc.id)
+        except Exception:  # noqa: BLE001 - a leftover checkpoint only costs storage (lifecycle rule)
+            log.warning("job %s: could not delete its checkpoint", doc.id, exc_info=True)
 
     def notify(self, doc: StatusDoc) -> None:
         if not self.settings.results_topic_arn:
@@ -214,8 +326,16 @@ class JobRunner:
         if not job_id or not JOB_ID_RE.match(job_id):
             return
         try:
-            doc = self.store.read_status(job_id)
+            doc, etag = self.store.read_status_tagged(job_id)
         except (ValueError, ValidationError):
             return
-        if doc is not None and not doc.state.final:
-            self.finish(doc, JobState.failed, [], JobErrorInfo(code=code, message=message))
+        if doc is None:
+            return
+        tracker = StatusTracker(self.store, doc, etag)
+        try:
+            if doc.state.final:
+                self.settle(tracker)
+            else:
+                self.finish(tracker, JobState.failed, [], JobErrorInfo(code=code, message=message))
+        except JobEnded:
+            self.settle(tracker)

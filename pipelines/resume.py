@@ -1,0 +1,163 @@
+"""Stopping a diffusers pipeline at a step boundary and continuing it later, bit for bit.
+
+After a step, the state of a Stable Diffusion run is: the latents, the scheduler's mutable attributes (the
+step index, and for multistep solvers the history of model outputs: DPM-Solver++ ``model_outputs``, UniPC
+``last_sample``, PNDM ``ets``, LMS ``derivatives``...) and the random generators (ancestral samplers draw
+noise every step). The prompt embeddings, timesteps and ControlNet image are recomputed from the inputs,
+which gives the same values. Everything else in the scheduler is saved as well, so no per-scheduler list
+has to be kept up to date.
+
+Continuing uses diffusers' own ``__call__`` unchanged: ``Resumable`` replaces ``prepare_latents`` (which
+every SD pipeline calls after setting the timesteps) to put the saved state back, and reports the steps
+already done as interrupted (diffusers skips an interrupted step with ``continue``), so the loop goes on
+at step k with exactly the values an uninterrupted run has there.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+from runtime.checkpoint import CheckpointError, StepState
+from runtime.plugins import RunContext
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$|^_[a-z][a-z0-9_]{0,63}$")
+_SKIP = {"_internal_dict", "config"}
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def scheduler_state(scheduler: Any, prefix: str = "scheduler") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The scheduler's attributes as tensors plus a JSON description of where each goes."""
+    tensors: dict[str, torch.Tensor] = {}
+    layout: dict[str, Any] = {}
+    for name, value in vars(scheduler).items():
+        if name in _SKIP:
+            continue
+        if not _NAME.match(name):
+            raise CheckpointError(f"scheduler attribute {name!r} cannot be saved")
+        layout[name] = _encode(f"{prefix}.{name}", value, tensors)
+    return tensors, {prefix: layout}
+
+
+def _encode(key: str, value: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value
+        return {"t": "tensor"}
+    if isinstance(value, np.ndarray):
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(value))
+        return {"t": "ndarray"}
+    if isinstance(value, _SCALARS):
+        return {"t": "value", "v": value}
+    if isinstance(value, list | tuple):
+        items = [_encode(f"{key}.{i}", item, tensors) for i, item in enumerate(value)]
+        return {"t": "list" if isinstance(value, list) else "tuple", "items": items}
+    raise CheckpointError(f"{key} holds a {type(value).__name__}, which a checkpoint cannot hold")
+
+
+def _decode(key: str, spec: Any, tensors: dict[str, torch.Tensor], device: torch.device) -> Any:
+    kind = spec.get("t") if isinstance(spec, dict) else None
+    if kind in ("tensor", "ndarray"):
+        if key not in tensors:
+            raise CheckpointError(f"the checkpoint lacks tensor {key}")
+        value = tensors[key]
+        return value.numpy() if kind == "ndarray" else value.to(device)
+    if kind == "value" and isinstance(spec.get("v"), _SCALARS):
+        return spec["v"]
+    if kind in ("list", "tuple") and isinstance(spec.get("items"), list):
+        items = [_decode(f"{key}.{i}", item, tensors, device) for i, item in enumerate(spec["items"])]
+        return items if kind == "list" else tuple(items)
+    raise CheckpointError(f"the checkpoint describes {key} in a way this code does not read")
+
+
+def restore_scheduler(scheduler: Any, state: StepState, device: torch.device, prefix: str = "scheduler") -> None:
+    """Put the saved attributes back on a scheduler whose ``set_timesteps`` has just run."""
+    layout = state.values.get(prefix)
+    if not isinstance(layout, dict):
+        raise CheckpointError("the checkpoint has no scheduler state")
+    current = vars(scheduler)
+    restored = {}
+    for name, spec in layout.items():
+        if name in _SKIP or not isinstance(name, str) or not _NAME.match(name):
+            raise CheckpointError(f"the checkpoint names scheduler attribute {name!r}")
+        old = current.get(name)
+        target = old.device if isinstance(old, torch.Tensor) else device
+        restored[name] = _decode(f"{prefix}.{name}", spec, state.tensors, target)
+    current.update(restored)
+
+
+def generator_states(generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
+    return {f"generator.{i}": g.get_state() for i, g in enumerate(generators)}
+
+
+def restore_generators(generators: tuple[torch.Generator, ...], state: StepState) -> None:
+    for i, g in enumerate(generators):
+        saved = state.tensors.get(f"generator.{i}")
+        if saved is None or saved.dtype != torch.uint8 or saved.shape != g.get_state().shape:
+            raise CheckpointError(f"the checkpoint has no valid state for random generator {i}")
+        g.set_state(saved)
+
+
+class Resumable:
+    """Mixin for a diffusers SD pipeline class: continue a run from a ``StepState`` (see module docstring)."""
+
+    _resume: StepState | None = None
+    _resume_generators: tuple[torch.Generator, ...] = ()
+    _skip_steps = 0
+
+    def resume_from(self, state: StepState, generators: list[torch.Generator]) -> None:
+        self._resume, self._resume_generators, self._skip_steps = state, tuple(generators), state.step
+
+    def prepare_latents(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        state = self._resume
+        if state is None:
+            return super().prepare_latents(*args, **kwargs)  # type: ignore[misc]
+        pipe: Any = self
+        if state.step > len(pipe.scheduler.timesteps):
+            raise CheckpointError(f"the checkpoint is at step {state.step} of a run of "
+                                  f"{len(pipe.scheduler.timesteps)}")
+        latents = state.tensors.get("latents")
+        if latents is None or not latents.is_floating_point():
+            raise CheckpointError("the checkpoint has no latents")
+        device = pipe._execution_device
+        restore_scheduler(pipe.scheduler, state, device)
+        restore_generators(self._resume_generators, state)
+        return latents.to(device=device, dtype=pipe.unet.dtype)
+
+    @property
+    def interrupt(self) -> bool:
+        # diffusers reads this once at the top of every step and skips the step when it is true.
+        if self._skip_steps > 0:
+            self._skip_steps -= 1
+            return True
+        return bool(getattr(self, "_interrupt", False))
+
+
+@functools.cache
+def resumable(cls: type[DiffusionPipeline]) -> type[DiffusionPipeline]:
+    """``cls`` with the ``Resumable`` mixin, made once per pipeline class."""
+    return type(cls.__name__, (Resumable, cls), {"__module__": __name__})
+
+
+def step_callback(ctx: RunContext, generators: list[torch.Generator]) -> Callable[..., dict[str, Any]]:
+    """A ``callback_on_step_end`` that reports each step to the runtime with a way to save the state.
+
+    The runtime decides whether to save (interruption, periodic checkpoint) and may stop the job by raising
+    from ``ctx.step``; the state is only built when it is needed.
+    """
+
+    def on_step_end(pipe: Any, i: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        def state() -> StepState:
+            tensors, values = scheduler_state(pipe.scheduler)
+            tensors = {**tensors, **generator_states(generators), "latents": kwargs["latents"]}
+            return StepState(step=i + 1, tensors=tensors, values=values)
+
+        ctx.step(i + 1, pipe.num_timesteps, state)
+        return kwargs
+
+    return on_step_end
