@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lambdas import status, submit
+from lambdas import cancel, status, submit
 from lambdas.common import error
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -17,6 +17,7 @@ Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     ("POST", re.compile(r"^/v1/jobs/?$"), submit.handler),
     ("GET", re.compile(r"^/v1/jobs/(?P<id>[^/]+)$"), status.handler),
+    ("POST", re.compile(r"^/v1/jobs/(?P<id>[^/]+)/cancel$"), cancel.handler),
 ]
 
 

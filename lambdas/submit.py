@@ -69,8 +69,10 @@ def existing_job(dep: Deployment, job_id: str, digest: str) -> dict[str, Any]:
 
 
 def submit(dep: Deployment, body: bytes) -> dict[str, Any]:
+    now = utcnow()
     try:
         request, inputs = parse(body, dep)
+        expires_at = request.deadline(now)  # a deadline already past is refused before anything is written
     except ContractError as exc:
         return error(400, exc.code, exc.message, exc.field)
     digest = request_hash(request)
@@ -88,12 +90,12 @@ def submit(dep: Deployment, body: bytes) -> dict[str, Any]:
         if isinstance(ref, str) and not ref.startswith("s3://"):
             inputs[name] = dep.store.put_input(job_id, name, decode_inline(ref))
 
-    now = utcnow()
     spec = JobSpec(id=job_id, pipeline=request.pipeline, model=request.model, inputs=inputs, seed=seed,
                    output_prefix=request.output_prefix or "outputs", context=request.context,
-                   submitted_at=now, request_hash=digest)
+                   submitted_at=now, request_hash=digest, expires_at=expires_at)
     doc = StatusDoc(id=job_id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model, seed=seed,
-                    context=spec.context, request_hash=digest, created_at=now, updated_at=now)
+                    context=spec.context, request_hash=digest, created_at=now, updated_at=now,
+                    expires_at=expires_at)
     if not dep.store.create_status(doc):
         return existing_job(dep, job_id, digest)
     try:

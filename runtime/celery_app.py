@@ -94,11 +94,11 @@ def make_app(settings: Settings) -> Celery:
     def run_job(*args: Any, **kwargs: Any) -> None:
         if len(args) != 1 or kwargs:
             raise PermanentError("invalid_message", "a job message carries exactly one argument, the job")
-        if hooks.current is None:  # called directly, not from a queue
+        raw, hooks.current = hooks.current, None
+        if raw is None:  # called directly, not from a queue
             runner().run(args[0])
             return
-        lease = Lease(hooks.sqs, settings.queue_url, hooks.current, settings.heartbeat_s, settings.lease_s,
-                      settings.max_job_s)
+        lease = Lease(hooks.sqs, settings.queue_url, raw, settings.heartbeat_s, settings.lease_s, settings.max_job_s)
         interruption.lease = lease
         try:
             with lease:

@@ -115,13 +115,11 @@ class JobRequest(Request):
     It also tells the task which SQS message it runs for (Celery passes the task a filtered copy of the
     delivery information without the receipt handle the lease needs)."""
 
-    def execute_using_pool(self, pool: Any, **kwargs: Any) -> Any:
-        hooks = self.task.app.spotgen
-        hooks.current = (self._message.delivery_info or {}).get("sqs_message")
-        try:
-            return super().execute_using_pool(pool, **kwargs)
-        finally:
-            hooks.current = None
+    def on_accepted(self, pid: Any, time_accepted: float) -> None:
+        # The solo pool calls this just before it runs the task, in the same thread (Celery replaces
+        # ``execute_using_pool`` in a generated subclass, so that is no place for a hook).
+        self.task.app.spotgen.current = (self._message.delivery_info or {}).get("sqs_message")
+        super().on_accepted(pid, time_accepted)
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         from runtime.worker import PermanentError

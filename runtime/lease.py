@@ -40,6 +40,8 @@ class Lease:
             return 1
 
     def __enter__(self) -> Lease:
+        log.info("lease on message %s (receipt %s..., receive %d)", self.raw.get("MessageId"),
+                 self.raw["ReceiptHandle"][:12], self.receive_count)
         self.extend()
         self._thread = threading.Thread(target=self._beat, name="visibility-heartbeat", daemon=True)
         self._thread.start()
@@ -84,9 +86,10 @@ class Lease:
             attributes = {name: {"DataType": value["DataType"], "StringValue": value["StringValue"]}
                           for name, value in (self.raw.get("MessageAttributes") or {}).items()
                           if "StringValue" in value}
-            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=self.raw["Body"],
-                                  MessageAttributes=attributes)
+            sent = self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=self.raw["Body"],
+                                         MessageAttributes=attributes)
             self.handed_back = True
+            log.info("message %s handed back as message %s", self.raw.get("MessageId"), sent.get("MessageId"))
 
     def release(self) -> None:
         """Make the original message visible now (forced exit: there is no time to ack it after a copy)."""

@@ -298,7 +298,8 @@ class JobRunner:
             recorded = StatusDoc.model_validate(self.store.get_json(self.store.output_bucket, result_key(doc.id)))
             log.info("job %s: completion was already recorded as %s", doc.id, recorded.state)
             final = recorded
-        tracker.write(**final.model_dump(include={"state", "outputs", "error", "progress", "finished_at"}))
+        tracker.write(state=final.state, outputs=final.outputs, error=final.error, progress=final.progress,
+                      finished_at=final.finished_at)
         self.settle(tracker)
         return tracker.doc
 

@@ -45,7 +45,8 @@ class Stack:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("worker-*.log")))
 
 
-def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None, timeout: float = 60) -> Stack:
+def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None, timeout: float = 60,
+                args: tuple[str, ...] = ()) -> Stack:
     state_file = tmp / "stack.json"
     log_dir = tmp / "logs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SPOTGEN_POLL_WAIT_S": "1",
@@ -53,7 +54,7 @@ def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None
            "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid,slow", **(extra_env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime.cli", "dev", "--port", "0", "--aws-port", "0", "--models", str(models),
-         "--state-file", str(state_file), "--log-dir", str(log_dir)],
+         "--state-file", str(state_file), "--log-dir", str(log_dir), *args],
         cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "dev.log", "wb"))  # noqa: SIM115
     deadline = time.monotonic() + timeout
     while not state_file.exists():
@@ -71,6 +72,21 @@ def stop_stack(stack: Stack) -> None:
     except subprocess.TimeoutExpired:
         stack.proc.kill()
         raise
+
+
+def spawn_worker(stack: Stack, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A `spotgen worker` process of our own (for tests that signal or kill workers), logging to the stack's
+    log directory as ``worker-{name}.log``."""
+    from runtime.devstack import EMULATOR_CREDENTIALS
+
+    stack.log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **stack.env, **EMULATOR_CREDENTIALS, **(extra_env or {})}
+    log = open(stack.log_dir / f"worker-{name}.log", "ab")  # noqa: SIM115 - the child holds it
+    try:
+        return subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -39,16 +39,22 @@ class SolidColor(Pipeline):
         return [Image.new("RGB", (self.size, self.size), (shade, 0, 255 - shade))]
 
 
+class SlowInputs(FailInputs):
+    steps: int = Field(10, ge=1, le=1000)
+    delay: float = Field(0.25, ge=0, le=10)
+
+
 class SlowSteps(Pipeline):
-    """Ten steps of 0.25 s each: long enough for throttled progress to show up in the status."""
+    """Steps of ``delay`` seconds that save no checkpoints: long enough for throttled progress to show in
+    the status, and for the behaviour of a pipeline that cannot continue from a checkpoint."""
 
     name = "slow"
-    Inputs = FailInputs
+    Inputs = SlowInputs
 
-    def run(self, inputs: FailInputs, ctx: RunContext) -> list[Image.Image]:
+    def run(self, inputs: SlowInputs, ctx: RunContext) -> list[Image.Image]:
         import time
 
-        for step in range(1, 11):
-            time.sleep(0.25)
-            ctx.progress(step, 10)
+        for step in range(1, inputs.steps + 1):
+            time.sleep(inputs.delay)
+            ctx.progress(step, inputs.steps)
         return [Image.new("RGB", (8, 8))]

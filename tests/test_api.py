@@ -8,12 +8,14 @@ import json
 import struct
 import urllib.request
 import zlib
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from PIL import Image
 
 from runtime.demo import call
+from runtime.envelope import read_celery_message
 from tests.conftest import Stack
 
 
@@ -32,6 +34,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 B64_PNG = base64.b64encode(png_bytes()).decode()
 BASE = {"pipeline": "txt2img", "model": "tiny-sd", "inputs": {"prompt": "a fox", "width": 64, "height": 64}}
+IN_AN_HOUR = datetime.now(UTC) + timedelta(hours=1)
 
 
 def with_inputs(pipeline: str = "txt2img", **inputs: Any) -> dict[str, Any]:
@@ -77,6 +80,15 @@ BAD_REQUESTS: list[tuple[str, Any, str]] = [
     ("unknown input field", with_inputs(colour="red"), "inputs.colour"),
     ("output prefix traversal", {**BASE, "output_prefix": "../secrets"}, "output_prefix"),
     ("body not an object", [BASE], "body"),
+    ("expires_at and ttl_seconds", {**BASE, "expires_at": IN_AN_HOUR.isoformat(), "ttl_seconds": 60}, "body"),
+    ("expires_at in the past", {**BASE, "expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
+    ("expires_at without time zone", {**BASE, "expires_at": IN_AN_HOUR.replace(tzinfo=None).isoformat()},
+     "expires_at"),
+    ("expires_at over a week away", {**BASE, "expires_at": (IN_AN_HOUR + timedelta(days=7)).isoformat()},
+     "expires_at"),
+    ("expires_at not a time", {**BASE, "expires_at": "tomorrow"}, "expires_at"),
+    ("ttl_seconds zero", {**BASE, "ttl_seconds": 0}, "ttl_seconds"),
+    ("ttl_seconds over a week", {**BASE, "ttl_seconds": 7 * 24 * 3600 + 1}, "ttl_seconds"),
 ]
 
 
@@ -161,3 +173,48 @@ def test_idempotent_resubmission_returns_the_same_job(stack: Stack, spy: str) ->
     assert len(published.get("Messages", [])) == 1
     conflict = call("POST", f"{stack.api_url}/v1/jobs", {**body, "inputs": {**body["inputs"], "prompt": "other"}})
     assert conflict[0] == 409 and conflict[1]["error"]["field"] == "id"
+
+
+def test_deadline_errors_say_what_to_fix(stack: Stack) -> None:
+    url = f"{stack.api_url}/v1/jobs"
+    both = call("POST", url, {**BASE, "expires_at": IN_AN_HOUR.isoformat(), "ttl_seconds": 60})[1]["error"]
+    assert "expires_at" in both["message"] and "ttl_seconds" in both["message"]
+    past = call("POST", url, {**BASE, "expires_at": "2020-01-01T00:00:00Z"})[1]["error"]
+    assert "past" in past["message"]
+    naive = call("POST", url, {**BASE, "expires_at": "2030-01-01T00:00:00"})[1]["error"]
+    assert "time zone" in naive["message"]
+
+
+def published_spec(stack: Stack, spy: str, job_id: str) -> dict[str, Any]:
+    """The job as the API published it (other tests' messages on the spy queue are left alone)."""
+    for _ in range(10):
+        for message in stack.sqs.receive_message(QueueUrl=spy, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                                 VisibilityTimeout=0).get("Messages", []):
+            _headers, [spec], _kwargs = read_celery_message(message["Body"])
+            if spec["id"] == job_id:
+                stack.sqs.delete_message(QueueUrl=spy, ReceiptHandle=message["ReceiptHandle"])
+                return spec
+    raise AssertionError(f"no message for job {job_id} on the spy queue")
+
+
+def test_ttl_seconds_sets_the_deadline(stack: Stack, spy: str) -> None:
+    before = datetime.now(UTC)
+    status, answer = call("POST", f"{stack.api_url}/v1/jobs",
+                          {"pipeline": "solid", "model": "tiny-sd", "inputs": {"prompt": "soon"}, "ttl_seconds": 600})
+    assert status == 202, answer
+    doc = call("GET", f"{stack.api_url}/v1/jobs/{answer['id']}")[1]
+    expires_at = datetime.fromisoformat(doc["expires_at"])
+    assert expires_at == datetime.fromisoformat(doc["created_at"]) + timedelta(seconds=600)
+    assert before + timedelta(seconds=600) <= expires_at <= datetime.now(UTC) + timedelta(seconds=600)
+    spec = published_spec(stack, spy, answer["id"])
+    assert datetime.fromisoformat(spec["expires_at"]) == expires_at  # the worker gets the same deadline
+
+
+def test_expires_at_is_kept_as_given(stack: Stack) -> None:
+    deadline = (datetime.now(UTC) + timedelta(minutes=30)).astimezone(timezone(timedelta(hours=2)))
+    status, answer = call("POST", f"{stack.api_url}/v1/jobs", {"pipeline": "solid", "model": "tiny-sd",
+                                                                "inputs": {"prompt": "later"},
+                                                                "expires_at": deadline.isoformat()})
+    assert status == 202, answer
+    doc = call("GET", f"{stack.api_url}/v1/jobs/{answer['id']}")[1]
+    assert datetime.fromisoformat(doc["expires_at"]) == deadline
