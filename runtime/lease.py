@@ -40,7 +40,7 @@ class Lease:
             return 1
 
     def __enter__(self) -> Lease:
-        log.info("lease on message %s (receipt %s..., receive %d)", self.raw.get("MessageId"),
+        log.debug("lease on message %s (receipt %s..., receive %d)", self.raw.get("MessageId"),
                  self.raw["ReceiptHandle"][:12], self.receive_count)
         self.extend()
         self._thread = threading.Thread(target=self._beat, name="visibility-heartbeat", daemon=True)

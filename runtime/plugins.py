@@ -40,6 +40,12 @@ class SetupContext:
     models: ModelStore
 
 
+class RetryableError(Exception):
+    """Raise from ``run`` for a condition that may pass (a remote service is down): the job is delivered
+    again after the lease runs out, up to the queue's maxReceiveCount, then ends ``failed``. Any other
+    exception fails the job at once."""
+
+
 class JobStopped(BaseException):  # noqa: N818 - a signal to unwind, not an error
     """Raised by ``RunContext.step`` to stop a job; a BaseException so that ``except Exception`` in a
     pipeline does not swallow it. Let it propagate."""

@@ -47,6 +47,7 @@ from runtime.plugins import (
     JobInterrupted,
     JobSuperseded,
     Pipeline,
+    RetryableError,
     Registry,
     RunContext,
     SetupContext,
@@ -255,8 +256,8 @@ class JobRunner:
             log.warning("job %s: checkpoint ignored: %s; restarting from the beginning", spec.id, exc)
             ctx.resume_from = None
             images = pipeline.run(inputs, ctx)
-        except (PermanentError, ModelError, ImageRefError) as exc:
-            if isinstance(exc, PermanentError):
+        except (PermanentError, RetryableError, ModelError, ImageRefError) as exc:
+            if isinstance(exc, PermanentError | RetryableError):
                 raise
             raise PermanentError(getattr(exc, "code", "invalid_image"), str(exc)) from None
         except Exception as exc:  # a pipeline bug or a bad input it found: both fail the same way again

@@ -6,6 +6,8 @@ For each workload, in alternating rounds so that drift on a shared machine hits 
    time from the first submit to the last `finished_at`.
 Throughput ratio = direct time / end-to-end time for the same images (the goal is at least 0.95).
 Then submit -> `running` latency of an idle worker (status `started_at - created_at`), one job at a time.
+Then the cost of an interruption for a 512 px job: checkpoint size, time to serialize and store it, and time
+from the start of a resumed run to its first step against a fresh run's, all in units of one denoising step.
 
 Prints a table and, as the last line, one JSON object with every figure.
 """
@@ -13,6 +15,7 @@ Prints a table and, as the last line, one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -40,7 +43,7 @@ def direct_seconds(store: ModelStore, inputs: dict[str, Any], seeds: range) -> f
     started = time.perf_counter()
     for seed in seeds:
         pipeline.run(parsed, RunContext(job_id="direct", model="tiny-sd", seed=seed, device="cpu", models=store,
-                                        report=lambda step, total: None, fetch_image=lambda ref: None))
+                                        report=lambda step, total, state: None, fetch_image=lambda ref: None))
     return time.perf_counter() - started
 
 
@@ -72,6 +75,53 @@ def idle_latency(api: str, n: int) -> list[float]:
                        show=False)
         latencies.append(ts(doc["started_at"]) - ts(doc["created_at"]))
     return latencies
+
+
+def checkpoint_figures(store: ModelStore, jobs: Any, stop: int = 15) -> dict[str, float]:
+    """Interrupt a 512 px, 30-step dpmpp_2m job at ``stop`` as the worker does, store the checkpoint in the
+    emulator's S3, then resume from it; compare with the fresh run's step time and start-up."""
+    from pipelines.txt2img import Txt2Img
+    from runtime import checkpoint
+    from runtime.contract import Txt2ImgInputs
+    from runtime.plugins import JobInterrupted, RunContext
+
+    inputs = Txt2ImgInputs(prompt="a red fox", width=512, height=512, steps=30, scheduler="dpmpp_2m")
+    marks: list[float] = []
+    out: dict[str, float] = {}
+
+    def on_step(step: int, total: int, state: Any) -> None:
+        marks.append(time.perf_counter())
+        if step == stop and "write_s" not in out:
+            began = time.perf_counter()
+            data = checkpoint.dump(state(), "f" * 64)
+            serialized = time.perf_counter()
+            jobs.put_checkpoint("bench", data)
+            out.update(size_kib=len(data) / 1024, serialize_s=serialized - began,
+                       write_s=time.perf_counter() - began)
+            raise JobInterrupted
+
+    def ctx(resume: Any = None) -> RunContext:
+        return RunContext(job_id="bench", model="tiny-sd", seed=1, device="cpu", models=store, report=on_step,
+                          fetch_image=lambda ref: None, resume_from=resume)
+
+    with contextlib.suppress(JobInterrupted):
+        Txt2Img().run(inputs, ctx())  # warm-up
+    out.clear()
+    marks.clear()
+    began = time.perf_counter()
+    with contextlib.suppress(JobInterrupted):
+        Txt2Img().run(inputs, ctx())
+    step_s = (marks[-1] - marks[0]) / (len(marks) - 1)
+    fresh_first_s = marks[0] - began
+    marks.clear()
+    began = time.perf_counter()
+    state = checkpoint.load(jobs.get_checkpoint("bench", checkpoint.MAX_CHECKPOINT_BYTES), "f" * 64)
+    Txt2Img().run(inputs, ctx(state))
+    resumed_first_s = marks[0] - began
+    return {"step_s": step_s, "checkpoint_kib": out["size_kib"], "checkpoint_write_s": out["write_s"],
+            "checkpoint_write_steps": out["write_s"] / step_s, "serialize_s": out["serialize_s"],
+            "fresh_start_to_first_step_s": fresh_first_s, "resume_to_first_step_s": resumed_first_s,
+            "resume_overhead_steps": (resumed_first_s - fresh_first_s) / step_s}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -114,6 +164,11 @@ def main() -> int:
                 figures[name] = {"jobs": 2 * half, "direct_images_per_s": 2 * half / direct,
                                  "e2e_images_per_s": 2 * half / e2e, "ratio": direct / e2e}
             lat = idle_latency(api, args.latency_jobs)
+            from runtime import aws
+            from runtime.storage import JobStore
+
+            ckpt = checkpoint_figures(store, JobStore(aws.client("s3", stack.settings), stack.settings))
+    figures["checkpoint_512px"] = ckpt
     figures["submit_to_running_s"] = {"p50": percentile(lat, 0.5), "p95": percentile(lat, 0.95), "n": len(lat)}
 
     print(f"{'workload':<16}{'jobs':>6}{'direct img/s':>14}{'end-to-end img/s':>18}{'ratio':>8}   (goal >= 0.95)")
@@ -124,6 +179,11 @@ def main() -> int:
     lat_f = figures["submit_to_running_s"]
     print(f"submit -> running, idle worker: p50 {lat_f['p50'] * 1000:.0f} ms, p95 {lat_f['p95'] * 1000:.0f} ms "
           f"({lat_f['n']} jobs)")
+    print(f"checkpoint, 512 px dpmpp_2m at step 15 of 30: {ckpt['checkpoint_kib']:.0f} KiB, written in "
+          f"{ckpt['checkpoint_write_s'] * 1000:.0f} ms = {ckpt['checkpoint_write_steps']:.2f} steps "
+          f"(serialize {ckpt['serialize_s'] * 1000:.1f} ms; a step is {ckpt['step_s'] * 1000:.0f} ms)")
+    print(f"resume: read + restore + first step {ckpt['resume_to_first_step_s'] * 1000:.0f} ms vs fresh start + first "
+          f"step {ckpt['fresh_start_to_first_step_s'] * 1000:.0f} ms: {ckpt['resume_overhead_steps']:+.2f} steps")
     print(json.dumps({"bench": "e2e", **figures}, sort_keys=True))
     return 0
 

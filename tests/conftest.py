@@ -50,8 +50,9 @@ def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None
     state_file = tmp / "stack.json"
     log_dir = tmp / "logs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SPOTGEN_POLL_WAIT_S": "1",
-           "SPOTGEN_PLUGINS": "tests.plugins:AlwaysFails,tests.plugins:SolidColor,tests.plugins:SlowSteps",
-           "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid,slow", **(extra_env or {})}
+           "SPOTGEN_PLUGINS": "tests.plugins:AlwaysFails,tests.plugins:SolidColor,tests.plugins:SlowSteps,"
+                                 "tests.plugins:Flaky",
+           "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid,slow,flaky", **(extra_env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime.cli", "dev", "--port", "0", "--aws-port", "0", "--models", str(models),
          "--state-file", str(state_file), "--log-dir", str(log_dir), *args],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.plugins import Pipeline, RunContext, SetupContext
+from runtime.plugins import Pipeline, RetryableError, RunContext, SetupContext
 
 
 class FailInputs(BaseModel):
@@ -58,3 +58,13 @@ class SlowSteps(Pipeline):
             time.sleep(inputs.delay)
             ctx.progress(step, inputs.steps)
         return [Image.new("RGB", (8, 8))]
+
+
+class Flaky(Pipeline):
+    """Asks for a retry on every delivery: after maxReceiveCount deliveries the job must end ``failed``."""
+
+    name = "flaky"
+    Inputs = FailInputs
+
+    def run(self, inputs: FailInputs, ctx: RunContext) -> list[Image.Image]:
+        raise RetryableError("the upstream service is unavailable")
