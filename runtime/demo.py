@@ -19,6 +19,8 @@ from typing import Any
 
 from PIL import Image, ImageFilter
 
+from runtime.contract import JobState
+
 
 class ApiError(RuntimeError):
     pass
@@ -57,7 +59,7 @@ def wait_for(api_url: str, job_id: str, timeout: float = 300, label: str = "", s
             sys.stdout.write("\r" + line if tty else line + "\n")
             sys.stdout.flush()
             last = (state, step)
-        if state in ("succeeded", "failed", "cancelled"):
+        if JobState(state).final:
             if show and tty:
                 sys.stdout.write("\n")
             return doc

@@ -47,8 +47,8 @@ from runtime.plugins import (
     JobInterrupted,
     JobSuperseded,
     Pipeline,
-    RetryableError,
     Registry,
+    RetryableError,
     RunContext,
     SetupContext,
 )

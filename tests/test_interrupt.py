@@ -53,6 +53,15 @@ class Pool:
         self.procs[str(self.count)] = proc
         return proc
 
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+        """Until the worker consumes (its log says Celery is ready): before that, SIGTERM just kills it."""
+        name = next(n for n, p in self.procs.items() if p is proc)
+        log = self.stack.log_dir / f"worker-{name}.log"
+        deadline = time.monotonic() + timeout
+        while not (log.exists() and " ready." in log.read_text(errors="replace")):
+            assert proc.poll() is None and time.monotonic() < deadline, f"worker {name} did not start"
+            time.sleep(0.1)
+
     def ensure(self, n: int = 2) -> None:
         alive = [p for p in self.procs.values() if p.poll() is None]
         for _ in range(n - len(alive)):
@@ -185,7 +194,7 @@ def test_sigterm_mid_job_resumes_on_another_worker_byte_identical(
 
 def test_sigterm_on_an_idle_worker_exits_promptly(pool: Pool) -> None:
     proc = pool.start()
-    time.sleep(6)  # started and polling
+    pool.wait_ready(proc)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
@@ -218,7 +227,7 @@ def test_sigkill_mid_job_is_redelivered_within_the_lease(stack: Stack, pool: Poo
     while not any(p != pid for p, _, _ in pool.steps(job)) and time.monotonic() < deadline:
         time.sleep(0.05)
     # The other worker is idle: visible again within the lease, then taken at its next poll (1 s here).
-    assert time.monotonic() - killed < LEASE_S + 3
+    assert time.monotonic() - killed < LEASE_S + 6
     pool.ensure(2)
     reference = submit(stack, request)
     doc, ref = finished(stack, job), finished(stack, reference)
