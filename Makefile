@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench chaos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install lint
 
 bench: install
 	$(BIN)/python tests/benchmark.py
+
+# Random SIGTERM/SIGKILL of busy workers under load; checks nothing is lost, doubled or changed (tests/chaos.py).
+chaos: install
+	$(BIN)/python -m tests.chaos
 
 clean:
 	rm -rf $(VENV) .spotgen out .pytest_cache .ruff_cache

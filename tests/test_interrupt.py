@@ -179,8 +179,8 @@ def test_sigterm_mid_job_resumes_on_another_worker_byte_identical(
     job, reference = submit(stack, request), submit(stack, request)
     pid, _, step = pool.wait_step(job, 3)
     os.kill(pid, signal.SIGTERM)
+    pool.start()  # the replacement starts up while the victim checkpoints and exits
     assert pool.proc(pid).wait(30) == 0  # a graceful exit
-    pool.ensure(2)
 
     doc, ref = finished(stack, job), finished(stack, reference)
     assert pngs(doc) == pngs(ref)
@@ -217,6 +217,9 @@ def test_job_longer_than_the_visibility_timeout_runs_once(stack: Stack, pool: Po
 
 def test_sigkill_mid_job_is_redelivered_within_the_lease(stack: Stack, pool: Pool, images: dict[str, str]) -> None:
     pool.ensure(2)
+    for proc in pool.procs.values():
+        if proc.poll() is None:
+            pool.wait_ready(proc)
     request = body("txt2img", images, "dpmpp_2m", steps=60)
     job = submit(stack, request)
     pid, _, step = pool.wait_step(job, 13)
