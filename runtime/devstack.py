@@ -81,6 +81,9 @@ class DevStack:
 
     def _spawn_worker(self, index: int) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.settings.to_env(), **EMULATOR_CREDENTIALS}
+        if self.settings.device == "cpu" and "OMP_NUM_THREADS" not in env:
+            # CPU workers share the machine's cores; more torch threads than cores makes every worker slower.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, self.workers)))
         out: Any = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,9 @@ class Pool:
 
     def start(self, **env: str) -> subprocess.Popen[bytes]:
         self.count += 1
-        proc = spawn_worker(self.stack, str(self.count), {"SPOTGEN_STEP_LOG": str(self.steplog), **env})
+        # One torch thread each: two workers with two threads each on two cores mostly wait for each other.
+        proc = spawn_worker(self.stack, str(self.count), {"SPOTGEN_STEP_LOG": str(self.steplog),
+                                                          "OMP_NUM_THREADS": "1", **env})
         self.procs[str(self.count)] = proc
         return proc
 
