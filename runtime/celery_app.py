@@ -21,7 +21,7 @@ from runtime.config import Settings
 from runtime.envelope import TASK_NAME
 from runtime.interrupt import Interruption, watch_imds
 from runtime.lease import Lease
-from runtime.models import ModelStore
+from runtime.models import ModelError, ModelStore
 from runtime.plugins import Registry
 from runtime.storage import JobStore
 from runtime.worker import JobRunner, PermanentError
@@ -110,9 +110,13 @@ def make_app(settings: Settings) -> Celery:
 
 
 def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
-    """Start consuming. The runner is built first so a broken plugin stops start-up, not every job."""
+    """Start consuming. The runner is built and the preload models loaded first, so a broken plugin or model
+    stops start-up (exit status 1, with the reason) instead of failing every job."""
     app = make_app(settings)
-    app.spotgen.runner()
+    try:
+        app.spotgen.runner().preload(settings.preload)
+    except ModelError as exc:
+        raise SystemExit(f"spotgen worker: cannot start: {exc}") from None
 
     def on_shutdown(sig: str = "", how: str = "", **_: Any) -> None:  # from Celery's own signal handler
         app.spotgen.interruption.request(f"{sig or 'signal'}, {how.lower() or 'warm'} shutdown")

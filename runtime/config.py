@@ -45,6 +45,8 @@ class Settings(BaseModel):
     #: Extra pipeline classes the worker registers, as 'module:Class' (besides entry points).
     plugins: list[str] = Field(default_factory=list)
     models_dir: Path = Path("models")
+    #: Catalog ids the worker loads before it takes its first job; start-up fails loudly if one cannot load.
+    preload: list[str] = Field(default_factory=list)
     device: str = "cpu"
     #: Minimum seconds between two progress writes to the status document (each is a paid S3 PUT).
     progress_interval_s: float = Field(1.0, ge=0.0)
@@ -73,7 +75,7 @@ class Settings(BaseModel):
     #: Diagnostics: append "pid job attempt step" per finished denoising step to this file (chaos harness).
     step_log: Path | None = None
 
-    @field_validator("models", "controlnets", "extra_pipelines", "plugins", mode="before")
+    @field_validator("models", "controlnets", "extra_pipelines", "plugins", "preload", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -194,6 +194,29 @@ class JobRunner:
                 raise PermanentError("invalid_inputs", err.message, err.field) from None
         return self.pipeline(spec.pipeline), inputs
 
+    def preload(self, model_ids: list[str]) -> None:
+        """Load the configured models before the first job, so a missing or broken model stops start-up instead
+        of failing every job that names it. ``ModelError`` says which model and why."""
+        from pipelines.common import base_pipeline, controlnet_model
+
+        for model_id in model_ids:
+            entry = self.models.catalog.models.get(model_id)
+            if entry is None:
+                raise ModelError("unknown_model", f"preload model {model_id!r} is not in the catalog "
+                                 f"{self.models.models_dir / 'catalog.json'}")
+            started = time.perf_counter()
+            try:
+                if entry.kind == "controlnet":
+                    controlnet_model(self.models, model_id)
+                else:
+                    base_pipeline(self.models, model_id)
+            except ModelError:
+                raise
+            except Exception as exc:  # a corrupt file, a config diffusers cannot read...
+                raise ModelError("model_load_failed", f"preload model {model_id!r} failed to load: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+            log.info("preloaded model %s in %.2f s", model_id, time.perf_counter() - started)
+
     def pipeline(self, name: str) -> Pipeline:
         if name not in self._pipelines:
             cls = self.registry.get(name)
