@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from runtime import aws
 from runtime.config import Settings
-from runtime.provision import Resources, provision
+from runtime.provision import Resources, add_work_queue, provision
 
 log = logging.getLogger("spotgen.dev")
 
@@ -38,10 +38,15 @@ def _die_with_parent() -> None:
 
 class DevStack:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8080, aws_port: int = 4566,
-                 workers: int = 1, log_dir: Path | None = None, visibility_timeout_s: int = 300) -> None:
+                 workers: int = 1, log_dir: Path | None = None, visibility_timeout_s: int = 300,
+                 pools: dict[str, list[str]] | None = None) -> None:
         self.base, self.host, self.port, self.aws_port = settings, host, port, aws_port
         self.workers, self.log_dir = workers, log_dir
         self.visibility_timeout_s = visibility_timeout_s
+        #: Extra worker pools, each with a queue of its own that receives the jobs for the listed models (SNS
+        #: filter policy on the ``model`` attribute); the default queue gets every other model.
+        self.pools = pools or {}
+        self.pool_queues: dict[str, dict[str, str]] = {}
         self.settings: Settings = settings
         self.resources: Resources | None = None
         self._emulator: Any = None
@@ -66,9 +71,18 @@ class DevStack:
         host, aws_port = self._emulator.get_host_and_port()
         endpoint = f"http://{host}:{aws_port}"
         emulator = self.base.model_copy(update={"aws_endpoint_url": endpoint})
-        self.resources = provision(aws.client("s3", emulator), aws.client("sns", emulator),
-                                   aws.client("sqs", emulator), max_receive_count=self.base.max_receive_count,
+        sns, sqs = aws.client("sns", emulator), aws.client("sqs", emulator)
+        routed = sorted({model for models in self.pools.values() for model in models})
+        default_policy = {"pipeline": [{"exists": True}], "model": [{"anything-but": routed}]} if routed else None
+        self.resources = provision(aws.client("s3", emulator), sns, sqs, filter_policy=default_policy,
+                                   max_receive_count=self.base.max_receive_count,
                                    visibility_timeout_s=self.visibility_timeout_s)
+        for pool, models in self.pools.items():
+            name, url, dlq = add_work_queue(sqs, sns, self.resources.jobs_topic_arn, f"spotgen-{pool}",
+                                            {"pipeline": [{"exists": True}], "model": models},
+                                            self.base.max_receive_count, self.visibility_timeout_s)
+            self.pool_queues[pool] = {"SPOTGEN_QUEUE_NAME": name, "SPOTGEN_QUEUE_URL": url,
+                                      "SPOTGEN_DEAD_LETTER_QUEUE_URL": dlq}
         self._api = make_server(api.handler, self.host, self.port)
         fields = {k: v for k, v in vars(self.resources).items() if k in Settings.model_fields}
         self.settings = emulator.model_copy(update={**fields,
@@ -76,18 +90,21 @@ class DevStack:
         os.environ.update(self.settings.to_env())  # the in-process Lambda handlers read it, as on AWS
         serve_in_thread(self._api)
         for index in range(self.workers):
-            self._procs.append(self._spawn_worker(index))
+            self._procs.append(self._spawn_worker(str(index)))
+            for pool, queue in self.pool_queues.items():
+                self._procs.append(self._spawn_worker(f"{pool}-{index}", queue))
         return self
 
-    def _spawn_worker(self, index: int) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **self.settings.to_env(), **EMULATOR_CREDENTIALS}
+    def _spawn_worker(self, name: str, queue: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **self.settings.to_env(), **EMULATOR_CREDENTIALS, **(queue or {})}
         if self.settings.device == "cpu" and "OMP_NUM_THREADS" not in env:
             # CPU workers share the machine's cores; more torch threads than cores makes every worker slower.
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, self.workers)))
+            processes = self.workers * (1 + len(self.pools))
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, processes)))
         out: Any = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - closed in stop()
+            out = open(self.log_dir / f"worker-{name}.log", "ab")  # noqa: SIM115 - closed in stop()
             self._logs.append(out)
         return subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT if out else None, start_new_session=True,
@@ -104,7 +121,8 @@ class DevStack:
         assert self.resources is not None
         return {"api_url": self.api_url, "aws_endpoint_url": self.settings.aws_endpoint_url,
                 "results_queue_url": self.resources.results_queue_url, "pid": os.getpid(),
-                "worker_pids": [p.pid for p in self._procs], "env": self.settings.to_env()}
+                "worker_pids": [p.pid for p in self._procs], "env": self.settings.to_env(),
+                "pools": self.pool_queues}
 
     def write_state(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

@@ -44,6 +44,25 @@ def allow_topic(sqs: Any, queue_url: str, queue_arn: str, topic_arn: str) -> Non
     sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
 
 
+def add_work_queue(sqs: Any, sns: Any, jobs_topic: str, queue_name: str, filter_policy: dict[str, Any] | None,
+                   max_receive_count: int = MAX_RECEIVE_COUNT,
+                   visibility_timeout_s: int = VISIBILITY_TIMEOUT_S) -> tuple[str, str, str]:
+    """A work queue with its dead-letter queue, subscribed to the jobs topic with raw delivery and a filter
+    policy on the message attributes (``pipeline``, ``model``): one per worker pool. Returns the queue's
+    name, URL and dead-letter queue URL."""
+    dlq_url, dlq_arn = create_queue(sqs, f"{queue_name}-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)})
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
+    queue_url, queue_arn = create_queue(sqs, queue_name, {
+        "VisibilityTimeout": str(visibility_timeout_s), "RedrivePolicy": redrive,
+        "MessageRetentionPeriod": str(4 * 24 * 3600)})
+    allow_topic(sqs, queue_url, queue_arn, jobs_topic)
+    policy = filter_policy or {"pipeline": [{"exists": True}]}
+    sns.subscribe(TopicArn=jobs_topic, Protocol="sqs", Endpoint=queue_arn, ReturnSubscriptionArn=True,
+                  Attributes={"RawMessageDelivery": "true", "FilterPolicy": json.dumps(policy),
+                              "FilterPolicyScope": "MessageAttributes"})
+    return queue_name, queue_url, dlq_url
+
+
 def provision(
     s3: Any,
     sns: Any,
@@ -64,17 +83,8 @@ def provision(
     jobs_topic = sns.create_topic(Name=f"{prefix}-jobs")["TopicArn"]
     results_topic = sns.create_topic(Name=f"{prefix}-results")["TopicArn"]
 
-    queue_name = f"{prefix}-{queue}"
-    dlq_url, dlq_arn = create_queue(sqs, f"{queue_name}-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)})
-    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
-    queue_url, queue_arn = create_queue(sqs, queue_name, {
-        "VisibilityTimeout": str(visibility_timeout_s), "RedrivePolicy": redrive,
-        "MessageRetentionPeriod": str(4 * 24 * 3600)})
-    allow_topic(sqs, queue_url, queue_arn, jobs_topic)
-    policy = filter_policy or {"pipeline": [{"exists": True}]}
-    sns.subscribe(TopicArn=jobs_topic, Protocol="sqs", Endpoint=queue_arn, ReturnSubscriptionArn=True,
-                  Attributes={"RawMessageDelivery": "true", "FilterPolicy": json.dumps(policy),
-                              "FilterPolicyScope": "MessageAttributes"})
+    queue_name, queue_url, dlq_url = add_work_queue(sqs, sns, jobs_topic, f"{prefix}-{queue}", filter_policy,
+                                                    max_receive_count, visibility_timeout_s)
 
     results_url, results_arn = create_queue(sqs, f"{prefix}-results")
     allow_topic(sqs, results_url, results_arn, results_topic)
