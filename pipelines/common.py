@@ -96,9 +96,14 @@ def base_pipeline(store: ModelStore, model_id: str) -> StableDiffusionPipeline:
                          f"pipelines run {', '.join(SUPPORTED_FAMILIES)} models")
 
     def load() -> StableDiffusionPipeline:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            store.path(model_id, "base"), dtype=torch_dtype(store.device), use_safetensors=True,
-            safety_checker=None, requires_safety_checker=False)
+        source = store.source(model_id, "base")
+        options: dict[str, Any] = {"dtype": torch_dtype(store.device), "safety_checker": None,
+                                   "requires_safety_checker": False}
+        if source.single_file:  # original SD layout; the catalog's local config dir stands in for the Hub
+            pipe = StableDiffusionPipeline.from_single_file(str(source.path), config=str(source.config),
+                                                            local_files_only=True, **options)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(source.path, use_safetensors=True, **options)
         pipe.to(store.device)
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -110,8 +115,13 @@ def controlnet_model(store: ModelStore, controlnet_id: str) -> ControlNetModel:
     """A ControlNet, loaded once per process and shared by every base model it is used with."""
 
     def load() -> ControlNetModel:
-        model = ControlNetModel.from_pretrained(store.path(controlnet_id, "controlnet"),
-                                                dtype=torch_dtype(store.device), use_safetensors=True)
+        source = store.source(controlnet_id, "controlnet")
+        if source.single_file:  # original ControlNet layout (or diffusers keys in one file) plus a local config
+            model = ControlNetModel.from_single_file(str(source.path), config=str(source.config),
+                                                     local_files_only=True, dtype=torch_dtype(store.device))
+        else:
+            model = ControlNetModel.from_pretrained(source.path, dtype=torch_dtype(store.device),
+                                                    use_safetensors=True)
         return model.to(store.device)
 
     return store.get(f"controlnet:{controlnet_id}", load)

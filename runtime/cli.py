@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime.config import Settings
+
+if TYPE_CHECKING:
+    from runtime.models import ModelStore
 
 DEFAULT_MODELS_DIR = Path(".spotgen/models")
 
@@ -43,6 +49,128 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
 
     build_tiny_models(Path(args.dir))
     print(f"tiny models in {args.dir}: tiny-sd, tiny-controlnet (catalog.json)")
+    return 0
+
+
+def _models_store(args: argparse.Namespace) -> ModelStore:
+    from runtime.models import ModelStore
+
+    return ModelStore(_settings(args).models_dir)
+
+
+def _human(n: int) -> str:
+    value, unit = float(n), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _node_cache_probe() -> Callable[[str], bool | None] | None:
+    """``is_cached`` of the node-local cache (tier 1) named by ``SPOTGEN_NODE_CACHE_DIR``, or None when there is
+    none here. Only reads: a listing must not create a cache on a node that has none."""
+    root = os.environ.get("SPOTGEN_NODE_CACHE_DIR")
+    if not root or not Path(root).is_dir():
+        return None
+    try:
+        from runtime.nodecache import NodeCache
+    except ImportError:
+        return None
+    try:
+        cache = NodeCache(Path(root), budget_bytes=1)  # the budget only matters for copies; a listing makes none
+    except (OSError, ValueError):
+        return None
+
+    def probe(model_id: str) -> bool | None:
+        try:
+            return cache.is_cached(model_id)
+        except (OSError, ValueError):  # an id the cache cannot hold, or an unreadable cache: unknown
+            return None
+
+    return probe
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from runtime.models import ModelError, iter_entries
+
+    store = _models_store(args)
+    try:
+        entries = list(iter_entries(store))
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    probe = _node_cache_probe()
+    rows = []
+    for model_id, entry in entries:
+        error, size = None, None
+        try:
+            size = store.size(model_id, entry.kind)
+        except (ModelError, OSError) as exc:
+            error = {"code": getattr(exc, "code", "model_unreadable"), "message": str(exc)}
+        rows.append({"id": model_id, "kind": entry.kind, "family": entry.family, "revision": entry.revision,
+                     "path": entry.path, "single_file": entry.single_file, "config": entry.config,
+                     "size_bytes": size, "manifest": entry.manifest,
+                     "cached": probe(model_id) if probe is not None else None, "error": error})
+    if args.json:
+        print(json.dumps({"models_dir": str(store.models_dir), "models": rows}, indent=2))
+        return 0
+    header = ("ID", "KIND", "FAMILY", "REVISION", "SIZE", "MANIFEST", "CACHED", "STATUS")
+    table = [header] + [(
+        r["id"], r["kind"] + (" (file)" if r["single_file"] else ""), r["family"], r["revision"] or "-",
+        _human(r["size_bytes"]) if r["size_bytes"] is not None else "-", "yes" if r["manifest"] else "no",
+        "-" if r["cached"] is None else ("yes" if r["cached"] else "no"),
+        "ok" if r["error"] is None else r["error"]["code"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    print(f"models in {store.models_dir}")
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for r in rows:
+        if r["error"] is not None:
+            print(f"{r['id']}: {r['error']['message']}")
+    return 0
+
+
+def cmd_models_verify(args: argparse.Namespace) -> int:
+    from runtime.models import ModelError, Verification, iter_entries, verify_model
+
+    store = _models_store(args)
+    try:
+        ids = args.ids or [model_id for model_id, _ in iter_entries(store)]
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    failed = False
+    width = max(len(model_id) for model_id in ids) if ids else 0
+    for model_id in ids:
+        result: Verification = verify_model(store, model_id)
+        label = {"ok": "OK", "fail": "FAIL", "no manifest": "no manifest"}[result.status]
+        detail = f"{result.files} files" if result.status == "ok" else ""
+        print(f"{model_id.ljust(width)}  {label}{'  ' + detail if detail else ''}")
+        for problem in result.problems[:args.max_problems]:
+            print(f"    {problem}")
+        if len(result.problems) > args.max_problems:
+            print(f"    ... and {len(result.problems) - args.max_problems} more")
+        for note in result.notes:
+            print(f"    note: {note}")
+        failed = failed or result.status == "fail"
+    return 1 if failed else 0
+
+
+def cmd_models_manifest(args: argparse.Namespace) -> int:
+    from runtime.models import ModelError, write_manifest
+
+    store = _models_store(args)
+    try:
+        path, files, named = write_manifest(store, args.id)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}: {len(files)} files, {_human(store.size(args.id))}")
+    if not named:
+        rel = path.relative_to(store.models_dir).as_posix()
+        print(f'the catalog entry of {args.id!r} names no manifest yet: add "manifest": "{rel}" to it so that '
+              "`spotgen models verify` checks it")
     return 0
 
 
@@ -122,6 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = models_sub.add_parser("tiny", help="build tiny random-weight models (diffusers format) in DIR")
     tiny.add_argument("dir")
     tiny.set_defaults(func=cmd_models_tiny)
+    models_dir_help = f"models directory with catalog.json (default $SPOTGEN_MODELS_DIR or {DEFAULT_MODELS_DIR})"
+    listing = models_sub.add_parser("list", help="the catalog with sizes on disk, manifests and node-cache state")
+    listing.add_argument("--models", help=models_dir_help)
+    listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    listing.set_defaults(func=cmd_models_list)
+    verify = models_sub.add_parser("verify", help="check models against their sha256 manifests (exit 1 on a "
+                                   "mismatch)")
+    verify.add_argument("ids", nargs="*", metavar="ID", help="catalog ids (default: every entry)")
+    verify.add_argument("--models", help=models_dir_help)
+    verify.add_argument("--max-problems", type=int, default=5, help="problems shown per model (default 5)")
+    verify.set_defaults(func=cmd_models_verify)
+    manifest = models_sub.add_parser("manifest", help="hash a model's files and write its manifest (the path the "
+                                     "catalog entry names, else manifests/ID.json)")
+    manifest.add_argument("id", metavar="ID")
+    manifest.add_argument("--models", help=models_dir_help)
+    manifest.set_defaults(func=cmd_models_manifest)
     return parser
 
 
