@@ -50,7 +50,12 @@ def broker_url(settings: Settings) -> str:
 def build_runner(settings: Settings, interruption: Interruption | None = None) -> JobRunner:
     registry = Registry.default(settings.plugins)
     store = JobStore(aws.client("s3", settings), settings)
-    models = ModelStore(settings.models_dir, settings.device)
+    node_cache = None
+    if settings.node_cache_dir is not None:
+        from runtime.nodecache import NodeCache
+
+        node_cache = NodeCache(settings.node_cache_dir, settings.node_cache_bytes)
+    models = ModelStore(settings.models_dir, settings.device, node_cache)
     return JobRunner(settings, store, aws.client("sns", settings), registry, models, interruption)
 
 

@@ -45,6 +45,10 @@ class Settings(BaseModel):
     #: Extra pipeline classes the worker registers, as 'module:Class' (besides entry points).
     plugins: list[str] = Field(default_factory=list)
     models_dir: Path = Path("models")
+    #: Tier 1 of the model cache: node-local disk shared by the pods of a node (unset: load from models_dir).
+    node_cache_dir: Path | None = None
+    #: Bytes tier 1 may use; least recently used models are evicted beyond it.
+    node_cache_bytes: int = Field(200 * 1024**3, gt=0)
     #: Catalog ids the worker loads before it takes its first job; start-up fails loudly if one cannot load.
     preload: list[str] = Field(default_factory=list)
     device: str = "cpu"

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -36,11 +37,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runtime.contract import MODEL_ID_RE, ModelId
+
+if TYPE_CHECKING:
+    from runtime.nodecache import NodeCache
 
 CATALOG_FILE = "catalog.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -52,6 +56,9 @@ _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+@:-]{0,127}$")
 _HASH_CHUNK = 8 << 20  # large reads: EFS pays a round trip per request
 
 T = TypeVar("T")
+
+
+log = logging.getLogger("spotgen.models")
 
 
 class ModelError(ValueError):
@@ -177,9 +184,11 @@ class ModelStore:
     ``source`` is what loaders use: it says whether a model is a diffusers directory or a single file with a
     config directory. ``path`` stays for callers that only know directories."""
 
-    def __init__(self, models_dir: Path, device: str = "cpu") -> None:
+    def __init__(self, models_dir: Path, device: str = "cpu", node_cache: NodeCache | None = None) -> None:
         self.models_dir = models_dir.resolve()
         self.device = device
+        #: Tier 1: directory models are copied once per node to local disk and loaded from there.
+        self.node_cache = node_cache
         self._catalog: Catalog | None = None
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -223,6 +232,8 @@ class ModelStore:
                 hint = (f"; a single-file checkpoint must end in '{SAFETENSORS_SUFFIX}'" if path.is_file() else "")
                 raise ModelError("model_missing", f"model {model_id!r}: directory {path} does not exist{hint}")
             files = self._scan(model_id, path, exclude=self._manifest_file(entry))
+            if self.node_cache is not None:
+                return ModelSource(model_id, self._from_node_cache(model_id, entry, path), False, None, files, path)
             return ModelSource(model_id, path, False, None, files, path)
         if entry.config is None:
             raise ModelError("single_file_needs_config", f"model {model_id!r}: {entry.path} is a single-file "
@@ -276,6 +287,26 @@ class ModelStore:
             return self._loaded[key]
 
     # -- internals -----------------------------------------------------------------------------------------
+    def _from_node_cache(self, model_id: str, entry: CatalogEntry, path: Path) -> Path:
+        """The tier-1 copy of a directory model (copied now if absent or damaged). A manifest kept inside the
+        model directory is not itself listed in it, so such a copy is checked against the recorded sizes only."""
+        from runtime.nodecache import NodeCacheError
+
+        assert self.node_cache is not None
+        manifest_file = self._manifest_file(entry)
+        inside = manifest_file is not None and manifest_file.resolve().is_relative_to(path)
+        try:
+            result = self.node_cache.fetch(model_id, path, None if inside else self.manifest(model_id))
+        except NodeCacheError as exc:
+            raise ModelError("model_cache_error", str(exc)) from None
+        except OSError as exc:  # local disk full, say: loading from tier 0 is slower but works
+            log.warning("model %s: node cache unavailable (%s); loading from %s", model_id, exc, path)
+            return path
+        if result.copied:
+            log.info("model %s: copied %d bytes to the node cache in %.2f s", model_id, result.bytes_copied,
+                     result.seconds)
+        return result.path
+
     def _kind(self, model_id: str) -> str:
         """The entry's own kind, for tools that handle every kind alike (an unknown id gets ``entry``'s error)."""
         entry = self.catalog.models.get(model_id) if isinstance(model_id, str) else None

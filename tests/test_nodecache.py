@@ -253,3 +253,23 @@ def test_bad_sources_are_refused_with_clear_errors(tmp_path: Path) -> None:
         node.fetch("other", source)
     assert [m for m, _, _ in node.entries()] == ["sd15"]
     assert [n for n in os.listdir(tmp_path / "node") if n.startswith(".tmp-")] == []
+
+
+# -- the model store loads directory models from tier 1 ----------------------------------------------------
+
+
+def test_model_store_loads_from_the_node_cache(tiny_models: Path, tmp_path: Path) -> None:
+    from pipelines.common import base_pipeline, controlnet_model
+    from runtime.models import ModelStore
+
+    cache = NodeCache(tmp_path / "node", 1024**3)
+    store = ModelStore(tiny_models, "cpu", cache)
+    source = store.source("tiny-sd")
+    assert cache.is_cached("tiny-sd") and source.path.is_relative_to(tmp_path / "node")
+    pipe = base_pipeline(store, "tiny-sd")
+    controlnet_model(store, "tiny-controlnet")
+    assert cache.is_cached("tiny-controlnet")
+    assert pipe.unet.config.sample_size > 0
+    # a second process on the node finds both copies: nothing is copied again
+    again = ModelStore(tiny_models, "cpu", NodeCache(tmp_path / "node", 1024**3))
+    assert again.source("tiny-sd").path == source.path

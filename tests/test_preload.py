@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
+from runtime.nodecache import NodeCache
 from tests.conftest import Stack, spawn_worker
 
 
@@ -20,8 +22,9 @@ def test_preload_failure_stops_start_up_with_the_reason(stack: Stack) -> None:
     assert "ready." not in log  # it never consumed
 
 
-def test_preloaded_models_are_loaded_before_the_worker_is_ready(stack: Stack) -> None:
-    proc = spawn_worker(stack, "preload-ok", {"SPOTGEN_PRELOAD": "tiny-sd,tiny-controlnet"})
+def test_preloaded_models_are_loaded_before_the_worker_is_ready(stack: Stack, tmp_path: Path) -> None:
+    proc = spawn_worker(stack, "preload-ok", {"SPOTGEN_PRELOAD": "tiny-sd,tiny-controlnet",
+                                              "SPOTGEN_NODE_CACHE_DIR": str(tmp_path / "node-cache")})
     try:
         deadline = time.monotonic() + 120
         while " ready." not in log_of(stack, "preload-ok"):
@@ -30,6 +33,8 @@ def test_preloaded_models_are_loaded_before_the_worker_is_ready(stack: Stack) ->
         log = log_of(stack, "preload-ok")
         order = [log.index(text) for text in ("preloaded model tiny-sd", "preloaded model tiny-controlnet", " ready.")]
         assert order == sorted(order)
+        assert "tiny-sd: copied" in log and "tiny-controlnet: copied" in log  # through the node cache
+        assert NodeCache(tmp_path / "node-cache", 1024**3).is_cached("tiny-sd")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
