@@ -108,7 +108,7 @@ def base_pipeline(store: ModelStore, model_id: str) -> StableDiffusionPipeline:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    return store.get(f"sd:{model_id}", load)
+    return store.get(f"sd:{model_id}", load, model_id)
 
 
 def controlnet_model(store: ModelStore, controlnet_id: str) -> ControlNetModel:
@@ -124,7 +124,7 @@ def controlnet_model(store: ModelStore, controlnet_id: str) -> ControlNetModel:
                                                     use_safetensors=True)
         return model.to(store.device)
 
-    return store.get(f"controlnet:{controlnet_id}", load)
+    return store.get(f"controlnet:{controlnet_id}", load, controlnet_id)
 
 
 def job_pipeline(cls: type[P], base: DiffusionPipeline, scheduler: str, **components: Any) -> P:

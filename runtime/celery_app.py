@@ -55,7 +55,7 @@ def build_runner(settings: Settings, interruption: Interruption | None = None) -
         from runtime.nodecache import NodeCache
 
         node_cache = NodeCache(settings.node_cache_dir, settings.node_cache_bytes)
-    models = ModelStore(settings.models_dir, settings.device, node_cache)
+    models = ModelStore(settings.models_dir, settings.device, node_cache, settings.model_memory_bytes)
     return JobRunner(settings, store, aws.client("sns", settings), registry, models, interruption)
 
 

@@ -49,6 +49,8 @@ class Settings(BaseModel):
     node_cache_dir: Path | None = None
     #: Bytes tier 1 may use; least recently used models are evicted beyond it.
     node_cache_bytes: int = Field(200 * 1024**3, gt=0)
+    #: Tier 2: bytes of model weights kept loaded in the worker (least recently used dropped beyond); 0 = all.
+    model_memory_bytes: int = Field(0, ge=0)
     #: Catalog ids the worker loads before it takes its first job; start-up fails loudly if one cannot load.
     preload: list[str] = Field(default_factory=list)
     device: str = "cpu"

@@ -269,6 +269,10 @@ class StatusDoc(BaseModel):
     outputs: list[str] = Field(default_factory=list)
     error: JobErrorInfo | None = None
     context: dict[str, Any] | None = None
+    #: While running: ``loading_model`` until the model is in memory, then ``generating``.
+    phase: str | None = None
+    #: ``hit`` when the job's model was already loaded in the worker's memory (tier 2), ``miss`` otherwise.
+    model_cache: str | None = None
     #: Deliveries that ran the job (an interruption makes one more).
     attempts: int = 0
     interruptions: int = 0

@@ -34,6 +34,7 @@ import os
 import re
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -184,13 +185,19 @@ class ModelStore:
     ``source`` is what loaders use: it says whether a model is a diffusers directory or a single file with a
     config directory. ``path`` stays for callers that only know directories."""
 
-    def __init__(self, models_dir: Path, device: str = "cpu", node_cache: NodeCache | None = None) -> None:
+    def __init__(self, models_dir: Path, device: str = "cpu", node_cache: NodeCache | None = None,
+                 memory_budget: int = 0) -> None:
         self.models_dir = models_dir.resolve()
         self.device = device
+        #: Tier 2 budget in bytes of parameters and buffers; 0 = keep everything loaded.
+        self.memory_budget = memory_budget
+        self.hits = self.evictions = 0
+        self._sizes: dict[str, int] = {}
+        self._model_keys: dict[str, set[str]] = {}
         #: Tier 1: directory models are copied once per node to local disk and loaded from there.
         self.node_cache = node_cache
         self._catalog: Catalog | None = None
-        self._loaded: dict[str, Any] = {}
+        self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0  # how many times a loader actually ran; tests and metrics read it
 
@@ -278,13 +285,37 @@ class ModelStore:
             raise ModelError("manifest_invalid", f"model {model_id!r}: manifest {path} is invalid: "
                              f"{_describe(exc)}") from None
 
-    def get(self, key: str, loader: Callable[[], T]) -> T:
-        """Load once per process under ``key``; later calls return the same object."""
+    def get(self, key: str, loader: Callable[[], T], model_id: str | None = None) -> T:
+        """Tier 2: load once per process under ``key``; later calls return the same object. With a memory
+        budget, the least recently used other objects are dropped when a load goes over it (a job still
+        running on one keeps its reference, so nothing is pulled from under it)."""
         with self._lock:
-            if key not in self._loaded:
-                self._loaded[key] = loader()
-                self.loads += 1
-            return self._loaded[key]
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                self.hits += 1
+                return self._loaded[key]
+            value = loader()
+            self.loads += 1
+            self._loaded[key] = value
+            self._sizes[key] = object_bytes(value)
+            if model_id is not None:
+                self._model_keys.setdefault(model_id, set()).add(key)
+            while self.memory_budget and sum(self._sizes.values()) > self.memory_budget and len(self._loaded) > 1:
+                old = next(iter(self._loaded))
+                del self._loaded[old]
+                self._sizes.pop(old)
+                self.evictions += 1
+                log.info("model cache: dropped %s from memory (budget %d bytes)", old, self.memory_budget)
+            return value
+
+    def resident(self, model_id: str) -> bool:
+        """Whether something loaded for ``model_id`` is in memory (the next job skips loading it)."""
+        with self._lock:
+            return any(key in self._loaded for key in self._model_keys.get(model_id, ()))
+
+    def memory_bytes(self) -> int:
+        with self._lock:
+            return sum(self._sizes.values())
 
     # -- internals -----------------------------------------------------------------------------------------
     def _from_node_cache(self, model_id: str, entry: CatalogEntry, path: Path) -> Path:
@@ -367,6 +398,20 @@ class ModelStore:
 
 
 # -- manifests ---------------------------------------------------------------------------------------------
+def object_bytes(value: Any) -> int:
+    """Bytes of the distinct tensors a loaded model holds (a pipeline's components, or one module)."""
+    modules = list(getattr(value, "components", {}).values()) if hasattr(value, "components") else [value]
+    seen: set[int] = set()
+    total = 0
+    for module in modules:
+        tensors = [*module.parameters(), *module.buffers()] if hasattr(module, "parameters") else []
+        for tensor in tensors:
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:

@@ -139,7 +139,9 @@ class JobRunner:
         resume, note = self.resume_state(spec, pipeline, doc)
         attempt = doc.attempts + 1
         from_step = resume.step if resume else 0
+        resident = self.models.resident(spec.model)
         tracker.write(state=JobState.running, attempts=attempt, started_at=doc.started_at or utcnow(),
+                      phase="generating" if resident else "loading_model", model_cache="hit" if resident else "miss",
                       resume=ResumeInfo(attempt=attempt, from_step=from_step, note=note) if attempt > 1 else None,
                       progress=Progress(step=from_step, total=doc.progress.total or getattr(inputs, "steps", 0)))
         started = time.perf_counter()
@@ -154,7 +156,7 @@ class JobRunner:
         except JobSuperseded:
             raise JobEnded(tracker.ended or tracker.doc) from None
         except JobInterrupted:
-            tracker.write(state=JobState.queued, interruptions=tracker.doc.interruptions + 1)
+            tracker.write(state=JobState.queued, phase=None, interruptions=tracker.doc.interruptions + 1)
             if lease is not None:
                 lease.requeue()
             log.warning("job %s interrupted at step %d and handed back", spec.id, tracker.doc.progress.step)
@@ -246,7 +248,7 @@ class JobRunner:
     def execute(self, spec: JobSpec, pipeline: Pipeline, inputs: BaseModel, tracker: StatusTracker,
                 resume: StepState | None, attempt: int) -> list[Image.Image]:
         def write_progress(step: int, total: int) -> None:
-            tracker.write(progress=Progress(step=step, total=total))
+            tracker.write(progress=Progress(step=step, total=total), phase="generating")
 
         report = ProgressWriter(write_progress, self.settings.progress_interval_s)
         saver = Saver(lambda data: self.store.put_checkpoint(spec.id, data))
@@ -317,13 +319,13 @@ class JobRunner:
                                                                              total=doc.progress.total)
         now = utcnow()
         final = doc.model_copy(update={"state": state, "outputs": keys, "error": error, "progress": progress,
-                                       "finished_at": now, "updated_at": now})
+                                       "phase": None, "finished_at": now, "updated_at": now})
         if not self.store.create_json(result_key(doc.id), final.model_dump(mode="json")):
             recorded = StatusDoc.model_validate(self.store.get_json(self.store.output_bucket, result_key(doc.id)))
             log.info("job %s: completion was already recorded as %s", doc.id, recorded.state)
             final = recorded
         tracker.write(state=final.state, outputs=final.outputs, error=final.error, progress=final.progress,
-                      finished_at=final.finished_at)
+                      phase=None, finished_at=final.finished_at)
         self.settle(tracker)
         return tracker.doc
 

@@ -160,9 +160,17 @@ def notifications(stack: Stack, notes: dict[str, Any], job_id: str) -> list[dict
     return [json.loads(m["Body"]) for m in notes.get(job_id, [])]
 
 
-def checkpoint_exists(stack: Stack, job_id: str) -> bool:
-    listing = stack.s3.list_objects_v2(Bucket=stack.env["SPOTGEN_OUTPUT_BUCKET"], Prefix=checkpoint_key(job_id))
-    return listing.get("KeyCount", 0) > 0
+def checkpoint_exists(stack: Stack, job_id: str, timeout: float = 10) -> bool:
+    """Whether the job's checkpoint is still there once the worker is done (it is deleted just after the
+    final status and the notification, so give it a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = stack.s3.list_objects_v2(Bucket=stack.env["SPOTGEN_OUTPUT_BUCKET"], Prefix=checkpoint_key(job_id))
+        if listing.get("KeyCount", 0) == 0:
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.1)
 
 
 # -- SIGTERM: checkpoint, hand back, resume elsewhere, byte-identical -------------------------------------
@@ -177,7 +185,7 @@ def test_sigterm_mid_job_resumes_on_another_worker_byte_identical(
         stack: Stack, pool: Pool, images: dict[str, str], notes: dict[str, Any], pipeline: str,
         scheduler: str) -> None:
     pool.ensure(2)
-    request = body(pipeline, images, scheduler)
+    request = body(pipeline, images, scheduler, steps=80)  # long enough that the signal lands mid-job
     job, reference = submit(stack, request), submit(stack, request)
     pid, _, step = pool.wait_step(job, 3)
     os.kill(pid, signal.SIGTERM)

@@ -1,0 +1,72 @@
+"""Tier 2 of the model cache: loaded models in worker memory, shared, least recently used dropped first."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines.common import base_pipeline, controlnet_model
+from runtime.config import Settings
+from runtime.demo import call, wait_for
+from runtime.devstack import DevStack
+from runtime.models import ModelStore, object_bytes
+
+
+@pytest.fixture
+def two_models(tiny_models: Path, tmp_path: Path) -> Path:
+    """`tiny-sd-b`: the same weights under a second id, as a second model."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    catalog = json.loads((models / "catalog.json").read_text())
+    catalog["models"]["tiny-sd-b"] = catalog["models"]["tiny-sd"]
+    (models / "catalog.json").write_text(json.dumps(catalog))
+    return models
+
+
+def test_least_recently_used_model_is_dropped_under_the_budget(two_models: Path) -> None:
+    one = object_bytes(base_pipeline(ModelStore(two_models), "tiny-sd"))
+    store = ModelStore(two_models, "cpu", memory_budget=one + one // 2)  # room for one base model
+    base_pipeline(store, "tiny-sd")
+    assert store.resident("tiny-sd") and store.memory_bytes() == one
+    base_pipeline(store, "tiny-sd-b")
+    assert store.resident("tiny-sd-b") and not store.resident("tiny-sd") and store.evictions == 1
+    pipe = base_pipeline(store, "tiny-sd")  # an evicted model still serves: it is loaded again
+    assert pipe.unet is not None and store.loads == 3 and not store.resident("tiny-sd-b")
+
+
+def test_pipelines_of_one_base_model_cost_one_copy_of_the_weights(two_models: Path) -> None:
+    store = ModelStore(two_models)
+    base = object_bytes(base_pipeline(store, "tiny-sd"))
+    controlnet = object_bytes(controlnet_model(store, "tiny-controlnet"))
+    # txt2img, img2img and ControlNet all run on the one loaded base pipeline plus the ControlNet
+    assert store.memory_bytes() == base + controlnet
+
+
+@pytest.fixture
+def stack(two_models: Path, tmp_path: Path) -> Iterator[DevStack]:
+    saved = dict(os.environ)
+    settings = Settings(models_dir=two_models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1)
+    running = DevStack(settings, port=0, aws_port=0, workers=1, log_dir=tmp_path / "logs")
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_second_job_for_each_model_is_a_memory_hit(stack: DevStack) -> None:
+    seen = []
+    for model in ("tiny-sd", "tiny-sd-b", "tiny-sd", "tiny-sd-b"):
+        status, body = call("POST", f"{stack.api_url}/v1/jobs", {"pipeline": "txt2img", "model": model, "inputs": {
+            "prompt": "a fox", "width": 64, "height": 64, "steps": 2}})
+        assert status == 202, body
+        doc = wait_for(stack.api_url, body["id"], show=False, timeout=120)
+        assert doc["state"] == "succeeded" and doc["phase"] is None
+        seen.append(doc["model_cache"])
+    assert seen == ["miss", "miss", "hit", "hit"]
