@@ -88,6 +88,9 @@ class DevStack:
         self.settings = emulator.model_copy(update={**fields,
                                                     "public_url": f"http://{self.host}:{self._api.server_port}"})
         os.environ.update(self.settings.to_env())  # the in-process Lambda handlers read it, as on AWS
+        from lambdas.common import deployment
+
+        deployment.cache_clear()  # a warm "Lambda" of an earlier stack in this process holds its clients
         serve_in_thread(self._api)
         for index in range(self.workers):
             self._procs.append(self._spawn_worker(str(index)))
