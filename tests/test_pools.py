@@ -51,4 +51,4 @@ def test_each_model_runs_on_its_own_pool(two_pools: DevStack) -> None:
     for job_id, model in jobs.items():
         ran_on = pool_b if model == "tiny-sd-b" else default
         other = default if model == "tiny-sd-b" else pool_b
-        assert f"job {job_id} succeeded" in ran_on and job_id not in other
+        assert f"run_job[{job_id}] received" in ran_on and job_id not in other
