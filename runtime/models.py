@@ -27,7 +27,6 @@ against) and relative to the models directory for a single-file model (its check
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runtime.contract import MODEL_ID_RE, ModelId
+from runtime.nodecache import sha256_file
 
 if TYPE_CHECKING:
     from runtime.nodecache import NodeCache
@@ -54,7 +54,6 @@ WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
 DEFAULT_MANIFEST_DIR = "manifests"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+@:-]{0,127}$")
-_HASH_CHUNK = 8 << 20  # large reads: EFS pays a round trip per request
 
 T = TypeVar("T")
 
@@ -410,14 +409,6 @@ def object_bytes(value: Any) -> int:
                 seen.add(tensor.data_ptr())
                 total += tensor.numel() * tensor.element_size()
     return total
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest_path(store: ModelStore, model_id: str) -> tuple[Path, bool]:

@@ -112,7 +112,8 @@ def _walk(label: str, source: Path) -> list[tuple[str, Path, int]]:
     return sorted(files, key=lambda f: (-f[2], f[0]))
 
 
-def _hash_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 hex of a file, read in large chunks (EFS pays a round trip per request)."""
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(CHUNK_BYTES):
@@ -122,7 +123,7 @@ def _hash_file(path: Path) -> str:
 
 def sha256_manifest(directory: Path) -> dict[str, str]:
     """relative path -> sha256 hex of every file under ``directory``: what ``fetch(manifest=...)`` checks."""
-    return {rel: _hash_file(path) for rel, path, _ in sorted(_walk(f"manifest of {directory}", Path(directory)))}
+    return {rel: sha256_file(path) for rel, path, _ in sorted(_walk(f"manifest of {directory}", Path(directory)))}
 
 
 def _manifest_digest(manifest: dict[str, str]) -> str:
@@ -392,7 +393,7 @@ class NodeCache:
         hashes = manifest or {rel: info["sha256"] for rel, info in marker["files"].items() if info["sha256"]}
         if verify and hashes:
             with ThreadPoolExecutor(self.readers) as pool:
-                actual = dict(zip(hashes, pool.map(lambda rel: _hash_file(model / rel), hashes), strict=True))
+                actual = dict(zip(hashes, pool.map(lambda rel: sha256_file(model / rel), hashes), strict=True))
             wrong = sorted(rel for rel in hashes if actual[rel] != hashes[rel])
             if wrong:
                 return f"does not match the sha256 of {', '.join(wrong)}"

@@ -56,14 +56,7 @@ class JobStore:
 
         ``If-None-Match: *`` makes the check atomic in S3: of two concurrent submits with one id, one wins.
         """
-        try:
-            self.s3.put_object(Bucket=self.output_bucket, Key=status_key(doc.id), Body=doc.model_dump_json(),
-                               ContentType="application/json", IfNoneMatch="*")
-        except ClientError as exc:
-            if _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
-                return False
-            raise
-        return True
+        return self._create(status_key(doc.id), doc.model_dump_json().encode())
 
     def read_status(self, job_id: str) -> StatusDoc | None:
         return self.read_status_tagged(job_id)[0]
@@ -104,9 +97,12 @@ class JobStore:
 
     def create_json(self, key: str, data: Any) -> bool:
         """Write ``data`` unless the key exists (atomic in S3); False if it did."""
+        return self._create(key, json.dumps(data, default=str).encode())
+
+    def _create(self, key: str, body: bytes) -> bool:
         try:
-            self.s3.put_object(Bucket=self.output_bucket, Key=key, Body=json.dumps(data, default=str).encode(),
-                               ContentType="application/json", IfNoneMatch="*")
+            self.s3.put_object(Bucket=self.output_bucket, Key=key, Body=body, ContentType="application/json",
+                               IfNoneMatch="*")
         except ClientError as exc:
             if _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
                 return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,17 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models")
     build_tiny_models(path)
     return path
+
+
+@pytest.fixture
+def two_models(tiny_models: Path, tmp_path: Path) -> Path:
+    """`tiny-sd-b`: the same weights under a second id, as a second model."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    catalog = json.loads((models / "catalog.json").read_text())
+    catalog["models"]["tiny-sd-b"] = catalog["models"]["tiny-sd"]
+    (models / "catalog.json").write_text(json.dumps(catalog))
+    return models
 
 
 class Stack:

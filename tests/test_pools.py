@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +14,9 @@ from runtime.devstack import DevStack
 
 
 @pytest.fixture
-def two_pools(tiny_models: Path, tmp_path: Path) -> Iterator[DevStack]:
+def two_pools(two_models: Path, tmp_path: Path) -> Iterator[DevStack]:
     """`tiny-sd` on the default queue, `tiny-sd-b` (the same weights under another id) on pool `b`."""
-    models = tmp_path / "models"
-    shutil.copytree(tiny_models, models)
-    catalog = json.loads((models / "catalog.json").read_text())
-    catalog["models"]["tiny-sd-b"] = catalog["models"]["tiny-sd"]
-    (models / "catalog.json").write_text(json.dumps(catalog))
+    models = two_models
     saved = dict(os.environ)  # the stack exports its settings to this process, as a Lambda's environment
     settings = Settings(models_dir=models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1)
     stack = DevStack(settings, port=0, aws_port=0, workers=1, log_dir=tmp_path / "logs",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,17 +13,6 @@ from runtime.config import Settings
 from runtime.demo import call, wait_for
 from runtime.devstack import DevStack
 from runtime.models import ModelStore, object_bytes
-
-
-@pytest.fixture
-def two_models(tiny_models: Path, tmp_path: Path) -> Path:
-    """`tiny-sd-b`: the same weights under a second id, as a second model."""
-    models = tmp_path / "models"
-    shutil.copytree(tiny_models, models)
-    catalog = json.loads((models / "catalog.json").read_text())
-    catalog["models"]["tiny-sd-b"] = catalog["models"]["tiny-sd"]
-    (models / "catalog.json").write_text(json.dumps(catalog))
-    return models
 
 
 def test_least_recently_used_model_is_dropped_under_the_budget(two_models: Path) -> None:
