@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,6 +38,24 @@ def two_models(tiny_models: Path, tmp_path: Path) -> Path:
     catalog["models"]["tiny-sd-b"] = catalog["models"]["tiny-sd"]
     (models / "catalog.json").write_text(json.dumps(catalog))
     return models
+
+
+@contextlib.contextmanager
+def in_process_stack(models: Path, log_dir: Path, **options: Any) -> Iterator[Any]:
+    """A DevStack in this process serving `tiny-sd` and `tiny-sd-b`; the environment it exports to this
+    process (as a Lambda's) is put back afterwards, so later tests do not inherit it."""
+    from runtime.config import Settings
+    from runtime.devstack import DevStack
+
+    saved = dict(os.environ)
+    settings = Settings(models_dir=models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1)
+    stack = DevStack(settings, port=0, aws_port=0, workers=1, log_dir=log_dir, **options)
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 class Stack:

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from runtime.config import Settings
 from runtime.demo import call, wait_for
 from runtime.devstack import DevStack
+from tests.conftest import in_process_stack
 
 
 @pytest.fixture
 def two_pools(two_models: Path, tmp_path: Path) -> Iterator[DevStack]:
     """`tiny-sd` on the default queue, `tiny-sd-b` (the same weights under another id) on pool `b`."""
-    models = two_models
-    saved = dict(os.environ)  # the stack exports its settings to this process, as a Lambda's environment
-    settings = Settings(models_dir=models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1)
-    stack = DevStack(settings, port=0, aws_port=0, workers=1, log_dir=tmp_path / "logs",
-                     pools={"b": ["tiny-sd-b"]})
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-
+    with in_process_stack(two_models, tmp_path / "logs", pools={"b": ["tiny-sd-b"]}) as stack:
+        yield stack
 
 def test_each_model_runs_on_its_own_pool(two_pools: DevStack) -> None:
     api = two_pools.api_url

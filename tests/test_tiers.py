@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipelines.common import base_pipeline, controlnet_model
-from runtime.config import Settings
 from runtime.demo import call, wait_for
 from runtime.devstack import DevStack
 from runtime.models import ModelStore, object_bytes
+from tests.conftest import in_process_stack
 
 
 def test_least_recently_used_model_is_dropped_under_the_budget(two_models: Path) -> None:
@@ -36,16 +35,8 @@ def test_pipelines_of_one_base_model_cost_one_copy_of_the_weights(two_models: Pa
 
 @pytest.fixture
 def stack(two_models: Path, tmp_path: Path) -> Iterator[DevStack]:
-    saved = dict(os.environ)
-    settings = Settings(models_dir=two_models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1)
-    running = DevStack(settings, port=0, aws_port=0, workers=1, log_dir=tmp_path / "logs")
-    try:
-        yield running.start()
-    finally:
-        running.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-
+    with in_process_stack(two_models, tmp_path / "logs") as running:
+        yield running
 
 def test_second_job_for_each_model_is_a_memory_hit(stack: DevStack) -> None:
     seen = []
