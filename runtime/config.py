@@ -61,6 +61,14 @@ class Settings(BaseModel):
     poll_wait_s: int = Field(10, ge=1, le=20)
     log_level: str = "INFO"
 
+    # -- operations: metrics, health probes, logs (see README "Operations") ----------------------------
+    #: Port of the worker's HTTP server: /metrics (Prometheus), /livez and /readyz (probes); 0 = off.
+    metrics_port: int = Field(9400, ge=0, le=65535)
+    #: "json" (one JSON object per line, for log collectors) or "text" (humans; ``spotgen dev`` uses it).
+    log_format: str = Field("json", pattern="^(json|text)$")
+    #: Prompts longer than this are cut in log lines (the full prompt stays in the job's documents only).
+    log_prompt_chars: int = Field(80, ge=0)
+
     # -- interruption, checkpoints and the visibility lease (see README "Interruptions") ----------------
     #: Seconds from SIGTERM (or a spot notice) to a forced exit; keep it below the pod's grace period and
     #: the 120 s spot notice.
