@@ -27,6 +27,7 @@ against) and relative to the models directory for a single-file model (its check
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -179,7 +180,7 @@ class ModelSource:
 
 
 class ModelStore:
-    """Catalog lookups plus a per-process cache of loaded objects (model cache tiers come later).
+    """Catalog lookups, the tier-1 node cache (when configured) and tier 2: loaded objects kept in memory.
 
     ``source`` is what loaders use: it says whether a model is a diffusers directory or a single file with a
     config directory. ``path`` stays for callers that only know directories."""
@@ -238,9 +239,8 @@ class ModelStore:
                 hint = (f"; a single-file checkpoint must end in '{SAFETENSORS_SUFFIX}'" if path.is_file() else "")
                 raise ModelError("model_missing", f"model {model_id!r}: directory {path} does not exist{hint}")
             files = self._scan(model_id, path, exclude=self._manifest_file(entry))
-            if self.node_cache is not None:
-                return ModelSource(model_id, self._from_node_cache(model_id, entry, path), False, None, files, path)
-            return ModelSource(model_id, path, False, None, files, path)
+            local = self._from_node_cache(model_id, path, files)
+            return ModelSource(model_id, local or path, False, None, files, path)
         if entry.config is None:
             raise ModelError("single_file_needs_config", f"model {model_id!r}: {entry.path} is a single-file "
                              "checkpoint; add \"config\": \"<dir>\" to its catalog entry, naming a local diffusers "
@@ -261,6 +261,9 @@ class ModelStore:
                              f"({', '.join(weights[:5])}); it must hold configs only, the weights come from "
                              f"{entry.path}")
         files = {entry.path: path, **{f"{entry.config}/{rel}": p for rel, p in config_files.items()}}
+        local = self._from_node_cache(model_id, path, files)
+        if local is not None:  # the copy keeps the models directory's layout of the checkpoint and its config
+            path, config = local / entry.path, local / entry.config
         return ModelSource(model_id, path, True, config, files, self.models_dir)
 
     def size(self, model_id: str, kind: str | None = None) -> int:
@@ -293,7 +296,9 @@ class ModelStore:
                 self._loaded.move_to_end(key)
                 self.hits += 1
                 return self._loaded[key]
-            value = loader()
+            # the node cache must not evict the files between their fetch (inside the loader) and the load
+            with self._held(model_id):
+                value = loader()
             self.loads += 1
             self._loaded[key] = value
             self._sizes[key] = object_bytes(value)
@@ -317,21 +322,27 @@ class ModelStore:
             return sum(self._sizes.values())
 
     # -- internals -----------------------------------------------------------------------------------------
-    def _from_node_cache(self, model_id: str, entry: CatalogEntry, path: Path) -> Path:
-        """The tier-1 copy of a directory model (copied now if absent or damaged). A manifest kept inside the
-        model directory is not itself listed in it, so such a copy is checked against the recorded sizes only."""
+    def _held(self, model_id: str | None) -> contextlib.AbstractContextManager[None]:
+        if self.node_cache is None or model_id is None:
+            return contextlib.nullcontext()
+        return self.node_cache.hold(model_id)
+
+    def _from_node_cache(self, model_id: str, source: Path, files: dict[str, Path]) -> Path | None:
+        """The tier-1 copy of the model's files (copied now if absent or damaged), or None without a node cache.
+
+        The store decides what the model consists of (``files``, keyed as its manifest keys them), so the copy
+        follows the same rules as loading from tier 0 and ``spotgen models verify``."""
+        if self.node_cache is None:
+            return None
         from runtime.nodecache import NodeCacheError
 
-        assert self.node_cache is not None
-        manifest_file = self._manifest_file(entry)
-        inside = manifest_file is not None and manifest_file.resolve().is_relative_to(path)
         try:
-            result = self.node_cache.fetch(model_id, path, None if inside else self.manifest(model_id))
+            result = self.node_cache.fetch(model_id, source, self.manifest(model_id), files=files)
         except NodeCacheError as exc:
             raise ModelError("model_cache_error", str(exc)) from None
         except OSError as exc:  # local disk full, say: loading from tier 0 is slower but works
-            log.warning("model %s: node cache unavailable (%s); loading from %s", model_id, exc, path)
-            return path
+            log.warning("model %s: node cache unavailable (%s); loading from %s", model_id, exc, source)
+            return None
         if result.copied:
             log.info("model %s: copied %d bytes to the node cache in %.2f s", model_id, result.bytes_copied,
                      result.seconds)

@@ -49,6 +49,7 @@ MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 CHUNK_BYTES = 8 << 20  # per pread: big enough for EFS's per-request latency, small enough to spread a file
 MODEL_DIR, MARKER, LAST_USED, RESERVED = "model", "marker.json", "last_used", "reserved_bytes"
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _ABSENT = "absent"
 _STALE = "was made for a different manifest (the model changed on tier 0)"
 
@@ -110,6 +111,26 @@ def _walk(label: str, source: Path) -> list[tuple[str, Path, int]]:
     if not files:
         raise NodeCacheError(f"{label}: source directory {source} holds no files (is the EFS volume mounted?)")
     return sorted(files, key=lambda f: (-f[2], f[0]))
+
+
+def _listed(label: str, files: dict[str, Path]) -> list[tuple[str, Path, int]]:
+    """``_walk``'s result for an explicit file list, whose paths the caller has checked; names are re-checked
+    here because they become paths under the cache."""
+    out = []
+    for rel, path in files.items():
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise NodeCacheError(f"{label}: {rel!r} is not a relative path inside the model")
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise NodeCacheError(f"{label}: cannot read {path}: {exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NodeCacheError(f"{label}: {rel} is not a regular file; refused")
+        out.append((rel, Path(path), st.st_size))
+    if not out:
+        raise NodeCacheError(f"{label}: no files to copy")
+    return sorted(out, key=lambda f: (-f[2], f[0]))
 
 
 def sha256_file(path: Path) -> str:
@@ -223,7 +244,7 @@ def _copy_tree(label: str, files: list[tuple[str, Path, int]], dest: Path, manif
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             f = _File(rel, src, size, os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644),
-                      manifest[rel] if manifest is not None else None)
+                      manifest.get(rel) if manifest is not None else None)
             opened.append(f)
             if size:
                 # the final size at once, so that parallel writes never extend the file; not posix_fallocate:
@@ -269,11 +290,14 @@ class NodeCache:
 
     # -- public --------------------------------------------------------------------------------------------
     def fetch(self, model_id: str, source: Path, manifest: dict[str, str] | None = None, *,
-              verify: bool = False) -> FetchResult:
+              verify: bool = False, files: dict[str, Path] | None = None) -> FetchResult:
         """The tier-1 copy of ``source``, copied first if absent, incomplete, corrupted or made for another manifest.
 
-        A hit checks that every file recorded in the marker exists with its size and mtime (a few stats);
-        ``verify=True`` also re-hashes the copy against the manifest (or the hashes recorded at copy time)."""
+        ``files`` ({relative path in the copy: file to read}) replaces the walk of ``source`` when the caller
+        has already decided what a model consists of (``ModelStore`` does: a single-file checkpoint plus its
+        config directory, symlinks inside the models directory). A hit checks that every file recorded in the
+        marker exists with its size and mtime (a few stats); ``verify=True`` also re-hashes the copy against
+        the manifest (or the hashes recorded at copy time)."""
         started = time.perf_counter()
         _check_id(model_id)
         if manifest is not None:
@@ -297,7 +321,7 @@ class NodeCache:
                         "model %s: the tier-1 copy %s; removing it and copying it again from %s",
                         model_id, problem, source)
                 self._remove(model_id)
-            copied = self._fill(model_id, Path(source), manifest, digest)
+            copied = self._fill(model_id, Path(source), manifest, digest, files)
             return FetchResult(path, True, copied, time.perf_counter() - started)
 
     @contextlib.contextmanager
@@ -399,15 +423,19 @@ class NodeCache:
                 return f"does not match the sha256 of {', '.join(wrong)}"
         return None
 
-    def _fill(self, model_id: str, source: Path, manifest: dict[str, str] | None, digest: str | None) -> int:
+    def _fill(self, model_id: str, source: Path, manifest: dict[str, str] | None, digest: str | None,
+              listed: dict[str, Path] | None = None) -> int:
         label = f"model {model_id!r}"
-        files = _walk(label, source)
+        files = _walk(label, source) if listed is None else _listed(label, listed)
         if manifest is not None:
             names = {rel for rel, _, _ in files}
-            missing, extra = sorted(manifest.keys() - names), sorted(names - manifest.keys())
+            missing = sorted(manifest.keys() - names)
+            # as `spotgen models verify` rules: an unlisted weight file would be loaded unchecked; an unlisted
+            # README or config is copied as it is
+            extra = sorted(rel for rel in names - manifest.keys() if rel.lower().endswith(_WEIGHTS))
             if missing or extra:
                 raise NodeCacheError(f"{label}: {source} does not match the manifest: missing {missing[:5]}, "
-                                     f"not in the manifest {extra[:5]}")
+                                     f"weight files not in the manifest {extra[:5]}")
         total = sum(size for _, _, size in files)
         if total > self.budget_bytes:
             raise NodeCacheError(f"{label} is {_mib(total)} ({total} bytes), larger than the whole node cache "
@@ -422,7 +450,7 @@ class NodeCache:
                 if st.st_size != size:
                     raise NodeCacheError(f"{label}: the copy of {rel} has {st.st_size} bytes, not {size}")
                 records[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                "sha256": manifest[rel] if manifest else None}
+                                "sha256": manifest.get(rel) if manifest else None}
             (tmp / LAST_USED).touch()
             marker = {"format": 1, "model_id": model_id, "source": str(source), "copied_at": time.time(),
                       "bytes": total, "manifest_sha256": digest, "files": records}

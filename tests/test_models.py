@@ -442,3 +442,27 @@ def test_single_file_rules(single_file_models: Path) -> None:
     assert refused(store, "empty-config").code == "invalid_model_config"
     with pytest.raises(ModelError, match="'config' is only for single-file checkpoints"):
         write_catalog(models, {"dir": {"path": "tiny-sd", "config": "configs/sd"}}).catalog  # noqa: B018
+
+
+def test_a_single_file_checkpoint_goes_through_the_node_cache(single_file_models: Path, tmp_path: Path) -> None:
+    """Tier 1 copies the checkpoint with its config directory, keeping their layout, and loads from the copy."""
+    from runtime.nodecache import NodeCache
+
+    catalog = json.loads((single_file_models / CATALOG_FILE).read_text())
+    catalog["models"]["sd-file"]["manifest"] = "manifests/sd-file.json"
+    (single_file_models / CATALOG_FILE).write_text(json.dumps(catalog))
+    write_manifest(ModelStore(single_file_models), "sd-file")
+    node = NodeCache(tmp_path / "node", 1024**3)
+    store = ModelStore(single_file_models, "cpu", node)
+    source = store.source("sd-file")
+    copy = tmp_path / "node" / "sd-file" / "model"
+    assert source.path == copy / "checkpoints" / "tiny-sd.safetensors" and source.config == copy / "configs" / "sd"
+    assert node.is_cached("sd-file")
+    direct = base_pipeline(ModelStore(single_file_models), "sd-file")
+    cached = base_pipeline(store, "sd-file")
+    a, b = cached.unet.state_dict(), direct.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a damaged copy is noticed on the next fetch and replaced
+    (copy / "configs" / "sd" / "unet" / "config.json").write_text("{}")
+    assert ModelStore(single_file_models, "cpu", node).source("sd-file").path.is_file()
+    assert json.loads((copy / "configs" / "sd" / "unet" / "config.json").read_text()) != {}

@@ -240,10 +240,19 @@ def test_bad_sources_are_refused_with_clear_errors(tmp_path: Path) -> None:
     (source / "unet/config.json").write_text("changed on tier 0")
     with pytest.raises(NodeCacheError, match="unet/config.json read from .* has sha256 .* but the manifest says"):
         node.fetch("sd15", source, manifest)
-    with pytest.raises(NodeCacheError, match=r"missing \['gone.json'\], not in the manifest \[\]"):
+    with pytest.raises(NodeCacheError, match=r"missing \['gone.json'\], weight files not in the manifest \[\]"):
         node.fetch("sd15", source, {**sha256_manifest(source), "gone.json": "0" * 64})
     with pytest.raises(NodeCacheError, match="not sha256 hex digests"):
         node.fetch("sd15", source, {"model_index.json": "abc"})
+    # as `spotgen models verify` has it: an unlisted weight file is refused, an unlisted README is copied
+    listed = sha256_manifest(source)
+    (source / "README.md").write_text("notes")
+    assert (node.fetch("readme", source, listed).path / "README.md").read_text() == "notes"
+    (source / "extra.safetensors").write_bytes(b"x" * 10)
+    with pytest.raises(NodeCacheError, match=r"weight files not in the manifest \['extra.safetensors'\]"):
+        node.fetch("extra", source, {**listed, "README.md": sha256_manifest(source)["README.md"]})
+    (source / "README.md").unlink()
+    (source / "extra.safetensors").unlink()
 
     (source / "inside.json").symlink_to(source / "model_index.json")  # a link inside the model is copied
     assert (node.fetch("sd15", source).path / "inside.json").read_bytes() == (source / "model_index.json").read_bytes()
@@ -251,7 +260,7 @@ def test_bad_sources_are_refused_with_clear_errors(tmp_path: Path) -> None:
     (source / "outside").symlink_to(tmp_path / "secret")
     with pytest.raises(NodeCacheError, match="outside is a symlink leaving"):
         node.fetch("other", source)
-    assert [m for m, _, _ in node.entries()] == ["sd15"]
+    assert [m for m, _, _ in node.entries()] == ["readme", "sd15"]
     assert [n for n in os.listdir(tmp_path / "node") if n.startswith(".tmp-")] == []
 
 
@@ -273,3 +282,56 @@ def test_model_store_loads_from_the_node_cache(tiny_models: Path, tmp_path: Path
     # a second process on the node finds both copies: nothing is copied again
     again = ModelStore(tiny_models, "cpu", NodeCache(tmp_path / "node", 1024**3))
     assert again.source("tiny-sd").path == source.path
+
+
+class _Copies(logging.Handler):
+    """Counts the store's "copied N bytes to the node cache" lines: how often this process read tier 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "to the node cache" in record.getMessage():
+            self.bytes.append(int(record.args[1]))  # type: ignore[index]
+
+
+def _load_in_process(models: str, root: str, barrier: Any, out: Any) -> None:
+    """What a worker does at start-up with SPOTGEN_PRELOAD=tiny-sd,tiny-controlnet and a node cache."""
+    try:
+        from pipelines.common import base_pipeline, controlnet_model
+        from runtime.models import ModelStore
+
+        copies = _Copies()
+        logging.getLogger("spotgen.models").addHandler(copies)
+        logging.getLogger("spotgen.models").setLevel(logging.INFO)
+        store = ModelStore(Path(models), "cpu", NodeCache(Path(root), 1024**3))
+        barrier.wait()
+        pipe = base_pipeline(store, "tiny-sd")
+        controlnet_model(store, "tiny-controlnet")
+        weights = float(sum(t.double().sum() for t in pipe.unet.state_dict().values()))
+        out.put((os.getpid(), copies.bytes, weights, str(store.source("tiny-sd").path), store.loads))
+    except BaseException as exc:
+        out.put((os.getpid(), None, 0.0, repr(exc), 0))
+
+
+def test_four_processes_loading_at_once_copy_each_model_once_and_all_load_it(tiny_models: Path,
+                                                                               tmp_path: Path) -> None:
+    from runtime.models import ModelStore
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_load_in_process, args=(str(tiny_models), str(tmp_path / "node"), barrier, out))
+             for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert all(copies is not None for _, copies, *_ in results), results
+    tier0 = ModelStore(tiny_models)
+    copied = sorted(n for _, copies, *_ in results for n in copies)
+    assert copied == sorted([tier0.size("tiny-sd"), tier0.size("tiny-controlnet")])  # one copy of each, in all
+    assert len({weights for _, _, weights, _, _ in results}) == 1  # all four loaded the same weights
+    assert {path for *_, path, _ in results} == {str(tmp_path / "node" / "tiny-sd" / "model")}
+    assert all(loads == 2 for *_, loads in results)
