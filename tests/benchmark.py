@@ -8,6 +8,7 @@ Throughput ratio = direct time / end-to-end time for the same images (the goal i
 Then submit -> `running` latency of an idle worker (status `started_at - created_at`), one job at a time.
 Then the cost of an interruption for a 512 px job: checkpoint size, time to serialize and store it, and time
 from the start of a resumed run to its first step against a fresh run's, all in units of one denoising step.
+Then the model cache (tests/bench_cache.py, which says how EFS is simulated).
 
 Prints a table and, as the last line, one JSON object with every figure.
 """
@@ -124,73 +125,6 @@ def checkpoint_figures(store: ModelStore, jobs: Any, stop: int = 15) -> dict[str
             "resume_overhead_steps": (resumed_first_s - fresh_first_s) / step_s}
 
 
-def cache_figures(rounds: int = 3) -> dict[str, Any]:
-    """Tier-1 node cache (runtime/nodecache.py): a cold fetch of a ~300 MiB model against a plain `cp -r`.
-
-    How EFS is simulated: it is not. The "tier 0" source is a plain local directory on the same disk, written,
-    fsync'ed and then dropped from the page cache with posix_fadvise(DONTNEED) (dropping all caches needs root),
-    again before every timed copy, so each copy reads the disk; that works for clean pages, so the figures
-    should be cold reads, but nothing guarantees it. A local disk is much faster per stream than EFS and cp
-    copies inside the kernel (copy_file_range, same file system, which it cannot do from NFS), so this
-    compares the cache's own costs (sha256 of every byte, fsync, the marker) more than its parallel EFS readers.
-    `cp -r` + `sync` is shown too: the cache fsyncs its copy before committing it.
-    """
-    import shutil
-    import statistics
-    import subprocess
-
-    from runtime.nodecache import NodeCache, sha256_manifest
-
-    def drop_cache(directory: Path) -> None:
-        os.sync()
-        for path in directory.rglob("*"):
-            if path.is_file():
-                fd = os.open(path, os.O_RDONLY)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                os.close(fd)
-
-    sizes = {"unet/diffusion_pytorch_model.safetensors": 224 << 20, "text_encoder/model.safetensors": 48 << 20,
-             "vae/diffusion_pytorch_model.safetensors": 32 << 20, "model_index.json": 600, "unet/config.json": 1800,
-             "vae/config.json": 800, "text_encoder/config.json": 700, "scheduler/scheduler_config.json": 500,
-             "tokenizer/vocab.json": 1 << 20, "tokenizer/merges.txt": 512 << 10, "tokenizer/tokenizer_config.json": 900}
-    times: dict[str, list[float]] = {"cp": [], "cp_sync": [], "cold": [], "cold_no_manifest": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "efs" / "sd-like"
-        for rel, size in sizes.items():
-            (source / rel).parent.mkdir(parents=True, exist_ok=True)
-            with open(source / rel, "wb") as f:
-                for start in range(0, size, 16 << 20):
-                    f.write(os.urandom(min(16 << 20, size - start)))
-        manifest = sha256_manifest(source)
-        for n in range(rounds):  # alternating, so that drift on a shared machine hits every variant alike
-            for name in times:
-                drop_cache(source)
-                target = Path(tmp) / f"{name}-{n}"
-                began = time.perf_counter()
-                if name.startswith("cp"):
-                    subprocess.run(["cp", "-r", str(source), str(target)], check=True)
-                    if name == "cp_sync":
-                        os.sync()
-                    times[name].append(time.perf_counter() - began)
-                else:
-                    result = NodeCache(target, 1 << 30).fetch("sd", source, manifest if name == "cold" else None)
-                    assert result.copied
-                    times[name].append(result.seconds)
-                if not (name == "cold" and n == rounds - 1):
-                    shutil.rmtree(target)
-        node = NodeCache(Path(tmp) / f"cold-{rounds - 1}", 1 << 30)  # the last cold copy: now hits
-        hits = [node.fetch("sd", source, manifest).seconds for _ in range(20)]
-        verified = node.fetch("sd", source, manifest, verify=True).seconds
-    med = {name: statistics.median(values) for name, values in times.items()}
-    total = sum(sizes.values())
-    return {"source_mib": total / 2**20, "files": len(sizes), "readers": 8, "rounds": rounds,
-            "cp_s": med["cp"], "cp_sync_s": med["cp_sync"], "cold_fetch_s": med["cold"],
-            "cold_fetch_no_manifest_s": med["cold_no_manifest"], "cold_mib_per_s": total / 2**20 / med["cold"],
-            "hit_s": statistics.median(hits), "hit_verify_s": verified,
-            "cold_over_cp": med["cold"] / med["cp"], "cold_over_cp_sync": med["cold"] / med["cp_sync"],
-            "hit_over_cold": statistics.median(hits) / med["cold"]}
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -236,7 +170,9 @@ def main() -> int:
 
             ckpt = checkpoint_figures(store, JobStore(aws.client("s3", stack.settings), stack.settings))
     figures["checkpoint_512px"] = ckpt
-    figures["node_cache"] = cache = cache_figures()
+    from tests import bench_cache
+
+    figures["model_cache"] = cache = bench_cache.figures()
     figures["submit_to_running_s"] = {"p50": percentile(lat, 0.5), "p95": percentile(lat, 0.95), "n": len(lat)}
 
     print(f"{'workload':<16}{'jobs':>6}{'direct img/s':>14}{'end-to-end img/s':>18}{'ratio':>8}   (goal >= 0.95)")
@@ -252,11 +188,7 @@ def main() -> int:
           f"(serialize {ckpt['serialize_s'] * 1000:.1f} ms; a step is {ckpt['step_s'] * 1000:.0f} ms)")
     print(f"resume: read + restore + first step {ckpt['resume_to_first_step_s'] * 1000:.0f} ms vs fresh start + first "
           f"step {ckpt['fresh_start_to_first_step_s'] * 1000:.0f} ms: {ckpt['resume_overhead_steps']:+.2f} steps")
-    print(f"node cache, {cache['source_mib']:.0f} MiB model in {cache['files']} files (local disk as EFS): cold fetch "
-          f"{cache['cold_fetch_s'] * 1000:.0f} ms (sha256 + fsync; {cache['cold_fetch_no_manifest_s'] * 1000:.0f} ms "
-          f"without a manifest) vs cp -r {cache['cp_s'] * 1000:.0f} ms ({cache['cold_over_cp']:.2f}x), cp -r + sync "
-          f"{cache['cp_sync_s'] * 1000:.0f} ms ({cache['cold_over_cp_sync']:.2f}x); hit {cache['hit_s'] * 1000:.2f} ms "
-          f"({cache['hit_over_cold']:.4f} of cold), hit with verify {cache['hit_verify_s'] * 1000:.0f} ms")
+    print("\n".join(bench_cache.report(cache)))
     print(json.dumps({"bench": "e2e", **figures}, sort_keys=True))
     return 0
 
