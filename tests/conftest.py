@@ -41,14 +41,15 @@ def two_models(tiny_models: Path, tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def in_process_stack(models: Path, log_dir: Path, **options: Any) -> Iterator[Any]:
+def in_process_stack(models: Path, log_dir: Path, settings: dict[str, Any] | None = None,
+                     **options: Any) -> Iterator[Any]:
     """A DevStack in this process serving `tiny-sd` and `tiny-sd-b`; the environment it exports to this
     process (as a Lambda's) is put back afterwards, so later tests do not inherit it."""
     from runtime.config import Settings
     from runtime.devstack import DevStack
 
     saved = dict(os.environ)
-    settings = Settings(models_dir=models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1)
+    settings = Settings(models_dir=models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1, **(settings or {}))
     stack = DevStack(settings, port=0, aws_port=0, workers=1, log_dir=log_dir, **options)
     try:
         yield stack.start()
