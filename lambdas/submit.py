@@ -14,6 +14,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from lambdas import telemetry
 from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
 from runtime.contract import (
     BUILTIN_PIPELINES,
@@ -95,7 +96,7 @@ def submit(dep: Deployment, body: bytes) -> dict[str, Any]:
                    submitted_at=now, request_hash=digest, expires_at=expires_at)
     doc = StatusDoc(id=job_id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model, seed=seed,
                     context=spec.context, request_hash=digest, created_at=now, updated_at=now,
-                    expires_at=expires_at)
+                    expires_at=expires_at, trace_id=telemetry.trace_id())
     if not dep.store.create_status(doc):
         return existing_job(dep, job_id, digest)
     try:
@@ -108,15 +109,18 @@ def submit(dep: Deployment, body: bytes) -> dict[str, Any]:
 
 
 def publish(dep: Deployment, spec: JobSpec) -> None:
-    """One SNS message: a Celery task message as body, routing attributes for the subscription filters."""
-    body = build_celery_message(spec.id, [spec.model_dump(mode="json")], queue=dep.settings.queue_name)
-    attributes = {
-        "pipeline": {"DataType": "String", "StringValue": spec.pipeline},
-        "model": {"DataType": "String", "StringValue": spec.model},
-        "job_id": {"DataType": "String", "StringValue": spec.id},
-        "contract_version": {"DataType": "Number", "StringValue": str(spec.version)},
-    }
-    dep.sns.publish(TopicArn=dep.settings.jobs_topic_arn, Message=body, MessageAttributes=attributes)
+    """One SNS message: a Celery task message as body, routing attributes for the subscription filters. The
+    message headers carry the trace (``traceparent``), which the worker's Celery instrumentation continues."""
+    with telemetry.span("spotgen.publish", "PRODUCER", job_id=spec.id, pipeline=spec.pipeline, model=spec.model):
+        body = build_celery_message(spec.id, [spec.model_dump(mode="json")], queue=dep.settings.queue_name,
+                                    extra_headers=telemetry.carrier())
+        attributes = {
+            "pipeline": {"DataType": "String", "StringValue": spec.pipeline},
+            "model": {"DataType": "String", "StringValue": spec.model},
+            "job_id": {"DataType": "String", "StringValue": spec.id},
+            "contract_version": {"DataType": "Number", "StringValue": str(spec.version)},
+        }
+        dep.sns.publish(TopicArn=dep.settings.jobs_topic_arn, Message=body, MessageAttributes=attributes)
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -125,4 +129,5 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         body = raw_body(event)
     except ValueError:
         return error(400, "invalid_body", "the request body is not valid base64", "body")
-    return submit(deployment(), body)
+    with telemetry.span("spotgen.submit", "SERVER", event.get("headers")):
+        return submit(deployment(), body)

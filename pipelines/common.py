@@ -169,6 +169,8 @@ def generate(pipe: DiffusionPipeline, inputs: GenerationInputs, ctx: RunContext,
     gens = generators(ctx.seed, inputs.num_images)
     if ctx.resume_from is not None:
         pipe.resume_from(ctx.resume_from, gens)  # type: ignore[attr-defined]
+    pipe.phase_hook = ctx.mark  # type: ignore[attr-defined]  # "denoise" once the latents are ready
+    ctx.mark("encode")
     with torch.inference_mode():
         result = pipe(
             prompt=inputs.prompt,

@@ -109,11 +109,19 @@ class Resumable:
     _resume: StepState | None = None
     _resume_generators: tuple[torch.Generator, ...] = ()
     _skip_steps = 0
+    #: Told "denoise" once the latents are ready: the runtime times the encode and denoise phases with it.
+    phase_hook: Callable[[str], None] | None = None
 
     def resume_from(self, state: StepState, generators: list[torch.Generator]) -> None:
         self._resume, self._resume_generators, self._skip_steps = state, tuple(generators), state.step
 
     def prepare_latents(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        latents = self._prepare_latents(*args, **kwargs)
+        if self.phase_hook is not None:
+            self.phase_hook("denoise")
+        return latents
+
+    def _prepare_latents(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         state = self._resume
         if state is None:
             return super().prepare_latents(*args, **kwargs)  # type: ignore[misc]

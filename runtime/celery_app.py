@@ -22,6 +22,7 @@ from runtime.envelope import TASK_NAME
 from runtime.interrupt import Interruption, watch_imds
 from runtime.lease import Lease
 from runtime.models import ModelError, ModelStore
+from runtime.observe import NOOP, Observer, trace_id_from
 from runtime.plugins import Registry
 from runtime.storage import JobStore
 from runtime.worker import JobRunner, PermanentError
@@ -37,6 +38,9 @@ class Hooks:
     interruption: Interruption
     #: The raw SQS message of the task now running (set by ``JobRequest``; the solo pool runs one at a time).
     current: dict[str, Any] | None = None
+    #: Metrics, traces and log context (``runtime.telemetry``); probes' state.
+    observer: Observer = NOOP
+    health: Any = None
 
 
 def broker_url(settings: Settings) -> str:
@@ -47,7 +51,8 @@ def broker_url(settings: Settings) -> str:
     return f"sqs://@{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
-def build_runner(settings: Settings, interruption: Interruption | None = None) -> JobRunner:
+def build_runner(settings: Settings, interruption: Interruption | None = None,
+                 observer: Observer = NOOP) -> JobRunner:
     registry = Registry.default(settings.plugins)
     store = JobStore(aws.client("s3", settings), settings)
     node_cache = None
@@ -56,7 +61,8 @@ def build_runner(settings: Settings, interruption: Interruption | None = None) -
 
         node_cache = NodeCache(settings.node_cache_dir, settings.node_cache_bytes)
     models = ModelStore(settings.models_dir, settings.device, node_cache, settings.model_memory_bytes)
-    return JobRunner(settings, store, aws.client("sns", settings), registry, models, interruption)
+    models.observer = observer
+    return JobRunner(settings, store, aws.client("sns", settings), registry, models, interruption, observer)
 
 
 def make_app(settings: Settings) -> Celery:
@@ -71,7 +77,7 @@ def make_app(settings: Settings) -> Celery:
             # poll that got nothing would hold an idle worker back from the next job.
             "polling_interval": 0,
             "fetch_message_attributes": {
-                "MessageSystemAttributeNames": ["ApproximateReceiveCount"],
+                "MessageSystemAttributeNames": ["ApproximateReceiveCount", "AWSTraceHeader"],
                 "MessageAttributeNames": [".*"],  # forwarded as they are to the dead-letter queue
             },
         },
@@ -91,7 +97,7 @@ def make_app(settings: Settings) -> Celery:
         worker_enable_remote_control=False,
     )
     interruption = Interruption(settings.interrupt_deadline_s)
-    runner = functools.cache(lambda: build_runner(settings, interruption))
+    runner = functools.cache(lambda: build_runner(settings, interruption, hooks.observer))
     hooks = Hooks(settings, aws.client("sqs", settings), runner, interruption)
     app.spotgen = hooks
 
@@ -100,14 +106,17 @@ def make_app(settings: Settings) -> Celery:
         if len(args) != 1 or kwargs:
             raise PermanentError("invalid_message", "a job message carries exactly one argument, the job")
         raw, hooks.current = hooks.current, None
+        request = run_job.request
+        trace_id = trace_id_from(getattr(request, "traceparent", None), getattr(request, "X-Amzn-Trace-Id", None))
         if raw is None:  # called directly, not from a queue
-            runner().run(args[0])
+            runner().run(args[0], trace_id=trace_id)
             return
-        lease = Lease(hooks.sqs, settings.queue_url, raw, settings.heartbeat_s, settings.lease_s, settings.max_job_s)
+        lease = Lease(hooks.sqs, settings.queue_url, raw, settings.heartbeat_s, settings.lease_s, settings.max_job_s,
+                      hooks.observer)
         interruption.lease = lease
         try:
             with lease:
-                runner().run(args[0], lease)
+                runner().run(args[0], lease, trace_id)
         finally:
             interruption.lease = None
 
@@ -116,12 +125,17 @@ def make_app(settings: Settings) -> Celery:
 
 def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     """Start consuming. The runner is built and the preload models loaded first, so a broken plugin or model
-    stops start-up (exit status 1, with the reason) instead of failing every job."""
+    stops start-up (exit status 1, with the reason) instead of failing every job. Logs, metrics, traces and the
+    probes' server start before that (``runtime.telemetry``), so ``/livez`` answers during the preload."""
+    from runtime import telemetry
+
     app = make_app(settings)
+    ops = telemetry.start(app, settings)
     try:
         app.spotgen.runner().preload(settings.preload)
     except ModelError as exc:
         raise SystemExit(f"spotgen worker: cannot start: {exc}") from None
+    ops.health.preloaded()
 
     def on_shutdown(sig: str = "", how: str = "", **_: Any) -> None:  # from Celery's own signal handler
         app.spotgen.interruption.request(f"{sig or 'signal'}, {how.lower() or 'warm'} shutdown")
@@ -131,4 +145,6 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
         watch_imds(settings.imds_url, settings.imds_poll_s)
     argv = ["worker", "--pool=solo", "--concurrency=1", f"--queues={settings.queue_name}",
             "--without-gossip", "--without-mingle", "--without-heartbeat", f"--loglevel={settings.log_level}"]
+    if settings.log_format == "json":
+        argv.insert(0, "--quiet")  # no banner on stdout: every line there is a JSON object
     app.worker_main(argv + (extra_argv or []))

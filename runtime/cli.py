@@ -17,6 +17,7 @@ from runtime.config import Settings
 
 if TYPE_CHECKING:
     from runtime.models import ModelStore
+    from runtime.spanreceiver import SpanReceiver
 
 DEFAULT_MODELS_DIR = Path(".spotgen/models")
 
@@ -34,10 +35,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if args.check:  # an exec probe: ask the running worker's /readyz
+        from runtime.health import check
+
+        if not settings.metrics_port:
+            print("SPOTGEN_METRICS_PORT is 0: this worker serves no probes", file=sys.stderr)
+            return 1
+        ok, said = check(settings.metrics_port)
+        print(said)
+        return 0 if ok else 1
     from runtime.celery_app import run_worker
 
-    settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.queue_url:
         raise SystemExit("SPOTGEN_QUEUE_URL is not set: the worker needs its (predefined) queue URL")
     run_worker(settings)
@@ -184,6 +193,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
+    if "SPOTGEN_LOG_FORMAT" not in os.environ:
+        settings = settings.model_copy(update={"log_format": "text"})  # worker logs for people, not collectors
+    receiver = _dev_tracing(args.demo)
     if args.demo and "SPOTGEN_PROGRESS_INTERVAL_S" not in os.environ:
         settings = settings.model_copy(update={"progress_interval_s": 0.1})  # demo jobs are short: let bars move
     if not (settings.models_dir / "catalog.json").exists():
@@ -204,9 +216,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"spotgen dev stack on 127.0.0.1\n  API         {stack.api_url}/v1/jobs\n"
               f"  AWS (S3, SNS, SQS emulator) {stack.settings.aws_endpoint_url}\n"
               f"  workers     {args.workers} (device {settings.device}, models {settings.models_dir})"
+              + "".join(f"\n  metrics     {url}/metrics  (probes {url}/livez, {url}/readyz)"
+                        for url in stack.metrics_urls.values())
               + (f"\n  worker logs {log_dir}" if log_dir else ""), flush=True)
         if args.demo:
-            ok = demo(stack.api_url, Path(args.out))
+            ok = demo(stack.api_url, Path(args.out), traces=receiver)
         else:
             print("Ctrl-C stops everything.", flush=True)
             while True:
@@ -219,9 +233,30 @@ def cmd_dev(args: argparse.Namespace) -> int:
         ok = False
     finally:
         stack.stop()
+        if receiver is not None:
+            receiver.stop()
         if args.state_file:
             Path(args.state_file).unlink(missing_ok=True)
     return 0 if ok else 1
+
+
+def _dev_tracing(demo: bool) -> SpanReceiver | None:
+    """Traces in the dev stack. With an OTLP endpoint configured, the API (in this process) and the workers
+    export to it. Otherwise ``--demo`` starts an in-memory receiver on loopback for the workers' spans (and
+    this process's) to show per-phase timings; returns it."""
+    from runtime import tracing
+
+    receiver = None
+    if not tracing.enabled() and demo:
+        from runtime.spanreceiver import SpanReceiver
+
+        receiver = SpanReceiver().start()
+        os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = receiver.endpoint  # the workers inherit it
+        os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "100")  # ms: spans are there when the summary prints
+    if tracing.enabled():
+        provider = tracing.setup("spotgen-api", receiver.exporter() if receiver is not None else None)
+        tracing.instrument(provider, celery=False)
+    return receiver
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="consume jobs from the queue (configured by SPOTGEN_* variables)")
+    worker.add_argument("--check", action="store_true", help="exit 0 if the worker on this host is ready, else 1 "
+                        "(asks /readyz on 127.0.0.1:$SPOTGEN_METRICS_PORT; for exec probes)")
     worker.set_defaults(func=cmd_worker)
 
     dev = sub.add_parser("dev", help="run the whole system locally on 127.0.0.1")

@@ -64,6 +64,8 @@ class Settings(BaseModel):
     # -- operations: metrics, health probes, logs (see README "Operations") ----------------------------
     #: Port of the worker's HTTP server: /metrics (Prometheus), /livez and /readyz (probes); 0 = off.
     metrics_port: int = Field(9400, ge=0, le=65535)
+    #: Address that server binds: all interfaces in a pod (the kubelet probes the pod IP); loopback in ``spotgen dev``.
+    metrics_host: str = "0.0.0.0"  # noqa: S104
     #: "json" (one JSON object per line, for log collectors) or "text" (humans; ``spotgen dev`` uses it).
     log_format: str = Field("json", pattern="^(json|text)$")
     #: Prompts longer than this are cut in log lines (the full prompt stays in the job's documents only).

@@ -148,6 +148,21 @@ BUILTIN_INPUTS: dict[str, type[GenerationInputs]] = {
 IMAGE_FIELDS = ("image", "control_image")
 
 
+#: First segments of the output bucket's keys that the runtime owns (status documents, checkpoints with their
+#: short lifecycle rule): outputs under them would be mixed with, or expire like, those.
+RESERVED_OUTPUT_PREFIXES = ("jobs", "checkpoints")
+
+
+def _output_prefix(value: str | None) -> str | None:
+    if value is not None and value.split("/", 1)[0] in RESERVED_OUTPUT_PREFIXES:
+        raise ValueError(f"'{value.split('/', 1)[0]}/' is reserved for the runtime's own documents; choose another "
+                         "first directory")
+    return value
+
+
+OutputPrefix = Annotated[str, AfterValidator(_output_prefix)]
+
+
 def _context(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is not None and len(json.dumps(value, separators=(",", ":"))) > MAX_CONTEXT_BYTES:
         raise ValueError(f"context is larger than {MAX_CONTEXT_BYTES} bytes of JSON")
@@ -161,7 +176,7 @@ class JobRequest(_Strict):
     pipeline: str = Field(pattern=PIPELINE_NAME_RE.pattern)
     model: ModelId
     inputs: dict[str, Any] = Field(default_factory=dict)
-    output_prefix: str | None = Field(None, max_length=128, pattern=OUTPUT_PREFIX_RE.pattern)
+    output_prefix: OutputPrefix | None = Field(None, max_length=128, pattern=OUTPUT_PREFIX_RE.pattern)
     context: Annotated[dict[str, Any] | None, AfterValidator(_context)] = None
     #: A deadline: a job that reaches a worker after it ends as ``expired`` without running.
     expires_at: datetime | None = None
@@ -203,7 +218,7 @@ class JobSpec(_Strict):
     model: ModelId
     inputs: dict[str, Any]
     seed: int = Field(ge=0, lt=2**32)
-    output_prefix: str = Field(max_length=128, pattern=OUTPUT_PREFIX_RE.pattern)
+    output_prefix: OutputPrefix = Field(max_length=128, pattern=OUTPUT_PREFIX_RE.pattern)
     context: Annotated[dict[str, Any] | None, AfterValidator(_context)] = None
     submitted_at: datetime
     request_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -287,6 +302,8 @@ class StatusDoc(BaseModel):
     cancel_requested_at: datetime | None = None
     #: Set once the results topic has the job's notification (so a redelivery never sends a second).
     notified_at: datetime | None = None
+    #: The request's trace (W3C trace id, 32 hex digits): look it up in the tracing backend, grep the logs for it.
+    trace_id: str | None = None
 
 
 class Notification(BaseModel):

@@ -62,6 +62,7 @@ def reject_permanently(app: Any, message: Any, code: str, reason: str) -> None:
     """Dead-letter, fail the job's status if the message names one, then delete the original."""
     hooks = app.spotgen
     if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, message, code, reason):
+        hooks.observer.dead_lettered(code)
         fail_status(hooks, message, code, reason)
         message.ack()
     else:  # leave it to SQS's redrive policy rather than lose it
@@ -118,7 +119,13 @@ class JobRequest(Request):
     def on_accepted(self, pid: Any, time_accepted: float) -> None:
         # The solo pool calls this just before it runs the task, in the same thread (Celery replaces
         # ``execute_using_pool`` in a generated subclass, so that is no place for a hook).
-        self.task.app.spotgen.current = (self._message.delivery_info or {}).get("sqs_message")
+        raw = (self._message.delivery_info or {}).get("sqs_message")
+        self.task.app.spotgen.current = raw
+        # X-Ray interop: a message without a W3C traceparent continues the trace of SQS's AWSTraceHeader
+        # (the header name the X-Ray propagator reads from the task request, which Celery builds from this dict).
+        xray = ((raw or {}).get("Attributes") or {}).get("AWSTraceHeader")
+        if xray and "traceparent" not in self._request_dict:
+            self._request_dict["X-Amzn-Trace-Id"] = xray
         super().on_accepted(pid, time_accepted)
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
@@ -136,6 +143,7 @@ class JobRequest(Request):
                         type(exc).__name__, exc)
             return super().on_failure(exc_info, send_failed_event, return_ok)
         if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, self._message, code, reason):
+            hooks.observer.dead_lettered(code)
             fail_status(hooks, self._message, code, reason)
             self.acknowledge()
         return super().on_failure(exc_info, send_failed_event, return_ok)

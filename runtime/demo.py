@@ -15,11 +15,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageFilter
 
 from runtime.contract import JobState
+
+if TYPE_CHECKING:
+    from runtime.spanreceiver import SpanReceiver
 
 
 class ApiError(RuntimeError):
@@ -86,6 +89,7 @@ class Row:
     state: str
     seconds: float
     file: str
+    trace_id: str | None = None
 
 
 def run_job(api_url: str, request: dict[str, Any], out: Path, name: str) -> tuple[Row, bytes | None]:
@@ -103,12 +107,13 @@ def run_job(api_url: str, request: dict[str, Any], out: Path, name: str) -> tupl
         file = str(path)
     elif doc.get("error"):
         print(f"  {name} failed: {doc['error']['code']}: {doc['error']['message']}")
-    return Row(body["id"], request["pipeline"], doc["state"], time.monotonic() - started, file), png
+    return Row(body["id"], request["pipeline"], doc["state"], time.monotonic() - started, file,
+               doc.get("trace_id")), png
 
 
 def demo(api_url: str, out: Path, model: str = "tiny-sd", controlnet: str = "tiny-controlnet",
-         size: int = 64, steps: int = 20) -> bool:
-    """Returns True when all three jobs succeeded."""
+         size: int = 64, steps: int = 20, traces: SpanReceiver | None = None) -> bool:
+    """Returns True when all three jobs succeeded. With ``traces``, the summary ends with each job's phases."""
     out.mkdir(parents=True, exist_ok=True)
     common = {"width": size, "height": size, "steps": steps, "seed": 7}
     rows: list[Row] = []
@@ -125,6 +130,8 @@ def demo(api_url: str, out: Path, model: str = "tiny-sd", controlnet: str = "tin
             "controlnet": controlnet, **common}}, out, "controlnet")
         rows.append(row)
     print_table(rows)
+    if traces is not None:
+        print_phases(rows, traces)
     return len(rows) == 3 and all(r.state == "succeeded" for r in rows)
 
 
@@ -135,5 +142,44 @@ def print_table(rows: list[Row]) -> None:
     print()
     for index, line in enumerate(table):
         print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+#: Columns of the phase table: a span name, or how to compute the column from a trace's spans.
+PHASES = ("submit", "queued", "model_load", "encode", "denoise", "decode", "checkpoint", "store_outputs", "notify",
+          "total")
+
+
+def phase_seconds(spans: list[Any]) -> dict[str, float]:
+    """Seconds per phase of one trace: spans of the same name added up; ``queued`` from the end of the
+    publish to the start of the worker's task span; ``total`` from the submit to the last span's end."""
+    out: dict[str, float] = {}
+    for span in spans:
+        if span.name.startswith("spotgen."):
+            name = span.name.removeprefix("spotgen.")
+            out[name] = out.get(name, 0.0) + span.seconds
+    publish = [s for s in spans if s.name == "spotgen.publish"]
+    task = [s for s in spans if s.name.startswith("run/")]
+    if publish and task:
+        out["queued"] = max(0.0, (min(s.start_ns for s in task) - publish[0].end_ns) / 1e9)
+    if spans:
+        out["total"] = (max(s.end_ns for s in spans) - min(s.start_ns for s in spans)) / 1e9
+    return out
+
+
+def print_phases(rows: list[Row], traces: SpanReceiver, timeout_s: float = 10.0) -> None:
+    """Per-phase milliseconds of each job, from its trace (waiting for the workers' last spans to arrive)."""
+    ids = {row.trace_id for row in rows if row.trace_id}
+    spans = traces.wait(lambda got: ids <= {s.trace_id for s in got if s.name == "spotgen.notify"}, timeout_s)
+    table = [("job", *PHASES)]
+    for row in rows:
+        got = phase_seconds([s for s in spans if s.trace_id == row.trace_id]) if row.trace_id else {}
+        table.append((row.pipeline, *(f"{got[p] * 1000:.0f}" if p in got else "-" for p in PHASES)))
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    print("\nwhere the time went (ms, from the traces):")
+    for index, line in enumerate(table):
+        print("  ".join(cell.rjust(width) if i else cell.ljust(width)
+                        for i, (cell, width) in enumerate(zip(line, widths, strict=True))))
         if index == 0:
             print("  ".join("-" * width for width in widths))

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,8 @@ class DevStack:
         self._api: Any = None
         self._procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
+        #: Each worker's metrics and probes base URL, by worker name (a port of its own, on 127.0.0.1).
+        self.metrics_urls: dict[str, str] = {}
 
     @property
     def api_url(self) -> str:
@@ -85,7 +88,9 @@ class DevStack:
                                       "SPOTGEN_DEAD_LETTER_QUEUE_URL": dlq}
         self._api = make_server(api.handler, self.host, self.port)
         fields = {k: v for k, v in vars(self.resources).items() if k in Settings.model_fields}
-        self.settings = emulator.model_copy(update={**fields,
+        # Workers get metrics ports of their own (``_spawn_worker``); the exported settings say 0, so that a
+        # worker started by hand from them does not collide with those.
+        self.settings = emulator.model_copy(update={**fields, "metrics_port": 0, "metrics_host": self.host,
                                                     "public_url": f"http://{self.host}:{self._api.server_port}"})
         os.environ.update(self.settings.to_env())  # the in-process Lambda handlers read it, as on AWS
         from lambdas.common import deployment
@@ -100,6 +105,10 @@ class DevStack:
 
     def _spawn_worker(self, name: str, queue: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.settings.to_env(), **EMULATOR_CREDENTIALS, **(queue or {})}
+        if self.base.metrics_port:
+            port = self._metrics_port()
+            env["SPOTGEN_METRICS_PORT"] = str(port)
+            self.metrics_urls[name] = f"http://{self.host}:{port}"
         if self.settings.device == "cpu" and "OMP_NUM_THREADS" not in env:
             # CPU workers share the machine's cores; more torch threads than cores makes every worker slower.
             processes = self.workers * (1 + len(self.pools))
@@ -113,6 +122,12 @@ class DevStack:
                                 stderr=subprocess.STDOUT if out else None, start_new_session=True,
                                 preexec_fn=_die_with_parent)
 
+    def _metrics_port(self) -> int:
+        """A free port: never a fixed one, which another stack on the same machine may be about to take."""
+        with socket.socket() as probe:
+            probe.bind((self.host, 0))
+            return probe.getsockname()[1]
+
     def check_workers(self) -> None:
         for proc in self._procs:
             if proc.poll() is not None:
@@ -125,7 +140,7 @@ class DevStack:
         return {"api_url": self.api_url, "aws_endpoint_url": self.settings.aws_endpoint_url,
                 "results_queue_url": self.resources.results_queue_url, "pid": os.getpid(),
                 "worker_pids": [p.pid for p in self._procs], "env": self.settings.to_env(),
-                "pools": self.pool_queues}
+                "pools": self.pool_queues, "metrics_urls": self.metrics_urls}
 
     def write_state(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

@@ -18,13 +18,15 @@ import threading
 import time
 from typing import Any
 
+from runtime.observe import NOOP, Observer
+
 log = logging.getLogger("spotgen.lease")
 
 
 class Lease:
     def __init__(self, sqs: Any, queue_url: str, raw: dict[str, Any], heartbeat_s: float, lease_s: int,
-                 max_job_s: int) -> None:
-        self.sqs, self.queue_url, self.raw = sqs, queue_url, raw
+                 max_job_s: int, observer: Observer = NOOP) -> None:
+        self.sqs, self.queue_url, self.raw, self.observer = sqs, queue_url, raw, observer
         self.heartbeat_s, self.lease_s, self.max_job_s = heartbeat_s, lease_s, max_job_s
         self.extensions = 0
         self.handed_back = False
@@ -74,9 +76,11 @@ class Lease:
                 self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=self.raw["ReceiptHandle"],
                                                    VisibilityTimeout=self.lease_s)
                 self.extensions += 1
+                self.observer.heartbeat(True)
             except Exception:  # noqa: BLE001 - the next beat tries again; the job itself is unaffected
                 log.warning("could not extend the visibility of message %s", self.raw.get("MessageId"),
                             exc_info=True)
+                self.observer.heartbeat(False)
 
     def requeue(self) -> None:
         """Send the job again as a new message, visible now; the caller then acks the original."""

@@ -34,6 +34,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from runtime.contract import MODEL_ID_RE, ModelId
 from runtime.nodecache import sha256_file
+from runtime.observe import NOOP, Observer
 
 if TYPE_CHECKING:
     from runtime.nodecache import NodeCache
@@ -200,6 +202,8 @@ class ModelStore:
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0  # how many times a loader actually ran; tests and metrics read it
+        #: Metrics and traces of lookups, loads, copies and evictions (``runtime.observe``); no-op by default.
+        self.observer: Observer = NOOP
 
     @property
     def catalog(self) -> Catalog:
@@ -295,10 +299,14 @@ class ModelStore:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 self.hits += 1
+                self.observer.cache_lookup("memory", True, model_id or key)
                 return self._loaded[key]
             # the node cache must not evict the files between their fetch (inside the loader) and the load
-            with self._held(model_id):
+            started = time.perf_counter()
+            with self._held(model_id), self.observer.phase("model_load", model=model_id or key):
                 value = loader()
+            self.observer.cache_lookup("memory", False, model_id or key)
+            self.observer.model_loaded(model_id or key, time.perf_counter() - started)
             self.loads += 1
             self._loaded[key] = value
             self._sizes[key] = object_bytes(value)
@@ -309,6 +317,7 @@ class ModelStore:
                 del self._loaded[old]
                 self._sizes.pop(old)
                 self.evictions += 1
+                self.observer.model_evicted("memory", old)
                 log.info("model cache: dropped %s from memory (budget %d bytes)", old, self.memory_budget)
             return value
 
@@ -337,13 +346,16 @@ class ModelStore:
         from runtime.nodecache import NodeCacheError
 
         try:
-            result = self.node_cache.fetch(model_id, source, self.manifest(model_id), files=files)
+            with self.observer.phase("node_cache_fetch", model=model_id):
+                result = self.node_cache.fetch(model_id, source, self.manifest(model_id), files=files)
         except NodeCacheError as exc:
             raise ModelError("model_cache_error", str(exc)) from None
         except OSError as exc:  # local disk full, say: loading from tier 0 is slower but works
             log.warning("model %s: node cache unavailable (%s); loading from %s", model_id, exc, source)
             return None
+        self.observer.cache_lookup("node", not result.copied, model_id)
         if result.copied:
+            self.observer.model_copied(model_id, result.bytes_copied, result.seconds)
             log.info("model %s: copied %d bytes to the node cache in %.2f s", model_id, result.bytes_copied,
                      result.seconds)
         return result.path

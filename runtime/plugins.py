@@ -76,6 +76,8 @@ class RunContext:
     fetch_image: Callable[[str], Image] = field(repr=False)
     #: The state an earlier attempt saved, when the pipeline supports checkpoints and one was found.
     resume_from: StepState | None = None
+    #: Where ``mark`` reports to (the runtime's phase clock); does nothing by default.
+    on_phase: Callable[[str], None] = field(default=lambda name: None, repr=False)
 
     def step(self, step: int, total: int, state: Callable[[], StepState] | None = None) -> None:
         """Call after each step. ``state`` builds what is needed to continue after ``step`` steps; the runtime
@@ -85,6 +87,12 @@ class RunContext:
     def progress(self, step: int, total: int) -> None:
         """``step`` without saving: for pipelines that cannot continue from a checkpoint."""
         self.report(step, total, None)
+
+    def mark(self, phase: str) -> None:
+        """Optional: say that ``phase`` starts now, for traces and metrics: ``encode`` when the model call starts
+        (after models are loaded and inputs fetched), ``denoise`` when the latents are ready. Without marks the
+        runtime estimates the phases from the step timings."""
+        self.on_phase(phase)
 
     def image(self, ref: str) -> Image:
         """Load an input image named by the request (an s3:// URI the runtime already checked), as RGB."""

@@ -42,6 +42,7 @@ from runtime.interrupt import Interruption
 from runtime.jobstatus import JobEnded, StatusTracker
 from runtime.lease import Lease
 from runtime.models import ModelError, ModelStore
+from runtime.observe import NOOP, JobInfo, Observer, PhaseClock, observing
 from runtime.plugins import (
     JobCancelled,
     JobInterrupted,
@@ -96,27 +97,34 @@ class JobRunner:
     """Runs jobs one at a time in a worker process; pipelines are set up once and reused."""
 
     def __init__(self, settings: Settings, store: JobStore, sns: Any, registry: Registry, models: ModelStore,
-                 interruption: Interruption | None = None) -> None:
+                 interruption: Interruption | None = None, observer: Observer = NOOP) -> None:
         self.settings, self.store, self.sns = settings, store, sns
         self.registry, self.models = registry, models
         self.interruption = interruption
+        #: Metrics, traces and log context (``runtime.telemetry``); does nothing by default.
+        self.observer = observer
         self.steplog = StepLog(settings.step_log)
         self._pipelines: dict[str, Pipeline] = {}
 
     # -- entry point ---------------------------------------------------------------------------------------
-    def run(self, message: Any, lease: Lease | None = None) -> StatusDoc | None:
+    def run(self, message: Any, lease: Lease | None = None, trace_id: str | None = None) -> StatusDoc | None:
         """Run the job a queue message carries. Returns its final status, or None when this delivery did not
-        end it (a duplicate, or an interruption that handed the job back)."""
+        end it (a duplicate, or an interruption that handed the job back). ``trace_id``: the trace the message
+        carries, for logs and the status when this process exports no spans itself."""
         spec = self.parse(message)
-        tracker = StatusTracker.open(self.store, spec)
-        try:
-            return self._run(spec, tracker, lease)
-        except JobEnded as ended:
-            log.info("job %s is already %s; this delivery stops", spec.id, ended.doc.state)
-            self.settle(tracker)
-            return None
+        with observing(self.observer, JobInfo.of(spec, trace_id)) as job:
+            tracker = StatusTracker.open(self.store, spec)
+            try:
+                final = self._run(spec, tracker, lease, job)
+            except JobEnded as ended:
+                log.info("job %s is already %s; this delivery stops", spec.id, ended.doc.state)
+                self.settle(tracker)
+                return None
+            if final is not None:
+                job.outcome = final.state.value
+            return final
 
-    def _run(self, spec: JobSpec, tracker: StatusTracker, lease: Lease | None) -> StatusDoc | None:
+    def _run(self, spec: JobSpec, tracker: StatusTracker, lease: Lease | None, job: JobInfo) -> StatusDoc | None:
         doc = tracker.doc
         if doc.state.final:
             log.info("job %s is already %s; duplicate delivery skipped", spec.id, doc.state)
@@ -124,6 +132,7 @@ class JobRunner:
             return None
         if self.interruption is not None and self.interruption.requested and lease is not None:
             lease.requeue()  # received just as the worker is going away: hand it on untouched
+            job.outcome = "handed_back"
             return None
         if doc.cancel_requested_at is not None:
             return self.finish(tracker, JobState.cancelled, [], None)
@@ -143,10 +152,16 @@ class JobRunner:
         tracker.write(state=JobState.running, attempts=attempt, started_at=doc.started_at or utcnow(),
                       phase="generating" if resident else "loading_model", model_cache="hit" if resident else "miss",
                       resume=ResumeInfo(attempt=attempt, from_step=from_step, note=note) if attempt > 1 else None,
-                      progress=Progress(step=from_step, total=doc.progress.total or getattr(inputs, "steps", 0)))
+                      progress=Progress(step=from_step, total=doc.progress.total or getattr(inputs, "steps", 0)),
+                      trace_id=job.trace_id or doc.trace_id)
+        job.attempt, job.from_step = attempt, from_step
+        self.observer.job_started(job)
+        if attempt > 1:
+            self.observer.resumed(job, resume is not None, doc.progress.step - from_step)
         started = time.perf_counter()
         try:
-            images = self.execute(spec, pipeline, inputs, tracker, resume, attempt)
+            with self.observer.phase("generate", pipeline=spec.pipeline, model=spec.model):
+                images = self.execute(spec, pipeline, inputs, tracker, resume, attempt, job)
         except PermanentError as exc:
             self.finish(tracker, JobState.failed, [], exc.info)
             raise
@@ -160,9 +175,12 @@ class JobRunner:
             if lease is not None:
                 lease.requeue()
             log.warning("job %s interrupted at step %d and handed back", spec.id, tracker.doc.progress.step)
+            job.outcome = "interrupted"
             return None
         generated = time.perf_counter()
-        keys = self.store_outputs(spec, images)
+        job.images = len(images)
+        with self.observer.phase("store_outputs", images=len(images)):
+            keys = self.store_outputs(spec, images)
         final = self.finish(tracker, JobState.succeeded, keys, None)
         log.info("job %s succeeded: pipeline %.3f s, storing and notifying %.3f s", spec.id,
                  generated - started, time.perf_counter() - generated)
@@ -246,15 +264,18 @@ class JobRunner:
         return state, f"resumed at step {state.step} from a checkpoint"
 
     def execute(self, spec: JobSpec, pipeline: Pipeline, inputs: BaseModel, tracker: StatusTracker,
-                resume: StepState | None, attempt: int) -> list[Image.Image]:
+                resume: StepState | None, attempt: int, job: JobInfo | None = None) -> list[Image.Image]:
         def write_progress(step: int, total: int) -> None:
             tracker.write(progress=Progress(step=step, total=total), phase="generating")
 
+        job = job or JobInfo.of(spec)
         report = ProgressWriter(write_progress, self.settings.progress_interval_s)
-        saver = Saver(lambda data: self.store.put_checkpoint(spec.id, data))
+        saver = Saver(lambda data: self.put_checkpoint(job, data))
         fingerprint, every = spec.fingerprint(), self.settings.checkpoint_every
+        clock = PhaseClock()
 
         def on_step(step: int, total: int, state: Any) -> None:
+            self.observer.step(job, step, total, clock.step(step, total))
             report(step, total)
             self.steplog.write(spec.id, attempt, step)
             if tracker.ended is not None:
@@ -272,7 +293,8 @@ class JobRunner:
                 saver.save(checkpoint.dump(state(), fingerprint))
 
         ctx = RunContext(job_id=spec.id, model=spec.model, seed=spec.seed, device=self.settings.device,
-                         models=self.models, report=on_step, fetch_image=self.fetch_image, resume_from=resume)
+                         models=self.models, report=on_step, fetch_image=self.fetch_image, resume_from=resume,
+                         on_phase=clock.mark)
         try:
             images = pipeline.run(inputs, ctx)
         except CheckpointError as exc:  # the checkpoint passed its checks but does not fit this run
@@ -280,6 +302,7 @@ class JobRunner:
                 raise PermanentError("pipeline_error", f"CheckpointError: {exc}") from None
             log.warning("job %s: checkpoint ignored: %s; restarting from the beginning", spec.id, exc)
             ctx.resume_from = None
+            clock.reset()
             images = pipeline.run(inputs, ctx)
         except (PermanentError, RetryableError, ModelError, ImageRefError) as exc:
             if isinstance(exc, PermanentError | RetryableError):
@@ -291,10 +314,18 @@ class JobRunner:
         finally:
             report.close()
             saver.close()
+            self.observer.phases(job, clock.phases())
         if not isinstance(images, list) or not images or not all(isinstance(i, Image.Image) for i in images):
             raise PermanentError("pipeline_error", f"pipeline {spec.pipeline!r} must return a non-empty list of "
                                  "PIL images")
         return images
+
+    def put_checkpoint(self, job: JobInfo, data: bytes) -> None:
+        """Store a checkpoint (on the upload thread), timed for metrics and traced as a child of the job."""
+        started = time.perf_counter()
+        with self.observer.phase("checkpoint", job, bytes=len(data)):
+            self.store.put_checkpoint(job.id, data)
+        self.observer.checkpoint_written(job, len(data), time.perf_counter() - started)
 
     def fetch_image(self, uri: str) -> Image.Image:
         return decode_image(self.store.get_input(uri, MAX_IMAGE_BYTES))
@@ -345,8 +376,9 @@ class JobRunner:
             return
         note = Notification(id=doc.id, state=doc.state, error=doc.error, context=doc.context,
                             outputs=[f"s3://{self.store.output_bucket}/{key}" for key in doc.outputs])
-        self.sns.publish(TopicArn=self.settings.results_topic_arn, Message=note.model_dump_json(),
-                         MessageAttributes={"state": {"DataType": "String", "StringValue": doc.state.value}})
+        with self.observer.phase("notify", state=doc.state.value):
+            self.sns.publish(TopicArn=self.settings.results_topic_arn, Message=note.model_dump_json(),
+                             MessageAttributes={"state": {"DataType": "String", "StringValue": doc.state.value}})
 
     def fail_foreign(self, job_id: str | None, code: str, message: str) -> None:
         """A message the worker could not even parse: fail its job if it names one that is still open."""

@@ -189,6 +189,9 @@ def main() -> int:
     print(f"resume: read + restore + first step {ckpt['resume_to_first_step_s'] * 1000:.0f} ms vs fresh start + first "
           f"step {ckpt['fresh_start_to_first_step_s'] * 1000:.0f} ms: {ckpt['resume_overhead_steps']:+.2f} steps")
     print("\n".join(bench_cache.report(cache)))
+    from tests.bench_ops import ops_overhead  # tracing + metrics on vs off; prints its own lines
+
+    figures["operations"] = ops_overhead()
     print(json.dumps({"bench": "e2e", **figures}, sort_keys=True))
     return 0
 

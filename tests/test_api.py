@@ -79,6 +79,7 @@ BAD_REQUESTS: list[tuple[str, Any, str]] = [
     ("unknown top-level field", {**BASE, "priority": 9}, "priority"),
     ("unknown input field", with_inputs(colour="red"), "inputs.colour"),
     ("output prefix traversal", {**BASE, "output_prefix": "../secrets"}, "output_prefix"),
+    ("output prefix reserved", {**BASE, "output_prefix": "checkpoints/mine"}, "output_prefix"),
     ("body not an object", [BASE], "body"),
     ("expires_at and ttl_seconds", {**BASE, "expires_at": IN_AN_HOUR.isoformat(), "ttl_seconds": 60}, "body"),
     ("expires_at in the past", {**BASE, "expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),

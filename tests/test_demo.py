@@ -40,4 +40,12 @@ def test_demo_writes_three_pngs_and_stops_everything(tmp_path: Path, tiny_models
     table = lines[lines.index(next(line for line in lines if line.startswith("job "))):]
     assert [line.split()[1:3] for line in table[2:5]] == [["txt2img", "succeeded"], ["img2img", "succeeded"],
                                                           ["controlnet", "succeeded"]]
+    assert any(line.strip().startswith("metrics") and "http://127.0.0.1:" in line for line in lines)
+    # the summary ends with each job's phases, taken from its trace
+    phases = lines[lines.index("where the time went (ms, from the traces):") + 1:]
+    header = phases[0].split()
+    assert header[:1] == ["job"] and {"submit", "encode", "denoise", "decode", "notify", "total"} <= set(header)
+    for line, pipeline in zip(phases[2:5], ("txt2img", "img2img", "controlnet"), strict=True):
+        row = dict(zip(header, line.split(), strict=True))
+        assert row["job"] == pipeline and all(row[p].isdigit() for p in ("submit", "encode", "denoise", "decode"))
     assert processes_marked(str(tmp_path)) == []
