@@ -7,11 +7,19 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.
 
 .PHONY: install run test lint bench chaos clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt constraints-checkov.txt tests/schemas/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build locally; an unpinned torch would pull gigabytes of CUDA packages.
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[worker,dev]'
+	$(PIP) -e '.[worker,dev,infra]'
+	# checkov (tests/test_infra.py) in a venv of its own: it pins boto3, networkx and packaging below ours.
+	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet --disable-pip-version-check -c constraints-checkov.txt checkov
+	# The Karpenter, KEDA and Prometheus Operator schemas (tests/schemas/README.md), locked by package-lock.json.
+	npm ci --prefix tests/schemas --no-audit --no-fund --ignore-scripts --loglevel=error
+	# promtool (Debian's prometheus package) for the metrics and alert-rule checks; they skip where apt cannot fetch it.
+	cd $(VENV) && (apt-get download prometheus >/dev/null 2>&1 && dpkg-deb --fsys-tarfile prometheus_*.deb \
+		| tar -x ./usr/bin/promtool && mv usr/bin/promtool bin/promtool; rm -rf usr prometheus_*.deb) || true
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,4 +41,4 @@ chaos: install
 	$(BIN)/python -m tests.chaos
 
 clean:
-	rm -rf $(VENV) .spotgen out .pytest_cache .ruff_cache
+	rm -rf $(VENV) .spotgen out .pytest_cache .ruff_cache tests/schemas/node_modules
