@@ -31,6 +31,7 @@ from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
+from pipelines import attention
 from pipelines.resume import resumable, step_callback
 from runtime.contract import GenerationInputs
 from runtime.models import ModelError, ModelStore
@@ -105,6 +106,7 @@ def base_pipeline(store: ModelStore, model_id: str) -> StableDiffusionPipeline:
         else:
             pipe = StableDiffusionPipeline.from_pretrained(source.path, use_safetensors=True, **options)
         pipe.to(store.device)
+        attention.apply(pipe, attention.choose(store.device, store.attention))
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -122,7 +124,9 @@ def controlnet_model(store: ModelStore, controlnet_id: str) -> ControlNetModel:
         else:
             model = ControlNetModel.from_pretrained(source.path, dtype=torch_dtype(store.device),
                                                     use_safetensors=True)
-        return model.to(store.device)
+        model = model.to(store.device)
+        attention.apply(model, attention.choose(store.device, store.attention))
+        return model
 
     return store.get(f"controlnet:{controlnet_id}", load, controlnet_id)
 

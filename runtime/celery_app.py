@@ -61,6 +61,7 @@ def build_runner(settings: Settings, interruption: Interruption | None = None,
 
         node_cache = NodeCache(settings.node_cache_dir, settings.node_cache_bytes)
     models = ModelStore(settings.models_dir, settings.device, node_cache, settings.model_memory_bytes)
+    models.attention = settings.attention
     models.observer = observer
     return JobRunner(settings, store, aws.client("sns", settings), registry, models, interruption, observer)
 
@@ -132,6 +133,9 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     app = make_app(settings)
     ops = telemetry.start(app, settings)
     try:
+        from pipelines.attention import choose
+
+        choose(settings.device, settings.attention)  # an attention kernel that cannot run stops start-up
         app.spotgen.runner().preload(settings.preload)
     except ModelError as exc:
         raise SystemExit(f"spotgen worker: cannot start: {exc}") from None

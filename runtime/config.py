@@ -54,6 +54,9 @@ class Settings(BaseModel):
     #: Catalog ids the worker loads before it takes its first job; start-up fails loudly if one cannot load.
     preload: list[str] = Field(default_factory=list)
     device: str = "cpu"
+    #: Attention kernel: "auto" (PyTorch SDPA, or xformers where it is installed and measured faster), "sdpa",
+    #: or "xformers" (start-up fails where it cannot run).
+    attention: str = Field("auto", pattern="^(auto|sdpa|xformers)$")
     #: Minimum seconds between two progress writes to the status document (each is a paid S3 PUT).
     progress_interval_s: float = Field(1.0, ge=0.0)
     presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)

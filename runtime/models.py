@@ -191,6 +191,8 @@ class ModelStore:
                  memory_budget: int = 0) -> None:
         self.models_dir = models_dir.resolve()
         self.device = device
+        #: Attention kernel of loaded models: auto, sdpa or xformers (``pipelines.attention``).
+        self.attention = "auto"
         #: Tier 2 budget in bytes of parameters and buffers; 0 = keep everything loaded.
         self.memory_budget = memory_budget
         self.hits = self.evictions = 0

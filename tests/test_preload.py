@@ -6,6 +6,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from runtime.nodecache import NodeCache
 from tests.conftest import Stack, spawn_worker
 
@@ -20,6 +22,13 @@ def test_preload_failure_stops_start_up_with_the_reason(stack: Stack) -> None:
     log = log_of(stack, "preload-missing")
     assert "cannot start" in log and "'no-such-model' is not in the catalog" in log
     assert "ready." not in log  # it never consumed
+
+
+def test_an_attention_kernel_that_cannot_run_stops_start_up(stack: Stack) -> None:
+    proc = spawn_worker(stack, "attention", {"SPOTGEN_ATTENTION": "xformers"})
+    assert proc.wait(120) == 1
+    log = log_of(stack, "attention")
+    assert "cannot start" in log and "xformers is not installed" in log
 
 
 def test_preloaded_models_are_loaded_before_the_worker_is_ready(stack: Stack, tmp_path: Path) -> None:
@@ -38,3 +47,15 @@ def test_preloaded_models_are_loaded_before_the_worker_is_ready(stack: Stack, tm
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def test_attention_kernels_are_chosen_and_refused_clearly() -> None:
+    """On a CPU (no xformers) auto means PyTorch SDPA; insisting on xformers fails with the reason."""
+    from pipelines.attention import choose
+    from runtime.models import ModelError
+
+    assert choose("cpu") == "sdpa" and choose("cpu", "sdpa") == "sdpa"
+    with pytest.raises(ModelError, match="xformers"):
+        choose("cpu", "xformers")
+    with pytest.raises(ModelError, match="not one of auto, sdpa, xformers"):
+        choose("cpu", "flash")
