@@ -2,7 +2,7 @@
 # The spotgen worker image: `spotgen worker` on CUDA, non-root, no model inside (models come from EFS).
 #
 #   docker build -t spotgen-worker .                           # attention: PyTorch SDPA (the default)
-#   docker build --build-arg XFORMERS=1 -t spotgen-worker .    # also install xformers
+#   docker build --build-arg XFORMERS=1 -t spotgen-worker .    # also xformers, used where measured faster
 #
 # Probes: the worker serves GET /livez, /readyz and /metrics on SPOTGEN_METRICS_PORT (9400). Kubernetes uses
 # HTTP probes on them (infra/k8s/base/deployment.yaml); `spotgen worker --check` asks /readyz and exits 0 or
