@@ -220,6 +220,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                         for url in stack.metrics_urls.values())
               + (f"\n  worker logs {log_dir}" if log_dir else ""), flush=True)
         if args.demo:
+            stack.wait_ready()
             ok = demo(stack.api_url, Path(args.out), traces=receiver)
         else:
             print("Ctrl-C stops everything.", flush=True)

@@ -134,6 +134,30 @@ class DevStack:
                 raise RuntimeError(f"worker process {proc.pid} exited with status {proc.returncode}"
                                    + (f"; see {self.log_dir}" if self.log_dir else ""))
 
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Until every worker's ``/readyz`` answers 200 (models loaded, consuming), so that a first job's queue
+        time is not the workers' start-up. RuntimeError if one exits or the time runs out."""
+        import time
+        import urllib.error
+        import urllib.request
+
+        from runtime.health import READY_PATH
+
+        deadline = time.monotonic() + timeout
+        for url in self.metrics_urls.values():
+            while True:
+                self.check_workers()
+                try:
+                    with urllib.request.urlopen(url + READY_PATH, timeout=2) as resp:
+                        if resp.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass  # not listening yet, or 503 while it starts
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker {url} was not ready within {timeout:.0f} s"
+                                       + (f"; see {self.log_dir}" if self.log_dir else ""))
+                time.sleep(0.1)
+
     def state(self) -> dict[str, Any]:
         """What a client or a test needs to talk to this stack."""
         assert self.resources is not None
