@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import struct
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +20,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-log = logging.getLogger("spotgen.checkpoint")
+from runtime.latest import LatestWins
 
 FORMAT = 1
 #: A checkpoint holds latents and a little solver history; a file this large is not one of ours.
@@ -125,7 +123,7 @@ def _with_stride(t: torch.Tensor | None, stride: Any, name: str) -> torch.Tensor
     return out
 
 
-class Saver:
+class Saver(LatestWins[bytes]):
     """Uploads checkpoints of one job in order, off the denoising loop; a newer one replaces one not yet sent.
 
     ``save(..., wait=True)`` (an interruption) returns once that checkpoint is stored; periodic ones do
@@ -134,50 +132,7 @@ class Saver:
     """
 
     def __init__(self, put: Callable[[bytes], None]) -> None:
-        self.put = put
-        self.saved = 0
-        self.last_size = 0
-        self._pending: bytes | None = None
-        self._busy = False
-        self._closed = False
-        self._error: BaseException | None = None
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="checkpoint-upload", daemon=True)
-        self._thread.start()
+        super().__init__(put, "checkpoint upload")
 
     def save(self, data: bytes, wait: bool = False) -> bool:
-        """Queue ``data``; with ``wait``, True once it (or a newer one) is stored, False if that failed."""
-        with self._cond:
-            self._pending, self._error = data, None
-            self._cond.notify_all()
-            if not wait:
-                return True
-            while self._pending is not None or self._busy:
-                self._cond.wait()
-            return self._error is None
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None and not self._closed:
-                    self._cond.wait()
-                if self._pending is None:
-                    return
-                data, self._pending, self._busy = self._pending, None, True
-            error = None
-            try:
-                self.put(data)
-            except Exception as exc:  # noqa: BLE001 - a lost checkpoint costs steps, never the job
-                log.warning("checkpoint upload failed", exc_info=True)
-                error = exc
-            with self._cond:
-                self._busy, self._error = False, error
-                if error is None:
-                    self.saved, self.last_size = self.saved + 1, len(data)
-                self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join()
+        return self.submit(data, wait)
