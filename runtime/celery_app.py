@@ -120,8 +120,26 @@ def make_app(settings: Settings) -> Celery:
                 runner().run(args[0], lease, trace_id)
         finally:
             interruption.lease = None
+            _poll_soon()
 
     return app
+
+
+def _poll_soon() -> None:
+    """Keep kombu's event loop turning for a moment after a job, so that the next receive starts at once.
+
+    Between the ack and the next long poll no socket is registered, and the loop then sleeps until its next
+    timer, up to 100 ms (kombu.asynchronous.hub); a few empty timers bound that sleep to a few milliseconds."""
+    from kombu.asynchronous import get_event_loop
+
+    hub = get_event_loop()
+    if hub is not None:
+        for delay in (0.002, 0.005, 0.01, 0.02, 0.04, 0.08):
+            hub.call_later(delay, _nothing)
+
+
+def _nothing() -> None:
+    pass
 
 
 def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:

@@ -373,7 +373,14 @@ def test_interruption_drops_readiness_and_the_resume_is_counted(ops: Ops, worker
     pid = running_on(ops.steplog, job_id, at_step=4)
     victim, survivor = workers[pid], next(w for p, w in workers.items() if p != pid)
     victim.proc.send_signal(signal.SIGTERM)
+    # the signal reaches the worker's main thread asynchronously; readiness must drop while the job is still
+    # checkpointing (the worker is alive), not only once it is gone
     status, body = get(victim.url + READY_PATH)
+    for _ in range(50):
+        if status != 200:
+            break
+        time.sleep(0.01)
+        status, body = get(victim.url + READY_PATH)
     assert status == 503 and "shutting down" in body, (status, body)
     assert get(victim.url + LIVE_PATH)[0] in (200, None)  # alive while it checkpoints (None: already gone)
     assert victim.proc.wait(30) == 0
