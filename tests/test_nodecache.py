@@ -52,19 +52,25 @@ def _hold_in_process(root: str, model_id: str, held: Any, release: Any) -> None:
         release.wait(30)
 
 
+def at_once(target: Any, args: tuple[Any, ...], timeout: float, n: int = 4) -> tuple[list[Any], list[int | None]]:
+    """Run ``target(*args, barrier, out)`` in ``n`` fresh processes released together by the barrier; each
+    puts one result on ``out``. Returns the results and the exit codes."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, barrier, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=timeout) for _ in procs]
+    for p in procs:
+        p.join(30)
+    return results, [p.exitcode for p in procs]
+
+
 def test_four_processes_fetching_at_once_copy_once(tmp_path: Path) -> None:
     source = make_model(tmp_path / "efs" / "sd15", unet_bytes=12 * MiB)
     manifest = sha256_manifest(source)
-    ctx = multiprocessing.get_context("spawn")
-    barrier, out = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_fetch_in_process, args=(str(tmp_path / "node"), str(source), manifest, barrier, out))
-             for _ in range(4)]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
+    results, exits = at_once(_fetch_in_process, (str(tmp_path / "node"), str(source), manifest), 60)
+    assert exits == [0, 0, 0, 0]
     assert len({pid for pid, *_ in results}) == 4
     assert [copied for _, copied, _, _ in results].count(True) == 1
     assert sum(n for _, _, n, _ in results) == model_bytes(source)
@@ -319,15 +325,7 @@ def test_four_processes_loading_at_once_copy_each_model_once_and_all_load_it(tin
                                                                                tmp_path: Path) -> None:
     from runtime.models import ModelStore
 
-    ctx = multiprocessing.get_context("spawn")
-    barrier, out = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_load_in_process, args=(str(tiny_models), str(tmp_path / "node"), barrier, out))
-             for _ in range(4)]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=180) for _ in procs]
-    for p in procs:
-        p.join(30)
+    results, _ = at_once(_load_in_process, (str(tiny_models), str(tmp_path / "node")), 180)
     assert all(copies is not None for _, copies, *_ in results), results
     tier0 = ModelStore(tiny_models)
     copied = sorted(n for _, copies, *_ in results for n in copies)
