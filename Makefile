@@ -12,19 +12,26 @@ $(STAMP): pyproject.toml constraints.txt constraints-checkov.txt tests/schemas/p
 	# torch first, pinned: the CPU build locally; an unpinned torch would pull gigabytes of CUDA packages.
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[worker,dev,infra]'
-	# checkov (tests/test_infra.py) in a venv of its own: it pins boto3, networkx and packaging below ours.
+	# checkov (tests/infra/test_infra.py) in a venv of its own: it pins boto3, networkx and packaging below ours.
 	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/pip install --quiet --disable-pip-version-check -c constraints-checkov.txt checkov
 	# The Karpenter, KEDA and Prometheus Operator schemas (tests/schemas/README.md), locked by package-lock.json.
 	npm ci --prefix tests/schemas --no-audit --no-fund --ignore-scripts --loglevel=error
-	# promtool (Debian's prometheus package) for the metrics and alert-rule checks; they skip where apt cannot fetch it.
-	cd $(VENV) && (apt-get download prometheus >/dev/null 2>&1 && dpkg-deb --fsys-tarfile prometheus_*.deb \
-		| tar -x ./usr/bin/promtool && mv usr/bin/promtool bin/promtool; rm -rf usr prometheus_*.deb) || true
 	touch $(STAMP)
 
-install: $(STAMP)
+# promtool (from Debian's prometheus package) for the metrics and alert-rule checks, which fail without it. A machine
+# whose apt lists are empty cannot download anything until `apt-get update` has run, so that is the second try.
+$(BIN)/promtool: | $(STAMP)
+	cd $(VENV) && rm -rf usr prometheus_*.deb && \
+		{ apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus; }; } && \
+		dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool && mv usr/bin/promtool bin/promtool && \
+		rm -rf usr prometheus_*.deb
+	$@ --version >/dev/null
 
-run: install
+# Everything the tests need; the demo needs only the Python packages.
+install: $(STAMP) $(BIN)/promtool
+
+run: $(STAMP)
 	$(BIN)/spotgen dev --demo
 
 lint: install
@@ -34,11 +41,11 @@ test: install lint
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python tests/benchmark.py
+	$(BIN)/python -m tests.harness.benchmark
 
-# Random SIGTERM/SIGKILL of busy workers under load; checks nothing is lost, doubled or changed (tests/chaos.py).
+# Random SIGTERM/SIGKILL of busy workers under load; checks nothing is lost, doubled or changed (tests/harness/chaos.py).
 chaos: install
-	$(BIN)/python -m tests.chaos
+	$(BIN)/python -m tests.harness.chaos
 
 clean:
 	rm -rf $(VENV) .spotgen out .pytest_cache .ruff_cache tests/schemas/node_modules

@@ -14,7 +14,7 @@ from typing import Any
 from lambdas.common import Deployment, deployment, error, response
 from lambdas.status import bad_id, not_found, status_body
 from runtime.contract import JobState, utcnow
-from runtime.storage import StatusConflict
+from runtime.storage.jobstore import StatusConflict
 
 #: Reads and conditional writes before giving up; a worker writes progress at most about once a second.
 MAX_TRIES = 5

@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from runtime import aws
 from runtime.config import Settings
-from runtime.storage import JobStore
+from runtime.storage import aws
+from runtime.storage.jobstore import JobStore
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from runtime.contract import (
     utcnow,
     validate_inputs,
 )
-from runtime.envelope import build_celery_message
-from runtime.images import decode_inline
-from runtime.storage import status_key
+from runtime.contract.envelope import build_celery_message
+from runtime.contract.images import decode_inline
+from runtime.storage.jobstore import status_key
 
 
 def parse(body: bytes, dep: Deployment) -> tuple[JobRequest, dict[str, Any]]:

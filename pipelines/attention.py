@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from runtime.models import ModelError
+from runtime.models.catalog import ModelError
 
 log = logging.getLogger("spotgen.attention")
 

@@ -34,8 +34,9 @@ from PIL import Image
 from pipelines import attention
 from pipelines.resume import resumable, step_callback
 from runtime.contract import GenerationInputs
-from runtime.models import ModelError, ModelStore
-from runtime.plugins import RunContext
+from runtime.models.catalog import ModelError
+from runtime.models.store import ModelStore
+from runtime.plugins import Pipeline, RunContext, SetupContext
 
 P = TypeVar("P", bound=DiffusionPipeline)
 
@@ -77,6 +78,21 @@ SCHEDULER_OPTIONS: dict[str, dict[str, Any]] = {
 }
 #: Model families StableDiffusionPipeline and its siblings can run (SDXL needs other pipeline classes).
 SUPPORTED_FAMILIES = ("sd1", "sd2")
+
+
+class DiffusersPipeline(Pipeline):
+    """What the built-in pipelines share as plugins: the attention kernel is checked when the worker starts, and
+    base models can be preloaded (``SPOTGEN_PRELOAD``) into the store every built-in pipeline reads."""
+
+    def setup(self, ctx: SetupContext) -> None:
+        attention.choose(ctx.device, ctx.models.attention)  # a kernel that cannot run here stops start-up
+        self.models = ctx.models
+
+    def load(self, model_id: str, kind: str) -> bool:
+        if kind != "base":
+            return False
+        base_pipeline(self.models, model_id)
+        return True
 
 
 def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:

@@ -5,17 +5,23 @@ from __future__ import annotations
 from diffusers import StableDiffusionControlNetPipeline
 from PIL.Image import Image
 
-from pipelines.common import base_pipeline, controlnet_model, fit, generate, job_pipeline
+from pipelines.common import DiffusersPipeline, base_pipeline, controlnet_model, fit, generate, job_pipeline
 from runtime.contract import ControlNetInputs
-from runtime.models import ModelError
-from runtime.plugins import Pipeline, RunContext
+from runtime.models.catalog import ModelError
+from runtime.plugins import RunContext
 
 
-class ControlNet(Pipeline):
+class ControlNet(DiffusersPipeline):
     name = "controlnet"
     checkpoints = True
     Inputs = ControlNetInputs
     image_fields = ("control_image",)
+
+    def load(self, model_id: str, kind: str) -> bool:
+        if kind != "controlnet":
+            return super().load(model_id, kind)
+        controlnet_model(self.models, model_id)
+        return True
 
     def run(self, inputs: ControlNetInputs, ctx: RunContext) -> list[Image]:
         base_family = ctx.models.entry(ctx.model, "base").family

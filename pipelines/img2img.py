@@ -5,12 +5,12 @@ from __future__ import annotations
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL.Image import Image
 
-from pipelines.common import base_pipeline, fit, generate, job_pipeline
+from pipelines.common import DiffusersPipeline, base_pipeline, fit, generate, job_pipeline
 from runtime.contract import Img2ImgInputs
-from runtime.plugins import Pipeline, RunContext
+from runtime.plugins import RunContext
 
 
-class Img2Img(Pipeline):
+class Img2Img(DiffusersPipeline):
     name = "img2img"
     checkpoints = True
     Inputs = Img2ImgInputs

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from runtime.checkpoint import CheckpointError, StepState
-from runtime.plugins import RunContext
+from runtime.plugins import CheckpointError, RunContext, StepState
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$|^_[a-z][a-z0-9_]{0,63}$")
 _SKIP = {"_internal_dict", "config"}

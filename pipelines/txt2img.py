@@ -5,12 +5,12 @@ from __future__ import annotations
 from diffusers import StableDiffusionPipeline
 from PIL.Image import Image
 
-from pipelines.common import base_pipeline, generate, job_pipeline
+from pipelines.common import DiffusersPipeline, base_pipeline, generate, job_pipeline
 from runtime.contract import Txt2ImgInputs
-from runtime.plugins import Pipeline, RunContext
+from runtime.plugins import RunContext
 
 
-class Txt2Img(Pipeline):
+class Txt2Img(DiffusersPipeline):
     name = "txt2img"
     checkpoints = True
     Inputs = Txt2ImgInputs

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from runtime.config import Settings
 
 if TYPE_CHECKING:
-    from runtime.models import ModelStore
-    from runtime.spanreceiver import SpanReceiver
+    from runtime.local.spanreceiver import SpanReceiver
+    from runtime.models.store import ModelStore
 
 DEFAULT_MODELS_DIR = Path(".spotgen/models")
 
@@ -37,7 +37,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.check:  # an exec probe: ask the running worker's /readyz
-        from runtime.health import check
+        from runtime.ops.health import check
 
         if not settings.metrics_port:
             print("SPOTGEN_METRICS_PORT is 0: this worker serves no probes", file=sys.stderr)
@@ -45,7 +45,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ok, said = check(settings.metrics_port)
         print(said)
         return 0 if ok else 1
-    from runtime.celery_app import run_worker
+    from runtime.worker.app import run_worker
 
     if not settings.queue_url:
         raise SystemExit("SPOTGEN_QUEUE_URL is not set: the worker needs its (predefined) queue URL")
@@ -54,7 +54,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_models_tiny(args: argparse.Namespace) -> int:
-    from runtime.tiny import build_tiny_models
+    from runtime.models.tiny import build_tiny_models
 
     build_tiny_models(Path(args.dir))
     print(f"tiny models in {args.dir}: tiny-sd, tiny-controlnet (catalog.json)")
@@ -62,7 +62,7 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
 
 
 def _models_store(args: argparse.Namespace) -> ModelStore:
-    from runtime.models import ModelStore
+    from runtime.models.store import ModelStore
 
     return ModelStore(_settings(args).models_dir)
 
@@ -83,7 +83,7 @@ def _node_cache_probe() -> Callable[[str], bool | None] | None:
     if not root or not Path(root).is_dir():
         return None
     try:
-        from runtime.nodecache import NodeCache
+        from runtime.models.nodecache import NodeCache
     except ImportError:
         return None
     try:
@@ -101,7 +101,8 @@ def _node_cache_probe() -> Callable[[str], bool | None] | None:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from runtime.models import ModelError, iter_entries
+    from runtime.models.catalog import ModelError
+    from runtime.models.manifests import iter_entries
 
     store = _models_store(args)
     try:
@@ -141,7 +142,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_verify(args: argparse.Namespace) -> int:
-    from runtime.models import ModelError, Verification, iter_entries, verify_model
+    from runtime.models.catalog import ModelError
+    from runtime.models.manifests import Verification, iter_entries, verify_model
 
     store = _models_store(args)
     try:
@@ -167,7 +169,8 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_models_manifest(args: argparse.Namespace) -> int:
-    from runtime.models import ModelError, write_manifest
+    from runtime.models.catalog import ModelError
+    from runtime.models.manifests import write_manifest
 
     store = _models_store(args)
     try:
@@ -188,8 +191,8 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from runtime.demo import demo
-    from runtime.devstack import DevStack
+    from runtime.local.demo import demo
+    from runtime.local.devstack import DevStack
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
@@ -199,7 +202,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if args.demo and "SPOTGEN_PROGRESS_INTERVAL_S" not in os.environ:
         settings = settings.model_copy(update={"progress_interval_s": 0.1})  # demo jobs are short: let bars move
     if not (settings.models_dir / "catalog.json").exists():
-        from runtime.tiny import build_tiny_models
+        from runtime.models.tiny import build_tiny_models
 
         print(f"building tiny random-weight models in {settings.models_dir} ...", flush=True)
         build_tiny_models(settings.models_dir)
@@ -245,11 +248,11 @@ def _dev_tracing(demo: bool) -> SpanReceiver | None:
     """Traces in the dev stack. With an OTLP endpoint configured, the API (in this process) and the workers
     export to it. Otherwise ``--demo`` starts an in-memory receiver on loopback for the workers' spans (and
     this process's) to show per-phase timings; returns it."""
-    from runtime import tracing
+    from runtime.ops import tracing
 
     receiver = None
     if not tracing.enabled() and demo:
-        from runtime.spanreceiver import SpanReceiver
+        from runtime.local.spanreceiver import SpanReceiver
 
         receiver = SpanReceiver().start()
         os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = receiver.endpoint  # the workers inherit it

@@ -64,7 +64,7 @@ class Settings(BaseModel):
     poll_wait_s: int = Field(10, ge=1, le=20)
     log_level: str = "INFO"
 
-    # -- operations: metrics, health probes, logs (see README "Operations") ----------------------------
+    # -- operations: metrics, health probes, logs (see docs/operations.md) ------------------------------
     #: Port of the worker's HTTP server: /metrics (Prometheus), /livez and /readyz (probes); 0 = off.
     metrics_port: int = Field(9400, ge=0, le=65535)
     #: Address that server binds: all interfaces in a pod (the kubelet probes the pod IP); loopback in ``spotgen dev``.
@@ -74,7 +74,7 @@ class Settings(BaseModel):
     #: Prompts longer than this are cut in log lines (the full prompt stays in the job's documents only).
     log_prompt_chars: int = Field(80, ge=0)
 
-    # -- interruption, checkpoints and the visibility lease (see README "Interruptions") ----------------
+    # -- interruption, checkpoints and the visibility lease (see docs/interruptions.md) -----------------
     #: Seconds from SIGTERM (or a spot notice) to a forced exit; keep it below the pod's grace period and
     #: the 120 s spot notice.
     interrupt_deadline_s: float = Field(90.0, gt=0, le=3600)

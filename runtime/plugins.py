@@ -20,16 +20,31 @@ from pydantic import BaseModel
 from runtime.contract import PIPELINE_NAME_RE
 
 if TYPE_CHECKING:
+    import torch
     from PIL.Image import Image
 
-    from runtime.checkpoint import StepState
-    from runtime.models import ModelStore
+    from runtime.models.store import ModelStore
 
 #: What ``RunContext.step`` calls with ``(step, total, state)``; the runtime's policy lives behind it.
 StepHook = Callable[[int, int, "Callable[[], StepState] | None"], None]
 
 ENTRY_POINT_GROUP = "spotgen.pipelines"
 BUILTINS = ("pipelines.txt2img:Txt2Img", "pipelines.img2img:Img2Img", "pipelines.controlnet:ControlNet")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot be used for this job (wrong job, altered, truncated or not a checkpoint). A pipeline
+    raises it when ``ctx.resume_from`` does not fit its run; the runtime then starts the job from the beginning."""
+
+
+@dataclass
+class StepState:
+    """Everything needed to continue after ``step`` steps: tensors plus small JSON values. The runtime stores it
+    as a checkpoint (``runtime.worker.checkpoint``) and hands it back in ``RunContext.resume_from``."""
+
+    step: int
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,7 +126,13 @@ class Pipeline:
     checkpoints: ClassVar[bool] = False
 
     def setup(self, ctx: SetupContext) -> None:
-        """Once per worker process, before the first job. Load what every job needs."""
+        """Once per worker process, at start-up. Load what every job needs; an exception stops start-up."""
+
+    def load(self, model_id: str, kind: str) -> bool:
+        """Optional: load what this pipeline needs for the catalog model ``model_id`` of ``kind`` (``base``,
+        ``controlnet``, ...) now, so that its first job does not wait (``SPOTGEN_PRELOAD``). Return False when
+        this pipeline does not use models of that kind; the runtime then asks the next pipeline."""
+        return False
 
     def run(self, inputs: Any, ctx: RunContext) -> list[Image]:
         """Run one job and return its images (the runtime encodes and stores them)."""
@@ -137,14 +158,12 @@ def check_pipeline(cls: Any, source: str = "") -> type[Pipeline]:
                           "describing the request inputs")
     if cls.run is Pipeline.run:
         raise PluginError(f"{label}: implement `def run(self, inputs, ctx) -> list[PIL.Image.Image]`")
-    for method in ("setup", "run"):
+    for method, want in (("setup", "(self, ctx)"), ("run", "(self, inputs, ctx)"), ("load", "(self, model_id, kind)")):
         fn = getattr(cls, method)
         if inspect.iscoroutinefunction(fn):
             raise PluginError(f"{label}: `{method}` must be a plain method, not async")
         params = list(inspect.signature(fn).parameters)
-        expected = 3 if method == "run" else 2
-        if len(params) != expected:
-            want = "(self, inputs, ctx)" if method == "run" else "(self, ctx)"
+        if len(params) != want.count(",") + 1:
             raise PluginError(f"{label}: `{method}` must take {want}, it takes ({', '.join(params)})")
     for image_field in cls.image_fields:
         if image_field not in inputs.model_fields:

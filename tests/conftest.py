@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from runtime.tiny import build_tiny_models
+    from runtime.models.tiny import build_tiny_models
 
     path = tmp_path_factory.mktemp("models")
     build_tiny_models(path)
@@ -46,7 +46,7 @@ def in_process_stack(models: Path, log_dir: Path, settings: dict[str, Any] | Non
     """A DevStack in this process serving `tiny-sd` and `tiny-sd-b`; the environment it exports to this
     process (as a Lambda's) is put back afterwards, so later tests do not inherit it."""
     from runtime.config import Settings
-    from runtime.devstack import DevStack
+    from runtime.local.devstack import DevStack
 
     saved = dict(os.environ)
     settings = Settings(models_dir=models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1, **(settings or {}))
@@ -110,7 +110,7 @@ def stop_stack(stack: Stack) -> None:
 def spawn_worker(stack: Stack, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A `spotgen worker` process of our own (for tests that signal or kill workers), logging to the stack's
     log directory as ``worker-{name}.log``."""
-    from runtime.devstack import EMULATOR_CREDENTIALS
+    from runtime.local.devstack import EMULATOR_CREDENTIALS
 
     stack.log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), **stack.env, **EMULATOR_CREDENTIALS, **(extra_env or {})}

@@ -68,3 +68,16 @@ class Flaky(Pipeline):
 
     def run(self, inputs: FailInputs, ctx: RunContext) -> list[Image.Image]:
         raise RetryableError("the upstream service is unavailable")
+
+
+class NeedsAService(Pipeline):
+    """Cannot set up on this machine: the worker that registers it must refuse to start, saying why."""
+
+    name = "needs-service"
+    Inputs = FailInputs
+
+    def setup(self, ctx: SetupContext) -> None:
+        raise ConnectionError("the upscaling service at 127.0.0.1:9 is unreachable")
+
+    def run(self, inputs: FailInputs, ctx: RunContext) -> list[Image.Image]:
+        return []

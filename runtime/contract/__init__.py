@@ -1,0 +1,66 @@
+"""The job contract: one schema shared by the HTTP API, the queue message and the worker.
+
+It imports pydantic and the standard library only, and nothing else of spotgen, so the Lambda producers
+validate requests with exactly the rules the worker applies again when a message arrives (the queue is never
+trusted). Bump ``CONTRACT_VERSION`` when a change is not backwards compatible; workers refuse versions they do
+not know.
+
+The chapters: ``jobs`` (the request and the queued job), ``inputs`` (the built-in pipelines' inputs),
+``status`` (the status document and the notification), ``errors``, ``images`` (image references, checked
+without Pillow) and ``envelope`` (the Celery protocol-2 message in kombu's SQS format, written without
+Celery). The contract is used as one piece, so this package re-exports the names of the first five;
+``envelope`` is imported by its own path.
+"""
+
+from runtime.contract.errors import ContractError, raise_contract_error
+from runtime.contract.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageRefError
+from runtime.contract.inputs import (
+    BUILTIN_INPUTS,
+    BUILTIN_PIPELINES,
+    IMAGE_FIELDS,
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_PIXELS,
+    MAX_PROMPT_CHARS,
+    MAX_SIDE,
+    MAX_STEPS,
+    MODEL_ID_RE,
+    SCHEDULERS,
+    ControlNetInputs,
+    GenerationInputs,
+    ImageRef,
+    Img2ImgInputs,
+    ModelId,
+    Scheduler,
+    Strict,
+    Txt2ImgInputs,
+)
+from runtime.contract.jobs import (
+    CONTRACT_VERSION,
+    JOB_ID_RE,
+    MAX_BODY_BYTES,
+    MAX_CONTEXT_BYTES,
+    MAX_PLUGIN_INPUT_BYTES,
+    MAX_TTL_S,
+    OUTPUT_PREFIX_RE,
+    PIPELINE_NAME_RE,
+    RESERVED_OUTPUT_PREFIXES,
+    JobRequest,
+    JobSpec,
+    OutputPrefix,
+    parse_request,
+    request_hash,
+    validate_inputs,
+)
+from runtime.contract.status import JobErrorInfo, JobState, Notification, Progress, ResumeInfo, StatusDoc, utcnow
+
+__all__ = [
+    "BUILTIN_INPUTS", "BUILTIN_PIPELINES", "CONTRACT_VERSION", "IMAGE_FIELDS", "JOB_ID_RE", "MAX_BODY_BYTES",
+    "MAX_CONTEXT_BYTES", "MAX_GUIDANCE", "MAX_IMAGES", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_PIXELS",
+    "MAX_PLUGIN_INPUT_BYTES", "MAX_PROMPT_CHARS", "MAX_SIDE", "MAX_STEPS", "MAX_TTL_S", "MODEL_ID_RE",
+    "OUTPUT_PREFIX_RE", "PIPELINE_NAME_RE", "RESERVED_OUTPUT_PREFIXES", "SCHEDULERS", "ContractError",
+    "ControlNetInputs", "GenerationInputs", "ImageRef", "ImageRefError", "Img2ImgInputs", "JobErrorInfo",
+    "JobRequest", "JobSpec", "JobState", "ModelId", "Notification", "OutputPrefix", "Progress", "ResumeInfo",
+    "Scheduler", "StatusDoc", "Strict", "Txt2ImgInputs", "parse_request", "raise_contract_error",
+    "request_hash", "utcnow", "validate_inputs",
+]

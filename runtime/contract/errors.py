@@ -1,0 +1,45 @@
+"""Contract errors: one code, one message and the field at fault, whatever rule was broken.
+
+pydantic's own errors are turned into a ``ContractError`` here, so the API's 400 answers and a worker's
+``failed`` status name a field the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from runtime.contract.inputs import SCHEDULERS
+
+
+class ContractError(ValueError):
+    """A request or message that breaks the contract: a code, a message and the field at fault."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "field": self.field}
+
+
+def _field_path(prefix: str, loc: tuple[Any, ...]) -> str:
+    parts = [prefix] if prefix else []
+    parts += [str(p) for p in loc if p != "__root__"]
+    return ".".join(parts) or "body"
+
+
+def raise_contract_error(exc: ValidationError, prefix: str = "") -> None:
+    """Turn pydantic's first error into a ContractError naming the field."""
+    err = exc.errors(include_url=False)[0]
+    loc = err.get("loc", ())
+    field = _field_path(prefix, loc)
+    if err["type"] == "extra_forbidden":
+        raise ContractError("unknown_field", f"unknown field {field!r}", field) from None
+    if err["type"] == "missing":
+        raise ContractError("missing_field", f"{field!r} is required", field) from None
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "literal_error" and loc and loc[-1] == "scheduler":
+        message = f"unknown scheduler; choose one of {', '.join(SCHEDULERS)}"
+    raise ContractError("invalid_field", f"{field}: {message}", field) from None

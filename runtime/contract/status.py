@@ -1,0 +1,94 @@
+"""What a client reads back: the status document, its parts, and the notification on the results topic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.contract.jobs import CONTRACT_VERSION
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    expired = "expired"
+
+    @property
+    def final(self) -> bool:
+        return self not in (JobState.queued, JobState.running)
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+
+
+class JobErrorInfo(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ResumeInfo(BaseModel):
+    """How the latest attempt started: where it picked up, and why there if not at the last step done."""
+
+    attempt: int
+    from_step: int
+    note: str = ""
+
+
+class StatusDoc(BaseModel):
+    """The status document kept at ``jobs/{id}/status.json`` in the output bucket."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int = CONTRACT_VERSION
+    id: str
+    state: JobState
+    pipeline: str
+    model: str
+    seed: int
+    progress: Progress = Field(default_factory=Progress)
+    outputs: list[str] = Field(default_factory=list)
+    error: JobErrorInfo | None = None
+    context: dict[str, Any] | None = None
+    #: While running: ``loading_model`` until the model is in memory, then ``generating``.
+    phase: str | None = None
+    #: ``hit`` when the job's model was already loaded in the worker's memory (tier 2), ``miss`` otherwise.
+    model_cache: str | None = None
+    #: Deliveries that ran the job (an interruption makes one more).
+    attempts: int = 0
+    interruptions: int = 0
+    resume: ResumeInfo | None = None
+    request_hash: str = ""
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    expires_at: datetime | None = None
+    #: Set by ``POST /v1/jobs/{id}/cancel`` on a running job; the worker stops within one step.
+    cancel_requested_at: datetime | None = None
+    #: Set once the results topic has the job's notification (so a redelivery never sends a second).
+    notified_at: datetime | None = None
+    #: The request's trace (W3C trace id, 32 hex digits): look it up in the tracing backend, grep the logs for it.
+    trace_id: str | None = None
+
+
+class Notification(BaseModel):
+    """What the results topic receives when a job ends."""
+
+    id: str
+    state: JobState
+    outputs: list[str]
+    error: JobErrorInfo | None = None
+    context: dict[str, Any] | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,150 @@
+"""The model catalog: which models a worker may load, and where their files are.
+
+A request names a catalog id, never a path: the catalog (``catalog.json`` in the models directory, the EFS
+volume in production) maps ids to model files under that directory. The store loads each model once per
+A catalog entry names either a diffusers-format directory or a single-file checkpoint (one ``.safetensors``
+in the original Stable Diffusion layout, as SD WebUI users keep them) together with a local diffusers config
+directory, so that loading it needs no download. Every path in the catalog and in a manifest is relative and
+must stay inside the models directory, symlinks included: the catalog is configuration, and a typo or a
+hostile edit must not make a worker read arbitrary files. Only safetensors weights are ever loaded; pickle
+files (``.bin``, ``.ckpt``, ...) run code when unpickled, so a model that contains one is refused.
+
+``catalog.json``::
+
+    {"models": {
+      "sd15":  {"path": "stable-diffusion-v1-5", "kind": "base", "family": "sd1",
+                "revision": "451f4fe", "manifest": "manifests/sd15.json"},
+      "dream": {"path": "checkpoints/dreamshaper_8.safetensors", "config": "configs/sd15", "family": "sd1"},
+      "canny": {"path": "sd-controlnet-canny", "kind": "controlnet", "family": "sd1"}}}
+
+A manifest (``spotgen models manifest ID`` writes one) is ``{"files": {"relative/path": "<sha256 hex>", ...}}``.
+Its paths are relative to the model's directory for a diffusers model (the form the node cache checks copies
+against) and relative to the models directory for a single-file model (its checkpoint plus its config files).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from runtime.contract import ModelId
+
+CATALOG_FILE = "catalog.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SAFETENSORS_SUFFIX = ".safetensors"
+WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
+DEFAULT_MANIFEST_DIR = "manifests"
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+@:-]{0,127}$")
+
+log = logging.getLogger("spotgen.models")
+
+
+class ModelError(ValueError):
+    """A model that cannot be used: unknown id, wrong kind, missing or unsafe files."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _relative_path(value: str) -> str:
+    """The syntactic half of the path rule (the other half, where symlinks lead, needs the disk: ``_inside``).
+
+    Checked when the catalog loads, so a path that could never be valid is reported at once with its entry."""
+    if not value or value != value.strip() or "\x00" in value:
+        raise ValueError("must be a non-empty path without surrounding spaces")
+    if "\\" in value:
+        raise ValueError("use '/' to separate directories")
+    path = PurePosixPath(value)
+    if path.is_absolute() or value.startswith("~"):
+        raise ValueError("must be relative to the models directory, not absolute")
+    if ".." in path.parts:
+        raise ValueError("must not contain '..': catalog paths stay inside the models directory")
+    if path == PurePosixPath("."):
+        raise ValueError("must name a file or directory inside the models directory, not the directory itself")
+    return value
+
+
+RelPath = Annotated[str, AfterValidator(_relative_path)]
+
+
+def _revision(value: str) -> str:
+    if not _REVISION.match(value):
+        raise ValueError("a revision is 1-128 characters of letters, digits and . _ / + @ : - (a commit, tag or "
+                         "version)")
+    return value
+
+
+class CatalogEntry(BaseModel):
+    """One model: where its files are, what it is, and optionally how to check them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: A diffusers-format directory, or a single-file ``.safetensors`` checkpoint (then ``config`` is required).
+    path: RelPath
+    kind: Literal["base", "controlnet"] = "base"
+    family: Literal["sd1", "sd2", "sdxl"] = "sd1"
+    #: Which version of the model this is (a Hub commit, a tag); informational, shown by ``spotgen models list``.
+    revision: Annotated[str, AfterValidator(_revision)] | None = None
+    #: A JSON file ``{"files": {relpath: sha256}}`` that ``spotgen models verify`` checks the files against.
+    manifest: RelPath | None = None
+    #: For a single-file checkpoint: a local diffusers config directory (model_index.json, the component
+    #: configs, tokenizer and scheduler; no weights), so that loading it never needs the Hub.
+    config: RelPath | None = None
+
+    @property
+    def single_file(self) -> bool:
+        return PurePosixPath(self.path).suffix.lower() == SAFETENSORS_SUFFIX
+
+    @model_validator(mode="after")
+    def _config_only_for_single_files(self) -> CatalogEntry:
+        if self.config is not None and not self.single_file:
+            raise ValueError(f"'config' is only for single-file checkpoints ('{SAFETENSORS_SUFFIX}' paths); "
+                             f"{self.path!r} is a diffusers directory, which carries its own configs")
+        return self
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[ModelId, CatalogEntry]
+
+    @classmethod
+    def load(cls, models_dir: Path) -> Catalog:
+        path = models_dir / CATALOG_FILE
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ModelError("catalog_missing", f"no model catalog at {path}; build tiny models with "
+                             "`spotgen models tiny DIR` or write one") from None
+        except json.JSONDecodeError as exc:
+            raise ModelError("catalog_invalid", f"the model catalog {path} is not JSON: {exc}") from None
+        except ValidationError as exc:
+            raise ModelError("catalog_invalid", f"the model catalog {path} is invalid: {describe(exc)}") from None
+
+
+class Manifest(BaseModel):
+    """The expected sha256 of every file of one model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: dict[RelPath, Annotated[str, Field(pattern=_SHA256_HEX.pattern)]]
+
+
+def describe(exc: ValidationError) -> str:
+    """pydantic's errors as ``models.<id>.path: <what is wrong>``, one per problem, without its URLs."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if p != "[key]")
+        if "[key]" in err["loc"]:  # the id itself is at fault, not a field of its entry
+            loc += " (id)"
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+

@@ -1,0 +1,205 @@
+"""The Celery app: SQS transport with predefined queues, late acks, one job at a time per process.
+
+A GPU runs one job at a time, so the worker uses the solo pool (the job runs in the process that holds the
+models) with prefetch 1: a second message is never held back while the first runs. The running job holds
+a ``Lease`` on its message (visibility heartbeat); Celery's warm shutdown on SIGTERM is joined by an
+``Interruption`` that checkpoints the job and bounds the time to exit (``runtime.worker.interrupt``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery import Celery, bootsteps, signals
+
+from runtime.config import Settings
+from runtime.contract.envelope import TASK_NAME
+from runtime.models.catalog import ModelError
+from runtime.models.store import ModelStore
+from runtime.ops.observe import NOOP, Observer, trace_id_from
+from runtime.plugins import PluginError, Registry
+from runtime.storage import aws
+from runtime.storage.jobstore import JobStore
+from runtime.worker.errors import PermanentError
+from runtime.worker.interrupt import Interruption, watch_imds
+from runtime.worker.lease import Lease
+from runtime.worker.runner import JobRunner
+
+
+@dataclass
+class Hooks:
+    """What the Celery extension points (dead-letter consumer and request) need from the runtime."""
+
+    settings: Settings
+    sqs: Any
+    runner: Callable[[], JobRunner]
+    interruption: Interruption
+    #: The raw SQS message of the task now running (set by ``JobRequest``; the solo pool runs one at a time).
+    current: dict[str, Any] | None = None
+    #: Metrics, traces and log context (``runtime.ops.telemetry``); probes' state.
+    observer: Observer = NOOP
+    health: Any = None
+
+
+#: Seconds between two ticks of the idle consumer loop (``/livez`` sees a loop that stopped ticking).
+TICK_S = 1.0
+
+
+class ConsumerHealth(bootsteps.StartStopStep):
+    """A consumer bootstep: ready while the consumer consumes (restarted after a lost connection, it stops
+    and starts again), and a timer on the consumer's event loop that proves the loop runs."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.tref: Any = None
+
+    def start(self, c: Any) -> None:
+        health = c.app.spotgen.health
+        health.consuming(True)
+        if c.timer is not None:
+            self.tref = c.timer.call_repeatedly(TICK_S, health.tick)
+
+    def stop(self, c: Any) -> None:
+        c.app.spotgen.health.consuming(False)
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    shutdown = stop
+
+
+def broker_url(settings: Settings) -> str:
+    """``sqs://`` in production; ``sqs://@host:port`` points kombu at an emulator."""
+    if not settings.aws_endpoint_url:
+        return "sqs://"
+    parts = urlsplit(settings.aws_endpoint_url)
+    return f"sqs://@{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def build_runner(settings: Settings, interruption: Interruption | None = None,
+                 observer: Observer = NOOP) -> JobRunner:
+    registry = Registry.default(settings.plugins)
+    store = JobStore(aws.client("s3", settings), settings)
+    node_cache = None
+    if settings.node_cache_dir is not None:
+        from runtime.models.nodecache import NodeCache
+
+        node_cache = NodeCache(settings.node_cache_dir, settings.node_cache_bytes)
+    models = ModelStore(settings.models_dir, settings.device, node_cache, settings.model_memory_bytes)
+    models.attention = settings.attention
+    models.observer = observer
+    return JobRunner(settings, store, aws.client("sns", settings), registry, models, interruption, observer)
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("spotgen", broker=broker_url(settings), set_as_current=False)
+    app.conf.update(
+        broker_transport_options={
+            "region": settings.region,
+            "is_secure": (settings.aws_endpoint_url or "https").startswith("https"),
+            "predefined_queues": {settings.queue_name: {"url": settings.queue_url}},
+            "wait_time_seconds": settings.poll_wait_s,
+            # Long polling already waits server-side; kombu's extra client-side pause (1 s by default) after a
+            # poll that got nothing would hold an idle worker back from the next job.
+            "polling_interval": 0,
+            "fetch_message_attributes": {
+                "MessageSystemAttributeNames": ["ApproximateReceiveCount", "AWSTraceHeader"],
+                "MessageAttributeNames": [".*"],  # forwarded as they are to the dead-letter queue
+            },
+        },
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue_name,
+        task_acks_late=True,
+        task_acks_on_failure_or_timeout=False,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_pool="solo",
+        worker_consumer="runtime.worker.deadletter:DeadLetterConsumer",
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        worker_enable_remote_control=False,
+    )
+    interruption = Interruption(settings.interrupt_deadline_s)
+    runner = functools.cache(lambda: build_runner(settings, interruption, hooks.observer))
+    hooks = Hooks(settings, aws.client("sqs", settings), runner, interruption)
+    app.spotgen = hooks
+
+    @app.task(name=TASK_NAME, Request="runtime.worker.deadletter:JobRequest", acks_late=True, ignore_result=True)
+    def run_job(*args: Any, **kwargs: Any) -> None:
+        if len(args) != 1 or kwargs:
+            raise PermanentError("invalid_message", "a job message carries exactly one argument, the job")
+        raw, hooks.current = hooks.current, None
+        request = run_job.request
+        trace_id = trace_id_from(getattr(request, "traceparent", None), getattr(request, "X-Amzn-Trace-Id", None))
+        if raw is None:  # called directly, not from a queue
+            runner().run(args[0], trace_id=trace_id)
+            return
+        lease = Lease(hooks.sqs, settings.queue_url, raw, settings.heartbeat_s, settings.lease_s, settings.max_job_s,
+                      hooks.observer)
+        interruption.lease = lease
+        try:
+            with lease:
+                runner().run(args[0], lease, trace_id)
+        finally:
+            interruption.lease = None
+            _poll_soon()
+
+    return app
+
+
+def _poll_soon() -> None:
+    """Keep kombu's event loop turning for a moment after a job, so that the next receive starts at once.
+
+    Between the ack and the next long poll no socket is registered, and the loop then sleeps until its next
+    timer, up to 100 ms (kombu.asynchronous.hub); a few empty timers bound that sleep to a few milliseconds."""
+    from kombu.asynchronous import get_event_loop
+
+    hub = get_event_loop()
+    if hub is not None:
+        for delay in (0.002, 0.005, 0.01, 0.02, 0.04, 0.08):
+            hub.call_later(delay, _nothing)
+
+
+def _nothing() -> None:
+    pass
+
+
+def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
+    """Start consuming. The runner is built and the preload models loaded first, so a broken plugin or model
+    stops start-up (exit status 1, with the reason) instead of failing every job. Logs, metrics, traces and the
+    probes' server start before that (``runtime.ops.telemetry``), so ``/livez`` answers during the preload."""
+    from runtime.ops import telemetry
+
+    app = make_app(settings)
+    hooks = app.spotgen
+    ops = telemetry.start(settings, hooks.interruption, hooks.sqs, lambda: hooks.runner().models.memory_bytes())
+    hooks.observer, hooks.health = ops.observer, ops.health
+    app.steps["consumer"].add(ConsumerHealth)
+    try:
+        runner = app.spotgen.runner()
+        runner.setup()  # every pipeline's setup: a plugin that cannot run here (an attention kernel...) stops it
+        runner.preload(settings.preload)
+    except (ModelError, PluginError) as exc:
+        raise SystemExit(f"spotgen worker: cannot start: {exc}") from None
+    ops.health.preloaded()
+
+    def on_shutdown(sig: str = "", how: str = "", **_: Any) -> None:  # from Celery's own signal handler
+        app.spotgen.interruption.request(f"{sig or 'signal'}, {how.lower() or 'warm'} shutdown")
+
+    signals.worker_shutting_down.connect(on_shutdown, weak=False)
+    if settings.imds_poll_s:
+        watch_imds(settings.imds_url, settings.imds_poll_s)
+    argv = ["worker", "--pool=solo", "--concurrency=1", f"--queues={settings.queue_name}",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", f"--loglevel={settings.log_level}"]
+    if settings.log_format == "json":
+        argv.insert(0, "--quiet")  # no banner on stdout: every line there is a JSON object
+    app.worker_main(argv + (extra_argv or []))

@@ -1,0 +1,149 @@
+"""Moving messages that can never succeed to the dead-letter queue, at once.
+
+kombu leaves a rejected message in a queue that has a redrive policy, so SQS would hand it out again
+maxReceiveCount times, one visibility timeout apart, before moving it. A message that fails the same way on
+every worker (foreign, malformed, unknown pipeline, a pipeline error) is instead copied to the dead-letter
+queue as received (body and attributes, plus the reason) and then deleted. Transient failures still
+take the redrive path.
+
+The hooks are Celery's own extension points: a Consumer subclass for messages that never become a task,
+and a Request subclass for tasks that fail.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.worker.consumer import Consumer
+from celery.worker.request import Request
+from vine import promise
+
+from runtime.worker.errors import PermanentError
+
+log = logging.getLogger("spotgen.deadletter")
+
+MAX_SQS_ATTRIBUTES = 10
+
+
+def dead_letter(sqs: Any, dlq_url: str, message: Any, code: str, reason: str) -> bool:
+    """Copy a received kombu SQS message to the dead-letter queue; True when it was sent."""
+    raw = (getattr(message, "delivery_info", None) or {}).get("sqs_message")
+    if not raw or not dlq_url:
+        log.error("cannot dead-letter a message without its SQS original or a dead-letter queue URL (%s)", code)
+        return False
+    attributes = {k: {"DataType": v["DataType"], "StringValue": v["StringValue"]}
+                  for k, v in (raw.get("MessageAttributes") or {}).items() if "StringValue" in v}
+    attributes = dict(list(attributes.items())[: MAX_SQS_ATTRIBUTES - 2])
+    attributes["error_code"] = {"DataType": "String", "StringValue": code[:256]}
+    attributes["error_message"] = {"DataType": "String", "StringValue": reason[:1024] or code}
+    try:
+        sqs.send_message(QueueUrl=dlq_url, MessageBody=raw["Body"], MessageAttributes=attributes)
+    except Exception:  # noqa: BLE001 - the caller leaves the message to the redrive policy instead
+        log.exception("could not send message %s to the dead-letter queue", raw.get("MessageId"))
+        return False
+    log.warning("message %s moved to the dead-letter queue: %s: %s", raw.get("MessageId"), code, reason)
+    return True
+
+
+def job_id_attribute(message: Any) -> str | None:
+    raw = (getattr(message, "delivery_info", None) or {}).get("sqs_message") or {}
+    return (raw.get("MessageAttributes") or {}).get("job_id", {}).get("StringValue")
+
+
+def fail_status(hooks: Any, message: Any, code: str, reason: str) -> None:
+    """Fail the status of the job the message names, if any. Never raises: this runs inside Celery's
+    consumer, where an exception would stop the worker; the message is in the dead-letter queue already."""
+    try:
+        hooks.runner().outputs.fail_foreign(job_id_attribute(message), code, reason)
+    except Exception:  # noqa: BLE001
+        log.exception("could not mark the job of a dead-lettered message failed")
+
+
+def reject_permanently(app: Any, message: Any, code: str, reason: str) -> None:
+    """Dead-letter, fail the job's status if the message names one, then delete the original."""
+    hooks = app.spotgen
+    if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, message, code, reason):
+        hooks.observer.dead_lettered(code)
+        fail_status(hooks, message, code, reason)
+        message.ack()
+    else:  # leave it to SQS's redrive policy rather than lose it
+        message.reject(requeue=False)
+
+
+class DeadLetterConsumer(Consumer):
+    """Messages that are not tasks of this worker go to the dead-letter queue instead of looping."""
+
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        handler = super().create_task_handler(promise)
+        queue = self.app.spotgen.settings.queue_name
+
+        def on_task_received(message: Any) -> Any:
+            # kombu acks through the queue named by the routing key *in the message body*; a body naming a
+            # queue this worker does not know stops the worker (UndefinedQueueException). The message came
+            # from our one queue, whatever its body says.
+            message.delivery_info["routing_key"] = queue
+            return handler(message)
+
+        return on_task_received
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        reject_permanently(self.app, message, "foreign_message", "the message is not a Celery task message")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        task = (message.headers or {}).get("task")
+        reject_permanently(self.app, message, "unknown_task", f"this worker has no task {task!r}")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        reject_permanently(self.app, message, "invalid_message", f"invalid task message: {exc}")
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        reject_permanently(self.app, message, "invalid_message", f"the message cannot be decoded: {exc}")
+
+
+def receive_count(message: Any) -> int:
+    raw = (getattr(message, "delivery_info", None) or {}).get("sqs_message") or {}
+    try:
+        return int((raw.get("Attributes") or {}).get("ApproximateReceiveCount", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+class JobRequest(Request):
+    """A job that failed permanently is dead-lettered, then its message deleted. Other failures are
+    rejected without delete (``task_acks_on_failure_or_timeout`` is off), so SQS redelivers them once the
+    lease runs out; on the last delivery maxReceiveCount allows, a failure is final too, so the job ends
+    ``failed`` with its error rather than sitting in the dead-letter queue with a stale status.
+
+    It also tells the task which SQS message it runs for (Celery passes the task a filtered copy of the
+    delivery information without the receipt handle the lease needs)."""
+
+    def on_accepted(self, pid: Any, time_accepted: float) -> None:
+        # The solo pool calls this just before it runs the task, in the same thread (Celery replaces
+        # ``execute_using_pool`` in a generated subclass, so that is no place for a hook).
+        raw = (self._message.delivery_info or {}).get("sqs_message")
+        self.task.app.spotgen.current = raw
+        # X-Ray interop: a message without a W3C traceparent continues the trace of SQS's AWSTraceHeader
+        # (the header name the X-Ray propagator reads from the task request, which Celery builds from this dict).
+        xray = ((raw or {}).get("Attributes") or {}).get("AWSTraceHeader")
+        if xray and "traceparent" not in self._request_dict:
+            self._request_dict["X-Amzn-Trace-Id"] = xray
+        super().on_accepted(pid, time_accepted)
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        hooks = self.task.app.spotgen
+        if isinstance(exc, PermanentError):
+            code, reason = exc.info.code, exc.info.message
+        elif receive_count(self._message) >= hooks.settings.max_receive_count:
+            code, reason = "retries_exhausted", (f"failed on each of {receive_count(self._message)} deliveries; "
+                                                 f"last error: {type(exc).__name__}: {exc}")
+        else:
+            log.warning("job failed (%s: %s); its message is redelivered when the lease runs out",
+                        type(exc).__name__, exc)
+            return super().on_failure(exc_info, send_failed_event, return_ok)
+        if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, self._message, code, reason):
+            hooks.observer.dead_lettered(code)
+            fail_status(hooks, self._message, code, reason)
+            self.acknowledge()
+        return super().on_failure(exc_info, send_failed_event, return_ok)

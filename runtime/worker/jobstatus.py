@@ -1,0 +1,95 @@
+"""The running job's status document, written with compare-and-swap so that it never goes backwards.
+
+SQS delivers at least once, a cancel can arrive at any moment, and a worker that lost its lease may still be
+writing. Every write is therefore conditional on the ETag last seen (S3 ``If-Match``). When the document
+changed underneath: if it is now final (another delivery finished the job, or the client cancelled it while
+queued), this worker stops (``JobEnded``); if a cancel was requested, that is noted for the job to see at
+its next step; otherwise the write is retried on the new version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from runtime.contract import JobSpec, JobState, StatusDoc, utcnow
+from runtime.storage.jobstore import JobStore, StatusConflict
+
+log = logging.getLogger("spotgen.status")
+
+MAX_TRIES = 8
+
+
+class JobEnded(Exception):  # noqa: N818 - a condition, not a failure
+    """The job is already final: another delivery or the client ended it. Carries that final document."""
+
+    def __init__(self, doc: StatusDoc) -> None:
+        super().__init__(doc.id, doc.state)
+        self.doc = doc
+
+
+class StatusTracker:
+    def __init__(self, store: JobStore, doc: StatusDoc, etag: str | None) -> None:
+        self.store, self.doc, self.etag = store, doc, etag
+        self.ended: StatusDoc | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.doc.cancel_requested_at is not None
+
+    @classmethod
+    def open(cls, store: JobStore, spec: JobSpec) -> StatusTracker:
+        """The job's document; a message that did not come through the API gets one of its own."""
+        doc, etag = store.read_status_tagged(spec.id)
+        if doc is None:
+            now = utcnow()
+            store.create_status(StatusDoc(
+                id=spec.id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model, seed=spec.seed,
+                context=spec.context, request_hash=spec.request_hash, expires_at=spec.expires_at,
+                created_at=now, updated_at=now))
+            doc, etag = store.read_status_tagged(spec.id)
+            assert doc is not None
+        return cls(store, doc, etag)
+
+    def write(self, **changes: Any) -> StatusDoc:
+        """Apply ``changes`` and write; ``JobEnded`` if someone else made the document final meanwhile."""
+        with self._lock:
+            for _ in range(MAX_TRIES):
+                new = self.doc.model_copy(update={**changes, "updated_at": utcnow()})
+                try:
+                    self.etag = self.store.write_status(new, if_match=self.etag)
+                    self.doc = new
+                    return new
+                except StatusConflict:
+                    self._reload()
+            raise StatusConflict(self.doc.id)
+
+    def _reload(self) -> None:
+        current, etag = self.store.read_status_tagged(self.doc.id)
+        if current is None:
+            raise RuntimeError(f"the status document of job {self.doc.id} disappeared")
+        self.etag = etag
+        if current.state.final and not self.doc.state.final:
+            self.ended, self.doc = current, current
+            raise JobEnded(current)
+        if current.cancel_requested_at and not self.doc.cancel_requested_at:
+            log.info("job %s: cancel requested", self.doc.id)
+        self.doc = self.doc.model_copy(update={"cancel_requested_at": current.cancel_requested_at,
+                                               "notified_at": current.notified_at or self.doc.notified_at})
+
+    def mark_notified(self) -> None:
+        with self._lock:
+            for _ in range(MAX_TRIES):
+                if self.doc.notified_at is not None:
+                    return
+                new = self.doc.model_copy(update={"notified_at": utcnow()})
+                try:
+                    self.etag = self.store.write_status(new, if_match=self.etag)
+                    self.doc = new
+                    return
+                except StatusConflict:
+                    current, self.etag = self.store.read_status_tagged(self.doc.id)
+                    if current is not None:
+                        self.doc = current

@@ -1,0 +1,108 @@
+"""The running job's hold on its SQS message: a visibility heartbeat, and handing the message back.
+
+Neither Celery nor kombu extends visibility (celery#5935), so a job longer than the queue's visibility
+timeout would be delivered to a second worker while it still runs; and a long timeout means a crashed
+worker's job waits that long before anyone retries it. The lease sets the visibility to ``lease_s`` as soon
+as the job starts and again every ``heartbeat_s``: a job of any length (up to ``max_job_s``) is delivered
+once, and after a crash the message is back within ``lease_s``.
+
+An interrupted job is handed back as a *new* message (same body and attributes) before the original is
+acked: it is visible at once, and the interruption does not count as a failed receive toward the
+dead-letter queue's maxReceiveCount, which a spot fleet would otherwise exhaust.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from runtime.ops.observe import NOOP, Observer
+
+log = logging.getLogger("spotgen.lease")
+
+
+class Lease:
+    def __init__(self, sqs: Any, queue_url: str, raw: dict[str, Any], heartbeat_s: float, lease_s: int,
+                 max_job_s: int, observer: Observer = NOOP) -> None:
+        self.sqs, self.queue_url, self.raw, self.observer = sqs, queue_url, raw, observer
+        self.heartbeat_s, self.lease_s, self.max_job_s = heartbeat_s, lease_s, max_job_s
+        self.extensions = 0
+        self.handed_back = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def receive_count(self) -> int:
+        try:
+            return int((self.raw.get("Attributes") or {}).get("ApproximateReceiveCount", 1))
+        except (TypeError, ValueError):
+            return 1
+
+    def __enter__(self) -> Lease:
+        log.debug("lease on message %s (receipt %s..., receive %d)", self.raw.get("MessageId"),
+                 self.raw["ReceiptHandle"][:12], self.receive_count)
+        self.extend()
+        self._thread = threading.Thread(target=self._beat, name="visibility-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def alive(self) -> bool:
+        """For the liveness check: the heartbeat thread runs while a job does."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _beat(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(self.heartbeat_s):
+            if time.monotonic() - started > self.max_job_s:
+                log.warning("job has run longer than max_job_s=%s; its message is no longer extended and may be "
+                            "delivered again", self.max_job_s)
+                return
+            self.extend()
+
+    def extend(self) -> None:
+        with self._lock:
+            if self.handed_back:
+                return
+            try:
+                self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=self.raw["ReceiptHandle"],
+                                                   VisibilityTimeout=self.lease_s)
+                self.extensions += 1
+                self.observer.heartbeat(True)
+            except Exception:  # noqa: BLE001 - the next beat tries again; the job itself is unaffected
+                log.warning("could not extend the visibility of message %s", self.raw.get("MessageId"),
+                            exc_info=True)
+                self.observer.heartbeat(False)
+
+    def requeue(self) -> None:
+        """Send the job again as a new message, visible now; the caller then acks the original."""
+        with self._lock:
+            if self.handed_back:
+                return
+            attributes = {name: {"DataType": value["DataType"], "StringValue": value["StringValue"]}
+                          for name, value in (self.raw.get("MessageAttributes") or {}).items()
+                          if "StringValue" in value}
+            sent = self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=self.raw["Body"],
+                                         MessageAttributes=attributes)
+            self.handed_back = True
+            log.info("message %s handed back as message %s", self.raw.get("MessageId"), sent.get("MessageId"))
+
+    def release(self) -> None:
+        """Make the original message visible now (forced exit: there is no time to ack it after a copy)."""
+        with self._lock:
+            if self.handed_back:
+                return
+            try:
+                self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=self.raw["ReceiptHandle"],
+                                                   VisibilityTimeout=0)
+                self.handed_back = True
+            except Exception:  # noqa: BLE001 - then it comes back when the lease runs out
+                log.warning("could not release message %s", self.raw.get("MessageId"), exc_info=True)

@@ -1,0 +1,99 @@
+"""The output stage: a job's images, its result document, its final status and its one notification.
+
+Exactly-once as the client sees it: outputs go to keys derived from the job id (a second run writes the same
+bytes to the same keys); the result document is created once (``If-None-Match``), so the first delivery to
+finish decides the result; the status document is only changed by compare-and-swap (``runtime.worker.jobstatus``);
+and ``notified_at`` in the status makes sure a redelivery never sends a second notification.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from PIL import Image
+from pydantic import ValidationError
+
+from runtime.config import Settings
+from runtime.contract import JOB_ID_RE, JobErrorInfo, JobSpec, JobState, Notification, Progress, StatusDoc, utcnow
+from runtime.ops.observe import NOOP, Observer
+from runtime.storage.jobstore import JobStore, output_key, result_key
+from runtime.worker.images import encode_png
+from runtime.worker.jobstatus import JobEnded, StatusTracker
+
+log = logging.getLogger("spotgen.worker")
+
+
+class Outputs:
+    """Writes what a job leaves behind, in the order a client relies on."""
+
+    def __init__(self, settings: Settings, store: JobStore, sns: Any, observer: Observer = NOOP) -> None:
+        self.settings, self.store, self.sns, self.observer = settings, store, sns, observer
+
+    def store_outputs(self, spec: JobSpec, images: list[Image.Image]) -> list[str]:
+        parameters = {"pipeline": spec.pipeline, "model": spec.model, "seed": spec.seed, **spec.inputs}
+        keys = []
+        for index, image in enumerate(images):
+            key = output_key(spec.output_prefix, spec.id, index)
+            self.store.put_output(key, encode_png(image, {**parameters, "index": index}))
+            keys.append(key)
+        return keys
+
+    def finish(self, tracker: StatusTracker, state: JobState, keys: list[str],
+               error: JobErrorInfo | None) -> StatusDoc:
+        """Result document, final status, then the notification: in this order, so a client that hears the
+        notification finds everything in place. The result document is created once: if another delivery
+        got there first, its result stands."""
+        doc = tracker.doc
+        progress = doc.progress if state != JobState.succeeded else Progress(step=doc.progress.total,
+                                                                             total=doc.progress.total)
+        now = utcnow()
+        final = doc.model_copy(update={"state": state, "outputs": keys, "error": error, "progress": progress,
+                                       "phase": None, "finished_at": now, "updated_at": now})
+        if not self.store.create_json(result_key(doc.id), final.model_dump(mode="json")):
+            recorded = StatusDoc.model_validate(self.store.get_json(self.store.output_bucket, result_key(doc.id)))
+            log.info("job %s: completion was already recorded as %s", doc.id, recorded.state)
+            final = recorded
+        tracker.write(state=final.state, outputs=final.outputs, error=final.error, progress=final.progress,
+                      phase=None, finished_at=final.finished_at)
+        self.settle(tracker)
+        return tracker.doc
+
+    def settle(self, tracker: StatusTracker) -> None:
+        """For a final job: the one notification, and no checkpoint left behind."""
+        doc = tracker.doc
+        if doc.notified_at is None:
+            self.notify(doc)
+            tracker.mark_notified()
+        try:
+            self.store.delete_checkpoint(doc.id)
+        except Exception:  # noqa: BLE001 - a leftover checkpoint only costs storage (lifecycle rule)
+            log.warning("job %s: could not delete its checkpoint", doc.id, exc_info=True)
+
+    def notify(self, doc: StatusDoc) -> None:
+        if not self.settings.results_topic_arn:
+            return
+        note = Notification(id=doc.id, state=doc.state, error=doc.error, context=doc.context,
+                            outputs=[f"s3://{self.store.output_bucket}/{key}" for key in doc.outputs])
+        with self.observer.phase("notify", state=doc.state.value):
+            self.sns.publish(TopicArn=self.settings.results_topic_arn, Message=note.model_dump_json(),
+                             MessageAttributes={"state": {"DataType": "String", "StringValue": doc.state.value}})
+
+    def fail_foreign(self, job_id: str | None, code: str, message: str) -> None:
+        """A message the worker could not even parse: fail its job if it names one that is still open."""
+        if not job_id or not JOB_ID_RE.match(job_id):
+            return
+        try:
+            doc, etag = self.store.read_status_tagged(job_id)
+        except (ValueError, ValidationError):
+            return
+        if doc is None:
+            return
+        tracker = StatusTracker(self.store, doc, etag)
+        try:
+            if doc.state.final:
+                self.settle(tracker)
+            else:
+                self.finish(tracker, JobState.failed, [], JobErrorInfo(code=code, message=message))
+        except JobEnded:
+            self.settle(tracker)

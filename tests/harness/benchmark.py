@@ -1,0 +1,200 @@
+"""`make bench`: the runtime's overhead, measured in one run on the embedded stack with the tiny model.
+
+For each workload, in alternating rounds so that drift on a shared machine hits both alike:
+1. Direct: the worker's own txt2img pipeline (diffusers) called in a loop in this process.
+2. End to end: the same jobs through HTTP API -> SNS -> SQS -> Celery worker -> S3 -> SNS, queued at once;
+   time from the first submit to the last `finished_at`.
+Throughput ratio = direct time / end-to-end time for the same images (the goal is at least 0.95).
+Then submit -> `running` latency of an idle worker (status `started_at - created_at`), one job at a time.
+Then the cost of an interruption for a 512 px job: checkpoint size, time to serialize and store it, and time
+from the start of a resumed run to its first step against a fresh run's, all in units of one denoising step.
+Then the model cache (tests/harness/bench_cache.py, which says how EFS is simulated).
+
+Prints a table and, as the last line, one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from runtime.config import Settings  # noqa: E402
+from runtime.local.demo import call, wait_for  # noqa: E402
+from runtime.models.store import ModelStore  # noqa: E402
+
+
+def direct_seconds(store: ModelStore, inputs: dict[str, Any], seeds: range) -> float:
+    """Seconds for the worker's txt2img pipeline to make one image per seed, with no API, queue or storage."""
+    from pipelines.txt2img import Txt2Img
+    from runtime.contract import Txt2ImgInputs
+    from runtime.plugins import RunContext
+
+    pipeline, parsed = Txt2Img(), Txt2ImgInputs(**inputs)
+    started = time.perf_counter()
+    for seed in seeds:
+        pipeline.run(parsed, RunContext(job_id="direct", model="tiny-sd", seed=seed, device="cpu", models=store,
+                                        report=lambda step, total, state: None, fetch_image=lambda ref: None))
+    return time.perf_counter() - started
+
+
+def ts(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def submit(api: str, inputs: dict[str, Any], seed: int) -> str:
+    status, body = call("POST", f"{api}/v1/jobs", {"pipeline": "txt2img", "model": "tiny-sd",
+                                                  "inputs": {**inputs, "seed": seed}})
+    assert status == 202, body
+    return body["id"]
+
+
+def e2e_seconds(api: str, inputs: dict[str, Any], seeds: range) -> float:
+    started = time.time()
+    ids = [submit(api, inputs, seed) for seed in seeds]
+    # polled slowly: this client shares the two cores with the worker and the emulator
+    docs = [wait_for(api, job_id, show=False, timeout=900, poll_s=1.0) for job_id in ids]
+    assert all(d["state"] == "succeeded" for d in docs), [d["error"] for d in docs]
+    return max(ts(d["finished_at"]) for d in docs) - started
+
+
+def idle_latency(api: str, n: int) -> list[float]:
+    latencies = []
+    for seed in range(n):
+        time.sleep(0.5)  # let the worker go back to an idle long poll
+        doc = wait_for(api, submit(api, {"prompt": "latency", "width": 64, "height": 64, "steps": 2}, seed),
+                       show=False)
+        latencies.append(ts(doc["started_at"]) - ts(doc["created_at"]))
+    return latencies
+
+
+def checkpoint_figures(store: ModelStore, jobs: Any, stop: int = 15) -> dict[str, float]:
+    """Interrupt a 512 px, 30-step dpmpp_2m job at ``stop`` as the worker does, store the checkpoint in the
+    emulator's S3, then resume from it; compare with the fresh run's step time and start-up."""
+    from pipelines.txt2img import Txt2Img
+    from runtime.contract import Txt2ImgInputs
+    from runtime.plugins import JobInterrupted, RunContext
+    from runtime.worker import checkpoint
+
+    inputs = Txt2ImgInputs(prompt="a red fox", width=512, height=512, steps=30, scheduler="dpmpp_2m")
+    marks: list[float] = []
+    out: dict[str, float] = {}
+
+    def on_step(step: int, total: int, state: Any) -> None:
+        marks.append(time.perf_counter())
+        if step == stop and "write_s" not in out:
+            began = time.perf_counter()
+            data = checkpoint.dump(state(), "f" * 64)
+            serialized = time.perf_counter()
+            jobs.put_checkpoint("bench", data)
+            out.update(size_kib=len(data) / 1024, serialize_s=serialized - began,
+                       write_s=time.perf_counter() - began)
+            raise JobInterrupted
+
+    def ctx(resume: Any = None) -> RunContext:
+        return RunContext(job_id="bench", model="tiny-sd", seed=1, device="cpu", models=store, report=on_step,
+                          fetch_image=lambda ref: None, resume_from=resume)
+
+    with contextlib.suppress(JobInterrupted):
+        Txt2Img().run(inputs, ctx())  # warm-up
+    out.clear()
+    marks.clear()
+    began = time.perf_counter()
+    with contextlib.suppress(JobInterrupted):
+        Txt2Img().run(inputs, ctx())
+    step_s = (marks[-1] - marks[0]) / (len(marks) - 1)
+    fresh_first_s = marks[0] - began
+    marks.clear()
+    began = time.perf_counter()
+    state = checkpoint.load(jobs.get_checkpoint("bench", checkpoint.MAX_CHECKPOINT_BYTES), "f" * 64)
+    Txt2Img().run(inputs, ctx(state))
+    resumed_first_s = marks[0] - began
+    return {"step_s": step_s, "checkpoint_kib": out["size_kib"], "checkpoint_write_s": out["write_s"],
+            "checkpoint_write_steps": out["write_s"] / step_s, "serialize_s": out["serialize_s"],
+            "fresh_start_to_first_step_s": fresh_first_s, "resume_to_first_step_s": resumed_first_s,
+            "resume_overhead_steps": (resumed_first_s - fresh_first_s) / step_s}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=20, help="jobs of the smallest workload (fewer of larger)")
+    parser.add_argument("--latency-jobs", type=int, default=10)
+    args = parser.parse_args()
+
+    from runtime.local.devstack import DevStack
+    from runtime.models.tiny import build_tiny_models
+
+    # (inputs, jobs): from a job so short that the fixed cost per job dominates, to SD's native 512 px,
+    # whose seconds per image on these CPUs are about what a real model takes on a GPU.
+    workloads = {
+        "64px-20steps": ({"prompt": "a red fox", "width": 64, "height": 64, "steps": 20}, args.jobs),
+        "256px-30steps": ({"prompt": "a red fox", "width": 256, "height": 256, "steps": 30}, max(2, args.jobs // 2)),
+        "512px-30steps": ({"prompt": "a red fox", "width": 512, "height": 512, "steps": 30}, max(2, args.jobs // 3)),
+    }
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models"
+        build_tiny_models(models)
+        os.environ["SPOTGEN_POLL_WAIT_S"] = "20"
+        settings = Settings.from_env().model_copy(update={"models_dir": models})
+        with DevStack(settings, port=0, aws_port=0, log_dir=Path(tmp) / "logs") as stack:
+            api, store = stack.api_url, ModelStore(models, "cpu")
+            for name, (inputs, jobs) in workloads.items():
+                direct_seconds(store, inputs, range(1))  # warm-up for this size, in both processes
+                wait_for(api, submit(api, inputs, 0), show=False, timeout=300)
+                half = max(1, jobs // 2)
+                direct = e2e = 0.0
+                for start in (0, half):
+                    direct += direct_seconds(store, inputs, range(start, start + half))
+                    e2e += e2e_seconds(api, inputs, range(start, start + half))
+                figures[name] = {"jobs": 2 * half, "direct_images_per_s": 2 * half / direct,
+                                 "e2e_images_per_s": 2 * half / e2e, "ratio": direct / e2e}
+            lat = idle_latency(api, args.latency_jobs)
+            from runtime.storage import aws
+            from runtime.storage.jobstore import JobStore
+
+            ckpt = checkpoint_figures(store, JobStore(aws.client("s3", stack.settings), stack.settings))
+    figures["checkpoint_512px"] = ckpt
+    from tests.harness import bench_cache
+
+    figures["model_cache"] = cache = bench_cache.figures()
+    figures["submit_to_running_s"] = {"p50": percentile(lat, 0.5), "p95": percentile(lat, 0.95), "n": len(lat)}
+
+    print(f"{'workload':<16}{'jobs':>6}{'direct img/s':>14}{'end-to-end img/s':>18}{'ratio':>8}   (goal >= 0.95)")
+    for name in workloads:
+        f = figures[name]
+        print(f"{name:<16}{f['jobs']:>6}{f['direct_images_per_s']:>14.2f}{f['e2e_images_per_s']:>18.2f}"
+              f"{f['ratio']:>8.3f}")
+    lat_f = figures["submit_to_running_s"]
+    print(f"submit -> running, idle worker: p50 {lat_f['p50'] * 1000:.0f} ms, p95 {lat_f['p95'] * 1000:.0f} ms "
+          f"({lat_f['n']} jobs)")
+    print(f"checkpoint, 512 px dpmpp_2m at step 15 of 30: {ckpt['checkpoint_kib']:.0f} KiB, written in "
+          f"{ckpt['checkpoint_write_s'] * 1000:.0f} ms = {ckpt['checkpoint_write_steps']:.2f} steps "
+          f"(serialize {ckpt['serialize_s'] * 1000:.1f} ms; a step is {ckpt['step_s'] * 1000:.0f} ms)")
+    print(f"resume: read + restore + first step {ckpt['resume_to_first_step_s'] * 1000:.0f} ms vs fresh start + first "
+          f"step {ckpt['fresh_start_to_first_step_s'] * 1000:.0f} ms: {ckpt['resume_overhead_steps']:+.2f} steps")
+    print("\n".join(bench_cache.report(cache)))
+    from tests.harness.bench_ops import ops_overhead  # tracing + metrics on vs off; prints its own lines
+
+    figures["operations"] = ops_overhead()
+    print(json.dumps({"bench": "e2e", **figures}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

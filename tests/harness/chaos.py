@@ -1,0 +1,381 @@
+"""`make chaos`: interrupt workers at random while jobs run, then check that nothing was lost, doubled or changed.
+
+Spot GPUs are taken away at any moment, so the guarantees (exactly one final state and notification per job,
+outputs byte-identical to an uninterrupted run, little work redone) only mean something under many real
+interruptions. The embedded stack runs N jobs (txt2img, img2img, ControlNet, all seven schedulers) on W worker
+processes while a driver sends SIGTERM (spot notice, scale-in) and SIGKILL (node lost) to random *busy*
+workers and starts a replacement each time. Then it checks:
+
+* every job ended ``succeeded`` once: final status, exactly one notification, none with another state;
+* no duplicates: ``outputs/{id}/`` holds exactly ``num_images`` PNGs;
+* every PNG equals, byte for byte, a reference made in a separate process by the same pipeline code and
+  PNG encoding, without interruption (same torch thread count: float reductions depend on it);
+* steps recomputed, from the step log: per SIGTERM <= 1 (expected 0), per SIGKILL <= the checkpoint interval
+  (periodic checkpoints are uploaded off the denoising loop: a kill during an upload also loses the steps run
+  meanwhile, so small images, whose steps are faster than an upload, can exceed it).
+
+The last line printed is a JSON object with every figure; the exit status is 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINES = ("txt2img", "img2img", "controlnet")
+SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc", "pndm", "lms")
+PROMPTS = ("a red fox in the snow", "a lighthouse at dusk", "the fox of the forest", "a bowl of red fruit")
+#: torch threads of every process that computes images: float results differ between thread counts.
+THREADS = 1
+BUSY_S = 0.3  # a worker that finished a step this recently is in the middle of a job
+
+
+@dataclass
+class Job:
+    id: str
+    request: dict[str, Any]  # the body of POST /v1/jobs
+    inputs: dict[str, Any]  # normalized exactly as the submit Lambda does (what the worker runs)
+    steps: int  # denoising steps it runs (img2img runs steps x strength)
+
+
+def input_images(size: int) -> dict[str, bytes]:
+    """A photo and its edge map, of another size than the outputs so that resizing runs too."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    photo = Image.new("RGB", (size * 5 // 4, size), (30, 60, 90))
+    draw = ImageDraw.Draw(photo)
+    draw.ellipse((size // 4, size // 5, size, size * 4 // 5), fill=(220, 90, 30))
+    draw.rectangle((0, size * 3 // 4, size * 5 // 4, size), fill=(240, 240, 250))
+    edges = photo.convert("L").filter(ImageFilter.FIND_EDGES).convert("RGB")
+    out = {"chaos/photo.png": io.BytesIO(), "chaos/edges.png": io.BytesIO()}
+    photo.save(out["chaos/photo.png"], format="PNG")
+    edges.save(out["chaos/edges.png"], format="PNG")
+    return {key: buf.getvalue() for key, buf in out.items()}
+
+
+def make_jobs(n: int, size: int, steps: int, seed: int, bucket: str) -> list[Job]:
+    """Pipelines cycle mod 3 and schedulers mod 7, so every pair occurs within 21 jobs; every 10th job makes
+    two images."""
+    from runtime.contract import validate_inputs
+
+    rng = random.Random(seed)
+    jobs = []
+    for i in range(n):
+        pipeline, strength = PIPELINES[i % 3], 0.8
+        raw: dict[str, Any] = {"prompt": PROMPTS[i % len(PROMPTS)], "width": size, "height": size, "steps": steps,
+                               "seed": rng.randrange(2**32), "scheduler": SCHEDULERS[i % 7],
+                               "num_images": 2 if i % 10 == 9 else 1}
+        if pipeline == "img2img":
+            raw |= {"image": f"s3://{bucket}/chaos/photo.png", "strength": strength}
+        if pipeline == "controlnet":
+            raw |= {"control_image": f"s3://{bucket}/chaos/edges.png", "controlnet": "tiny-controlnet"}
+        inputs = validate_inputs(pipeline, raw, input_bucket=bucket).model_dump(mode="json")  # type: ignore[union-attr]
+        jobs.append(Job(f"chaos-{i:04d}", {"id": f"chaos-{i:04d}", "pipeline": pipeline,
+                        "model": "tiny-sd", "inputs": raw}, json.loads(json.dumps(inputs)),
+                        int(steps * strength) if pipeline == "img2img" else steps))
+    return jobs
+
+
+_REF: dict[str, Any] = {}
+
+
+def _reference_init(models_dir: str, bucket: str, images: dict[str, bytes], log: str) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # library chatter goes to reference.log
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    import torch
+
+    from runtime.models.store import ModelStore
+    from runtime.plugins import Registry
+
+    torch.set_num_threads(THREADS)
+    _REF.update(store=ModelStore(Path(models_dir), "cpu"), registry=Registry.default(), bucket=bucket,
+                images={f"s3://{bucket}/{key}": data for key, data in images.items()}, pipelines={})
+
+
+def reference(job_id: str, pipeline: str, inputs: dict[str, Any]) -> list[bytes]:
+    """The job's PNGs as an uninterrupted worker makes them (runs in the reference process): the worker's
+    pipeline class, RunContext and ``encode_png`` with the parameters ``JobRunner.store_outputs`` writes."""
+    from runtime.plugins import RunContext, SetupContext
+    from runtime.worker.images import decode_image, encode_png
+
+    store, pipelines = _REF["store"], _REF["pipelines"]
+    if pipeline not in pipelines:
+        pipelines[pipeline] = _REF["registry"].get(pipeline)()
+        pipelines[pipeline].setup(SetupContext(device="cpu", models=store))
+    runner = pipelines[pipeline]
+    parsed = type(runner).Inputs.model_validate(inputs, context={"input_bucket": _REF["bucket"]})
+    ctx = RunContext(job_id=job_id, model="tiny-sd", seed=inputs["seed"], device="cpu", models=store,
+                     report=lambda step, total, state: None,
+                     fetch_image=lambda uri: decode_image(_REF["images"][uri]))
+    params = {"pipeline": pipeline, "model": "tiny-sd", "seed": inputs["seed"], **inputs}
+    return [encode_png(image, {**params, "index": i}) for i, image in enumerate(runner.run(parsed, ctx))]
+
+
+class Fleet:
+    """The worker processes (``spotgen worker``, as in a pod), each logging to ``worker-{n}.log``."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env, self.log_dir, self.count = env, log_dir, 0
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.exits: dict[int, int] = {}
+
+    def spawn(self) -> int:
+        from runtime.local.devstack import _die_with_parent
+
+        with open(self.log_dir / f"worker-{self.count}.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker"], env=self.env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        self.count += 1
+        self.procs[proc.pid] = proc
+        return proc.pid
+
+    def reap(self) -> list[int]:
+        """Pids that exited since the last call."""
+        gone = [pid for pid, proc in self.procs.items() if proc.poll() is not None]
+        for pid in gone:
+            self.exits[pid] = self.procs.pop(pid).returncode
+        return gone
+
+    def stop(self, timeout: float = 60) -> None:
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for pid, proc in list(self.procs.items()):
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self.exits[pid] = proc.returncode
+        self.procs.clear()
+
+
+def recomputed(records: list[tuple[int, str, int, int]], kills: list[tuple[int, str]]) -> dict[str, list[int]]:
+    """Steps done twice per interruption that hit a job: the steps the killed attempt finished which the job's
+    next attempt runs again. A killed pid's last attempt in the log is the one the signal hit; if the job has
+    no later attempt, it finished in that attempt and was not interrupted."""
+    attempts: dict[tuple[str, int], list[int]] = {}  # in order of first appearance, i.e. of time
+    last_of_pid: dict[int, tuple[str, int]] = {}
+    for pid, job, attempt, step in records:
+        attempts.setdefault((job, attempt), []).append(step)
+        last_of_pid[pid] = (job, attempt)
+    order: dict[str, list[tuple[str, int]]] = {}
+    for key in attempts:
+        order.setdefault(key[0], []).append(key)
+    out: dict[str, list[int]] = {"TERM": [], "KILL": []}
+    for pid, sig in kills:
+        key = last_of_pid.get(pid)
+        chain = order.get(key[0], []) if key else []
+        if key is None or chain.index(key) == len(chain) - 1:
+            continue
+        start = min(attempts[chain[chain.index(key) + 1]]) - 1  # steps the next attempt took from its checkpoint
+        out[sig].append(sum(1 for step in attempts[key] if step > start))
+    return out
+
+
+OPTIONS: list[tuple[str, Any, str]] = [
+    ("--jobs", 100, ""), ("--workers", 2, ""), ("--sigterm", 10, "SIGTERMs to send"), ("--sigkill", 10, "SIGKILLs"),
+    ("--checkpoint-every", 10, "periodic checkpoints every N steps; 0 = off"), ("--seed", 1, ""),
+    ("--size", 128, "image side in pixels"), ("--steps", 60, "denoising steps per job"),
+    ("--models", ROOT / ".spotgen" / "models", "tiny models (built if missing)"),
+    ("--log-dir", ROOT / ".spotgen" / "chaos", "worker logs and the step log"),
+    ("--stall-s", 120.0, "give up after this many seconds without progress"),
+]
+
+
+class Chaos:
+    """One run: the stack, the fleet, the jobs and what was observed."""
+
+    def __init__(self, args: argparse.Namespace, stack: Any, fleet: Fleet, jobs: list[Job], step_log: Path) -> None:
+        from runtime.storage import aws
+
+        self.args, self.stack, self.fleet, self.jobs, self.step_log = args, stack, fleet, jobs, step_log
+        self.s3, self.sqs = aws.client("s3", stack.settings), aws.client("sqs", stack.settings)
+        self.notes: list[dict[str, Any]] = []
+        self.kills: list[tuple[int, str]] = []  # (pid, "TERM" | "KILL") in the order sent
+        self.unexpected: list[int] = []
+
+    def drain(self) -> int:
+        """Collect the notifications that arrived on the results queue."""
+        url, got = self.stack.resources.results_queue_url, 0
+        while msgs := self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            self.notes.extend(json.loads(m["Body"]) for m in msgs)
+            self.sqs.delete_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+            got += len(msgs)
+        return got
+
+    def drive(self, rng: random.Random, started: float) -> None:
+        """Until every job is notified: kill i is due once a random fraction of all steps is done, and goes
+        to a worker that finished a step of an unfinished job within ``BUSY_S`` (the step log, tailed); a
+        replacement starts at once, as a new spot node would."""
+        args = self.args
+        plan = rng.sample(["TERM"] * args.sigterm + ["KILL"] * args.sigkill, args.sigterm + args.sigkill)
+        due = sorted(rng.uniform(0.03, 0.85) for _ in plan)
+        totals, ids = {j.id: j.steps for j in self.jobs}, {j.id for j in self.jobs}
+        todo = sum(totals.values())
+        latest: dict[int, tuple[float, str, int]] = {}  # pid -> (when seen, job, step)
+        done: dict[str, int] = {}
+        offset, last_kill, last_news, last_poll = 0, 0.0, time.monotonic(), 0.0
+        while not ids <= {n["id"] for n in self.notes} and time.monotonic() - last_news < args.stall_s:
+            time.sleep(0.05)
+            now = time.monotonic()
+            with open(self.step_log, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            chunk = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only
+            offset += len(chunk)
+            for pid, job, _, step in (line.split() for line in chunk.decode().splitlines()):
+                latest[int(pid)], done[job], last_news = (now, job, int(step)), max(done.get(job, 0), int(step)), now
+            for pid in self.fleet.reap():
+                if pid not in {p for p, _ in self.kills}:  # died by itself: a bug; keep the fleet at strength
+                    self.unexpected.append(pid)
+                    self.fleet.spawn()
+            if now - last_poll > 0.5:
+                last_poll = now
+                last_news = now if self.drain() else last_news
+            n = len(self.kills)
+            if n == len(plan) or sum(done.values()) < due[n] * todo or now - last_kill < 0.5:
+                continue
+            hit = {p for p, _ in self.kills}
+            busy = [pid for pid, (seen, job, step) in latest.items()
+                    if pid in self.fleet.procs and pid not in hit and now - seen < BUSY_S and step < totals[job] - 1]
+            if busy:
+                pid, sig = rng.choice(sorted(busy)), plan[len(self.kills)]
+                os.kill(pid, signal.SIGTERM if sig == "TERM" else signal.SIGKILL)
+                self.kills.append((pid, sig))
+                last_kill = now
+                self.fleet.spawn()
+                finished = len(ids & {n["id"] for n in self.notes})
+                print(f"  {now - started:6.1f} s  SIG{sig} worker {pid} at step {latest[pid][2]} of {latest[pid][1]}; "
+                      f"{finished}/{len(ids)} jobs done", flush=True)
+
+    def verify(self, refs: dict[str, Future[list[bytes]]]) -> dict[str, Any]:
+        """The figures: final states, notifications, outputs against the references, steps recomputed."""
+        from runtime.storage.jobstore import JobStore
+        from runtime.worker import steplog
+
+        bucket = self.stack.settings.output_bucket
+        statuses = {j.id: JobStore(self.s3, self.stack.settings).read_status(j.id) for j in self.jobs}
+        per_job = Counter(n["id"] for n in self.notes)
+        dup_outputs = mismatched = 0
+        for job in self.jobs:
+            listed = self.s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job.id}/").get("Contents", [])
+            keys, want = {o["Key"] for o in listed}, refs[job.id].result()
+            dup_outputs += max(0, len(keys) - len(want))
+            for index, png in enumerate(want):
+                key = f"outputs/{job.id}/{index}.png"
+                mismatched += key not in keys or self.s3.get_object(Bucket=bucket, Key=key)["Body"].read() != png
+        final = {job_id: d for job_id, d in statuses.items() if d is not None and d.state.final}
+        dup_notes = sum(c - 1 for c in per_job.values() if c > 1) + sum(
+            1 for n in self.notes if n["id"] not in final or n["state"] != final[n["id"]].state)
+        redo = recomputed(steplog.read(self.step_log), self.kills)
+        sent = Counter(sig for _, sig in self.kills)
+        return {
+            "jobs": len(self.jobs),
+            "succeeded": sum(1 for d in final.values() if d.state == "succeeded" and d.notified_at),
+            "lost": sum(1 for j in self.jobs if j.id not in final or not per_job[j.id]),
+            "duplicate_outputs": dup_outputs, "duplicate_notifications": dup_notes, "mismatched_outputs": mismatched,
+            "sigterm": len(redo["TERM"]), "sigterm_sent": sent["TERM"],
+            "sigkill": len(redo["KILL"]), "sigkill_sent": sent["KILL"],
+            "steps_recomputed_per_sigterm": round(sum(redo["TERM"]) / max(1, len(redo["TERM"])), 3),
+            "max_steps_recomputed_sigterm": max(redo["TERM"], default=0),
+            "steps_recomputed_per_sigkill": round(sum(redo["KILL"]) / max(1, len(redo["KILL"])), 3),
+            "max_steps_recomputed_sigkill": max(redo["KILL"], default=0),
+            "checkpoint_every": self.args.checkpoint_every, "unexpected_worker_exits": len(self.unexpected),
+            "sigterm_unclean_exits": sum(1 for p, sig in self.kills if sig == "TERM" and self.fleet.exits.get(p) != 0),
+            "leftover_checkpoints": self.s3.list_objects_v2(Bucket=bucket, Prefix="checkpoints/")["KeyCount"],
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, default, text in OPTIONS:
+        parser.add_argument(flag, type=type(default), default=default, help=text or None)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+
+    import torch
+
+    from runtime.config import Settings
+    from runtime.local.demo import call
+    from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
+    from runtime.models.tiny import build_tiny_models
+
+    torch.set_num_threads(THREADS)
+    build_tiny_models(args.models)
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*args.log_dir.glob("worker-*.log"), args.log_dir / "steps.log", args.log_dir / "reference.log"]:
+        old.unlink(missing_ok=True)
+    step_log = args.log_dir / "steps.log"
+    step_log.touch()
+    # Short leases so a SIGKILLed job is back within seconds; short polls so an idle worker stops quickly.
+    overrides = {"models_dir": str(args.models.resolve()), "heartbeat_s": 1.0, "lease_s": 4, "poll_wait_s": 2,
+                 "checkpoint_every": args.checkpoint_every, "step_log": str(step_log), "interrupt_deadline_s": 60}
+    settings = Settings.model_validate({**Settings.from_env().model_dump(), **overrides})
+    stack = DevStack(settings, port=0, aws_port=0, workers=0, visibility_timeout_s=5).start()
+    fleet = Fleet({**os.environ, "PYTHONPATH": str(ROOT), **stack.settings.to_env(), **EMULATOR_CREDENTIALS,
+                   "OMP_NUM_THREADS": str(THREADS)}, args.log_dir)
+    pool = None
+    try:
+        for _ in range(args.workers):
+            fleet.spawn()
+        bucket, images = stack.settings.input_bucket, input_images(args.size)
+        jobs = make_jobs(args.jobs, args.size, args.steps, args.seed, bucket)
+        chaos = Chaos(args, stack, fleet, jobs, step_log)
+        for key, data in images.items():
+            chaos.s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="image/png")
+        pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _reference_init,
+                                   (str(args.models.resolve()), bucket, images, str(args.log_dir / "reference.log")))
+        refs = {j.id: pool.submit(reference, j.id, j.request["pipeline"], j.inputs) for j in jobs}
+        for job in jobs:
+            status, body = call("POST", f"{stack.api_url}/v1/jobs", job.request)
+            assert status == 202, (status, body)
+        print(f"{len(jobs)} jobs submitted to {args.workers} workers ({time.monotonic() - started:.1f} s)", flush=True)
+        chaos.drive(random.Random(args.seed), started)
+        chaos_s = time.monotonic() - started
+        time.sleep(settings.lease_s + 2)  # a redelivery of a finished job would notify again now, if ever
+        fleet.stop()
+        chaos.drain()
+        figures = chaos.verify(refs)
+    finally:
+        fleet.stop()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        stack.stop()
+    figures |= {"workers": args.workers, "size": args.size, "steps": args.steps, "chaos_seconds": round(chaos_s, 1),
+                "seconds": round(time.monotonic() - started, 1)}
+    f, bound = figures, args.checkpoint_every or args.steps
+    checks = {
+        "every job succeeded": f["succeeded"] == f["jobs"], "no job lost": f["lost"] == 0,
+        "no duplicate outputs": f["duplicate_outputs"] == 0,
+        "no duplicate notifications": f["duplicate_notifications"] == 0,
+        "outputs identical to the reference": f["mismatched_outputs"] == 0,
+        "all kills sent": (f["sigterm_sent"], f["sigkill_sent"]) == (args.sigterm, args.sigkill),
+        "<= 1 step recomputed per SIGTERM": f["max_steps_recomputed_sigterm"] <= 1,
+        f"<= {bound} steps recomputed per SIGKILL": f["max_steps_recomputed_sigkill"] <= bound,
+        "no worker died unasked": f["unexpected_worker_exits"] == 0,
+        "SIGTERMed workers exit 0": f["sigterm_unclean_exits"] == 0,
+    }
+    for name, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {name}")
+    print(json.dumps({**figures, "ok": all(checks.values())}))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""A small run of the chaos harness (tests/harness/chaos.py) in `make test`: 20 jobs, 2 workers, 3 SIGTERM + 3 SIGKILL.
+
+In a subprocess, because the harness starts an embedded stack that sets process-wide environment variables
+(step log, short leases) which the other tests' stacks must not inherit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+#: 128 px, not less: a periodic checkpoint is uploaded off the denoising loop, and a kill while an upload is
+#: still in flight costs the steps run meanwhile too; steps of this size are slower than an upload to the emulator.
+CHECKPOINT_EVERY = 5
+
+
+def test_chaos_small(tiny_models: Path, tmp_path: Path) -> None:
+    args = ["--jobs", "20", "--workers", "2", "--sigterm", "3", "--sigkill", "3", "--size", "128", "--steps", "30",
+            "--checkpoint-every", str(CHECKPOINT_EVERY), "--seed", "7", "--models", str(tiny_models),
+            "--log-dir", str(tmp_path / "logs")]
+    proc = subprocess.run([sys.executable, "-m", "tests.harness.chaos", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=400)
+    lines = proc.stdout.strip().splitlines()
+    context = f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\nworker logs: {tmp_path}/logs"
+    assert lines, context
+    figures = json.loads(lines[-1])
+    assert figures["jobs"] == figures["succeeded"] == 20, context
+    assert figures["lost"] == 0, context
+    assert figures["duplicate_outputs"] == 0 and figures["duplicate_notifications"] == 0, context
+    assert figures["mismatched_outputs"] == 0, context
+    assert figures["sigterm_sent"] == 3 and figures["sigkill_sent"] == 3, context
+    assert figures["sigterm"] >= 1 and figures["sigkill"] >= 1, context  # kills that hit a running job
+    assert figures["max_steps_recomputed_sigterm"] <= 1, context
+    assert figures["max_steps_recomputed_sigkill"] <= CHECKPOINT_EVERY, context
+    assert figures["unexpected_worker_exits"] == 0 and figures["sigterm_unclean_exits"] == 0, context
+    assert figures["ok"] is True and proc.returncode == 0, context
