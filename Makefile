@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: install run test lint bench chaos clean
+.PHONY: install run test lint bench chaos faults clean
 
 $(STAMP): pyproject.toml constraints.txt constraints-checkov.txt tests/schemas/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,9 +43,15 @@ test: install lint
 bench: install
 	$(BIN)/python -m tests.harness.benchmark
 
-# Random SIGTERM/SIGKILL of busy workers under load; checks nothing is lost, doubled or changed (tests/harness/chaos.py).
+# Random SIGTERM/SIGKILL of busy workers under load; checks nothing is lost, doubled or changed
+# (tests/harness/chaos.py).
 chaos: install
 	$(BIN)/python -m tests.harness.chaos
+
+# Outages, cut connections, latency and throttling between the workers and AWS while jobs run; checks the same,
+# and that no worker wedges (tests/harness/faults.py).
+faults: install
+	$(BIN)/python -m tests.harness.faults
 
 clean:
 	rm -rf $(VENV) .spotgen out .pytest_cache .ruff_cache tests/schemas/node_modules

@@ -62,6 +62,10 @@ class Settings(BaseModel):
     presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
     #: SQS long-poll wait of the worker.
     poll_wait_s: int = Field(10, ge=1, le=20)
+    #: Seconds for which the AWS calls that must not be lost are retried through an outage (with backoff and
+    #: jitter): a finished job's outputs, result, final status and notification, its ack, and the check of the
+    #: queue and bucket at start-up.
+    store_retry_s: float = Field(120.0, ge=0, le=3600)
     log_level: str = "INFO"
 
     # -- operations: metrics, health probes, logs (see docs/operations.md) ------------------------------

@@ -3,10 +3,14 @@
 Kubernetes probes (``infra/k8s``) use exactly these paths on ``Settings.metrics_port`` (9400):
 
 - ``/livez``: the process is not wedged. While a job runs, its lease heartbeat thread must be alive (a dead
-  one means the message will be delivered to a second worker); while idle, the consumer loop must have
-  ticked recently. Start-up (imports, preload) counts as alive: a startup probe covers it.
-- ``/readyz``: the worker takes jobs: preload models loaded, the consumer started on its queue, and no
-  shutdown under way. It turns false the moment an interruption starts (it reads ``Interruption.requested``).
+  one means the message will be delivered to a second worker); while idle, the consumer must have finished a
+  receive (with or without messages, or failed) within ``stall_s``. That is receive *progress*, not a loop
+  that ticks: a receive chain that stopped fails liveness even while the event loop runs, so Kubernetes
+  restarts the pod. An outage does not: failed receives are progress, and a restart would not bring the
+  network back. Start-up (imports, preload) counts as alive: a startup probe covers it.
+- ``/readyz``: the worker takes jobs: preload models loaded, the consumer started on its queue, the last
+  receive reached SQS, and no shutdown under way. It turns false the moment an interruption starts (it reads
+  ``Interruption.requested``) and while AWS is unreachable, and true again with the first receive that works.
 - ``/metrics``: Prometheus text format.
 
 Each probe answers 200 or 503 with a small JSON body saying which check failed. ``spotgen worker --check``
@@ -28,13 +32,15 @@ LIVE_PATH = "/livez"
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 DEFAULT_PORT = 9400
-#: An idle consumer loop that has not ticked for this long is considered stuck.
+#: An idle consumer that has not finished a receive for this long is considered stuck (the worker sets a
+#: bound from its settings: ``runtime.worker.sqs.receive_bound_s``).
 STALL_S = 60.0
 
 
 class Health:
-    """The worker's state as the probes see it. The Celery side calls ``consuming``/``tick``; start-up calls
-    ``preloaded``; the interruption and the running job's lease are read at probe time."""
+    """The worker's state as the probes see it. The Celery side calls ``consuming``, the receive chain
+    ``received`` and a job's end ``progress``; start-up calls ``preloaded``; the interruption and the running
+    job's lease are read at probe time."""
 
     def __init__(self, interruption: Any = None, stall_s: float = STALL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -42,7 +48,9 @@ class Health:
         self.stall_s, self.clock = stall_s, clock
         self.preload_done = False
         self.consumer = False
-        self.last_tick: float | None = None
+        self.last_progress: float | None = None
+        #: Why the last receive failed; None once one worked.
+        self.receive_error: str | None = None
 
     def preloaded(self) -> None:
         self.preload_done = True
@@ -50,14 +58,19 @@ class Health:
     def consuming(self, on: bool) -> None:
         self.consumer = on
         if on:
-            self.tick()
+            self.progress()
 
-    def tick(self) -> None:
-        self.last_tick = self.clock()
+    def progress(self) -> None:
+        """The consumer moved: a receive finished, or a job (which holds the consumer) ended."""
+        self.last_progress = self.clock()
+
+    def received(self, ok: bool, error: str | None = None) -> None:
+        self.receive_error = None if ok else (error or "receive failed")
+        self.progress()
 
     def idle_s(self) -> float | None:
-        """Seconds since the consumer loop last ticked (or a job ended), for the ``/livez`` body."""
-        return None if self.last_tick is None else round(self.clock() - self.last_tick, 3)
+        """Seconds since the consumer last moved, for the ``/livez`` body."""
+        return None if self.last_progress is None else round(self.clock() - self.last_progress, 3)
 
     def _lease(self) -> Any:
         return getattr(self.interruption, "lease", None)
@@ -65,10 +78,12 @@ class Health:
     def live(self) -> tuple[bool, dict[str, str]]:
         lease = self._lease()
         checks: dict[str, str] = {}
+        stalled = self.last_progress is not None and self.clock() - self.last_progress > self.stall_s
         if lease is not None:
             checks["heartbeat"] = "ok" if lease.alive or lease.handed_back else "the lease heartbeat thread died"
-        elif self.consumer and self.last_tick is not None and self.clock() - self.last_tick > self.stall_s:
-            checks["consumer"] = f"the consumer loop has not run for {self.clock() - self.last_tick:.0f} s"
+        elif self.consumer and stalled:
+            checks["consumer"] = (f"no receive has finished for {self.clock() - self.last_progress:.0f} s "
+                                  f"(bound {self.stall_s:.0f} s): the receive chain is stuck")
         else:
             checks["consumer"] = "ok" if self.consumer else "starting"
         return all(v in ("ok", "starting") for v in checks.values()), checks
@@ -78,6 +93,7 @@ class Health:
         checks = {
             "preload": "ok" if self.preload_done else "loading models",
             "queue": "ok" if self.consumer else "not consuming",
+            "aws": "ok" if self.receive_error is None else f"SQS unreachable: {self.receive_error}",
             "shutdown": "ok" if interruption is None or not interruption.requested
             else f"shutting down ({interruption.reason})",
         }

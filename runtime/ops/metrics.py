@@ -130,6 +130,10 @@ class Metrics(Observer):
                                   "(the lease heartbeat), by result.", ("result",))
         self.dead = counter("spotgen_dead_lettered", "Messages this worker moved to the dead-letter queue, by "
                             "error code.", ("code",))
+        self.aws_errors = counter("spotgen_aws_errors", "Failed AWS call attempts (network failures, throttling, "
+                                  "5xx...), by service and operation.", ("service", "operation"))
+        self.last_receive = Gauge("spotgen_receive_last_success_timestamp_seconds", "When a receive from the work "
+                                  "queue last reached SQS (Unix time; 0 before the first).", registry=r)
         self.model_memory = Gauge("spotgen_model_memory_bytes", "Bytes of model weights loaded in this worker "
                                   "(tier 2).", registry=r)
         if model_memory is not None:
@@ -231,6 +235,15 @@ class Metrics(Observer):
         self.dead.labels(self.label("code", code)).inc()
         if self.queue is not None:
             self.queue.refresh_soon()
+
+    def received(self, ok: bool, error: str | None = None) -> None:
+        if ok:
+            self.last_receive.set_to_current_time()
+        else:
+            self.aws_error("sqs", "ReceiveMessage", error or "")
+
+    def aws_error(self, service: str, operation: str, code: str) -> None:
+        self.aws_errors.labels(self.label("service", service), self.label("operation", operation)).inc()
 
 
 class DeviceMemory(Collector):

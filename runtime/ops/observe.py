@@ -111,6 +111,13 @@ class Observer:
     def dead_lettered(self, code: str) -> None:
         """A message was moved to the dead-letter queue for ``code``."""
 
+    def received(self, ok: bool, error: str | None = None) -> None:
+        """A receive from the work queue finished: ``ok`` (with or without messages), or failed with ``error``."""
+
+    def aws_error(self, service: str, operation: str, code: str) -> None:
+        """An AWS call failed (one attempt): ``code`` is AWS's error code, or the exception's name for a network
+        failure. Called from whichever thread made the call."""
+
     @contextlib.contextmanager
     def phase(self, name: str, job: JobInfo | None = None, **attributes: Any) -> Iterator[None]:
         """A timed section (a span when tracing); ``job`` names the job when called off the job's thread."""
@@ -122,7 +129,7 @@ NOOP = Observer()
 
 
 HOOKS = ("job_begin", "job_started", "job_end", "step", "phases", "checkpoint_written", "resumed", "cache_lookup",
-         "model_loaded", "model_copied", "model_evicted", "heartbeat", "dead_lettered")
+         "model_loaded", "model_copied", "model_evicted", "heartbeat", "dead_lettered", "received", "aws_error")
 
 
 def _fan_out(name: str) -> Any:

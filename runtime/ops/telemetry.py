@@ -26,14 +26,17 @@ from runtime.ops.observe import JobInfo, Observer, combine
 log = logging.getLogger("spotgen.telemetry")
 
 class HealthObserver(Observer):
-    """A job holds the consumer loop (solo pool); count its end as a tick so ``/livez`` does not read the
-    job's duration as a stall."""
+    """Feeds the probes: every finished receive, and a job's end (a job holds the consumer, solo pool, so its
+    duration is not a stall)."""
 
     def __init__(self, health: Health) -> None:
         self.health = health
 
     def job_end(self, job: JobInfo) -> None:
-        self.health.tick()
+        self.health.progress()
+
+    def received(self, ok: bool, error: str | None = None) -> None:
+        self.health.received(ok, error)
 
 
 @dataclass
@@ -51,17 +54,19 @@ def _version() -> str:
         return "unknown"
 
 
-def start(settings: Settings, interruption: Any, sqs: Any, model_memory: Callable[[], int]) -> Telemetry:
+def start(settings: Settings, interruption: Any, sqs: Any, model_memory: Callable[[], int],
+          stall_s: float) -> Telemetry:
     """Configure logging, build the observers and start the metrics/probe server for one worker process.
 
     What the tooling reads of the worker it is handed here: the ``interruption`` (readiness turns false when
     it is requested, ``/livez`` reads its lease), an SQS client for the queue-depth gauges, and a function that
-    returns the bytes of models held in memory. The caller installs ``observer`` where the runtime calls it."""
+    returns the bytes of models held in memory, and ``stall_s``, the liveness bound on receive progress. The
+    caller installs ``observer`` where the runtime calls it."""
     context = logs.configure(settings)
     signals.setup_logging.connect(_keep_logging, weak=False)  # Celery leaves our handlers alone
     _library_logging()
     _celery_notices_as_records()
-    health = Health(interruption)
+    health = Health(interruption, stall_s)
     observers: list[Observer] = [logs.JobLog(context, settings.log_prompt_chars), HealthObserver(health)]
     metrics = None
     if settings.metrics_port:

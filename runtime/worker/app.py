@@ -24,6 +24,8 @@ from runtime.ops.observe import NOOP, Observer, trace_id_from
 from runtime.plugins import PluginError, Registry
 from runtime.storage import aws
 from runtime.storage.jobstore import JobStore
+from runtime.storage.retry import Retry
+from runtime.worker import sqs
 from runtime.worker.errors import PermanentError
 from runtime.worker.interrupt import Interruption, watch_imds
 from runtime.worker.lease import Lease
@@ -44,32 +46,25 @@ class Hooks:
     observer: Observer = NOOP
     health: Any = None
 
+    def aws_error(self, service: str, operation: str, code: str) -> None:
+        self.observer.aws_error(service, operation, code)
 
-#: Seconds between two ticks of the idle consumer loop (``/livez`` sees a loop that stopped ticking).
-TICK_S = 1.0
+    def received(self, ok: bool, error: BaseException | None = None) -> None:
+        """From the receive chain (``runtime.worker.sqs``): one receive finished or failed."""
+        self.observer.received(ok, None if ok else f"{type(error).__name__}: {error}")
 
 
 class ConsumerHealth(bootsteps.StartStopStep):
-    """A consumer bootstep: ready while the consumer consumes (restarted after a lost connection, it stops
-    and starts again), and a timer on the consumer's event loop that proves the loop runs."""
+    """A consumer bootstep: ready while the consumer consumes (restarted after a lost connection, it stops and
+    starts again). Liveness reads receive progress, which the receive chain reports (``Hooks.received``)."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
-    def __init__(self, c: Any, **kwargs: Any) -> None:
-        super().__init__(c, **kwargs)
-        self.tref: Any = None
-
     def start(self, c: Any) -> None:
-        health = c.app.spotgen.health
-        health.consuming(True)
-        if c.timer is not None:
-            self.tref = c.timer.call_repeatedly(TICK_S, health.tick)
+        c.app.spotgen.health.consuming(True)
 
     def stop(self, c: Any) -> None:
         c.app.spotgen.health.consuming(False)
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
 
     shutdown = stop
 
@@ -85,7 +80,7 @@ def broker_url(settings: Settings) -> str:
 def build_runner(settings: Settings, interruption: Interruption | None = None,
                  observer: Observer = NOOP) -> JobRunner:
     registry = Registry.default(settings.plugins)
-    store = JobStore(aws.client("s3", settings), settings)
+    store = JobStore(aws.client("s3", settings, observer.aws_error), settings)
     node_cache = None
     if settings.node_cache_dir is not None:
         from runtime.models.nodecache import NodeCache
@@ -94,13 +89,23 @@ def build_runner(settings: Settings, interruption: Interruption | None = None,
     models = ModelStore(settings.models_dir, settings.device, node_cache, settings.model_memory_bytes)
     models.attention = settings.attention
     models.observer = observer
-    return JobRunner(settings, store, aws.client("sns", settings), registry, models, interruption, observer)
+    return JobRunner(settings, store, aws.client("sns", settings, observer.aws_error), registry, models,
+                     interruption, observer)
 
 
 def make_app(settings: Settings) -> Celery:
     app = Celery("spotgen", broker=broker_url(settings), set_as_current=False)
+    interruption = Interruption(settings.interrupt_deadline_s)
+    runner = functools.cache(lambda: build_runner(settings, interruption, hooks.observer))
+    hooks = Hooks(settings, aws.client("sqs", settings, lambda *error: hooks.aws_error(*error)), runner,
+                  interruption)
+    app.spotgen = hooks
     app.conf.update(
+        broker_transport="runtime.worker.sqs:Transport",  # kombu's, surviving outages (see that module)
         broker_transport_options={
+            sqs.RECEIVE_HOOK: hooks.received,
+            # An ack retried past the lease would race a redelivery for nothing: the job is final either way.
+            sqs.ACK_RETRY: min(settings.store_retry_s, settings.lease_s),
             "region": settings.region,
             "is_secure": (settings.aws_endpoint_url or "https").startswith("https"),
             "predefined_queues": {settings.queue_name: {"url": settings.queue_url}},
@@ -128,10 +133,6 @@ def make_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
         worker_enable_remote_control=False,
     )
-    interruption = Interruption(settings.interrupt_deadline_s)
-    runner = functools.cache(lambda: build_runner(settings, interruption, hooks.observer))
-    hooks = Hooks(settings, aws.client("sqs", settings), runner, interruption)
-    app.spotgen = hooks
 
     @app.task(name=TASK_NAME, Request="runtime.worker.deadletter:JobRequest", acks_late=True, ignore_result=True)
     def run_job(*args: Any, **kwargs: Any) -> None:
@@ -173,6 +174,27 @@ def _nothing() -> None:
     pass
 
 
+class Unreachable(Exception):
+    """AWS could not be reached at start-up within the retry budget."""
+
+
+def reach_aws(settings: Settings, sqs_client: Any) -> None:
+    """The work queue and the output bucket answer, retried for ``store_retry_s``: a worker that cannot reach
+    them exits with the reason instead of sitting unready, and a short outage at start-up costs only a wait."""
+    retry = Retry(settings.store_retry_s)
+    s3 = aws.client("s3", settings)
+    checks = ((f"SQS queue {settings.queue_url}", lambda: sqs_client.get_queue_attributes(
+                   QueueUrl=settings.queue_url, AttributeNames=["QueueArn"])),
+              (f"S3 bucket {settings.output_bucket}", lambda: s3.list_objects_v2(
+                   Bucket=settings.output_bucket, Prefix="jobs/", MaxKeys=1)))
+    for what, call in checks:
+        try:
+            retry(call, f"reaching the {what}")
+        except Exception as exc:
+            raise Unreachable(f"cannot reach the {what} (endpoint {settings.aws_endpoint_url or 'AWS'}, retried for "
+                              f"{settings.store_retry_s:.0f} s): {type(exc).__name__}: {exc}") from None
+
+
 def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     """Start consuming. The runner is built and the preload models loaded first, so a broken plugin or model
     stops start-up (exit status 1, with the reason) instead of failing every job. Logs, metrics, traces and the
@@ -181,14 +203,16 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
 
     app = make_app(settings)
     hooks = app.spotgen
-    ops = telemetry.start(settings, hooks.interruption, hooks.sqs, lambda: hooks.runner().models.memory_bytes())
+    ops = telemetry.start(settings, hooks.interruption, hooks.sqs, lambda: hooks.runner().models.memory_bytes(),
+                          sqs.receive_bound_s(settings.poll_wait_s))
     hooks.observer, hooks.health = ops.observer, ops.health
     app.steps["consumer"].add(ConsumerHealth)
     try:
+        reach_aws(settings, hooks.sqs)
         runner = app.spotgen.runner()
         runner.setup()  # every pipeline's setup: a plugin that cannot run here (an attention kernel...) stops it
         runner.preload(settings.preload)
-    except (ModelError, PluginError) as exc:
+    except (ModelError, PluginError, Unreachable) as exc:
         raise SystemExit(f"spotgen worker: cannot start: {exc}") from None
     ops.health.preloaded()
 

@@ -59,7 +59,9 @@ class LatestWins(Generic[T]):
             try:
                 self.send(value)
             except Exception as exc:  # noqa: BLE001 - see the module's docstring
-                log.warning("%s failed", self.name, exc_info=True)
+                # One line, not a traceback: during an outage this repeats every interval, and the cause is
+                # in the exception's own message.
+                log.warning("%s failed: %s: %s", self.name, type(exc).__name__, exc)
                 error = exc
             with self._cond:
                 self._busy, self._error = False, error

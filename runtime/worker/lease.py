@@ -3,8 +3,9 @@
 Neither Celery nor kombu extends visibility (celery#5935), so a job longer than the queue's visibility
 timeout would be delivered to a second worker while it still runs; and a long timeout means a crashed
 worker's job waits that long before anyone retries it. The lease sets the visibility to ``lease_s`` as soon
-as the job starts and again every ``heartbeat_s``: a job of any length (up to ``max_job_s``) is delivered
-once, and after a crash the message is back within ``lease_s``.
+as the job starts (from the heartbeat thread, so the job never waits for it) and again every ``heartbeat_s``:
+a job of any length (up to ``max_job_s``) is delivered once, and after a crash the message is back within
+``lease_s``.
 
 An interrupted job is handed back as a *new* message (same body and attributes) before the original is
 acked: it is visible at once, and the interruption does not count as a failed receive toward the
@@ -19,6 +20,7 @@ import time
 from typing import Any
 
 from runtime.ops.observe import NOOP, Observer
+from runtime.storage.retry import backoff
 
 log = logging.getLogger("spotgen.lease")
 
@@ -44,7 +46,8 @@ class Lease:
     def __enter__(self) -> Lease:
         log.debug("lease on message %s (receipt %s..., receive %d)", self.raw.get("MessageId"),
                  self.raw["ReceiptHandle"][:12], self.receive_count)
-        self.extend()
+        # The first extension is the heartbeat thread's first beat, not a call made here: the job starts at once
+        # even when SQS is slow or throttling, and the probes see a live heartbeat from the first moment.
         self._thread = threading.Thread(target=self._beat, name="visibility-heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -60,27 +63,33 @@ class Lease:
         return self._thread is not None and self._thread.is_alive()
 
     def _beat(self) -> None:
-        started = time.monotonic()
-        while not self._stop.wait(self.heartbeat_s):
+        """Extend every ``heartbeat_s``; after a failure, try again sooner (backoff with jitter, never later than
+        the next beat), so a short outage does not eat into the time left before the message reappears."""
+        started, failures, delay = time.monotonic(), 0, 0.0
+        while not self._stop.wait(delay):
             if time.monotonic() - started > self.max_job_s:
                 log.warning("job has run longer than max_job_s=%s; its message is no longer extended and may be "
                             "delivered again", self.max_job_s)
                 return
-            self.extend()
+            failures = 0 if self.extend() else failures + 1
+            delay = min(self.heartbeat_s, backoff(failures, 0.5, 5.0)) if failures else self.heartbeat_s
 
-    def extend(self) -> None:
+    def extend(self) -> bool:
+        """One visibility extension; False when it failed (the heartbeat tries again)."""
         with self._lock:
             if self.handed_back:
-                return
+                return True
             try:
                 self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=self.raw["ReceiptHandle"],
                                                    VisibilityTimeout=self.lease_s)
                 self.extensions += 1
                 self.observer.heartbeat(True)
-            except Exception:  # noqa: BLE001 - the next beat tries again; the job itself is unaffected
-                log.warning("could not extend the visibility of message %s", self.raw.get("MessageId"),
-                            exc_info=True)
+                return True
+            except Exception as exc:  # noqa: BLE001 - tried again soon; the job itself is unaffected
+                log.warning("could not extend the visibility of message %s: %s: %s", self.raw.get("MessageId"),
+                            type(exc).__name__, exc)
                 self.observer.heartbeat(False)
+                return False
 
     def requeue(self) -> None:
         """Send the job again as a new message, visible now; the caller then acks the original."""

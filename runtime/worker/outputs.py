@@ -4,6 +4,11 @@ Exactly-once as the client sees it: outputs go to keys derived from the job id (
 bytes to the same keys); the result document is created once (``If-None-Match``), so the first delivery to
 finish decides the result; the status document is only changed by compare-and-swap (``runtime.worker.jobstatus``);
 and ``notified_at`` in the status makes sure a redelivery never sends a second notification.
+
+A finished image exists nowhere else, so every call of the stage is retried through an outage
+(``runtime.storage.retry``) for ``SPOTGEN_STORE_RETRY_S`` in all, while the job's lease keeps its message
+invisible. Past that budget the error propagates: the message is left for redelivery and the checkpoint is
+kept, so the next delivery resumes instead of starting over.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from runtime.config import Settings
 from runtime.contract import JOB_ID_RE, JobErrorInfo, JobSpec, JobState, Notification, Progress, StatusDoc, utcnow
 from runtime.ops.observe import NOOP, Observer
 from runtime.storage.jobstore import JobStore, output_key, result_key
+from runtime.storage.retry import Retry
 from runtime.worker.images import encode_png
 from runtime.worker.jobstatus import JobEnded, StatusTracker
 
@@ -30,41 +36,52 @@ class Outputs:
     def __init__(self, settings: Settings, store: JobStore, sns: Any, observer: Observer = NOOP) -> None:
         self.settings, self.store, self.sns, self.observer = settings, store, sns, observer
 
-    def store_outputs(self, spec: JobSpec, images: list[Image.Image]) -> list[str]:
+    def stage(self) -> Retry:
+        """One budget for the calls of one output stage."""
+        return Retry(self.settings.store_retry_s)
+
+    def store_outputs(self, spec: JobSpec, images: list[Image.Image], retry: Retry | None = None) -> list[str]:
+        retry = retry or self.stage()
         parameters = {"pipeline": spec.pipeline, "model": spec.model, "seed": spec.seed, **spec.inputs}
         keys = []
         for index, image in enumerate(images):
             key = output_key(spec.output_prefix, spec.id, index)
-            self.store.put_output(key, encode_png(image, {**parameters, "index": index}))
+            png = encode_png(image, {**parameters, "index": index})
+            retry(lambda key=key, png=png: self.store.put_output(key, png), f"job {spec.id}: storing {key}")
             keys.append(key)
         return keys
 
     def finish(self, tracker: StatusTracker, state: JobState, keys: list[str],
-               error: JobErrorInfo | None) -> StatusDoc:
+               error: JobErrorInfo | None, retry: Retry | None = None) -> StatusDoc:
         """Result document, final status, then the notification: in this order, so a client that hears the
         notification finds everything in place. The result document is created once: if another delivery
         got there first, its result stands."""
+        retry = retry or self.stage()
         doc = tracker.doc
         progress = doc.progress if state != JobState.succeeded else Progress(step=doc.progress.total,
                                                                              total=doc.progress.total)
         now = utcnow()
         final = doc.model_copy(update={"state": state, "outputs": keys, "error": error, "progress": progress,
                                        "phase": None, "finished_at": now, "updated_at": now})
-        if not self.store.create_json(result_key(doc.id), final.model_dump(mode="json")):
-            recorded = StatusDoc.model_validate(self.store.get_json(self.store.output_bucket, result_key(doc.id)))
+        key = result_key(doc.id)
+        if not retry(lambda: self.store.create_json(key, final.model_dump(mode="json")), f"job {doc.id}: result"):
+            recorded = StatusDoc.model_validate(retry(lambda: self.store.get_json(self.store.output_bucket, key),
+                                                      f"job {doc.id}: reading the recorded result"))
             log.info("job %s: completion was already recorded as %s", doc.id, recorded.state)
             final = recorded
-        tracker.write(state=final.state, outputs=final.outputs, error=final.error, progress=final.progress,
-                      phase=None, finished_at=final.finished_at)
-        self.settle(tracker)
+        retry(lambda: tracker.write(state=final.state, outputs=final.outputs, error=final.error,
+                                    progress=final.progress, phase=None, finished_at=final.finished_at),
+              f"job {doc.id}: final status")
+        self.settle(tracker, retry)
         return tracker.doc
 
-    def settle(self, tracker: StatusTracker) -> None:
+    def settle(self, tracker: StatusTracker, retry: Retry | None = None) -> None:
         """For a final job: the one notification, and no checkpoint left behind."""
+        retry = retry or self.stage()
         doc = tracker.doc
         if doc.notified_at is None:
-            self.notify(doc)
-            tracker.mark_notified()
+            retry(lambda: self.notify(doc), f"job {doc.id}: notification")
+            retry(tracker.mark_notified, f"job {doc.id}: recording the notification")
         try:
             self.store.delete_checkpoint(doc.id)
         except Exception:  # noqa: BLE001 - a leftover checkpoint only costs storage (lifecycle rule)

@@ -150,9 +150,10 @@ class JobRunner:
             return None
         generated = time.perf_counter()
         job.images = len(images)
+        retry = self.outputs.stage()  # one budget for the whole output stage
         with self.observer.phase("store_outputs", images=len(images)):
-            keys = self.outputs.store_outputs(spec, images)
-        final = self.outputs.finish(tracker, JobState.succeeded, keys, None)
+            keys = self.outputs.store_outputs(spec, images, retry)
+        final = self.outputs.finish(tracker, JobState.succeeded, keys, None, retry)
         log.info("job %s succeeded: pipeline %.3f s, storing and notifying %.3f s", spec.id,
                  generated - started, time.perf_counter() - generated)
         return final

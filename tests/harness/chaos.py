@@ -10,6 +10,7 @@ workers and starts a replacement each time. Then it checks:
 * no duplicates: ``outputs/{id}/`` holds exactly ``num_images`` PNGs;
 * every PNG equals, byte for byte, a reference made in a separate process by the same pipeline code and
   PNG encoding, without interruption (same torch thread count: float reductions depend on it);
+* no checkpoint left behind once every job has ended;
 * steps recomputed, from the step log: per SIGTERM <= 1 (expected 0), per SIGKILL <= the checkpoint interval
   (periodic checkpoints are uploaded off the denoising loop: a kill during an upload also loses the steps run
   meanwhile, so small images, whose steps are faster than an upload, can exceed it).
@@ -126,6 +127,66 @@ def reference(job_id: str, pipeline: str, inputs: dict[str, Any]) -> list[bytes]
     return [encode_png(image, {**params, "index": i}) for i, image in enumerate(runner.run(parsed, ctx))]
 
 
+def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Any, Path]:
+    """Tiny models, a clean log directory with an empty step log, and the workers' settings: the environment's
+    plus ``overrides``. Returns the settings and the step log."""
+    import torch
+
+    from runtime.config import Settings
+    from runtime.models.tiny import build_tiny_models
+
+    torch.set_num_threads(THREADS)
+    build_tiny_models(args.models)
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*args.log_dir.glob("worker-*.log"), args.log_dir / "steps.log", args.log_dir / "reference.log"]:
+        old.unlink(missing_ok=True)
+    step_log = args.log_dir / "steps.log"
+    step_log.touch()
+    overrides = {"models_dir": str(args.models.resolve()), "step_log": str(step_log), **overrides}
+    return Settings.model_validate({**Settings.from_env().model_dump(), **overrides}), step_log
+
+
+def drain(sqs: Any, url: str, notes: list[dict[str, Any]]) -> int:
+    """Move the notifications on the results queue into ``notes``; how many arrived."""
+    got = 0
+    while msgs := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        notes.extend(json.loads(m["Body"]) for m in msgs)
+        sqs.delete_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+        got += len(msgs)
+    return got
+
+
+def outcome(s3: Any, settings: Any, jobs: list[Job], refs: dict[str, Future[list[bytes]]],
+            notes: list[dict[str, Any]]) -> dict[str, Any]:
+    """What every harness checks: final states and notifications, duplicates, outputs against the references,
+    checkpoints left behind."""
+    from runtime.storage.jobstore import JobStore
+
+    bucket = settings.output_bucket
+    statuses = {j.id: JobStore(s3, settings).read_status(j.id) for j in jobs}
+    per_job = Counter(n["id"] for n in notes)
+    dup_outputs = mismatched = 0
+    for job in jobs:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job.id}/").get("Contents", [])
+        keys, want = {o["Key"] for o in listed}, refs[job.id].result()
+        dup_outputs += max(0, len(keys) - len(want))
+        for index, png in enumerate(want):
+            key = f"outputs/{job.id}/{index}.png"
+            mismatched += key not in keys or s3.get_object(Bucket=bucket, Key=key)["Body"].read() != png
+    final = {job_id: d for job_id, d in statuses.items() if d is not None and d.state.final}
+    dup_notes = sum(c - 1 for c in per_job.values() if c > 1) + sum(
+        1 for n in notes if n["id"] not in final or n["state"] != final[n["id"]].state)
+    return {
+        "jobs": len(jobs),
+        "succeeded": sum(1 for d in final.values() if d.state == "succeeded" and d.notified_at),
+        "lost": sum(1 for j in jobs if j.id not in final or not per_job[j.id]),
+        "duplicate_outputs": dup_outputs, "duplicate_notifications": dup_notes, "mismatched_outputs": mismatched,
+        "attempts_beyond_first": sum(max(0, d.attempts - 1) for d in final.values()),
+        "leftover_checkpoints": s3.list_objects_v2(Bucket=bucket, Prefix="checkpoints/")["KeyCount"],
+    }
+
+
 class Fleet:
     """The worker processes (``spotgen worker``, as in a pod), each logging to ``worker-{n}.log``."""
 
@@ -211,13 +272,7 @@ class Chaos:
 
     def drain(self) -> int:
         """Collect the notifications that arrived on the results queue."""
-        url, got = self.stack.resources.results_queue_url, 0
-        while msgs := self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-            self.notes.extend(json.loads(m["Body"]) for m in msgs)
-            self.sqs.delete_message_batch(QueueUrl=url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
-            got += len(msgs)
-        return got
+        return drain(self.sqs, self.stack.resources.results_queue_url, self.notes)
 
     def drive(self, rng: random.Random, started: float) -> None:
         """Until every job is notified: kill i is due once a random fraction of all steps is done, and goes
@@ -266,30 +321,12 @@ class Chaos:
 
     def verify(self, refs: dict[str, Future[list[bytes]]]) -> dict[str, Any]:
         """The figures: final states, notifications, outputs against the references, steps recomputed."""
-        from runtime.storage.jobstore import JobStore
         from runtime.worker import steplog
 
-        bucket = self.stack.settings.output_bucket
-        statuses = {j.id: JobStore(self.s3, self.stack.settings).read_status(j.id) for j in self.jobs}
-        per_job = Counter(n["id"] for n in self.notes)
-        dup_outputs = mismatched = 0
-        for job in self.jobs:
-            listed = self.s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job.id}/").get("Contents", [])
-            keys, want = {o["Key"] for o in listed}, refs[job.id].result()
-            dup_outputs += max(0, len(keys) - len(want))
-            for index, png in enumerate(want):
-                key = f"outputs/{job.id}/{index}.png"
-                mismatched += key not in keys or self.s3.get_object(Bucket=bucket, Key=key)["Body"].read() != png
-        final = {job_id: d for job_id, d in statuses.items() if d is not None and d.state.final}
-        dup_notes = sum(c - 1 for c in per_job.values() if c > 1) + sum(
-            1 for n in self.notes if n["id"] not in final or n["state"] != final[n["id"]].state)
         redo = recomputed(steplog.read(self.step_log), self.kills)
         sent = Counter(sig for _, sig in self.kills)
         return {
-            "jobs": len(self.jobs),
-            "succeeded": sum(1 for d in final.values() if d.state == "succeeded" and d.notified_at),
-            "lost": sum(1 for j in self.jobs if j.id not in final or not per_job[j.id]),
-            "duplicate_outputs": dup_outputs, "duplicate_notifications": dup_notes, "mismatched_outputs": mismatched,
+            **outcome(self.s3, self.stack.settings, self.jobs, refs, self.notes),
             "sigterm": len(redo["TERM"]), "sigterm_sent": sent["TERM"],
             "sigkill": len(redo["KILL"]), "sigkill_sent": sent["KILL"],
             "steps_recomputed_per_sigterm": round(sum(redo["TERM"]) / max(1, len(redo["TERM"])), 3),
@@ -298,7 +335,6 @@ class Chaos:
             "max_steps_recomputed_sigkill": max(redo["KILL"], default=0),
             "checkpoint_every": self.args.checkpoint_every, "unexpected_worker_exits": len(self.unexpected),
             "sigterm_unclean_exits": sum(1 for p, sig in self.kills if sig == "TERM" and self.fleet.exits.get(p) != 0),
-            "leftover_checkpoints": self.s3.list_objects_v2(Bucket=bucket, Prefix="checkpoints/")["KeyCount"],
         }
 
 
@@ -309,24 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
 
-    import torch
-
-    from runtime.config import Settings
     from runtime.local.demo import call
     from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
-    from runtime.models.tiny import build_tiny_models
 
-    torch.set_num_threads(THREADS)
-    build_tiny_models(args.models)
-    args.log_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*args.log_dir.glob("worker-*.log"), args.log_dir / "steps.log", args.log_dir / "reference.log"]:
-        old.unlink(missing_ok=True)
-    step_log = args.log_dir / "steps.log"
-    step_log.touch()
     # Short leases so a SIGKILLed job is back within seconds; short polls so an idle worker stops quickly.
-    overrides = {"models_dir": str(args.models.resolve()), "heartbeat_s": 1.0, "lease_s": 4, "poll_wait_s": 2,
-                 "checkpoint_every": args.checkpoint_every, "step_log": str(step_log), "interrupt_deadline_s": 60}
-    settings = Settings.model_validate({**Settings.from_env().model_dump(), **overrides})
+    settings, step_log = prepare(args, {"heartbeat_s": 1.0, "lease_s": 4, "poll_wait_s": 2,
+                                        "checkpoint_every": args.checkpoint_every, "interrupt_deadline_s": 60})
     stack = DevStack(settings, port=0, aws_port=0, workers=0, visibility_timeout_s=5).start()
     fleet = Fleet({**os.environ, "PYTHONPATH": str(ROOT), **stack.settings.to_env(), **EMULATOR_CREDENTIALS,
                    "OMP_NUM_THREADS": str(THREADS)}, args.log_dir)
@@ -370,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         f"<= {bound} steps recomputed per SIGKILL": f["max_steps_recomputed_sigkill"] <= bound,
         "no worker died unasked": f["unexpected_worker_exits"] == 0,
         "SIGTERMed workers exit 0": f["sigterm_unclean_exits"] == 0,
+        "no checkpoint left behind": f["leftover_checkpoints"] == 0,
     }
     for name, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}")

@@ -166,6 +166,29 @@ def _container_port(container: Doc, port: int | str) -> int | None:
     return next((p["containerPort"] for p in container.get("ports", []) if p.get("name") == port), None)
 
 
+#: A worker whose receive chain stopped must be restarted within this long (docs/operations.md "Probes").
+RESTART_WEDGED_WITHIN_S = 180
+
+
+def check_liveness_timing(probe: Doc, poll_wait_s: float) -> list[str]:
+    """``/livez`` fails once no receive has finished for ``receive_bound_s`` (runtime/worker/sqs.py); the
+    probe's failure window comes on top. Together they must restart a wedged worker within
+    ``RESTART_WEDGED_WITHIN_S``, and a probe must not time out sooner than the server can answer."""
+    from runtime.worker.sqs import receive_bound_s
+
+    bound = receive_bound_s(poll_wait_s)
+    window = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+    errors = []
+    if bound + window > RESTART_WEDGED_WITHIN_S:
+        errors.append(f"livenessProbe restarts a wedged worker only after {bound:.0f} s (receive bound for "
+                      f"SPOTGEN_POLL_WAIT_S={poll_wait_s}) + {window} s (periodSeconds x failureThreshold), more "
+                      f"than {RESTART_WEDGED_WITHIN_S} s")
+    if probe.get("timeoutSeconds", 1) < 2:
+        errors.append("livenessProbe timeoutSeconds must be at least 2: the probe server shares the process "
+                      "with the GPU job")
+    return errors
+
+
 def check_probes(docs: list[Doc]) -> list[str]:
     """Probes, ports and the metrics Service agree with the health server (runtime/ops/health.py) and the port the
     worker's settings give it."""
@@ -187,6 +210,7 @@ def check_probes(docs: list[Doc]) -> list[str]:
             errors.append(f"{probe} asks {get.get('path')}, but the health server serves it on {path}")
         if _container_port(container, get.get("port")) != port:
             errors.append(f"{probe} asks port {get.get('port')}, but the worker serves probes on {port}")
+    errors += check_liveness_timing(container.get("livenessProbe", {}), worker_settings(docs).poll_wait_s)
     labels = one(docs, "Deployment", WORKER)["spec"]["template"]["metadata"]["labels"]
     annotations = one(docs, "Deployment", WORKER)["spec"]["template"]["metadata"].get("annotations", {})
     if annotations.get("prometheus.io/port", str(port)) != str(port):

@@ -260,8 +260,14 @@ def _operations() -> dict[str, set[str]]:
     methods: dict[str, set[str]] = {}
     for service in ("s3", "sqs", "sns"):
         for operation in session.get_service_model(service).operation_names:
-            methods.setdefault(xform_name(operation), set()).add(f"{service}:{operation}")
+            action = IAM_ACTIONS.get(f"{service}:{operation}", f"{service}:{operation}")
+            methods.setdefault(xform_name(operation), set()).add(action)
     return methods
+
+
+#: Operations whose IAM action has another name than the operation.
+IAM_ACTIONS = {"s3:ListObjectsV2": "s3:ListBucket", "s3:ListObjects": "s3:ListBucket", "s3:HeadBucket": "s3:ListBucket",
+               "s3:HeadObject": "s3:GetObject"}
 
 
 def aws_calls(sources: dict[str, str]) -> dict[str, set[str]]:

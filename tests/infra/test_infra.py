@@ -277,6 +277,9 @@ def test_broken_probes() -> None:
     _only(check_probes(docs), "livenessProbe", "/healthz", LIVE_PATH)
     docs = _mutated(render(OVERLAY), "ConfigMap", lambda d: d["data"].update(SPOTGEN_METRICS_PORT="9500"))
     _only(check_probes(docs), "9500")
+    docs = _mutated(render(OVERLAY), "Deployment", lambda d: d["spec"]["template"]["spec"]["containers"][0]
+                    ["livenessProbe"].update(periodSeconds=60, failureThreshold=3))
+    _only(check_probes(docs), "livenessProbe restarts a wedged worker only after", "180 s")
 
 
 def test_broken_queue_timing() -> None:

@@ -172,9 +172,15 @@ def test_readiness_drops_at_once_when_an_interruption_starts() -> None:
     health.consuming(True)
     assert health.ready()[0]
     now[0] = 10.0
-    assert not health.live()[0]  # the idle consumer loop stopped ticking
-    health.tick()
+    live, checks = health.live()
+    assert not live and "no receive has finished for 10 s (bound 5 s)" in checks["consumer"]  # the chain stopped
+    health.received(False, "ReceiveFailed: no connection")  # a failed receive is progress: not wedged, not ready
     assert health.live()[0]
+    ready, checks = health.ready()
+    assert not ready and checks["aws"] == "SQS unreachable: ReceiveFailed: no connection"
+    now[0] = 14.0
+    health.received(True)
+    assert health.live()[0] and health.ready()[0]
 
     class DeadLease:
         alive, handed_back = False, False
@@ -256,7 +262,8 @@ def test_dashboard_and_alerts_use_only_metrics_that_exist() -> None:
     used = {name for expr in exprs for name in re.findall(r"\bspotgen_[a-z0-9_]+", expr)}
     assert used and used <= names, used - names
     alerts = {rule["alert"] for rule in rules()}
-    for wanted in ("QueueWait", "DeadLetterQueueNotEmpty", "FailureRatio", "InterruptionStorm", "ModelLoadSlow"):
+    for wanted in ("QueueWait", "DeadLetterQueueNotEmpty", "FailureRatio", "InterruptionStorm", "ModelLoadSlow",
+                   "WorkerNotReceiving", "AwsErrors"):
         assert any(wanted in alert for alert in alerts), wanted
 
 

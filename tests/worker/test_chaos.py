@@ -37,4 +37,5 @@ def test_chaos_small(tiny_models: Path, tmp_path: Path) -> None:
     assert figures["max_steps_recomputed_sigterm"] <= 1, context
     assert figures["max_steps_recomputed_sigkill"] <= CHECKPOINT_EVERY, context
     assert figures["unexpected_worker_exits"] == 0 and figures["sigterm_unclean_exits"] == 0, context
+    assert figures["leftover_checkpoints"] == 0, context
     assert figures["ok"] is True and proc.returncode == 0, context

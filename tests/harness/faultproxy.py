@@ -1,0 +1,372 @@
+"""A fault-injecting HTTP/1.1 proxy on 127.0.0.1, in front of the AWS emulator (S3, SQS and SNS on one port).
+
+Real networks blink: connections are refused, cut mid-request, slow, or answered with throttling and 5xx. The
+proxy makes each of those happen on demand between the workers and the emulator, and it reads HTTP just enough
+to name every request (service from the SigV4 credential scope, operation from ``X-Amz-Target``, ``Action`` or
+the S3 method), so a fault can be timed to land on one kind of call: the output upload, the ack, the
+notification.
+
+Faults, all from the test's thread:
+
+* ``down()`` / ``up()``: refuse new connections (the listening socket is closed, so a connect gets ECONNREFUSED)
+  and cut every open one with a TCP reset; ``outage(seconds)`` does both with a timer;
+* ``latency = s``: wait before forwarding each request; ``trickle = bytes_per_s``: dribble the answers;
+* ``garbage = True``: answer every request with bytes that are not HTTP, then close;
+* ``fail(service, count, status)``: answer the next ``count`` requests of a service with its throttling or
+  5xx error, as AWS words it;
+* ``on(match, seconds, after=False)``: when a request matches, start an outage of ``seconds``; with
+  ``after=True`` the request is forwarded first and its answer lost (the ambiguous case: it happened, the
+  caller cannot know).
+
+Standard library only; one thread per connection, which is plenty for a handful of workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+_SCOPE = re.compile(rb"Credential=[^/]+/\d{8}/[^/]+/([a-z0-9-]+)/aws4_request")
+_TARGET = re.compile(rb"^x-amz-target:\s*\w+\.(\w+)\s*$", re.IGNORECASE | re.MULTILINE)
+_S3_OPS = {"PUT": "PutObject", "GET": "GetObject", "DELETE": "DeleteObject", "HEAD": "HeadObject",
+           "POST": "PostObject"}
+
+
+@dataclass
+class Request:
+    """One request as it passed the proxy."""
+
+    method: str
+    path: str
+    service: str
+    operation: str
+    head: bytes = field(repr=False)
+    body: bytes = field(repr=False)
+
+    @property
+    def raw(self) -> bytes:
+        return self.head + self.body
+
+
+def _error_response(service: str, status: int) -> bytes:
+    """The error AWS gives for throttling (``status`` 400/429) or a server fault (5xx), in the service's own
+    protocol, so that botocore and kombu parse it as they would the real one."""
+    if service == "s3":
+        code = "SlowDown" if status == 503 else "InternalError"
+        body = f"<Error><Code>{code}</Code><Message>injected by the fault proxy</Message></Error>".encode()
+        ctype = b"application/xml"
+    elif service == "sqs":
+        code = "RequestThrottled" if status < 500 else "InternalFailure"
+        body = (f'{{"__type":"com.amazonaws.sqs#{code}","message":"injected by the fault proxy"}}').encode()
+        ctype = b"application/x-amz-json-1.0"
+    else:
+        code = "Throttling" if status < 500 else "InternalFailure"
+        body = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>injected by the fault "
+                f"proxy</Message></Error><RequestId>0</RequestId></ErrorResponse>").encode()
+        ctype = b"text/xml"
+    extra = f"x-amzn-query-error: {code};Sender\r\n".encode() if service == "sqs" else b""
+    return (f"HTTP/1.1 {status} Injected\r\n".encode() + b"Content-Type: " + ctype + b"\r\n" + extra +
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Cut a connection as a broken network path does: SO_LINGER 0 makes the close a TCP reset, and the shutdown
+    first wakes the proxy's own thread blocked reading it (a close alone does not, on Linux)."""
+    for step in (lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
+                 lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+        with contextlib.suppress(OSError):
+            step()
+
+
+class _Closed(Exception):
+    pass
+
+
+def _read_until(sock: socket.socket, buf: bytearray, marker: bytes) -> bytes:
+    while (end := buf.find(marker)) < 0:
+        data = sock.recv(65536)
+        if not data:
+            raise _Closed
+        buf += data
+    out = bytes(buf[: end + len(marker)])
+    del buf[: end + len(marker)]
+    return out
+
+
+def _read_exactly(sock: socket.socket, buf: bytearray, n: int) -> bytes:
+    while len(buf) < n:
+        data = sock.recv(max(65536, n - len(buf)))
+        if not data:
+            raise _Closed
+        buf += data
+    out = bytes(buf[:n])
+    del buf[:n]
+    return out
+
+
+def _header(head: bytes, name: bytes) -> bytes | None:
+    match = re.search(rb"^" + name + rb":\s*(.*?)\s*$", head, re.IGNORECASE | re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def _read_body(sock: socket.socket, buf: bytearray, head: bytes, response_to: str | None = None) -> bytes:
+    """The message body after ``head``: by Content-Length, chunked, or (answers only) until the peer closes."""
+    status = int(head.split(b" ", 2)[1]) if response_to is not None else 0
+    if response_to == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        return b""
+    length = _header(head, b"content-length")
+    if length is not None:
+        return _read_exactly(sock, buf, int(length))
+    if (_header(head, b"transfer-encoding") or b"").lower() == b"chunked":
+        out = bytearray()
+        while True:
+            line = _read_until(sock, buf, b"\r\n")
+            size = int(line.split(b";")[0], 16)
+            out += line + _read_exactly(sock, buf, size + 2)
+            if size == 0:
+                return bytes(out)
+    if response_to is None:
+        return b""
+    out = bytearray(buf)
+    buf.clear()
+    while data := sock.recv(65536):
+        out += data
+    return bytes(out)
+
+
+def describe(head: bytes, body: bytes) -> tuple[str, str, str, str]:
+    """(method, path, service, operation) of a request."""
+    method, path = head.split(b" ", 2)[:2]
+    match = _SCOPE.search(head)
+    service = match.group(1).decode() if match else "unknown"
+    target = _TARGET.search(head)
+    if target:
+        operation = target.group(1).decode()
+    elif service == "s3":
+        operation = _S3_OPS.get(method.decode(), method.decode())
+    else:
+        query = parse_qs(body.decode(errors="replace")) or parse_qs(urlsplit(path.decode()).query)
+        operation = (query.get("Action") or ["unknown"])[0]
+    return method.decode(), path.decode(), service, operation
+
+
+class FaultProxy:
+    """Forwards 127.0.0.1:``port`` to ``upstream`` (host, port) and injects the faults it is told to."""
+
+    def __init__(self, upstream: tuple[str, int], port: int = 0) -> None:
+        self.upstream = upstream
+        self.port = port
+        self.latency = 0.0
+        self.trickle = 0
+        self.garbage = False
+        self.seen: Counter[tuple[str, str]] = Counter()  # (service, operation) -> requests forwarded
+        self.injected: Counter[str] = Counter()
+        self.log: list[tuple[float, str]] = []  # (monotonic, what happened), for the harness's report
+        self._lock = threading.Lock()
+        self._down = False
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._failures: list[list] = []  # [service, count, status]
+        self._triggers: list[tuple[Callable[[Request], bool], float, bool]] = []
+        self._timer: threading.Timer | None = None
+        self._stopped = threading.Event()
+
+    # -- life ---------------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        self._listen()
+        threading.Thread(target=self._accept_loop, name="fault-proxy", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.down()
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- faults -------------------------------------------------------------------------------------------
+    @property
+    def is_down(self) -> bool:
+        return self._down
+
+    def down(self) -> None:
+        """Refuse new connections and reset the open ones."""
+        with self._lock:
+            self._down = True
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, set()
+        if listener is not None:
+            listener.close()
+        for sock in conns:
+            _reset(sock)
+        self._note("down")
+
+    def up(self) -> None:
+        """Accept connections again (a no-op when up: the end of an outage and a test's clean-up may race)."""
+        with self._lock:
+            if self._stopped.is_set() or not self._down:
+                return
+            self._down = False
+            timer, self._timer = self._timer, None
+        if timer is not None and timer is not threading.current_thread():
+            timer.cancel()
+        self._listen()
+        self._note("up")
+
+    def outage(self, seconds: float) -> None:
+        """Down now, up again after ``seconds`` (from a timer; an outage already under way is extended)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self.down()
+        self._timer = threading.Timer(seconds, self.up)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def fail(self, service: str, count: int, status: int = 503) -> None:
+        """Answer the next ``count`` requests to ``service`` (s3, sqs, sns) with its error for ``status``."""
+        with self._lock:
+            self._failures.append([service, count, status])
+
+    def on(self, match: Callable[[Request], bool], seconds: float, after: bool = False) -> None:
+        """Once: when a request matches, an outage of ``seconds`` starts, before it is forwarded or (``after``)
+        once it was forwarded and answered upstream, so that the answer is lost."""
+        with self._lock:
+            self._triggers.append((match, seconds, after))
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+    def _note(self, what: str) -> None:
+        self.log.append((time.monotonic(), what))
+
+    def _listen(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for attempt in range(100):  # the port of the previous listener may take a moment to be free
+            try:
+                sock.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.05)
+        sock.listen(64)
+        sock.settimeout(0.2)
+        self.port = sock.getsockname()[1]
+        with self._lock:
+            self._listener = sock
+
+    def _accept_loop(self) -> None:
+        while not self._stopped.is_set():
+            listener = self._listener
+            if listener is None:
+                time.sleep(0.02)
+                continue
+            try:
+                client, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            with self._lock:
+                if self._down:
+                    _reset(client)
+                    continue
+                self._conns.add(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _take_failure(self, service: str) -> int | None:
+        with self._lock:
+            for entry in self._failures:
+                if entry[0] == service and entry[1] > 0:
+                    entry[1] -= 1
+                    return entry[2]
+        return None
+
+    def _take_trigger(self, request: Request) -> tuple[float, bool] | None:
+        with self._lock:
+            for i, (match, seconds, after) in enumerate(self._triggers):
+                if match(request):
+                    del self._triggers[i]
+                    return seconds, after
+        return None
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        inbuf, upbuf = bytearray(), bytearray()
+        try:
+            while True:
+                head = _read_until(client, inbuf, b"\r\n\r\n")
+                if re.search(rb"^expect:\s*100-continue", head, re.IGNORECASE | re.MULTILINE):
+                    # botocore sends a PUT's body only once told to go on (or after a second): say so here,
+                    # and forward the request without the header, so upstream sends no interim answer.
+                    client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    head = re.sub(rb"(?im)^expect:[^\r\n]*\r\n", b"", head)
+                body = _read_body(client, inbuf, head)
+                request = Request(*describe(head, body), head=head, body=body)
+                if self.garbage:
+                    self.injected["garbage"] += 1
+                    client.sendall(b"\x00\x17 this is not HTTP \xff\xfe\r\n\r\n")
+                    return
+                status = self._take_failure(request.service)
+                if status is not None:
+                    self.injected[f"{request.service} {status}"] += 1
+                    client.sendall(_error_response(request.service, status))
+                    continue
+                trigger = self._take_trigger(request)
+                if trigger is not None and not trigger[1]:
+                    self._note(f"cut before {request.service} {request.operation}")
+                    self.outage(trigger[0])
+                    return
+                if self.latency:
+                    time.sleep(self.latency)
+                if upstream is None:
+                    upstream = socket.create_connection(self.upstream, timeout=120)
+                    with self._lock:
+                        if self._down:
+                            return
+                        self._conns.add(upstream)
+                upstream.sendall(request.raw)
+                self.seen[(request.service, request.operation)] += 1
+                response_head = _read_until(upstream, upbuf, b"\r\n\r\n")
+                while response_head.split(b" ", 2)[1].startswith(b"1"):  # an interim answer: the final one follows
+                    response_head = _read_until(upstream, upbuf, b"\r\n\r\n")
+                response = response_head + _read_body(upstream, upbuf, response_head, request.method)
+                if trigger is not None:
+                    self._note(f"cut after {request.service} {request.operation}")
+                    self.outage(trigger[0])
+                    return
+                self._send(client, response)
+        except (_Closed, OSError, ValueError, IndexError):
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(client)
+                if upstream is not None:
+                    self._conns.discard(upstream)
+            for sock in (client, upstream):
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.close()
+
+    def _send(self, client: socket.socket, data: bytes) -> None:
+        if not self.trickle:
+            client.sendall(data)
+            return
+        step = max(1, self.trickle // 20)
+        for i in range(0, len(data), step):
+            client.sendall(data[i: i + step])
+            time.sleep(step / self.trickle)

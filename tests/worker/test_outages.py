@@ -1,0 +1,373 @@
+"""AWS outages and bad networks, with a real worker behind the fault proxy (tests/harness/faultproxy.py).
+
+One ``spotgen dev`` stack without workers of its own; the worker under test reaches the emulator only through
+the proxy, while the test and the API talk to the emulator directly. Each test breaks the network in one way
+and checks what a user would: the job ends once with the same bytes, nothing is recomputed, the worker keeps
+consuming, and its probes tell the truth meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from runtime.local.demo import call
+from tests.conftest import Stack, spawn_worker, start_stack, stop_stack
+from tests.harness.faultproxy import FaultProxy, Request
+
+TXT2IMG = {"prompt": "a red fox", "width": 32, "height": 32, "steps": 6, "seed": 11, "scheduler": "dpmpp_2m"}
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def probe(self, path: str) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:  # noqa: S310
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:  # noqa: S310
+            text = resp.read().decode()
+        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                   if sample.name == name and labels.items() <= sample.labels.items())
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def start_worker(stack: Stack, proxy: FaultProxy, name: str, **env: str) -> Worker:
+    port = free_port()
+    proc = spawn_worker(stack, name, {"SPOTGEN_AWS_ENDPOINT_URL": proxy.url, "SPOTGEN_METRICS_PORT": str(port),
+                                      "SPOTGEN_LEASE_S": "20", "SPOTGEN_HEARTBEAT_S": "2", **env})
+    worker = Worker(proc, port, stack.log_dir / f"worker-{name}.log")
+    wait_for(f"worker {name} ready", lambda: proc.poll() is not None or " ready." in worker.text(), 120)
+    assert proc.poll() is None, worker.text()[-3000:]
+    return worker
+
+
+def stop_worker(worker: Worker) -> None:
+    worker.proc.send_signal(signal.SIGTERM)
+    try:
+        worker.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        worker.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[tuple[Stack, FaultProxy]]:
+    stack = start_stack(tmp_path_factory.mktemp("outages"), tiny_models, args=("--workers", "0",
+                                                                               "--visibility-timeout", "5"))
+    emulator = urlsplit(stack.state["aws_endpoint_url"])
+    proxy = FaultProxy((emulator.hostname, emulator.port)).start()
+    yield stack, proxy
+    proxy.stop()
+    stop_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def worker(env: tuple[Stack, FaultProxy]) -> Iterator[Worker]:
+    stack, proxy = env
+    running = start_worker(stack, proxy, "behind-proxy")
+    yield running
+    stop_worker(running)
+
+
+@pytest.fixture(autouse=True)
+def healthy_network(env: tuple[Stack, FaultProxy]) -> Iterator[None]:
+    yield
+    proxy = env[1]
+    proxy.latency, proxy.trickle, proxy.garbage = 0.0, 0, False
+    if proxy.is_down:
+        proxy.up()
+
+
+def submit(stack: Stack, pipeline: str, inputs: dict[str, Any], **extra: Any) -> str:
+    status, body = call("POST", f"{stack.api_url}/v1/jobs", {"pipeline": pipeline, "model": "tiny-sd",
+                                                             "inputs": inputs, **extra})
+    assert status == 202, body
+    return body["id"]
+
+
+def status_of(stack: Stack, job_id: str) -> dict[str, Any]:
+    return call("GET", f"{stack.api_url}/v1/jobs/{job_id}")[1]
+
+
+def final(stack: Stack, job_id: str, timeout: float = 90) -> dict[str, Any]:
+    return wait_for(f"job {job_id} to end", lambda: (doc := status_of(stack, job_id)).get("state") in (
+        "succeeded", "failed", "cancelled", "expired") and doc, timeout, 0.2)
+
+
+def outputs(stack: Stack, job_id: str) -> list[bytes]:
+    bucket = stack.env["SPOTGEN_OUTPUT_BUCKET"]
+    keys = sorted(o["Key"] for o in stack.s3.list_objects_v2(Bucket=bucket, Prefix=f"outputs/{job_id}/")
+                  .get("Contents", []))
+    return [stack.s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys]
+
+
+def notifications(stack: Stack, seen: dict[str, list[dict[str, Any]]], settle_s: float = 2.0) -> None:
+    """Drain the results queue into ``seen`` (job id -> notifications) until it stays empty ``settle_s``."""
+    url, quiet_since = stack.state["results_queue_url"], time.monotonic()
+    while time.monotonic() - quiet_since < settle_s:
+        msgs = stack.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        for msg in msgs:
+            stack.sqs.delete_message(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"])
+            note = json.loads(msg["Body"])
+            seen.setdefault(note["id"], []).append(note)
+            quiet_since = time.monotonic()
+
+
+def operation(service: str, name: str, path_part: str = "") -> Callable[[Request], bool]:
+    return lambda r: r.service == service and r.operation == name and path_part in r.path
+
+
+def test_an_idle_worker_rides_out_an_outage_and_its_probes_say_so(env: tuple[Stack, FaultProxy],
+                                                                  worker: Worker) -> None:
+    stack, proxy = env
+    assert worker.probe("/readyz")[0] == 200
+    proxy.outage(6)
+    status, body = wait_for("/readyz to fail", lambda: (r := worker.probe("/readyz"))[0] == 503 and r, 5)
+    assert body["checks"]["aws"].startswith("SQS unreachable: ReceiveFailed")
+    assert worker.probe("/livez")[0] == 200  # failing receives are progress: a restart would not help
+    healed = wait_for("the network back", lambda: not proxy.is_down, 10)
+    assert healed
+    back = time.monotonic()
+    wait_for("/readyz back to 200", lambda: worker.probe("/readyz")[0] == 200, 10)
+    assert time.monotonic() - back < 10  # within one poll interval (SPOTGEN_POLL_WAIT_S is 1 here) + backoff
+    job = submit(stack, "solid", {"prompt": "after the outage"})
+    assert final(stack, job, 30)["state"] == "succeeded"
+    assert worker.proc.poll() is None
+    assert worker.metric("spotgen_aws_errors_total", service="sqs", operation="ReceiveMessage") >= 1
+    assert "Unrecoverable error" not in worker.text() and "Error in timer" not in worker.text()
+
+
+def test_an_outage_mid_job_costs_no_step_and_the_same_worker_goes_on(env: tuple[Stack, FaultProxy],
+                                                                    worker: Worker) -> None:
+    stack, proxy = env
+    job = submit(stack, "slow", {"prompt": "through the outage", "steps": 16, "delay": 0.25})
+    wait_for("the job to run", lambda: status_of(stack, job)["progress"]["step"] >= 2, 30)
+    proxy.outage(8)  # denoising goes on; progress writes fail quietly; the output stage waits for the network
+    doc = final(stack, job)
+    assert doc["state"] == "succeeded" and doc["attempts"] == 1 and doc["interruptions"] == 0, doc
+    assert len(outputs(stack, job)) == 1
+    assert worker.proc.poll() is None
+    nxt = submit(stack, "solid", {"prompt": "the next one"})
+    assert final(stack, nxt, 30)["state"] == "succeeded"
+
+
+@pytest.mark.parametrize(("where", "match", "after"), [
+    ("output upload", operation("s3", "PutObject", "/outputs/"), False),
+    ("result document, answer lost", operation("s3", "PutObject", "/result.json"), True),
+    ("notification", operation("sns", "Publish"), False),
+    ("ack, answer lost", operation("sqs", "DeleteMessage"), True),
+])
+def test_a_cut_at_each_stage_of_the_output_gives_one_identical_result(
+        env: tuple[Stack, FaultProxy], worker: Worker, where: str, match: Callable[[Request], bool],
+        after: bool) -> None:
+    stack, proxy = env
+    reference = submit(stack, "txt2img", TXT2IMG)
+    assert final(stack, reference)["state"] == "succeeded"
+    seen: dict[str, list[dict[str, Any]]] = {}
+    notifications(stack, seen, 0.5)
+    proxy.on(match, seconds=5, after=after)
+    job = submit(stack, "txt2img", TXT2IMG)
+    doc = final(stack, job)
+    assert doc["state"] == "succeeded" and doc["attempts"] == 1, (where, doc)
+    assert any(what.startswith("cut") for _, what in proxy.log), f"the cut at the {where} never happened"
+    assert outputs(stack, job) == outputs(stack, reference), where
+    wait_for("the notification", lambda: notifications(stack, seen, 0.5) or job in seen, 60, 0.5)
+    notifications(stack, seen, 3)  # a second one would arrive now, if ever
+    assert [n["state"] for n in seen.get(job, [])] == ["succeeded"], (where, seen.get(job))
+    assert worker.proc.poll() is None
+
+
+def test_throttling_and_server_errors_are_waited_out(env: tuple[Stack, FaultProxy], worker: Worker) -> None:
+    stack, proxy = env
+    proxy.fail("s3", 4, 503)  # SlowDown
+    proxy.fail("sqs", 4, 400)  # RequestThrottled
+    proxy.fail("sns", 3, 500)
+    job = submit(stack, "txt2img", TXT2IMG)
+    doc = final(stack, job)
+    assert doc["state"] == "succeeded" and doc["attempts"] == 1, doc
+    assert sum(proxy.injected.values()) >= 5, proxy.injected
+    assert worker.proc.poll() is None
+
+
+def test_latency_and_a_slow_trickle_only_slow_things_down(env: tuple[Stack, FaultProxy], worker: Worker) -> None:
+    stack, proxy = env
+    proxy.latency, proxy.trickle = 0.2, 20_000
+    job = submit(stack, "txt2img", TXT2IMG)
+    assert final(stack, job, 120)["state"] == "succeeded"
+
+
+def test_a_proxy_that_answers_garbage_does_not_crash_the_worker(env: tuple[Stack, FaultProxy],
+                                                               worker: Worker) -> None:
+    stack, proxy = env
+    proxy.garbage = True
+    time.sleep(3)
+    assert worker.proc.poll() is None and worker.probe("/livez")[0] == 200
+    proxy.garbage = False
+    job = submit(stack, "solid", {"prompt": "after the garbage"})
+    assert final(stack, job, 30)["state"] == "succeeded"
+
+
+def test_an_outage_at_start_up_is_retried_then_ends_start_up_with_the_reason(env: tuple[Stack, FaultProxy]) -> None:
+    stack, proxy = env
+    proxy.down()
+    proc = spawn_worker(stack, "start-in-outage", {"SPOTGEN_AWS_ENDPOINT_URL": proxy.url,
+                                                   "SPOTGEN_STORE_RETRY_S": "3", "SPOTGEN_METRICS_PORT": "0"})
+    assert proc.wait(120) == 1
+    log = (stack.log_dir / "worker-start-in-outage.log").read_text(errors="replace")
+    assert "cannot start: cannot reach the SQS queue" in log and "retried for 3 s" in log, log[-2000:]
+
+
+def test_past_the_retry_budget_nothing_is_lost_and_little_is_redone(env: tuple[Stack, FaultProxy]) -> None:
+    """The output stage gives up (a budget of 2 s, an outage of 6 s). After the final status, before the
+    notification: the message comes back when its lease runs out, and that delivery only notifies. During the
+    output upload: the checkpoint is kept, and the next delivery resumes from it."""
+    stack, proxy = env
+    impatient = start_worker(stack, proxy, "impatient", SPOTGEN_STORE_RETRY_S="2", SPOTGEN_LEASE_S="3",
+                             SPOTGEN_HEARTBEAT_S="1", SPOTGEN_CHECKPOINT_EVERY="2")
+    try:
+        seen: dict[str, list[dict[str, Any]]] = {}
+        proxy.on(operation("sns", "Publish"), seconds=6)
+        job = submit(stack, "solid", {"prompt": "notify me once"})
+        doc = final(stack, job)
+        assert doc["state"] == "succeeded"
+        wait_for("the notification", lambda: notifications(stack, seen, 0.5) or job in seen, 60, 0.5)
+        notifications(stack, seen, 4)  # a second one would arrive now, if ever
+        assert [n["state"] for n in seen[job]] == ["succeeded"]
+        assert "redelivered" in impatient.text()
+        assert status_of(stack, job)["attempts"] == 1  # the second delivery ran nothing
+
+        # Past the budget during the output upload: the checkpoint is kept, and the next delivery resumes.
+        reference = submit(stack, "txt2img", TXT2IMG)
+        assert final(stack, reference)["state"] == "succeeded"
+        proxy.on(operation("s3", "PutObject", "/outputs/"), seconds=6)
+        job = submit(stack, "txt2img", TXT2IMG)
+        doc = final(stack, job)
+        assert doc["state"] == "succeeded" and doc["attempts"] == 2, doc
+        assert doc["resume"]["from_step"] == 4 and "resumed at step 4" in doc["resume"]["note"], doc["resume"]
+        assert outputs(stack, job) == outputs(stack, reference)
+    finally:
+        stop_worker(impatient)
+
+
+def test_two_deliveries_of_one_job_at_once_make_one_result(env: tuple[Stack, FaultProxy], worker: Worker) -> None:
+    """SQS delivers at least once: a copy of a job's message, sent while the job runs, reaches a second
+    worker, which runs it too. One set of outputs, one result, one notification; the status never goes back."""
+    import threading
+    import uuid
+
+    from runtime.contract import JobSpec, utcnow
+    from runtime.contract.envelope import build_celery_message
+
+    stack, proxy = env
+    second = start_worker(stack, proxy, "second")
+    try:
+        spec = JobSpec(id=f"twice-{uuid.uuid4().hex[:8]}", pipeline="slow", model="tiny-sd",
+                       inputs={"prompt": "twice", "steps": 12, "delay": 0.25}, seed=5, output_prefix="outputs",
+                       submitted_at=utcnow(), request_hash="0" * 64)
+        body = build_celery_message(spec.id, [spec.model_dump(mode="json")], queue=stack.env["SPOTGEN_QUEUE_NAME"])
+        attributes = {"job_id": {"DataType": "String", "StringValue": spec.id}}
+
+        def send() -> None:
+            stack.sqs.send_message(QueueUrl=stack.env["SPOTGEN_QUEUE_URL"], MessageBody=body,
+                                   MessageAttributes=attributes)
+
+        seen: list[str] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                seen.append(status_of(stack, spec.id).get("state", "none"))
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        send()
+        wait_for("the first delivery to run", lambda: status_of(stack, spec.id).get("progress", {}).get("step", 0) >= 3)
+        send()  # the copy, while the first delivery runs: the other, idle worker takes it
+        doc = final(stack, spec.id)
+        time.sleep(4)  # the second delivery notices within a step and stops
+        stop.set()
+        watcher.join()
+        assert doc["state"] == "succeeded", doc
+        ran = [w for w in (worker, second) if f"job {spec.id} started" in w.text()]
+        assert len(ran) == 2, "the copy did not run while the first delivery ran: nothing was tested"
+        keys = [f"outputs/{spec.id}/0.png"]
+        assert len(outputs(stack, spec.id)) == 1 and [o["key"] for o in doc["outputs"]] == keys
+        result = json.loads(stack.s3.get_object(Bucket=stack.env["SPOTGEN_OUTPUT_BUCKET"],
+                                                Key=f"jobs/{spec.id}/result.json")["Body"].read())
+        assert result["state"] == "succeeded" and result["outputs"] == keys
+        states = [s for s in seen if s != "none"]
+        assert "succeeded" in states and set(states[states.index("succeeded"):]) == {"succeeded"}, states
+        assert "queued" not in states[states.index("running"):], states
+        notes: dict[str, list[dict[str, Any]]] = {}
+        notifications(stack, notes, 2)
+        assert [n["state"] for n in notes.get(spec.id, [])] == ["succeeded"], notes.get(spec.id)
+        assert status_of(stack, spec.id)["state"] == "succeeded"
+    finally:
+        stop_worker(second)
+
+
+def test_submit_answers_503_and_keeps_nothing_when_sns_is_unreachable(env: tuple[Stack, FaultProxy],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The submit Lambda's publish goes through the proxy (its S3 calls do not): refused, it answers 503 and
+    deletes the status it wrote, so a retry with the same id starts clean."""
+    from lambdas.common import Deployment
+    from lambdas.submit import submit as submit_job
+    from runtime.config import Settings
+    from runtime.local.devstack import EMULATOR_CREDENTIALS
+    from runtime.storage import aws
+    from runtime.storage.jobstore import JobStore
+
+    stack, proxy = env
+    for name, value in EMULATOR_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env(stack.env)
+    through_proxy = settings.model_copy(update={"aws_endpoint_url": proxy.url})
+    dep = Deployment(settings, JobStore(aws.client("s3", settings), settings), aws.client("sns", through_proxy))
+    body = json.dumps({"id": "refused-once", "pipeline": "solid", "model": "tiny-sd", "inputs": {"prompt": "x"}})
+    proxy.down()
+    answer = submit_job(dep, body.encode())
+    assert answer["statusCode"] == 503 and "enqueue_failed" in answer["body"], answer
+    assert status_of(stack, "refused-once").get("error", {}).get("code") == "not_found"
+    proxy.up()
+    answer = submit_job(dep, body.encode())
+    assert answer["statusCode"] == 202, answer
