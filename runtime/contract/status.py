@@ -76,6 +76,9 @@ class StatusDoc(BaseModel):
     cancel_requested_at: datetime | None = None
     #: Set once the results topic has the job's notification (so a redelivery never sends a second).
     notified_at: datetime | None = None
+    #: Set by the delivery that is about to notify: another delivery of the same job (SQS delivers at least
+    #: once) leaves the notification to it, unless this claim is older than the claimer could need.
+    notify_claimed_at: datetime | None = None
     #: The request's trace (W3C trace id, 32 hex digits): look it up in the tracing backend, grep the logs for it.
     trace_id: str | None = None
 

@@ -33,6 +33,7 @@ class StatusTracker:
     def __init__(self, store: JobStore, doc: StatusDoc, etag: str | None) -> None:
         self.store, self.doc, self.etag = store, doc, etag
         self.ended: StatusDoc | None = None
+        self._claimed: object = None  # the claim time this delivery wrote, while it holds the claim
         self._lock = threading.Lock()
 
     @property
@@ -78,6 +79,28 @@ class StatusTracker:
             log.info("job %s: cancel requested", self.doc.id)
         self.doc = self.doc.model_copy(update={"cancel_requested_at": current.cancel_requested_at,
                                                "notified_at": current.notified_at or self.doc.notified_at})
+
+    def claim_notification(self, ttl_s: float) -> bool:
+        """Claim the job's one notification, or renew this delivery's claim (compare-and-swap); call it right
+        before each publish attempt. True: publish now. False: it went out already, or another delivery holds a
+        claim younger than ``ttl_s`` (older ones belong to deliveries that gave up or died)."""
+        with self._lock:
+            for _ in range(MAX_TRIES):
+                if self.doc.notified_at is not None:
+                    return False
+                claimed = self.doc.notify_claimed_at
+                if claimed is not None and claimed != self._claimed and (utcnow() - claimed).total_seconds() < ttl_s:
+                    return False  # another delivery's live claim
+                new = self.doc.model_copy(update={"notify_claimed_at": utcnow()})
+                try:
+                    self.etag = self.store.write_status(new, if_match=self.etag)
+                    self.doc, self._claimed = new, new.notify_claimed_at
+                    return True
+                except StatusConflict:
+                    current, self.etag = self.store.read_status_tagged(self.doc.id)
+                    if current is not None:
+                        self.doc = current
+            raise StatusConflict(self.doc.id)
 
     def mark_notified(self) -> None:
         with self._lock:

@@ -3,7 +3,8 @@
 Exactly-once as the client sees it: outputs go to keys derived from the job id (a second run writes the same
 bytes to the same keys); the result document is created once (``If-None-Match``), so the first delivery to
 finish decides the result; the status document is only changed by compare-and-swap (``runtime.worker.jobstatus``);
-and ``notified_at`` in the status makes sure a redelivery never sends a second notification.
+and the notification is claimed in the status before it is sent and recorded in ``notified_at`` after, so
+neither a redelivery nor a second delivery running at the same time sends another.
 
 A finished image exists nowhere else, so every call of the stage is retried through an outage
 (``runtime.storage.retry``) for ``SPOTGEN_STORE_RETRY_S`` in all, while the job's lease keeps its message
@@ -28,6 +29,11 @@ from runtime.worker.images import encode_png
 from runtime.worker.jobstatus import JobEnded, StatusTracker
 
 log = logging.getLogger("spotgen.worker")
+
+
+class NotifyingElsewhere(Exception):
+    """Another delivery of the job claimed its notification and has not recorded it yet. Transient: the
+    message comes back after its lease, and then the notification has gone out, or the claim is stale."""
 
 
 class Outputs:
@@ -80,8 +86,21 @@ class Outputs:
         retry = retry or self.stage()
         doc = tracker.doc
         if doc.notified_at is None:
-            retry(lambda: self.notify(doc), f"job {doc.id}: notification")
-            retry(tracker.mark_notified, f"job {doc.id}: recording the notification")
+            # Claimed (renewed before each attempt), so that two deliveries finishing at once (a copy of the
+            # message, or one that reappeared during an outage) do not both publish. A claim lives as long as a
+            # lease: the delivery that finds a live one comes back after its own lease, and finds the
+            # notification sent or the claim abandoned.
+            def publish() -> bool:
+                if self.settings.results_topic_arn and not tracker.claim_notification(self.settings.lease_s):
+                    return False
+                self.notify(tracker.doc)
+                return True
+
+            if retry(publish, f"job {doc.id}: notification"):
+                retry(tracker.mark_notified, f"job {doc.id}: recording the notification")
+            elif tracker.doc.notified_at is None:
+                raise NotifyingElsewhere(f"job {doc.id}: another delivery is sending the notification; this "
+                                         "message comes back to check that it went out")
         try:
             self.store.delete_checkpoint(doc.id)
         except Exception:  # noqa: BLE001 - a leftover checkpoint only costs storage (lifecycle rule)

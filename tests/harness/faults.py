@@ -184,8 +184,9 @@ class Faults:
 
         records = steplog.read(step_log)
         recomputed = len(records) - len({(job, step) for _, job, _, step in records})  # steps done twice
+        doubled = sorted(job for job, n in Counter(n["id"] for n in self.notes).items() if n > 1)
         return {
-            **outcome(self.s3, self.stack.settings, jobs, refs, self.notes),
+            **outcome(self.s3, self.stack.settings, jobs, refs, self.notes), "doubly_notified": doubled,
             "faults": len(self.done), "outages": self.outages,
             "steps_recomputed": recomputed, "steps_recomputed_per_outage": round(recomputed / max(1, self.outages), 3),
             "kubelet_restarts": kubelet.restarts,
