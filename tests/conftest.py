@@ -122,6 +122,20 @@ def spawn_worker(stack: Stack, name: str, extra_env: dict[str, str] | None = Non
         log.close()
 
 
+def run_harness(module: str, args: list[str], log_dir: Path, timeout: float) -> tuple[dict[str, Any], str]:
+    """Run a harness of tests/harness in a subprocess (its embedded stack sets process-wide environment
+    variables the other tests' stacks must not inherit); its last line's JSON figures, and a context for
+    assertion messages."""
+    proc = subprocess.run([sys.executable, "-m", module, *args, "--log-dir", str(log_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    lines = proc.stdout.strip().splitlines()
+    context = f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\nworker logs: {log_dir}"
+    assert lines, context
+    figures = json.loads(lines[-1])
+    assert (figures["ok"] is True) == (proc.returncode == 0), context
+    return figures, context
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Stack]:
     running = start_stack(tmp_path_factory.mktemp("stack"), tiny_models)

@@ -338,11 +338,16 @@ class Chaos:
         }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for flag, default, text in OPTIONS:
+def parse_args(doc: str | None, options: list[tuple[str, Any, str]], argv: list[str] | None) -> argparse.Namespace:
+    """A harness's command line: ``options`` are (flag, default, help), typed by their defaults."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, default, text in options:
         parser.add_argument(flag, type=type(default), default=default, help=text or None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__, OPTIONS, argv)
     started = time.monotonic()
 
     from runtime.local.demo import call

@@ -38,14 +38,26 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.harness.chaos import Fleet, Job, _reference_init, drain, input_images, make_jobs, outcome, prepare, reference
+from tests.harness.chaos import (
+    Fleet,
+    Job,
+    _reference_init,
+    drain,
+    input_images,
+    make_jobs,
+    outcome,
+    parse_args,
+    prepare,
+    reference,
+)
 from tests.harness.faultproxy import FaultProxy, Request
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Outage lengths, the length of a timed cut and how long latency or a trickle lasts, by ``--scale``.
-SCALES = {"full": {"outages": (5, 25, 90), "cut_s": 5, "slow_s": 15},
-          "small": {"outages": (3,), "cut_s": 3, "slow_s": 3}}
+#: Outage lengths, the length of a timed cut, how long latency or a trickle lasts and the healthy gap between
+#: two faults, by ``--scale``.
+SCALES = {"full": {"outages": (5, 25, 90), "cut_s": 5, "slow_s": 15, "gap_s": (1, 4)},
+          "small": {"outages": (3,), "cut_s": 3, "slow_s": 3, "gap_s": (1, 4)}}
 
 OPTIONS: list[tuple[str, Any, str]] = [
     ("--workers", 2, ""), ("--repeat", 2, "times each timed fault runs"), ("--scale", "full", "full or small"),
@@ -160,7 +172,7 @@ class Faults:
 
     def run_plan(self, rng: random.Random, feed: Callable[[], None], step_log: Path) -> None:
         for name, fault in self.plan(rng):
-            time.sleep(rng.uniform(1, 4))
+            time.sleep(rng.uniform(*SCALES[self.args.scale]["gap_s"]))
             if name == "cut mid-denoise":  # wait for a step to be logged, so that a job is denoising
                 size = step_log.stat().st_size
                 deadline = time.monotonic() + 30
@@ -194,10 +206,7 @@ class Faults:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for flag, default, text in OPTIONS:
-        parser.add_argument(flag, type=type(default), default=default, help=text or None)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, OPTIONS, argv)
     started = time.monotonic()
 
     from runtime.local.demo import call

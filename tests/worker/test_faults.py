@@ -7,23 +7,14 @@ variables that the other tests' stacks must not inherit.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import run_harness
 
 
 def test_faults_small(tiny_models: Path, tmp_path: Path) -> None:
-    args = ["--scale", "small", "--repeat", "1", "--workers", "2", "--seed", "3", "--models", str(tiny_models),
-            "--log-dir", str(tmp_path / "logs")]
-    proc = subprocess.run([sys.executable, "-m", "tests.harness.faults", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-    lines = proc.stdout.strip().splitlines()
-    context = f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\nworker logs: {tmp_path}/logs"
-    assert lines, context
-    figures = json.loads(lines[-1])
+    args = ["--scale", "small", "--repeat", "1", "--workers", "2", "--seed", "3", "--models", str(tiny_models)]
+    figures, context = run_harness("tests.harness.faults", args, tmp_path / "logs", 600)
     kinds = {name.split(" (")[0] for name, _ in figures["fault_log"]}
     assert {"outage 3 s", "cut on a receive", "cut mid-denoise", "cut on an output upload",
             "cut on an ack, answer lost", "cut on a notification", "latency 200 ms", "slow trickle",
@@ -33,4 +24,4 @@ def test_faults_small(tiny_models: Path, tmp_path: Path) -> None:
     assert figures["mismatched_outputs"] == 0, context
     assert figures["wedged_workers"] == 0 and figures["kubelet_restarts"] == 0, context
     assert figures["leftover_checkpoints"] == 0, context
-    assert figures["ok"] is True and proc.returncode == 0, context
+    assert figures["ok"] is True, context

@@ -160,7 +160,7 @@ def test_an_idle_worker_rides_out_an_outage_and_its_probes_say_so(env: tuple[Sta
                                                                   worker: Worker) -> None:
     stack, proxy = env
     assert worker.probe("/readyz")[0] == 200
-    proxy.outage(6)
+    proxy.outage(4)
     status, body = wait_for("/readyz to fail", lambda: (r := worker.probe("/readyz"))[0] == 503 and r, 5)
     assert body["checks"]["aws"].startswith("SQS unreachable: ReceiveFailed")
     assert worker.probe("/livez")[0] == 200  # failing receives are progress: a restart would not help
@@ -181,7 +181,7 @@ def test_an_outage_mid_job_costs_no_step_and_the_same_worker_goes_on(env: tuple[
     stack, proxy = env
     job = submit(stack, "slow", {"prompt": "through the outage", "steps": 16, "delay": 0.25})
     wait_for("the job to run", lambda: status_of(stack, job)["progress"]["step"] >= 2, 30)
-    proxy.outage(8)  # denoising goes on; progress writes fail quietly; the output stage waits for the network
+    proxy.outage(6)  # denoising goes on; progress writes fail quietly; the output stage waits for the network
     doc = final(stack, job)
     assert doc["state"] == "succeeded" and doc["attempts"] == 1 and doc["interruptions"] == 0, doc
     assert len(outputs(stack, job)) == 1
@@ -204,7 +204,7 @@ def test_a_cut_at_each_stage_of_the_output_gives_one_identical_result(
     assert final(stack, reference)["state"] == "succeeded"
     seen: dict[str, list[dict[str, Any]]] = {}
     notifications(stack, seen, 0.5)
-    proxy.on(match, seconds=5, after=after)
+    proxy.on(match, seconds=3, after=after)
     job = submit(stack, "txt2img", TXT2IMG)
     doc = final(stack, job)
     assert doc["state"] == "succeeded" and doc["attempts"] == 1, (where, doc)
