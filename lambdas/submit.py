@@ -16,15 +16,18 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from lambdas import telemetry
 from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
+from runtime.config import Settings
 from runtime.contract import (
     BUILTIN_PIPELINES,
     IMAGE_FIELDS,
     MAX_BODY_BYTES,
     ContractError,
+    GenerationInputs,
     JobRequest,
     JobSpec,
     JobState,
     StatusDoc,
+    for_family,
     parse_request,
     request_hash,
     utcnow,
@@ -56,7 +59,29 @@ def parse(body: bytes, dep: Deployment) -> tuple[JobRequest, dict[str, Any]]:
     if controlnet is not None and controlnet not in settings.controlnets:
         raise ContractError("unknown_model", f"unknown ControlNet model {controlnet!r}; available: "
                             f"{', '.join(settings.controlnets)}", "inputs.controlnet")
+    check_family(settings, request.model, inputs)
     return request, inputs.model_dump(mode="json")
+
+
+def check_family(settings: Settings, model: str, inputs: GenerationInputs) -> None:
+    """What depends on the model's family, where the settings say it (the worker checks the rest): sizes and
+    SDXL-only inputs, the ControlNet's and each LoRA's family, and LoRA ids the API accepts."""
+    families = settings.model_families
+    family = families.get(model)
+    if family is not None:
+        for_family(inputs, family)
+    controlnet = getattr(inputs, "controlnet", None)
+    if family and controlnet in families and families[controlnet] != family:
+        raise ContractError("incompatible_controlnet", f"ControlNet {controlnet!r} is for {families[controlnet]} "
+                            f"models and {model!r} is a {family} model", "inputs.controlnet")
+    for i, ref in enumerate(inputs.loras):
+        field = f"inputs.loras.{i}.id"
+        if ref.id not in settings.loras:
+            raise ContractError("unknown_model", f"unknown LoRA {ref.id!r}; available: "
+                                f"{', '.join(settings.loras) or 'none'}", field)
+        if family and ref.id in families and families[ref.id] != family:
+            raise ContractError("incompatible_lora", f"LoRA {ref.id!r} is for {families[ref.id]} models and "
+                                f"{model!r} is a {family} model", field)
 
 
 def existing_job(dep: Deployment, job_id: str, digest: str) -> dict[str, Any]:
@@ -95,7 +120,8 @@ def submit(dep: Deployment, body: bytes) -> dict[str, Any]:
                    output_prefix=request.output_prefix or "outputs", context=request.context,
                    submitted_at=now, request_hash=digest, expires_at=expires_at)
     doc = StatusDoc(id=job_id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model, seed=seed,
-                    context=spec.context, request_hash=digest, created_at=now, updated_at=now,
+                    context=spec.context, loras=inputs.get("loras", []) if spec.pipeline in BUILTIN_PIPELINES else [],
+                    request_hash=digest, created_at=now, updated_at=now,
                     expires_at=expires_at, trace_id=telemetry.trace_id())
     if not dep.store.create_status(doc):
         return existing_job(dep, job_id, digest)

@@ -1,88 +1,58 @@
-"""What the built-in pipelines share: schedulers, model loading, per-job pipeline views and input images.
+"""What the built-in pipelines share: the plugin base, per-job pipeline views, LoRAs, prompts and input images.
 
-Models are loaded once per process through the ``ModelStore``; every job then gets a *view*: a new
-diffusers pipeline object holding the very same UNet, VAE and text encoder plus a scheduler of its own.
-Schedulers and pipeline objects keep per-run state (timesteps, solver history, guidance scale), so
-sharing them between jobs would leak one job's settings into the next; the modules themselves are only
-read during inference. A view costs about a millisecond, far less than one denoising step.
+Models are loaded once per process (``pipelines.loading``); every job then gets a *view*: a new diffusers
+pipeline object holding the very same UNet, VAE and text encoder(s) plus a scheduler of its own. Schedulers and
+pipeline objects keep per-run state (timesteps, solver history, guidance scale), so sharing them between jobs
+would leak one job's settings into the next; the modules themselves are only read during inference (the job's
+LoRA adapters are switched on them before it runs, one job at a time). A view costs about a millisecond, far
+less than one denoising step.
+
+Each task module (``txt2img``, ``img2img``, ``controlnet``) names its diffusers class per kind of model (``sd``
+for SD 1.x/2.x, ``sdxl``); the catalog entry's family decides which one a job runs, so clients use the same
+pipeline names for every model.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
-import numpy as np
 import torch
-from diffusers import (
-    ControlNetModel,
-    DDIMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    PNDMScheduler,
-    StableDiffusionPipeline,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers import DiffusionPipeline
 from PIL import Image
 
-from pipelines import attention
+from pipelines import attention, loras, prompts
+from pipelines.loading import KINDS, base_pipeline, controlnet_model, family, torch_dtype
 from pipelines.resume import resumable, step_callback
-from runtime.contract import GenerationInputs
-from runtime.models.catalog import ModelError
-from runtime.models.store import ModelStore
+from pipelines.schedulers import make_scheduler
+from runtime.contract import GenerationInputs, for_family
 from runtime.plugins import Pipeline, RunContext, SetupContext
 
 P = TypeVar("P", bound=DiffusionPipeline)
 
-
-class LMSScheduler(LMSDiscreteScheduler):
-    """diffusers' LMS without its scipy dependency (``diffusers.LMSDiscreteScheduler`` is a stub without scipy).
-
-    The coefficient it integrates with ``scipy.integrate.quad`` is a polynomial of degree ``order - 1`` in
-    sigma, so Gauss-Legendre quadrature with ``order`` nodes computes it exactly.
-    """
-
-    def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
-        sigmas = self.sigmas.tolist()
-        start, end = sigmas[t], sigmas[t + 1]
-        nodes, weights = np.polynomial.legendre.leggauss(order)
-        tau = (end - start) / 2 * nodes + (start + end) / 2
-        basis = np.ones_like(tau)
-        for k in range(order):
-            if k != current_order:
-                basis *= (tau - sigmas[t - k]) / (sigmas[t - current_order] - sigmas[t - k])
-        return float((end - start) / 2 * np.dot(weights, basis))
+__all__ = ["DiffusersPipeline", "Prepared", "base_pipeline", "controlnet_model", "fit", "generate", "generators",
+           "job_pipeline", "torch_dtype"]
 
 
-#: The diffusers scheduler behind each name in ``runtime.contract.SCHEDULERS``.
-SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
-    "ddim": DDIMScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler_a": EulerAncestralDiscreteScheduler,
-    "dpmpp_2m": DPMSolverMultistepScheduler,
-    "unipc": UniPCMultistepScheduler,
-    "pndm": PNDMScheduler,
-    "lms": LMSScheduler,
-}
-# Settings that make a name mean the same sampler whatever scheduler config the model ships with.
-SCHEDULER_OPTIONS: dict[str, dict[str, Any]] = {
-    # Latent diffusion must not clip to [-1, 1]; the SD pipelines force this anyway, with a warning per job.
-    "ddim": {"clip_sample": False},
-    "dpmpp_2m": {"algorithm_type": "dpmsolver++", "solver_order": 2},
-}
-#: Model families StableDiffusionPipeline and its siblings can run (SDXL needs other pipeline classes).
-SUPPORTED_FAMILIES = ("sd1", "sd2")
+@dataclass(frozen=True)
+class Prepared:
+    """A job ready to run: its base model loaded with the job's LoRAs active, and inputs with sizes filled in."""
+
+    base: DiffusionPipeline
+    inputs: Any
+    family: str
+    kind: str  # "sd" or "sdxl": the key of the task's ``classes``
 
 
 class DiffusersPipeline(Pipeline):
-    """What the built-in pipelines share as plugins: the attention kernel is checked when the worker starts, and
-    base models can be preloaded (``SPOTGEN_PRELOAD``) into the store every built-in pipeline reads."""
+    """What the built-in pipelines share as plugins: the attention kernel is checked when the worker starts, base
+    models can be preloaded (``SPOTGEN_PRELOAD``) into the store every built-in pipeline reads, and ``prepare``
+    turns a job's inputs into a base model to run on."""
+
+    #: The diffusers pipeline class of this task for each kind of model (see the module docstring).
+    classes: ClassVar[dict[str, type[DiffusionPipeline]]] = {}
 
     def setup(self, ctx: SetupContext) -> None:
         attention.choose(ctx.device, ctx.models.attention)  # a kernel that cannot run here stops start-up
@@ -94,71 +64,34 @@ class DiffusersPipeline(Pipeline):
         base_pipeline(self.models, model_id)
         return True
 
+    def prepare(self, inputs: GenerationInputs, ctx: RunContext) -> Prepared:
+        """Check what depends on the model (its family's sizes and conditioning, the LoRAs' family) before
+        anything is loaded, then load the base model and switch its adapters to this job's."""
+        name = family(ctx.models, ctx.model)
+        inputs = for_family(inputs, name)
+        loras.check(ctx.models, name, inputs.loras)
+        base = base_pipeline(ctx.models, ctx.model)
+        loras.activate(ctx.models, base, inputs.loras)
+        return Prepared(base, inputs, name, KINDS[name])
 
-def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
-    """A new scheduler for one job, keeping the model's noise schedule (betas, offsets, prediction type)."""
-    return SCHEDULER_CLASSES[name].from_config(base_config, **SCHEDULER_OPTIONS.get(name, {}))
-
-
-def torch_dtype(device: str) -> torch.dtype:
-    """Half precision where it is fast and memory is scarce (GPUs); CPUs are slow or inexact at it."""
-    return torch.float16 if device.startswith("cuda") else torch.float32
-
-
-def base_pipeline(store: ModelStore, model_id: str) -> StableDiffusionPipeline:
-    """The base model's pipeline, loaded once per process; use ``job_pipeline`` to run a job on it."""
-    family = store.entry(model_id, "base").family
-    if family not in SUPPORTED_FAMILIES:
-        raise ModelError("unsupported_model_family", f"model {model_id!r} is a {family} model; the built-in "
-                         f"pipelines run {', '.join(SUPPORTED_FAMILIES)} models")
-
-    def load() -> StableDiffusionPipeline:
-        source = store.source(model_id, "base")
-        options: dict[str, Any] = {"dtype": torch_dtype(store.device), "safety_checker": None,
-                                   "requires_safety_checker": False}
-        if source.single_file:  # original SD layout; the catalog's local config dir stands in for the Hub
-            pipe = StableDiffusionPipeline.from_single_file(str(source.path), config=str(source.config),
-                                                            local_files_only=True, **options)
-        else:
-            pipe = StableDiffusionPipeline.from_pretrained(source.path, use_safetensors=True, **options)
-        pipe.to(store.device)
-        attention.apply(pipe, attention.choose(store.device, store.attention))
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    return store.get(f"sd:{model_id}", load, model_id)
+    def view(self, job: Prepared, **components: Any) -> DiffusionPipeline:
+        return job_pipeline(self.classes[job.kind], job.base, job.inputs, **components)
 
 
-def controlnet_model(store: ModelStore, controlnet_id: str) -> ControlNetModel:
-    """A ControlNet, loaded once per process and shared by every base model it is used with."""
+def job_pipeline(cls: type[P], base: DiffusionPipeline, inputs: GenerationInputs, **components: Any) -> P:
+    """A ``cls`` pipeline for one job on ``base``'s own modules (no copy), with a fresh scheduler for ``inputs``'
+    sampler and schedule; it can continue from a checkpoint (``pipelines.resume``).
 
-    def load() -> ControlNetModel:
-        source = store.source(controlnet_id, "controlnet")
-        if source.single_file:  # original ControlNet layout (or diffusers keys in one file) plus a local config
-            model = ControlNetModel.from_single_file(str(source.path), config=str(source.config),
-                                                     local_files_only=True, dtype=torch_dtype(store.device))
-        else:
-            model = ControlNetModel.from_pretrained(source.path, dtype=torch_dtype(store.device),
-                                                    use_safetensors=True)
-        model = model.to(store.device)
-        attention.apply(model, attention.choose(store.device, store.attention))
-        return model
-
-    return store.get(f"controlnet:{controlnet_id}", load, controlnet_id)
-
-
-def job_pipeline(cls: type[P], base: DiffusionPipeline, scheduler: str, **components: Any) -> P:
-    """A ``cls`` pipeline for one job on ``base``'s own modules (no copy), with a fresh ``scheduler``; it can
-    continue from a checkpoint (``pipelines.resume``).
-
-    ``components`` adds modules ``base`` lacks, such as ``controlnet``. Construction goes through
-    ``cls.__init__`` rather than ``cls.from_pipe``, which also casts every module to a dtype (float32
-    unless told otherwise) and would turn the shared half-precision weights to float32 on a GPU.
+    ``components`` adds modules ``base`` lacks, such as ``controlnet``. Construction goes through ``cls.__init__``
+    rather than ``cls.from_pipe``, which also casts every module to a dtype (float32 unless told otherwise) and
+    would turn the shared half-precision weights to float32 on a GPU.
     """
-    parts = {**base.components, **components, "scheduler": make_scheduler(scheduler, base.scheduler.config)}
+    scheduler = make_scheduler(inputs.scheduler, inputs.schedule, base.scheduler.config)
+    config = {"requires_safety_checker": False, "add_watermarker": False,
+              "force_zeros_for_empty_prompt": base.config.get("force_zeros_for_empty_prompt", True)}
+    parts = {**base.components, **components, **config, "scheduler": scheduler}
     accepted = _init_parameters(cls)
-    pipe = resumable(cls)(**{name: value for name, value in parts.items() if name in accepted},
-                          requires_safety_checker=False)
+    pipe = resumable(cls)(**{name: value for name, value in parts.items() if name in accepted})
     pipe.set_progress_bar_config(disable=True)
     return pipe  # type: ignore[return-value]
 
@@ -183,24 +116,41 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     return image
 
 
-def generate(pipe: DiffusionPipeline, inputs: GenerationInputs, ctx: RunContext, **task: Any) -> list[Image.Image]:
+def _size_conditioning(inputs: GenerationInputs, kind: str) -> dict[str, Any]:
+    """SDXL's micro-conditioning as diffusers takes it; diffusers' own defaults for what the request leaves out
+    (the output size, no crop)."""
+    if kind != "sdxl":
+        return {}
+    out: dict[str, Any] = {}
+    for name in ("original_size", "target_size", "crops_coords_top_left"):
+        value = getattr(inputs, name)
+        if value is not None:
+            out[name] = tuple(value)
+    return out
+
+
+def generate(pipe: DiffusionPipeline, job: Prepared, ctx: RunContext, **task: Any) -> list[Image.Image]:
     """Run ``pipe`` with the settings every task shares plus ``task``'s own arguments, from the beginning or
     from ``ctx.resume_from``; every step goes through ``ctx.step`` with a way to save the state."""
+    inputs = job.inputs
     gens = generators(ctx.seed, inputs.num_images)
     if ctx.resume_from is not None:
         pipe.resume_from(ctx.resume_from, gens)  # type: ignore[attr-defined]
     pipe.phase_hook = ctx.mark  # type: ignore[attr-defined]  # "denoise" once the latents are ready
     ctx.mark("encode")
     with torch.inference_mode():
+        # Encoded here, WebUI's way (weights, 75-token chunks, BREAK, clip_skip), not by diffusers: see prompts.py.
+        embeds = prompts.encode(pipe, inputs.prompt, inputs.negative_prompt, clip_skip=inputs.clip_skip,
+                                guidance=inputs.guidance_scale > 1)
         result = pipe(
-            prompt=inputs.prompt,
-            negative_prompt=inputs.negative_prompt or None,
+            **embeds,
             num_inference_steps=inputs.steps,
             guidance_scale=inputs.guidance_scale,
             num_images_per_prompt=inputs.num_images,
             generator=gens,
             callback_on_step_end=step_callback(ctx, gens),
             output_type="pil",
+            **_size_conditioning(inputs, job.kind),
             **task,
         )
     return list(result.images)

@@ -1,11 +1,11 @@
-"""ControlNet: Stable Diffusion guided by a conditioning image (edges, depth, pose...)."""
+"""ControlNet: Stable Diffusion (1.x, 2.x or XL) guided by a conditioning image (edges, depth, pose...)."""
 
 from __future__ import annotations
 
-from diffusers import StableDiffusionControlNetPipeline
+from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
 from PIL.Image import Image
 
-from pipelines.common import DiffusersPipeline, base_pipeline, controlnet_model, fit, generate, job_pipeline
+from pipelines.common import DiffusersPipeline, controlnet_model, fit, generate
 from runtime.contract import ControlNetInputs
 from runtime.models.catalog import ModelError
 from runtime.plugins import RunContext
@@ -16,6 +16,7 @@ class ControlNet(DiffusersPipeline):
     checkpoints = True
     Inputs = ControlNetInputs
     image_fields = ("control_image",)
+    classes = {"sd": StableDiffusionControlNetPipeline, "sdxl": StableDiffusionXLControlNetPipeline}
 
     def load(self, model_id: str, kind: str) -> bool:
         if kind != "controlnet":
@@ -29,8 +30,8 @@ class ControlNet(DiffusersPipeline):
         if control_family != base_family:  # the shapes would not match; say so instead of a tensor error
             raise ModelError("incompatible_controlnet", f"ControlNet {inputs.controlnet!r} is for {control_family} "
                              f"models and {ctx.model!r} is a {base_family} model")
-        control = fit(ctx.image(inputs.control_image), inputs.width, inputs.height)
-        pipe = job_pipeline(StableDiffusionControlNetPipeline, base_pipeline(ctx.models, ctx.model), inputs.scheduler,
-                            controlnet=controlnet_model(ctx.models, inputs.controlnet))
-        return generate(pipe, inputs, ctx, image=control, width=inputs.width, height=inputs.height,
+        job = self.prepare(inputs, ctx)
+        control = fit(ctx.image(inputs.control_image), job.inputs.width, job.inputs.height)
+        pipe = self.view(job, controlnet=controlnet_model(ctx.models, inputs.controlnet))
+        return generate(pipe, job, ctx, image=control, width=job.inputs.width, height=job.inputs.height,
                         controlnet_conditioning_scale=inputs.controlnet_conditioning_scale)

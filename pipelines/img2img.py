@@ -1,11 +1,11 @@
-"""Image to image: Stable Diffusion starting from a noised input image instead of pure noise."""
+"""Image to image: Stable Diffusion (1.x, 2.x or XL) starting from a noised input image instead of pure noise."""
 
 from __future__ import annotations
 
-from diffusers import StableDiffusionImg2ImgPipeline
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 from PIL.Image import Image
 
-from pipelines.common import DiffusersPipeline, base_pipeline, fit, generate, job_pipeline
+from pipelines.common import DiffusersPipeline, fit, generate
 from runtime.contract import Img2ImgInputs
 from runtime.plugins import RunContext
 
@@ -15,9 +15,10 @@ class Img2Img(DiffusersPipeline):
     checkpoints = True
     Inputs = Img2ImgInputs
     image_fields = ("image",)
+    classes = {"sd": StableDiffusionImg2ImgPipeline, "sdxl": StableDiffusionXLImg2ImgPipeline}
 
     def run(self, inputs: Img2ImgInputs, ctx: RunContext) -> list[Image]:
-        # Fetched and resized before the model is touched, so a bad image fails the job cheaply.
-        init = fit(ctx.image(inputs.image), inputs.width, inputs.height)
-        pipe = job_pipeline(StableDiffusionImg2ImgPipeline, base_pipeline(ctx.models, ctx.model), inputs.scheduler)
-        return generate(pipe, inputs, ctx, image=init, strength=inputs.strength)
+        job = self.prepare(inputs, ctx)
+        # Fetched and resized before the model runs, so a bad image fails the job cheaply.
+        init = fit(ctx.image(inputs.image), job.inputs.width, job.inputs.height)
+        return generate(self.view(job), job, ctx, image=init, strength=inputs.strength)

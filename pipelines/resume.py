@@ -7,6 +7,14 @@ noise every step). The prompt embeddings, timesteps and ControlNet image are rec
 which gives the same values. Everything else in the scheduler is saved as well, so no per-scheduler list
 has to be kept up to date.
 
+One attribute is an object rather than data: DPM++ SDE (``DPMSolverSDEScheduler``) draws its noise from a
+torchsde Brownian tree in ``noise_sampler``, built at the first step from ``noise_sampler_seed`` (a random
+seed when that is None, so not even an uninterrupted run would repeat). ``Resumable`` seeds it from the
+job's generators (image i's tree from seed + i, like SD WebUI). diffusers builds it as a "halfway" (dyadic)
+tree, which torchsde documents as deterministic in its seed alone (not in the queries made before), so the
+checkpoint saves ``None`` and the scheduler builds the same tree again after a resume. An unseeded tree
+cannot be saved: ``scheduler_state`` raises ``CheckpointError`` and the runtime restarts the job from step 0.
+
 Continuing uses diffusers' own ``__call__`` unchanged: ``Resumable`` replaces ``prepare_latents`` (which
 every SD pipeline calls after setting the timesteps) to put the saved state back, and reports the steps
 already done as interrupted (diffusers skips an interrupted step with ``continue``), so the loop goes on
@@ -16,6 +24,7 @@ at step k with exactly the values an uninterrupted run has there.
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +38,8 @@ from runtime.plugins import CheckpointError, RunContext, StepState
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$|^_[a-z][a-z0-9_]{0,63}$")
 _SKIP = {"_internal_dict", "config"}
 _SCALARS = (bool, int, float, str, type(None))
+#: Attributes a scheduler builds again from another one (its seed) when they are None: saved as None.
+_REBUILT = {"noise_sampler": "noise_sampler_seed"}
 
 
 def scheduler_state(scheduler: Any, prefix: str = "scheduler") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -40,6 +51,11 @@ def scheduler_state(scheduler: Any, prefix: str = "scheduler") -> tuple[dict[str
             continue
         if not _NAME.match(name):
             raise CheckpointError(f"scheduler attribute {name!r} cannot be saved")
+        if name in _REBUILT and value is not None:
+            if getattr(scheduler, _REBUILT[name], None) is None:
+                raise CheckpointError(f"{type(scheduler).__name__}.{name} is a {type(value).__name__} with no "
+                                      f"{_REBUILT[name]}, so a resumed run could not draw the same noise")
+            value = None
         layout[name] = _encode(f"{prefix}.{name}", value, tensors)
     return tensors, {prefix: layout}
 
@@ -90,6 +106,18 @@ def restore_scheduler(scheduler: Any, state: StepState, device: torch.device, pr
     current.update(restored)
 
 
+def seed_noise_sampler(scheduler: Any, generator: Any) -> None:
+    """Seed a scheduler's own noise sampler (DPM++ SDE's Brownian tree) from the run's generators, one seed
+    per image, unless it has a seed already: the same job seed then gives the same noise, before and after a
+    resume."""
+    if getattr(scheduler, "noise_sampler_seed", 0) is not None:
+        return
+    if isinstance(generator, torch.Generator):
+        scheduler.noise_sampler_seed = generator.initial_seed()
+    elif isinstance(generator, list | tuple) and generator and all(isinstance(g, torch.Generator) for g in generator):
+        scheduler.noise_sampler_seed = [g.initial_seed() for g in generator]
+
+
 def generator_states(generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
     return {f"generator.{i}": g.get_state() for i, g in enumerate(generators)}
 
@@ -115,6 +143,9 @@ class Resumable:
         self._resume, self._resume_generators, self._skip_steps = state, tuple(generators), state.step
 
     def prepare_latents(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # Called once the timesteps are set, with the generators: the last moment before the first step.
+        bound = inspect.signature(super().prepare_latents).bind_partial(*args, **kwargs)  # type: ignore[misc]
+        seed_noise_sampler(self.scheduler, bound.arguments.get("generator"))  # type: ignore[attr-defined]
         latents = self._prepare_latents(*args, **kwargs)
         if self.phase_hook is not None:
             self.phase_hook("denoise")

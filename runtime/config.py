@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PREFIX = "SPOTGEN_"
+#: The model families (``runtime.contract.families``; settings import nothing of the rest, a test keeps them equal).
+Family = Literal["sd1", "sd2", "sdxl"]
 
 
 class Settings(BaseModel):
@@ -37,9 +40,17 @@ class Settings(BaseModel):
     #: Base URL clients use to reach the API (for ``status_url`` in responses).
     public_url: str = ""
     #: Base model ids the API accepts (comma separated); the worker's catalog is the final word.
-    models: list[str] = Field(default_factory=lambda: ["tiny-sd"])
+    models: list[str] = Field(default_factory=lambda: ["tiny-sd", "tiny-sdxl"])
     #: ControlNet model ids the API accepts.
-    controlnets: list[str] = Field(default_factory=lambda: ["tiny-controlnet"])
+    controlnets: list[str] = Field(default_factory=lambda: ["tiny-controlnet", "tiny-sdxl-controlnet"])
+    #: LoRA ids the API accepts in ``inputs.loras``.
+    loras: list[str] = Field(default_factory=lambda: ["tiny-lora-sd1", "tiny-lora-sd1-kohya", "tiny-lora-sdxl",
+                                                      "tiny-lora-sdxl-kohya"])
+    #: The family of the ids above, as ``id=family,...`` (sd1, sd2, sdxl), so the API can refuse an SDXL-only
+    #: input for an SD 1.x model or a LoRA of another family with a 400; an id not listed is checked by the worker.
+    model_families: dict[str, Family] = Field(default_factory=lambda: {
+        "tiny-sd": "sd1", "tiny-controlnet": "sd1", "tiny-lora-sd1": "sd1", "tiny-lora-sd1-kohya": "sd1",
+        "tiny-sdxl": "sdxl", "tiny-sdxl-controlnet": "sdxl", "tiny-lora-sdxl": "sdxl", "tiny-lora-sdxl-kohya": "sdxl"})
     #: Plugin pipeline names the API accepts besides the built-ins.
     extra_pipelines: list[str] = Field(default_factory=list)
     #: Extra pipeline classes the worker registers, as 'module:Class' (besides entry points).
@@ -51,6 +62,8 @@ class Settings(BaseModel):
     node_cache_bytes: int = Field(200 * 1024**3, gt=0)
     #: Tier 2: bytes of model weights kept loaded in the worker (least recently used dropped beyond); 0 = all.
     model_memory_bytes: int = Field(0, ge=0)
+    #: Bytes of LoRA adapters each loaded base model keeps; least recently used adapters are dropped beyond it.
+    lora_memory_bytes: int = Field(2 * 1024**3, ge=0)
     #: Catalog ids the worker loads before it takes its first job; start-up fails loudly if one cannot load.
     preload: list[str] = Field(default_factory=list)
     device: str = "cpu"
@@ -98,12 +111,26 @@ class Settings(BaseModel):
     #: Diagnostics: append "pid job attempt step" per finished denoising step to this file (chaos harness).
     step_log: Path | None = None
 
-    @field_validator("models", "controlnets", "extra_pipelines", "plugins", "preload", mode="before")
+    @field_validator("models", "controlnets", "loras", "extra_pipelines", "plugins", "preload", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("model_families", mode="before")
+    @classmethod
+    def _pairs(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, family = item.partition("=")
+            if not sep:
+                raise ValueError(f"{item!r} is not id=family")
+            pairs[name.strip()] = family.strip()
+        return pairs
+
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeat(self) -> Settings:
@@ -129,5 +156,7 @@ class Settings(BaseModel):
         for name, value in self.model_dump().items():
             if value is None:
                 continue
+            if isinstance(value, dict):
+                value = [f"{k}={v}" for k, v in value.items()]
             env[PREFIX + name.upper()] = ",".join(value) if isinstance(value, list) else str(value)
         return env

@@ -18,6 +18,10 @@ import boto3
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# One torch thread per process, set before anything imports torch and inherited by every worker the tests start:
+# the suite runs pytest and several workers on 2 cores, and torch's default of one thread per core makes them
+# spin against each other (measured: 88 s against 6 s for tests/pipelines/test_inputs_matter.py under load).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,15 @@ trusted). Bump ``CONTRACT_VERSION`` when a change is not backwards compatible; w
 not know.
 
 The chapters: ``jobs`` (the request and the queued job), ``inputs`` (the built-in pipelines' inputs),
+``families`` (what depends on the model family),
 ``status`` (the status document and the notification), ``errors``, ``images`` (image references, checked
 without Pillow) and ``envelope`` (the Celery protocol-2 message in kombu's SQS format, written without
-Celery). The contract is used as one piece, so this package re-exports the names of the first five;
+Celery). The contract is used as one piece, so this package re-exports the names of the first six;
 ``envelope`` is imported by its own path.
 """
 
 from runtime.contract.errors import ContractError, raise_contract_error
+from runtime.contract.families import FAMILIES, SIZE_CONDITIONING_FIELDS, FamilyRules, family_rules, for_family
 from runtime.contract.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageRefError
 from runtime.contract.inputs import (
     BUILTIN_INPUTS,
@@ -20,17 +22,23 @@ from runtime.contract.inputs import (
     IMAGE_FIELDS,
     MAX_GUIDANCE,
     MAX_IMAGES,
-    MAX_PIXELS,
+    MAX_LORA_WEIGHT,
+    MAX_LORAS,
     MAX_PROMPT_CHARS,
     MAX_SIDE,
     MAX_STEPS,
+    MIN_SIDE,
     MODEL_ID_RE,
+    SAMPLER_SCHEDULES,
     SCHEDULERS,
+    SCHEDULES,
     ControlNetInputs,
     GenerationInputs,
     ImageRef,
     Img2ImgInputs,
+    LoraRef,
     ModelId,
+    Schedule,
     Scheduler,
     Strict,
     Txt2ImgInputs,
@@ -55,8 +63,10 @@ from runtime.contract.jobs import (
 from runtime.contract.status import JobErrorInfo, JobState, Notification, Progress, ResumeInfo, StatusDoc, utcnow
 
 __all__ = [
+    "FAMILIES", "MAX_LORAS", "MAX_LORA_WEIGHT", "MIN_SIDE", "SAMPLER_SCHEDULES", "SCHEDULES",
+    "SIZE_CONDITIONING_FIELDS", "FamilyRules", "LoraRef", "Schedule", "family_rules", "for_family",
     "BUILTIN_INPUTS", "BUILTIN_PIPELINES", "CONTRACT_VERSION", "IMAGE_FIELDS", "JOB_ID_RE", "MAX_BODY_BYTES",
-    "MAX_CONTEXT_BYTES", "MAX_GUIDANCE", "MAX_IMAGES", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_PIXELS",
+    "MAX_CONTEXT_BYTES", "MAX_GUIDANCE", "MAX_IMAGES", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
     "MAX_PLUGIN_INPUT_BYTES", "MAX_PROMPT_CHARS", "MAX_SIDE", "MAX_STEPS", "MAX_TTL_S", "MODEL_ID_RE",
     "OUTPUT_PREFIX_RE", "PIPELINE_NAME_RE", "RESERVED_OUTPUT_PREFIXES", "SCHEDULERS", "ContractError",
     "ControlNetInputs", "GenerationInputs", "ImageRef", "ImageRefError", "Img2ImgInputs", "JobErrorInfo",

@@ -7,22 +7,39 @@ full before a job is queued.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from runtime.contract.images import ImageRefError, check_ref
 
+MIN_SIDE = 8
 MAX_SIDE = 2048
-MAX_PIXELS = 1536 * 1536
 MAX_STEPS = 150
 MAX_IMAGES = 8
 MAX_GUIDANCE = 30.0
 MAX_PROMPT_CHARS = 2000
+MAX_LORAS = 5
+MAX_LORA_WEIGHT = 2.0
 
-#: Scheduler names a request may ask for; the worker maps each to a diffusers scheduler class.
-SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc", "pndm", "lms")
-Scheduler = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "unipc", "pndm", "lms"]
+#: Samplers a request may ask for, by the names SD WebUI users know (docs/api.md has the table); the worker maps
+#: each, with a schedule, to a diffusers scheduler (``pipelines/schedulers.py``).
+Scheduler = Literal["euler", "euler_a", "heun", "lms", "dpm2", "dpm2_a", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde",
+                    "ddim", "pndm", "unipc", "lcm"]
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
+#: Sigma schedules: the sampler's own ("default"), Karras et al.'s, exponential, or SGM's uniform timesteps.
+Schedule = Literal["default", "karras", "exponential", "sgm_uniform"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+#: The schedules each sampler can run with; any other pair is refused, naming ``schedule``.
+SAMPLER_SCHEDULES: dict[str, tuple[str, ...]] = {
+    **{name: SCHEDULES for name in ("euler", "heun", "lms", "dpm2", "dpm2_a", "dpmpp_2m", "dpmpp_2m_sde",
+                                    "dpmpp_sde")},
+    "euler_a": ("default", "sgm_uniform"),
+    "unipc": ("default", "karras", "exponential", "sgm_uniform"),
+    "ddim": ("default", "sgm_uniform"),
+    "pndm": ("default", "sgm_uniform"),
+    "lcm": ("default",),  # diffusers' LCM picks its own timesteps (it ignores timestep_spacing)
+}
 BUILTIN_PIPELINES = ("txt2img", "img2img", "controlnet")
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -55,32 +72,63 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LoraRef(Strict):
+    """One LoRA adapter applied to a job, by catalog id, at ``weight`` (negative weights invert it)."""
+
+    id: ModelId
+    weight: float = Field(1.0, ge=-MAX_LORA_WEIGHT, le=MAX_LORA_WEIGHT)
+
+
+Size = tuple[Annotated[int, Field(ge=1, le=4 * MAX_SIDE)], Annotated[int, Field(ge=1, le=4 * MAX_SIDE)]]
+Offset = tuple[Annotated[int, Field(ge=0, le=4 * MAX_SIDE)], Annotated[int, Field(ge=0, le=4 * MAX_SIDE)]]
+
+
 class GenerationInputs(Strict):
-    """Inputs every built-in diffusers pipeline takes."""
+    """Inputs every built-in diffusers pipeline takes. ``width``/``height`` left out mean the model family's
+    default size (``runtime.contract.families``)."""
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    width: int = Field(512, ge=8, le=MAX_SIDE)
-    height: int = Field(512, ge=8, le=MAX_SIDE)
+    width: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE)
+    height: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE)
     steps: int = Field(30, ge=1, le=MAX_STEPS)
     guidance_scale: float = Field(7.5, ge=0.0, le=MAX_GUIDANCE)
     seed: int | None = Field(None, ge=0, lt=2**32)
     scheduler: Scheduler = "euler"
+    schedule: Schedule = "default"
     num_images: int = Field(1, ge=1, le=MAX_IMAGES)
+    #: Which CLIP layer conditions the image, counted from the last (1 = the model's own; 2 = "clip skip 2").
+    clip_skip: int = Field(1, ge=1, le=12)
+    loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS)
+    #: SDXL micro-conditioning, as (height, width) like diffusers: defaults to the output size and (0, 0).
+    original_size: Size | None = None
+    target_size: Size | None = None
+    crops_coords_top_left: Offset | None = None
 
     @field_validator("width", "height")
     @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
-        if value % 8:
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
             raise ValueError("must be a multiple of 8")
         return value
 
-    @model_validator(mode="after")
-    def _pixel_budget(self) -> GenerationInputs:
-        if self.width * self.height > MAX_PIXELS:
-            raise ValueError(f"width x height is {self.width * self.height} pixels, above the budget of "
-                             f"{MAX_PIXELS}")
-        return self
+    @field_validator("schedule")
+    @classmethod
+    def _sampler_takes_schedule(cls, value: str, info: ValidationInfo) -> str:
+        sampler = info.data.get("scheduler")  # absent when the sampler itself was invalid
+        if sampler is not None and value not in SAMPLER_SCHEDULES[sampler]:
+            raise ValueError(f"sampler {sampler!r} does not take schedule {value!r}; it takes "
+                             f"{', '.join(SAMPLER_SCHEDULES[sampler])}")
+        return value
+
+    @field_validator("loras")
+    @classmethod
+    def _distinct_loras(cls, value: list[LoraRef]) -> list[LoraRef]:
+        ids = [ref.id for ref in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("each LoRA may be listed once; give one weight per adapter")
+        return value
+
 
 
 class Txt2ImgInputs(GenerationInputs):

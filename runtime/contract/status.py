@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.contract.inputs import LoraRef
 from runtime.contract.jobs import CONTRACT_VERSION
 
 
@@ -58,6 +59,8 @@ class StatusDoc(BaseModel):
     outputs: list[str] = Field(default_factory=list)
     error: JobErrorInfo | None = None
     context: dict[str, Any] | None = None
+    #: The LoRA adapters the job applies, with their weights (built-in pipelines; also in each PNG's parameters).
+    loras: list[LoraRef] = Field(default_factory=list)
     #: While running: ``loading_model`` until the model is in memory, then ``generating``.
     phase: str | None = None
     #: ``hit`` when the job's model was already loaded in the worker's memory (tier 2), ``miss`` otherwise.

@@ -85,7 +85,9 @@ def edge_map(png: bytes) -> bytes:
 @dataclass
 class Row:
     job: str
+    name: str
     pipeline: str
+    model: str
     state: str
     seconds: float
     file: str
@@ -107,13 +109,15 @@ def run_job(api_url: str, request: dict[str, Any], out: Path, name: str) -> tupl
         file = str(path)
     elif doc.get("error"):
         print(f"  {name} failed: {doc['error']['code']}: {doc['error']['message']}")
-    return Row(body["id"], request["pipeline"], doc["state"], time.monotonic() - started, file,
-               doc.get("trace_id")), png
+    return Row(body["id"], name, request["pipeline"], request["model"], doc["state"], time.monotonic() - started,
+               file, doc.get("trace_id")), png
 
 
 def demo(api_url: str, out: Path, model: str = "tiny-sd", controlnet: str = "tiny-controlnet",
-         size: int = 64, steps: int = 20, traces: SpanReceiver | None = None) -> bool:
-    """Returns True when all three jobs succeeded. With ``traces``, the summary ends with each job's phases."""
+         size: int = 64, steps: int = 20, traces: SpanReceiver | None = None,
+         sdxl: str = "tiny-sdxl", lora: str = "tiny-lora-sdxl") -> bool:
+    """Returns True when all four jobs succeeded: txt2img, img2img and ControlNet on an SD 1.x model, then SDXL
+    with a LoRA and "DPM++ 2M Karras". With ``traces``, the summary ends with each job's phases."""
     out.mkdir(parents=True, exist_ok=True)
     common = {"width": size, "height": size, "steps": steps, "seed": 7}
     rows: list[Row] = []
@@ -129,15 +133,19 @@ def demo(api_url: str, out: Path, model: str = "tiny-sd", controlnet: str = "tin
             "prompt": "a red fox in the snow", "control_image": png_b64(edge_map(first)),
             "controlnet": controlnet, **common}}, out, "controlnet")
         rows.append(row)
+    row, _ = run_job(api_url, {"pipeline": "txt2img", "model": sdxl, "inputs": {
+        "prompt": "a (red fox:1.2) in the snow, BREAK winter forest", "loras": [{"id": lora, "weight": 0.8}],
+        "scheduler": "dpmpp_2m", "schedule": "karras", **common}}, out, "sdxl-lora")
+    rows.append(row)
     print_table(rows)
     if traces is not None:
         print_phases(rows, traces)
-    return len(rows) == 3 and all(r.state == "succeeded" for r in rows)
+    return len(rows) == 4 and all(r.state == "succeeded" for r in rows)
 
 
 def print_table(rows: list[Row]) -> None:
-    header = ("job", "pipeline", "state", "seconds", "file")
-    table = [header] + [(r.job, r.pipeline, r.state, f"{r.seconds:.2f}", r.file) for r in rows]
+    header = ("job", "pipeline", "state", "model", "seconds", "file")
+    table = [header] + [(r.job, r.pipeline, r.state, r.model, f"{r.seconds:.2f}", r.file) for r in rows]
     widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
     print()
     for index, line in enumerate(table):
@@ -175,7 +183,7 @@ def print_phases(rows: list[Row], traces: SpanReceiver, timeout_s: float = 10.0)
     table = [("job", *PHASES)]
     for row in rows:
         got = phase_seconds([s for s in spans if s.trace_id == row.trace_id]) if row.trace_id else {}
-        table.append((row.pipeline, *(f"{got[p] * 1000:.0f}" if p in got else "-" for p in PHASES)))
+        table.append((row.name, *(f"{got[p] * 1000:.0f}" if p in got else "-" for p in PHASES)))
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     print("\nwhere the time went (ms, from the traces):")
     for index, line in enumerate(table):

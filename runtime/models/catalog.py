@@ -15,7 +15,12 @@ files (``.bin``, ``.ckpt``, ...) run code when unpickled, so a model that contai
       "sd15":  {"path": "stable-diffusion-v1-5", "kind": "base", "family": "sd1",
                 "revision": "451f4fe", "manifest": "manifests/sd15.json"},
       "dream": {"path": "checkpoints/dreamshaper_8.safetensors", "config": "configs/sd15", "family": "sd1"},
-      "canny": {"path": "sd-controlnet-canny", "kind": "controlnet", "family": "sd1"}}}
+      "canny": {"path": "sd-controlnet-canny", "kind": "controlnet", "family": "sd1"},
+      "xl":    {"path": "checkpoints/sd_xl_base_1.0.safetensors", "config": "configs/sdxl", "family": "sdxl"},
+      "detail": {"path": "loras/add_detail.safetensors", "kind": "lora", "family": "sd1"}}}
+
+A LoRA (``kind: lora``) is one ``.safetensors`` file, in diffusers' or in kohya's (SD WebUI's) format, without a
+config; requests apply it by id (``inputs.loras``) to base models of its family.
 
 A manifest (``spotgen models manifest ID`` writes one) is ``{"files": {"relative/path": "<sha256 hex>", ...}}``.
 Its paths are relative to the model's directory for a diffusers model (the form the node cache checks copies
@@ -86,9 +91,10 @@ class CatalogEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: A diffusers-format directory, or a single-file ``.safetensors`` checkpoint (then ``config`` is required).
+    #: A diffusers-format directory, or a single-file ``.safetensors`` checkpoint (then ``config`` is required,
+    #: except for a LoRA, which is always one file).
     path: RelPath
-    kind: Literal["base", "controlnet"] = "base"
+    kind: Literal["base", "controlnet", "lora"] = "base"
     family: Literal["sd1", "sd2", "sdxl"] = "sd1"
     #: Which version of the model this is (a Hub commit, a tag); informational, shown by ``spotgen models list``.
     revision: Annotated[str, AfterValidator(_revision)] | None = None
@@ -104,7 +110,12 @@ class CatalogEntry(BaseModel):
 
     @model_validator(mode="after")
     def _config_only_for_single_files(self) -> CatalogEntry:
-        if self.config is not None and not self.single_file:
+        if self.kind == "lora":
+            if not self.single_file:
+                raise ValueError(f"a LoRA is one '{SAFETENSORS_SUFFIX}' file; {self.path!r} is not")
+            if self.config is not None:
+                raise ValueError("a LoRA has no 'config'")
+        elif self.config is not None and not self.single_file:
             raise ValueError(f"'config' is only for single-file checkpoints ('{SAFETENSORS_SUFFIX}' paths); "
                              f"{self.path!r} is a diffusers directory, which carries its own configs")
         return self

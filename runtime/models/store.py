@@ -64,13 +64,15 @@ class ModelStore:
     config directory. ``path`` stays for callers that only know directories."""
 
     def __init__(self, models_dir: Path, device: str = "cpu", node_cache: NodeCache | None = None,
-                 memory_budget: int = 0) -> None:
+                 memory_budget: int = 0, lora_budget: int = 0) -> None:
         self.models_dir = models_dir.resolve()
         self.device = device
         #: Attention kernel of loaded models: auto, sdpa or xformers (``pipelines.attention``).
         self.attention = "auto"
         #: Tier 2 budget in bytes of parameters and buffers; 0 = keep everything loaded.
         self.memory_budget = memory_budget
+        #: Bytes of LoRA adapters each loaded base model keeps (``pipelines.loras``); 0 = no limit.
+        self.lora_budget = lora_budget
         self.hits = self.evictions = 0
         self._sizes: dict[str, int] = {}
         self._model_keys: dict[str, set[str]] = {}
@@ -123,6 +125,10 @@ class ModelStore:
             files = self._scan(model_id, path, exclude=self._manifest_file(entry))
             local = self._from_node_cache(model_id, path, files)
             return ModelSource(model_id, local or path, False, None, files, path)
+        if entry.kind == "lora":
+            if not path.is_file():
+                raise ModelError("model_missing", f"LoRA {model_id!r}: file {path} does not exist")
+            return ModelSource(model_id, path, True, None, {entry.path: path}, self.models_dir)
         if entry.config is None:
             raise ModelError("single_file_needs_config", f"model {model_id!r}: {entry.path} is a single-file "
                              "checkpoint; add \"config\": \"<dir>\" to its catalog entry, naming a local diffusers "

@@ -1,9 +1,11 @@
 """Tiny random-weight models in real diffusers format, for tests, the local stack and benchmarks.
 
-They have the *shape* of Stable Diffusion 1.x (VAE scale factor 8, CLIP text encoder with 77 positions,
-a ControlNet whose conditioning embedding downsamples by 8), so every code path a real checkpoint takes
-is exercised, but they weigh a few MB and run in milliseconds on a CPU. Nothing is downloaded: the
-weights come from a fixed seed and the tokenizer is generated here, so two builds are identical.
+They have the *shape* of Stable Diffusion 1.x and of SDXL (VAE scale factor 8, CLIP text encoders with 77
+positions, SDXL's two encoders and size conditioning, ControlNets whose conditioning embedding downsamples by 8,
+LoRA adapters in diffusers' and kohya's formats), so every code path a real checkpoint takes is exercised, but
+they weigh a few MB and run in milliseconds on a CPU. Nothing is downloaded: the weights come from fixed seeds
+and the tokenizer is generated here, so two builds are identical. The networks are in ``tinynets`` and the
+adapters in ``tinylora``.
 """
 
 from __future__ import annotations
@@ -22,20 +24,32 @@ from runtime.models.catalog import CATALOG_FILE
 
 BASE_ID = "tiny-sd"
 CONTROLNET_ID = "tiny-controlnet"
+SDXL_ID = "tiny-sdxl"
+SDXL_CONTROLNET_ID = "tiny-sdxl-controlnet"
+LORA_DIR = "tiny-loras"  # not "loras": a rebuild replaces the directory, and an operator's own may be there
+#: A build of another version is rebuilt; bump it whenever what is built changes.
+VERSION = 2
+_VERSION_FILE = ".tiny-version"
+#: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights.
+LORA_IDS = {"sd1": ("tiny-lora-sd1", "tiny-lora-sd1-kohya"), "sdxl": ("tiny-lora-sdxl", "tiny-lora-sdxl-kohya")}
 CATALOG: dict[str, dict[str, str]] = {
     BASE_ID: {"path": BASE_ID, "kind": "base", "family": "sd1"},
     CONTROLNET_ID: {"path": CONTROLNET_ID, "kind": "controlnet", "family": "sd1"},
+    SDXL_ID: {"path": SDXL_ID, "kind": "base", "family": "sdxl"},
+    SDXL_CONTROLNET_ID: {"path": SDXL_CONTROLNET_ID, "kind": "controlnet", "family": "sdxl"},
+    **{lora: {"path": f"{LORA_DIR}/{lora}.safetensors", "kind": "lora", "family": family}
+       for family, ids in LORA_IDS.items() for lora in ids},
 }
-# A file each model directory must hold; with the catalog entry (written last) it means the model is whole.
-_MARKERS = {BASE_ID: "model_index.json", CONTROLNET_ID: "config.json"}
-SEED = 0
+# A file each model must hold; with the catalog entry (written last) it means the model is whole.
+_MARKERS = {BASE_ID: "model_index.json", CONTROLNET_ID: "config.json", SDXL_ID: "model_index.json",
+            SDXL_CONTROLNET_ID: "config.json", **{lora: "" for ids in LORA_IDS.values() for lora in ids}}
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # A few merges so the tokenizer really runs BPE (words it knows become one token), not only bytes.
 MERGES = ("t h", "th e</w>", "o f</w>", "i n</w>", "f o", "fo x</w>", "r e", "re d</w>")
 
 
 def build_tiny_models(models_dir: Path) -> None:
-    """Build ``tiny-sd`` and ``tiny-controlnet`` under ``models_dir`` and list them in its catalog.
+    """Build the tiny models (``CATALOG``) under ``models_dir`` and list them in its catalog.
 
     Idempotent and safe against a crash or a second process doing the same: models are built in a
     temporary directory and renamed into place, and the catalog, written last, is what marks them done.
@@ -50,12 +64,13 @@ def build_tiny_models(models_dir: Path) -> None:
         work = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=models_dir))
         try:
             _save_models(work)
-            for name in CATALOG:
+            for name in (LORA_DIR, *(n for n in CATALOG if CATALOG[n]["kind"] != "lora")):
                 target = models_dir / name
                 if target.exists():  # a leftover that _complete() did not accept
                     shutil.rmtree(target)
                 os.replace(work / name, target)
             _write_catalog(models_dir)
+            (models_dir / _VERSION_FILE).write_text(f"{VERSION}\n")
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -63,9 +78,12 @@ def build_tiny_models(models_dir: Path) -> None:
 def _complete(models_dir: Path) -> bool:
     try:
         listed = json.loads((models_dir / CATALOG_FILE).read_text()).get("models", {})
+        if (models_dir / _VERSION_FILE).read_text().strip() != str(VERSION):
+            return False
     except (OSError, ValueError, AttributeError):
         return False
-    return all(name in listed and (models_dir / name / marker).is_file() for name, marker in _MARKERS.items())
+    return all(listed.get(name) == CATALOG[name] and (models_dir / CATALOG[name]["path"] / marker).is_file()
+               for name, marker in _MARKERS.items())
 
 
 @contextmanager
@@ -95,66 +113,46 @@ def _write_catalog(models_dir: Path) -> None:
 
 def _save_models(out: Path) -> None:
     import torch  # the worker's dependencies, imported only when models are really built
+    from safetensors.torch import save_file
+
+    from runtime.models import tinylora, tinynets
 
     with torch.random.fork_rng(devices=[]):  # deterministic without disturbing the caller's RNG
-        pipe, controlnet = _make_models()
-    pipe.save_pretrained(out / BASE_ID, safe_serialization=True)
-    controlnet.save_pretrained(out / CONTROLNET_ID, safe_serialization=True)
-    # tokenizer.json is all transformers 5 needs; transformers 4's CLIPTokenizer reads these two files.
-    vocab = dict(sorted(pipe.tokenizer.get_vocab().items(), key=lambda item: item[1]))
-    (out / BASE_ID / "tokenizer" / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False),
-                                                           encoding="utf-8")
-    (out / BASE_ID / "tokenizer" / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+        sd = tinynets.sd_pipeline(_tokenizer())
+        sdxl = tinynets.sdxl_pipeline(_tokenizer(), _tokenizer(pad_token="!"))  # SDXL's second tokenizer pads with "!"
+        nets = {BASE_ID: sd, CONTROLNET_ID: tinynets.controlnet(sd.unet, seed=3), SDXL_ID: sdxl,
+                SDXL_CONTROLNET_ID: tinynets.controlnet(sdxl.unet, seed=14)}
+        (out / LORA_DIR).mkdir()
+        for seed, (family, pipe) in enumerate((("sd1", sd), ("sdxl", sdxl))):
+            plain, kohya = LORA_IDS[family]
+            save_file(tinylora.lora_weights(pipe, seed=20 + seed), out / LORA_DIR / f"{plain}.safetensors")
+            save_file(tinylora.kohya_format(tinylora.lora_weights(pipe, seed=30 + seed), family == "sdxl"),
+                      out / LORA_DIR / f"{kohya}.safetensors")
+    for name, net in nets.items():
+        net.save_pretrained(out / name, safe_serialization=True)
+    for name, pipe in ((BASE_ID, sd), (SDXL_ID, sdxl)):
+        for sub in ("tokenizer", "tokenizer_2"):
+            if (out / name / sub).is_dir():
+                _save_slow_tokenizer(getattr(pipe, sub), out / name / sub)
     for path in out.rglob("*"):  # some savers write 0600 files; a worker may run as another user
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def _make_models() -> tuple[Any, Any]:
-    import torch
-    from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = _tokenizer()
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-    )
-    torch.manual_seed(SEED + 1)
-    vae = AutoencoderKL(  # four blocks: a scale factor of 8, as in real SD
-        sample_size=64, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-        block_out_channels=(8, 8, 16, 16), norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-    torch.manual_seed(SEED + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, projection_dim=32, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
-    # SD 1.5's own scheduler settings, so make_scheduler derives every other scheduler as it would for real.
-    scheduler = PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    torch.manual_seed(SEED + 3)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 16, 16))
-    return pipe, controlnet
+def _save_slow_tokenizer(tokenizer: Any, directory: Path) -> None:
+    """tokenizer.json is all transformers 5 needs; transformers 4's CLIPTokenizer reads these two files."""
+    vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
 
 
-def _tokenizer() -> Any:
+def _tokenizer(**options: Any) -> Any:
     """A CLIP BPE tokenizer over the 256 byte-level symbols (and their end-of-word forms) plus a few merges."""
     from transformers import CLIPTokenizer
 
     symbols = list(_bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in MERGES] + [BOS, EOS]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
-    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in MERGES], model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in MERGES], model_max_length=77, **options)
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -124,7 +124,7 @@ class JobRunner:
                       phase="generating" if resident else "loading_model", model_cache="hit" if resident else "miss",
                       resume=ResumeInfo(attempt=attempt, from_step=from_step, note=note) if attempt > 1 else None,
                       progress=Progress(step=from_step, total=doc.progress.total or getattr(inputs, "steps", 0)),
-                      trace_id=job.trace_id or doc.trace_id)
+                      trace_id=job.trace_id or doc.trace_id, loras=getattr(inputs, "loras", doc.loras))
         job.attempt, job.from_step = attempt, from_step
         self.observer.job_started(job)
         if attempt > 1:
@@ -243,6 +243,9 @@ class JobRunner:
         except (CheckpointError, ValueError) as exc:
             log.warning("job %s: checkpoint ignored: %s", spec.id, exc)
             return None, f"checkpoint ignored ({exc}){again}"
+        if state.step == 0:  # an attempt whose state could not be saved left only why (``execute``'s on_step)
+            reason = state.values.get("unsaved")
+            return None, f"{reason if isinstance(reason, str) and reason else 'no checkpoint was saved'}{again}"
         log.info("job %s resumes at step %d", spec.id, state.step)
         return state, f"resumed at step {state.step} from a checkpoint"
 
@@ -257,6 +260,20 @@ class JobRunner:
         fingerprint, every = spec.fingerprint(), self.settings.checkpoint_every
         clock = PhaseClock()
 
+        unsaved: list[str] = []  # why this run's state cannot be checkpointed, once a try has failed
+
+        def dump(state: Any) -> bytes | None:
+            if unsaved:
+                return None
+            try:
+                return checkpoint.dump(state(), fingerprint)
+            except CheckpointError as exc:  # the pipeline cannot save this run (its sampler, say): restart instead
+                sampler = getattr(inputs, "scheduler", None)
+                what = f"sampler {sampler}" if isinstance(sampler, str) else f"pipeline {spec.pipeline!r}"
+                unsaved.append(f"{what} cannot be checkpointed ({exc})")
+                log.warning("job %s: %s; an interruption will restart it from the beginning", spec.id, unsaved[0])
+                return None
+
         def on_step(step: int, total: int, state: Any) -> None:
             self.observer.step(job, step, total, clock.step(step, total))
             report(step, total)
@@ -269,11 +286,17 @@ class JobRunner:
                 return
             if self.interruption is not None and self.interruption.requested:
                 tracker.doc.progress = Progress(step=step, total=total)
-                if not saver.save(checkpoint.dump(state(), fingerprint), wait=True):
+                data = dump(state)
+                if data is None:
+                    log.warning("job %s interrupted at step %d without a checkpoint of it; the next attempt %s",
+                                spec.id, step, f"resumes at step {resume.step} again" if resume else "restarts")
+                if data is None and resume is None:  # a step-0 checkpoint tells the next attempt why it restarts
+                    data = checkpoint.dump(StepState(step=0, values={"unsaved": unsaved[0]}), fingerprint)
+                if data is not None and not saver.save(data, wait=True):
                     log.error("job %s: the interruption checkpoint could not be stored", spec.id)
                 raise JobInterrupted
-            if every and step % every == 0:
-                saver.save(checkpoint.dump(state(), fingerprint))
+            if every and step % every == 0 and (data := dump(state)) is not None:
+                saver.save(data)
 
         ctx = RunContext(job_id=spec.id, model=spec.model, seed=spec.seed, device=self.settings.device,
                          models=self.models, report=on_step, fetch_image=self.fetch_image, resume_from=resume,
@@ -291,6 +314,8 @@ class JobRunner:
             if isinstance(exc, PermanentError | RetryableError):
                 raise
             raise PermanentError(getattr(exc, "code", "invalid_image"), str(exc)) from None
+        except ContractError as exc:  # an input only the model can judge (a LoRA's family, a prompt too long)
+            raise PermanentError(exc.code, exc.message, exc.field) from None
         except Exception as exc:  # a pipeline bug or a bad input it found: both fail the same way again
             log.exception("pipeline %s failed on job %s", spec.pipeline, spec.id)
             raise PermanentError("pipeline_error", f"{type(exc).__name__}: {exc}") from None

@@ -5,12 +5,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+from typing import get_args
 
 import pytest
 from PIL import Image
 
-from runtime.config import Settings
+from runtime.config import Family, Settings
 from runtime.contract import (
+    FAMILIES,
+    SAMPLER_SCHEDULES,
+    SCHEDULERS,
+    SCHEDULES,
     ContractError,
     JobRequest,
     Txt2ImgInputs,
@@ -58,7 +63,8 @@ def test_s3_refs_only_inside_the_input_bucket() -> None:
 
 def test_defaults_and_seed_bounds() -> None:
     inputs = Txt2ImgInputs(prompt="x")
-    assert (inputs.width, inputs.height, inputs.scheduler, inputs.num_images) == (512, 512, "euler", 1)
+    assert (inputs.width, inputs.height, inputs.scheduler, inputs.num_images) == (None, None, "euler", 1)
+    assert (inputs.schedule, inputs.clip_skip, inputs.loras) == ("default", 1, [])
     with pytest.raises(ContractError) as info:
         validate_inputs("txt2img", {"prompt": "x", "seed": 2**32}, input_bucket="in")
     assert info.value.field == "inputs.seed"
@@ -85,6 +91,19 @@ def test_parse_request_names_the_field() -> None:
     with pytest.raises(ContractError) as info:
         parse_request({"pipeline": "txt2img", "model": "m", "inputs": {}, "extra": 1})
     assert (info.value.code, info.value.field) == ("unknown_field", "extra")
+
+
+def test_every_sampler_takes_the_default_schedule_and_only_known_ones() -> None:
+    assert set(SAMPLER_SCHEDULES) == set(SCHEDULERS)
+    for sampler, schedules in SAMPLER_SCHEDULES.items():
+        assert schedules[0] == "default" and set(schedules) <= set(SCHEDULES), sampler
+
+
+def test_the_settings_know_the_contracts_families() -> None:
+    assert set(get_args(Family)) == set(FAMILIES)
+    with pytest.raises(SystemExit, match="SPOTGEN_MODEL_FAMILIES"):
+        Settings.from_env({"SPOTGEN_MODEL_FAMILIES": "x=sd3"})
+    assert Settings.from_env({"SPOTGEN_MODEL_FAMILIES": "x=sdxl, y=sd1"}).model_families == {"x": "sdxl", "y": "sd1"}
 
 
 def test_settings_from_env() -> None:

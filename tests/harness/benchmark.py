@@ -8,7 +8,8 @@ Throughput ratio = direct time / end-to-end time for the same images (the goal i
 Then submit -> `running` latency of an idle worker (status `started_at - created_at`), one job at a time.
 Then the cost of an interruption for a 512 px job: checkpoint size, time to serialize and store it, and time
 from the start of a resumed run to its first step against a fresh run's, all in units of one denoising step.
-Then the model cache (tests/harness/bench_cache.py, which says how EFS is simulated).
+Then the model cache (tests/harness/bench_cache.py, which says how EFS is simulated), the SDXL memory ratio and
+the LoRA costs (tests/harness/bench_models.py), and the telemetry overhead (tests/harness/bench_ops.py).
 
 Prints a table and, as the last line, one JSON object with every figure.
 """
@@ -189,6 +190,10 @@ def main() -> int:
     print(f"resume: read + restore + first step {ckpt['resume_to_first_step_s'] * 1000:.0f} ms vs fresh start + first "
           f"step {ckpt['fresh_start_to_first_step_s'] * 1000:.0f} ms: {ckpt['resume_overhead_steps']:+.2f} steps")
     print("\n".join(bench_cache.report(cache)))
+    from tests.harness import bench_models
+
+    figures["models"] = families = bench_models.figures()
+    print("\n".join(bench_models.report(families)))
     from tests.harness.bench_ops import ops_overhead  # tracing + metrics on vs off; prints its own lines
 
     figures["operations"] = ops_overhead()

@@ -2,7 +2,8 @@
 
 Spot GPUs are taken away at any moment, so the guarantees (exactly one final state and notification per job,
 outputs byte-identical to an uninterrupted run, little work redone) only mean something under many real
-interruptions. The embedded stack runs N jobs (txt2img, img2img, ControlNet, all seven schedulers) on W worker
+interruptions. The embedded stack runs N jobs (txt2img, img2img, ControlNet, every sampler, a schedule each; every
+fourth job on SDXL with a LoRA) on W worker
 processes while a driver sends SIGTERM (spot notice, scale-in) and SIGKILL (node lost) to random *busy*
 workers and starts a replacement each time. Then it checks:
 
@@ -38,7 +39,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ("txt2img", "img2img", "controlnet")
-SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc", "pndm", "lms")
+#: Every fourth job runs on SDXL with a LoRA (and the SDXL ControlNet), the others on SD 1.x.
+MODELS = {"tiny-sd": ("tiny-controlnet", []), "tiny-sdxl": ("tiny-sdxl-controlnet", [{"id": "tiny-lora-sdxl",
+                                                                                      "weight": 0.7}])}
 PROMPTS = ("a red fox in the snow", "a lighthouse at dusk", "the fox of the forest", "a bowl of red fruit")
 #: torch threads of every process that computes images: float results differ between thread counts.
 THREADS = 1
@@ -69,24 +72,29 @@ def input_images(size: int) -> dict[str, bytes]:
 
 
 def make_jobs(n: int, size: int, steps: int, seed: int, bucket: str) -> list[Job]:
-    """Pipelines cycle mod 3 and schedulers mod 7, so every pair occurs within 21 jobs; every 10th job makes
-    two images."""
-    from runtime.contract import validate_inputs
+    """Pipelines cycle mod 3 and samplers mod 13, so every pair occurs within 39 jobs; each sampler cycles through
+    the schedules it takes; every 4th job is SDXL with a LoRA; every 10th job makes two images."""
+    from runtime.contract import SAMPLER_SCHEDULES, SCHEDULERS, validate_inputs
 
     rng = random.Random(seed)
     jobs = []
     for i in range(n):
         pipeline, strength = PIPELINES[i % 3], 0.8
+        model = "tiny-sdxl" if i % 4 == 3 else "tiny-sd"
+        controlnet, loras = MODELS[model]
+        sampler = SCHEDULERS[i % len(SCHEDULERS)]
+        schedules = SAMPLER_SCHEDULES[sampler]
         raw: dict[str, Any] = {"prompt": PROMPTS[i % len(PROMPTS)], "width": size, "height": size, "steps": steps,
-                               "seed": rng.randrange(2**32), "scheduler": SCHEDULERS[i % 7],
-                               "num_images": 2 if i % 10 == 9 else 1}
+                               "seed": rng.randrange(2**32), "scheduler": sampler,
+                               "schedule": schedules[(i // len(SCHEDULERS)) % len(schedules)],
+                               "num_images": 2 if i % 10 == 9 else 1, "loras": loras}
         if pipeline == "img2img":
             raw |= {"image": f"s3://{bucket}/chaos/photo.png", "strength": strength}
         if pipeline == "controlnet":
-            raw |= {"control_image": f"s3://{bucket}/chaos/edges.png", "controlnet": "tiny-controlnet"}
+            raw |= {"control_image": f"s3://{bucket}/chaos/edges.png", "controlnet": controlnet}
         inputs = validate_inputs(pipeline, raw, input_bucket=bucket).model_dump(mode="json")  # type: ignore[union-attr]
         jobs.append(Job(f"chaos-{i:04d}", {"id": f"chaos-{i:04d}", "pipeline": pipeline,
-                        "model": "tiny-sd", "inputs": raw}, json.loads(json.dumps(inputs)),
+                        "model": model, "inputs": raw}, json.loads(json.dumps(inputs)),
                         int(steps * strength) if pipeline == "img2img" else steps))
     return jobs
 
@@ -108,7 +116,7 @@ def _reference_init(models_dir: str, bucket: str, images: dict[str, bytes], log:
                 images={f"s3://{bucket}/{key}": data for key, data in images.items()}, pipelines={})
 
 
-def reference(job_id: str, pipeline: str, inputs: dict[str, Any]) -> list[bytes]:
+def reference(job_id: str, pipeline: str, inputs: dict[str, Any], model: str) -> list[bytes]:
     """The job's PNGs as an uninterrupted worker makes them (runs in the reference process): the worker's
     pipeline class, RunContext and ``encode_png`` with the parameters ``JobRunner.store_outputs`` writes."""
     from runtime.plugins import RunContext, SetupContext
@@ -120,10 +128,10 @@ def reference(job_id: str, pipeline: str, inputs: dict[str, Any]) -> list[bytes]
         pipelines[pipeline].setup(SetupContext(device="cpu", models=store))
     runner = pipelines[pipeline]
     parsed = type(runner).Inputs.model_validate(inputs, context={"input_bucket": _REF["bucket"]})
-    ctx = RunContext(job_id=job_id, model="tiny-sd", seed=inputs["seed"], device="cpu", models=store,
+    ctx = RunContext(job_id=job_id, model=model, seed=inputs["seed"], device="cpu", models=store,
                      report=lambda step, total, state: None,
                      fetch_image=lambda uri: decode_image(_REF["images"][uri]))
-    params = {"pipeline": pipeline, "model": "tiny-sd", "seed": inputs["seed"], **inputs}
+    params = {"pipeline": pipeline, "model": model, "seed": inputs["seed"], **inputs}
     return [encode_png(image, {**params, "index": i}) for i, image in enumerate(runner.run(parsed, ctx))]
 
 
@@ -370,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             chaos.s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="image/png")
         pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _reference_init,
                                    (str(args.models.resolve()), bucket, images, str(args.log_dir / "reference.log")))
-        refs = {j.id: pool.submit(reference, j.id, j.request["pipeline"], j.inputs) for j in jobs}
+        refs = {j.id: pool.submit(reference, j.id, j.request["pipeline"], j.inputs, j.request["model"]) for j in jobs}
         for job in jobs:
             status, body = call("POST", f"{stack.api_url}/v1/jobs", job.request)
             assert status == 202, (status, body)

@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             job.request["id"] = job.id = job.id.replace("chaos", "faults")
             status, body = call("POST", f"{stack.api_url}/v1/jobs", job.request)
             assert status == 202, (status, body)
-            refs[job.id] = pool.submit(reference, job.id, job.request["pipeline"], job.inputs)
+            refs[job.id] = pool.submit(reference, job.id, job.request["pipeline"], job.inputs, job.request["model"])
             jobs.append(job)
 
         def feed() -> None:

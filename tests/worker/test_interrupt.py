@@ -31,7 +31,7 @@ from runtime.worker import checkpoint
 from runtime.worker.interrupt import FORCED_EXIT
 from runtime.worker.steplog import read as read_steplog
 from tests.conftest import Stack, spawn_worker, start_stack, stop_stack
-from tests.pipelines.test_pipelines import _input_images
+from tests.pipelines.harness import _input_images
 from tests.worker.test_e2e import drain
 
 LEASE_S = 3
@@ -176,8 +176,9 @@ def checkpoint_exists(stack: Stack, job_id: str, timeout: float = 10) -> bool:
 # -- SIGTERM: checkpoint, hand back, resume elsewhere, byte-identical -------------------------------------
 
 # Every pipeline and every scheduler of the allow-list, each at least once.
-CASES = [("txt2img", "ddim"), ("img2img", "euler"), ("controlnet", "euler_a"), ("txt2img", "dpmpp_2m"),
-         ("img2img", "unipc"), ("controlnet", "pndm"), ("txt2img", "lms")]
+# One per pipeline, with a multistep, a first-order and an ancestral sampler: the handoff between workers is the
+# same for every sampler, whose own state is checked pair by pair in tests/pipelines/test_schedulers.py.
+CASES = [("txt2img", "dpmpp_2m"), ("img2img", "euler"), ("controlnet", "euler_a")]
 
 
 @pytest.mark.parametrize(("pipeline", "scheduler"), CASES)

@@ -1,0 +1,84 @@
+"""Loading base models and ControlNets once per process, in the pipeline class their family needs.
+
+The catalog entry's ``family`` decides the class: SD 1.x and 2.x load as ``StableDiffusionPipeline``, SDXL as
+``StableDiffusionXLPipeline`` (two text encoders, size conditioning). Each task then builds its own view on the
+loaded modules (``pipelines.common.job_pipeline``), so txt2img, img2img and ControlNet of one base share a UNet,
+a VAE and the text encoders in memory. Single-file checkpoints (``sd_xl_base_1.0.safetensors`` as SD WebUI users
+keep them) load with the catalog's local config directory, so no download is ever attempted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+from pipelines import attention
+from runtime.models.catalog import ModelError
+from runtime.models.store import ModelStore
+
+#: The pipeline class each family's base models load as; tasks pick their own class per kind (``KINDS``).
+BASE_CLASSES: dict[str, type[DiffusionPipeline]] = {
+    "sd1": StableDiffusionPipeline,
+    "sd2": StableDiffusionPipeline,
+    "sdxl": StableDiffusionXLPipeline,
+}
+#: Which kind of diffusers pipeline runs each family: the tasks map a kind to their own class.
+KINDS = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl"}
+
+
+def torch_dtype(device: str) -> torch.dtype:
+    """Half precision where it is fast and memory is scarce (GPUs); CPUs are slow or inexact at it."""
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def family(store: ModelStore, model_id: str) -> str:
+    """The base model's family, refused when no built-in pipeline runs it."""
+    name = store.entry(model_id, "base").family
+    if name not in BASE_CLASSES:
+        raise ModelError("unsupported_model_family", f"model {model_id!r} is a {name} model; the built-in "
+                         f"pipelines run {', '.join(BASE_CLASSES)} models")
+    return name
+
+
+def base_pipeline(store: ModelStore, model_id: str) -> DiffusionPipeline:
+    """The base model's pipeline, loaded once per process; use ``job_pipeline`` to run a job on it."""
+    cls = BASE_CLASSES[family(store, model_id)]
+
+    def load() -> DiffusionPipeline:
+        source = store.source(model_id, "base")
+        options: dict[str, Any] = {"dtype": torch_dtype(store.device)}
+        if cls is StableDiffusionPipeline:
+            options.update(safety_checker=None, requires_safety_checker=False)
+        else:
+            options.update(add_watermarker=False)  # SDXL's invisible watermark is an optional extra we do not ship
+        if source.single_file:  # original layout; the catalog's local config dir stands in for the Hub
+            pipe = cls.from_single_file(str(source.path), config=str(source.config), local_files_only=True,
+                                        **options)
+        else:
+            pipe = cls.from_pretrained(source.path, use_safetensors=True, **options)
+        pipe.to(store.device)
+        attention.apply(pipe, attention.choose(store.device, store.attention))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return store.get(f"sd:{model_id}", load, model_id)
+
+
+def controlnet_model(store: ModelStore, controlnet_id: str) -> ControlNetModel:
+    """A ControlNet, loaded once per process and shared by every base model it is used with."""
+
+    def load() -> ControlNetModel:
+        source = store.source(controlnet_id, "controlnet")
+        if source.single_file:  # original ControlNet layout (or diffusers keys in one file) plus a local config
+            model = ControlNetModel.from_single_file(str(source.path), config=str(source.config),
+                                                     local_files_only=True, dtype=torch_dtype(store.device))
+        else:
+            model = ControlNetModel.from_pretrained(source.path, dtype=torch_dtype(store.device),
+                                                    use_safetensors=True)
+        model = model.to(store.device)
+        attention.apply(model, attention.choose(store.device, store.attention))
+        return model
+
+    return store.get(f"controlnet:{controlnet_id}", load, controlnet_id)

@@ -1,0 +1,286 @@
+"""Prompts as SD WebUI (AUTOMATIC1111) users write them: attention weights, BREAK, and no 77-token limit.
+
+People bring prompts from WebUI and expect the same picture. diffusers truncates at 77 tokens and reads
+``(word:1.3)`` as plain text; WebUI weights it and encodes long prompts in 75-token chunks. This module does
+what WebUI's ``prompt_parser.parse_prompt_attention`` and ``sd_hijack_clip.FrozenCLIPEmbedderWithCustomWordsBase``
+do ("Original" emphasis) and hands the result to diffusers as ``prompt_embeds`` and friends.
+
+Why not a library: compel (the one diffusers documents) has InvokeAI's syntax, ``word++`` and ``(word)1.1``;
+``(word:1.3)`` and ``[word]`` are plain text to it, it downweights by blending with the prompt with the word
+masked out rather than by scaling, and it neither rescales to the original mean nor knows BREAK or WebUI's
+comma backtracking. diffusers' "lpw" long-prompt pipeline is a community script, not an installable module.
+The grammar is small, so it is written here, where tests can hold it to WebUI's own examples.
+
+Where this departs from WebUI, on purpose:
+
+- Malformed input never raises. WebUI's lenient rules are kept: an unclosed ``(`` or ``[`` weights the rest
+  of the prompt; a stray ``)`` or ``]`` is literal text, as is a ``:`` that starts no weight; a backslash
+  before any other character is dropped. A weight that is no number, ``(a:1.2.3)``, is literal text here
+  (WebUI raises ``ValueError``).
+- ``BREAK`` inside brackets still breaks (WebUI multiplies its marker's weight and then encodes the word).
+- SDXL: clip_skip applies to both text encoders, as diffusers' ``clip_skip`` does (WebUI skips only CLIP-L
+  and only with an option set).
+- An empty negative prompt on SDXL follows the pipeline's ``config.force_zeros_for_empty_prompt`` (True for
+  SDXL base) as diffusers does: zeros for the negative embeddings and pooled embedding. WebUI also zeros an
+  empty negative. Zeros for every chunk, padding included, attend exactly like one zero chunk (all keys and
+  values are equal, so their number does not matter), i.e. like WebUI's unpadded negative.
+- Textual-inversion embeddings are not looked up; their names are tokenized as words.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from runtime.contract import ContractError
+
+#: Prompt tokens per chunk; with BOS and EOS a chunk fills CLIP's 77 positions.
+CHUNK_TOKENS = 75
+#: At most this many chunks (600 tokens) per prompt: a bound on text-encoder work and UNet attention length.
+MAX_CHUNKS = 8
+#: A chunk that fills up moves the words after its last comma to the next chunk, if they are this few or fewer
+#: (WebUI's ``comma_padding_backtrack`` default), so a phrase is not cut in two.
+COMMA_BACKTRACK = 20
+ROUND, SQUARE = 1.1, 1 / 1.1
+
+_ATTENTION = re.compile(r"""
+      \\[()\[\]\\]              # \( \) \[ \] \\ : the character itself
+    | \\                        # any other backslash: dropped
+    | [(\[]                     # opening brackets
+    | :\s*([+-]?[.\d]+)\s*\)    # an explicit weight and the round bracket it closes
+    | [)\]]                     # closing brackets
+    | [^\\()\[\]:]+             # text
+    | :                         # a colon that starts no weight
+""", re.X)
+_BREAK_WORD = re.compile(r"\s*\bBREAK\b\s*", re.S)
+
+
+class Fragment(NamedTuple):
+    """A run of prompt text and the weight its tokens' embeddings are multiplied by."""
+
+    text: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class Break:
+    """``BREAK``: the current chunk ends here, padded, and the text after it starts a new one."""
+
+
+BREAK = Break()
+
+
+class Chunk(NamedTuple):
+    """One text-encoder input: 77 token ids (BOS, up to 75 prompt tokens, EOS, padding) and their weights."""
+
+    ids: list[int]
+    weights: list[float]
+    tokens: int  # prompt tokens in it, BOS, EOS and padding not counted
+
+
+def parse(prompt: str) -> list[Fragment | Break]:
+    """WebUI's attention syntax: ``(x)`` multiplies by 1.1, ``[x]`` divides by 1.1, ``(x:1.3)`` multiplies by
+    1.3, nesting multiplies, ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\`` are literal, ``BREAK`` (a whole uppercase word)
+    ends a chunk. Adjacent fragments of equal weight merge, as in WebUI: the tokenizer then sees the same
+    strings WebUI's does, which matters to BPE. Never raises (see the module docstring)."""
+    parts: list[list[Any] | Break] = []  # [text, weight] pairs, weighted in place as brackets close
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def multiply(start: int, factor: float) -> None:
+        for part in parts[start:]:
+            if isinstance(part, list):
+                part[1] *= factor
+
+    for match in _ATTENTION.finditer(prompt):
+        token, weight = match.group(0), match.group(1)
+        if token.startswith("\\"):
+            parts.append([token[1:], 1.0])
+        elif token == "(":
+            round_open.append(len(parts))
+        elif token == "[":
+            square_open.append(len(parts))
+        elif weight is not None and round_open and (factor := _number(weight)) is not None:
+            multiply(round_open.pop(), factor)
+        elif token == ")" and round_open:
+            multiply(round_open.pop(), ROUND)
+        elif token == "]" and square_open:
+            multiply(square_open.pop(), SQUARE)
+        else:
+            for i, piece in enumerate(_BREAK_WORD.split(token)):
+                if i:
+                    parts.append(BREAK)
+                parts.append([piece, 1.0])
+    for start in round_open:  # unclosed brackets weight the rest of the prompt
+        multiply(start, ROUND)
+    for start in square_open:
+        multiply(start, SQUARE)
+
+    merged: list[list[Any] | Break] = []
+    for part in parts:
+        last = merged[-1] if merged else None
+        if isinstance(part, list) and isinstance(last, list) and last[1] == part[1]:
+            last[0] += part[0]
+        else:
+            merged.append(part)
+    # Empty texts (around BREAK, from a lone backslash) have no tokens; they are dropped only after merging.
+    return [part if isinstance(part, Break) else Fragment(part[0], part[1])
+            for part in merged if isinstance(part, Break) or part[0]]
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:  # "1.2.3", "." and the like match the weight pattern
+        return None
+
+
+def pack(fragments: list[Fragment | Break], tokenizer: Any) -> list[Chunk]:
+    """The chunks WebUI's ``tokenize_line`` makes: each fragment tokenized alone (no BOS/EOS, no truncation),
+    tokens packed 75 to a chunk with their fragment's weight; a full chunk moves a tail of up to 20 tokens
+    after its last comma to the next; BREAK closes the chunk even when empty. An empty prompt is one chunk."""
+    texts = [f.text for f in fragments if isinstance(f, Fragment)]
+    tokenized = iter(tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids
+                     if texts else [])
+    comma = tokenizer.get_vocab().get(",</w>")
+    closed: list[tuple[list[int], list[float]]] = []
+    tokens: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+    for fragment in fragments:
+        if isinstance(fragment, Break):
+            closed.append((tokens, weights))
+            tokens, weights, last_comma = [], [], -1
+            continue
+        for token in next(tokenized):
+            if token == comma:
+                last_comma = len(tokens)
+            elif len(tokens) == CHUNK_TOKENS and last_comma != -1 and len(tokens) - last_comma <= COMMA_BACKTRACK:
+                cut = last_comma + 1
+                closed.append((tokens[:cut], weights[:cut]))
+                tokens, weights, last_comma = tokens[cut:], weights[cut:], -1
+            if len(tokens) == CHUNK_TOKENS:
+                closed.append((tokens, weights))
+                tokens, weights, last_comma = [], [], -1
+            tokens.append(token)
+            weights.append(fragment.weight)
+    if tokens or not closed:
+        closed.append((tokens, weights))
+    return [_chunk(tokenizer, t, w) for t, w in closed]
+
+
+def _chunk(tokenizer: Any, tokens: list[int], weights: list[float]) -> Chunk:
+    """BOS + tokens + EOS, then the tokenizer's pad token to 77: what the tokenizer itself gives a short
+    prompt (so one unweighted chunk is diffusers' own input), and WebUI's ``id_pad`` for SD 1.x, SD 2 and SDXL."""
+    eos = tokenizer.eos_token_id
+    pad = eos if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+    fill = CHUNK_TOKENS - len(tokens)
+    return Chunk([tokenizer.bos_token_id, *tokens, eos] + [pad] * fill, [1.0, *weights] + [1.0] * (fill + 1),
+                 len(tokens))
+
+
+def encode(pipe: Any, prompt: str, negative_prompt: str = "", *, clip_skip: int = 1,
+           guidance: bool = True) -> dict[str, torch.Tensor]:
+    """The keyword arguments that replace ``prompt``/``negative_prompt`` in a diffusers SD 1.x/2 or SDXL call.
+
+    Keys: ``prompt_embeds``, ``negative_prompt_embeds`` (only with ``guidance``, i.e. guidance_scale > 1), and
+    for SDXL (a pipeline with ``text_encoder_2``) ``pooled_prompt_embeds``, ``negative_pooled_prompt_embeds``.
+    Shapes: (1, 77 * chunks, hidden) with prompt and negative padded to the same number of chunks with empty
+    chunks (diffusers needs equal shapes; WebUI's ``pad_cond_uncond`` does the same), hidden being the two
+    encoders' widths added for SDXL; pooled (1, projection_dim) from encoder 2's first chunk, as in WebUI.
+    The batch is 1: diffusers repeats given embeddings itself, so the caller passes
+    ``num_images_per_prompt`` unchanged. ``clip_skip`` 1 is the model's own layer (the last for SD 1.x, the
+    penultimate for SDXL); k is diffusers' ``clip_skip=k-1``, applied to the negative prompt too (diffusers
+    ignores it there, WebUI does not). Gradient-free; callable inside ``torch.inference_mode``.
+    """
+    second = getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)
+    xl = second[1] is not None
+    pairs = ((pipe.tokenizer, pipe.text_encoder), second)
+    encoders = [(tok, enc) for tok, enc in pairs if enc is not None]  # an SDXL refiner has text_encoder_2 only
+    for _, enc in encoders:
+        _check_clip_skip(enc, clip_skip, xl)
+    zero_negative = xl and not negative_prompt and bool(pipe.config.force_zeros_for_empty_prompt)
+    texts = {"prompt": prompt}
+    if guidance and not zero_negative:
+        texts["negative_prompt"] = negative_prompt
+    layouts = {name: [_layout(text, tok, name) for tok, _ in encoders] for name, text in texts.items()}
+    count = max(len(chunks) for per_encoder in layouts.values() for chunks in per_encoder)
+
+    out: dict[str, torch.Tensor] = {}
+    last = encoders[-1][1]  # diffusers gives the embeddings text_encoder_2's dtype on SDXL
+    for name, per_encoder in layouts.items():
+        hidden, pooled = [], None
+        for (tok, enc), chunks in zip(encoders, per_encoder, strict=True):
+            states, chunk_pooled = _encode_chunks(enc, chunks + [_chunk(tok, [], [])] * (count - len(chunks)),
+                                                  clip_skip, xl)
+            hidden.append(states.to(last.device))
+            pooled = chunk_pooled if chunk_pooled is not None else pooled  # only encoder 2 has a projection
+        out[f"{name}_embeds"] = torch.cat(hidden, dim=-1).to(last.dtype)
+        if xl:
+            key = "pooled_prompt_embeds" if name == "prompt" else "negative_pooled_prompt_embeds"
+            out[key] = pooled.to(last.device, last.dtype)
+    if guidance and zero_negative:
+        out["negative_prompt_embeds"] = torch.zeros_like(out["prompt_embeds"])
+        out["negative_pooled_prompt_embeds"] = torch.zeros_like(out["pooled_prompt_embeds"])
+    return out
+
+
+def _layout(text: str, tokenizer: Any, name: str) -> list[Chunk]:
+    chunks = pack(parse(text), tokenizer)
+    if len(chunks) > MAX_CHUNKS:
+        tokens = sum(c.tokens for c in chunks)
+        raise ContractError("prompt_too_long", f"inputs.{name}: {tokens} tokens make {len(chunks)} chunks of "
+                            f"{CHUNK_TOKENS} (BREAK and commas may start one early); at most {MAX_CHUNKS} chunks "
+                            f"({MAX_CHUNKS * CHUNK_TOKENS} tokens) fit", f"inputs.{name}")
+    return chunks
+
+
+def _check_clip_skip(encoder: Any, clip_skip: int, xl: bool) -> None:
+    """clip_skip k skips k - 1 layers (k on SDXL, which starts from the penultimate); the encoder must have
+    them. Skipping every layer is allowed, as in diffusers, though it leaves only the token embeddings."""
+    layers = encoder.config.num_hidden_layers
+    deepest = layers if xl else layers + 1
+    if not 1 <= clip_skip <= deepest:
+        raise ContractError("invalid_field", f"inputs.clip_skip: must be between 1 and {deepest} for this "
+                            f"model (its text encoder has {layers} layers)", "inputs.clip_skip")
+
+
+@torch.no_grad()
+def _encode_chunks(encoder: Any, chunks: list[Chunk], clip_skip: int, xl: bool) -> tuple[torch.Tensor, Any]:
+    """Each chunk through the encoder on its own, as WebUI does, weighted, and concatenated along the tokens:
+    (1, 77 * len(chunks), hidden); and the first chunk's pooled projection (``text_embeds``), if any."""
+    states, pooled = [], None
+    for i, chunk in enumerate(chunks):
+        ids = torch.tensor([chunk.ids], device=encoder.device)
+        output = encoder(ids, output_hidden_states=xl or clip_skip > 1)
+        if xl:
+            z = output.hidden_states[-(clip_skip + 1)]
+        elif clip_skip > 1:
+            z = _final_norm(encoder)(output.hidden_states[-clip_skip])
+        else:
+            z = output.last_hidden_state
+        if i == 0:
+            pooled = getattr(output, "text_embeds", None)
+        states.append(_emphasis(z, torch.tensor(chunk.weights, device=z.device)))
+    return torch.cat(states, dim=1), pooled
+
+
+def _final_norm(encoder: Any) -> Any:
+    """The layer norm ``last_hidden_state`` goes through: ``final_layer_norm`` of transformers 5's CLIPTextModel,
+    ``text_model.final_layer_norm`` of transformers 4's (where diffusers 0.42 looks, and fails on 5)."""
+    norm = getattr(encoder, "final_layer_norm", None)
+    return norm if norm is not None else encoder.text_model.final_layer_norm
+
+
+def _emphasis(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """WebUI's "Original" emphasis: each token's embedding times its weight, then the whole chunk rescaled so
+    its mean is the unweighted mean (the weights shift tokens against each other, not the overall level).
+    In float32, as WebUI's float multipliers promote it; all weights 1 gives ``z`` unchanged, bit for bit."""
+    original = z.float()
+    weighted = original * weights[None, :, None]
+    mean = weighted.mean()
+    scale = torch.where(mean == 0, 1.0, original.mean() / mean)  # an all-zero chunk stays as it is
+    return (weighted * scale).to(z.dtype)

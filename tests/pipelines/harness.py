@@ -1,0 +1,74 @@
+"""What the pipeline tests share: the cases, a ``RunContext`` that records progress as the worker sees it, and
+the helpers that compare runs. The ``harness`` fixture (conftest.py) is one per module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel
+
+from pipelines.controlnet import ControlNet
+from pipelines.img2img import Img2Img
+from pipelines.txt2img import Txt2Img
+from runtime.models.store import ModelStore
+from runtime.plugins import Pipeline, RunContext, StepState
+
+BUCKET = "inputs"
+PHOTO, EDGES = f"s3://{BUCKET}/photo.png", f"s3://{BUCKET}/edges.png"
+# Non-square, so a width/height mix-up shows; few steps, so the whole file stays fast.
+COMMON: dict[str, Any] = {"prompt": "a red fox in the snow", "width": 64, "height": 48, "steps": 3}
+CASES: dict[str, tuple[type[Pipeline], dict[str, Any]]] = {
+    "txt2img": (Txt2Img, {}),
+    "img2img": (Img2Img, {"image": PHOTO, "strength": 1.0}),
+    "controlnet": (ControlNet, {"control_image": EDGES, "controlnet": "tiny-controlnet"}),
+}
+#: The tiny base model of each family, and the ControlNet that goes with it.
+MODELS = ("tiny-sd", "tiny-sdxl")
+CONTROLNETS = {"tiny-sd": "tiny-controlnet", "tiny-sdxl": "tiny-sdxl-controlnet"}
+
+
+def _input_images() -> dict[str, Image.Image]:
+    """Inputs of another size than the output, so resizing is exercised."""
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8))
+    edges = Image.new("RGB", (96, 96))
+    edges.paste((255, 255, 255), (20, 20, 76, 76))
+    return {PHOTO: photo, EDGES: edges}
+
+
+class Harness:
+    """A RunContext factory that records progress, as the worker would see it."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+        self.images = _input_images()
+        self.reports: list[tuple[int, int]] = []
+
+    def context(self, seed: int = 1, model: str = "tiny-sd", resume_from: StepState | None = None,
+                on_step: Any = None) -> RunContext:
+        self.reports = []
+
+        def report(step: int, total: int, state: Any) -> None:
+            self.reports.append((step, total))
+            if on_step is not None:
+                on_step(step, state)
+
+        return RunContext(job_id="job-1", model=model, seed=seed, device=self.store.device, models=self.store,
+                          report=report, fetch_image=self.images.__getitem__, resume_from=resume_from)
+
+    def run(self, name: str, job_seed: int = 1, resume_from: StepState | None = None, on_step: Any = None,
+            model: str = "tiny-sd", **overrides: Any) -> list[Image.Image]:
+        cls, fields = CASES[name]
+        fields = {**fields, "controlnet": CONTROLNETS[model]} if "controlnet" in fields else fields
+        inputs = parse(cls.Inputs, {**COMMON, **fields, **overrides})
+        return cls().run(inputs, self.context(job_seed, model=model, resume_from=resume_from, on_step=on_step))
+
+
+def parse(model: type[BaseModel], fields: dict[str, Any]) -> Any:
+    return model.model_validate(fields, context={"input_bucket": BUCKET})
+
+
+def pixels(images: list[Image.Image]) -> np.ndarray:
+    return np.stack([np.asarray(image) for image in images])

@@ -1,0 +1,95 @@
+"""Every input of every built-in pipeline changes the pixels, for both families of tiny models.
+
+A pipeline that silently ignored an input (a control image, a LoRA, a schedule, ``clip_skip``) would pass every
+other test, so each input is varied alone against one reference run. The tiny models are initialised so that
+this can fail: their ControlNets' zero convolutions are not zero, and their LoRAs have non-zero weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.pipelines.harness import MODELS, PHOTO, Harness, pixels
+
+OTHER_PHOTO, BLACK = "s3://inputs/other.png", "s3://inputs/black.png"
+LORAS = {"tiny-sd": "tiny-lora-sd1", "tiny-sdxl": "tiny-lora-sdxl"}
+# One reference per pipeline: the values every variation departs from.
+REFERENCE: dict[str, dict[str, Any]] = {
+    "txt2img": {},
+    "img2img": {"strength": 0.6, "steps": 5},
+    "controlnet": {"controlnet_conditioning_scale": 1.0},
+}
+COMMON_VARIATIONS: dict[str, dict[str, Any]] = {
+    "prompt": {"prompt": "a blue bird over the sea"},
+    "negative_prompt": {"negative_prompt": "blurry, dark"},
+    "guidance_scale": {"guidance_scale": 3.0},
+    "scheduler": {"scheduler": "dpmpp_2m"},
+    "schedule": {"schedule": "karras"},
+    "clip_skip": {"clip_skip": 2},
+    "lora": {"loras": "LORA@0.8"},
+}
+TASK_VARIATIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "txt2img": {},
+    "img2img": {"image": {"image": OTHER_PHOTO}, "strength": {"strength": 0.9}},
+    "controlnet": {"control_image": {"control_image": BLACK}, "controlnet_conditioning_scale":
+                   {"controlnet_conditioning_scale": 0.2}},
+}
+SDXL_VARIATIONS: dict[str, dict[str, Any]] = {
+    "original_size": {"original_size": [1024, 1024]},
+    "target_size": {"target_size": [1024, 768]},
+    "crops_coords_top_left": {"crops_coords_top_left": [32, 16]},
+}
+
+
+def _cases() -> list[tuple[str, str, str]]:
+    cases = []
+    for model in MODELS:
+        for name in REFERENCE:
+            variations = [*COMMON_VARIATIONS, *TASK_VARIATIONS[name]]
+            variations += list(SDXL_VARIATIONS) if model == "tiny-sdxl" else []
+            cases += [(model, name, variation) for variation in variations]
+    return cases
+
+
+@pytest.fixture(scope="module")
+def runs(harness: Harness) -> dict[tuple[str, str], np.ndarray]:
+    """Reference pixels per (model, pipeline), computed once."""
+    rng = np.random.default_rng(7)
+    harness.images[OTHER_PHOTO] = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    harness.images[BLACK] = Image.new("RGB", (64, 48))
+    return {(model, name): pixels(harness.run(name, model=model, **REFERENCE[name]))
+            for model in MODELS for name in REFERENCE}
+
+
+def _with_lora(fields: dict[str, Any], model: str) -> dict[str, Any]:
+    if isinstance(fields.get("loras"), str):
+        weight = float(fields["loras"].split("@")[1])
+        return {**fields, "loras": [{"id": LORAS[model], "weight": weight}]}
+    return fields
+
+
+@pytest.mark.parametrize(("model", "name", "variation"), _cases())
+def test_each_input_changes_the_pixels(harness: Harness, runs: dict[tuple[str, str], np.ndarray], model: str,
+                                       name: str, variation: str) -> None:
+    fields = {**COMMON_VARIATIONS, **TASK_VARIATIONS[name], **SDXL_VARIATIONS}[variation]
+    changed = pixels(harness.run(name, model=model, **{**REFERENCE[name], **_with_lora(fields, model)}))
+    assert not np.array_equal(changed, runs[(model, name)]), f"{model}/{name}: {variation} changed nothing"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_lora_weight_changes_the_pixels(harness: Harness, model: str) -> None:
+    strong = pixels(harness.run("txt2img", model=model, loras=[{"id": LORAS[model], "weight": 0.8}]))
+    weak = pixels(harness.run("txt2img", model=model, loras=[{"id": LORAS[model], "weight": 0.4}]))
+    assert not np.array_equal(strong, weak)
+
+
+def test_img2img_starts_from_the_input_image(harness: Harness, runs: dict[tuple[str, str], np.ndarray]) -> None:
+    """At a low strength the output stays close to its input: the image is really where denoising starts."""
+    photo = np.asarray(harness.images[PHOTO].resize((64, 48)), dtype=float)
+    out = pixels(harness.run("img2img", strength=0.2, steps=10)).astype(float)[0]
+    other = np.asarray(harness.images[OTHER_PHOTO].resize((64, 48)), dtype=float)
+    assert np.abs(out - photo).mean() < np.abs(out - other).mean()

@@ -1,0 +1,80 @@
+"""SDXL and LoRA adapters end to end: HTTP API -> SNS -> SQS -> a real worker -> diffusers -> S3.
+
+The worker of the session stack is one process, so the three LoRA jobs run on the same worker in order.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from runtime.contract import JobState, StatusDoc, utcnow
+from runtime.contract.envelope import build_celery_message
+from runtime.local.demo import edge_map, wait_for
+from tests.conftest import Stack
+from tests.lambdas.test_api import png_bytes
+from tests.worker.test_e2e import first_png, run
+
+SDXL = {"width": 64, "height": 64, "steps": 4, "seed": 11}
+LORA = [{"id": "tiny-lora-sdxl", "weight": 0.8}]
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def sdxl(pipeline: str, **inputs: Any) -> dict[str, Any]:
+    return {"pipeline": pipeline, "model": "tiny-sdxl", "inputs": {"prompt": "a red fox in the snow", **SDXL,
+                                                                   **inputs}}
+
+
+def test_sdxl_txt2img_img2img_and_controlnet_end_to_end(stack: Stack) -> None:
+    init = png_bytes(64, 64)
+    bodies = [sdxl("txt2img", original_size=[1024, 1024], crops_coords_top_left=[0, 0]),
+              sdxl("img2img", image=base64.b64encode(init).decode(), strength=0.7),
+              sdxl("controlnet", controlnet="tiny-sdxl-controlnet",
+                   control_image=base64.b64encode(edge_map(init)).decode())]
+    for body in bodies:
+        doc = run(stack, body)
+        image = Image.open(io.BytesIO(first_png(doc)))
+        assert image.size == (64, 64) and np.asarray(image).std() > 0, body["pipeline"]
+
+
+def test_the_lora_request_of_the_issue_and_byte_identity_without_it(stack: Stack) -> None:
+    """txt2img on tiny-sdxl with a LoRA at 0.8, DPM++ 2M Karras: it succeeds, its PNG differs from the same
+    request without the LoRA, records the LoRA, and a job without LoRAs after it has the pixels of one before."""
+    plain = sdxl("txt2img", scheduler="dpmpp_2m", schedule="karras")
+    before = first_png(run(stack, plain))
+    doc = run(stack, {**plain, "inputs": {**plain["inputs"], "loras": LORA}})
+    with_lora = first_png(doc)
+    after = first_png(run(stack, plain))
+    assert not np.array_equal(pixels(with_lora), pixels(before))
+    assert np.array_equal(pixels(after), pixels(before))
+    params = json.loads(Image.open(io.BytesIO(with_lora)).text["parameters"])
+    assert params["loras"] == LORA and (params["scheduler"], params["schedule"]) == ("dpmpp_2m", "karras")
+    assert doc["loras"] == LORA
+
+
+def test_a_lora_the_worker_cannot_apply_fails_the_job_naming_the_field(stack: Stack) -> None:
+    """A queue message the API never saw (the queue is not trusted): the worker's catalog refuses an SD 1.x LoRA
+    on an SDXL model, naming the field."""
+    now = utcnow()
+    job_id = "lora-of-another-family"
+    queued = StatusDoc(id=job_id, state=JobState.queued, pipeline="txt2img", model="tiny-sdxl", seed=1,
+                       created_at=now, updated_at=now)
+    stack.s3.put_object(Bucket=stack.env["SPOTGEN_OUTPUT_BUCKET"], Key=f"jobs/{job_id}/status.json",
+                        Body=queued.model_dump_json())
+    spec = {"version": 1, "id": job_id, "pipeline": "txt2img", "model": "tiny-sdxl", "seed": 1,
+            "inputs": {"prompt": "x", **SDXL, "loras": [{"id": "tiny-lora-sdxl"}, {"id": "tiny-lora-sd1-kohya"}]},
+            "output_prefix": "outputs", "submitted_at": now.isoformat(), "request_hash": "0" * 64}
+    stack.sqs.send_message(QueueUrl=stack.env["SPOTGEN_QUEUE_URL"],
+                           MessageBody=build_celery_message(job_id, [spec], queue="x"),
+                           MessageAttributes={"job_id": {"DataType": "String", "StringValue": job_id}})
+    doc = wait_for(stack.api_url, job_id, show=False, timeout=60)
+    assert doc["state"] == "failed", doc
+    assert (doc["error"]["code"], doc["error"]["field"]) == ("incompatible_lora", "inputs.loras.1.id")
