@@ -37,8 +37,10 @@ run: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 
+# Two test processes (pytest-xdist): most tests wait on real workers, so two overlap well on two cores; more
+# would only make the workers the tests start compete for them.
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: install
 	$(BIN)/python -m tests.harness.benchmark

@@ -3,7 +3,8 @@
 After a step, the state of a Stable Diffusion run is: the latents, the scheduler's mutable attributes (the
 step index, and for multistep solvers the history of model outputs: DPM-Solver++ ``model_outputs``, UniPC
 ``last_sample``, PNDM ``ets``, LMS ``derivatives``...) and the random generators (ancestral samplers draw
-noise every step). The prompt embeddings, timesteps and ControlNet image are recomputed from the inputs,
+noise every step). The prompt embeddings, timesteps, ControlNet image and SDXL's extra conditioning (the
+pooled ``add_text_embeds`` and the size/crop ``add_time_ids``) are recomputed from the inputs,
 which gives the same values. Everything else in the scheduler is saved as well, so no per-scheduler list
 has to be kept up to date.
 

@@ -24,6 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The minutes-long harness runs first (stable sort: the rest keeps its order), so that with two test
+    processes they overlap the short tests instead of ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from runtime.models.tiny import build_tiny_models

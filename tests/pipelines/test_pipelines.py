@@ -58,13 +58,14 @@ def test_returns_the_requested_images(harness: Harness, name: str) -> None:
     assert pixels(images).std() > 0  # not a blank (NaN-decoded) image
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("name", CASES)
-def test_seed_decides_the_pixels(harness: Harness, name: str) -> None:
-    first = pixels(harness.run(name, job_seed=5))
-    assert np.array_equal(first, pixels(harness.run(name, job_seed=5)))
-    assert not np.array_equal(first, pixels(harness.run(name, job_seed=6)))
+def test_seed_decides_the_pixels(harness: Harness, name: str, model: str) -> None:
+    first = pixels(harness.run(name, job_seed=5, model=model))
+    assert np.array_equal(first, pixels(harness.run(name, job_seed=5, model=model)))
+    assert not np.array_equal(first, pixels(harness.run(name, job_seed=6, model=model)))
     # The job's seed (the API resolved the inputs' one into it) is the one used.
-    assert np.array_equal(first, pixels(harness.run(name, job_seed=5, seed=999)))
+    assert np.array_equal(first, pixels(harness.run(name, job_seed=5, seed=999, model=model)))
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_harness
 
 #: 128 px, not less: a periodic checkpoint is uploaded off the denoising loop, and a kill while an upload is
@@ -15,6 +17,7 @@ from tests.conftest import run_harness
 CHECKPOINT_EVERY = 5
 
 
+@pytest.mark.heavy
 def test_chaos_small(tiny_models: Path, tmp_path: Path) -> None:
     args = ["--jobs", "12", "--workers", "2", "--sigterm", "3", "--sigkill", "3", "--size", "128", "--steps", "30",
             "--checkpoint-every", str(CHECKPOINT_EVERY), "--seed", "7", "--models", str(tiny_models)]

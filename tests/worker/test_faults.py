@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_harness
 
 
+@pytest.mark.heavy
 def test_faults_small(tiny_models: Path, tmp_path: Path) -> None:
     args = ["--scale", "small", "--repeat", "1", "--workers", "2", "--seed", "3", "--models", str(tiny_models)]
     figures, context = run_harness("tests.harness.faults", args, tmp_path / "logs", 600)
