@@ -49,6 +49,7 @@ from runtime.plugins import (
     StepState,
 )
 from runtime.storage.jobstore import JobStore
+from runtime.storage.retry import Retry, transient
 from runtime.worker import checkpoint
 from runtime.worker.checkpoint import CheckpointError, Saver
 from runtime.worker.errors import PermanentError
@@ -336,7 +337,17 @@ class JobRunner:
         self.observer.checkpoint_written(job, len(data), time.perf_counter() - started)
 
     def fetch_image(self, uri: str) -> Image.Image:
-        return decode_image(self.store.get_input(uri, MAX_IMAGE_BYTES))
+        """An input image, read while the job runs: an outage is waited out for ``SPOTGEN_STORE_RETRY_S`` (the
+        heartbeat keeps the lease meanwhile), and past that the delivery is retried later, not the job failed:
+        the image is still there."""
+        try:
+            data = Retry(self.settings.store_retry_s)(lambda: self.store.get_input(uri, MAX_IMAGE_BYTES),
+                                                      f"input image {uri}")
+        except Exception as exc:
+            if transient(exc):
+                raise RetryableError(f"the input image {uri} could not be read: {type(exc).__name__}") from exc
+            raise
+        return decode_image(data)
 
 
 @contextlib.contextmanager

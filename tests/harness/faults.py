@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Outage lengths, the length of a timed cut, how long latency or a trickle lasts and the healthy gap between
 #: two faults, by ``--scale``.
 SCALES = {"full": {"outages": (5, 25, 90), "cut_s": 5, "slow_s": 15, "gap_s": (1, 4)},
-          "small": {"outages": (3,), "cut_s": 3, "slow_s": 3, "gap_s": (1, 4)}}
+          "small": {"outages": (3,), "cut_s": 2, "slow_s": 2, "gap_s": (0.5, 2)}}
 
 OPTIONS: list[tuple[str, Any, str]] = [
     ("--workers", 2, ""), ("--repeat", 2, "times each timed fault runs"), ("--scale", "full", "full or small"),

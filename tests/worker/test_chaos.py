@@ -1,4 +1,4 @@
-"""A small run of the chaos harness (tests/harness/chaos.py) in `make test`: 12 jobs, 2 workers, 3 SIGTERM + 3 SIGKILL.
+"""A small run of the chaos harness (tests/harness/chaos.py) in `make test`: 10 jobs, 2 workers, 3 SIGTERM + 3 SIGKILL.
 
 In a subprocess, because the harness starts an embedded stack that sets process-wide environment variables
 (step log, short leases) which the other tests' stacks must not inherit.
@@ -19,10 +19,10 @@ CHECKPOINT_EVERY = 5
 
 @pytest.mark.heavy
 def test_chaos_small(tiny_models: Path, tmp_path: Path) -> None:
-    args = ["--jobs", "12", "--workers", "2", "--sigterm", "3", "--sigkill", "3", "--size", "128", "--steps", "30",
+    args = ["--jobs", "10", "--workers", "2", "--sigterm", "3", "--sigkill", "3", "--size", "128", "--steps", "20",
             "--checkpoint-every", str(CHECKPOINT_EVERY), "--seed", "7", "--models", str(tiny_models)]
     figures, context = run_harness("tests.harness.chaos", args, tmp_path / "logs", 400)
-    assert figures["jobs"] == figures["succeeded"] == 12, context
+    assert figures["jobs"] == figures["succeeded"] == 10, context
     assert figures["lost"] == 0, context
     assert figures["duplicate_outputs"] == 0 and figures["duplicate_notifications"] == 0, context
     assert figures["mismatched_outputs"] == 0, context

@@ -26,6 +26,7 @@ import pytest
 from runtime.local.demo import call
 from tests.conftest import Stack, spawn_worker, start_stack, stop_stack
 from tests.harness.faultproxy import FaultProxy, Request
+from tests.lambdas.test_api import png_bytes
 
 TXT2IMG = {"prompt": "a red fox", "width": 32, "height": 32, "steps": 6, "seed": 11, "scheduler": "dpmpp_2m"}
 
@@ -214,6 +215,22 @@ def test_a_cut_at_each_stage_of_the_output_gives_one_identical_result(
     notifications(stack, seen, 3)  # a second one would arrive now, if ever
     assert [n["state"] for n in seen.get(job, [])] == ["succeeded"], (where, seen.get(job))
     assert worker.proc.poll() is None
+
+
+def test_a_cut_while_the_input_image_is_read_is_waited_out(env: tuple[Stack, FaultProxy], worker: Worker) -> None:
+    """The input image is read during the job: a cut there is retried like the output stage, not a failed job."""
+    stack, proxy = env
+    bucket = stack.env["SPOTGEN_INPUT_BUCKET"]
+    stack.s3.put_object(Bucket=bucket, Key="uploads/outage.png", Body=png_bytes(32, 32))
+    inputs = {**TXT2IMG, "image": f"s3://{bucket}/uploads/outage.png", "strength": 0.5}
+    reference = submit(stack, "img2img", inputs)
+    assert final(stack, reference)["state"] == "succeeded"
+    proxy.on(operation("s3", "GetObject", "/uploads/outage.png"), seconds=3)
+    job = submit(stack, "img2img", inputs)
+    doc = final(stack, job)
+    assert doc["state"] == "succeeded" and doc["attempts"] == 1, doc
+    assert any(what.startswith("cut") for _, what in proxy.log), "the cut on the input image never happened"
+    assert outputs(stack, job) == outputs(stack, reference)
 
 
 def test_throttling_and_server_errors_are_waited_out(env: tuple[Stack, FaultProxy], worker: Worker) -> None:
