@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The minutes-long harness runs first (stable sort: the rest keeps its order), so that with two test
+    """The minutes-long harness runs first (stable sort: the rest keeps its order), so that with several test
     processes they overlap the short tests instead of ending the run alone."""
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
