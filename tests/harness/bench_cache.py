@@ -12,6 +12,7 @@ it, so that loading has real weight to read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -217,17 +218,20 @@ def memory_figures(models: Path) -> dict[str, Any]:
 def preload_figures(models: Path, workers: int = 4, timeout: float = 300) -> dict[str, Any]:
     """``workers`` real ``spotgen worker`` processes start at once on one node (one node cache directory)
     with the same preload list; bytes read from tier 0 are the bytes their logs say were copied (loads
-    then read tier 1). Goal: one copy of each model. The workers are stopped once all have preloaded (their
-    queue is a closed loopback port: only start-up is measured)."""
+    then read tier 1). Goal: one copy of each model. The workers check their queue before they preload, so an
+    emulator with an empty queue serves them (``DevStack`` without workers); they are stopped once all have
+    preloaded: only start-up is measured."""
+    from runtime.config import Settings
+    from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
     from runtime.models.store import ModelStore
 
     preload = [MEDIUM, MEDIUM_CN]
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "SPOTGEN_MODELS_DIR": str(models),
-               "SPOTGEN_NODE_CACHE_DIR": f"{tmp}/node", "SPOTGEN_PRELOAD": ",".join(preload),
-               "SPOTGEN_QUEUE_URL": "http://127.0.0.1:9/000000000000/none", "SPOTGEN_AWS_ENDPOINT_URL":
-               "http://127.0.0.1:9", "SPOTGEN_METRICS_PORT": "0", "SPOTGEN_LOG_FORMAT": "text",
-               "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+    saved = dict(os.environ)  # the stack exports its settings to this process, as to a Lambda's
+    with tempfile.TemporaryDirectory() as tmp, DevStack(Settings(models_dir=models), port=0, aws_port=0,
+                                                        workers=0) as stack:
+        env = {**os.environ, **stack.settings.to_env(), **EMULATOR_CREDENTIALS, "PYTHONPATH": str(ROOT),
+               "OMP_NUM_THREADS": "1", "SPOTGEN_NODE_CACHE_DIR": f"{tmp}/node", "SPOTGEN_PRELOAD": ",".join(preload),
+               "SPOTGEN_METRICS_PORT": "0", "SPOTGEN_LOG_FORMAT": "text"}
         drop_page_cache(models)
         logs = [Path(tmp) / f"worker-{n}.log" for n in range(workers)]
         began = time.perf_counter()
@@ -242,9 +246,12 @@ def preload_figures(models: Path, workers: int = 4, timeout: float = 300) -> dic
             ready_s = time.perf_counter() - began
         finally:
             for p in procs:
-                os.killpg(p.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # one that failed has exited already
+                    os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         copies = [(m, int(n)) for log in logs for m, n in _COPIED.findall(log.read_text(errors="replace"))]
+    os.environ.clear()
+    os.environ.update(saved)
     tier0 = ModelStore(models)
     model_bytes = sum(tier0.size(m) for m in preload)
     read = sum(n for _, n in copies)
