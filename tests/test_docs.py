@@ -28,7 +28,9 @@ README_MAX_LINES = 200
 
 #: ``SPOTGEN_*`` names the docs may use that are not fields of ``Settings``, with why. None so far: every
 #: ``SPOTGEN_*`` variable is a setting, so a name outside ``Settings`` is a typo or a setting that was removed.
-NON_SETTINGS: dict[str, str] = {}
+NON_SETTINGS: dict[str, str] = {
+    "SPOTGEN_API_URL": "read by the client (spotgen/client.py) on a client machine, not a worker or Lambda setting",
+}
 #: Repository paths the docs name that exist only after ``make install``, with why.
 GENERATED_PATHS = {
     "tests/schemas/node_modules": "installed by `npm ci` in `make install` (ignored by git)",

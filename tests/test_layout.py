@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("runtime", "pipelines", "lambdas")
+PACKAGES = ("runtime", "pipelines", "lambdas", "spotgen")
 MAX_LINES = 400
 
 
@@ -53,6 +53,8 @@ RULES = (
     Rule("runtime.cli", ("runtime",), "nothing in runtime/ imports pipelines/"),
     Rule("pipelines", ("pipelines", "runtime.contract", "runtime.plugins", "runtime.models"),
          "a pipeline sees the runtime through the plugin contract, the job contract and the model store"),
+    Rule("spotgen", ("spotgen", "runtime.contract"),
+         "the public package (the client) stands on the job contract alone: importing it stays light"),
 )
 
 

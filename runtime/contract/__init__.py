@@ -60,11 +60,22 @@ from runtime.contract.jobs import (
     request_hash,
     validate_inputs,
 )
-from runtime.contract.status import JobErrorInfo, JobState, Notification, Progress, ResumeInfo, StatusDoc, utcnow
+from runtime.contract.status import (
+    JobErrorInfo,
+    JobState,
+    JobStatus,
+    Notification,
+    OutputLink,
+    Progress,
+    ResumeInfo,
+    StatusDoc,
+    utcnow,
+)
 
 __all__ = [
     "FAMILIES", "MAX_LORAS", "MAX_LORA_WEIGHT", "MIN_SIDE", "SAMPLER_SCHEDULES", "SCHEDULES",
-    "SIZE_CONDITIONING_FIELDS", "FamilyRules", "LoraRef", "Schedule", "family_rules", "for_family",
+    "SIZE_CONDITIONING_FIELDS", "FamilyRules", "JobStatus", "LoraRef", "OutputLink", "Schedule", "family_rules",
+    "for_family",
     "BUILTIN_INPUTS", "BUILTIN_PIPELINES", "CONTRACT_VERSION", "IMAGE_FIELDS", "JOB_ID_RE", "MAX_BODY_BYTES",
     "MAX_CONTEXT_BYTES", "MAX_GUIDANCE", "MAX_IMAGES", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
     "MAX_PLUGIN_INPUT_BYTES", "MAX_PROMPT_CHARS", "MAX_SIDE", "MAX_STEPS", "MAX_TTL_S", "MODEL_ID_RE",

@@ -98,3 +98,18 @@ class Notification(BaseModel):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class OutputLink(BaseModel):
+    """One output as the API answers it: its key in the output bucket and a presigned URL to download it."""
+
+    key: str
+    url: str
+
+
+class JobStatus(StatusDoc):
+    """A status document as ``GET /v1/jobs/{id}`` (and cancel) answer it: outputs as links, and where to ask
+    again. Clients parse answers with this, so they read exactly the fields the worker writes."""
+
+    outputs: list[OutputLink] = Field(default_factory=list)  # type: ignore[assignment]
+    status_url: str = ""

@@ -1,0 +1,16 @@
+"""spotgen's public face: a client for its API (``spotgen.Client``).
+
+``runtime/`` is the implementation; this package re-exports what users import, and stays light: importing it
+never imports torch, diffusers or celery.
+
+    import spotgen
+    client = spotgen.Client()                      # SPOTGEN_API_URL, or spotgen dev's address
+    job = client.submit("txt2img", "tiny-sd", {"prompt": "a red fox", "width": 64, "height": 64})
+    job.wait()
+    job.save("out/")
+"""
+
+from runtime.contract import JobStatus
+from spotgen.client import ApiError, ApiKey, Client, Job, JobFailed, Unreachable, inline_image
+
+__all__ = ["ApiError", "ApiKey", "Client", "Job", "JobFailed", "JobStatus", "Unreachable", "inline_image"]
