@@ -55,6 +55,8 @@ RULES = (
          "a pipeline sees the runtime through the plugin contract, the job contract and the model store"),
     Rule("spotgen", ("spotgen", "runtime.contract"),
          "the public package (the client) stands on the job contract alone: importing it stays light"),
+    Rule("spotgen.cli", ("spotgen", "runtime.contract", "runtime.cli"),
+         "the command adds the client's commands to the runtime's"),
 )
 
 
