@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -32,6 +32,7 @@ from runtime.contract import MAX_IMAGE_BYTES, JobErrorInfo, JobStatus
 #: The states after which a job never changes.
 FINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
 DEFAULT_URL = "http://127.0.0.1:8080"
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -47,6 +48,13 @@ class Unreachable(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(0, "unreachable", message)
+
+
+class _Again(Exception):
+    """An attempt that may succeed if made again; ``error`` is what to raise once the budget is spent."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 class JobFailed(Exception):
@@ -125,24 +133,33 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """``attempt()``, again after each ``_Again`` it raises, with backoff, until the budget is spent; then the
+        error it carried is raised."""
+        deadline, tries = time.monotonic() + self.retry_budget_s, 0
+        while True:
+            tries += 1
+            try:
+                return attempt()
+            except _Again as again:
+                if time.monotonic() >= deadline:
+                    raise again.error from None
+                self.sleep(min(_backoff(tries), max(0.0, deadline - time.monotonic())))
+
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """The JSON answer of one API call, retried through connection errors, 429 and 5xx within the budget."""
-        deadline, attempt = time.monotonic() + self.retry_budget_s, 0
-        while True:
-            attempt += 1
+        def attempt() -> Any:
             try:
                 response = self.http.request(method, f"{self.api_url}{path}", json=body)
             except httpx.TransportError as exc:
-                failure: Exception = Unreachable(f"{method} {path}: {type(exc).__name__}: {exc}")
-            else:
-                if response.status_code < 400:
-                    return response.json()
-                failure = _error(response)
-                if response.status_code != 429 and response.status_code < 500:
-                    raise failure
-            if time.monotonic() >= deadline:
-                raise failure
-            self.sleep(min(_backoff(attempt), max(0.0, deadline - time.monotonic())))
+                raise _Again(Unreachable(f"{method} {path}: {type(exc).__name__}: {exc}")) from None
+            if response.status_code < 400:
+                return response.json()
+            if response.status_code == 429 or response.status_code >= 500:
+                raise _Again(_error(response))
+            raise _error(response)
+
+        return self._retrying(attempt)
 
     def submit(self, pipeline: str, model: str, inputs: Mapping[str, Any] | None = None, *, id: str | None = None,
                context: Mapping[str, Any] | None = None, ttl_seconds: int | None = None,
@@ -167,19 +184,17 @@ class Client:
 
     def download(self, url: str) -> bytes:
         """An output by its presigned URL (no API auth: the URL carries its own signature)."""
-        deadline, attempt = time.monotonic() + self.retry_budget_s, 0
-        while True:
-            attempt += 1
+        def attempt() -> bytes:
             try:
                 response = httpx.get(url, timeout=self.http.timeout)
-                if response.status_code < 500:
-                    response.raise_for_status()
-                    return response.content
             except httpx.TransportError:
-                pass
-            if time.monotonic() >= deadline:
-                raise Unreachable(f"could not download {url.split('?')[0]}")
-            self.sleep(_backoff(attempt))
+                raise _Again(Unreachable(f"could not download {url.split('?')[0]}")) from None
+            if response.status_code >= 500:
+                raise _Again(Unreachable(f"could not download {url.split('?')[0]}: {response.status_code}"))
+            response.raise_for_status()
+            return response.content
+
+        return self._retrying(attempt)
 
 
 class Job:

@@ -349,6 +349,29 @@ def _vae_key(key: str, config: dict[str, Any]) -> str:
     raise KeyError(key)
 
 
+def vae_and_clip_state(model_dir: Path, clip_prefix: str) -> dict[str, torch.Tensor]:
+    """A diffusers pipeline's VAE (under ``first_stage_model.``) and first CLIP text encoder (under
+    ``clip_prefix``) in the original layout; SD 1.x and SDXL single files keep both the same way."""
+    vae_config = json.loads((model_dir / "vae" / "config.json").read_text())
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in load_file(model_dir / "vae" / "diffusion_pytorch_model.safetensors").items():
+        name = _vae_key(key, vae_config)
+        if ".mid.attn_1." in name and tensor.ndim == 2:
+            tensor = tensor[:, :, None, None]  # the original VAE attention is 1x1 convolutions
+        out["first_stage_model." + name] = tensor
+    for key, tensor in load_file(model_dir / "text_encoder" / "model.safetensors").items():
+        name = key if key.startswith("text_model.") else f"text_model.{key}"  # transformers 5 dropped the prefix
+        out[clip_prefix + name] = tensor
+    return out
+
+
+def write_single_file(out: dict[str, torch.Tensor], model_dir: Path, checkpoint: Path, config_dir: Path) -> None:
+    """The checkpoint, and a copy of the model's configs without weights beside it."""
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in out.items()}, checkpoint)
+    shutil.copytree(model_dir, config_dir, ignore=shutil.ignore_patterns("*.safetensors"))
+
+
 def to_single_file(model_dir: Path, checkpoint: Path, config_dir: Path) -> None:
     """Write a diffusers model as an original-layout single ``.safetensors`` (as SD WebUI keeps models) plus a
     config directory without weights: what an operator puts on the volume for such a checkpoint."""
@@ -359,20 +382,11 @@ def to_single_file(model_dir: Path, checkpoint: Path, config_dir: Path) -> None:
     if (model_dir / "model_index.json").is_file():
         for key, tensor in load_file(model_dir / UNET_WEIGHTS).items():
             out["model.diffusion_model." + _unet_key(key, config("unet"))] = tensor
-        for key, tensor in load_file(model_dir / "vae" / "diffusion_pytorch_model.safetensors").items():
-            name = _vae_key(key, config("vae"))
-            if ".mid.attn_1." in name and tensor.ndim == 2:
-                tensor = tensor[:, :, None, None]  # the original VAE attention is 1x1 convolutions
-            out["first_stage_model." + name] = tensor
-        for key, tensor in load_file(model_dir / "text_encoder" / "model.safetensors").items():
-            out["cond_stage_model.transformer." + (key if key.startswith("text_model.") else f"text_model.{key}")] = \
-                tensor
+        out.update(vae_and_clip_state(model_dir, "cond_stage_model.transformer."))
     else:
         for key, tensor in load_file(model_dir / "diffusion_pytorch_model.safetensors").items():
             out["control_model." + _unet_key(key, config())] = tensor
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in out.items()}, checkpoint)
-    shutil.copytree(model_dir, config_dir, ignore=shutil.ignore_patterns("*.safetensors"))
+    write_single_file(out, model_dir, checkpoint, config_dir)
 
 
 @pytest.fixture

@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from pipelines.loading import base_pipeline
 from pipelines.txt2img import Txt2Img
 from runtime.models.catalog import CATALOG_FILE
 from runtime.models.store import ModelStore
 from runtime.models.tiny import SDXL_ID
-from tests.models.test_models import UNET_WEIGHTS, _unet_key, _vae_key
-from tests.pipelines.test_pipelines import COMMON, Harness, parse, pixels
+from tests.models.test_models import UNET_WEIGHTS, _unet_key, vae_and_clip_state, write_single_file
+from tests.pipelines.harness import COMMON, Harness, parse, pixels
 
 #: SGM's names for SDXL's size-conditioning embedding (diffusers' ``add_embedding``, a two-layer MLP).
 _LABEL_EMB = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
@@ -70,25 +70,14 @@ def open_clip_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def to_sdxl_single_file(model_dir: Path, checkpoint: Path, config_dir: Path) -> None:
     """Write the diffusers SDXL model as one SGM-layout ``.safetensors`` plus a config directory without
     weights, the two things an operator puts on the volume for an SDXL checkpoint from SD WebUI."""
-    def config(sub: str) -> dict[str, Any]:
-        return json.loads((model_dir / sub / "config.json").read_text())
-
+    unet_config = json.loads((model_dir / "unet" / "config.json").read_text())
     out: dict[str, torch.Tensor] = {}
     for key, tensor in load_file(model_dir / UNET_WEIGHTS).items():
-        out["model.diffusion_model." + sdxl_unet_key(key, config("unet"))] = tensor
-    for key, tensor in load_file(model_dir / "vae" / "diffusion_pytorch_model.safetensors").items():
-        name = _vae_key(key, config("vae"))
-        if ".mid.attn_1." in name and tensor.ndim == 2:
-            tensor = tensor[:, :, None, None]  # the original VAE attention is 1x1 convolutions
-        out["first_stage_model." + name] = tensor
-    for key, tensor in load_file(model_dir / "text_encoder" / "model.safetensors").items():
-        name = key if key.startswith("text_model.") else f"text_model.{key}"  # transformers 5 dropped the prefix
-        out["conditioner.embedders.0.transformer." + name] = tensor
+        out["model.diffusion_model." + sdxl_unet_key(key, unet_config)] = tensor
+    out.update(vae_and_clip_state(model_dir, "conditioner.embedders.0.transformer."))
     second = open_clip_state(load_file(model_dir / "text_encoder_2" / "model.safetensors"))
     out.update({"conditioner.embedders.1.model." + k: v for k, v in second.items()})
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in out.items()}, checkpoint)
-    shutil.copytree(model_dir, config_dir, ignore=shutil.ignore_patterns("*.safetensors"))
+    write_single_file(out, model_dir, checkpoint, config_dir)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 from pydantic import BaseModel
 
@@ -13,7 +14,8 @@ from pipelines.controlnet import ControlNet
 from pipelines.img2img import Img2Img
 from pipelines.txt2img import Txt2Img
 from runtime.models.store import ModelStore
-from runtime.plugins import Pipeline, RunContext, StepState
+from runtime.plugins import JobInterrupted, Pipeline, RunContext, StepState
+from runtime.worker import checkpoint
 
 BUCKET = "inputs"
 PHOTO, EDGES = f"s3://{BUCKET}/photo.png", f"s3://{BUCKET}/edges.png"
@@ -72,3 +74,23 @@ def parse(model: type[BaseModel], fields: dict[str, Any]) -> Any:
 
 def pixels(images: list[Image.Image]) -> np.ndarray:
     return np.stack([np.asarray(image) for image in images])
+
+
+def png(images: list[Image.Image]) -> list[bytes]:
+    from runtime.worker.images import encode_png
+
+    return [encode_png(image, {}) for image in images]
+
+
+def interrupt_at(harness: Harness, name: str, stop: int, **overrides: Any) -> bytes:
+    """Run until ``stop`` steps are done, then save a checkpoint as the worker does and stop."""
+    saved: list[bytes] = []
+
+    def on_step(step: int, state: Any) -> None:
+        if step == stop:
+            saved.append(checkpoint.dump(state(), "f" * 64))
+            raise JobInterrupted
+
+    with pytest.raises(JobInterrupted):
+        harness.run(name, on_step=on_step, **overrides)
+    return saved[0]

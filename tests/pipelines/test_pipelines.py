@@ -23,7 +23,7 @@ from runtime.models.catalog import ModelError
 from runtime.models.store import ModelStore, object_bytes
 from runtime.models.tiny import CATALOG as TINY_CATALOG
 from runtime.models.tiny import build_tiny_models
-from runtime.plugins import JobInterrupted, check_pipeline
+from runtime.plugins import check_pipeline
 from runtime.worker import checkpoint
 from runtime.worker.checkpoint import CheckpointError
 from tests.pipelines.harness import (  # noqa: F401  (the other pipeline test modules import them from here too)
@@ -35,8 +35,10 @@ from tests.pipelines.harness import (  # noqa: F401  (the other pipeline test mo
     MODELS,
     PHOTO,
     Harness,
+    interrupt_at,
     parse,
     pixels,
+    png,
 )
 
 
@@ -79,26 +81,6 @@ def test_reports_progress_to_the_last_step(harness: Harness, name: str) -> None:
 def test_img2img_progress_counts_the_steps_strength_leaves(harness: Harness) -> None:
     harness.run("img2img", steps=4, strength=0.5)
     assert harness.reports[-1] == (2, 2)
-
-
-def png(images: list[Image.Image]) -> list[bytes]:
-    from runtime.worker.images import encode_png
-
-    return [encode_png(image, {}) for image in images]
-
-
-def interrupt_at(harness: Harness, name: str, stop: int, **overrides: Any) -> bytes:
-    """Run until ``stop`` steps are done, then save a checkpoint as the worker does and stop."""
-    saved: list[bytes] = []
-
-    def on_step(step: int, state: Any) -> None:
-        if step == stop:
-            saved.append(checkpoint.dump(state(), "f" * 64))
-            raise JobInterrupted
-
-    with pytest.raises(JobInterrupted):
-        harness.run(name, on_step=on_step, **overrides)
-    return saved[0]
 
 
 # Each pipeline, stopped early and late, with a sampler that has solver history and draws noise every step and

@@ -22,9 +22,9 @@ from pipelines.schedulers import TABLE, make_scheduler
 from runtime.config import Settings
 from runtime.contract import SAMPLER_SCHEDULES, SCHEDULERS, SCHEDULES, ContractError, validate_inputs
 from runtime.models.store import ModelStore
-from runtime.plugins import CheckpointError, JobInterrupted, Pipeline, Registry, RunContext, StepState
+from runtime.plugins import CheckpointError, Pipeline, Registry, RunContext, StepState
 from runtime.worker import checkpoint
-from tests.pipelines.test_pipelines import Harness, png
+from tests.pipelines.harness import Harness, interrupt_at, png
 
 PAIRS = [(name, schedule) for name, schedules in SAMPLER_SCHEDULES.items() for schedule in schedules]
 IDS = [f"{name}-{schedule}" for name, schedule in PAIRS]
@@ -148,16 +148,8 @@ def test_every_pair_runs_and_resumes_byte_identically(harness: Harness, model: s
     """Interrupted with solver history and, for the second-order samplers (two model calls a step, so five
     reports for three steps), in the middle of step 2."""
     stop = 3 if TABLE[name, schedule].cls.order == 2 else 2
-    saved: list[bytes] = []
-
-    def on_step(step: int, state: Any) -> None:
-        if step == stop:
-            saved.append(checkpoint.dump(state(), "f" * 64))
-            raise JobInterrupted
-
-    with pytest.raises(JobInterrupted):
-        run(harness, model, pipeline, on_step=on_step, **settings(name, schedule))
-    state = checkpoint.load(saved[0], "f" * 64)  # through bytes, as between two workers
+    data = interrupt_at(harness, pipeline, stop, model=model, **settings(name, schedule))
+    state = checkpoint.load(data, "f" * 64)  # through bytes, as between two workers
     resumed = png(run(harness, model, pipeline, resume_from=state, **settings(name, schedule)))
     assert [step for step, _ in harness.reports] == list(range(stop + 1, harness.reports[-1][1] + 1))
     images = run(harness, model, pipeline, **settings(name, schedule))
