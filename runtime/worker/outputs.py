@@ -101,9 +101,9 @@ class Outputs:
             elif tracker.doc.notified_at is None:
                 raise NotifyingElsewhere(f"job {doc.id}: another delivery is sending the notification; this "
                                          "message comes back to check that it went out")
-        try:
-            self.store.delete_checkpoint(doc.id)
-        except Exception:  # noqa: BLE001 - a leftover checkpoint only costs storage (lifecycle rule)
+        try:  # retried like the rest of the stage: a cut here would otherwise leave the checkpoint behind
+            retry(lambda: self.store.delete_checkpoint(doc.id), f"job {doc.id}: deleting its checkpoint")
+        except Exception:  # noqa: BLE001 - past the budget, a leftover checkpoint only costs storage (lifecycle)
             log.warning("job %s: could not delete its checkpoint", doc.id, exc_info=True)
 
     def notify(self, doc: StatusDoc) -> None:

@@ -363,10 +363,11 @@ class FaultProxy:
                         sock.close()
 
     def _send(self, client: socket.socket, data: bytes) -> None:
-        if not self.trickle:
+        rate = self.trickle  # read once: the harness may turn trickling off while an answer is being sent
+        if not rate:
             client.sendall(data)
             return
-        step = max(1, self.trickle // 20)
+        step = max(1, rate // 20)
         for i in range(0, len(data), step):
             client.sendall(data[i: i + step])
-            time.sleep(step / self.trickle)
+            time.sleep(step / rate)

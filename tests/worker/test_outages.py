@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from runtime.local.demo import call
 from tests.conftest import Stack, spawn_worker, start_stack, stop_stack
 from tests.harness.faultproxy import FaultProxy, Request
 from tests.lambdas.test_api import png_bytes
+from tests.rest import call
 
 TXT2IMG = {"prompt": "a red fox", "width": 32, "height": 32, "steps": 6, "seed": 11, "scheduler": "dpmpp_2m"}
 
@@ -104,7 +104,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator
 @pytest.fixture(scope="module")
 def worker(env: tuple[Stack, FaultProxy]) -> Iterator[Worker]:
     stack, proxy = env
-    running = start_worker(stack, proxy, "behind-proxy")
+    running = start_worker(stack, proxy, "behind-proxy", SPOTGEN_CHECKPOINT_EVERY="4")  # TXT2IMG saves one
     yield running
     stop_worker(running)
 
@@ -196,6 +196,7 @@ def test_an_outage_mid_job_costs_no_step_and_the_same_worker_goes_on(env: tuple[
     ("result document, answer lost", operation("s3", "PutObject", "/result.json"), True),
     ("notification", operation("sns", "Publish"), False),
     ("ack, answer lost", operation("sqs", "DeleteMessage"), True),
+    ("checkpoint delete", operation("s3", "DeleteObject", "/checkpoints/"), False),
 ])
 def test_a_cut_at_each_stage_of_the_output_gives_one_identical_result(
         env: tuple[Stack, FaultProxy], worker: Worker, where: str, match: Callable[[Request], bool],
@@ -214,6 +215,8 @@ def test_a_cut_at_each_stage_of_the_output_gives_one_identical_result(
     wait_for("the notification", lambda: notifications(stack, seen, 0.5) or job in seen, 60, 0.5)
     notifications(stack, seen, 3)  # a second one would arrive now, if ever
     assert [n["state"] for n in seen.get(job, [])] == ["succeeded"], (where, seen.get(job))
+    listed = stack.s3.list_objects_v2(Bucket=stack.env["SPOTGEN_OUTPUT_BUCKET"], Prefix=f"checkpoints/{job}/")
+    assert listed["KeyCount"] == 0, f"a checkpoint was left behind after a cut at the {where}"
     assert worker.proc.poll() is None
 
 
