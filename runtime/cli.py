@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     dev = sub.add_parser("dev", help="run the whole system locally on 127.0.0.1")
-    dev.add_argument("--demo", action="store_true", help="submit three demo jobs, save PNGs, then exit")
+    dev.add_argument("--demo", action="store_true", help="submit four demo jobs, save PNGs, then exit")
     dev.add_argument("--port", type=int, default=8080, help="API port (0: any free port)")
     dev.add_argument("--aws-port", type=int, default=4566, help="AWS emulator port (0: any free port)")
     dev.add_argument("--workers", type=int, default=1, help="worker processes to start (0: bring your own)")

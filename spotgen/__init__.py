@@ -1,4 +1,4 @@
-"""spotgen's public face: a client for its API (``spotgen.Client``).
+"""spotgen's public face: a client for its API (``spotgen.Client``, and ``spotgen.AsyncClient`` for asyncio).
 
 ``runtime/`` is the implementation; this package re-exports what users import, and stays light: importing it
 never imports torch, diffusers or celery.
@@ -11,6 +11,10 @@ never imports torch, diffusers or celery.
 """
 
 from runtime.contract import JobStatus
-from spotgen.client import ApiError, ApiKey, Client, Job, JobFailed, Unreachable, inline_image
+from spotgen.aio import AsyncClient, AsyncJob
+from spotgen.auth import ApiKey
+from spotgen.client import Client, Job, inline_image
+from spotgen.errors import ApiError, JobFailed, Unreachable
 
-__all__ = ["ApiError", "ApiKey", "Client", "Job", "JobFailed", "JobStatus", "Unreachable", "inline_image"]
+__all__ = ["ApiError", "ApiKey", "AsyncClient", "AsyncJob", "Client", "Job", "JobFailed", "JobStatus", "Unreachable",
+           "inline_image"]

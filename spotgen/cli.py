@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from runtime import cli as runtime_cli
-from runtime.contract import BUILTIN_PIPELINES, ContractError, JobStatus, validate_inputs
-from spotgen.client import ApiError, ApiKey, Client, Job, Unreachable, inline_image
+from runtime.contract import BUILTIN_PIPELINES, ContractError, validate_inputs
+from spotgen.auth import ApiKey
+from spotgen.client import Client, Job, inline_image
+from spotgen.errors import ApiError, Unreachable
+from spotgen.progress import JobBar
 
 OK, JOB_FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -73,40 +76,12 @@ def build_inputs(args: argparse.Namespace) -> dict[str, Any]:
     return inputs
 
 
-class _Bar:
-    """A rich progress bar of a job's steps, with its phase, attempt and where a resumed attempt started."""
-
-    def __init__(self, job_id: str) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=Console(stderr=True))
-        self.task = self.progress.add_task(job_id[:12], total=None, note="queued")
-
-    def __enter__(self) -> _Bar:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def update(self, status: JobStatus) -> None:
-        note = status.phase or status.state
-        if status.attempts > 1:
-            note += f", attempt {status.attempts}"
-        if status.resume is not None and status.resume.from_step:
-            note += f", resumed at step {status.resume.from_step}"
-        self.progress.update(self.task, completed=status.progress.step, total=status.progress.total or None,
-                             note=note)
-
-
 def follow(job: Job, args: argparse.Namespace) -> int:
     """Wait for the job with a progress bar (not with ``--json``), save its images, report; the exit code."""
     if args.json:
         status = job.wait()
     else:
-        with _Bar(job.id) as bar:
+        with JobBar(job.id[:12]) as bar:
             status = job.wait(on_progress=bar.update)
     saved = [str(p) for p in job.save(args.out)] if status.state == "succeeded" and args.out else []
     if args.json:

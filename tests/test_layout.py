@@ -48,8 +48,10 @@ RULES = (
                             "runtime.models", "runtime.ops", "runtime.plugins"),
          "the worker never imports the local stack, the CLI or pipelines/ (built-ins are plugins)"),
     Rule("runtime.local", ("runtime.local", "runtime.contract", "runtime.config", "runtime.storage",
-                           "runtime.models", "runtime.ops", "runtime.worker", "runtime.plugins", "lambdas"),
-         "the local stack is development tooling; it never imports pipelines/"),
+                           "runtime.models", "runtime.ops", "runtime.worker", "runtime.plugins", "lambdas",
+                           "spotgen.client", "spotgen.errors", "spotgen.progress"),
+         "the local stack is development tooling; it never imports pipelines/, and its demo is a client of the API "
+         "like any other (spotgen.Client)"),
     Rule("runtime.cli", ("runtime",), "nothing in runtime/ imports pipelines/"),
     Rule("pipelines", ("pipelines", "runtime.contract", "runtime.plugins", "runtime.models"),
          "a pipeline sees the runtime through the plugin contract, the job contract and the model store"),

@@ -4,21 +4,16 @@ by a loopback server that recomputes them with botocore."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 
 import spotgen
+from tests.client.conftest import SECRET, use_credentials
 from tests.conftest import ROOT, Stack
 from tests.lambdas.test_api import png_bytes
 
@@ -67,47 +62,6 @@ def test_cancel_and_a_failed_wait(stack: Stack) -> None:
             job.wait(timeout=60, raise_on_failure=True)
 
 
-class _DropFirstSubmit(http.server.BaseHTTPRequestHandler):
-    """Forwards to the API; the first POST /v1/jobs reaches it, but its answer is dropped (connection cut)."""
-
-    api_url = ""
-    dropped: list[str] = []
-
-    def _forward(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else None
-        request = urllib.request.Request(f"{self.api_url}{self.path}", data=body, method=self.command,
-                                         headers={"content-type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                status, data = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, data = exc.code, exc.read()
-        if self.command == "POST" and self.path == "/v1/jobs" and not self.dropped:
-            self.dropped.append(json.loads(body or b"{}").get("id", ""))
-            self.connection.shutdown(2)  # the server accepted the job; the client never hears of it
-            return
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = _forward
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def dropping_proxy(stack: Stack) -> Iterator[str]:
-    handler = type("Handler", (_DropFirstSubmit,), {"api_url": stack.api_url, "dropped": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 def test_a_retried_submit_whose_answer_was_lost_makes_one_job(stack: Stack, dropping_proxy: str) -> None:
     with spotgen.Client(dropping_proxy, retry_budget_s=30) as client:
         job = client.submit("txt2img", "tiny-sd", SMALL)  # no id: the client makes the idempotency key
@@ -124,58 +78,10 @@ def test_the_client_says_when_the_api_is_unreachable() -> None:
         client.status("nope")
 
 
-# -- SigV4 -------------------------------------------------------------------------------------------------
-KEY_ID, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
-
-
-class _SigV4Check(http.server.BaseHTTPRequestHandler):
-    """API Gateway's side of IAM auth: recompute the signature with botocore from what arrived; 403 if it
-    differs, 200 with a status document if it matches."""
-
-    def do_GET(self) -> None:
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
-        from botocore.credentials import Credentials
-
-        auth = self.headers.get("authorization", "")
-        fields = dict(part.strip().split("=", 1) for part in auth.removeprefix("AWS4-HMAC-SHA256 ").split(","))
-        signed = fields.get("SignedHeaders", "").split(";")
-        request = AWSRequest(method="GET", url=f"http://{self.headers['host']}{self.path}", data=b"",
-                             headers={name: self.headers[name] for name in signed if name in self.headers})
-        request.context["timestamp"] = self.headers.get("x-amz-date", "")
-        signer = SigV4Auth(Credentials(KEY_ID, SECRET), "execute-api", "eu-west-1")
-        expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
-        ok = fields.get("Credential", "").startswith(f"{KEY_ID}/") and fields.get("Signature") == expected
-        now = "2026-01-01T00:00:00Z"
-        body = json.dumps({"id": "j", "state": "queued", "pipeline": "txt2img", "model": "m", "seed": 1,
-                           "created_at": now, "updated_at": now} if ok else {
-            "error": {"code": "forbidden", "message": "signature mismatch", "field": None}}).encode()
-        self.send_response(200 if ok else 403)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def iam_api() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SigV4Check)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 @pytest.mark.parametrize(("secret", "ok"), [(SECRET, True), ("not-the-secret", False)])
 def test_sigv4_signatures_are_what_api_gateway_recomputes(iam_api: str, monkeypatch: pytest.MonkeyPatch,
                                                           secret: str, ok: bool) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    use_credentials(monkeypatch, secret)
     with spotgen.Client(iam_api, auth="sigv4", region="eu-west-1", retry_budget_s=0) as client:
         if ok:
             assert client.status("j").state == "queued"

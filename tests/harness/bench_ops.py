@@ -109,10 +109,10 @@ def job_seconds(models: Path, size: int, steps: int, n: int = 3) -> float:
 def e2e_ratio(models: Path, jobs: int, rounds: int, inputs: dict[str, Any]) -> dict[str, Any]:
     """Images per second through the stack, ops on vs off, in alternating rounds (a fresh worker each)."""
     from runtime.config import Settings
-    from runtime.local.demo import call, wait_for
     from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
     from runtime.local.spanreceiver import SpanReceiver
     from runtime.ops.health import READY_PATH, check
+    from tests.rest import call, wait_for
 
     saved = dict(os.environ)
     receiver = SpanReceiver().start()
@@ -146,12 +146,12 @@ def e2e_ratio(models: Path, jobs: int, rounds: int, inputs: dict[str, Any]) -> d
                         for seed in (-1, -2, -3):
                             warm = call("POST", f"{api}/v1/jobs", {"pipeline": "txt2img", "model": "tiny-sd",
                                                                    "inputs": {**inputs, "seed": 10**6 + seed}})[1]["id"]
-                            wait_for(api, warm, show=False, poll_s=0.2)
+                            wait_for(api, warm, poll_s=0.2)
                         started = time.time()
                         ids = [call("POST", f"{api}/v1/jobs", {"pipeline": "txt2img", "model": "tiny-sd",
                                                                "inputs": {**inputs, "seed": s}})[1]["id"]
                                for s in range(1, jobs + 1)]
-                        docs = [wait_for(api, i, show=False, poll_s=1.0, timeout=900) for i in ids]
+                        docs = [wait_for(api, i, poll_s=1.0, timeout=900) for i in ids]
                         assert all(d["state"] == "succeeded" for d in docs)
                         finished = max(datetime.fromisoformat(d["finished_at"]).timestamp() for d in docs)
                         times[mode].append(finished - started)

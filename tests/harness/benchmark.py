@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from runtime.config import Settings  # noqa: E402
-from runtime.local.demo import call, wait_for  # noqa: E402
 from runtime.models.store import ModelStore  # noqa: E402
+from tests.rest import call, wait_for  # noqa: E402
 
 
 def direct_seconds(store: ModelStore, inputs: dict[str, Any], seeds: range) -> float:
@@ -64,7 +64,7 @@ def e2e_seconds(api: str, inputs: dict[str, Any], seeds: range) -> float:
     started = time.time()
     ids = [submit(api, inputs, seed) for seed in seeds]
     # polled slowly: this client shares the two cores with the worker and the emulator
-    docs = [wait_for(api, job_id, show=False, timeout=900, poll_s=1.0) for job_id in ids]
+    docs = [wait_for(api, job_id, timeout=900, poll_s=1.0) for job_id in ids]
     assert all(d["state"] == "succeeded" for d in docs), [d["error"] for d in docs]
     return max(ts(d["finished_at"]) for d in docs) - started
 
@@ -73,8 +73,7 @@ def idle_latency(api: str, n: int) -> list[float]:
     latencies = []
     for seed in range(n):
         time.sleep(0.5)  # let the worker go back to an idle long poll
-        doc = wait_for(api, submit(api, {"prompt": "latency", "width": 64, "height": 64, "steps": 2}, seed),
-                       show=False)
+        doc = wait_for(api, submit(api, {"prompt": "latency", "width": 64, "height": 64, "steps": 2}, seed))
         latencies.append(ts(doc["started_at"]) - ts(doc["created_at"]))
     return latencies
 
@@ -157,7 +156,7 @@ def main() -> int:
             api, store = stack.api_url, ModelStore(models, "cpu")
             for name, (inputs, jobs) in workloads.items():
                 direct_seconds(store, inputs, range(1))  # warm-up for this size, in both processes
-                wait_for(api, submit(api, inputs, 0), show=False, timeout=300)
+                wait_for(api, submit(api, inputs, 0), timeout=300)
                 half = max(1, jobs // 2)
                 direct = e2e = 0.0
                 for start in (0, half):

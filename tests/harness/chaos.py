@@ -358,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__, OPTIONS, argv)
     started = time.monotonic()
 
-    from runtime.local.demo import call
     from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
+    from tests.rest import call
 
     # Short leases so a SIGKILLed job is back within seconds; short polls so an idle worker stops quickly.
     settings, step_log = prepare(args, {"heartbeat_s": 1.0, "lease_s": 4, "poll_wait_s": 2,

@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__, OPTIONS, argv)
     started = time.monotonic()
 
-    from runtime.local.demo import call
     from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
+    from tests.rest import call
 
     # A lease shorter than the longest outage, a retry budget longer; short polls so that receives are frequent.
     settings, step_log = prepare(args, {"heartbeat_s": 2.0, "lease_s": 20, "poll_wait_s": 2,

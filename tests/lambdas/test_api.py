@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from runtime.contract.envelope import read_celery_message
-from runtime.local.demo import call
 from tests.conftest import Stack
+from tests.rest import call
 
 
 def png_bytes(width: int = 16, height: int = 16) -> bytes:

@@ -17,9 +17,9 @@ from lambdas.cancel import MAX_TRIES, cancel
 from lambdas.common import Deployment
 from runtime.config import Settings
 from runtime.contract import JobErrorInfo, JobState, Progress, StatusDoc, utcnow
-from runtime.local.demo import call, wait_for
 from runtime.storage.jobstore import JobStore, StatusConflict, status_key
 from tests.conftest import Stack
+from tests.rest import call, wait_for
 
 
 def put_status(stack: Stack, state: JobState, **fields: Any) -> StatusDoc:
@@ -66,7 +66,7 @@ def test_cancel_finished_job_is_409(stack: Stack) -> None:
     status, answer = call("POST", f"{stack.api_url}/v1/jobs",
                           {"pipeline": "solid", "model": "tiny-sd", "inputs": {"prompt": "done"}})
     assert status == 202, answer
-    done = wait_for(stack.api_url, answer["id"], timeout=120, show=False)
+    done = wait_for(stack.api_url, answer["id"], timeout=120)
     assert done["state"] == "succeeded", done
     status, answer = post_cancel(stack, done["id"])
     assert (status, answer["error"]["code"], answer["error"]["field"]) == (409, "job_finished", "id")

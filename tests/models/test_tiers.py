@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from pipelines.common import base_pipeline, controlnet_model
-from runtime.local.demo import call, wait_for
 from runtime.local.devstack import DevStack
 from runtime.models.store import ModelStore, object_bytes
 from tests.conftest import in_process_stack
+from tests.rest import call, wait_for
 
 
 def test_least_recently_used_model_is_dropped_under_the_budget(two_models: Path) -> None:
@@ -46,7 +46,7 @@ def run_jobs(stack: DevStack, models: tuple[str, ...]) -> list[str]:
         status, body = call("POST", f"{stack.api_url}/v1/jobs", {"pipeline": "txt2img", "model": model, "inputs": {
             "prompt": "a fox", "width": 64, "height": 64, "steps": 2}})
         assert status == 202, body
-        doc = wait_for(stack.api_url, body["id"], show=False, timeout=120)
+        doc = wait_for(stack.api_url, body["id"], timeout=120)
         assert doc["state"] == "succeeded" and doc["phase"] is None
         seen.append(doc["model_cache"])
     return seen

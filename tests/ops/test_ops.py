@@ -31,7 +31,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime.config import Settings
 from runtime.contract import JobSpec, Txt2ImgInputs, utcnow
 from runtime.contract.envelope import build_celery_message
-from runtime.local.demo import call, wait_for
 from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
 from runtime.local.spanreceiver import SpanReceiver
 from runtime.ops.health import LIVE_PATH, READY_PATH
@@ -39,6 +38,7 @@ from runtime.storage import aws
 from runtime.worker.steplog import read as read_steplog
 from tests.conftest import ROOT
 from tests.ops.test_observe import promtool
+from tests.rest import call, wait_for
 
 LONG_PROMPT = "a lighthouse at dusk, " * 12 + "THE-END-OF-THE-PROMPT"
 
@@ -125,7 +125,7 @@ class Ops:
         return answer["id"]
 
     def finished(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
-        return wait_for(self.stack.api_url, job_id, timeout=timeout, show=False)
+        return wait_for(self.stack.api_url, job_id, timeout=timeout)
 
     def trace(self, trace_id: str, until: str = "run/spotgen.run_job", count: int = 1) -> list[Any]:
         """The workers' spans of one trace, once ``count`` spans named ``until`` have arrived."""
@@ -280,6 +280,8 @@ def test_aws_trace_header_continues_an_xray_trace(ops: Ops, worker_a: Worker) ->
 
 
 def test_log_lines_are_json_with_job_and_trace_ids(ops: Ops, worker_a: Worker) -> None:
+    for pipeline in ("txt2img", "img2img", "controlnet"):  # its own jobs: pytest-xdist may run the others elsewhere
+        assert ops.finished(ops.submit(request(pipeline, LONG_PROMPT, steps=2)))["state"] == "succeeded"
     lines = worker_a.lines()
     records = [json.loads(line) for line in lines]  # every line: a JSON object
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)

@@ -13,9 +13,10 @@ from PIL import Image
 
 from runtime.contract import JobState, StatusDoc, utcnow
 from runtime.contract.envelope import build_celery_message
-from runtime.local.demo import call, download, edge_map, wait_for
+from runtime.local.demo import edge_map
 from tests.conftest import Stack
 from tests.lambdas.test_api import png_bytes
+from tests.rest import call, download, wait_for
 
 COMMON = {"width": 64, "height": 64, "steps": 6, "seed": 7}
 
@@ -27,7 +28,7 @@ def submit(stack: Stack, body: dict[str, Any]) -> str:
 
 
 def run(stack: Stack, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
-    return wait_for(stack.api_url, submit(stack, body), timeout=timeout, show=False)
+    return wait_for(stack.api_url, submit(stack, body), timeout=timeout)
 
 
 def first_png(doc: dict[str, Any]) -> bytes:
@@ -135,7 +136,7 @@ def test_server_chooses_and_reports_the_seed(stack: Stack) -> None:
                                                                "inputs": {"prompt": "x", "width": 64, "height": 64,
                                                                           "steps": 2}})
     assert status == 202 and isinstance(answer["seed"], int)
-    doc = wait_for(stack.api_url, answer["id"], show=False)
+    doc = wait_for(stack.api_url, answer["id"])
     assert doc["state"] == "succeeded" and doc["seed"] == answer["seed"]
     params = json.loads(Image.open(io.BytesIO(first_png(doc))).text["parameters"])
     assert params["seed"] == answer["seed"]
@@ -181,7 +182,7 @@ def test_invalid_task_message_fails_its_job(stack: Stack, dead: dict[str, Any]) 
                            # the body names a queue this worker does not have: it must not matter
                            MessageBody=build_celery_message("tampered", [spec], queue="x"),
                            MessageAttributes={"job_id": {"DataType": "String", "StringValue": "tampered"}})
-    doc = wait_for(stack.api_url, "tampered", show=False, timeout=60)
+    doc = wait_for(stack.api_url, "tampered", timeout=60)
     assert doc["state"] == "failed" and doc["error"]["code"] == "invalid_inputs"
     assert doc["error"]["field"] == "inputs.width"
     (letter,) = dead_letters(stack, dead, "tampered")
@@ -198,6 +199,6 @@ def test_duplicate_delivery_does_not_run_twice(stack: Stack, notes: dict[str, An
                            MessageBody=build_celery_message(doc["id"], [spec_msg], queue="x"))
     # a job queued after the duplicate finishing proves the duplicate was consumed
     assert run(stack, {"pipeline": "solid", "model": "tiny-sd", "inputs": {"prompt": "after"}})["state"] == "succeeded"
-    again = wait_for(stack.api_url, doc["id"], show=False)
+    again = wait_for(stack.api_url, doc["id"])
     assert again["updated_at"] == doc["updated_at"] and again["attempts"] == 1
     assert len(notification(stack, notes, doc["id"])) == 1

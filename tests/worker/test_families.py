@@ -15,9 +15,10 @@ from PIL import Image
 
 from runtime.contract import JobState, StatusDoc, utcnow
 from runtime.contract.envelope import build_celery_message
-from runtime.local.demo import edge_map, wait_for
+from runtime.local.demo import edge_map
 from tests.conftest import Stack
 from tests.lambdas.test_api import png_bytes
+from tests.rest import wait_for
 from tests.worker.test_e2e import first_png, run
 
 SDXL = {"width": 64, "height": 64, "steps": 4, "seed": 11}
@@ -75,6 +76,6 @@ def test_a_lora_the_worker_cannot_apply_fails_the_job_naming_the_field(stack: St
     stack.sqs.send_message(QueueUrl=stack.env["SPOTGEN_QUEUE_URL"],
                            MessageBody=build_celery_message(job_id, [spec], queue="x"),
                            MessageAttributes={"job_id": {"DataType": "String", "StringValue": job_id}})
-    doc = wait_for(stack.api_url, job_id, show=False, timeout=60)
+    doc = wait_for(stack.api_url, job_id, timeout=60)
     assert doc["state"] == "failed", doc
     assert (doc["error"]["code"], doc["error"]["field"]) == ("incompatible_lora", "inputs.loras.1.id")

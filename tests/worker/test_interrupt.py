@@ -24,7 +24,6 @@ import pytest
 import torch
 
 from runtime.contract import JobSpec, Txt2ImgInputs, utcnow
-from runtime.local.demo import call, download, wait_for
 from runtime.plugins import StepState
 from runtime.storage.jobstore import checkpoint_key
 from runtime.worker import checkpoint
@@ -32,6 +31,7 @@ from runtime.worker.interrupt import FORCED_EXIT
 from runtime.worker.steplog import read as read_steplog
 from tests.conftest import Stack, spawn_worker, start_stack, stop_stack
 from tests.pipelines.harness import _input_images
+from tests.rest import call, download, wait_for
 from tests.worker.test_e2e import drain
 
 LEASE_S = 3
@@ -146,7 +146,7 @@ def submit(stack: Stack, request: dict[str, Any]) -> str:
 
 
 def finished(stack: Stack, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    return wait_for(stack.api_url, job_id, timeout=timeout, show=False)
+    return wait_for(stack.api_url, job_id, timeout=timeout)
 
 
 def pngs(doc: dict[str, Any]) -> list[bytes]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.local.demo import call, wait_for
 from runtime.local.devstack import DevStack
 from tests.conftest import in_process_stack
+from tests.rest import call, wait_for
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def test_each_model_runs_on_its_own_pool(two_pools: DevStack) -> None:
         assert status == 202, body
         jobs[body["id"]] = model
     for job_id in jobs:
-        assert wait_for(api, job_id, show=False, timeout=120)["state"] == "succeeded"
+        assert wait_for(api, job_id, timeout=120)["state"] == "succeeded"
     assert two_pools.log_dir is not None
     default = (two_pools.log_dir / "worker-0.log").read_text()
     pool_b = (two_pools.log_dir / "worker-b-0.log").read_text()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from runtime.local.demo import call
 from tests.conftest import Stack
+from tests.rest import call
 
 
 class FakeClock:
