@@ -65,10 +65,12 @@ class DevStack:
         from moto.server import ThreadedMotoServer
 
         from lambdas import api
+        from runtime.local import snstracing
         from runtime.local.gateway import make_server, serve_in_thread
 
         os.environ.update(EMULATOR_CREDENTIALS)
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        snstracing.install()
         self._emulator = ThreadedMotoServer(ip_address=self.host, port=self.aws_port, verbose=False)
         self._emulator.start()
         host, aws_port = self._emulator.get_host_and_port()

@@ -80,8 +80,9 @@ def provision(
         s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
             "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
             "RestrictPublicBuckets": True})
-    jobs_topic = sns.create_topic(Name=f"{prefix}-jobs")["TopicArn"]
-    results_topic = sns.create_topic(Name=f"{prefix}-results")["TopicArn"]
+    traced = {"TracingConfig": "Active"}  # as the template's topics: SQS gets the publisher's X-Ray trace header
+    jobs_topic = sns.create_topic(Name=f"{prefix}-jobs", Attributes=traced)["TopicArn"]
+    results_topic = sns.create_topic(Name=f"{prefix}-results", Attributes=traced)["TopicArn"]
 
     queue_name, queue_url, dlq_url = add_work_queue(sqs, sns, jobs_topic, f"{prefix}-{queue}", filter_policy,
                                                     max_receive_count, visibility_timeout_s)

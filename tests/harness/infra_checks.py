@@ -189,6 +189,12 @@ def check_liveness_timing(probe: Doc, poll_wait_s: float) -> list[str]:
     return errors
 
 
+def pod_spec_labels(docs: list[Doc]) -> dict[str, str]:
+    """The labels of the worker Deployment's pods."""
+    worker = one(docs, "Deployment", WORKER)
+    return worker["spec"]["template"]["metadata"].get("labels", {})
+
+
 def check_probes(docs: list[Doc]) -> list[str]:
     """Probes, ports and the metrics Service agree with the health server (runtime/ops/health.py) and the port the
     worker's settings give it."""
@@ -233,7 +239,11 @@ def check_probes(docs: list[Doc]) -> list[str]:
                 errors.append(f"ServiceMonitor scrapes port {endpoint.get('port')}, which the Service lacks")
             if endpoint.get("path", "/metrics") != METRICS_PATH:
                 errors.append(f"ServiceMonitor scrapes {endpoint.get('path')}, not {METRICS_PATH}")
+    labels = pod_spec_labels(docs)
     for policy in docs_of(docs, "NetworkPolicy"):
+        selector = policy["spec"].get("podSelector", {}).get("matchLabels", {})
+        if not selector.items() <= labels.items():
+            continue  # another component's pods (the collector's)
         allowed = {p.get("port") for rule in policy["spec"].get("ingress", []) for p in rule.get("ports", [])}
         if allowed and port not in allowed and "metrics" not in allowed:
             errors.append(f"NetworkPolicy {policy['metadata']['name']} blocks the metrics port {port}")
@@ -313,7 +323,7 @@ def local_stack(prefix: str) -> dict[str, Doc]:
     s3, sns, sqs = Recorder(), Recorder(), Recorder()
     provision.provision(s3, sns, sqs, prefix=prefix)
     queues = {kw["QueueName"]: kw["Attributes"] for method, kw in sqs.calls if method == "create_queue"}
-    topics = [kw["Name"] for method, kw in sns.calls if method == "create_topic"]
+    topics = {kw["Name"]: kw.get("Attributes", {}) for method, kw in sns.calls if method == "create_topic"}
     subscriptions = {kw["TopicArn"].rsplit(":", 1)[1]: kw["Attributes"] for method, kw in sns.calls
                      if method == "subscribe"}
     blocks = [kw["PublicAccessBlockConfiguration"] for method, kw in s3.calls if method == "put_public_access_block"]
@@ -342,8 +352,11 @@ def check_matches_local_stack(tpl: Doc) -> list[str]:
             local["queues"][dead]["MessageRetentionPeriod"]:
         errors.append("DeadLetterQueue MessageRetentionPeriod differs from runtime/local/provision.py")
     for logical_id in ("JobsTopic", "ResultsTopic"):
-        if resolve(res[logical_id]["Properties"]["TopicName"], tpl) not in local["topics"]:
-            errors.append(f"{logical_id} is not named as the local stack's topics ({local['topics']})")
+        topic = resolve(res[logical_id]["Properties"]["TopicName"], tpl)
+        if topic not in local["topics"]:
+            errors.append(f"{logical_id} is not named as the local stack's topics ({sorted(local['topics'])})")
+        elif res[logical_id]["Properties"].get("TracingConfig") != local["topics"][topic].get("TracingConfig"):
+            errors.append(f"{logical_id}'s TracingConfig differs from runtime/local/provision.py")
     subscription = res["WorkQueueSubscription"]["Properties"]
     jobs_topic = resolve(res["JobsTopic"]["Properties"]["TopicName"], tpl)
     expected = local["subscriptions"].get(jobs_topic, {})

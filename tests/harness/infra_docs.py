@@ -171,6 +171,9 @@ def resolve(value: Any, tpl: Doc, stack: dict[str, str] = EXAMPLE_STACK) -> Any:
         target = value["Fn::GetAtt"]
         name, attribute = target if isinstance(target, list) else target.split(".", 1)
         return _attribute(name, attribute, tpl, stack)
+    if "Fn::If" in value:
+        condition, yes, no = value["Fn::If"]
+        return resolve(yes if _condition(condition, tpl, stack) else no, tpl, stack)
     if "Fn::Join" in value:
         separator, items = value["Fn::Join"]
         return separator.join(str(resolve(item, tpl, stack)) for item in items)
@@ -189,7 +192,24 @@ def resolve(value: Any, tpl: Doc, stack: dict[str, str] = EXAMPLE_STACK) -> Any:
     return {key: resolve(item, tpl, stack) for key, item in value.items()}
 
 
+def _condition(name: str, tpl: Doc, stack: dict[str, str]) -> bool:
+    """A condition of the template, for the example stack (parameter defaults)."""
+    def evaluate(expr: Any) -> Any:
+        if isinstance(expr, dict) and "Fn::Not" in expr:
+            return not evaluate(expr["Fn::Not"][0])
+        if isinstance(expr, dict) and "Fn::Equals" in expr:
+            left, right = (resolve(side, tpl, stack) for side in expr["Fn::Equals"])
+            return str(left) == str(right)
+        if isinstance(expr, dict) and "Condition" in expr:
+            return _condition(expr["Condition"], tpl, stack)
+        raise ValueError(f"condition {name}: cannot evaluate {expr}")
+
+    return bool(evaluate(tpl["Conditions"][name]))
+
+
 def _ref(name: str, tpl: Doc, stack: dict[str, str]) -> Any:
+    if name == "AWS::NoValue":
+        return None
     if name in stack:
         return stack[name]
     if name in tpl.get("Parameters", {}):
@@ -204,6 +224,8 @@ def _ref(name: str, tpl: Doc, stack: dict[str, str]) -> Any:
         return f"arn:aws:sns:{region}:{account}:{resolve(props['TopicName'], tpl, stack)}"
     if kind == "AWS::S3::Bucket":
         return resolve(props["BucketName"], tpl, stack)
+    if kind == "AWS::Logs::LogGroup":
+        return resolve(props["LogGroupName"], tpl, stack)
     return f"<{name}>"
 
 

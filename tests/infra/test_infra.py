@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -48,12 +49,12 @@ from tests.harness.infra_docs import (
     OVERLAY,
     REPO,
     TEMPLATE,
+    WORKER,
     Doc,
     aws_calls,
     docs_of,
     karpenter,
     loader,
-    one,
     render,
     required_worker_actions,
     sam_transform,
@@ -65,7 +66,7 @@ from tests.harness.infra_docs import (
 # == the real files ===========================================================================================
 def test_kustomize_renders_every_directory() -> None:
     for directory in ("infra/k8s/base", "infra/k8s/overlays/example", "infra/k8s/loader", "infra/keda",
-                      "infra/karpenter"):
+                      "infra/karpenter", "infra/otel"):
         kinds = [doc["kind"] for doc in render(REPO / directory)]
         assert kinds, f"{directory} renders nothing"
     kinds = {doc["kind"] for doc in render(OVERLAY)}
@@ -86,7 +87,7 @@ def test_settings() -> None:
 
 
 def test_probes_and_ports() -> None:
-    assert check_probes(render(OVERLAY)) == []
+    assert check_probes(render(OVERLAY)) == []  # the collector's NetworkPolicy selects other pods: not checked here
 
 
 def test_grace_period() -> None:
@@ -204,9 +205,19 @@ def test_checkov() -> None:
 
 
 # == deliberately broken copies: each check must catch its fault and say so ===================================
+#: Unless named, the document to break is the worker's: the overlay also renders the collector (infra/otel).
+WORKER_DOCS = {"Deployment": WORKER, "ConfigMap": "spotgen-settings"}
+
+
 def _mutated(docs: list[Doc], kind: str, change: Callable[[Doc], None], name: str | None = None) -> list[Doc]:
+    """A copy of ``docs`` with ``change`` made to the one ``kind`` called ``name`` (kustomize's hash suffix
+    aside), by default the worker's."""
     docs = copy.deepcopy(docs)
-    change(one(docs, kind, name))
+    name = name or WORKER_DOCS.get(kind)
+    found = [d for d in docs_of(docs, kind)
+             if name is None or re.fullmatch(rf"{re.escape(name)}(-[a-z0-9]{{10}})?", d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    change(found[0])
     return docs
 
 

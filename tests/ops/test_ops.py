@@ -29,12 +29,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.config import Settings
-from runtime.contract import JobSpec, Txt2ImgInputs, utcnow
-from runtime.contract.envelope import build_celery_message
 from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
 from runtime.local.spanreceiver import SpanReceiver
 from runtime.ops.health import LIVE_PATH, READY_PATH
-from runtime.storage import aws
 from runtime.worker.steplog import read as read_steplog
 from tests.conftest import ROOT
 from tests.ops.test_observe import promtool
@@ -252,28 +249,6 @@ def test_one_trace_from_the_lambda_through_the_worker(ops: Ops, worker_a: Worker
         assert "spotgen.model_load" not in by_name
     # AWS calls outside the job (polls, heartbeats) make no traces of their own
     assert not [s for s in ops.receiver.spans() if s.parent_id is None and s.kind == "CLIENT"]
-
-
-def test_aws_trace_header_continues_an_xray_trace(ops: Ops, worker_a: Worker) -> None:
-    """A message without traceparent (sent by something else than our Lambda) but with SQS's AWSTraceHeader."""
-    job_id = f"xray{int(time.time() * 1000)}"
-    inputs = Txt2ImgInputs(prompt="x-ray", width=64, height=64, steps=2, seed=1).model_dump(mode="json")
-    spec = JobSpec(id=job_id, pipeline="txt2img", model="tiny-sd", inputs=inputs, seed=1, output_prefix="outputs",
-                   submitted_at=utcnow(), request_hash="0" * 64)
-    aws.client("sqs", ops.stack.settings).send_message(
-        QueueUrl=ops.stack.settings.queue_url,
-        MessageAttributes={"job_id": {"DataType": "String", "StringValue": job_id}},
-        MessageBody=build_celery_message(job_id, [spec.model_dump(mode="json")], queue=ops.stack.settings.queue_name),
-        MessageSystemAttributes={"AWSTraceHeader": {"DataType": "String", "StringValue":
-                                 "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"}})
-    deadline = time.monotonic() + 60
-    while call("GET", f"{ops.stack.api_url}/v1/jobs/{job_id}")[0] == 404:  # the worker writes its status
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    doc = ops.finished(job_id)
-    assert doc["state"] == "succeeded" and doc["trace_id"] == "5759e988bd862e3fe1be46a994272793"
-    (task,) = [s for s in ops.trace(doc["trace_id"]) if s.name == "run/spotgen.run_job"]
-    assert task.parent_id == "53995c3f42cd8ad8"
 
 
 # -- logs --------------------------------------------------------------------------------------------------
