@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8080, help="API port (0: any free port)")
     dev.add_argument("--aws-port", type=int, default=4566, help="AWS emulator port (0: any free port)")
     dev.add_argument("--workers", type=int, default=1, help="worker processes to start (0: bring your own)")
-    dev.add_argument("--visibility-timeout", type=int, default=300, metavar="S",
+    dev.add_argument("--visibility-timeout", type=int, default=60, metavar="S",  # provision.VISIBILITY_TIMEOUT_S
                      help="the work queue's visibility timeout (the worker's lease takes over once a job starts)")
     dev.add_argument("--models", help=f"models directory with catalog.json (default {DEFAULT_MODELS_DIR})")
     dev.add_argument("--device", help="torch device for the workers, e.g. cuda")

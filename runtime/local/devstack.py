@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from runtime.config import Settings
-from runtime.local.provision import Resources, add_work_queue, provision
+from runtime.local.provision import VISIBILITY_TIMEOUT_S, Resources, add_work_queue, provision
 from runtime.storage import aws
 
 log = logging.getLogger("spotgen.dev")
@@ -39,7 +39,7 @@ def _die_with_parent() -> None:
 
 class DevStack:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8080, aws_port: int = 4566,
-                 workers: int = 1, log_dir: Path | None = None, visibility_timeout_s: int = 300,
+                 workers: int = 1, log_dir: Path | None = None, visibility_timeout_s: int = VISIBILITY_TIMEOUT_S,
                  pools: dict[str, list[str]] | None = None) -> None:
         self.base, self.host, self.port, self.aws_port = settings, host, port, aws_port
         self.workers, self.log_dir = workers, log_dir

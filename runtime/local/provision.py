@@ -15,8 +15,10 @@ from typing import Any
 #: Messages received this many times without being deleted move to the dead-letter queue. Interruptions
 #: do not count (the worker sends an interrupted job back as a new message); crashes and failures do.
 MAX_RECEIVE_COUNT = 5
-#: Work-queue visibility timeout: only covers receive-to-start, the worker's lease takes over from there.
-VISIBILITY_TIMEOUT_S = 300
+#: Work-queue visibility timeout: covers receive-to-start, then the worker's lease takes over. No longer than
+#: the lease (SPOTGEN_LEASE_S, 60 in infra/k8s/base), so a crashed worker's job is back as soon as a lease
+#: would bring it, and a short job needs no visibility extension at all (runtime/worker/app.py first_beat_s).
+VISIBILITY_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ class Hooks:
     #: Metrics, traces and log context (``runtime.ops.telemetry``); probes' state.
     observer: Observer = NOOP
     health: Any = None
+    #: Seconds a job's lease waits before its first extension (``first_beat_s``, set at start-up).
+    first_beat_s: float = 0.0
 
     def aws_error(self, service: str, operation: str, code: str) -> None:
         self.observer.aws_error(service, operation, code)
@@ -146,7 +148,7 @@ def make_app(settings: Settings) -> Celery:
             runner().run(args[0], trace_id=trace_id)
             return
         lease = Lease(hooks.sqs, settings.queue_url, raw, settings.heartbeat_s, settings.lease_s, settings.max_job_s,
-                      hooks.observer)
+                      hooks.observer, first_beat_s=hooks.first_beat_s)
         interruption.lease = lease
         try:
             with lease:
@@ -179,21 +181,34 @@ class Unreachable(Exception):
     """AWS could not be reached at start-up within the retry budget."""
 
 
-def reach_aws(settings: Settings, sqs_client: Any) -> None:
+def reach_aws(settings: Settings, sqs_client: Any) -> int:
     """The work queue and the output bucket answer, retried for ``store_retry_s``: a worker that cannot reach
-    them exits with the reason instead of sitting unready, and a short outage at start-up costs only a wait."""
+    them exits with the reason instead of sitting unready, and a short outage at start-up costs only a wait.
+    Returns the queue's visibility timeout."""
     retry = Retry(settings.store_retry_s)
     s3 = aws.client("s3", settings)
     checks = ((f"SQS queue {settings.queue_url}", lambda: sqs_client.get_queue_attributes(
-                   QueueUrl=settings.queue_url, AttributeNames=["QueueArn"])),
+                   QueueUrl=settings.queue_url, AttributeNames=["QueueArn", "VisibilityTimeout"])),
               (f"S3 bucket {settings.output_bucket}", lambda: s3.list_objects_v2(
                    Bucket=settings.output_bucket, Prefix="jobs/", MaxKeys=1)))
+    answers = []
     for what, call in checks:
         try:
-            retry(call, f"reaching the {what}")
+            answers.append(retry(call, f"reaching the {what}"))
         except Exception as exc:
             raise Unreachable(f"cannot reach the {what} (endpoint {settings.aws_endpoint_url or 'AWS'}, retried for "
                               f"{settings.store_retry_s:.0f} s): {type(exc).__name__}: {exc}") from None
+    return int(answers[0].get("Attributes", {}).get("VisibilityTimeout", 0))
+
+
+def first_beat_s(visibility_s: int, settings: Settings) -> float:
+    """When a job's first visibility extension is due. A queue whose visibility timeout is no longer than the
+    lease already brings a crashed worker's job back as soon as a lease would, so the extension can wait
+    (half the timeout at most): a job shorter than that makes no ChangeMessageVisibility call at all. With a
+    longer timeout the first extension comes at once, to shorten that wait to the lease."""
+    if 0 < visibility_s <= settings.lease_s:
+        return min(settings.heartbeat_s, visibility_s / 2)
+    return 0.0
 
 
 def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
@@ -209,7 +224,7 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     hooks.observer, hooks.health = ops.observer, ops.health
     app.steps["consumer"].add(ConsumerHealth)
     try:
-        reach_aws(settings, hooks.sqs)
+        hooks.first_beat_s = first_beat_s(reach_aws(settings, hooks.sqs), settings)
         runner = app.spotgen.runner()
         runner.setup()  # every pipeline's setup: a plugin that cannot run here (an attention kernel...) stops it
         runner.preload(settings.preload)

@@ -34,6 +34,8 @@ class StatusTracker:
         self.store, self.doc, self.etag = store, doc, etag
         self.ended: StatusDoc | None = None
         self._claimed: object = None  # the claim time this delivery wrote, while it holds the claim
+        self._deferred = False  # changes ``defer`` applied that no write has stored yet
+        self._fresh_claim = False  # the claim the final status carried, until the first publish uses it
         self._lock = threading.Lock()
 
     @property
@@ -54,14 +56,31 @@ class StatusTracker:
             assert doc is not None
         return cls(store, doc, etag)
 
-    def write(self, **changes: Any) -> StatusDoc:
-        """Apply ``changes`` and write; ``JobEnded`` if someone else made the document final meanwhile."""
+    def defer(self, **changes: Any) -> None:
+        """Apply ``changes`` now and write them with the next write (a progress report, a checkpoint's
+        ``flush``, the final status): a short job's ``running`` then costs no PUT of its own."""
+        with self._lock:
+            self.doc = self.doc.model_copy(update={**changes, "updated_at": utcnow()})
+            self._deferred = True
+
+    def flush(self) -> None:
+        """Write what ``defer`` holds, if anything (before a checkpoint: the attempt must be on record first)."""
+        if self._deferred:
+            self.write()
+
+    def write(self, claim: bool = False, **changes: Any) -> StatusDoc:
+        """Apply ``changes`` and write; ``JobEnded`` if someone else made the document final meanwhile.
+        ``claim``: also claim the job's notification in the same write (the final status: one PUT less)."""
         with self._lock:
             for _ in range(MAX_TRIES):
-                new = self.doc.model_copy(update={**changes, "updated_at": utcnow()})
+                now = utcnow()
+                extra = {"notify_claimed_at": now} if claim and self.doc.notified_at is None else {}
+                new = self.doc.model_copy(update={**changes, **extra, "updated_at": now})
                 try:
                     self.etag = self.store.write_status(new, if_match=self.etag)
-                    self.doc = new
+                    self.doc, self._deferred = new, False
+                    if extra:
+                        self._claimed, self._fresh_claim = now, True
                     return new
                 except StatusConflict:
                     self._reload()
@@ -89,8 +108,12 @@ class StatusTracker:
                 if self.doc.notified_at is not None:
                     return False
                 claimed = self.doc.notify_claimed_at
-                if claimed is not None and claimed != self._claimed and (utcnow() - claimed).total_seconds() < ttl_s:
+                age = (utcnow() - claimed).total_seconds() if claimed is not None else None
+                if age is not None and claimed != self._claimed and age < ttl_s:
                     return False  # another delivery's live claim
+                if self._fresh_claim and claimed == self._claimed and age is not None and age < ttl_s / 2:
+                    self._fresh_claim = False  # the final status just made it: the first publish needs no renewal
+                    return True
                 new = self.doc.model_copy(update={"notify_claimed_at": utcnow()})
                 try:
                     self.etag = self.store.write_status(new, if_match=self.etag)

@@ -2,10 +2,11 @@
 
 Neither Celery nor kombu extends visibility (celery#5935), so a job longer than the queue's visibility
 timeout would be delivered to a second worker while it still runs; and a long timeout means a crashed
-worker's job waits that long before anyone retries it. The lease sets the visibility to ``lease_s`` as soon
-as the job starts (from the heartbeat thread, so the job never waits for it) and again every ``heartbeat_s``:
-a job of any length (up to ``max_job_s``) is delivered once, and after a crash the message is back within
-``lease_s``.
+worker's job waits that long before anyone retries it. The lease sets the visibility to ``lease_s`` from
+its heartbeat thread (so the job never waits for it) every ``heartbeat_s``: a job of any length (up to
+``max_job_s``) is delivered once, and after a crash the message is back within ``lease_s``. The first
+extension comes at once when the queue's own timeout is longer than the lease; when it is not, it waits
+(``first_beat_s``), and a short job makes no extension at all.
 
 An interrupted job is handed back as a *new* message (same body and attributes) before the original is
 acked: it is visible at once, and the interruption does not count as a failed receive toward the
@@ -27,8 +28,10 @@ log = logging.getLogger("spotgen.lease")
 
 class Lease:
     def __init__(self, sqs: Any, queue_url: str, raw: dict[str, Any], heartbeat_s: float, lease_s: int,
-                 max_job_s: int, observer: Observer = NOOP) -> None:
+                 max_job_s: int, observer: Observer = NOOP, first_beat_s: float = 0.0) -> None:
         self.sqs, self.queue_url, self.raw, self.observer = sqs, queue_url, raw, observer
+        #: When the first extension is due (``runtime.worker.app.first_beat_s``): 0 is at once.
+        self.first_beat_s = first_beat_s
         self.heartbeat_s, self.lease_s, self.max_job_s = heartbeat_s, lease_s, max_job_s
         self.extensions = 0
         self.handed_back = False
@@ -65,7 +68,7 @@ class Lease:
     def _beat(self) -> None:
         """Extend every ``heartbeat_s``; after a failure, try again sooner (backoff with jitter, never later than
         the next beat), so a short outage does not eat into the time left before the message reappears."""
-        started, failures, delay = time.monotonic(), 0, 0.0
+        started, failures, delay = time.monotonic(), 0, self.first_beat_s
         while not self._stop.wait(delay):
             if time.monotonic() - started > self.max_job_s:
                 log.warning("job has run longer than max_job_s=%s; its message is no longer extended and may be "

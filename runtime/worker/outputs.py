@@ -58,7 +58,7 @@ class Outputs:
         return keys
 
     def finish(self, tracker: StatusTracker, state: JobState, keys: list[str],
-               error: JobErrorInfo | None, retry: Retry | None = None) -> StatusDoc:
+               error: JobErrorInfo | None, retry: Retry | None = None, checkpoint: bool = True) -> StatusDoc:
         """Result document, final status, then the notification: in this order, so a client that hears the
         notification finds everything in place. The result document is created once: if another delivery
         got there first, its result stands."""
@@ -75,14 +75,16 @@ class Outputs:
                                                       f"job {doc.id}: reading the recorded result"))
             log.info("job %s: completion was already recorded as %s", doc.id, recorded.state)
             final = recorded
-        retry(lambda: tracker.write(state=final.state, outputs=final.outputs, error=final.error,
+        claim = bool(self.settings.results_topic_arn)  # the notification's claim rides on the final status
+        retry(lambda: tracker.write(claim=claim, state=final.state, outputs=final.outputs, error=final.error,
                                     progress=final.progress, phase=None, finished_at=final.finished_at),
               f"job {doc.id}: final status")
-        self.settle(tracker, retry)
+        self.settle(tracker, retry, checkpoint)
         return tracker.doc
 
-    def settle(self, tracker: StatusTracker, retry: Retry | None = None) -> None:
-        """For a final job: the one notification, and no checkpoint left behind."""
+    def settle(self, tracker: StatusTracker, retry: Retry | None = None, checkpoint: bool = True) -> None:
+        """For a final job: the one notification, and no checkpoint left behind (``checkpoint``: there may be
+        one; False when no attempt can have saved any, which spares a DELETE)."""
         retry = retry or self.stage()
         doc = tracker.doc
         if doc.notified_at is None:
@@ -101,6 +103,8 @@ class Outputs:
             elif tracker.doc.notified_at is None:
                 raise NotifyingElsewhere(f"job {doc.id}: another delivery is sending the notification; this "
                                          "message comes back to check that it went out")
+        if not checkpoint:
+            return
         try:  # retried like the rest of the stage: a cut here would otherwise leave the checkpoint behind
             retry(lambda: self.store.delete_checkpoint(doc.id), f"job {doc.id}: deleting its checkpoint")
         except Exception:  # noqa: BLE001 - past the budget, a leftover checkpoint only costs storage (lifecycle)

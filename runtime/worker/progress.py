@@ -18,7 +18,7 @@ class ProgressWriter:
     def __init__(self, write: Callable[[int, int], None], interval_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s, self.clock = interval_s, clock
-        self.last = clock()  # the `running` write has just said step 0
+        self.last = clock()  # the first report waits an interval: the `running` status goes with it
         self._sender: LatestWins[tuple[int, int]] = LatestWins(lambda report: write(*report), "progress write")
 
     @property

@@ -77,6 +77,8 @@ class JobRunner:
         self.steplog = StepLog(settings.step_log)
         self.outputs = Outputs(settings, store, sns, observer)
         self._pipelines: dict[str, Pipeline] = {}
+        #: Jobs this worker stored a checkpoint of (its own attempt's), so the end knows whether to delete one.
+        self._saved: set[str] = set()
 
     # -- entry point ---------------------------------------------------------------------------------------
     def run(self, message: Any, lease: Lease | None = None, trace_id: str | None = None) -> StatusDoc | None:
@@ -84,6 +86,7 @@ class JobRunner:
         end it (a duplicate, or an interruption that handed the job back). ``trace_id``: the trace the message
         carries, for logs and the status when this process exports no spans itself."""
         spec = self.parse(message)
+        self._saved.discard(spec.id)
         with observing(self.observer, JobInfo.of(spec, trace_id)) as job:
             tracker = StatusTracker.open(self.store, spec)
             try:
@@ -121,11 +124,15 @@ class JobRunner:
         attempt = doc.attempts + 1
         from_step = resume.step if resume else 0
         resident = self.models.resident(spec.model)
-        tracker.write(state=JobState.running, attempts=attempt, started_at=doc.started_at or utcnow(),
+        # Stored with the first progress report, checkpoint or the final status, whichever comes first; at once
+        # when a model must load first, so that a client sees the job running while it loads.
+        tracker.defer(state=JobState.running, attempts=attempt, started_at=doc.started_at or utcnow(),
                       phase="generating" if resident else "loading_model", model_cache="hit" if resident else "miss",
                       resume=ResumeInfo(attempt=attempt, from_step=from_step, note=note) if attempt > 1 else None,
                       progress=Progress(step=from_step, total=doc.progress.total or getattr(inputs, "steps", 0)),
                       trace_id=job.trace_id or doc.trace_id, loras=getattr(inputs, "loras", doc.loras))
+        if not resident:
+            tracker.flush()
         job.attempt, job.from_step = attempt, from_step
         self.observer.job_started(job)
         if attempt > 1:
@@ -149,12 +156,18 @@ class JobRunner:
             log.warning("job %s interrupted at step %d and handed back", spec.id, tracker.doc.progress.step)
             job.outcome = "interrupted"
             return None
+        except Exception:  # the delivery fails (SQS tries again): the attempt goes on record first, if S3 answers
+            with contextlib.suppress(Exception):
+                tracker.flush()
+            raise
         generated = time.perf_counter()
         job.images = len(images)
         retry = self.outputs.stage()  # one budget for the whole output stage
         with self.observer.phase("store_outputs", images=len(images)):
             keys = self.outputs.store_outputs(spec, images, retry)
-        final = self.outputs.finish(tracker, JobState.succeeded, keys, None, retry)
+        # A checkpoint may exist if this attempt saved one or an earlier attempt ran; else no DELETE is needed.
+        saved = attempt > 1 or spec.id in self._saved
+        final = self.outputs.finish(tracker, JobState.succeeded, keys, None, retry, checkpoint=saved)
         log.info("job %s succeeded: pipeline %.3f s, storing and notifying %.3f s", spec.id,
                  generated - started, time.perf_counter() - generated)
         return final
@@ -236,6 +249,8 @@ class JobRunner:
         again = "; restarted from the beginning"
         if not type(pipeline).checkpoints:
             return None, (f"pipeline {spec.pipeline!r} does not save checkpoints{again}" if doc.attempts else "")
+        if not doc.attempts:  # no attempt has started (each records itself before it saves): nothing to read
+            return None, ""
         try:
             data = self.store.get_checkpoint(spec.id, checkpoint.MAX_CHECKPOINT_BYTES)
             if data is None:
@@ -257,7 +272,11 @@ class JobRunner:
 
         job = job or JobInfo.of(spec)
         report = ProgressWriter(write_progress, self.settings.progress_interval_s)
-        saver = Saver(lambda data: self.put_checkpoint(job, data))
+        def store_checkpoint(data: bytes) -> None:
+            tracker.flush()  # the attempt goes on record before its checkpoint, so the next one looks for it
+            self.put_checkpoint(job, data)
+
+        saver = Saver(store_checkpoint)
         fingerprint, every = spec.fingerprint(), self.settings.checkpoint_every
         clock = PhaseClock()
 
@@ -332,6 +351,7 @@ class JobRunner:
     def put_checkpoint(self, job: JobInfo, data: bytes) -> None:
         """Store a checkpoint (on the upload thread), timed for metrics and traced as a child of the job."""
         started = time.perf_counter()
+        self._saved.add(job.id)  # before the PUT: one that fails after S3 stored it must still be deleted
         with self.observer.phase("checkpoint", job, bytes=len(data)):
             self.store.put_checkpoint(job.id, data)
         self.observer.checkpoint_written(job, len(data), time.perf_counter() - started)

@@ -69,12 +69,16 @@ def hook_cost_s(steps: tuple[int, ...], rounds: int = 1000) -> dict[int, dict[st
 
     receiver = SpanReceiver().start()
     saved = dict(os.environ)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     # deliveries back to back outrun the exporter (real ones are seconds apart): queue them all
     os.environ |= {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint, "OTEL_BSP_MAX_QUEUE_SIZE": "100000"}
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
     try:
         provider = tracing.setup("bench")
-        context = logs.JobContext()
-        logging.getLogger("spotgen.job").setLevel(logging.WARNING)  # a worker logs two lines per job; not timed here
+        # logging as a worker in production has it (JSON lines at INFO, every job's two lines formatted and
+        # written), to a sink that costs what a pipe to the container runtime costs at most
+        context = logs.configure(Settings(log_format="json"), devnull)
         on = combine([logs.JobLog(context, Settings().log_prompt_chars), Metrics(), tracing.Tracing(provider)])
         out: dict[int, dict[str, float]] = {}
         for n in steps:
@@ -90,6 +94,12 @@ def hook_cost_s(steps: tuple[int, ...], rounds: int = 1000) -> dict[int, dict[st
         provider.force_flush()
         return out
     finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        devnull.close()
         receiver.stop()
         os.environ.clear()
         os.environ.update(saved)

@@ -3,13 +3,15 @@
 For each workload, in alternating rounds so that drift on a shared machine hits both alike:
 1. Direct: the worker's own txt2img pipeline (diffusers) called in a loop in this process.
 2. End to end: the same jobs through HTTP API -> SNS -> SQS -> Celery worker -> S3 -> SNS, queued at once;
-   time from the first submit to the last `finished_at`.
+   time from the first submit until the client has received the last job's notification.
 Throughput ratio = direct time / end-to-end time for the same images (the goal is at least 0.95).
 Then submit -> `running` latency of an idle worker (status `started_at - created_at`), one job at a time.
 Then the cost of an interruption for a 512 px job: checkpoint size, time to serialize and store it, and time
 from the start of a resumed run to its first step against a fresh run's, all in units of one denoising step.
 Then the model cache (tests/harness/bench_cache.py, which says how EFS is simulated), the SDXL memory ratio and
-the LoRA costs (tests/harness/bench_models.py), and the telemetry overhead (tests/harness/bench_ops.py).
+the LoRA costs (tests/harness/bench_models.py), AWS requests per job and the device's idle time between jobs,
+with and without 20 ms of latency per request (tests/harness/bench_requests.py), and the telemetry overhead
+(tests/harness/bench_ops.py).
 
 Prints a table and, as the last line, one JSON object with every figure.
 """
@@ -60,13 +62,30 @@ def submit(api: str, inputs: dict[str, Any], seed: int) -> str:
     return body["id"]
 
 
-def e2e_seconds(api: str, inputs: dict[str, Any], seeds: range) -> float:
+def notifications_until(results: tuple[Any, str], ids: set[str], timeout: float = 900) -> float:
+    """Receive from the results queue until every job of ``ids`` was announced; when the last one arrived.
+    Long polls: this client shares the two cores with the worker and the emulator, and waits without spinning."""
+    sqs, url = results
+    pending, deadline, last = set(ids), time.monotonic() + timeout, time.time()
+    while pending:
+        assert time.monotonic() < deadline, f"no notification for {sorted(pending)[:3]}"
+        for msg in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"])
+            if json.loads(msg["Body"])["id"] in pending:
+                pending.discard(json.loads(msg["Body"])["id"])
+                last = time.time()
+    return last
+
+
+def e2e_seconds(api: str, inputs: dict[str, Any], seeds: range, results: tuple[Any, str]) -> float:
+    """From the first submit until the client has heard the last job's notification (which the worker sends
+    after the outputs, the result document and the final status): the whole path, nothing left out."""
     started = time.time()
     ids = [submit(api, inputs, seed) for seed in seeds]
-    # polled slowly: this client shares the two cores with the worker and the emulator
-    docs = [wait_for(api, job_id, timeout=900, poll_s=1.0) for job_id in ids]
+    ended = notifications_until(results, set(ids))
+    docs = [wait_for(api, job_id, timeout=60, poll_s=1.0) for job_id in ids]
     assert all(d["state"] == "succeeded" for d in docs), [d["error"] for d in docs]
-    return max(ts(d["finished_at"]) for d in docs) - started
+    return ended - started
 
 
 def idle_latency(api: str, n: int) -> list[float]:
@@ -153,19 +172,21 @@ def main() -> int:
         os.environ["SPOTGEN_POLL_WAIT_S"] = "20"
         settings = Settings.from_env().model_copy(update={"models_dir": models})
         with DevStack(settings, port=0, aws_port=0, log_dir=Path(tmp) / "logs") as stack:
+            from runtime.storage import aws
+
             api, store = stack.api_url, ModelStore(models, "cpu")
+            results = (aws.client("sqs", stack.settings), stack.resources.results_queue_url)
             for name, (inputs, jobs) in workloads.items():
                 direct_seconds(store, inputs, range(1))  # warm-up for this size, in both processes
-                wait_for(api, submit(api, inputs, 0), timeout=300)
+                notifications_until(results, {submit(api, inputs, 0)}, 300)
                 half = max(1, jobs // 2)
                 direct = e2e = 0.0
                 for start in (0, half):
                     direct += direct_seconds(store, inputs, range(start, start + half))
-                    e2e += e2e_seconds(api, inputs, range(start, start + half))
+                    e2e += e2e_seconds(api, inputs, range(start, start + half), results)
                 figures[name] = {"jobs": 2 * half, "direct_images_per_s": 2 * half / direct,
                                  "e2e_images_per_s": 2 * half / e2e, "ratio": direct / e2e}
             lat = idle_latency(api, args.latency_jobs)
-            from runtime.storage import aws
             from runtime.storage.jobstore import JobStore
 
             ckpt = checkpoint_figures(store, JobStore(aws.client("s3", stack.settings), stack.settings))
@@ -193,6 +214,10 @@ def main() -> int:
 
     figures["models"] = families = bench_models.figures()
     print("\n".join(bench_models.report(families)))
+    from tests.harness import bench_requests
+
+    figures["aws_requests"] = requests = bench_requests.figures()
+    print("\n".join(bench_requests.report(requests)))
     from tests.harness.bench_ops import ops_overhead  # tracing + metrics on vs off; prints its own lines
 
     figures["operations"] = ops_overhead()

@@ -23,9 +23,11 @@ from typing import Any
 import pytest
 import torch
 
-from runtime.contract import JobSpec, Txt2ImgInputs, utcnow
+from runtime.config import Settings
+from runtime.contract import JobSpec, JobState, StatusDoc, Txt2ImgInputs, utcnow
+from runtime.contract.envelope import build_celery_message
 from runtime.plugins import StepState
-from runtime.storage.jobstore import checkpoint_key
+from runtime.storage.jobstore import JobStore, checkpoint_key
 from runtime.worker import checkpoint
 from runtime.worker.interrupt import FORCED_EXIT
 from runtime.worker.steplog import read as read_steplog
@@ -259,6 +261,17 @@ def spec_for(job_id: str, request: dict[str, Any], **changes: Any) -> JobSpec:
                    output_prefix="outputs", submitted_at=utcnow(), request_hash="0" * 64)
 
 
+def retry_of_an_earlier_attempt(stack: Stack, spec: JobSpec) -> None:
+    """Queue ``spec`` as SQS would deliver it again after an attempt that ran (its status says so)."""
+    now = utcnow()
+    JobStore(stack.s3, Settings.from_env(stack.env)).create_status(StatusDoc(
+        id=spec.id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model, seed=spec.seed, attempts=1,
+        created_at=now, updated_at=now))
+    stack.sqs.send_message(QueueUrl=stack.env["SPOTGEN_QUEUE_URL"], MessageAttributes={
+        "job_id": {"DataType": "String", "StringValue": spec.id}}, MessageBody=build_celery_message(
+        spec.id, [spec.model_dump(mode="json")], queue=stack.env["SPOTGEN_QUEUE_NAME"]))
+
+
 def planted(kind: str, job_id: str, request: dict[str, Any]) -> bytes:
     state = StepState(step=4, tensors={"latents": torch.zeros(1, 4, 16, 16)}, values={})
     if kind == "other-job":
@@ -280,7 +293,8 @@ def test_a_checkpoint_that_does_not_fit_is_ignored(stack: Stack, pool: Pool, ima
     job = f"planted-{kind}-{time.time_ns()}"
     stack.s3.put_object(Bucket=stack.env["SPOTGEN_OUTPUT_BUCKET"], Key=checkpoint_key(job),
                         Body=planted(kind, job, request))
-    doc, ref = finished(stack, submit(stack, {**request, "id": job})), finished(stack, submit(stack, request))
+    retry_of_an_earlier_attempt(stack, spec_for(job, request))  # only a later attempt looks for a checkpoint
+    doc, ref = finished(stack, job), finished(stack, submit(stack, request))
     assert pngs(doc) == pngs(ref)
     assert [s for _, _, s in pool.steps(job)] == list(range(1, 9))  # from the beginning
     assert f"job {job}: checkpoint ignored" in stack.worker_log()
