@@ -23,23 +23,12 @@ import pytest
 from tests.harness.infra_checks import (
     DOC_PATH,
     LIVE_PATH,
-    check_api,
-    check_api_settings,
-    check_disruption,
     check_doc_paths,
     check_dockerfile_pins,
-    check_function_policies,
-    check_grace_period,
-    check_matches_local_stack,
-    check_names,
     check_probes,
-    check_queue,
-    check_scheduling,
     check_schemas,
     check_security,
     check_settings,
-    check_storage,
-    check_worker_policy,
 )
 from tests.harness.infra_docs import (
     BIN,
@@ -60,6 +49,16 @@ from tests.harness.infra_docs import (
     sam_transform,
     template,
     worker_sources,
+)
+from tests.harness.node_checks import check_disruption, check_grace_period, check_scheduling, check_storage
+from tests.harness.template_checks import (
+    check_api,
+    check_api_settings,
+    check_function_policies,
+    check_matches_local_stack,
+    check_names,
+    check_queue,
+    check_worker_policy,
 )
 
 

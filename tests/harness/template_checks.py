@@ -1,0 +1,271 @@
+"""The checks of tests/infra/test_infra.py on the AWS SAM template (lambdas/template.yaml): its settings, queue,
+names and policies against the code, and the local stack (runtime/local/provision.py) it must match. Each takes
+loaded documents and returns the problems it finds, so the tests run it on the real files and on broken copies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from lambdas import api
+from runtime.config import PREFIX, Settings
+from runtime.local import provision
+from tests.harness.infra_docs import (
+    EXAMPLE_STACK,
+    WORKER,
+    Doc,
+    docs_of,
+    one,
+    output_settings,
+    pod_spec,
+    policy_actions,
+    resolve,
+    worker_env,
+    worker_settings,
+)
+
+#: Settings the API Lambdas cannot run without.
+REQUIRED_API_SETTINGS = {PREFIX + name for name in (
+    "REGION", "INPUT_BUCKET", "OUTPUT_BUCKET", "JOBS_TOPIC_ARN", "QUEUE_NAME", "MODELS")}
+
+
+#: What each API function may do: its calls in lambdas/ and the runtime modules they use.
+FUNCTION_ACTIONS = {
+    "SubmitFunction": {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "sns:Publish"},
+    "StatusFunction": {"s3:GetObject", "s3:ListBucket"},
+    "CancelFunction": {"s3:GetObject", "s3:PutObject", "s3:ListBucket"},
+}
+
+
+def check_api_settings(tpl: Doc) -> list[str]:
+    """The Lambdas' SPOTGEN_* variables exist in Settings, and the required ones are set."""
+    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    common = tpl["Globals"]["Function"]["Environment"]["Variables"]
+    errors = []
+    for logical_id in FUNCTION_ACTIONS:
+        own = tpl["Resources"][logical_id]["Properties"].get("Environment", {}).get("Variables", {})
+        env = {**common, **own}
+        errors += [f"{logical_id} sets {name}, but runtime/config.py has no setting {name[len(PREFIX):].lower()!r}"
+                   for name in sorted(env) if name.startswith(PREFIX) and name not in known]
+        errors += [f"{logical_id} lacks {name}" for name in sorted(REQUIRED_API_SETTINGS - env.keys())]
+    return errors
+
+
+def check_queue(tpl: Doc, docs: list[Doc]) -> list[str]:
+    """The work queue fits the worker's lease and heartbeat, and its redrive matches the worker's count."""
+    queue = tpl["Resources"]["WorkQueue"]["Properties"]
+    settings = worker_settings(docs)
+    visibility = int(resolve(queue["VisibilityTimeout"], tpl))
+    errors = []
+    if settings.heartbeat_s >= visibility:
+        errors.append(f"SPOTGEN_HEARTBEAT_S ({settings.heartbeat_s:g}) is not below the work queue's VisibilityTimeout "
+                      f"({visibility}): a message could become visible before its first extension")
+    if visibility != provision.VISIBILITY_TIMEOUT_S:
+        errors.append(f"the work queue's VisibilityTimeout is {visibility}, the local stack's "
+                      f"{provision.VISIBILITY_TIMEOUT_S} (runtime/local/provision.py): keep them the same")
+    receives = int(resolve(queue["RedrivePolicy"]["maxReceiveCount"], tpl))
+    if receives != settings.max_receive_count:
+        errors.append(f"the work queue's maxReceiveCount is {receives}, but the workers' SPOTGEN_MAX_RECEIVE_COUNT "
+                      f"is {settings.max_receive_count}: the last delivery would not end the job")
+    dead_letter = resolve(queue["RedrivePolicy"]["deadLetterTargetArn"], tpl)
+    if dead_letter != resolve({"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}, tpl):
+        errors.append(f"the work queue redrives to {dead_letter}, not to DeadLetterQueue")
+    return errors
+
+
+class Recorder:
+    """Stands in for a boto3 client: records every call, answers what provision() reads back."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Doc]] = []
+
+    def __getattr__(self, method: str) -> Callable[..., Doc]:
+        def call(**kwargs: Any) -> Doc:
+            self.calls.append((method, kwargs))
+            if method == "create_queue":
+                return {"QueueUrl": f"https://queue/{kwargs['QueueName']}"}
+            if method == "get_queue_attributes":
+                return {"Attributes": {"QueueArn": f"arn:aws:sqs:::{kwargs['QueueUrl'].rsplit('/', 1)[1]}"}}
+            if method == "create_topic":
+                return {"TopicArn": f"arn:aws:sns:::{kwargs['Name']}"}
+            return {}
+
+        return call
+
+
+def local_stack(prefix: str) -> dict[str, Doc]:
+    """What runtime/local/provision.py creates for the local stack: queues, topics and the subscription's attributes."""
+    s3, sns, sqs = Recorder(), Recorder(), Recorder()
+    provision.provision(s3, sns, sqs, prefix=prefix)
+    queues = {kw["QueueName"]: kw["Attributes"] for method, kw in sqs.calls if method == "create_queue"}
+    topics = {kw["Name"]: kw.get("Attributes", {}) for method, kw in sns.calls if method == "create_topic"}
+    subscriptions = {kw["TopicArn"].rsplit(":", 1)[1]: kw["Attributes"] for method, kw in sns.calls
+                     if method == "subscribe"}
+    blocks = [kw["PublicAccessBlockConfiguration"] for method, kw in s3.calls if method == "put_public_access_block"]
+    return {"queues": queues, "topics": topics, "subscriptions": subscriptions, "public_access_blocks": blocks}
+
+
+def check_matches_local_stack(tpl: Doc) -> list[str]:
+    """The template builds what runtime/local/provision.py builds locally: names, queue attributes, raw delivery,
+    the filter policy, public access blocks."""
+    local = local_stack(EXAMPLE_STACK["AWS::StackName"])
+    res = tpl["Resources"]
+    errors = []
+    work, dead = (resolve(res[name]["Properties"]["QueueName"], tpl) for name in ("WorkQueue", "DeadLetterQueue"))
+    for name in (work, dead):
+        if name not in local["queues"]:
+            errors.append(f"queue {name} of the template is not one the local stack makes ({sorted(local['queues'])})")
+    if work in local["queues"]:
+        attributes = local["queues"][work]
+        for key in ("VisibilityTimeout", "MessageRetentionPeriod"):
+            if str(resolve(res["WorkQueue"]["Properties"][key], tpl)) != attributes[key]:
+                errors.append(f"WorkQueue {key} differs from runtime/local/provision.py ({attributes[key]})")
+        local_redrive = json.loads(attributes["RedrivePolicy"])["maxReceiveCount"]
+        if int(resolve(res["WorkQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"], tpl)) != local_redrive:
+            errors.append(f"WorkQueue maxReceiveCount differs from runtime/local/provision.py ({local_redrive})")
+    if dead in local["queues"] and str(res["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"]) != \
+            local["queues"][dead]["MessageRetentionPeriod"]:
+        errors.append("DeadLetterQueue MessageRetentionPeriod differs from runtime/local/provision.py")
+    for logical_id in ("JobsTopic", "ResultsTopic"):
+        topic = resolve(res[logical_id]["Properties"]["TopicName"], tpl)
+        if topic not in local["topics"]:
+            errors.append(f"{logical_id} is not named as the local stack's topics ({sorted(local['topics'])})")
+        elif res[logical_id]["Properties"].get("TracingConfig") != local["topics"][topic].get("TracingConfig"):
+            errors.append(f"{logical_id}'s TracingConfig differs from runtime/local/provision.py")
+    subscription = res["WorkQueueSubscription"]["Properties"]
+    jobs_topic = resolve(res["JobsTopic"]["Properties"]["TopicName"], tpl)
+    expected = local["subscriptions"].get(jobs_topic, {})
+    if str(subscription.get("RawMessageDelivery")).lower() != expected.get("RawMessageDelivery"):
+        errors.append("the work queue's subscription must use raw delivery: the worker reads the SQS body as the "
+                      "Celery message")
+    if subscription.get("FilterPolicy") != json.loads(expected.get("FilterPolicy", "null")):
+        errors.append(f"the subscription's FilterPolicy differs from runtime/local/provision.py "
+                      f"({expected.get('FilterPolicy')})")
+    if subscription.get("FilterPolicyScope") != expected.get("FilterPolicyScope"):
+        errors.append("the subscription's FilterPolicyScope differs from runtime/local/provision.py")
+    if resolve(subscription["TopicArn"], tpl) != resolve({"Ref": "JobsTopic"}, tpl):
+        errors.append("the work queue is not subscribed to the jobs topic")
+    for logical_id in ("InputBucket", "OutputBucket"):
+        block = res[logical_id]["Properties"].get("PublicAccessBlockConfiguration")
+        if block not in local["public_access_blocks"]:
+            errors.append(f"{logical_id} does not block public access as the local stack does")
+    return errors
+
+
+def check_names(tpl: Doc, docs: list[Doc]) -> list[str]:
+    """Queue, topic and bucket names agree across the template's outputs, the worker's ConfigMap, the
+    ScaledObject and the Lambdas; namespaces and service accounts agree with the Pod Identity association."""
+    errors = []
+    env = worker_env(docs)
+    for name, value in output_settings(tpl).items():
+        if env.get(name) != value:
+            errors.append(f"the worker's {name} is {env.get(name)!r}, but the stack's WorkerSettings output gives "
+                          f"{value!r}")
+    deployment = one(docs, "Deployment", WORKER)
+    namespace = deployment["metadata"].get("namespace")
+    for scaled in docs_of(docs, "ScaledObject"):
+        target = scaled["spec"]["scaleTargetRef"]
+        if target.get("kind", "Deployment") != "Deployment" or target["name"] != WORKER:
+            errors.append(f"ScaledObject {scaled['metadata']['name']} scales {target}, not Deployment {WORKER}")
+        if scaled["metadata"].get("namespace") != namespace:
+            errors.append(f"ScaledObject {scaled['metadata']['name']} is not in the worker's namespace {namespace}")
+        for trigger in scaled["spec"]["triggers"]:
+            if trigger["type"] != "aws-sqs-queue":
+                continue
+            if trigger["metadata"].get("queueURL") != env.get(PREFIX + "QUEUE_URL"):
+                errors.append(f"the ScaledObject watches {trigger['metadata'].get('queueURL')}, but the worker "
+                              f"consumes {env.get(PREFIX + 'QUEUE_URL')}")
+            if trigger["metadata"].get("awsRegion") != env.get(PREFIX + "REGION"):
+                errors.append(f"the ScaledObject's awsRegion {trigger['metadata'].get('awsRegion')} is not the "
+                              f"worker's region {env.get(PREFIX + 'REGION')}")
+            auth = trigger.get("authenticationRef", {}).get("name")
+            if not any(a["metadata"]["name"] == auth and a["metadata"].get("namespace") == namespace
+                       for a in docs_of(docs, "TriggerAuthentication")):
+                errors.append(f"the ScaledObject uses TriggerAuthentication {auth}, which is not in {namespace}")
+    parameters = tpl["Parameters"]
+    account = pod_spec(docs).get("serviceAccountName")
+    if parameters["WorkerNamespace"]["Default"] != namespace:
+        errors.append(f"the template's WorkerNamespace ({parameters['WorkerNamespace']['Default']}) is not the "
+                      f"worker's namespace ({namespace}): Pod Identity would not apply")
+    if parameters["WorkerServiceAccount"]["Default"] != account:
+        errors.append(f"the template's WorkerServiceAccount ({parameters['WorkerServiceAccount']['Default']}) is "
+                      f"not the worker's service account ({account})")
+    if not any(sa["metadata"]["name"] == account for sa in docs_of(docs, "ServiceAccount")):
+        errors.append(f"the worker's service account {account} is not rendered")
+    api_env = resolve(tpl["Globals"]["Function"]["Environment"]["Variables"], tpl)
+    for name in ("QUEUE_NAME", "INPUT_BUCKET", "OUTPUT_BUCKET"):
+        if api_env.get(PREFIX + name) != env.get(PREFIX + name):
+            errors.append(f"the API's {PREFIX + name} is {api_env.get(PREFIX + name)!r}, the worker's "
+                          f"{env.get(PREFIX + name)!r}")
+    return errors
+
+
+def check_worker_policy(tpl: Doc, required: dict[str, str]) -> list[str]:
+    """WorkerPolicy grants every permission the worker needs and nothing more, with no wildcard."""
+    policy = tpl["Resources"]["WorkerPolicy"]["Properties"]["PolicyDocument"]
+    granted, wildcards = policy_actions(policy)
+    errors = [f"WorkerPolicy lacks {action}, which the worker needs ({required[action]})"
+              for action in sorted(required.keys() - granted)]
+    errors += [f"WorkerPolicy grants {action}, which no code of the worker uses: remove it, or name the library "
+               "call in tests/infra/test_infra.py (LIBRARY_CALLS)" for action in sorted(granted - required.keys())]
+    errors += [f"WorkerPolicy has a wildcard: {wildcard}" for wildcard in wildcards]
+    role = tpl["Resources"]["WorkerRole"]["Properties"]
+    if role.get("ManagedPolicyArns") != [{"Ref": "WorkerPolicy"}] or role.get("Policies"):
+        errors.append("WorkerRole must have WorkerPolicy and nothing else")
+    return errors
+
+
+def check_function_policies(tpl: Doc) -> list[str]:
+    """Each API function may do exactly what its code does (FUNCTION_ACTIONS), with no wildcard."""
+    errors = []
+    for logical_id, expected in FUNCTION_ACTIONS.items():
+        granted: set[str] = set()
+        for policy in tpl["Resources"][logical_id]["Properties"].get("Policies", []):
+            if not isinstance(policy, dict) or "Statement" not in policy:
+                errors.append(f"{logical_id} uses policy {policy}: list the statements instead")
+                continue
+            actions, wildcards = policy_actions(policy)
+            granted |= actions
+            errors += [f"{logical_id} has a wildcard: {wildcard}" for wildcard in wildcards]
+        errors += [f"{logical_id} lacks {action}" for action in sorted(expected - granted)]
+        errors += [f"{logical_id} grants {action}, which its code does not use"
+                   for action in sorted(granted - expected)]
+    return errors
+
+
+def check_api(transformed: Doc) -> list[str]:
+    """Every route of the HTTP API requires IAM auth, and the routes are those of lambdas/api.py with the same
+    handlers."""
+    errors = []
+    apis = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::ApiGatewayV2::Api"]
+    routes = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::ApiGatewayV2::Route"]
+    if len(apis) != 1:
+        return [f"expected one HTTP API, found {len(apis)}"]
+    errors += [f"route {r['Properties'].get('RouteKey')} is not IAM-authorized" for r in routes
+               if r["Properties"].get("AuthorizationType") != "AWS_IAM"]
+    seen: set[int] = set()
+    for path, methods in apis[0]["Properties"]["Body"]["paths"].items():
+        for method, operation in methods.items():
+            key = f"{method.upper()} {path}"
+            if {"AWS_IAM": []} not in operation.get("security", []):
+                errors.append(f"{key} does not require IAM authorization: anyone could call it")
+            uri = json.dumps(operation.get("x-amazon-apigateway-integration", {}).get("uri"))
+            function = re.search(r"\$\{(\w+)\.Arn\}", uri)
+            handler = transformed["Resources"][function.group(1)]["Properties"]["Handler"] if function else None
+            sample = path.replace("{id}", "job-1")
+            matched = [i for i, (verb, pattern, _) in enumerate(api.ROUTES)
+                       if verb == method.upper() and pattern.match(sample)]
+            if not matched:
+                errors.append(f"{key} is not a route of lambdas/api.py")
+                continue
+            seen.update(matched)
+            routed = api.ROUTES[matched[0]][2]
+            expected = f"{routed.__module__}.{routed.__name__}"
+            if expected != handler:
+                errors.append(f"{key} runs {handler}, but lambdas/api.py routes it to {expected}")
+    errors += [f"lambdas/api.py routes {method} {pattern.pattern}, which the API lacks"
+               for i, (method, pattern, _) in enumerate(api.ROUTES) if i not in seen]
+    return errors
