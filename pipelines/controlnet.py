@@ -6,6 +6,7 @@ from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLContro
 from PIL.Image import Image
 
 from pipelines.common import DiffusersPipeline, controlnet_model, fit, generate
+from pipelines.loading import torch_dtype
 from runtime.contract import ControlNetInputs
 from runtime.models.catalog import ModelError
 from runtime.plugins import RunContext
@@ -30,6 +31,11 @@ class ControlNet(DiffusersPipeline):
         if control_family != base_family:  # the shapes would not match; say so instead of a tensor error
             raise ModelError("incompatible_controlnet", f"ControlNet {inputs.controlnet!r} is for {control_family} "
                              f"models and {ctx.model!r} is a {base_family} model")
+        base_dtype, control_dtype = (torch_dtype(ctx.device, ctx.models.entry(model_id, kind).dtype)
+                                     for model_id, kind in ((ctx.model, "base"), (inputs.controlnet, "controlnet")))
+        if control_dtype != base_dtype:  # one shared ControlNet cannot be cast for each base model it serves
+            raise ModelError("incompatible_controlnet", f"ControlNet {inputs.controlnet!r} runs in {control_dtype} "
+                             f"and {ctx.model!r} in {base_dtype}: give them the same catalog dtype")
         job = self.prepare(inputs, ctx)
         control = fit(ctx.image(inputs.control_image), job.inputs.width, job.inputs.height)
         pipe = self.view(job, controlnet=controlnet_model(ctx.models, inputs.controlnet))

@@ -12,7 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from pipelines import attention
 from runtime.models.catalog import ModelError
@@ -28,9 +34,20 @@ BASE_CLASSES: dict[str, type[DiffusionPipeline]] = {
 KINDS = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl"}
 
 
-def torch_dtype(device: str) -> torch.dtype:
-    """Half precision where it is fast and memory is scarce (GPUs); CPUs are slow or inexact at it."""
+def torch_dtype(device: str, name: str | None = None) -> torch.dtype:
+    """The catalog entry's ``dtype``; else half precision where it is fast and memory is scarce (GPUs), since
+    CPUs are slow or inexact at it."""
+    if name is not None:
+        return getattr(torch, name)
     return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def memory_format(store: ModelStore, *models: Any) -> None:
+    """Channels-last for the models whose convolutions run faster so (``SPOTGEN_CHANNELS_LAST``)."""
+    if store.channels_last:
+        for model in models:
+            if model is not None:
+                model.to(memory_format=torch.channels_last)
 
 
 def family(store: ModelStore, model_id: str) -> str:
@@ -47,8 +64,11 @@ def base_pipeline(store: ModelStore, model_id: str) -> DiffusionPipeline:
     cls = BASE_CLASSES[family(store, model_id)]
 
     def load() -> DiffusionPipeline:
-        source = store.source(model_id, "base")
-        options: dict[str, Any] = {"dtype": torch_dtype(store.device)}
+        source, entry = store.source(model_id, "base"), store.entry(model_id, "base")
+        options: dict[str, Any] = {"dtype": torch_dtype(store.device, entry.dtype)}
+        if entry.vae is not None:  # the catalog's own VAE (say, SDXL's fp16-safe one) instead of the model's
+            options["vae"] = AutoencoderKL.from_pretrained(store.source(entry.vae, "vae").path,
+                                                           dtype=options["dtype"], use_safetensors=True)
         if cls is StableDiffusionPipeline:
             options.update(safety_checker=None, requires_safety_checker=False)
         else:
@@ -59,6 +79,7 @@ def base_pipeline(store: ModelStore, model_id: str) -> DiffusionPipeline:
         else:
             pipe = cls.from_pretrained(source.path, use_safetensors=True, **options)
         pipe.to(store.device)
+        memory_format(store, pipe.unet, pipe.vae)
         attention.apply(pipe, attention.choose(store.device, store.attention))
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -71,13 +92,14 @@ def controlnet_model(store: ModelStore, controlnet_id: str) -> ControlNetModel:
 
     def load() -> ControlNetModel:
         source = store.source(controlnet_id, "controlnet")
+        dtype = torch_dtype(store.device, store.entry(controlnet_id, "controlnet").dtype)
         if source.single_file:  # original ControlNet layout (or diffusers keys in one file) plus a local config
             model = ControlNetModel.from_single_file(str(source.path), config=str(source.config),
-                                                     local_files_only=True, dtype=torch_dtype(store.device))
+                                                     local_files_only=True, dtype=dtype)
         else:
-            model = ControlNetModel.from_pretrained(source.path, dtype=torch_dtype(store.device),
-                                                    use_safetensors=True)
+            model = ControlNetModel.from_pretrained(source.path, dtype=dtype, use_safetensors=True)
         model = model.to(store.device)
+        memory_format(store, model)
         attention.apply(model, attention.choose(store.device, store.attention))
         return model
 

@@ -94,7 +94,7 @@ class CatalogEntry(BaseModel):
     #: A diffusers-format directory, or a single-file ``.safetensors`` checkpoint (then ``config`` is required,
     #: except for a LoRA, which is always one file).
     path: RelPath
-    kind: Literal["base", "controlnet", "lora"] = "base"
+    kind: Literal["base", "controlnet", "lora", "vae"] = "base"
     family: Literal["sd1", "sd2", "sdxl"] = "sd1"
     #: Which version of the model this is (a Hub commit, a tag); informational, shown by ``spotgen models list``.
     revision: Annotated[str, AfterValidator(_revision)] | None = None
@@ -103,6 +103,12 @@ class CatalogEntry(BaseModel):
     #: For a single-file checkpoint: a local diffusers config directory (model_index.json, the component
     #: configs, tokenizer and scheduler; no weights), so that loading it never needs the Hub.
     config: RelPath | None = None
+    #: The weights' precision on the device: None is float16 on a GPU and float32 on a CPU. bfloat16 keeps
+    #: float32's range (no black images from an SDXL VAE that overflows in float16) on GPUs that have it.
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    #: For a base model: the id of a ``kind: vae`` entry (a diffusers AutoencoderKL directory) to decode with
+    #: instead of its own, such as the fp16-safe SDXL VAE.
+    vae: ModelId | None = None
 
     @property
     def single_file(self) -> bool:
@@ -115,6 +121,8 @@ class CatalogEntry(BaseModel):
                 raise ValueError(f"a LoRA is one '{SAFETENSORS_SUFFIX}' file; {self.path!r} is not")
             if self.config is not None:
                 raise ValueError("a LoRA has no 'config'")
+        elif self.kind == "vae" and self.single_file:
+            raise ValueError(f"a VAE is a diffusers AutoencoderKL directory; {self.path!r} is one file")
         elif self.config is not None and not self.single_file:
             raise ValueError(f"'config' is only for single-file checkpoints ('{SAFETENSORS_SUFFIX}' paths); "
                              f"{self.path!r} is a diffusers directory, which carries its own configs")
@@ -125,6 +133,21 @@ class Catalog(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: dict[ModelId, CatalogEntry]
+
+    @model_validator(mode="after")
+    def _vaes_exist(self) -> Catalog:
+        for model_id, entry in self.models.items():
+            if entry.vae is None:
+                continue
+            vae = self.models.get(entry.vae)
+            if entry.kind != "base":
+                raise ValueError(f"models.{model_id}.vae: only a base model takes a vae")
+            if vae is None or vae.kind != "vae":
+                raise ValueError(f"models.{model_id}.vae: {entry.vae!r} is not a 'vae' entry of the catalog")
+            if vae.family != entry.family:
+                raise ValueError(f"models.{model_id}.vae: {entry.vae!r} is a {vae.family} VAE and the model "
+                                 f"{entry.family}")
+        return self
 
     @classmethod
     def load(cls, models_dir: Path) -> Catalog:

@@ -69,6 +69,8 @@ class ModelStore:
         self.device = device
         #: Attention kernel of loaded models: auto, sdpa or xformers (``pipelines.attention``).
         self.attention = "auto"
+        #: Load the convolution-heavy models channels-last (``SPOTGEN_CHANNELS_LAST``).
+        self.channels_last = False
         #: Tier 2 budget in bytes of parameters and buffers; 0 = keep everything loaded.
         self.memory_budget = memory_budget
         #: Bytes of LoRA adapters each loaded base model keeps (``pipelines.loras``); 0 = no limit.

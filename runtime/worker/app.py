@@ -90,7 +90,7 @@ def build_runner(settings: Settings, interruption: Interruption | None = None,
         node_cache = NodeCache(settings.node_cache_dir, settings.node_cache_bytes)
     models = ModelStore(settings.models_dir, settings.device, node_cache, settings.model_memory_bytes,
                         settings.lora_memory_bytes)
-    models.attention = settings.attention
+    models.attention, models.channels_last = settings.attention, settings.channels_last
     models.observer = observer
     return JobRunner(settings, store, aws.client("sns", settings, observer.aws_error), registry, models,
                      interruption, observer)
