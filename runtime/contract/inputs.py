@@ -30,6 +30,9 @@ SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 #: Sigma schedules: the sampler's own ("default"), Karras et al.'s, exponential, or SGM's uniform timesteps.
 Schedule = Literal["default", "karras", "exponential", "sgm_uniform"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
+#: LCM samples a subset of the timesteps it was distilled on (diffusers' ``original_inference_steps``, 50), so it
+#: runs at most that many steps (times ``strength`` for img2img).
+LCM_MAX_STEPS = 50
 #: The schedules each sampler can run with; any other pair is refused, naming ``schedule``.
 SAMPLER_SCHEDULES: dict[str, tuple[str, ...]] = {
     **{name: SCHEDULES for name in ("euler", "heun", "lms", "dpm2", "dpm2_a", "dpmpp_2m", "dpmpp_2m_sde",
@@ -112,6 +115,15 @@ class GenerationInputs(Strict):
             raise ValueError("must be a multiple of 8")
         return value
 
+    @field_validator("scheduler")
+    @classmethod
+    def _lcm_steps(cls, value: str, info: ValidationInfo) -> str:
+        steps = info.data.get("steps")
+        if value == "lcm" and isinstance(steps, int) and steps > LCM_MAX_STEPS:
+            raise ValueError(f"sampler 'lcm' runs at most {LCM_MAX_STEPS} steps (the schedule it was distilled on); "
+                             f"this job asks for {steps}: lower steps or pick another sampler")
+        return value
+
     @field_validator("schedule")
     @classmethod
     def _sampler_takes_schedule(cls, value: str, info: ValidationInfo) -> str:
@@ -144,6 +156,9 @@ class Img2ImgInputs(GenerationInputs):
         # img2img denoises int(steps * strength) steps; zero steps is an error deep inside diffusers.
         if int(self.steps * self.strength) < 1:
             raise ValueError(f"steps x strength must be at least 1 (it is {self.steps} x {self.strength})")
+        if self.scheduler == "lcm" and self.steps > LCM_MAX_STEPS * self.strength:
+            raise ValueError(f"sampler 'lcm' runs at most {LCM_MAX_STEPS} x strength steps in img2img "
+                             f"({LCM_MAX_STEPS} x {self.strength}); this job asks for {self.steps}")
         return self
 
 

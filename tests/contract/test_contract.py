@@ -137,3 +137,17 @@ def test_lambdas_import_no_worker_dependencies() -> None:
             " if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(("pipeline", "extra", "field"), [
+    ("txt2img", {"steps": 51}, "inputs.scheduler"),
+    ("img2img", {"steps": 41, "image": "s3://in/a.png", "strength": 0.8}, "inputs"),
+])
+def test_lcm_is_refused_more_steps_than_it_was_distilled_on(pipeline: str, extra: dict[str, object],
+                                                             field: str) -> None:
+    """diffusers' LCM fails deep inside the pipeline past 50 steps (x strength); the contract says so first."""
+    with pytest.raises(ContractError) as info:
+        validate_inputs(pipeline, {"prompt": "x", "scheduler": "lcm", **extra}, input_bucket="in")
+    assert info.value.field == field and "lcm" in info.value.message and "50" in info.value.message
+    fitting = {**extra, "steps": 50 if pipeline == "txt2img" else 40}
+    assert validate_inputs(pipeline, {"prompt": "x", "scheduler": "lcm", **fitting}, input_bucket="in")

@@ -75,6 +75,7 @@ def make_jobs(n: int, size: int, steps: int, seed: int, bucket: str) -> list[Job
     """Pipelines cycle mod 3 and samplers mod 13, so every pair occurs within 39 jobs; each sampler cycles through
     the schedules it takes; every 4th job is SDXL with a LoRA; every 10th job makes two images."""
     from runtime.contract import SAMPLER_SCHEDULES, SCHEDULERS, validate_inputs
+    from runtime.contract.inputs import LCM_MAX_STEPS
 
     rng = random.Random(seed)
     jobs = []
@@ -84,7 +85,9 @@ def make_jobs(n: int, size: int, steps: int, seed: int, bucket: str) -> list[Job
         controlnet, loras = MODELS[model]
         sampler = SCHEDULERS[i % len(SCHEDULERS)]
         schedules = SAMPLER_SCHEDULES[sampler]
-        raw: dict[str, Any] = {"prompt": PROMPTS[i % len(PROMPTS)], "width": size, "height": size, "steps": steps,
+        limit = int(LCM_MAX_STEPS * (strength if pipeline == "img2img" else 1)) if sampler == "lcm" else steps
+        n_steps = min(steps, limit)  # LCM runs at most the steps it was distilled on
+        raw: dict[str, Any] = {"prompt": PROMPTS[i % len(PROMPTS)], "width": size, "height": size, "steps": n_steps,
                                "seed": rng.randrange(2**32), "scheduler": sampler,
                                "schedule": schedules[(i // len(SCHEDULERS)) % len(schedules)],
                                "num_images": 2 if i % 10 == 9 else 1, "loras": loras}
@@ -95,7 +98,7 @@ def make_jobs(n: int, size: int, steps: int, seed: int, bucket: str) -> list[Job
         inputs = validate_inputs(pipeline, raw, input_bucket=bucket).model_dump(mode="json")  # type: ignore[union-attr]
         jobs.append(Job(f"chaos-{i:04d}", {"id": f"chaos-{i:04d}", "pipeline": pipeline,
                         "model": model, "inputs": raw}, json.loads(json.dumps(inputs)),
-                        int(steps * strength) if pipeline == "img2img" else steps))
+                        int(n_steps * strength) if pipeline == "img2img" else n_steps))
     return jobs
 
 
