@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import subprocess
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -260,6 +259,21 @@ def dockerfile_final_stage(text: str) -> list[tuple[str, str]]:
     return stages[-1] if stages else []
 
 
+def locked_down(who: str, pod_ctx: Doc, ctx: Doc) -> list[str]:
+    """What a container's securityContext (over its pod's) lacks of the lock-down every spotgen pod has:
+    read-only root filesystem, no privilege escalation, no capability, seccomp RuntimeDefault."""
+    errors = []
+    if ctx.get("readOnlyRootFilesystem") is not True:
+        errors.append(f"the {who} must set readOnlyRootFilesystem: true")
+    if ctx.get("allowPrivilegeEscalation") is not False:
+        errors.append(f"the {who} must set allowPrivilegeEscalation: false")
+    if "ALL" not in ctx.get("capabilities", {}).get("drop", []) or ctx.get("capabilities", {}).get("add"):
+        errors.append(f"the {who} must drop ALL capabilities and add none")
+    if (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        errors.append(f"the {who} must use seccompProfile RuntimeDefault")
+    return errors
+
+
 def check_security(docs: list[Doc], dockerfile: str) -> list[str]:
     """The worker runs as the image's non-root user with a read-only root filesystem, no privilege escalation,
     no capability and seccomp RuntimeDefault; it writes only to emptyDirs and the node cache."""
@@ -267,20 +281,10 @@ def check_security(docs: list[Doc], dockerfile: str) -> list[str]:
     container = worker_container(docs)
     pod_ctx, ctx = spec.get("securityContext", {}), container.get("securityContext", {})
 
-    def setting(key: str) -> Any:
-        return ctx.get(key, pod_ctx.get(key))
-
     errors = []
-    if setting("runAsNonRoot") is not True:
+    if ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is not True:
         errors.append("the worker must set runAsNonRoot: true")
-    if ctx.get("readOnlyRootFilesystem") is not True:
-        errors.append("the worker must set readOnlyRootFilesystem: true")
-    if ctx.get("allowPrivilegeEscalation") is not False:
-        errors.append("the worker must set allowPrivilegeEscalation: false")
-    if "ALL" not in ctx.get("capabilities", {}).get("drop", []) or ctx.get("capabilities", {}).get("add"):
-        errors.append("the worker must drop ALL capabilities and add none")
-    if (setting("seccompProfile") or {}).get("type") != "RuntimeDefault":
-        errors.append("the worker must use seccompProfile RuntimeDefault")
+    errors += locked_down("worker", pod_ctx, ctx)
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     cache_dir = str(worker_settings(docs).node_cache_dir)
     for mount in container.get("volumeMounts", []):
@@ -294,8 +298,8 @@ def check_security(docs: list[Doc], dockerfile: str) -> list[str]:
     user = final.get("USER", "root").split(":")[0]
     if not user.isdigit() or int(user) == 0:
         errors.append(f"the image's final USER is {user!r}: use a numeric non-root uid (runAsNonRoot checks it)")
-    elif setting("runAsUser") not in (None, int(user)):
-        errors.append(f"the pod runs as uid {setting('runAsUser')}, the image as {user}")
+    elif (uid := ctx.get("runAsUser", pod_ctx.get("runAsUser"))) not in (None, int(user)):
+        errors.append(f"the pod runs as uid {uid}, the image as {user}")
     if final.get("ENTRYPOINT") != '["spotgen", "worker"]':
         errors.append(f"the image's ENTRYPOINT is {final.get('ENTRYPOINT')}, not [\"spotgen\", \"worker\"]")
     if final.get("EXPOSE") != str(DEFAULT_PORT):

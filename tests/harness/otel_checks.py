@@ -11,6 +11,7 @@ import re
 
 import yaml
 
+from tests.harness.infra_checks import locked_down
 from tests.harness.infra_docs import Doc, docs_of
 from tests.harness.otel_config import (
     COLLECTOR,
@@ -231,14 +232,7 @@ def check_pod(docs: list[Doc]) -> list[str]:
             not ctx.get("runAsUser", pod_ctx.get("runAsUser")):
         problems.append("the collector must set runAsNonRoot: true and a numeric non-root runAsUser (the image's "
                         "user is a name, which runAsNonRoot cannot check)")
-    if ctx.get("readOnlyRootFilesystem") is not True:
-        problems.append("the collector must set readOnlyRootFilesystem: true")
-    if ctx.get("allowPrivilegeEscalation") is not False:
-        problems.append("the collector must set allowPrivilegeEscalation: false")
-    if "ALL" not in ctx.get("capabilities", {}).get("drop", []) or ctx.get("capabilities", {}).get("add"):
-        problems.append("the collector must drop ALL capabilities and add none")
-    if (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
-        problems.append("the collector must use seccompProfile RuntimeDefault")
+    problems += locked_down("collector", pod_ctx, ctx)
     resources = container.get("resources", {})
     problems += [f"the collector needs a {resource} {part}" for part in ("requests", "limits")
                  for resource in ("cpu", "memory") if resource not in resources.get(part, {})]
