@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: install run test lint bench chaos faults clean
+.PHONY: install run test lint bench bench-gpu chaos faults clean
 
 # torch first, pinned: the CPU build locally; an unpinned torch would pull gigabytes of CUDA packages. checkov
 # (tests/infra/test_infra.py) gets a venv of its own: it pins boto3, networkx and packaging below ours; it installs
@@ -48,6 +48,11 @@ test: install lint
 
 bench: install
 	$(BIN)/python -m tests.harness.benchmark
+
+# Plain diffusers against the worker end to end on full-size random-weight SD 1.5 and SDXL, on a CUDA GPU
+# (docs/benchmarks.md, "GPU"); without one it runs the tiny models on the CPU, which checks the script only.
+bench-gpu: install
+	$(BIN)/python -m tests.harness.bench_gpu
 
 # Random SIGTERM/SIGKILL of busy workers under load; checks nothing is lost, doubled or changed
 # (tests/harness/chaos.py).

@@ -50,6 +50,14 @@ def memory_format(store: ModelStore, *models: Any) -> None:
                 model.to(memory_format=torch.channels_last)
 
 
+def compiled(store: ModelStore, pipe: DiffusionPipeline) -> None:
+    """``torch.compile`` the UNet (``SPOTGEN_COMPILE``), where nearly all of a job's time goes. Compilation is
+    lazy: the model's first job compiles, and later jobs of the same shapes reuse the code; a new size, batch or
+    LoRA set compiles again. ``fullgraph`` is off so that a plugin's UNet with a graph break still runs."""
+    if store.compile != "off":
+        pipe.unet = torch.compile(pipe.unet, mode=store.compile, dynamic=False)
+
+
 def family(store: ModelStore, model_id: str) -> str:
     """The base model's family, refused when no built-in pipeline runs it."""
     name = store.entry(model_id, "base").family
@@ -81,6 +89,7 @@ def base_pipeline(store: ModelStore, model_id: str) -> DiffusionPipeline:
         pipe.to(store.device)
         memory_format(store, pipe.unet, pipe.vae)
         attention.apply(pipe, attention.choose(store.device, store.attention))
+        compiled(store, pipe)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

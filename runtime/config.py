@@ -73,6 +73,16 @@ class Settings(BaseModel):
     #: Keep the UNet's and VAE's weights and activations channels-last (NHWC), which GPU convolutions run faster
     #: in fp16/bf16; outputs stay byte-identical to an uninterrupted run with the same setting.
     channels_last: bool = False
+    #: ``torch.compile`` the UNet of each loaded model with this mode ("default", "reduce-overhead",
+    #: "max-autotune", "max-autotune-no-cudagraphs"), or "off". The first job of a model then waits for the
+    #: compilation; the compiled code is cached on node-local disk (``compile_cache_dir``).
+    compile: str = Field("off", pattern="^(off|default|reduce-overhead|max-autotune|max-autotune-no-cudagraphs)$")
+    #: Where compiled code is cached (Inductor's and Triton's caches), so that the pods of a node compile each
+    #: model once; unset: ``<node_cache_dir>/compile`` when there is a node cache, else PyTorch's default.
+    compile_cache_dir: Path | None = None
+    #: Receive and prepare the next job while one generates, so the device never waits for SQS or S3 between
+    #: two jobs; false leaves it in the queue until this job has generated, for an idle worker to take.
+    receive_ahead: bool = True
     #: Minimum seconds between two progress writes to the status document (each is a paid S3 PUT).
     progress_interval_s: float = Field(1.0, ge=0.0)
     presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)

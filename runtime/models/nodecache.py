@@ -352,3 +352,15 @@ class NodeCache:
         else:
             trash.unlink()
         return True
+
+
+def use_compile_cache(directory: Path) -> None:
+    """Point PyTorch's compile caches (Inductor's FX graph and autograd caches, Triton's kernels) at
+    ``directory`` on node-local disk, so that a second pod of the node finds what the first compiled. Only
+    environment variables, which PyTorch reads when it compiles: nothing is imported here. Settings already in
+    the environment win."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(directory / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(directory / "triton"))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")

@@ -71,6 +71,8 @@ class ModelStore:
         self.attention = "auto"
         #: Load the convolution-heavy models channels-last (``SPOTGEN_CHANNELS_LAST``).
         self.channels_last = False
+        #: ``torch.compile`` mode for the UNets of loaded models, or "off" (``SPOTGEN_COMPILE``).
+        self.compile = "off"
         #: Tier 2 budget in bytes of parameters and buffers; 0 = keep everything loaded.
         self.memory_budget = memory_budget
         #: Bytes of LoRA adapters each loaded base model keeps (``pipelines.loras``); 0 = no limit.

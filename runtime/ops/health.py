@@ -2,12 +2,13 @@
 
 Kubernetes probes (``infra/k8s``) use exactly these paths on ``Settings.metrics_port`` (9400):
 
-- ``/livez``: the process is not wedged. While a job runs, its lease heartbeat thread must be alive (a dead
-  one means the message will be delivered to a second worker); while idle, the consumer must have finished a
-  receive (with or without messages, or failed) within ``stall_s``. That is receive *progress*, not a loop
-  that ticks: a receive chain that stopped fails liveness even while the event loop runs, so Kubernetes
-  restarts the pod. An outage does not: failed receives are progress, and a restart would not bring the
-  network back. Start-up (imports, preload) counts as alive: a startup probe covers it.
+- ``/livez``: the process is not wedged. While it holds jobs (one generating, and the one before it storing its
+  outputs), each one's lease heartbeat thread must be alive (a dead one means the message will be delivered to a
+  second worker); while idle, the consumer must have finished a receive (with or without messages, or failed)
+  within ``stall_s``. That is receive *progress*, not a loop that ticks: a receive chain that stopped fails
+  liveness even while the event loop runs, so Kubernetes restarts the pod. An outage does not: failed receives
+  are progress, and a restart would not bring the network back. Start-up (imports, preload) counts as alive: a
+  startup probe covers it.
 - ``/readyz``: the worker takes jobs: preload models loaded, the consumer started on its queue, the last
   receive reached SQS, and no shutdown under way. It turns false the moment an interruption starts (it reads
   ``Interruption.requested``) and while AWS is unreachable, and true again with the first receive that works.
@@ -72,15 +73,13 @@ class Health:
         """Seconds since the consumer last moved, for the ``/livez`` body."""
         return None if self.last_progress is None else round(self.clock() - self.last_progress, 3)
 
-    def _lease(self) -> Any:
-        return getattr(self.interruption, "lease", None)
-
     def live(self) -> tuple[bool, dict[str, str]]:
-        lease = self._lease()
+        leases = list(getattr(self.interruption, "leases", None) or ())
         checks: dict[str, str] = {}
         stalled = self.last_progress is not None and self.clock() - self.last_progress > self.stall_s
-        if lease is not None:
-            checks["heartbeat"] = "ok" if lease.alive or lease.handed_back else "the lease heartbeat thread died"
+        if leases:
+            checks["heartbeat"] = "ok" if all(lease.alive or lease.handed_back for lease in leases) \
+                else "the lease heartbeat thread died"
         elif self.consumer and stalled:
             checks["consumer"] = (f"no receive has finished for {self.clock() - self.last_progress:.0f} s "
                                   f"(bound {self.stall_s:.0f} s): the receive chain is stuck")

@@ -1,9 +1,10 @@
 """Log lines: JSON objects (one per line, for log collectors) or text (for people), with the job in each.
 
-While a job runs, every line carries its id, trace id, pipeline, model and attempt, whichever thread logs it
-(the lease heartbeat and the checkpoint upload run on threads of their own). One worker process runs one job
-at a time (the solo pool), so the job is held by the ``JobContext`` filter for the whole process, not in a
-context variable that those threads would not see.
+While a job runs, every line carries its id, trace id, pipeline, model and attempt, whichever thread logs it.
+A worker process has up to two jobs in hand, one generating and the one before it storing its outputs
+(``runtime.worker.handoff``), so the job is a context variable of the ``JobContext`` filter, and the threads a
+job starts (its lease heartbeat, progress and checkpoint uploads, its output stage) run in a copy of the job's
+context.
 
 What never reaches a log line: credentials (AWS access keys, presigned-URL signatures and tokens are masked)
 and prompts longer than ``Settings.log_prompt_chars`` (cut; the whole prompt stays in the job's documents).
@@ -11,6 +12,7 @@ and prompts longer than ``Settings.log_prompt_chars`` (cut; the whole prompt sta
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -55,10 +57,19 @@ class JobContext(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.job: JobInfo | None = None
+        self._job: contextvars.ContextVar[JobInfo | None] = contextvars.ContextVar("spotgen_job", default=None)
+
+    @property
+    def job(self) -> JobInfo | None:
+        """The job of the context logging now."""
+        return self._job.get()
+
+    @job.setter
+    def job(self, job: JobInfo | None) -> None:
+        self._job.set(job)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        job = self.job
+        job = self._job.get()
         if job is not None and not hasattr(record, "job_id"):
             record.job_id, record.trace_id = job.id, job.trace_id
             record.pipeline, record.model, record.attempt = job.pipeline, job.model, job.attempt or None

@@ -10,13 +10,16 @@ Celery instrumentation continues that trace in the task span, and ``Tracing`` ha
 A message without one but with SQS's ``AWSTraceHeader`` (X-Ray) continues the X-Ray trace instead:
 ``runtime.worker.deadletter.JobRequest`` hands the header to the X-Ray propagator. Spans:
 
-    spotgen.submit (Lambda) > spotgen.publish > run/spotgen.run_job (Celery)
-        > spotgen.generate > spotgen.model_load > spotgen.node_cache_fetch
-                           > spotgen.encode, spotgen.denoise, spotgen.decode
-        > spotgen.checkpoint, spotgen.store_outputs, spotgen.notify  (each > its S3/SNS call)
+    spotgen.submit (Lambda) > spotgen.publish > run/spotgen.run_job (Celery: the receive and the job's checks)
+        > spotgen.job (the whole job, to its notification) > S3.GetObject (its status) ...
+            > spotgen.generate > spotgen.model_load > spotgen.node_cache_fetch
+                               > spotgen.encode, spotgen.denoise, spotgen.decode
+            > spotgen.checkpoint, spotgen.store_outputs, spotgen.notify  (each > its S3/SNS call)
 
-AWS calls made outside any job (the consumer's polls, lease heartbeats, progress writes off the job's
-thread) would each start a trace of one span; the sampler drops such root client spans.
+The task span ends when the job is handed to the device thread (``runtime.worker.handoff``); ``spotgen.job``
+goes on until the job's outputs are stored and announced. The threads a job starts (its lease heartbeat, its
+progress writes) run in the job's context, so their AWS calls are spans of its trace. AWS calls made outside
+any job (the consumer's polls) would each start a trace of one span; the sampler drops such root client spans.
 """
 
 from __future__ import annotations
@@ -129,13 +132,18 @@ class Tracing(Observer):
         self._jobs: dict[str, tuple[Any, Any, Any]] = {}
 
     def job_begin(self, job: JobInfo) -> None:
-        span, token, own = trace.get_current_span(), None, None
-        if not span.get_span_context().is_valid:  # not run by the instrumented Celery task
-            own = span = self.tracer.start_span("spotgen.job", kind=SpanKind.CONSUMER)
-            token = otel_context.attach(trace.set_span_in_context(span))
+        task = trace.get_current_span()  # the instrumented Celery task's, when there is one
+        ids = {"spotgen.job_id": job.id, "spotgen.pipeline": job.pipeline, "spotgen.model": job.model}
+        in_task = task.get_span_context().is_valid
+        if in_task:
+            task.set_attributes(ids)
+        # The job outlives its task (which ends once the job is handed to the device thread), so it has a span of
+        # its own, from its receive to its notification.
+        span = self.tracer.start_span("spotgen.job", kind=SpanKind.INTERNAL if in_task else SpanKind.CONSUMER,
+                                      attributes=ids)
+        token = otel_context.attach(trace.set_span_in_context(span))
         job.trace_id = trace_id_hex(span) or job.trace_id
-        span.set_attributes({"spotgen.job_id": job.id, "spotgen.pipeline": job.pipeline, "spotgen.model": job.model})
-        self._jobs[job.id] = (trace.set_span_in_context(span), token, own)
+        self._jobs[job.id] = (trace.set_span_in_context(span), token, span)
 
     def job_started(self, job: JobInfo) -> None:
         span = self._span(job)
@@ -143,17 +151,14 @@ class Tracing(Observer):
             span.set_attributes({"spotgen.attempt": job.attempt, "spotgen.from_step": job.from_step})
 
     def job_end(self, job: JobInfo) -> None:
-        ctx, token, own = self._jobs.pop(job.id, (None, None, None))
+        ctx, token, span = self._jobs.pop(job.id, (None, None, None))
         if ctx is None:
             return
-        span = trace.get_current_span(ctx)
         span.set_attribute("spotgen.outcome", job.outcome or "unknown")
         if job.outcome in ("failed", "error"):
             span.set_status(Status(StatusCode.ERROR, job.outcome))
-        if own is not None:
-            own.end()
-        if token is not None:
-            otel_context.detach(token)
+        span.end()
+        otel_context.detach(token)
 
     def resumed(self, job: JobInfo, from_checkpoint: bool, recomputed_steps: int) -> None:
         span = self._span(job)

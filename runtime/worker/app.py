@@ -3,12 +3,16 @@
 A GPU runs one job at a time, so the worker uses the solo pool (the job runs in the process that holds the
 models) with prefetch 1: a second message is never held back while the first runs. The running job holds
 a ``Lease`` on its message (visibility heartbeat); Celery's warm shutdown on SIGTERM is joined by an
-``Interruption`` that checkpoints the job and bounds the time to exit (``runtime.worker.interrupt``).
+``Interruption`` that checkpoints the job and bounds the time to exit (``runtime.worker.interrupt``). Once a
+job is prepared, the task hands it to a device thread and returns, so the next message is received and prepared
+while it generates and stores its outputs; that thread deletes the message last (``runtime.worker.handoff``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +29,15 @@ from runtime.plugins import PluginError, Registry
 from runtime.storage import aws
 from runtime.storage.jobstore import JobStore
 from runtime.storage.retry import Retry
-from runtime.worker import sqs
+from runtime.worker import deadletter, sqs
 from runtime.worker.errors import PermanentError
+from runtime.worker.handoff import Handoff
 from runtime.worker.interrupt import Interruption, watch_imds
 from runtime.worker.lease import Lease
 from runtime.worker.runner import JobRunner
+from runtime.worker.stages import Stage
+
+log = logging.getLogger("spotgen.worker")
 
 
 @dataclass
@@ -47,6 +55,10 @@ class Hooks:
     health: Any = None
     #: Seconds a job's lease waits before its first extension (``first_beat_s``, set at start-up).
     first_beat_s: float = 0.0
+    #: The device and output threads the jobs run on after their task (``runtime.worker.handoff``).
+    handoff: Handoff | None = None
+    #: The SQS message whose task just handed its job over: its ack must not delete it.
+    deferred: dict[str, Any] | None = None
 
     def aws_error(self, service: str, operation: str, code: str) -> None:
         self.observer.aws_error(service, operation, code)
@@ -91,6 +103,13 @@ def build_runner(settings: Settings, interruption: Interruption | None = None,
     models = ModelStore(settings.models_dir, settings.device, node_cache, settings.model_memory_bytes,
                         settings.lora_memory_bytes)
     models.attention, models.channels_last = settings.attention, settings.channels_last
+    models.compile = settings.compile
+    if settings.compile != "off":
+        from runtime.models.nodecache import use_compile_cache
+
+        cache = settings.compile_cache_dir or (settings.node_cache_dir / "compile" if settings.node_cache_dir else None)
+        if cache is not None:
+            use_compile_cache(cache)
     models.observer = observer
     return JobRunner(settings, store, aws.client("sns", settings, observer.aws_error), registry, models,
                      interruption, observer)
@@ -103,12 +122,15 @@ def make_app(settings: Settings) -> Celery:
     hooks = Hooks(settings, aws.client("sqs", settings, lambda *error: hooks.aws_error(*error)), runner,
                   interruption)
     app.spotgen = hooks
+    # An ack retried past the lease would race a redelivery for nothing: the job is final either way.
+    delete_retry_s = min(settings.store_retry_s, settings.lease_s)
+    hooks.handoff = handoff = Handoff(hooks.sqs, settings.queue_url, delete_retry_s, interruption,
+                                      lambda raw, exc: job_failed(hooks, raw, exc), settings.receive_ahead)
     app.conf.update(
         broker_transport="runtime.worker.sqs:Transport",  # kombu's, surviving outages (see that module)
         broker_transport_options={
             sqs.RECEIVE_HOOK: hooks.received,
-            # An ack retried past the lease would race a redelivery for nothing: the job is final either way.
-            sqs.ACK_RETRY: min(settings.store_retry_s, settings.lease_s),
+            sqs.ACK_RETRY: delete_retry_s,
             "region": settings.region,
             "is_secure": (settings.aws_endpoint_url or "https").startswith("https"),
             "predefined_queues": {settings.queue_name: {"url": settings.queue_url}},
@@ -149,15 +171,32 @@ def make_app(settings: Settings) -> Celery:
             return
         lease = Lease(hooks.sqs, settings.queue_url, raw, settings.heartbeat_s, settings.lease_s, settings.max_job_s,
                       hooks.observer, first_beat_s=hooks.first_beat_s)
-        interruption.lease = lease
+        interruption.hold(lease)
+        handed_over = False
         try:
-            with lease:
-                runner().run(args[0], lease, trace_id)
+            context = contextvars.copy_context()  # the job's (its log fields and trace), on every thread it runs on
+            stage = context.run(runner().begin, args[0], lease, trace_id)
+            if isinstance(stage, Stage) and handoff.start(stage, lease, context):
+                hooks.deferred, handed_over = raw, True
         finally:
-            interruption.lease = None
+            if not handed_over:
+                lease.stop()
+                interruption.drop(lease)
             _poll_soon()
 
     return app
+
+
+def job_failed(hooks: Hooks, raw: dict[str, Any], exc: BaseException) -> bool:
+    """A job that failed after its task: what the task's request does for a task that fails
+    (``JobRequest.on_failure``). True when the job ended for good and its message was dead-lettered, so that it
+    may be deleted."""
+    ending = deadletter.final_failure(exc, deadletter.receive_count(raw), hooks.settings.max_receive_count)
+    if ending is None:
+        log.warning("job failed (%s: %s); its message is redelivered when the lease runs out", type(exc).__name__,
+                    exc)
+        return False
+    return deadletter.move(hooks, raw, *ending)
 
 
 def _poll_soon() -> None:
@@ -235,7 +274,13 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     def on_shutdown(sig: str = "", how: str = "", **_: Any) -> None:  # from Celery's own signal handler
         app.spotgen.interruption.request(f"{sig or 'signal'}, {how.lower() or 'warm'} shutdown")
 
+    def on_stopped(**_: Any) -> None:  # the consumer has stopped; the jobs in hand end (interrupted or stored)
+        if hooks.handoff is not None and hooks.handoff.busy:
+            log.info("waiting for the jobs in hand before exiting")
+            hooks.handoff.wait()
+
     signals.worker_shutting_down.connect(on_shutdown, weak=False)
+    signals.worker_shutdown.connect(on_stopped, weak=False)
     if settings.imds_poll_s:
         watch_imds(settings.imds_url, settings.imds_poll_s)
     argv = ["worker", "--pool=solo", "--concurrency=1", f"--queues={settings.queue_name}",

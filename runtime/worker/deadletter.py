@@ -19,6 +19,7 @@ from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from vine import promise
 
+from runtime.worker import sqs
 from runtime.worker.errors import PermanentError
 
 log = logging.getLogger("spotgen.deadletter")
@@ -26,9 +27,13 @@ log = logging.getLogger("spotgen.deadletter")
 MAX_SQS_ATTRIBUTES = 10
 
 
-def dead_letter(sqs: Any, dlq_url: str, message: Any, code: str, reason: str) -> bool:
-    """Copy a received kombu SQS message to the dead-letter queue; True when it was sent."""
-    raw = (getattr(message, "delivery_info", None) or {}).get("sqs_message")
+def sqs_message(message: Any) -> dict[str, Any] | None:
+    """The SQS original (body, attributes, receipt handle) of a received kombu message."""
+    return (getattr(message, "delivery_info", None) or {}).get("sqs_message")
+
+
+def dead_letter(sqs: Any, dlq_url: str, raw: dict[str, Any] | None, code: str, reason: str) -> bool:
+    """Copy a received SQS message to the dead-letter queue; True when it was sent."""
     if not raw or not dlq_url:
         log.error("cannot dead-letter a message without its SQS original or a dead-letter queue URL (%s)", code)
         return False
@@ -46,29 +51,46 @@ def dead_letter(sqs: Any, dlq_url: str, message: Any, code: str, reason: str) ->
     return True
 
 
-def job_id_attribute(message: Any) -> str | None:
-    raw = (getattr(message, "delivery_info", None) or {}).get("sqs_message") or {}
-    return (raw.get("MessageAttributes") or {}).get("job_id", {}).get("StringValue")
+def job_id_attribute(raw: dict[str, Any] | None) -> str | None:
+    return ((raw or {}).get("MessageAttributes") or {}).get("job_id", {}).get("StringValue")
 
 
-def fail_status(hooks: Any, message: Any, code: str, reason: str) -> None:
+def fail_status(hooks: Any, raw: dict[str, Any] | None, code: str, reason: str) -> None:
     """Fail the status of the job the message names, if any. Never raises: this runs inside Celery's
     consumer, where an exception would stop the worker; the message is in the dead-letter queue already."""
     try:
-        hooks.runner().outputs.fail_foreign(job_id_attribute(message), code, reason)
+        hooks.runner().outputs.fail_foreign(job_id_attribute(raw), code, reason)
     except Exception:  # noqa: BLE001
         log.exception("could not mark the job of a dead-lettered message failed")
 
 
+def move(hooks: Any, raw: dict[str, Any] | None, code: str, reason: str) -> bool:
+    """Dead-letter, then fail the job's status if the message names one; True when the original may be
+    deleted (False: it is left to SQS's redrive policy rather than lost)."""
+    if not dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, raw, code, reason):
+        return False
+    hooks.observer.dead_lettered(code)
+    fail_status(hooks, raw, code, reason)
+    return True
+
+
 def reject_permanently(app: Any, message: Any, code: str, reason: str) -> None:
     """Dead-letter, fail the job's status if the message names one, then delete the original."""
-    hooks = app.spotgen
-    if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, message, code, reason):
-        hooks.observer.dead_lettered(code)
-        fail_status(hooks, message, code, reason)
+    if move(app.spotgen, sqs_message(message), code, reason):
         message.ack()
-    else:  # leave it to SQS's redrive policy rather than lose it
+    else:
         message.reject(requeue=False)
+
+
+def final_failure(exc: BaseException, receive_count: int, max_receive_count: int) -> tuple[str, str] | None:
+    """Why a failed delivery ends its job for good, as (code, reason); None when the message should come back
+    (it will after its lease): a permanent error, or a failure on the last delivery maxReceiveCount allows."""
+    if isinstance(exc, PermanentError):
+        return exc.info.code, exc.info.message
+    if receive_count >= max_receive_count:
+        return "retries_exhausted", (f"failed on each of {receive_count} deliveries; last error: "
+                                     f"{type(exc).__name__}: {exc}")
+    return None
 
 
 class DeadLetterConsumer(Consumer):
@@ -101,10 +123,9 @@ class DeadLetterConsumer(Consumer):
         reject_permanently(self.app, message, "invalid_message", f"the message cannot be decoded: {exc}")
 
 
-def receive_count(message: Any) -> int:
-    raw = (getattr(message, "delivery_info", None) or {}).get("sqs_message") or {}
+def receive_count(raw: dict[str, Any] | None) -> int:
     try:
-        return int((raw.get("Attributes") or {}).get("ApproximateReceiveCount", 1))
+        return int(((raw or {}).get("Attributes") or {}).get("ApproximateReceiveCount", 1))
     except (TypeError, ValueError):
         return 1
 
@@ -121,7 +142,7 @@ class JobRequest(Request):
     def on_accepted(self, pid: Any, time_accepted: float) -> None:
         # The solo pool calls this just before it runs the task, in the same thread (Celery replaces
         # ``execute_using_pool`` in a generated subclass, so that is no place for a hook).
-        raw = (self._message.delivery_info or {}).get("sqs_message")
+        raw = sqs_message(self._message)
         self.task.app.spotgen.current = raw
         # X-Ray interop: a message without a W3C traceparent continues the trace of SQS's AWSTraceHeader
         # (the header name the X-Ray propagator reads from the task request, which Celery builds from this dict).
@@ -130,20 +151,24 @@ class JobRequest(Request):
             self._request_dict["X-Amzn-Trace-Id"] = xray
         super().on_accepted(pid, time_accepted)
 
+    def acknowledge(self) -> None:
+        """A job whose output stage took its message (``runtime.worker.handoff``) is acked without the delete:
+        the stage deletes it once the outputs are stored."""
+        hooks = self.task.app.spotgen
+        raw = sqs_message(self._message)
+        if raw is not None and hooks.deferred is raw:
+            hooks.deferred = None
+            self._message.delivery_info[sqs.DEFERRED] = True
+        super().acknowledge()
+
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
         hooks = self.task.app.spotgen
-        if isinstance(exc, PermanentError):
-            code, reason = exc.info.code, exc.info.message
-        elif receive_count(self._message) >= hooks.settings.max_receive_count:
-            code, reason = "retries_exhausted", (f"failed on each of {receive_count(self._message)} deliveries; "
-                                                 f"last error: {type(exc).__name__}: {exc}")
-        else:
+        raw = sqs_message(self._message)
+        ending = final_failure(exc, receive_count(raw), hooks.settings.max_receive_count)
+        if ending is None:
             log.warning("job failed (%s: %s); its message is redelivered when the lease runs out",
                         type(exc).__name__, exc)
-            return super().on_failure(exc_info, send_failed_event, return_ok)
-        if dead_letter(hooks.sqs, hooks.settings.dead_letter_queue_url, self._message, code, reason):
-            hooks.observer.dead_lettered(code)
-            fail_status(hooks, self._message, code, reason)
+        elif move(hooks, raw, *ending):
             self.acknowledge()
         return super().on_failure(exc_info, send_failed_event, return_ok)

@@ -8,7 +8,10 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from runtime.contract import MAX_IMAGE_PIXELS, ImageRefError
+from runtime.contract import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageRefError
+from runtime.plugins import RetryableError
+from runtime.storage.jobstore import JobStore
+from runtime.storage.retry import Retry, transient
 
 
 def encode_png(image: Image.Image, parameters: dict[str, Any]) -> bytes:
@@ -31,3 +34,15 @@ def decode_image(data: bytes) -> Image.Image:
         return image.convert("RGB")
     except (OSError, Image.DecompressionBombError) as exc:
         raise ImageRefError(f"input image cannot be decoded: {exc}") from None
+
+
+def fetch_image(store: JobStore, retry_s: float, uri: str) -> Image.Image:
+    """An input image, read while the job runs: an outage is waited out for ``retry_s`` (the heartbeat keeps the
+    lease meanwhile), and past that the delivery is retried later, not the job failed: the image is still there."""
+    try:
+        data = Retry(retry_s)(lambda: store.get_input(uri, MAX_IMAGE_BYTES), f"input image {uri}")
+    except Exception as exc:
+        if transient(exc):
+            raise RetryableError(f"the input image {uri} could not be read: {type(exc).__name__}") from exc
+        raise
+    return decode_image(data)

@@ -4,8 +4,9 @@ On EKS a spot interruption reaches the pod as SIGTERM (Karpenter drains the node
 scale-in and a rolling update; EC2 takes the node 120 s after its notice whatever happens. So the first
 SIGTERM starts an interruption: Celery's warm shutdown stops taking messages, the running job sees
 ``requested`` at its next step boundary, saves a checkpoint and hands its message back, and the process
-exits. A watchdog bounds all of it by ``deadline_s``; a second SIGTERM ends it at once. A forced exit
-releases the running job's message first, so it is never lost, only continued from an older checkpoint.
+exits once the job before it has stored its outputs (``runtime.worker.handoff``). A watchdog bounds all of it
+by ``deadline_s``; a second SIGTERM ends it at once. A forced exit releases the messages of both jobs first, so
+neither is lost: the running one continues from an older checkpoint, the storing one is stored again.
 
 The EC2 metadata notice (``spot/instance-action``) is an optional extra: pods usually cannot reach IMDS
 (hop limit 1), so when enabled a poller simply sends this process the SIGTERM Kubernetes would.
@@ -35,11 +36,22 @@ class Interruption:
     def __init__(self, deadline_s: float) -> None:
         self.deadline_s = deadline_s
         self.reason = ""
-        self.lease: Any = None  # the running job's Lease, released on a forced exit
+        #: The leases this process holds (the generating job's, and the one whose outputs are being stored),
+        #: released on a forced exit.
+        self.leases: list[Any] = []
         self._event = threading.Event()
         self._force = threading.Event()
         self._lock = threading.Lock()
         self._count = 0
+
+    def hold(self, lease: Any) -> None:
+        with self._lock:
+            self.leases.append(lease)
+
+    def drop(self, lease: Any) -> None:
+        with self._lock:
+            if lease in self.leases:
+                self.leases.remove(lease)
 
     @property
     def requested(self) -> bool:
@@ -65,10 +77,12 @@ class Interruption:
         self.force_exit("a second signal" if forced else f"the {self.deadline_s:.0f} s deadline")
 
     def force_exit(self, why: str) -> None:
-        lease = self.lease
-        if lease is not None:
+        with self._lock:
+            leases = list(self.leases)
+        for lease in leases:
             lease.release()
-        log.error("forced exit after %s%s", why, "; the running job's message was released" if lease else "")
+        log.error("forced exit after %s%s", why, f"; the messages of {len(leases)} job(s) in hand were released"
+                  if leases else "")
         logging.shutdown()
         os._exit(FORCED_EXIT)
 

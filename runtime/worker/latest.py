@@ -8,6 +8,7 @@ nothing is sent after it returns (a final status or a deleted checkpoint then st
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Callable
@@ -26,7 +27,9 @@ class LatestWins(Generic[T]):
         self._busy = self._closed = False
         self._error: BaseException | None = None
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # in a copy of the job's context: its log lines name the job, its S3 calls join the job's trace
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,), name=name,
+                                        daemon=True)
         self._thread.start()
 
     def submit(self, value: T, wait: bool = False) -> bool:

@@ -15,6 +15,7 @@ dead-letter queue's maxReceiveCount, which a spot fleet would otherwise exhaust.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -46,24 +47,37 @@ class Lease:
         except (TypeError, ValueError):
             return 1
 
-    def __enter__(self) -> Lease:
+    def start(self) -> None:
+        """Start the heartbeat (once; the runner starts it when the job is known, so that the thread runs in
+        the job's context and its log lines name the job)."""
+        if self._thread is not None:
+            return
         log.debug("lease on message %s (receipt %s..., receive %d)", self.raw.get("MessageId"),
-                 self.raw["ReceiptHandle"][:12], self.receive_count)
+                  self.raw["ReceiptHandle"][:12], self.receive_count)
         # The first extension is the heartbeat thread's first beat, not a call made here: the job starts at once
         # even when SQS is slow or throttling, and the probes see a live heartbeat from the first moment.
-        self._thread = threading.Thread(target=self._beat, name="visibility-heartbeat", daemon=True)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._beat,),
+                                        name="visibility-heartbeat", daemon=True)
         self._thread.start()
+
+    def stop(self) -> None:
+        """Stop extending (the message is then deleted, or left to come back when its visibility runs out)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> Lease:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self.stop()
 
     @property
     def alive(self) -> bool:
-        """For the liveness check: the heartbeat thread runs while a job does."""
-        return self._thread is not None and self._thread.is_alive()
+        """For the liveness check: the heartbeat thread runs while a job does (or has not started yet: the job is
+        being parsed)."""
+        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
 
     def _beat(self) -> None:
         """Extend every ``heartbeat_s``; after a failure, try again sooner (backoff with jitter, never later than

@@ -11,9 +11,9 @@ finished job leaves behind, and why it is written only once, is the output stage
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from PIL import Image
@@ -21,7 +21,6 @@ from pydantic import BaseModel, ValidationError
 
 from runtime.config import Settings
 from runtime.contract import (
-    MAX_IMAGE_BYTES,
     ContractError,
     ImageRefError,
     JobErrorInfo,
@@ -49,16 +48,16 @@ from runtime.plugins import (
     StepState,
 )
 from runtime.storage.jobstore import JobStore
-from runtime.storage.retry import Retry, transient
 from runtime.worker import checkpoint
 from runtime.worker.checkpoint import CheckpointError, Saver
 from runtime.worker.errors import PermanentError
-from runtime.worker.images import decode_image
+from runtime.worker.images import fetch_image
 from runtime.worker.interrupt import Interruption
 from runtime.worker.jobstatus import JobEnded, StatusTracker
 from runtime.worker.lease import Lease
 from runtime.worker.outputs import Outputs
 from runtime.worker.progress import ProgressWriter
+from runtime.worker.stages import Stage, observing, run_all
 from runtime.worker.steplog import StepLog
 
 log = logging.getLogger("spotgen.worker")
@@ -82,24 +81,34 @@ class JobRunner:
 
     # -- entry point ---------------------------------------------------------------------------------------
     def run(self, message: Any, lease: Lease | None = None, trace_id: str | None = None) -> StatusDoc | None:
-        """Run the job a queue message carries. Returns its final status, or None when this delivery did not
-        end it (a duplicate, or an interruption that handed the job back). ``trace_id``: the trace the message
-        carries, for logs and the status when this process exports no spans itself."""
+        """Run the job a queue message carries, all of it on this thread. Returns its final status, or None when
+        this delivery did not end it (a duplicate, or an interruption that handed the job back)."""
+        return run_all(self.begin(message, lease, trace_id))
+
+    def begin(self, message: Any, lease: Lease | None = None, trace_id: str | None = None) -> Stage | StatusDoc | None:
+        """The job up to the device: its message, status, inputs and checkpoint, read and checked. Returns the
+        stage that generates, for the device thread (``runtime.worker.handoff``), or the end when there is nothing
+        to generate. ``trace_id``: the trace the message carries, for logs and the status when this process
+        exports no spans itself."""
         spec = self.parse(message)
         self._saved.discard(spec.id)
-        with observing(self.observer, JobInfo.of(spec, trace_id)) as job:
-            tracker = StatusTracker.open(self.store, spec)
-            try:
-                final = self._run(spec, tracker, lease, job)
-            except JobEnded as ended:
-                log.info("job %s is already %s; this delivery stops", spec.id, ended.doc.state)
-                self.outputs.settle(tracker)
-                return None
-            if final is not None:
-                job.outcome = final.state.value
-            return final
+        stack = contextlib.ExitStack()
+        job = stack.enter_context(observing(self.observer, JobInfo.of(spec, trace_id)))
+        trackers: list[StatusTracker] = []
 
-    def _run(self, spec: JobSpec, tracker: StatusTracker, lease: Lease | None, job: JobInfo) -> StatusDoc | None:
+        def ended(exc: JobEnded) -> None:
+            log.info("job %s is already %s; this delivery stops", spec.id, exc.doc.state)
+            self.outputs.settle(trackers[0])
+
+        def prepare() -> Any:
+            if lease is not None:
+                lease.start()  # here, so that its heartbeat thread runs in the job's context
+            trackers.append(StatusTracker.open(self.store, spec))
+            return self._prepare(spec, trackers[0], lease, job)
+
+        return Stage(prepare, stack, job, ended)()
+
+    def _prepare(self, spec: JobSpec, tracker: StatusTracker, lease: Lease | None, job: JobInfo) -> Any:
         doc = tracker.doc
         if doc.state.final:
             log.info("job %s is already %s; duplicate delivery skipped", spec.id, doc.state)
@@ -111,16 +120,22 @@ class JobRunner:
             return None
         if doc.cancel_requested_at is not None:
             return self.outputs.finish(tracker, JobState.cancelled, [], None)
-        if spec.expires_at is not None and utcnow() >= spec.expires_at:
-            return self.outputs.finish(tracker, JobState.expired, [], JobErrorInfo(
-                code="expired", message=f"the job's deadline {spec.expires_at.isoformat()} passed before a worker "
-                "could start it", field="expires_at"))
+        if self.expired(spec):
+            return self.outputs.finish(tracker, JobState.expired, [], self.expired(spec))
         try:
             pipeline, inputs = self.prepare(spec)
         except PermanentError as exc:
             self.outputs.finish(tracker, JobState.failed, [], exc.info)
             raise
         resume, note = self.resume_state(spec, pipeline, doc)
+        return functools.partial(self._generate, spec, tracker, lease, job, pipeline, inputs, resume, note)
+
+    def _generate(self, spec: JobSpec, tracker: StatusTracker, lease: Lease | None, job: JobInfo,
+                  pipeline: Pipeline, inputs: BaseModel, resume: StepState | None, note: str) -> Any:
+        """On the device: the job's images; returns its output stage."""
+        if self.expired(spec):  # its deadline passed while it waited for the device
+            return self.outputs.finish(tracker, JobState.expired, [], self.expired(spec))
+        doc = tracker.doc
         attempt = doc.attempts + 1
         from_step = resume.step if resume else 0
         resident = self.models.resident(spec.model)
@@ -162,15 +177,28 @@ class JobRunner:
             raise
         generated = time.perf_counter()
         job.images = len(images)
-        retry = self.outputs.stage()  # one budget for the whole output stage
-        with self.observer.phase("store_outputs", images=len(images)):
-            keys = self.outputs.store_outputs(spec, images, retry)
         # A checkpoint may exist if this attempt saved one or an earlier attempt ran; else no DELETE is needed.
         saved = attempt > 1 or spec.id in self._saved
-        final = self.outputs.finish(tracker, JobState.succeeded, keys, None, retry, checkpoint=saved)
-        log.info("job %s succeeded: pipeline %.3f s, storing and notifying %.3f s", spec.id,
-                 generated - started, time.perf_counter() - generated)
-        return final
+
+        def store() -> StatusDoc:  # the output stage, on the output thread while the next job generates
+            stored = time.perf_counter()
+            retry = self.outputs.stage()  # one budget for the whole output stage
+            with self.observer.phase("store_outputs", images=len(images)):
+                keys = self.outputs.store_outputs(spec, images, retry)
+            final = self.outputs.finish(tracker, JobState.succeeded, keys, None, retry, checkpoint=saved)
+            log.info("job %s succeeded: pipeline %.3f s, storing and notifying %.3f s (%.3f s after the images)",
+                     spec.id, generated - started, time.perf_counter() - stored, time.perf_counter() - generated)
+            return final
+
+        return store
+
+    @staticmethod
+    def expired(spec: JobSpec) -> JobErrorInfo | None:
+        """Why the job must not start, if its deadline (``expires_at``) has passed."""
+        if spec.expires_at is None or utcnow() < spec.expires_at:
+            return None
+        return JobErrorInfo(code="expired", message=f"the job's deadline {spec.expires_at.isoformat()} passed "
+                            "before a worker could start it", field="expires_at")
 
     def parse(self, message: Any) -> JobSpec:
         try:
@@ -318,8 +346,9 @@ class JobRunner:
             if every and step % every == 0 and (data := dump(state)) is not None:
                 saver.save(data)
 
+        fetch = functools.partial(fetch_image, self.store, self.settings.store_retry_s)
         ctx = RunContext(job_id=spec.id, model=spec.model, seed=spec.seed, device=self.settings.device,
-                         models=self.models, report=on_step, fetch_image=self.fetch_image, resume_from=resume,
+                         models=self.models, report=on_step, fetch_image=fetch, resume_from=resume,
                          on_phase=clock.mark)
         try:
             images = pipeline.run(inputs, ctx)
@@ -355,36 +384,3 @@ class JobRunner:
         with self.observer.phase("checkpoint", job, bytes=len(data)):
             self.store.put_checkpoint(job.id, data)
         self.observer.checkpoint_written(job, len(data), time.perf_counter() - started)
-
-    def fetch_image(self, uri: str) -> Image.Image:
-        """An input image, read while the job runs: an outage is waited out for ``SPOTGEN_STORE_RETRY_S`` (the
-        heartbeat keeps the lease meanwhile), and past that the delivery is retried later, not the job failed:
-        the image is still there."""
-        try:
-            data = Retry(self.settings.store_retry_s)(lambda: self.store.get_input(uri, MAX_IMAGE_BYTES),
-                                                      f"input image {uri}")
-        except Exception as exc:
-            if transient(exc):
-                raise RetryableError(f"the input image {uri} could not be read: {type(exc).__name__}") from exc
-            raise
-        return decode_image(data)
-
-
-@contextlib.contextmanager
-def observing(observer: Observer, job: JobInfo) -> Iterator[JobInfo]:
-    """``job_begin`` ... ``job_end`` around a delivery, with ``job.outcome`` set from how it ended."""
-    observer.job_begin(job)
-    try:
-        yield job
-    except JobEnded:
-        job.outcome = job.outcome or "duplicate"
-        raise
-    except PermanentError:  # the runner has written `failed` before raising it
-        job.outcome = job.outcome or "failed"
-        raise
-    except BaseException:  # the message is redelivered once its lease runs out
-        job.outcome = job.outcome or "error"
-        raise
-    finally:
-        job.outcome = job.outcome or "duplicate"
-        observer.job_end(job)

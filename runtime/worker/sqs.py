@@ -17,10 +17,11 @@ in the smallest place that fixes it:
    receive is reported, and the next one is scheduled after a short backoff with jitter
    (``RECEIVE_BACKOFF_S``). tests/worker/test_sqs_outage.py reproduces the upstream failure with the stock
    transport.
-2. **An ack survives a blink.** ``basic_ack`` deletes the message with the blocking client; a failure is
-   retried with backoff for ``ack_retry_s``, then given up cleanly: the delivery is released and the message
-   comes back after its visibility timeout, when the worker finds the job final and only makes sure its one
-   notification went out (``runtime.worker.runner``).
+2. **An ack survives a blink, and may come later.** ``basic_ack`` deletes the message with the blocking
+   client; a failure is retried with backoff for ``ack_retry_s``, then given up cleanly: the delivery is
+   released and the message comes back after its visibility timeout, when the worker finds the job final and
+   only makes sure its one notification went out (``runtime.worker.runner``). A delivery marked ``DEFERRED``
+   is only released: its job's output stage deletes it once the outputs are stored (``runtime.worker.handoff``).
 3. **A reject needs no network.** kombu deletes a message rejected without requeue unless its queue has a
    redrive policy, which it looks up with GetQueueAttributes; during an outage that lookup fails and the
    reject with it ("Couldn't reject"). Every spotgen work queue has a dead-letter queue (``runtime.local
@@ -53,6 +54,9 @@ RECEIVE_BACKOFF_S = (0.2, 5.0)
 RECEIVE_HOOK = "spotgen_receive_hook"
 #: The transport option that bounds how long an ack (DeleteMessage) is retried, in seconds.
 ACK_RETRY = "spotgen_ack_retry_s"
+#: Set in a delivery's ``delivery_info`` when its job's output stage owns the DeleteMessage: the ack then only
+#: releases the delivery (kombu's QoS), so that the next message is received while the outputs are stored.
+DEFERRED = "spotgen_delete_deferred"
 
 
 #: kombu's async HTTP requests time out after this many seconds (AsyncHTTPSConnection's default), so a
@@ -64,6 +68,27 @@ def receive_bound_s(poll_wait_s: float) -> float:
     """The longest an idle, healthy consumer goes without finishing a receive: a long poll (or a request that
     times out), the largest backoff after a failure, and a margin. ``/livez`` fails past it."""
     return max(poll_wait_s, RECEIVE_TIMEOUT_S) + RECEIVE_BACKOFF_S[1] + 15.0
+
+
+def delete_message(client: Any, queue_url: str, handle: str, retry_s: float) -> bool:
+    """DeleteMessage, retried with backoff for ``retry_s``, then given up cleanly: the message comes back after
+    its visibility timeout, and that delivery finds the job final and only settles it. True when deleted (or
+    already gone); raises only AccessDenied, a misconfiguration that no retry fixes."""
+    try:
+        Retry(retry_s)(lambda: client.delete_message(QueueUrl=queue_url, ReceiptHandle=handle), "DeleteMessage")
+        return True
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code == "AccessDenied":
+            raise
+        if code in ("ReceiptHandleIsInvalid", "InvalidParameterValue"):  # stale handles need nothing more
+            return True
+        error: BaseException = exc
+    except Exception as exc:  # noqa: BLE001 - the budget is spent: give up cleanly
+        error = exc
+    log.warning("could not acknowledge (delete) a message: %s: %s; it is delivered again after its visibility "
+                "timeout, and that delivery finds the job final and only settles it", type(error).__name__, error)
+    return False
 
 
 class ReceiveFailed(Exception):
@@ -138,26 +163,16 @@ class Channel(SQS.Channel):
             url, handle = info["sqs_queue"], info["sqs_message"]["ReceiptHandle"]
         except KeyError:
             return super().basic_ack(delivery_tag, multiple)
+        if info.get(DEFERRED):  # the output stage deletes it once the outputs are stored (runtime.worker.handoff)
+            return virtual.Channel.basic_ack(self, delivery_tag, multiple)
         queue = self.canonical_queue_name(info["routing_key"]) if "routing_key" in info else None
         try:
-            Retry(float(self.transport_options.get(ACK_RETRY, 0) or 0))(
-                lambda: self.sqs(queue=queue).delete_message(QueueUrl=url, ReceiptHandle=handle), "DeleteMessage")
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code == "AccessDenied":  # a misconfiguration: raised, as kombu does, once the delivery is released
-                virtual.Channel.basic_ack(self, delivery_tag, multiple)
-                raise SQS.AccessDeniedQueueException(exc.response["Error"].get("Message", "")) from exc
-            if code not in ("ReceiptHandleIsInvalid", "InvalidParameterValue"):  # stale handles need nothing more
-                self._ack_failed(exc)
-        except Exception as exc:  # noqa: BLE001 - the budget is spent: give up cleanly
-            self._ack_failed(exc)
+            delete_message(self.sqs(queue=queue), url, handle, float(self.transport_options.get(ACK_RETRY, 0) or 0))
+        except ClientError as exc:  # AccessDenied: raised, as kombu does, once the delivery is released
+            virtual.Channel.basic_ack(self, delivery_tag, multiple)
+            raise SQS.AccessDeniedQueueException(exc.response["Error"].get("Message", "")) from exc
         virtual.Channel.basic_ack(self, delivery_tag, multiple)  # the delivery is released whatever happened
         return None
-
-    @staticmethod
-    def _ack_failed(exc: BaseException) -> None:
-        log.warning("could not acknowledge (delete) a message: %s: %s; it is delivered again after its visibility "
-                    "timeout, and that delivery finds the job final and only settles it", type(exc).__name__, exc)
 
     def _delete_rejected_message(self, delivery_tag: Any) -> None:
         """Left to the queue's redrive policy (see the module docstring): no lookup, no delete."""

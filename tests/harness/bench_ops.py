@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 def _delivery(observer: Any, steps: int) -> None:
     """The hook calls of one job delivery, in the order and number ``JobRunner`` makes them."""
     from runtime.ops.observe import JobInfo, PhaseClock
-    from runtime.worker.runner import observing
+    from runtime.worker.stages import observing
 
     job = JobInfo(id="bench", pipeline="txt2img", model="tiny-sd", prompt="a red fox", trace_id=None)
     with observing(observer, job):

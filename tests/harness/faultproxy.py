@@ -176,6 +176,7 @@ class FaultProxy:
         self._conns: set[socket.socket] = set()
         self._failures: list[list] = []  # [service, count, status]
         self._triggers: list[tuple[Callable[[Request], bool], float, bool]] = []
+        self._holds: list[tuple[Callable[[Request], bool], threading.Event, float, threading.Event]] = []
         self._timer: threading.Timer | None = None
         self._stopped = threading.Event()
 
@@ -250,6 +251,15 @@ class FaultProxy:
         with self._lock:
             self._triggers.append((match, seconds, after))
 
+    def hold(self, match: Callable[[Request], bool], release: threading.Event,
+             timeout_s: float = 60.0) -> threading.Event:
+        """Once: a request that matches waits, before it is forwarded, until ``release`` is set (or ``timeout_s``
+        has passed). Returns an event that is set once that request is being held."""
+        held = threading.Event()
+        with self._lock:
+            self._holds.append((match, release, timeout_s, held))
+        return held
+
     # -- plumbing -----------------------------------------------------------------------------------------
     def _note(self, what: str) -> None:
         self.log.append((time.monotonic(), what))
@@ -296,6 +306,14 @@ class FaultProxy:
                     return entry[2]
         return None
 
+    def _take_hold(self, request: Request) -> tuple[threading.Event, float, threading.Event] | None:
+        with self._lock:
+            for i, (match, release, timeout_s, held) in enumerate(self._holds):
+                if match(request):
+                    del self._holds[i]
+                    return release, timeout_s, held
+        return None
+
     def _take_trigger(self, request: Request) -> tuple[float, bool] | None:
         with self._lock:
             for i, (match, seconds, after) in enumerate(self._triggers):
@@ -331,6 +349,11 @@ class FaultProxy:
                     self._note(f"cut before {request.service} {request.operation}")
                     self.outage(trigger[0])
                     return
+                hold = self._take_hold(request)
+                if hold is not None:
+                    self._note(f"holding {request.service} {request.operation}")
+                    hold[2].set()
+                    hold[0].wait(hold[1])
                 if self.latency:
                     time.sleep(self.latency)
                 if upstream is None:

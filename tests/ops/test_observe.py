@@ -26,7 +26,7 @@ from runtime.ops.logs import JobContext, JobLog, JsonFormatter, cut, redact
 from runtime.ops.metrics import Metrics, QueueDepth
 from runtime.ops.observe import JobInfo, Observer, Observers, PhaseClock, combine, trace_id_from
 from runtime.worker.interrupt import Interruption
-from runtime.worker.runner import observing
+from runtime.worker.stages import observing
 from tests.conftest import ROOT
 
 DASHBOARD = ROOT / "infra/grafana/spotgen.json"
@@ -185,9 +185,9 @@ def test_readiness_drops_at_once_when_an_interruption_starts() -> None:
     class DeadLease:
         alive, handed_back = False, False
 
-    interruption.lease = DeadLease()
+    interruption.leases = [DeadLease()]
     assert health.live()[1] == {"heartbeat": "the lease heartbeat thread died"}
-    interruption.lease = None
+    interruption.leases = []
     interruption._event.set()  # what request() sets first (request() also starts the exit watchdog)
     interruption.reason = "SIGTERM"
     ready, checks = health.ready()

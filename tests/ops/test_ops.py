@@ -124,7 +124,7 @@ class Ops:
     def finished(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
         return wait_for(self.stack.api_url, job_id, timeout=timeout)
 
-    def trace(self, trace_id: str, until: str = "run/spotgen.run_job", count: int = 1) -> list[Any]:
+    def trace(self, trace_id: str, until: str = "spotgen.job", count: int = 1) -> list[Any]:
         """The workers' spans of one trace, once ``count`` spans named ``until`` have arrived."""
         spans = self.receiver.wait(lambda got: sum(s.trace_id == trace_id and s.name == until for s in got) >= count)
         return [s for s in spans if s.trace_id == trace_id]
@@ -227,16 +227,19 @@ def test_one_trace_from_the_lambda_through_the_worker(ops: Ops, worker_a: Worker
         by_name.setdefault(span.name, []).append(span)
     (task,) = by_name["run/spotgen.run_job"]
     assert task.parent_id == format(publish.context.span_id, "016x")  # the Celery task continues the publish
-    assert task.attributes["spotgen.job_id"] == doc["id"] and task.attributes["spotgen.outcome"] == "succeeded"
+    assert task.attributes["spotgen.job_id"] == doc["id"]
+    (whole,) = by_name["spotgen.job"]  # the job outlives its task, which ends when the device thread takes it
+    assert whole.parent_id == task.span_id and whole.attributes["spotgen.outcome"] == "succeeded"
+    assert whole.end_ns >= max(s.end_ns for s in by_name["spotgen.notify"])
     (generate,) = by_name["spotgen.generate"]
-    assert generate.parent_id == task.span_id
+    assert generate.parent_id == whole.span_id
     phases = [by_name[f"spotgen.{p}"][0] for p in ("encode", "denoise", "decode")]
     assert all(p.parent_id == generate.span_id for p in phases)
     assert generate.start_ns <= phases[0].start_ns <= phases[0].end_ns <= phases[1].start_ns + 1
     assert phases[1].end_ns <= phases[2].start_ns + 1 and phases[2].end_ns <= generate.end_ns
     assert not phases[1].attributes["spotgen.estimated"]  # the built-in pipelines mark their phases
     for name in ("spotgen.checkpoint", "spotgen.store_outputs", "spotgen.notify"):
-        assert by_name[name] and all(s.parent_id == task.span_id for s in by_name[name]), name
+        assert by_name[name] and all(s.parent_id == whole.span_id for s in by_name[name]), name
     children = {s.parent_id: s.name for s in spans}
     assert children[by_name["spotgen.store_outputs"][0].span_id] == "S3.PutObject"
     assert children[by_name["spotgen.notify"][0].span_id].endswith(" send")  # botocore: "<topic> send"
