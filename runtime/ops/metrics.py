@@ -95,7 +95,8 @@ class Metrics(Observer):
         self.errors = counter("spotgen_job_errors", "Job deliveries that failed transiently; SQS delivers them "
                               "again.", pm)
         self.duplicates = counter("spotgen_job_duplicates", "Deliveries of jobs that were already final.")
-        self.in_flight = Gauge("spotgen_jobs_in_flight", "Jobs running in this worker (0 or 1).", registry=r)
+        self.in_flight = Gauge("spotgen_jobs_in_flight", "Jobs in hand in this worker: generating, storing outputs "
+                               "or waiting for the device (0 to 3).", registry=r)
         self.duration = histogram("spotgen_job_duration_seconds", "Seconds from the start of a delivery to its "
                                   "final status and notification, for succeeded jobs.", pm, SECONDS_JOB)
         self.queue_wait = histogram("spotgen_job_queue_wait_seconds", "Seconds from submit to the start of a "
