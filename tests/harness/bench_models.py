@@ -31,6 +31,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 STEP_SIZE, STEPS = 512, 8
+#: The step size of the larger UNet (a 512 px step of it would take most of a second on these CPUs).
+MEDIUM_SIZE = 256
 
 
 def _context(store: Any, model: str, on_step: Any = None) -> Any:
@@ -180,10 +182,13 @@ def figures() -> dict[str, Any]:
         (models / "catalog.json").write_text(json.dumps(catalog))
         store._catalog = None  # read the catalog again
         big = adapter_states(store, base_pipeline(store, "plain-medium"), medium, LoraRef(id="medium-lora-a"),
-                             LoraRef(id="medium-lora-b"), 256)
+                             LoraRef(id="medium-lora-b"), MEDIUM_SIZE)
+        medium_mib = sum(p.numel() * p.element_size() for p in medium.unet.parameters()) / 2**20
     saved = tiny["one"] - tiny["fused"]
     out.update({
-        "step_512px_s": tiny["none"],
+        "tiny_model": "tiny-sd", "tiny_size": STEP_SIZE, "medium_model": MEDIUM, "medium_size": MEDIUM_SIZE,
+        "medium_unet_mib": round(medium_mib),
+        "step_s": tiny["none"],
         "lora_first_load_steps": first_load / tiny["none"], "lora_switch_steps": switch / tiny["none"],
         "lora_disable_steps": disable / tiny["none"],
         "tiny_step_ratio": {k: v / tiny["none"] for k, v in tiny.items()},
@@ -200,15 +205,15 @@ def report(f: dict[str, Any]) -> list[str]:
     return [
         f"SDXL memory, three tasks on one base + ControlNet: {f['sdxl_memory_ratio']:.3f} x (base + ControlNet) "
         "(goal 1.0)",
-        f"LoRA, in 512 px steps of tiny-sd ({f['step_512px_s'] * 1000:.0f} ms): first load "
+        f"LoRA, in {f['tiny_size']} px steps of {f['tiny_model']} ({f['step_s'] * 1000:.0f} ms): first load "
         f"{f['lora_first_load_steps']:.2f}, cached switch {f['lora_switch_steps']:.3f}, unload (disable) "
         f"{f['lora_disable_steps']:.3f}",
         "per step vs a copy that never loaded one (goal <= 1.10 for one active):",
         "                                             one     two     all disabled  one fused",
-        f"  tiny-sd, 512 px                            {tiny['one']:.3f}   {tiny['two']:.3f}   {tiny['disabled']:.3f}"
-        f"         {tiny['fused']:.3f}",
-        f"  medium-sd (SD's layout, 300 MiB), 256 px   {medium['one']:.3f}   {medium['two']:.3f}   "
-        f"{medium['disabled']:.3f}         {medium['fused']:.3f}",
+        f"  {f['tiny_model'] + ', ' + str(f['tiny_size']) + ' px':<43}  {tiny['one']:.3f}   {tiny['two']:.3f}   "
+        f"{tiny['disabled']:.3f}         {tiny['fused']:.3f}",
+        f"  {f['medium_model'] + ' (UNet ' + str(f['medium_unet_mib']) + ' MiB), ' + str(f['medium_size']) + ' px':<43}"
+        f"  {medium['one']:.3f}   {medium['two']:.3f}   {medium['disabled']:.3f}         {medium['fused']:.3f}",
         f"fusing one LoRA: fuse + unfuse {f['fuse_unfuse_steps']:.2f} steps, "
         + (f"pays after {pays:.0f} steps" if pays else "never pays here")
         + "; unfusing is not exact in float, so a fused worker would break byte-identity for the next job",

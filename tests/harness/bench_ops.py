@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+#: (size in px, steps) of the short and the long job the hooks' cost is compared with.
+SMALL, LARGE = (64, 20), (512, 30)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -175,7 +177,8 @@ def e2e_ratio(models: Path, jobs: int, rounds: int, inputs: dict[str, Any]) -> d
         os.environ.update(saved)
     on, off = sum(times["on"]), sum(times["off"])
     spread = [a / b for a, b in zip(times["off"], times["on"], strict=True)]
-    return {"jobs_per_side": jobs * rounds, "on_images_per_s": jobs * rounds / on,
+    return {"width": inputs["width"], "height": inputs["height"], "steps": inputs["steps"],
+            "jobs_per_side": jobs * rounds, "on_images_per_s": jobs * rounds / on,
             "off_images_per_s": jobs * rounds / off, "ratio": off / on, "median_round_ratio": statistics.median(spread),
             "round_ratios": spread}
 
@@ -187,21 +190,23 @@ def ops_overhead(jobs: int = 16, rounds: int = 4) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
         build_tiny_models(models)
-        hooks = hook_cost_s((20, 30))
-        hooks20, hooks30 = hooks[20], hooks[30]
-        small = job_seconds(models, 64, 20)
-        large = job_seconds(models, 512, 30, n=1)
+        (small_px, small_steps), (large_px, large_steps) = SMALL, LARGE
+        hooks = hook_cost_s((small_steps, large_steps))
+        small = job_seconds(models, small_px, small_steps)
+        large = job_seconds(models, large_px, large_steps, n=1)
         e2e = e2e_ratio(models, jobs, rounds, {"prompt": "a red fox", "width": 128, "height": 128, "steps": 20})
-    per_job20 = hooks20["on"] - hooks20["off"]
-    per_job30 = hooks30["on"] - hooks30["off"]
-    figures = {"hooks_us_per_job_20_steps": per_job20 * 1e6, "hooks_us_per_job_30_steps": per_job30 * 1e6,
-               "job_64px_20steps_s": small, "job_512px_30steps_s": large,
-               "overhead_64px": per_job20 / small, "overhead_512px": per_job30 / large, "e2e": e2e}
+    per_small = hooks[small_steps]["on"] - hooks[small_steps]["off"]
+    per_large = hooks[large_steps]["on"] - hooks[large_steps]["off"]
+    figures = {f"hooks_us_per_job_{small_steps}_steps": per_small * 1e6,
+               f"hooks_us_per_job_{large_steps}_steps": per_large * 1e6,
+               f"job_{small_px}px_{small_steps}steps_s": small, f"job_{large_px}px_{large_steps}steps_s": large,
+               f"overhead_{small_px}px": per_small / small, f"overhead_{large_px}px": per_large / large, "e2e": e2e}
     print(f"operations overhead (tracing + metrics + log context on vs off; goal < 1%):\n"
-          f"  hooks: {per_job20 * 1e6:.0f} us per 20-step job = {per_job20 / small:.3%} of a 64 px job "
-          f"({small * 1000:.0f} ms), {per_job30 * 1e6:.0f} us per 30-step job = {per_job30 / large:.4%} of a "
-          f"512 px job ({large:.1f} s)\n"
-          f"  end to end (128 px, 20 steps, {e2e['jobs_per_side']} jobs per side): on {e2e['on_images_per_s']:.2f} "
+          f"  hooks: {per_small * 1e6:.0f} us per {small_steps}-step job = {per_small / small:.3%} of a "
+          f"{small_px} px job ({small * 1000:.0f} ms), {per_large * 1e6:.0f} us per {large_steps}-step job = "
+          f"{per_large / large:.4%} of a {large_px} px job ({large:.1f} s)\n"
+          f"  end to end ({e2e['width']}x{e2e['height']} px, {e2e['steps']} steps, {e2e['jobs_per_side']} jobs per "
+          f"side): on {e2e['on_images_per_s']:.2f} "
           f"img/s, off {e2e['off_images_per_s']:.2f} img/s, on/off throughput {e2e['ratio']:.3f}, median of rounds "
           f"{e2e['median_round_ratio']:.3f} (rounds: {', '.join(f'{r:.3f}' for r in e2e['round_ratios'])}; their "
           f"spread is this shared machine's noise, far above 1%: the hooks' figure is the precise one)")
