@@ -24,6 +24,18 @@ class ContractError(ValueError):
         return {"code": self.code, "message": self.message, "field": self.field}
 
 
+#: pydantic's strict type errors, and the JSON type each field wants.
+_JSON_TYPES = {"int_type": "an integer", "float_type": "a number", "string_type": "a string", "bool_type": "a boolean"}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object", type(None): "null"}.get(type(value), "another type")
+
+
 def _field_path(prefix: str, loc: tuple[Any, ...]) -> str:
     parts = [prefix] if prefix else []
     parts += [str(p) for p in loc if p != "__root__"]
@@ -40,6 +52,8 @@ def raise_contract_error(exc: ValidationError, prefix: str = "") -> None:
     if err["type"] == "missing":
         raise ContractError("missing_field", f"{field!r} is required", field) from None
     message = err["msg"].removeprefix("Value error, ")
+    if err["type"] in _JSON_TYPES:  # requests are strict JSON: "64" is not 64, true is not 1
+        message = f"must be {_JSON_TYPES[err['type']]}, not {_json_type(err.get('input'))}"
     if err["type"] == "literal_error" and loc and loc[-1] == "scheduler":
         message = f"unknown scheduler; choose one of {', '.join(SCHEDULERS)}"
     raise ContractError("invalid_field", f"{field}: {message}", field) from None

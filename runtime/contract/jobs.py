@@ -125,10 +125,13 @@ def request_hash(request: JobRequest) -> str:
 
 
 def parse_request(data: Any) -> JobRequest:
+    """The request, validated as strict JSON: every number, boolean and string must have its JSON type ("64"
+    for an integer, true for an integer or 1 for a string is refused, naming the field). pydantic's JSON mode
+    is what keeps ISO dates and enum values, which JSON can only send as strings, valid in strict mode."""
     if not isinstance(data, dict):
         raise ContractError("invalid_body", "the request body must be a JSON object", "body")
     try:
-        return JobRequest.model_validate(data)
+        return JobRequest.model_validate_json(json.dumps(data), strict=True)
     except ValidationError as exc:
         raise_contract_error(exc)
         raise  # unreachable
@@ -144,7 +147,8 @@ def validate_inputs(
     """Validate inputs for a built-in pipeline; a plugin's inputs are only bounded here (its worker checks them)."""
     if pipeline in BUILTIN_INPUTS:
         try:
-            return BUILTIN_INPUTS[pipeline].model_validate(inputs, context={"input_bucket": input_bucket})
+            return BUILTIN_INPUTS[pipeline].model_validate_json(json.dumps(inputs), strict=True,
+                                                               context={"input_bucket": input_bucket})
         except ValidationError as exc:
             raise_contract_error(exc, "inputs")
     if pipeline in extra_pipelines:

@@ -100,6 +100,17 @@ BAD_REQUESTS: list[tuple[str, Any, str]] = [
     ("expires_at not a time", {**BASE, "expires_at": "tomorrow"}, "expires_at"),
     ("ttl_seconds zero", {**BASE, "ttl_seconds": 0}, "ttl_seconds"),
     ("ttl_seconds over a week", {**BASE, "ttl_seconds": 7 * 24 * 3600 + 1}, "ttl_seconds"),
+    # strict JSON types: a value of another JSON type is refused, not converted
+    ("width as a string", with_inputs(width="64"), "inputs.width"),
+    ("steps as a boolean", with_inputs(steps=True), "inputs.steps"),
+    ("steps as a float", with_inputs(steps=20.0), "inputs.steps"),
+    ("prompt as a number", {**BASE, "inputs": {"prompt": 1}}, "inputs.prompt"),
+    ("guidance as a string", with_inputs(guidance_scale="7.5"), "inputs.guidance_scale"),
+    ("seed as a string", with_inputs(seed="42"), "inputs.seed"),
+    ("LoRA weight as a string", with_inputs(loras=[{"id": "tiny-lora-sd1", "weight": "0.5"}]),
+     "inputs.loras.0.weight"),
+    ("ttl_seconds as a string", {**BASE, "ttl_seconds": "60"}, "ttl_seconds"),
+    ("model as a number", {**BASE, "model": 1}, "model"),
 ]
 
 
@@ -142,6 +153,8 @@ def test_bad_request_is_400_naming_the_field(stack: Stack, spy: str, case: str, 
     assert status == 400, answer
     assert answer["error"]["field"] == field, answer
     assert answer["error"]["code"] and answer["error"]["message"]
+    if " as a " in case:  # what was wrong with the type, in words
+        assert answer["error"]["message"].startswith(f"{field}: must be "), answer
     assert_nothing_written(stack, spy, before)
 
 
