@@ -6,7 +6,9 @@ The Lambdas and the worker read the same object, so a name means the same thing 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -16,6 +18,41 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PREFIX = "SPOTGEN_"
 #: The model families (``runtime.contract.families``; settings import nothing of the rest, a test keeps them equal).
 Family = Literal["sd1", "sd2", "sdxl"]
+
+#: One DNS label: letters, digits and inner hyphens (host names are compared exactly, so no IDNA forms).
+_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _host_name_problem(host: str) -> str | None:
+    """Why ``host`` cannot be an allow-list entry, in words an operator can act on; None when it can.
+
+    The fetcher compares a URL's host with these entries byte for byte, so anything that would need
+    normalising (case, a scheme, a port, a pattern) is refused here rather than silently never matching.
+    """
+    if "://" in host:
+        return "has a scheme: write the host name alone"
+    if "*" in host:
+        return "is a wildcard: wildcards are not supported"
+    if "/" in host:
+        return "has a path: write the host name alone"
+    if "@" in host:
+        return "has user information: write the host name alone"
+    if ":" in host:
+        return "has a port or is an IPv6 address: write the host name alone (https URLs use port 443)"
+    if host != host.lower():
+        return "has capitals: host names must be written in lowercase"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return "is an IP address: allow host names only"
+    labels = host.split(".")
+    if len(host) > 253 or len(labels) < 2 or not all(_LABEL_RE.match(label) for label in labels):
+        return "is not a host name (dot-separated labels of a-z, 0-9 and inner '-', with a domain)"
+    if labels[-1].isdigit():
+        return "is not a host name (its last label is a number)"
+    return None
 
 
 class Settings(BaseModel):
@@ -53,6 +90,12 @@ class Settings(BaseModel):
         "tiny-sdxl": "sdxl", "tiny-sdxl-controlnet": "sdxl", "tiny-lora-sdxl": "sdxl", "tiny-lora-sdxl-kohya": "sdxl"})
     #: Plugin pipeline names the API accepts besides the built-ins.
     extra_pipelines: list[str] = Field(default_factory=list)
+    #: Hosts the submit API fetches ``https://`` image URLs from: exact lowercase names, no wildcards (comma
+    #: separated). Empty: image URLs are refused, as they always were (``lambdas/fetch.py`` says what else is).
+    fetch_allowed_hosts: list[str] = Field(default_factory=list)
+    #: Seconds one image URL may take from the DNS lookup to the last byte, redirects included; at most 30,
+    #: since API Gateway gives up on the whole request after 30 s.
+    fetch_timeout_s: float = Field(10.0, gt=0, le=30)
     #: Extra pipeline classes the worker registers, as 'module:Class' (besides entry points).
     plugins: list[str] = Field(default_factory=list)
     models_dir: Path = Path("models")
@@ -124,12 +167,22 @@ class Settings(BaseModel):
     #: Diagnostics: append "pid job attempt step" per finished denoising step to this file (chaos harness).
     step_log: Path | None = None
 
-    @field_validator("models", "controlnets", "loras", "extra_pipelines", "plugins", "preload", mode="before")
+    @field_validator("models", "controlnets", "loras", "extra_pipelines", "fetch_allowed_hosts", "plugins", "preload",
+                     mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("fetch_allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            problem = _host_name_problem(host)
+            if problem:
+                raise ValueError(f"{host!r} {problem}; list exact host names such as 'images.example.com'")
+        return hosts
 
     @field_validator("model_families", mode="before")
     @classmethod
