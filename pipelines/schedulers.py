@@ -46,6 +46,8 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from runtime.contract import WEBUI_SAMPLERS
+
 #: Keys of a model's scheduler config that describe the model (how it was trained), not the sampler.
 MODEL_KEYS = frozenset({
     "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
@@ -60,7 +62,7 @@ class Sampler:
 
     cls: type[SchedulerMixin]
     options: Mapping[str, Any] = field(default_factory=dict)
-    #: The SD WebUI (A1111) name, for logs and docs.
+    #: The SD WebUI (A1111) name, for logs and docs (``runtime.contract.WEBUI_SAMPLERS`` with the schedule's suffix).
     webui: str = ""
 
 
@@ -85,32 +87,31 @@ TIMESTEP_SCHEDULES: dict[str, dict[str, Any]] = {"default": {}, "sgm_uniform": d
 #: LCM picks its own timesteps from the distillation schedule (it ignores ``timestep_spacing``).
 OWN_SCHEDULE: dict[str, dict[str, Any]] = {"default": {}}
 
-# sampler: (class, its own options, the schedules it takes, WebUI name)
-_SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any], dict[str, dict[str, Any]], str]] = {
-    "euler": (EulerDiscreteScheduler, {}, SIGMA_SCHEDULES, "Euler"),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}, TIMESTEP_SCHEDULES, "Euler a"),
-    "heun": (HeunDiscreteScheduler, {}, SIGMA_SCHEDULES, "Heun"),
-    "lms": (LMSDiscreteScheduler, {}, SIGMA_SCHEDULES, "LMS"),
-    "dpm2": (KDPM2DiscreteScheduler, {}, SIGMA_SCHEDULES, "DPM2"),
-    "dpm2_a": (KDPM2AncestralDiscreteScheduler, {}, SIGMA_SCHEDULES, "DPM2 a"),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2},
-                 SIGMA_SCHEDULES, "DPM++ 2M"),
+# sampler: (class, its own options, the schedules it takes); the WebUI names are the contract's (WEBUI_SAMPLERS)
+_SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any], dict[str, dict[str, Any]]]] = {
+    "euler": (EulerDiscreteScheduler, {}, SIGMA_SCHEDULES),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}, TIMESTEP_SCHEDULES),
+    "heun": (HeunDiscreteScheduler, {}, SIGMA_SCHEDULES),
+    "lms": (LMSDiscreteScheduler, {}, SIGMA_SCHEDULES),
+    "dpm2": (KDPM2DiscreteScheduler, {}, SIGMA_SCHEDULES),
+    "dpm2_a": (KDPM2AncestralDiscreteScheduler, {}, SIGMA_SCHEDULES),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}, SIGMA_SCHEDULES),
     "dpmpp_2m_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-                     SIGMA_SCHEDULES, "DPM++ 2M SDE"),
-    "dpmpp_sde": (DPMSolverSDEScheduler, {}, SIGMA_SCHEDULES, "DPM++ SDE"),
+                     SIGMA_SCHEDULES),
+    "dpmpp_sde": (DPMSolverSDEScheduler, {}, SIGMA_SCHEDULES),
     # Latent diffusion must not clip to [-1, 1]; the SD pipelines would force this anyway, with a warning.
-    "ddim": (DDIMScheduler, {"clip_sample": False}, TIMESTEP_SCHEDULES, "DDIM"),
+    "ddim": (DDIMScheduler, {"clip_sample": False}, TIMESTEP_SCHEDULES),
     # PLMS as in latent diffusion: no Runge-Kutta warm-up steps.
-    "pndm": (PNDMScheduler, {"skip_prk_steps": True}, TIMESTEP_SCHEDULES, "PLMS"),
-    "unipc": (UniPCMultistepScheduler, {}, SIGMA_SCHEDULES, "UniPC"),
-    "lcm": (LCMScheduler, {"clip_sample": False}, OWN_SCHEDULE, "LCM"),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}, TIMESTEP_SCHEDULES),
+    "unipc": (UniPCMultistepScheduler, {}, SIGMA_SCHEDULES),
+    "lcm": (LCMScheduler, {"clip_sample": False}, OWN_SCHEDULE),
 }
 _WEBUI_SCHEDULE = {"default": "", "karras": " Karras", "exponential": " Exponential", "sgm_uniform": " SGM Uniform"}
 
 #: Every (sampler, schedule) pair a job may ask for, and the diffusers scheduler that runs it.
 TABLE: dict[tuple[str, str], Sampler] = {
-    (name, schedule): Sampler(cls, {**own, **options}, webui + _WEBUI_SCHEDULE[schedule])
-    for name, (cls, own, schedules, webui) in _SAMPLERS.items()
+    (name, schedule): Sampler(cls, {**own, **options}, WEBUI_SAMPLERS[name] + _WEBUI_SCHEDULE[schedule])
+    for name, (cls, own, schedules) in _SAMPLERS.items()
     for schedule, options in schedules.items()
 }
 

@@ -8,9 +8,9 @@ not know.
 The chapters: ``jobs`` (the request and the queued job), ``inputs`` (the built-in pipelines' inputs),
 ``families`` (what depends on the model family),
 ``status`` (the status document and the notification), ``errors``, ``images`` (image references, checked
-without Pillow) and ``envelope`` (the Celery protocol-2 message in kombu's SQS format, written without
-Celery). The contract is used as one piece, so this package re-exports the names of the first six;
-``envelope`` is imported by its own path.
+without Pillow), ``webui`` (SD WebUI API bodies as jobs) and ``envelope`` (the Celery protocol-2 message in
+kombu's SQS format, written without Celery). The contract is used as one piece, so this package re-exports the
+names of the first seven; ``envelope`` is imported by its own path.
 """
 
 from runtime.contract.errors import ContractError, raise_contract_error
@@ -32,6 +32,7 @@ from runtime.contract.inputs import (
     SAMPLER_SCHEDULES,
     SCHEDULERS,
     SCHEDULES,
+    WEBUI_SAMPLERS,
     ControlNetInputs,
     GenerationInputs,
     ImageRef,
@@ -71,6 +72,7 @@ from runtime.contract.status import (
     StatusDoc,
     utcnow,
 )
+from runtime.contract.webui import Names, WebuiJob, from_webui
 
 __all__ = [
     "FAMILIES", "MAX_LORAS", "MAX_LORA_WEIGHT", "MIN_SIDE", "SAMPLER_SCHEDULES", "SCHEDULES",
@@ -83,5 +85,5 @@ __all__ = [
     "ControlNetInputs", "GenerationInputs", "ImageRef", "ImageRefError", "Img2ImgInputs", "JobErrorInfo",
     "JobRequest", "JobSpec", "JobState", "ModelId", "Notification", "OutputPrefix", "Progress", "ResumeInfo",
     "Scheduler", "StatusDoc", "Strict", "Txt2ImgInputs", "parse_request", "raise_contract_error",
-    "request_hash", "utcnow", "validate_inputs",
+    "request_hash", "utcnow", "validate_inputs", "WEBUI_SAMPLERS", "Names", "WebuiJob", "from_webui",
 ]

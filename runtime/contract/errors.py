@@ -28,7 +28,7 @@ class ContractError(ValueError):
 _JSON_TYPES = {"int_type": "an integer", "float_type": "a number", "string_type": "a string", "bool_type": "a boolean"}
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
@@ -53,7 +53,7 @@ def raise_contract_error(exc: ValidationError, prefix: str = "") -> None:
         raise ContractError("missing_field", f"{field!r} is required", field) from None
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] in _JSON_TYPES:  # requests are strict JSON: "64" is not 64, true is not 1
-        message = f"must be {_JSON_TYPES[err['type']]}, not {_json_type(err.get('input'))}"
+        message = f"must be {_JSON_TYPES[err['type']]}, not {json_type(err.get('input'))}"
     if err["type"] == "literal_error" and loc and loc[-1] == "scheduler":
         message = f"unknown scheduler; choose one of {', '.join(SCHEDULERS)}"
     raise ContractError("invalid_field", f"{field}: {message}", field) from None

@@ -27,6 +27,13 @@ MAX_LORA_WEIGHT = 2.0
 Scheduler = Literal["euler", "euler_a", "heun", "lms", "dpm2", "dpm2_a", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde",
                     "ddim", "pndm", "unipc", "lcm"]
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
+#: Each sampler's SD WebUI (AUTOMATIC1111) display name: what WebUI clients send (``runtime.contract.webui``)
+#: and what logs and docs call it (``pipelines/schedulers.py``).
+WEBUI_SAMPLERS: dict[str, str] = {
+    "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "lms": "LMS", "dpm2": "DPM2", "dpm2_a": "DPM2 a",
+    "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_sde": "DPM++ SDE", "ddim": "DDIM", "pndm": "PLMS",
+    "unipc": "UniPC", "lcm": "LCM",
+}
 #: Sigma schedules: the sampler's own ("default"), Karras et al.'s, exponential, or SGM's uniform timesteps.
 Schedule = Literal["default", "karras", "exponential", "sgm_uniform"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)

@@ -1,0 +1,399 @@
+"""SD WebUI (AUTOMATIC1111) API requests as spotgen jobs: the bodies of ``POST /sdapi/v1/txt2img`` and ``/img2img``.
+
+People bring WebUI clients (the ``webuiapi`` package, their scripts, the AWS "stable-diffusion-on-eks" sample,
+whose v1alpha2 ``content`` is such a body) and expect WebUI's picture. So a body means what it means on WebUI
+1.10, or it is refused naming the body's own field; it never silently becomes another image. What a body leaves
+out is WebUI's default, not spotgen's (50 steps, CFG 7, 512 x 512, Euler). Clients send every field every time,
+so a field spotgen does not implement is accepted at any value that cannot change the images: WebUI's default,
+or anything while what it tunes is off (``hr_*`` without ``enable_hr``...); a field WebUI lacks is refused.
+Values keep their JSON types ("64" is not 64), as everywhere in the contract. WebUI 1.9+ splits the sampler
+from its schedule type (``scheduler``), "Automatic" being the sampler's own: Karras for DPM++ 2M and DPM++ SDE,
+exponential for DPM++ 2M SDE; a suffix in the name ("DPM++ 2M Karras", the names before 1.9) wins, as in WebUI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from runtime.contract.errors import ContractError, json_type
+from runtime.contract.images import ImageRefError, decode_inline
+from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, SAMPLER_SCHEDULES, WEBUI_SAMPLERS, ModelId
+
+Task = Literal["txt2img", "img2img"]
+
+
+class Names(BaseModel):
+    """What WebUI clients call the catalog's entries: alias -> catalog id, per kind; each id is its own alias."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: dict[str, ModelId] = Field(default_factory=dict)
+    loras: dict[str, ModelId] = Field(default_factory=dict)
+    controlnets: dict[str, ModelId] = Field(default_factory=dict)
+    #: The checkpoint of a body that names none (WebUI's loaded model); None: a body must name one.
+    default_model: ModelId | None = None
+
+    @field_validator("models", "loras", "controlnets")
+    @classmethod
+    def _ids_are_aliases(cls, value: dict[str, str]) -> dict[str, str]:
+        return {**value, **{catalog_id: catalog_id for catalog_id in value.values()}}
+
+    @model_validator(mode="after")
+    def _default_is_a_model(self) -> Names:
+        if self.default_model is not None and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of the models")
+        return self
+
+
+class WebuiJob(BaseModel):
+    """The job a WebUI body asks for; ``inputs`` are checked as the pipeline's by ``jobs.validate_inputs``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pipeline: Literal["txt2img", "img2img", "controlnet"]
+    model: ModelId
+    inputs: dict[str, Any]
+    #: The body left the seed to the server (-1 or none): the API picks one and reports it.
+    server_seed: bool
+
+
+#: JSON types: how to tell one, and what to call it in an error.
+_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"), "bool": (lambda v: isinstance(v, bool), "a boolean"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "num": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    "list": (lambda v: isinstance(v, list), "an array"), "dict": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def _by_name(types: dict[str, str]) -> dict[str, str]:
+    return {name: kind for kind, names in types.items() for name in names.split()}
+
+
+#: The fields of WebUI 1.10's request models (``modules/api/models.py``) by JSON type; "?": null allowed.
+_COMMON = {
+    "str": "prompt negative_prompt sampler_index", "int": "batch_size n_iter steps width height",
+    "str?": "sampler_name scheduler refiner_checkpoint firstpass_image infotext script_name force_task_id",
+    "int?": "seed subseed seed_resize_from_h seed_resize_from_w", "num": "cfg_scale",
+    "num?": "eta subseed_strength s_min_uncond s_churn s_noise s_tmin s_tmax refiner_switch_at",
+    "bool": "send_images save_images", "list": "script_args", "list?": "styles", "dict": "alwayson_scripts",
+    "bool?": "restore_faces tiling do_not_save_samples do_not_save_grid override_settings_restore_afterwards "
+             "disable_extra_networks", "dict?": "override_settings comments",
+}
+_TYPES = {
+    "txt2img": _by_name(_COMMON) | _by_name({
+        "bool?": "enable_hr", "num?": "denoising_strength hr_scale",
+        "int?": "firstphase_width firstphase_height hr_second_pass_steps hr_resize_x hr_resize_y",
+        "str?": "hr_upscaler hr_checkpoint_name hr_sampler_name hr_scheduler hr_prompt hr_negative_prompt"}),
+    "img2img": _by_name(_COMMON) | _by_name({
+        "list?": "init_images", "num": "denoising_strength", "str?": "mask latent_mask", "bool": "include_init_images",
+        "int?": "resize_mode mask_blur mask_blur_x mask_blur_y inpainting_fill inpaint_full_res_padding "
+                "inpainting_mask_invert", "num?": "initial_noise_multiplier image_cfg_scale",
+        "bool?": "mask_round inpaint_full_res"}),
+}
+#: The values accepted of fields spotgen does not implement: WebUI's defaults (``()``: null only). The fields
+#: neither here nor read into the job change nothing while what they tune is off or refused: hr_* and txt2img's
+#: denoising_strength (enable_hr), subseed (subseed_strength), s_tmin and s_tmax (s_churn), refiner_switch_at
+#: (refiner_checkpoint), script_args (script_name), the mask's settings (mask), image_cfg_scale
+#: (instruct-pix2pix models only), force_task_id, and do_not_save_* (WebUI's API sets them from save_images).
+_ONLY: dict[str, tuple[Any, ...]] = {
+    "styles": ([],), "subseed_strength": (0,), "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
+    "restore_faces": (False,), "tiling": (False,), "s_min_uncond": (0,), "s_churn": (0,), "s_noise": (1,),
+    "override_settings_restore_afterwards": (True,),  # false would keep the settings for later requests
+    "refiner_checkpoint": ("", "None", "none"), "comments": ({},), "firstpass_image": (), "infotext": (),
+    "script_name": ("",), "send_images": (True,), "save_images": (False,), "enable_hr": (False,),
+    "firstphase_width": (0,), "firstphase_height": (0,), "mask": (), "latent_mask": (),
+    "initial_noise_multiplier": (1,), "include_init_images": (False,),
+}
+#: Settings clients send at WebUI's defaults, which are what spotgen does; any other setting is refused.
+_SETTINGS: dict[str, tuple[Any, ...]] = {
+    "sd_vae": ("Automatic", "None"), "eta_noise_seed_delta": (0,), "img2img_fix_steps": (False,),
+    "always_discard_next_to_last_sigma": (False,), "token_merging_ratio": (0,), "samples_format": ("png",),
+}
+#: A ControlNet unit's fields (sd-webui-controlnet's ``ControlNetUnit``, old aliases too): the values accepted,
+#: None where the field is read into the job, ``()`` where no value matters: it tunes a preprocessor (the module
+#: is "none"), hires fix or inpainting, or only what the API returns.
+_UNIT: dict[str, tuple[Any, ...] | None] = {
+    **dict.fromkeys(("enabled", "image", "input_image", "model", "weight", "resize_mode")),
+    "module": ("none",), "guidance_start": (0,), "guidance_end": (1,), "guidance": (1,),
+    "control_mode": ("Balanced", 0), "mask": (None, ""), "mask_image": (None, ""), "input_mode": ("simple",),
+    "batch_images": (None, ""), "output_dir": ("",), "loopback": (False,), "is_ui": (False,),
+    **dict.fromkeys(("advanced_weighting", "effective_region_mask", "ipadapter_input"), (None,)),
+    **dict.fromkeys(("low_vram", "lowvram", "processor_res", "threshold_a", "threshold_b", "pixel_perfect",
+                     "hr_option", "save_detected_map", "inpaint_crop_input_image", "pulid_mode"), ()),
+}
+#: Resize modes that stretch an image to width x height, as spotgen does, and ones that crop or pad it, which
+#: do the same to an image of the output's aspect ratio: ControlNet's, then img2img's.
+_CONTROL_RESIZE = (("Just Resize", 0), ("Crop and Resize", "Resize and Fill", 1, 2, "Inner Fit (Scale to Fit)",
+                    "Outer Fit (Shrink to Fit)", "Scale to Fit (Inner Fit)", "Envelope (Outer Fit)"))
+_INIT_RESIZE = ((0,), (1, 2))
+#: WebUI's schedule types (labels, names, aliases; casefolded) -> spotgen's schedule; None: the sampler's own.
+_SCHEDULE_TYPES: dict[str, str | None] = {
+    "automatic": None, "uniform": "default", "karras": "karras", "exponential": "exponential",
+    "sgm uniform": "sgm_uniform", "sgm_uniform": "sgm_uniform", "sgmuniform": "sgm_uniform",
+}
+#: "Automatic" in WebUI 1.9+: the schedule a sampler declares; the others run on the model's own sigmas.
+_OWN_SCHEDULE = {"dpmpp_2m": "karras", "dpmpp_sde": "karras", "dpmpp_2m_sde": "exponential"}
+_BY_WEBUI_NAME = {webui.casefold(): name for name, webui in WEBUI_SAMPLERS.items()}
+#: The eta each sampler runs at here; WebUI passes eta only to samplers that take one (the others ignore it).
+_ETA = {"euler_a": 1.0, "dpm2_a": 1.0, "dpmpp_sde": 1.0, "dpmpp_2m_sde": 1.0, "ddim": 0.0}
+_EXTRA_NETWORK_RE = re.compile(r"<(\w+):([^>]+)>")  # WebUI's extra_networks.re_extra_net
+_NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_HASH_RE = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]$")
+_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def from_webui(body: dict[str, Any], task: Task, names: Names) -> WebuiJob:
+    """The job a WebUI ``/sdapi/v1/{task}`` body asks for, or a ``ContractError`` naming the body's field."""
+    if task not in _TYPES:
+        raise ValueError(f"task is txt2img or img2img, not {task!r}")
+    if not isinstance(body, dict):
+        raise ContractError("invalid_body", "the request body must be a JSON object", "body")
+    _check_fields(body, _TYPES[task])
+    size = (_get(body, "width", 512), _get(body, "height", 512))
+    sampler, schedule = _sampler(body)
+    if (eta := body.get("eta")) is not None and eta != _ETA.get(sampler, eta):  # the sampler's, or ignored
+        raise _unsupported("eta", eta, (_ETA[sampler],))
+    prompt, loras = _prompt(body, names)
+    inputs: dict[str, Any] = {
+        "prompt": prompt, "negative_prompt": _get(body, "negative_prompt", ""), "width": size[0],
+        "height": size[1], "steps": _get(body, "steps", 50), "guidance_scale": _get(body, "cfg_scale", 7.0),
+        "scheduler": sampler, "schedule": schedule, "num_images": _count(body),
+    }
+    seed, (model, clip_skip) = _get(body, "seed", -1), _settings(_get(body, "override_settings", {}), names)
+    given = {"seed": None if seed == -1 else seed, "loras": loras or None, "clip_skip": clip_skip}
+    inputs |= {key: value for key, value in given.items() if value is not None}
+    script_model, control = _scripts(body.get("alwayson_scripts", {}), task, names, size)
+    if None not in (model, script_model) and model != script_model:
+        field = "alwayson_scripts.sd_model_checkpoint"
+        raise ContractError("invalid_field", f"{field}: another checkpoint than override_settings' one", field)
+    if (model := model or script_model or names.default_model) is None:
+        field = "override_settings.sd_model_checkpoint"
+        raise ContractError("missing_field", f"{field}: name the checkpoint (there is no default one)", field)
+    inputs |= (_init_image(body, size) if task == "img2img" else {}) | (control or {})
+    return WebuiJob(pipeline="controlnet" if control else task, model=model, inputs=inputs, server_seed=seed == -1)
+
+
+def _get(body: Mapping[str, Any], key: str, default: Any) -> Any:
+    value = body.get(key)
+    return default if value is None else value
+
+
+def _typed(value: Any, kind: str, field: str) -> Any:
+    if not _KINDS[kind][0](value):
+        raise ContractError("invalid_field", f"{field}: must be {_KINDS[kind][1]}, not {json_type(value)}", field)
+    return value
+
+
+def _accepted(value: Any, accepted: tuple[Any, ...]) -> bool:
+    """Equal as JSON values: true is not 1, 0 is 0.0."""
+    return any(value == a and isinstance(value, bool) == isinstance(a, bool) and (value is None) == (a is None)
+               for a in accepted)
+
+
+def _unsupported(field: str, value: Any, accepted: tuple[Any, ...]) -> ContractError:
+    shown, allowed = json.dumps(value), " or ".join(json.dumps(a) for a in accepted if a is not None) or "null"
+    return ContractError("unsupported_field", f"{field}: {shown[:40]} is not supported yet; spotgen implements "
+                         f"only {allowed} (or leave the field out)", field)
+
+
+def _check_fields(body: Mapping[str, Any], types: Mapping[str, str]) -> None:
+    for key, value in body.items():
+        if key not in types:
+            raise ContractError("unknown_field", f"unknown field {key!r}: SD WebUI's API has no such field here", key)
+        if value is None and not types[key].endswith("?"):
+            raise ContractError("invalid_field", f"{key}: must be {_KINDS[types[key]][1]}, not null", key)
+        if value is not None:
+            _typed(value, types[key].rstrip("?"), key)
+            if key in _ONLY and not _accepted(value, _ONLY[key]):
+                raise _unsupported(key, value, _ONLY[key])
+
+
+def _resolve(aliases: Mapping[str, str], name: str, field: str, what: str) -> str:
+    """The catalog id of ``name`` as WebUI clients write it: a title (``x.safetensors [hash]``), a file name
+    (maybe in a folder) or a name without extension; the exact spelling first, then regardless of case."""
+    bare = _HASH_RE.sub("", name.strip())
+    candidates: list[str] = []
+    for text in dict.fromkeys((name, bare, bare.replace("\\", "/").rsplit("/", 1)[-1])):
+        stem = next((text[: -len(ext)] for ext in _EXTENSIONS if text.casefold().endswith(ext)), text)
+        candidates += [text, stem, *(stem + ext for ext in _EXTENSIONS)]
+    folded: dict[str, str | None] = {}
+    for alias, catalog_id in aliases.items():  # an alias that two ids share regardless of case matches neither
+        folded[alias.casefold()] = catalog_id if folded.get(alias.casefold(), catalog_id) == catalog_id else None
+    for found in ([aliases.get(c) for c in candidates], [folded.get(c.casefold()) for c in candidates]):
+        if any(found):
+            return next(f for f in found if f)
+    known = ", ".join(sorted(set(aliases.values()))) or "none"
+    raise ContractError("unknown_model", f"{field}: no {what} is called {name!r}; the catalog has: {known}", field)
+
+
+def _sampler(body: Mapping[str, Any]) -> tuple[str, str]:
+    """(sampler, schedule) as WebUI's ``get_sampler_and_scheduler`` reads ``sampler_name or sampler_index``
+    (its API's default being Euler) and ``scheduler``."""
+    field = "sampler_name" if body.get("sampler_name") else "sampler_index"
+    given, scheduler = body.get(field) or "Euler", body.get("scheduler") or "Automatic"  # WebUI reads "" so too
+    if scheduler.casefold() not in _SCHEDULE_TYPES:
+        raise ContractError("invalid_field", f"scheduler: schedule type {scheduler!r} is not supported; choose "
+                            "Automatic, Uniform, Karras, Exponential or SGM Uniform", "scheduler")
+    schedule, source, name = _SCHEDULE_TYPES[scheduler.casefold()], "scheduler", given.strip()
+    for word in sorted(_SCHEDULE_TYPES, key=len, reverse=True):  # "SGM Uniform" before "Uniform"
+        if name.casefold().endswith(" " + word):
+            name, schedule, source = name[: -len(word) - 1].rstrip(), _SCHEDULE_TYPES[word], field
+            break
+    sampler = _BY_WEBUI_NAME.get(name.casefold())
+    if sampler is None:
+        raise ContractError("invalid_field", f"{field}: unknown sampler {given!r}; choose one of "
+                            f"{', '.join(WEBUI_SAMPLERS.values())}, optionally followed by Karras, Exponential or "
+                            "SGM Uniform", field)
+    schedule = schedule or _OWN_SCHEDULE.get(sampler, "default")
+    if schedule not in SAMPLER_SCHEDULES[sampler]:
+        raise ContractError("invalid_field", f"{source}: sampler {WEBUI_SAMPLERS[sampler]!r} does not take "
+                            f"schedule {schedule!r} here; it takes {', '.join(SAMPLER_SCHEDULES[sampler])}", source)
+    return sampler, schedule
+
+
+def _count(body: Mapping[str, Any]) -> int:
+    batch_size, n_iter = _get(body, "batch_size", 1), _get(body, "n_iter", 1)
+    field = "batch_size" if batch_size < 1 or batch_size > MAX_IMAGES else "n_iter"
+    if min(batch_size, n_iter) < 1 or batch_size * n_iter > MAX_IMAGES:
+        raise ContractError("invalid_field", f"{field}: batch_size x n_iter is {batch_size} x {n_iter} images; a job "
+                            f"makes 1 to {MAX_IMAGES}", field)
+    return batch_size * n_iter
+
+
+def _prompt(body: Mapping[str, Any], names: Names) -> tuple[str, list[dict[str, Any]]]:
+    """The prompt without its ``<lora:NAME:WEIGHT>`` tags, and those LoRAs. The tags are cut out and nothing
+    else, as WebUI does, so the text encoder reads what it reads on WebUI."""
+    if "prompt" not in body:
+        raise ContractError("missing_field", "'prompt' is required", "prompt")
+    loras: list[dict[str, Any]] = []
+
+    def take(match: re.Match[str]) -> str:
+        kind, args, tag = match.group(1), match.group(2).split(":"), match.group(0)
+        if body.get("disable_extra_networks") is True:
+            return ""  # WebUI still cuts the tag out
+        if kind not in ("lora", "lyco") or len(args) > 2 or any("=" in arg for arg in args):
+            raise ContractError("unsupported_field", f"prompt: {tag!r} is not supported yet; spotgen applies LoRAs "
+                                "as <lora:NAME> or <lora:NAME:WEIGHT> (one weight)", "prompt")
+        weight = args[1].strip() if len(args) > 1 else "1"
+        if not _NUMBER_RE.match(weight) or abs(float(weight)) > MAX_LORA_WEIGHT:
+            raise ContractError("invalid_field", f"prompt: {tag!r}: the weight must be a number from "
+                                f"{-MAX_LORA_WEIGHT} to {MAX_LORA_WEIGHT}", "prompt")
+        lora_id = _resolve(names.loras, args[0], "prompt", "LoRA")
+        if any(lora["id"] == lora_id for lora in loras):
+            raise ContractError("invalid_field", f"prompt: LoRA {lora_id!r} is tagged twice", "prompt")
+        loras.append({"id": lora_id, "weight": float(weight)})
+        return ""
+
+    if not (text := _EXTRA_NETWORK_RE.sub(take, body["prompt"])) or len(loras) > MAX_LORAS:
+        why = f"{len(loras)} LoRAs; a job applies {MAX_LORAS} at most" if text else "empty (without its tags)"
+        raise ContractError("invalid_field", f"prompt: {why}", "prompt")
+    return text, loras
+
+
+def _settings(settings: Mapping[str, Any], names: Names) -> tuple[str | None, int | None]:
+    """(checkpoint, clip skip) of ``override_settings``; another setting is refused unless at its default."""
+    model = clip_skip = None
+    for key, value in settings.items():
+        field = f"override_settings.{key}"
+        if key == "sd_model_checkpoint":
+            model = _resolve(names.models, _typed(value, "str", field), field, "checkpoint")
+        elif key == "CLIP_stop_at_last_layers":
+            clip_skip = _typed(value, "int", field)
+        elif key not in _SETTINGS:
+            raise ContractError("unsupported_field", f"{field}: spotgen does not apply this WebUI setting", field)
+        elif not _accepted(value, _SETTINGS[key]):
+            raise _unsupported(field, value, _SETTINGS[key])
+    return model, clip_skip
+
+
+def _scripts(scripts: Mapping[str, Any], task: Task, names: Names, size: tuple[int, int]
+             ) -> tuple[str | None, dict[str, Any] | None]:
+    """(checkpoint, ControlNet inputs) of ``alwayson_scripts``: ControlNet is the one script spotgen runs, and
+    ``sd_model_checkpoint`` is where the AWS EKS sample names the model."""
+    model, control, seen = None, None, False
+    for key, value in scripts.items():
+        field = f"alwayson_scripts.{key}"
+        if key == "sd_model_checkpoint":
+            model = _resolve(names.models, _typed(value, "str", field), field, "checkpoint")
+        elif key.casefold() == "controlnet" and not seen:  # WebUI finds scripts by title, regardless of case
+            seen, control = True, _controlnet(value, field, task, names, size)
+        else:
+            raise ContractError("unsupported_field", f"{field}: spotgen runs no WebUI script but ControlNet", field)
+    return model, control
+
+
+def _controlnet(value: Any, field: str, task: Task, names: Names, size: tuple[int, int]) -> dict[str, Any] | None:
+    if isinstance(value, dict):
+        for key in set(value) - {"args"}:
+            raise ContractError("unknown_field", f"unknown field {field}.{key}", f"{field}.{key}")
+        value, field = value.get("args", []), f"{field}.args"
+    enabled = []
+    for i, unit in enumerate(_typed(value, "list", field)):
+        path = f"{field}.{i}"
+        if "enabled" not in _typed(unit, "dict", path):  # sd-webui-controlnet's default has changed over versions
+            raise ContractError("missing_field", f"{path}.enabled: say whether the unit is enabled", f"{path}.enabled")
+        if _typed(unit["enabled"], "bool", f"{path}.enabled"):
+            enabled.append((path, unit))
+    if not enabled:
+        return None
+    path, unit = enabled[0]
+    if len(enabled) > 1 or task == "img2img":
+        path = f"{enabled[1][0]}.enabled" if len(enabled) > 1 else path
+        why = "one enabled unit a job" if len(enabled) > 1 else "ControlNet with img2img (it starts from noise)"
+        raise ContractError("unsupported_field", f"{path}: spotgen does not run {why} yet", path)
+    for key, item in unit.items():
+        if key not in _UNIT:
+            raise ContractError("unknown_field", f"unknown field {path}.{key}", f"{path}.{key}")
+        if _UNIT[key] and not _accepted(item, _UNIT[key]):
+            raise _unsupported(f"{path}.{key}", item, _UNIT[key])
+    if "image" in unit and "input_image" in unit:
+        raise ContractError("invalid_field", f"{path}.input_image: give image or input_image, not both",
+                            f"{path}.input_image")
+    image_field = f"{path}.input_image" if "input_image" in unit else f"{path}.image"
+    image, model = unit.get("input_image", unit.get("image")), unit.get("model")
+    for name, value in ((image_field, image), (f"{path}.model", model)):
+        if value in (None, "", "None"):
+            raise ContractError("missing_field", f"{name}: an enabled ControlNet unit needs one", name)
+    _check_resize(unit.get("resize_mode", "Crop and Resize"), _typed(image, "str", image_field), size,
+                  f"{path}.resize_mode", _CONTROL_RESIZE)
+    weight = _typed(unit.get("weight", 1.0), "num", f"{path}.weight")
+    controlnet = _resolve(names.controlnets, _typed(model, "str", f"{path}.model"), f"{path}.model", "ControlNet")
+    return {"control_image": image, "controlnet": controlnet, "controlnet_conditioning_scale": weight}
+
+
+def _init_image(body: Mapping[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    images = _get(body, "init_images", [])
+    if not images:
+        raise ContractError("missing_field", "'init_images' is required: img2img starts from an image", "init_images")
+    if len(images) > 1:
+        raise ContractError("unsupported_field", f"init_images: {len(images)} images; spotgen's img2img takes one",
+                            "init_images")
+    image = _typed(images[0], "str", "init_images.0")
+    _check_resize(_get(body, "resize_mode", 0), image, size, "resize_mode", _INIT_RESIZE)
+    return {"image": image, "strength": body.get("denoising_strength", 0.75)}
+
+
+def _check_resize(mode: Any, image: str, size: tuple[int, int], field: str,
+                  modes: tuple[tuple[Any, ...], tuple[Any, ...]]) -> None:
+    """Spotgen stretches an input image to width x height; WebUI's crop and pad modes do the same to an image
+    of that aspect ratio, so they are accepted for one, and refused for any other."""
+    stretch, fit = modes
+    if not _accepted(mode, stretch) and not (_accepted(mode, fit) and _same_shape(image, size)):
+        raise ContractError("unsupported_field", f"{field}: {json.dumps(mode)} is not supported yet: spotgen stretches "
+                            f"the image to width x height ({json.dumps(stretch[0])}); crop and fill modes do the same "
+                            "only to an image of that aspect ratio", field)
+
+
+def _same_shape(ref: str, size: tuple[int, int]) -> bool:
+    """Whether an inline image has the aspect ratio of width x height (an s3:// one is not read here)."""
+    try:
+        image = decode_inline(ref)
+    except ImageRefError:  # not an image (the image check refuses it, naming the field) or an s3:// one
+        return ref[:5].lower() != "s3://"
+    return image.width * size[1] == image.height * size[0]
