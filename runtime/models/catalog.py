@@ -37,7 +37,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from runtime.contract import ModelId
+from runtime.contract import ModelId, Names
 
 CATALOG_FILE = "catalog.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -79,6 +79,12 @@ def _relative_path(value: str) -> str:
 RelPath = Annotated[str, AfterValidator(_relative_path)]
 
 
+def _alias(value: str) -> str:
+    if not 1 <= len(value) <= 200 or any(ord(c) < 32 or c in "\x7f<>" for c in value) or value != value.strip():
+        raise ValueError(f"alias {value!r}: 1-200 printable characters, no '<' or '>', no surrounding spaces")
+    return value
+
+
 def _revision(value: str) -> str:
     if not _REVISION.match(value):
         raise ValueError("a revision is 1-128 characters of letters, digits and . _ / + @ : - (a commit, tag or "
@@ -109,6 +115,9 @@ class CatalogEntry(BaseModel):
     #: For a base model: the id of a ``kind: vae`` entry (a diffusers AutoencoderKL directory) to decode with
     #: instead of its own, such as the fp16-safe SDXL VAE.
     vae: ModelId | None = None
+    #: Other names SD WebUI clients know the entry by (its checkpoint file name, a WebUI title, a LoRA's tag
+    #: name), resolved to this id by the compatibility routes (``runtime.contract.webui.Names``).
+    aliases: list[Annotated[str, AfterValidator(_alias)]] = Field(default_factory=list, max_length=32)
 
     @property
     def single_file(self) -> bool:
@@ -148,6 +157,29 @@ class Catalog(BaseModel):
                 raise ValueError(f"models.{model_id}.vae: {entry.vae!r} is a {vae.family} VAE and the model "
                                  f"{entry.family}")
         return self
+
+    @model_validator(mode="after")
+    def _aliases_are_unique(self) -> Catalog:
+        """An alias names one entry: not another entry's id, nor an alias of another entry of the same kind
+        (a LoRA and a checkpoint may share a name, as they do in WebUI)."""
+        seen: dict[tuple[str, str], str] = {}
+        for model_id, entry in self.models.items():
+            for alias in entry.aliases:
+                other = seen.get((entry.kind, alias)) or (alias if alias in self.models and alias != model_id
+                                                          else None)
+                if other is not None and other != model_id:
+                    raise ValueError(f"models.{model_id}.aliases: {alias!r} already names {other!r}")
+                seen[(entry.kind, alias)] = model_id
+        return self
+
+    def names(self, default_model: str | None = None) -> Names:
+        """The catalog as WebUI clients name it: aliases (and ids) of the base models, LoRAs and ControlNets."""
+        by_kind: dict[str, dict[str, str]] = {"base": {}, "lora": {}, "controlnet": {}}
+        for model_id, entry in self.models.items():
+            if entry.kind in by_kind:
+                by_kind[entry.kind].update({model_id: model_id, **dict.fromkeys(entry.aliases, model_id)})
+        return Names(models=by_kind["base"], loras=by_kind["lora"], controlnets=by_kind["controlnet"],
+                     default_model=default_model)
 
     @classmethod
     def load(cls, models_dir: Path) -> Catalog:

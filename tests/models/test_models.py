@@ -483,3 +483,37 @@ def test_a_single_file_checkpoint_goes_through_the_node_cache(single_file_models
     (copy / "configs" / "sd" / "unet" / "config.json").write_text("{}")
     assert ModelStore(single_file_models, "cpu", node).source("sd-file").path.is_file()
     assert json.loads((copy / "configs" / "sd" / "unet" / "config.json").read_text()) != {}
+
+
+# -- aliases: the names SD WebUI clients use -------------------------------------------------------------------
+def test_aliases_name_catalog_entries_for_webui_clients(tmp_path: Path) -> None:
+    from runtime.contract import from_webui
+
+    store = write_catalog(tmp_path, {
+        "sdxl-base": {"path": "sdxl-base", "family": "sdxl",
+                      "aliases": ["sd_xl_base_1.0.safetensors", "sd_xl_base_1.0.safetensors [31e35c80fc]"]},
+        "detail": {"path": "detail.safetensors", "kind": "lora", "family": "sdxl", "aliases": ["add_detail"]},
+        "canny": {"path": "canny", "kind": "controlnet", "family": "sdxl", "aliases": ["control_canny [abc]"]},
+    })
+    names = store.catalog.names(default_model="sdxl-base")
+    assert names.models["sd_xl_base_1.0.safetensors"] == "sdxl-base" and names.models["sdxl-base"] == "sdxl-base"
+    assert names.loras == {"detail": "detail", "add_detail": "detail"}
+    assert names.controlnets["control_canny [abc]"] == "canny"
+    job = from_webui({"prompt": "a fox <lora:add_detail:0.5>", "width": 1024, "height": 1024,
+                      "override_settings": {"sd_model_checkpoint": "sd_xl_base_1.0.safetensors [31e35c80fc]"}},
+                     "txt2img", names)
+    assert job.model == "sdxl-base" and job.inputs["loras"] == [{"id": "detail", "weight": 0.5}]
+
+
+@pytest.mark.parametrize(("models", "why"), [
+    ({"a": {"path": "a", "aliases": ["x"]}, "b": {"path": "b", "aliases": ["x"]}}, "'x' already names 'a'"),
+    ({"a": {"path": "a", "aliases": ["b"]}, "b": {"path": "b"}}, "'b' already names 'b'"),
+    ({"a": {"path": "a", "aliases": ["<lora:x>"]}}, "no '<' or '>'"),
+    ({"a": {"path": "a", "aliases": [" padded"]}}, "surrounding spaces"),
+    ({"a": {"path": "a", "aliases": [""]}}, "1-200 printable"),
+])
+def test_an_alias_that_names_two_entries_or_cannot_be_typed_is_refused(tmp_path: Path, models: dict[str, Any],
+                                                                        why: str) -> None:
+    with pytest.raises(ModelError) as caught:
+        write_catalog(tmp_path, models).catalog  # noqa: B018
+    assert caught.value.code == "catalog_invalid" and why in str(caught.value), str(caught.value)
