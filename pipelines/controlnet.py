@@ -7,6 +7,7 @@ from PIL.Image import Image
 
 from pipelines.common import DiffusersPipeline, controlnet_model, fit, generate
 from pipelines.loading import torch_dtype
+from pipelines.preprocess import control_map
 from runtime.contract import ControlNetInputs
 from runtime.models.catalog import ModelError
 from runtime.plugins import RunContext
@@ -37,7 +38,10 @@ class ControlNet(DiffusersPipeline):
             raise ModelError("incompatible_controlnet", f"ControlNet {inputs.controlnet!r} runs in {control_dtype} "
                              f"and {ctx.model!r} in {base_dtype}: give them the same catalog dtype")
         job = self.prepare(inputs, ctx)
-        control = fit(ctx.image(inputs.control_image), job.inputs.width, job.inputs.height)
+        control = control_map(fit(ctx.image(inputs.control_image), job.inputs.width, job.inputs.height),
+                              inputs.control_preprocessor, inputs.canny_low, inputs.canny_high)
         pipe = self.view(job, controlnet=controlnet_model(ctx.models, inputs.controlnet))
         return generate(pipe, job, ctx, image=control, width=job.inputs.width, height=job.inputs.height,
-                        controlnet_conditioning_scale=inputs.controlnet_conditioning_scale)
+                        controlnet_conditioning_scale=inputs.controlnet_conditioning_scale,
+                        control_guidance_start=inputs.control_guidance_start,
+                        control_guidance_end=inputs.control_guidance_end)

@@ -169,10 +169,38 @@ class Img2ImgInputs(GenerationInputs):
         return self
 
 
+#: What the worker makes of ``control_image`` before the ControlNet sees it: nothing (it is a control map already)
+#: or Canny edges (SD WebUI's ``canny`` module).
+Preprocessor = Literal["none", "canny"]
+
+
 class ControlNetInputs(GenerationInputs):
     control_image: ImageRef
     controlnet: ModelId
     controlnet_conditioning_scale: float = Field(1.0, ge=0.0, le=2.0)
+    #: The part of the denoising (0 = the first step, 1 = the last) during which the ControlNet guides it.
+    control_guidance_start: float = Field(0.0, ge=0.0, le=1.0)
+    control_guidance_end: float = Field(1.0, ge=0.0, le=1.0)
+    control_preprocessor: Preprocessor = "none"
+    #: Canny's hysteresis thresholds (WebUI's ``threshold_a`` and ``threshold_b``), for ``canny`` only.
+    canny_low: int = Field(100, ge=1, le=255)
+    canny_high: int = Field(200, ge=1, le=255)
+
+    @field_validator("control_guidance_end")
+    @classmethod
+    def _end_after_start(cls, value: float, info: ValidationInfo) -> float:
+        start = info.data.get("control_guidance_start")
+        if start is not None and value <= start:
+            raise ValueError(f"must be above control_guidance_start ({start})")
+        return value
+
+    @field_validator("canny_high")
+    @classmethod
+    def _high_above_low(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("canny_low")
+        if low is not None and value < low:
+            raise ValueError(f"must not be below canny_low ({low})")
+        return value
 
 
 BUILTIN_INPUTS: dict[str, type[GenerationInputs]] = {
