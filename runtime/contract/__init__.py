@@ -8,9 +8,10 @@ not know.
 The chapters: ``jobs`` (the request and the queued job), ``inputs`` (the built-in pipelines' inputs),
 ``families`` (what depends on the model family),
 ``status`` (the status document and the notification), ``errors``, ``images`` (image references, checked
-without Pillow), ``webui`` (SD WebUI API bodies as jobs) and ``envelope`` (the Celery protocol-2 message in
-kombu's SQS format, written without Celery). The contract is used as one piece, so this package re-exports the
-names of the first seven; ``envelope`` is imported by its own path.
+without Pillow), ``webui`` (SD WebUI API bodies as jobs), ``sample`` (the AWS EKS sample's v1alpha1 and v1alpha2
+envelopes around those bodies, its answers and its notification) and ``envelope`` (the Celery protocol-2 message
+in kombu's SQS format, written without Celery). The contract is used as one piece, so this package re-exports the
+names of the first eight; ``envelope`` is imported by its own path.
 """
 
 from runtime.contract.errors import ContractError, raise_contract_error
@@ -61,6 +62,18 @@ from runtime.contract.jobs import (
     request_hash,
     validate_inputs,
 )
+from runtime.contract.sample import (
+    RUNTIME_NAME_RE,
+    SAMPLE_TASKTYPES,
+    SampleNotification,
+    SampleRequest,
+    parse_v1alpha1,
+    parse_v1alpha2,
+    sample_notification,
+    sample_output_location,
+    v1alpha1_answer,
+    v1alpha2_answer,
+)
 from runtime.contract.status import (
     JobErrorInfo,
     JobState,
@@ -86,4 +99,6 @@ __all__ = [
     "JobRequest", "JobSpec", "JobState", "ModelId", "Notification", "OutputPrefix", "Progress", "ResumeInfo",
     "Scheduler", "StatusDoc", "Strict", "Txt2ImgInputs", "parse_request", "raise_contract_error",
     "request_hash", "utcnow", "validate_inputs", "WEBUI_SAMPLERS", "Names", "WebuiJob", "from_webui",
+    "RUNTIME_NAME_RE", "SAMPLE_TASKTYPES", "SampleNotification", "SampleRequest", "parse_v1alpha1",
+    "parse_v1alpha2", "sample_notification", "sample_output_location", "v1alpha1_answer", "v1alpha2_answer",
 ]

@@ -1,0 +1,608 @@
+"""The AWS EKS sample's envelopes (``runtime/contract/sample.py``): one test per rule and per refusal.
+
+The sample's own request files are copied here as they are in its repositories, JSON text and all, then parsed,
+mapped with ``from_webui`` and validated as the pipeline's inputs (``validate_inputs``), so a request the sample
+served that spotgen would refuse later fails here. The two repositories are ``aws-samples/stable-diffusion-on-eks``
+("EKS", commit ed39025, its last) and its successor
+``aws-solutions-library-samples/guidance-for-asynchronous-inference-with-stable-diffusion-on-aws`` ("guidance",
+commit bfec8e2); where their files differ both are here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from runtime.contract import (
+    MAX_CONTEXT_BYTES,
+    ContractError,
+    JobRequest,
+    Names,
+    SampleNotification,
+    SampleRequest,
+    WebuiJob,
+    from_webui,
+    parse_v1alpha1,
+    parse_v1alpha2,
+    sample_notification,
+    sample_output_location,
+    v1alpha1_answer,
+    v1alpha2_answer,
+    validate_inputs,
+)
+
+#: The checkpoints the sample's files name (no LoRA or ControlNet appears in them); the runtime's own model is
+#: SD 1.5, as in the EKS sample's default runtime.
+NAMES = Names(models={"v1-5-pruned-emaonly.safetensors": "sd15", "sd_xl_turbo_1.0.safetensors": "sdxl-turbo"},
+              default_model="sd15")
+RUNTIMES = frozenset({"sdruntime", "sdruntime-xl"})
+BUCKET = "sdoneksstack-outputs3bucket"
+CAT_URL = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/cat.png"
+
+# aws-samples/stable-diffusion-on-eks and guidance-...: test/v1alpha2/t2i.json (the same file in both)
+V1ALPHA2_T2I = """{
+  "task": {
+    "metadata": {
+      "id": "test-t2i",
+      "runtime": "sdruntime",
+      "tasktype": "text-to-image",
+      "prefix": "output",
+      "context": ""
+    },
+    "content": {
+      "alwayson_scripts": {},
+      "prompt": "A dog",
+      "steps": 16,
+      "width": 512,
+      "height": 512
+    }
+  }
+}"""
+
+# aws-samples/stable-diffusion-on-eks: test/v1alpha2/i2i.json (the image link in alwayson_scripts)
+V1ALPHA2_I2I_EKS = """{
+  "task": {
+    "metadata": {
+      "id": "test-i2i",
+      "runtime": "sdruntime",
+      "tasktype": "image-to-image",
+      "prefix": "output",
+      "context": ""
+    },
+    "content": {
+      "alwayson_scripts": {
+        "image_link": "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/cat.png"
+      },
+      "prompt": "cat wizard, gandalf, lord of the rings, detailed, fantasy, cute, adorable, Pixar, Disney, 8k",
+      "steps": 16,
+      "width": 512,
+      "height": 512
+    }
+  }
+}"""
+
+# aws-solutions-library-samples/guidance-for-asynchronous-inference-with-stable-diffusion-on-aws:
+# test/v1alpha2/i2i.json (the image link in init_images)
+V1ALPHA2_I2I_GUIDANCE = """{
+  "task": {
+    "metadata": {
+      "id": "test-i2i",
+      "runtime": "sdruntime",
+      "tasktype": "image-to-image",
+      "prefix": "output",
+      "context": ""
+    },
+    "content": {
+      "alwayson_scripts": {},
+      "init_images": ["https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/cat.png"],
+      "prompt": "cat wizard, gandalf, lord of the rings, detailed, fantasy, cute, adorable, Pixar, Disney, 8k",
+      "steps": 16,
+      "width": 512,
+      "height": 512
+    }
+  }
+}"""
+
+# aws-samples/stable-diffusion-on-eks: test/v1alpha2/extra-single-image.json (the same in guidance-...)
+V1ALPHA2_EXTRA = """{
+  "task": {
+    "metadata": {
+      "id": "test-extra",
+      "runtime": "sdruntime",
+      "tasktype": "extra-single-image",
+      "prefix": "output",
+      "context": ""
+    },
+    "content": {
+      "resize_mode":0,
+      "show_extras_results":false,
+      "gfpgan_visibility":0,
+      "codeformer_visibility":0,
+      "codeformer_weight":0,
+      "upscaling_resize":4,
+      "upscaling_resize_w":512,
+      "upscaling_resize_h":512,
+      "upscaling_crop":false,
+      "upscaler_1":"R-ESRGAN 4x+",
+      "upscaler_2":"None",
+      "extras_upscaler_2_visibility":0,
+      "upscale_first":false,
+      "image":"https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/cat.png"
+    }
+  }
+}"""
+
+# aws-samples/stable-diffusion-on-eks: test/v1alpha2/pipeline.json, its metadata as it is and its ComfyUI
+# workflow (nodes 3 to 9) written on fewer lines
+V1ALPHA2_PIPELINE = """{
+  "task": {
+    "metadata": {
+      "id": "test-pipeline",
+      "runtime": "sdruntime",
+      "tasktype": "pipeline",
+      "prefix": "output",
+      "context": ""
+    },
+    "content": {
+      "3": {"inputs": {"seed": 89465186141685, "steps": 20, "cfg": 8, "sampler_name": "euler", "scheduler": "normal",
+            "denoise": 1, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+            "latent_image": ["5", 0]}, "class_type": "KSampler", "_meta": {"title": "KSampler"}},
+      "4": {"inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, "class_type": "CheckpointLoaderSimple",
+            "_meta": {"title": "Load Checkpoint"}},
+      "5": {"inputs": {"width": 512, "height": 512, "batch_size": 1}, "class_type": "EmptyLatentImage",
+            "_meta": {"title": "Empty Latent Image"}},
+      "6": {"inputs": {"text": "beautiful scenery nature glass bottle landscape, , purple galaxy bottle,",
+            "clip": ["4", 1]}, "class_type": "CLIPTextEncode", "_meta": {"title": "CLIP Text Encode (Prompt)"}},
+      "7": {"inputs": {"text": "text, watermark", "clip": ["4", 1]}, "class_type": "CLIPTextEncode",
+            "_meta": {"title": "CLIP Text Encode (Prompt)"}},
+      "8": {"inputs": {"samples": ["3", 0], "vae": ["4", 2]}, "class_type": "VAEDecode",
+            "_meta": {"title": "VAE Decode"}},
+      "9": {"inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}, "class_type": "SaveImage",
+            "_meta": {"title": "Save Image"}}
+    }
+  }
+}"""
+
+# aws-samples/stable-diffusion-on-eks: test/v1alpha1/t2i.json
+V1ALPHA1_T2I_EKS = """{
+    "alwayson_scripts": {
+        "task": "text-to-image",
+        "sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors",
+        "id_task": "test-t2i",
+        "save_dir": "outputs"
+    },
+    "prompt": "A dog",
+    "steps": 16,
+    "width": 512,
+    "height": 512
+}"""
+
+# aws-solutions-library-samples/guidance-for-asynchronous-inference-with-stable-diffusion-on-aws:
+# test/v1alpha1/t2i.json
+V1ALPHA1_T2I_GUIDANCE = """{
+    "alwayson_scripts": {
+        "task": "text-to-image",
+        "sd_model_checkpoint": "sd_xl_turbo_1.0.safetensors",
+        "id_task": "test-t2i",
+        "save_dir": "outputs"
+    },
+    "prompt": "A dog",
+    "steps": 16,
+    "width": 512,
+    "height": 512
+}"""
+
+# aws-samples/stable-diffusion-on-eks: test/v1alpha1/i2i.json
+V1ALPHA1_I2I_EKS = """{
+    "alwayson_scripts": {
+        "task": "image-to-image",
+        "image_link": "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/cat.png",
+        "id_task": "test-i2i",
+        "sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors",
+        "save_dir": "outputs"
+    },
+    "prompt": "cat wizard, gandalf, lord of the rings, detailed, fantasy, cute, adorable, Pixar, Disney, 8k",
+    "steps": 16,
+    "width": 512,
+    "height": 512
+}"""
+
+
+def refusal(call: Any, *args: Any, **kwargs: Any) -> ContractError:
+    with pytest.raises(ContractError) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def v2(metadata: dict[str, Any] | None = None, content: Any = None, **task: Any) -> dict[str, Any]:
+    """The sample's t2i.json with ``metadata`` keys changed (None removes one) and another ``content``."""
+    body = json.loads(V1ALPHA2_T2I)
+    meta = {**body["task"]["metadata"], **(metadata or {})}
+    body["task"]["metadata"] = {key: value for key, value in meta.items() if value is not None}
+    if content is not None:
+        body["task"]["content"] = content
+    body["task"].update(task)
+    return body
+
+
+def v1(scripts: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
+    """The sample's v1alpha1 t2i.json with ``alwayson_scripts`` keys changed (None removes one)."""
+    body = {**json.loads(V1ALPHA1_T2I_EKS), **changes}
+    merged = {**body["alwayson_scripts"], **(scripts or {})}
+    body["alwayson_scripts"] = {key: value for key, value in merged.items() if value is not None}
+    return body
+
+
+def parse2(data: Any) -> SampleRequest:
+    return parse_v1alpha2(data, RUNTIMES)
+
+
+def from_webui_of(request: SampleRequest) -> WebuiJob:
+    return from_webui(request.body, request.task, NAMES)
+
+
+def validated(request: SampleRequest) -> Any:
+    job = request.webui_job(NAMES)
+    return job, validate_inputs(job.pipeline, job.inputs, input_bucket="inputs")
+
+
+# -- the sample's own files --------------------------------------------------------------------------------------
+def test_the_samples_v1alpha2_t2i_json_maps_and_validates() -> None:
+    request = parse2(json.loads(V1ALPHA2_T2I))
+    assert (request.api_version, request.id, request.runtime, request.task) == ("v1alpha2", "test-t2i", "sdruntime",
+                                                                                "txt2img")
+    assert (request.output_prefix, request.context, request.sd_model_checkpoint) == ("output", "", None)
+    assert request.body == {"alwayson_scripts": {}, "prompt": "A dog", "steps": 16, "width": 512, "height": 512}
+    job = from_webui_of(request)
+    assert (job.pipeline, job.model, job.inputs["steps"], job.inputs["prompt"]) == ("txt2img", "sd15", 16, "A dog")
+    validate_inputs(job.pipeline, job.inputs, input_bucket="inputs")
+
+
+@pytest.mark.parametrize("text", [V1ALPHA2_I2I_EKS, V1ALPHA2_I2I_GUIDANCE], ids=["eks", "guidance"])
+def test_the_samples_v1alpha2_i2i_json_maps_and_its_image_url_is_refused_naming_the_field(text: str) -> None:
+    request = parse2(json.loads(text))
+    assert (request.task, request.id) == ("img2img", "test-i2i")
+    assert request.body["alwayson_scripts"] == {} and request.body["init_images"] == [CAT_URL]
+    job = from_webui_of(request)
+    assert (job.pipeline, job.model, job.inputs["image"]) == ("img2img", "sd15", CAT_URL)
+    # The sample's queue agent downloads every http(s) or s3:// link in the body; spotgen's contract refuses image
+    # URLs today (a fetcher exists but is not wired in), naming the field.
+    error = refusal(validate_inputs, job.pipeline, job.inputs, input_bucket="inputs")
+    assert (error.field, error.code) == ("inputs.image", "invalid_field") and "URLs are not accepted" in error.message
+
+
+@pytest.mark.parametrize(("text", "what"), [(V1ALPHA2_EXTRA, "upscaler"), (V1ALPHA2_PIPELINE, "ComfyUI")])
+def test_the_samples_extras_and_comfyui_tasks_are_refused_as_not_supported(text: str, what: str) -> None:
+    error = refusal(parse2, json.loads(text))
+    assert (error.code, error.field) == ("unsupported_field", "task.metadata.tasktype") and what in error.message
+
+
+@pytest.mark.parametrize(("text", "model"), [(V1ALPHA1_T2I_EKS, "sd15"), (V1ALPHA1_T2I_GUIDANCE, "sdxl-turbo")],
+                         ids=["eks", "guidance"])
+def test_the_samples_v1alpha1_t2i_json_maps_and_validates(text: str, model: str) -> None:
+    data = json.loads(text)
+    request = parse_v1alpha1(data)
+    assert (request.api_version, request.id, request.runtime, request.task) == ("v1alpha1", "test-t2i", None,
+                                                                                "txt2img")
+    assert (request.output_prefix, request.context) == ("outputs", {})
+    assert request.sd_model_checkpoint == data["alwayson_scripts"]["sd_model_checkpoint"]
+    # The routing keys are out; the checkpoint stays, for from_webui to resolve where the client named it.
+    assert request.body["alwayson_scripts"] == {"sd_model_checkpoint": data["alwayson_scripts"]["sd_model_checkpoint"]}
+    job = from_webui_of(request)
+    assert (job.pipeline, job.model, job.inputs["steps"]) == ("txt2img", model, 16)
+    validate_inputs(job.pipeline, job.inputs, input_bucket="inputs")
+    assert data == json.loads(text)  # the client's body is not changed
+
+
+def test_the_samples_v1alpha1_i2i_json_maps_its_image_link_and_the_url_is_refused_naming_the_field() -> None:
+    request = parse_v1alpha1(json.loads(V1ALPHA1_I2I_EKS))
+    assert (request.task, request.id, request.body["init_images"]) == ("img2img", "test-i2i", [CAT_URL])
+    job = from_webui_of(request)
+    error = refusal(validate_inputs, job.pipeline, job.inputs, input_bucket="inputs")  # URLs: not fetched yet
+    assert error.field == "inputs.image"
+
+
+def test_the_samples_v1alpha1_animatediff_request_is_refused_by_the_webui_mapping() -> None:
+    # aws-samples/stable-diffusion-on-eks: test/v1alpha1/t2v.json, its routing keys and the fields that matter
+    data = {"alwayson_scripts": {"task": "text-to-image", "sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors",
+                                 "id_task": "gif1", "uid": "gif1", "save_dir": "outputs",
+                                 "AnimateDiff": {"args": [{"enable": True, "model": "mm_sd15_v3.safetensors"}]}},
+            "batch_size": 8, "cfg_scale": 7, "height": 512, "prompt": "masterpiece", "steps": 20, "width": 512}
+    request = parse_v1alpha1(data)
+    assert request.body["alwayson_scripts"] == {"sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors",
+                                                "AnimateDiff": data["alwayson_scripts"]["AnimateDiff"]}
+    error = refusal(request.webui_job, NAMES)
+    assert (error.code, error.field) == ("unsupported_field", "alwayson_scripts.AnimateDiff")
+
+
+# -- v1alpha2: the envelope --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("data", [[], "x", None])
+def test_v1alpha2_a_body_that_is_not_an_object_is_refused(data: Any) -> None:
+    assert (refusal(parse2, data).code, refusal(parse2, data).field) == ("invalid_body", "body")
+
+
+def test_v1alpha2_task_metadata_and_content_are_required_objects() -> None:
+    assert refusal(parse2, {}).field == "task"
+    assert refusal(parse2, {"task": "x"}).field == "task"
+    no_meta = v2()
+    del no_meta["task"]["metadata"]
+    assert (refusal(parse2, no_meta).code, refusal(parse2, no_meta).field) == ("missing_field", "task.metadata")
+    assert refusal(parse2, {"task": {"metadata": [], "content": {}}}).field == "task.metadata"
+    no_content = v2()
+    del no_content["task"]["content"]
+    assert (refusal(parse2, no_content).code, refusal(parse2, no_content).field) == ("missing_field", "task.content")
+    error = refusal(parse2, v2(content="A dog"))
+    assert (error.field, error.message) == ("task.content", "task.content: must be an object, not a string")
+
+
+def test_v1alpha2_unknown_fields_of_the_envelope_are_refused() -> None:
+    assert refusal(parse2, {**v2(), "id": "x"}).field == "id"
+    assert refusal(parse2, v2(extra={})).field == "task.extra"
+    error = refusal(parse2, v2(metadata={"sd_model_checkpoint": "x"}))
+    assert (error.code, error.field) == ("unknown_field", "task.metadata.sd_model_checkpoint")
+
+
+@pytest.mark.parametrize("key", ["id", "runtime", "tasktype", "prefix"])
+def test_v1alpha2_the_front_lambdas_required_metadata_is_required(key: str) -> None:
+    data = v2()
+    del data["task"]["metadata"][key]
+    error = refusal(parse2, data)
+    assert (error.code, error.field) == ("missing_field", f"task.metadata.{key}")
+    data["task"]["metadata"][key] = None
+    assert (refusal(parse2, data).code, refusal(parse2, data).field) == ("invalid_field", f"task.metadata.{key}")
+
+
+# -- v1alpha2: the metadata --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("tasktype", "task"), [("text-to-image", "txt2img"), ("image-to-image", "img2img")])
+def test_v1alpha2_tasktype_is_the_webui_task(tasktype: str, task: str) -> None:
+    content = {"prompt": "x", "init_images": ["s3://inputs/a.png"]} if task == "img2img" else {"prompt": "x"}
+    assert parse2(v2({"tasktype": tasktype}, content)).task == task
+
+
+def test_v1alpha2_an_unknown_tasktype_is_refused() -> None:
+    for tasktype in ("txt2img", "Text-To-Image", ""):
+        error = refusal(parse2, v2({"tasktype": tasktype}))
+        assert (error.code, error.field) == ("invalid_field", "task.metadata.tasktype")
+    assert "must be a string" in refusal(parse2, v2({"tasktype": 1})).message
+
+
+@pytest.mark.parametrize("job_id", ["test-t2i", "A_b-9", "x" * 64, "x" * 65, "a/b", "a b", "", "ü", "a.b"])
+def test_v1alpha2_the_id_follows_the_job_contracts_id_rules(job_id: str) -> None:
+    try:
+        JobRequest.model_validate({"id": job_id, "pipeline": "txt2img", "model": "sd15"}, strict=True)
+        expected = True
+    except ValueError:
+        expected = False
+    try:
+        assert parse2(v2({"id": job_id})).id == job_id
+        accepted = True
+    except ContractError as exc:
+        assert exc.field == "task.metadata.id"
+        accepted = False
+    assert accepted == expected
+
+
+def test_v1alpha2_an_id_keeps_its_json_type() -> None:
+    error = refusal(parse2, v2({"id": 42}))
+    assert (error.field, error.message) == ("task.metadata.id", "task.metadata.id: must be a string, not a number")
+
+
+def test_v1alpha2_the_runtime_is_one_of_the_known_ones() -> None:
+    assert parse2(v2({"runtime": "sdruntime-xl"})).runtime == "sdruntime-xl"
+    error = refusal(parse2, v2({"runtime": "comfyui"}))
+    assert (error.code, error.field) == ("unknown_runtime", "task.metadata.runtime")
+    assert "sdruntime, sdruntime-xl" in error.message
+    assert refusal(parse_v1alpha2, v2(), frozenset()).code == "unknown_runtime"
+
+
+@pytest.mark.parametrize("runtime", ["", "-x", "sd runtime", "sd/runtime", "x" * 65, 7, True])
+def test_v1alpha2_a_runtime_of_another_shape_is_refused(runtime: Any) -> None:
+    error = refusal(parse_v1alpha2, v2({"runtime": runtime}), {runtime} if isinstance(runtime, str) else RUNTIMES)
+    assert (error.code, error.field) == ("invalid_field", "task.metadata.runtime")
+
+
+@pytest.mark.parametrize("prefix", ["output", "a/b/c", "out_put-1", "jobs", "checkpoints/x", "jobsx", "a/../b",
+                                    "..", "a//b", "a b", "x" * 128, "x" * 129])
+def test_v1alpha2_the_prefix_follows_the_job_contracts_output_prefix_rules(prefix: str) -> None:
+    try:
+        JobRequest.model_validate({"output_prefix": prefix, "pipeline": "txt2img", "model": "sd15"}, strict=True)
+        expected = True
+    except ValueError:
+        expected = False
+    try:
+        assert parse2(v2({"prefix": prefix})).output_prefix == prefix
+        accepted = True
+    except ContractError as exc:
+        assert exc.field == "task.metadata.prefix"
+        accepted = False
+    assert accepted == expected
+
+
+def test_v1alpha2_a_reserved_or_traversing_prefix_is_refused_naming_it() -> None:
+    error = refusal(parse2, v2({"prefix": "jobs/mine"}))
+    assert error.field == "task.metadata.prefix" and "reserved" in error.message
+    assert refusal(parse2, v2({"prefix": "../other"})).field == "task.metadata.prefix"
+    assert refusal(parse2, v2({"prefix": ["output"]})).message == "task.metadata.prefix: must be a string, not an array"
+
+
+def test_v1alpha2_slashes_at_the_ends_of_the_prefix_are_dropped() -> None:
+    # The sample's OpenAPI file's example is "/output"; its queue agent reads "output/" as "output".
+    for prefix in ("/output", "output/", "/output/"):
+        assert parse2(v2({"prefix": prefix})).output_prefix == "output"
+    for prefix in ("/", "//", "/jobs"):
+        assert refusal(parse2, v2({"prefix": prefix})).field == "task.metadata.prefix"
+
+
+@pytest.mark.parametrize("context", ["", {"abc": 123}, {"user": {"id": 7}, "tags": ["a"]}, None, 5, ["x"]])
+def test_v1alpha2_the_context_is_echoed_as_sent(context: Any) -> None:
+    data = v2()
+    data["task"]["metadata"]["context"] = context
+    assert parse2(data).context == context
+
+
+def test_v1alpha2_a_missing_context_is_the_queue_agents_empty_object() -> None:
+    assert parse2(v2({"context": None})).context == {}
+
+
+def test_v1alpha2_a_context_over_the_contracts_bound_is_refused() -> None:
+    fits = {"k": "x" * (MAX_CONTEXT_BYTES - 8)}
+    assert len(json.dumps(fits, separators=(",", ":"))) == MAX_CONTEXT_BYTES
+    assert parse2(v2({"context": fits})).context == fits
+    error = refusal(parse2, v2({"context": {"k": "x" * (MAX_CONTEXT_BYTES - 7)}}))
+    assert (error.code, error.field) == ("invalid_field", "task.metadata.context")
+    assert refusal(parse2, v2({"context": "x" * MAX_CONTEXT_BYTES})).field == "task.metadata.context"
+
+
+# -- v1alpha2: the content ---------------------------------------------------------------------------------------
+def test_v1alpha2_contents_image_link_is_the_init_image_for_img2img_and_dropped_for_txt2img() -> None:
+    content = {"prompt": "x", "init_images": ["s3://inputs/old.png"],
+               "alwayson_scripts": {"image_link": "s3://inputs/cat.png"}}
+    assert parse2(v2({"tasktype": "image-to-image"}, content)).body["init_images"] == ["s3://inputs/cat.png"]
+    body = parse2(v2({"tasktype": "text-to-image"}, {"prompt": "x", "alwayson_scripts": {"image_link": "s3://a/b"}}))
+    assert body.body == {"prompt": "x", "alwayson_scripts": {}}
+    error = refusal(parse2, v2(content={"prompt": "x", "alwayson_scripts": {"image_link": ["s3://a/b"]}}))
+    assert error.field == "task.content.alwayson_scripts.image_link"
+
+
+def test_v1alpha2_contents_alwayson_override_settings_go_over_the_bodys() -> None:
+    content = {"prompt": "x", "override_settings": {"CLIP_stop_at_last_layers": 1, "sd_model_checkpoint": "sd15"},
+               "alwayson_scripts": {"override_settings": {"CLIP_stop_at_last_layers": 2}}}
+    request = parse2(v2(content=content))
+    assert request.body["override_settings"] == {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "sd15"}
+    assert validated(request)[0].inputs["clip_skip"] == 2
+    error = refusal(parse2, v2(content={"prompt": "x", "alwayson_scripts": {"override_settings": "x"}}))
+    assert error.field == "task.content.alwayson_scripts.override_settings"
+
+
+def test_v1alpha2_contents_other_routing_keys_are_dropped_unread_as_by_the_queue_agent() -> None:
+    scripts = {"task": 1, "id_task": "a/b", "uid": "u", "save_dir": "jobs", "sd_vae": "x.vae.pt"}
+    assert parse2(v2(content={"prompt": "x", "alwayson_scripts": scripts})).body["alwayson_scripts"] == {}
+
+
+def test_v1alpha2_contents_sd_model_checkpoint_picks_the_model_as_with_a_dynamic_model_runtime() -> None:
+    content = {"prompt": "x", "alwayson_scripts": {"sd_model_checkpoint": "sd_xl_turbo_1.0.safetensors"}}
+    job, _ = validated(parse2(v2(content=content)))
+    assert job.model == "sdxl-turbo"
+
+
+def test_v1alpha2_webui_errors_name_the_field_inside_task_content() -> None:
+    error = refusal(parse2(v2(content={"prompt": "x", "steps": "16"})).webui_job, NAMES)
+    assert (error.field, error.message) == ("task.content.steps",
+                                            "task.content.steps: must be an integer, not a string")
+    error = refusal(parse2(v2(content={"steps": 16})).webui_job, NAMES)
+    assert (error.code, error.field, error.message) == ("missing_field", "task.content.prompt",
+                                                        "'task.content.prompt' is required")
+    error = refusal(parse2(v2(content={"prompt": "x", "alwayson_scripts": {"adetailer": {}}})).webui_job, NAMES)
+    assert error.field == "task.content.alwayson_scripts.adetailer"
+
+
+# -- v1alpha1 ----------------------------------------------------------------------------------------------------
+def test_v1alpha1_a_body_that_is_not_an_object_is_refused() -> None:
+    assert refusal(parse_v1alpha1, ["x"]).code == "invalid_body"
+
+
+def test_v1alpha1_alwayson_scripts_is_a_required_object() -> None:
+    data = v1()
+    del data["alwayson_scripts"]
+    assert (refusal(parse_v1alpha1, data).code, refusal(parse_v1alpha1, data).field) == ("missing_field",
+                                                                                         "alwayson_scripts")
+    assert refusal(parse_v1alpha1, {**v1(), "alwayson_scripts": []}).field == "alwayson_scripts"
+
+
+@pytest.mark.parametrize("key", ["task", "id_task", "sd_model_checkpoint", "save_dir"])
+def test_v1alpha1_the_front_lambdas_routing_keys_are_required(key: str) -> None:
+    error = refusal(parse_v1alpha1, v1({key: None}))
+    assert (error.code, error.field) == ("missing_field", f"alwayson_scripts.{key}")
+
+
+@pytest.mark.parametrize(("key", "value"), [("task", 1), ("id_task", 42), ("sd_model_checkpoint", 3),
+                                            ("sd_model_checkpoint", ""), ("save_dir", ["outputs"]), ("uid", 5),
+                                            ("sd_vae", False), ("image_link", 1), ("override_settings", [])])
+def test_v1alpha1_a_malformed_routing_key_is_refused_naming_it(key: str, value: Any) -> None:
+    error = refusal(parse_v1alpha1, v1({key: value}))
+    assert (error.code, error.field) == ("invalid_field", f"alwayson_scripts.{key}")
+
+
+def test_v1alpha1_task_is_the_webui_task_and_extras_are_not_supported() -> None:
+    request = parse_v1alpha1(v1({"task": "image-to-image", "image_link": "s3://inputs/cat.png"}))
+    assert (request.task, request.body["init_images"]) == ("img2img", ["s3://inputs/cat.png"])
+    error = refusal(parse_v1alpha1, v1({"task": "extra-single-image"}))
+    assert (error.code, error.field) == ("unsupported_field", "alwayson_scripts.task")
+    error = refusal(parse_v1alpha1, v1({"task": "text-to-video"}))
+    assert (error.code, error.field) == ("invalid_field", "alwayson_scripts.task")
+
+
+def test_v1alpha1_id_task_and_save_dir_follow_the_job_contracts_rules() -> None:
+    assert refusal(parse_v1alpha1, v1({"id_task": "a/b"})).field == "alwayson_scripts.id_task"
+    assert refusal(parse_v1alpha1, v1({"id_task": "x" * 65})).field == "alwayson_scripts.id_task"
+    error = refusal(parse_v1alpha1, v1({"save_dir": "checkpoints"}))
+    assert error.field == "alwayson_scripts.save_dir" and "reserved" in error.message
+    assert refusal(parse_v1alpha1, v1({"save_dir": "../x"})).field == "alwayson_scripts.save_dir"
+    assert parse_v1alpha1(v1({"save_dir": "outputs/"})).output_prefix == "outputs"
+
+
+def test_v1alpha1_the_routing_keys_leave_the_webui_body_and_uid_and_sd_vae_are_dropped() -> None:
+    request = parse_v1alpha1(v1({"uid": "user-1", "sd_vae": "vae.pt", "image_link": "s3://inputs/cat.png"}))
+    assert request.body["alwayson_scripts"] == {"sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors"}
+    assert "init_images" not in request.body  # txt2img: the queue agent drops the link unread
+    validated(request)
+
+
+def test_v1alpha1_alwayson_override_settings_go_over_the_bodys() -> None:
+    request = parse_v1alpha1(v1({"override_settings": {"CLIP_stop_at_last_layers": 2}},
+                                override_settings={"CLIP_stop_at_last_layers": 1}))
+    assert request.body["override_settings"] == {"CLIP_stop_at_last_layers": 2}
+    assert validated(request)[0].inputs["clip_skip"] == 2
+
+
+def test_v1alpha1_an_unknown_checkpoint_is_refused_where_the_client_named_it() -> None:
+    error = refusal(parse_v1alpha1(v1({"sd_model_checkpoint": "dreamshaper_8.safetensors"})).webui_job, NAMES)
+    assert (error.code, error.field) == ("unknown_model", "alwayson_scripts.sd_model_checkpoint")
+
+
+# -- answers and the notification ----------------------------------------------------------------------------
+def test_the_v1alpha2_answer_is_the_front_lambdas() -> None:
+    request = parse2(json.loads(V1ALPHA2_T2I))
+    assert v1alpha2_answer(request, BUCKET) == {"id": "test-t2i", "runtime": "sdruntime",
+                                                "output_location": f"s3://{BUCKET}/output/test-t2i"}
+
+
+def test_the_v1alpha1_answer_is_the_front_lambdas() -> None:
+    request = parse_v1alpha1(json.loads(V1ALPHA1_T2I_EKS))
+    assert v1alpha1_answer(request, BUCKET) == {"id_task": "test-t2i",
+                                                "sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors",
+                                                "output_location": f"s3://{BUCKET}/outputs/test-t2i"}
+    assert sample_output_location(request, BUCKET) == f"s3://{BUCKET}/outputs/test-t2i"
+
+
+def test_the_notification_is_the_queue_agents_in_its_field_order() -> None:
+    message = sample_notification(runtime="sdruntime", job_id="test-t2i", succeeded=True,
+                                  image_urls=[f"s3://{BUCKET}/output/test-t2i/0.png"],
+                                  output_url=f"s3://{BUCKET}/jobs/test-t2i/status.json", context={"abc": 123})
+    assert json.loads(message.model_dump_json()) == {
+        "runtime": "sdruntime", "id": "test-t2i", "result": True, "status": "completed",
+        "image_url": [f"s3://{BUCKET}/output/test-t2i/0.png"], "output_url": f"s3://{BUCKET}/jobs/test-t2i/status.json",
+        "context": {"abc": 123}}
+    assert list(message.model_dump()) == ["runtime", "id", "result", "status", "image_url", "output_url", "context"]
+
+
+def test_a_job_that_did_not_succeed_is_failed_without_images() -> None:
+    message = sample_notification(runtime="sdruntime", job_id="x", succeeded=False, image_urls=["s3://b/k.png"],
+                                  output_url="s3://b/jobs/x/status.json", context="")
+    assert (message.result, message.status, message.image_url, message.context) == (False, "failed", [], "")
+
+
+def test_a_notification_whose_result_and_status_disagree_is_refused() -> None:
+    with pytest.raises(ValueError, match="result is true exactly when"):
+        SampleNotification(runtime="r", id="x", result=True, status="failed", output_url="s3://b/k")
+    with pytest.raises(ValueError, match="no images"):
+        SampleNotification(runtime="r", id="x", result=False, status="failed", image_url=["s3://b/k.png"],
+                           output_url="s3://b/k")
+
+
+def test_a_parsed_request_is_frozen() -> None:
+    request = parse2(json.loads(V1ALPHA2_T2I))
+    with pytest.raises(ValueError):
+        request.id = "other"  # type: ignore[misc]
