@@ -118,6 +118,8 @@ class Outputs:
         with self.observer.phase("notify", state=doc.state.value):
             self.sns.publish(TopicArn=self.settings.results_topic_arn, Message=note.model_dump_json(),
                              MessageAttributes={"state": {"DataType": "String", "StringValue": doc.state.value}})
+        # Until ``notified_at`` is stored, a crash leaves a redelivery to send it again (at least once, never lost)
+        log.info("job %s: notification published", doc.id)
 
     def fail_foreign(self, job_id: str | None, code: str, message: str) -> None:
         """A message the worker could not even parse: fail its job if it names one that is still open."""

@@ -27,6 +27,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -169,9 +170,11 @@ def drain(sqs: Any, url: str, notes: list[dict[str, Any]]) -> int:
 
 
 def outcome(s3: Any, settings: Any, jobs: list[Job], refs: dict[str, Future[list[bytes]]],
-            notes: list[dict[str, Any]]) -> dict[str, Any]:
+            notes: list[dict[str, Any]], killed_publishing: frozenset[str] = frozenset()) -> dict[str, Any]:
     """What every harness checks: final states and notifications, duplicates, outputs against the references,
-    checkpoints left behind."""
+    checkpoints left behind. ``killed_publishing``: jobs whose notification a SIGKILLed worker had published
+    and not yet recorded; their redelivery sends it again (at least once, by design: what SNS accepted cannot be
+    known after a crash), which is counted apart, not as a duplicate."""
     from runtime.storage.jobstore import JobStore
 
     bucket = settings.output_bucket
@@ -186,13 +189,15 @@ def outcome(s3: Any, settings: Any, jobs: list[Job], refs: dict[str, Future[list
             key = f"outputs/{job.id}/{index}.png"
             mismatched += key not in keys or s3.get_object(Bucket=bucket, Key=key)["Body"].read() != png
     final = {job_id: d for job_id, d in statuses.items() if d is not None and d.state.final}
-    dup_notes = sum(c - 1 for c in per_job.values() if c > 1) + sum(
+    repeated = sum(1 for job_id, c in per_job.items() if c == 2 and job_id in killed_publishing)
+    dup_notes = sum(c - 1 for job_id, c in per_job.items() if c > 1) - repeated + sum(
         1 for n in notes if n["id"] not in final or n["state"] != final[n["id"]].state)
     return {
         "jobs": len(jobs),
         "succeeded": sum(1 for d in final.values() if d.state == "succeeded" and d.notified_at),
         "lost": sum(1 for j in jobs if j.id not in final or not per_job[j.id]),
         "duplicate_outputs": dup_outputs, "duplicate_notifications": dup_notes, "mismatched_outputs": mismatched,
+        "notifications_resent_after_sigkill": repeated,
         "attempts_beyond_first": sum(max(0, d.attempts - 1) for d in final.values()),
         "leftover_checkpoints": s3.list_objects_v2(Bucket=bucket, Prefix="checkpoints/")["KeyCount"],
     }
@@ -205,6 +210,7 @@ class Fleet:
         self.env, self.log_dir, self.count = env, log_dir, 0
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.exits: dict[int, int] = {}
+        self.logs: dict[int, Path] = {}
 
     def spawn(self) -> int:
         from runtime.local.devstack import _die_with_parent
@@ -212,9 +218,19 @@ class Fleet:
         with open(self.log_dir / f"worker-{self.count}.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker"], env=self.env, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        self.logs[proc.pid] = self.log_dir / f"worker-{self.count}.log"
         self.count += 1
         self.procs[proc.pid] = proc
         return proc.pid
+
+    def published_unrecorded(self, pids: list[int]) -> frozenset[str]:
+        """Jobs whose notification these (SIGKILLed) workers had published when they died: their logs say so,
+        and that delivery never stored ``notified_at``, so a redelivery rightly sends it again."""
+        jobs: set[str] = set()
+        for pid in pids:
+            text = self.logs[pid].read_text(errors="replace")
+            jobs.update(re.findall(r"job (\S+): notification published", text))
+        return frozenset(jobs)
 
     def reap(self) -> list[int]:
         """Pids that exited since the last call."""
@@ -337,7 +353,8 @@ class Chaos:
         redo = recomputed(steplog.read(self.step_log), self.kills)
         sent = Counter(sig for _, sig in self.kills)
         return {
-            **outcome(self.s3, self.stack.settings, self.jobs, refs, self.notes),
+            **outcome(self.s3, self.stack.settings, self.jobs, refs, self.notes,
+                      self.fleet.published_unrecorded([pid for pid, sig in self.kills if sig == "KILL"])),
             "sigterm": len(redo["TERM"]), "sigterm_sent": sent["TERM"],
             "sigkill": len(redo["KILL"]), "sigkill_sent": sent["KILL"],
             "steps_recomputed_per_sigterm": round(sum(redo["TERM"]) / max(1, len(redo["TERM"])), 3),

@@ -369,5 +369,10 @@ def test_interruption_drops_readiness_and_the_resume_is_counted(ops: Ops, worker
     assert delta(before[survivor.proc.pid], after, 'spotgen_resumes_total{"pipeline": "txt2img", '
                  '"source": "checkpoint"}') == 1
     assert 'spotgen_steps_recomputed_total{"pipeline": "txt2img"}' in after
-    tasks = [s for s in ops.trace(doc["trace_id"], "run/spotgen.run_job", 2) if s.name == "run/spotgen.run_job"]
-    assert len(tasks) == 2 and len({s.parent_id for s in tasks}) == 1  # both attempts continue the publish
+    spans = ops.trace(doc["trace_id"], "spotgen.job", 2)
+    tasks = [s for s in spans if s.name == "run/spotgen.run_job"]
+    assert len(tasks) >= 2 and len({s.parent_id for s in tasks}) == 1  # every delivery continues the publish
+    # The two attempts; the victim's receive that was under way when the signal came may also have brought it
+    # the handed-back copy, which it handed back again untouched.
+    outcomes = [s.attributes["spotgen.outcome"] for s in spans if s.name == "spotgen.job"]
+    assert sorted(o for o in outcomes if o != "handed_back") == ["interrupted", "succeeded"], outcomes
