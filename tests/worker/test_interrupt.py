@@ -37,8 +37,11 @@ from tests.rest import call, download, wait_for
 from tests.worker.test_e2e import drain
 
 LEASE_S = 3
+# One job in hand per worker (no receive-ahead): these tests keep both workers busy so that a job waits in the
+# queue, and send jobs to the idle one; with receive-ahead a busy worker would take them too. The jobs in hand
+# (received ahead, storing outputs) are tests/worker/test_handoff.py's and the chaos harness's.
 ENV = {"SPOTGEN_HEARTBEAT_S": "0.5", "SPOTGEN_LEASE_S": str(LEASE_S), "SPOTGEN_PROGRESS_INTERVAL_S": "0.1",
-       "SPOTGEN_MAX_RECEIVE_COUNT": "2", "SPOTGEN_CHECKPOINT_EVERY": "5"}
+       "SPOTGEN_MAX_RECEIVE_COUNT": "2", "SPOTGEN_CHECKPOINT_EVERY": "5", "SPOTGEN_RECEIVE_AHEAD": "false"}
 
 
 class Pool:

@@ -104,7 +104,9 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator
 @pytest.fixture(scope="module")
 def worker(env: tuple[Stack, FaultProxy]) -> Iterator[Worker]:
     stack, proxy = env
-    running = start_worker(stack, proxy, "behind-proxy", SPOTGEN_CHECKPOINT_EVERY="4")  # TXT2IMG saves one
+    # TXT2IMG saves a checkpoint; no receive-ahead, so that a second delivery of a job it runs (the two-deliveries
+    # test) goes to the other, idle worker and not to this one, to wait for its device
+    running = start_worker(stack, proxy, "behind-proxy", SPOTGEN_CHECKPOINT_EVERY="4", SPOTGEN_RECEIVE_AHEAD="false")
     yield running
     stop_worker(running)
 
@@ -288,7 +290,7 @@ def test_two_deliveries_of_one_job_at_once_make_one_result(env: tuple[Stack, Fau
     from runtime.contract.envelope import build_celery_message
 
     stack, proxy = env
-    second = start_worker(stack, proxy, "second")
+    second = start_worker(stack, proxy, "second", SPOTGEN_RECEIVE_AHEAD="false")
     try:
         spec = JobSpec(id=f"twice-{uuid.uuid4().hex[:8]}", pipeline="slow", model="tiny-sd",
                        inputs={"prompt": "twice", "steps": 12, "delay": 0.25}, seed=5, output_prefix="outputs",
