@@ -100,6 +100,45 @@ def _node_cache_probe() -> Callable[[str], bool | None] | None:
     return probe
 
 
+def catalog_aliases(models_dir: Path, settings: Settings) -> dict[str, str]:
+    """The catalog's aliases of the ids the API accepts, as ``SPOTGEN_ALIASES`` takes them (ids left out: each
+    id is its own alias anyway)."""
+    from runtime.models.catalog import Catalog
+
+    names = Catalog.load(models_dir).names()
+    accepted = {*settings.models, *settings.controlnets, *settings.loras}
+    return {alias: target for kind in (names.models, names.loras, names.controlnets) for alias, target in kind.items()
+            if alias != target and target in accepted}
+
+
+def cmd_models_aliases(args: argparse.Namespace) -> int:
+    from runtime.models.catalog import ModelError
+
+    settings = _settings(args)
+    try:
+        print(json.dumps(catalog_aliases(settings.models_dir, settings), indent=None if args.compact else 2))
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dev_compat(settings: Settings) -> Settings:
+    """The compatibility APIs on the dev stack, unless the environment configures them: the catalog's aliases,
+    one sample runtime ``sdruntime`` (the first model), which ``/sdapi/v1`` uses too, and a long sync wait (no
+    API Gateway in front)."""
+    updates: dict[str, object] = {}
+    if "SPOTGEN_ALIASES" not in os.environ:
+        updates["aliases"] = catalog_aliases(settings.models_dir, settings)
+    if "SPOTGEN_RUNTIMES" not in os.environ and settings.models:
+        updates["runtimes"] = {"sdruntime": {"model": settings.models[0]}}
+        if "SPOTGEN_WEBUI_RUNTIME" not in os.environ:
+            updates["webui_runtime"] = "sdruntime"
+    if "SPOTGEN_SYNC_WAIT_S" not in os.environ:
+        updates["sync_wait_s"] = 600.0
+    return Settings.model_validate({**settings.model_dump(), **updates})
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     from runtime.models.catalog import ModelError
     from runtime.models.manifests import iter_entries
@@ -206,6 +245,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
         print(f"building tiny random-weight models in {settings.models_dir} ...", flush=True)
         build_tiny_models(settings.models_dir)
+    settings = _dev_compat(settings)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (ignored there)
     log_dir = Path(args.log_dir) if args.log_dir else (Path(".spotgen/logs") if args.demo else None)
@@ -307,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("id", metavar="ID")
     manifest.add_argument("--models", help=models_dir_help)
     manifest.set_defaults(func=cmd_models_manifest)
+    aliases = models_sub.add_parser("aliases", help="print the catalog's aliases as JSON, the value of "
+                                    "SPOTGEN_ALIASES for the API (docs/migrating.md)")
+    aliases.add_argument("--models", help=models_dir_help)
+    aliases.add_argument("--compact", action="store_true", help="on one line")
+    aliases.set_defaults(func=cmd_models_aliases)
     return parser
 
 

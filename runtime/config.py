@@ -7,6 +7,7 @@ The Lambdas and the worker read the same object, so a name means the same thing 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -18,6 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PREFIX = "SPOTGEN_"
 #: The model families (``runtime.contract.families``; settings import nothing of the rest, a test keeps them equal).
 Family = Literal["sd1", "sd2", "sdxl"]
+
+#: The shape of a runtime's name (the AWS sample's ``task.metadata.runtime``; the contract checks it the same way).
+RUNTIME_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+#: Settings given as JSON objects in their environment variable (the others are comma separated).
+JSON_FIELDS = ("aliases", "runtimes")
 
 #: One DNS label: letters, digits and inner hyphens (host names are compared exactly, so no IDNA forms).
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -53,6 +59,19 @@ def _host_name_problem(host: str) -> str | None:
     if labels[-1].isdigit():
         return "is not a host name (its last label is a number)"
     return None
+
+
+class Runtime(BaseModel):
+    """A runtime of the AWS sample's API (``task.metadata.runtime``): which model a request that names none runs
+    on, and the worker pool it goes to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The catalog id a body without ``sd_model_checkpoint`` runs on (one of ``models``).
+    model: str
+    #: Published as the job's ``pool`` message attribute, for an SNS filter policy that routes the runtime's jobs
+    #: to a queue of their own (``docs/deploy.md``); unset: the jobs are routed by model like any other.
+    pool: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Settings(BaseModel):
@@ -96,6 +115,19 @@ class Settings(BaseModel):
     #: Seconds one image URL may take from the DNS lookup to the last byte, redirects included; at most 30,
     #: since API Gateway gives up on the whole request after 30 s.
     fetch_timeout_s: float = Field(10.0, gt=0, le=30)
+    # -- the compatibility APIs: the AWS sample's and SD WebUI's (see docs/migrating.md) ---------------------
+    #: What WebUI clients call the catalog's entries, as a JSON object ``{"alias": "catalog id"}`` (a WebUI title
+    #: or file name such as ``sd_xl_turbo_1.0.safetensors``); ``spotgen models aliases`` prints it from a catalog.
+    #: Each id is its own alias too.
+    aliases: dict[str, str] = Field(default_factory=dict)
+    #: The AWS sample's runtimes, as a JSON object ``{"name": {"model": "id", "pool": "name"}}``.
+    runtimes: dict[str, Runtime] = Field(default_factory=dict)
+    #: The runtime whose model ``/sdapi/v1`` bodies run on when they name no checkpoint (``GET /sdapi/v1/options``
+    #: reports it); empty: such a body is refused, naming ``override_settings.sd_model_checkpoint``.
+    webui_runtime: str = ""
+    #: Seconds ``POST /sdapi/v1/txt2img`` and ``/img2img`` wait for their job before answering 504 with its URL;
+    #: below API Gateway's 30 s integration timeout (``spotgen dev`` waits longer).
+    sync_wait_s: float = Field(25.0, gt=0, le=900)
     #: Extra pipeline classes the worker registers, as 'module:Class' (besides entry points).
     plugins: list[str] = Field(default_factory=list)
     models_dir: Path = Path("models")
@@ -175,6 +207,41 @@ class Settings(BaseModel):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator(*JSON_FIELDS, mode="before")
+    @classmethod
+    def _json(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"is not a JSON object ({exc})") from None
+
+    @field_validator("runtimes")
+    @classmethod
+    def _runtime_names(cls, runtimes: dict[str, Runtime]) -> dict[str, Runtime]:
+        for name in runtimes:
+            if not re.match(RUNTIME_NAME_PATTERN, name):
+                raise ValueError(f"runtime name {name!r} is not letters, digits, '-' and '_' (at most 64)")
+        return runtimes
+
+    @model_validator(mode="after")
+    def _compat_names_exist(self) -> Settings:
+        """Aliases and runtimes name ids the API accepts: a typo fails at start-up, not on a client's request."""
+        known = {*self.models, *self.controlnets, *self.loras}
+        for alias, target in self.aliases.items():
+            if target not in known:
+                raise ValueError(f"alias {alias!r} names {target!r}, which is not one of the models, ControlNets or "
+                                 "LoRAs (SPOTGEN_MODELS, SPOTGEN_CONTROLNETS, SPOTGEN_LORAS)")
+        for name, runtime in self.runtimes.items():
+            if runtime.model not in self.models:
+                raise ValueError(f"runtime {name!r} runs on {runtime.model!r}, which is not one of the models "
+                                 f"({', '.join(self.models)})")
+        if self.webui_runtime and self.webui_runtime not in self.runtimes:
+            raise ValueError(f"webui_runtime {self.webui_runtime!r} is not one of the runtimes "
+                             f"({', '.join(self.runtimes) or 'none'})")
+        return self
+
     @field_validator("fetch_allowed_hosts")
     @classmethod
     def _host_names(cls, hosts: list[str]) -> list[str]:
@@ -222,7 +289,9 @@ class Settings(BaseModel):
         for name, value in self.model_dump().items():
             if value is None:
                 continue
-            if isinstance(value, dict):
+            if name in JSON_FIELDS:
+                value = json.dumps(value, separators=(",", ":"))
+            elif isinstance(value, dict):
                 value = [f"{k}={v}" for k, v in value.items()]
             env[PREFIX + name.upper()] = ",".join(value) if isinstance(value, list) else str(value)
         return env

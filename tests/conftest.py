@@ -45,7 +45,7 @@ def two_models(tiny_models: Path, tmp_path: Path) -> Path:
     models = tmp_path / "models"
     shutil.copytree(tiny_models, models)
     catalog = json.loads((models / "catalog.json").read_text())
-    catalog["models"]["tiny-sd-b"] = catalog["models"]["tiny-sd"]
+    catalog["models"]["tiny-sd-b"] = {**catalog["models"]["tiny-sd"], "aliases": []}  # an alias names one model
     (models / "catalog.json").write_text(json.dumps(catalog))
     return models
 

@@ -5,13 +5,13 @@ validate requests with exactly the rules the worker applies again when a message
 trusted). Bump ``CONTRACT_VERSION`` when a change is not backwards compatible; workers refuse versions they do
 not know.
 
-The chapters: ``jobs`` (the request and the queued job), ``inputs`` (the built-in pipelines' inputs),
-``families`` (what depends on the model family),
-``status`` (the status document and the notification), ``errors``, ``images`` (image references, checked
-without Pillow), ``webui`` (SD WebUI API bodies as jobs), ``sample`` (the AWS EKS sample's v1alpha1 and v1alpha2
-envelopes around those bodies, its answers and its notification) and ``envelope`` (the Celery protocol-2 message
-in kombu's SQS format, written without Celery). The contract is used as one piece, so this package re-exports the
-names of the first eight; ``envelope`` is imported by its own path.
+The chapters: ``jobs`` (the request and the queued job), ``inputs`` (the built-in pipelines' inputs), ``families``
+(what depends on the model family), ``status`` (the status document and the notification), ``errors``, ``images``
+(image references, checked without Pillow), ``webui`` (SD WebUI API bodies as jobs; ``webui_answer``: what WebUI
+answers besides the images), ``sample`` (the AWS EKS sample's v1alpha1 and v1alpha2 envelopes around those bodies,
+its answers and its notification) and ``envelope`` (the Celery protocol-2 message in kombu's SQS format, written
+without Celery). The contract is used as one piece, so this package re-exports the names of the first nine;
+``envelope`` is imported by its own path.
 """
 
 from runtime.contract.errors import ContractError, raise_contract_error
@@ -58,6 +58,7 @@ from runtime.contract.jobs import (
     JobRequest,
     JobSpec,
     OutputPrefix,
+    SampleJob,
     parse_request,
     request_hash,
     validate_inputs,
@@ -86,6 +87,7 @@ from runtime.contract.status import (
     utcnow,
 )
 from runtime.contract.webui import Names, WebuiJob, from_webui
+from runtime.contract.webui_answer import sample_out_document, webui_info, webui_parameters
 
 __all__ = [
     "FAMILIES", "MAX_LORAS", "MAX_LORA_WEIGHT", "MIN_SIDE", "SAMPLER_SCHEDULES", "SCHEDULES",
@@ -101,4 +103,5 @@ __all__ = [
     "request_hash", "utcnow", "validate_inputs", "WEBUI_SAMPLERS", "Names", "WebuiJob", "from_webui",
     "RUNTIME_NAME_RE", "SAMPLE_TASKTYPES", "SampleNotification", "SampleRequest", "parse_v1alpha1",
     "parse_v1alpha2", "sample_notification", "sample_output_location", "v1alpha1_answer", "v1alpha2_answer",
+    "SampleJob", "sample_out_document", "webui_info", "webui_parameters",
 ]

@@ -50,6 +50,12 @@ def _context(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
+def _context_any(value: Any) -> Any:
+    if len(json.dumps(value, separators=(",", ":"))) > MAX_CONTEXT_BYTES:
+        raise ValueError(f"context is larger than {MAX_CONTEXT_BYTES} bytes of JSON")
+    return value
+
+
 class JobRequest(Strict):
     """The body of ``POST /v1/jobs``."""
 
@@ -90,6 +96,34 @@ class JobRequest(Strict):
         return self.expires_at
 
 
+#: Bytes of JSON a sample job's ``parameters`` and ``info`` may take each (WebUI's echo of the request, images
+#: left out), so that the queue message stays far below SQS's 256 KiB.
+MAX_SAMPLE_ECHO_BYTES = 32 * 1024
+
+
+def _bounded_echo(value: Any) -> Any:
+    if len(json.dumps(value, separators=(",", ":"))) > MAX_SAMPLE_ECHO_BYTES:
+        raise ValueError(f"larger than {MAX_SAMPLE_ECHO_BYTES} bytes of JSON")
+    return value
+
+
+class SampleJob(Strict):
+    """How a job that came in through the AWS sample's API (``/v1alpha1``, ``/v1alpha2``) ends: the sample's
+    notification instead of spotgen's, and its ``.out`` document under ``location``. Everything in it is decided
+    by the API (the seed too), so the worker writes it without knowing WebUI's rules."""
+
+    api_version: str = Field(pattern=r"^v1alpha[12]$")
+    #: The notification's ``runtime``.
+    runtime: str = Field(min_length=1, max_length=64)
+    #: Echoed in the notification as the client sent it: any JSON value (the sample's own files send "").
+    context: Annotated[Any, AfterValidator(_context_any)] = Field(default_factory=dict)
+    #: ``PREFIX/ID``: the images and the ``.out`` document lie under it (``output_url`` is ``location/ID.out``).
+    location: str = Field(max_length=200, pattern=OUTPUT_PREFIX_RE.pattern)
+    #: WebUI's ``parameters`` and ``info`` of the request, for the ``.out`` document.
+    parameters: Annotated[dict[str, Any], AfterValidator(_bounded_echo)] = Field(default_factory=dict)
+    info: Annotated[dict[str, Any], AfterValidator(_bounded_echo)] = Field(default_factory=dict)
+
+
 class JobSpec(Strict):
     """The normalized job as it travels on the queue: validated, images in S3, seed chosen."""
 
@@ -104,6 +138,8 @@ class JobSpec(Strict):
     submitted_at: datetime
     request_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     expires_at: datetime | None = None
+    #: Set for a job of the AWS sample's API: it ends with the sample's notification and ``.out`` document.
+    sample: SampleJob | None = None
 
     def fingerprint(self) -> str:
         """What a checkpoint must have been made from: this job, these inputs, this model and seed."""

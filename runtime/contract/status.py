@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.contract.inputs import LoraRef
-from runtime.contract.jobs import CONTRACT_VERSION
+from runtime.contract.jobs import CONTRACT_VERSION, SampleJob
 
 
 class JobState(StrEnum):
@@ -82,6 +82,8 @@ class StatusDoc(BaseModel):
     #: Set by the delivery that is about to notify: another delivery of the same job (SQS delivers at least
     #: once) leaves the notification to it, unless this claim is older than the claimer could need.
     notify_claimed_at: datetime | None = None
+    #: A job of the AWS sample's API: how it is announced (``runtime.contract.jobs.SampleJob``).
+    sample: SampleJob | None = None
     #: The request's trace (W3C trace id, 32 hex digits): look it up in the tracing backend, grep the logs for it.
     trace_id: str | None = None
 

@@ -28,18 +28,23 @@ SDXL_ID = "tiny-sdxl"
 SDXL_CONTROLNET_ID = "tiny-sdxl-controlnet"
 LORA_DIR = "tiny-loras"  # not "loras": a rebuild replaces the directory, and an operator's own may be there
 #: A build of another version is rebuilt; bump it whenever what is built changes.
-VERSION = 2
+VERSION = 3
 _VERSION_FILE = ".tiny-version"
 #: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights.
 LORA_IDS = {"sd1": ("tiny-lora-sd1", "tiny-lora-sd1-kohya"), "sdxl": ("tiny-lora-sdxl", "tiny-lora-sdxl-kohya")}
-CATALOG: dict[str, dict[str, str]] = {
-    BASE_ID: {"path": BASE_ID, "kind": "base", "family": "sd1"},
-    CONTROLNET_ID: {"path": CONTROLNET_ID, "kind": "controlnet", "family": "sd1"},
-    SDXL_ID: {"path": SDXL_ID, "kind": "base", "family": "sdxl"},
-    SDXL_CONTROLNET_ID: {"path": SDXL_CONTROLNET_ID, "kind": "controlnet", "family": "sdxl"},
+#: The tiny models stand in for the checkpoints the AWS sample's and WebUI clients' own request files name, so
+#: those files run unchanged on the dev stack (``docs/migrating.md``); a real catalog names real files.
+ALIASES = {BASE_ID: ["v1-5-pruned-emaonly.safetensors", "v1-5-pruned-emaonly"],
+           SDXL_ID: ["sd_xl_turbo_1.0.safetensors", "sd_xl_base_1.0.safetensors"],
+           CONTROLNET_ID: ["control_v11p_sd15_canny"], SDXL_CONTROLNET_ID: ["controlnet-canny-sdxl-1.0"]}
+CATALOG: dict[str, dict[str, Any]] = {
+    **{model_id: {"path": model_id, "kind": kind, "family": family, "aliases": ALIASES[model_id]}
+       for model_id, kind, family in ((BASE_ID, "base", "sd1"), (CONTROLNET_ID, "controlnet", "sd1"),
+                                      (SDXL_ID, "base", "sdxl"), (SDXL_CONTROLNET_ID, "controlnet", "sdxl"))},
     **{lora: {"path": f"{LORA_DIR}/{lora}.safetensors", "kind": "lora", "family": family}
        for family, ids in LORA_IDS.items() for lora in ids},
 }
+
 # A file each model must hold; with the catalog entry (written last) it means the model is whole.
 _MARKERS = {BASE_ID: "model_index.json", CONTROLNET_ID: "config.json", SDXL_ID: "model_index.json",
             SDXL_CONTROLNET_ID: "config.json", **{lora: "" for ids in LORA_IDS.values() for lora in ids}}

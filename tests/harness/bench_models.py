@@ -136,7 +136,7 @@ def adapter_states(store: Any, plain: Any, base: Any, a: Any, b: Any, size: int,
 def copy_entry(models: Path, model_id: str, copy_id: str) -> None:
     """A second catalog id for the same files: the store loads it as a model of its own."""
     catalog = json.loads((models / "catalog.json").read_text())
-    catalog["models"][copy_id] = catalog["models"][model_id]
+    catalog["models"][copy_id] = {**catalog["models"][model_id], "aliases": []}  # an alias names one model
     (models / "catalog.json").write_text(json.dumps(catalog))
 
 

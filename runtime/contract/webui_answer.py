@@ -1,0 +1,94 @@
+"""What SD WebUI answers besides the images: ``parameters`` (the request as run) and ``info`` (seeds and settings).
+
+WebUI clients read both: ``webuiapi`` parses ``info`` into a dict, bots print its ``infotexts``, and the AWS
+sample's ``.out`` document is ``parameters`` with the seeds added. They are built here, by the API, from the body
+and the job it became, before the job is queued (the seed is chosen by then): the sync ``/sdapi/v1`` answer and
+the worker's ``.out`` document say the same thing, and the worker needs no WebUI rules.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from runtime.contract.inputs import WEBUI_SAMPLERS
+from runtime.contract.webui import WebuiJob
+
+#: WebUI's label of a schedule (its "Schedule type"); the sampler's own is "Automatic".
+_SCHEDULE_LABELS = {"default": "Automatic", "karras": "Karras", "exponential": "Exponential",
+                    "sgm_uniform": "SGM Uniform"}
+#: Written in ``info`` where WebUI writes its own version.
+VERSION = "spotgen"
+
+
+def webui_parameters(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body as WebUI echoes it in ``parameters``: images left out (WebUI sets ``init_images`` and ``mask`` to
+    null; ControlNet units' images are dropped the same way here), so the echo stays small."""
+    echo = copy.deepcopy(dict(body))
+    for key in ("init_images", "mask"):
+        if key in echo:
+            echo[key] = None
+    for key, script in (echo.get("alwayson_scripts") or {}).items():
+        if key.casefold() == "controlnet" and isinstance(script, dict):
+            for unit in script.get("args") or []:
+                if isinstance(unit, dict):
+                    for image_key in ("image", "input_image", "mask", "mask_image"):
+                        if image_key in unit:
+                            unit[image_key] = None
+    return echo
+
+
+def webui_info(job: WebuiJob, body: Mapping[str, Any], seed: int, model_title: str) -> dict[str, Any]:
+    """WebUI's ``info`` (``Processed.js()``) for ``job`` run with ``seed``: image ``i`` has seed ``seed + i``,
+    as spotgen seeds it, and the same infotext WebUI would write into its PNG."""
+    inputs = job.inputs
+    count = inputs.get("num_images", 1)
+    seeds = [(seed + i) % 2**32 for i in range(count)]
+    prompt, negative = str(body.get("prompt", "")), str(body.get("negative_prompt", ""))
+    sampler = WEBUI_SAMPLERS.get(inputs.get("scheduler", "euler"), "Euler")
+    schedule = _SCHEDULE_LABELS.get(inputs.get("schedule", "default"), "Automatic")
+    strength = inputs.get("strength") if job.pipeline != "txt2img" and "strength" in inputs else None
+    info: dict[str, Any] = {
+        "prompt": prompt, "all_prompts": [prompt] * count,
+        "negative_prompt": negative, "all_negative_prompts": [negative] * count,
+        "seed": seeds[0], "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * count, "subseed_strength": 0,
+        "width": inputs["width"], "height": inputs["height"], "sampler_name": sampler, "scheduler": schedule,
+        "cfg_scale": inputs["guidance_scale"], "steps": inputs["steps"], "batch_size": count,
+        "restore_faces": False, "face_restoration_model": None, "sd_model_name": model_title,
+        "sd_model_hash": None, "sd_vae_name": None, "sd_vae_hash": None,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": strength,
+        "extra_generation_params": {}, "index_of_first_image": 0, "styles": [], "job_timestamp": "",
+        "clip_skip": inputs.get("clip_skip", 1), "is_using_inpainting_conditioning": False, "version": VERSION,
+    }
+    info["infotexts"] = [_infotext(info, s) for s in seeds]
+    return info
+
+
+def _infotext(info: Mapping[str, Any], seed: int) -> str:
+    """WebUI's generation parameters text (what it writes into a PNG's ``parameters`` chunk)."""
+    settings = [f"Steps: {info['steps']}", f"Sampler: {info['sampler_name']}"]
+    if info["scheduler"] != "Automatic":
+        settings.append(f"Schedule type: {info['scheduler']}")
+    settings += [f"CFG scale: {info['cfg_scale']}", f"Seed: {seed}", f"Size: {info['width']}x{info['height']}",
+                 f"Model: {info['sd_model_name']}"]
+    if info["denoising_strength"] is not None:
+        settings.append(f"Denoising strength: {info['denoising_strength']}")
+    if info["clip_skip"] > 1:
+        settings.append(f"Clip skip: {info['clip_skip']}")
+    settings.append(f"Version: {VERSION}")
+    lines = [info["prompt"]] + ([f"Negative prompt: {info['negative_prompt']}"] if info["negative_prompt"] else [])
+    return "\n".join([*lines, ", ".join(settings)])
+
+
+def sample_out_document(job_id: str, parameters: Mapping[str, Any], info: Mapping[str, Any] | None,
+                        error: str | None) -> dict[str, Any]:
+    """The AWS sample's ``.out`` document (its queue agent's ``succeed``/``failed``): ``parameters`` with the
+    task id and the seeds (``image_seed``), or with the error; ``info`` as WebUI's JSON text (empty on failure)."""
+    if error is not None:
+        return {"images": [""], "parameters": {"id_task": job_id, "status": 0, "error_msg": error, "reason": None},
+                "info": ""}
+    seeds = ",".join(str(s) for s in (info or {}).get("all_seeds", []))
+    return {"images": [""], "parameters": {**parameters, "id_task": job_id, "image_seed": seeds, "error_msg": ""},
+            "info": json.dumps(info or {})}
