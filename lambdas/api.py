@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lambdas import cancel, status, submit
+from lambdas import cancel, sample, sdapi, status, submit
 from lambdas.common import error
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -18,6 +18,11 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     ("POST", re.compile(r"^/v1/jobs/?$"), submit.handler),
     ("GET", re.compile(r"^/v1/jobs/(?P<id>[^/]+)$"), status.handler),
     ("POST", re.compile(r"^/v1/jobs/(?P<id>[^/]+)/cancel$"), cancel.handler),
+    # the compatibility routes (an API key, not IAM, in the deployed stack): the AWS sample's, SD WebUI's
+    ("POST", re.compile(r"^/v1alpha2/?$"), sample.v1alpha2_handler),
+    ("POST", re.compile(r"^/v1alpha1/?$"), sample.v1alpha1_handler),
+    ("GET", re.compile(r"^/sdapi/v1/(?P<name>[a-z0-9-]+)/?$"), sdapi.handler),
+    ("POST", re.compile(r"^/sdapi/v1/(?P<name>[a-z0-9-]+)/?$"), sdapi.handler),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,12 +13,24 @@ from runtime.config import Settings
 from runtime.storage import aws
 from runtime.storage.jobstore import JobStore
 
+#: ``fetch(url, field, timeout_s)``: an image URL's bytes, or ContractError naming ``field``.
+Fetcher = Callable[[str, str, float], bytes]
+
 
 @dataclass(frozen=True)
 class Deployment:
     settings: Settings
     store: JobStore
     sns: Any
+    #: None: ``lambdas.fetch.fetch_image`` under the settings' allow-list (tests give one that reaches loopback).
+    fetcher: Fetcher | None = None
+
+    def fetch(self, url: str, field: str, timeout_s: float) -> bytes:
+        if self.fetcher is not None:
+            return self.fetcher(url, field, timeout_s)
+        from lambdas.fetch import fetch_image  # httpcore and certifi load only for a request with a URL
+
+        return fetch_image(url, self.settings, field, timeout_s=timeout_s)
 
 
 @functools.lru_cache(maxsize=1)

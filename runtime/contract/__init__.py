@@ -87,7 +87,7 @@ from runtime.contract.status import (
     utcnow,
 )
 from runtime.contract.webui import Names, WebuiJob, from_webui
-from runtime.contract.webui_answer import sample_out_document, webui_info, webui_parameters
+from runtime.contract.webui_answer import sample_out_document, webui_error, webui_info, webui_parameters
 
 __all__ = [
     "FAMILIES", "MAX_LORAS", "MAX_LORA_WEIGHT", "MIN_SIDE", "SAMPLER_SCHEDULES", "SCHEDULES",
@@ -103,5 +103,5 @@ __all__ = [
     "request_hash", "utcnow", "validate_inputs", "WEBUI_SAMPLERS", "Names", "WebuiJob", "from_webui",
     "RUNTIME_NAME_RE", "SAMPLE_TASKTYPES", "SampleNotification", "SampleRequest", "parse_v1alpha1",
     "parse_v1alpha2", "sample_notification", "sample_output_location", "v1alpha1_answer", "v1alpha2_answer",
-    "SampleJob", "sample_out_document", "webui_info", "webui_parameters",
+    "SampleJob", "sample_out_document", "webui_error", "webui_info", "webui_parameters",
 ]

@@ -57,3 +57,14 @@ def raise_contract_error(exc: ValidationError, prefix: str = "") -> None:
     if err["type"] == "literal_error" and loc and loc[-1] == "scheduler":
         message = f"unknown scheduler; choose one of {', '.join(SCHEDULERS)}"
     raise ContractError("invalid_field", f"{field}: {message}", field) from None
+
+
+def prefixed(exc: ContractError, prefix: str) -> ContractError:
+    """``exc`` for a document nested at ``prefix`` (``task.content``): its field, and the field in its message."""
+    field = f"{prefix}.{exc.field}"
+    message = exc.message
+    if message.startswith(f"{exc.field}:"):
+        message = prefix + "." + message
+    elif f"'{exc.field}'" in message:
+        message = message.replace(f"'{exc.field}'", f"'{field}'", 1)
+    return ContractError(exc.code, message, field)

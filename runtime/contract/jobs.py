@@ -30,8 +30,9 @@ OUTPUT_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 
 
 #: First segments of the output bucket's keys that the runtime owns (status documents, checkpoints with their
-#: short lifecycle rule): outputs under them would be mixed with, or expire like, those.
-RESERVED_OUTPUT_PREFIXES = ("jobs", "checkpoints")
+#: short lifecycle rule, the ``/sdapi/v1`` callers' latest jobs): outputs under them would be mixed with, or
+#: expire like, those.
+RESERVED_OUTPUT_PREFIXES = ("jobs", "checkpoints", "callers")
 
 
 def _output_prefix(value: str | None) -> str | None:

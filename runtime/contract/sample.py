@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from runtime.contract.errors import ContractError, json_type, raise_contract_error
+from runtime.contract.errors import ContractError, json_type, prefixed, raise_contract_error
 from runtime.contract.jobs import JOB_ID_RE, MAX_CONTEXT_BYTES, JobRequest, OutputPrefix
 from runtime.contract.webui import Names, Task, WebuiJob, from_webui
 
@@ -106,7 +106,7 @@ class SampleRequest(BaseModel):
         except ContractError as exc:
             if self.api_version == "v1alpha1" or exc.field is None:
                 raise
-            raise _prefixed(exc, "task.content") from None
+            raise prefixed(exc, "task.content") from None
 
 
 def parse_v1alpha2(data: Any, runtimes: Collection[str]) -> SampleRequest:
@@ -275,13 +275,3 @@ def _webui_body(body: dict[str, Any], task: Task, scripts_field: str, checked: C
     if routing.image_link is not None and task == "img2img":
         out["init_images"] = [routing.image_link]
     return out, routing
-
-
-def _prefixed(exc: ContractError, prefix: str) -> ContractError:
-    field = f"{prefix}.{exc.field}"
-    message = exc.message
-    if message.startswith(f"{exc.field}:"):
-        message = prefix + "." + message
-    elif f"'{exc.field}'" in message:
-        message = message.replace(f"'{exc.field}'", f"'{field}'", 1)
-    return ContractError(exc.code, message, field)

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from runtime.contract.errors import ContractError
 from runtime.contract.inputs import WEBUI_SAMPLERS
 from runtime.contract.webui import WebuiJob
 
@@ -92,3 +93,32 @@ def sample_out_document(job_id: str, parameters: Mapping[str, Any], info: Mappin
     seeds = ",".join(str(s) for s in (info or {}).get("all_seeds", []))
     return {"images": [""], "parameters": {**parameters, "id_task": job_id, "image_seed": seeds, "error_msg": ""},
             "info": json.dumps(info or {})}
+
+
+#: Where a job's field came from in a WebUI body: an error found in the job (by ``validate_inputs`` or the API's
+#: model checks) names the field the client wrote. The ControlNet unit is the first enabled one.
+_UNIT = "alwayson_scripts.controlnet.args.0"
+_WEBUI_FIELDS = {
+    "model": "override_settings.sd_model_checkpoint", "inputs.prompt": "prompt", "inputs.loras": "prompt",
+    "inputs.negative_prompt": "negative_prompt", "inputs.width": "width", "inputs.height": "height",
+    "inputs.steps": "steps", "inputs.guidance_scale": "cfg_scale", "inputs.seed": "seed",
+    "inputs.scheduler": "sampler_name", "inputs.schedule": "scheduler", "inputs.num_images": "batch_size",
+    "inputs.clip_skip": "override_settings.CLIP_stop_at_last_layers", "inputs.image": "init_images.0",
+    "inputs.strength": "denoising_strength", "inputs.control_image": f"{_UNIT}.image",
+    "inputs.controlnet": f"{_UNIT}.model", "inputs.controlnet_conditioning_scale": f"{_UNIT}.weight",
+    "inputs.control_guidance_start": f"{_UNIT}.guidance_start", "inputs.control_guidance_end": f"{_UNIT}.guidance_end",
+    "inputs.control_preprocessor": f"{_UNIT}.module", "inputs.canny_low": f"{_UNIT}.threshold_a",
+    "inputs.canny_high": f"{_UNIT}.threshold_b",
+}
+
+
+def webui_error(exc: ContractError) -> ContractError:
+    """``exc``, found in the job a WebUI body became, naming the body's field instead of the job's."""
+    field = exc.field or ""
+    known = max((name for name in _WEBUI_FIELDS if field == name or field.startswith(name + ".")), key=len,
+                default=None)
+    if known is None:
+        return exc
+    webui = _WEBUI_FIELDS[known] + field[len(known):]
+    return ContractError(exc.code, exc.message.replace(field, webui, 1) if field in exc.message else exc.message,
+                         webui)

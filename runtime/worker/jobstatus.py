@@ -51,7 +51,7 @@ class StatusTracker:
             store.create_status(StatusDoc(
                 id=spec.id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model, seed=spec.seed,
                 context=spec.context, request_hash=spec.request_hash, expires_at=spec.expires_at,
-                created_at=now, updated_at=now))
+                sample=spec.sample, created_at=now, updated_at=now))
             doc, etag = store.read_status_tagged(spec.id)
             assert doc is not None
         return cls(store, doc, etag)

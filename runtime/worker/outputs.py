@@ -6,6 +6,11 @@ finish decides the result; the status document is only changed by compare-and-sw
 and the notification is claimed in the status before it is sent and recorded in ``notified_at`` after, so
 neither a redelivery nor a second delivery running at the same time sends another.
 
+A job of the AWS sample's API (``StatusDoc.sample``) ends the way the sample's clients expect: its ``.out``
+document at ``{location}/{id}.out`` (written from the recorded result before the final status, so it is in place
+when the notification points at it, and a second delivery writes the same bytes) and the sample's notification,
+with a ``format`` attribute ``aws-sample`` for subscription filters, instead of spotgen's.
+
 A finished image exists nowhere else, so every call of the stage is retried through an outage
 (``runtime.storage.retry``) for ``SPOTGEN_STORE_RETRY_S`` in all, while the job's lease keeps its message
 invisible. Past that budget the error propagates: the message is left for redelivery and the checkpoint is
@@ -22,6 +27,9 @@ from pydantic import ValidationError
 
 from runtime.config import Settings
 from runtime.contract import JOB_ID_RE, JobErrorInfo, JobSpec, JobState, Notification, Progress, StatusDoc, utcnow
+from runtime.contract.jobs import SampleJob
+from runtime.contract.sample import SampleNotification, sample_notification
+from runtime.contract.webui_answer import sample_out_document
 from runtime.ops.observe import NOOP, Observer
 from runtime.storage.jobstore import JobStore, output_key, result_key
 from runtime.storage.retry import Retry
@@ -29,6 +37,14 @@ from runtime.worker.images import encode_png
 from runtime.worker.jobstatus import JobEnded, StatusTracker
 
 log = logging.getLogger("spotgen.worker")
+
+#: The ``format`` message attribute of a sample job's notification (spotgen's own carry none).
+SAMPLE_FORMAT = "aws-sample"
+
+
+def sample_out_key(sample: SampleJob, job_id: str) -> str:
+    """Where a sample job's ``.out`` document lies in the output bucket: beside its images, under ``location``."""
+    return f"{sample.location}/{job_id}.out"
 
 
 class NotifyingElsewhere(Exception):
@@ -75,19 +91,38 @@ class Outputs:
                                                       f"job {doc.id}: reading the recorded result"))
             log.info("job %s: completion was already recorded as %s", doc.id, recorded.state)
             final = recorded
+        if doc.sample is not None:  # before the final status: a client that sees the job end finds it in place
+            self.write_out(final, doc.sample, retry)
         claim = bool(self.settings.results_topic_arn)  # the notification's claim rides on the final status
         retry(lambda: tracker.write(claim=claim, state=final.state, outputs=final.outputs, error=final.error,
                                     progress=final.progress, phase=None, finished_at=final.finished_at),
               f"job {doc.id}: final status")
-        self.settle(tracker, retry, checkpoint)
+        self.settle(tracker, retry, checkpoint, out_written=doc.sample is not None)
         return tracker.doc
 
-    def settle(self, tracker: StatusTracker, retry: Retry | None = None, checkpoint: bool = True) -> None:
+    def write_out(self, final: StatusDoc, sample: SampleJob, retry: Retry) -> None:
+        """The sample's ``.out`` document of a job that ended as ``final``: WebUI's ``parameters`` with the seeds,
+        or the error. Overwritten rather than created once, since it follows the recorded end: every delivery
+        derives it from the same result, so a second write stores the same bytes."""
+        error = None
+        if final.state is not JobState.succeeded:
+            error = final.error.message if final.error is not None else final.state.value
+        body = sample_out_document(final.id, sample.parameters, sample.info, error)
+        key = sample_out_key(sample, final.id)
+        retry(lambda: self.store.put_json(key, body), f"job {final.id}: storing {key}")
+
+    def settle(self, tracker: StatusTracker, retry: Retry | None = None, checkpoint: bool = True,
+               out_written: bool = False) -> None:
         """For a final job: the one notification, and no checkpoint left behind (``checkpoint``: there may be
-        one; False when no attempt can have saved any, which spares a DELETE)."""
+        one; False when no attempt can have saved any, which spares a DELETE). ``out_written``: this delivery
+        just stored a sample job's ``.out`` for this very end; otherwise it is stored again from the status, since
+        the job may have been ended elsewhere (the cancel API ends a queued job) and the notification points at
+        it."""
         retry = retry or self.stage()
         doc = tracker.doc
         if doc.notified_at is None:
+            if doc.sample is not None and not out_written:
+                self.write_out(doc, doc.sample, retry)
             # Claimed (renewed before each attempt), so that two deliveries finishing at once (a copy of the
             # message, or one that reappeared during an outage) do not both publish. A claim lives as long as a
             # lease: the delivery that finds a live one comes back after its own lease, and finds the
@@ -111,15 +146,28 @@ class Outputs:
             log.warning("job %s: could not delete its checkpoint", doc.id, exc_info=True)
 
     def notify(self, doc: StatusDoc) -> None:
+        """Publish the job's notification: spotgen's, or the sample's for a job of the sample's API (the
+        ``format`` attribute tells them apart without parsing the body)."""
         if not self.settings.results_topic_arn:
             return
-        note = Notification(id=doc.id, state=doc.state, error=doc.error, context=doc.context,
-                            outputs=[f"s3://{self.store.output_bucket}/{key}" for key in doc.outputs])
+        urls = [f"s3://{self.store.output_bucket}/{key}" for key in doc.outputs]
+        attributes = {"state": {"DataType": "String", "StringValue": doc.state.value}}
+        if doc.sample is None:
+            body = Notification(id=doc.id, state=doc.state, error=doc.error, context=doc.context,
+                                outputs=urls).model_dump_json()
+        else:
+            body = self.sample_note(doc, doc.sample, urls).model_dump_json()
+            attributes["format"] = {"DataType": "String", "StringValue": SAMPLE_FORMAT}
         with self.observer.phase("notify", state=doc.state.value):
-            self.sns.publish(TopicArn=self.settings.results_topic_arn, Message=note.model_dump_json(),
-                             MessageAttributes={"state": {"DataType": "String", "StringValue": doc.state.value}})
+            self.sns.publish(TopicArn=self.settings.results_topic_arn, Message=body, MessageAttributes=attributes)
         # Until ``notified_at`` is stored, a crash leaves a redelivery to send it again (at least once, never lost)
         log.info("job %s: notification published", doc.id)
+
+    def sample_note(self, doc: StatusDoc, sample: SampleJob, urls: list[str]) -> SampleNotification:
+        """The sample's notification of a final job: its images, and its ``.out`` document as ``output_url``."""
+        output_url = f"s3://{self.store.output_bucket}/{sample_out_key(sample, doc.id)}"
+        return sample_notification(runtime=sample.runtime, job_id=doc.id, succeeded=doc.state is JobState.succeeded,
+                                   image_urls=urls, output_url=output_url, context=sample.context)
 
     def fail_foreign(self, job_id: str | None, code: str, message: str) -> None:
         """A message the worker could not even parse: fail its job if it names one that is still open."""

@@ -49,8 +49,8 @@ def _builder(subject: str, issuer: str, key: ec.EllipticCurvePrivateKey) -> x509
             .not_valid_after(now + datetime.timedelta(days=1)))
 
 
-def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA (its PEM is the fetch's only trust anchor) and a server certificate for ``CERT_HOSTS``."""
+def make_certificates(folder: Path, hosts: tuple[str, ...] = CERT_HOSTS) -> tuple[Path, Path, Path]:
+    """A CA (its PEM is the fetch's only trust anchor) and a server certificate for ``hosts``."""
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca = (_builder("spotgen test CA", "spotgen test CA", ca_key)
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -59,8 +59,8 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
           .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
           .sign(ca_key, hashes.SHA256()))
-    leaf = (_builder(CERT_HOSTS[0], "spotgen test CA", key)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in CERT_HOSTS]), critical=False)
+    leaf = (_builder(hosts[0], "spotgen test CA", key)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)

@@ -1,0 +1,83 @@
+"""``POST /v1alpha2`` and ``POST /v1alpha1``: the AWS sample's task API, served by spotgen's.
+
+A client of the sample (``aws-samples/stable-diffusion-on-eks`` and its successor guidance) posts its task
+unchanged and gets the sample's 200 answer; the job then runs as any spotgen job, interruption-proof, and ends
+with the sample's notification and ``.out`` document (``runtime.contract.jobs.SampleJob``) under the sample's
+key layout, ``PREFIX/ID/``. The envelopes' rules are ``runtime.contract.sample``'s; the body's, ``webui``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lambdas import compat, telemetry
+from lambdas.common import Deployment, deployment, error, raw_body, response
+from lambdas.submit import Rejected
+from runtime.contract import (
+    ContractError,
+    SampleJob,
+    SampleRequest,
+    parse_v1alpha1,
+    parse_v1alpha2,
+    v1alpha1_answer,
+    v1alpha2_answer,
+)
+
+
+def v1alpha2(dep: Deployment, body: bytes) -> dict[str, Any]:
+    try:
+        request = parse_v1alpha2(compat.json_body(body), dep.settings.runtimes)
+        runtime = dep.settings.runtimes[str(request.runtime)]
+        job = request.webui_job(compat.names(dep.settings, default_model=runtime.model))
+        _queue(dep, request, job, str(request.runtime), runtime.pool, "task.content")
+    except ContractError as exc:
+        return error(400, exc.code, exc.message, exc.field)
+    except Rejected as rejected:
+        return rejected.response
+    return response(200, v1alpha2_answer(request, dep.settings.output_bucket))
+
+
+def v1alpha1(dep: Deployment, body: bytes) -> dict[str, Any]:
+    """The older flat format: no runtime is named, the checkpoint routes it (as the sample's runtimes were
+    chosen by model); the notification names the runtime that runs the model, else the model itself."""
+    try:
+        request = parse_v1alpha1(compat.json_body(body))
+        job = request.webui_job(compat.names(dep.settings))
+        runtime = next((name for name, rt in dep.settings.runtimes.items() if rt.model == job.model), None)
+        pool = dep.settings.runtimes[runtime].pool if runtime else None
+        _queue(dep, request, job, runtime or job.model, pool, None)
+    except ContractError as exc:
+        return error(400, exc.code, exc.message, exc.field)
+    except Rejected as rejected:
+        return rejected.response
+    return response(200, v1alpha1_answer(request, dep.settings.output_bucket))
+
+
+def _queue(dep: Deployment, request: SampleRequest, job: Any, runtime: str, pool: str | None,
+           field_prefix: str | None) -> None:
+    location = f"{request.output_prefix}/{request.id}"
+
+    def announce(parameters: dict[str, Any], info: dict[str, Any]) -> SampleJob:
+        return SampleJob(api_version=request.api_version, runtime=runtime, context=request.context,
+                         location=location, parameters=parameters, info=info)
+
+    compat.submit_webui(dep, job, request.body, job_id=request.id, output_prefix=request.output_prefix,
+                        announce=announce, pool=pool, field_prefix=field_prefix,
+                        identity={"api": request.api_version, "runtime": runtime, "context": request.context})
+
+
+def _handler(route: Any) -> Any:
+    def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+        """API Gateway HTTP API (payload 2.0) entry point."""
+        try:
+            body = raw_body(event)
+        except ValueError:
+            return error(400, "invalid_body", "the request body is not valid base64", "body")
+        with telemetry.span(f"spotgen.{route.__name__}", "SERVER", event.get("headers")):
+            return route(deployment(), body)
+
+    return handler
+
+
+v1alpha2_handler = _handler(v1alpha2)
+v1alpha1_handler = _handler(v1alpha1)

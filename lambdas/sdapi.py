@@ -1,0 +1,202 @@
+"""``/sdapi/v1/*``: SD WebUI's HTTP API (AUTOMATIC1111), for the scripts, bots and plugins written against it.
+
+``txt2img`` and ``img2img`` are synchronous in WebUI, so here they submit a spotgen job and wait for it, up to
+``SPOTGEN_SYNC_WAIT_S`` (below API Gateway's 30 s by default). A wait that runs out is a 504 whose body and
+``Location`` name the job's ``/v1/jobs/{id}``: the job is not lost, only the answer moves. The listings come from
+the settings (the ids the API accepts and their aliases), and ``progress``/``interrupt`` act on the caller's
+latest job, found through a small pointer document (``callers/{caller}.json``): the caller is the API key the
+authorizer let through, else the client's address. WebUI's options are global and mutable, a default model
+shared by all; spotgen has none, so ``options`` answers what it can and refuses a change with a pointer to
+``override_settings``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from typing import Any
+
+from lambdas import compat, telemetry
+from lambdas.cancel import cancel
+from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
+from lambdas.submit import Rejected
+from runtime.contract import SCHEDULES, WEBUI_SAMPLERS, ContractError, JobState, StatusDoc, from_webui, utcnow
+
+#: Seconds between two reads of the status while a sync request waits (S3 GETs: cheap, and a job takes seconds).
+POLL_S = (0.1, 0.2, 0.5, 1.0)
+_SCHEDULE_LABELS = {"default": ("automatic", "Automatic"), "karras": ("karras", "Karras"),
+                    "exponential": ("exponential", "Exponential"), "sgm_uniform": ("sgm_uniform", "SGM Uniform")}
+
+
+def caller(event: dict[str, Any]) -> str:
+    """Whose latest job ``progress`` and ``interrupt`` mean: the authorizer's caller, else the source address."""
+    context = event.get("requestContext") or {}
+    granted = ((context.get("authorizer") or {}).get("lambda") or {}).get("caller")
+    if isinstance(granted, str) and granted.isalnum():
+        return f"key-{granted[:32]}"
+    address = str((context.get("http") or {}).get("sourceIp", ""))
+    return "ip-" + hashlib.sha256(address.encode()).hexdigest()[:32]
+
+
+def _pointer_key(who: str) -> str:
+    return f"callers/{who}.json"
+
+
+def generate(dep: Deployment, event: dict[str, Any], task: str) -> dict[str, Any]:
+    settings = dep.settings
+    runtime = settings.runtimes.get(settings.webui_runtime)
+    try:
+        body = compat.json_body(raw_body(event))
+        job = from_webui(body, task, compat.names(settings, runtime.model if runtime else None))  # type: ignore[arg-type]
+        submitted = compat.submit_webui(dep, job, body, pool=runtime.pool if runtime else None)
+    except ContractError as exc:
+        return error(400, exc.code, exc.message, exc.field)
+    except Rejected as rejected:
+        return rejected.response
+    job_id = submitted.queued.job_id
+    dep.store.put_json(_pointer_key(caller(event)), {"job_id": job_id, "submitted_at": utcnow().isoformat()})
+    doc = wait(dep, job_id, settings.sync_wait_s)
+    if doc is None or not doc.state.final:
+        url = status_url(settings, job_id)
+        return response(504, {"error": {"code": "still_running", "field": None, "message": (
+            f"job {job_id} did not finish within {settings.sync_wait_s:g} s (SPOTGEN_SYNC_WAIT_S); it keeps running: "
+            f"GET {url} for its status and images")}, "id": job_id, "status_url": url}, {"Location": url})
+    if doc.state is not JobState.succeeded:
+        info = doc.error.model_dump() if doc.error else {"code": doc.state.value, "message": f"the job {doc.state}"}
+        status = 409 if doc.state in (JobState.cancelled, JobState.expired) else 500
+        return error(status, str(info["code"]), f"job {job_id} {doc.state}: {info['message']}", info.get("field"))
+    images = [base64.b64encode(dep.store.s3.get_object(Bucket=dep.store.output_bucket, Key=key)["Body"].read())
+              .decode("ascii") for key in doc.outputs]
+    return response(200, {"images": images, "parameters": submitted.parameters,
+                          "info": json.dumps(submitted.info)})
+
+
+def wait(dep: Deployment, job_id: str, seconds: float) -> StatusDoc | None:
+    """The job's status once final, or as it was when ``seconds`` ran out."""
+    deadline = time.monotonic() + seconds
+    tick = 0
+    while True:
+        doc = dep.store.read_status(job_id)
+        left = deadline - time.monotonic()
+        if (doc is not None and doc.state.final) or left <= 0:
+            return doc
+        time.sleep(min(POLL_S[min(tick, len(POLL_S) - 1)], left))
+        tick += 1
+
+
+def _latest(dep: Deployment, event: dict[str, Any]) -> StatusDoc | None:
+    pointer = dep.store.get_json(dep.store.output_bucket, _pointer_key(caller(event)))
+    job_id = pointer.get("job_id") if isinstance(pointer, dict) else None
+    return dep.store.read_status(job_id) if isinstance(job_id, str) else None
+
+
+def progress(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
+    """WebUI's ``ProgressResponse`` for the caller's job: fraction done, seconds left (from the pace so far)."""
+    doc = _latest(dep, event)
+    running = doc is not None and not doc.state.final
+    step, total = (doc.progress.step, doc.progress.total) if running and doc else (0, 0)
+    done = step / total if total else 0.0
+    eta = 0.0
+    if running and doc and doc.started_at and done > 0:
+        elapsed = (utcnow() - doc.started_at).total_seconds()
+        eta = max(0.0, elapsed * (1 - done) / done)
+    state = {"skipped": False, "interrupted": bool(running and doc and doc.cancel_requested_at), "stopping_generation":
+             False, "job": doc.id if running and doc else "", "job_count": 1 if running else 0,
+             "job_timestamp": doc.created_at.strftime("%Y%m%d%H%M%S") if running and doc else "0", "job_no": 0,
+             "sampling_step": step, "sampling_steps": total}
+    return response(200, {"progress": round(done, 4), "eta_relative": round(eta, 3), "state": state,
+                          "current_image": None, "textinfo": None})
+
+
+def interrupt(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
+    """Cancel the caller's running job (as ``POST /v1/jobs/{id}/cancel``); like WebUI, 200 when there is none."""
+    doc = _latest(dep, event)
+    if doc is not None and not doc.state.final:
+        answer = cancel(dep, doc.id)
+        if answer["statusCode"] >= 500:
+            return answer
+    return response(200, {})
+
+
+def sd_models(dep: Deployment) -> list[dict[str, Any]]:
+    titles = compat.titles(dep.settings)
+    return [{"title": titles[m], "model_name": m, "hash": None, "sha256": None, "filename": titles[m],
+             "config": None} for m in dep.settings.models]
+
+
+def loras(dep: Deployment) -> list[dict[str, Any]]:
+    titles = compat.titles(dep.settings)
+    return [{"name": titles[lora], "alias": lora, "path": titles[lora], "metadata": {}} for lora in dep.settings.loras]
+
+
+def samplers() -> list[dict[str, Any]]:
+    return [{"name": webui, "aliases": [name], "options": {}} for name, webui in WEBUI_SAMPLERS.items()]
+
+
+def schedulers() -> list[dict[str, Any]]:
+    return [{"name": _SCHEDULE_LABELS[s][0], "label": _SCHEDULE_LABELS[s][1], "aliases": None, "default_rho": -1,
+             "need_inner_model": False} for s in SCHEDULES]
+
+
+def options(dep: Deployment) -> dict[str, Any]:
+    """What can be answered without a global default model: the ``/sdapi/v1`` runtime's model, fixed."""
+    runtime = dep.settings.runtimes.get(dep.settings.webui_runtime)
+    model = compat.titles(dep.settings).get(runtime.model) if runtime else None
+    return {"sd_model_checkpoint": model, "sd_checkpoint_hash": None, "sd_vae": "Automatic",
+            "CLIP_stop_at_last_layers": 1, "samples_format": "png"}
+
+
+def set_options(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
+    """Accepts what changes nothing (clients set the model they already have); refuses any change, naming it."""
+    try:
+        body = compat.json_body(raw_body(event))
+    except ContractError as exc:
+        return error(400, exc.code, exc.message, exc.field)
+    if not isinstance(body, dict):
+        return error(400, "invalid_body", "the request body must be a JSON object of options", "body")
+    current = options(dep)
+    runtime = dep.settings.runtimes.get(dep.settings.webui_runtime)
+    for key, value in body.items():
+        if key == "sd_model_checkpoint" and runtime and isinstance(value, str) \
+                and compat.names(dep.settings).models.get(value.split(" [")[0]) == runtime.model:
+            continue
+        if key in current and current[key] == value:
+            continue
+        return error(400, "unsupported_option", (
+            f"options.{key}: spotgen has no global options to change (its workers serve every client at once); "
+            f"pass it per request in override_settings instead, e.g. override_settings.sd_model_checkpoint"),
+            f"options.{key}")
+    return response(200, None)
+
+
+#: The routes, by method.
+ROUTES = {"GET": ("sd-models", "loras", "samplers", "schedulers", "options", "progress"),
+          "POST": ("txt2img", "img2img", "interrupt", "options")}
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """Every ``/sdapi/v1`` route (``pathParameters.name``: the part after ``/sdapi/v1/``, from the router)."""
+    name = (event.get("pathParameters") or {}).get("name", "")
+    method = event.get("requestContext", {}).get("http", {}).get("method", "GET").upper()
+    dep = deployment()
+    with telemetry.span(f"spotgen.sdapi.{name}", "SERVER", event.get("headers")):
+        if (method, name) in (("POST", "txt2img"), ("POST", "img2img")):
+            return generate(dep, event, name)
+        listings = {"sd-models": lambda: sd_models(dep), "loras": lambda: loras(dep), "samplers": samplers,
+                    "schedulers": schedulers, "options": lambda: options(dep)}
+        if method == "GET" and name in listings:
+            return response(200, listings[name]())
+        if method == "GET" and name == "progress":
+            return progress(dep, event)
+        if method == "POST" and name == "interrupt":
+            return interrupt(dep, event)
+        if method == "POST" and name == "options":
+            return set_options(dep, event)
+    allowed = [m for m, names in ROUTES.items() if name in names]
+    if allowed:
+        return error(405, "method_not_allowed", f"{method} is not allowed on /sdapi/v1/{name}; use "
+                     f"{', '.join(allowed)}", Allow=", ".join(allowed))
+    return error(404, "not_found", f"/sdapi/v1/{name} is not served: spotgen serves txt2img, img2img, sd-models, "
+                 "loras, samplers, schedulers, options, progress and interrupt")
