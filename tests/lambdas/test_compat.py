@@ -8,27 +8,33 @@ answers, and that every refusal names the field and leaves nothing behind.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import http.server
 import io
 import json
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
 
-from lambdas import sdapi
+from lambdas import sample, sdapi, submit
 from lambdas.common import Deployment
+from lambdas.fetch import LoopbackForTests, fetch_image
 from runtime.config import Settings
-from runtime.contract import SampleNotification
+from runtime.contract import MAX_IMAGE_BYTES, SampleNotification
 from runtime.local.devstack import EMULATOR_CREDENTIALS
 from runtime.storage import aws
 from runtime.storage.jobstore import JobStore
 from tests.conftest import Stack, start_stack, stop_stack
-from tests.contract.test_sample import V1ALPHA1_T2I_EKS, V1ALPHA2_T2I
+from tests.contract.test_sample import CAT_URL, V1ALPHA1_T2I_EKS, V1ALPHA2_I2I_EKS, V1ALPHA2_I2I_GUIDANCE, V1ALPHA2_T2I
+from tests.lambdas.test_fetch import make_certificates
 from tests.rest import call, wait_for
 from tests.worker.test_e2e import drain
 
@@ -306,3 +312,99 @@ def test_a_wait_that_runs_out_is_a_504_naming_the_job_which_still_finishes(stack
     assert answer["statusCode"] == 504 and body["error"]["code"] == "still_running"
     assert answer["headers"]["Location"] == body["status_url"] == f"{stack.api_url}/v1/jobs/{body['id']}"
     assert wait_for(stack.api_url, body["id"])["state"] == "succeeded"
+
+
+# -- image URLs, fetched by the submit Lambda where the allow-list says so ------------------------------------
+
+
+class _HuggingFace(http.server.BaseHTTPRequestHandler):
+    """Stands in for huggingface.co on loopback: the sample's cat, and an image over the size limit."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        path = urlsplit(self.path).path
+        body = {urlsplit(CAT_URL).path: base64.b64decode(_png_b64((96, 64), (120, 90, 60))),
+                "/huge.png": b"\x89PNG\r\n\x1a\n" + b"x" * MAX_IMAGE_BYTES}.get(path)
+        self.send_response(200 if body else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture(scope="module")
+def huggingface(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    ca_file, cert_file, key_file = make_certificates(tmp_path_factory.mktemp("hf-tls"), hosts=("huggingface.co",))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HuggingFace)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield server.server_address[1], ca_file
+    server.shutdown()
+    server.server_close()
+
+
+def fetching(dep: Deployment, port: int, ca_file: Path, address: str = "127.0.0.1") -> Deployment:
+    """``dep`` with the production fetcher under its settings, except that DNS answers ``address`` and the
+    test's loopback server (on its own port, with its own CA) stands in for the host: the test-only switch."""
+    def fetch(url: str, field: str, timeout_s: float) -> bytes:
+        parts = urlsplit(url)
+        moved = parts._replace(netloc=f"{parts.hostname}:{port}").geturl()
+        return fetch_image(moved, dep.settings, field, timeout_s=timeout_s, resolve=lambda host, _port: [address],
+                           loopback_for_tests=LoopbackForTests(str(ca_file)))
+
+    return dataclasses.replace(dep, fetcher=fetch)
+
+
+def test_the_samples_i2i_file_works_when_its_host_is_allowed(stack: Stack, notes: dict[str, Any],
+                                                             huggingface: tuple[int, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    dep = fetching(in_process(stack, monkeypatch, fetch_allowed_hosts=["huggingface.co"]), *huggingface)
+    answer = sample.v1alpha2(dep, V1ALPHA2_I2I_GUIDANCE.encode())  # unchanged: init_images is the cat's URL
+    assert answer["statusCode"] == 200, answer["body"]
+    stored = stack.s3.list_objects_v2(Bucket=stack.env["SPOTGEN_INPUT_BUCKET"], Prefix="inputs/test-i2i/")
+    assert [o["Key"] for o in stored["Contents"]] == ["inputs/test-i2i/image.png"]  # kept like an inline image
+    note = note_of(stack, notes, "test-i2i")
+    assert (note["result"], note["status"]) == (True, "completed") and len(note["image_url"]) == 1
+    # The older file of the EKS sample names the image in alwayson_scripts.image_link.
+    eks = json.loads(V1ALPHA2_I2I_EKS)
+    eks["task"]["metadata"]["id"] = "test-i2i-eks"
+    eks["task"]["content"].update(width=64, height=64, steps=4)
+    assert sample.v1alpha2(dep, json.dumps(eks).encode())["statusCode"] == 200
+    assert note_of(stack, notes, "test-i2i-eks")["result"] is True
+
+
+@pytest.mark.parametrize(("url", "address", "hosts", "code"), [
+    (CAT_URL, "127.0.0.1", ["images.example.com"], "url_not_allowed"),  # allowed hosts, but not this one
+    (CAT_URL, "10.1.2.3", ["huggingface.co"], "url_not_allowed"),  # DNS says a private address
+    (CAT_URL, "169.254.169.254", ["huggingface.co"], "url_not_allowed"),  # the metadata service
+    ("https://huggingface.co/huge.png", "127.0.0.1", ["huggingface.co"], "image_too_large"),
+    ("https://huggingface.co/missing.png", "127.0.0.1", ["huggingface.co"], "fetch_failed"),
+], ids=["host not allowed", "private address", "metadata address", "oversized", "not found"])
+def test_an_image_url_against_the_rules_is_refused_and_nothing_is_kept(
+        stack: Stack, huggingface: tuple[int, Path], monkeypatch: pytest.MonkeyPatch, url: str, address: str,
+        hosts: list[str], code: str) -> None:
+    dep = fetching(in_process(stack, monkeypatch, fetch_allowed_hosts=hosts), *huggingface, address=address)
+    body = small(V1ALPHA2_I2I_GUIDANCE, init_images=[url])
+    answer = sample.v1alpha2(dep, json.dumps(body).encode())
+    error = json.loads(answer["body"])["error"]
+    assert answer["statusCode"] == 400 and error["code"] == code, error
+    assert error["field"] == "task.content.init_images.0", error
+    nothing_kept(stack, body["task"]["metadata"]["id"])
+
+
+def test_the_native_api_fetches_an_allowed_image_url_too(stack: Stack, huggingface: tuple[int, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    dep = fetching(in_process(stack, monkeypatch, fetch_allowed_hosts=["huggingface.co"]), *huggingface)
+    request = {"pipeline": "img2img", "model": "tiny-sd", "inputs": {"prompt": "a cat", "image": CAT_URL,
+                                                                     "width": 64, "height": 64, "steps": 3}}
+    answer = submit.submit(dep, json.dumps(request).encode())
+    assert answer["statusCode"] == 202, answer["body"]
+    job_id = json.loads(answer["body"])["id"]
+    assert wait_for(stack.api_url, job_id)["state"] == "succeeded"
+    refused = submit.submit(dataclasses.replace(dep, settings=dep.settings.model_copy(
+        update={"fetch_allowed_hosts": []})), json.dumps(request).encode())
+    assert refused["statusCode"] == 400 and json.loads(refused["body"])["error"]["field"] == "inputs.image"
