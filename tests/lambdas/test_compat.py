@@ -408,3 +408,25 @@ def test_the_native_api_fetches_an_allowed_image_url_too(stack: Stack, huggingfa
     refused = submit.submit(dataclasses.replace(dep, settings=dep.settings.model_copy(
         update={"fetch_allowed_hosts": []})), json.dumps(request).encode())
     assert refused["statusCode"] == 400 and json.loads(refused["body"])["error"]["field"] == "inputs.image"
+
+
+def test_a_runtimes_pool_routes_its_jobs_by_an_sns_filter_policy(stack: Stack, monkeypatch: pytest.MonkeyPatch,
+                                                                  notes: dict[str, Any]) -> None:
+    """A queue subscribed with a filter on ``pool`` (as a deployment's pool queue would be) gets the runtime's
+    jobs and no others."""
+    url = stack.sqs.create_queue(QueueName=f"pool-xl-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    arn = stack.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    stack.sns.subscribe(TopicArn=stack.env["SPOTGEN_JOBS_TOPIC_ARN"], Protocol="sqs", Endpoint=arn,
+                        Attributes={"RawMessageDelivery": "true", "FilterPolicy": json.dumps({"pool": ["xl"]})})
+    runtimes = {"sdruntime": {"model": "tiny-sd"}, "sdruntime-xl": {"model": "tiny-sdxl", "pool": "xl"}}
+    dep = in_process(stack, monkeypatch)
+    settings = Settings.model_validate({**dep.settings.model_dump(), "runtimes": runtimes})
+    dep = dataclasses.replace(dep, settings=settings)
+    bodies = [small(V1ALPHA2_T2I), small(V1ALPHA2_T2I)]
+    bodies[1]["task"]["metadata"]["runtime"] = "sdruntime-xl"
+    for body in bodies:
+        assert sample.v1alpha2(dep, json.dumps(body).encode())["statusCode"] == 200
+    got = drain(stack, url, {}, "attr", bodies[1]["task"]["metadata"]["id"])
+    assert got[0]["MessageAttributes"]["pool"]["StringValue"] == "xl"
+    assert got[0]["MessageAttributes"]["model"]["StringValue"] == "tiny-sdxl"  # the runtime's own model
+    assert not stack.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages")  # the other job: not here
