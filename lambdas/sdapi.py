@@ -15,14 +15,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import time
 from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from lambdas import compat, telemetry
 from lambdas.cancel import cancel
 from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
 from lambdas.submit import Rejected
 from runtime.contract import SCHEDULES, WEBUI_SAMPLERS, ContractError, JobState, StatusDoc, from_webui, utcnow
+
+log = logging.getLogger("spotgen.api")
 
 #: Seconds between two reads of the status while a sync request waits (S3 GETs: cheap, and a job takes seconds).
 POLL_S = (0.1, 0.2, 0.5, 1.0)
@@ -56,10 +61,14 @@ def generate(dep: Deployment, event: dict[str, Any], task: str) -> dict[str, Any
     except Rejected as rejected:
         return rejected.response
     job_id = submitted.queued.job_id
-    dep.store.put_json(_pointer_key(caller(event)), {"job_id": job_id, "submitted_at": utcnow().isoformat()})
+    url = status_url(settings, job_id)
+    try:  # the job is queued: from here an AWS error costs the answer (it names the job), never the job
+        dep.store.put_json(_pointer_key(caller(event)), {"job_id": job_id, "submitted_at": utcnow().isoformat()})
+    except (BotoCoreError, ClientError):
+        log.warning("job %s: could not record it as the caller's latest (progress and interrupt will not see it)",
+                    job_id, exc_info=True)
     doc = wait(dep, job_id, settings.sync_wait_s)
     if doc is None or not doc.state.final:
-        url = status_url(settings, job_id)
         return response(504, {"error": {"code": "still_running", "field": None, "message": (
             f"job {job_id} did not finish within {settings.sync_wait_s:g} s (SPOTGEN_SYNC_WAIT_S); it keeps running: "
             f"GET {url} for its status and images")}, "id": job_id, "status_url": url}, {"Location": url})
@@ -67,18 +76,27 @@ def generate(dep: Deployment, event: dict[str, Any], task: str) -> dict[str, Any
         info = doc.error.model_dump() if doc.error else {"code": doc.state.value, "message": f"the job {doc.state}"}
         status = 409 if doc.state in (JobState.cancelled, JobState.expired) else 500
         return error(status, str(info["code"]), f"job {job_id} {doc.state}: {info['message']}", info.get("field"))
-    images = [base64.b64encode(dep.store.s3.get_object(Bucket=dep.store.output_bucket, Key=key)["Body"].read())
-              .decode("ascii") for key in doc.outputs]
+    try:
+        images = [base64.b64encode(dep.store.s3.get_object(Bucket=dep.store.output_bucket, Key=key)["Body"].read())
+                  .decode("ascii") for key in doc.outputs]
+    except (BotoCoreError, ClientError) as exc:
+        return response(503, {"error": {"code": "images_unavailable", "field": None, "message": (
+            f"job {job_id} succeeded, but its images could not be read ({exc}); GET {url} for them")},
+            "id": job_id, "status_url": url}, {"Location": url})
     return response(200, {"images": images, "parameters": submitted.parameters,
                           "info": json.dumps(submitted.info)})
 
 
 def wait(dep: Deployment, job_id: str, seconds: float) -> StatusDoc | None:
-    """The job's status once final, or as it was when ``seconds`` ran out."""
+    """The job's status once final, or as last read when ``seconds`` ran out; a read that fails (S3 throttles,
+    blinks) is only a poll missed."""
     deadline = time.monotonic() + seconds
-    tick = 0
+    tick, doc = 0, None
     while True:
-        doc = dep.store.read_status(job_id)
+        try:
+            doc = dep.store.read_status(job_id)
+        except (BotoCoreError, ClientError):
+            log.warning("job %s: reading its status failed; polling on", job_id, exc_info=True)
         left = deadline - time.monotonic()
         if (doc is not None and doc.state.final) or left <= 0:
             return doc

@@ -34,6 +34,7 @@ from runtime.storage import aws
 from runtime.storage.jobstore import JobStore
 from tests.conftest import Stack, start_stack, stop_stack
 from tests.contract.test_sample import CAT_URL, V1ALPHA1_T2I_EKS, V1ALPHA2_I2I_EKS, V1ALPHA2_I2I_GUIDANCE, V1ALPHA2_T2I
+from tests.harness.faultproxy import FaultProxy
 from tests.lambdas.test_fetch import make_certificates
 from tests.rest import call, wait_for
 from tests.worker.test_e2e import drain
@@ -430,3 +431,28 @@ def test_a_runtimes_pool_routes_its_jobs_by_an_sns_filter_policy(stack: Stack, m
     assert got[0]["MessageAttributes"]["pool"]["StringValue"] == "xl"
     assert got[0]["MessageAttributes"]["model"]["StringValue"] == "tiny-sdxl"  # the runtime's own model
     assert not stack.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages")  # the other job: not here
+
+
+def test_the_sync_wait_rides_out_an_s3_outage_and_says_when_the_images_cannot_be_read(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Lambda's S3 calls go through a fault proxy: an outage while it polls is a missed poll, and images it
+    cannot read after the job succeeded are a 503 naming the job, not a crash that loses the answer."""
+    upstream = urlsplit(stack.state["aws_endpoint_url"])
+    with FaultProxy((str(upstream.hostname), int(upstream.port or 80))) as proxy:
+        dep = in_process(stack, monkeypatch)
+        through = dep.settings.model_copy(update={"aws_endpoint_url": proxy.url})
+        dep = dataclasses.replace(dep, store=JobStore(aws.client("s3", through), dep.settings))
+        event = {"body": json.dumps({"prompt": "blink", "width": 64, "height": 64, "steps": 4, "seed": 5}),
+                 "requestContext": {"http": {"method": "POST", "sourceIp": "127.0.0.10"}}}
+        proxy.on(lambda r: r.service == "s3" and r.method == "GET" and r.path.endswith("/status.json"), 2.0)
+        answer = sdapi.generate(dep, event, "txt2img")
+        assert answer["statusCode"] == 200, answer["body"]
+        assert [what for _, what in proxy.log].count("down") == 1 and len(json.loads(answer["body"])["images"]) == 1
+
+        proxy.on(lambda r: r.service == "s3" and r.method == "GET" and r.path.endswith(".png"), 120.0)
+        answer = sdapi.generate(dep, event, "txt2img")
+        proxy.up()
+        body = json.loads(answer["body"])
+        assert answer["statusCode"] == 503 and body["error"]["code"] == "images_unavailable", body
+        assert answer["headers"]["Location"] == body["status_url"]
+        assert wait_for(stack.api_url, body["id"])["state"] == "succeeded"
