@@ -1,4 +1,4 @@
-"""``spotgen``: the worker, the embedded local stack and model tools."""
+"""``spotgen``: the worker, the embedded local stack, model tools and API keys."""
 
 from __future__ import annotations
 
@@ -250,7 +250,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (ignored there)
     log_dir = Path(args.log_dir) if args.log_dir else (Path(".spotgen/logs") if args.demo else None)
     stack = DevStack(settings, port=args.port, aws_port=args.aws_port, workers=args.workers, log_dir=log_dir,
-                     visibility_timeout_s=args.visibility_timeout)
+                     visibility_timeout_s=args.visibility_timeout, api_key=args.api_key)
     ok = True
     try:
         stack.start()
@@ -261,7 +261,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
               f"  workers     {args.workers} (device {settings.device}, models {settings.models_dir})"
               + "".join(f"\n  metrics     {url}/metrics  (probes {url}/livez, {url}/readyz)"
                         for url in stack.metrics_urls.values())
-              + (f"\n  worker logs {log_dir}" if log_dir else ""), flush=True)
+              + (f"\n  worker logs {log_dir}" if log_dir else "")
+              + ("\n  API key     required (x-api-key) on /v1alpha1, /v1alpha2, /sdapi/v1" if args.api_key else ""),
+              flush=True)
         if args.demo:
             stack.wait_ready()
             ok = demo(stack.api_url, Path(args.out), traces=receiver)
@@ -303,6 +305,12 @@ def _dev_tracing(demo: bool) -> SpanReceiver | None:
     return receiver
 
 
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spotgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -324,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--out", default="out", help="where --demo saves its PNGs")
     dev.add_argument("--log-dir", help="write worker logs here instead of the terminal")
     dev.add_argument("--state-file", help="write the stack's URLs and settings here as JSON once ready")
+    dev.add_argument("--api-key", metavar="KEY", type=_nonempty, help="require this x-api-key on the compatibility "
+                     "routes, as the deployed authorizer does (default: they are open on loopback)")
     dev.set_defaults(func=cmd_dev)
 
     models = sub.add_parser("models", help="model tools")
@@ -352,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     aliases.add_argument("--models", help=models_dir_help)
     aliases.add_argument("--compact", action="store_true", help="on one line")
     aliases.set_defaults(func=cmd_models_aliases)
+    from runtime.local import apikey
+
+    apikey.register(sub)
     return parser
 
 

@@ -128,6 +128,10 @@ class Settings(BaseModel):
     #: Seconds ``POST /sdapi/v1/txt2img`` and ``/img2img`` wait for their job before answering 504 with its URL;
     #: below API Gateway's 30 s integration timeout (``spotgen dev`` waits longer).
     sync_wait_s: float = Field(25.0, gt=0, le=900)
+    #: Name of the SSM SecureString parameter holding the hashed API keys of the compatibility routes (one
+    #: ``sha256:<hex>`` per line, from ``spotgen apikey hash``), read by ``lambdas/authorizer.py``; those clients
+    #: send ``x-api-key``, not SigV4. Empty: the authorizer refuses every request (the native routes use IAM).
+    api_keys_parameter: str = ""
     #: Extra pipeline classes the worker registers, as 'module:Class' (besides entry points).
     plugins: list[str] = Field(default_factory=list)
     models_dir: Path = Path("models")

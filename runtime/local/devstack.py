@@ -3,7 +3,8 @@
 Everything listens on 127.0.0.1. The emulator (moto's server) serves S3, SNS and SQS over HTTP; the
 resources are created by ``runtime.local.provision`` exactly as production has them; the API is the Lambda code
 behind ``runtime.local.gateway``; workers are ``spotgen worker`` subprocesses configured only by environment, as
-in a container.
+in a container. With an API key, the compatibility routes are behind the production authorizer as on AWS (its
+hashed key in the emulator's SSM); without one they are open, like the rest of this loopback-only stack.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _die_with_parent() -> None:
 class DevStack:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8080, aws_port: int = 4566,
                  workers: int = 1, log_dir: Path | None = None, visibility_timeout_s: int = VISIBILITY_TIMEOUT_S,
-                 pools: dict[str, list[str]] | None = None) -> None:
+                 pools: dict[str, list[str]] | None = None, api_key: str | None = None) -> None:
         self.base, self.host, self.port, self.aws_port = settings, host, port, aws_port
         self.workers, self.log_dir = workers, log_dir
         self.visibility_timeout_s = visibility_timeout_s
@@ -48,6 +49,10 @@ class DevStack:
         #: filter policy on the ``model`` attribute); the default queue gets every other model.
         self.pools = pools or {}
         self.pool_queues: dict[str, dict[str, str]] = {}
+        if api_key is not None and not api_key.strip():
+            raise ValueError("the API key is empty")
+        #: The key the compatibility routes require (``x-api-key``); None: they are open. Kept in memory only.
+        self._api_key = api_key
         self.settings: Settings = settings
         self.resources: Resources | None = None
         self._emulator: Any = None
@@ -88,8 +93,16 @@ class DevStack:
                                             self.base.max_receive_count, self.visibility_timeout_s)
             self.pool_queues[pool] = {"SPOTGEN_QUEUE_NAME": name, "SPOTGEN_QUEUE_URL": url,
                                       "SPOTGEN_DEAD_LETTER_QUEUE_URL": dlq}
-        self._api = make_server(api.handler, self.host, self.port)
         fields = {k: v for k, v in vars(self.resources).items() if k in Settings.model_fields}
+        authorize = None
+        if self._api_key is not None:
+            from lambdas import authorizer
+            from runtime.local.apikey import put_dev_key
+
+            fields["api_keys_parameter"] = put_dev_key(aws.client("ssm", emulator), self._api_key)
+            authorizer.keys.cache_clear()  # a warm authorizer of an earlier stack in this process holds its keys
+            authorize = authorizer.handler
+        self._api = make_server(api.handler, self.host, self.port, authorize=authorize)
         # Workers get metrics ports of their own (``_spawn_worker``); the exported settings say 0, so that a
         # worker started by hand from them does not collide with those.
         self.settings = emulator.model_copy(update={**fields, "metrics_port": 0, "metrics_host": self.host,
@@ -166,7 +179,8 @@ class DevStack:
         return {"api_url": self.api_url, "aws_endpoint_url": self.settings.aws_endpoint_url,
                 "results_queue_url": self.resources.results_queue_url, "pid": os.getpid(),
                 "worker_pids": [p.pid for p in self._procs], "env": self.settings.to_env(),
-                "pools": self.pool_queues, "metrics_urls": self.metrics_urls}
+                "pools": self.pool_queues, "metrics_urls": self.metrics_urls,
+                "api_key_required": self._api_key is not None}  # whether, never which: the key is not written
 
     def write_state(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

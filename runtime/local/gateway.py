@@ -1,11 +1,18 @@
 """A local stand-in for API Gateway: HTTP requests become HTTP API (payload 2.0) events for the handlers.
 
-Only the translation is local; the handlers are the production Lambda code, unchanged.
+Only the translation is local; the handlers are the production Lambda code, unchanged. With ``authorize`` (a
+Lambda REQUEST authorizer, payload 2.0 with simple responses: ``lambdas.authorizer.handler``), the paths it guards
+are authorized first, answering as API Gateway does: 401 without the identity header, 403 when refused, 500 when
+the authorizer fails; an authorized request reaches the handler with the authorizer's context at
+``requestContext.authorizer.lambda``.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -14,6 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+log = logging.getLogger("spotgen.gateway")
 
 #: API Gateway's own payload limit; larger bodies are refused before a handler sees them.
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
@@ -41,7 +50,44 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes, sou
     }
 
 
-def make_server(handler: Handler, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
+def gateway_error(status: int, message: str) -> dict[str, Any]:
+    """API Gateway's own answer (not a handler's): ``{"message": ...}``, as its clients see it."""
+    return {"statusCode": status, "headers": {"content-type": "application/json"},
+            "body": json.dumps({"message": message})}
+
+
+def authorized(event: dict[str, Any], authorize: Handler,
+               identity_header: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(``event`` with the authorizer's context, None) when authorized, else (``event``, API Gateway's refusal)."""
+    key = event["headers"].get(identity_header, "")
+    if not key.strip():  # API Gateway does not call the authorizer without its identity source
+        return event, gateway_error(401, "Unauthorized")
+    http = event["requestContext"]["http"]
+    request = {**event, "type": "REQUEST", "identitySource": [key],
+               "routeArn": f"arn:aws:execute-api:local:000000000000:local/$default/{http['method']}{event['rawPath']}"}
+    try:
+        answer = authorize(request, None)
+    except Exception:  # noqa: BLE001 - as on AWS: a failed authorizer is a 500, and its log says why
+        log.exception("the authorizer failed")
+        return event, gateway_error(500, "Internal Server Error")
+    if not isinstance(answer, dict) or not isinstance(answer.get("isAuthorized"), bool):
+        log.error("the authorizer answered %r, not a simple response", answer)
+        return event, gateway_error(500, "Internal Server Error")
+    if not answer["isAuthorized"]:
+        return event, gateway_error(403, "Forbidden")
+    context = {**event["requestContext"], "authorizer": {"lambda": dict(answer.get("context") or {})}}
+    return {**event, "requestContext": context}, None
+
+
+def make_server(handler: Handler, host: str = "127.0.0.1", port: int = 8080, authorize: Handler | None = None,
+                guarded: re.Pattern[str] | None = None, identity_header: str = "x-api-key") -> ThreadingHTTPServer:
+    """The gateway on ``host:port``. ``authorize`` runs first on the paths ``guarded`` matches (by default the
+    compatibility routes, ``lambdas.authorizer.COMPAT_PATH_RE``); without it every path goes straight on."""
+    if authorize is not None and guarded is None:
+        from lambdas.authorizer import COMPAT_PATH_RE
+
+        guarded = COMPAT_PATH_RE
+
     class RequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -54,7 +100,10 @@ def make_server(handler: Handler, host: str = "127.0.0.1", port: int = 8080) -> 
                 return
             body = self.rfile.read(length) if length else b""
             event = to_event(self.command, self.path, dict(self.headers), body, self.client_address[0])
-            result = handler(event, None)
+            refused: dict[str, Any] | None = None
+            if authorize is not None and guarded is not None and guarded.match(event["rawPath"]):
+                event, refused = authorized(event, authorize, identity_header)
+            result = refused if refused is not None else handler(event, None)
             payload = result.get("body") or ""
             data = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
             self._send(int(result.get("statusCode", 200)), result.get("headers") or {}, data)

@@ -18,12 +18,15 @@ _CONFIG = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeou
 ErrorHook = Callable[[str, str, str], None]
 
 
-def client(service: str, settings: Settings, on_error: ErrorHook | None = None) -> Any:
+def client(service: str, settings: Settings, on_error: ErrorHook | None = None, config: Config | None = None) -> Any:
+    """A client of ``service`` for this deployment. ``config`` overrides parts of the shared configuration, for a
+    caller whose whole answer has a deadline of its own (the API-key authorizer gives SSM a few seconds, not the
+    minutes the defaults allow)."""
     made = boto3.session.Session().client(
         service,
         region_name=settings.region,
         endpoint_url=settings.aws_endpoint_url or None,
-        config=_CONFIG,
+        config=_CONFIG.merge(config) if config is not None else _CONFIG,
     )
     if on_error is not None:
         watch_errors(made, on_error)

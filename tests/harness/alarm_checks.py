@@ -37,7 +37,7 @@ REQUIRED_ALARMS = {
     ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "DeadLetterQueue"),
     ("AWS/SQS", "ApproximateAgeOfOldestMessage", "WorkQueue"),
     *(("AWS/Lambda", metric, function) for metric in ("Errors", "Throttles")
-      for function in ("SubmitFunction", "StatusFunction", "CancelFunction")),
+      for function in ("SubmitFunction", "StatusFunction", "CancelFunction", "CompatFunction", "AuthorizerFunction")),
     ("AWS/ApiGateway", "5xx", "Api"),
     (EMF_NAMESPACE, "spotgen_jobs_total", "state=failed"),
     (EMF_NAMESPACE, "spotgen_jobs_total", "state=succeeded"),

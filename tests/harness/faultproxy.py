@@ -67,6 +67,10 @@ def _error_response(service: str, status: int) -> bytes:
         code = "RequestThrottled" if status < 500 else "InternalFailure"
         body = (f'{{"__type":"com.amazonaws.sqs#{code}","message":"injected by the fault proxy"}}').encode()
         ctype = b"application/x-amz-json-1.0"
+    elif service == "ssm":  # JSON 1.1 (SSM's protocol)
+        code = "ThrottlingException" if status < 500 else "InternalServerError"
+        body = f'{{"__type":"{code}","message":"injected by the fault proxy"}}'.encode()
+        ctype = b"application/x-amz-json-1.1"
     else:
         code = "Throttling" if status < 500 else "InternalFailure"
         body = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>injected by the fault "

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lambdas import api
+from lambdas.authorizer import COMPAT_PATH_RE, HEADER, SSM_CONFIG
 from runtime.config import PREFIX, Settings
 from runtime.local import provision
 from tests.harness.infra_docs import (
@@ -37,7 +38,15 @@ FUNCTION_ACTIONS = {
     "SubmitFunction": {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "sns:Publish"},
     "StatusFunction": {"s3:GetObject", "s3:ListBucket"},
     "CancelFunction": {"s3:GetObject", "s3:PutObject", "s3:ListBucket"},
+    # the compatibility routes: submit's calls, status reads and output images, callers/{caller}.json pointers
+    "CompatFunction": {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "sns:Publish"},
+    "AuthorizerFunction": {"ssm:GetParameter", "kms:Decrypt"},
 }
+#: The compatibility routes' authorizer (the HTTP API's Auth.Authorizers) and the handler that serves them.
+COMPAT_AUTHORIZER = "ApiKeyAuthorizer"
+COMPAT_HANDLER = f"{api.handler.__module__}.{api.handler.__name__}"
+#: The longest API Gateway may keep answering for a key after it was revoked (plus the authorizer's own cache).
+MAX_AUTHORIZER_TTL_S = 300
 
 
 def check_api_settings(tpl: Doc) -> list[str]:
@@ -236,9 +245,23 @@ def check_function_policies(tpl: Doc) -> list[str]:
     return errors
 
 
+def _literal(pattern: re.Pattern[str]) -> str:
+    """The path a route pattern starts with, up to its first regex syntax (``^/v1alpha2/?$`` -> ``/v1alpha2``)."""
+    text = pattern.pattern.removeprefix("^")
+    end = next((i for i, c in enumerate(text) if c in "()[]?*+{}$\\.|"), len(text))
+    return text[: end - 1 if end < len(text) and text[end] in "?*{" else end]
+
+
+def _handler(transformed: Doc, operation: Doc) -> str | None:
+    uri = json.dumps(operation.get("x-amazon-apigateway-integration", {}).get("uri"))
+    function = re.search(r"\$\{(\w+)\.Arn\}", uri)
+    return transformed["Resources"][function.group(1)]["Properties"]["Handler"] if function else None
+
+
 def check_api(transformed: Doc) -> list[str]:
-    """Every route of the HTTP API requires IAM auth, and the routes are those of lambdas/api.py with the same
-    handlers."""
+    """The native routes require IAM auth and are those of lambdas/api.py with the same handlers; the compatibility
+    routes (``COMPAT_PATH_RE``) are authorized by the API-key authorizer alone and served by lambdas/api.py's
+    router, and cover its compatibility routes."""
     errors = []
     apis = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::ApiGatewayV2::Api"]
     routes = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::ApiGatewayV2::Route"]
@@ -247,14 +270,24 @@ def check_api(transformed: Doc) -> list[str]:
     errors += [f"route {r['Properties'].get('RouteKey')} is not IAM-authorized" for r in routes
                if r["Properties"].get("AuthorizationType") != "AWS_IAM"]
     seen: set[int] = set()
-    for path, methods in apis[0]["Properties"]["Body"]["paths"].items():
+    compat: list[tuple[str, str]] = []
+    body = apis[0]["Properties"]["Body"]
+    for path, methods in body["paths"].items():
         for method, operation in methods.items():
             key = f"{method.upper()} {path}"
-            if {"AWS_IAM": []} not in operation.get("security", []):
-                errors.append(f"{key} does not require IAM authorization: anyone could call it")
-            uri = json.dumps(operation.get("x-amazon-apigateway-integration", {}).get("uri"))
-            function = re.search(r"\$\{(\w+)\.Arn\}", uri)
-            handler = transformed["Resources"][function.group(1)]["Properties"]["Handler"] if function else None
+            handler = _handler(transformed, operation)
+            security = operation.get("security", [])
+            if COMPAT_PATH_RE.match(path.replace("{proxy+}", "txt2img")):
+                compat.append((method.upper(), path))
+                if security != [{COMPAT_AUTHORIZER: []}]:
+                    errors.append(f"{key} is a compatibility route: it must be authorized by {COMPAT_AUTHORIZER} "
+                                  f"(x-api-key) alone, not {security}")
+                if handler != COMPAT_HANDLER:
+                    errors.append(f"{key} runs {handler}, but the compatibility routes are lambdas/api.py's "
+                                  f"({COMPAT_HANDLER})")
+                continue
+            if security != [{"AWS_IAM": []}]:
+                errors.append(f"{key} does not require IAM authorization: anyone could call it ({security})")
             sample = path.replace("{id}", "job-1")
             matched = [i for i, (verb, pattern, _) in enumerate(api.ROUTES)
                        if verb == method.upper() and pattern.match(sample)]
@@ -266,6 +299,83 @@ def check_api(transformed: Doc) -> list[str]:
             expected = f"{routed.__module__}.{routed.__name__}"
             if expected != handler:
                 errors.append(f"{key} runs {handler}, but lambdas/api.py routes it to {expected}")
-    errors += [f"lambdas/api.py routes {method} {pattern.pattern}, which the API lacks"
-               for i, (method, pattern, _) in enumerate(api.ROUTES) if i not in seen]
+    for i, (method, pattern, _) in enumerate(api.ROUTES):
+        literal = _literal(pattern)
+        if i in seen or any(verb == method and (literal.rstrip("/") == path or (
+                path.endswith("/{proxy+}") and literal.startswith(path.removesuffix("{proxy+}"))))
+                for verb, path in compat):
+            continue
+        errors.append(f"lambdas/api.py routes {method} {pattern.pattern}, which the API lacks")
+    errors += _check_scheme(transformed, body.get("components", {}).get("securitySchemes", {}))
+    return errors
+
+
+def _check_scheme(transformed: Doc, schemes: Doc) -> list[str]:
+    """The API-key authorizer as API Gateway gets it: a REQUEST authorizer on ``x-api-key`` (so a request without
+    it is a 401 that invokes nothing), payload 2.0 with simple responses (what lambdas/authorizer.py answers), a
+    bounded result TTL, lambdas/authorizer.py as its function, and API Gateway allowed to invoke it."""
+    scheme = schemes.get(COMPAT_AUTHORIZER, {}).get("x-amazon-apigateway-authorizer")
+    if scheme is None:
+        return [f"the HTTP API has no Lambda authorizer {COMPAT_AUTHORIZER}"]
+    errors = []
+    if scheme.get("type") != "request" or scheme.get("identitySource") != [f"$request.header.{HEADER}"]:
+        errors.append(f"{COMPAT_AUTHORIZER} must be a request authorizer on $request.header.{HEADER}, not "
+                      f"{scheme.get('type')} on {scheme.get('identitySource')}")
+    if scheme.get("authorizerPayloadFormatVersion") != "2.0" or scheme.get("enableSimpleResponses") is not True:
+        errors.append(f"{COMPAT_AUTHORIZER} must use payload format 2.0 with simple responses "
+                      "(lambdas/authorizer.py answers {isAuthorized, context})")
+    ttl = scheme.get("authorizerResultTtlInSeconds", 300)
+    if not 0 <= int(ttl) <= MAX_AUTHORIZER_TTL_S:
+        errors.append(f"{COMPAT_AUTHORIZER} caches answers for {ttl} s: a revoked key would work that long "
+                      f"(at most {MAX_AUTHORIZER_TTL_S})")
+    function = re.search(r'"Fn::GetAtt": \["(\w+)", "Arn"\]', json.dumps(scheme.get("authorizerUri")))
+    resources = transformed["Resources"]
+    name = function.group(1) if function else None
+    if name not in resources or resources[name]["Properties"].get("Handler") != "lambdas.authorizer.handler":
+        errors.append(f"{COMPAT_AUTHORIZER} does not run lambdas.authorizer.handler ({name})")
+    allowed = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Permission"
+               and r["Properties"].get("FunctionName") == {"Fn::GetAtt": [name, "Arn"]}
+               and r["Properties"].get("Principal") == "apigateway.amazonaws.com"]
+    if not allowed:
+        errors.append(f"API Gateway may not invoke {name}: every compatibility request would be a 500 "
+                      "(EnableFunctionDefaultPermissions)")
+    return errors
+
+
+def ssm_worst_case_s() -> float:
+    """The longest the authorizer's SSM call can take: every attempt connecting and answering as late as its
+    timeouts allow, with botocore's standard backoff (at most 1, 2, 4... s) between them."""
+    attempts = SSM_CONFIG.retries["total_max_attempts"]
+    backoff = sum(min(2.0**i, 20.0) for i in range(attempts - 1))
+    return attempts * (SSM_CONFIG.connect_timeout + SSM_CONFIG.read_timeout) + backoff
+
+
+def check_authorizer(tpl: Doc) -> list[str]:
+    """The authorizer function reads exactly the API keys parameter (SPOTGEN_API_KEYS_PARAMETER), decrypts it only
+    through SSM and only for that parameter, and its timeout outlasts its bounded SSM call, so a slow SSM is a
+    logged failure rather than a Lambda timeout."""
+    auth = tpl["Resources"]["Api"]["Properties"]["Auth"].get("Authorizers", {}).get(COMPAT_AUTHORIZER)
+    if auth is None:
+        return [f"the HTTP API has no authorizer {COMPAT_AUTHORIZER}"]
+    name = auth["FunctionArn"]["Fn::GetAtt"][0]
+    props = tpl["Resources"][name]["Properties"]
+    errors = []
+    parameter = resolve(props.get("Environment", {}).get("Variables", {}).get(PREFIX + "API_KEYS_PARAMETER"), tpl)
+    if not isinstance(parameter, str) or not parameter.startswith("/"):
+        errors.append(f"{name} must set {PREFIX}API_KEYS_PARAMETER to the ApiKeysParameterName (got {parameter!r})")
+    arn = f"arn:aws:ssm:{EXAMPLE_STACK['AWS::Region']}:{EXAMPLE_STACK['AWS::AccountId']}:parameter{parameter}"
+    statements = [s for policy in props.get("Policies", []) for s in resolve(policy, tpl).get("Statement", [])]
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if "ssm:GetParameter" in actions and statement.get("Resource") != arn:
+            errors.append(f"{name} may read {statement.get('Resource')}, not just the API keys parameter {arn}")
+        if "kms:Decrypt" in actions:
+            condition = statement.get("Condition", {}).get("StringEquals", {})
+            if condition.get("kms:ViaService") != f"ssm.{EXAMPLE_STACK['AWS::Region']}.amazonaws.com" or \
+                    condition.get("kms:EncryptionContext:PARAMETER_ARN") != arn:
+                errors.append(f"{name} may use kms:Decrypt beyond SSM's decryption of {arn} (condition {condition})")
+    timeout = props.get("Timeout", tpl["Globals"]["Function"].get("Timeout", 3))
+    if timeout < ssm_worst_case_s() + 2:
+        errors.append(f"{name}'s Timeout ({timeout} s) does not outlast its SSM call ({ssm_worst_case_s():g} s at "
+                      "worst, lambdas/authorizer.py SSM_CONFIG) with room to answer")
     return errors
