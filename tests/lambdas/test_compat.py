@@ -32,7 +32,7 @@ from runtime.contract import MAX_IMAGE_BYTES, SampleNotification
 from runtime.local.devstack import EMULATOR_CREDENTIALS
 from runtime.storage import aws
 from runtime.storage.jobstore import JobStore
-from tests.conftest import Stack, start_stack, stop_stack
+from tests.conftest import Stack
 from tests.contract.test_sample import CAT_URL, V1ALPHA1_T2I_EKS, V1ALPHA2_I2I_EKS, V1ALPHA2_I2I_GUIDANCE, V1ALPHA2_T2I
 from tests.harness.faultproxy import FaultProxy
 from tests.lambdas.test_fetch import make_certificates
@@ -41,10 +41,8 @@ from tests.worker.test_e2e import drain
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("compat"), tiny_models, {"SPOTGEN_PROGRESS_INTERVAL_S": "0.05"})
-    yield running
-    stop_stack(running)
+def stack(own_stack: Stack) -> Stack:
+    return own_stack
 
 
 @pytest.fixture(scope="module")
