@@ -41,6 +41,7 @@ print(json.dumps(dict(counters["inductor"])))
 """
 
 
+@pytest.mark.heavy  # Inductor compiles the UNet on the CPU: minutes on a loaded machine
 def test_a_compiled_unet_resumes_byte_identical_and_a_second_process_reuses_its_code(
         tiny_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in CACHE_VARS:

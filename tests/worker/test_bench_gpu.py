@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_harness
 
 
+@pytest.mark.heavy
 def test_the_gpu_benchmark_runs_on_the_tiny_models_and_prints_its_figures(tmp_path: Path) -> None:
     figures, context = run_harness("tests.harness.bench_gpu", ["--tiny", "--images", "2", "--steps", "4",
                                                                "--models", "sd15", "--settings",

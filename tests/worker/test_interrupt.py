@@ -332,6 +332,8 @@ def no_workers(pool: Pool) -> Iterator[None]:
         proc.wait(30)
     yield
     pool.ensure(2)
+    for proc in [p for p in pool.procs.values() if p.poll() is None]:
+        pool.wait_ready(proc)  # consuming again before the test goes on to wait for what they do
 
 
 # -- forced exits ------------------------------------------------------------------------------------------
