@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: install run test lint bench bench-gpu chaos faults clean
+.PHONY: install run test test-slow lint bench bench-gpu chaos faults clean
 
 # torch first, pinned: the CPU build locally; an unpinned torch would pull gigabytes of CUDA packages. checkov
 # (tests/infra/test_infra.py) gets a venv of its own: it pins boto3, networkx and packaging below ours; it installs
@@ -43,7 +43,12 @@ lint: install
 
 # Three test processes (pytest-xdist) on two cores: most tests wait on real workers, and the waits overlap
 # (measured on 2 cores: 14 min serial, 9.6 with two, 7.4 with three).
+# The `slow` tests (minutes of CPU each: torch.compile on the CPU, the GPU benchmark's script) are left to
+# `make test-slow`, which runs everything.
 test: install lint
+	$(BIN)/python -m pytest -q -n 3 -m "not slow"
+
+test-slow: install lint
 	$(BIN)/python -m pytest -q -n 3
 
 bench: install

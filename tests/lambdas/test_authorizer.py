@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
 
 from lambdas import authorizer
@@ -36,8 +37,13 @@ def ssm_emulator() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    # moto builds its SSM backend on the first request, which takes seconds on a loaded machine: done here, with
+    # the default timeouts, so that the authorizer's tight ones (SSM_CONFIG) measure SSM answering, not moto starting
+    boto3.client("ssm", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").describe_parameters()
     try:
-        yield f"http://{host}:{port}"
+        yield url
     finally:
         server.stop()
 
@@ -50,6 +56,12 @@ def closed_port() -> int:
 
 
 def ssm_client(endpoint: str) -> Any:
+    """An operator's client for ``endpoint`` (the project's default timeouts: the test's own writes must not
+    fail on a loaded machine; the authorizer's reads use its SSM_CONFIG)."""
+    return aws.client("ssm", Settings(aws_endpoint_url=endpoint))
+
+
+def authorizer_client(endpoint: str) -> Any:
     """The authorizer's own client configuration (bounded timeouts and attempts), pointed at ``endpoint``."""
     return aws.client("ssm", Settings(aws_endpoint_url=endpoint), config=SSM_CONFIG)
 
@@ -201,7 +213,7 @@ def _refused_promptly(keys: ApiKeys, within_s: float) -> None:
 
 
 def test_unreachable_ssm_fails_closed_promptly(caplog: pytest.LogCaptureFixture) -> None:
-    keys = ApiKeys(ssm_client(f"http://127.0.0.1:{closed_port()}"), "/spotgen/api-keys")
+    keys = ApiKeys(authorizer_client(f"http://127.0.0.1:{closed_port()}"), "/spotgen/api-keys")
     with caplog.at_level(logging.ERROR, "spotgen.authorizer"):
         _refused_promptly(keys, 5)
     assert "cannot reach SSM" in caplog.text and "EndpointConnectionError" in caplog.text
@@ -226,7 +238,7 @@ def test_throttled_or_failing_ssm_fails_closed_and_recovers(ssm: Any, proxy: Fau
     """503s and throttling (every attempt) refuse promptly; an expired list is not used meanwhile; once SSM
     answers again the next request is authorized (the failure is not cached)."""
     clock = Clock()
-    keys = ApiKeys(ssm_client(proxy.url), put_keys(ssm, hash_key(KEY)), cache_s=60, clock=clock)
+    keys = ApiKeys(authorizer_client(proxy.url), put_keys(ssm, hash_key(KEY)), cache_s=60, clock=clock)
     assert keys.authorize(request(KEY))["isAuthorized"] is True
     clock.now += 60
     proxy.fail("ssm", 2, 503)  # both attempts
@@ -240,7 +252,7 @@ def test_throttled_or_failing_ssm_fails_closed_and_recovers(ssm: Any, proxy: Fau
 def test_a_black_holed_ssm_does_not_hang_the_authorizer(ssm: Any, proxy: FaultProxy) -> None:
     """SSM accepts the connection and never answers: the read timeout and bounded attempts end it in seconds,
     inside the function's timeout (tests/infra checks the template's)."""
-    keys = ApiKeys(ssm_client(proxy.url), put_keys(ssm, hash_key(KEY)))
+    keys = ApiKeys(authorizer_client(proxy.url), put_keys(ssm, hash_key(KEY)))
     proxy.latency = 30
     try:
         _refused_promptly(keys, 8)

@@ -41,7 +41,8 @@ print(json.dumps(dict(counters["inductor"])))
 """
 
 
-@pytest.mark.heavy  # Inductor compiles the UNet on the CPU: minutes on a loaded machine
+@pytest.mark.heavy
+@pytest.mark.slow  # Inductor compiles the UNet on the CPU: 4 minutes on a loaded machine (make test-slow)
 def test_a_compiled_unet_resumes_byte_identical_and_a_second_process_reuses_its_code(
         tiny_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in CACHE_VARS:

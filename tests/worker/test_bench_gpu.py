@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import run_harness
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # make test-slow; on a GPU machine, make bench-gpu itself
 def test_the_gpu_benchmark_runs_on_the_tiny_models_and_prints_its_figures(tmp_path: Path) -> None:
     figures, context = run_harness("tests.harness.bench_gpu", ["--tiny", "--images", "2", "--steps", "4",
                                                                "--models", "sd15", "--settings",
