@@ -25,7 +25,7 @@ from PIL import Image
 
 from pipelines import attention, loras, prompts
 from pipelines.loading import KINDS, base_pipeline, controlnet_model, family, torch_dtype
-from pipelines.resume import resumable, step_callback
+from pipelines.resume import generators, resumable, run_resumable
 from pipelines.schedulers import make_scheduler
 from runtime.contract import GenerationInputs, for_family
 from runtime.plugins import Pipeline, RunContext, SetupContext
@@ -101,12 +101,6 @@ def _init_parameters(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.__init__).parameters)
 
 
-def generators(seed: int, n: int) -> list[torch.Generator]:
-    """One CPU generator per image, seeded ``seed + i``: the same seed gives the same noise on any device,
-    and image ``i`` does not depend on how many images the job asked for."""
-    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
-
-
 def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     """The input image as RGB at exactly ``width`` x ``height``, so the output has the size the job asked for
     (diffusers would keep the input's own size, rounded to a multiple of 8)."""
@@ -130,27 +124,13 @@ def _size_conditioning(inputs: GenerationInputs, kind: str) -> dict[str, Any]:
 
 
 def generate(pipe: DiffusionPipeline, job: Prepared, ctx: RunContext, **task: Any) -> list[Image.Image]:
-    """Run ``pipe`` with the settings every task shares plus ``task``'s own arguments, from the beginning or
-    from ``ctx.resume_from``; every step goes through ``ctx.step`` with a way to save the state."""
+    """Run ``pipe`` with the settings every task shares plus ``task``'s own arguments, through the public
+    ``run_resumable`` (from the beginning or from ``ctx.resume_from``), the prompts encoded WebUI's way."""
     inputs = job.inputs
-    gens = generators(ctx.seed, inputs.num_images)
-    if ctx.resume_from is not None:
-        pipe.resume_from(ctx.resume_from, gens)  # type: ignore[attr-defined]
-    pipe.phase_hook = ctx.mark  # type: ignore[attr-defined]  # "denoise" once the latents are ready
-    ctx.mark("encode")
+    ctx.mark("encode")  # the first mark stands: prompt encoding is part of the encode phase
     with torch.inference_mode():
         # Encoded here, WebUI's way (weights, 75-token chunks, BREAK, clip_skip), not by diffusers: see prompts.py.
         embeds = prompts.encode(pipe, inputs.prompt, inputs.negative_prompt, clip_skip=inputs.clip_skip,
                                 guidance=inputs.guidance_scale > 1)
-        result = pipe(
-            **embeds,
-            num_inference_steps=inputs.steps,
-            guidance_scale=inputs.guidance_scale,
-            num_images_per_prompt=inputs.num_images,
-            generator=gens,
-            callback_on_step_end=step_callback(ctx, gens),
-            output_type="pil",
-            **_size_conditioning(inputs, job.kind),
-            **task,
-        )
-    return list(result.images)
+    return run_resumable(pipe, ctx, num_images=inputs.num_images, **embeds, num_inference_steps=inputs.steps,
+                         guidance_scale=inputs.guidance_scale, **_size_conditioning(inputs, job.kind), **task)

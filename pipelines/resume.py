@@ -143,7 +143,7 @@ class Resumable:
     def resume_from(self, state: StepState, generators: list[torch.Generator]) -> None:
         self._resume, self._resume_generators, self._skip_steps = state, tuple(generators), state.step
 
-    def prepare_latents(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def prepare_latents(self, *args: Any, **kwargs: Any) -> Any:
         # Called once the timesteps are set, with the generators: the last moment before the first step.
         bound = inspect.signature(super().prepare_latents).bind_partial(*args, **kwargs)  # type: ignore[misc]
         seed_noise_sampler(self.scheduler, bound.arguments.get("generator"))  # type: ignore[attr-defined]
@@ -152,10 +152,14 @@ class Resumable:
             self.phase_hook("denoise")
         return latents
 
-    def _prepare_latents(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def _prepare_latents(self, *args: Any, **kwargs: Any) -> Any:
+        # diffusers' own first: what it draws from the fresh generators (initial noise, an encoded image, an
+        # inpainting pipeline's noise and image latents) is what the interrupted run drew, so everything it
+        # returns but the latents stands. Then the saved latents, scheduler and generator states go in.
+        out = super().prepare_latents(*args, **kwargs)  # type: ignore[misc]
         state = self._resume
         if state is None:
-            return super().prepare_latents(*args, **kwargs)  # type: ignore[misc]
+            return out
         pipe: Any = self
         if state.step > len(pipe.scheduler.timesteps):
             raise CheckpointError(f"the checkpoint is at step {state.step} of a run of "
@@ -163,10 +167,14 @@ class Resumable:
         latents = state.tensors.get("latents")
         if latents is None or not latents.is_floating_point():
             raise CheckpointError("the checkpoint has no latents")
-        device = pipe._execution_device
-        restore_scheduler(pipe.scheduler, state, device)
+        first = out[0] if isinstance(out, tuple) else out
+        if tuple(latents.shape) != tuple(first.shape):
+            raise CheckpointError(f"the checkpoint's latents are {tuple(latents.shape)}, this run's "
+                                  f"{tuple(first.shape)}")
+        restore_scheduler(pipe.scheduler, state, pipe._execution_device)
         restore_generators(self._resume_generators, state)
-        return latents.to(device=device, dtype=pipe.unet.dtype)
+        latents = latents.to(device=first.device, dtype=first.dtype)
+        return (latents, *out[1:]) if isinstance(out, tuple) else latents
 
     @property
     def interrupt(self) -> bool:
@@ -181,6 +189,45 @@ class Resumable:
 def resumable(cls: type[DiffusionPipeline]) -> type[DiffusionPipeline]:
     """``cls`` with the ``Resumable`` mixin, made once per pipeline class."""
     return type(cls.__name__, (Resumable, cls), {"__module__": __name__})
+
+
+def generators(seed: int, n: int) -> list[torch.Generator]:
+    """One CPU generator per image, seeded ``seed + i``: the same seed gives the same noise on any device,
+    and image ``i`` does not depend on how many images the job asked for."""
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+
+
+def job_view(pipe: DiffusionPipeline, task: type[DiffusionPipeline] | None = None) -> DiffusionPipeline:
+    """A resumable pipeline for one job on ``pipe``'s own modules (no copy, no dtype cast), as ``task`` (another
+    diffusers class on the same components: ``StableDiffusionInpaintPipeline`` on a text-to-image model), with a
+    scheduler of its own: schedulers keep per-run state, so two jobs must not share one."""
+    cls = task or type(pipe)
+    accepted = inspect.signature(cls.__init__).parameters
+    parts = {**pipe.components, "scheduler": type(pipe.scheduler).from_config(pipe.scheduler.config)}
+    view = resumable(cls)(**{name: value for name, value in parts.items() if name in accepted})
+    view.set_progress_bar_config(disable=True)
+    return view
+
+
+def run_resumable(pipe: DiffusionPipeline, ctx: RunContext, *, num_images: int = 1,
+                  task: type[DiffusionPipeline] | None = None, **call: Any) -> list[Any]:
+    """Run a diffusers pipeline for one job, with progress, cancel, checkpoints and byte-identical resume from
+    ``ctx.resume_from``, and no state code in the plugin: ``call`` is what the pipeline's ``__call__`` takes
+    (prompt, image, steps ...), except ``generator`` and ``callback_on_step_end``, which this sets. Any diffusers
+    pipeline class whose loop takes ``callback_on_step_end`` and skips a step while ``interrupt`` is true (all of
+    diffusers' own since 0.27) qualifies. ``pipe``: a loaded pipeline (viewed per job, see ``job_view``) or a job
+    view already; ``num_images`` images, image ``i`` from seed ``ctx.seed + i``."""
+    view = pipe if isinstance(pipe, Resumable) else job_view(pipe, task)
+    gens = generators(ctx.seed, num_images)
+    if ctx.resume_from is not None:
+        view.resume_from(ctx.resume_from, gens)  # type: ignore[attr-defined]
+    view.phase_hook = ctx.mark  # type: ignore[attr-defined]
+    if "num_images_per_prompt" in inspect.signature(type(view).__call__).parameters:
+        call.setdefault("num_images_per_prompt", num_images)
+    ctx.mark("encode")
+    with torch.inference_mode():
+        result = view(**call, generator=gens, callback_on_step_end=step_callback(ctx, gens), output_type="pil")
+    return list(result.images)
 
 
 def step_callback(ctx: RunContext, generators: list[torch.Generator]) -> Callable[..., dict[str, Any]]:

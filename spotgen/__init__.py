@@ -1,4 +1,6 @@
-"""spotgen's public face: a client for its API (``spotgen.Client``, and ``spotgen.AsyncClient`` for asyncio).
+"""spotgen's public face: a client for its API (``spotgen.Client``, and ``spotgen.AsyncClient`` for asyncio), and
+the plugin contract for pipeline authors (``spotgen.Pipeline``, ``RunContext``, ``SetupContext``, ...: the very
+objects of ``runtime.plugins``, re-exported; ``spotgen.diffusers`` and ``spotgen.testing`` are imported by path).
 
 ``runtime/`` is the implementation; this package re-exports what users import, and stays light: importing it
 never imports torch, diffusers or celery.
@@ -11,10 +13,12 @@ never imports torch, diffusers or celery.
 """
 
 from runtime.contract import JobStatus
+from runtime.plugins import CheckpointError, JobStopped, Pipeline, RetryableError, RunContext, SetupContext, StepState
 from spotgen.aio import AsyncClient, AsyncJob
 from spotgen.auth import ApiKey
 from spotgen.client import Client, Job, inline_image
 from spotgen.errors import ApiError, JobFailed, Unreachable
 
-__all__ = ["ApiError", "ApiKey", "AsyncClient", "AsyncJob", "Client", "Job", "JobFailed", "JobStatus", "Unreachable",
-           "inline_image"]
+__all__ = ["ApiError", "ApiKey", "AsyncClient", "AsyncJob", "CheckpointError", "Client", "Job", "JobFailed",
+           "JobStatus", "JobStopped", "Pipeline", "RetryableError", "RunContext", "SetupContext", "StepState",
+           "Unreachable", "inline_image"]

@@ -52,13 +52,22 @@ RULES = (
                            "spotgen.client", "spotgen.errors", "spotgen.progress"),
          "the local stack is development tooling; it never imports pipelines/, and its demo is a client of the API "
          "like any other (spotgen.Client)"),
+    Rule("runtime.kit", ("runtime.kit", "runtime.contract", "runtime.config", "runtime.models", "runtime.plugins",
+                         "runtime.worker.checkpoint", "runtime.worker.images"),
+         "the plugin kit runs a pipeline as a worker does (its registry, model store, checkpoints and PNGs), without "
+         "the queue; like all of runtime/ it never imports pipelines/"),
     Rule("runtime.cli", ("runtime",), "nothing in runtime/ imports pipelines/"),
     Rule("pipelines", ("pipelines", "runtime.contract", "runtime.plugins", "runtime.models"),
          "a pipeline sees the runtime through the plugin contract, the job contract and the model store"),
-    Rule("spotgen", ("spotgen", "runtime.contract"),
-         "the public package (the client) stands on the job contract alone: importing it stays light"),
+    Rule("spotgen", ("spotgen", "runtime.contract", "runtime.plugins"),
+         "the public package (the client, the plugin contract) stands on the job and plugin contracts alone: importing "
+         "it stays light"),
     Rule("spotgen.cli", ("spotgen", "runtime.contract", "runtime.cli"),
          "the command adds the client's commands to the runtime's"),
+    Rule("spotgen.diffusers", ("spotgen", "runtime.plugins", "pipelines.loading", "pipelines.resume"),
+         "resume for free: the built-ins' own mechanism, public, imported by path (it imports torch)"),
+    Rule("spotgen.testing", ("spotgen", "runtime.contract", "runtime.plugins", "runtime.kit", "runtime.models"),
+         "the contract kit for plugin authors checks a pipeline through the plugin kit's local run"),
 )
 
 
