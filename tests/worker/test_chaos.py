@@ -29,7 +29,8 @@ def test_chaos_small(tiny_models: Path, tmp_path: Path) -> None:
     assert figures["sigterm_sent"] == 3 and figures["sigkill_sent"] == 3, context
     assert figures["sigterm"] >= 1 and figures["sigkill"] >= 1, context  # kills that hit a running job
     assert figures["max_steps_recomputed_sigterm"] <= 1, context
-    assert figures["max_steps_recomputed_sigkill"] <= CHECKPOINT_EVERY, context
+    # the last stored checkpoint: one interval back, two when the kill lands while the next one is uploading
+    assert figures["max_steps_recomputed_sigkill"] <= 2 * CHECKPOINT_EVERY, context
     assert figures["unexpected_worker_exits"] == 0 and figures["sigterm_unclean_exits"] == 0, context
     assert figures["leftover_checkpoints"] == 0, context
     assert figures["ok"] is True, context
