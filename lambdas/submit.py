@@ -19,7 +19,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lambdas import telemetry
+from lambdas import schemas, telemetry
 from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
 from runtime.config import Settings
 from runtime.contract import (
@@ -65,7 +65,10 @@ def check(dep: Deployment, request: JobRequest) -> dict[str, Any]:
     raw = fetch_image_urls(dep, request.inputs) if request.pipeline in BUILTIN_PIPELINES else request.inputs
     inputs = validate_inputs(request.pipeline, raw, input_bucket=settings.input_bucket,
                              extra_pipelines=frozenset(settings.extra_pipelines))
-    if isinstance(inputs, dict):
+    if isinstance(inputs, dict):  # a plugin's: checked against its schema where the deployment ships one
+        document = plugin_schemas(settings)
+        if document is not None:
+            document.validate(request.pipeline, inputs)
         return inputs
     controlnet = getattr(inputs, "controlnet", None)
     if controlnet is not None and controlnet not in settings.controlnets:
@@ -73,6 +76,15 @@ def check(dep: Deployment, request: JobRequest) -> dict[str, Any]:
                             f"{', '.join(settings.controlnets)}", "inputs.controlnet")
     check_family(settings, request.model, inputs)
     return inputs.model_dump(mode="json")
+
+
+def plugin_schemas(settings: Settings) -> schemas.PluginSchemas | None:
+    """The deployment's plugin schema file (None when it ships none); ``Rejected`` with a 500 naming
+    ``SPOTGEN_PLUGIN_SCHEMAS`` when it cannot be used: the deployment is wrong, and a retry will not help."""
+    try:
+        return schemas.plugin_schemas(settings)
+    except schemas.Unavailable as exc:
+        raise Rejected(error(500, "plugin_schemas_unavailable", str(exc))) from None
 
 
 def fetch_image_urls(dep: Deployment, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -158,9 +170,11 @@ def enqueue(dep: Deployment, request: JobRequest, inputs: dict[str, Any], *, now
         if isinstance(ref, str) and not ref.startswith("s3://"):
             inputs[name] = dep.store.put_input(job_id, name, decode_inline(ref))
     announce = sample(job_id, seed) if sample is not None else None
+    document = None if request.pipeline in BUILTIN_PIPELINES else plugin_schemas(dep.settings)
     spec = JobSpec(id=job_id, pipeline=request.pipeline, model=request.model, inputs=inputs, seed=seed,
                    output_prefix=request.output_prefix or "outputs", context=request.context,
-                   submitted_at=now, request_hash=digest, expires_at=expires_at, sample=announce)
+                   submitted_at=now, request_hash=digest, expires_at=expires_at, sample=announce,
+                   schema_digest=document.digest(request.pipeline) if document is not None else None)
     doc = StatusDoc(id=job_id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model, seed=seed,
                     context=spec.context, loras=inputs.get("loras", []) if spec.pipeline in BUILTIN_PIPELINES else [],
                     request_hash=digest, created_at=now, updated_at=now, sample=announce,
@@ -183,6 +197,8 @@ def submit(dep: Deployment, body: bytes) -> dict[str, Any]:
         expires_at = request.deadline(now)  # a deadline already past is refused before anything is written
     except ContractError as exc:
         return error(400, exc.code, exc.message, exc.field)
+    except Rejected as rejected:
+        return rejected.response
     try:
         queued = enqueue(dep, request, inputs, now=now, expires_at=expires_at, digest=request_hash(request))
     except Rejected as rejected:
@@ -198,8 +214,10 @@ def publish(dep: Deployment, spec: JobSpec, pool: str | None = None) -> None:
     """One SNS message: a Celery task message as body, routing attributes for the subscription filters. The
     message headers carry the trace (``traceparent``), which the worker's Celery instrumentation continues."""
     with telemetry.span("spotgen.publish", "PRODUCER", job_id=spec.id, pipeline=spec.pipeline, model=spec.model):
-        body = build_celery_message(spec.id, [spec.model_dump(mode="json")], queue=dep.settings.queue_name,
-                                    extra_headers=telemetry.carrier())
+        # Without a digest the field is left out, so that workers of the version before it (which refuse fields
+        # they do not know) still take every job while an upgrade rolls out.
+        job = spec.model_dump(mode="json", exclude={"schema_digest"} if spec.schema_digest is None else None)
+        body = build_celery_message(spec.id, [job], queue=dep.settings.queue_name, extra_headers=telemetry.carrier())
         attributes = {
             "pipeline": {"DataType": "String", "StringValue": spec.pipeline},
             "model": {"DataType": "String", "StringValue": spec.model},

@@ -203,7 +203,8 @@ def job_view(pipe: DiffusionPipeline, task: type[DiffusionPipeline] | None = Non
     scheduler of its own: schedulers keep per-run state, so two jobs must not share one."""
     cls = task or type(pipe)
     accepted = inspect.signature(cls.__init__).parameters
-    parts = {**pipe.components, "scheduler": type(pipe.scheduler).from_config(pipe.scheduler.config)}
+    parts = {**pipe.components, "scheduler": type(pipe.scheduler).from_config(pipe.scheduler.config),
+             "requires_safety_checker": False}
     view = resumable(cls)(**{name: value for name, value in parts.items() if name in accepted})
     view.set_progress_bar_config(disable=True)
     return view

@@ -246,6 +246,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"building tiny random-weight models in {settings.models_dir} ...", flush=True)
         build_tiny_models(settings.models_dir)
     settings = _dev_compat(settings)
+    if args.plugin:
+        from runtime.kit.commands import dev_plugins
+
+        settings = dev_plugins(settings, args.plugin, Path(".spotgen/plugin-schemas.json"))
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (ignored there)
     log_dir = Path(args.log_dir) if args.log_dir else (Path(".spotgen/logs") if args.demo else None)
@@ -321,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     dev = sub.add_parser("dev", help="run the whole system locally on 127.0.0.1")
+    dev.add_argument("--plugin", action="append", default=[], metavar="MODULE:CLASS",
+                     help="a pipeline plugin for the workers and the API (repeatable)")
     dev.add_argument("--demo", action="store_true", help="submit four demo jobs, save PNGs, then exit")
     dev.add_argument("--port", type=int, default=8080, help="API port (0: any free port)")
     dev.add_argument("--aws-port", type=int, default=4566, help="AWS emulator port (0: any free port)")
@@ -365,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     from runtime.local import apikey
 
     apikey.register(sub)
+    from runtime.kit import commands as kit_commands
+
+    kit_commands.register(sub, DEFAULT_MODELS_DIR)
     return parser
 
 

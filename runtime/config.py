@@ -109,6 +109,10 @@ class Settings(BaseModel):
         "tiny-sdxl": "sdxl", "tiny-sdxl-controlnet": "sdxl", "tiny-lora-sdxl": "sdxl", "tiny-lora-sdxl-kohya": "sdxl"})
     #: Plugin pipeline names the API accepts besides the built-ins.
     extra_pipelines: list[str] = Field(default_factory=list)
+    #: The plugin schema file (``spotgen pipeline schema ... --out``) shipped in the Lambda package: the submit API
+    #: validates the inputs of each plugin it lists and stamps the job with the schema's digest. Unset, or a plugin
+    #: it does not list: the plugin's inputs are only bounded in size, and its worker judges them.
+    plugin_schemas: Path | None = None
     #: Hosts the submit API fetches ``https://`` image URLs from: exact lowercase names, no wildcards (comma
     #: separated). Empty: image URLs are refused, as they always were (``lambdas/fetch.py`` says what else is).
     fetch_allowed_hosts: list[str] = Field(default_factory=list)
@@ -210,6 +214,12 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("plugin_schemas", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        """An empty variable (a template parameter left at its default) is no file, not the current folder."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(*JSON_FIELDS, mode="before")
     @classmethod

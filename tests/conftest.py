@@ -88,7 +88,7 @@ class Stack:
 
 
 def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None, timeout: float = 60,
-                args: tuple[str, ...] = ()) -> Stack:
+                args: tuple[str, ...] = (), python: str = sys.executable) -> Stack:
     state_file = tmp / "stack.json"
     log_dir = tmp / "logs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SPOTGEN_POLL_WAIT_S": "1",
@@ -96,7 +96,7 @@ def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None
                                  "tests.plugins:Flaky",
            "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid,slow,flaky", **(extra_env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "dev", "--port", "0", "--aws-port", "0", "--models", str(models),
+        [python, "-m", "runtime.cli", "dev", "--port", "0", "--aws-port", "0", "--models", str(models),
          "--state-file", str(state_file), "--log-dir", str(log_dir), *args],
         cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "dev.log", "wb"))  # noqa: SIM115
     deadline = time.monotonic() + timeout

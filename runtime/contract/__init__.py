@@ -61,6 +61,7 @@ from runtime.contract.jobs import (
     SampleJob,
     parse_request,
     request_hash,
+    schema_digest,
     validate_inputs,
 )
 from runtime.contract.sample import (
@@ -100,8 +101,8 @@ __all__ = [
     "ControlNetInputs", "GenerationInputs", "ImageRef", "ImageRefError", "Img2ImgInputs", "JobErrorInfo",
     "JobRequest", "JobSpec", "JobState", "ModelId", "Notification", "OutputPrefix", "Progress", "ResumeInfo",
     "Scheduler", "StatusDoc", "Strict", "Txt2ImgInputs", "parse_request", "raise_contract_error",
-    "request_hash", "utcnow", "validate_inputs", "WEBUI_SAMPLERS", "Names", "WebuiJob", "from_webui",
-    "RUNTIME_NAME_RE", "SAMPLE_TASKTYPES", "SampleNotification", "SampleRequest", "parse_v1alpha1",
+    "request_hash", "schema_digest", "utcnow", "validate_inputs", "WEBUI_SAMPLERS", "Names", "WebuiJob",
+    "from_webui", "RUNTIME_NAME_RE", "SAMPLE_TASKTYPES", "SampleNotification", "SampleRequest", "parse_v1alpha1",
     "parse_v1alpha2", "sample_notification", "sample_output_location", "v1alpha1_answer", "v1alpha2_answer",
     "SampleJob", "sample_out_document", "webui_error", "webui_info", "webui_parameters",
 ]

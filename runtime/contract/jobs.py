@@ -23,6 +23,8 @@ MAX_CONTEXT_BYTES = 4096
 MAX_BODY_BYTES = 6 * 1024 * 1024
 MAX_PLUGIN_INPUT_BYTES = 64 * 1024
 MAX_TTL_S = 7 * 24 * 3600
+#: The format of the plugin schema file (``spotgen pipeline schema``, read by the submit API).
+PLUGIN_SCHEMAS_VERSION = 1
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PIPELINE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -141,6 +143,10 @@ class JobSpec(Strict):
     expires_at: datetime | None = None
     #: Set for a job of the AWS sample's API: it ends with the sample's notification and ``.out`` document.
     sample: SampleJob | None = None
+    #: A plugin job the API validated against a schema of ``spotgen pipeline schema``: that schema's digest
+    #: (``schema_digest``). A worker whose pipeline ``Inputs`` have another digest fails the job (``schema_mismatch``)
+    #: instead of judging the inputs by rules the API did not apply. None: built-ins, and plugins without a schema.
+    schema_digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     def fingerprint(self) -> str:
         """What a checkpoint must have been made from: this job, these inputs, this model and seed."""
@@ -159,6 +165,12 @@ def request_hash(request: JobRequest) -> str:
     """Hash of what the client asked for (not the id), to tell a true resubmission from a reused id."""
     body = request.model_dump(mode="json", exclude={"id"})
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def schema_digest(schema: dict[str, Any]) -> str:
+    """sha256 of a JSON schema as canonical JSON (sorted keys, no spaces), so that the API's schema file and a
+    worker's ``Inputs`` name the same schema with the same digest however either was formatted."""
+    return hashlib.sha256(json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def parse_request(data: Any) -> JobRequest:

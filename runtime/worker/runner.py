@@ -57,6 +57,7 @@ from runtime.worker.jobstatus import JobEnded, StatusTracker
 from runtime.worker.lease import Lease
 from runtime.worker.outputs import Outputs
 from runtime.worker.progress import ProgressWriter
+from runtime.worker.schemas import check_schema
 from runtime.worker.stages import Stage, observing, run_all
 from runtime.worker.steplog import StepLog
 
@@ -216,6 +217,7 @@ class JobRunner:
         if cls is None:
             raise PermanentError("unknown_pipeline", f"this worker has no pipeline {spec.pipeline!r} "
                                  f"(it has {', '.join(self.registry.names())})", "pipeline")
+        check_schema(spec, cls)  # before the inputs: another version of them may refuse what the API accepted
         try:
             self.models.entry(spec.model, "base")
             inputs = cls.Inputs.model_validate(spec.inputs, context={"input_bucket": self.store.input_bucket})
