@@ -25,14 +25,13 @@ from lambdas import compat, telemetry
 from lambdas.cancel import cancel
 from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
 from lambdas.submit import Rejected
-from runtime.contract import SCHEDULES, WEBUI_SAMPLERS, ContractError, JobState, StatusDoc, from_webui, utcnow
+from runtime.contract import WEBUI_SAMPLERS, ContractError, JobState, StatusDoc, from_webui, utcnow
+from runtime.contract.webui_answer import SCHEDULE_LABELS
 
 log = logging.getLogger("spotgen.api")
 
 #: Seconds between two reads of the status while a sync request waits (S3 GETs: cheap, and a job takes seconds).
 POLL_S = (0.1, 0.2, 0.5, 1.0)
-_SCHEDULE_LABELS = {"default": ("automatic", "Automatic"), "karras": ("karras", "Karras"),
-                    "exponential": ("exponential", "Exponential"), "sgm_uniform": ("sgm_uniform", "SGM Uniform")}
 
 
 def caller(event: dict[str, Any]) -> str:
@@ -154,8 +153,8 @@ def samplers() -> list[dict[str, Any]]:
 
 
 def schedulers() -> list[dict[str, Any]]:
-    return [{"name": _SCHEDULE_LABELS[s][0], "label": _SCHEDULE_LABELS[s][1], "aliases": None, "default_rho": -1,
-             "need_inner_model": False} for s in SCHEDULES]
+    return [{"name": label.lower().replace(" ", "_"), "label": label, "aliases": None, "default_rho": -1,
+             "need_inner_model": False} for label in SCHEDULE_LABELS.values()]
 
 
 def options(dep: Deployment) -> dict[str, Any]:

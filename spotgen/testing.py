@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 from pydantic import BaseModel
 
-from runtime.kit.local import LocalRun, Outcome, png_bytes
+from runtime.kit.local import LocalRun, Outcome, local_ref, png_bytes
 from runtime.plugins import Pipeline, PluginError, Registry
 
 
@@ -159,7 +159,7 @@ def check_resume(kit: LocalRun, case: type[PipelineContract], reference: Outcome
 
 
 def _validated(pipeline: type[Pipeline], inputs: Mapping[str, Any], images: Mapping[str, Any] = ()) -> BaseModel:
-    fields = {**inputs, **{key: f"s3://local/{key}" for key in dict(images)}}
+    fields = {**inputs, **{key: local_ref(key) for key in dict(images)}}
     try:
         return pipeline.Inputs.model_validate(fields, context={"input_bucket": "local"})
     except Exception as exc:
@@ -204,14 +204,19 @@ class PipelineContract:
         images = {key: sample_image(value) if isinstance(value, str) else value for key, value in cls.images.items()}
         return kit.run(cls.pipeline.name, cls.model, cls.inputs, seed=cls.seed, images=images, **options)
 
+    @classmethod
+    def fields(cls) -> dict[str, Any]:
+        """The inputs with each test image as its local reference, as the pipeline's ``Inputs`` sees them."""
+        return {**cls.inputs, **{key: local_ref(key) for key in cls.images}}
+
     def test_registers_cleanly(self) -> None:
         check_registers(self.pipeline)
 
     def test_inputs_schema_round_trips_through_json(self) -> None:
-        check_schema_round_trips(self.pipeline, {**self.inputs, **{k: f"s3://local/{k}" for k in self.images}})
+        check_schema_round_trips(self.pipeline, self.fields())
 
     def test_runs_on_the_tiny_models_with_valid_images_sized_as_asked(self, kit: LocalRun, reference: Outcome) -> None:
-        check_runs(self.pipeline, reference, {**self.inputs, **{k: f"s3://local/{k}" for k in self.images}})
+        check_runs(self.pipeline, reference, self.fields())
 
     def test_same_seed_gives_the_same_bytes(self, kit: LocalRun, reference: Outcome) -> None:
         check_same_seed_same_bytes(self.pipeline, reference, self.run(kit))

@@ -12,10 +12,12 @@ from typing import Any
 from runtime.contract import JobState
 
 
-def call(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 30) -> tuple[int, Any]:
+def call(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 30,
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """The status code and the JSON answer of one request; errors are answers too."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"content-type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")

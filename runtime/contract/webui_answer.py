@@ -17,9 +17,9 @@ from runtime.contract.errors import ContractError
 from runtime.contract.inputs import WEBUI_SAMPLERS
 from runtime.contract.webui import WebuiJob
 
-#: WebUI's label of a schedule (its "Schedule type"); the sampler's own is "Automatic".
-_SCHEDULE_LABELS = {"default": "Automatic", "karras": "Karras", "exponential": "Exponential",
-                    "sgm_uniform": "SGM Uniform"}
+#: WebUI's label of each schedule (its "Schedule type"); the sampler's own is "Automatic".
+SCHEDULE_LABELS = {"default": "Automatic", "karras": "Karras", "exponential": "Exponential",
+                   "sgm_uniform": "SGM Uniform"}
 #: Written in ``info`` where WebUI writes its own version.
 VERSION = "spotgen"
 
@@ -49,7 +49,7 @@ def webui_info(job: WebuiJob, body: Mapping[str, Any], seed: int, model_title: s
     seeds = [(seed + i) % 2**32 for i in range(count)]
     prompt, negative = str(body.get("prompt", "")), str(body.get("negative_prompt", ""))
     sampler = WEBUI_SAMPLERS.get(inputs.get("scheduler", "euler"), "Euler")
-    schedule = _SCHEDULE_LABELS.get(inputs.get("schedule", "default"), "Automatic")
+    schedule = SCHEDULE_LABELS.get(inputs.get("schedule", "default"), "Automatic")
     strength = inputs.get("strength") if job.pipeline != "txt2img" and "strength" in inputs else None
     info: dict[str, Any] = {
         "prompt": prompt, "all_prompts": [prompt] * count,

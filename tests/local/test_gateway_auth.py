@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +17,7 @@ import pytest
 from lambdas import authorizer
 from lambdas.authorizer import COMPAT_PATH_RE, hash_key
 from runtime.local.gateway import make_server, serve_in_thread
+from tests import rest
 from tests.lambdas.test_authorizer import KEY, OTHER, closed_port, put_keys, ssm_client, ssm_emulator
 
 
@@ -29,13 +28,7 @@ def echo(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 
 
 def call(url: str, key: str | None = None, method: str = "POST") -> tuple[int, Any]:
-    headers = {"content-type": "application/json", **({"x-api-key": key} if key is not None else {})}
-    req = urllib.request.Request(url, data=b"{}" if method == "POST" else None, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return rest.call(method, url, {} if method == "POST" else None, headers=None if key is None else {"x-api-key": key})
 
 
 @pytest.fixture(scope="module")
