@@ -4,7 +4,11 @@ For each workload, in alternating rounds so that drift on a shared machine hits 
 1. Direct: the worker's own txt2img pipeline (diffusers) called in a loop in this process.
 2. End to end: the same jobs through HTTP API -> SNS -> SQS -> Celery worker -> S3 -> SNS, queued at once;
    time from the first submit until the client has received the last job's notification.
-Throughput ratio = direct time / end-to-end time for the same images (the goal is at least 0.95).
+Throughput ratio = direct time / end-to-end time for the same images (``GOALS``). Alongside it, where the CPU
+went: this process's (the emulator, the API and the client) and the worker's, per image, against the direct
+pipeline's; on this machine the "device" is the same cores, so the emulator's CPU is taken from the device.
+Then the same workloads with a device of its own (``pinned_figures``): one torch thread on one pinned CPU, for
+the direct loop and for the worker, with the emulator, the API and the client on the other CPUs, as on a GPU node.
 Then submit -> `running` latency of an idle worker (status `started_at - created_at`), one job at a time.
 Then the cost of an interruption for a 512 px job: checkpoint size, time to serialize and store it, and time
 from the start of a resumed run to its first step against a fresh run's, all in units of one denoising step.
@@ -37,6 +41,9 @@ from runtime.config import Settings  # noqa: E402
 from runtime.models.store import ModelStore  # noqa: E402
 from tests.rest import call, wait_for  # noqa: E402
 
+#: End-to-end / direct throughput to reach, per workload: the shorter the job, the more its fixed cost weighs.
+GOALS = {"64px-20steps": 0.85, "256px-30steps": 0.95, "512px-30steps": 0.97}
+
 
 def direct_seconds(store: ModelStore, inputs: dict[str, Any], seeds: range) -> float:
     """Seconds for the worker's txt2img pipeline to make one image per seed, with no API, queue or storage."""
@@ -50,6 +57,15 @@ def direct_seconds(store: ModelStore, inputs: dict[str, Any], seeds: range) -> f
         pipeline.run(parsed, RunContext(job_id="direct", model="tiny-sd", seed=seed, device="cpu", models=store,
                                         report=lambda step, total, state: None, fetch_image=lambda ref: None))
     return time.perf_counter() - started
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user + system, every thread, living or ended) of this process or of ``pid`` (Linux)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ts(value: str) -> float:
@@ -78,16 +94,20 @@ def notifications_until(results: tuple[Any, str], ids: set[str], timeout: float 
     return last
 
 
-def e2e_seconds(api: str, inputs: dict[str, Any], seeds: range, results: tuple[Any, str]) -> tuple[float, list[str]]:
+def e2e_seconds(api: str, inputs: dict[str, Any], seeds: range, results: tuple[Any, str],
+                worker: int) -> tuple[float, list[str], tuple[float, float]]:
     """From the first submit until the client has heard the last job's notification (which the worker sends
     after the outputs, the result document and the final status): the whole path, nothing left out. Also the
-    jobs' ids."""
+    jobs' ids, and the CPU seconds that this process (emulator, API, client) and the worker process used
+    meanwhile (the checks afterwards are not counted)."""
+    mine, theirs = cpu_seconds(), cpu_seconds(worker)
     started = time.time()
     ids = [submit(api, inputs, seed) for seed in seeds]
     ended = notifications_until(results, set(ids))
+    cpu = (cpu_seconds() - mine, cpu_seconds(worker) - theirs)
     docs = [wait_for(api, job_id, timeout=60, poll_s=1.0) for job_id in ids]
     assert all(d["state"] == "succeeded" for d in docs), [d["error"] for d in docs]
-    return ended - started, ids
+    return ended - started, ids, cpu
 
 
 def pipeline_seconds(log_dir: Path, ids: list[str]) -> list[float]:
@@ -157,6 +177,137 @@ def checkpoint_figures(store: ModelStore, jobs: Any, stop: int = 15) -> dict[str
             "resume_overhead_steps": (resumed_first_s - fresh_first_s) / step_s}
 
 
+def workload_figures(stack: Any, store: ModelStore, log_dir: Path, workloads: dict[str, Any], rounds: int,
+                     device_cpu: int | None = None) -> dict[str, Any]:
+    """Each workload in ``rounds`` alternating rounds of direct and end to end. ``device_cpu``: the direct loop
+    and the worker (every thread of it) run on that CPU alone, and this process's other threads (the emulator,
+    the API, the client) on the others, as a GPU is a device of its own."""
+    from runtime.storage import aws
+
+    api, worker = stack.api_url, stack.state()["worker_pids"][0]
+    results = (aws.client("sqs", stack.settings), stack.resources.results_queue_url)
+    host = set(range(os.cpu_count() or 1)) - {device_cpu}
+    if device_cpu is not None:
+        pin(worker, {device_cpu})
+    figures: dict[str, Any] = {}
+    for name, (inputs, jobs) in workloads.items():
+        with on_cpu(device_cpu):
+            direct_seconds(store, inputs, range(1))  # warm-up for this size, in both processes
+        notifications_until(results, {submit(api, inputs, 0)}, 300)
+        per_round = max(1, jobs // 2)
+        n = per_round * rounds
+        direct = e2e = direct_cpu = stack_cpu = worker_cpu = 0.0
+        ran: list[str] = []
+        by_round: list[float] = []  # each round's ratio: their spread is the machine's noise
+        for start in range(0, n, per_round):
+            before = cpu_seconds()
+            with on_cpu(device_cpu):
+                direct_s = direct_seconds(store, inputs, range(start, start + per_round))
+            direct_cpu += cpu_seconds() - before
+            seconds, ids, (mine, theirs) = e2e_seconds(api, inputs, range(start, start + per_round), results, worker)
+            direct, e2e, ran, stack_cpu, worker_cpu = (direct + direct_s, e2e + seconds, ran + ids, stack_cpu + mine,
+                                                       worker_cpu + theirs)
+            by_round.append(direct_s / seconds)
+        in_worker = pipeline_seconds(log_dir, ran)
+        figures[name] = {"jobs": n, "rounds": rounds, "direct_images_per_s": n / direct,
+                         "e2e_images_per_s": n / e2e, "ratio": direct / e2e, "round_ratios": by_round,
+                         # where end to end's time per image goes: the pipeline in the worker, the rest
+                         "direct_s": direct / n, "e2e_s": e2e / n,
+                         "worker_pipeline_s": sum(in_worker) / max(1, len(in_worker)),
+                         # and where the CPU went, per image
+                         "cores": os.cpu_count() if device_cpu is None else 1, "host_cores": len(host),
+                         "direct_cpu_s": direct_cpu / n, "stack_cpu_s": stack_cpu / n, "worker_cpu_s": worker_cpu / n}
+    return figures
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` on ``cpus``; the threads they start later inherit it (Linux)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
+@contextlib.contextmanager
+def on_cpu(cpu: int | None) -> Any:
+    """This thread alone on ``cpu`` for a while (nothing when None)."""
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def pinned_figures(settings: Settings, store: ModelStore, log_dir: Path, workloads: dict[str, Any],
+                   rounds: int) -> dict[str, Any]:
+    """The workloads again with a device of its own: one torch thread on the last CPU, for the direct loop and
+    for a worker pinned there, while the emulator, the API and the client use the other CPUs. So the ratio shows
+    what the runtime costs the device when the AWS emulator's CPU is not taken from it, as on a GPU node."""
+    import torch
+
+    from runtime.local.devstack import DevStack
+
+    cpus, threads = sorted(os.sched_getaffinity(0)), torch.get_num_threads()
+    device = cpus[-1]
+    pin(os.getpid(), set(cpus) - {device})  # the stack's threads, started below, inherit it
+    omp = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    try:
+        with DevStack(settings, port=0, aws_port=0, log_dir=log_dir) as stack:
+            return workload_figures(stack, store, log_dir, workloads, rounds, device_cpu=device)
+    finally:
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
+        torch.set_num_threads(threads)
+        pin(os.getpid(), set(cpus))
+
+
+def workload_report(figures: dict[str, Any], workloads: dict[str, Any]) -> list[str]:
+    lines = [f"{'workload':<16}{'jobs':>6}{'direct img/s':>14}{'end-to-end img/s':>18}{'ratio':>8}{'goal':>8}"
+             "   ratio of each round"]
+    for name in workloads:
+        f = figures[name]
+        lines.append(f"{name:<16}{f['jobs']:>6}{f['direct_images_per_s']:>14.2f}{f['e2e_images_per_s']:>18.2f}"
+                     f"{f['ratio']:>8.3f}{'>= ' + format(GOALS.get(name, 0.95), '.2f'):>8}   "
+                     + ", ".join(f"{r:.2f}" for r in f["round_ratios"]))
+    lines.append("where end to end's time per image goes: the pipeline in the worker, against the same pipeline "
+                 "called directly, and the rest (the worker's own time between jobs, and the end of the last job's "
+                 "output stage)")
+    for name in workloads:
+        f = figures[name]
+        rest = f["e2e_s"] - f["worker_pipeline_s"]
+        lines.append(f"  {name:<16} direct {f['direct_s'] * 1000:.0f} ms; end to end {f['e2e_s'] * 1000:.0f} ms = "
+                     f"pipeline {f['worker_pipeline_s'] * 1000:.0f} ms ({f['worker_pipeline_s'] / f['direct_s']:.2f}x "
+                     f"direct) + {rest * 1000:.0f} ms other")
+    lines.append(f"where the CPU went, per image, on the device's {figures[next(iter(workloads))]['cores']} core(s): "
+                 "direct's pipeline, and end to end's worker and stack (the emulator, the API and the client)")
+    for name in workloads:
+        f = figures[name]
+        lines.append(f"  {name:<16} direct {f['direct_cpu_s'] * 1000:.0f} ms; end to end: worker "
+                     f"{f['worker_cpu_s'] * 1000:.0f} ms + stack {f['stack_cpu_s'] * 1000:.0f} ms; cores busy "
+                     f"{cores_busy(f):.0%}" + (f"; ratio with the stack's CPU off these cores (as on AWS), about "
+                                               f"{ratio_without_stack(f):.2f}" if f["cores"] > 1 else ""))
+    return lines
+
+
+def cores_busy(f: dict[str, Any]) -> float:
+    """The share of the device cores' time that the worker and the stack used, end to end (only the worker's
+    when the device is a CPU of its own, the stack being on the others)."""
+    return (f["worker_cpu_s"] + (f["stack_cpu_s"] if f["cores"] > 1 else 0.0)) / (f["e2e_s"] * f["cores"])
+
+
+def ratio_without_stack(f: dict[str, Any]) -> float:
+    """An estimate of the ratio had the stack's CPU been elsewhere, as AWS is: end to end less the stack's CPU
+    spread over the cores. Only an estimate to read beside the ratio measured, which stays the figure."""
+    return f["direct_s"] / (f["e2e_s"] - f["stack_cpu_s"] / f["cores"])
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -165,7 +316,11 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20, help="jobs of the smallest workload (fewer of larger)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="alternating direct / end-to-end rounds per workload (more: less drift)")
     parser.add_argument("--latency-jobs", type=int, default=10)
+    parser.add_argument("--no-pinned", dest="pinned", action="store_false",
+                        help="skip the workloads with a device of its own (one pinned CPU; Linux)")
     args = parser.parse_args()
 
     from runtime.local.devstack import DevStack
@@ -189,46 +344,24 @@ def main() -> int:
             from runtime.storage import aws
 
             api, store = stack.api_url, ModelStore(models, "cpu")
-            results = (aws.client("sqs", stack.settings), stack.resources.results_queue_url)
-            for name, (inputs, jobs) in workloads.items():
-                direct_seconds(store, inputs, range(1))  # warm-up for this size, in both processes
-                notifications_until(results, {submit(api, inputs, 0)}, 300)
-                half = max(1, jobs // 2)
-                direct = e2e = 0.0
-                ran: list[str] = []
-                for start in (0, half):
-                    direct += direct_seconds(store, inputs, range(start, start + half))
-                    seconds, ids = e2e_seconds(api, inputs, range(start, start + half), results)
-                    e2e, ran = e2e + seconds, ran + ids
-                in_worker = pipeline_seconds(log_dir, ran)
-                figures[name] = {"jobs": 2 * half, "direct_images_per_s": 2 * half / direct,
-                                 "e2e_images_per_s": 2 * half / e2e, "ratio": direct / e2e,
-                                 # where end to end's time per image goes: the pipeline in the worker, the rest
-                                 "direct_s": direct / (2 * half), "e2e_s": e2e / (2 * half),
-                                 "worker_pipeline_s": sum(in_worker) / max(1, len(in_worker))}
+            figures.update(workload_figures(stack, store, log_dir, workloads, args.rounds))
             lat = idle_latency(api, args.latency_jobs)
             from runtime.storage.jobstore import JobStore
 
             ckpt = checkpoint_figures(store, JobStore(aws.client("s3", stack.settings), stack.settings))
+        if args.pinned and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2:
+            figures["device_of_its_own"] = pinned_figures(settings, store, log_dir, workloads, args.rounds)
     figures["checkpoint_512px"] = ckpt
     from tests.harness import bench_cache
 
     figures["model_cache"] = cache = bench_cache.figures()
     figures["submit_to_running_s"] = {"p50": percentile(lat, 0.5), "p95": percentile(lat, 0.95), "n": len(lat)}
 
-    print(f"{'workload':<16}{'jobs':>6}{'direct img/s':>14}{'end-to-end img/s':>18}{'ratio':>8}   (goal >= 0.95)")
-    for name in workloads:
-        f = figures[name]
-        print(f"{name:<16}{f['jobs']:>6}{f['direct_images_per_s']:>14.2f}{f['e2e_images_per_s']:>18.2f}"
-              f"{f['ratio']:>8.3f}")
-    print("where end to end's time per image goes: the pipeline in the worker, against the same pipeline called "
-          "directly, and the rest (the worker's own time between jobs, and the end of the last job's output stage)")
-    for name in workloads:
-        f = figures[name]
-        rest = f["e2e_s"] - f["worker_pipeline_s"]
-        print(f"  {name:<16} direct {f['direct_s'] * 1000:.0f} ms; end to end {f['e2e_s'] * 1000:.0f} ms = pipeline "
-              f"{f['worker_pipeline_s'] * 1000:.0f} ms ({f['worker_pipeline_s'] / f['direct_s']:.2f}x direct: the "
-              f"emulator, API, client and output stage share the cores) + {rest * 1000:.0f} ms other")
+    print("\n".join(workload_report(figures, workloads)))
+    if "device_of_its_own" in figures:
+        print("the same with a device of its own: one torch thread on one pinned CPU, for the direct loop and for the "
+              "worker, with the emulator, the API and the client on the other CPUs (as on a GPU node)")
+        print("\n".join(workload_report(figures["device_of_its_own"], workloads)))
     lat_f = figures["submit_to_running_s"]
     print(f"submit -> running, idle worker: p50 {lat_f['p50'] * 1000:.0f} ms, p95 {lat_f['p95'] * 1000:.0f} ms "
           f"({lat_f['n']} jobs)")
