@@ -2,10 +2,10 @@
 
 Spot GPUs are taken away at any moment, so the guarantees (exactly one final state and notification per job,
 outputs byte-identical to an uninterrupted run, little work redone) only mean something under many real
-interruptions. The embedded stack runs N jobs (txt2img, img2img, ControlNet, every sampler, a schedule each; every
-fourth job on SDXL with a LoRA) on W worker
-processes while a driver sends SIGTERM (spot notice, scale-in) and SIGKILL (node lost) to random *busy*
-workers and starts a replacement each time. Then it checks:
+interruptions. The embedded stack runs N jobs (``tests.harness.jobmix``: txt2img, img2img, ControlNet, every
+sampler, a schedule each; every fourth job on SDXL with a LoRA) on W worker processes while a driver sends
+SIGTERM (spot notice, scale-in) and SIGKILL (node lost) to random *busy* workers and starts a replacement
+each time. Then it checks:
 
 * every job ended ``succeeded`` once: final status, exactly one notification, none with another state;
 * no duplicates: ``outputs/{id}/`` holds exactly ``num_images`` PNGs;
@@ -22,7 +22,6 @@ The last line printed is a JSON object with every figure; the exit status is 1 i
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing
 import os
@@ -34,109 +33,13 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.harness.jobmix import THREADS, Job, _reference_init, input_images, make_jobs, reference
+
 ROOT = Path(__file__).resolve().parents[2]
-PIPELINES = ("txt2img", "img2img", "controlnet")
-#: Every fourth job runs on SDXL with a LoRA (and the SDXL ControlNet), the others on SD 1.x.
-MODELS = {"tiny-sd": ("tiny-controlnet", []), "tiny-sdxl": ("tiny-sdxl-controlnet", [{"id": "tiny-lora-sdxl",
-                                                                                      "weight": 0.7}])}
-PROMPTS = ("a red fox in the snow", "a lighthouse at dusk", "the fox of the forest", "a bowl of red fruit")
-#: torch threads of every process that computes images: float results differ between thread counts.
-THREADS = 1
 BUSY_S = 0.3  # a worker that finished a step this recently is in the middle of a job
-
-
-@dataclass
-class Job:
-    id: str
-    request: dict[str, Any]  # the body of POST /v1/jobs
-    inputs: dict[str, Any]  # normalized exactly as the submit Lambda does (what the worker runs)
-    steps: int  # denoising steps it runs (img2img runs steps x strength)
-
-
-def input_images(size: int) -> dict[str, bytes]:
-    """A photo and its edge map, of another size than the outputs so that resizing runs too."""
-    from PIL import Image, ImageDraw, ImageFilter
-
-    photo = Image.new("RGB", (size * 5 // 4, size), (30, 60, 90))
-    draw = ImageDraw.Draw(photo)
-    draw.ellipse((size // 4, size // 5, size, size * 4 // 5), fill=(220, 90, 30))
-    draw.rectangle((0, size * 3 // 4, size * 5 // 4, size), fill=(240, 240, 250))
-    edges = photo.convert("L").filter(ImageFilter.FIND_EDGES).convert("RGB")
-    out = {"chaos/photo.png": io.BytesIO(), "chaos/edges.png": io.BytesIO()}
-    photo.save(out["chaos/photo.png"], format="PNG")
-    edges.save(out["chaos/edges.png"], format="PNG")
-    return {key: buf.getvalue() for key, buf in out.items()}
-
-
-def make_jobs(n: int, size: int, steps: int, seed: int, bucket: str) -> list[Job]:
-    """Pipelines cycle mod 3 and samplers mod 13, so every pair occurs within 39 jobs; each sampler cycles through
-    the schedules it takes; every 4th job is SDXL with a LoRA; every 10th job makes two images."""
-    from runtime.contract import SAMPLER_SCHEDULES, SCHEDULERS, validate_inputs
-    from runtime.contract.inputs import LCM_MAX_STEPS
-
-    rng = random.Random(seed)
-    jobs = []
-    for i in range(n):
-        pipeline, strength = PIPELINES[i % 3], 0.8
-        model = "tiny-sdxl" if i % 4 == 3 else "tiny-sd"
-        controlnet, loras = MODELS[model]
-        sampler = SCHEDULERS[i % len(SCHEDULERS)]
-        schedules = SAMPLER_SCHEDULES[sampler]
-        limit = int(LCM_MAX_STEPS * (strength if pipeline == "img2img" else 1)) if sampler == "lcm" else steps
-        n_steps = min(steps, limit)  # LCM runs at most the steps it was distilled on
-        raw: dict[str, Any] = {"prompt": PROMPTS[i % len(PROMPTS)], "width": size, "height": size, "steps": n_steps,
-                               "seed": rng.randrange(2**32), "scheduler": sampler,
-                               "schedule": schedules[(i // len(SCHEDULERS)) % len(schedules)],
-                               "num_images": 2 if i % 10 == 9 else 1, "loras": loras}
-        if pipeline == "img2img":
-            raw |= {"image": f"s3://{bucket}/chaos/photo.png", "strength": strength}
-        if pipeline == "controlnet":
-            raw |= {"control_image": f"s3://{bucket}/chaos/edges.png", "controlnet": controlnet}
-        inputs = validate_inputs(pipeline, raw, input_bucket=bucket).model_dump(mode="json")  # type: ignore[union-attr]
-        jobs.append(Job(f"chaos-{i:04d}", {"id": f"chaos-{i:04d}", "pipeline": pipeline,
-                        "model": model, "inputs": raw}, json.loads(json.dumps(inputs)),
-                        int(n_steps * strength) if pipeline == "img2img" else n_steps))
-    return jobs
-
-
-_REF: dict[str, Any] = {}
-
-
-def _reference_init(models_dir: str, bucket: str, images: dict[str, bytes], log: str) -> None:
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # library chatter goes to reference.log
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    import torch
-
-    from runtime.models.store import ModelStore
-    from runtime.plugins import Registry
-
-    torch.set_num_threads(THREADS)
-    _REF.update(store=ModelStore(Path(models_dir), "cpu"), registry=Registry.default(), bucket=bucket,
-                images={f"s3://{bucket}/{key}": data for key, data in images.items()}, pipelines={})
-
-
-def reference(job_id: str, pipeline: str, inputs: dict[str, Any], model: str) -> list[bytes]:
-    """The job's PNGs as an uninterrupted worker makes them (runs in the reference process): the worker's
-    pipeline class, RunContext and ``encode_png`` with the parameters ``JobRunner.store_outputs`` writes."""
-    from runtime.plugins import RunContext, SetupContext
-    from runtime.worker.images import decode_image, encode_png
-
-    store, pipelines = _REF["store"], _REF["pipelines"]
-    if pipeline not in pipelines:
-        pipelines[pipeline] = _REF["registry"].get(pipeline)()
-        pipelines[pipeline].setup(SetupContext(device="cpu", models=store))
-    runner = pipelines[pipeline]
-    parsed = type(runner).Inputs.model_validate(inputs, context={"input_bucket": _REF["bucket"]})
-    ctx = RunContext(job_id=job_id, model=model, seed=inputs["seed"], device="cpu", models=store,
-                     report=lambda step, total, state: None,
-                     fetch_image=lambda uri: decode_image(_REF["images"][uri]))
-    params = {"pipeline": pipeline, "model": model, "seed": inputs["seed"], **inputs}
-    return [encode_png(image, {**params, "index": i}) for i, image in enumerate(runner.run(parsed, ctx))]
 
 
 def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Any, Path]:

@@ -38,19 +38,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.harness.chaos import (
-    Fleet,
-    Job,
-    _reference_init,
-    drain,
-    input_images,
-    make_jobs,
-    outcome,
-    parse_args,
-    prepare,
-    reference,
-)
+from tests.harness.chaos import Fleet, drain, outcome, parse_args, prepare
 from tests.harness.faultproxy import FaultProxy, Request
+from tests.harness.jobmix import Job, _reference_init, input_images, make_jobs, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 
