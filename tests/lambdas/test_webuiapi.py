@@ -1,7 +1,7 @@
 """The real SD WebUI client, the ``webuiapi`` package (0.9.17), against ``/sdapi/v1`` of a running ``spotgen dev``.
 
-``tests/lambdas/test_compat.py`` sends the routes raw HTTP; here the client sends what it sends, with every one
-of its defaults (``enable_hr``, ``styles``, ``subseed``, ``eta``, ``script_name``, ``sampler_index``, a
+``tests/lambdas/test_compat_webui.py`` sends the routes raw HTTP; here the client sends what it sends, with every
+one of its defaults (``enable_hr``, ``styles``, ``subseed``, ``eta``, ``script_name``, ``sampler_index``, a
 ControlNet unit's ``processor_res``, ``hr_option``, ...), and reads the answers as its users do: PIL images,
 ``info`` parsed, a refusal raised as ``RuntimeError(status, body)``. Jobs run on a real worker with the tiny
 models: 64 px, 4 steps. Two things the client itself does, which a test must not trip on:

@@ -4,7 +4,7 @@ The tiny SDXL model is written here in the original (SGM) layout by the inverse 
 (``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``, ``convert_ldm_clip_checkpoint`` and
 ``convert_open_clip_checkpoint``), so loading it takes exactly the path a real checkpoint takes:
 ``StableDiffusionXLPipeline.from_single_file`` with the catalog's local config directory, no Hub. The SD 1.x
-helpers of ``test_models`` cover the UNet blocks and the VAE; SDXL adds the size-conditioning embedding
+helpers of ``test_single_file_checkpoints`` cover the UNet blocks and the VAE; SDXL adds the size-conditioning embedding
 (``label_emb``), transformer depth (same key names in both layouts) and the second, OpenCLIP-layout text encoder.
 """
 
@@ -25,7 +25,8 @@ from pipelines.txt2img import Txt2Img
 from runtime.models.catalog import CATALOG_FILE
 from runtime.models.store import ModelStore
 from runtime.models.tiny import SDXL_ID
-from tests.models.test_models import UNET_WEIGHTS, _unet_key, vae_and_clip_state, write_single_file
+from tests.models.catalogs import UNET_WEIGHTS
+from tests.models.test_single_file_checkpoints import _unet_key, vae_and_clip_state, write_single_file
 from tests.pipelines.harness import COMMON, Harness, parse, pixels
 
 #: SGM's names for SDXL's size-conditioning embedding (diffusers' ``add_embedding``, a two-layer MLP).

@@ -1,8 +1,12 @@
-"""The compatibility routes on a running ``spotgen dev``: the AWS sample's ``/v1alpha2`` and ``/v1alpha1``, and
-SD WebUI's ``/sdapi/v1``. Requests go over HTTP to the real gateway and Lambda code, jobs run on a real worker
-with the tiny models, notifications are read from the results queue. The mapping rules themselves are tested
-one by one in ``tests/contract/test_webui.py`` and ``test_sample.py``; here, that each route serves them, what it
-answers, and that every refusal names the field and leaves nothing behind.
+"""The AWS sample's task API on a running ``spotgen dev``: ``/v1alpha2`` and ``/v1alpha1``, and image URLs.
+
+Requests go over HTTP to the real gateway and Lambda code, or to the Lambda code in this process where a test
+changes its settings; jobs run on a real worker with the tiny models, notifications are read from the results
+queue. The sample's own files end with the sample's notification, a task that fails is announced as failed, every
+refusal names the field and leaves nothing behind; image URLs are fetched by the submit Lambda where the allow-list
+says so (a loopback server stands in for huggingface.co) and refused otherwise; and a runtime's pool routes its
+jobs by an SNS filter policy. The mapping rules themselves are tested one by one in ``tests/contract/``
+(``test_sample_*.py``); here, that each route serves them and what it answers.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import io
 import json
 import ssl
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,25 +27,17 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
-from lambdas import sample, sdapi, submit
+from lambdas import sample, submit
 from lambdas.common import Deployment
 from lambdas.fetch import LoopbackForTests, fetch_image
 from runtime.config import Settings
 from runtime.contract import MAX_IMAGE_BYTES, SampleNotification
-from runtime.local.devstack import EMULATOR_CREDENTIALS
-from runtime.storage import aws
-from runtime.storage.jobstore import JobStore
 from tests.conftest import Stack
-from tests.contract.test_sample import CAT_URL, V1ALPHA1_T2I_EKS, V1ALPHA2_I2I_EKS, V1ALPHA2_I2I_GUIDANCE, V1ALPHA2_T2I
-from tests.harness.faultproxy import FaultProxy
+from tests.contract.sample_cases import CAT_URL, V1ALPHA1_T2I_EKS, V1ALPHA2_I2I_EKS, V1ALPHA2_I2I_GUIDANCE, V1ALPHA2_T2I
+from tests.lambdas.compat_stack import PNG_B64, _png_b64, in_process, stack_fixture  # noqa: F401 - stack_fixture
 from tests.lambdas.test_fetch import make_certificates
 from tests.rest import call, wait_for
 from tests.worker.test_e2e import drain
-
-
-@pytest.fixture(scope="module")
-def stack(own_stack: Stack) -> Stack:
-    return own_stack
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +136,6 @@ def test_a_sample_task_that_fails_is_announced_as_failed(stack: Stack, notes: di
     assert s3_json(stack, note["output_url"])["parameters"]["error_msg"]
 
 
-def _png_b64(size: tuple[int, int] = (64, 64), color: tuple[int, int, int] = (200, 30, 30)) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-PNG_B64 = _png_b64()
-
-
 BAD_SAMPLE_TASKS: list[tuple[str, str, Any, str, str]] = [
     # (what, route, change to a small v1alpha2 t2i task or v1alpha1 body, field, phrase in the message)
     ("no content", "v1alpha2", lambda b: b["task"].pop("content"), "task.content", "required"),
@@ -201,116 +187,6 @@ def test_a_bad_sample_task_is_refused_naming_the_field(stack: Stack, what: str, 
     assert status == 400, answer
     assert answer["error"]["field"] == field and phrase.lower() in answer["error"]["message"].lower(), answer
     nothing_kept(stack, job_id)
-
-
-# -- SD WebUI's API --------------------------------------------------------------------------------------------
-
-
-def txt2img(stack: Stack, **body: Any) -> tuple[int, Any]:
-    return call("POST", f"{stack.api_url}/sdapi/v1/txt2img",
-                {"prompt": "a red fox", "width": 64, "height": 64, "steps": 4, **body}, timeout=300)
-
-
-def test_txt2img_answers_images_and_info_and_a_seed_gives_the_same_pixels(stack: Stack) -> None:
-    status, first = txt2img(stack, seed=-1, batch_size=2, sampler_name="DPM++ 2M Karras")
-    assert status == 200, first
-    info = json.loads(first["info"])
-    assert len(first["images"]) == 2 and info["all_seeds"] == [info["seed"], info["seed"] + 1]
-    assert (info["sampler_name"], info["scheduler"], info["batch_size"]) == ("DPM++ 2M", "Karras", 2)
-    assert first["parameters"]["seed"] == -1 and first["parameters"]["prompt"] == "a red fox"
-    image = Image.open(io.BytesIO(base64.b64decode(first["images"][0])))
-    assert image.size == (64, 64) and image.format == "PNG"
-    status, again = txt2img(stack, seed=info["seed"], batch_size=2, sampler_name="DPM++ 2M Karras")
-    assert status == 200 and again["images"] == first["images"]
-
-
-def test_img2img_starts_from_the_init_image(stack: Stack) -> None:
-    body = {"prompt": "a fox", "width": 64, "height": 64, "steps": 4, "seed": 3, "init_images": [PNG_B64],
-            "denoising_strength": 0.5}
-    status, answer = call("POST", f"{stack.api_url}/sdapi/v1/img2img", body, timeout=300)
-    assert status == 200, answer
-    assert answer["parameters"]["init_images"] is None  # WebUI leaves the images out of its echo
-    assert json.loads(answer["info"])["denoising_strength"] == 0.5
-    status, other = call("POST", f"{stack.api_url}/sdapi/v1/img2img", {**body, "init_images": [_png_b64(
-        color=(10, 10, 240))]}, timeout=300)
-    assert status == 200 and other["images"] != answer["images"]
-
-
-def test_a_bad_webui_body_is_refused_naming_its_own_field(stack: Stack) -> None:
-    for body, field in (({"steps": "4"}, "steps"), ({"cfg_scale": 99.0}, "cfg_scale"), ({"batch_size": 99},
-                        "batch_size"), ({"restore_faces": True}, "restore_faces"), ({"bogus": 1}, "bogus")):
-        status, answer = txt2img(stack, **body)
-        assert status == 400 and answer["error"]["field"] == field, (body, answer)
-
-
-def test_the_listings_come_from_the_catalog(stack: Stack) -> None:
-    status, models = call("GET", f"{stack.api_url}/sdapi/v1/sd-models")
-    assert status == 200
-    titles = {m["model_name"]: m["title"] for m in models}
-    assert titles == {"tiny-sd": "v1-5-pruned-emaonly.safetensors", "tiny-sdxl": "sd_xl_turbo_1.0.safetensors"}
-    loras = call("GET", f"{stack.api_url}/sdapi/v1/loras")[1]
-    assert {lora["alias"] for lora in loras} >= {"tiny-lora-sd1", "tiny-lora-sdxl"}
-    samplers = {s["name"] for s in call("GET", f"{stack.api_url}/sdapi/v1/samplers")[1]}
-    assert {"Euler a", "DPM++ 2M", "UniPC"} <= samplers
-    schedulers = {s["label"] for s in call("GET", f"{stack.api_url}/sdapi/v1/schedulers")[1]}
-    assert schedulers == {"Automatic", "Karras", "Exponential", "SGM Uniform"}
-    # A model listed by title is one a body can name.
-    status, answer = txt2img(stack, override_settings={"sd_model_checkpoint": titles["tiny-sdxl"]})
-    assert status == 200 and json.loads(answer["info"])["sd_model_name"] == titles["tiny-sdxl"]
-
-
-def test_options_answer_the_fixed_model_and_refuse_a_change(stack: Stack) -> None:
-    status, options = call("GET", f"{stack.api_url}/sdapi/v1/options")
-    assert status == 200 and options["sd_model_checkpoint"] == "v1-5-pruned-emaonly.safetensors"
-    same = {"sd_model_checkpoint": options["sd_model_checkpoint"]}
-    assert call("POST", f"{stack.api_url}/sdapi/v1/options", same)[0] == 200
-    status, answer = call("POST", f"{stack.api_url}/sdapi/v1/options",
-                          {"sd_model_checkpoint": "sd_xl_turbo_1.0.safetensors"})
-    assert status == 400 and "override_settings" in answer["error"]["message"]
-    assert answer["error"]["field"] == "options.sd_model_checkpoint"
-    assert call("GET", f"{stack.api_url}/sdapi/v1/txt2img")[0] == 405
-    assert call("GET", f"{stack.api_url}/sdapi/v1/extra-single-image")[0] == 404
-
-
-def test_progress_follows_the_callers_job_and_interrupt_cancels_it(stack: Stack) -> None:
-    answers: list[tuple[int, Any]] = []
-    thread = threading.Thread(target=lambda: answers.append(txt2img(stack, steps=150, prompt="long")))
-    thread.start()
-    deadline = time.monotonic() + 120
-    while True:
-        progress = call("GET", f"{stack.api_url}/sdapi/v1/progress")[1]
-        if progress["state"]["sampling_step"] > 0:
-            break
-        assert time.monotonic() < deadline and thread.is_alive(), progress
-        time.sleep(0.05)
-    assert progress["state"]["job_count"] == 1 and progress["state"]["sampling_steps"] == 150
-    assert 0 < progress["progress"] < 1 and progress["eta_relative"] > 0
-    assert call("POST", f"{stack.api_url}/sdapi/v1/interrupt", {})[0] == 200
-    thread.join(120)
-    status, answer = answers[0]
-    assert status == 409 and answer["error"]["code"] == "cancelled", answer
-    assert call("GET", f"{stack.api_url}/sdapi/v1/progress")[1]["state"]["job_count"] == 0
-    assert call("POST", f"{stack.api_url}/sdapi/v1/interrupt", {})[0] == 200  # nothing running: WebUI's 200 too
-
-
-def in_process(stack: Stack, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> Deployment:
-    """The stack's deployment as a Lambda of this process sees it, with ``settings`` changed."""
-    for name, value in EMULATOR_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    config = Settings.from_env(stack.env).model_copy(update=settings)
-    return Deployment(config, JobStore(aws.client("s3", config), config), aws.client("sns", config))
-
-
-def test_a_wait_that_runs_out_is_a_504_naming_the_job_which_still_finishes(stack: Stack,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    dep = in_process(stack, monkeypatch, sync_wait_s=0.3)
-    event = {"body": json.dumps({"prompt": "slow", "width": 64, "height": 64, "steps": 60}),
-             "requestContext": {"http": {"method": "POST", "sourceIp": "127.0.0.9"}}}
-    answer = sdapi.generate(dep, event, "txt2img")
-    body = json.loads(answer["body"])
-    assert answer["statusCode"] == 504 and body["error"]["code"] == "still_running"
-    assert answer["headers"]["Location"] == body["status_url"] == f"{stack.api_url}/v1/jobs/{body['id']}"
-    assert wait_for(stack.api_url, body["id"])["state"] == "succeeded"
 
 
 # -- image URLs, fetched by the submit Lambda where the allow-list says so ------------------------------------
@@ -429,28 +305,3 @@ def test_a_runtimes_pool_routes_its_jobs_by_an_sns_filter_policy(stack: Stack, m
     assert got[0]["MessageAttributes"]["pool"]["StringValue"] == "xl"
     assert got[0]["MessageAttributes"]["model"]["StringValue"] == "tiny-sdxl"  # the runtime's own model
     assert not stack.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages")  # the other job: not here
-
-
-def test_the_sync_wait_rides_out_an_s3_outage_and_says_when_the_images_cannot_be_read(
-        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Lambda's S3 calls go through a fault proxy: an outage while it polls is a missed poll, and images it
-    cannot read after the job succeeded are a 503 naming the job, not a crash that loses the answer."""
-    upstream = urlsplit(stack.state["aws_endpoint_url"])
-    with FaultProxy((str(upstream.hostname), int(upstream.port or 80))) as proxy:
-        dep = in_process(stack, monkeypatch)
-        through = dep.settings.model_copy(update={"aws_endpoint_url": proxy.url})
-        dep = dataclasses.replace(dep, store=JobStore(aws.client("s3", through), dep.settings))
-        event = {"body": json.dumps({"prompt": "blink", "width": 64, "height": 64, "steps": 4, "seed": 5}),
-                 "requestContext": {"http": {"method": "POST", "sourceIp": "127.0.0.10"}}}
-        proxy.on(lambda r: r.service == "s3" and r.method == "GET" and r.path.endswith("/status.json"), 2.0)
-        answer = sdapi.generate(dep, event, "txt2img")
-        assert answer["statusCode"] == 200, answer["body"]
-        assert [what for _, what in proxy.log].count("down") == 1 and len(json.loads(answer["body"])["images"]) == 1
-
-        proxy.on(lambda r: r.service == "s3" and r.method == "GET" and r.path.endswith(".png"), 120.0)
-        answer = sdapi.generate(dep, event, "txt2img")
-        proxy.up()
-        body = json.loads(answer["body"])
-        assert answer["statusCode"] == 503 and body["error"]["code"] == "images_unavailable", body
-        assert answer["headers"]["Location"] == body["status_url"]
-        assert wait_for(stack.api_url, body["id"])["state"] == "succeeded"

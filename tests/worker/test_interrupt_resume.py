@@ -1,25 +1,23 @@
-"""Spot interruptions, the visibility lease, cancel and deadlines, with real worker processes we signal.
+"""Spot interruptions and the visibility lease, with real worker processes we signal: the job goes on elsewhere.
 
-The stack here starts no workers of its own: each test runs `spotgen worker` processes it can SIGTERM or
-SIGKILL, and reads the step log (one line per finished denoising step: pid, job, attempt, step) to know
-which process runs a job and how far it got. Outputs of interrupted jobs are compared byte for byte with
-the same job run without interruption.
+SIGTERM mid-job checkpoints and hands the job back, and another worker resumes it; SIGTERM on an idle worker
+exits at once; a job longer than the visibility timeout runs once, and one whose worker is SIGKILLed is delivered
+again within the lease and resumes from its last stored checkpoint; a checkpoint that does not fit the job is
+ignored; a pipeline without checkpoints is forced out at the deadline, as is any worker at a second SIGTERM; and a
+spot notice from the instance metadata service does what SIGTERM does. The workers are those of
+``tests/worker/interrupt_pool.py``, whose step log says which process runs a job and how far it got; outputs of
+interrupted jobs are compared byte for byte with the same job run without interruption.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,89 +30,20 @@ from runtime.plugins import StepState
 from runtime.storage.jobstore import JobStore, checkpoint_key
 from runtime.worker import checkpoint
 from runtime.worker.interrupt import FORCED_EXIT
-from runtime.worker.steplog import read as read_steplog
-from tests.conftest import Stack, spawn_worker, start_stack, stop_stack
+from tests.conftest import Stack
 from tests.pipelines.harness import _input_images
-from tests.rest import call, download, wait_for
-from tests.worker.test_e2e import drain
-
-LEASE_S = 3
-# One job in hand per worker (no receive-ahead): these tests keep both workers busy so that a job waits in the
-# queue, and send jobs to the idle one; with receive-ahead a busy worker would take them too. The jobs in hand
-# (received ahead, storing outputs) are tests/worker/test_handoff.py's and the chaos harness's.
-ENV = {"SPOTGEN_HEARTBEAT_S": "0.5", "SPOTGEN_LEASE_S": str(LEASE_S), "SPOTGEN_PROGRESS_INTERVAL_S": "0.1",
-       "SPOTGEN_MAX_RECEIVE_COUNT": "2", "SPOTGEN_CHECKPOINT_EVERY": "5", "SPOTGEN_RECEIVE_AHEAD": "false"}
-
-
-class Pool:
-    """Worker processes of one stack, by name, and the step log they all append to."""
-
-    def __init__(self, stack: Stack, steplog: Path) -> None:
-        self.stack, self.steplog = stack, steplog
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.count = 0
-
-    def start(self, **env: str) -> subprocess.Popen[bytes]:
-        self.count += 1
-        # One torch thread each: two workers with two threads each on two cores mostly wait for each other.
-        proc = spawn_worker(self.stack, str(self.count), {"SPOTGEN_STEP_LOG": str(self.steplog),
-                                                          "OMP_NUM_THREADS": "1", **env})
-        self.procs[str(self.count)] = proc
-        return proc
-
-    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-        """Until the worker consumes (its log says Celery is ready): before that, SIGTERM just kills it."""
-        name = next(n for n, p in self.procs.items() if p is proc)
-        log = self.stack.log_dir / f"worker-{name}.log"
-        deadline = time.monotonic() + timeout
-        while not (log.exists() and " ready." in log.read_text(errors="replace")):
-            assert proc.poll() is None and time.monotonic() < deadline, f"worker {name} did not start"
-            time.sleep(0.1)
-
-    def ensure(self, n: int = 2) -> None:
-        alive = [p for p in self.procs.values() if p.poll() is None]
-        for _ in range(n - len(alive)):
-            self.start()
-
-    def proc(self, pid: int) -> subprocess.Popen[bytes]:
-        return next(p for p in self.procs.values() if p.pid == pid)
-
-    def steps(self, job_id: str) -> list[tuple[int, int, int]]:
-        """(pid, attempt, step) of every finished step of the job, in order."""
-        if not self.steplog.exists():
-            return []
-        return [(pid, attempt, step) for pid, job, attempt, step in read_steplog(self.steplog) if job == job_id]
-
-    def wait_step(self, job_id: str, at_least: int, timeout: float = 60) -> tuple[int, int, int]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            steps = self.steps(job_id)
-            if steps and steps[-1][2] >= at_least:
-                return steps[-1]
-            time.sleep(0.02)
-        raise AssertionError(f"job {job_id} did not reach step {at_least}: {self.steps(job_id)[-3:]}")
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("interrupt"), tiny_models, ENV,
-                          args=("--workers", "0", "--visibility-timeout", "2"))
-    yield running
-    stop_stack(running)
-
-
-@pytest.fixture(scope="module")
-def pool(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
-    workers = Pool(stack, tmp_path_factory.mktemp("steps") / "steps.log")
-    workers.ensure(2)
-    yield workers
-    workers.stop()
+from tests.rest import download
+from tests.worker.interrupt_pool import (  # noqa: F401 - notes_fixture, pool_fixture and stack_fixture are fixtures
+    LEASE_S,
+    Pool,
+    finished,
+    no_workers,
+    notes_fixture,
+    notifications,
+    pool_fixture,
+    stack_fixture,
+    submit,
+)
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +59,6 @@ def images(stack: Stack) -> dict[str, str]:
     return refs
 
 
-@pytest.fixture(scope="module")
-def notes() -> dict[str, list[dict[str, Any]]]:
-    return {}
-
-
 def body(pipeline: str, images: dict[str, str], scheduler: str = "euler", steps: int = 40, size: int = 96,
          **extra: Any) -> dict[str, Any]:
     inputs: dict[str, Any] = {"prompt": "a lighthouse at dusk", "width": size, "height": size, "steps": steps,
@@ -146,25 +70,9 @@ def body(pipeline: str, images: dict[str, str], scheduler: str = "euler", steps:
     return {"pipeline": pipeline, "model": "tiny-sd", "inputs": inputs}
 
 
-def submit(stack: Stack, request: dict[str, Any]) -> str:
-    status, answer = call("POST", f"{stack.api_url}/v1/jobs", request)
-    assert status == 202, answer
-    return answer["id"]
-
-
-def finished(stack: Stack, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    return wait_for(stack.api_url, job_id, timeout=timeout)
-
-
 def pngs(doc: dict[str, Any]) -> list[bytes]:
     assert doc["state"] == "succeeded", doc
     return [download(out["url"]) for out in doc["outputs"]]
-
-
-def notifications(stack: Stack, notes: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
-    drain(stack, stack.state["results_queue_url"], notes, "notification", job_id, timeout=15)
-    drain(stack, stack.state["results_queue_url"], notes, "notification", "-none-", timeout=1)  # any second one
-    return [json.loads(m["Body"]) for m in notes.get(job_id, [])]
 
 
 def checkpoint_exists(stack: Stack, job_id: str, timeout: float = 10) -> bool:
@@ -321,21 +229,6 @@ def test_a_checkpoint_that_does_not_fit_is_ignored(stack: Stack, pool: Pool, ima
     assert not checkpoint_exists(stack, job)
 
 
-@contextlib.contextmanager
-def no_workers(pool: Pool) -> Iterator[None]:
-    """No worker consumes inside the block, so a job submitted there waits in the queue for certain (busy
-    workers would not do: a worker left over from an earlier test, or one that frees up early, takes it)."""
-    for proc in pool.procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in pool.procs.values():
-        proc.wait(30)
-    yield
-    pool.ensure(2)
-    for proc in [p for p in pool.procs.values() if p.poll() is None]:
-        pool.wait_ready(proc)  # consuming again before the test goes on to wait for what they do
-
-
 # -- forced exits ------------------------------------------------------------------------------------------
 
 
@@ -416,54 +309,3 @@ def test_spot_notice_from_imds_checkpoints_and_hands_the_job_back(stack: Stack, 
     finally:
         FakeIMDS.notice = None
         server.shutdown()
-
-
-# -- cancel, deadlines, retries ----------------------------------------------------------------------
-
-
-def test_cancel_a_running_job_stops_it_within_a_step(stack: Stack, pool: Pool, notes: dict[str, Any]) -> None:
-    pool.ensure(2)
-    job = submit(stack, {"pipeline": "slow", "model": "tiny-sd", "inputs": {"prompt": "x", "steps": 100,
-                                                                             "delay": 0.1}})
-    pool.wait_step(job, 3)
-    status, answer = call("POST", f"{stack.api_url}/v1/jobs/{job}/cancel")
-    assert status == 202, answer
-    at_cancel = pool.steps(job)[-1][2]
-    doc = finished(stack, job)
-    assert doc["state"] == "cancelled" and doc["outputs"] == []
-    # Noticed at the next progress write (every 0.1 s here), then the job stops at the next step.
-    assert pool.steps(job)[-1][2] <= at_cancel + 3
-    assert [n["state"] for n in notifications(stack, notes, job)] == ["cancelled"]
-
-
-def test_cancel_a_queued_job_skips_it(stack: Stack, pool: Pool, notes: dict[str, Any]) -> None:
-    with no_workers(pool):
-        job = submit(stack, {"pipeline": "slow", "model": "tiny-sd", "inputs": {"prompt": "x", "steps": 5}})
-        status, answer = call("POST", f"{stack.api_url}/v1/jobs/{job}/cancel")
-        assert status == 200 and answer["state"] == "cancelled", answer
-    # The worker that takes the message finds the job final: no step runs, one notification goes out.
-    assert [n["state"] for n in notifications(stack, notes, job)] == ["cancelled"]
-    assert pool.steps(job) == []
-
-
-def test_job_past_its_deadline_expires_without_running(stack: Stack, pool: Pool, notes: dict[str, Any]) -> None:
-    with no_workers(pool):
-        job = submit(stack, {"pipeline": "slow", "model": "tiny-sd", "ttl_seconds": 1,
-                             "inputs": {"prompt": "x", "steps": 5}})
-        deadline = datetime.fromisoformat(call("GET", f"{stack.api_url}/v1/jobs/{job}")[1]["expires_at"])
-        while utcnow() <= deadline:  # past it before any worker can see the job
-            time.sleep(0.1)
-    doc = finished(stack, job)
-    assert doc["state"] == "expired" and doc["error"]["code"] == "expired"
-    assert pool.steps(job) == []
-    assert [n["state"] for n in notifications(stack, notes, job)] == ["expired"]
-
-
-def test_retryable_failure_ends_failed_after_max_receive_count(stack: Stack, pool: Pool) -> None:
-    pool.ensure(2)
-    job = submit(stack, {"pipeline": "flaky", "model": "tiny-sd", "inputs": {"prompt": "x"}})
-    doc = finished(stack, job, timeout=60)
-    assert doc["state"] == "failed" and doc["error"]["code"] == "retries_exhausted"
-    assert "upstream service is unavailable" in doc["error"]["message"] and doc["attempts"] == 2
-    dead = drain(stack, stack.env["SPOTGEN_DEAD_LETTER_QUEUE_URL"], {}, "attr", job)
-    assert len(dead) == 1 and dead[0]["MessageAttributes"]["error_code"]["StringValue"] == "retries_exhausted"

@@ -1,11 +1,9 @@
 """The AWS EKS sample's envelopes (``runtime/contract/sample.py``): one test per rule and per refusal.
 
-The sample's own request files are copied here as they are in its repositories, JSON text and all, then parsed,
-mapped with ``from_webui`` and validated as the pipeline's inputs (``validate_inputs``), so a request the sample
-served that spotgen would refuse later fails here. The two repositories are ``aws-samples/stable-diffusion-on-eks``
-("EKS", commit ed39025, its last) and its successor
-``aws-solutions-library-samples/guidance-for-asynchronous-inference-with-stable-diffusion-on-aws`` ("guidance",
-commit bfec8e2); where their files differ both are here.
+The v1alpha2 body's ``task``, its ``metadata`` (id, runtime, tasktype, prefix, context) and its ``content``, and the
+v1alpha1 body's ``alwayson_scripts`` routing keys: each rule is tested by changing keys of the sample's own t2i.json
+(``sample_cases``); a request that maps is validated as the pipeline's inputs (``validate_inputs``), so an envelope
+the sample accepted that spotgen would refuse later fails here.
 """
 
 from __future__ import annotations
@@ -19,201 +17,12 @@ from runtime.contract import (
     MAX_CONTEXT_BYTES,
     ContractError,
     JobRequest,
-    Names,
-    SampleNotification,
     SampleRequest,
-    WebuiJob,
-    from_webui,
     parse_v1alpha1,
     parse_v1alpha2,
-    sample_notification,
-    sample_output_location,
-    v1alpha1_answer,
-    v1alpha2_answer,
     validate_inputs,
 )
-
-#: The checkpoints the sample's files name (no LoRA or ControlNet appears in them); the runtime's own model is
-#: SD 1.5, as in the EKS sample's default runtime.
-NAMES = Names(models={"v1-5-pruned-emaonly.safetensors": "sd15", "sd_xl_turbo_1.0.safetensors": "sdxl-turbo"},
-              default_model="sd15")
-RUNTIMES = frozenset({"sdruntime", "sdruntime-xl"})
-BUCKET = "sdoneksstack-outputs3bucket"
-CAT_URL = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/cat.png"
-
-# aws-samples/stable-diffusion-on-eks and guidance-...: test/v1alpha2/t2i.json (the same file in both)
-V1ALPHA2_T2I = """{
-  "task": {
-    "metadata": {
-      "id": "test-t2i",
-      "runtime": "sdruntime",
-      "tasktype": "text-to-image",
-      "prefix": "output",
-      "context": ""
-    },
-    "content": {
-      "alwayson_scripts": {},
-      "prompt": "A dog",
-      "steps": 16,
-      "width": 512,
-      "height": 512
-    }
-  }
-}"""
-
-# aws-samples/stable-diffusion-on-eks: test/v1alpha2/i2i.json (the image link in alwayson_scripts)
-V1ALPHA2_I2I_EKS = """{
-  "task": {
-    "metadata": {
-      "id": "test-i2i",
-      "runtime": "sdruntime",
-      "tasktype": "image-to-image",
-      "prefix": "output",
-      "context": ""
-    },
-    "content": {
-      "alwayson_scripts": {
-        "image_link": "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/cat.png"
-      },
-      "prompt": "cat wizard, gandalf, lord of the rings, detailed, fantasy, cute, adorable, Pixar, Disney, 8k",
-      "steps": 16,
-      "width": 512,
-      "height": 512
-    }
-  }
-}"""
-
-# aws-solutions-library-samples/guidance-for-asynchronous-inference-with-stable-diffusion-on-aws:
-# test/v1alpha2/i2i.json (the image link in init_images)
-V1ALPHA2_I2I_GUIDANCE = """{
-  "task": {
-    "metadata": {
-      "id": "test-i2i",
-      "runtime": "sdruntime",
-      "tasktype": "image-to-image",
-      "prefix": "output",
-      "context": ""
-    },
-    "content": {
-      "alwayson_scripts": {},
-      "init_images": ["https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/cat.png"],
-      "prompt": "cat wizard, gandalf, lord of the rings, detailed, fantasy, cute, adorable, Pixar, Disney, 8k",
-      "steps": 16,
-      "width": 512,
-      "height": 512
-    }
-  }
-}"""
-
-# aws-samples/stable-diffusion-on-eks: test/v1alpha2/extra-single-image.json (the same in guidance-...)
-V1ALPHA2_EXTRA = """{
-  "task": {
-    "metadata": {
-      "id": "test-extra",
-      "runtime": "sdruntime",
-      "tasktype": "extra-single-image",
-      "prefix": "output",
-      "context": ""
-    },
-    "content": {
-      "resize_mode":0,
-      "show_extras_results":false,
-      "gfpgan_visibility":0,
-      "codeformer_visibility":0,
-      "codeformer_weight":0,
-      "upscaling_resize":4,
-      "upscaling_resize_w":512,
-      "upscaling_resize_h":512,
-      "upscaling_crop":false,
-      "upscaler_1":"R-ESRGAN 4x+",
-      "upscaler_2":"None",
-      "extras_upscaler_2_visibility":0,
-      "upscale_first":false,
-      "image":"https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/cat.png"
-    }
-  }
-}"""
-
-# aws-samples/stable-diffusion-on-eks: test/v1alpha2/pipeline.json, its metadata as it is and its ComfyUI
-# workflow (nodes 3 to 9) written on fewer lines
-V1ALPHA2_PIPELINE = """{
-  "task": {
-    "metadata": {
-      "id": "test-pipeline",
-      "runtime": "sdruntime",
-      "tasktype": "pipeline",
-      "prefix": "output",
-      "context": ""
-    },
-    "content": {
-      "3": {"inputs": {"seed": 89465186141685, "steps": 20, "cfg": 8, "sampler_name": "euler", "scheduler": "normal",
-            "denoise": 1, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
-            "latent_image": ["5", 0]}, "class_type": "KSampler", "_meta": {"title": "KSampler"}},
-      "4": {"inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, "class_type": "CheckpointLoaderSimple",
-            "_meta": {"title": "Load Checkpoint"}},
-      "5": {"inputs": {"width": 512, "height": 512, "batch_size": 1}, "class_type": "EmptyLatentImage",
-            "_meta": {"title": "Empty Latent Image"}},
-      "6": {"inputs": {"text": "beautiful scenery nature glass bottle landscape, , purple galaxy bottle,",
-            "clip": ["4", 1]}, "class_type": "CLIPTextEncode", "_meta": {"title": "CLIP Text Encode (Prompt)"}},
-      "7": {"inputs": {"text": "text, watermark", "clip": ["4", 1]}, "class_type": "CLIPTextEncode",
-            "_meta": {"title": "CLIP Text Encode (Prompt)"}},
-      "8": {"inputs": {"samples": ["3", 0], "vae": ["4", 2]}, "class_type": "VAEDecode",
-            "_meta": {"title": "VAE Decode"}},
-      "9": {"inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}, "class_type": "SaveImage",
-            "_meta": {"title": "Save Image"}}
-    }
-  }
-}"""
-
-# aws-samples/stable-diffusion-on-eks: test/v1alpha1/t2i.json
-V1ALPHA1_T2I_EKS = """{
-    "alwayson_scripts": {
-        "task": "text-to-image",
-        "sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors",
-        "id_task": "test-t2i",
-        "save_dir": "outputs"
-    },
-    "prompt": "A dog",
-    "steps": 16,
-    "width": 512,
-    "height": 512
-}"""
-
-# aws-solutions-library-samples/guidance-for-asynchronous-inference-with-stable-diffusion-on-aws:
-# test/v1alpha1/t2i.json
-V1ALPHA1_T2I_GUIDANCE = """{
-    "alwayson_scripts": {
-        "task": "text-to-image",
-        "sd_model_checkpoint": "sd_xl_turbo_1.0.safetensors",
-        "id_task": "test-t2i",
-        "save_dir": "outputs"
-    },
-    "prompt": "A dog",
-    "steps": 16,
-    "width": 512,
-    "height": 512
-}"""
-
-# aws-samples/stable-diffusion-on-eks: test/v1alpha1/i2i.json
-V1ALPHA1_I2I_EKS = """{
-    "alwayson_scripts": {
-        "task": "image-to-image",
-        "image_link": "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/cat.png",
-        "id_task": "test-i2i",
-        "sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors",
-        "save_dir": "outputs"
-    },
-    "prompt": "cat wizard, gandalf, lord of the rings, detailed, fantasy, cute, adorable, Pixar, Disney, 8k",
-    "steps": 16,
-    "width": 512,
-    "height": 512
-}"""
-
-
-def refusal(call: Any, *args: Any, **kwargs: Any) -> ContractError:
-    with pytest.raises(ContractError) as info:
-        call(*args, **kwargs)
-    return info.value
+from tests.contract.sample_cases import NAMES, RUNTIMES, V1ALPHA1_T2I_EKS, V1ALPHA2_T2I, parse2, refusal
 
 
 def v2(metadata: dict[str, Any] | None = None, content: Any = None, **task: Any) -> dict[str, Any]:
@@ -235,86 +44,9 @@ def v1(scripts: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
     return body
 
 
-def parse2(data: Any) -> SampleRequest:
-    return parse_v1alpha2(data, RUNTIMES)
-
-
-def from_webui_of(request: SampleRequest) -> WebuiJob:
-    return from_webui(request.body, request.task, NAMES)
-
-
 def validated(request: SampleRequest) -> Any:
     job = request.webui_job(NAMES)
     return job, validate_inputs(job.pipeline, job.inputs, input_bucket="inputs")
-
-
-# -- the sample's own files --------------------------------------------------------------------------------------
-def test_the_samples_v1alpha2_t2i_json_maps_and_validates() -> None:
-    request = parse2(json.loads(V1ALPHA2_T2I))
-    assert (request.api_version, request.id, request.runtime, request.task) == ("v1alpha2", "test-t2i", "sdruntime",
-                                                                                "txt2img")
-    assert (request.output_prefix, request.context, request.sd_model_checkpoint) == ("output", "", None)
-    assert request.body == {"alwayson_scripts": {}, "prompt": "A dog", "steps": 16, "width": 512, "height": 512}
-    job = from_webui_of(request)
-    assert (job.pipeline, job.model, job.inputs["steps"], job.inputs["prompt"]) == ("txt2img", "sd15", 16, "A dog")
-    validate_inputs(job.pipeline, job.inputs, input_bucket="inputs")
-
-
-@pytest.mark.parametrize("text", [V1ALPHA2_I2I_EKS, V1ALPHA2_I2I_GUIDANCE], ids=["eks", "guidance"])
-def test_the_samples_v1alpha2_i2i_json_maps_and_its_image_url_is_refused_naming_the_field(text: str) -> None:
-    request = parse2(json.loads(text))
-    assert (request.task, request.id) == ("img2img", "test-i2i")
-    assert request.body["alwayson_scripts"] == {} and request.body["init_images"] == [CAT_URL]
-    job = from_webui_of(request)
-    assert (job.pipeline, job.model, job.inputs["image"]) == ("img2img", "sd15", CAT_URL)
-    # The sample's queue agent downloads every http(s) or s3:// link in the body; spotgen's contract refuses image
-    # URLs today (a fetcher exists but is not wired in), naming the field.
-    error = refusal(validate_inputs, job.pipeline, job.inputs, input_bucket="inputs")
-    assert (error.field, error.code) == ("inputs.image", "invalid_field") and "URLs are not accepted" in error.message
-
-
-@pytest.mark.parametrize(("text", "what"), [(V1ALPHA2_EXTRA, "upscaler"), (V1ALPHA2_PIPELINE, "ComfyUI")])
-def test_the_samples_extras_and_comfyui_tasks_are_refused_as_not_supported(text: str, what: str) -> None:
-    error = refusal(parse2, json.loads(text))
-    assert (error.code, error.field) == ("unsupported_field", "task.metadata.tasktype") and what in error.message
-
-
-@pytest.mark.parametrize(("text", "model"), [(V1ALPHA1_T2I_EKS, "sd15"), (V1ALPHA1_T2I_GUIDANCE, "sdxl-turbo")],
-                         ids=["eks", "guidance"])
-def test_the_samples_v1alpha1_t2i_json_maps_and_validates(text: str, model: str) -> None:
-    data = json.loads(text)
-    request = parse_v1alpha1(data)
-    assert (request.api_version, request.id, request.runtime, request.task) == ("v1alpha1", "test-t2i", None,
-                                                                                "txt2img")
-    assert (request.output_prefix, request.context) == ("outputs", {})
-    assert request.sd_model_checkpoint == data["alwayson_scripts"]["sd_model_checkpoint"]
-    # The routing keys are out; the checkpoint stays, for from_webui to resolve where the client named it.
-    assert request.body["alwayson_scripts"] == {"sd_model_checkpoint": data["alwayson_scripts"]["sd_model_checkpoint"]}
-    job = from_webui_of(request)
-    assert (job.pipeline, job.model, job.inputs["steps"]) == ("txt2img", model, 16)
-    validate_inputs(job.pipeline, job.inputs, input_bucket="inputs")
-    assert data == json.loads(text)  # the client's body is not changed
-
-
-def test_the_samples_v1alpha1_i2i_json_maps_its_image_link_and_the_url_is_refused_naming_the_field() -> None:
-    request = parse_v1alpha1(json.loads(V1ALPHA1_I2I_EKS))
-    assert (request.task, request.id, request.body["init_images"]) == ("img2img", "test-i2i", [CAT_URL])
-    job = from_webui_of(request)
-    error = refusal(validate_inputs, job.pipeline, job.inputs, input_bucket="inputs")  # URLs: not fetched yet
-    assert error.field == "inputs.image"
-
-
-def test_the_samples_v1alpha1_animatediff_request_is_refused_by_the_webui_mapping() -> None:
-    # aws-samples/stable-diffusion-on-eks: test/v1alpha1/t2v.json, its routing keys and the fields that matter
-    data = {"alwayson_scripts": {"task": "text-to-image", "sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors",
-                                 "id_task": "gif1", "uid": "gif1", "save_dir": "outputs",
-                                 "AnimateDiff": {"args": [{"enable": True, "model": "mm_sd15_v3.safetensors"}]}},
-            "batch_size": 8, "cfg_scale": 7, "height": 512, "prompt": "masterpiece", "steps": 20, "width": 512}
-    request = parse_v1alpha1(data)
-    assert request.body["alwayson_scripts"] == {"sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors",
-                                                "AnimateDiff": data["alwayson_scripts"]["AnimateDiff"]}
-    error = refusal(request.webui_job, NAMES)
-    assert (error.code, error.field) == ("unsupported_field", "alwayson_scripts.AnimateDiff")
 
 
 # -- v1alpha2: the envelope --------------------------------------------------------------------------------------
@@ -556,46 +288,7 @@ def test_v1alpha1_an_unknown_checkpoint_is_refused_where_the_client_named_it() -
     assert (error.code, error.field) == ("unknown_model", "alwayson_scripts.sd_model_checkpoint")
 
 
-# -- answers and the notification ----------------------------------------------------------------------------
-def test_the_v1alpha2_answer_is_the_front_lambdas() -> None:
-    request = parse2(json.loads(V1ALPHA2_T2I))
-    assert v1alpha2_answer(request, BUCKET) == {"id": "test-t2i", "runtime": "sdruntime",
-                                                "output_location": f"s3://{BUCKET}/output/test-t2i"}
-
-
-def test_the_v1alpha1_answer_is_the_front_lambdas() -> None:
-    request = parse_v1alpha1(json.loads(V1ALPHA1_T2I_EKS))
-    assert v1alpha1_answer(request, BUCKET) == {"id_task": "test-t2i",
-                                                "sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors",
-                                                "output_location": f"s3://{BUCKET}/outputs/test-t2i"}
-    assert sample_output_location(request, BUCKET) == f"s3://{BUCKET}/outputs/test-t2i"
-
-
-def test_the_notification_is_the_queue_agents_in_its_field_order() -> None:
-    message = sample_notification(runtime="sdruntime", job_id="test-t2i", succeeded=True,
-                                  image_urls=[f"s3://{BUCKET}/output/test-t2i/0.png"],
-                                  output_url=f"s3://{BUCKET}/jobs/test-t2i/status.json", context={"abc": 123})
-    assert json.loads(message.model_dump_json()) == {
-        "runtime": "sdruntime", "id": "test-t2i", "result": True, "status": "completed",
-        "image_url": [f"s3://{BUCKET}/output/test-t2i/0.png"], "output_url": f"s3://{BUCKET}/jobs/test-t2i/status.json",
-        "context": {"abc": 123}}
-    assert list(message.model_dump()) == ["runtime", "id", "result", "status", "image_url", "output_url", "context"]
-
-
-def test_a_job_that_did_not_succeed_is_failed_without_images() -> None:
-    message = sample_notification(runtime="sdruntime", job_id="x", succeeded=False, image_urls=["s3://b/k.png"],
-                                  output_url="s3://b/jobs/x/status.json", context="")
-    assert (message.result, message.status, message.image_url, message.context) == (False, "failed", [], "")
-
-
-def test_a_notification_whose_result_and_status_disagree_is_refused() -> None:
-    with pytest.raises(ValueError, match="result is true exactly when"):
-        SampleNotification(runtime="r", id="x", result=True, status="failed", output_url="s3://b/k")
-    with pytest.raises(ValueError, match="no images"):
-        SampleNotification(runtime="r", id="x", result=False, status="failed", image_url=["s3://b/k.png"],
-                           output_url="s3://b/k")
-
-
+# -- the parsed request ---------------------------------------------------------------------------------------------
 def test_a_parsed_request_is_frozen() -> None:
     request = parse2(json.loads(V1ALPHA2_T2I))
     with pytest.raises(ValueError):

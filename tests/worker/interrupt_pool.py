@@ -1,0 +1,139 @@
+"""The stack and the worker processes that the interrupt tests signal, and what those tests do with them.
+
+The stack starts no workers of its own: a ``Pool`` runs ``spotgen worker`` processes a test can SIGTERM or
+SIGKILL, and reads the step log (one line per finished denoising step: pid, job, attempt, step) to know which
+process runs a job and how far it got. The fixtures are module-scoped and registered under the names the tests use
+(``stack``, ``pool``, ``notes``), so each module that imports them gets a stack and a pool of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.worker.steplog import read as read_steplog
+from tests.conftest import Stack, spawn_worker, start_stack, stop_stack
+from tests.rest import call, wait_for
+from tests.worker.test_e2e import drain
+
+LEASE_S = 3
+# One job in hand per worker (no receive-ahead): these tests keep both workers busy so that a job waits in the
+# queue, and send jobs to the idle one; with receive-ahead a busy worker would take them too. The jobs in hand
+# (received ahead, storing outputs) are tests/worker/test_handoff.py's and the chaos harness's.
+ENV = {"SPOTGEN_HEARTBEAT_S": "0.5", "SPOTGEN_LEASE_S": str(LEASE_S), "SPOTGEN_PROGRESS_INTERVAL_S": "0.1",
+       "SPOTGEN_MAX_RECEIVE_COUNT": "2", "SPOTGEN_CHECKPOINT_EVERY": "5", "SPOTGEN_RECEIVE_AHEAD": "false"}
+
+
+class Pool:
+    """Worker processes of one stack, by name, and the step log they all append to."""
+
+    def __init__(self, stack: Stack, steplog: Path) -> None:
+        self.stack, self.steplog = stack, steplog
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.count = 0
+
+    def start(self, **env: str) -> subprocess.Popen[bytes]:
+        self.count += 1
+        # One torch thread each: two workers with two threads each on two cores mostly wait for each other.
+        proc = spawn_worker(self.stack, str(self.count), {"SPOTGEN_STEP_LOG": str(self.steplog),
+                                                          "OMP_NUM_THREADS": "1", **env})
+        self.procs[str(self.count)] = proc
+        return proc
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+        """Until the worker consumes (its log says Celery is ready): before that, SIGTERM just kills it."""
+        name = next(n for n, p in self.procs.items() if p is proc)
+        log = self.stack.log_dir / f"worker-{name}.log"
+        deadline = time.monotonic() + timeout
+        while not (log.exists() and " ready." in log.read_text(errors="replace")):
+            assert proc.poll() is None and time.monotonic() < deadline, f"worker {name} did not start"
+            time.sleep(0.1)
+
+    def ensure(self, n: int = 2) -> None:
+        alive = [p for p in self.procs.values() if p.poll() is None]
+        for _ in range(n - len(alive)):
+            self.start()
+
+    def proc(self, pid: int) -> subprocess.Popen[bytes]:
+        return next(p for p in self.procs.values() if p.pid == pid)
+
+    def steps(self, job_id: str) -> list[tuple[int, int, int]]:
+        """(pid, attempt, step) of every finished step of the job, in order."""
+        if not self.steplog.exists():
+            return []
+        return [(pid, attempt, step) for pid, job, attempt, step in read_steplog(self.steplog) if job == job_id]
+
+    def wait_step(self, job_id: str, at_least: int, timeout: float = 60) -> tuple[int, int, int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            steps = self.steps(job_id)
+            if steps and steps[-1][2] >= at_least:
+                return steps[-1]
+            time.sleep(0.02)
+        raise AssertionError(f"job {job_id} did not reach step {at_least}: {self.steps(job_id)[-3:]}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module", name="stack")
+def stack_fixture(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("interrupt"), tiny_models, ENV,
+                          args=("--workers", "0", "--visibility-timeout", "2"))
+    yield running
+    stop_stack(running)
+
+
+@pytest.fixture(scope="module", name="pool")
+def pool_fixture(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    workers = Pool(stack, tmp_path_factory.mktemp("steps") / "steps.log")
+    workers.ensure(2)
+    yield workers
+    workers.stop()
+
+
+@pytest.fixture(scope="module", name="notes")
+def notes_fixture() -> dict[str, list[dict[str, Any]]]:
+    return {}
+
+
+def submit(stack: Stack, request: dict[str, Any]) -> str:
+    status, answer = call("POST", f"{stack.api_url}/v1/jobs", request)
+    assert status == 202, answer
+    return answer["id"]
+
+
+def finished(stack: Stack, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    return wait_for(stack.api_url, job_id, timeout=timeout)
+
+
+def notifications(stack: Stack, notes: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
+    drain(stack, stack.state["results_queue_url"], notes, "notification", job_id, timeout=15)
+    drain(stack, stack.state["results_queue_url"], notes, "notification", "-none-", timeout=1)  # any second one
+    return [json.loads(m["Body"]) for m in notes.get(job_id, [])]
+
+
+@contextlib.contextmanager
+def no_workers(pool: Pool) -> Iterator[None]:
+    """No worker consumes inside the block, so a job submitted there waits in the queue for certain (busy
+    workers would not do: a worker left over from an earlier test, or one that frees up early, takes it)."""
+    for proc in pool.procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in pool.procs.values():
+        proc.wait(30)
+    yield
+    pool.ensure(2)
+    for proc in [p for p in pool.procs.values() if p.poll() is None]:
+        pool.wait_ready(proc)  # consuming again before the test goes on to wait for what they do
