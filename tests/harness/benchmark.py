@@ -186,7 +186,6 @@ def workload_figures(stack: Any, store: ModelStore, log_dir: Path, workloads: di
 
     api, worker = stack.api_url, stack.state()["worker_pids"][0]
     results = (aws.client("sqs", stack.settings), stack.resources.results_queue_url)
-    host = set(range(os.cpu_count() or 1)) - {device_cpu}
     if device_cpu is not None:
         pin(worker, {device_cpu})
     figures: dict[str, Any] = {}
@@ -215,7 +214,8 @@ def workload_figures(stack: Any, store: ModelStore, log_dir: Path, workloads: di
                          "direct_s": direct / n, "e2e_s": e2e / n,
                          "worker_pipeline_s": sum(in_worker) / max(1, len(in_worker)),
                          # and where the CPU went, per image
-                         "cores": os.cpu_count() if device_cpu is None else 1, "host_cores": len(host),
+                         "cores": os.cpu_count() if device_cpu is None else 1,
+                         "host_cores": (os.cpu_count() or 1) - (device_cpu is not None),
                          "direct_cpu_s": direct_cpu / n, "stack_cpu_s": stack_cpu / n, "worker_cpu_s": worker_cpu / n}
     return figures
 
