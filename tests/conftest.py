@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -17,11 +18,23 @@ from typing import Any
 import boto3
 import pytest
 
+from tests.inbox import Inbox
+
 ROOT = Path(__file__).resolve().parent.parent
 # One torch thread per process, set before anything imports torch and inherited by every worker the tests start:
 # the suite runs pytest and several workers on 2 cores, and torch's default of one thread per core makes them
 # spin against each other (measured: 88 s against 6 s for tests/pipelines/test_inputs_matter.py under load).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadscope`` (make test): whole modules, and the modules that share a stack together
+    (tests/scheduling.py)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from tests.scheduling import StackScheduling
+
+    return StackScheduling(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -82,6 +95,13 @@ class Stack:
         self.s3 = session.client("s3", endpoint_url=endpoint)
         self.sqs = session.client("sqs", endpoint_url=endpoint)
         self.sns = session.client("sns", endpoint_url=endpoint)
+
+    @functools.cached_property
+    def inbox(self) -> Inbox:
+        """The stack's results and dead-letter queues, read by job id: one per stack, shared by its tests."""
+        pools = [queue["SPOTGEN_QUEUE_URL"] for queue in self.state.get("pools", {}).values()]
+        return Inbox(self.sqs, self.state["results_queue_url"], self.env["SPOTGEN_DEAD_LETTER_QUEUE_URL"],
+                     [self.env["SPOTGEN_QUEUE_URL"], *pools])
 
     def worker_log(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("worker-*.log")))

@@ -120,9 +120,12 @@ class StatusTracker:
                     self.doc, self._claimed = new, new.notify_claimed_at
                     return True
                 except StatusConflict:
-                    current, self.etag = self.store.read_status_tagged(self.doc.id)
-                    if current is not None:
-                        self.doc = current
+                    current, etag = self.store.read_status_tagged(self.doc.id)
+                    if current is None or current.created_at != self.doc.created_at:
+                        log.info("job %s: the status document is no longer this job's; not claiming its "
+                                 "notification", self.doc.id)  # see mark_notified
+                        return False
+                    self.doc, self.etag = current, etag
             raise StatusConflict(self.doc.id)
 
     def mark_notified(self) -> None:
@@ -136,6 +139,11 @@ class StatusTracker:
                     self.doc = new
                     return
                 except StatusConflict:
-                    current, self.etag = self.store.read_status_tagged(self.doc.id)
-                    if current is not None:
-                        self.doc = current
+                    current, etag = self.store.read_status_tagged(self.doc.id)
+                    if current is None or current.created_at != self.doc.created_at:
+                        # Gone, or another job under the same id (its documents were removed and the id
+                        # submitted again): the mark would tell the new job that its notification went out.
+                        log.info("job %s: the status document is no longer this job's; not marking it notified",
+                                 self.doc.id)
+                        return
+                    self.doc, self.etag = current, etag

@@ -1,7 +1,7 @@
 """What the compatibility route modules share: their stack, a test image, and the Lambdas run in this process.
 
-``stack`` is the module's own ``spotgen dev`` (``own_stack``), registered under the name the tests use, so each
-module that imports it gets one of its own; ``in_process`` is that stack's deployment as a Lambda of this process
+``stack`` is the compatibility modules' shared ``spotgen dev`` (``own_stack``), registered under the name the tests
+use; ``in_process`` is that stack's deployment as a Lambda of this process
 sees it, for tests that change its settings.
 """
 

@@ -34,22 +34,17 @@ from runtime.config import Settings
 from runtime.contract import MAX_IMAGE_BYTES, SampleNotification
 from tests.conftest import Stack
 from tests.contract.sample_cases import CAT_URL, V1ALPHA1_T2I_EKS, V1ALPHA2_I2I_EKS, V1ALPHA2_I2I_GUIDANCE, V1ALPHA2_T2I
+from tests.inbox import Queue, attribute_id
 from tests.lambdas.compat_stack import PNG_B64, _png_b64, in_process, stack_fixture  # noqa: F401 - stack_fixture
 from tests.lambdas.test_fetch import make_certificates
 from tests.rest import call, wait_for
-from tests.worker.test_e2e import drain
 
 
-@pytest.fixture(scope="module")
-def notes() -> dict[str, list[dict[str, Any]]]:
-    return {}
-
-
-def note_of(stack: Stack, notes: dict[str, Any], job_id: str) -> dict[str, Any]:
+def note_of(stack: Stack, job_id: str) -> dict[str, Any]:
     """The one notification of the job, as its JSON body."""
-    got = drain(stack, stack.state["results_queue_url"], notes, "notification", job_id, timeout=120)
+    got = stack.inbox.settled(job_id)
     assert len(got) == 1, got
-    return json.loads(got[0]["Body"])
+    return got[0]
 
 
 def s3_json(stack: Stack, url: str) -> Any:
@@ -86,12 +81,12 @@ def small(text: str, **changes: Any) -> dict[str, Any]:
 # -- the AWS sample's task API ---------------------------------------------------------------------------------
 
 
-def test_the_samples_v1alpha2_t2i_file_ends_with_the_sample_notification(stack: Stack, notes: dict[str, Any]) -> None:
+def test_the_samples_v1alpha2_t2i_file_ends_with_the_sample_notification(stack: Stack) -> None:
     status, answer = call("POST", f"{stack.api_url}/v1alpha2", json.loads(V1ALPHA2_T2I))  # 512 px, 16 steps
     bucket = stack.env["SPOTGEN_OUTPUT_BUCKET"]
     assert (status, answer) == (200, {"id": "test-t2i", "runtime": "sdruntime",
                                       "output_location": f"s3://{bucket}/output/test-t2i"})
-    note = note_of(stack, notes, "test-t2i")
+    note = note_of(stack, "test-t2i")
     SampleNotification.model_validate(note)
     assert (note["result"], note["status"], note["runtime"], note["context"]) == (True, "completed", "sdruntime", "")
     assert note["image_url"] == [f"s3://{bucket}/output/test-t2i/0.png"]
@@ -111,27 +106,27 @@ def test_the_samples_v1alpha2_t2i_file_ends_with_the_sample_notification(stack: 
     assert status == 409 and refused["error"]["code"] == "id_conflict"
 
 
-def test_the_samples_v1alpha1_t2i_file_ends_with_the_sample_notification(stack: Stack, notes: dict[str, Any]) -> None:
-    forget(stack, "test-t2i")  # the v1alpha2 file uses the same id
-    notes.pop("test-t2i", None)
+def test_the_samples_v1alpha1_t2i_file_ends_with_the_sample_notification(stack: Stack) -> None:
+    forget(stack, "test-t2i")  # the v1alpha2 file uses the same id; note_of saw its job settled
+    stack.inbox.forget("test-t2i")
     status, answer = call("POST", f"{stack.api_url}/v1alpha1", json.loads(V1ALPHA1_T2I_EKS))
     bucket = stack.env["SPOTGEN_OUTPUT_BUCKET"]
     assert (status, answer) == (200, {"id_task": "test-t2i", "sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors",
                                       "output_location": f"s3://{bucket}/outputs/test-t2i"})
-    note = note_of(stack, notes, "test-t2i")
+    note = note_of(stack, "test-t2i")
     assert (note["result"], note["status"], note["runtime"]) == (True, "completed", "sdruntime")
     assert note["image_url"] == [f"s3://{bucket}/outputs/test-t2i/0.png"]
     assert s3_json(stack, note["output_url"])["parameters"]["id_task"] == "test-t2i"
 
 
-def test_a_sample_task_that_fails_is_announced_as_failed(stack: Stack, notes: dict[str, Any]) -> None:
+def test_a_sample_task_that_fails_is_announced_as_failed(stack: Stack) -> None:
     body = small(V1ALPHA2_T2I, prompt="x")
     body["task"]["metadata"].update({"tasktype": "image-to-image", "context": {"order": 7}})
     missing = f"s3://{stack.env['SPOTGEN_INPUT_BUCKET']}/inputs/nobody/never.png"
     body["task"]["content"]["init_images"] = [missing]
     job_id = body["task"]["metadata"]["id"]
     assert call("POST", f"{stack.api_url}/v1alpha2", body)[0] == 200
-    note = note_of(stack, notes, job_id)
+    note = note_of(stack, job_id)
     assert (note["result"], note["status"], note["image_url"], note["context"]) == (False, "failed", [], {"order": 7})
     assert s3_json(stack, note["output_url"])["parameters"]["error_msg"]
 
@@ -234,7 +229,7 @@ def fetching(dep: Deployment, port: int, ca_file: Path, address: str = "127.0.0.
     return dataclasses.replace(dep, fetcher=fetch)
 
 
-def test_the_samples_i2i_file_works_when_its_host_is_allowed(stack: Stack, notes: dict[str, Any],
+def test_the_samples_i2i_file_works_when_its_host_is_allowed(stack: Stack,
                                                              huggingface: tuple[int, Path],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     dep = fetching(in_process(stack, monkeypatch, fetch_allowed_hosts=["huggingface.co"]), *huggingface)
@@ -242,14 +237,14 @@ def test_the_samples_i2i_file_works_when_its_host_is_allowed(stack: Stack, notes
     assert answer["statusCode"] == 200, answer["body"]
     stored = stack.s3.list_objects_v2(Bucket=stack.env["SPOTGEN_INPUT_BUCKET"], Prefix="inputs/test-i2i/")
     assert [o["Key"] for o in stored["Contents"]] == ["inputs/test-i2i/image.png"]  # kept like an inline image
-    note = note_of(stack, notes, "test-i2i")
+    note = note_of(stack, "test-i2i")
     assert (note["result"], note["status"]) == (True, "completed") and len(note["image_url"]) == 1
     # The older file of the EKS sample names the image in alwayson_scripts.image_link.
     eks = json.loads(V1ALPHA2_I2I_EKS)
     eks["task"]["metadata"]["id"] = "test-i2i-eks"
     eks["task"]["content"].update(width=64, height=64, steps=4)
     assert sample.v1alpha2(dep, json.dumps(eks).encode())["statusCode"] == 200
-    assert note_of(stack, notes, "test-i2i-eks")["result"] is True
+    assert note_of(stack, "test-i2i-eks")["result"] is True
 
 
 @pytest.mark.parametrize(("url", "address", "hosts", "code"), [
@@ -285,8 +280,7 @@ def test_the_native_api_fetches_an_allowed_image_url_too(stack: Stack, huggingfa
     assert refused["statusCode"] == 400 and json.loads(refused["body"])["error"]["field"] == "inputs.image"
 
 
-def test_a_runtimes_pool_routes_its_jobs_by_an_sns_filter_policy(stack: Stack, monkeypatch: pytest.MonkeyPatch,
-                                                                  notes: dict[str, Any]) -> None:
+def test_a_runtimes_pool_routes_its_jobs_by_an_sns_filter_policy(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """A queue subscribed with a filter on ``pool`` (as a deployment's pool queue would be) gets the runtime's
     jobs and no others."""
     url = stack.sqs.create_queue(QueueName=f"pool-xl-{uuid.uuid4().hex[:8]}")["QueueUrl"]
@@ -301,7 +295,7 @@ def test_a_runtimes_pool_routes_its_jobs_by_an_sns_filter_policy(stack: Stack, m
     bodies[1]["task"]["metadata"]["runtime"] = "sdruntime-xl"
     for body in bodies:
         assert sample.v1alpha2(dep, json.dumps(body).encode())["statusCode"] == 200
-    got = drain(stack, url, {}, "attr", bodies[1]["task"]["metadata"]["id"])
+    got = Queue(stack.sqs, url, attribute_id).wait(bodies[1]["task"]["metadata"]["id"])
     assert got[0]["MessageAttributes"]["pool"]["StringValue"] == "xl"
     assert got[0]["MessageAttributes"]["model"]["StringValue"] == "tiny-sdxl"  # the runtime's own model
     assert not stack.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages")  # the other job: not here

@@ -2,14 +2,14 @@
 
 The stack starts no workers of its own: a ``Pool`` runs ``spotgen worker`` processes a test can SIGTERM or
 SIGKILL, and reads the step log (one line per finished denoising step: pid, job, attempt, step) to know which
-process runs a job and how far it got. The fixtures are module-scoped and registered under the names the tests use
-(``stack``, ``pool``, ``notes``), so each module that imports them gets a stack and a pool of its own.
+process runs a job and how far it got. Importing modules register the fixtures under the names the tests use
+(``stack``, ``pool``) for the session's one interrupt stack and pool (``interrupt_stack`` and ``interrupt_pool`` in
+tests/worker/conftest.py), which the modules that import them share (tests/scheduling.py runs them in one process).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import subprocess
 import time
@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 
 from runtime.worker.steplog import read as read_steplog
-from tests.conftest import Stack, spawn_worker, start_stack, stop_stack
+from tests.conftest import Stack, spawn_worker
 from tests.rest import call, wait_for
-from tests.worker.test_e2e import drain
 
 LEASE_S = 3
 # One job in hand per worker (no receive-ahead): these tests keep both workers busy so that a job waits in the
@@ -48,14 +47,21 @@ class Pool:
         self.procs[str(self.count)] = proc
         return proc
 
+    def log(self, proc: subprocess.Popen[bytes]) -> str:
+        name = next(n for n, p in self.procs.items() if p is proc)
+        path = self.stack.log_dir / f"worker-{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_log(self, proc: subprocess.Popen[bytes], text: str, timeout: float = 120) -> None:
+        """Until the worker's log holds ``text``, while it runs."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log(proc):
+            assert proc.poll() is None and time.monotonic() < deadline, f"worker {proc.pid} never logged {text!r}"
+            time.sleep(0.05)
+
     def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
         """Until the worker consumes (its log says Celery is ready): before that, SIGTERM just kills it."""
-        name = next(n for n, p in self.procs.items() if p is proc)
-        log = self.stack.log_dir / f"worker-{name}.log"
-        deadline = time.monotonic() + timeout
-        while not (log.exists() and " ready." in log.read_text(errors="replace")):
-            assert proc.poll() is None and time.monotonic() < deadline, f"worker {name} did not start"
-            time.sleep(0.1)
+        self.wait_log(proc, " ready.", timeout)
 
     def ensure(self, n: int = 2) -> None:
         alive = [p for p in self.procs.values() if p.poll() is None]
@@ -88,24 +94,14 @@ class Pool:
 
 
 @pytest.fixture(scope="module", name="stack")
-def stack_fixture(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("interrupt"), tiny_models, ENV,
-                          args=("--workers", "0", "--visibility-timeout", "2"))
-    yield running
-    stop_stack(running)
+def stack_fixture(interrupt_stack: Stack) -> Stack:
+    """The session's interrupt stack (tests/worker/conftest.py) under the name the tests use."""
+    return interrupt_stack
 
 
 @pytest.fixture(scope="module", name="pool")
-def pool_fixture(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
-    workers = Pool(stack, tmp_path_factory.mktemp("steps") / "steps.log")
-    workers.ensure(2)
-    yield workers
-    workers.stop()
-
-
-@pytest.fixture(scope="module", name="notes")
-def notes_fixture() -> dict[str, list[dict[str, Any]]]:
-    return {}
+def pool_fixture(interrupt_pool: Pool) -> Pool:
+    return interrupt_pool
 
 
 def submit(stack: Stack, request: dict[str, Any]) -> str:
@@ -118,10 +114,9 @@ def finished(stack: Stack, job_id: str, timeout: float = 120) -> dict[str, Any]:
     return wait_for(stack.api_url, job_id, timeout=timeout)
 
 
-def notifications(stack: Stack, notes: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
-    drain(stack, stack.state["results_queue_url"], notes, "notification", job_id, timeout=15)
-    drain(stack, stack.state["results_queue_url"], notes, "notification", "-none-", timeout=1)  # any second one
-    return [json.loads(m["Body"]) for m in notes.get(job_id, [])]
+def notifications(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+    """Every notification the job will ever get (``Inbox.settled``)."""
+    return stack.inbox.settled(job_id)
 
 
 @contextlib.contextmanager

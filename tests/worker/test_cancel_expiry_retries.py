@@ -11,27 +11,24 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
 
 from runtime.contract import utcnow
 from tests.conftest import Stack
 from tests.rest import call
-from tests.worker.interrupt_pool import (  # noqa: F401 - notes_fixture, pool_fixture and stack_fixture are fixtures
+from tests.worker.interrupt_pool import (  # noqa: F401 - pool_fixture and stack_fixture are fixtures
     Pool,
     finished,
     no_workers,
-    notes_fixture,
     notifications,
     pool_fixture,
     stack_fixture,
     submit,
 )
-from tests.worker.test_e2e import drain
 
 # -- cancel, deadlines, retries ----------------------------------------------------------------------
 
 
-def test_cancel_a_running_job_stops_it_within_a_step(stack: Stack, pool: Pool, notes: dict[str, Any]) -> None:
+def test_cancel_a_running_job_stops_it_within_a_step(stack: Stack, pool: Pool) -> None:
     pool.ensure(2)
     job = submit(stack, {"pipeline": "slow", "model": "tiny-sd", "inputs": {"prompt": "x", "steps": 100,
                                                                              "delay": 0.1}})
@@ -43,20 +40,20 @@ def test_cancel_a_running_job_stops_it_within_a_step(stack: Stack, pool: Pool, n
     assert doc["state"] == "cancelled" and doc["outputs"] == []
     # Noticed at the next progress write (every 0.1 s here), then the job stops at the next step.
     assert pool.steps(job)[-1][2] <= at_cancel + 3
-    assert [n["state"] for n in notifications(stack, notes, job)] == ["cancelled"]
+    assert [n["state"] for n in notifications(stack, job)] == ["cancelled"]
 
 
-def test_cancel_a_queued_job_skips_it(stack: Stack, pool: Pool, notes: dict[str, Any]) -> None:
+def test_cancel_a_queued_job_skips_it(stack: Stack, pool: Pool) -> None:
     with no_workers(pool):
         job = submit(stack, {"pipeline": "slow", "model": "tiny-sd", "inputs": {"prompt": "x", "steps": 5}})
         status, answer = call("POST", f"{stack.api_url}/v1/jobs/{job}/cancel")
         assert status == 200 and answer["state"] == "cancelled", answer
     # The worker that takes the message finds the job final: no step runs, one notification goes out.
-    assert [n["state"] for n in notifications(stack, notes, job)] == ["cancelled"]
+    assert [n["state"] for n in notifications(stack, job)] == ["cancelled"]
     assert pool.steps(job) == []
 
 
-def test_job_past_its_deadline_expires_without_running(stack: Stack, pool: Pool, notes: dict[str, Any]) -> None:
+def test_job_past_its_deadline_expires_without_running(stack: Stack, pool: Pool) -> None:
     with no_workers(pool):
         job = submit(stack, {"pipeline": "slow", "model": "tiny-sd", "ttl_seconds": 1,
                              "inputs": {"prompt": "x", "steps": 5}})
@@ -66,7 +63,7 @@ def test_job_past_its_deadline_expires_without_running(stack: Stack, pool: Pool,
     doc = finished(stack, job)
     assert doc["state"] == "expired" and doc["error"]["code"] == "expired"
     assert pool.steps(job) == []
-    assert [n["state"] for n in notifications(stack, notes, job)] == ["expired"]
+    assert [n["state"] for n in notifications(stack, job)] == ["expired"]
 
 
 def test_retryable_failure_ends_failed_after_max_receive_count(stack: Stack, pool: Pool) -> None:
@@ -75,5 +72,5 @@ def test_retryable_failure_ends_failed_after_max_receive_count(stack: Stack, poo
     doc = finished(stack, job, timeout=60)
     assert doc["state"] == "failed" and doc["error"]["code"] == "retries_exhausted"
     assert "upstream service is unavailable" in doc["error"]["message"] and doc["attempts"] == 2
-    dead = drain(stack, stack.env["SPOTGEN_DEAD_LETTER_QUEUE_URL"], {}, "attr", job)
+    dead = stack.inbox.dead_letters(job)
     assert len(dead) == 1 and dead[0]["MessageAttributes"]["error_code"]["StringValue"] == "retries_exhausted"

@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 from typing import Any
 
-import pytest
 from PIL import Image
 
 from runtime.contract import JobState, StatusDoc, utcnow
@@ -36,47 +34,16 @@ def first_png(doc: dict[str, Any]) -> bytes:
     return download(doc["outputs"][0]["url"])
 
 
-def drain(stack: Stack, queue_url: str, seen: dict[str, list[dict[str, Any]]], key: str, want: str,
-          timeout: float = 30) -> list[dict[str, Any]]:
-    """Messages from a queue, grouped by ``key`` (cached across calls), until one for ``want`` arrived."""
-    deadline = time.monotonic() + timeout
-    while want not in seen and time.monotonic() < deadline:
-        got = stack.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                                        MessageAttributeNames=["All"])
-        for msg in got.get("Messages", []):
-            stack.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=msg["ReceiptHandle"])
-            ident = key_of(msg, key)
-            seen.setdefault(ident, []).append(msg)
-    return seen.get(want, [])
+def notification(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+    """Every notification the job will ever get (``Inbox.settled``: read after no delivery is left)."""
+    return stack.inbox.settled(job_id)
 
 
-def key_of(msg: dict[str, Any], key: str) -> str:
-    if key == "notification":
-        return json.loads(msg["Body"])["id"]
-    attrs = msg.get("MessageAttributes", {})
-    return attrs.get("job_id", attrs.get("marker", {})).get("StringValue", "?")
+def dead_letters(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+    return stack.inbox.dead_letters(job_id)
 
 
-@pytest.fixture(scope="module")
-def notes() -> dict[str, list[dict[str, Any]]]:
-    return {}
-
-
-@pytest.fixture(scope="module")
-def dead() -> dict[str, list[dict[str, Any]]]:
-    return {}
-
-
-def notification(stack: Stack, notes: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
-    msgs = drain(stack, stack.state["results_queue_url"], notes, "notification", job_id)
-    return [json.loads(m["Body"]) for m in msgs]
-
-
-def dead_letters(stack: Stack, dead: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
-    return drain(stack, stack.env["SPOTGEN_DEAD_LETTER_QUEUE_URL"], dead, "attr", job_id)
-
-
-def test_txt2img_end_to_end(stack: Stack, notes: dict[str, Any]) -> None:
+def test_txt2img_end_to_end(stack: Stack) -> None:
     body = {"pipeline": "txt2img", "model": "tiny-sd", "context": {"user": "u-1"},
             "inputs": {"prompt": "a red fox", **COMMON, "num_images": 2, "scheduler": "dpmpp_2m"}}
     doc = run(stack, body)
@@ -93,7 +60,7 @@ def test_txt2img_end_to_end(stack: Stack, notes: dict[str, Any]) -> None:
     result = json.loads(stack.s3.get_object(Bucket=stack.env["SPOTGEN_OUTPUT_BUCKET"],
                                             Key=f"jobs/{doc['id']}/result.json")["Body"].read())
     assert result["state"] == "succeeded" and result["outputs"] == [o["key"] for o in doc["outputs"]]
-    (note,) = notification(stack, notes, doc["id"])
+    (note,) = notification(stack, doc["id"])
     assert note["state"] == "succeeded" and note["context"] == {"user": "u-1"} and note["error"] is None
     assert note["outputs"] == [f"s3://{stack.env['SPOTGEN_OUTPUT_BUCKET']}/{o['key']}" for o in doc["outputs"]]
 
@@ -142,33 +109,32 @@ def test_server_chooses_and_reports_the_seed(stack: Stack) -> None:
     assert params["seed"] == answer["seed"]
 
 
-def test_failing_pipeline_ends_failed_in_dead_letter_queue(stack: Stack, notes: dict[str, Any],
-                                                            dead: dict[str, Any]) -> None:
+def test_failing_pipeline_ends_failed_in_dead_letter_queue(stack: Stack) -> None:
     doc = run(stack, {"pipeline": "always-fails", "model": "tiny-sd", "inputs": {"prompt": "boom"}})
     assert doc["state"] == "failed"
     assert doc["error"]["code"] == "pipeline_error" and "always fails (boom)" in doc["error"]["message"]
-    (letter,) = dead_letters(stack, dead, doc["id"])
+    (letter,) = dead_letters(stack, doc["id"])
     assert letter["MessageAttributes"]["error_code"]["StringValue"] == "pipeline_error"
-    (note,) = notification(stack, notes, doc["id"])
+    (note,) = notification(stack, doc["id"])
     assert note["state"] == "failed" and note["error"]["code"] == "pipeline_error"
     # the worker keeps serving
     assert run(stack, {"pipeline": "solid", "model": "tiny-sd", "inputs": {"prompt": "ok"}})["state"] == "succeeded"
 
 
-def test_foreign_message_goes_to_dead_letter_queue(stack: Stack, dead: dict[str, Any]) -> None:
+def test_foreign_message_goes_to_dead_letter_queue(stack: Stack) -> None:
     queue = stack.env["SPOTGEN_QUEUE_URL"]
     bodies = {"foreign-1": "hello, I am not a celery message", "foreign-2": json.dumps({"task": "x", "args": "no"})}
     for marker, body in bodies.items():
         stack.sqs.send_message(QueueUrl=queue, MessageBody=body,
                                MessageAttributes={"marker": {"DataType": "String", "StringValue": marker}})
     for marker, body in bodies.items():
-        (letter,) = dead_letters(stack, dead, marker)
+        (letter,) = dead_letters(stack, marker)
         assert letter["Body"] == body  # moved as received, attributes and all
         assert letter["MessageAttributes"]["error_code"]["StringValue"] == "foreign_message"
     assert run(stack, {"pipeline": "solid", "model": "tiny-sd", "inputs": {"prompt": "ok"}})["state"] == "succeeded"
 
 
-def test_invalid_task_message_fails_its_job(stack: Stack, dead: dict[str, Any]) -> None:
+def test_invalid_task_message_fails_its_job(stack: Stack) -> None:
     """A well-formed Celery message whose job breaks the contract: the worker validates it again."""
     now = utcnow()
     queued = StatusDoc(id="tampered", state=JobState.queued, pipeline="txt2img", model="tiny-sd", seed=1,
@@ -185,13 +151,13 @@ def test_invalid_task_message_fails_its_job(stack: Stack, dead: dict[str, Any]) 
     doc = wait_for(stack.api_url, "tampered", timeout=60)
     assert doc["state"] == "failed" and doc["error"]["code"] == "invalid_inputs"
     assert doc["error"]["field"] == "inputs.width"
-    (letter,) = dead_letters(stack, dead, "tampered")
+    (letter,) = dead_letters(stack, "tampered")
     assert letter["MessageAttributes"]["error_code"]["StringValue"] == "invalid_inputs"
 
 
-def test_duplicate_delivery_does_not_run_twice(stack: Stack, notes: dict[str, Any]) -> None:
+def test_duplicate_delivery_does_not_run_twice(stack: Stack) -> None:
     doc = run(stack, {"pipeline": "solid", "model": "tiny-sd", "inputs": {"prompt": "dup"}})
-    assert len(notification(stack, notes, doc["id"])) == 1
+    assert len(notification(stack, doc["id"])) == 1
     spec_msg = {"version": 1, "id": doc["id"], "pipeline": "solid", "model": "tiny-sd", "seed": doc["seed"],
                 "inputs": {"prompt": "dup"}, "output_prefix": "outputs", "submitted_at": doc["created_at"],
                 "request_hash": "0" * 64}
@@ -201,4 +167,4 @@ def test_duplicate_delivery_does_not_run_twice(stack: Stack, notes: dict[str, An
     assert run(stack, {"pipeline": "solid", "model": "tiny-sd", "inputs": {"prompt": "after"}})["state"] == "succeeded"
     again = wait_for(stack.api_url, doc["id"])
     assert again["updated_at"] == doc["updated_at"] and again["attempts"] == 1
-    assert len(notification(stack, notes, doc["id"])) == 1
+    assert len(notification(stack, doc["id"])) == 1

@@ -33,12 +33,11 @@ from runtime.worker.interrupt import FORCED_EXIT
 from tests.conftest import Stack
 from tests.pipelines.harness import _input_images
 from tests.rest import download
-from tests.worker.interrupt_pool import (  # noqa: F401 - notes_fixture, pool_fixture and stack_fixture are fixtures
+from tests.worker.interrupt_pool import (  # noqa: F401 - pool_fixture and stack_fixture are fixtures
     LEASE_S,
     Pool,
     finished,
     no_workers,
-    notes_fixture,
     notifications,
     pool_fixture,
     stack_fixture,
@@ -98,7 +97,7 @@ CASES = [("txt2img", "dpmpp_2m"), ("img2img", "euler"), ("controlnet", "euler_a"
 
 @pytest.mark.parametrize(("pipeline", "scheduler"), CASES)
 def test_sigterm_mid_job_resumes_on_another_worker_byte_identical(
-        stack: Stack, pool: Pool, images: dict[str, str], notes: dict[str, Any], pipeline: str,
+        stack: Stack, pool: Pool, images: dict[str, str], pipeline: str,
         scheduler: str) -> None:
     pool.ensure(2)
     request = body(pipeline, images, scheduler, steps=80)  # long enough that the signal lands mid-job
@@ -115,7 +114,7 @@ def test_sigterm_mid_job_resumes_on_another_worker_byte_identical(
     assert doc["resume"]["from_step"] == first[-1] >= step  # the checkpoint is the last step done: none redone
     assert "resumed at step" in doc["resume"]["note"]
     assert not checkpoint_exists(stack, job)
-    assert [n["state"] for n in notifications(stack, notes, job)] == ["succeeded"]
+    assert [n["state"] for n in notifications(stack, job)] == ["succeeded"]
 
 
 def test_sigterm_on_an_idle_worker_exits_promptly(pool: Pool) -> None:
@@ -130,7 +129,7 @@ def test_sigterm_on_an_idle_worker_exits_promptly(pool: Pool) -> None:
 # -- the lease ----------------------------------------------------------------------------------------
 
 
-def test_job_longer_than_the_visibility_timeout_runs_once(stack: Stack, pool: Pool, notes: dict[str, Any]) -> None:
+def test_job_longer_than_the_visibility_timeout_runs_once(stack: Stack, pool: Pool) -> None:
     pool.ensure(2)
     job = submit(stack, {"pipeline": "slow", "model": "tiny-sd",
                          "inputs": {"prompt": "long", "steps": 20, "delay": 0.3}})  # 6 s; visibility is 2 s
@@ -138,7 +137,7 @@ def test_job_longer_than_the_visibility_timeout_runs_once(stack: Stack, pool: Po
     assert doc["state"] == "succeeded" and doc["attempts"] == 1
     steps = pool.steps(job)
     assert [s for _, _, s in steps] == list(range(1, 21)) and len({p for p, _, _ in steps}) == 1
-    assert len(notifications(stack, notes, job)) == 1
+    assert len(notifications(stack, job)) == 1
 
 
 def test_sigkill_mid_job_is_redelivered_within_the_lease(stack: Stack, pool: Pool, images: dict[str, str]) -> None:
@@ -158,11 +157,13 @@ def test_sigkill_mid_job_is_redelivered_within_the_lease(stack: Stack, pool: Poo
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     pool.proc(pid).wait()
+    # The other worker is idle: the message is visible again when the lease runs out (LEASE_S after the last
+    # extension), then taken at its next poll. How soon says nothing about correctness on a loaded machine: wait
+    # for the event, a step by another worker, with a deadline far past the lease.
     deadline = killed + 60
-    while not any(p != pid for p, _, _ in pool.steps(job)) and time.monotonic() < deadline:
+    while not any(p != pid for p, _, _ in pool.steps(job)):
+        assert time.monotonic() < deadline, f"the job was not redelivered within 60 s of the kill (lease {LEASE_S} s)"
         time.sleep(0.05)
-    # The other worker is idle: visible again within the lease, then taken at its next poll (1 s here).
-    assert time.monotonic() - killed < LEASE_S + 6
     pool.ensure(2)
     reference = submit(stack, request)
     doc, ref = finished(stack, job), finished(stack, reference)
@@ -249,13 +250,15 @@ def test_deadline_forces_exit_and_releases_the_message(stack: Stack, pool: Pool)
 
 def test_second_sigterm_exits_at_once(stack: Stack, pool: Pool) -> None:
     pool.ensure(2)
-    job = submit(stack, {"pipeline": "slow", "model": "tiny-sd", "inputs": {"prompt": "x", "steps": 40,
+    # 12 s: the job (no checkpoints: it runs on after the first signal) outlasts a loaded machine's delays
+    job = submit(stack, {"pipeline": "slow", "model": "tiny-sd", "inputs": {"prompt": "x", "steps": 120,
                                                                              "delay": 0.1}})
     pid, _, _ = pool.wait_step(job, 2)
     os.kill(pid, signal.SIGTERM)
-    time.sleep(0.3)
+    pool.wait_log(pool.proc(pid), "interruption (")  # the first is being handled: the second comes now
     os.kill(pid, signal.SIGTERM)
-    assert pool.proc(pid).wait(10) == FORCED_EXIT
+    assert pool.proc(pid).wait(60) == FORCED_EXIT
+    assert "forced exit after a second signal" in pool.log(pool.proc(pid))
     pool.ensure(2)
     assert finished(stack, job)["state"] == "succeeded"
 

@@ -24,11 +24,10 @@ from runtime.contract.inputs import Img2ImgInputs
 from runtime.contract.jobs import SampleJob
 from runtime.contract.sample import SampleNotification
 from runtime.contract.webui_answer import sample_out_document
-from runtime.storage.jobstore import JobStore, output_key
+from runtime.storage.jobstore import JobStore, output_key, status_key
 from runtime.worker.jobstatus import JobEnded, StatusTracker
 from runtime.worker.outputs import Outputs
 from tests.conftest import Stack, start_stack, stop_stack
-from tests.worker.test_e2e import drain
 
 PREFIX = "sample-out"
 SEED = 21
@@ -41,11 +40,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterat
     running = start_stack(tmp_path_factory.mktemp("sample"), tiny_models, ENV, args=("--workers", "2"))
     yield running
     stop_stack(running)
-
-
-@pytest.fixture(scope="module")
-def notes() -> dict[str, list[dict[str, Any]]]:
-    return {}
 
 
 def sample_for(job_id: str, count: int = 2) -> SampleJob:
@@ -83,11 +77,9 @@ def send(stack: Stack, spec: JobSpec, copies: int = 1) -> None:
             "job_id": {"DataType": "String", "StringValue": spec.id}})
 
 
-def notifications(stack: Stack, notes: dict[str, Any], job_id: str, timeout: float = 120) -> list[dict[str, Any]]:
-    """Every message the results queue got for the job, waiting a little for a second one."""
-    drain(stack, stack.state["results_queue_url"], notes, "notification", job_id, timeout=timeout)
-    drain(stack, stack.state["results_queue_url"], notes, "notification", "-none-", timeout=2)
-    return notes.get(job_id, [])
+def notifications(stack: Stack, job_id: str, timeout: float = 120) -> list[dict[str, Any]]:
+    """Every message the results queue will ever get for the job (``Inbox.settled_messages``)."""
+    return stack.inbox.settled_messages(job_id, timeout)
 
 
 def attributes(msg: dict[str, Any]) -> dict[str, str]:
@@ -104,13 +96,13 @@ def sample_note(msg: dict[str, Any], state: str) -> SampleNotification:
     return SampleNotification.model_validate_json(msg["Body"])
 
 
-def test_succeeded_sample_job_gets_the_sample_notification_and_out_document(stack: Stack, notes: Any) -> None:
+def test_succeeded_sample_job_gets_the_sample_notification_and_out_document(stack: Stack) -> None:
     job = f"sample-ok-{time.time_ns()}"
     sample = sample_for(job)
     spec = spec_for(job, sample)
     store_of(stack).create_status(queued_doc(spec))
     send(stack, spec)
-    (msg,) = notifications(stack, notes, job)
+    (msg,) = notifications(stack, job)
     note = sample_note(msg, "succeeded")
     bucket = stack.env["SPOTGEN_OUTPUT_BUCKET"]
     keys = [f"{sample.location}/{i}.png" for i in range(2)]
@@ -131,14 +123,14 @@ def test_succeeded_sample_job_gets_the_sample_notification_and_out_document(stac
     assert doc is not None and doc.state is JobState.succeeded and doc.sample == sample and doc.notified_at
 
 
-def test_failed_sample_job_is_announced_failed_without_images(stack: Stack, notes: Any) -> None:
+def test_failed_sample_job_is_announced_failed_without_images(stack: Stack) -> None:
     job = f"sample-fail-{time.time_ns()}"
     sample = sample_for(job)
     bucket = stack.env["SPOTGEN_INPUT_BUCKET"]
     spec = spec_for(job, sample, "img2img", bucket, image=f"s3://{bucket}/nowhere/{job}.png", strength=0.5)
     store_of(stack).create_status(queued_doc(spec))
     send(stack, spec)
-    (msg,) = notifications(stack, notes, job)
+    (msg,) = notifications(stack, job)
     note = sample_note(msg, "failed")
     assert (note.result, note.status, note.image_url, note.context) == (False, "failed", [], "ticket-7")
     assert note.output_url.endswith(f"/{sample.location}/{job}.out")
@@ -149,24 +141,24 @@ def test_failed_sample_job_is_announced_failed_without_images(stack: Stack, note
     assert out["parameters"]["error_msg"] == doc.error.message and out["info"] == ""
 
 
-def test_two_deliveries_at_once_send_one_notification(stack: Stack, notes: Any) -> None:
+def test_two_deliveries_at_once_send_one_notification(stack: Stack) -> None:
     job = f"sample-twice-{time.time_ns()}"
     sample = sample_for(job)
     spec = spec_for(job, sample)
     store_of(stack).create_status(queued_doc(spec))
     send(stack, spec, copies=2)
-    (msg,) = notifications(stack, notes, job)
+    (msg,) = notifications(stack, job)
     assert sample_note(msg, "succeeded").result
     deadline = time.monotonic() + 30  # the other copy ends too: it stops at the final status or finds it recorded
     while stack.worker_log().count(f"job {job} ended:") < 2:
         assert time.monotonic() < deadline, "the second copy did not end"
         time.sleep(0.1)
-    assert len(notifications(stack, notes, job, timeout=1)) == 1
+    assert len(notifications(stack, job, timeout=1)) == 1
     out = json.loads(out_document(stack, sample, job)[0])
     assert out == sample_out_document(job, sample.parameters, sample.info, None)
 
 
-def test_a_second_delivery_rewrites_the_same_out_bytes(stack: Stack, notes: Any) -> None:
+def test_a_second_delivery_rewrites_the_same_out_bytes(stack: Stack) -> None:
     """Two deliveries finishing one job, the late one with another outcome: the late one writes the ``.out`` of
     the recorded result, byte for byte, and sends nothing."""
     job = f"sample-late-{time.time_ns()}"
@@ -185,11 +177,11 @@ def test_a_second_delivery_rewrites_the_same_out_bytes(stack: Stack, notes: Any)
     with pytest.raises(JobEnded):
         outputs.finish(late, JobState.failed, [], JobErrorInfo(code="pipeline_error", message="late"))
     assert out_document(stack, sample, job)[0] == written
-    (msg,) = notifications(stack, notes, job, timeout=10)
+    (msg,) = notifications(stack, job, timeout=10)
     assert sample_note(msg, "succeeded").image_url == [f"s3://{stack.env['SPOTGEN_OUTPUT_BUCKET']}/{k}" for k in keys]
 
 
-def test_sample_job_cancelled_while_queued_gets_its_out_document(stack: Stack, notes: Any) -> None:
+def test_sample_job_cancelled_while_queued_gets_its_out_document(stack: Stack) -> None:
     """The cancel API ends a queued job itself; the worker that receives its message announces it, and writes
     the ``.out`` the notification points at."""
     job = f"sample-cancel-{time.time_ns()}"
@@ -199,29 +191,29 @@ def test_sample_job_cancelled_while_queued_gets_its_out_document(stack: Stack, n
     store_of(stack).create_status(queued_doc(spec).model_copy(update={
         "state": JobState.cancelled, "finished_at": now, "cancel_requested_at": now}))
     send(stack, spec)
-    (msg,) = notifications(stack, notes, job)
+    (msg,) = notifications(stack, job)
     assert sample_note(msg, "cancelled").status == "failed"
     out = json.loads(out_document(stack, sample, job)[0])
     assert out["parameters"]["error_msg"] == "cancelled"
 
 
-def test_sample_message_without_a_status_document_keeps_its_sample(stack: Stack, notes: Any) -> None:
+def test_sample_message_without_a_status_document_keeps_its_sample(stack: Stack) -> None:
     job = f"sample-bare-{time.time_ns()}"
     sample = sample_for(job)
     send(stack, spec_for(job, sample))
-    (msg,) = notifications(stack, notes, job)
+    (msg,) = notifications(stack, job)
     assert sample_note(msg, "succeeded").result
     doc = store_of(stack).read_status(job)
     assert doc is not None and doc.sample == sample
     assert json.loads(out_document(stack, sample, job)[0])["parameters"]["id_task"] == job
 
 
-def test_native_job_keeps_spotgens_notification(stack: Stack, notes: Any) -> None:
+def test_native_job_keeps_spotgens_notification(stack: Stack) -> None:
     job = f"native-{time.time_ns()}"
     spec = spec_for(job, None)
     store_of(stack).create_status(queued_doc(spec, context={"user": "u-1"}))
     send(stack, spec)
-    (msg,) = notifications(stack, notes, job)
+    (msg,) = notifications(stack, job)
     assert attributes(msg) == {"state": "succeeded"}
     body = json.loads(msg["Body"])
     assert set(body) == set(Notification.model_fields) == {"id", "state", "outputs", "error", "context"}
@@ -231,3 +223,25 @@ def test_native_job_keeps_spotgens_notification(stack: Stack, notes: Any) -> Non
     assert note.context == {"user": "u-1"} and note.error is None
     listing = stack.s3.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/{job}/")
     assert sorted(o["Key"] for o in listing["Contents"]) == [f"{PREFIX}/{job}/{i}.png" for i in range(2)]  # no .out
+
+
+def test_a_finished_delivery_never_marks_a_new_job_under_its_id(stack: Stack) -> None:
+    """A job's documents removed (a retention rule) and its id submitted again while the old delivery still
+    finishes: the old delivery's claim and mark must not land on the new job's status, or the new job would end
+    without a notification."""
+    job = f"reused-{time.time_ns()}"
+    spec = spec_for(job, None)
+    store = store_of(stack)
+    store.create_status(queued_doc(spec))
+    doc, etag = store.read_status_tagged(job)
+    assert doc is not None
+    old = StatusTracker(store, doc, etag)
+    old.write(state=JobState.succeeded, claim=True)
+    stack.s3.delete_object(Bucket=stack.env["SPOTGEN_OUTPUT_BUCKET"], Key=status_key(job))
+    assert store.create_status(queued_doc(spec))  # the same id again: a new job
+    assert old.claim_notification(30) is True  # its own claim, made with the final status, still stands
+    old.mark_notified()
+    assert old.claim_notification(0) is False
+    new = store.read_status(job)
+    assert new is not None and new.state is JobState.queued
+    assert new.notified_at is None and new.notify_claimed_at is None, new
