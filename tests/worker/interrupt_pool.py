@@ -121,14 +121,17 @@ def notifications(stack: Stack, job_id: str) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def no_workers(pool: Pool) -> Iterator[None]:
-    """No worker consumes inside the block, so a job submitted there waits in the queue for certain (busy
-    workers would not do: a worker left over from an earlier test, or one that frees up early, takes it)."""
-    for proc in pool.procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in pool.procs.values():
-        proc.wait(30)
-    yield
-    pool.ensure(2)
-    for proc in [p for p in pool.procs.values() if p.poll() is None]:
-        pool.wait_ready(proc)  # consuming again before the test goes on to wait for what they do
+    """No worker of the pool consumes inside the block, so a job submitted there waits in the queue for certain
+    (busy workers would not do: one that frees up early takes it), and a worker started there is the only one
+    that can take it. The workers are stopped (SIGSTOP) and continued after, rather than replaced: a worker's
+    start costs seconds of CPU. A receive one had in flight when stopped ends, empty, within the stack's long
+    poll (``SPOTGEN_POLL_WAIT_S``), which is waited out before the block runs; nothing is submitted meanwhile."""
+    alive = [proc for proc in pool.procs.values() if proc.poll() is None]
+    for proc in alive:
+        proc.send_signal(signal.SIGSTOP)
+    time.sleep(float(pool.stack.env["SPOTGEN_POLL_WAIT_S"]) + 1)
+    try:
+        yield
+    finally:
+        for proc in alive:
+            proc.send_signal(signal.SIGCONT)

@@ -296,18 +296,15 @@ def test_spot_notice_from_imds_checkpoints_and_hands_the_job_back(stack: Stack, 
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeIMDS)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        pool.ensure(0)
-        for proc in pool.procs.values():  # only the worker that watches IMDS may take the job
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
-        victim = pool.start(SPOTGEN_IMDS_POLL_S="0.2", SPOTGEN_IMDS_URL=f"http://127.0.0.1:{server.server_port}")
-        job = submit(stack, body("txt2img", images, "unipc", steps=60))
-        pool.wait_step(job, 3)
-        FakeIMDS.notice = {"action": "terminate", "time": "2026-11-24T12:00:00Z"}
-        assert victim.wait(30) == 0
         pool.ensure(2)
-        doc = finished(stack, job)
+        with no_workers(pool):  # only the worker that watches IMDS may take the job
+            victim = pool.start(SPOTGEN_IMDS_POLL_S="0.2",
+                                SPOTGEN_IMDS_URL=f"http://127.0.0.1:{server.server_port}")
+            job = submit(stack, body("txt2img", images, "unipc", steps=60))
+            pool.wait_step(job, 3)
+            FakeIMDS.notice = {"action": "terminate", "time": "2026-11-24T12:00:00Z"}
+            assert victim.wait(60) == 0
+        doc = finished(stack, job)  # resumed by the pool's workers
         assert doc["state"] == "succeeded" and doc["interruptions"] == 1 and doc["resume"]["from_step"] >= 3
     finally:
         FakeIMDS.notice = None

@@ -240,7 +240,8 @@ def test_a_proxy_that_answers_garbage_does_not_crash_the_worker(env: tuple[Stack
                                                                worker: Worker) -> None:
     stack, proxy = env
     proxy.garbage = True
-    time.sleep(3)
+    before = proxy.injected["garbage"]
+    wait_for("three answers of garbage to the worker", lambda: proxy.injected["garbage"] >= before + 3, 60)
     assert worker.proc.poll() is None and worker.probe("/livez")[0] == 200
     proxy.garbage = False
     job = submit(stack, "solid", {"prompt": "after the garbage"})
