@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config import Settings
-from runtime.kit.local import LocalRun, load_image, png_bytes
 from runtime.plugins import PluginError
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -44,6 +43,8 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from runtime.kit.local import LocalRun, png_bytes  # torch: only for the command that runs a pipeline
 
     settings = Settings.from_env()
     models = Path(args.models) if args.models else args.default_models
@@ -109,6 +110,8 @@ def _builtin_image_field(pipeline: str) -> tuple[str, ...]:
 
 def _images(items: list[str], fields: tuple[str, ...]) -> dict[str, Any]:
     """``--image PATH`` fills the pipeline's first image input; ``--image FIELD=PATH`` names it."""
+    from runtime.kit.local import load_image
+
     out = {}
     for item in items:
         field, sep, path = item.partition("=")
