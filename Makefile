@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: install run test test-slow lint bench bench-gpu chaos faults clean
+.PHONY: install run test test-slow test-cpus lint bench bench-gpu chaos faults clean
 
 # torch first, pinned: the CPU build locally; an unpinned torch would pull gigabytes of CUDA packages. checkov
 # (tests/infra/test_infra.py) gets a venv of its own: it pins boto3, networkx and packaging below ours; it installs
@@ -42,14 +42,23 @@ lint: install
 	$(BIN)/ruff check .
 
 # Three test processes (pytest-xdist) on two cores: most tests wait on real workers, and the waits overlap
-# (measured on 2 cores: 14 min serial, 9.6 with two, 7.4 with three).
+# (measured on 2 cores: 14 min serial, 9.6 with two, 7.4 with three). Whole modules go to one process, and the
+# modules that share a stack together, so that each stack starts once (--dist loadscope: tests/scheduling.py).
+# The slowest tests are printed, so that their cost stays in view.
 # The `slow` tests (minutes of CPU each: torch.compile on the CPU, the GPU benchmark's script) are left to
 # `make test-slow`, which runs everything.
+PYTEST := $(BIN)/python -m pytest -q -n 3 --dist loadscope --durations=15
 test: install lint
-	$(BIN)/python -m pytest -q -n 3 -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-slow: install lint
-	$(BIN)/python -m pytest -q -n 3
+	$(PYTEST)
+
+# The pipeline, model and resume tests under each ATEN_CPU_CAPABILITY (default, avx2, avx512 where the CPU has
+# it) with OMP_NUM_THREADS 1 and 2: proof that no test depends on the CPU's kernels (tests/harness/cpu_matrix.py).
+# Every cell runs; a table of each cell's counts and time ends it, and it fails if any cell failed.
+test-cpus: install
+	$(BIN)/python -m tests.harness.cpu_matrix
 
 bench: install
 	$(BIN)/python -m tests.harness.benchmark

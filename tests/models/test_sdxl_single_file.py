@@ -26,7 +26,13 @@ from runtime.models.catalog import CATALOG_FILE
 from runtime.models.store import ModelStore
 from runtime.models.tiny import SDXL_ID
 from tests.models.catalogs import UNET_WEIGHTS
-from tests.models.test_single_file_checkpoints import _unet_key, vae_and_clip_state, write_single_file
+from tests.models.test_single_file_checkpoints import (
+    _unet_key,
+    assert_same_model,
+    realigned,
+    vae_and_clip_state,
+    write_single_file,
+)
 from tests.pipelines.harness import COMMON, Harness, parse, pixels
 
 #: SGM's names for SDXL's size-conditioning embedding (diffusers' ``add_embedding``, a two-layer MLP).
@@ -95,8 +101,9 @@ def sdxl_file_models(tmp_path: Path, tiny_models: Path) -> Path:
 
 
 def test_an_sdxl_single_file_checkpoint_loads_through_the_catalog(sdxl_file_models: Path) -> None:
-    """Same weights as the diffusers directory in every component, so the same pixels, with no network. (diffusers
-    tells SDXL's two text encoders apart in one file by their widths, so the tiny model's differ, as SDXL's do.)"""
+    """The same model as the diffusers directory in every component (configs, modules, weights), so the same pixels
+    once the weights lie alike in memory (``realigned``), with no network. (diffusers tells SDXL's two text encoders
+    apart in one file by their widths, so the tiny model's differ, as SDXL's do.)"""
     single_id, directory_id = "sdxl-file", SDXL_ID
     store = ModelStore(sdxl_file_models, "cpu")
     source = store.source(single_id)
@@ -106,12 +113,10 @@ def test_an_sdxl_single_file_checkpoint_loads_through_the_catalog(sdxl_file_mode
     assert "conditioner.embedders.1.model.positional_embedding" in keys  # how diffusers spots SDXL's OpenCLIP
     single, directory = base_pipeline(store, single_id), base_pipeline(store, directory_id)
     assert single is not directory and store.loads == 2
-    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        a, b = getattr(single, part).state_dict(), getattr(directory, part).state_dict()
-        assert a.keys() == b.keys(), part
-        assert all(torch.equal(a[k].reshape(b[k].shape), b[k]) for k in a), part
-    assert single.scheduler.config == directory.scheduler.config
+    networks = ("unet", "vae", "text_encoder", "text_encoder_2")
+    assert_same_model(single, directory, (*networks, "scheduler", "tokenizer", "tokenizer_2"))
 
+    realigned(*(getattr(pipe, part) for pipe in (single, directory) for part in networks))  # see its docstring
     h = Harness(store)
     inputs = parse(Txt2Img.Inputs, COMMON)
     assert np.array_equal(pixels(Txt2Img().run(inputs, h.context(model=single_id))),

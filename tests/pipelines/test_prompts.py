@@ -223,13 +223,20 @@ def test_weight_scales_its_tokens_then_mean_is_restored(model: str, request: pyt
         p, w = plain[..., half], weighted[..., half]
         scaled = p * weights[None, :, None]
         assert torch.allclose(w, scaled * (p.mean() / scaled.mean()), rtol=1e-5, atol=1e-5)
-        assert torch.allclose(w.mean(), p.mean(), rtol=1e-5, atol=0)
+        # Two different sums (of w and of p) agree up to float32 rounding on the scale of the values summed, |w|
+        # (a bound of about eps * log2(77 * width) = 1.4e-6 relative to it), not on the scale of the mean. SD 1.x's
+        # last_hidden_state leaves the tiny encoder's LayerNorm, whose bias is zero, so every token averages 0 and
+        # both means are rounding noise near 1e-8 whose sign and bits follow the CPU's summation order: a relative
+        # tolerance on them fails by chance. An unrestored mean misses by 3e-3 |w| on SDXL, far beyond 1e-5 |w|.
+        assert torch.allclose(w.mean(), p.mean(), rtol=0, atol=1e-5 * w.abs().mean().item())
         ratio = w / p  # one rescale factor s for the chunk: 1.5 s on the word's tokens, s elsewhere
         s = ratio[0, 0, 0]
         assert torch.allclose(ratio[0, others], s.expand(len(others), half.stop - half.start), rtol=1e-4)
         assert torch.allclose(ratio[0, positions], (1.5 * s).expand(3, half.stop - half.start), rtol=1e-4)
     down = encode(pipe, "aa [bbb] cc", "")["prompt_embeds"]
-    assert not torch.equal(down, plain) and torch.allclose(down.mean(), plain.mean(), rtol=1e-5)
+    # as above: the means of two different tensors, equal up to rounding on the scale of the values summed
+    assert not torch.equal(down, plain) and torch.allclose(down.mean(), plain.mean(), rtol=0,
+                                                           atol=1e-5 * down.abs().mean().item())
     assert torch.equal(encode(pipe, "aa (bbb:1) cc", "")["prompt_embeds"], plain)
 
 
