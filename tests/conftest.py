@@ -38,9 +38,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The minutes-long harness runs first (stable sort: the rest keeps its order), so that with several test
-    processes they overlap the short tests instead of ending the run alone."""
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+    """The longest units of work first (tests/scheduling.py's ``FIRST``, then the other harness runs marked
+    ``heavy``; a stable sort keeps the rest in order), so that with several test processes they overlap the short
+    tests instead of ending the run alone."""
+    from tests.scheduling import order
+
+    items.sort(key=lambda item: (order(item.nodeid), item.get_closest_marker("heavy") is None))
 
 
 @pytest.fixture(scope="session")
