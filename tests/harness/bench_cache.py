@@ -8,6 +8,11 @@ its parallel readers win on EFS; on EFS the cold read is slower and every ratio 
 
 The models are the tiny ones with a larger UNet (``medium-sd``, ~300 MiB on disk) and a ControlNet made from
 it, so that loading has real weight to read.
+
+The figures with a goal carry its verdict (``"goals"``: value, goal, ``"met"``): the memory ratio (1.0, within
+0.05: the three jobs share one UNet, VAE and text encoder, where a copy would add a third or more) and the
+preload (one copy of each model read from tier 0). The copy against ``cp -r`` has no fixed goal: local disk is
+not EFS.
 """
 
 from __future__ import annotations
@@ -27,6 +32,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.harness.verdicts import goal  # noqa: E402
+
 MEDIUM, MEDIUM_CN = "medium-sd", "medium-controlnet"
 _COPIED = re.compile(r"model (\S+): copied (\d+) bytes to the node cache")
 
@@ -212,7 +222,7 @@ def memory_figures(models: Path) -> dict[str, Any]:
     grown_alone = data["rss_txt2img"] - data["rss_base"] + data["controlnet_bytes"]
     grown_all = data["rss_all_three"] - data["rss_base"]
     return {**data, "ratio": grown_all / grown_alone, "mib_alone": grown_alone / 2**20,
-            "mib_all_three": grown_all / 2**20}
+            "mib_all_three": grown_all / 2**20, "goals": {"ratio": goal(grown_all / grown_alone, "~", 1.0, 0.05)}}
 
 
 def preload_figures(models: Path, workers: int = 4, timeout: float = 300) -> dict[str, Any]:
@@ -256,7 +266,8 @@ def preload_figures(models: Path, workers: int = 4, timeout: float = 300) -> dic
     model_bytes = sum(tier0.size(m) for m in preload)
     read = sum(n for _, n in copies)
     return {"workers": workers, "models": preload, "model_bytes": model_bytes, "tier0_bytes_read": read,
-            "copies": read / model_bytes, "copy_events": len(copies), "all_preloaded_s": ready_s}
+            "copies": read / model_bytes, "copy_events": len(copies), "all_preloaded_s": ready_s,
+            "goals": {"copy_events": goal(len(copies), "==", len(preload))}}  # each model copied once
 
 
 def figures() -> dict[str, Any]:

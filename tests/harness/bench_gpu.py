@@ -15,6 +15,13 @@ catalog gives them ``dtype: float16``. For each model, in one run:
 ``--tiny`` runs the same on the tiny models and this CPU (float32): it checks that the script runs and prints
 its JSON, and says nothing about speed. The last line printed is one JSON object with every figure.
 
+``"ok"`` says the figures can be read: every image made (plain diffusers' and each worker's, fetched from S3)
+decodes, has the size asked for and is not one flat colour (float16 overflow gives NaN latents, which decode
+to black, and a fast pipeline that makes black images measures nothing), and every figure asked for is there
+and finite (``tests.harness.verdicts.gpu_problems``); otherwise ``problems`` says what was wrong and the exit
+status is 1. The goals (``ratio_to_plain`` >= 1.3, ``device_idle_share`` < 2%) have their verdicts beside
+them (``"goals"``: value, goal, ``"met"``); a goal missed is a finding, not a failure.
+
     python -m tests.harness.bench_gpu [--tiny] [--images N] [--steps N] [--models sd15,sdxl] [--log-dir DIR]
 """
 
@@ -34,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.harness.bench_requests import MODEL_PHASES  # noqa: E402
+from tests.harness.verdicts import goal, gpu_problems, image_problems  # noqa: E402
 from tests.rest import call, wait_for  # noqa: E402
 
 #: Settings compared end to end: the worker's environment for each.
@@ -101,8 +109,10 @@ def build_full_size(root: Path, device: str) -> None:
     (root / "catalog.json").write_text(json.dumps({"models": catalog}, indent=2))
 
 
-def plain_images_per_s(models: Path, model_id: str, device: str, size: int, steps: int, images: int) -> float:
-    """Plain diffusers: the pipeline loaded the usual way, one image per call, after a warm-up image."""
+def plain_images_per_s(models: Path, model_id: str, device: str, size: int, steps: int, images: int,
+                       problems: list[str] | None = None) -> float:
+    """Plain diffusers: the pipeline loaded the usual way, one image per call, after a warm-up image. What is
+    wrong with the images goes to ``problems``, checked after the timed loop."""
     import torch
     from diffusers import DiffusionPipeline, EulerDiscreteScheduler
 
@@ -111,17 +121,20 @@ def plain_images_per_s(models: Path, model_id: str, device: str, size: int, step
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
 
-    def one(seed: int) -> None:
-        pipe("a red fox in the snow", height=size, width=size, num_inference_steps=steps,
-             generator=torch.Generator(device).manual_seed(seed))
+    def one(seed: int) -> Any:
+        return pipe("a red fox in the snow", height=size, width=size, num_inference_steps=steps,
+                    generator=torch.Generator(device).manual_seed(seed)).images[0]
 
-    one(0)
+    made = [one(0)]
     sync(device)
     started = time.perf_counter()
-    for seed in range(1, images + 1):
-        one(seed)
+    made += [one(seed) for seed in range(1, images + 1)]
     sync(device)
-    return images / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if problems is not None:
+        problems += [f"plain {model_id}, image {n}: {p}" for n, image in enumerate(made)
+                     for p in image_problems(image, size)]
+    return images / seconds
 
 
 def sync(device: str) -> None:
@@ -158,6 +171,9 @@ class Bench:
         settings = Settings.from_env().model_copy(update={"models_dir": models})
         self.stack = DevStack(settings, port=0, aws_port=0, workers=0, log_dir=log_dir).start()
         self.results = (aws.client("sqs", self.stack.settings), self.stack.resources.results_queue_url)
+        self.s3 = aws.client("s3", self.stack.settings)
+        self.problems: list[str] = []  # what is wrong with the images the workers made
+        self.checked = 0  # images checked, the workers' and plain diffusers'
 
     def close(self) -> None:
         self.stack.stop()
@@ -188,6 +204,13 @@ class Bench:
         ended = notifications_until(self.results, set(ids), 3600)
         docs = [wait_for(self.stack.api_url, job_id, timeout=60) for job_id in ids]
         assert all(d["state"] == "succeeded" for d in docs), [d.get("error") for d in docs]
+        for doc in docs:  # after the clock stopped: what the worker stored, as a client would download it
+            if not doc["outputs"]:
+                self.problems.append(f"job {doc['id']}: no output")
+            for link in doc["outputs"]:
+                png = self.s3.get_object(Bucket=self.stack.settings.output_bucket, Key=link["key"])["Body"].read()
+                self.problems += [f"{model_id}, {link['key']}: {p}" for p in image_problems(png, size)]
+                self.checked += 1
         return ended - started, [d["trace_id"] for d in docs]
 
     def run(self, name: str, model_id: str, env: dict[str, str], size: int, steps: int, images: int,
@@ -235,7 +258,8 @@ def figures(tiny: bool, images: int, steps: int, model_ids: list[str], log_dir: 
     else:
         build_full_size(models, device)
     out: dict[str, Any] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "tiny": tiny,
-                           "images": images, "steps": steps, "models": {}}
+                           "images": images, "steps": steps, "settings": settings, "models": {}}
+    plain_problems: list[str] = []
     bench = Bench(models, device, log_dir)
     try:
         for model_id in model_ids:
@@ -243,10 +267,12 @@ def figures(tiny: bool, images: int, steps: int, model_ids: list[str], log_dir: 
             served, size = (tiny_id, 64) if tiny else (model_id, size)
             row: dict[str, Any] = {"model": served, "family": family, "size": size,
                                    "plain_images_per_s": round(plain_images_per_s(models, served, device, size, steps,
-                                                                                  images), 4)}
+                                                                                  images, plain_problems), 4)}
             for setting in settings:
                 row[setting] = got = bench.run(f"{model_id}-{setting}", served, SETTINGS[setting], size, steps, images)
                 got["ratio_to_plain"] = round(got["images_per_s"] / row["plain_images_per_s"], 3)
+                got["goals"] = {"ratio_to_plain": goal(got["ratio_to_plain"], ">=", 1.3),
+                                "device_idle_share": goal(got["device_idle_share"], "<", 0.02)}
             if "compile" in settings:  # a second pod of the node: the compiled code is in the node's cache
                 second = bench.run(f"{model_id}-second-pod", served, SETTINGS["compile"], size, steps, images, False)
                 row["compile_warmup_s"] = round(row["compile"]["first_job_s"] - row["default"]["first_job_s"], 3)
@@ -254,6 +280,8 @@ def figures(tiny: bool, images: int, steps: int, model_ids: list[str], log_dir: 
             out["models"][model_id] = row
     finally:
         bench.close()
+    out["image_problems"] = plain_problems + bench.problems
+    out["images_checked"] = bench.checked + len(model_ids) * (images + 1)  # plain's: each model's, warm-up too
     return out
 
 
@@ -288,8 +316,11 @@ def main() -> int:
         log_dir.mkdir(parents=True, exist_ok=True)
         found = figures(args.tiny, args.images, args.steps, args.models.split(","), log_dir, args.settings.split(","))
     print("\n".join(report(found)))
-    print(json.dumps({"bench": "gpu", "ok": True, **found}, sort_keys=True))
-    return 0
+    problems = gpu_problems(found, args.models.split(","), found["settings"])
+    for problem in problems:
+        print(f"FAIL {problem}")
+    print(json.dumps({"bench": "gpu", "ok": not problems, "problems": problems, **found}, sort_keys=True))
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

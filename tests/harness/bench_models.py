@@ -11,6 +11,10 @@ All on the tiny models in this process, measured in one run and printed as ratio
 * fusing one adapter: the step time fused against unfused, and what fusing and unfusing cost, so how many steps
   a job needs before fusing pays.
 
+The two goals' verdicts are in the figures (``"goals"``: value, goal, ``"met"``): the SDXL memory ratio within
+0.05 of 1.0 (one shared module counted twice would add far more) and one active adapter at most 1.10 per step
+on the tiny model.
+
 The tiny models' layers are small, so a LoRA's extra matrix products weigh more against a step here than on a
 real model on a GPU, where the per-step ratio is what to check (``make bench-gpu`` where there is one).
 """
@@ -196,6 +200,10 @@ def figures() -> dict[str, Any]:
         "fuse_unfuse_steps": fuse / tiny["none"],
         "fusing_pays_after_steps": fuse / saved if saved > 0 else None,
     })
+    from tests.harness.verdicts import goal
+
+    out["goals"] = {"sdxl_memory_ratio": goal(out["sdxl_memory_ratio"], "~", 1.0, 0.05),
+                    "tiny_step_ratio.one": goal(out["tiny_step_ratio"]["one"], "<=", 1.10)}
     return out
 
 

@@ -16,7 +16,14 @@ Faults, all from the test's thread:
   5xx error, as AWS words it;
 * ``on(match, seconds, after=False)``: when a request matches, start an outage of ``seconds``; with
   ``after=True`` the request is forwarded first and its answer lost (the ambiguous case: it happened, the
-  caller cannot know).
+  caller cannot know). It returns an event set once the cut started; ``disarm()`` drops the triggers and
+  failures not used yet.
+
+Whether a fault took effect can be read, so that a harness counts the faults that happened, not the ones it
+asked for: ``injected`` counts the error answers and garbage, ``fired`` the requests delayed (``latency``),
+the answers trickled (``trickle``) and the timed cuts (``cut``). ``lost`` holds the requests that reached
+upstream but whose answer never reached the caller (cut, or reset by an outage): they happened, and a caller
+that retries one does it twice, as against AWS.
 
 Standard library only; one thread per connection, which is plenty for a handful of workers.
 """
@@ -32,12 +39,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
 
-_SCOPE = re.compile(rb"Credential=[^/]+/\d{8}/[^/]+/([a-z0-9-]+)/aws4_request")
-_TARGET = re.compile(rb"^x-amz-target:\s*\w+\.(\w+)\s*$", re.IGNORECASE | re.MULTILINE)
-_S3_OPS = {"PUT": "PutObject", "GET": "GetObject", "DELETE": "DeleteObject", "HEAD": "HeadObject",
-           "POST": "PostObject"}
+from tests.harness.awswire import describe, error_response
 
 
 @dataclass
@@ -54,31 +57,6 @@ class Request:
     @property
     def raw(self) -> bytes:
         return self.head + self.body
-
-
-def _error_response(service: str, status: int) -> bytes:
-    """The error AWS gives for throttling (``status`` 400/429) or a server fault (5xx), in the service's own
-    protocol, so that botocore and kombu parse it as they would the real one."""
-    if service == "s3":
-        code = "SlowDown" if status == 503 else "InternalError"
-        body = f"<Error><Code>{code}</Code><Message>injected by the fault proxy</Message></Error>".encode()
-        ctype = b"application/xml"
-    elif service == "sqs":
-        code = "RequestThrottled" if status < 500 else "InternalFailure"
-        body = (f'{{"__type":"com.amazonaws.sqs#{code}","message":"injected by the fault proxy"}}').encode()
-        ctype = b"application/x-amz-json-1.0"
-    elif service == "ssm":  # JSON 1.1 (SSM's protocol)
-        code = "ThrottlingException" if status < 500 else "InternalServerError"
-        body = f'{{"__type":"{code}","message":"injected by the fault proxy"}}'.encode()
-        ctype = b"application/x-amz-json-1.1"
-    else:
-        code = "Throttling" if status < 500 else "InternalFailure"
-        body = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>injected by the fault "
-                f"proxy</Message></Error><RequestId>0</RequestId></ErrorResponse>").encode()
-        ctype = b"text/xml"
-    extra = f"x-amzn-query-error: {code};Sender\r\n".encode() if service == "sqs" else b""
-    return (f"HTTP/1.1 {status} Injected\r\n".encode() + b"Content-Type: " + ctype + b"\r\n" + extra +
-            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
 
 def _reset(sock: socket.socket) -> None:
@@ -146,22 +124,6 @@ def _read_body(sock: socket.socket, buf: bytearray, head: bytes, response_to: st
     return bytes(out)
 
 
-def describe(head: bytes, body: bytes) -> tuple[str, str, str, str]:
-    """(method, path, service, operation) of a request."""
-    method, path = head.split(b" ", 2)[:2]
-    match = _SCOPE.search(head)
-    service = match.group(1).decode() if match else "unknown"
-    target = _TARGET.search(head)
-    if target:
-        operation = target.group(1).decode()
-    elif service == "s3":
-        operation = _S3_OPS.get(method.decode(), method.decode())
-    else:
-        query = parse_qs(body.decode(errors="replace")) or parse_qs(urlsplit(path.decode()).query)
-        operation = (query.get("Action") or ["unknown"])[0]
-    return method.decode(), path.decode(), service, operation
-
-
 class FaultProxy:
     """Forwards 127.0.0.1:``port`` to ``upstream`` (host, port) and injects the faults it is told to."""
 
@@ -173,13 +135,15 @@ class FaultProxy:
         self.garbage = False
         self.seen: Counter[tuple[str, str]] = Counter()  # (service, operation) -> requests forwarded
         self.injected: Counter[str] = Counter()
+        self.fired: Counter[str] = Counter()  # "latency", "trickle", "cut": faults that met a request
+        self.lost: list[Request] = []  # forwarded upstream, answer lost
         self.log: list[tuple[float, str]] = []  # (monotonic, what happened), for the harness's report
         self._lock = threading.Lock()
         self._down = False
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._failures: list[list] = []  # [service, count, status]
-        self._triggers: list[tuple[Callable[[Request], bool], float, bool]] = []
+        self._triggers: list[tuple[Callable[[Request], bool], float, bool, threading.Event]] = []
         self._holds: list[tuple[Callable[[Request], bool], threading.Event, float, threading.Event]] = []
         self._timer: threading.Timer | None = None
         self._stopped = threading.Event()
@@ -249,11 +213,21 @@ class FaultProxy:
         with self._lock:
             self._failures.append([service, count, status])
 
-    def on(self, match: Callable[[Request], bool], seconds: float, after: bool = False) -> None:
+    def on(self, match: Callable[[Request], bool], seconds: float, after: bool = False) -> threading.Event:
         """Once: when a request matches, an outage of ``seconds`` starts, before it is forwarded or (``after``)
-        once it was forwarded and answered upstream, so that the answer is lost."""
+        once it was forwarded and answered upstream, so that the answer is lost. Returns an event set once the
+        outage started: a trigger that no request matched did nothing."""
+        fired = threading.Event()
         with self._lock:
-            self._triggers.append((match, seconds, after))
+            self._triggers.append((match, seconds, after, fired))
+        return fired
+
+    def disarm(self) -> None:
+        """Drop the triggers of ``on`` and the failures of ``fail`` that no request has used yet, so that a fault
+        that found nothing to land on does not land later, on something else."""
+        with self._lock:
+            self._triggers.clear()
+            self._failures.clear()
 
     def hold(self, match: Callable[[Request], bool], release: threading.Event,
              timeout_s: float = 60.0) -> threading.Event:
@@ -318,16 +292,23 @@ class FaultProxy:
                     return release, timeout_s, held
         return None
 
-    def _take_trigger(self, request: Request) -> tuple[float, bool] | None:
+    def _take_trigger(self, request: Request) -> tuple[float, bool, threading.Event] | None:
         with self._lock:
-            for i, (match, seconds, after) in enumerate(self._triggers):
+            for i, (match, seconds, after, fired) in enumerate(self._triggers):
                 if match(request):
                     del self._triggers[i]
-                    return seconds, after
+                    return seconds, after, fired
         return None
+
+    def _cut(self, trigger: tuple[float, bool, threading.Event], request: Request) -> None:
+        self._note(f"cut {'after' if trigger[1] else 'before'} {request.service} {request.operation}")
+        self.fired["cut"] += 1
+        trigger[2].set()  # before the cut, so that whoever sees its effect sees that it fired
+        self.outage(trigger[0])
 
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
+        forwarded: Request | None = None  # from the moment it reached upstream until its answer was sent
         inbuf, upbuf = bytearray(), bytearray()
         try:
             while True:
@@ -346,12 +327,11 @@ class FaultProxy:
                 status = self._take_failure(request.service)
                 if status is not None:
                     self.injected[f"{request.service} {status}"] += 1
-                    client.sendall(_error_response(request.service, status))
+                    client.sendall(error_response(request.service, status))
                     continue
                 trigger = self._take_trigger(request)
                 if trigger is not None and not trigger[1]:
-                    self._note(f"cut before {request.service} {request.operation}")
-                    self.outage(trigger[0])
+                    self._cut(trigger, request)
                     return
                 hold = self._take_hold(request)
                 if hold is not None:
@@ -359,6 +339,7 @@ class FaultProxy:
                     hold[2].set()
                     hold[0].wait(hold[1])
                 if self.latency:
+                    self.fired["latency"] += 1
                     time.sleep(self.latency)
                 if upstream is None:
                     upstream = socket.create_connection(self.upstream, timeout=120)
@@ -366,6 +347,7 @@ class FaultProxy:
                         if self._down:
                             return
                         self._conns.add(upstream)
+                forwarded = request
                 upstream.sendall(request.raw)
                 self.seen[(request.service, request.operation)] += 1
                 response_head = _read_until(upstream, upbuf, b"\r\n\r\n")
@@ -373,13 +355,15 @@ class FaultProxy:
                     response_head = _read_until(upstream, upbuf, b"\r\n\r\n")
                 response = response_head + _read_body(upstream, upbuf, response_head, request.method)
                 if trigger is not None:
-                    self._note(f"cut after {request.service} {request.operation}")
-                    self.outage(trigger[0])
+                    self._cut(trigger, request)
                     return
                 self._send(client, response)
+                forwarded = None
         except (_Closed, OSError, ValueError, IndexError):
             pass
         finally:
+            if forwarded is not None:
+                self.lost.append(forwarded)
             with self._lock:
                 self._conns.discard(client)
                 if upstream is not None:
@@ -394,6 +378,7 @@ class FaultProxy:
         if not rate:
             client.sendall(data)
             return
+        self.fired["trickle"] += 1
         step = max(1, rate // 20)
         for i in range(0, len(data), step):
             client.sendall(data[i: i + step])

@@ -11,7 +11,6 @@ import io
 import logging
 import socket
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -204,23 +203,26 @@ def test_the_cli_prints_what_the_authorizer_accepts(ssm: Any, capsys: pytest.Cap
     assert main(["apikey", "hash", "-"]) == 1
 
 
-# == SSM unavailable: refused within a bounded time, nothing cached from the failure ========================
-def _refused_promptly(keys: ApiKeys, within_s: float) -> None:
-    started = time.monotonic()
+# == SSM unavailable: refused after a bounded number of attempts, nothing cached from the failure ============
+#: What bounds the authorizer's time: so many attempts, each within SSM_CONFIG's connect and read timeouts (the
+#: template's function timeout outlasts them: tests/infra). Counted, not timed: a loaded machine stretches time.
+ATTEMPTS = SSM_CONFIG.retries["total_max_attempts"]
+
+
+def _refused(keys: ApiKeys) -> None:
     with pytest.raises(KeysUnavailable):
         keys.authorize(request(KEY))
-    assert time.monotonic() - started < within_s
 
 
 def test_unreachable_ssm_fails_closed_promptly(caplog: pytest.LogCaptureFixture) -> None:
     keys = ApiKeys(authorizer_client(f"http://127.0.0.1:{closed_port()}"), "/spotgen/api-keys")
     with caplog.at_level(logging.ERROR, "spotgen.authorizer"):
-        _refused_promptly(keys, 5)
+        _refused(keys)
     assert "cannot reach SSM" in caplog.text and "EndpointConnectionError" in caplog.text
 
 
 def test_missing_parameter_or_setting_fails_closed(ssm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    _refused_promptly(ApiKeys(ssm, f"/spotgen/test/{uuid.uuid4().hex}"), 5)
+    _refused(ApiKeys(ssm, f"/spotgen/test/{uuid.uuid4().hex}"))
     monkeypatch.delenv("SPOTGEN_API_KEYS_PARAMETER", raising=False)
     authorizer.keys.cache_clear()
     with pytest.raises(KeysUnavailable, match="SPOTGEN_API_KEYS_PARAMETER"):
@@ -241,11 +243,11 @@ def test_throttled_or_failing_ssm_fails_closed_and_recovers(ssm: Any, proxy: Fau
     keys = ApiKeys(authorizer_client(proxy.url), put_keys(ssm, hash_key(KEY)), cache_s=60, clock=clock)
     assert keys.authorize(request(KEY))["isAuthorized"] is True
     clock.now += 60
-    proxy.fail("ssm", 2, 503)  # both attempts
-    _refused_promptly(keys, 5)
-    proxy.fail("ssm", 2, 400)  # ThrottlingException, both attempts
-    _refused_promptly(keys, 5)
-    assert proxy.injected == {"ssm 503": 2, "ssm 400": 2}, proxy.injected
+    proxy.fail("ssm", ATTEMPTS, 503)  # every attempt
+    _refused(keys)
+    proxy.fail("ssm", ATTEMPTS, 400)  # ThrottlingException, every attempt
+    _refused(keys)
+    assert proxy.injected == {"ssm 503": ATTEMPTS, "ssm 400": ATTEMPTS}, proxy.injected  # and no more
     assert keys.authorize(request(KEY))["isAuthorized"] is True
 
 
@@ -255,6 +257,7 @@ def test_a_black_holed_ssm_does_not_hang_the_authorizer(ssm: Any, proxy: FaultPr
     keys = ApiKeys(authorizer_client(proxy.url), put_keys(ssm, hash_key(KEY)))
     proxy.latency = 30
     try:
-        _refused_promptly(keys, 8)
+        _refused(keys)  # it returns: each attempt ended at the read timeout, far before the 30 s answer
+        assert proxy.fired["latency"] == ATTEMPTS, proxy.fired
     finally:
         proxy.latency = 0
