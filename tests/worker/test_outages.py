@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Stack, spawn_worker
+from tests.events import until as wait_for
 from tests.harness.faultproxy import FaultProxy, Request
 from tests.lambdas.test_api import png_bytes
 from tests.rest import call
@@ -60,15 +61,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def start_worker(stack: Stack, proxy: FaultProxy, name: str, **env: str) -> Worker:
