@@ -48,9 +48,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once per run, not once per test process (5 s of CPU each): under xdist, in the run's temporary
+    directory that the processes share; ``build_tiny_models`` locks, so the first builds and the others wait and
+    read. No test writes there."""
     from runtime.models.tiny import build_tiny_models
 
-    path = tmp_path_factory.mktemp("models")
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "tiny-models"
     build_tiny_models(path)
     return path
 

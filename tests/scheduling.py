@@ -14,9 +14,14 @@ from typing import Any
 
 from xdist.scheduler import LoadScopeScheduling
 
-#: Modules that share one stack of a kind of their own (a session-scoped fixture in their conftest.py): one unit of
-#: work, so that one process starts that stack once. The rest of the suite goes module by module.
+#: Modules that share one stack (a session-scoped fixture: ``stack`` in tests/conftest.py for "default", one of
+#: their conftest.py for the others): one unit of work, so that one process starts that stack once. The rest of
+#: the suite goes module by module.
 GROUPS = {
+    "default": ["tests/client/test_async_client.py", "tests/client/test_cli.py", "tests/client/test_client.py",
+                "tests/lambdas/test_api.py", "tests/lambdas/test_cancel_api.py", "tests/lambdas/test_plugin_schemas.py",
+                "tests/worker/test_e2e.py", "tests/worker/test_families.py", "tests/worker/test_preload.py",
+                "tests/worker/test_progress.py"],
     "outages": ["tests/worker/test_outages.py", "tests/worker/test_outage_budget.py", "tests/worker/test_requests.py"],
     "interrupt": ["tests/worker/test_interrupt_resume.py", "tests/worker/test_cancel_expiry_retries.py"],
     "compat": ["tests/lambdas/test_compat_sample.py", "tests/lambdas/test_compat_webui.py",
