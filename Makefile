@@ -45,8 +45,8 @@ lint: install
 # (measured on 2 cores: 14 min serial, 9.6 with two, 7.4 with three). Whole modules go to one process, and the
 # modules that share a stack together, so that each stack starts once (--dist loadscope: tests/scheduling.py).
 # The slowest tests are printed, so that their cost stays in view.
-# The `slow` tests (minutes of CPU each: torch.compile on the CPU, the GPU benchmark's script) are left to
-# `make test-slow`, which runs everything.
+# The `slow` tests (minutes of CPU each: torch.compile on the CPU, the GPU benchmark's script, the small chaos and
+# fault harness runs) are left to `make test-slow`, which runs everything.
 PYTEST := $(BIN)/python -m pytest -q -n 3 --dist loadscope --durations=15
 test: install lint
 	$(PYTEST) -m "not slow"

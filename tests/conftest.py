@@ -59,6 +59,19 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[str]:
+    """The AWS emulator alone (moto's server on loopback), for tests of one client against SQS or S3 without a
+    stack; its endpoint URL. Tests keep apart by their own queue and bucket names."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 @pytest.fixture
 def two_models(tiny_models: Path, tmp_path: Path) -> Path:
     """`tiny-sd-b`: the same weights under a second id, as a second model."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -16,19 +15,14 @@ from tests.inbox import Inbox
 
 
 @pytest.fixture(scope="module")
-def sqs() -> Iterator[Any]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield boto3.client("sqs", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
-    server.stop()
+def sqs(emulator: str) -> Any:
+    return boto3.client("sqs", endpoint_url=emulator, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
 
 
 def test_a_late_duplicate_is_caught_where_listening_a_while_misses_it(sqs: Any) -> None:
-    work, results, dead = (sqs.create_queue(QueueName=name)["QueueUrl"] for name in ("work", "results", "dead"))
+    work, results, dead = (sqs.create_queue(QueueName=f"inbox-{name}")["QueueUrl"]
+                           for name in ("work", "results", "dead"))
     inbox = Inbox(sqs, results, dead, [work])
     note = json.dumps({"id": "job-1", "state": "succeeded"})
     sqs.send_message(QueueUrl=results, MessageBody=note)  # the first delivery's notification

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +61,21 @@ class Hooks:
     handoff: Handoff | None = None
     #: The SQS message whose task just handed its job over: its ack must not delete it.
     deferred: dict[str, Any] | None = None
+    #: When this worker's receive in flight ends at the latest (monotonic). A worker going away abandons that
+    #: long poll, and SQS may still give it a message: a copy handed back before then would stay hidden for a
+    #: visibility timeout. So a copy is sent with a delay until then (``copy_delay_s``).
+    receive_ends_at: float = 0.0
+
+    def receive_started(self, ends_at: float) -> bool:
+        """From the receive chain (``runtime.worker.sqs``), before each receive; False once interrupted."""
+        if self.interruption.requested:
+            return False
+        self.receive_ends_at = ends_at
+        return True
+
+    def copy_delay_s(self) -> int:
+        """Seconds a handed-back copy waits, so that this worker's own last long poll cannot take it."""
+        return min(900, max(0, math.ceil(self.receive_ends_at - time.monotonic())))
 
     def aws_error(self, service: str, operation: str, code: str) -> None:
         self.observer.aws_error(service, operation, code)
@@ -130,6 +147,7 @@ def make_app(settings: Settings) -> Celery:
         broker_transport="runtime.worker.sqs:Transport",  # kombu's, surviving outages (see that module)
         broker_transport_options={
             sqs.RECEIVE_HOOK: hooks.received,
+            sqs.RECEIVE_START: hooks.receive_started,
             sqs.ACK_RETRY: delete_retry_s,
             "region": settings.region,
             "is_secure": (settings.aws_endpoint_url or "https").startswith("https"),
@@ -170,7 +188,7 @@ def make_app(settings: Settings) -> Celery:
             runner().run(args[0], trace_id=trace_id)
             return
         lease = Lease(hooks.sqs, settings.queue_url, raw, settings.heartbeat_s, settings.lease_s, settings.max_job_s,
-                      hooks.observer, first_beat_s=hooks.first_beat_s)
+                      hooks.observer, first_beat_s=hooks.first_beat_s, copy_delay=hooks.copy_delay_s)
         interruption.hold(lease)
         handed_over = False
         try:

@@ -19,6 +19,7 @@ import contextvars
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from runtime.ops.observe import NOOP, Observer
@@ -29,8 +30,11 @@ log = logging.getLogger("spotgen.lease")
 
 class Lease:
     def __init__(self, sqs: Any, queue_url: str, raw: dict[str, Any], heartbeat_s: float, lease_s: int,
-                 max_job_s: int, observer: Observer = NOOP, first_beat_s: float = 0.0) -> None:
+                 max_job_s: int, observer: Observer = NOOP, first_beat_s: float = 0.0,
+                 copy_delay: Callable[[], int] | None = None) -> None:
         self.sqs, self.queue_url, self.raw, self.observer = sqs, queue_url, raw, observer
+        #: Seconds a handed-back copy stays hidden (``Hooks.copy_delay_s``: until this worker's last poll ended).
+        self.copy_delay = copy_delay or (lambda: 0)
         #: When the first extension is due (``runtime.worker.app.first_beat_s``): 0 is at once.
         self.first_beat_s = first_beat_s
         self.heartbeat_s, self.lease_s, self.max_job_s = heartbeat_s, lease_s, max_job_s
@@ -109,26 +113,30 @@ class Lease:
                 return False
 
     def requeue(self) -> None:
-        """Send the job again as a new message, visible now; the caller then acks the original."""
+        """Send the job again as a new message, visible once this worker's own receive in flight has ended (at
+        once when none is); the caller then acks the original."""
         with self._lock:
             if self.handed_back:
                 return
             attributes = {name: {"DataType": value["DataType"], "StringValue": value["StringValue"]}
                           for name, value in (self.raw.get("MessageAttributes") or {}).items()
                           if "StringValue" in value}
+            delay = self.copy_delay()
             sent = self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=self.raw["Body"],
-                                         MessageAttributes=attributes)
+                                         MessageAttributes=attributes, DelaySeconds=delay)
             self.handed_back = True
-            log.info("message %s handed back as message %s", self.raw.get("MessageId"), sent.get("MessageId"))
+            log.info("message %s handed back as message %s%s", self.raw.get("MessageId"), sent.get("MessageId"),
+                     f", visible in {delay} s (once this worker's last receive has ended)" if delay else "")
 
     def release(self) -> None:
-        """Make the original message visible now (forced exit: there is no time to ack it after a copy)."""
+        """Make the original message visible again as soon as this worker's own receive in flight has ended
+        (forced exit: there is no time to ack it after a copy)."""
         with self._lock:
             if self.handed_back:
                 return
             try:
                 self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=self.raw["ReceiptHandle"],
-                                                   VisibilityTimeout=0)
+                                                   VisibilityTimeout=self.copy_delay())
                 self.handed_back = True
             except Exception:  # noqa: BLE001 - then it comes back when the lease runs out
                 log.warning("could not release message %s", self.raw.get("MessageId"), exc_info=True)

@@ -30,12 +30,15 @@ in the smallest place that fixes it:
    the message to SQS's redrive policy.
 
 What the chain does is reported to ``receive_hook`` (a transport option): ``hook(ok, error)`` after every
-receive, for the probes (``runtime.ops.health``) and the AWS error metric.
+receive, for the probes (``runtime.ops.health``) and the AWS error metric. Before each receive,
+``receive_start(ends_at)`` is told when its long poll ends at the latest, and may refuse it: a worker going
+away receives no more, and a job it hands back is held until its last poll has ended (``runtime.worker.app``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +55,9 @@ log = logging.getLogger("spotgen.sqs")
 RECEIVE_BACKOFF_S = (0.2, 5.0)
 #: The transport option that carries ``hook(ok: bool, error: BaseException | None)``.
 RECEIVE_HOOK = "spotgen_receive_hook"
+#: The transport option that carries ``start(ends_at: float) -> bool``, called before each receive with the
+#: monotonic time by which its long poll ends; False: receive no more (the worker is going away).
+RECEIVE_START = "spotgen_receive_start"
 #: The transport option that bounds how long an ack (DeleteMessage) is retried, in seconds.
 ACK_RETRY = "spotgen_ack_retry_s"
 #: Set in a delivery's ``delivery_info`` when its job's output stage owns the DeleteMessage: the ack then only
@@ -125,6 +131,9 @@ class Channel(SQS.Channel):
             return
         if not self.qos.can_consume():
             self._loop1(queue)
+            return
+        start = self.transport_options.get(RECEIVE_START)
+        if start is not None and not start(time.monotonic() + float(self.wait_time_seconds or 0) + 1.0):
             return
         done = promise(self._received, (queue,), on_error=self._receive_failed)
         try:

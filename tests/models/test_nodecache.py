@@ -55,8 +55,13 @@ def _hold_in_process(root: str, model_id: str, held: Any, release: Any) -> None:
 
 def at_once(target: Any, args: tuple[Any, ...], timeout: float, n: int = 4) -> tuple[list[Any], list[int | None]]:
     """Run ``target(*args, barrier, out)`` in ``n`` fresh processes released together by the barrier; each
-    puts one result on ``out``. Returns the results and the exit codes."""
-    ctx = multiprocessing.get_context("spawn")
+    puts one result on ``out``. Returns the results and the exit codes.
+
+    The processes fork from a server that imported torch and diffusers once (and ran no torch op, so no thread
+    pool is forked): four spawned processes spent 7 s of CPU each on those imports, which the test is not about.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["pipelines.common", "runtime.models.store", __name__])
     barrier, out = ctx.Barrier(n), ctx.Queue()
     procs = [ctx.Process(target=target, args=(*args, barrier, out)) for _ in range(n)]
     for p in procs:

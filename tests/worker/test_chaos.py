@@ -1,4 +1,7 @@
-"""A small run of the chaos harness (tests/harness/chaos.py) in `make test`: 10 jobs, 2 workers, 3 SIGTERM + 3 SIGKILL.
+"""A small run of the chaos harness (tests/harness/chaos.py) in `make test-slow`: 10 jobs, 2 workers, 3 SIGTERM + 3
+SIGKILL. Marked ``slow``: it starts eight workers (each imports torch and diffusers), about 100 s of CPU, for
+what test_interrupt_resume.py and test_handoff.py check one signal at a time in `make test`; its verdict
+function stays in `make test` below.
 
 In a subprocess, because the harness starts an embedded stack that sets process-wide environment variables
 (step log, short leases) which the other tests' stacks must not inherit.
@@ -22,6 +25,7 @@ from tests.harness.verdicts import chaos_checks
 CHECKPOINT_EVERY = 5
 
 
+@pytest.mark.slow
 @pytest.mark.heavy
 def test_chaos_small(tiny_models: Path, tmp_path: Path) -> None:
     args = ["--jobs", "10", "--workers", "2", "--sigterm", "3", "--sigkill", "3", "--size", "128", "--steps", "20",

@@ -1,5 +1,7 @@
-"""A small run of the network fault harness (tests/harness/faults.py) in `make test`: every kind of fault once,
-short, on 2 workers behind the fault proxy.
+"""A small run of the network fault harness (tests/harness/faults.py) in `make test-slow`: every kind of fault once,
+short, on 2 workers behind the fault proxy. Marked ``slow``: 100 s on two cores and about 65 s of CPU, for what
+test_outages.py, test_outage_budget.py and test_sqs_outage.py check one fault at a time in `make test`; its
+verdict functions stay in `make test` below.
 
 In a subprocess, like the chaos run, because the harness's embedded stack sets process-wide environment
 variables that the other tests' stacks must not inherit.
@@ -28,6 +30,7 @@ KINDS = ("outage 3 s", "cut on a receive", "cut mid-denoise", "cut on an output 
          "cut on a notification", "latency 200 ms", "slow trickle", "S3 SlowDown and SQS throttling")
 
 
+@pytest.mark.slow
 @pytest.mark.heavy
 def test_faults_small(tiny_models: Path, tmp_path: Path) -> None:
     args = ["--scale", "small", "--repeat", "1", "--workers", "2", "--seed", "3", "--models", str(tiny_models)]

@@ -10,7 +10,7 @@ the network is back.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,17 +23,6 @@ from runtime.worker.sqs import RECEIVE_HOOK
 from tests.harness.faultproxy import FaultProxy
 
 QUEUE = "outage-test"
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
