@@ -22,17 +22,16 @@ GROUPS = {
                 "tests/lambdas/test_api.py", "tests/lambdas/test_cancel_api.py", "tests/lambdas/test_plugin_schemas.py",
                 "tests/worker/test_e2e.py", "tests/worker/test_families.py", "tests/worker/test_preload.py",
                 "tests/worker/test_progress.py"],
-    "outages": ["tests/worker/test_outages.py", "tests/worker/test_outage_budget.py", "tests/worker/test_requests.py"],
+    "outages": ["tests/worker/test_handoff.py", "tests/worker/test_outages.py", "tests/worker/test_outage_budget.py",
+                "tests/worker/test_requests.py"],
     "interrupt": ["tests/worker/test_interrupt_resume.py", "tests/worker/test_cancel_expiry_retries.py"],
     "compat": ["tests/lambdas/test_compat_sample.py", "tests/lambdas/test_compat_webui.py",
                "tests/lambdas/test_webuiapi.py"],
 }
 GROUP_OF = {module: group for group, modules in GROUPS.items() for module in modules}
 #: The longest units (minutes each on two cores, measured with --durations), dealt out first so that they overlap
-#: instead of ending the run alone. test_handoff.py shares the outage stack's kind but is a unit of its own: a
-#: process that gets it starts that stack too, and the two halves run side by side.
-FIRST = ["tests/kit/test_plugin_kit.py", "interrupt", "tests/worker/test_handoff.py", "outages",
-         "tests/worker/test_faults.py", "tests/worker/test_chaos.py", "tests/pipelines/test_schedulers.py",
+#: instead of ending the run alone. "outages" is the longest (about 4 minutes, mostly waiting out outages).
+FIRST = ["outages", "tests/kit/test_plugin_kit.py", "interrupt", "tests/pipelines/test_schedulers.py",
          "tests/models/test_nodecache.py", "tests/models/test_tiers.py"]
 
 

@@ -50,8 +50,7 @@ def test_new_install_test_run_then_dev(engineer: Path, tiny_models: Path) -> Non
 
     install = sh(engineer, "-m", "pip", "install", "-q", "-e", "./upscale-lite")
     assert install.returncode == 0, install.stderr[-3000:]
-    listed = sh(engineer, "-c", "from runtime.plugins import Registry; print(Registry.default().names())")
-    assert "upscale-lite" in listed.stdout, listed.stderr[-2000:]
+    # (its entry point registers it there: the package's own tests below and `spotgen dev` run it)
     assert "upscale-lite" not in json.dumps(  # this environment is untouched: other tests' workers lack it
         [e.name for e in __import__("importlib.metadata").metadata.entry_points(group="spotgen.pipelines")])
 
@@ -67,9 +66,7 @@ def test_new_install_test_run_then_dev(engineer: Path, tiny_models: Path) -> Non
     png = Image.open(engineer / "out/upscale-lite-0-0.png")
     assert png.size == (96, 80) and json.loads(png.text["parameters"])["prompt"] == "a red fox"
 
-    bad = sh(engineer, "-m", "spotgen.cli", "run", "upscale-lite", "--model", "tiny-sd", "--image", "photo.png",
-             "--input", "factor=9", "--input", "prompt=x", "--models", str(tiny_models), "--quiet")
-    assert bad.returncode == 2 and "factor" in bad.stderr, bad.stderr[-2000:]
+    # a bad --input's exit 2 is checked in-process: tests/pipelines/test_kit.py
 
     dev_with_the_plugin(engineer, tiny_models)  # one test: the steps build on each other
 

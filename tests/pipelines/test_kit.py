@@ -204,3 +204,17 @@ def test_resume_for_free_skips_the_steps_done_and_recomputes_none(tiny_models: P
     resumed = TestInpaint.run(kit, resume_from=stopped.checkpoint)
     total = stopped.steps[0][1]
     assert [s for s, _ in stopped.steps] == [1, 2] and [s for s, _ in resumed.steps] == list(range(3, total + 1))
+
+
+@pytest.mark.parametrize(("inputs", "field"), [(["steps=0"], "steps"), (["delay=x"], "delay"),
+                                               (["nonsense=1"], "nonsense")])
+def test_spotgen_run_refuses_a_bad_input_naming_it_before_anything_loads(
+        tiny_models: Path, capsys: pytest.CaptureFixture[str], inputs: list[str], field: str) -> None:
+    """`spotgen run` with a plugin given by --plugin: a bad --input is a usage error (exit 2) that names the
+    field. In this process: tests/kit/test_plugin_kit.py runs the command in a fresh environment for a good run."""
+    from spotgen.cli import main
+
+    args = ["run", "slow", "--plugin", "tests.plugins:SlowSteps", "--model", "tiny-sd", "--models", str(tiny_models),
+            "--quiet"]
+    assert main([*args, *(a for pair in inputs for a in ("--input", pair))]) == 2
+    assert field in capsys.readouterr().err
