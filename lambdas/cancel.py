@@ -27,8 +27,9 @@ def cancel(dep: Deployment, job_id: str) -> dict[str, Any]:
         doc, etag = dep.store.read_status_tagged(job_id)
         if doc is None:
             return not_found(job_id)
-        if doc.state.final:
-            return error(409, "job_finished", f"job {job_id!r} has already ended: it is {doc.state}", "id")
+        shown = doc.as_of(utcnow())  # a queued job past its deadline has ended too: no worker starts it
+        if shown.state.final:
+            return error(409, "job_finished", f"job {job_id!r} has already ended: it is {shown.state}", "id")
         if doc.state is JobState.running and doc.cancel_requested_at is not None:
             return response(202, status_body(dep, doc))  # asked before: the first request's time stands
         now = utcnow()

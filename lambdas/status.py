@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lambdas.common import Deployment, deployment, error, response, status_url
-from runtime.contract import JOB_ID_RE, StatusDoc
+from runtime.contract import JOB_ID_RE, StatusDoc, utcnow
 
 
 def bad_id(job_id: str) -> dict[str, Any] | None:
@@ -33,7 +33,7 @@ def status(dep: Deployment, job_id: str) -> dict[str, Any]:
     doc = dep.store.read_status(job_id)
     if doc is None:
         return not_found(job_id)
-    return response(200, status_body(dep, doc))
+    return response(200, status_body(dep, doc.as_of(utcnow())))  # a job past its deadline unseen: expired
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from runtime.contract import (
 )
 from runtime.contract.envelope import build_celery_message
 from runtime.contract.images import decode_inline
+from runtime.contract.jobs import expiry
 from runtime.storage.jobstore import status_key
 
 
@@ -148,7 +149,7 @@ def existing_job(dep: Deployment, job_id: str, digest: str) -> Queued:
     if doc.request_hash != digest:
         raise Rejected(error(409, "id_conflict", f"job id {job_id!r} was already used for a different request",
                              "id"))
-    return Queued(job_id, doc.seed, existing=True, state=doc.state)
+    return Queued(job_id, doc.seed, existing=True, state=doc.as_of(utcnow()).state)
 
 
 def enqueue(dep: Deployment, request: JobRequest, inputs: dict[str, Any], *, now: datetime,
@@ -156,8 +157,10 @@ def enqueue(dep: Deployment, request: JobRequest, inputs: dict[str, Any], *, now
             pool: str | None = None) -> Queued:
     """Store the inline images, create the ``queued`` status and publish the job; ``Rejected`` when it cannot be.
     A reused id with the same request (``digest``) is the job already queued. ``sample(id, seed)``: how a job of
-    the AWS sample's API is announced, once its id and seed are known; ``pool``: the ``pool`` attribute."""
+    the AWS sample's API is announced, once its id and seed are known; ``pool``: the ``pool`` attribute. Without
+    ``expires_at`` the job expires ``MAX_TTL_S`` after ``now`` (``expiry``)."""
     job_id = request.id or uuid.uuid4().hex
+    expires_at = expiry(now, expires_at)  # every job has a deadline, inside its queue message's retention
     if request.id and dep.store.read_status(job_id) is not None:
         return existing_job(dep, job_id, digest)
     seed = inputs.get("seed")

@@ -22,7 +22,12 @@ CONTRACT_VERSION = 1
 MAX_CONTEXT_BYTES = 4096
 MAX_BODY_BYTES = 6 * 1024 * 1024
 MAX_PLUGIN_INPUT_BYTES = 64 * 1024
+#: The longest a job may wait for a worker: the latest deadline a request may give, and the deadline of a job that
+#: gives none (``expiry``). The input bucket keeps inputs this long (lambdas/template.yaml).
 MAX_TTL_S = 7 * 24 * 3600
+#: How long the work queue keeps a message: SQS's maximum, the template's MessageRetentionPeriod (tests check both
+#: against MAX_TTL_S). SQS drops an older message unseen, so a job not ended by then never will be.
+QUEUE_RETENTION_S = 14 * 24 * 3600
 #: The format of the plugin schema file (``spotgen pipeline schema``, read by the submit API).
 PLUGIN_SCHEMAS_VERSION = 1
 
@@ -97,6 +102,13 @@ class JobRequest(Strict):
             raise ContractError("invalid_field", f"expires_at: the deadline is more than {MAX_TTL_S} s away",
                                 "expires_at")
         return self.expires_at
+
+
+def expiry(now: datetime, deadline: datetime | None) -> datetime:
+    """When a job submitted at ``now`` expires: its own deadline, or ``MAX_TTL_S`` from now. Every job gets one,
+    so that none waits for a worker past its queue message's retention: a worker that receives it late ends it
+    ``expired``, and the status shows ``expired`` when none ever does (``StatusDoc.as_of``)."""
+    return deadline if deadline is not None else now + timedelta(seconds=MAX_TTL_S)
 
 
 #: Bytes of JSON a sample job's ``parameters`` and ``info`` may take each (WebUI's echo of the request, images

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.contract.inputs import LoraRef
-from runtime.contract.jobs import CONTRACT_VERSION, SampleJob
+from runtime.contract.jobs import CONTRACT_VERSION, QUEUE_RETENTION_S, SampleJob
+
+#: How long after its deadline a job still ``queued`` is shown ``expired``: a worker that took it just before the
+#: deadline shows it ``running`` within moments; after that no worker starts it (the worker's own deadline check).
+EXPIRY_GRACE_S = 15 * 60
 
 
 class JobState(StrEnum):
@@ -86,6 +90,26 @@ class StatusDoc(BaseModel):
     sample: SampleJob | None = None
     #: The request's trace (W3C trace id, 32 hex digits): look it up in the tracing backend, grep the logs for it.
     trace_id: str | None = None
+
+    def as_of(self, now: datetime) -> StatusDoc:
+        """The document as the API shows it at ``now``. A job can end without any worker writing so: one whose
+        deadline passed while it was ``queued`` never starts (a worker that receives it ends it ``expired``, and in
+        a spot drought none may before SQS drops its message), and one not ended ``QUEUE_RETENTION_S`` after its
+        submission has no message left to run it. Both are shown ``expired`` instead of waiting for ever."""
+        if self.state.final:
+            return self
+        if self.state is JobState.queued and self.expires_at is not None and \
+                now >= self.expires_at + timedelta(seconds=EXPIRY_GRACE_S):
+            message = f"the job's deadline {self.expires_at.isoformat()} passed before a worker could start it"
+            ended = self.expires_at
+        elif now >= self.created_at + timedelta(seconds=QUEUE_RETENTION_S):
+            message = (f"the job did not end within {QUEUE_RETENTION_S // 86400} days of its submission, how long the "
+                       "work queue keeps its message")
+            ended = self.created_at + timedelta(seconds=QUEUE_RETENTION_S)
+        else:
+            return self
+        return self.model_copy(update={"state": JobState.expired, "phase": None, "finished_at": ended,
+                                       "error": JobErrorInfo(code="expired", message=message, field="expires_at")})
 
 
 class Notification(BaseModel):

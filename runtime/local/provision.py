@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.contract.jobs import QUEUE_RETENTION_S
+
 #: Messages received this many times without being deleted move to the dead-letter queue. Interruptions
 #: do not count (the worker sends an interrupted job back as a new message); crashes and failures do.
 MAX_RECEIVE_COUNT = 5
@@ -52,11 +54,12 @@ def add_work_queue(sqs: Any, sns: Any, jobs_topic: str, queue_name: str, filter_
     """A work queue with its dead-letter queue, subscribed to the jobs topic with raw delivery and a filter
     policy on the message attributes (``pipeline``, ``model``): one per worker pool. Returns the queue's
     name, URL and dead-letter queue URL."""
-    dlq_url, dlq_arn = create_queue(sqs, f"{queue_name}-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)})
+    # Both keep messages as long as SQS allows: a dead-lettered message keeps its first enqueue time.
+    dlq_url, dlq_arn = create_queue(sqs, f"{queue_name}-dlq", {"MessageRetentionPeriod": str(QUEUE_RETENTION_S)})
     redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
     queue_url, queue_arn = create_queue(sqs, queue_name, {
         "VisibilityTimeout": str(visibility_timeout_s), "RedrivePolicy": redrive,
-        "MessageRetentionPeriod": str(4 * 24 * 3600)})
+        "MessageRetentionPeriod": str(QUEUE_RETENTION_S)})
     allow_topic(sqs, queue_url, queue_arn, jobs_topic)
     policy = filter_policy or {"pipeline": [{"exists": True}]}
     sns.subscribe(TopicArn=jobs_topic, Protocol="sqs", Endpoint=queue_arn, ReturnSubscriptionArn=True,
