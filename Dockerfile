@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # The spotgen worker image: `spotgen worker` on CUDA, non-root, no model inside (models come from EFS).
 #
-#   docker build -t spotgen-worker .                           # attention: PyTorch SDPA (the default)
-#   docker build --build-arg XFORMERS=1 -t spotgen-worker .    # also xformers, used where measured faster
+#   docker build -t spotgen-worker .                                # attention: PyTorch SDPA (the default)
+#   docker build --build-arg XFORMERS=0.0.35 -t spotgen-worker .    # also xformers at that exact version, used
+#                                                                   # where measured faster (docs/deploy.md, step 2)
 #
 # Probes: the worker serves GET /livez, /readyz and /metrics on SPOTGEN_METRICS_PORT (9400). Kubernetes uses
 # HTTP probes on them (infra/k8s/base/deployment.yaml); `spotgen worker --check` asks /readyz and exits 0 or
@@ -37,19 +38,29 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -c constraints.txt torch==2.13.0
 
 COPY pyproject.toml README.md ./
+COPY spotgen ./spotgen
 COPY runtime ./runtime
 COPY pipelines ./pipelines
 COPY lambdas ./lambdas
 RUN pip install --no-cache-dir -c constraints.txt ".[worker]"
 
-# Optional: xformers, built for this torch (its wheels pin the torch version they were built for).
-ARG XFORMERS=0
-# hadolint ignore=DL3013
-RUN if [ "${XFORMERS}" = "1" ]; then \
-      pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -c constraints.txt xformers; \
-    fi
+# Optional: xformers, at the exact version XFORMERS names, so that two builds of one tag hold the same one.
+# Its wheels name the torch they were built for (up to 0.0.34 exactly one version; 0.0.35 a range, on PyTorch's
+# stable ABI): with torch pinned by -c constraints.txt, pip refuses a version made for another torch, and
+# --only-binary refuses a source build (no nvcc here). Anything but a version (1, latest) stops the build.
+ARG XFORMERS=""
+RUN case "${XFORMERS}" in \
+      ""|0) ;; \
+      *[!0-9a-z.]*|[!0-9]*|*.|*..*|[0-9]|[0-9][0-9]) \
+        echo "XFORMERS=${XFORMERS}: give the exact xformers version to install (e.g. 0.0.35), one whose wheels" \
+             "support torch 2.13.0 (docs/deploy.md, step 2)" >&2; exit 1 ;; \
+      *) pip install --no-cache-dir --only-binary=xformers --extra-index-url "${TORCH_INDEX_URL}" \
+           -c constraints.txt "xformers==${XFORMERS}" ;; \
+    esac
 
 # ---- final: Python and the virtual environment, no compiler, no package caches ---------------------------
+# Without a compiler and Python.h, torch.compile cannot build its kernels: a worker refuses SPOTGEN_COMPILE at
+# start-up with that reason (runtime/models/nodecache.py, compile_toolchain_problem).
 FROM nvidia/cuda:12.8.1-base-ubuntu24.04
 
 # hadolint ignore=DL3008

@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import shutil
+import sysconfig
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -364,3 +365,30 @@ def use_compile_cache(directory: Path) -> None:
     os.environ.setdefault("TRITON_CACHE_DIR", str(directory / "triton"))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+
+
+def compile_toolchain_problem(mode: str, device: str, path: str | None = None,
+                              include_dir: Path | None = None) -> str | None:
+    """Why ``torch.compile`` cannot run here, or None. It compiles at run time: on CUDA Triton builds its
+    launchers with a C compiler (``$CC``, else gcc or clang, as Triton looks) against Python.h; on the CPU
+    Inductor builds C++ (``$CXX``, else g++). The worker image's final stage ships neither, so a worker refuses
+    the setting at start-up instead of failing every job. ``path`` and ``include_dir`` default to this
+    process's PATH and Python's include directory."""
+    if mode == "off":
+        return None
+    language, variable, names = ("C", "CC", ("gcc", "clang")) if device.startswith("cuda") else \
+        ("C++", "CXX", ("g++",))
+    wanted = os.environ.get(variable)
+    found = shutil.which(wanted, path=path) if wanted else next(
+        (hit for name in names if (hit := shutil.which(name, path=path))), None)
+    if found is None:
+        looked = f"{variable}={wanted}" if wanted else f"{' or '.join(names)} on PATH"
+        return (f"SPOTGEN_COMPILE={mode} needs a {language} compiler at run time (torch.compile on {device}), and "
+                f"there is none ({looked}): unset SPOTGEN_COMPILE, or run an image that has one")
+    scheme = sysconfig.get_default_scheme()
+    include = include_dir or Path(sysconfig.get_paths(scheme="posix_prefix" if scheme == "posix_local" else scheme)
+                                  ["include"])
+    if not (include / "Python.h").is_file():
+        return (f"SPOTGEN_COMPILE={mode} needs Python's headers at run time (torch.compile builds against "
+                f"{include}/Python.h), and there are none: unset SPOTGEN_COMPILE, or run an image that has them")
+    return None

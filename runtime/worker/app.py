@@ -25,6 +25,7 @@ from celery import Celery, bootsteps, signals
 from runtime.config import Settings
 from runtime.contract.envelope import TASK_NAME
 from runtime.models.catalog import ModelError
+from runtime.models.nodecache import compile_toolchain_problem
 from runtime.models.store import ModelStore
 from runtime.ops.observe import NOOP, Observer, trace_id_from
 from runtime.plugins import PluginError, Registry
@@ -281,6 +282,8 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     hooks.observer, hooks.health = ops.observer, ops.health
     app.steps["consumer"].add(ConsumerHealth)
     try:
+        if problem := compile_toolchain_problem(settings.compile, settings.device):  # no compiler in the image
+            raise ModelError("compile_unavailable", problem)
         hooks.first_beat_s = first_beat_s(reach_aws(settings, hooks.sqs), settings)
         runner = app.spotgen.runner()
         runner.setup()  # every pipeline's setup: a plugin that cannot run here (an attention kernel...) stops it
