@@ -100,14 +100,20 @@ def check_scheduling(docs: list[Doc], pools: list[Doc]) -> list[str]:
 
 
 def check_disruption(docs: list[Doc], pools: list[Doc]) -> list[str]:
-    """Karpenter never consolidates a node with a running worker: WhenEmpty, or pods marked do-not-disrupt."""
+    """Karpenter consolidates a node with a running worker only within a budget for reason Underutilized (each
+    eviction checkpoints a job), unless the policy is WhenEmpty or the pods are marked do-not-disrupt. The settings
+    chosen (issue 34 item 4) are checked in tests/infra/test_capacity.py."""
     annotations = one(docs, "Deployment", WORKER)["spec"]["template"]["metadata"].get("annotations", {})
     protected = annotations.get("karpenter.sh/do-not-disrupt") == "true"
+
+    def bounded(pool: Doc) -> bool:
+        return any("Underutilized" in b.get("reasons", []) for b in pool["spec"]["disruption"].get("budgets", []))
+
     return [f"NodePool {p['metadata']['name']} consolidates nodes that run workers "
-            f"({p['spec'].get('disruption', {}).get('consolidationPolicy')}); use WhenEmpty or mark the pods "
-            "karpenter.sh/do-not-disrupt"
+            f"({p['spec'].get('disruption', {}).get('consolidationPolicy')}) with no budget for reason "
+            "Underutilized: bound it, use WhenEmpty or mark the pods karpenter.sh/do-not-disrupt"
             for p in pools if p["spec"].get("disruption", {}).get("consolidationPolicy") != "WhenEmpty"
-            and not protected]
+            and not protected and not bounded(p)]
 
 
 def _bytes(quantity: str) -> int:

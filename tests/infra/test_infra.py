@@ -348,11 +348,9 @@ def test_broken_scheduling() -> None:
     _only(check_scheduling(docs, pools), "spotgen.io/pool=cpu")
     docs = _mutated(render(OVERLAY), "ScaledObject", lambda d: d["spec"].update(maxReplicaCount=100))
     _only(check_scheduling(docs, pools), "100", "GPUs")
-    no_annotation = _mutated(render(OVERLAY), "Deployment", lambda d: d["spec"]["template"]["metadata"]
-                             ["annotations"].pop("karpenter.sh/do-not-disrupt"))
-    consolidating = copy.deepcopy(pools)
-    consolidating[0]["spec"]["disruption"]["consolidationPolicy"] = "WhenEmptyOrUnderutilized"
-    _only(check_disruption(no_annotation, consolidating), "WhenEmptyOrUnderutilized")
+    unbounded = copy.deepcopy(pools)
+    unbounded[0]["spec"]["disruption"]["budgets"] = [{"nodes": "20%"}]
+    _only(check_disruption(render(OVERLAY), unbounded), "WhenEmptyOrUnderutilized", "Underutilized")
 
 
 def test_broken_storage_and_security() -> None:
