@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 from runtime.contract import ContractError, JobRequest
 from runtime.contract.jobs import MAX_TTL_S, QUEUE_RETENTION_S, expiry
 from runtime.contract.status import EXPIRY_GRACE_S
-from tests.harness.infra_docs import EXAMPLE_STACK, Doc, resolve, sam_transform, template
+from tests.harness.infra_docs import DEPLOY_DOC, EXAMPLE_STACK, Doc, resolve, sam_transform, template
 
 DAY_S = 24 * 3600
 #: Each expiring prefix of the output bucket and the parameter that holds its days.
@@ -165,6 +166,37 @@ def check_lifecycle(tpl: Doc) -> list[str]:
     return errors
 
 
+def teardown_commands(doc: str) -> list[str]:
+    """The command lines of docs/deploy.md's "Tear down", continuation lines joined."""
+    section = doc.split("## 10. Tear down", 1)[1].split("\n## ", 1)[0]
+    block = "\n".join(re.findall(r"```sh\n(.*?)```", section, re.S))
+    return [line.strip() for line in re.sub(r"\\\n\s*", " ", block).splitlines() if line.strip()]
+
+
+def check_teardown(commands: list[str], tpl: Doc) -> list[str]:
+    """The tear-down removes what the stack does not own and in an order that works: attached policies before
+    the stack (CloudFormation cannot delete an attached managed policy), buckets emptied before it, the GPU nodes
+    gone, the API keys' parameter, EFS's mount targets before the file system before its security group."""
+    def at(pattern: str) -> int | None:
+        return next((i for i, line in enumerate(commands) if re.search(pattern, line)), None)
+
+    errors = []
+    keys = tpl["Parameters"]["ApiKeysParameterName"]["Default"]
+    for pattern in (r"detach-user-policy", r"detach-role-policy", r"out ApiInvokePolicyArn",
+                    r"kubectl wait --for=delete nodeclaims", rf"ssm delete-parameter --name {re.escape(keys)}\b",
+                    r"logs delete-log-group", r"out InputBucketName", r"out OutputBucketName"):
+        if at(pattern) is None:
+            errors.append(f"the tear-down lacks {pattern!r}")
+    for before, after in ((r"detach-user-policy", r"sam delete"), (r"detach-role-policy", r"sam delete"),
+                          (r"aws s3 rm", r"sam delete"), (r"kubectl delete -k", r"sam delete"),
+                          (r"delete-mount-target", r"delete-file-system"),
+                          (r"delete-file-system", r"delete-security-group")):
+        first, then = at(before), at(after)
+        if first is not None and then is not None and first > then:
+            errors.append(f"the tear-down runs {after!r} before {before!r}")
+    return errors
+
+
 # == the real template ========================================================================================
 def test_retention_outlasts_the_longest_wait() -> None:
     assert check_retention(template()) == []
@@ -180,6 +212,10 @@ def test_every_function_has_its_log_group() -> None:
 
 def test_lifecycle_rules_follow_the_parameters() -> None:
     assert check_lifecycle(template()) == []
+
+
+def test_teardown_is_complete_and_in_order() -> None:
+    assert check_teardown(teardown_commands(DEPLOY_DOC.read_text()), template()) == []
 
 
 # == broken copies ============================================================================================
@@ -235,3 +271,11 @@ def test_broken_lifecycle() -> None:
     _says(check_lifecycle(_broken(no_keep)), "keep outputs for ever")
     _says(check_lifecycle(_broken(lambda _, tpl: tpl["Parameters"]["JobsExpirationDays"].update(MinValue=1))),
           "status document is gone")
+
+
+def test_broken_teardown() -> None:
+    commands = teardown_commands(DEPLOY_DOC.read_text())
+    late = [line for line in commands if "detach-user-policy" not in line] + ["aws iam detach-user-policy --x"]
+    _says(check_teardown(late, template()), "before 'detach-user-policy'")
+    _says(check_teardown([line for line in commands if "ssm delete-parameter" not in line], template()),
+          "ssm delete-parameter")
