@@ -2,9 +2,9 @@
 
 PyTorch 2's ``scaled_dot_product_attention`` (diffusers' default) has flash and memory-efficient kernels of
 its own, so xformers rarely wins on current GPUs; it is an optional extra of the image
-(``--build-arg XFORMERS=1``). ``auto`` times both on the shape that dominates Stable Diffusion at 512 px (the
-UNet's first self-attention: 4096 tokens, 8 heads of 40) once per process and keeps the faster; a setting of
-``xformers`` insists on it and fails loudly where it cannot run.
+(``--build-arg XFORMERS=<version>``, docs/deploy.md). ``auto`` times both on the shape that dominates Stable
+Diffusion at 512 px (the UNet's first self-attention: 4096 tokens, 8 heads of 40) once per process and keeps
+the faster; a setting of ``xformers`` insists on it and fails loudly where it cannot run.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def choose(device: str, setting: str = "auto") -> str:
     if setting == "xformers":
         if not xformers_installed():
             raise ModelError("attention_unavailable", "SPOTGEN_ATTENTION=xformers, but xformers is not installed "
-                             "(build the worker image with --build-arg XFORMERS=1, or use auto or sdpa)")
+                             "(build the worker image with --build-arg XFORMERS=<version>, or use auto or sdpa)")
         if not cuda:
             raise ModelError("attention_unavailable", f"SPOTGEN_ATTENTION=xformers needs a CUDA device, not {device!r}")
         return "xformers"
