@@ -58,8 +58,9 @@ def _pods(value: int | str, replicas: int, round_up: bool) -> int:
 # == checks ====================================================================================================
 def check_rollout_fits_spot(docs: list[Doc], pools: list[Doc]) -> list[str]:
     """KEDA's maximum plus what a rollout adds fits the spot pools' GPU limit. A rollout adds its surge pods, and the
-    replacements of maxUnavailable pods, pending while the pods they replace drain (up to the grace period):
-    Karpenter launches nodes for pending pods without waiting for terminating ones."""
+    replacements of maxUnavailable pods, pending while the pods they replace drain (up to the grace period): the
+    Deployment controller does not count terminating pods (kubernetes/kubernetes#95498), and Karpenter launches
+    nodes for pending pods."""
     spot = sum(_gpus(p) for p in pools if _spot(p))
     errors = []
     for scaled in docs_of(docs, "ScaledObject"):
