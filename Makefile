@@ -9,13 +9,18 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.
 
 # torch first, pinned: the CPU build locally; an unpinned torch would pull gigabytes of CUDA packages. checkov
 # (tests/infra/test_infra.py) gets a venv of its own: it pins boto3, networkx and packaging below ours; it installs
-# in the background while the main venv does (two cores: the wait is the longer of the two, not the sum). Then the
-# Karpenter, KEDA and Prometheus Operator schemas (tests/schemas/README.md), locked by package-lock.json.
-$(STAMP): pyproject.toml constraints.txt constraints-checkov.txt tests/schemas/package-lock.json
+# in the background while the main venv does (two cores: the wait is the longer of the two, not the sum). So does the
+# AWS SAM CLI (.venv/samcli: its own parser reads docs/deploy.md's sam commands in tests/infra/test_deploy_commands.py;
+# it pins click 8.1), after checkov in the same background job, so that the two never share the second core (measured:
+# about 30 s each alone, both well inside the main venv's install). Then the Karpenter, KEDA and Prometheus Operator
+# schemas (tests/schemas/README.md), locked by package-lock.json.
+$(STAMP): pyproject.toml constraints.txt constraints-checkov.txt constraints-samcli.txt tests/schemas/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	set -e; \
 	{ test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov; \
-	  $(VENV)/checkov/bin/pip install --quiet --disable-pip-version-check -c constraints-checkov.txt checkov; } & \
+	  $(VENV)/checkov/bin/pip install --quiet --disable-pip-version-check -c constraints-checkov.txt checkov; \
+	  test -x $(VENV)/samcli/bin/python || $(PYTHON) -m venv $(VENV)/samcli; \
+	  $(VENV)/samcli/bin/pip install --quiet --disable-pip-version-check -c constraints-samcli.txt aws-sam-cli; } & \
 	checkov=$$!; \
 	$(PIP) torch==2.13.0; \
 	$(PIP) -e '.[worker,dev,infra]'; \

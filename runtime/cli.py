@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runtime.config import Settings
+from runtime.config import PREFIX, Settings
 
 if TYPE_CHECKING:
     from runtime.local.spanreceiver import SpanReceiver
@@ -100,26 +100,37 @@ def _node_cache_probe() -> Callable[[str], bool | None] | None:
     return probe
 
 
-def catalog_aliases(models_dir: Path, settings: Settings) -> dict[str, str]:
-    """The catalog's aliases of the ids the API accepts, as ``SPOTGEN_ALIASES`` takes them (ids left out: each
-    id is its own alias anyway)."""
+def catalog_aliases(settings: Settings, every: bool = False) -> dict[str, str]:
+    """The catalog's aliases (``SPOTGEN_ALIASES``) of the ids the API accepts, or ``every`` id it may deploy."""
     from runtime.models.catalog import Catalog
+    from runtime.models.parameters import catalog_aliases as aliases_of
 
-    names = Catalog.load(models_dir).names()
-    accepted = {*settings.models, *settings.controlnets, *settings.loras}
-    return {alias: target for kind in (names.models, names.loras, names.controlnets) for alias, target in kind.items()
-            if alias != target and target in accepted}
+    return aliases_of(Catalog.load(settings.models_dir),
+                      None if every else {*settings.models, *settings.controlnets, *settings.loras})
 
 
 def cmd_models_aliases(args: argparse.Namespace) -> int:
+    # Unless this environment names the API's ids, the catalog's own: the default lists are the tiny models'.
+    settings = _settings(args)
+    every = not any(PREFIX + name in os.environ for name in ("MODELS", "CONTROLNETS", "LORAS"))
+    return _catalog_output(lambda: json.dumps(catalog_aliases(settings, every), indent=None if args.compact else 2))
+
+
+def cmd_models_parameters(args: argparse.Namespace) -> int:
+    from runtime.models.parameters import parameters_file
+
+    return _catalog_output(lambda: parameters_file(_settings(args).models_dir))
+
+
+def _catalog_output(make: Callable[[], str]) -> int:
     from runtime.models.catalog import ModelError
 
-    settings = _settings(args)
     try:
-        print(json.dumps(catalog_aliases(settings.models_dir, settings), indent=None if args.compact else 2))
+        text = make()
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    print(text.rstrip("\n"))
     return 0
 
 
@@ -129,7 +140,7 @@ def _dev_compat(settings: Settings) -> Settings:
     API Gateway in front)."""
     updates: dict[str, object] = {}
     if "SPOTGEN_ALIASES" not in os.environ:
-        updates["aliases"] = catalog_aliases(settings.models_dir, settings)
+        updates["aliases"] = catalog_aliases(settings)
     if "SPOTGEN_RUNTIMES" not in os.environ and settings.models:
         updates["runtimes"] = {"sdruntime": {"model": settings.models[0]}}
         if "SPOTGEN_WEBUI_RUNTIME" not in os.environ:
@@ -368,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     aliases.add_argument("--models", help=models_dir_help)
     aliases.add_argument("--compact", action="store_true", help="on one line")
     aliases.set_defaults(func=cmd_models_aliases)
+    parameters = models_sub.add_parser("parameters", help="the API stack's model parameters, from the catalog")
+    parameters.add_argument("--models", help=models_dir_help)
+    parameters.set_defaults(func=cmd_models_parameters)
     from runtime.local import apikey
 
     apikey.register(sub)
