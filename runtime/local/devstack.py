@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from runtime.config import Settings
-from runtime.local.provision import VISIBILITY_TIMEOUT_S, Resources, add_work_queue, provision
+from runtime.local.provision import VISIBILITY_TIMEOUT_S, Resources, add_work_queue, pool_filter_policies, provision
 from runtime.storage import aws
 
 log = logging.getLogger("spotgen.dev")
@@ -82,14 +82,13 @@ class DevStack:
         endpoint = f"http://{host}:{aws_port}"
         emulator = self.base.model_copy(update={"aws_endpoint_url": endpoint})
         sns, sqs = aws.client("sns", emulator), aws.client("sqs", emulator)
-        routed = sorted({model for models in self.pools.values() for model in models})
-        default_policy = {"pipeline": [{"exists": True}], "model": [{"anything-but": routed}]} if routed else None
+        default_policy, pool_policies = pool_filter_policies(self.pools)
         self.resources = provision(aws.client("s3", emulator), sns, sqs, filter_policy=default_policy,
                                    max_receive_count=self.base.max_receive_count,
                                    visibility_timeout_s=self.visibility_timeout_s)
-        for pool, models in self.pools.items():
+        for pool in self.pools:
             name, url, dlq = add_work_queue(sqs, sns, self.resources.jobs_topic_arn, f"spotgen-{pool}",
-                                            {"pipeline": [{"exists": True}], "model": models},
+                                            pool_policies[pool],
                                             self.base.max_receive_count, self.visibility_timeout_s)
             self.pool_queues[pool] = {"SPOTGEN_QUEUE_NAME": name, "SPOTGEN_QUEUE_URL": url,
                                       "SPOTGEN_DEAD_LETTER_QUEUE_URL": dlq}

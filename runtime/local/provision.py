@@ -48,6 +48,16 @@ def allow_topic(sqs: Any, queue_url: str, queue_arn: str, topic_arn: str) -> Non
     sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
 
 
+def pool_filter_policies(pools: dict[str, list[str]]) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """The filter policies of the work queue and of each pool's queue (pool name -> its models), on the ``model``
+    message attribute the submit Lambda sets: each pool takes exactly its models, the work queue every other one,
+    so that no job is delivered to two queues. lambdas/template.yaml's pool slots build the same
+    (tests/harness/pool_checks.py compares them)."""
+    routed = sorted({model for models in pools.values() for model in models})
+    default = {"pipeline": [{"exists": True}], "model": [{"anything-but": routed}]} if routed else None
+    return default, {pool: {"pipeline": [{"exists": True}], "model": list(models)} for pool, models in pools.items()}
+
+
 def add_work_queue(sqs: Any, sns: Any, jobs_topic: str, queue_name: str, filter_policy: dict[str, Any] | None,
                    max_receive_count: int = MAX_RECEIVE_COUNT,
                    visibility_timeout_s: int = VISIBILITY_TIMEOUT_S) -> tuple[str, str, str]:

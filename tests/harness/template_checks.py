@@ -27,6 +27,7 @@ from tests.harness.infra_docs import (
     worker_env,
     worker_settings,
 )
+from tests.harness.pool_checks import Stack
 
 #: Settings the API Lambdas cannot run without.
 REQUIRED_API_SETTINGS = {PREFIX + name for name in (
@@ -150,7 +151,7 @@ def check_matches_local_stack(tpl: Doc) -> list[str]:
     if str(subscription.get("RawMessageDelivery")).lower() != expected.get("RawMessageDelivery"):
         errors.append("the work queue's subscription must use raw delivery: the worker reads the SQS body as the "
                       "Celery message")
-    if subscription.get("FilterPolicy") != json.loads(expected.get("FilterPolicy", "null")):
+    if Stack(tpl, {}).value(subscription.get("FilterPolicy")) != json.loads(expected.get("FilterPolicy", "null")):
         errors.append(f"the subscription's FilterPolicy differs from runtime/local/provision.py "
                       f"({expected.get('FilterPolicy')})")
     if subscription.get("FilterPolicyScope") != expected.get("FilterPolicyScope"):
