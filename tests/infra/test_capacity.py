@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import yaml
 
-from tests.harness.infra_docs import DEPLOY_DOC, OVERLAY, WORKER, Doc, docs_of, karpenter, loader, one, render
+from tests.harness.infra_docs import DEPLOY_DOC, OVERLAY, REPO, WORKER, Doc, docs_of, karpenter, loader, one, render
 
 #: vCPUs of each size of g5, g6 and g6e (the same in the three families), and the GPUs of the sizes with more
 #: than one (AWS's accelerated-computing instance types).
@@ -28,6 +28,8 @@ VCPUS = {"xlarge": 4, "2xlarge": 8, "4xlarge": 16, "8xlarge": 32, "12xlarge": 48
 MULTI_GPU = {"12xlarge": 4, "24xlarge": 4, "48xlarge": 8}
 GPU_COUNT = "karpenter.k8s.aws/instance-gpu-count"
 SIZE = "karpenter.k8s.aws/instance-size"
+#: The example overlay with an extra GPU pool (docs/models.md "Routing models to worker pools").
+EXAMPLE_POOLS = REPO / "infra/k8s/overlays/example-pools"
 DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 
 
@@ -63,16 +65,23 @@ def check_rollout_fits_spot(docs: list[Doc], pools: list[Doc]) -> list[str]:
     nodes for pending pods."""
     spot = sum(_gpus(p) for p in pools if _spot(p))
     errors = []
+    together: dict[str, int] = {}  # GPU pools (issue 34, item 6) share the spot limit, and a new image rolls them all
     for scaled in docs_of(docs, "ScaledObject"):
         target = one(docs, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
         rolling = target["spec"].get("strategy", {}).get("rollingUpdate", {})
         top = scaled["spec"].get("maxReplicaCount", 100)
         surge = _pods(rolling.get("maxSurge", "25%"), top, round_up=True)
         unavailable = _pods(rolling.get("maxUnavailable", "25%"), top, round_up=False)
+        if any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
+               for c in target["spec"]["template"]["spec"]["containers"]):
+            together[scaled["metadata"]["name"]] = top + surge + unavailable
         if top + surge + unavailable > spot:
             errors.append(f"ScaledObject {scaled['metadata']['name']}: maxReplicaCount {top} + maxSurge {surge} + "
                           f"maxUnavailable {unavailable} pods exceed the spot NodePools' {spot} GPUs: a rollout at "
                           "full scale takes on-demand GPUs. Lower the surge or raise the spot limit")
+    if len(together) > 1 and sum(together.values()) > spot:
+        errors.append(f"the GPU pools' ScaledObjects {together} together need {sum(together.values())} GPUs at full "
+                      f"scale in a rollout, more than the spot NodePools' {spot}: split the maximum between them")
     return errors
 
 
@@ -220,6 +229,7 @@ def check_fargate(docs: list[Doc], loader_docs: list[Doc], selectors: list[Doc])
 # == the real files ============================================================================================
 def test_rollout_at_full_scale_stays_on_spot() -> None:
     assert check_rollout_fits_spot(render(OVERLAY), docs_of(karpenter(), "NodePool")) == []
+    assert check_rollout_fits_spot(render(EXAMPLE_POOLS), docs_of(karpenter(), "NodePool")) == []
 
 
 def test_one_gpu_per_node_and_quota_advice() -> None:
@@ -263,6 +273,9 @@ def test_broken_rollout() -> None:
     _only(check_rollout_fits_spot(surging, small), "maxSurge 4", "on-demand")
     # No surge still needs room for the replacements started while the old pods drain.
     _only(check_rollout_fits_spot(render(OVERLAY), small), "maxUnavailable 4", "16 GPUs")
+    # An extra pool whose maximum does not come out of the main workers' (the example without its patch).
+    unshared = _broken(render(EXAMPLE_POOLS), "ScaledObject", WORKER, lambda d: d["spec"].update(maxReplicaCount=16))
+    _only(check_rollout_fits_spot(unshared, pools), "spotgen-worker-sdxl", "together need 25 GPUs")
 
 
 def test_broken_shapes_and_quota() -> None:

@@ -65,7 +65,8 @@ from tests.harness.template_checks import (
 # == the real files ===========================================================================================
 def test_kustomize_renders_every_directory() -> None:
     for directory in ("infra/k8s/base", "infra/k8s/overlays/example", "infra/k8s/loader", "infra/keda",
-                      "infra/karpenter", "infra/otel"):
+                      "infra/karpenter", "infra/otel", "infra/k8s/pool", "infra/k8s/overlays/example/pools/sdxl",
+                      "infra/k8s/overlays/example-pools"):
         kinds = [doc["kind"] for doc in render(REPO / directory)]
         assert kinds, f"{directory} renders nothing"
     kinds = {doc["kind"] for doc in render(OVERLAY)}
@@ -78,6 +79,7 @@ def test_kustomize_renders_every_directory() -> None:
 
 def test_schemas() -> None:
     assert check_schemas(render(OVERLAY) + render(REPO / "infra/k8s/base") + karpenter() + loader()) == []
+    assert check_schemas(render(REPO / "infra/k8s/overlays/example-pools")) == []
 
 
 def test_settings() -> None:

@@ -1,0 +1,164 @@
+"""Extra worker pools (issue 34, item 6): the API stack's pool slots and the kustomize pools, checked together.
+
+The example (infra/k8s/overlays/example-pools: the example overlay with the pool ../example/pools/sdxl) names its
+pools by their Deployments' spotgen.io/worker-pool label and their models by SPOTGEN_PRELOAD; the template is
+evaluated for exactly those Pool1Name/Pool1Models parameters (tests/harness/pool_checks.py). Each
+``test_broken_*`` test breaks a copy and requires the check to say so.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+
+from tests.harness.infra_docs import REPO, Doc, docs_of, render, template
+from tests.harness.pool_checks import (
+    check_delivery,
+    check_matches_local_pools,
+    check_readers,
+    check_routing,
+    pool_parameters,
+)
+
+EXAMPLE_POOLS = REPO / "infra/k8s/overlays/example-pools"
+POOL_LABEL = "spotgen.io/worker-pool"
+#: Models no pool takes: the work queue's.
+OTHER_MODELS = ["sd15", "some-model-no-pool-names"]
+#: Every slot filled, and none.
+CASES = [{"a": ["m1"], "b": ["m2", "m3"], "c": ["m4.v2"]}, {}]
+
+
+def workers(docs: list[Doc]) -> list[Doc]:
+    return [d for d in docs_of(docs, "Deployment")
+            if d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"]
+
+
+def env_of(deployment: Doc, docs: list[Doc]) -> dict[str, str]:
+    """A worker Deployment's environment: its ConfigMaps (envFrom), then its env entries."""
+    container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "worker")
+    maps = {doc["metadata"]["name"]: doc.get("data", {}) for doc in docs_of(docs, "ConfigMap")}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(maps.get(source.get("configMapRef", {}).get("name"), {}))
+    env.update({item["name"]: item["value"] for item in container.get("env", []) if "value" in item})
+    return env
+
+
+def example_pools(docs: list[Doc]) -> dict[str, list[str]]:
+    """Pool name -> its models, from the rendered pool Deployments."""
+    pools = {}
+    for deployment in workers(docs):
+        name = deployment["spec"]["template"]["metadata"]["labels"].get(POOL_LABEL)
+        if name:
+            env = env_of(deployment, docs)
+            pools[name] = env["SPOTGEN_PRELOAD"].split(",")
+    return pools
+
+
+def reader_queues(docs: list[Doc]) -> tuple[list[dict[str, str]], list[str]]:
+    """The workers' environments (their queues) and the queues KEDA watches."""
+    envs = [env_of(deployment, docs) for deployment in workers(docs)]
+    keda = [trigger["metadata"]["queueURL"] for scaled in docs_of(docs, "ScaledObject")
+            for trigger in scaled["spec"]["triggers"] if trigger["type"] == "aws-sqs-queue"]
+    return envs, keda
+
+
+# == the real files ===========================================================================================
+def test_the_example_has_a_pool() -> None:
+    docs = render(EXAMPLE_POOLS)
+    assert example_pools(docs) == {"sdxl": ["sdxl-base", "sdxl-refiner"]}
+    envs, keda = reader_queues(docs)
+    assert len({env["SPOTGEN_QUEUE_URL"] for env in envs}) == len(envs) == 2, "each pool reads its own queue"
+    assert sorted(keda) == sorted(env["SPOTGEN_QUEUE_URL"] for env in envs), "one ScaledObject per pool, on its queue"
+    assert not any(doc["metadata"]["name"].startswith("spotgen-deploy") for doc in docs)
+
+
+@pytest.mark.parametrize("pools", [*CASES, "example"])
+def test_every_model_reaches_one_queue(pools: dict[str, list[str]] | str) -> None:
+    pools = example_pools(render(EXAMPLE_POOLS)) if pools == "example" else pools
+    assert check_routing(template(), pools, OTHER_MODELS) == []
+    assert check_matches_local_pools(template(), pools) == []
+    assert check_delivery(template(), pools) == []
+
+
+def test_every_queue_read_is_allowed() -> None:
+    docs = render(EXAMPLE_POOLS)
+    envs, keda = reader_queues(docs)
+    assert check_readers(template(), example_pools(docs), envs, keda) == []
+
+
+def test_slots_are_all_wired() -> None:
+    """Each slot alone: a copy-paste slip in slot 2 or 3 shows up although the example fills only slot 1."""
+    for slot in (1, 2, 3):
+        filler = {f"unused{n}": [f"x{n}"] for n in range(1, slot)}
+        pools = {**filler, "p": ["pm"]}
+        assert pool_parameters(pools)[f"Pool{slot}Name"] == "p"
+        assert check_routing(template(), pools, OTHER_MODELS) == []
+        assert check_delivery(template(), pools) == []
+        url = "https://sqs.us-east-1.amazonaws.com/123456789012/spotgen-p"
+        env = {"SPOTGEN_QUEUE_URL": url, "SPOTGEN_DEAD_LETTER_QUEUE_URL": f"{url}-dlq"}
+        assert check_readers(template(), pools, [env], [url]) == []
+
+
+# == broken copies ============================================================================================
+def _broken(change: Callable[[Doc], None]) -> Doc:
+    tpl = copy.deepcopy(template())
+    change(tpl["Resources"])
+    return tpl
+
+
+def _only(errors: list[str], *words: str) -> None:
+    assert errors, "the broken copy passed"
+    assert any(all(word in error for word in words) for error in errors), errors
+
+
+SDXL = {"sdxl": ["sdxl-base", "sdxl-refiner"]}
+
+
+def test_broken_routing() -> None:
+    # The work queue's filter as it was: every pool job also lands on the work queue and runs twice.
+    twice = _broken(lambda res: res["WorkQueueSubscription"]["Properties"]["FilterPolicy"].pop("model"))
+    _only(check_routing(twice, SDXL, OTHER_MODELS), "'sdxl-base'", "Pool1Queue", "WorkQueue")
+    _only(check_matches_local_pools(twice, SDXL), "work queue's filter")
+    # A pool's filter on the pipeline only: it takes every model.
+    greedy = _broken(lambda res: res["Pool1Subscription"]["Properties"]["FilterPolicy"].pop("model"))
+    _only(check_routing(greedy, SDXL, OTHER_MODELS), "'sd15'", "Pool1Queue")
+    _only(check_matches_local_pools(greedy, SDXL), "pool sdxl's filter")
+    # Slot 2's models left out of the work queue's exclusions.
+    def forget_slot2(res: Doc) -> None:
+        res["WorkQueueSubscription"]["Properties"]["FilterPolicy"]["model"]["Fn::If"][1][0]["anything-but"][
+            "Fn::Split"][1]["Fn::Join"][1].pop(1)
+    _only(check_routing(_broken(forget_slot2), CASES[0], OTHER_MODELS), "'m2'", "WorkQueue")
+
+
+def test_broken_delivery() -> None:
+    _only(check_delivery(_broken(lambda res: res.pop("Pool1QueuePolicy")), SDXL), "Pool1Queue", "deliver")
+    other_topic = _broken(lambda res: res["Pool1QueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+                          ["Condition"]["ArnEquals"].update({"aws:SourceArn": {"Ref": "ResultsTopic"}}))
+    _only(check_delivery(other_topic, SDXL), "Pool1Queue", "deliver")
+    no_dlq = _broken(lambda res: res["Pool1Queue"]["Properties"].pop("RedrivePolicy"))
+    _only(check_delivery(no_dlq, SDXL), "Pool1Queue", "dead-letter")
+    short = _broken(lambda res: res["Pool1Queue"]["Properties"].update({"MessageRetentionPeriod": 345600}))
+    _only(check_delivery(short, SDXL), "Pool1Queue", "shaped")
+
+
+def test_broken_readers() -> None:
+    docs = render(EXAMPLE_POOLS)
+    envs, keda = reader_queues(docs)
+    pools = example_pools(docs)
+
+    def main_queue_only(policy: str, sid: str | None) -> Callable[[Doc], None]:
+        def change(res: Doc) -> None:
+            for statement in res[policy]["Properties"]["PolicyDocument"]["Statement"]:
+                if statement.get("Sid") == sid:
+                    statement["Resource"] = statement["Resource"][0]
+        return change
+
+    _only(check_readers(_broken(main_queue_only("WorkerPolicy", "ConsumeWorkQueue")), pools, envs, keda),
+          "spotgen-sdxl", "sqs:ReceiveMessage")
+    _only(check_readers(_broken(main_queue_only("WorkerPolicy", "DeadLetter")), pools, envs, keda),
+          "spotgen-sdxl-dlq", "sqs:SendMessage")
+    _only(check_readers(_broken(main_queue_only("KedaScalerPolicy", None)), pools, envs, keda),
+          "KEDA", "spotgen-sdxl")
