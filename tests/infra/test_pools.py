@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.harness.infra_docs import REPO, Doc, docs_of, render, template
+from tests.harness.infra_docs import OVERLAY, REPO, Doc, docs_of, read_env, render, template
 from tests.harness.pool_checks import (
+    Stack,
     check_delivery,
     check_matches_local_pools,
     check_readers,
@@ -73,6 +74,19 @@ def test_the_example_has_a_pool() -> None:
     assert len({env["SPOTGEN_QUEUE_URL"] for env in envs}) == len(envs) == 2, "each pool reads its own queue"
     assert sorted(keda) == sorted(env["SPOTGEN_QUEUE_URL"] for env in envs), "one ScaledObject per pool, on its queue"
     assert not any(doc["metadata"]["name"].startswith("spotgen-deploy") for doc in docs)
+
+
+def test_the_example_pool_files_are_the_stack_outputs() -> None:
+    """What docs/deploy.md section 6 writes into a pool's .env files, from the stack deployed with that pool."""
+    stack = Stack(template(), pool_parameters(example_pools(render(EXAMPLE_POOLS))))
+    outputs = stack.tpl["Outputs"]
+    main = dict(item.split("=", 1) for item in stack.value(outputs["WorkerSettings"]["Value"]).split())
+    pool = dict(item.split("=", 1) for item in stack.value(outputs["Pool1Settings"]["Value"]).split())
+    directory = OVERLAY / "pools/sdxl"
+    written = {key: value for key, value in main.items() if "_QUEUE_" not in key} | pool
+    assert {k: v for k, v in read_env(directory / "settings.env").items() if k != "SPOTGEN_PRELOAD"} == written
+    assert read_env(directory / "deploy.env")["QUEUE_URL"] == stack.value(outputs["Pool1QueueUrl"]["Value"])
+    assert read_env(directory / "deploy.env")["IMAGE"] == read_env(OVERLAY / "deploy.env")["IMAGE"]
 
 
 @pytest.mark.parametrize("pools", [*CASES, "example"])
