@@ -207,3 +207,23 @@ def check_readers(tpl: Doc, pools: dict[str, list[str]], worker_envs: list[dict[
         if queue_arn(url) not in allowed("KedaScalerPolicy", "sqs:GetQueueAttributes"):
             errors.append(f"KEDA watches {url}, which KedaScalerPolicy does not allow")
     return errors
+
+
+def check_alarmed(tpl: Doc, pools: dict[str, list[str]]) -> list[str]:
+    """Every work queue the stack creates has an alarm on its oldest message (nobody serves it) and its dead-letter
+    queue one on the messages in it, as the work queue's have: a pool whose workers never start is seen."""
+    stack = Stack(tpl, pool_parameters(pools))
+    watched = {(props["MetricName"], dim["Value"]) for props in stack.resources("AWS::CloudWatch::Alarm").values()
+               if props.get("Namespace") == "AWS/SQS" for dim in props.get("Dimensions", [])
+               if dim["Name"] == "QueueName"}
+    queues = stack.resources("AWS::SQS::Queue")
+    errors = []
+    for queue in set(routes(stack).values()):
+        name = queues[queue]["QueueName"]
+        if ("ApproximateAgeOfOldestMessage", name) not in watched:
+            errors.append(f"no alarm on the oldest message of {name}")
+        dead = next((props["QueueName"] for other, props in queues.items()
+                     if stack.arn(other) == queues[queue].get("RedrivePolicy", {}).get("deadLetterTargetArn")), None)
+        if dead and ("ApproximateNumberOfMessagesVisible", dead) not in watched:
+            errors.append(f"no alarm on the messages in {dead}")
+    return errors

@@ -16,6 +16,7 @@ import pytest
 from tests.harness.infra_docs import OVERLAY, REPO, Doc, docs_of, read_env, render, template
 from tests.harness.pool_checks import (
     Stack,
+    check_alarmed,
     check_delivery,
     check_matches_local_pools,
     check_readers,
@@ -95,6 +96,7 @@ def test_every_model_reaches_one_queue(pools: dict[str, list[str]] | str) -> Non
     assert check_routing(template(), pools, OTHER_MODELS) == []
     assert check_matches_local_pools(template(), pools) == []
     assert check_delivery(template(), pools) == []
+    assert check_alarmed(template(), pools) == []
 
 
 def test_every_queue_read_is_allowed() -> None:
@@ -111,6 +113,7 @@ def test_slots_are_all_wired() -> None:
         assert pool_parameters(pools)[f"Pool{slot}Name"] == "p"
         assert check_routing(template(), pools, OTHER_MODELS) == []
         assert check_delivery(template(), pools) == []
+        assert check_alarmed(template(), pools) == []
         url = "https://sqs.us-east-1.amazonaws.com/123456789012/spotgen-p"
         env = {"SPOTGEN_QUEUE_URL": url, "SPOTGEN_DEAD_LETTER_QUEUE_URL": f"{url}-dlq"}
         assert check_readers(template(), pools, [env], [url]) == []
@@ -176,3 +179,8 @@ def test_broken_readers() -> None:
           "spotgen-sdxl-dlq", "sqs:SendMessage")
     _only(check_readers(_broken(main_queue_only("KedaScalerPolicy", None)), pools, envs, keda),
           "KEDA", "spotgen-sdxl")
+
+
+def test_broken_alarms() -> None:
+    _only(check_alarmed(_broken(lambda res: res.pop("Pool1OldestJobAlarm")), SDXL), "oldest", "spotgen-sdxl")
+    _only(check_alarmed(_broken(lambda res: res.pop("Pool1DeadLetterAlarm")), SDXL), "spotgen-sdxl-dlq")
