@@ -49,13 +49,26 @@ def allow_topic(sqs: Any, queue_url: str, queue_arn: str, topic_arn: str) -> Non
 
 
 def pool_filter_policies(pools: dict[str, list[str]]) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
-    """The filter policies of the work queue and of each pool's queue (pool name -> its models), on the ``model``
-    message attribute the submit Lambda sets: each pool takes exactly its models, the work queue every other one,
-    so that no job is delivered to two queues. lambdas/template.yaml's pool slots build the same
-    (tests/harness/pool_checks.py compares them)."""
+    """The filter policies of the work queue and of each pool's queue (pool name -> its models), on the message
+    attributes the submit Lambda sets: ``model``, and ``pool`` (a compatibility runtime's pool, SPOTGEN_RUNTIMES).
+    A job whose ``pool`` names a pool goes to that pool whatever its model (the runtime chose it); any other job
+    goes to the pool that lists its model, else to the work queue. Exactly one queue takes each job: two would
+    run it twice. lambdas/template.yaml's pool slots build the same (tests/harness/pool_checks.py compares them)."""
     routed = sorted({model for models in pools.values() for model in models})
-    default = {"pipeline": [{"exists": True}], "model": [{"anything-but": routed}]} if routed else None
-    return default, {pool: {"pipeline": [{"exists": True}], "model": list(models)} for pool, models in pools.items()}
+    names = sorted(pools)
+    # {"anything-but"} needs the attribute present (moto, SNS), so "no pool attribute" is a rule of its own.
+    unclaimed = [{"exists": False}, {"anything-but": names}]
+    default = None
+    if pools:
+        default = {"pipeline": [{"exists": True}], **({"model": [{"anything-but": routed}]} if routed else {}),
+                   "pool": unclaimed}
+    local = {}
+    for pool, models in pools.items():
+        mine: dict[str, Any] = {"pool": [pool]}
+        if models:  # "$or": SNS's OR across attributes; a runtime-only pool (no models) takes its pool's jobs only
+            mine = {"$or": [{"model": list(models), "pool": unclaimed}, mine]}
+        local[pool] = {"pipeline": [{"exists": True}], **mine}
+    return default, local
 
 
 def add_work_queue(sqs: Any, sns: Any, jobs_topic: str, queue_name: str, filter_policy: dict[str, Any] | None,

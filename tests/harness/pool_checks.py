@@ -1,10 +1,11 @@
 """Worker pools in the API stack (issue 34, item 6): lambdas/template.yaml's pool slots (Pool1Name/Pool1Models ...
-Pool3), evaluated for given parameters, must route every model to exactly one queue, let SNS deliver to each queue,
-and let the workers and KEDA read every queue they are pointed at.
+Pool3), evaluated for given parameters, must route every job to exactly one queue (by its `model`, or by its `pool`
+attribute, which a compatibility runtime sets: a job whose `pool` names a slot goes to that slot), let SNS deliver
+to each queue, and let the workers and KEDA read every queue they are pointed at.
 
 CloudFormation is evaluated here only as far as the slots need: Ref, Fn::GetAtt, Fn::Sub, Fn::Join, Fn::Split,
 Fn::If with AWS::NoValue, and the conditions (Fn::Not, Fn::Equals, Fn::Or, Condition). SNS filter policies are
-matched only with the operators the stack uses (exact strings, exists, anything-but).
+matched only with the operators the stack uses (exact strings, exists, anything-but, and $or across attributes).
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class Stack:
 def matches(policy: Doc, attributes: dict[str, str]) -> bool:
     """Whether an SNS filter policy (message attributes scope) selects a message with ``attributes``."""
     for key, rules in policy.items():
+        if key == "$or":  # SNS: at least one of the policies in the list matches, besides the other keys
+            if not any(matches(branch, attributes) for branch in rules):
+                return False
+            continue
         value = attributes.get(key)
         hit = False
         for rule in rules:
@@ -110,8 +115,10 @@ def routes(stack: Stack) -> dict[str, str]:
 
 
 def check_routing(tpl: Doc, pools: dict[str, list[str]], other_models: list[str]) -> list[str]:
-    """Each pool's models reach exactly its queue, every other model exactly the work queue: a model two queues
-    receive runs twice, one none receive never runs."""
+    """Each job reaches exactly one queue: a job whose `pool` attribute names a pool reaches that pool's queue, any
+    other job the queue of the pool that lists its model, else the work queue. A job two queues receive runs twice,
+    one none receive never runs. Every model is tried without a `pool`, with each pool's name and with a name no
+    pool has (a runtime whose pool has no slot: routed by model)."""
     stack = Stack(tpl, pool_parameters(pools))
     subscriptions = stack.resources("AWS::SNS::Subscription")
     targets = routes(stack)
@@ -121,12 +128,24 @@ def check_routing(tpl: Doc, pools: dict[str, list[str]], other_models: list[str]
                 for model in models}
     errors = []
     for model in [*expected, *other_models]:
-        message = {"pipeline": "txt2img", "model": model}
-        got = sorted(targets[sub] for sub in targets if matches(subscriptions[sub]["FilterPolicy"], message))
-        want = [expected.get(model, "WorkQueue")]
-        if got != want:
-            errors.append(f"a job for model {model!r} reaches {got or 'no queue'}, expected {want}")
+        for pool in [None, *pools, "no-such-pool"]:
+            message = {"pipeline": "txt2img", "model": model, **({"pool": pool} if pool else {})}
+            got = sorted(targets[sub] for sub in targets if matches(subscriptions[sub]["FilterPolicy"], message))
+            want = [names.get(queue_of[pool], f"a queue named {queue_of[pool]}") if pool in pools
+                    else expected.get(model, "WorkQueue")]
+            if got != want:
+                errors.append(f"a job for model {model!r} with pool {pool!r} reaches {got or 'no queue'}, "
+                              f"expected {want}")
     return errors
+
+
+def _canonical(policy: Any) -> Any:
+    """A filter policy with its anything-but lists sorted: their order means nothing to SNS."""
+    if isinstance(policy, dict):
+        return {key: sorted(value) if key == "anything-but" else _canonical(value) for key, value in policy.items()}
+    if isinstance(policy, list):
+        return [_canonical(item) for item in policy]
+    return policy
 
 
 def check_matches_local_pools(tpl: Doc, pools: dict[str, list[str]]) -> list[str]:
@@ -138,11 +157,11 @@ def check_matches_local_pools(tpl: Doc, pools: dict[str, list[str]]) -> list[str
     by_queue = {targets[sub]: subscriptions[sub]["FilterPolicy"] for sub in targets}
     queue_names = {name: stack.value(props["QueueName"]) for name, props in stack.resources("AWS::SQS::Queue").items()}
     errors = []
-    if by_queue.get("WorkQueue") != (default or {"pipeline": [{"exists": True}]}):
+    if _canonical(by_queue.get("WorkQueue")) != _canonical(default or {"pipeline": [{"exists": True}]}):
         errors.append(f"the work queue's filter {by_queue.get('WorkQueue')} is not the local stack's {default}")
     for queue, policy in by_queue.items():
         pool = queue_names[queue].removeprefix(f"{EXAMPLE_STACK['AWS::StackName']}-")
-        if queue != "WorkQueue" and policy != local.get(pool):
+        if queue != "WorkQueue" and _canonical(policy) != _canonical(local.get(pool)):
             errors.append(f"pool {pool}'s filter {policy} is not the local stack's {local.get(pool)}")
     return errors
 

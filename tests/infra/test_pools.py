@@ -21,15 +21,17 @@ from tests.harness.pool_checks import (
     check_matches_local_pools,
     check_readers,
     check_routing,
+    matches,
     pool_parameters,
+    routes,
 )
 
 EXAMPLE_POOLS = REPO / "infra/k8s/overlays/example-pools"
 POOL_LABEL = "spotgen.io/worker-pool"
 #: Models no pool takes: the work queue's.
 OTHER_MODELS = ["sd15", "some-model-no-pool-names"]
-#: Every slot filled, and none.
-CASES = [{"a": ["m1"], "b": ["m2", "m3"], "c": ["m4.v2"]}, {}]
+#: Every slot filled; a slot with models beside one that only a compatibility runtime's `pool` reaches; none.
+CASES = [{"a": ["m1"], "b": ["m2", "m3"], "c": ["m4.v2"]}, {"sdxl": ["sdxl-base"], "xl": []}, {}]
 
 
 def workers(docs: list[Doc]) -> list[Doc]:
@@ -140,7 +142,7 @@ def test_broken_routing() -> None:
     _only(check_routing(twice, SDXL, OTHER_MODELS), "'sdxl-base'", "Pool1Queue", "WorkQueue")
     _only(check_matches_local_pools(twice, SDXL), "work queue's filter")
     # A pool's filter on the pipeline only: it takes every model.
-    greedy = _broken(lambda res: res["Pool1Subscription"]["Properties"]["FilterPolicy"].pop("model"))
+    greedy = _broken(lambda res: res["Pool1Subscription"]["Properties"]["FilterPolicy"]["Fn::If"][1].pop("$or"))
     _only(check_routing(greedy, SDXL, OTHER_MODELS), "'sd15'", "Pool1Queue")
     _only(check_matches_local_pools(greedy, SDXL), "pool sdxl's filter")
     # Slot 2's models left out of the work queue's exclusions.
@@ -184,3 +186,41 @@ def test_broken_readers() -> None:
 def test_broken_alarms() -> None:
     _only(check_alarmed(_broken(lambda res: res.pop("Pool1OldestJobAlarm")), SDXL), "oldest", "spotgen-sdxl")
     _only(check_alarmed(_broken(lambda res: res.pop("Pool1DeadLetterAlarm")), SDXL), "spotgen-sdxl-dlq")
+
+
+RUNTIME_POOL = {"sdxl": ["sdxl-base"], "xl": []}
+
+
+def test_a_runtime_pool_reaches_only_its_slot() -> None:
+    """docs/deploy.md section 8: CompatRuntimes '{"r": {"model": "sd15", "pool": "xl"}}' with Pool2Name=xl. The
+    submit API sets the `pool` attribute "xl"; slot 2's subscription takes the job, the work queue's does not."""
+    stack = Stack(template(), pool_parameters(RUNTIME_POOL))
+    subscriptions = stack.resources("AWS::SNS::Subscription")
+    job = {"pipeline": "txt2img", "model": "sd15", "pool": "xl"}
+    assert [routes(stack)[sub] for sub in routes(stack) if matches(subscriptions[sub]["FilterPolicy"], job)] == [
+        "Pool2Queue"]
+
+
+def test_broken_pool_attribute_routing() -> None:
+    # The filters before the `pool` attribute was routed (deploy.md then said: edit the stack's subscription by
+    # hand, which the next deploy reverts): a runtime's pool jobs reach only the work queue.
+    def old_filters(res: Doc) -> None:
+        res["WorkQueueSubscription"]["Properties"]["FilterPolicy"].pop("pool")
+        for slot in (1, 2):
+            res[f"Pool{slot}Subscription"]["Properties"]["FilterPolicy"] = {
+                "pipeline": [{"exists": True}], "model": {"Fn::Split": [",", {"Ref": f"Pool{slot}Models"}]}}
+    _only(check_routing(_broken(old_filters), RUNTIME_POOL, OTHER_MODELS), "pool 'xl'", "['WorkQueue']",
+          "Pool2Queue")
+    # The work queue does not leave out the pools' names: a runtime's pool jobs run twice.
+    twice = _broken(lambda res: res["WorkQueueSubscription"]["Properties"]["FilterPolicy"].pop("pool"))
+    _only(check_routing(twice, RUNTIME_POOL, OTHER_MODELS), "pool 'xl'", "['Pool2Queue', 'WorkQueue']")
+    _only(check_matches_local_pools(twice, RUNTIME_POOL), "work queue's filter")
+    # A slot's models taken whatever the `pool`: model m1 (slot a) sent to pool b runs on both.
+    def models_win(res: Doc) -> None:
+        res["Pool1Subscription"]["Properties"]["FilterPolicy"]["Fn::If"][1]["$or"][0].pop("pool")
+    _only(check_routing(_broken(models_win), CASES[0], OTHER_MODELS), "'m1' with pool 'b'",
+          "['Pool1Queue', 'Pool2Queue']")
+    # A slot that ignores its own name: the runtime's jobs reach no queue at all.
+    def deaf(res: Doc) -> None:
+        res["Pool2Subscription"]["Properties"]["FilterPolicy"]["Fn::If"][2]["pool"] = ["someone-else"]
+    _only(check_routing(_broken(deaf), RUNTIME_POOL, OTHER_MODELS), "pool 'xl'", "no queue")
