@@ -48,25 +48,38 @@ def allow_topic(sqs: Any, queue_url: str, queue_arn: str, topic_arn: str) -> Non
     sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
 
 
-def pool_filter_policies(pools: dict[str, list[str]]) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
-    """The filter policies of the work queue and of each pool's queue (pool name -> its models), on the message
-    attributes the submit Lambda sets: ``model``, and ``pool`` (a compatibility runtime's pool, SPOTGEN_RUNTIMES).
-    A job whose ``pool`` names a pool goes to that pool whatever its model (the runtime chose it); any other job
-    goes to the pool that lists its model, else to the work queue. Exactly one queue takes each job: two would
-    run it twice. lambdas/template.yaml's pool slots build the same (tests/harness/pool_checks.py compares them)."""
+def pool_filter_policies(pools: dict[str, list[str]], pipelines: dict[str, list[str]] | None = None,
+                         ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """The filter policies of the work queue and of each pool's queue (pool name -> its models; ``pipelines``: pool
+    name -> the pipelines it takes, such as a CPU-only pool's), on the message attributes the submit Lambda sets:
+    ``pipeline``, ``model``, and ``pool`` (a compatibility runtime's pool, SPOTGEN_RUNTIMES). A job whose ``pool``
+    names a pool goes to that pool whatever else (the runtime chose it); any other job goes to the pool that lists
+    its pipeline, else to the pool that lists its model, else to the work queue. Exactly one queue takes each job:
+    two would run it twice. lambdas/template.yaml's pool slots build the same (tests/harness/pool_checks.py
+    compares them)."""
+    pipelines = {pool: list(names) for pool, names in (pipelines or {}).items() if names}
     routed = sorted({model for models in pools.values() for model in models})
+    claimed = sorted({name for names in pipelines.values() for name in names})
     names = sorted(pools)
     # {"anything-but"} needs the attribute present (moto, SNS), so "no pool attribute" is a rule of its own.
     unclaimed = [{"exists": False}, {"anything-but": names}]
+    # A listed pipeline outranks a listed model, so the model branches and the work queue leave those pipelines out.
+    pipeline_rule = [{"anything-but": claimed}] if claimed else [{"exists": True}]
     default = None
     if pools:
-        default = {"pipeline": [{"exists": True}], **({"model": [{"anything-but": routed}]} if routed else {}),
+        default = {"pipeline": pipeline_rule, **({"model": [{"anything-but": routed}]} if routed else {}),
                    "pool": unclaimed}
     local = {}
     for pool, models in pools.items():
-        mine: dict[str, Any] = {"pool": [pool]}
-        if models:  # "$or": SNS's OR across attributes; a runtime-only pool (no models) takes its pool's jobs only
-            mine = {"$or": [{"model": list(models), "pool": unclaimed}, mine]}
+        # "$or": SNS's OR across attributes, its branches in the template's order; a pool with neither models nor
+        # pipelines takes its pool's jobs only (no "$or", as the template's slots).
+        branches: list[dict[str, Any]] = []
+        if models:
+            branches.append({"model": list(models), "pool": unclaimed, **({"pipeline": pipeline_rule} if claimed
+                                                                           else {})})
+        if pool in pipelines:
+            branches.append({"pipeline": pipelines[pool], "pool": unclaimed})
+        mine: dict[str, Any] = {"$or": [*branches, {"pool": [pool]}]} if branches else {"pool": [pool]}
         local[pool] = {"pipeline": [{"exists": True}], **mine}
     return default, local
 

@@ -1,7 +1,8 @@
-"""Worker pools in the API stack (issue 34, item 6): lambdas/template.yaml's pool slots (Pool1Name/Pool1Models ...
-Pool3), evaluated for given parameters, must route every job to exactly one queue (by its `model`, or by its `pool`
-attribute, which a compatibility runtime sets: a job whose `pool` names a slot goes to that slot), let SNS deliver
-to each queue, and let the workers and KEDA read every queue they are pointed at.
+"""Worker pools in the API stack (issue 34, items 6 and 12): lambdas/template.yaml's pool slots (Pool1Name/
+Pool1Models/Pool1Pipelines ... Pool3), evaluated for given parameters, must route every job to exactly one queue (by
+its `pool` attribute, which a compatibility runtime sets: a job whose `pool` names a slot goes to that slot; else by
+its `pipeline`, a CPU-only pool's; else by its `model`), let SNS deliver to each queue, and let the workers and KEDA
+read every queue they are pointed at.
 
 CloudFormation is evaluated here only as far as the slots need: Ref, Fn::GetAtt, Fn::Sub, Fn::Join, Fn::Split,
 Fn::If with AWS::NoValue, and the conditions (Fn::Not, Fn::Equals, Fn::Or, Condition). SNS filter policies are
@@ -20,13 +21,14 @@ SLOTS = (1, 2, 3)
 _NONE = object()  # AWS::NoValue: the key or list item is left out
 
 
-def pool_parameters(pools: dict[str, list[str]]) -> dict[str, str]:
-    """Stack parameters for ``pools`` (name -> models), in slot order."""
+def pool_parameters(pools: dict[str, list[str]], pipelines: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """Stack parameters for ``pools`` (name -> models) and their ``pipelines`` (name -> pipelines), in slot order."""
     if len(pools) > len(SLOTS):
         raise ValueError(f"the template has {len(SLOTS)} pool slots")
-    params = {f"Pool{n}{key}": "" for n in SLOTS for key in ("Name", "Models")}
+    params = {f"Pool{n}{key}": "" for n in SLOTS for key in ("Name", "Models", "Pipelines")}
     for n, (name, models) in zip(SLOTS, pools.items(), strict=False):
         params[f"Pool{n}Name"], params[f"Pool{n}Models"] = name, ",".join(models)
+        params[f"Pool{n}Pipelines"] = ",".join((pipelines or {}).get(name, []))
     return params
 
 
@@ -114,28 +116,34 @@ def routes(stack: Stack) -> dict[str, str]:
             if props.get("TopicArn") == resolve({"Ref": "JobsTopic"}, stack.tpl, stack.values)}
 
 
-def check_routing(tpl: Doc, pools: dict[str, list[str]], other_models: list[str]) -> list[str]:
+def check_routing(tpl: Doc, pools: dict[str, list[str]], other_models: list[str],
+                  pipelines: dict[str, list[str]] | None = None) -> list[str]:
     """Each job reaches exactly one queue: a job whose `pool` attribute names a pool reaches that pool's queue, any
-    other job the queue of the pool that lists its model, else the work queue. A job two queues receive runs twice,
-    one none receive never runs. Every model is tried without a `pool`, with each pool's name and with a name no
-    pool has (a runtime whose pool has no slot: routed by model)."""
-    stack = Stack(tpl, pool_parameters(pools))
+    other job the queue of the pool that lists its pipeline, else of the pool that lists its model, else the work
+    queue. A job two queues receive runs twice, one none receive never runs. Every model is tried with txt2img and
+    every listed pipeline, without a `pool`, with each pool's name and with a name no pool has (a runtime whose
+    pool has no slot: routed by pipeline, then model)."""
+    pipelines = pipelines or {}
+    stack = Stack(tpl, pool_parameters(pools, pipelines))
     subscriptions = stack.resources("AWS::SNS::Subscription")
     targets = routes(stack)
     names = {stack.value(props["QueueName"]): name for name, props in stack.resources("AWS::SQS::Queue").items()}
     queue_of = {pool: f"{EXAMPLE_STACK['AWS::StackName']}-{pool}" for pool in pools}
     expected = {model: names.get(queue_of[pool], f"a queue named {queue_of[pool]}") for pool, models in pools.items()
                 for model in models}
+    by_pipeline = {pipeline: names.get(queue_of[pool], f"a queue named {queue_of[pool]}")
+                   for pool, listed in pipelines.items() for pipeline in listed}
     errors = []
     for model in [*expected, *other_models]:
-        for pool in [None, *pools, "no-such-pool"]:
-            message = {"pipeline": "txt2img", "model": model, **({"pool": pool} if pool else {})}
-            got = sorted(targets[sub] for sub in targets if matches(subscriptions[sub]["FilterPolicy"], message))
-            want = [names.get(queue_of[pool], f"a queue named {queue_of[pool]}") if pool in pools
-                    else expected.get(model, "WorkQueue")]
-            if got != want:
-                errors.append(f"a job for model {model!r} with pool {pool!r} reaches {got or 'no queue'}, "
-                              f"expected {want}")
+        for pipeline in ["txt2img", *by_pipeline]:
+            for pool in [None, *pools, "no-such-pool"]:
+                message = {"pipeline": pipeline, "model": model, **({"pool": pool} if pool else {})}
+                got = sorted(targets[sub] for sub in targets if matches(subscriptions[sub]["FilterPolicy"], message))
+                want = [names.get(queue_of[pool], f"a queue named {queue_of[pool]}") if pool in pools
+                        else by_pipeline.get(pipeline) or expected.get(model, "WorkQueue")]
+                if got != want:
+                    errors.append(f"a {pipeline} job for model {model!r} with pool {pool!r} reaches "
+                                  f"{got or 'no queue'}, expected {want}")
     return errors
 
 
@@ -148,11 +156,12 @@ def _canonical(policy: Any) -> Any:
     return policy
 
 
-def check_matches_local_pools(tpl: Doc, pools: dict[str, list[str]]) -> list[str]:
+def check_matches_local_pools(tpl: Doc, pools: dict[str, list[str]],
+                              pipelines: dict[str, list[str]] | None = None) -> list[str]:
     """The stack's filter policies are the ones runtime/local/provision.pool_filter_policies gives the local
     stack (`spotgen dev`, DevStack(pools=...)): local and AWS route alike."""
-    stack = Stack(tpl, pool_parameters(pools))
-    default, local = pool_filter_policies(pools)
+    stack = Stack(tpl, pool_parameters(pools, pipelines))
+    default, local = pool_filter_policies(pools, pipelines)
     subscriptions, targets = stack.resources("AWS::SNS::Subscription"), routes(stack)
     by_queue = {targets[sub]: subscriptions[sub]["FilterPolicy"] for sub in targets}
     queue_names = {name: stack.value(props["QueueName"]) for name, props in stack.resources("AWS::SQS::Queue").items()}
@@ -246,3 +255,24 @@ def check_alarmed(tpl: Doc, pools: dict[str, list[str]]) -> list[str]:
         if dead and ("ApproximateNumberOfMessagesVisible", dead) not in watched:
             errors.append(f"no alarm on the messages in {dead}")
     return errors
+
+
+#: SNS refuses a filter policy of more combinations than this (AWS's "filter policy constraints").
+MAX_COMBINATIONS = 150
+
+
+def combinations(policy: Doc) -> int:
+    """SNS's count of a filter policy's combinations: the product of each key's number of values, an `$or` counting
+    as the sum of its branches' counts (moto multiplies those instead, so it refuses smaller policies)."""
+    count = 1
+    for key, rules in policy.items():
+        count *= sum(combinations(branch) for branch in rules) if key == "$or" else len(rules)
+    return count
+
+
+def check_complexity(tpl: Doc, pools: dict[str, list[str]], pipelines: dict[str, list[str]] | None = None) -> list[str]:
+    """Every subscription's filter stays within SNS's limit: else `sam deploy` fails on it."""
+    stack = Stack(tpl, pool_parameters(pools, pipelines))
+    return [f"{name}'s filter has {combinations(props['FilterPolicy'])} combinations, more than SNS's "
+            f"{MAX_COMBINATIONS}" for name, props in stack.resources("AWS::SNS::Subscription").items()
+            if "FilterPolicy" in props and combinations(props["FilterPolicy"]) > MAX_COMBINATIONS]

@@ -17,6 +17,7 @@ from tests.harness.infra_docs import OVERLAY, REPO, Doc, docs_of, read_env, rend
 from tests.harness.pool_checks import (
     Stack,
     check_alarmed,
+    check_complexity,
     check_delivery,
     check_matches_local_pools,
     check_readers,
@@ -217,10 +218,67 @@ def test_broken_pool_attribute_routing() -> None:
     _only(check_matches_local_pools(twice, RUNTIME_POOL), "work queue's filter")
     # A slot's models taken whatever the `pool`: model m1 (slot a) sent to pool b runs on both.
     def models_win(res: Doc) -> None:
-        res["Pool1Subscription"]["Properties"]["FilterPolicy"]["Fn::If"][1]["$or"][0].pop("pool")
+        res["Pool1Subscription"]["Properties"]["FilterPolicy"]["Fn::If"][1]["$or"][0]["Fn::If"][1].pop("pool")
     _only(check_routing(_broken(models_win), CASES[0], OTHER_MODELS), "'m1' with pool 'b'",
           "['Pool1Queue', 'Pool2Queue']")
     # A slot that ignores its own name: the runtime's jobs reach no queue at all.
     def deaf(res: Doc) -> None:
         res["Pool2Subscription"]["Properties"]["FilterPolicy"]["Fn::If"][2]["pool"] = ["someone-else"]
     _only(check_routing(_broken(deaf), RUNTIME_POOL, OTHER_MODELS), "pool 'xl'", "no queue")
+
+
+# == a CPU-only pool: routed by pipeline (issue 34, item 12) ==================================================
+#: Slot 1 takes two pipelines and no model (the CPU pool of overlays/example/pools/cpu); slot 2 takes a model.
+CPU = {"cpu": [], "sdxl": ["sdxl-base"]}
+CPU_PIPELINES = {"cpu": ["upscale-lanczos", "upscale-nearest"]}
+
+
+def test_a_listed_pipeline_reaches_only_its_slot() -> None:
+    """Its pipeline outranks the model another slot lists (an SDXL image upscaled with lanczos runs on the CPU pool),
+    and a `pool` naming a slot outranks both."""
+    stack = Stack(template(), pool_parameters(CPU, CPU_PIPELINES))
+    subscriptions, targets = stack.resources("AWS::SNS::Subscription"), routes(stack)
+
+    def queues(job: dict[str, str]) -> list[str]:
+        return sorted(targets[sub] for sub in targets if matches(subscriptions[sub]["FilterPolicy"], job))
+
+    assert queues({"pipeline": "upscale-lanczos", "model": "sd15"}) == ["Pool1Queue"]
+    assert queues({"pipeline": "upscale-nearest", "model": "sdxl-base"}) == ["Pool1Queue"]
+    assert queues({"pipeline": "upscale-lanczos", "model": "sdxl-base", "pool": "sdxl"}) == ["Pool2Queue"]
+    assert queues({"pipeline": "txt2img", "model": "sdxl-base"}) == ["Pool2Queue"]
+    assert queues({"pipeline": "txt2img", "model": "sd15"}) == ["WorkQueue"]
+    for pools in (CPU, {"sdxl": ["sdxl-base"], "cpu": ["tiny"], "xl": []}):
+        assert check_routing(template(), pools, OTHER_MODELS, CPU_PIPELINES) == []
+        assert check_matches_local_pools(template(), pools, CPU_PIPELINES) == []
+        assert check_delivery(template(), pools) == []
+        assert check_complexity(template(), pools, CPU_PIPELINES) == []
+
+
+def test_filters_stay_within_the_sns_limit() -> None:
+    """A model branch counts 2 (`pool` absent or unclaimed) per model beside a CPU pool: 74 models fit, 75 do not."""
+    assert check_complexity(template(), {"cpu": [], "big": [f"m{i}" for i in range(74)]}, CPU_PIPELINES) == []
+    _only(check_complexity(template(), {"cpu": [], "big": [f"m{i}" for i in range(75)]}, CPU_PIPELINES),
+          "Pool2Subscription", "151 combinations")
+
+
+def test_broken_pipeline_routing() -> None:
+    # The work queue still takes every pipeline: a CPU job also runs on a GPU worker.
+    def every_pipeline(res: Doc) -> None:
+        res["WorkQueueSubscription"]["Properties"]["FilterPolicy"]["pipeline"] = [{"exists": True}]
+    _only(check_routing(_broken(every_pipeline), CPU, OTHER_MODELS, CPU_PIPELINES), "upscale-lanczos job",
+          "['Pool1Queue', 'WorkQueue']")
+    _only(check_matches_local_pools(_broken(every_pipeline), CPU, CPU_PIPELINES), "work queue's filter")
+    # A model branch that does not leave the listed pipelines out: an SDXL upscale runs on both pools.
+    def model_wins(res: Doc) -> None:
+        res["Pool2Subscription"]["Properties"]["FilterPolicy"]["Fn::If"][1]["$or"][0]["Fn::If"][1].pop("pipeline")
+    _only(check_routing(_broken(model_wins), CPU, OTHER_MODELS, CPU_PIPELINES),
+          "upscale-lanczos job for model 'sdxl-base' with pool None", "['Pool1Queue', 'Pool2Queue']")
+    # A pipeline branch that ignores the `pool` attribute: a runtime's pool job runs twice.
+    def pipeline_wins(res: Doc) -> None:
+        res["Pool1Subscription"]["Properties"]["FilterPolicy"]["Fn::If"][1]["$or"][1]["Fn::If"][1].pop("pool")
+    _only(check_routing(_broken(pipeline_wins), CPU, OTHER_MODELS, CPU_PIPELINES), "with pool 'sdxl'",
+          "['Pool1Queue', 'Pool2Queue']")
+    # The slot's pipelines never routed to it: they reach no queue.
+    def deaf(res: Doc) -> None:
+        res["Pool1Subscription"]["Properties"]["FilterPolicy"]["Fn::If"][1]["$or"].pop(1)
+    _only(check_routing(_broken(deaf), CPU, OTHER_MODELS, CPU_PIPELINES), "upscale-nearest job", "no queue")
