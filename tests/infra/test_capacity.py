@@ -31,6 +31,8 @@ SIZE = "karpenter.k8s.aws/instance-size"
 #: The example overlay with an extra GPU pool (docs/models.md "Routing models to worker pools").
 EXAMPLE_POOLS = REPO / "infra/k8s/overlays/example-pools"
 DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
+#: The example's CPU-only pool (infra/k8s/overlays/example/pools/cpu): its Deployment and ScaledObject.
+CPU_POOL = "spotgen-worker-cpu"
 
 
 def _requirement(pool: Doc, key: str) -> set[str] | None:
@@ -72,9 +74,11 @@ def check_rollout_fits_spot(docs: list[Doc], pools: list[Doc]) -> list[str]:
         top = scaled["spec"].get("maxReplicaCount", 100)
         surge = _pods(rolling.get("maxSurge", "25%"), top, round_up=True)
         unavailable = _pods(rolling.get("maxUnavailable", "25%"), top, round_up=False)
-        if any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
-               for c in target["spec"]["template"]["spec"]["containers"]):
-            together[scaled["metadata"]["name"]] = top + surge + unavailable
+        # A CPU pool (issue 34, item 12) takes no GPU: its maximum is none of the spot NodePools' business.
+        if not any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
+                   for c in target["spec"]["template"]["spec"]["containers"]):
+            continue
+        together[scaled["metadata"]["name"]] = top + surge + unavailable
         if top + surge + unavailable > spot:
             errors.append(f"ScaledObject {scaled['metadata']['name']}: maxReplicaCount {top} + maxSurge {surge} + "
                           f"maxUnavailable {unavailable} pods exceed the spot NodePools' {spot} GPUs: a rollout at "
@@ -276,6 +280,14 @@ def test_broken_rollout() -> None:
     # An extra pool whose maximum does not come out of the main workers' (the example without its patch).
     unshared = _broken(render(EXAMPLE_POOLS), "ScaledObject", WORKER, lambda d: d["spec"].update(maxReplicaCount=16))
     _only(check_rollout_fits_spot(unshared, pools), "spotgen-worker-sdxl", "together need 25 GPUs")
+    # The CPU pool may scale past the spot GPU limit (it takes none of those GPUs) ...
+    wide = _broken(render(EXAMPLE_POOLS), "ScaledObject", CPU_POOL, lambda d: d["spec"].update(maxReplicaCount=40))
+    assert check_rollout_fits_spot(wide, pools) == []
+    # ... but a pool that requests a GPU is held to it, whatever its name.
+    def gpu_again(d: Doc) -> None:
+        d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = 1
+    gpu_cpu_pool = _broken(wide, "Deployment", CPU_POOL, gpu_again)
+    _only(check_rollout_fits_spot(gpu_cpu_pool, pools), f"ScaledObject {CPU_POOL}: maxReplicaCount 40")
 
 
 def test_broken_shapes_and_quota() -> None:

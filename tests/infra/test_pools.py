@@ -32,6 +32,8 @@ POOL_LABEL = "spotgen.io/worker-pool"
 #: Models no pool takes: the work queue's.
 OTHER_MODELS = ["sd15", "some-model-no-pool-names"]
 #: Every slot filled; a slot with models beside one that only a compatibility runtime's `pool` reaches; none.
+#: The pipelines the example's CPU pool (overlays/example/pools/cpu) is deployed with: Pool2Pipelines.
+EXAMPLE_PIPELINES = {"cpu": ["upscale-lanczos", "upscale-nearest"]}
 CASES = [{"a": ["m1"], "b": ["m2", "m3"], "c": ["m4.v2"]}, {"sdxl": ["sdxl-base"], "xl": []}, {}]
 
 
@@ -58,7 +60,7 @@ def example_pools(docs: list[Doc]) -> dict[str, list[str]]:
         name = deployment["spec"]["template"]["metadata"]["labels"].get(POOL_LABEL)
         if name:
             env = env_of(deployment, docs)
-            pools[name] = env["SPOTGEN_PRELOAD"].split(",")
+            pools[name] = [model for model in env["SPOTGEN_PRELOAD"].split(",") if model]
     return pools
 
 
@@ -73,31 +75,35 @@ def reader_queues(docs: list[Doc]) -> tuple[list[dict[str, str]], list[str]]:
 # == the real files ===========================================================================================
 def test_the_example_has_a_pool() -> None:
     docs = render(EXAMPLE_POOLS)
-    assert example_pools(docs) == {"sdxl": ["sdxl-base", "sdxl-refiner"]}
+    assert example_pools(docs) == {"sdxl": ["sdxl-base", "sdxl-refiner"], "cpu": []}
     envs, keda = reader_queues(docs)
-    assert len({env["SPOTGEN_QUEUE_URL"] for env in envs}) == len(envs) == 2, "each pool reads its own queue"
+    assert len({env["SPOTGEN_QUEUE_URL"] for env in envs}) == len(envs) == 3, "each pool reads its own queue"
     assert sorted(keda) == sorted(env["SPOTGEN_QUEUE_URL"] for env in envs), "one ScaledObject per pool, on its queue"
     assert not any(doc["metadata"]["name"].startswith("spotgen-deploy") for doc in docs)
 
 
 def test_the_example_pool_files_are_the_stack_outputs() -> None:
     """What docs/deploy.md section 6 writes into a pool's .env files, from the stack deployed with that pool."""
-    stack = Stack(template(), pool_parameters(example_pools(render(EXAMPLE_POOLS))))
+    pools = example_pools(render(EXAMPLE_POOLS))
+    in_slots = {name: pools[name] for name in ("sdxl", "cpu")}  # slot 1, slot 2: the kustomize output's order aside
+    stack = Stack(template(), pool_parameters(in_slots, EXAMPLE_PIPELINES))
     outputs = stack.tpl["Outputs"]
     main = dict(item.split("=", 1) for item in stack.value(outputs["WorkerSettings"]["Value"]).split())
-    pool = dict(item.split("=", 1) for item in stack.value(outputs["Pool1Settings"]["Value"]).split())
-    directory = OVERLAY / "pools/sdxl"
-    written = {key: value for key, value in main.items() if "_QUEUE_" not in key} | pool
-    assert {k: v for k, v in read_env(directory / "settings.env").items() if k != "SPOTGEN_PRELOAD"} == written
-    assert read_env(directory / "deploy.env")["QUEUE_URL"] == stack.value(outputs["Pool1QueueUrl"]["Value"])
-    assert read_env(directory / "deploy.env")["IMAGE"] == read_env(OVERLAY / "deploy.env")["IMAGE"]
+    for slot, name in ((1, "sdxl"), (2, "cpu")):
+        pool = dict(item.split("=", 1) for item in stack.value(outputs[f"Pool{slot}Settings"]["Value"]).split())
+        directory = OVERLAY / f"pools/{name}"
+        written = {key: value for key, value in main.items() if "_QUEUE_" not in key} | pool
+        assert {k: v for k, v in read_env(directory / "settings.env").items() if k != "SPOTGEN_PRELOAD"} == written
+        assert read_env(directory / "deploy.env")["QUEUE_URL"] == stack.value(outputs[f"Pool{slot}QueueUrl"]["Value"])
+        assert read_env(directory / "deploy.env")["IMAGE"] == read_env(OVERLAY / "deploy.env")["IMAGE"]
 
 
 @pytest.mark.parametrize("pools", [*CASES, "example"])
 def test_every_model_reaches_one_queue(pools: dict[str, list[str]] | str) -> None:
+    pipelines = EXAMPLE_PIPELINES if pools == "example" else {}
     pools = example_pools(render(EXAMPLE_POOLS)) if pools == "example" else pools
-    assert check_routing(template(), pools, OTHER_MODELS) == []
-    assert check_matches_local_pools(template(), pools) == []
+    assert check_routing(template(), pools, OTHER_MODELS, pipelines) == []
+    assert check_matches_local_pools(template(), pools, pipelines) == []
     assert check_delivery(template(), pools) == []
     assert check_alarmed(template(), pools) == []
 
@@ -230,7 +236,7 @@ def test_broken_pool_attribute_routing() -> None:
 # == a CPU-only pool: routed by pipeline (issue 34, item 12) ==================================================
 #: Slot 1 takes two pipelines and no model (the CPU pool of overlays/example/pools/cpu); slot 2 takes a model.
 CPU = {"cpu": [], "sdxl": ["sdxl-base"]}
-CPU_PIPELINES = {"cpu": ["upscale-lanczos", "upscale-nearest"]}
+CPU_PIPELINES = EXAMPLE_PIPELINES
 
 
 def test_a_listed_pipeline_reaches_only_its_slot() -> None:
