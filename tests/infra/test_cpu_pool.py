@@ -15,7 +15,7 @@ import copy
 from collections.abc import Callable
 
 from tests.harness.infra_docs import REPO, Doc, docs_of, karpenter, one, render
-from tests.infra.test_capacity import CPU_POOL, GPU_COUNT, _could_match, _node_labels
+from tests.infra.test_capacity import CPU_POOL, GPU_COUNT, _could_match, _node_labels, _only
 from tests.infra.test_pools import env_of
 
 EXAMPLE_POOLS = REPO / "infra/k8s/overlays/example-pools"
@@ -65,11 +65,6 @@ def _broken(change: Callable[[Doc], None]) -> list[Doc]:
     docs = copy.deepcopy(render(EXAMPLE_POOLS))
     change(one(docs, "Deployment", CPU_POOL)["spec"]["template"]["spec"])
     return docs
-
-
-def _only(errors: list[str], *words: str) -> None:
-    assert errors, "the broken copy passed"
-    assert any(all(word in error for word in words) for error in errors), errors
 
 
 def test_broken_cpu_pool() -> None:
