@@ -9,13 +9,14 @@ checked sources (``runtime.models.catalog``), copies directory models through th
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -85,6 +86,7 @@ class ModelStore:
         self._catalog: Catalog | None = None
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}  # a lock per key being loaded
         self.loads = 0  # how many times a loader actually ran; tests and metrics read it
         #: Metrics and traces of lookups, loads, copies and evictions (``runtime.ops.observe``); no-op by default.
         self.observer: Observer = NOOP
@@ -182,32 +184,54 @@ class ModelStore:
     def get(self, key: str, loader: Callable[[], T], model_id: str | None = None) -> T:
         """Tier 2: load once per process under ``key``; later calls return the same object. With a memory
         budget, the least recently used other objects are dropped when a load goes over it (a job still
-        running on one keeps its reference, so nothing is pulled from under it)."""
+        running on one keeps its reference, so nothing is pulled from under it).
+
+        The store's lock guards its tables only, never a load: a load takes seconds to minutes, and ``/metrics``
+        and ``resident`` must answer meanwhile. Two callers of one key wait on that key's own lock, so the
+        model still loads once."""
         with self._lock:
-            if key in self._loaded:
-                self._loaded.move_to_end(key)
-                self.hits += 1
-                self.observer.cache_lookup("memory", True, model_id or key)
-                return self._loaded[key]
+            if (value := self._hit(key, model_id)) is not None:
+                return value
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                if (value := self._hit(key, model_id)) is not None:  # loaded by the caller we waited for
+                    return value
             # the node cache must not evict the files between their fetch (inside the loader) and the load
             started = time.perf_counter()
-            with self._held(model_id), self.observer.phase("model_load", model=model_id or key):
-                value = loader()
+            try:
+                with self._held(model_id), self.observer.phase("model_load", model=model_id or key):
+                    value = loader()
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            size = object_bytes(value)
             self.observer.cache_lookup("memory", False, model_id or key)
             self.observer.model_loaded(model_id or key, time.perf_counter() - started)
-            self.loads += 1
-            self._loaded[key] = value
-            self._sizes[key] = object_bytes(value)
-            if model_id is not None:
-                self._model_keys.setdefault(model_id, set()).add(key)
-            while self.memory_budget and sum(self._sizes.values()) > self.memory_budget and len(self._loaded) > 1:
-                old = next(iter(self._loaded))
-                del self._loaded[old]
-                self._sizes.pop(old)
-                self.evictions += 1
-                self.observer.model_evicted("memory", old)
-                log.info("model cache: dropped %s from memory (budget %d bytes)", old, self.memory_budget)
+            with self._lock:
+                self.loads += 1
+                self._loaded[key] = value
+                self._sizes[key] = size
+                if model_id is not None:
+                    self._model_keys.setdefault(model_id, set()).add(key)
+                while self.memory_budget and sum(self._sizes.values()) > self.memory_budget and len(self._loaded) > 1:
+                    self._drop(next(iter(self._loaded)), f"budget {self.memory_budget} bytes")
             return value
+
+    def release_idle(self, keep: Iterable[str] = ()) -> int:
+        """Drop every loaded object but those of the models in ``keep`` (the running job's); the bytes dropped.
+
+        The answer to an out-of-memory error: the job that hit it keeps its own models (dropping them here would
+        only make the next lookup load a second copy beside the job's), and everything else goes, so the retry
+        in the same process has the room the idle models took."""
+        kept = {key for model_id in keep for key in self._model_keys.get(model_id, ())}
+        with self._lock:
+            idle = [key for key in self._loaded if key not in kept]
+            freed = sum(self._sizes.get(key, 0) for key in idle)
+            for key in idle:
+                self._drop(key, "out of memory")
+        gc.collect()  # pipelines hold cycles (modules and their hooks): free the tensors now, not at the next GC
+        return freed
 
     def resident(self, model_id: str) -> bool:
         """Whether something loaded for ``model_id`` is in memory (the next job skips loading it)."""
@@ -219,6 +243,23 @@ class ModelStore:
             return sum(self._sizes.values())
 
     # -- internals -----------------------------------------------------------------------------------------
+    def _hit(self, key: str, model_id: str | None) -> Any:
+        """The loaded object of ``key`` (counted as a hit), or None. Called under the lock."""
+        if key not in self._loaded:
+            return None
+        self._loaded.move_to_end(key)
+        self.hits += 1
+        self.observer.cache_lookup("memory", True, model_id or key)
+        return self._loaded[key]
+
+    def _drop(self, key: str, why: str) -> None:
+        """Forget ``key``'s object (a job still using it keeps its reference). Called under the lock."""
+        del self._loaded[key]
+        self._sizes.pop(key, None)
+        self.evictions += 1
+        self.observer.model_evicted("memory", key)
+        log.info("model cache: dropped %s from memory (%s)", key, why)
+
     def _held(self, model_id: str | None) -> contextlib.AbstractContextManager[None]:
         if self.node_cache is None or model_id is None:
             return contextlib.nullcontext()
