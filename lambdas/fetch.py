@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -176,7 +177,7 @@ def _checked_url(url: str, settings: Settings, field: str, test_loopback: bool) 
 def _vetted_addresses(host: str, port: int, resolve: Resolver, field: str, deadline: float,
                       allow_loopback: bool) -> list[str]:
     try:
-        addresses = list(resolve(host, port))
+        addresses = _resolve_within(resolve, host, port, deadline)
     except OSError as exc:
         raise ContractError("fetch_failed", f"{field}: could not resolve {host!r}: {exc}", field) from None
     if not addresses:
@@ -189,6 +190,31 @@ def _vetted_addresses(host: str, port: int, resolve: Resolver, field: str, deadl
     if time.monotonic() >= deadline:
         raise httpcore.ConnectTimeout("the DNS lookup used the whole timeout")
     return addresses
+
+
+def _resolve_within(resolve: Resolver, host: str, port: int, deadline: float) -> list[str]:
+    """``resolve(host, port)`` if it answers before ``deadline``; else ConnectTimeout.
+
+    ``getaddrinfo`` has no timeout of its own, and a resolver that does not answer would hold the Lambda past
+    the fetch's deadline (and past its own timeout). The lookup runs on a daemon thread that is abandoned at the
+    deadline: it ends when the resolver gives up, and nothing waits for it."""
+    answer: list[list[str] | OSError] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            answer.append(list(resolve(host, port)))
+        except OSError as exc:
+            answer.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())) or not answer:
+        raise httpcore.ConnectTimeout("the DNS lookup did not answer within the timeout")
+    if isinstance(answer[0], OSError):
+        raise answer[0]
+    return answer[0]
 
 
 def _redirect_target(url: str, response: httpcore.Response, field: str) -> str:

@@ -330,6 +330,24 @@ def test_a_slow_server_hits_the_total_timeout(fresh: Served) -> None:
     refusal(lambda: fresh.fetch(fresh.url("/slow"), timeout_s=0.5), "fetch_timeout", "longer than 0.5 s")
 
 
+def test_a_resolver_that_does_not_answer_hits_the_total_timeout() -> None:
+    # getaddrinfo has no timeout of its own: the lookup must be inside the fetch's deadline. The resolver here
+    # answers only after the test has seen the fetch give up; a fetch that waits for it returns after the
+    # resolver has finished, which the last assert catches.
+    release, finished = threading.Event(), threading.Event()
+
+    def silent(host: str, port: int) -> list[str]:
+        release.wait(30)
+        finished.set()
+        return ["93.184.215.14"]
+    try:
+        refusal(lambda: fetch_image("https://images.test/x.png", ALLOWED, FIELD, timeout_s=0.3, resolve=silent),
+                "fetch_timeout", "longer than 0.3 s")
+        assert not finished.is_set(), "the fetch waited for the resolver past its deadline"
+    finally:
+        release.set()
+
+
 @pytest.mark.parametrize("status", [404, 403, 500, 204, 304])
 def test_answers_other_than_200_are_refused_with_the_status(fresh: Served, status: int) -> None:
     refusal(lambda: fresh.fetch(fresh.url(f"/status/{status}")), "fetch_failed", f"HTTP {status} instead of 200")
