@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,11 +34,31 @@ class Deployment:
         return fetch_image(url, self.settings, field, timeout_s=timeout_s)
 
 
+#: The function's timeout in seconds, as its template sets it (``Timeout``): Lambda does not tell a function its
+#: timeout before an invocation, so the template passes it on, and tests/infra keeps the two equal.
+TIMEOUT_VARIABLE = "FUNCTION_TIMEOUT_S"
+#: Without the variable (``spotgen dev``, tests): the template's default function timeout.
+DEFAULT_TIMEOUT_S = 15.0
+
+
+def function_timeout_s() -> float:
+    try:
+        timeout = float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S))
+    except ValueError:
+        raise SystemExit(f"invalid {TIMEOUT_VARIABLE}: {os.environ[TIMEOUT_VARIABLE]!r} is not a number") from None
+    if timeout <= 0:
+        raise SystemExit(f"invalid {TIMEOUT_VARIABLE}: {timeout:g} is not positive")
+    return timeout
+
+
 @functools.lru_cache(maxsize=1)
 def deployment() -> Deployment:
-    """Clients built on first use (not at import) and reused across warm invocations."""
+    """Clients built on first use (not at import) and reused across warm invocations. Their timeouts and attempts
+    fit in the function's timeout (``aws.bounded``): a call that hangs fails in time for the handler to answer."""
     settings = Settings.from_env()
-    return Deployment(settings, JobStore(aws.client("s3", settings), settings), aws.client("sns", settings))
+    config = aws.bounded(function_timeout_s())
+    return Deployment(settings, JobStore(aws.client("s3", settings, config=config), settings),
+                      aws.client("sns", settings, config=config))
 
 
 def response(status: int, body: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:

@@ -1,14 +1,18 @@
-"""``POST /v1/jobs``: validate, store inline images, write the ``queued`` status, publish to SNS.
+"""``POST /v1/jobs``: validate, store inline images and the message, write the ``queued`` status, publish to SNS.
 
-The order matters for "nothing lost or half-written": every check runs before the first write; the status
-document is created atomically (If-None-Match) so an id is used once; if publishing fails the status
-document is removed again, so the client can simply retry.
+The order matters for "nothing lost, nothing run twice": every check runs before the first write; inline images
+and the message go under keys of this submission alone, so a concurrent request reusing the id overwrites nothing;
+the status document is created atomically (If-None-Match) so an id is used once; if SNS surely has no message the
+status document is removed again, so the client can simply retry; wherever the function dies, a retry with the
+same id or the sweep publishes the job (``lambdas/outbox.py``, docs/api.md "Retrying a submit").
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -19,8 +23,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lambdas import schemas, telemetry
+from lambdas import outbox, schemas, telemetry
 from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
+from lambdas.outbox import publish  # noqa: F401 - where callers found it before lambdas/outbox.py
+from lambdas.sweep import SWEEP_BOUND_S
 from runtime.config import Settings
 from runtime.contract import (
     BUILTIN_PIPELINES,
@@ -39,10 +45,10 @@ from runtime.contract import (
     utcnow,
     validate_inputs,
 )
-from runtime.contract.envelope import build_celery_message
 from runtime.contract.images import decode_inline
 from runtime.contract.jobs import expiry
-from runtime.storage.jobstore import status_key
+
+log = logging.getLogger("spotgen.api")
 
 
 def parse(body: bytes, dep: Deployment) -> tuple[JobRequest, dict[str, Any]]:
@@ -142,14 +148,23 @@ class Queued:
     state: JobState = JobState.queued
 
 
-def existing_job(dep: Deployment, job_id: str, digest: str) -> Queued:
-    doc = dep.store.read_status(job_id)
+def existing_job(dep: Deployment, job_id: str, digest: str, now: datetime) -> Queued:
+    """The job already created with this id. One that its submit never published is published here, once that
+    submit cannot be running any more; before that, this request is told to retry (409 ``conflict``)."""
+    doc, etag = dep.store.read_status_tagged(job_id)
     if doc is None:  # created and rolled back between our two reads; the client may retry
         raise Rejected(error(409, "conflict", f"job {job_id!r} is being submitted concurrently; retry", "id"))
     if doc.request_hash != digest:
         raise Rejected(error(409, "id_conflict", f"job id {job_id!r} was already used for a different request",
                              "id"))
-    return Queued(job_id, doc.seed, existing=True, state=doc.as_of(utcnow()).state)
+    if doc.state is JobState.queued and doc.unpublished:
+        if not outbox.stranded(doc, now):
+            # usually published within moments; at the latest (its submit died) by a retry after the window
+            wait = min(5, max(1, int(outbox.WINDOW_S - (now - doc.created_at).total_seconds()) + 1))
+            raise Rejected(error(409, "conflict", f"job {job_id!r} is being submitted by another request; retry "
+                                 f"in {wait} s", "id", **{"retry-after": str(wait)}))
+        doc = outbox.recover(dep, doc, etag, now)
+    return Queued(job_id, doc.seed, existing=True, state=doc.as_of(now).state)
 
 
 def enqueue(dep: Deployment, request: JobRequest, inputs: dict[str, Any], *, now: datetime,
@@ -160,9 +175,24 @@ def enqueue(dep: Deployment, request: JobRequest, inputs: dict[str, Any], *, now
     the AWS sample's API is announced, once its id and seed are known; ``pool``: the ``pool`` attribute. Without
     ``expires_at`` the job expires ``MAX_TTL_S`` after ``now`` (``expiry``)."""
     job_id = request.id or uuid.uuid4().hex
+    try:
+        return _enqueue(dep, request, job_id, inputs, now=now, expires_at=expires_at, digest=digest, sample=sample,
+                        pool=pool)
+    except (BotoCoreError, ClientError) as exc:
+        raise Rejected(error(503, "enqueue_failed", f"could not store or queue job {job_id!r}; retry with the same "
+                             f"id ({exc})")) from None
+
+
+def _enqueue(dep: Deployment, request: JobRequest, job_id: str, inputs: dict[str, Any], *, now: datetime,
+             expires_at: datetime | None, digest: str, sample: Callable[[str, int], SampleJob] | None,
+             pool: str | None) -> Queued:
+    # The order (docs/architecture.md): inputs and the message under this submission's own keys, then the status
+    # (created atomically: one submission wins an id), then SNS, then published_at. Death after any step leaves
+    # either nothing that can run, or a job a retry with the same id or the sweep publishes (lambdas/outbox.py).
     expires_at = expiry(now, expires_at)  # every job has a deadline, inside its queue message's retention
     if request.id and dep.store.read_status(job_id) is not None:
-        return existing_job(dep, job_id, digest)
+        return existing_job(dep, job_id, digest, now)
+    submission = secrets.token_hex(8)
     seed = inputs.get("seed")
     if seed is None:
         seed = secrets.randbelow(2**32)
@@ -171,7 +201,7 @@ def enqueue(dep: Deployment, request: JobRequest, inputs: dict[str, Any], *, now
     for name in IMAGE_FIELDS:
         ref = inputs.get(name)
         if isinstance(ref, str) and not ref.startswith("s3://"):
-            inputs[name] = dep.store.put_input(job_id, name, decode_inline(ref))
+            inputs[name] = dep.store.put_input(job_id, name, decode_inline(ref), submission)
     announce = sample(job_id, seed) if sample is not None else None
     document = None if request.pipeline in BUILTIN_PIPELINES else plugin_schemas(dep.settings)
     spec = JobSpec(id=job_id, pipeline=request.pipeline, model=request.model, inputs=inputs, seed=seed,
@@ -181,20 +211,38 @@ def enqueue(dep: Deployment, request: JobRequest, inputs: dict[str, Any], *, now
     doc = StatusDoc(id=job_id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model, seed=seed,
                     context=spec.context, loras=inputs.get("loras", []) if spec.pipeline in BUILTIN_PIPELINES else [],
                     request_hash=digest, created_at=now, updated_at=now, sample=announce,
-                    expires_at=expires_at, trace_id=telemetry.trace_id())
-    if not dep.store.create_status(doc):
-        return existing_job(dep, job_id, digest)
-    try:
-        publish(dep, spec, pool)
-    except (BotoCoreError, ClientError) as exc:
-        dep.store.s3.delete_object(Bucket=dep.store.output_bucket, Key=status_key(job_id))
-        raise Rejected(error(503, "enqueue_failed", f"could not enqueue the job, nothing was kept; retry ({exc})")) \
-            from None
-    return Queued(job_id, seed, existing=False)
+                    expires_at=expires_at, trace_id=telemetry.trace_id(), submission=submission)
+    outbox.keep(dep, spec, pool, submission)
+    etag = dep.store.create_status_tagged(doc)
+    if etag is None:
+        found, etag = dep.store.read_status_tagged(job_id)
+        if found is None or found.submission != submission:  # another request's (ours: a create retried by botocore)
+            dep.store.delete_pending(job_id, submission)
+            return existing_job(dep, job_id, digest, now)
+    published, exc = outbox.publish_tracked(dep, spec, pool)
+    if published is outbox.Published.yes:
+        try:
+            outbox.finish(dep, doc, etag, utcnow())
+        except (BotoCoreError, ClientError) as late:  # the job is queued; the sweep removes what is left
+            log.warning("job %s: queued, but its status or pending message were not updated (%s)", job_id, late)
+        return Queued(job_id, seed, existing=False)
+    if published is outbox.Published.unknown:
+        raise Rejected(error(503, "enqueue_failed", f"could not confirm that job {job_id!r} was queued; retry "
+                             f"with the same id: it runs once either way ({exc})"))
+    try:  # SNS has no message: undo, so that the id is free and nothing runs
+        dep.store.delete_status(job_id)
+    except (BotoCoreError, ClientError):  # the undo may have happened all the same (its answer lost)
+        raise Rejected(error(503, "enqueue_failed", f"could not queue job {job_id!r}, nor undo it; retry with the "
+                             f"same id and it runs once (kept, it is queued within {SWEEP_BOUND_S} s even without) "
+                             f"({exc})")) from None
+    with contextlib.suppress(BotoCoreError, ClientError):  # else the sweep removes it
+        dep.store.delete_pending(job_id, submission)
+    raise Rejected(error(503, "enqueue_failed", f"could not enqueue the job, nothing was kept; retry ({exc})"))
 
 
-def submit(dep: Deployment, body: bytes) -> dict[str, Any]:
-    now = utcnow()
+def submit(dep: Deployment, body: bytes, now: datetime | None = None) -> dict[str, Any]:
+    """The answer to one request (``now``: when it arrived, the function's start)."""
+    now = now or utcnow()
     try:
         request, inputs = parse(body, dep)
         expires_at = request.deadline(now)  # a deadline already past is refused before anything is written
@@ -211,25 +259,6 @@ def submit(dep: Deployment, body: bytes) -> dict[str, Any]:
     if queued.existing:
         return response(200, {**answer, "status": queued.state, "existing": True})
     return response(202, answer)
-
-
-def publish(dep: Deployment, spec: JobSpec, pool: str | None = None) -> None:
-    """One SNS message: a Celery task message as body, routing attributes for the subscription filters. The
-    message headers carry the trace (``traceparent``), which the worker's Celery instrumentation continues."""
-    with telemetry.span("spotgen.publish", "PRODUCER", job_id=spec.id, pipeline=spec.pipeline, model=spec.model):
-        # Without a digest the field is left out, so that workers of the version before it (which refuse fields
-        # they do not know) still take every job while an upgrade rolls out.
-        job = spec.model_dump(mode="json", exclude={"schema_digest"} if spec.schema_digest is None else None)
-        body = build_celery_message(spec.id, [job], queue=dep.settings.queue_name, extra_headers=telemetry.carrier())
-        attributes = {
-            "pipeline": {"DataType": "String", "StringValue": spec.pipeline},
-            "model": {"DataType": "String", "StringValue": spec.model},
-            "job_id": {"DataType": "String", "StringValue": spec.id},
-            "contract_version": {"DataType": "Number", "StringValue": str(spec.version)},
-        }
-        if pool:  # a runtime's own worker pool: an SNS filter policy on it routes the job (docs/deploy.md)
-            attributes["pool"] = {"DataType": "String", "StringValue": pool}
-        dep.sns.publish(TopicArn=dep.settings.jobs_topic_arn, Message=body, MessageAttributes=attributes)
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

@@ -90,6 +90,18 @@ class StatusDoc(BaseModel):
     sample: SampleJob | None = None
     #: The request's trace (W3C trace id, 32 hex digits): look it up in the tracing backend, grep the logs for it.
     trace_id: str | None = None
+    #: The submit request that created the job (a random token): its inline inputs are under
+    #: ``inputs/{id}/{submission}/``, its message under ``pending/{id}/{submission}.json`` until it is published.
+    submission: str | None = None
+    #: When SNS took the job's message. None with a ``submission``: not yet, and a retry of the request with the
+    #: same id, or the sweep (``lambdas/sweep.py``), publishes it (documents of older versions have neither).
+    published_at: datetime | None = None
+
+    @property
+    def unpublished(self) -> bool:
+        """Created by a submit that may have died before SNS took its message (docs/architecture.md): no
+        ``published_at``, and no worker has had it (a worker's first write records an attempt)."""
+        return self.submission is not None and self.published_at is None and self.attempts == 0
 
     def as_of(self, now: datetime) -> StatusDoc:
         """The document as the API shows it at ``now``. A job can end without any worker writing so: one whose

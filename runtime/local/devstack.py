@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +25,10 @@ from runtime.local.provision import VISIBILITY_TIMEOUT_S, Resources, add_work_qu
 from runtime.storage import aws
 
 log = logging.getLogger("spotgen.dev")
+
+#: How often the stack runs the sweep (``lambdas/sweep.py``; every minute on AWS): a job whose submit died before
+#: publishing is published at most ``outbox.WINDOW_S`` + this (+ one pass) after its creation.
+SWEEP_INTERVAL_S = 5.0
 
 #: The emulator accepts any credentials; fixed ones keep real credentials out of local traffic.
 EMULATOR_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -41,7 +46,8 @@ def _die_with_parent() -> None:
 class DevStack:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8080, aws_port: int = 4566,
                  workers: int = 1, log_dir: Path | None = None, visibility_timeout_s: int = VISIBILITY_TIMEOUT_S,
-                 pools: dict[str, list[str]] | None = None, api_key: str | None = None) -> None:
+                 pools: dict[str, list[str]] | None = None, api_key: str | None = None,
+                 sweep_interval_s: float = SWEEP_INTERVAL_S) -> None:
         self.base, self.host, self.port, self.aws_port = settings, host, port, aws_port
         self.workers, self.log_dir = workers, log_dir
         self.visibility_timeout_s = visibility_timeout_s
@@ -61,6 +67,9 @@ class DevStack:
         self._logs: list[IO[bytes]] = []
         #: Each worker's metrics and probes base URL, by worker name (a port of its own, on 127.0.0.1).
         self.metrics_urls: dict[str, str] = {}
+        self.sweep_interval_s = sweep_interval_s
+        self._stopping = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     @property
     def api_url(self) -> str:
@@ -111,11 +120,28 @@ class DevStack:
 
         deployment.cache_clear()  # a warm "Lambda" of an earlier stack in this process holds its clients
         serve_in_thread(self._api)
+        self._stopping.clear()
+        self._sweeper = threading.Thread(target=self._sweep, name="sweep", daemon=True)
+        self._sweeper.start()
         for index in range(self.workers):
             self._procs.append(self._spawn_worker(str(index)))
             for pool, queue in self.pool_queues.items():
                 self._procs.append(self._spawn_worker(f"{pool}-{index}", queue))
         return self
+
+    def _sweep(self) -> None:
+        """The scheduled sweep of the template, on a timer: the same code with the same clients as the API's."""
+        from lambdas.common import deployment
+        from lambdas.sweep import sweep
+
+        while not self._stopping.wait(self.sweep_interval_s):
+            try:
+                done = sweep(deployment())
+            except Exception:  # noqa: BLE001 - the emulator going away at stop; the next pass tries again
+                log.debug("sweep failed", exc_info=True)
+                continue
+            if set(done) - {"in_flight"}:
+                log.info("sweep: %s", done)
 
     def _spawn_worker(self, name: str, queue: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.settings.to_env(), **EMULATOR_CREDENTIALS, **(queue or {})}
@@ -187,7 +213,11 @@ class DevStack:
         tmp.replace(path)
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Warm shutdown for workers (SIGTERM), then kill what is left; then the API and the emulator."""
+        """Warm shutdown for workers (SIGTERM), then kill what is left; then the sweep, the API and the emulator."""
+        self._stopping.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout)
+            self._sweeper = None
         for proc in self._procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

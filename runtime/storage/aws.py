@@ -14,6 +14,37 @@ from runtime.config import Settings
 #: within about a second; what must outlast an outage is retried on top (``runtime.storage.retry``).
 _CONFIG = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30)
 
+#: Attempts of one call in a function with a deadline (a Lambda): the first and one retry, for throttling or a blip.
+BOUNDED_ATTEMPTS = 2
+#: The share of the function's timeout that one call may take, all its attempts and backoff together: a call that
+#: fails leaves the handler the other half to answer (and undo what it wrote) instead of being ended by Lambda.
+BOUNDED_SHARE = 0.5
+
+
+def backoff_s(attempts: int) -> float:
+    """The longest botocore's standard mode sleeps between ``attempts`` tries: up to 2**(n-1) s before try n+1."""
+    return float(2 ** (attempts - 1) - 1)
+
+
+def bounded(timeout_s: float) -> Config:
+    """Connect and read timeouts and an attempt count for the clients of a function that Lambda ends after
+    ``timeout_s``: ``BOUNDED_ATTEMPTS`` tries of at most connect + read seconds each, plus botocore's backoff, take
+    at most ``BOUNDED_SHARE`` of it (``worst_case_s``). 15 s gives 2 tries of 0.94 + 2.31 s; 29 s, 1 + 5.75 s."""
+    budget = timeout_s * BOUNDED_SHARE
+    connect = min(1.0, budget / 8)
+    read = (budget - backoff_s(BOUNDED_ATTEMPTS)) / BOUNDED_ATTEMPTS - connect
+    if read <= 0.1:
+        raise ValueError(f"a function timeout of {timeout_s} s leaves no time for an AWS call")
+    return Config(retries={"total_max_attempts": BOUNDED_ATTEMPTS, "mode": "standard"}, connect_timeout=connect,
+                  read_timeout=read)
+
+
+def worst_case_s(config: Config) -> float:
+    """The longest one call of a client with ``config`` can take before it gives up (each try times out)."""
+    attempts = int(config.retries["total_max_attempts"])
+    return attempts * (float(config.connect_timeout) + float(config.read_timeout)) + backoff_s(attempts)
+
+
 #: ``on_error(service, operation, code)``: an AWS call failed, after botocore's own retries.
 ErrorHook = Callable[[str, str, str], None]
 

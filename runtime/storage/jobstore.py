@@ -2,12 +2,16 @@
 
 Layout of the output bucket: ``jobs/{id}/status.json`` (the status the API returns), ``jobs/{id}/result.json``
 (written once, when the job ends) and ``{output_prefix}/{id}/{n}.png``. Inputs go to the input bucket under
-``inputs/{id}/``. Keys are derived from the job id only, so a redelivered job overwrites rather than adds.
+``inputs/{id}/{submission}/``: the submit request that created the job, so that a concurrent request reusing the id
+never overwrites them. Until SNS has its message, a job's message waits at ``pending/{id}/{submission}.json`` in
+the output bucket (``lambdas/outbox.py``). Every other key is derived from the job id only, so a redelivered job
+overwrites rather than adds.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -33,6 +37,14 @@ def checkpoint_key(job_id: str) -> str:
     return f"checkpoints/{job_id}/latest.safetensors"
 
 
+#: Where jobs wait whose message SNS may not have yet: a short list, that the sweep reads whole.
+PENDING_PREFIX = "pending/"
+
+
+def pending_key(job_id: str, submission: str) -> str:
+    return f"{PENDING_PREFIX}{job_id}/{submission}.json"
+
+
 class StatusConflict(Exception):
     """The status document changed since it was read (a cancel, or another worker): read it again."""
 
@@ -56,7 +68,14 @@ class JobStore:
 
         ``If-None-Match: *`` makes the check atomic in S3: of two concurrent submits with one id, one wins.
         """
+        return self._create(status_key(doc.id), doc.model_dump_json().encode()) is not None
+
+    def create_status_tagged(self, doc: StatusDoc) -> str | None:
+        """As ``create_status``: the new document's ETag, or None when one existed already."""
         return self._create(status_key(doc.id), doc.model_dump_json().encode())
+
+    def delete_status(self, job_id: str) -> None:
+        self.s3.delete_object(Bucket=self.output_bucket, Key=status_key(job_id))
 
     def read_status(self, job_id: str) -> StatusDoc | None:
         return self.read_status_tagged(job_id)[0]
@@ -97,25 +116,43 @@ class JobStore:
 
     def create_json(self, key: str, data: Any) -> bool:
         """Write ``data`` unless the key exists (atomic in S3); False if it did."""
-        return self._create(key, json.dumps(data, default=str).encode())
+        return self._create(key, json.dumps(data, default=str).encode()) is not None
 
-    def _create(self, key: str, body: bytes) -> bool:
+    def _create(self, key: str, body: bytes) -> str | None:
+        """The new object's ETag; None if the key existed."""
         try:
-            self.s3.put_object(Bucket=self.output_bucket, Key=key, Body=body, ContentType="application/json",
-                               IfNoneMatch="*")
+            out = self.s3.put_object(Bucket=self.output_bucket, Key=key, Body=body, ContentType="application/json",
+                                     IfNoneMatch="*")
         except ClientError as exc:
             if _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
-                return False
+                return None
             raise
-        return True
+        return str(out["ETag"])
+
+    # -- pending messages (lambdas/outbox.py) -----------------------------------------------------------------
+    def list_pending(self) -> list[tuple[str, str, datetime]]:
+        """Every pending message as (job id, submission, when it was written)."""
+        found = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.output_bucket,
+                                                                       Prefix=PENDING_PREFIX):
+            for obj in page.get("Contents", []):
+                parts = obj["Key"][len(PENDING_PREFIX):].split("/")
+                if len(parts) == 2 and parts[1].endswith(".json"):
+                    found.append((parts[0], parts[1][:-len(".json")], obj["LastModified"]))
+        return found
+
+    def delete_pending(self, job_id: str, submission: str) -> None:
+        self.s3.delete_object(Bucket=self.output_bucket, Key=pending_key(job_id, submission))
 
     def put_json(self, key: str, data: Any) -> None:
         self.s3.put_object(Bucket=self.output_bucket, Key=key, Body=json.dumps(data, default=str).encode(),
                            ContentType="application/json")
 
     # -- images ----------------------------------------------------------------------------------------
-    def put_input(self, job_id: str, name: str, image: InlineImage) -> str:
-        key = f"inputs/{job_id}/{name}.{image.format}"
+    def put_input(self, job_id: str, name: str, image: InlineImage, submission: str | None = None) -> str:
+        """Store an inline input image; under the submission's own folder when given (``submission``)."""
+        key = f"inputs/{job_id}/{submission}/{name}.{image.format}" if submission else \
+            f"inputs/{job_id}/{name}.{image.format}"
         self.s3.put_object(Bucket=self.input_bucket, Key=key, Body=image.data, ContentType=image.content_type)
         return f"s3://{self.input_bucket}/{key}"
 

@@ -42,6 +42,8 @@ FUNCTION_ACTIONS = {
     # the compatibility routes: submit's calls, status reads and output images, callers/{caller}.json pointers
     "CompatFunction": {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "sns:Publish"},
     "AuthorizerFunction": {"ssm:GetParameter", "kms:Decrypt"},
+    # the sweep (lambdas/sweep.py): lists pending/, reads and updates status documents, publishes, deletes
+    "SweepFunction": {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "sns:Publish"},
 }
 #: The compatibility routes' authorizer (the HTTP API's Auth.Authorizers) and the handler that serves them.
 COMPAT_AUTHORIZER = "ApiKeyAuthorizer"

@@ -236,7 +236,9 @@ def test_the_samples_i2i_file_works_when_its_host_is_allowed(stack: Stack,
     answer = sample.v1alpha2(dep, V1ALPHA2_I2I_GUIDANCE.encode())  # unchanged: init_images is the cat's URL
     assert answer["statusCode"] == 200, answer["body"]
     stored = stack.s3.list_objects_v2(Bucket=stack.env["SPOTGEN_INPUT_BUCKET"], Prefix="inputs/test-i2i/")
-    assert [o["Key"] for o in stored["Contents"]] == ["inputs/test-i2i/image.png"]  # kept like an inline image
+    submission = json.loads(stack.s3.get_object(Bucket=stack.env["SPOTGEN_OUTPUT_BUCKET"],
+                                                Key="jobs/test-i2i/status.json")["Body"].read())["submission"]
+    assert [o["Key"] for o in stored["Contents"]] == [f"inputs/test-i2i/{submission}/image.png"]  # as an inline image
     note = note_of(stack, "test-i2i")
     assert (note["result"], note["status"]) == (True, "completed") and len(note["image_url"]) == 1
     # The older file of the EKS sample names the image in alwayson_scripts.image_link.

@@ -73,7 +73,7 @@ def test_img2img_and_controlnet_from_inline_images(stack: Stack) -> None:
     assert out.size == (64, 64)
     assert doc["outputs"][0]["key"] == f"team-a/run1/{doc['id']}/0.png"
     inputs = stack.s3.list_objects_v2(Bucket=stack.env["SPOTGEN_INPUT_BUCKET"], Prefix=f"inputs/{doc['id']}/")
-    assert [o["Key"] for o in inputs["Contents"]] == [f"inputs/{doc['id']}/image.png"]
+    assert [o["Key"] for o in inputs["Contents"]] == [f"inputs/{doc['id']}/{doc['submission']}/image.png"]
 
     doc = run(stack, {"pipeline": "controlnet", "model": "tiny-sd", "inputs": {
         "prompt": "a fox", "control_image": "data:image/png;base64," + base64.b64encode(edge_map(init)).decode(),
