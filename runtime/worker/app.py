@@ -36,6 +36,7 @@ from runtime.worker import deadletter, sqs
 from runtime.worker.errors import PermanentError
 from runtime.worker.handoff import Handoff
 from runtime.worker.interrupt import Interruption, watch_imds
+from runtime.worker.job import Job
 from runtime.worker.lease import Lease
 from runtime.worker.runner import JobRunner
 from runtime.worker.stages import Stage
@@ -51,8 +52,6 @@ class Hooks:
     sqs: Any
     runner: Callable[[], JobRunner]
     interruption: Interruption
-    #: The raw SQS message of the task now running (set by ``JobRequest``; the solo pool runs one at a time).
-    current: dict[str, Any] | None = None
     #: Metrics, traces and log context (``runtime.ops.telemetry``); probes' state.
     observer: Observer = NOOP
     health: Any = None
@@ -60,8 +59,6 @@ class Hooks:
     first_beat_s: float = 0.0
     #: The device and output threads the jobs run on after their task (``runtime.worker.handoff``).
     handoff: Handoff | None = None
-    #: The SQS message whose task just handed its job over: its ack must not delete it.
-    deferred: dict[str, Any] | None = None
     #: When this worker's receive in flight ends at the latest (monotonic). A worker going away abandons that
     #: long poll, and SQS may still give it a message: a copy handed back before then would stay hidden for a
     #: visibility timeout. So a copy is sent with a delay until then (``copy_delay_s``).
@@ -143,7 +140,8 @@ def make_app(settings: Settings) -> Celery:
     # An ack retried past the lease would race a redelivery for nothing: the job is final either way.
     delete_retry_s = min(settings.store_retry_s, settings.lease_s)
     hooks.handoff = handoff = Handoff(hooks.sqs, settings.queue_url, delete_retry_s, interruption,
-                                      lambda raw, exc: job_failed(hooks, raw, exc), settings.receive_ahead)
+                                      lambda job: runner().advance(job), lambda job, exc: job_failed(hooks, job, exc),
+                                      settings.receive_ahead)
     app.conf.update(
         broker_transport="runtime.worker.sqs:Transport",  # kombu's, surviving outages (see that module)
         broker_transport_options={
@@ -182,21 +180,27 @@ def make_app(settings: Settings) -> Celery:
     def run_job(*args: Any, **kwargs: Any) -> None:
         if len(args) != 1 or kwargs:
             raise PermanentError("invalid_message", "a job message carries exactly one argument, the job")
-        raw, hooks.current = hooks.current, None
+        delivery: deadletter.Delivery | None = getattr(run_job.request, deadletter.DELIVERY, None)
         request = run_job.request
         trace_id = trace_id_from(getattr(request, "traceparent", None), getattr(request, "X-Amzn-Trace-Id", None))
-        if raw is None:  # called directly, not from a queue
+        if delivery is None or delivery.raw is None:  # called directly, not from a queue
             runner().run(args[0], trace_id=trace_id)
             return
+        raw = delivery.raw
         lease = Lease(hooks.sqs, settings.queue_url, raw, settings.heartbeat_s, settings.lease_s, settings.max_job_s,
                       hooks.observer, first_beat_s=hooks.first_beat_s, copy_delay=hooks.copy_delay_s)
         interruption.hold(lease)
-        handed_over = False
+        handed_over, job = False, None
         try:
             context = contextvars.copy_context()  # the job's (its log fields and trace), on every thread it runs on
-            stage = context.run(runner().begin, args[0], lease, trace_id)
-            if isinstance(stage, Stage) and handoff.start(stage, lease, context):
-                hooks.deferred, handed_over = raw, True
+            job = context.run(runner().receive, args[0], lease, trace_id)  # receive
+            context.run(runner().advance, job)  # prepare
+            if job.stage is Stage.generate and handoff.start(job, context):  # generate, store and ack: its thread's
+                delivery.keep()
+                handed_over = True
+        except Exception as exc:  # noqa: BLE001 - judged here, like a failure on the job's own thread
+            if not job_failed(hooks, job or raw, exc):
+                delivery.keep()  # the ack leaves it to come back
         finally:
             if not handed_over:
                 lease.stop()
@@ -206,16 +210,16 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
-def job_failed(hooks: Hooks, raw: dict[str, Any], exc: BaseException) -> bool:
-    """A job that failed after its task: what the task's request does for a task that fails
-    (``JobRequest.on_failure``). True when the job ended for good and its message was dead-lettered, so that it
-    may be deleted."""
-    ending = deadletter.final_failure(exc, deadletter.receive_count(raw), hooks.settings.max_receive_count)
-    if ending is None:
-        log.warning("job failed (%s: %s); its message is redelivered when the lease runs out", type(exc).__name__,
-                    exc)
-        return False
-    return deadletter.move(hooks, raw, *ending)
+def job_failed(hooks: Hooks, job: Job | dict[str, Any], exc: BaseException) -> bool:
+    """A failed job (or a message that never became one): the failure policy's verdict acted on for its message
+    (``runtime.worker.deadletter.settle``). True when the job ended for good and its message was dead-lettered,
+    so that it may be deleted."""
+    if isinstance(job, Job):
+        raw = job.lease.raw if job.lease is not None else None
+        verdict = job.verdict or deadletter.verdict_on(hooks, raw, exc)
+    else:
+        raw, verdict = job, deadletter.verdict_on(hooks, job, exc)
+    return deadletter.settle(hooks, raw, verdict)
 
 
 def _poll_soon() -> None:

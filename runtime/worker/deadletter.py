@@ -13,18 +13,33 @@ and a Request subclass for tasks that fail.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from vine import promise
 
-from runtime.worker import sqs
-from runtime.worker.errors import PermanentError
+from runtime.worker import failures, sqs
 
 log = logging.getLogger("spotgen.deadletter")
 
 MAX_SQS_ATTRIBUTES = 10
+#: The name under which a task's request carries its ``Delivery`` (``JobRequest.on_accepted``).
+DELIVERY = "spotgen_delivery"
+
+
+@dataclass
+class Delivery:
+    """One SQS message as its task received it: the original (for the lease), and how its ack ends it."""
+
+    raw: dict[str, Any] | None
+    message: Any
+
+    def keep(self) -> None:
+        """The task's ack only releases the delivery, without deleting the message: the job's own thread deletes
+        it once the outputs are stored (``runtime.worker.handoff``), or it comes back (a failure to retry)."""
+        self.message.delivery_info[sqs.DEFERRED] = True
 
 
 def sqs_message(message: Any) -> dict[str, Any] | None:
@@ -82,15 +97,19 @@ def reject_permanently(app: Any, message: Any, code: str, reason: str) -> None:
         message.reject(requeue=False)
 
 
-def final_failure(exc: BaseException, receive_count: int, max_receive_count: int) -> tuple[str, str] | None:
-    """Why a failed delivery ends its job for good, as (code, reason); None when the message should come back
-    (it will after its lease): a permanent error, or a failure on the last delivery maxReceiveCount allows."""
-    if isinstance(exc, PermanentError):
-        return exc.info.code, exc.info.message
-    if receive_count >= max_receive_count:
-        return "retries_exhausted", (f"failed on each of {receive_count} deliveries; last error: "
-                                     f"{type(exc).__name__}: {exc}")
-    return None
+def settle(hooks: Any, raw: dict[str, Any] | None, verdict: failures.Verdict) -> bool:
+    """Act on the failure policy's verdict (``runtime.worker.failures``) for the message: dead-letter it when the
+    job ended for good (and fail the job it names, if not done yet). True when the message may be deleted;
+    False leaves it to come back."""
+    if verdict.error is None:
+        log.warning("job failed (%s); its message is redelivered when the lease runs out", verdict.failure.message)
+        return False
+    return move(hooks, raw, verdict.error.code, verdict.error.message)
+
+
+def verdict_on(hooks: Any, raw: dict[str, Any] | None, exc: BaseException) -> failures.Verdict:
+    """The verdict on a failure outside any job's stages (a message that is not a job)."""
+    return failures.judge(failures.classify(exc), receive_count(raw), hooks.settings.max_receive_count)
 
 
 class DeadLetterConsumer(Consumer):
@@ -131,19 +150,17 @@ def receive_count(raw: dict[str, Any] | None) -> int:
 
 
 class JobRequest(Request):
-    """A job that failed permanently is dead-lettered, then its message deleted. Other failures are
-    rejected without delete (``task_acks_on_failure_or_timeout`` is off), so SQS redelivers them once the
-    lease runs out; on the last delivery maxReceiveCount allows, a failure is final too, so the job ends
-    ``failed`` with its error rather than sitting in the dead-letter queue with a stale status.
-
-    It also tells the task which SQS message it runs for (Celery passes the task a filtered copy of the
-    delivery information without the receipt handle the lease needs)."""
+    """Tells the task which SQS message it runs for (Celery passes the task a filtered copy of the delivery
+    information without the receipt handle the lease needs): a ``Delivery`` in the task's request. A task that
+    fails outside its job's stages (a message that is not one job) is judged by the failure policy: dead-lettered,
+    then its message deleted, or left to come back (``task_acks_on_failure_or_timeout`` is off)."""
 
     def on_accepted(self, pid: Any, time_accepted: float) -> None:
-        # The solo pool calls this just before it runs the task, in the same thread (Celery replaces
-        # ``execute_using_pool`` in a generated subclass, so that is no place for a hook).
+        # The solo pool calls this just before it runs the task, in the same thread, with the very dict the task's
+        # request is built from (Celery replaces ``execute_using_pool`` in a generated subclass, so that is no place
+        # for a hook).
         raw = sqs_message(self._message)
-        self.task.app.spotgen.current = raw
+        self._request_dict[DELIVERY] = Delivery(raw, self._message)
         # X-Ray interop: a message without a W3C traceparent continues the trace of SQS's AWSTraceHeader
         # (the header name the X-Ray propagator reads from the task request, which Celery builds from this dict).
         xray = ((raw or {}).get("Attributes") or {}).get("AWSTraceHeader")
@@ -151,24 +168,10 @@ class JobRequest(Request):
             self._request_dict["X-Amzn-Trace-Id"] = xray
         super().on_accepted(pid, time_accepted)
 
-    def acknowledge(self) -> None:
-        """A job whose output stage took its message (``runtime.worker.handoff``) is acked without the delete:
-        the stage deletes it once the outputs are stored."""
-        hooks = self.task.app.spotgen
-        raw = sqs_message(self._message)
-        if raw is not None and hooks.deferred is raw:
-            hooks.deferred = None
-            self._message.delivery_info[sqs.DEFERRED] = True
-        super().acknowledge()
-
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
         hooks = self.task.app.spotgen
         raw = sqs_message(self._message)
-        ending = final_failure(exc, receive_count(raw), hooks.settings.max_receive_count)
-        if ending is None:
-            log.warning("job failed (%s: %s); its message is redelivered when the lease runs out",
-                        type(exc).__name__, exc)
-        elif move(hooks, raw, *ending):
+        if settle(hooks, raw, verdict_on(hooks, raw, exc)):
             self.acknowledge()
         return super().on_failure(exc_info, send_failed_event, return_ok)

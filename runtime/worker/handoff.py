@@ -1,7 +1,7 @@
 """Keeping the device busy: the next job is received and prepared while one generates, and a job's outputs are
 stored while the next one generates.
 
-A job runs in three stages (``runtime.worker.stages``): prepared on Celery's thread (its message parsed, its
+A job runs in stages (``runtime.worker.job`` draws them): prepared on Celery's thread (its message parsed, its
 status read, its inputs and checkpoint checked), generated on a device thread, stored on the same thread once
 it has given the device up (PNGs, result document, final status, notification, checkpoint delete, and last,
 the SQS DeleteMessage). The Celery task runs only the first stage: it waits for the device, hands the job to
@@ -42,7 +42,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from runtime.worker.lease import Lease
+from runtime.worker.handback import HandBack
+from runtime.worker.job import Job
 from runtime.worker.sqs import delete_message
 from runtime.worker.stages import Stage
 
@@ -54,32 +55,35 @@ WAIT_TICK_S = 0.05
 
 class Handoff:
     def __init__(self, sqs: Any, queue_url: str, delete_retry_s: float, interruption: Any,
-                 failed: Callable[[dict[str, Any], BaseException], bool], receive_ahead: bool = True) -> None:
-        """``failed(raw message, error)``: a stage raised; True when the message must be deleted anyway (the
-        job ended for good and the message was dead-lettered), False to leave it to come back.
-        ``receive_ahead`` (``SPOTGEN_RECEIVE_AHEAD``): False keeps the next message in the queue until this job
-        has generated (only the output stage overlaps), for other workers to take meanwhile."""
+                 advance: Callable[[Job], None], failed: Callable[[Job, BaseException], bool],
+                 receive_ahead: bool = True) -> None:
+        """``advance(job)``: run the job's next stage (``JobRunner.advance``). ``failed(job, error)``: a stage
+        raised; True when the message must be deleted anyway (the job ended for good and the message was
+        dead-lettered), False to leave it to come back. ``receive_ahead`` (``SPOTGEN_RECEIVE_AHEAD``): False keeps
+        the next message in the queue until this job has generated (only the output stage overlaps), for other
+        workers to take meanwhile."""
         self.sqs, self.queue_url, self.delete_retry_s = sqs, queue_url, delete_retry_s
-        self.interruption, self.failed, self.receive_ahead = interruption, failed, receive_ahead
+        self.interruption, self.handback = interruption, HandBack(interruption)
+        self.advance, self.failed, self.receive_ahead = advance, failed, receive_ahead
         self._device = threading.Lock()  # the GPU: one job at a time
         self._storing = threading.Lock()  # one output stage at a time
         self._threads: list[threading.Thread] = []
 
-    def start(self, stage: Stage, lease: Lease, context: contextvars.Context) -> bool:
+    def start(self, job: Job, context: contextvars.Context) -> bool:
         """Wait for the device, then generate and store the job on a thread of its own, in the job's
         ``context`` (its log fields and trace). True: the job and its message are the thread's now. False: an
         interruption came first, and the job was handed back unstarted."""
+        assert job.lease is not None and job.stage is Stage.generate
         while not self._device.acquire(timeout=WAIT_TICK_S):
             if self.interruption.requested:
-                context.run(self._hand_back, stage, lease)
+                context.run(self._hand_back, job)
                 return False
         if self.interruption.requested:  # the device came free because the job before was interrupted
             self._device.release()
-            context.run(self._hand_back, stage, lease)
+            context.run(self._hand_back, job)
             return False
         generated = threading.Event()
-        thread = threading.Thread(target=self._run, args=(stage, lease, context, generated), name="job",
-                                  daemon=True)
+        thread = threading.Thread(target=self._run, args=(job, context, generated), name="job", daemon=True)
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
         if not self.receive_ahead:
@@ -96,34 +100,35 @@ class Handoff:
     def busy(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
-    @staticmethod
-    def _hand_back(stage: Stage, lease: Lease) -> None:
+    def _hand_back(self, job: Job) -> None:
         try:
-            lease.requeue()
+            self.handback.unstarted(job)
         finally:
-            stage.close("handed_back")
+            job.end("handed_back")
 
-    def _run(self, stage: Stage, lease: Lease, context: contextvars.Context, generated: threading.Event) -> None:
+    def _run(self, job: Job, context: contextvars.Context, generated: threading.Event) -> None:
+        lease = job.lease
+        assert lease is not None
         device, delete = True, True
         try:
-            after = context.run(stage)  # generate
-            if isinstance(after, Stage):
+            context.run(self.advance, job)  # generate
+            if job.stage is Stage.store:
                 self._storing.acquire()  # the job before has stored its outputs
                 self._device.release()
                 device = False
                 generated.set()
                 try:
-                    context.run(after)  # store
+                    context.run(self.advance, job)  # store
                 finally:
                     self._storing.release()
         except Exception as exc:  # noqa: BLE001 - the message comes back (or is dead-lettered); never raised here
-            delete = self._failed(lease.raw, exc)
+            delete = self._failed(job, exc)
         finally:
             if device:
                 self._device.release()
             generated.set()
             lease.stop()
-        try:
+        try:  # ack
             if delete:
                 delete_message(self.sqs, self.queue_url, lease.raw["ReceiptHandle"], self.delete_retry_s)
         except Exception:  # noqa: BLE001 - AccessDenied: the message comes back, and the error is on record
@@ -131,9 +136,9 @@ class Handoff:
         finally:
             self.interruption.drop(lease)
 
-    def _failed(self, raw: dict[str, Any], exc: BaseException) -> bool:
+    def _failed(self, job: Job, exc: BaseException) -> bool:
         try:
-            return self.failed(raw, exc)
+            return self.failed(job, exc)
         except Exception:  # noqa: BLE001
             log.exception("handling a failed job failed; its message comes back")
             return False

@@ -1,8 +1,10 @@
-"""Running one job, from a queue message to its final status. Knows nothing of Celery.
+"""Running one job, stage by stage, from a queue message to its final status. Knows nothing of Celery.
 
-The message is validated again here (the queue is never trusted). Failures that would fail again on any
-worker raise ``PermanentError`` after the status says ``failed``; the Celery layer then moves the message
-to the dead-letter queue. Anything else (an AWS outage, say) propagates and the message is redelivered.
+``runtime.worker.job`` draws the path; this module runs its stages (``receive``, then ``advance`` through
+prepare, generate and store). The message is validated again here (the queue is never trusted). A stage that
+raises goes through the failure policy (``runtime.worker.failures``): the verdict is recorded in the status
+(``failed``, or left for the next delivery) and on the job, and the exception goes on to the holder of the
+message, which dead-letters the message or leaves it to come back.
 
 A delivery of a job that is already final does nothing but make sure its one notification went out; what a
 finished job leaves behind, and why it is written only once, is the output stage's (``runtime.worker.outputs``).
@@ -22,7 +24,6 @@ from pydantic import BaseModel, ValidationError
 from runtime.config import Settings
 from runtime.contract import (
     ContractError,
-    ImageRefError,
     JobErrorInfo,
     JobSpec,
     JobState,
@@ -42,24 +43,26 @@ from runtime.plugins import (
     Pipeline,
     PluginError,
     Registry,
-    RetryableError,
     RunContext,
     SetupContext,
     StepState,
 )
 from runtime.storage.jobstore import JobStore
-from runtime.worker import checkpoint
+from runtime.worker import checkpoint, failures
 from runtime.worker.checkpoint import CheckpointError, Saver
 from runtime.worker.errors import PermanentError
+from runtime.worker.handback import HandBack
 from runtime.worker.images import fetch_image
 from runtime.worker.interrupt import Interruption
+from runtime.worker.job import Job
 from runtime.worker.jobstatus import JobEnded, StatusTracker
 from runtime.worker.lease import Lease
 from runtime.worker.outputs import Outputs
 from runtime.worker.progress import ProgressWriter
 from runtime.worker.schemas import check_schema
-from runtime.worker.stages import Stage, observing, run_all
+from runtime.worker.stages import Stage, observing
 from runtime.worker.steplog import StepLog
+from runtime.worker.steps import StepHook
 
 log = logging.getLogger("spotgen.worker")
 
@@ -72,6 +75,8 @@ class JobRunner:
         self.settings, self.store, self.sns = settings, store, sns
         self.registry, self.models = registry, models
         self.interruption = interruption
+        #: The interruption policy (``runtime.worker.handback``).
+        self.handback = HandBack(interruption)
         #: Metrics, traces and log context (``runtime.ops.telemetry``); does nothing by default.
         self.observer = observer
         self.steplog = StepLog(settings.step_log)
@@ -80,118 +85,149 @@ class JobRunner:
         #: Jobs this worker stored a checkpoint of (its own attempt's), so the end knows whether to delete one.
         self._saved: set[str] = set()
 
-    # -- entry point ---------------------------------------------------------------------------------------
+    # -- the path ------------------------------------------------------------------------------------------
     def run(self, message: Any, lease: Lease | None = None, trace_id: str | None = None) -> StatusDoc | None:
         """Run the job a queue message carries, all of it on this thread. Returns its final status, or None when
         this delivery did not end it (a duplicate, or an interruption that handed the job back)."""
-        return run_all(self.begin(message, lease, trace_id))
+        job = self.receive(message, lease, trace_id)
+        while not job.done:
+            self.advance(job)
+        return job.final
 
-    def begin(self, message: Any, lease: Lease | None = None, trace_id: str | None = None) -> Stage | StatusDoc | None:
-        """The job up to the device: its message, status, inputs and checkpoint, read and checked. Returns the
-        stage that generates, for the device thread (``runtime.worker.handoff``), or the end when there is nothing
-        to generate. ``trace_id``: the trace the message carries, for logs and the status when this process
-        exports no spans itself."""
+    def receive(self, message: Any, lease: Lease | None = None, trace_id: str | None = None) -> Job:
+        """The job a message carries, parsed (``PermanentError`` when it is not one), its observation begun.
+        ``trace_id``: the trace the message carries, for logs and the status when this process exports no spans."""
         spec = self.parse(message)
         self._saved.discard(spec.id)
         stack = contextlib.ExitStack()
-        job = stack.enter_context(observing(self.observer, JobInfo.of(spec, trace_id)))
-        trackers: list[StatusTracker] = []
+        info = stack.enter_context(observing(self.observer, JobInfo.of(spec, trace_id)))
+        return Job(spec, lease, info, stack)
 
-        def ended(exc: JobEnded) -> None:
-            log.info("job %s is already %s; this delivery stops", spec.id, exc.doc.state)
-            self.outputs.settle(trackers[0])
+    def advance(self, job: Job) -> None:
+        """Run the job's next stage on this thread; ``job.stage`` becomes the one after. The last one ends the
+        job's observation. A failure is judged (``fail``) and raised again, for the holder of the message."""
+        run = {Stage.prepare: self._prepare, Stage.generate: self._generate, Stage.store: self._store}[job.stage]
+        with job.observation:
+            try:
+                try:
+                    job.stage = run(job)
+                except Exception as exc:
+                    if isinstance(exc, JobEnded):
+                        raise
+                    job.stage = Stage.done
+                    self.fail(job, exc)
+                    raise
+            except JobEnded as exc:  # another delivery, or the client, ended the job meanwhile
+                job.stage, job.verdict = Stage.done, None
+                log.info("job %s is already %s; this delivery stops", job.id, exc.doc.state)
+                assert job.tracker is not None
+                self.outputs.settle(job.tracker)
+                return
+            if job.final is not None:
+                job.info.outcome = job.final.state.value
+            if not job.done:
+                job.observation = job.observation.pop_all()  # open until the last stage
 
-        def prepare() -> Any:
-            if lease is not None:
-                lease.start()  # here, so that its heartbeat thread runs in the job's context
-            trackers.append(StatusTracker.open(self.store, spec))
-            return self._prepare(spec, trackers[0], lease, job)
+    def fail(self, job: Job, exc: Exception) -> None:
+        """Apply the failure policy to a stage's exception: ``job.verdict``, and the status that records it.
+        Raises what recording it raised, if it did (that is then the failure: an outage, say)."""
+        job.verdict = verdict = failures.judge(failures.classify(exc), job.receive_count,
+                                               self.settings.max_receive_count)
+        tracker = job.tracker
+        if tracker is not None and verdict.final and verdict.failure.kind.permanent and not tracker.doc.state.final:
+            try:
+                job.final = self.outputs.finish(tracker, JobState.failed, [], verdict.error)
+            except JobEnded:
+                raise
+            except Exception as error:
+                job.info.outcome = "error"
+                job.verdict = failures.judge(failures.classify(error), job.receive_count,
+                                             self.settings.max_receive_count)
+                raise error from exc
+        elif tracker is not None:  # the delivery fails (SQS tries again): the attempt goes on record first
+            with contextlib.suppress(Exception):
+                tracker.flush()
+        job.info.outcome = job.info.outcome or ("failed" if job.final is not None else "error")
 
-        return Stage(prepare, stack, job, ended)()
-
-    def _prepare(self, spec: JobSpec, tracker: StatusTracker, lease: Lease | None, job: JobInfo) -> Any:
+    def _prepare(self, job: Job) -> Stage:
+        """The job up to the device: its status, inputs and checkpoint, read and checked."""
+        spec = job.spec
+        if job.lease is not None:
+            job.lease.start()  # here, so that its heartbeat thread runs in the job's context
+        job.tracker = tracker = StatusTracker.open(self.store, spec)
         doc = tracker.doc
         if doc.state.final:
             log.info("job %s is already %s; duplicate delivery skipped", spec.id, doc.state)
             self.outputs.settle(tracker)
-            return None
-        if self.interruption is not None and self.interruption.requested and lease is not None:
-            lease.requeue()  # received just as the worker is going away: hand it on untouched
-            job.outcome = "handed_back"
-            return None
+            return Stage.done
+        if self.handback.unstarted(job):  # received just as the worker is going away
+            return Stage.done
         if doc.cancel_requested_at is not None:
-            return self.outputs.finish(tracker, JobState.cancelled, [], None)
+            job.final = self.outputs.finish(tracker, JobState.cancelled, [], None)
+            return Stage.done
         if self.expired(spec):
-            return self.outputs.finish(tracker, JobState.expired, [], self.expired(spec))
-        try:
-            pipeline, inputs = self.prepare(spec)
-        except PermanentError as exc:
-            self.outputs.finish(tracker, JobState.failed, [], exc.info)
-            raise
-        resume, note = self.resume_state(spec, pipeline, doc)
-        return functools.partial(self._generate, spec, tracker, lease, job, pipeline, inputs, resume, note)
+            job.final = self.outputs.finish(tracker, JobState.expired, [], self.expired(spec))
+            return Stage.done
+        job.pipeline, job.inputs = self.prepare(spec)
+        job.resume, job.note = self.resume_state(spec, job.pipeline, doc)
+        return Stage.generate
 
-    def _generate(self, spec: JobSpec, tracker: StatusTracker, lease: Lease | None, job: JobInfo,
-                  pipeline: Pipeline, inputs: BaseModel, resume: StepState | None, note: str) -> Any:
-        """On the device: the job's images; returns its output stage."""
+    def _generate(self, job: Job) -> Stage:
+        """On the device: the job's images."""
+        spec, tracker = job.spec, job.tracker
+        assert tracker is not None and job.pipeline is not None and job.inputs is not None
         if self.expired(spec):  # its deadline passed while it waited for the device
-            return self.outputs.finish(tracker, JobState.expired, [], self.expired(spec))
-        doc = tracker.doc
-        attempt = doc.attempts + 1
+            job.final = self.outputs.finish(tracker, JobState.expired, [], self.expired(spec))
+            return Stage.done
+        doc, inputs, resume = tracker.doc, job.inputs, job.resume
+        job.attempt = attempt = doc.attempts + 1
         from_step = resume.step if resume else 0
         resident = self.models.resident(spec.model)
         # Stored with the first progress report, checkpoint or the final status, whichever comes first; at once
         # when a model must load first, so that a client sees the job running while it loads.
         tracker.defer(state=JobState.running, attempts=attempt, started_at=doc.started_at or utcnow(),
                       phase="generating" if resident else "loading_model", model_cache="hit" if resident else "miss",
-                      resume=ResumeInfo(attempt=attempt, from_step=from_step, note=note) if attempt > 1 else None,
+                      resume=ResumeInfo(attempt=attempt, from_step=from_step, note=job.note) if attempt > 1 else None,
                       progress=Progress(step=from_step, total=doc.progress.total or getattr(inputs, "steps", 0)),
-                      trace_id=job.trace_id or doc.trace_id, loras=getattr(inputs, "loras", doc.loras))
+                      trace_id=job.info.trace_id or doc.trace_id, loras=getattr(inputs, "loras", doc.loras))
         if not resident:
             tracker.flush()
-        job.attempt, job.from_step = attempt, from_step
-        self.observer.job_started(job)
+        job.info.attempt, job.info.from_step = attempt, from_step
+        self.observer.job_started(job.info)
         if attempt > 1:
-            self.observer.resumed(job, resume is not None, doc.progress.step - from_step)
-        started = time.perf_counter()
+            self.observer.resumed(job.info, resume is not None, doc.progress.step - from_step)
+        job.started = time.perf_counter()
         try:
             with self.observer.phase("generate", pipeline=spec.pipeline, model=spec.model):
-                images = self.execute(spec, pipeline, inputs, tracker, resume, attempt, job)
-        except PermanentError as exc:
-            self.outputs.finish(tracker, JobState.failed, [], exc.info)
-            raise
+                job.images = self.execute(job)
         except JobCancelled:
             log.info("job %s cancelled at step %d", spec.id, tracker.doc.progress.step)
-            return self.outputs.finish(tracker, JobState.cancelled, [], None)
+            job.final = self.outputs.finish(tracker, JobState.cancelled, [], None)
+            return Stage.done
         except JobSuperseded:
             raise JobEnded(tracker.ended or tracker.doc) from None
         except JobInterrupted:
-            tracker.write(state=JobState.queued, phase=None, interruptions=tracker.doc.interruptions + 1)
-            if lease is not None:
-                lease.requeue()
-            log.warning("job %s interrupted at step %d and handed back", spec.id, tracker.doc.progress.step)
-            job.outcome = "interrupted"
-            return None
-        except Exception:  # the delivery fails (SQS tries again): the attempt goes on record first, if S3 answers
-            with contextlib.suppress(Exception):
-                tracker.flush()
-            raise
-        generated = time.perf_counter()
-        job.images = len(images)
+            self.handback.interrupted(job)
+            return Stage.done
+        job.mark_generated()
+        job.info.images = len(job.images)
         # A checkpoint may exist if this attempt saved one or an earlier attempt ran; else no DELETE is needed.
-        saved = attempt > 1 or spec.id in self._saved
+        job.checkpointed = attempt > 1 or spec.id in self._saved
+        return Stage.store
 
-        def store() -> StatusDoc:  # the output stage, on the output thread while the next job generates
-            stored = time.perf_counter()
-            retry = self.outputs.stage()  # one budget for the whole output stage
-            with self.observer.phase("store_outputs", images=len(images)):
-                keys = self.outputs.store_outputs(spec, images, retry)
-            final = self.outputs.finish(tracker, JobState.succeeded, keys, None, retry, checkpoint=saved)
-            log.info("job %s succeeded: pipeline %.3f s, storing and notifying %.3f s (%.3f s after the images)",
-                     spec.id, generated - started, time.perf_counter() - stored, time.perf_counter() - generated)
-            return final
-
-        return store
+    def _store(self, job: Job) -> Stage:
+        """The output stage, on the job's thread once it gave the device up (while the next job generates)."""
+        spec, tracker = job.spec, job.tracker
+        assert tracker is not None
+        stored = time.perf_counter()
+        retry = self.outputs.stage()  # one budget for the whole output stage
+        with self.observer.phase("store_outputs", images=len(job.images)):
+            keys = self.outputs.store_outputs(spec, job.images, retry)
+        job.final = self.outputs.finish(tracker, JobState.succeeded, keys, None, retry, checkpoint=job.checkpointed)
+        log.info("job %s succeeded: pipeline %.3f s, storing and notifying %.3f s (%.3f s after the images)",
+                 spec.id, job.generated - job.started, time.perf_counter() - stored,
+                 time.perf_counter() - job.generated)
+        return Stage.done
 
     @staticmethod
     def expired(spec: JobSpec) -> JobErrorInfo | None:
@@ -295,89 +331,58 @@ class JobRunner:
         log.info("job %s resumes at step %d", spec.id, state.step)
         return state, f"resumed at step {state.step} from a checkpoint"
 
-    def execute(self, spec: JobSpec, pipeline: Pipeline, inputs: BaseModel, tracker: StatusTracker,
-                resume: StepState | None, attempt: int, job: JobInfo | None = None) -> list[Image.Image]:
+    def execute(self, job: Job) -> list[Image.Image]:
+        """The pipeline's run, with its step hook (``runtime.worker.steps``). What it raises is the pipeline's
+        failure (``failures.PipelineFailed``), classified by the failure policy; a checkpoint that passed its
+        checks but does not fit the run restarts it from the beginning."""
+        spec, tracker, pipeline, inputs = job.spec, job.tracker, job.pipeline, job.inputs
+        assert tracker is not None and pipeline is not None and inputs is not None
+
         def write_progress(step: int, total: int) -> None:
             tracker.write(progress=Progress(step=step, total=total), phase="generating")
 
-        job = job or JobInfo.of(spec)
         report = ProgressWriter(write_progress, self.settings.progress_interval_s)
-        def store_checkpoint(data: bytes) -> None:
-            tracker.flush()  # the attempt goes on record before its checkpoint, so the next one looks for it
-            self.put_checkpoint(job, data)
-
-        saver = Saver(store_checkpoint)
-        fingerprint, every = spec.fingerprint(), self.settings.checkpoint_every
+        saver = Saver(functools.partial(self._store_checkpoint, job))
         clock = PhaseClock()
-
-        unsaved: list[str] = []  # why this run's state cannot be checkpointed, once a try has failed
-
-        def dump(state: Any) -> bytes | None:
-            if unsaved:
-                return None
-            try:
-                return checkpoint.dump(state(), fingerprint)
-            except CheckpointError as exc:  # the pipeline cannot save this run (its sampler, say): restart instead
-                sampler = getattr(inputs, "scheduler", None)
-                what = f"sampler {sampler}" if isinstance(sampler, str) else f"pipeline {spec.pipeline!r}"
-                unsaved.append(f"{what} cannot be checkpointed ({exc})")
-                log.warning("job %s: %s; an interruption will restart it from the beginning", spec.id, unsaved[0])
-                return None
-
-        def on_step(step: int, total: int, state: Any) -> None:
-            self.observer.step(job, step, total, clock.step(step, total))
-            report(step, total)
-            self.steplog.write(spec.id, attempt, step)
-            if tracker.ended is not None:
-                raise JobSuperseded
-            if tracker.cancel_requested:
-                raise JobCancelled
-            if state is None or step >= total:  # nothing to save, or only decoding is left: finish instead
-                return
-            if self.interruption is not None and self.interruption.requested:
-                tracker.doc.progress = Progress(step=step, total=total)
-                data = dump(state)
-                if data is None:
-                    log.warning("job %s interrupted at step %d without a checkpoint of it; the next attempt %s",
-                                spec.id, step, f"resumes at step {resume.step} again" if resume else "restarts")
-                if data is None and resume is None:  # a step-0 checkpoint tells the next attempt why it restarts
-                    data = checkpoint.dump(StepState(step=0, values={"unsaved": unsaved[0]}), fingerprint)
-                if data is not None and not saver.save(data, wait=True):
-                    log.error("job %s: the interruption checkpoint could not be stored", spec.id)
-                raise JobInterrupted
-            if every and step % every == 0 and (data := dump(state)) is not None:
-                saver.save(data)
-
+        hook = StepHook(job, self.observer, self.steplog, self.handback, report, saver, self.settings.checkpoint_every,
+                        clock)
         fetch = functools.partial(fetch_image, self.store, self.settings.store_retry_s)
         ctx = RunContext(job_id=spec.id, model=spec.model, seed=spec.seed, device=self.settings.device,
-                         models=self.models, report=on_step, fetch_image=fetch, resume_from=resume,
+                         models=self.models, report=hook, fetch_image=fetch, resume_from=job.resume,
                          on_phase=clock.mark)
         try:
-            images = pipeline.run(inputs, ctx)
-        except CheckpointError as exc:  # the checkpoint passed its checks but does not fit this run
-            if resume is None:
-                raise PermanentError("pipeline_error", f"CheckpointError: {exc}") from None
-            log.warning("job %s: checkpoint ignored: %s; restarting from the beginning", spec.id, exc)
-            ctx.resume_from = None
-            clock.reset()
-            images = pipeline.run(inputs, ctx)
-        except (PermanentError, RetryableError, ModelError, ImageRefError) as exc:
-            if isinstance(exc, PermanentError | RetryableError):
-                raise
-            raise PermanentError(getattr(exc, "code", "invalid_image"), str(exc)) from None
-        except ContractError as exc:  # an input only the model can judge (a LoRA's family, a prompt too long)
-            raise PermanentError(exc.code, exc.message, exc.field) from None
-        except Exception as exc:  # a pipeline bug or a bad input it found: both fail the same way again
-            log.exception("pipeline %s failed on job %s", spec.pipeline, spec.id)
-            raise PermanentError("pipeline_error", f"{type(exc).__name__}: {exc}") from None
+            images = self._run_pipeline(job, pipeline, inputs, ctx, clock)
         finally:
             report.close()
             saver.close()
-            self.observer.phases(job, clock.phases())
+            self.observer.phases(job.info, clock.phases())
         if not isinstance(images, list) or not images or not all(isinstance(i, Image.Image) for i in images):
             raise PermanentError("pipeline_error", f"pipeline {spec.pipeline!r} must return a non-empty list of "
                                  "PIL images")
         return images
+
+    def _run_pipeline(self, job: Job, pipeline: Pipeline, inputs: BaseModel, ctx: RunContext,
+                      clock: PhaseClock) -> Any:
+        try:
+            return pipeline.run(inputs, ctx)
+        except CheckpointError as exc:  # the checkpoint passed its checks but does not fit this run
+            if ctx.resume_from is None:
+                raise failures.PipelineFailed(failures.classify(exc, in_pipeline=True)) from exc
+            log.warning("job %s: checkpoint ignored: %s; restarting from the beginning", job.id, exc)
+            ctx.resume_from = None
+            clock.reset()
+            return pipeline.run(inputs, ctx)
+        except Exception as exc:
+            failure = failures.classify(exc, in_pipeline=True)
+            if failure.code == "pipeline_error" and not isinstance(exc, failures.PipelineFailed):
+                log.exception("pipeline %s failed on job %s", job.spec.pipeline, job.id)
+            raise failures.PipelineFailed(failure) from exc
+
+    def _store_checkpoint(self, job: Job, data: bytes) -> None:
+        """On the upload thread: the attempt goes on record before its checkpoint, so the next one looks for it."""
+        assert job.tracker is not None
+        job.tracker.flush()
+        self.put_checkpoint(job.info, data)
 
     def put_checkpoint(self, job: JobInfo, data: bytes) -> None:
         """Store a checkpoint (on the upload thread), timed for metrics and traced as a child of the job."""
