@@ -21,6 +21,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     # the compatibility routes (an API key, not IAM, in the deployed stack): the AWS sample's, SD WebUI's
     ("POST", re.compile(r"^/v1alpha2/?$"), sample.v1alpha2_handler),
     ("POST", re.compile(r"^/v1alpha1/?$"), sample.v1alpha1_handler),
+    ("GET", re.compile(r"^/sdapi/v1/spotgen/jobs/(?P<id>[^/]+)$"), sdapi.job_status),  # a job's status, by key
     ("GET", re.compile(r"^/sdapi/v1/(?P<name>[a-z0-9-]+)/?$"), sdapi.handler),
     ("POST", re.compile(r"^/sdapi/v1/(?P<name>[a-z0-9-]+)/?$"), sdapi.handler),
 ]

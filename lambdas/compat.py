@@ -15,10 +15,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lambdas.common import response
 from lambdas.submit import Queued, check, enqueue
 from runtime.config import Settings
 from runtime.contract import (
-    MAX_BODY_BYTES,
+    IMAGE_FIELDS,
     ContractError,
     JobRequest,
     Names,
@@ -32,19 +33,11 @@ from runtime.contract import (
     webui_parameters,
 )
 from runtime.contract.errors import prefixed
+from runtime.contract.inputs import MAX_SIDE
+from runtime.contract.webui_answer import base64_bytes, png_bytes_bound
 
 #: File name endings that make an alias look like what WebUI lists as a checkpoint's title.
 _FILE_ENDINGS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-
-
-def json_body(body: bytes) -> Any:
-    """The request body as JSON, or the ContractError every route gives for one that is not."""
-    if len(body) > MAX_BODY_BYTES:
-        raise ContractError("body_too_large", f"the request body is larger than {MAX_BODY_BYTES} bytes", "body")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ContractError("invalid_json", "the request body is not valid JSON", "body") from None
 
 
 def names(settings: Settings, default_model: str | None = None) -> Names:
@@ -88,10 +81,11 @@ Announce = Callable[[dict[str, Any], dict[str, Any]], SampleJob]
 def submit_webui(dep: Any, job: WebuiJob, body: Mapping[str, Any], *, job_id: str | None = None,
                  output_prefix: str | None = None, announce: Announce | None = None,
                  identity: Mapping[str, Any] | None = None, pool: str | None = None,
-                 field_prefix: str | None = None) -> Submitted:
+                 field_prefix: str | None = None, answer_limit: int | None = None) -> Submitted:
     """Queue ``job`` (from ``body``) like a native request: ContractError naming the body's field (under
     ``field_prefix``), or ``submit.Rejected``. ``identity``: what else makes two requests with one id the same
-    request (the sample's runtime and context)."""
+    request (the sample's runtime and context); ``answer_limit``: the bytes a synchronous answer with the job's
+    images may take (``check_answer_size``), checked before anything is written."""
     try:
         request = JobRequest.model_validate({"id": job_id, "pipeline": job.pipeline, "model": job.model,
                                              "inputs": dict(job.inputs), "output_prefix": output_prefix})
@@ -103,6 +97,8 @@ def submit_webui(dep: Any, job: WebuiJob, body: Mapping[str, Any], *, job_id: st
         error = webui_error(exc)
         raise prefixed(error, field_prefix) if field_prefix and error.field else error from None
     parameters, title = webui_parameters(body), titles(dep.settings).get(job.model, job.model)
+    if answer_limit is not None:
+        check_answer_size(job, inputs, body, parameters, title, answer_limit)
     digest = request_hash(request)
     if identity:
         digest = hashlib.sha256(json.dumps([digest, identity], sort_keys=True).encode()).hexdigest()
@@ -110,3 +106,46 @@ def submit_webui(dep: Any, job: WebuiJob, body: Mapping[str, Any], *, job_id: st
         lambda _job_id, seed: announce(parameters, webui_info(job, body, seed, title)))
     queued = enqueue(dep, request, inputs, now=utcnow(), expires_at=None, digest=digest, sample=sample, pool=pool)
     return Submitted(queued, parameters, webui_info(job, body, queued.seed, title))
+
+
+def webui_answer(images: list[str], parameters: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """WebUI's 200 for a generation, as the Lambda returns it: base64 images, ``parameters``, ``info`` as text."""
+    return response(200, {"images": images, "parameters": parameters, "info": json.dumps(info)})
+
+
+#: Stands for what is known only once the job is queued: its seed (10 digits, the most a WebUI seed has) and the
+#: S3 URI an inline image becomes (far longer than any).
+_SEED_PLACEHOLDER = 4_000_000_000
+_URI_PLACEHOLDER = "s3://" + "x" * 1019
+
+
+def check_answer_size(job: WebuiJob, inputs: Mapping[str, Any], body: Mapping[str, Any],
+                      parameters: dict[str, Any], title: str, limit: int) -> None:
+    """ContractError naming ``batch_size`` (or ``n_iter``, or ``width`` for one image) when the answer with the
+    job's images could exceed ``limit`` bytes: each PNG at its worst case (``png_bytes_bound``, incompressible
+    pixels) in base64, plus the answer's JSON exactly as ``webui_answer`` builds it. Decided before queueing, so a
+    job whose answer cannot be delivered never runs: on AWS a response over Lambda's limit is a 502 after the
+    job has run."""
+    count = int(inputs.get("num_images") or 1)
+    width, height = int(inputs.get("width") or MAX_SIDE), int(inputs.get("height") or MAX_SIDE)
+    seed = _SEED_PLACEHOLDER if inputs.get("seed") is None else inputs["seed"]
+    text = {"pipeline": job.pipeline, "model": job.model, "seed": seed, "index": count - 1,
+            **{key: _URI_PLACEHOLDER if key in IMAGE_FIELDS and value else value for key, value in inputs.items()}}
+    text_bytes = len(json.dumps(text, sort_keys=True, separators=(",", ":"))) + 64
+    image = base64_bytes(png_bytes_bound(width, height, text_bytes))
+
+    def answer_bytes(images: int) -> int:
+        info = webui_info(job, body, seed, title)
+        return len(json.dumps(webui_answer([""] * images, parameters, info))) + images * image
+
+    total = answer_bytes(count)
+    if total <= limit:
+        return
+    fits = next((n for n in range(count - 1, 0, -1) if answer_bytes(n) <= limit), 0)
+    field = "width" if fits == 0 else "n_iter" if (body.get("batch_size") or 1) == 1 else "batch_size"
+    advice = (f"at most {fits} image{'s' if fits > 1 else ''} of this size fit: lower batch_size x n_iter"
+              if fits else "not even one image of this size fits: lower width and height")
+    raise ContractError("answer_too_large", (
+        f"{field}: batch_size x n_iter = {count} images of width x height = {width} x {height} make an answer of "
+        f"up to {total} bytes (a PNG's worst case, {image} bytes each in base64), over Lambda's {limit}-byte "
+        f"response limit; {advice}"), field)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from lambdas import compat, telemetry
+from lambdas.body import parse_json
 from lambdas.common import Deployment, deployment, error, raw_body, response
 from lambdas.submit import Rejected
 from runtime.contract import (
@@ -26,7 +27,7 @@ from runtime.contract import (
 
 def v1alpha2(dep: Deployment, body: bytes) -> dict[str, Any]:
     try:
-        request = parse_v1alpha2(compat.json_body(body), dep.settings.runtimes)
+        request = parse_v1alpha2(parse_json(body), dep.settings.runtimes)
         runtime = dep.settings.runtimes[str(request.runtime)]
         job = request.webui_job(compat.names(dep.settings, default_model=runtime.model))
         _queue(dep, request, job, str(request.runtime), runtime.pool, "task.content")
@@ -41,7 +42,7 @@ def v1alpha1(dep: Deployment, body: bytes) -> dict[str, Any]:
     """The older flat format: no runtime is named, the checkpoint routes it (as the sample's runtimes were
     chosen by model); the notification names the runtime that runs the model, else the model itself."""
     try:
-        request = parse_v1alpha1(compat.json_body(body))
+        request = parse_v1alpha1(parse_json(body))
         job = request.webui_job(compat.names(dep.settings))
         runtime = next((name for name, rt in dep.settings.runtimes.items() if rt.model == job.model), None)
         pool = dep.settings.runtimes[runtime].pool if runtime else None

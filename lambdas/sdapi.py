@@ -2,7 +2,9 @@
 
 ``txt2img`` and ``img2img`` are synchronous in WebUI, so here they submit a spotgen job and wait for it, up to
 ``SPOTGEN_SYNC_WAIT_S`` (below API Gateway's 30 s by default). A wait that runs out is a 504 whose body and
-``Location`` name the job's ``/v1/jobs/{id}``: the job is not lost, only the answer moves. The listings come from
+``Location`` name ``/sdapi/v1/spotgen/jobs/{id}``, the job's status under the same API key (``/v1/jobs/{id}`` takes
+IAM): the job is not lost, only the answer moves. A request whose answer could exceed Lambda's 6 MB response
+limit is refused before it is queued (``compat.check_answer_size``). The listings come from
 the settings (the ids the API accepts and their aliases), and ``progress``/``interrupt`` act on the caller's
 latest job, found through a small pointer document (``callers/{caller}.json``): the caller is the API key the
 authorizer let through, else the client's address. WebUI's options are global and mutable, a default model
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import time
 from typing import Any
@@ -22,11 +23,13 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lambdas import compat, telemetry
+from lambdas import status as native
+from lambdas.body import parse_json
 from lambdas.cancel import cancel
-from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
+from lambdas.common import Deployment, deployment, error, raw_body, response
 from lambdas.submit import Rejected
 from runtime.contract import WEBUI_SAMPLERS, ContractError, JobState, StatusDoc, from_webui, utcnow
-from runtime.contract.webui_answer import SCHEDULE_LABELS
+from runtime.contract.webui_answer import LAMBDA_RESPONSE_BYTES, SCHEDULE_LABELS
 
 log = logging.getLogger("spotgen.api")
 
@@ -52,15 +55,16 @@ def generate(dep: Deployment, event: dict[str, Any], task: str) -> dict[str, Any
     settings = dep.settings
     runtime = settings.runtimes.get(settings.webui_runtime)
     try:
-        body = compat.json_body(raw_body(event))
+        body = parse_json(raw_body(event))
         job = from_webui(body, task, compat.names(settings, runtime.model if runtime else None))  # type: ignore[arg-type]
-        submitted = compat.submit_webui(dep, job, body, pool=runtime.pool if runtime else None)
+        submitted = compat.submit_webui(dep, job, body, pool=runtime.pool if runtime else None,
+                                        answer_limit=LAMBDA_RESPONSE_BYTES)
     except ContractError as exc:
         return error(400, exc.code, exc.message, exc.field)
     except Rejected as rejected:
         return rejected.response
     job_id = submitted.queued.job_id
-    url = status_url(settings, job_id)
+    url = compat_status_url(settings, job_id)
     try:  # the job is queued: from here an AWS error costs the answer (it names the job), never the job
         dep.store.put_json(_pointer_key(caller(event)), {"job_id": job_id, "submitted_at": utcnow().isoformat()})
     except (BotoCoreError, ClientError):
@@ -82,8 +86,19 @@ def generate(dep: Deployment, event: dict[str, Any], task: str) -> dict[str, Any
         return response(503, {"error": {"code": "images_unavailable", "field": None, "message": (
             f"job {job_id} succeeded, but its images could not be read ({exc}); GET {url} for them")},
             "id": job_id, "status_url": url}, {"Location": url})
-    return response(200, {"images": images, "parameters": submitted.parameters,
-                          "info": json.dumps(submitted.info)})
+    return compat.webui_answer(images, submitted.parameters, submitted.info)
+
+
+def compat_status_url(settings: Any, job_id: str) -> str:
+    """Where an API-key caller polls its job: ``GET /sdapi/v1/spotgen/jobs/{id}``, behind the same authorizer."""
+    return f"{settings.public_url.rstrip('/')}/sdapi/v1/spotgen/jobs/{job_id}"
+
+
+def job_status(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """``GET /sdapi/v1/spotgen/jobs/{id}``: what ``GET /v1/jobs/{id}`` answers, for the compatibility routes'
+    callers (an API key, not IAM); any key reads any job by its id, as the sample's output location is shared."""
+    with telemetry.span("spotgen.sdapi.status", "SERVER", event.get("headers")):
+        return native.status(deployment(), (event.get("pathParameters") or {}).get("id", ""), compat_status_url)
 
 
 def wait(dep: Deployment, job_id: str, seconds: float) -> StatusDoc | None:
@@ -168,7 +183,7 @@ def options(dep: Deployment) -> dict[str, Any]:
 def set_options(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
     """Accepts what changes nothing (clients set the model they already have); refuses any change, naming it."""
     try:
-        body = compat.json_body(raw_body(event))
+        body = parse_json(raw_body(event))
     except ContractError as exc:
         return error(400, exc.code, exc.message, exc.field)
     if not isinstance(body, dict):

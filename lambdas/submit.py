@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -24,6 +23,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lambdas import outbox, schemas, telemetry
+from lambdas.body import parse_json
 from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
 from lambdas.outbox import publish  # noqa: F401 - where callers found it before lambdas/outbox.py
 from lambdas.sweep import SWEEP_BOUND_S
@@ -31,7 +31,6 @@ from runtime.config import Settings
 from runtime.contract import (
     BUILTIN_PIPELINES,
     IMAGE_FIELDS,
-    MAX_BODY_BYTES,
     ContractError,
     GenerationInputs,
     JobRequest,
@@ -53,13 +52,7 @@ log = logging.getLogger("spotgen.api")
 
 def parse(body: bytes, dep: Deployment) -> tuple[JobRequest, dict[str, Any]]:
     """The request and its validated inputs (as plain JSON), or ContractError."""
-    if len(body) > MAX_BODY_BYTES:
-        raise ContractError("body_too_large", f"the request body is larger than {MAX_BODY_BYTES} bytes", "body")
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ContractError("invalid_json", "the request body is not valid JSON", "body") from None
-    request = parse_request(data)
+    request = parse_request(parse_json(body))  # lambdas.body: the one parser every route shares
     return request, check(dep, request)
 
 

@@ -14,6 +14,7 @@ exponential for DPM++ 2M SDE; a suffix in the name ("DPM++ 2M Karras", the names
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -118,6 +119,8 @@ def _get(body: Mapping[str, Any], key: str, default: Any) -> Any:
 
 
 def _typed(value: Any, kind: str, field: str) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):  # not JSON (RFC 8259); a caller may not parse it
+        raise ContractError("invalid_number", f"{field}: {value} is not a JSON number (no NaN or infinities)", field)
     if not _KINDS[kind][0](value):
         raise ContractError("invalid_field", f"{field}: must be {_KINDS[kind][1]}, not {json_type(value)}", field)
     return value

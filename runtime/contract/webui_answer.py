@@ -122,3 +122,34 @@ def webui_error(exc: ContractError) -> ContractError:
     webui = _WEBUI_FIELDS[known] + field[len(known):]
     return ContractError(exc.code, exc.message.replace(field, webui, 1) if field in exc.message else exc.message,
                          webui)
+
+
+#: Lambda's synchronous response payload limit, 6 MB: the invocation's whole JSON answer (status, headers and the
+#: body as an escaped string). A larger one is a Lambda error, and API Gateway answers 502 to the client.
+LAMBDA_RESPONSE_BYTES = 6 * 1024 * 1024
+#: What a PNG holds besides its image data, at most: signature (8), IHDR (25), IEND (12), the ``parameters``
+#: tEXt chunk's framing and keyword (23) and zlib's header and checksum (6), with room to spare.
+PNG_FIXED_BYTES = 1024
+#: PIL writes the image data in IDAT chunks of 64 KiB, 12 bytes of framing each; the bound allows one per 8 KiB.
+IDAT_CHUNK_BYTES = 8 * 1024
+
+
+def deflate_bytes_bound(size: int) -> int:
+    """zlib's own worst case for deflating ``size`` bytes with any settings (``deflateBound``'s conservative bound:
+    fixed-Huffman blocks, 9 bits a literal, about 13.3% over). Its tight bound (0.03%) holds only for zlib's
+    default memory level, which PIL does not use: random pixels measure 0.1 to 0.2% over, beyond the tight one."""
+    return size + (size >> 3) + (size >> 8) + (size >> 9) + 4
+
+
+def png_bytes_bound(width: int, height: int, text_bytes: int = 0) -> int:
+    """The most bytes an 8-bit RGB PNG of ``width`` x ``height`` can take, whatever its pixels: the rows are 3
+    bytes a pixel and a filter byte each, deflated (``deflate_bytes_bound``), in IDAT chunks; ``text_bytes``: the
+    ``parameters`` text chunk (``runtime.worker.images.encode_png``), stored uncompressed. About 3.4 bytes a
+    pixel, 4.5 once in base64."""
+    data = deflate_bytes_bound(height * (1 + 3 * width))
+    return data + 12 * (data // IDAT_CHUNK_BYTES + 1) + PNG_FIXED_BYTES + text_bytes
+
+
+def base64_bytes(size: int) -> int:
+    """The length of ``size`` bytes in base64: 4 characters for every 3 bytes begun."""
+    return 4 * ((size + 2) // 3)

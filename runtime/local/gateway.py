@@ -5,6 +5,22 @@ Lambda REQUEST authorizer, payload 2.0 with simple responses: ``lambdas.authoriz
 are authorized first, answering as API Gateway does: 401 without the identity header, 403 when refused, 500 when
 the authorizer fails; an authorized request reaches the handler with the authorizer's context at
 ``requestContext.authorizer.lambda``.
+
+It also keeps AWS's limits, answering as API Gateway does where AWS would (HTTP API quotas; Lambda quotas), so
+that local tests see what a deployment does:
+
+- a body over 10 MB (``MAX_PAYLOAD_BYTES``, HTTP API's payload quota): 413, ``HTTP content length exceeded
+  10485760 bytes.``, without reading it;
+- an event over 6 MB (``LAMBDA_REQUEST_BYTES``, Lambda's synchronous request quota): 413 ``{"message": "Request Too
+  Long"}``, and the handler is not called;
+- a handler's answer over 6 MB (``LAMBDA_RESPONSE_BYTES``, as Lambda serializes it): 502 ``{"message": "Internal
+  Server Error"}``, although the handler ran;
+- a handler still running after 30 s (``INTEGRATION_TIMEOUT_S``, HTTP API's integration timeout): 503
+  ``{"message": "Service Unavailable"}``; the handler runs on, as the Lambda does until its own timeout;
+- a ``Content-Length`` that is not a number of bytes, or two that differ: 400 ``{"message": "Bad Request"}``; a body
+  shorter than announced, the client having gone: nothing runs;
+- a method the API has no route for (HEAD, OPTIONS, ...): 404 ``{"message": "Not Found"}``;
+- a repeated header reaches the handler (and the authorizer) as one, its values joined by commas (payload 2.0).
 """
 
 from __future__ import annotations
@@ -26,6 +42,22 @@ log = logging.getLogger("spotgen.gateway")
 
 #: API Gateway's own payload limit; larger bodies are refused before a handler sees them.
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+#: Lambda's synchronous invocation payload limits, the event and the answer as JSON: 6 MB each.
+LAMBDA_REQUEST_BYTES = 6 * 1024 * 1024
+LAMBDA_RESPONSE_BYTES = 6 * 1024 * 1024
+#: An HTTP API's integration timeout (not configurable above 30 s).
+INTEGRATION_TIMEOUT_S = 30.0
+#: The methods the API's routes take; any other matches no route on API Gateway.
+ROUTED_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+
+
+def joined_headers(message: Any) -> dict[str, str]:
+    """Header names lowercased, a repeated header's values joined with commas: what payload 2.0 gives a Lambda
+    (``message``: an ``email.message.Message``, as ``BaseHTTPRequestHandler.headers`` is)."""
+    joined: dict[str, list[str]] = {}
+    for name, value in message.items():
+        joined.setdefault(name.lower(), []).append(value)
+    return {name: ",".join(values) for name, values in joined.items()}
 
 
 def to_event(method: str, target: str, headers: dict[str, str], body: bytes, source_ip: str) -> dict[str, Any]:
@@ -48,6 +80,28 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes, sou
         "body": text or None,
         "isBase64Encoded": encoded,
     }
+
+
+def run_with_timeout(handler: Handler, event: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+    """The handler's answer, or None when it is still running after ``timeout_s`` (it is left to finish, as
+    Lambda lets a function run on after API Gateway gave up); an exception propagates."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["answer"] = handler(event, None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="lambda-invocation", daemon=True).start()
+    if not done.wait(timeout_s):
+        return None
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["answer"]
 
 
 def gateway_error(status: int, message: str) -> dict[str, Any]:
@@ -80,9 +134,11 @@ def authorized(event: dict[str, Any], authorize: Handler,
 
 
 def make_server(handler: Handler, host: str = "127.0.0.1", port: int = 8080, authorize: Handler | None = None,
-                guarded: re.Pattern[str] | None = None, identity_header: str = "x-api-key") -> ThreadingHTTPServer:
+                guarded: re.Pattern[str] | None = None, identity_header: str = "x-api-key",
+                integration_timeout_s: float = INTEGRATION_TIMEOUT_S) -> ThreadingHTTPServer:
     """The gateway on ``host:port``. ``authorize`` runs first on the paths ``guarded`` matches (by default the
-    compatibility routes, ``lambdas.authorizer.COMPAT_PATH_RE``); without it every path goes straight on."""
+    compatibility routes, ``lambdas.authorizer.COMPAT_PATH_RE``); without it every path goes straight on.
+    ``integration_timeout_s``: API Gateway's 30 s (tests shorten it rather than wait)."""
     if authorize is not None and guarded is None:
         from lambdas.authorizer import COMPAT_PATH_RE
 
@@ -91,22 +147,68 @@ def make_server(handler: Handler, host: str = "127.0.0.1", port: int = 8080, aut
     class RequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def _refuse(self, status: int, message: str, close: bool = True) -> None:
+            answer = gateway_error(status, message)
+            self._send(status, answer["headers"], answer["body"].encode())
+            self.close_connection = self.close_connection or close
+
+        def _length(self) -> int | None:
+            """The body's announced length; None (and a 400 sent) when it is not one number of bytes."""
+            values = {value.strip() for value in self.headers.get_all("content-length") or []}
+            if not values:
+                return 0
+            if len(values) > 1 or not all(value.isdigit() for value in values):
+                self._refuse(400, "Bad Request")
+                return None
+            return int(values.pop())
+
         def _dispatch(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
+            length = self._length()
+            if length is None:
+                return
             if length > MAX_PAYLOAD_BYTES:
-                self._send(413, {"content-type": "application/json"},
-                           b'{"error":{"code":"payload_too_large","message":"request body over 10 MB","field":"body"}}')
+                self._send(413, {"content-type": "text/plain; charset=utf-8"},
+                           f"HTTP content length exceeded {MAX_PAYLOAD_BYTES} bytes.".encode())
                 self.close_connection = True
                 return
             body = self.rfile.read(length) if length else b""
-            event = to_event(self.command, self.path, dict(self.headers), body, self.client_address[0])
+            if len(body) < length:  # the client went away mid-body: there is no request to run
+                self.close_connection = True
+                return
+            if self.command not in ROUTED_METHODS:
+                self._refuse(404, "Not Found", close=False)
+                return
+            event = to_event(self.command, self.path, joined_headers(self.headers), body, self.client_address[0])
+            if len(json.dumps(event)) > LAMBDA_REQUEST_BYTES:
+                self._refuse(413, "Request Too Long", close=False)
+                return
             refused: dict[str, Any] | None = None
             if authorize is not None and guarded is not None and guarded.match(event["rawPath"]):
                 event, refused = authorized(event, authorize, identity_header)
-            result = refused if refused is not None else handler(event, None)
+            result = refused if refused is not None else self._invoke(event)
+            if result is None:
+                return
             payload = result.get("body") or ""
             data = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
             self._send(int(result.get("statusCode", 200)), result.get("headers") or {}, data)
+
+        def _invoke(self, event: dict[str, Any]) -> dict[str, Any] | None:
+            """The handler's answer within API Gateway's limits; None when a refusal was sent instead."""
+            try:
+                result = run_with_timeout(handler, event, integration_timeout_s)
+            except Exception:  # noqa: BLE001 - as on AWS: a function error is a 500, and its log says why
+                log.exception("the handler failed")
+                self._refuse(500, "Internal Server Error", close=False)
+                return None
+            if result is None:
+                log.error("the handler ran past the %g s integration timeout", integration_timeout_s)
+                self._refuse(503, "Service Unavailable", close=False)
+                return None
+            if len(json.dumps(result)) > LAMBDA_RESPONSE_BYTES:
+                log.error("the handler's answer is over Lambda's %d-byte response limit", LAMBDA_RESPONSE_BYTES)
+                self._refuse(502, "Internal Server Error", close=False)
+                return None
+            return result
 
         def _send(self, status: int, headers: dict[str, str], data: bytes) -> None:
             self.send_response(status)
@@ -114,9 +216,10 @@ def make_server(handler: Handler, host: str = "127.0.0.1", port: int = 8080, aut
                 self.send_header(key, value)
             self.send_header("content-length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
             pass

@@ -241,3 +241,16 @@ def test_img2img_features_at_other_values_than_their_defaults_are_refused(field:
 def test_eta_other_than_the_one_the_sampler_runs_at_is_refused(sampler: str, eta: float) -> None:
     error = refused(webuiapi_txt2img(sampler_name=sampler, eta=eta))
     assert (error.code, error.field) == ("unsupported_field", "eta")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_infinities_are_refused_naming_the_field(value: float) -> None:
+    """Not JSON (RFC 8259), so no route's parser lets them through (lambdas/body.py); a caller of the contract that
+    parses otherwise still gets a refusal naming the field, not a KeyError (eta) or an OverflowError (int())."""
+    for body, field in ((webuiapi_txt2img(sampler_name="Euler a", eta=value), "eta"),
+                        (webuiapi_txt2img(cfg_scale=value), "cfg_scale"),
+                        (webuiapi_txt2img(alwayson_scripts={"controlnet": {"args": [unit(
+                            module="canny", threshold_a=value)]}}),
+                         "alwayson_scripts.controlnet.args.0.threshold_a")):
+        error = refused(body)
+        assert (error.code, error.field) == ("invalid_number", field), error.as_dict()

@@ -161,12 +161,19 @@ def test_bad_request_is_400_naming_the_field(stack: Stack, spy: str, case: str, 
 @pytest.mark.parametrize(("data", "code"), [
     (b"{not json", "invalid_json"),
     (b"\xff\xfe\x00garbage", "invalid_json"),
-    (b"{" + b" " * (7 * 1024 * 1024) + b"}", "body_too_large"),
 ])
 def test_unparseable_body_is_400(stack: Stack, spy: str, data: bytes, code: str) -> None:
     before = snapshot(stack)
     status, answer = post_raw(stack, data)
     assert (status, answer["error"]["code"], answer["error"]["field"]) == (400, code, "body")
+    assert_nothing_written(stack, spy, before)
+
+
+def test_a_body_over_lambdas_request_limit_never_reaches_the_handler(stack: Stack, spy: str) -> None:
+    """As on AWS: the event would be over Lambda's 6 MB, so the gateway answers 413 itself."""
+    before = snapshot(stack)
+    status, answer = post_raw(stack, b"{" + b" " * (7 * 1024 * 1024) + b"}")
+    assert (status, answer) == (413, {"message": "Request Too Long"})
     assert_nothing_written(stack, spy, before)
 
 

@@ -130,8 +130,11 @@ def test_a_wait_that_runs_out_is_a_504_naming_the_job_which_still_finishes(stack
     answer = sdapi.generate(dep, event, "txt2img")
     body = json.loads(answer["body"])
     assert answer["statusCode"] == 504 and body["error"]["code"] == "still_running"
-    assert answer["headers"]["Location"] == body["status_url"] == f"{stack.api_url}/v1/jobs/{body['id']}"
+    url = f"{stack.api_url}/sdapi/v1/spotgen/jobs/{body['id']}"  # behind the API key, as the route it answers
+    assert answer["headers"]["Location"] == body["status_url"] == url
     assert wait_for(stack.api_url, body["id"])["state"] == "succeeded"
+    status, doc = call("GET", url)
+    assert status == 200 and doc["state"] == "succeeded" and doc["status_url"] == url and len(doc["outputs"]) == 1
 
 
 

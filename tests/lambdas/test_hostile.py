@@ -1,0 +1,134 @@
+"""Hostile requests (tests/lambdas/hostile_cases.py) against every route that takes a body, over HTTP through the
+local gateway with the production authorizer and handlers on the real emulator: each gets a 4xx naming what is
+wrong, and nothing is stored (both buckets stay empty) or queued (the work queue stays empty).
+
+The stack has no worker: nothing should reach one. Before these checks, ``NaN`` raised ``KeyError`` in WebUI's
+``eta`` lookup, ``1e400`` an ``OverflowError``, nesting 10,000 deep a ``RecursionError`` and a 5,000-digit integer a
+``ValueError``, each a Lambda error (a 500) on AWS; a context holding NaN was stored as null.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lambdas import authorizer
+from lambdas.common import deployment
+from runtime.config import Settings
+from runtime.local.devstack import DevStack
+from tests.lambdas.hostile_cases import CONTEXT_NAN, ROUTES, TOO_LARGE_AN_ANSWER, VALUES, WHOLES, Route
+
+KEY = "hostile-test-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def api(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """``spotgen dev`` in this process without workers, its compatibility routes behind an API key."""
+    saved = dict(os.environ)
+    settings = Settings(models_dir=tiny_models, models=["tiny-sd"], poll_wait_s=1)
+    stack = DevStack(settings, port=0, aws_port=0, workers=0, log_dir=tmp_path_factory.mktemp("hostile"),
+                     api_key=KEY)
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        deployment.cache_clear()  # the warm "Lambdas" of this stack: a later test must not inherit them
+        authorizer.keys.cache_clear()
+
+
+def post(api: DevStack, path: str, body: bytes, headers: dict[str, str] | None = None,
+         method: str = "POST") -> tuple[int, Any]:
+    host, port = api.api_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request(method, path, body=body, headers={"content-type": "application/json", **(headers or {})})
+        answer = connection.getresponse()
+        data = answer.read()
+        return answer.status, json.loads(data) if data else None
+    finally:
+        connection.close()
+
+
+def keyed(route: Route) -> dict[str, str]:
+    return {"x-api-key": KEY} if route.keyed else {}
+
+
+def refused(status: int, answer: Any, code: str, field: str, what: str) -> None:
+    assert 400 <= status < 500, f"{what}: {status} {answer}"
+    error = answer["error"]
+    assert (error["code"], error["field"]) == (code, field), f"{what}: {answer}"
+    assert field in error["message"] or field == "body", f"{what}: the message names no field: {answer}"
+
+
+def nothing_kept(api: DevStack) -> None:
+    """Both buckets empty and no message in any queue: no job was stored, queued or half-written."""
+    from runtime.storage import aws
+
+    settings = api.settings
+    s3, sqs = aws.client("s3", settings), aws.client("sqs", settings)
+    for bucket in {settings.input_bucket, settings.output_bucket}:
+        assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0, f"{bucket} is not empty"
+    counts = sqs.get_queue_attributes(QueueUrl=settings.queue_url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    assert set(counts.values()) == {"0"}, counts
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=[r.path for r in ROUTES])
+def test_hostile_values_are_refused_naming_their_field(api: DevStack, route: Route) -> None:
+    for case in VALUES:
+        status, answer = post(api, route.path, route.place(case.key, case.value), keyed(route))
+        refused(status, answer, case.code, case.field(route.prefix), f"{route.path} {case.name}")
+    if route.context is not None:
+        key, field = route.context
+        status, answer = post(api, route.path, route.place(key, CONTEXT_NAN), keyed(route))
+        refused(status, answer, "invalid_number", f"{field}.score", f"{route.path} context with NaN")
+    for whole in WHOLES:
+        status, answer = post(api, route.path, whole.body, keyed(route))
+        refused(status, answer, whole.code, "body", f"{route.path} {whole.name}")
+    nothing_kept(api)
+
+
+def test_an_answer_that_cannot_fit_lambdas_response_is_refused_before_queueing(api: DevStack) -> None:
+    """8 PNGs of 1536 x 1536 would succeed and then be a 502 on AWS; 1 of 1024 x 1024 fits, 2 do not."""
+    status, answer = post(api, "/sdapi/v1/txt2img", json.dumps(TOO_LARGE_AN_ANSWER).encode(), {"x-api-key": KEY})
+    refused(status, answer, "answer_too_large", "width", "8 x 1536²")  # not even one of that size fits
+    for key in ("batch_size", "n_iter", "width", "height", "response limit"):
+        assert key in answer["error"]["message"], answer
+    status, answer = post(api, "/sdapi/v1/txt2img", json.dumps(
+        {**TOO_LARGE_AN_ANSWER, "batch_size": 2, "width": 1024, "height": 1024}).encode(), {"x-api-key": KEY})
+    refused(status, answer, "answer_too_large", "batch_size", "2 x 1024²")
+    assert "at most 1 image of this size" in answer["error"]["message"], answer
+    status, answer = post(api, "/sdapi/v1/txt2img", json.dumps(
+        {**TOO_LARGE_AN_ANSWER, "batch_size": 1, "n_iter": 3, "width": 768, "height": 768}).encode(),
+        {"x-api-key": KEY})
+    refused(status, answer, "answer_too_large", "n_iter", "3 x 768²")
+    nothing_kept(api)
+
+
+def test_the_gateway_refuses_what_api_gateway_and_lambda_refuse(api: DevStack) -> None:
+    route = ROUTES[3]  # /sdapi/v1/txt2img, behind the key
+    body = route.place("prompt", '"a fox"')
+    assert post(api, route.path, body, {"x-api-key": f"{KEY},{KEY}"})[0] == 403  # one key, sent as two values
+    host, port = api.api_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:  # the header twice, as a client may send it: API Gateway joins them with a comma, so no key matches
+        connection.putrequest("POST", route.path)
+        for name, value in (("x-api-key", KEY), ("x-api-key", KEY), ("content-length", str(len(body)))):
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        answer = connection.getresponse()
+        assert (answer.status, json.loads(answer.read())) == (403, {"message": "Forbidden"})
+    finally:
+        connection.close()
+    for path in ("/v1/jobs", "/sdapi/v1/txt2img"):
+        assert post(api, path, b"", {"x-api-key": KEY}, method="HEAD")[0] == 404
+    assert post(api, "/v1/jobs", b" " * (7 * 1024 * 1024)) == (413, {"message": "Request Too Long"})
+    nothing_kept(api)
