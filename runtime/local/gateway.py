@@ -16,7 +16,9 @@ that local tests see what a deployment does:
 - a handler's answer over 6 MB (``LAMBDA_RESPONSE_BYTES``, as Lambda serializes it): 502 ``{"message": "Internal
   Server Error"}``, although the handler ran;
 - a handler still running after 30 s (``INTEGRATION_TIMEOUT_S``, HTTP API's integration timeout): 503
-  ``{"message": "Service Unavailable"}``; the handler runs on, as the Lambda does until its own timeout;
+  ``{"message": "Service Unavailable"}``; the handler runs on, as the Lambda does until its own timeout. Where
+  the synchronous WebUI routes are set to wait longer (``SPOTGEN_SYNC_WAIT_S``: ``spotgen dev`` waits 600 s for a
+  CPU's slow jobs), the gateway waits that long and 5 s more (``integration_timeout``); set 25 s for AWS's;
 - a ``Content-Length`` that is not a number of bytes, or two that differ: 400 ``{"message": "Bad Request"}``; a body
   shorter than announced, the client having gone: nothing runs;
 - a method the API has no route for (HEAD, OPTIONS, ...): 404 ``{"message": "Not Found"}``;
@@ -28,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import threading
 import uuid
@@ -47,6 +50,8 @@ LAMBDA_REQUEST_BYTES = 6 * 1024 * 1024
 LAMBDA_RESPONSE_BYTES = 6 * 1024 * 1024
 #: An HTTP API's integration timeout (not configurable above 30 s).
 INTEGRATION_TIMEOUT_S = 30.0
+#: What a handler that waits ``SPOTGEN_SYNC_WAIT_S`` needs beyond it to answer.
+SYNC_WAIT_MARGIN_S = 5.0
 #: The methods the API's routes take; any other matches no route on API Gateway.
 ROUTED_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 
@@ -80,6 +85,17 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes, sou
         "body": text or None,
         "isBase64Encoded": encoded,
     }
+
+
+def integration_timeout() -> float:
+    """API Gateway's 30 s, or the synchronous routes' configured wait (``SPOTGEN_SYNC_WAIT_S``, read per request as
+    the handlers read it) and ``SYNC_WAIT_MARGIN_S`` where that is longer: ``spotgen dev`` chose a long wait, and a
+    gateway cutting it at 30 s would turn every slow CPU job into a 503."""
+    try:
+        wait = float(os.environ.get("SPOTGEN_SYNC_WAIT_S") or 0)
+    except ValueError:
+        wait = 0.0
+    return max(INTEGRATION_TIMEOUT_S, wait + SYNC_WAIT_MARGIN_S)
 
 
 def run_with_timeout(handler: Handler, event: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
@@ -135,10 +151,10 @@ def authorized(event: dict[str, Any], authorize: Handler,
 
 def make_server(handler: Handler, host: str = "127.0.0.1", port: int = 8080, authorize: Handler | None = None,
                 guarded: re.Pattern[str] | None = None, identity_header: str = "x-api-key",
-                integration_timeout_s: float = INTEGRATION_TIMEOUT_S) -> ThreadingHTTPServer:
+                integration_timeout_s: float | None = None) -> ThreadingHTTPServer:
     """The gateway on ``host:port``. ``authorize`` runs first on the paths ``guarded`` matches (by default the
     compatibility routes, ``lambdas.authorizer.COMPAT_PATH_RE``); without it every path goes straight on.
-    ``integration_timeout_s``: API Gateway's 30 s (tests shorten it rather than wait)."""
+    ``integration_timeout_s``: by default ``integration_timeout()`` (tests shorten it rather than wait)."""
     if authorize is not None and guarded is None:
         from lambdas.authorizer import COMPAT_PATH_RE
 
@@ -194,14 +210,15 @@ def make_server(handler: Handler, host: str = "127.0.0.1", port: int = 8080, aut
 
         def _invoke(self, event: dict[str, Any]) -> dict[str, Any] | None:
             """The handler's answer within API Gateway's limits; None when a refusal was sent instead."""
+            timeout_s = integration_timeout_s if integration_timeout_s is not None else integration_timeout()
             try:
-                result = run_with_timeout(handler, event, integration_timeout_s)
+                result = run_with_timeout(handler, event, timeout_s)
             except Exception:  # noqa: BLE001 - as on AWS: a function error is a 500, and its log says why
                 log.exception("the handler failed")
                 self._refuse(500, "Internal Server Error", close=False)
                 return None
             if result is None:
-                log.error("the handler ran past the %g s integration timeout", integration_timeout_s)
+                log.error("the handler ran past the %g s integration timeout", timeout_s)
                 self._refuse(503, "Service Unavailable", close=False)
                 return None
             if len(json.dumps(result)) > LAMBDA_RESPONSE_BYTES:

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from runtime.local.gateway import LAMBDA_RESPONSE_BYTES, MAX_PAYLOAD_BYTES, make_server, serve_in_thread
+from runtime.local.gateway import (
+    LAMBDA_RESPONSE_BYTES,
+    MAX_PAYLOAD_BYTES,
+    integration_timeout,
+    make_server,
+    serve_in_thread,
+)
 
 
 class Recorder:
@@ -151,3 +157,14 @@ def test_a_repeated_header_reaches_the_handler_joined_with_commas(gateway: Any) 
     assert handler.events[0]["headers"]["x-api-key"] == "one,two"
     assert handler.events[0]["headers"]["x-other"] == "3"
     assert json.loads(json.dumps(handler.events[0]))["body"] is None
+
+
+@pytest.mark.parametrize(("wait", "timeout"), [(None, 30.0), ("25", 30.0), ("600", 605.0), ("soon", 30.0)])
+def test_the_integration_timeout_is_api_gateways_unless_the_sync_wait_is_longer(
+        monkeypatch: pytest.MonkeyPatch, wait: str | None, timeout: float) -> None:
+    """AWS's 30 s for a deployment's 25 s wait; ``spotgen dev``'s 600 s wait (slow CPU jobs) gets its 5 s margin."""
+    if wait is None:
+        monkeypatch.delenv("SPOTGEN_SYNC_WAIT_S", raising=False)
+    else:
+        monkeypatch.setenv("SPOTGEN_SYNC_WAIT_S", wait)
+    assert integration_timeout() == timeout
