@@ -25,7 +25,8 @@ GROUPS = {
                 "tests/worker/test_progress.py"],
     "outages": ["tests/worker/test_handoff.py", "tests/worker/test_outages.py", "tests/worker/test_outage_budget.py",
                 "tests/worker/test_requests.py"],
-    "interrupt": ["tests/worker/test_interrupt_resume.py", "tests/worker/test_cancel_expiry_retries.py"],
+    "interrupt": ["tests/worker/test_interrupt_resume.py", "tests/worker/test_cancel_expiry_retries.py",
+                  "tests/worker/test_shutdown_deadline.py"],
     "compat": ["tests/lambdas/test_compat_sample.py", "tests/lambdas/test_compat_webui.py",
                "tests/lambdas/test_webuiapi.py"],
 }

@@ -296,15 +296,14 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
         raise SystemExit(f"spotgen worker: cannot start: {exc}") from None
     ops.health.preloaded()
 
-    def on_shutdown(sig: str = "", how: str = "", **_: Any) -> None:  # from Celery's own signal handler
-        app.spotgen.interruption.request(f"{sig or 'signal'}, {how.lower() or 'warm'} shutdown")
-
     def on_stopped(**_: Any) -> None:  # the consumer has stopped; the jobs in hand end (interrupted or stored)
         if hooks.handoff is not None and hooks.handoff.busy:
             log.info("waiting for the jobs in hand before exiting")
             hooks.handoff.wait()
 
-    signals.worker_shutting_down.connect(on_shutdown, weak=False)
+    # Called from Celery's own signal handler: it only records the signal (runtime.worker.interrupt)
+    signals.worker_shutting_down.connect(hooks.interruption.on_worker_shutting_down, weak=False)
+    hooks.interruption.last_resort = True  # this process is the worker's: faulthandler may end it
     signals.worker_shutdown.connect(on_stopped, weak=False)
     if settings.imds_poll_s:
         watch_imds(settings.imds_url, settings.imds_poll_s)
@@ -313,3 +312,4 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     if settings.log_format == "json":
         argv.insert(0, "--quiet")  # no banner on stdout: every line there is a JSON object
     app.worker_main(argv + (extra_argv or []))
+    hooks.interruption.stopped()  # after an interruption, no interpreter teardown: it could outlast the deadline

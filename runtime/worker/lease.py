@@ -11,6 +11,12 @@ extension comes at once when the queue's own timeout is longer than the lease; w
 An interrupted job is handed back as a *new* message (same body and attributes) before the original is
 acked: it is visible at once, and the interruption does not count as a failed receive toward the
 dead-letter queue's maxReceiveCount, which a spot fleet would otherwise exhaust.
+
+No lock is held across an SQS call: a call can take minutes (botocore's 5 attempts of up to 30 s each, or an
+answer trickled a byte at a time), and a forced exit must not wait for it. The lock only makes the hand-back
+happen once. During an interruption the hand-back gets the time left before the forced exit starts
+(``budget``, set by ``Interruption.hold``; ``runtime.worker.watchdog.bounded``), and ``release`` (the forced
+exit's) runs on a thread the forced exit stops waiting for at the deadline.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 from runtime.ops.observe import NOOP, Observer
 from runtime.storage.retry import backoff
+from runtime.worker.watchdog import bounded
 
 log = logging.getLogger("spotgen.lease")
 
@@ -40,7 +47,11 @@ class Lease:
         self.heartbeat_s, self.lease_s, self.max_job_s = heartbeat_s, lease_s, max_job_s
         self.extensions = 0
         self.handed_back = False
-        self._lock = threading.Lock()
+        #: Seconds left for the hand-back (``Interruption.call_budget``, set by ``Interruption.hold``); None: no
+        #: interruption under way, no bound.
+        self.budget: Callable[[], float | None] = lambda: None
+        self._handing_back = False
+        self._lock = threading.Lock()  # the hand-back's check-and-set only; never held across an SQS call
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -68,7 +79,7 @@ class Lease:
         """Stop extending (the message is then deleted, or left to come back when its visibility runs out)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(self.budget())  # an extension hanging on SQS holds a shutdown no longer than that
 
     def __enter__(self) -> Lease:
         self.start()
@@ -97,46 +108,56 @@ class Lease:
 
     def extend(self) -> bool:
         """One visibility extension; False when it failed (the heartbeat tries again)."""
-        with self._lock:
-            if self.handed_back:
-                return True
-            try:
-                self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=self.raw["ReceiptHandle"],
-                                                   VisibilityTimeout=self.lease_s)
-                self.extensions += 1
-                self.observer.heartbeat(True)
-                return True
-            except Exception as exc:  # noqa: BLE001 - tried again soon; the job itself is unaffected
-                log.warning("could not extend the visibility of message %s: %s: %s", self.raw.get("MessageId"),
-                            type(exc).__name__, exc)
-                self.observer.heartbeat(False)
-                return False
+        if self.handed_back or self._stop.is_set():
+            return True
+        try:
+            self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=self.raw["ReceiptHandle"],
+                                               VisibilityTimeout=self.lease_s)
+            self.extensions += 1
+            self.observer.heartbeat(True)
+            return True
+        except Exception as exc:  # noqa: BLE001 - tried again soon; the job itself is unaffected
+            log.warning("could not extend the visibility of message %s: %s: %s", self.raw.get("MessageId"),
+                        type(exc).__name__, exc)
+            self.observer.heartbeat(False)
+            return False
 
     def requeue(self) -> None:
         """Send the job again as a new message, visible once this worker's own receive in flight has ended (at
-        once when none is); the caller then acks the original."""
+        once when none is); the caller then acks the original. During an interruption the call gets the time
+        left before the forced exit starts, and raises ``TimeoutError`` past it (the caller then leaves the
+        original to come back after its lease)."""
         with self._lock:
             if self.handed_back:
                 return
+            if self._handing_back:  # never two at once: the caller must not ack the original on this one's word
+                raise RuntimeError(f"message {self.raw.get('MessageId')} is being handed back already")
+            self._handing_back = True
+        try:
             attributes = {name: {"DataType": value["DataType"], "StringValue": value["StringValue"]}
                           for name, value in (self.raw.get("MessageAttributes") or {}).items()
                           if "StringValue" in value}
             delay = self.copy_delay()
-            sent = self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=self.raw["Body"],
-                                         MessageAttributes=attributes, DelaySeconds=delay)
+            sent = bounded(lambda: self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=self.raw["Body"],
+                                                         MessageAttributes=attributes, DelaySeconds=delay),
+                           self.budget(), f"handing message {self.raw.get('MessageId')} back")
             self.handed_back = True
-            log.info("message %s handed back as message %s%s", self.raw.get("MessageId"), sent.get("MessageId"),
-                     f", visible in {delay} s (once this worker's last receive has ended)" if delay else "")
+        finally:
+            self._handing_back = False
+        log.info("message %s handed back as message %s%s", self.raw.get("MessageId"), sent.get("MessageId"),
+                 f", visible in {delay} s (once this worker's last receive has ended)" if delay else "")
 
     def release(self) -> None:
         """Make the original message visible again as soon as this worker's own receive in flight has ended
-        (forced exit: there is no time to ack it after a copy)."""
-        with self._lock:
-            if self.handed_back:
-                return
-            try:
-                self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=self.raw["ReceiptHandle"],
-                                                   VisibilityTimeout=self.copy_delay())
-                self.handed_back = True
-            except Exception:  # noqa: BLE001 - then it comes back when the lease runs out
-                log.warning("could not release message %s", self.raw.get("MessageId"), exc_info=True)
+        (forced exit: there is no time to ack it after a copy). Takes no lock: the forced exit calls it on a
+        thread it stops waiting for at the deadline, whatever a hand-back in flight is doing (if both land, the
+        job is delivered twice, which the exactly-once rules absorb)."""
+        if self.handed_back:
+            return
+        self._stop.set()  # no extension after this one
+        try:
+            self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=self.raw["ReceiptHandle"],
+                                               VisibilityTimeout=self.copy_delay())
+            self.handed_back = True
+        except Exception:  # noqa: BLE001 - then it comes back when the lease runs out
+            log.warning("could not release message %s", self.raw.get("MessageId"), exc_info=True)
