@@ -43,15 +43,32 @@ class Recorder:
         return self.answer
 
 
+class Behind:
+    """What the module's one gateway calls: the current test's ``Recorder``."""
+
+    recorder = Recorder()
+
+    def __call__(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+        return self.recorder(event, context)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[Behind, tuple[str, int]]]:
+    """One gateway for the module (stopping one waits out its 0.5 s poll), in front of each test's recorder."""
+    behind = Behind()
+    running = make_server(behind, port=0, integration_timeout_s=0.5)
+    serve_in_thread(running)
+    yield behind, ("127.0.0.1", running.server_port)
+    running.shutdown()
+    running.server_close()
+
+
 @pytest.fixture
-def gateway() -> Iterator[tuple[Recorder, tuple[str, int]]]:
-    handler = Recorder()
-    server = make_server(handler, port=0, integration_timeout_s=0.5)
-    serve_in_thread(server)
-    yield handler, ("127.0.0.1", server.server_port)
-    handler.release.set()
-    server.shutdown()
-    server.server_close()
+def gateway(server: tuple[Behind, tuple[str, int]]) -> Iterator[tuple[Recorder, tuple[str, int]]]:
+    behind, address = server
+    behind.recorder = Recorder()
+    yield behind.recorder, address
+    behind.recorder.release.set()
 
 
 def exchange(address: tuple[str, int], request: bytes, half_close: bool = False) -> bytes:
