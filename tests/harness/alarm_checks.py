@@ -38,6 +38,7 @@ REQUIRED_ALARMS = {
     ("AWS/SQS", "ApproximateAgeOfOldestMessage", "WorkQueue"),
     *(("AWS/Lambda", metric, function) for metric in ("Errors", "Throttles")
       for function in ("SubmitFunction", "StatusFunction", "CancelFunction", "CompatFunction", "AuthorizerFunction")),
+    ("AWS/Lambda", "Errors", "SweepFunction"),  # a sweep that fails queues no stranded job (lambdas/sweep.py)
     ("AWS/ApiGateway", "5xx", "Api"),
     (EMF_NAMESPACE, "spotgen_jobs_total", "state=failed"),
     (EMF_NAMESPACE, "spotgen_jobs_total", "state=succeeded"),

@@ -308,8 +308,10 @@ def test_two_deliveries_of_one_job_at_once_make_one_result(env: tuple[Stack, Fau
 
 def test_submit_answers_503_and_keeps_nothing_when_sns_is_unreachable(env: tuple[Stack, FaultProxy], worker: Worker,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """The submit Lambda's publish goes through the proxy (its S3 calls do not): refused, it answers 503 and
-    deletes the status it wrote, so a retry with the same id starts clean."""
+    """The submit Lambda's publish goes through the proxy (its S3 calls do not): SNS refusing every try (an error
+    answer each time, so surely no message), it answers 503 and deletes the status it wrote, so a retry with the
+    same id starts clean. (A try whose connection is cut may have been published: then the status stays, and the
+    retry publishes it again, tests/lambdas/test_submit_stranding.py.)"""
     from lambdas.common import Deployment
     from lambdas.submit import submit as submit_job
     from runtime.config import Settings
@@ -324,11 +326,11 @@ def test_submit_answers_503_and_keeps_nothing_when_sns_is_unreachable(env: tuple
     through_proxy = settings.model_copy(update={"aws_endpoint_url": proxy.url})
     dep = Deployment(settings, JobStore(aws.client("s3", settings), settings), aws.client("sns", through_proxy))
     body = json.dumps({"id": "refused-once", "pipeline": "solid", "model": "tiny-sd", "inputs": {"prompt": "x"}})
-    proxy.down()
+    proxy.fail("sns", 10)
     answer = submit_job(dep, body.encode())
-    assert answer["statusCode"] == 503 and "enqueue_failed" in answer["body"], answer
+    assert answer["statusCode"] == 503 and "nothing was kept" in answer["body"], answer
     assert status_of(stack, "refused-once").get("error", {}).get("code") == "not_found"
-    proxy.up()
+    proxy.disarm()
     answer = submit_job(dep, body.encode())
     assert answer["statusCode"] == 202, answer
     # the retry's job runs (and leaves nothing queued for the next module on this shared stack)
