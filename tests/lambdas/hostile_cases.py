@@ -132,3 +132,34 @@ WHOLES = (
 #: fields that size it.
 TOO_LARGE_AN_ANSWER = {"prompt": "a fox", "batch_size": 8, "width": 1536, "height": 1536,
                        "override_settings": {"sd_model_checkpoint": "tiny-sd"}}
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A request as bytes on the wire, for what an HTTP client library will not send (a repeated or malformed
+    header): API Gateway's own answer, ``{"message": ...}``, before any handler. ``headers`` replace the API key
+    a keyed route is sent (``KEY`` stands for the valid key); ``keyed``: only for routes behind the key."""
+
+    name: str
+    headers: tuple[tuple[str, str], ...]
+    status: int
+    message: str
+    method: str = "POST"
+    body: bytes = b"{}"
+    keyed: bool = False
+
+
+KEY = "<valid key>"
+
+RAWS = (
+    Raw("content-length-minus-one", (("Content-Length", "-1"),), 400, "Bad Request"),
+    Raw("content-length-not-a-number", (("Content-Length", "abc"),), 400, "Bad Request"),
+    Raw("content-length-twice-differing", (("Content-Length", "2"), ("Content-Length", "3")), 400, "Bad Request"),
+    Raw("head", (), 404, "Not Found", method="HEAD", body=b""),
+    Raw("options", (), 404, "Not Found", method="OPTIONS", body=b""),
+    Raw("body-over-lambdas-6-mb", (), 413, "Request Too Long", body=b" " * (6 * 1024 * 1024)),
+    Raw("body-over-10-mb-announced", (("Content-Length", str(10 * 1024 * 1024 + 1)),), 413, "", body=b""),
+    Raw("api-key-twice", (("x-api-key", KEY), ("x-api-key", KEY)), 403, "Forbidden", keyed=True),
+    Raw("api-key-empty", (("x-api-key", ""),), 401, "Unauthorized", keyed=True),
+    Raw("api-key-joined", (("x-api-key", f"{KEY},{KEY}"),), 403, "Forbidden", keyed=True),
+)

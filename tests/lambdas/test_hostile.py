@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,17 @@ from lambdas import authorizer
 from lambdas.common import deployment
 from runtime.config import Settings
 from runtime.local.devstack import DevStack
-from tests.lambdas.hostile_cases import CONTEXT_NAN, ROUTES, TOO_LARGE_AN_ANSWER, VALUES, WHOLES, Route
+from tests.lambdas.hostile_cases import (
+    CONTEXT_NAN,
+    RAWS,
+    ROUTES,
+    TOO_LARGE_AN_ANSWER,
+    VALUES,
+    WHOLES,
+    Raw,
+    Route,
+)
+from tests.lambdas.hostile_cases import KEY as RAW_KEY
 
 KEY = "hostile-test-key-0123456789abcdef"
 
@@ -113,22 +124,37 @@ def test_an_answer_that_cannot_fit_lambdas_response_is_refused_before_queueing(a
     nothing_kept(api)
 
 
-def test_the_gateway_refuses_what_api_gateway_and_lambda_refuse(api: DevStack) -> None:
-    route = ROUTES[3]  # /sdapi/v1/txt2img, behind the key
-    body = route.place("prompt", '"a fox"')
-    assert post(api, route.path, body, {"x-api-key": f"{KEY},{KEY}"})[0] == 403  # one key, sent as two values
+def send_raw(api: DevStack, route: Route, case: Raw) -> tuple[int, bytes]:
+    """``case`` on a fresh connection, as bytes: its status and body (none for HEAD, whatever it announces)."""
+    headers = [(name, value.replace(RAW_KEY, KEY)) for name, value in case.headers]
+    if route.keyed and not any(name == "x-api-key" for name, _ in headers):
+        headers.append(("x-api-key", KEY))
+    if not any(name == "Content-Length" for name, _ in headers):
+        headers.append(("Content-Length", str(len(case.body))))
+    head = "\r\n".join([f"{case.method} {route.path} HTTP/1.1", "Host: local", *(f"{k}: {v}" for k, v in headers)])
     host, port = api.api_url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=60)
-    try:  # the header twice, as a client may send it: API Gateway joins them with a comma, so no key matches
-        connection.putrequest("POST", route.path)
-        for name, value in (("x-api-key", KEY), ("x-api-key", KEY), ("content-length", str(len(body)))):
-            connection.putheader(name, value)
-        connection.endheaders(body)
-        answer = connection.getresponse()
-        assert (answer.status, json.loads(answer.read())) == (403, {"message": "Forbidden"})
-    finally:
-        connection.close()
-    for path in ("/v1/jobs", "/sdapi/v1/txt2img"):
-        assert post(api, path, b"", {"x-api-key": KEY}, method="HEAD")[0] == 404
-    assert post(api, "/v1/jobs", b" " * (7 * 1024 * 1024)) == (413, {"message": "Request Too Long"})
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head.encode() + b"\r\n\r\n" + case.body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536) or b"\r\n\r\n"
+        top, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in top.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while case.method != "HEAD" and len(body) < length and (chunk := sock.recv(65536)):
+            body += chunk
+    return int(top.split(b" ")[1]), body
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=[r.path for r in ROUTES])
+def test_hostile_requests_get_api_gateways_own_answers(api: DevStack, route: Route) -> None:
+    """What a client library will not send, on raw sockets: malformed or repeated headers, methods no route
+    takes, sizes over AWS's limits. Each is answered as API Gateway answers it, and reaches no handler."""
+    for case in RAWS:
+        if case.keyed and not route.keyed:
+            continue
+        status, body = send_raw(api, route, case)
+        assert status == case.status, f"{route.path} {case.name}: {status} {body[:200]!r}"
+        if case.method != "HEAD" and case.message:
+            assert json.loads(body) == {"message": case.message}, f"{route.path} {case.name}: {body[:200]!r}"
     nothing_kept(api)
