@@ -19,6 +19,9 @@ EXPIRY_GRACE_S = 15 * 60
 class JobState(StrEnum):
     queued = "queued"
     running = "running"
+    #: An attempt failed for a reason that may pass (storage, a model file, memory, the device): the job waits for
+    #: its next delivery; ``error`` says why.
+    retrying = "retrying"
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -26,7 +29,7 @@ class JobState(StrEnum):
 
     @property
     def final(self) -> bool:
-        return self not in (JobState.queued, JobState.running)
+        return self not in (JobState.queued, JobState.running, JobState.retrying)
 
 
 class Progress(BaseModel):

@@ -129,6 +129,9 @@ class Metrics(Observer):
                                       "memory (including a node-cache copy).", ("model",), SECONDS_LOAD)
         self.extensions = counter("spotgen_lease_extensions", "Visibility extensions of running jobs' messages "
                                   "(the lease heartbeat), by result.", ("result",))
+        self.failures = counter("spotgen_job_failures", "Failed deliveries by class of failure (input, pipeline, "
+                                "infrastructure, transient) and result (failed, retried, recovered).",
+                                ("class", "result"))
         self.dead = counter("spotgen_dead_lettered", "Messages this worker moved to the dead-letter queue, by "
                             "error code.", ("code",))
         self.aws_errors = counter("spotgen_aws_errors", "Failed AWS call attempts (network failures, throttling, "
@@ -236,6 +239,9 @@ class Metrics(Observer):
         self.dead.labels(self.label("code", code)).inc()
         if self.queue is not None:
             self.queue.refresh_soon()
+
+    def job_failure(self, job: JobInfo | None, kind: str, result: str) -> None:
+        self.failures.labels(self.label("class", kind), self.label("result", result)).inc()
 
     def received(self, ok: bool, error: str | None = None) -> None:
         if ok:

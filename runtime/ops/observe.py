@@ -111,6 +111,12 @@ class Observer:
     def dead_lettered(self, code: str) -> None:
         """A message was moved to the dead-letter queue for ``code``."""
 
+    def job_failure(self, job: JobInfo | None, kind: str, result: str) -> None:
+        """A delivery failed, of class ``kind`` (``runtime.worker.failures``: input, pipeline, infrastructure,
+        transient): ``result`` ``failed`` (the job ended), ``retried`` (its message comes back) or ``recovered``
+        (out of memory: memory freed, the job runs again in the process). ``job`` is None for a message that
+        never became a job."""
+
     def received(self, ok: bool, error: str | None = None) -> None:
         """A receive from the work queue finished: ``ok`` (with or without messages), or failed with ``error``."""
 
@@ -129,7 +135,8 @@ NOOP = Observer()
 
 
 HOOKS = ("job_begin", "job_started", "job_end", "step", "phases", "checkpoint_written", "resumed", "cache_lookup",
-         "model_loaded", "model_copied", "model_evicted", "heartbeat", "dead_lettered", "received", "aws_error")
+         "model_loaded", "model_copied", "model_evicted", "heartbeat", "dead_lettered", "job_failure", "received",
+         "aws_error")
 
 
 def _fan_out(name: str) -> Any:

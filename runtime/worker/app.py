@@ -217,8 +217,11 @@ def job_failed(hooks: Hooks, job: Job | dict[str, Any], exc: BaseException) -> b
     if isinstance(job, Job):
         raw = job.lease.raw if job.lease is not None else None
         verdict = job.verdict or deadletter.verdict_on(hooks, raw, exc)
+        if job.lease is not None:
+            job.lease.stop()  # no extension may undo the backoff
     else:
         raw, verdict = job, deadletter.verdict_on(hooks, job, exc)
+        hooks.observer.job_failure(None, verdict.failure.kind, "failed" if verdict.final else "retried")
     return deadletter.settle(hooks, raw, verdict)
 
 

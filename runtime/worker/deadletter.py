@@ -13,6 +13,7 @@ and a Request subclass for tasks that fail.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ from runtime.worker import failures, sqs
 log = logging.getLogger("spotgen.deadletter")
 
 MAX_SQS_ATTRIBUTES = 10
+#: SQS's longest visibility timeout (12 hours).
+MAX_VISIBILITY_S = 12 * 3600
 #: The name under which a task's request carries its ``Delivery`` (``JobRequest.on_accepted``).
 DELIVERY = "spotgen_delivery"
 
@@ -99,12 +102,23 @@ def reject_permanently(app: Any, message: Any, code: str, reason: str) -> None:
 
 def settle(hooks: Any, raw: dict[str, Any] | None, verdict: failures.Verdict) -> bool:
     """Act on the failure policy's verdict (``runtime.worker.failures``) for the message: dead-letter it when the
-    job ended for good (and fail the job it names, if not done yet). True when the message may be deleted;
+    job ended for good (and fail the job it names, if not done yet), else hide it for the verdict's backoff (the
+    job's lease must have stopped: its heartbeat would extend it again). True when the message may be deleted;
     False leaves it to come back."""
-    if verdict.error is None:
-        log.warning("job failed (%s); its message is redelivered when the lease runs out", verdict.failure.message)
-        return False
-    return move(hooks, raw, verdict.error.code, verdict.error.message)
+    if verdict.error is not None:
+        return move(hooks, raw, verdict.error.code, verdict.error.message)
+    delay = math.ceil(verdict.retry_in_s or 0)
+    if raw and delay:
+        try:
+            hooks.sqs.change_message_visibility(QueueUrl=hooks.settings.queue_url, ReceiptHandle=raw["ReceiptHandle"],
+                                                VisibilityTimeout=min(delay, MAX_VISIBILITY_S))
+        except Exception as exc:  # noqa: BLE001 - then it comes back when its lease runs out
+            log.warning("could not set the retry backoff of message %s: %s: %s", raw.get("MessageId"),
+                        type(exc).__name__, exc)
+            delay = 0
+    log.warning("job failed (%s); its message is redelivered %s", verdict.failure.message,
+                f"in {delay} s" if delay else "when the lease runs out")
+    return False
 
 
 def verdict_on(hooks: Any, raw: dict[str, Any] | None, exc: BaseException) -> failures.Verdict:

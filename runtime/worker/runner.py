@@ -45,10 +45,9 @@ from runtime.plugins import (
     Registry,
     RunContext,
     SetupContext,
-    StepState,
 )
 from runtime.storage.jobstore import JobStore
-from runtime.worker import checkpoint, failures
+from runtime.worker import failures
 from runtime.worker.checkpoint import CheckpointError, Saver
 from runtime.worker.errors import PermanentError
 from runtime.worker.handback import HandBack
@@ -59,6 +58,7 @@ from runtime.worker.jobstatus import JobEnded, StatusTracker
 from runtime.worker.lease import Lease
 from runtime.worker.outputs import Outputs
 from runtime.worker.progress import ProgressWriter
+from runtime.worker.resume import resume_state
 from runtime.worker.schemas import check_schema
 from runtime.worker.stages import Stage, observing
 from runtime.worker.steplog import StepLog
@@ -129,12 +129,13 @@ class JobRunner:
                 job.observation = job.observation.pop_all()  # open until the last stage
 
     def fail(self, job: Job, exc: Exception) -> None:
-        """Apply the failure policy to a stage's exception: ``job.verdict``, and the status that records it.
-        Raises what recording it raised, if it did (that is then the failure: an outage, say)."""
+        """Apply the failure policy to a stage's exception: ``job.verdict``, and the status that records it:
+        ``failed`` with the error when the job ends, else ``retrying`` with the reason. Raises what recording an
+        end raised, if it did (that is then the failure: an outage, say)."""
         job.verdict = verdict = failures.judge(failures.classify(exc), job.receive_count,
                                                self.settings.max_receive_count)
         tracker = job.tracker
-        if tracker is not None and verdict.final and verdict.failure.kind.permanent and not tracker.doc.state.final:
+        if tracker is not None and verdict.final and not tracker.doc.state.final:
             try:
                 job.final = self.outputs.finish(tracker, JobState.failed, [], verdict.error)
             except JobEnded:
@@ -143,11 +144,18 @@ class JobRunner:
                 job.info.outcome = "error"
                 job.verdict = failures.judge(failures.classify(error), job.receive_count,
                                              self.settings.max_receive_count)
+                self.observer.job_failure(job.info, job.verdict.failure.kind, "failed" if job.verdict.final
+                                          else "retried")
                 raise error from exc
-        elif tracker is not None:  # the delivery fails (SQS tries again): the attempt goes on record first
+        elif tracker is not None and not tracker.doc.state.final:  # one try: S3 may be what failed
             with contextlib.suppress(Exception):
-                tracker.flush()
+                tracker.write(state=JobState.retrying, phase=None, error=verdict.failure.info)
         job.info.outcome = job.info.outcome or ("failed" if job.final is not None else "error")
+        self.observer.job_failure(job.info, verdict.failure.kind, "failed" if verdict.final else "retried")
+        log.warning("job %s: %s failure (%s); %s", job.id, verdict.failure.kind, verdict.failure.message,
+                    "it ends failed" if verdict.final else
+                    f"retried in about {verdict.retry_in_s or 0:.0f} s (delivery {job.receive_count} of "
+                    f"{self.settings.max_receive_count})")
 
     def _prepare(self, job: Job) -> Stage:
         """The job up to the device: its status, inputs and checkpoint, read and checked."""
@@ -169,7 +177,7 @@ class JobRunner:
             job.final = self.outputs.finish(tracker, JobState.expired, [], self.expired(spec))
             return Stage.done
         job.pipeline, job.inputs = self.prepare(spec)
-        job.resume, job.note = self.resume_state(spec, job.pipeline, doc)
+        job.resume, job.note = resume_state(self.store, spec, job.pipeline, doc)
         return Stage.generate
 
     def _generate(self, job: Job) -> Stage:
@@ -189,7 +197,8 @@ class JobRunner:
                       phase="generating" if resident else "loading_model", model_cache="hit" if resident else "miss",
                       resume=ResumeInfo(attempt=attempt, from_step=from_step, note=job.note) if attempt > 1 else None,
                       progress=Progress(step=from_step, total=doc.progress.total or getattr(inputs, "steps", 0)),
-                      trace_id=job.info.trace_id or doc.trace_id, loras=getattr(inputs, "loras", doc.loras))
+                      trace_id=job.info.trace_id or doc.trace_id, loras=getattr(inputs, "loras", doc.loras),
+                      error=None)  # a retried job's reason is past
         if not resident:
             tracker.flush()
         job.info.attempt, job.info.from_step = attempt, from_step
@@ -309,28 +318,6 @@ class JobRunner:
             self._pipelines[name] = instance
         return self._pipelines[name]
 
-    # -- checkpoints ----------------------------------------------------------------------------------
-    def resume_state(self, spec: JobSpec, pipeline: Pipeline, doc: StatusDoc) -> tuple[StepState | None, str]:
-        """The checkpoint to continue from, if there is a usable one, and a note for the status."""
-        again = "; restarted from the beginning"
-        if not type(pipeline).checkpoints:
-            return None, (f"pipeline {spec.pipeline!r} does not save checkpoints{again}" if doc.attempts else "")
-        if not doc.attempts:  # no attempt has started (each records itself before it saves): nothing to read
-            return None, ""
-        try:
-            data = self.store.get_checkpoint(spec.id, checkpoint.MAX_CHECKPOINT_BYTES)
-            if data is None:
-                return None, (f"no checkpoint was saved{again}" if doc.attempts else "")
-            state = checkpoint.load(data, spec.fingerprint())
-        except (CheckpointError, ValueError) as exc:
-            log.warning("job %s: checkpoint ignored: %s", spec.id, exc)
-            return None, f"checkpoint ignored ({exc}){again}"
-        if state.step == 0:  # an attempt whose state could not be saved left only why (``execute``'s on_step)
-            reason = state.values.get("unsaved")
-            return None, f"{reason if isinstance(reason, str) and reason else 'no checkpoint was saved'}{again}"
-        log.info("job %s resumes at step %d", spec.id, state.step)
-        return state, f"resumed at step {state.step} from a checkpoint"
-
     def execute(self, job: Job) -> list[Image.Image]:
         """The pipeline's run, with its step hook (``runtime.worker.steps``). What it raises is the pipeline's
         failure (``failures.PipelineFailed``), classified by the failure policy; a checkpoint that passed its
@@ -363,20 +350,31 @@ class JobRunner:
 
     def _run_pipeline(self, job: Job, pipeline: Pipeline, inputs: BaseModel, ctx: RunContext,
                       clock: PhaseClock) -> Any:
-        try:
-            return pipeline.run(inputs, ctx)
-        except CheckpointError as exc:  # the checkpoint passed its checks but does not fit this run
-            if ctx.resume_from is None:
-                raise failures.PipelineFailed(failures.classify(exc, in_pipeline=True)) from exc
-            log.warning("job %s: checkpoint ignored: %s; restarting from the beginning", job.id, exc)
-            ctx.resume_from = None
-            clock.reset()
-            return pipeline.run(inputs, ctx)
-        except Exception as exc:
-            failure = failures.classify(exc, in_pipeline=True)
-            if failure.code == "pipeline_error" and not isinstance(exc, failures.PipelineFailed):
-                log.exception("pipeline %s failed on job %s", job.spec.pipeline, job.id)
-            raise failures.PipelineFailed(failure) from exc
+        """The pipeline's run; whatever it raises, on every try, goes through the failure policy. A checkpoint
+        that passed its checks but does not fit the run restarts it from step 0; out of memory frees what it can
+        and runs it once more."""
+        memory_freed = False
+        while True:
+            try:
+                return pipeline.run(inputs, ctx)
+            except Exception as exc:
+                if isinstance(exc, CheckpointError) and ctx.resume_from is not None:
+                    log.warning("job %s: checkpoint ignored: %s; restarting from the beginning", job.id, exc)
+                    ctx.resume_from = None
+                    clock.reset()
+                    continue
+                failure = failures.classify(exc, in_pipeline=True)
+                if failure.code == "out_of_memory" and not memory_freed:
+                    memory_freed = True
+                    freed = failures.free_memory(self.models, keep=(job.spec.model,))
+                    log.warning("job %s: out of memory (%s); freed %d bytes of idle models and the device cache, "
+                                "running it again", job.id, exc, freed)
+                    self.observer.job_failure(job.info, failure.kind, "recovered")
+                    clock.reset()
+                    continue
+                if failure.code == "pipeline_error" and not isinstance(exc, failures.PipelineFailed):
+                    log.exception("pipeline %s failed on job %s", job.spec.pipeline, job.id)
+                raise failures.PipelineFailed(failure) from exc
 
     def _store_checkpoint(self, job: Job, data: bytes) -> None:
         """On the upload thread: the attempt goes on record before its checkpoint, so the next one looks for it."""
