@@ -143,7 +143,8 @@ class Queued:
 
 def existing_job(dep: Deployment, job_id: str, digest: str, now: datetime) -> Queued:
     """The job already created with this id. One that its submit never published is published here, once that
-    submit cannot be running any more; before that, this request is told to retry (409 ``conflict``)."""
+    submit cannot be running any more; before that, this request is told to retry (503 ``in_progress``, with
+    Retry-After: a temporary state, which clients retry like any 503, spotgen's own included)."""
     doc, etag = dep.store.read_status_tagged(job_id)
     if doc is None:  # created and rolled back between our two reads; the client may retry
         raise Rejected(error(409, "conflict", f"job {job_id!r} is being submitted concurrently; retry", "id"))
@@ -154,8 +155,8 @@ def existing_job(dep: Deployment, job_id: str, digest: str, now: datetime) -> Qu
         if not outbox.stranded(doc, now):
             # usually published within moments; at the latest (its submit died) by a retry after the window
             wait = min(5, max(1, int(outbox.WINDOW_S - (now - doc.created_at).total_seconds()) + 1))
-            raise Rejected(error(409, "conflict", f"job {job_id!r} is being submitted by another request; retry "
-                                 f"in {wait} s", "id", **{"retry-after": str(wait)}))
+            raise Rejected(error(503, "in_progress", f"job {job_id!r} is being submitted by another request; "
+                                 f"retry with the same id in {wait} s", "id", **{"retry-after": str(wait)}))
         doc = outbox.recover(dep, doc, etag, now)
     return Queued(job_id, doc.seed, existing=True, state=doc.as_of(now).state)
 

@@ -237,7 +237,7 @@ def test_a_retry_while_the_first_submit_may_still_run_is_told_to_retry(env: Env)
     job_id, image = f"early-{uuid.uuid4().hex[:8]}", png_bytes()
     now = cut_submit(env, "status create", job_id, image)
     answer = submit(env.dep, request(job_id, image), now=now + timedelta(seconds=2))
-    assert answer["statusCode"] == 409 and body(answer)["error"]["code"] == "conflict", answer
+    assert answer["statusCode"] == 503 and body(answer)["error"]["code"] == "in_progress", answer
     assert "retry-after" in answer["headers"]
     assert drain(env) == []
     answer = submit(env.dep, request(job_id, image), now=now + timedelta(seconds=WINDOW_S + 1))
