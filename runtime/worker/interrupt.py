@@ -167,8 +167,10 @@ class Interruption:
         deadline = started + self.deadline_s if started is not None else time.monotonic() + self.reserve_s
         until = min(deadline, until if until is not None else deadline)
         leases = self._in_hand()
-        released = watchdog.all_until([lease.release for lease in leases], until)
-        said = f"; the messages of {released} of {len(leases)} job(s) in hand were released" if leases else ""
+        watchdog.all_until([lease.release for lease in leases], until)
+        released = sum(bool(getattr(lease, "handed_back", False)) for lease in leases)
+        said = f"; the messages of {released} of {len(leases)} job(s) in hand were released or handed back" \
+            if leases else ""
 
         def last_words() -> None:
             log.error("forced exit after %s%s", why, said)
@@ -186,6 +188,7 @@ class Interruption:
         started = self.started_at
         if started is None:
             return
+
         def exit_handlers() -> None:
             atexit._run_exitfuncs()  # noqa: SLF001 - what the interpreter's exit would run
             _flush()
