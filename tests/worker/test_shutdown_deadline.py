@@ -108,7 +108,7 @@ def test_sigterm_while_every_sqs_call_hangs_exits_by_the_deadline_and_the_job_re
     # A job long enough that SIGTERM, sent as soon as step 6 is logged, lands mid-job; past step 5, the periodic
     # checkpoint (SPOTGEN_CHECKPOINT_EVERY of tests/worker/interrupt_pool.py).
     request = {"pipeline": "txt2img", "model": "tiny-sd",
-               "inputs": {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 24, "seed": 5}}
+               "inputs": {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 40, "seed": 5}}
     try:
         with FaultProxy((emulator.hostname, emulator.port)) as proxy, no_workers(pool):
             # the victim alone consumes, so it takes the job, and nobody takes it back before it has exited
