@@ -9,6 +9,8 @@ within the deadline plus 1 s (for the process to end and the test to see it), co
   worker, and a forced exit that waited on the lease's lock waited for as long as that was held. A process of its
   own (tests/worker/shutdown_child.py) with Celery's real handler sends itself the signal inside the lock and never
   lets go; it must exit by its deadline with the message of its job in hand released, visible again at once.
+- The hand-back (SendMessage) of a job during an interruption, in process while every SQS call hangs: it gives
+  up when the forced exit is due, instead of botocore's 5 attempts of up to 30 s.
 - SIGTERM on a real worker while every SQS call hangs behind the fault proxy: the hand-back, the heartbeat and
   the release never answer. The worker exits by its deadline, and the job, whose checkpoint went to S3, resumes
   from it on another worker once its lease has run out.
@@ -30,7 +32,8 @@ import boto3
 import pytest
 
 from runtime.local.devstack import EMULATOR_CREDENTIALS
-from runtime.worker.interrupt import FORCED_EXIT
+from runtime.worker.interrupt import FORCED_EXIT, Interruption
+from runtime.worker.lease import Lease
 from tests.conftest import ROOT, Stack
 from tests.harness.faultproxy import FaultProxy
 from tests.worker.interrupt_pool import (  # noqa: F401 - pool_fixture and stack_fixture are fixtures
@@ -99,6 +102,37 @@ def hang_sqs(proxy: FaultProxy, release: threading.Event) -> list[threading.Even
     """From now on, every SQS request waits at the proxy (until ``release``). Returns, for each hold, whether it
     caught a request."""
     return [proxy.hold(lambda r: r.service == "sqs", release, timeout_s=600) for _ in range(HOLDS)]
+
+
+def test_the_hand_back_gets_the_time_left_before_the_forced_exit(emulator: str) -> None:
+    """In process, against the emulator behind the proxy: once every SQS call hangs, a hand-back during an
+    interruption gives up when the forced exit is due, and the forced exit ends the process by the deadline."""
+    upstream = urlsplit(emulator)
+    release, exits, exited = threading.Event(), [], threading.Event()
+    try:
+        with FaultProxy((upstream.hostname, upstream.port)) as proxy:
+            sqs = boto3.client("sqs", endpoint_url=proxy.url, region_name="us-east-1",
+                               aws_access_key_id="testing", aws_secret_access_key="testing")
+            url = sqs.create_queue(QueueName=f"shutdown-hand-back-{time.time_ns()}")["QueueUrl"]
+            sqs.send_message(QueueUrl=url, MessageBody='{"job": 1}')
+            (raw,) = sqs.receive_message(QueueUrl=url, VisibilityTimeout=600)["Messages"]
+            interruption = Interruption(CHILD_DEADLINE_S, exit=lambda code: (exits.append(code), exited.set()))
+            lease = Lease(sqs, url, raw, heartbeat_s=1, lease_s=600, max_job_s=3600)
+            interruption.hold(lease)
+            hang_sqs(proxy, release)
+            interruption.request("SIGTERM")
+            outcome: list[BaseException] = []
+            hand_back = threading.Thread(target=lambda: outcome.append(pytest.raises(TimeoutError, lease.requeue)
+                                                                       .value), daemon=True)
+            hand_back.start()
+            hand_back.join(CHILD_DEADLINE_S + MARGIN_S)
+            assert not hand_back.is_alive(), "the hand-back waited past the deadline"
+            assert outcome and "no answer within" in str(outcome[0]), outcome
+            assert not exits  # it gave up when the forced exit started, which then waits for the release
+            assert exited.wait(CHILD_DEADLINE_S + MARGIN_S) and exits == [FORCED_EXIT]
+            assert not lease.handed_back
+    finally:
+        release.set()
 
 
 def test_sigterm_while_every_sqs_call_hangs_exits_by_the_deadline_and_the_job_resumes(stack: Stack,
