@@ -93,7 +93,7 @@ def in_process_stack(models: Path, log_dir: Path, settings: dict[str, Any] | Non
 
     saved = dict(os.environ)
     settings = Settings(models_dir=models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1, **(settings or {}))
-    stack = DevStack(settings, port=0, aws_port=0, workers=1, log_dir=log_dir, **options)
+    stack = DevStack(settings, port=0, aws_port=0, log_dir=log_dir, **{"workers": 1, **options})
     try:
         yield stack.start()
     finally:

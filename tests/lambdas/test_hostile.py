@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,8 @@ import pytest
 
 from lambdas import authorizer
 from lambdas.common import deployment
-from runtime.config import Settings
 from runtime.local.devstack import DevStack
+from tests.conftest import in_process_stack
 from tests.lambdas.hostile_cases import (
     CONTEXT_NAN,
     RAWS,
@@ -41,16 +40,10 @@ KEY = "hostile-test-key-0123456789abcdef"
 @pytest.fixture(scope="module")
 def api(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """``spotgen dev`` in this process without workers, its compatibility routes behind an API key."""
-    saved = dict(os.environ)
-    settings = Settings(models_dir=tiny_models, models=["tiny-sd"], poll_wait_s=1)
-    stack = DevStack(settings, port=0, aws_port=0, workers=0, log_dir=tmp_path_factory.mktemp("hostile"),
-                     api_key=KEY)
     try:
-        yield stack.start()
+        with in_process_stack(tiny_models, tmp_path_factory.mktemp("hostile"), workers=0, api_key=KEY) as stack:
+            yield stack
     finally:
-        stack.stop()
-        os.environ.clear()
-        os.environ.update(saved)
         deployment.cache_clear()  # the warm "Lambdas" of this stack: a later test must not inherit them
         authorizer.keys.cache_clear()
 
