@@ -57,6 +57,7 @@ def busy_exposition() -> str:
     metrics.model_copied("tiny-sd", 1024, 0.5)
     metrics.dead_lettered("invalid_request")
     metrics.aws_error("s3", "GetObject", "SlowDown")
+    metrics.job_failure(job, "infrastructure", "retried")
     job.outcome, job.images = "succeeded", 1
     metrics.job_end(job)
     retried = JobInfo(id="j2", pipeline="txt2img", model="tiny-sd", attempt=1)

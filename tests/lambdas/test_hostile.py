@@ -37,11 +37,17 @@ from tests.lambdas.hostile_cases import KEY as RAW_KEY
 KEY = "hostile-test-key-0123456789abcdef"
 
 
+#: Buckets and a queue of this module's own: moto keeps one state per process, and other modules in this test
+#: process write to the default names (the session's emulator), which "nothing kept" must not see.
+OWN = {"input_bucket": "hostile-inputs", "output_bucket": "hostile-outputs", "queue_name": "hostile-jobs"}
+
+
 @pytest.fixture(scope="module")
 def api(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """``spotgen dev`` in this process without workers, its compatibility routes behind an API key."""
     try:
-        with in_process_stack(tiny_models, tmp_path_factory.mktemp("hostile"), workers=0, api_key=KEY) as stack:
+        with in_process_stack(tiny_models, tmp_path_factory.mktemp("hostile"), OWN, workers=0,
+                              api_key=KEY) as stack:
             yield stack
     finally:
         deployment.cache_clear()  # the warm "Lambdas" of this stack: a later test must not inherit them
