@@ -177,7 +177,7 @@ def options(dep: Deployment) -> dict[str, Any]:
     runtime = dep.settings.runtimes.get(dep.settings.webui_runtime)
     model = compat.titles(dep.settings).get(runtime.model) if runtime else None
     return {"sd_model_checkpoint": model, "sd_checkpoint_hash": None, "sd_vae": "Automatic",
-            "CLIP_stop_at_last_layers": 1, "samples_format": "png"}
+            "CLIP_stop_at_last_layers": 1, "samples_format": "png", "jpeg_quality": 80, "webp_lossless": False}
 
 
 def set_options(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from lambdas.common import Deployment, deployment, error, response, status_url
 from runtime.contract import JOB_ID_RE, StatusDoc, utcnow
+from runtime.contract.formats import content_type_of
 
 
 def bad_id(job_id: str) -> dict[str, Any] | None:
@@ -27,7 +28,8 @@ StatusUrl = Callable[[Any, str], str]
 def status_body(dep: Deployment, doc: StatusDoc, url: StatusUrl = status_url) -> dict[str, Any]:
     """What clients see of a status document (every route that returns one uses this shape)."""
     body = doc.model_dump(mode="json", exclude={"request_hash"})
-    body["outputs"] = [{"key": key, "url": dep.store.presign(key)} for key in doc.outputs]
+    body["outputs"] = [{"key": key, "url": dep.store.presign(key), "content_type": content_type_of(key)}
+                       for key in doc.outputs]
     body["status_url"] = url(dep.settings, doc.id)
     return body
 

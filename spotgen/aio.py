@@ -132,5 +132,5 @@ class AsyncJob(JobBase):
         return as_images(await self.png_bytes())
 
     async def save(self, directory: str | Path) -> list[Path]:
-        """Write the outputs to ``directory`` as ``{id}-{n}.png``; returns the paths."""
+        """Write the outputs to ``directory`` as ``{id}-{n}.png`` (``.webp``, ``.jpg``); returns the paths."""
         return self._write(directory, await self.png_bytes())

@@ -139,9 +139,12 @@ class JobBase:
         return self.status if self.status is not None and self.status.state in FINAL else None
 
     def _write(self, directory: str | Path, pngs: list[bytes]) -> list[Path]:
+        """Each output as ``{id}-{n}.{ext}``, the extension its key has (``png``, ``webp`` or ``jpg``)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        paths = [out / f"{self.id}-{index}.png" for index in range(len(pngs))]
+        keys = [output.key for output in self.status.outputs] if self.status is not None else []
+        extensions = [key.rsplit(".", 1)[-1] if "." in key else "png" for key in keys] or ["png"] * len(pngs)
+        paths = [out / f"{self.id}-{index}.{extension}" for index, extension in enumerate(extensions)]
         for path, data in zip(paths, pngs, strict=True):
             path.write_bytes(data)
         return paths
@@ -193,7 +196,8 @@ class Job(JobBase):
         return self.status
 
     def png_bytes(self) -> list[bytes]:
-        """The outputs' PNG bytes, in order (the job must have succeeded)."""
+        """The outputs' bytes, in order (the job must have succeeded): PNG unless the job asked for another
+        ``format`` (each output's ``content_type`` says which)."""
         status = succeeded(self._known_final() or self.refresh())
         return [self.client.download(output.url) for output in status.outputs]
 
@@ -202,7 +206,7 @@ class Job(JobBase):
         return as_images(self.png_bytes())
 
     def save(self, directory: str | Path) -> list[Path]:
-        """Write the outputs to ``directory`` as ``{id}-{n}.png``; returns the paths."""
+        """Write the outputs to ``directory`` as ``{id}-{n}.png`` (``.webp``, ``.jpg``); returns the paths."""
         return self._write(directory, self.png_bytes())
 
 

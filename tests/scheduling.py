@@ -21,6 +21,7 @@ GROUPS = {
     "default": ["tests/client/test_async_client.py", "tests/client/test_cli.py", "tests/client/test_client.py",
                 "tests/lambdas/test_api.py", "tests/lambdas/test_cancel_api.py", "tests/lambdas/test_plugin_schemas.py",
                 "tests/lambdas/test_submit_sweep_stack.py", "tests/worker/test_e2e.py", "tests/worker/test_families.py",
+                "tests/worker/test_formats_stack.py",
                 "tests/worker/test_preload.py",
                 "tests/worker/test_progress.py"],
     "outages": ["tests/worker/test_handoff.py", "tests/worker/test_outages.py", "tests/worker/test_outage_budget.py",

@@ -11,6 +11,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from runtime.contract.formats import OutputOptions
 from runtime.contract.images import ImageRefError, check_ref
 
 MIN_SIDE = 8
@@ -93,9 +94,10 @@ Size = tuple[Annotated[int, Field(ge=1, le=4 * MAX_SIDE)], Annotated[int, Field(
 Offset = tuple[Annotated[int, Field(ge=0, le=4 * MAX_SIDE)], Annotated[int, Field(ge=0, le=4 * MAX_SIDE)]]
 
 
-class GenerationInputs(Strict):
+class GenerationInputs(OutputOptions):
     """Inputs every built-in diffusers pipeline takes. ``width``/``height`` left out mean the model family's
-    default size (``runtime.contract.families``)."""
+    default size (``runtime.contract.families``); ``format``, ``quality`` and ``lossless`` (``OutputOptions``)
+    say how the runtime encodes the images."""
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)

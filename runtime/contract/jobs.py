@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_va
 
 from runtime.contract.errors import ContractError, raise_contract_error
 from runtime.contract.inputs import BUILTIN_INPUTS, BUILTIN_PIPELINES, ModelId, Strict
+from runtime.contract.outputcheck import output_options
 
 CONTRACT_VERSION = 1
 
@@ -215,6 +216,7 @@ def validate_inputs(
     if pipeline in extra_pipelines:
         if len(json.dumps(inputs)) > MAX_PLUGIN_INPUT_BYTES:
             raise ContractError("invalid_field", f"inputs are larger than {MAX_PLUGIN_INPUT_BYTES} bytes", "inputs")
+        output_options(inputs)  # the runtime encodes every pipeline's outputs: its fields are checked here
         return inputs
     known = ", ".join(sorted(set(BUILTIN_PIPELINES) | extra_pipelines))
     raise ContractError("unknown_pipeline", f"unknown pipeline {pipeline!r}; known pipelines: {known}", "pipeline")

@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from runtime.contract.formats import content_type_of
 from runtime.contract.inputs import LoraRef
 from runtime.contract.jobs import CONTRACT_VERSION, QUEUE_RETENTION_S, SampleJob
 
@@ -133,6 +134,8 @@ class Notification(BaseModel):
     id: str
     state: JobState
     outputs: list[str]
+    #: Each output's content type, in the order of ``outputs`` (``image/png``, ``image/webp``, ``image/jpeg``).
+    content_types: list[str] = Field(default_factory=list)
     error: JobErrorInfo | None = None
     context: dict[str, Any] | None = None
 
@@ -142,10 +145,18 @@ def utcnow() -> datetime:
 
 
 class OutputLink(BaseModel):
-    """One output as the API answers it: its key in the output bucket and a presigned URL to download it."""
+    """One output as the API answers it: its key in the output bucket, a presigned URL to download it, and its
+    content type (answers of older deployments have none: it is then the key's, ``content_type_of``)."""
 
     key: str
     url: str
+    content_type: str = ""
+
+    @model_validator(mode="after")
+    def _typed(self) -> OutputLink:
+        if not self.content_type:
+            object.__setattr__(self, "content_type", content_type_of(self.key))
+        return self
 
 
 class JobStatus(StatusDoc):

@@ -99,9 +99,10 @@ def from_webui(body: dict[str, Any], task: Task, names: Names) -> WebuiJob:
         "height": size[1], "steps": _get(body, "steps", 50), "guidance_scale": _get(body, "cfg_scale", 7.0),
         "scheduler": sampler, "schedule": schedule, "num_images": _count(body),
     }
-    seed, (model, clip_skip) = _get(body, "seed", -1), _settings(_get(body, "override_settings", {}), names)
+    settings = _get(body, "override_settings", {})
+    seed, (model, clip_skip) = _get(body, "seed", -1), _settings(settings, names)
     given = {"seed": None if seed == -1 else seed, "loras": loras or None, "clip_skip": clip_skip}
-    inputs |= {key: value for key, value in given.items() if value is not None}
+    inputs |= {key: value for key, value in given.items() if value is not None} | _output_format(settings)
     script_model, control = _scripts(body.get("alwayson_scripts", {}), task, names, size)
     if None not in (model, script_model) and model != script_model:
         field = "alwayson_scripts.sd_model_checkpoint"
@@ -241,11 +242,38 @@ def _settings(settings: Mapping[str, Any], names: Names) -> tuple[str | None, in
             model = _resolve(names.models, _typed(value, "str", field), field, "checkpoint")
         elif key == "CLIP_stop_at_last_layers":
             clip_skip = _typed(value, "int", field)
+        elif key in _FORMAT_SETTINGS:
+            continue  # read by _output_format
         elif key not in _SETTINGS:
             raise ContractError("unsupported_field", f"{field}: spotgen does not apply this WebUI setting", field)
         elif not _accepted(value, _SETTINGS[key]):
             raise _unsupported(field, value, _SETTINGS[key])
     return model, clip_skip
+
+
+#: WebUI's settings of the saved (and, in its API, returned) images' format: ``samples_format``, ``jpeg_quality``
+#: (WebP's too, default 80) and ``webp_lossless``; spotgen's ``format``, ``quality`` and ``lossless``.
+_FORMAT_SETTINGS = ("samples_format", "jpeg_quality", "webp_lossless")
+_SAMPLES_FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
+_WEBUI_QUALITY = 80
+
+
+def _output_format(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's output format of ``override_settings``, as WebUI saves its images: ``jpeg_quality`` (WebUI's 80
+    when left out) for JPEG and lossy WebP, ``webp_lossless`` for WebP only (WebUI ignores both elsewhere)."""
+    field = "override_settings.samples_format"
+    name = _typed(settings.get("samples_format", "png"), "str", field)
+    if name.casefold() not in _SAMPLES_FORMATS:
+        raise ContractError("invalid_field", f"{field}: spotgen writes {', '.join(_SAMPLES_FORMATS)}, not {name!r}",
+                            field)
+    fmt = _SAMPLES_FORMATS[name.casefold()]
+    quality = _typed(settings.get("jpeg_quality", _WEBUI_QUALITY), "int", "override_settings.jpeg_quality")
+    lossless = _typed(settings.get("webp_lossless", False), "bool", "override_settings.webp_lossless")
+    if fmt == "png":
+        return {}
+    if fmt == "webp" and lossless:
+        return {"format": fmt, "lossless": True}
+    return {"format": fmt, "quality": quality}
 
 
 def _scripts(scripts: Mapping[str, Any], task: Task, names: Names, size: tuple[int, int]

@@ -108,7 +108,8 @@ _WEBUI_FIELDS = {
     "inputs.controlnet": f"{_UNIT}.model", "inputs.controlnet_conditioning_scale": f"{_UNIT}.weight",
     "inputs.control_guidance_start": f"{_UNIT}.guidance_start", "inputs.control_guidance_end": f"{_UNIT}.guidance_end",
     "inputs.control_preprocessor": f"{_UNIT}.module", "inputs.canny_low": f"{_UNIT}.threshold_a",
-    "inputs.canny_high": f"{_UNIT}.threshold_b",
+    "inputs.canny_high": f"{_UNIT}.threshold_b", "inputs.format": "override_settings.samples_format",
+    "inputs.quality": "override_settings.jpeg_quality", "inputs.lossless": "override_settings.webp_lossless",
 }
 
 

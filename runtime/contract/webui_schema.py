@@ -62,7 +62,7 @@ _ONLY: dict[str, tuple[Any, ...]] = {
 #: Settings clients send at WebUI's defaults, which are what spotgen does; any other setting is refused.
 _SETTINGS: dict[str, tuple[Any, ...]] = {
     "sd_vae": ("Automatic", "None"), "eta_noise_seed_delta": (0,), "img2img_fix_steps": (False,),
-    "always_discard_next_to_last_sigma": (False,), "token_merging_ratio": (0,), "samples_format": ("png",),
+    "always_discard_next_to_last_sigma": (False,), "token_merging_ratio": (0,),
 }
 #: A ControlNet unit's fields (sd-webui-controlnet's ``ControlNetUnit``, old aliases too): the values accepted,
 #: None where the field is read into the job, ``()`` where no value matters: it tunes a preprocessor (the module

@@ -29,8 +29,8 @@ def result_key(job_id: str) -> str:
     return f"jobs/{job_id}/result.json"
 
 
-def output_key(prefix: str, job_id: str, index: int) -> str:
-    return f"{prefix}/{job_id}/{index}.png"
+def output_key(prefix: str, job_id: str, index: int, extension: str = "png") -> str:
+    return f"{prefix}/{job_id}/{index}.{extension}"
 
 
 def checkpoint_key(job_id: str) -> str:
@@ -164,8 +164,9 @@ class JobStore:
             raise ValueError(f"input image {uri} is larger than {max_bytes} bytes")
         return obj["Body"].read(max_bytes + 1)
 
-    def put_output(self, key: str, png: bytes) -> str:
-        self.s3.put_object(Bucket=self.output_bucket, Key=key, Body=png, ContentType="image/png")
+    def put_output(self, key: str, data: bytes, content_type: str = "image/png") -> str:
+        """An output image, with the content type of its format (a browser opening its URL shows it)."""
+        self.s3.put_object(Bucket=self.output_bucket, Key=key, Body=data, ContentType=content_type)
         return f"s3://{self.output_bucket}/{key}"
 
     # -- checkpoints ---------------------------------------------------------------------------------------

@@ -1,25 +1,79 @@
-"""Images in and out of a job: input images decoded with explicit limits, outputs encoded as PNG."""
+"""Images in and out of a job: input images decoded with explicit limits, outputs encoded in the job's format
+(``runtime.contract.formats``) with its parameters embedded where SD WebUI puts them, so WebUI's PNG Info and
+the tools that read WebUI's images find them: a PNG ``parameters`` text chunk, EXIF UserComment in WebP and JPEG.
+Every encoder is deterministic (same image and options, same bytes), so a second delivery overwrites an output
+with the very bytes the first stored."""
 
 from __future__ import annotations
 
 import io
 import json
+import struct
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
 from runtime.contract import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageRefError
+from runtime.contract.formats import (
+    EXIF_IFD_TAG,
+    USER_COMMENT_ENCODING,
+    USER_COMMENT_PREFIX,
+    USER_COMMENT_TAG,
+    OutputOptions,
+)
 from runtime.plugins import RetryableError
 from runtime.storage.jobstore import JobStore
 from runtime.storage.retry import Retry, transient
+
+PNG = OutputOptions()
+
+
+def parameters_text(parameters: dict[str, Any]) -> str:
+    return json.dumps(parameters, sort_keys=True, separators=(",", ":"))
 
 
 def encode_png(image: Image.Image, parameters: dict[str, Any]) -> bytes:
     """PNG with the generation parameters in a ``parameters`` text chunk; same inputs give the same bytes."""
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", json.dumps(parameters, sort_keys=True, separators=(",", ":")))
+    info.add_text("parameters", parameters_text(parameters))
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def user_comment_exif(text: str) -> bytes:
+    """EXIF holding ``text`` as UserComment, as WebUI writes it (``piexif.helper.UserComment.dump(text,
+    encoding="unicode")``): the ``UNICODE`` code, then UTF-16 big-endian."""
+    return exif_with_comment(USER_COMMENT_PREFIX + text.encode(USER_COMMENT_ENCODING))
+
+
+def exif_with_comment(comment: bytes) -> bytes:
+    """EXIF with one UserComment of type UNDEFINED, as piexif writes it: a little-endian TIFF header, IFD0 with the
+    one pointer to the Exif IFD, and that IFD with the one tag. Written by hand because Pillow types a nested
+    IFD's bytes as BYTE, which piexif (so WebUI's PNG Info) cannot load as a comment; and no piexif is needed."""
+    ifd0, exif_ifd = 8, 8 + 2 + 12 + 4
+    data_at = exif_ifd + 2 + 12 + 4
+    return (b"Exif\x00\x00II*\x00" + struct.pack("<I", ifd0)
+            + struct.pack("<HHHII", 1, EXIF_IFD_TAG, 4, 1, exif_ifd) + struct.pack("<I", 0)  # LONG: the offset
+            + struct.pack("<HHHII", 1, USER_COMMENT_TAG, 7, len(comment), data_at) + struct.pack("<I", 0)
+            + comment)
+
+
+def encode_output(image: Image.Image, parameters: dict[str, Any], options: OutputOptions = PNG) -> bytes:
+    """One output in the job's format: PNG as ``encode_png`` (byte for byte), WebP or JPEG with the parameters in
+    EXIF UserComment. JPEG has no alpha, so the image is made RGB first (the built-ins return RGB already)."""
+    if options.format == "png":
+        return encode_png(image, parameters)
+    exif = user_comment_exif(parameters_text(parameters))
+    buf = io.BytesIO()
+    if options.format == "webp":
+        if options.lossless:  # method 4 and quality 80 (effort): libwebp's defaults, Pillow's too
+            image.save(buf, format="WEBP", lossless=True, exif=exif)
+        else:
+            image.save(buf, format="WEBP", quality=options.effective_quality, exif=exif)
+    else:
+        rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
+        rgb.save(buf, format="JPEG", quality=options.effective_quality, exif=exif)
     return buf.getvalue()
 
 

@@ -27,13 +27,17 @@ from pydantic import ValidationError
 
 from runtime.config import Settings
 from runtime.contract import JOB_ID_RE, JobErrorInfo, JobSpec, JobState, Notification, Progress, StatusDoc, utcnow
+from runtime.contract.errors import ContractError
+from runtime.contract.formats import content_type_of
 from runtime.contract.jobs import SampleJob
+from runtime.contract.outputcheck import output_options
 from runtime.contract.sample import SampleNotification, sample_notification
 from runtime.contract.webui_answer import sample_out_document
 from runtime.ops.observe import NOOP, Observer
 from runtime.storage.jobstore import JobStore, output_key, result_key
 from runtime.storage.retry import Retry
-from runtime.worker.images import encode_png
+from runtime.worker.errors import PermanentError
+from runtime.worker.images import encode_output
 from runtime.worker.jobstatus import JobEnded, StatusTracker
 
 log = logging.getLogger("spotgen.worker")
@@ -65,11 +69,16 @@ class Outputs:
     def store_outputs(self, spec: JobSpec, images: list[Image.Image], retry: Retry | None = None) -> list[str]:
         retry = retry or self.stage()
         parameters = {"pipeline": spec.pipeline, "model": spec.model, "seed": spec.seed, **spec.inputs}
+        try:  # checked at submit (every pipeline's); only a message that did not come through the API fails here
+            options = output_options(spec.inputs)
+        except ContractError as exc:
+            raise PermanentError("invalid_inputs", exc.message, exc.field) from None
         keys = []
         for index, image in enumerate(images):
-            key = output_key(spec.output_prefix, spec.id, index)
-            png = encode_png(image, {**parameters, "index": index})
-            retry(lambda key=key, png=png: self.store.put_output(key, png), f"job {spec.id}: storing {key}")
+            key = output_key(spec.output_prefix, spec.id, index, options.extension)
+            data = encode_output(image, {**parameters, "index": index}, options)
+            retry(lambda key=key, data=data: self.store.put_output(key, data, options.content_type),
+                  f"job {spec.id}: storing {key}")
             keys.append(key)
         return keys
 
@@ -153,8 +162,8 @@ class Outputs:
         urls = [f"s3://{self.store.output_bucket}/{key}" for key in doc.outputs]
         attributes = {"state": {"DataType": "String", "StringValue": doc.state.value}}
         if doc.sample is None:
-            body = Notification(id=doc.id, state=doc.state, error=doc.error, context=doc.context,
-                                outputs=urls).model_dump_json()
+            body = Notification(id=doc.id, state=doc.state, error=doc.error, context=doc.context, outputs=urls,
+                                content_types=[content_type_of(key) for key in doc.outputs]).model_dump_json()
         else:
             body = self.sample_note(doc, doc.sample, urls).model_dump_json()
             attributes["format"] = {"DataType": "String", "StringValue": SAMPLE_FORMAT}

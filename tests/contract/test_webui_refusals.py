@@ -105,7 +105,6 @@ def test_img2img_refuses_resize_modes_that_would_crop_pad_or_resize_latents(mode
     ({"sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors"}, "override_settings.sd_vae"),
     ({"eta_noise_seed_delta": 31337}, "override_settings.eta_noise_seed_delta"),
     ({"sd_hypernetwork": "anime"}, "override_settings.sd_hypernetwork"),
-    ({"samples_format": "jpg"}, "override_settings.samples_format"),
     ({"CLIP_stop_at_last_layers": "2"}, "override_settings.CLIP_stop_at_last_layers"),
     ({"img2img_fix_steps": 0}, "override_settings.img2img_fix_steps"),
 ])

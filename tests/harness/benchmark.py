@@ -14,8 +14,8 @@ Then the cost of an interruption for a 512 px job: checkpoint size, time to seri
 from the start of a resumed run to its first step against a fresh run's, all in units of one denoising step.
 Then the model cache (tests/harness/bench_cache.py, which says how EFS is simulated), the SDXL memory ratio and
 the LoRA costs (tests/harness/bench_models.py), AWS requests per job and the device's idle time between jobs,
-with and without 20 ms of latency per request (tests/harness/bench_requests.py), and the telemetry overhead
-(tests/harness/bench_ops.py).
+with and without 20 ms of latency per request (tests/harness/bench_requests.py), bytes and encoding CPU per
+image of each output format (tests/harness/bench_formats.py), and the telemetry overhead (tests/harness/bench_ops.py).
 
 Prints a table and, as the last line, one JSON object with every figure. Each figure that has a goal has its
 verdict beside it (a ``"goals"`` map: value, goal, ``"met"``), and ``goals_missed`` lists those not met; a goal
@@ -381,6 +381,10 @@ def main() -> int:
 
     figures["aws_requests"] = requests = bench_requests.figures()
     print("\n".join(bench_requests.report(requests)))
+    from tests.harness import bench_formats
+
+    figures["output_formats"] = formats = bench_formats.figures()
+    print("\n".join(bench_formats.report(formats)))
     from tests.harness.bench_ops import ops_overhead  # tracing + metrics on vs off; prints its own lines
 
     figures["operations"] = ops_overhead()

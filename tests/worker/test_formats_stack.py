@@ -1,0 +1,58 @@
+"""Output formats on the wire: a WebP job through the whole stack (HTTP API -> SNS -> SQS -> worker -> S3 + SNS)
+stores WebP bytes under a ``.webp`` key with its content type on the S3 object, in the status and in the
+notification, and decodes to exactly the pixels of the same job in PNG. The encoders and the contract are tested
+in process (tests/pipelines/test_formats.py, tests/contract/test_formats.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+from spotgen.images import read_parameters
+from tests.conftest import Stack
+from tests.rest import call, download, wait_for
+
+INPUTS = {"prompt": "a red fox", "width": 64, "height": 48, "steps": 3, "seed": 11}
+
+
+def run(stack: Stack, inputs: dict[str, object]) -> dict[str, object]:
+    status, answer = call("POST", f"{stack.api_url}/v1/jobs", {"pipeline": "txt2img", "model": "tiny-sd",
+                                                                "inputs": inputs})
+    assert status == 202, answer
+    doc = wait_for(stack.api_url, answer["id"], timeout=120)
+    assert doc["state"] == "succeeded", doc
+    return doc
+
+
+def test_a_lossless_webp_job_is_the_png_jobs_pixels_with_its_content_type_everywhere(stack: Stack) -> None:
+    png_doc = run(stack, INPUTS)
+    webp_doc = run(stack, {**INPUTS, "format": "webp", "lossless": True})
+    (png_out,), (webp_out,) = png_doc["outputs"], webp_doc["outputs"]  # type: ignore[misc]
+    assert png_out["key"].endswith("/0.png") and png_out["content_type"] == "image/png"
+    assert webp_out["key"].endswith("/0.webp") and webp_out["content_type"] == "image/webp"
+
+    png, webp = download(png_out["url"]), download(webp_out["url"])
+    assert Image.open(io.BytesIO(webp)).format == "WEBP"
+    pixels = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in (png, webp)]
+    assert np.array_equal(*pixels)
+    params = json.loads(read_parameters(webp) or "")
+    assert (params["format"], params["lossless"], params["seed"], params["index"]) == ("webp", True, 11, 0)
+    assert "format" not in json.loads(read_parameters(png) or "")  # a PNG job's parameters are as they were
+
+    head = stack.s3.head_object(Bucket=stack.env["SPOTGEN_OUTPUT_BUCKET"], Key=webp_out["key"])
+    assert head["ContentType"] == "image/webp"
+    (note,) = stack.inbox.settled(webp_doc["id"])  # type: ignore[arg-type]
+    assert note["outputs"][0].endswith(".webp") and note["content_types"] == ["image/webp"]
+    (png_note,) = stack.inbox.settled(png_doc["id"])  # type: ignore[arg-type]
+    assert png_note["content_types"] == ["image/png"]
+
+
+def test_a_bad_format_is_a_400_naming_the_field(stack: Stack) -> None:
+    for inputs, field in (({"format": "gif"}, "inputs.format"), ({"format": "jpeg", "quality": 0}, "inputs.quality")):
+        status, answer = call("POST", f"{stack.api_url}/v1/jobs", {"pipeline": "txt2img", "model": "tiny-sd",
+                                                                    "inputs": {**INPUTS, **inputs}})
+        assert status == 400, answer
+        assert answer["error"]["field"] == field, answer
