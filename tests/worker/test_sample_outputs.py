@@ -216,10 +216,12 @@ def test_native_job_keeps_spotgens_notification(stack: Stack) -> None:
     (msg,) = notifications(stack, job)
     assert attributes(msg) == {"state": "succeeded"}
     body = json.loads(msg["Body"])
-    assert set(body) == set(Notification.model_fields) == {"id", "state", "outputs", "error", "context"}
+    assert set(body) == set(Notification.model_fields) == {"id", "state", "outputs", "content_types", "error",
+                                                           "context"}
     note = Notification.model_validate(body)
     bucket = stack.env["SPOTGEN_OUTPUT_BUCKET"]
     assert note.outputs == [f"s3://{bucket}/{PREFIX}/{job}/{i}.png" for i in range(2)]
+    assert note.content_types == ["image/png", "image/png"]
     assert note.context == {"user": "u-1"} and note.error is None
     listing = stack.s3.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/{job}/")
     assert sorted(o["Key"] for o in listing["Contents"]) == [f"{PREFIX}/{job}/{i}.png" for i in range(2)]  # no .out
