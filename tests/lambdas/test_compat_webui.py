@@ -51,6 +51,19 @@ def test_txt2img_answers_images_and_info_and_a_seed_gives_the_same_pixels(stack:
     assert status == 200 and again["images"] == first["images"]
 
 
+def test_samples_format_answers_images_in_that_format_with_their_parameters(stack: Stack) -> None:
+    """WebUI's API answers its images in ``samples_format`` (``jpeg_quality`` for lossy WebP), with the
+    parameters in EXIF UserComment; spotgen's output format carries it (docs/api.md "Output formats")."""
+    from spotgen.images import read_parameters
+
+    status, answer = txt2img(stack, seed=5, override_settings={"samples_format": "webp", "jpeg_quality": 90})
+    assert status == 200, answer
+    data = base64.b64decode(answer["images"][0])
+    assert Image.open(io.BytesIO(data)).format == "WEBP"
+    params = json.loads(read_parameters(data) or "")
+    assert (params["format"], params["quality"], params["seed"]) == ("webp", 90, 5)
+
+
 def test_img2img_starts_from_the_init_image(stack: Stack) -> None:
     body = {"prompt": "a fox", "width": 64, "height": 64, "steps": 4, "seed": 3, "init_images": [PNG_B64],
             "denoising_strength": 0.5}

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+import spotgen
 from spotgen.images import read_parameters
 from tests.conftest import Stack
 from tests.rest import call, download, wait_for
@@ -48,6 +50,16 @@ def test_a_lossless_webp_job_is_the_png_jobs_pixels_with_its_content_type_everyw
     assert note["outputs"][0].endswith(".webp") and note["content_types"] == ["image/webp"]
     (png_note,) = stack.inbox.settled(png_doc["id"])  # type: ignore[arg-type]
     assert png_note["content_types"] == ["image/png"]
+
+
+def test_the_client_saves_each_output_with_its_formats_extension(stack: Stack, tmp_path: Path) -> None:
+    with spotgen.Client(stack.api_url) as client:
+        job = client.submit("txt2img", "tiny-sd", {**INPUTS, "format": "jpeg", "num_images": 2})
+        status = job.wait(timeout=120, raise_on_failure=True)
+        assert [output.content_type for output in status.outputs] == ["image/jpeg", "image/jpeg"]
+        paths = job.save(tmp_path)
+    assert [path.name for path in paths] == [f"{job.id}-0.jpg", f"{job.id}-1.jpg"]
+    assert Image.open(paths[1]).format == "JPEG"
 
 
 def test_a_bad_format_is_a_400_naming_the_field(stack: Stack) -> None:
