@@ -4,6 +4,7 @@ images in tests/pipelines/test_formats.py, and one job through the stack in test
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -137,3 +138,23 @@ def test_the_output_options_model_is_what_plugins_subclass() -> None:
     assert spotgen.OutputOptions is OutputOptions
     assert Inputs.model_validate({"text": "x", "format": "jpeg"}).format == "jpeg"
     assert Inputs.model_validate({"text": "x"}).model_dump() == {"text": "x"}
+
+
+# -- the AWS sample's envelopes: WebUI bodies, with the queue agent's override_settings in alwayson_scripts ---------
+def test_the_samples_envelopes_take_the_format_from_override_settings() -> None:
+    """v1alpha2 ``content`` is a WebUI body; the agent's ``alwayson_scripts.override_settings`` are merged over it
+    (``runtime/contract/sample.py``): either place chooses the format."""
+    from tests.contract.sample_cases import NAMES as SAMPLE_NAMES
+    from tests.contract.sample_cases import V1ALPHA2_T2I, parse2
+
+    body = json.loads(V1ALPHA2_T2I)
+    body["task"]["content"]["override_settings"] = {"samples_format": "jpg"}
+    assert parse2(body).webui_job(SAMPLE_NAMES).inputs["format"] == "jpeg"
+    body["task"]["content"]["alwayson_scripts"]["override_settings"] = {"samples_format": "webp",
+                                                                         "webp_lossless": True}
+    job = parse2(body).webui_job(SAMPLE_NAMES)
+    assert (job.inputs["format"], job.inputs["lossless"]) == ("webp", True)
+    body["task"]["content"]["alwayson_scripts"]["override_settings"] = {"samples_format": "tiff"}
+    with pytest.raises(ContractError) as caught:
+        parse2(body).webui_job(SAMPLE_NAMES)
+    assert caught.value.field == "task.content.override_settings.samples_format"
