@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import spotgen
@@ -68,3 +70,33 @@ def test_a_bad_format_is_a_400_naming_the_field(stack: Stack) -> None:
                                                                     "inputs": {**INPUTS, **inputs}})
         assert status == 400, answer
         assert answer["error"]["field"] == field, answer
+
+
+def test_a_plugins_images_get_the_jobs_format_from_the_output_stage(stack: Stack) -> None:
+    """The output stage encodes whatever a pipeline returns (in process, against the stack's emulator): a plugin
+    job's ``format`` is the runtime's to apply, and a message whose format never went through the API fails
+    naming the field instead of storing a wrong image."""
+    from runtime.config import Settings
+    from runtime.contract import JobSpec, utcnow
+    from runtime.storage.jobstore import JobStore
+    from runtime.worker.errors import PermanentError
+    from runtime.worker.outputs import Outputs
+
+    settings = Settings.from_env(stack.env)
+    outputs = Outputs(settings, JobStore(stack.s3, settings), stack.sns)
+
+    def spec(inputs: dict[str, object]) -> JobSpec:
+        return JobSpec(id=f"plugin-{time.time_ns()}", pipeline="myplugin", model="tiny-sd", inputs=inputs, seed=1,
+                       output_prefix="outputs", submitted_at=utcnow(), request_hash="0" * 64)
+
+    image = Image.new("RGBA", (16, 8), (10, 200, 30, 128))
+    (key,) = outputs.store_outputs(spec({"text": "x", "format": "jpeg", "quality": 75}), [image])
+    assert key.endswith("/0.jpg")
+    obj = stack.s3.get_object(Bucket=settings.output_bucket, Key=key)
+    assert obj["ContentType"] == "image/jpeg"
+    data = obj["Body"].read()
+    assert Image.open(io.BytesIO(data)).format == "JPEG"
+    assert json.loads(read_parameters(data) or "")["pipeline"] == "myplugin"
+    with pytest.raises(PermanentError) as caught:
+        outputs.store_outputs(spec({"text": "x", "format": "bmp"}), [image])
+    assert (caught.value.info.code, caught.value.info.field) == ("invalid_inputs", "inputs.format")
