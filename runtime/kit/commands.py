@@ -44,7 +44,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from runtime.kit.local import LocalRun, png_bytes  # torch: only for the command that runs a pipeline
+    from runtime.kit.local import LocalRun, output_bytes  # torch: only for the command that runs a pipeline
 
     settings = Settings.from_env()
     models = Path(args.models) if args.models else args.default_models
@@ -90,13 +90,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             return FAILED
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pngs = png_bytes(outcome.images, parameters)
-    for index, data in enumerate(pngs):
-        path = out / f"{args.pipeline}-{args.seed}-{index}.png"
+    files, extension = output_bytes(outcome.images, parameters, fields)
+    for index, data in enumerate(files):
+        path = out / f"{args.pipeline}-{args.seed}-{index}.{extension}"
         path.write_bytes(data)
         print(path)
     if resumed is not None:
-        if png_bytes(resumed.images, parameters) != pngs:
+        if output_bytes(resumed.images, parameters, fields)[0] != files:
             print(f"resumed after step {args.interrupt_at}: the images DIFFER from the uninterrupted run",
                   file=sys.stderr)
             return FAILED

@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel
 
+from runtime.contract.outputcheck import output_options
 from runtime.models.store import ModelStore
 from runtime.plugins import (
     JobCancelled,
@@ -32,7 +33,7 @@ from runtime.plugins import (
     StepState,
 )
 from runtime.worker import checkpoint
-from runtime.worker.images import encode_png
+from runtime.worker.images import encode_output, encode_png
 
 #: The bucket name local image references use (``s3://local/<field>``).
 LOCAL_BUCKET = "local"
@@ -128,6 +129,15 @@ def _image(images: Mapping[str, Image.Image], ref: str) -> Image.Image:
 def png_bytes(images: Iterable[Image.Image], parameters: Mapping[str, Any]) -> list[bytes]:
     """The images as the worker stores them: PNG with the job's parameters and the image's index embedded."""
     return [encode_png(image, {**parameters, "index": index}) for index, image in enumerate(images)]
+
+
+def output_bytes(images: Iterable[Image.Image], parameters: Mapping[str, Any],
+                 inputs: Mapping[str, Any]) -> tuple[list[bytes], str]:
+    """The images as the worker stores them in the format ``inputs`` asks for (``format``, ``quality``,
+    ``lossless``; PNG by default), with the parameters and index embedded; and the files' extension."""
+    options = output_options(inputs)
+    return [encode_output(image, {**parameters, "index": index}, options)
+            for index, image in enumerate(images)], options.extension
 
 
 def load_image(path: Path) -> Image.Image:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import random
 import re
 from pathlib import Path
@@ -218,3 +219,21 @@ def test_spotgen_run_refuses_a_bad_input_naming_it_before_anything_loads(
             "--quiet"]
     assert main([*args, *(a for pair in inputs for a in ("--input", pair))]) == 2
     assert field in capsys.readouterr().err
+
+
+def test_spotgen_run_writes_the_format_the_inputs_ask_for(tiny_models: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`spotgen run` encodes as the worker does: the job's ``format`` picks the file's encoding and extension,
+    with the parameters embedded (read back as WebUI reads them), and a resume compares in that format."""
+    from spotgen.cli import main
+    from spotgen.images import read_parameters
+
+    args = ["run", "txt2img", "--model", "tiny-sd", "--models", str(tiny_models), "--quiet", "--out", str(tmp_path),
+            "--interrupt-at", "1"]
+    inputs = ["prompt=a fox", "steps=2", "width=64", "height=64", "format=webp", "lossless=true"]
+    assert main([*args, *(a for pair in inputs for a in ("--input", pair))]) == 0
+    written = [Path(line) for line in capsys.readouterr().out.splitlines() if line.startswith(str(tmp_path))]
+    assert [path.suffix for path in written] == [".webp"]
+    data = written[0].read_bytes()
+    assert Image.open(io.BytesIO(data)).format == "WEBP"
+    assert "a fox" in (read_parameters(data) or "")
