@@ -119,6 +119,13 @@ _SEED_PLACEHOLDER = 4_000_000_000
 _URI_PLACEHOLDER = "s3://" + "x" * 1019
 
 
+def text_bound(characters: int) -> int:
+    """The bytes the parameters text of ``characters`` takes in an output, in any format: twice the characters,
+    because WebP and JPEG carry it as UTF-16 in EXIF (their pixels stay within the PNG bound: lossless WebP of
+    noise is the raw size, the lossy codecs at quality 100 two thirds of it or less), plus the headers."""
+    return 2 * characters + 128
+
+
 def check_answer_size(job: WebuiJob, inputs: Mapping[str, Any], body: Mapping[str, Any],
                       parameters: dict[str, Any], title: str, limit: int) -> None:
     """ContractError naming ``batch_size`` (or ``n_iter``, or ``width`` for one image) when the answer with the
@@ -131,7 +138,7 @@ def check_answer_size(job: WebuiJob, inputs: Mapping[str, Any], body: Mapping[st
     seed = _SEED_PLACEHOLDER if inputs.get("seed") is None else inputs["seed"]
     text = {"pipeline": job.pipeline, "model": job.model, "seed": seed, "index": count - 1,
             **{key: _URI_PLACEHOLDER if key in IMAGE_FIELDS and value else value for key, value in inputs.items()}}
-    text_bytes = len(json.dumps(text, sort_keys=True, separators=(",", ":"))) + 64
+    text_bytes = text_bound(len(json.dumps(text, sort_keys=True, separators=(",", ":"))))
     image = base64_bytes(png_bytes_bound(width, height, text_bytes))
 
     def answer_bytes(images: int) -> int:
