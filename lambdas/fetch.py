@@ -3,47 +3,39 @@
 A URL in a request makes the Lambda open a connection of the client's choosing, so every hop is vetted the
 same way: https on port 443, no user information, a host in ``SPOTGEN_FETCH_ALLOWED_HOSTS``, and every address
 DNS gives for it public (a name with one private address among public ones is refused, not tried in luck).
-The connection is then made to exactly the addresses that were checked: httpcore asks our network backend
-for a connection to the host name, and the backend dials the vetted address instead of resolving again, so
-a DNS answer that changes between the check and the connect (rebinding) is never used, while the URL, the
-Host header, SNI and the certificate check all stay on the host name. httpcore (httpx's transport, a
-dependency of httpx) is used directly because httpx offers no public way to plug in a network backend.
-
-The same backend wraps every socket operation in the request's one deadline, so a server that trickles a
-byte at a time cannot hold the Lambda past the timeout the way per-read timeouts would let it.
+The connection is then made to exactly the addresses that were checked, and every socket operation gets
+at most what is left of the request's one deadline: the address rules, the pinned network backend and the
+deadline streams are ``runtime.storage.egress``'s, shared with the worker's webhook sender.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit
 
-import certifi
 import httpcore
 
 from runtime.config import Settings
 from runtime.contract.errors import ContractError
 from runtime.contract.images import MAX_IMAGE_BYTES
+from runtime.storage.egress import (  # noqa: F401 - address_problem, resolve_host: imported from here by callers
+    METADATA_ADDRESSES,
+    AddressRefused,
+    PinnedBackend,
+    Resolver,
+    address_problem,
+    resolve_host,
+    tls_context,
+    vetted_addresses,
+)
 
 MAX_REDIRECTS = 3
 MAX_URL_CHARS = 2048
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-#: The instance metadata service (IMDS) of EC2, over IPv4 and IPv6: named, so the refusal says so.
-METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _HEADERS = ((b"User-Agent", b"spotgen-fetch"), (b"Accept", b"image/png, image/jpeg, image/webp"),
             (b"Accept-Encoding", b"identity"))
-
-#: ``resolve(host, port)``: the addresses ``host`` has, as strings (``socket.getaddrinfo`` in production).
-Resolver = Callable[[str, int], Sequence[str]]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -56,50 +48,6 @@ class LoopbackForTests:
     """
 
     ca_file: str
-
-
-def resolve_host(host: str, port: int) -> list[str]:
-    """Every address of ``host`` (IPv4 and IPv6), each once, in the resolver's order."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def address_problem(address: str, *, allow_loopback: bool = False) -> str | None:
-    """Why nothing may be fetched from ``address``, or None for a public one.
-
-    An IPv6 address that carries an IPv4 one (mapped, 6to4, Teredo, NAT64) is judged by the IPv4 one too,
-    since that is where the packets end up.
-    """
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return "not an IP address"
-    candidates: list[IPAddress] = []  # the IPv4 address inside first: it names the problem best
-    if isinstance(ip, ipaddress.IPv6Address):
-        candidates += [v4 for v4 in (ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())) if v4 is not None]
-        if ip in _NAT64:
-            candidates.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    candidates.append(ip)
-    for candidate in candidates:
-        problem = _one_address_problem(candidate, allow_loopback)
-        if problem:
-            return problem
-    return None
-
-
-def _one_address_problem(ip: IPAddress, allow_loopback: bool) -> str | None:
-    if ip in METADATA_ADDRESSES:
-        return "the cloud metadata service"
-    if ip.is_loopback:
-        return None if allow_loopback else "a loopback address"
-    for flag, what in (("is_unspecified", "an unspecified address"), ("is_link_local", "a link-local address"),
-                       ("is_multicast", "a multicast address"), ("is_reserved", "a reserved address"),
-                       ("is_private", "a private address")):
-        if getattr(ip, flag):
-            return what
-    if not ip.is_global:  # shared (100.64/10), documentation and other special-purpose ranges
-        return "not a globally routable address"
-    return None
 
 
 def fetch_image(url: str, settings: Settings, field: str, *, timeout_s: float | None = None,
@@ -115,7 +63,7 @@ def fetch_image(url: str, settings: Settings, field: str, *, timeout_s: float | 
                             "as an s3:// URI in the input bucket", field)
     budget = settings.fetch_timeout_s if timeout_s is None else timeout_s
     deadline = time.monotonic() + budget
-    backend = _PinnedBackend(deadline)
+    backend = PinnedBackend(deadline)
     context = _tls_context(loopback_for_tests)
     try:
         with httpcore.ConnectionPool(ssl_context=context, network_backend=backend, retries=0) as pool:
@@ -177,44 +125,12 @@ def _checked_url(url: str, settings: Settings, field: str, test_loopback: bool) 
 def _vetted_addresses(host: str, port: int, resolve: Resolver, field: str, deadline: float,
                       allow_loopback: bool) -> list[str]:
     try:
-        addresses = _resolve_within(resolve, host, port, deadline)
+        return vetted_addresses(host, port, resolve, deadline, allow_loopback=allow_loopback)
+    except AddressRefused as refused:
+        raise ContractError("url_not_allowed", f"{field}: {refused}; image URLs must lead to public addresses only",
+                            field) from None
     except OSError as exc:
         raise ContractError("fetch_failed", f"{field}: could not resolve {host!r}: {exc}", field) from None
-    if not addresses:
-        raise ContractError("fetch_failed", f"{field}: {host!r} has no addresses", field)
-    for address in addresses:
-        problem = address_problem(address, allow_loopback=allow_loopback)
-        if problem:
-            raise ContractError("url_not_allowed", f"{field}: {host!r} resolves to {address}, {problem}; image "
-                                "URLs must lead to public addresses only", field)
-    if time.monotonic() >= deadline:
-        raise httpcore.ConnectTimeout("the DNS lookup used the whole timeout")
-    return addresses
-
-
-def _resolve_within(resolve: Resolver, host: str, port: int, deadline: float) -> list[str]:
-    """``resolve(host, port)`` if it answers before ``deadline``; else ConnectTimeout.
-
-    ``getaddrinfo`` has no timeout of its own, and a resolver that does not answer would hold the Lambda past
-    the fetch's deadline (and past its own timeout). The lookup runs on a daemon thread that is abandoned at the
-    deadline: it ends when the resolver gives up, and nothing waits for it."""
-    answer: list[list[str] | OSError] = []
-    done = threading.Event()
-
-    def lookup() -> None:
-        try:
-            answer.append(list(resolve(host, port)))
-        except OSError as exc:
-            answer.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
-    if not done.wait(max(0.0, deadline - time.monotonic())) or not answer:
-        raise httpcore.ConnectTimeout("the DNS lookup did not answer within the timeout")
-    if isinstance(answer[0], OSError):
-        raise answer[0]
-    return answer[0]
 
 
 def _redirect_target(url: str, response: httpcore.Response, field: str) -> str:
@@ -258,68 +174,4 @@ def _reason(exc: Exception) -> str:
 
 
 def _tls_context(loopback: LoopbackForTests | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=loopback.ca_file if loopback else certifi.where())
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-def _remaining(deadline: float, timeout: float | None, error: type[Exception]) -> float:
-    """The smaller of an operation's own timeout and what is left of the deadline; past it, ``error``."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise error("the deadline has passed")
-    return left if timeout is None else min(timeout, left)
-
-
-class _PinnedBackend(httpcore.NetworkBackend):
-    """Connects a host name only to the addresses vetted for it this fetch, never resolving it again."""
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.vetted: dict[tuple[str, int], list[str]] = {}
-        self._backend = httpcore.SyncBackend()
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        addresses = self.vetted.get((host, port))
-        if not addresses:
-            raise httpcore.ConnectError(f"{host}:{port} was not vetted")
-        error: Exception = httpcore.ConnectError("no address")
-        for address in addresses:
-            try:
-                stream = self._backend.connect_tcp(address, port, _remaining(self.deadline, timeout,
-                                                                             httpcore.ConnectTimeout),
-                                                   socket_options=socket_options)
-            except httpcore.ConnectError as exc:
-                error = exc
-                continue
-            return _DeadlineStream(stream, self.deadline)
-        raise error
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("unix sockets are never used")
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """Each read, write and handshake gets at most what is left of the fetch's deadline."""
-
-    def __init__(self, stream: httpcore.NetworkStream, deadline: float) -> None:
-        self._stream, self._deadline = stream, deadline
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _remaining(self._deadline, timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, _remaining(self._deadline, timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        left = _remaining(self._deadline, timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, left), self._deadline)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
+    return tls_context(loopback.ca_file if loopback else None)
