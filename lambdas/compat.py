@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lambdas.common import response
-from lambdas.submit import Queued, check, enqueue
+from lambdas.submit import Queued, check, check_webhook, enqueue
 from runtime.config import Settings
 from runtime.contract import (
     IMAGE_FIELDS,
@@ -34,6 +34,7 @@ from runtime.contract import (
 )
 from runtime.contract.errors import prefixed
 from runtime.contract.inputs import MAX_SIDE
+from runtime.contract.webhook import Webhook
 from runtime.contract.webui_answer import base64_bytes, png_bytes_bound
 
 #: File name endings that make an alias look like what WebUI lists as a checkpoint's title.
@@ -81,18 +82,23 @@ Announce = Callable[[dict[str, Any], dict[str, Any]], SampleJob]
 def submit_webui(dep: Any, job: WebuiJob, body: Mapping[str, Any], *, job_id: str | None = None,
                  output_prefix: str | None = None, announce: Announce | None = None,
                  identity: Mapping[str, Any] | None = None, pool: str | None = None,
-                 field_prefix: str | None = None, answer_limit: int | None = None) -> Submitted:
+                 field_prefix: str | None = None, answer_limit: int | None = None, webhook: Webhook | None = None,
+                 webhook_field: str = "webhook") -> Submitted:
     """Queue ``job`` (from ``body``) like a native request: ContractError naming the body's field (under
     ``field_prefix``), or ``submit.Rejected``. ``identity``: what else makes two requests with one id the same
     request (the sample's runtime and context); ``answer_limit``: the bytes a synchronous answer with the job's
-    images may take (``check_answer_size``), checked before anything is written."""
+    images may take (``check_answer_size``), checked before anything is written. ``webhook``: the route's extra
+    field (docs/api.md "Webhooks"), at ``webhook_field`` in the route's body (its errors name that)."""
     try:
         request = JobRequest.model_validate({"id": job_id, "pipeline": job.pipeline, "model": job.model,
-                                             "inputs": dict(job.inputs), "output_prefix": output_prefix})
+                                             "inputs": dict(job.inputs), "output_prefix": output_prefix,
+                                             "webhook": webhook})
     except ValidationError as exc:
         raise_contract_error(exc)
+    if webhook is not None:  # before the inputs, whose errors are WebUI's and prefixed
+        check_webhook(dep.settings, webhook.url, f"{webhook_field}.url")
     try:
-        inputs = check(dep, request)
+        inputs = check(dep, request, f"{webhook_field}.url")
     except ContractError as exc:
         error = webui_error(exc)
         raise prefixed(error, field_prefix) if field_prefix and error.field else error from None

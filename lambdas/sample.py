@@ -64,7 +64,8 @@ def _queue(dep: Deployment, request: SampleRequest, job: Any, runtime: str, pool
 
     compat.submit_webui(dep, job, request.body, job_id=request.id, output_prefix=request.output_prefix,
                         announce=announce, pool=pool, field_prefix=field_prefix,
-                        identity={"api": request.api_version, "runtime": runtime, "context": request.context})
+                        identity={"api": request.api_version, "runtime": runtime, "context": request.context},
+                        webhook=request.webhook, webhook_field=request.webhook_field)
 
 
 def _handler(route: Any) -> Any:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import time
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
 
 from lambdas import compat, telemetry
 from lambdas import status as native
@@ -28,7 +30,16 @@ from lambdas.body import parse_json
 from lambdas.cancel import cancel
 from lambdas.common import Deployment, deployment, error, raw_body, response
 from lambdas.submit import Rejected
-from runtime.contract import WEBUI_SAMPLERS, ContractError, JobState, StatusDoc, from_webui, utcnow
+from runtime.contract import (
+    WEBUI_SAMPLERS,
+    ContractError,
+    JobState,
+    StatusDoc,
+    from_webui,
+    raise_contract_error,
+    utcnow,
+)
+from runtime.contract.webhook import Webhook
 from runtime.contract.webui_answer import LAMBDA_RESPONSE_BYTES, SCHEDULE_LABELS
 
 log = logging.getLogger("spotgen.api")
@@ -51,14 +62,29 @@ def _pointer_key(who: str) -> str:
     return f"callers/{who}.json"
 
 
+def webhook_of(body: Any) -> Webhook | None:
+    """spotgen's one extra field in a WebUI body, taken out of it (WebUI has none of that name): ``webhook``,
+    ``{url, events}`` as on ``POST /v1/jobs`` (docs/api.md "Webhooks"); ContractError naming it when invalid."""
+    if not isinstance(body, dict) or body.get("webhook") is None:
+        if isinstance(body, dict):
+            body.pop("webhook", None)
+        return None
+    try:
+        return Webhook.model_validate_json(json.dumps(body.pop("webhook")), strict=True)
+    except ValidationError as exc:
+        raise_contract_error(exc, "webhook")
+        raise  # unreachable
+
+
 def generate(dep: Deployment, event: dict[str, Any], task: str) -> dict[str, Any]:
     settings = dep.settings
     runtime = settings.runtimes.get(settings.webui_runtime)
     try:
         body = parse_json(raw_body(event))
+        hook = webhook_of(body)
         job = from_webui(body, task, compat.names(settings, runtime.model if runtime else None))  # type: ignore[arg-type]
         submitted = compat.submit_webui(dep, job, body, pool=runtime.pool if runtime else None,
-                                        answer_limit=LAMBDA_RESPONSE_BYTES)
+                                        answer_limit=LAMBDA_RESPONSE_BYTES, webhook=hook)
     except ContractError as exc:
         return error(400, exc.code, exc.message, exc.field)
     except Rejected as rejected:

@@ -56,12 +56,15 @@ def parse(body: bytes, dep: Deployment) -> tuple[JobRequest, dict[str, Any]]:
     return request, check(dep, request)
 
 
-def check(dep: Deployment, request: JobRequest) -> dict[str, Any]:
-    """The request's inputs, validated as the pipeline's (image URLs fetched where allowed), or ContractError."""
+def check(dep: Deployment, request: JobRequest, webhook_field: str = "webhook.url") -> dict[str, Any]:
+    """The request's inputs, validated as the pipeline's (image URLs fetched where allowed), or ContractError; the
+    webhook's target checked first (an error names ``webhook_field``: where the route's body has it)."""
     settings = dep.settings
     if request.model not in settings.models:
         raise ContractError("unknown_model", f"unknown model {request.model!r}; available: "
                             f"{', '.join(settings.models)}", "model")
+    if request.webhook is not None:
+        check_webhook(settings, request.webhook.url, webhook_field)
     raw = fetch_image_urls(dep, request.inputs) if request.pipeline in BUILTIN_PIPELINES else request.inputs
     inputs = validate_inputs(request.pipeline, raw, input_bucket=settings.input_bucket,
                              extra_pipelines=frozenset(settings.extra_pipelines))
@@ -76,6 +79,32 @@ def check(dep: Deployment, request: JobRequest) -> dict[str, Any]:
                             f"{', '.join(settings.controlnets)}", "inputs.controlnet")
     check_family(settings, request.model, inputs)
     return inputs.model_dump(mode="json")
+
+
+def check_webhook(settings: Settings, url: str, field: str = "webhook.url", resolve: Any = None) -> None:
+    """ContractError naming ``field`` unless a webhook may go to ``url``: the allow-list and URL rules, and every
+    address the host has now public (``runtime.storage.egress``, the rules of image URLs). The worker checks
+    again when it sends (DNS may have changed since, and it connects only to the addresses it checked then), and
+    never follows a redirect: a 3xx answer is a failed delivery (docs/api.md "Webhooks")."""
+    from runtime.storage import egress  # httpcore loads only for a request with a webhook
+
+    def refuse(why: str) -> ContractError:
+        return ContractError("url_not_allowed", f"{field}: {why}", field)
+
+    if not settings.webhook_allowed_hosts and not settings.webhook_loopback:
+        raise refuse("webhooks are not accepted here (SPOTGEN_WEBHOOK_ALLOWED_HOSTS is empty)")
+    try:
+        parts = egress.webhook_target(url, settings.webhook_allowed_hosts, loopback=settings.webhook_loopback)
+        host = str(parts.hostname)
+        egress.vetted_addresses(host, parts.port or 443, resolve or egress.resolve_host,
+                                time.monotonic() + settings.webhook_timeout_s,
+                                allow_loopback=settings.webhook_loopback and host in egress.LOOPBACK_HOSTS)
+    except egress.TargetRefused as exc:
+        raise refuse(str(exc)) from None
+    except egress.AddressRefused as exc:
+        raise refuse(f"{exc}; webhooks must lead to public addresses only") from None
+    except (OSError, egress.httpcore.TimeoutException) as exc:
+        raise ContractError("invalid_field", f"{field}: could not resolve the host: {exc}", field) from None
 
 
 def plugin_schemas(settings: Settings) -> schemas.PluginSchemas | None:
@@ -201,11 +230,13 @@ def _enqueue(dep: Deployment, request: JobRequest, job_id: str, inputs: dict[str
     spec = JobSpec(id=job_id, pipeline=request.pipeline, model=request.model, inputs=inputs, seed=seed,
                    output_prefix=request.output_prefix or "outputs", context=request.context,
                    submitted_at=now, request_hash=digest, expires_at=expires_at, sample=announce,
-                   schema_digest=document.digest(request.pipeline) if document is not None else None)
+                   schema_digest=document.digest(request.pipeline) if document is not None else None,
+                   webhook=request.webhook)
     doc = StatusDoc(id=job_id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model, seed=seed,
                     context=spec.context, loras=inputs.get("loras", []) if spec.pipeline in BUILTIN_PIPELINES else [],
                     request_hash=digest, created_at=now, updated_at=now, sample=announce,
-                    expires_at=expires_at, trace_id=telemetry.trace_id(), submission=submission)
+                    expires_at=expires_at, trace_id=telemetry.trace_id(), submission=submission,
+                    webhook=request.webhook)
     outbox.keep(dep, spec, pool, submission)
     etag = dep.store.create_status_tagged(doc)
     if etag is None:

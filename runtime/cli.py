@@ -134,22 +134,6 @@ def _catalog_output(make: Callable[[], str]) -> int:
     return 0
 
 
-def _dev_compat(settings: Settings) -> Settings:
-    """The compatibility APIs on the dev stack, unless the environment configures them: the catalog's aliases,
-    one sample runtime ``sdruntime`` (the first model), which ``/sdapi/v1`` uses too, and a long sync wait (no
-    API Gateway in front)."""
-    updates: dict[str, object] = {}
-    if "SPOTGEN_ALIASES" not in os.environ:
-        updates["aliases"] = catalog_aliases(settings)
-    if "SPOTGEN_RUNTIMES" not in os.environ and settings.models:
-        updates["runtimes"] = {"sdruntime": {"model": settings.models[0]}}
-        if "SPOTGEN_WEBUI_RUNTIME" not in os.environ:
-            updates["webui_runtime"] = "sdruntime"
-    if "SPOTGEN_SYNC_WAIT_S" not in os.environ:
-        updates["sync_wait_s"] = 600.0
-    return Settings.model_validate({**settings.model_dump(), **updates})
-
-
 def cmd_models_list(args: argparse.Namespace) -> int:
     from runtime.models.catalog import ModelError
     from runtime.models.manifests import iter_entries
@@ -242,6 +226,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from runtime.local.demo import demo
+    from runtime.local.devsettings import dev_compat, dev_webhooks
     from runtime.local.devstack import DevStack
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -256,7 +241,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
         print(f"building tiny random-weight models in {settings.models_dir} ...", flush=True)
         build_tiny_models(settings.models_dir)
-    settings = _dev_compat(settings)
+    settings, made_secret = dev_webhooks(dev_compat(settings), args.webhook_secret)
     if args.plugin:
         from runtime.kit.commands import dev_plugins
 
@@ -277,7 +262,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
               + "".join(f"\n  metrics     {url}/metrics  (probes {url}/livez, {url}/readyz)"
                         for url in stack.metrics_urls.values())
               + (f"\n  worker logs {log_dir}" if log_dir else "")
-              + ("\n  API key     required (x-api-key) on /v1alpha1, /v1alpha2, /sdapi/v1" if args.api_key else ""),
+              + ("\n  API key     required (x-api-key) on /v1alpha1, /v1alpha2, /sdapi/v1" if args.api_key else "")
+              + (f"\n  webhooks    signed with {made_secret} (new; --webhook-secret sets one)" if made_secret else ""),
               flush=True)
         if args.demo:
             stack.wait_ready()
@@ -351,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--state-file", help="write the stack's URLs and settings here as JSON once ready")
     dev.add_argument("--api-key", metavar="KEY", type=_nonempty, help="require this x-api-key on the compatibility "
                      "routes, as the deployed authorizer does (default: they are open on loopback)")
+    dev.add_argument("--webhook-secret", metavar="whsec_...", type=_nonempty,
+                     help="sign webhooks with this secret (default: a new one, printed)")
     dev.set_defaults(func=cmd_dev)
 
     models = sub.add_parser("models", help="model tools")

@@ -119,6 +119,29 @@ class Settings(BaseModel):
     #: Seconds one image URL may take from the DNS lookup to the last byte, redirects included; at most 30,
     #: since API Gateway gives up on the whole request after 30 s.
     fetch_timeout_s: float = Field(10.0, gt=0, le=30)
+    # -- per-request webhooks (docs/api.md "Webhooks") ------------------------------------------------------
+    #: Hosts a request's ``webhook.url`` may name: exact lowercase names, as ``fetch_allowed_hosts`` (comma
+    #: separated). Empty: requests with a webhook are refused. The address rules of image URLs apply too.
+    webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    #: Local only (``spotgen dev`` sets it): receivers on 127.0.0.1, ::1 and localhost are allowed too, over http
+    #: or https, on any port. Never set it in a deployment: it lets requests reach the worker's own host.
+    webhook_loopback: bool = False
+    #: The signing secret(s) as text, ``whsec_...`` (several, space separated, while rotating). Local only: a
+    #: deployment names a secret instead (``webhook_secret_arn`` or ``webhook_secret_parameter``).
+    webhook_secret: str | None = None
+    #: A Secrets Manager secret (ARN or name) whose SecretString holds the signing secret(s), space separated.
+    webhook_secret_arn: str | None = None
+    #: Or an SSM parameter (SecureString) holding them.
+    webhook_secret_parameter: str | None = None
+    #: Seconds a worker keeps the secret it read before reading it again (a rotation takes effect within this).
+    webhook_secret_cache_s: float = Field(300.0, ge=0, le=3600)
+    #: Seconds one event's delivery may take, retries included (backoff with jitter), on the job's output stage.
+    webhook_retry_s: float = Field(30.0, ge=0, le=600)
+    #: Seconds one POST may take, from the DNS lookup to the answer's status.
+    webhook_timeout_s: float = Field(5.0, gt=0, le=30)
+    #: How long the presigned output URLs in a webhook's body stay valid (SigV4's limit is 7 days; URLs signed
+    #: with a role's temporary credentials end with them sooner).
+    webhook_url_ttl_s: int = Field(86400, ge=60, le=604800)
     # -- the compatibility APIs: the AWS sample's and SD WebUI's (see docs/migrating.md) ---------------------
     #: What WebUI clients call the catalog's entries, as a JSON object ``{"alias": "catalog id"}`` (a WebUI title
     #: or file name such as ``sd_xl_turbo_1.0.safetensors``); ``spotgen models aliases`` prints it from a catalog.
@@ -207,15 +230,16 @@ class Settings(BaseModel):
     #: Diagnostics: append "pid job attempt step" per finished denoising step to this file (chaos harness).
     step_log: Path | None = None
 
-    @field_validator("models", "controlnets", "loras", "extra_pipelines", "fetch_allowed_hosts", "plugins", "preload",
-                     mode="before")
+    @field_validator("models", "controlnets", "loras", "extra_pipelines", "fetch_allowed_hosts",
+                     "webhook_allowed_hosts", "plugins", "preload", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("plugin_schemas", mode="before")
+    @field_validator("plugin_schemas", "webhook_secret", "webhook_secret_arn", "webhook_secret_parameter",
+                     mode="before")
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         """An empty variable (a template parameter left at its default) is no file, not the current folder."""
@@ -256,7 +280,7 @@ class Settings(BaseModel):
                              f"({', '.join(self.runtimes) or 'none'})")
         return self
 
-    @field_validator("fetch_allowed_hosts")
+    @field_validator("fetch_allowed_hosts", "webhook_allowed_hosts")
     @classmethod
     def _host_names(cls, hosts: list[str]) -> list[str]:
         for host in hosts:

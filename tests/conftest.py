@@ -134,7 +134,9 @@ def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SPOTGEN_POLL_WAIT_S": "1",
            "SPOTGEN_PLUGINS": "tests.plugins:AlwaysFails,tests.plugins:SolidColor,tests.plugins:SlowSteps,"
                                  "tests.plugins:Flaky",
-           "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid,slow,flaky", **(extra_env or {})}
+           "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid,slow,flaky",
+           # a webhook receiver that never answers costs a test seconds, not the default's half minute
+           "SPOTGEN_WEBHOOK_TIMEOUT_S": "1", "SPOTGEN_WEBHOOK_RETRY_S": "3", **(extra_env or {})}
     proc = subprocess.Popen(
         [python, "-m", "runtime.cli", "dev", "--port", "0", "--aws-port", "0", "--models", str(models),
          "--state-file", str(state_file), "--log-dir", str(log_dir), *args],

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_va
 from runtime.contract.errors import ContractError, raise_contract_error
 from runtime.contract.inputs import BUILTIN_INPUTS, BUILTIN_PIPELINES, ModelId, Strict
 from runtime.contract.outputcheck import output_options
+from runtime.contract.webhook import Webhook
 
 CONTRACT_VERSION = 1
 
@@ -77,6 +78,8 @@ class JobRequest(Strict):
     #: A deadline: a job that reaches a worker after it ends as ``expired`` without running.
     expires_at: datetime | None = None
     ttl_seconds: int | None = Field(None, ge=1, le=MAX_TTL_S)
+    #: Where to POST the job's events (docs/api.md "Webhooks"); the host must be allowed (the submit API checks).
+    webhook: Webhook | None = None
 
     @field_validator("expires_at")
     @classmethod
@@ -160,6 +163,8 @@ class JobSpec(Strict):
     #: (``schema_digest``). A worker whose pipeline ``Inputs`` have another digest fails the job (``schema_mismatch``)
     #: instead of judging the inputs by rules the API did not apply. None: built-ins, and plugins without a schema.
     schema_digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    #: The request's webhook (the worker sends its events; the status document has it too).
+    webhook: Webhook | None = None
 
     def fingerprint(self) -> str:
         """What a checkpoint must have been made from: this job, these inputs, this model and seed."""

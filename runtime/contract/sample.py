@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from runtime.contract.errors import ContractError, json_type, prefixed, raise_contract_error
 from runtime.contract.jobs import JOB_ID_RE, MAX_CONTEXT_BYTES, JobRequest, OutputPrefix
+from runtime.contract.webhook import Webhook
 from runtime.contract.webui import Names, Task, WebuiJob, from_webui
 
 #: The shape of a runtime's name (which runtimes exist is configured, and given to ``parse_v1alpha2``).
@@ -44,7 +45,7 @@ _UNSUPPORTED_TASKTYPES = MappingProxyType({"extra-single-image": "WebUI's upscal
 #: ``alwayson_scripts`` keys that the queue agent takes out before calling WebUI (``ALWAYSON_SCRIPTS_EXCLUDE_KEYS``,
 #: in either API version). ``sd_model_checkpoint`` stays: ``from_webui`` reads it, naming it where the client
 #: wrote it.
-_ROUTING_KEYS = ("task", "id_task", "uid", "image_link", "save_dir", "sd_vae", "override_settings")
+_ROUTING_KEYS = ("task", "id_task", "uid", "image_link", "save_dir", "sd_vae", "override_settings", "webhook")
 #: Those that change the picture: read in v1alpha2 content too (where the others mean nothing to the agent).
 _EFFECTIVE_KEYS = ("image_link", "override_settings")
 
@@ -61,6 +62,8 @@ class _Metadata(BaseModel):
     tasktype: str
     prefix: OutputPrefix | None = _JOB_FIELDS["output_prefix"]
     context: Any = None
+    #: spotgen's extra: the job's webhook, as ``POST /v1/jobs`` takes it (docs/api.md "Webhooks").
+    webhook: Webhook | None = None
 
 
 class _Routing(BaseModel):
@@ -73,6 +76,8 @@ class _Routing(BaseModel):
     sd_model_checkpoint: str | None = Field(None, min_length=1)
     save_dir: OutputPrefix | None = _JOB_FIELDS["output_prefix"]
     uid: str | None = None
+    #: spotgen's extra (v1alpha1): the job's webhook, beside the routing keys.
+    webhook: Webhook | None = None
     image_link: str | None = Field(None, min_length=1)
     sd_vae: str | None = None
     override_settings: dict[str, Any] | None = None
@@ -98,6 +103,12 @@ class SampleRequest(BaseModel):
     context: Any = Field(default_factory=dict)
     #: v1alpha1's ``alwayson_scripts.sd_model_checkpoint``, as given: its answer echoes it.
     sd_model_checkpoint: str | None = None
+    #: spotgen's extra field: ``task.metadata.webhook`` (v1alpha2) or ``alwayson_scripts.webhook`` (v1alpha1).
+    webhook: Webhook | None = None
+
+    @property
+    def webhook_field(self) -> str:
+        return "task.metadata.webhook" if self.api_version == "v1alpha2" else "alwayson_scripts.webhook"
 
     def webui_job(self, names: Names) -> WebuiJob:
         """``from_webui`` of the body, its errors naming the field in the envelope (``task.content.steps``)."""
@@ -129,7 +140,7 @@ def parse_v1alpha2(data: Any, runtimes: Collection[str]) -> SampleRequest:
     content = _object(_required(task, "content", "task."), "task.content")
     body, _ = _webui_body(content, webui_task, "task.content.alwayson_scripts", _EFFECTIVE_KEYS)
     return SampleRequest(api_version="v1alpha2", id=str(meta.id), runtime=meta.runtime, task=webui_task, body=body,
-                         output_prefix=str(meta.prefix), context=context)
+                         output_prefix=str(meta.prefix), context=context, webhook=meta.webhook)
 
 
 def parse_v1alpha1(data: Any) -> SampleRequest:
@@ -141,7 +152,8 @@ def parse_v1alpha1(data: Any) -> SampleRequest:
     webui_task = _tasktype(_typed_str(scripts["task"], "alwayson_scripts.task"), "alwayson_scripts.task")
     webui_body, routing = _webui_body(body, webui_task, "alwayson_scripts", (*_ROUTING_KEYS, "sd_model_checkpoint"))
     return SampleRequest(api_version="v1alpha1", id=str(routing.id_task), task=webui_task, body=webui_body,
-                         output_prefix=str(routing.save_dir), sd_model_checkpoint=routing.sd_model_checkpoint)
+                         output_prefix=str(routing.save_dir), sd_model_checkpoint=routing.sd_model_checkpoint,
+                         webhook=routing.webhook)
 
 
 def sample_output_location(request: SampleRequest, bucket: str) -> str:

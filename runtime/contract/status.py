@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from runtime.contract.formats import content_type_of
 from runtime.contract.inputs import LoraRef
 from runtime.contract.jobs import CONTRACT_VERSION, QUEUE_RETENTION_S, SampleJob
+from runtime.contract.webhook import Webhook, WebhookAttempt, WebhookDelivery
 
 #: How long after its deadline a job still ``queued`` is shown ``expired``: a worker that took it just before the
 #: deadline shows it ``running`` within moments; after that no worker starts it (the worker's own deadline check).
@@ -100,6 +101,11 @@ class StatusDoc(BaseModel):
     #: When SNS took the job's message. None with a ``submission``: not yet, and a retry of the request with the
     #: same id, or the sweep (``lambdas/sweep.py``), publishes it (documents of older versions have neither).
     published_at: datetime | None = None
+    #: The request's webhook; ``webhooks`` says where each of its events stands (by event), ``webhook_attempts``
+    #: what each POST got (the latest ``MAX_RECORDED_ATTEMPTS``).
+    webhook: Webhook | None = None
+    webhooks: dict[str, WebhookDelivery] = Field(default_factory=dict)
+    webhook_attempts: list[WebhookAttempt] = Field(default_factory=list)
 
     @property
     def unpublished(self) -> bool:

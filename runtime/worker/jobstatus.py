@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from runtime.contract import JobSpec, JobState, StatusDoc, utcnow
@@ -51,7 +52,7 @@ class StatusTracker:
             store.create_status(StatusDoc(
                 id=spec.id, state=JobState.queued, pipeline=spec.pipeline, model=spec.model, seed=spec.seed,
                 context=spec.context, request_hash=spec.request_hash, expires_at=spec.expires_at,
-                sample=spec.sample, created_at=now, updated_at=now))
+                sample=spec.sample, webhook=spec.webhook, created_at=now, updated_at=now))
             doc, etag = store.read_status_tagged(spec.id)
             assert doc is not None
         return cls(store, doc, etag)
@@ -124,6 +125,29 @@ class StatusTracker:
                     if current is None or current.created_at != self.doc.created_at:
                         log.info("job %s: the status document is no longer this job's; not claiming its "
                                  "notification", self.doc.id)  # see mark_notified
+                        return False
+                    self.doc, self.etag = current, etag
+            raise StatusConflict(self.doc.id)
+
+    def update(self, change: Callable[[StatusDoc], dict[str, Any] | None]) -> bool:
+        """Compare-and-swap ``change(doc)`` (changes to write, or None: nothing to do) on the latest document:
+        True once written (an empty change writes nothing), False when ``change`` declined or the document is no
+        longer this job's. For what a final job's deliveries record (its webhook events)."""
+        with self._lock:
+            for _ in range(MAX_TRIES):
+                changes = change(self.doc)
+                if changes is None:
+                    return False
+                if not changes:
+                    return True
+                new = self.doc.model_copy(update={**changes, "updated_at": utcnow()})
+                try:
+                    self.etag = self.store.write_status(new, if_match=self.etag)
+                    self.doc = new
+                    return True
+                except StatusConflict:
+                    current, etag = self.store.read_status_tagged(self.doc.id)
+                    if current is None or current.created_at != self.doc.created_at:
                         return False
                     self.doc, self.etag = current, etag
             raise StatusConflict(self.doc.id)

@@ -34,11 +34,13 @@ from runtime.contract.outputcheck import output_options
 from runtime.contract.sample import SampleNotification, sample_notification
 from runtime.contract.webui_answer import sample_out_document
 from runtime.ops.observe import NOOP, Observer
+from runtime.storage import aws
 from runtime.storage.jobstore import JobStore, output_key, result_key
 from runtime.storage.retry import Retry
 from runtime.worker.errors import PermanentError
 from runtime.worker.images import encode_output
 from runtime.worker.jobstatus import JobEnded, StatusTracker
+from runtime.worker.webhooks import SecretSource, Webhooks
 
 log = logging.getLogger("spotgen.worker")
 
@@ -61,6 +63,8 @@ class Outputs:
 
     def __init__(self, settings: Settings, store: JobStore, sns: Any, observer: Observer = NOOP) -> None:
         self.settings, self.store, self.sns, self.observer = settings, store, sns, observer
+        #: The jobs' own webhooks (``runtime.worker.webhooks``), sent after the notification.
+        self.webhooks = Webhooks(settings, store, SecretSource(settings, lambda service: aws.client(service, settings)))
 
     def stage(self) -> Retry:
         """One budget for the calls of one output stage."""
@@ -103,8 +107,9 @@ class Outputs:
         if doc.sample is not None:  # before the final status: a client that sees the job end finds it in place
             self.write_out(final, doc.sample, retry)
         claim = bool(self.settings.results_topic_arn)  # the notification's claim rides on the final status
+        hook = self.webhooks.claim_with_final(doc)  # and so does the webhook's (none without one: no extra field)
         retry(lambda: tracker.write(claim=claim, state=final.state, outputs=final.outputs, error=final.error,
-                                    progress=final.progress, phase=None, finished_at=final.finished_at),
+                                    progress=final.progress, phase=None, finished_at=final.finished_at, **hook),
               f"job {doc.id}: final status")
         self.settle(tracker, retry, checkpoint, out_written=doc.sample is not None)
         return tracker.doc
@@ -147,12 +152,22 @@ class Outputs:
             elif tracker.doc.notified_at is None:
                 raise NotifyingElsewhere(f"job {doc.id}: another delivery is sending the notification; this "
                                          "message comes back to check that it went out")
+        if self.webhooks.pending(tracker.doc, "completed"):
+            self.send_webhook(tracker, retry)
         if not checkpoint:
             return
         try:  # retried like the rest of the stage: a cut here would otherwise leave the checkpoint behind
             retry(lambda: self.store.delete_checkpoint(doc.id), f"job {doc.id}: deleting its checkpoint")
         except Exception:  # noqa: BLE001 - past the budget, a leftover checkpoint only costs storage (lifecycle)
             log.warning("job %s: could not delete its checkpoint", doc.id, exc_info=True)
+
+    def send_webhook(self, tracker: StatusTracker, retry: Retry) -> None:
+        """The job's ``completed`` webhook, once (``runtime.worker.webhooks``): after the notification, on this
+        thread (the device is another's by now). A receiver that fails only costs the webhook's own budget;
+        another delivery sending it meanwhile leaves this message to come back and find it settled."""
+        if retry(lambda: self.webhooks.deliver(tracker), f"job {tracker.doc.id}: recording its webhook") is None:
+            raise NotifyingElsewhere(f"job {tracker.doc.id}: another delivery is sending the webhook; this message "
+                                     "comes back to check that it went out")
 
     def notify(self, doc: StatusDoc) -> None:
         """Publish the job's notification: spotgen's, or the sample's for a job of the sample's API (the

@@ -199,6 +199,8 @@ class JobRunner:
                       progress=Progress(step=from_step, total=doc.progress.total or getattr(inputs, "steps", 0)),
                       trace_id=job.info.trace_id or doc.trace_id, loras=getattr(inputs, "loras", doc.loras),
                       error=None)  # a retried job's reason is past
+        if doc.started_at is None and self.outputs.webhooks.wants(doc, "started"):  # best effort, off this thread
+            self.outputs.webhooks.started(tracker)
         if not resident:
             tracker.flush()
         job.info.attempt, job.info.from_step = attempt, from_step

@@ -55,6 +55,8 @@ LIBRARY_CALLS = {
 IMPLIED_PERMISSIONS = {
     "s3:ListBucket": "S3 answers a GetObject of a missing key (first status read, checkpoint lookup) with "
                      "404 NoSuchKey only to a caller with ListBucket, else with 403",
+    "s3:GetObject": "the presigned output URLs of a webhook (runtime/worker/webhooks.py) are GETs signed by the "
+                    "worker's role",
 }
 
 
@@ -277,10 +279,11 @@ def policy_actions(policy: Doc) -> tuple[set[str], list[str]]:
 # == the AWS calls in the code ================================================================================
 @functools.cache
 def _operations() -> dict[str, set[str]]:
-    """boto3 method name -> IAM actions, for the services the runtime uses (S3, SQS, SNS)."""
+    """boto3 method name -> IAM actions, for the services the runtime uses (S3, SQS, SNS; Secrets Manager and SSM
+    for the webhook signing secret)."""
     session = botocore.session.get_session()
     methods: dict[str, set[str]] = {}
-    for service in ("s3", "sqs", "sns"):
+    for service in ("s3", "sqs", "sns", "secretsmanager", "ssm"):
         for operation in session.get_service_model(service).operation_names:
             action = IAM_ACTIONS.get(f"{service}:{operation}", f"{service}:{operation}")
             methods.setdefault(xform_name(operation), set()).add(action)
