@@ -24,7 +24,7 @@ def test_a_sender_killed_mid_webhook_leaves_it_to_the_next_delivery_which_sends_
         env: tuple[Stack, FaultProxy]) -> None:
     stack, proxy = env
     receiver = Receiver(stack.env["SPOTGEN_WEBHOOK_SECRET"]).start()
-    worker = start_worker(stack, proxy, "webhook-killed", **{**FAST, "SPOTGEN_WEBHOOK_TIMEOUT_S": "60"})
+    worker = start_worker(stack, proxy, "webhook-killed", **{**FAST, "SPOTGEN_WEBHOOK_TIMEOUT_S": "30"})
     rescuer = None
     try:
         job = submit(stack, "txt2img", {**SHORT, "seed": 21}, webhook={"url": receiver.url("/hold/1")})
