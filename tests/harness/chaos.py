@@ -8,6 +8,8 @@ SIGTERM (spot notice, scale-in) and SIGKILL (node lost) to random *busy* workers
 each time. Then it checks:
 
 * every job ended ``succeeded`` once: final status, exactly one notification, none with another state;
+* every job's ``completed`` webhook reached a loopback receiver under one ``webhook-id``, signed
+  (``tests.harness.webhook_receiver``: none lost, none doubled);
 * no duplicates: ``outputs/{id}/`` holds exactly ``num_images`` PNGs;
 * every PNG equals, byte for byte, a reference made in a separate process by the same pipeline code and
   PNG encoding, without interruption (same torch thread count: float reductions depend on it);
@@ -42,6 +44,14 @@ from typing import Any
 
 from tests.harness.jobmix import THREADS, Job, _reference_init, input_images, make_jobs, reference
 from tests.harness.verdicts import chaos_checks, report
+from tests.harness.webhook_receiver import (
+    HARNESS_SETTINGS,
+    Receiver,
+    ask_webhooks,
+    settle_webhooks,
+    webhook_checks,
+    webhook_figures,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BUSY_S = 0.3  # a worker that finished a step this recently is in the middle of a job
@@ -288,12 +298,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__, OPTIONS, argv)
     started = time.monotonic()
 
+    from runtime.local.devsettings import new_webhook_secret
     from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
     from tests.rest import call
 
+    # Every job asks for a webhook: the receiver counts each event (no job's lost or doubled, under the kills).
+    secret = new_webhook_secret()
+    receiver = Receiver(secret).start()
     # Short leases so a SIGKILLed job is back within seconds; short polls so an idle worker stops quickly.
     settings, step_log = prepare(args, {"heartbeat_s": 1.0, "lease_s": 4, "poll_wait_s": 2,
-                                        "checkpoint_every": args.checkpoint_every, "interrupt_deadline_s": 60})
+                                        "checkpoint_every": args.checkpoint_every, "interrupt_deadline_s": 60,
+                                        **HARNESS_SETTINGS, "webhook_secret": secret})
     stack = DevStack(settings, port=0, aws_port=0, workers=0, visibility_timeout_s=5).start()
     fleet = Fleet({**os.environ, "PYTHONPATH": str(ROOT), **stack.settings.to_env(), **EMULATOR_CREDENTIALS,
                    "OMP_NUM_THREADS": str(THREADS)}, args.log_dir)
@@ -303,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             fleet.spawn()
         bucket, images = stack.settings.input_bucket, input_images(args.size)
         jobs = make_jobs(args.jobs, args.size, args.steps, args.seed, bucket)
+        ask_webhooks(receiver, jobs)
         chaos = Chaos(args, stack, fleet, jobs, step_log)
         for key, data in images.items():
             chaos.s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="image/png")
@@ -316,17 +332,20 @@ def main(argv: list[str] | None = None) -> int:
         chaos.drive(random.Random(args.seed), started)
         chaos_s = time.monotonic() - started
         time.sleep(settings.lease_s + 2)  # a redelivery of a finished job would notify again now, if ever
+        settle_webhooks(receiver, [j.id for j in jobs], 60)  # one a killed worker held comes back after its claim
         fleet.stop()
         chaos.drain()
-        figures = chaos.verify(refs)
+        figures = chaos.verify(refs) | webhook_figures(receiver, [j.id for j in jobs])
     finally:
+        receiver.stop()
         fleet.stop()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         stack.stop()
     figures |= {"workers": args.workers, "size": args.size, "steps": args.steps, "chaos_seconds": round(chaos_s, 1),
                 "seconds": round(time.monotonic() - started, 1)}
-    ok = report(chaos_checks(figures, args.sigterm, args.sigkill, args.checkpoint_every, args.steps))
+    ok = report(chaos_checks(figures, args.sigterm, args.sigkill, args.checkpoint_every, args.steps)
+                | webhook_checks(figures))
     print(json.dumps({**figures, "ok": ok}))
     return 0 if ok else 1
 

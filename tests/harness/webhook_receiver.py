@@ -132,3 +132,45 @@ class Receiver:
         with self.changed:
             if not self.changed.wait_for(check, timeout):
                 raise AssertionError(f"the receiver did not get {what} within {timeout:g} s: {self.received}")
+
+
+# -- the harnesses' webhook verdict (make chaos, make faults) -----------------------------------------------------
+#: The settings a harness's stack and workers get: loopback receivers, a known secret, and a short budget and claim
+#: (a claim lives max(lease, retry + 2 x timeout)), so a webhook a killed worker held comes back within seconds.
+HARNESS_SETTINGS = {"webhook_loopback": True, "webhook_retry_s": 2.0, "webhook_timeout_s": 2.0}
+
+
+def ask_webhooks(receiver: Receiver, jobs: list[Any]) -> None:
+    """Every job of a harness asks for its ``completed`` webhook (their requests are POSTed after this)."""
+    for job in jobs:
+        job.request["webhook"] = {"url": receiver.url(f"/ok/{job.id}"), "events": ["completed"]}
+
+
+def settle_webhooks(receiver: Receiver, job_ids: list[str], timeout: float) -> None:
+    """Wait until each job's webhook was accepted, or ``timeout`` (the figures then say which were lost)."""
+    with receiver.changed:
+        receiver.changed.wait_for(lambda: all(receiver.accepted(j)["completed"] for j in job_ids), timeout)
+
+
+def webhook_figures(receiver: Receiver, job_ids: list[str]) -> dict[str, int]:
+    """Lost: a job whose ``completed`` no POST delivered. Doubled: a job whose ``completed`` came under more than
+    one ``webhook-id`` (a receiver that deduplicates as the specification says would act twice), or any POST of
+    another job's or an unknown event. A POST sent again with the same id (its sender killed, or its answer lost,
+    before the delivery was recorded) is what the id is for: counted apart, not as a double."""
+    with receiver.lock:
+        received = list(receiver.received)
+    lost = doubled = resent = 0
+    for job_id in job_ids:
+        mine = [r for r in received if r.job == job_id and r.event == "completed"]
+        accepted = [r for r in mine if r.status is not None and 200 <= r.status < 300]
+        lost += not accepted
+        doubled += len({r.id for r in mine}) > 1
+        resent += max(0, len(accepted) - 1)
+    return {"webhooks_lost": lost, "webhooks_doubled": doubled + sum(1 for r in received if r.job not in job_ids),
+            "webhooks_resent_same_id": resent, "webhooks_unverified": sum(1 for r in received if not r.verified)}
+
+
+def webhook_checks(figures: dict[str, Any]) -> dict[str, bool]:
+    return {"no webhook event lost": figures["webhooks_lost"] == 0,
+            "no webhook event doubled, every signature valid":
+                figures["webhooks_doubled"] == 0 and figures["webhooks_unverified"] == 0}
