@@ -1,12 +1,15 @@
 """A job's message until SNS has it: kept in S3 first, published, then published again if its submit died.
 
 A submit can die (Lambda's timeout, a crash) or lose its connection after any AWS call. So the message is written
-to ``pending/{id}/{submission}.json`` before the ``queued`` status is created, and the status records the
-submission and, once SNS took the message, ``published_at``. A job found ``queued`` with a submission but no
-``published_at`` (``StatusDoc.unpublished``) is published from that object by whoever finds it once its submit
-cannot be running any more (``WINDOW_S`` after ``created_at``): a retry of the request with the same id
-(``lambdas/submit.py``) or the sweep (``lambdas/sweep.py``). Publishing twice is safe: the messages are the same
-job, and the worker runs a job once however many messages carry it. docs/architecture.md tells the whole order.
+to ``pending/{id}/{submission}.json`` before the ``queued`` status is created (which records the submission), and
+deleted once SNS took the message: the object still there says the job may not have been published. A job found
+``queued`` with no attempt yet (``StatusDoc.maybe_unpublished``) and its pending object still there is published
+from that object by whoever finds it once its submit cannot be running any more (``WINDOW_S`` after
+``created_at``): a retry of the request with the same id (``lambdas/submit.py``) or the sweep
+(``lambdas/sweep.py``). Nothing is written to the status after the publish: the worker may have read it already,
+and a write would make the worker's first conditional write fail and read again (two requests more per job).
+Publishing twice is safe: the messages are the same job, and the worker runs a job once however many messages
+carry it. docs/architecture.md tells the whole order.
 """
 
 from __future__ import annotations
@@ -99,44 +102,41 @@ def publish_tracked(dep: Deployment, spec: JobSpec, pool: str | None) -> tuple[P
         return (Published.unknown if _tries.unanswered else Published.no), exc
 
 
-def finish(dep: Deployment, doc: StatusDoc, etag: str | None, now: datetime) -> StatusDoc:
-    """After SNS took the message: ``published_at`` in the status (conditional: a worker or a cancel may have
-    written since), then the pending message goes. A failure here costs nothing but a second message later."""
-    current = doc
-    for _ in range(4):
-        if current.state is not JobState.queued or not current.unpublished or current.submission != doc.submission:
-            break  # marked already, or a worker has it (or it is another submission's document)
-        try:
-            dep.store.write_status(current.model_copy(update={"published_at": now}), if_match=etag)
-            current = current.model_copy(update={"published_at": now})
-            break
-        except StatusConflict:
-            found, etag = dep.store.read_status_tagged(doc.id)
-            if found is None:
-                break
-            current = found
+def finish(dep: Deployment, doc: StatusDoc) -> None:
+    """After SNS took the message: the pending message goes. A failure here costs nothing but a second message
+    later (the sweep or a retry publishes what it finds)."""
     if doc.submission is not None:
         dep.store.delete_pending(doc.id, doc.submission)
-    return current
+
+
+def pending(dep: Deployment, doc: StatusDoc) -> dict[str, Any] | None:
+    """The job's pending message, or None when there is none: SNS took it (or the job has no submission)."""
+    if doc.submission is None:
+        return None
+    found = dep.store.get_json(dep.store.output_bucket, pending_key(doc.id, doc.submission))
+    return found if found is not None else None
 
 
 def stranded(doc: StatusDoc, now: datetime) -> bool:
     """Queued and never published, by a submit that can no longer be running."""
-    return doc.state is JobState.queued and doc.unpublished and now >= doc.created_at + timedelta(seconds=WINDOW_S)
+    return (doc.state is JobState.queued and doc.maybe_unpublished
+            and now >= doc.created_at + timedelta(seconds=WINDOW_S))
 
 
 def recover(dep: Deployment, doc: StatusDoc, etag: str | None, now: datetime) -> StatusDoc:
-    """Publish a ``stranded`` job from its pending message, or fail it with the reason when that is gone or
-    unreadable (nothing else could run it). The status as it is now."""
+    """Publish a ``stranded`` job from its pending message; nothing when that is gone (SNS took it), and fail
+    the job with the reason when it is unreadable (nothing else could run it). The status as it is now."""
     assert doc.submission is not None
-    data = dep.store.get_json(dep.store.output_bucket, pending_key(doc.id, doc.submission))
+    data = pending(dep, doc)
+    if data is None:
+        return doc
     try:
         spec = JobSpec.model_validate(data["spec"]) if isinstance(data, dict) else None
     except (KeyError, ValidationError):
         spec = None
     if spec is None or spec.id != doc.id:
         error = JobErrorInfo(code="enqueue_failed", message="the job's submit ended before its message was "
-                             "published, and the message it kept is missing or unreadable; submit it again")
+                             "published, and the message it kept is unreadable; submit it again")
         failed = doc.model_copy(update={"state": JobState.failed, "error": error, "finished_at": now,
                                         "updated_at": now})
         try:
@@ -147,4 +147,5 @@ def recover(dep: Deployment, doc: StatusDoc, etag: str | None, now: datetime) ->
         return failed
     publish(dep, spec, data.get("pool"))
     log.info("job %s: published again, its submit (%s) ended before it could", doc.id, doc.submission)
-    return finish(dep, doc, etag, now)
+    finish(dep, doc)
+    return doc

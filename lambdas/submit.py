@@ -180,7 +180,7 @@ def existing_job(dep: Deployment, job_id: str, digest: str, now: datetime) -> Qu
     if doc.request_hash != digest:
         raise Rejected(error(409, "id_conflict", f"job id {job_id!r} was already used for a different request",
                              "id"))
-    if doc.state is JobState.queued and doc.unpublished:
+    if doc.state is JobState.queued and doc.maybe_unpublished and outbox.pending(dep, doc) is not None:
         if not outbox.stranded(doc, now):
             # usually published within moments; at the latest (its submit died) by a retry after the window
             wait = min(5, max(1, int(outbox.WINDOW_S - (now - doc.created_at).total_seconds()) + 1))
@@ -210,7 +210,7 @@ def _enqueue(dep: Deployment, request: JobRequest, job_id: str, inputs: dict[str
              expires_at: datetime | None, digest: str, sample: Callable[[str, int], SampleJob] | None,
              pool: str | None) -> Queued:
     # The order (docs/architecture.md): inputs and the message under this submission's own keys, then the status
-    # (created atomically: one submission wins an id), then SNS, then published_at. Death after any step leaves
+    # (created atomically: one submission wins an id), then SNS, then the message deleted. Death after any step leaves
     # either nothing that can run, or a job a retry with the same id or the sweep publishes (lambdas/outbox.py).
     expires_at = expiry(now, expires_at)  # every job has a deadline, inside its queue message's retention
     if request.id and dep.store.read_status(job_id) is not None:
@@ -247,9 +247,9 @@ def _enqueue(dep: Deployment, request: JobRequest, job_id: str, inputs: dict[str
     published, exc = outbox.publish_tracked(dep, spec, pool)
     if published is outbox.Published.yes:
         try:
-            outbox.finish(dep, doc, etag, utcnow())
+            outbox.finish(dep, doc)
         except (BotoCoreError, ClientError) as late:  # the job is queued; the sweep removes what is left
-            log.warning("job %s: queued, but its status or pending message were not updated (%s)", job_id, late)
+            log.warning("job %s: queued, but its pending message was not deleted (%s)", job_id, late)
         return Queued(job_id, seed, existing=False)
     if published is outbox.Published.unknown:
         raise Rejected(error(503, "enqueue_failed", f"could not confirm that job {job_id!r} was queued; retry "

@@ -5,9 +5,8 @@ same on a timer) lists ``pending/`` in the output bucket: one small object per j
 published yet (``lambdas/outbox.py``), so the list is as long as the submits of the last moments plus the stranded
 jobs, never the bucket. For each:
 
-* its job is ``queued``, never published, and its submit is gone (``WINDOW_S`` after ``created_at``): publish it
-  from the object, record ``published_at``, delete the object; the object missing or unreadable fails the job
-  (``enqueue_failed``);
+* its job is ``queued`` with no attempt yet, and its submit is gone (``WINDOW_S`` after ``created_at``): publish
+  it from the object and delete the object; an unreadable object fails the job (``enqueue_failed``);
 * its job was published, has started or ended: the object is left over, and goes;
 * no status, or one of another submission (it lost the id to a concurrent request, or was rolled back), once its
   submit is gone: the object goes (its inline images expire with the input bucket's lifecycle rule);
@@ -67,7 +66,7 @@ def _one(dep: Deployment, job_id: str, submission: str, written: datetime, now: 
             return "in_flight"
         dep.store.delete_pending(job_id, submission)
         return "abandoned"
-    if doc.state is JobState.queued and doc.unpublished:
+    if doc.state is JobState.queued and doc.maybe_unpublished:
         if not stranded(doc, now):
             return "in_flight"
         after = recover(dep, doc, etag, now)

@@ -98,9 +98,6 @@ class StatusDoc(BaseModel):
     #: The submit request that created the job (a random token): its inline inputs are under
     #: ``inputs/{id}/{submission}/``, its message under ``pending/{id}/{submission}.json`` until it is published.
     submission: str | None = None
-    #: When SNS took the job's message. None with a ``submission``: not yet, and a retry of the request with the
-    #: same id, or the sweep (``lambdas/sweep.py``), publishes it (documents of older versions have neither).
-    published_at: datetime | None = None
     #: The request's webhook; ``webhooks`` says where each of its events stands (by event), ``webhook_attempts``
     #: what each POST got (the latest ``MAX_RECORDED_ATTEMPTS``).
     webhook: Webhook | None = None
@@ -108,10 +105,11 @@ class StatusDoc(BaseModel):
     webhook_attempts: list[WebhookAttempt] = Field(default_factory=list)
 
     @property
-    def unpublished(self) -> bool:
-        """Created by a submit that may have died before SNS took its message (docs/architecture.md): no
-        ``published_at``, and no worker has had it (a worker's first write records an attempt)."""
-        return self.submission is not None and self.published_at is None and self.attempts == 0
+    def maybe_unpublished(self) -> bool:
+        """Created by a submit that may have died before SNS took its message (docs/architecture.md), and no worker
+        has had it yet (a worker's first write records an attempt). Whether it was published is told by its
+        pending message (``pending/{id}/{submission}.json``), which its submit deletes once SNS has the message."""
+        return self.submission is not None and self.attempts == 0
 
     def as_of(self, now: datetime) -> StatusDoc:
         """The document as the API shows it at ``now``. A job can end without any worker writing so: one whose
