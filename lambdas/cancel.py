@@ -9,6 +9,8 @@ document is read again and the decision made anew (the job may have finished mea
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Any
 
 from lambdas.common import Deployment, deployment, error, response
@@ -16,14 +18,18 @@ from lambdas.status import bad_id, not_found, status_body
 from runtime.contract import JobState, utcnow
 from runtime.storage.jobstore import StatusConflict
 
-#: Reads and conditional writes before giving up; a worker writes progress at most about once a second.
-MAX_TRIES = 5
+#: Reads and conditional writes before giving up. A worker writes progress at most about once a second, so a try
+#: loses only when a progress write lands between its read and its write; after a loss the next try waits a
+#: random moment (up to ``PAUSE_MAX_S``, growing), so that it does not keep the same phase as the worker's writes
+#: (on a slow store, where a read and a write take about a second together, five quick tries all lost).
+MAX_TRIES = 10
+PAUSE_MAX_S = 0.5
 
 
 def cancel(dep: Deployment, job_id: str) -> dict[str, Any]:
     if (invalid := bad_id(job_id)) is not None:
         return invalid
-    for _ in range(MAX_TRIES):
+    for attempt in range(MAX_TRIES):
         doc, etag = dep.store.read_status_tagged(job_id)
         if doc is None:
             return not_found(job_id)
@@ -41,6 +47,7 @@ def cancel(dep: Deployment, job_id: str) -> dict[str, Any]:
         try:
             dep.store.write_status(doc, if_match=etag)
         except StatusConflict:
+            time.sleep(random.uniform(0, min(PAUSE_MAX_S, 0.05 * 2**attempt)))  # noqa: S311 - jitter, not a secret
             continue
         return response(200 if doc.state is JobState.cancelled else 202, status_body(dep, doc))
     return error(503, "conflict", f"job {job_id!r} changed during each of {MAX_TRIES} attempts to cancel it; retry",

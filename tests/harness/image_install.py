@@ -94,8 +94,9 @@ class ImageInstall:
     healthcheck: list[str]
 
     def run(self, argv: list[str], env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """``argv`` as the image runs it: its command found on the image's PATH, in the final WORKDIR."""
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """``argv`` as the image runs it: its command found on the image's PATH, in the final WORKDIR. The timeout
+        only catches a hang: a command importing torch took over 120 s on two cores shared with a heavy load."""
         full = {**self.env, **(env or {})}
         command = shutil.which(argv[0], path=full["PATH"])
         assert command is not None, f"{argv[0]} is not on the image's PATH {full['PATH']}"
