@@ -121,6 +121,15 @@ class Interruption:
         with contextlib.suppress(OSError):  # a full pipe already holds a wake-up
             os.write(self._wake_w, b"\0")
 
+    def leave(self, why: str) -> None:
+        """End this worker the way a drain does (SIGTERM to itself: no more intake, the jobs in hand handed back,
+        exit 0), so that Kubernetes starts the container again. For a failure the process cannot recover from: a
+        lost device leaves its CUDA context broken, and every later job would fail on it."""
+        if self.requested:
+            return
+        log.warning("leaving: %s; the container starts again on a fresh process", why)
+        os.kill(os.getpid(), signal.SIGTERM)
+
     def on_worker_shutting_down(self, sig: str = "", how: str = "", **_: Any) -> None:
         """Celery's ``worker_shutting_down`` receiver, called from Celery's own signal handler."""
         self.request(f"{sig or 'signal'}, {how.lower() or 'warm'} shutdown")

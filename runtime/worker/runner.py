@@ -152,6 +152,8 @@ class JobRunner:
                 tracker.write(state=JobState.retrying, phase=None, error=verdict.failure.info)
         job.info.outcome = job.info.outcome or ("failed" if job.final is not None else "error")
         self.observer.job_failure(job.info, verdict.failure.kind, "failed" if verdict.final else "retried")
+        if verdict.failure.code == "device_error" and self.interruption is not None:
+            self.interruption.leave(f"job {job.id} lost the device ({verdict.failure.message})")
         log.warning("job %s: %s failure (%s); %s", job.id, verdict.failure.kind, verdict.failure.message,
                     "it ends failed" if verdict.final else
                     f"retried in about {verdict.retry_in_s or 0:.0f} s (delivery {job.receive_count} of "

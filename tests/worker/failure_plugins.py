@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 from PIL import Image
@@ -26,3 +27,17 @@ class OutOfMemoryOnce(Pipeline):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (a test's)")
         ctx.progress(1, 1)
         return [Image.new("RGB", (8, 8), (0, 128, 0))]
+
+
+class DeviceLostHere(Pipeline):
+    """Loses the device (CUDA's error for a broken context) in a worker started with ``SPOTGEN_TEST_DEVICE_LOST=1``,
+    and runs anywhere else: the worker that lost it must leave, and another one run the job."""
+
+    name = "device-lost"
+    Inputs = FailInputs
+
+    def run(self, inputs: FailInputs, ctx: RunContext) -> list[Image.Image]:
+        if os.environ.get("SPOTGEN_TEST_DEVICE_LOST") == "1":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (a test's)")
+        ctx.progress(1, 1)
+        return [Image.new("RGB", (8, 8), (0, 0, 128))]

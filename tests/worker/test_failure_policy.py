@@ -19,13 +19,15 @@ import pytest
 
 from runtime.contract import JobState, StatusDoc, utcnow
 from runtime.contract.envelope import build_celery_message
-from tests.conftest import Stack, start_stack, stop_stack
+from tests.conftest import Stack, spawn_worker, start_stack, stop_stack
+from tests.events import until
 from tests.rest import call, wait_for
+from tests.worker.test_outages import free_port
 
 HIDDEN = "tiny-sd-hidden"
 PLUGINS = ("tests.plugins:AlwaysFails,tests.plugins:SolidColor,tests.plugins:SlowSteps,tests.plugins:Flaky,"
-           "tests.worker.failure_plugins:OutOfMemoryOnce")
-ENV = {"SPOTGEN_PLUGINS": PLUGINS, "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid,slow,flaky,oom-once",
+           "tests.worker.failure_plugins:OutOfMemoryOnce,tests.worker.failure_plugins:DeviceLostHere")
+ENV = {"SPOTGEN_PLUGINS": PLUGINS, "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid,slow,flaky,oom-once,device-lost",
        "SPOTGEN_MODELS": f"tiny-sd,tiny-sdxl,{HIDDEN}", "SPOTGEN_HEARTBEAT_S": "0.5", "SPOTGEN_LEASE_S": "3",
        "SPOTGEN_MAX_RECEIVE_COUNT": "3"}
 
@@ -108,3 +110,31 @@ def test_a_bad_input_fails_at_once_naming_its_field(stack: Stack) -> None:
     assert doc["error"]["field"] == "inputs.width"
     (letter,) = stack.inbox.dead_letters(job)
     assert letter["MessageAttributes"]["error_code"]["StringValue"] == "invalid_inputs"
+
+
+def test_a_worker_that_loses_its_device_leaves_and_another_runs_the_job(stack: Stack) -> None:
+    """A lost device leaves the process's CUDA context broken: the job is retried elsewhere, and the worker leaves
+    as a drained one does (exit 0), so that Kubernetes starts a fresh process instead of one that fails every job.
+    Only the extra worker loses its device; jobs go to whichever worker polls first, so they are sent one by one
+    until it has taken one."""
+    port = free_port()
+    lost = spawn_worker(stack, "device-lost", {**ENV, "SPOTGEN_TEST_DEVICE_LOST": "1",
+                                               "SPOTGEN_METRICS_PORT": str(port)})
+    log = stack.log_dir / "worker-device-lost.log"
+    try:
+        until("the extra worker to be ready", lambda: lost.poll() is not None or " ready." in log.read_text(), 120)
+        for _ in range(20):
+            job = submit(stack, {"pipeline": "device-lost", "model": "tiny-sd", "inputs": {"prompt": "x"}})
+            doc = wait_for(stack.api_url, job, timeout=90)
+            assert doc["state"] == "succeeded", doc
+            if doc["attempts"] == 2:
+                break
+        else:
+            raise AssertionError("the extra worker never took a job")
+        assert lost.wait(60) == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        assert f"leaving: job {job} lost the device" in text and "CUDA error" in text
+        assert [note["state"] for note in stack.inbox.settled(job)] == ["succeeded"]
+    finally:
+        if lost.poll() is None:
+            lost.kill()
