@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.harness import webhook_receiver as hooks
 from tests.harness.chaos import Fleet, drain, outcome, parse_args, prepare
 from tests.harness.faultproxy import FaultProxy, Request
 from tests.harness.jobmix import Job, _reference_init, input_images, make_jobs, reference
@@ -269,13 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__, OPTIONS, argv)
     started = time.monotonic()
 
+    from runtime.local.devsettings import new_webhook_secret
     from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
     from runtime.worker import steplog
     from tests.rest import call
 
+    secret = new_webhook_secret()  # every job asks for a webhook: none may be lost or doubled through the outages
+    receiver = hooks.Receiver(secret).start()
     # A lease shorter than the longest outage, a retry budget longer; short polls so that receives are frequent.
     settings, step_log = prepare(args, {"heartbeat_s": 2.0, "lease_s": 20, "poll_wait_s": 2,
-                                        "checkpoint_every": args.checkpoint_every, "store_retry_s": 120})
+                                        "checkpoint_every": args.checkpoint_every, "store_retry_s": 120,
+                                        **hooks.HARNESS_SETTINGS, "webhook_secret": secret})
     stack = DevStack(settings, port=0, aws_port=0, workers=0, visibility_timeout_s=5).start()
     emulator = urlsplit(stack.settings.aws_endpoint_url)
     proxy = FaultProxy((emulator.hostname, emulator.port)).start()
@@ -310,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         def submit() -> str:
             job = next(pending)
             job.request["id"] = job.id = job.id.replace("chaos", "faults")
+            hooks.ask_webhooks(receiver, [job])
             status, body = call("POST", f"{stack.api_url}/v1/jobs", job.request)
             assert status == 202, (status, body)
             refs[job.id] = pool.submit(reference, job.id, job.request["pipeline"], job.inputs, job.request["model"])
@@ -343,14 +349,16 @@ def main(argv: list[str] | None = None) -> int:
         idle = [pid for pid, n in taken.items() if not n]
         alive = len(fleet.procs)
         time.sleep(settings.lease_s + 2)  # a redelivery of a finished job would notify again now, if ever
+        hooks.settle_webhooks(receiver, [j.id for j in jobs], 60)
         fleet.stop()
         run.drain()
-        figures = run.verify(jobs, refs, kubelet, step_log)
+        figures = run.verify(jobs, refs, kubelet, step_log) | hooks.webhook_figures(receiver, [j.id for j in jobs])
         figures |= {"wedged_workers": len(set(unready) | set(idle)), "not_ready_workers": len(unready),
                     "workers_idle_after_faults": len(idle), "canaries": len(canaries), "canaries_s": canaries_s,
                     "jobs_after_faults": {str(pid): n for pid, n in taken.items()},
                     "fault_log": run.done, "workers_at_end": alive}
     finally:
+        receiver.stop()
         kubelet.stop.set()
         fleet.stop()
         proxy.stop()
@@ -360,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     figures |= {"workers": args.workers, "scale": args.scale, "repeat": args.repeat, "size": args.size,
                 "steps": args.steps, "faults_seconds": round(faults_s, 1),
                 "seconds": round(time.monotonic() - started, 1)}
-    ok = report(faults_checks(figures))
+    ok = report(faults_checks(figures) | hooks.webhook_checks(figures))
     print(json.dumps({**figures, "ok": ok}))
     return 0 if ok else 1
 
