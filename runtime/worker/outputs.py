@@ -165,7 +165,7 @@ class Outputs:
         """The job's ``completed`` webhook, once (``runtime.worker.webhooks``): after the notification, on this
         thread (the device is another's by now). A receiver that fails only costs the webhook's own budget;
         another delivery sending it meanwhile leaves this message to come back and find it settled."""
-        if retry(lambda: self.webhooks.deliver(tracker), f"job {tracker.doc.id}: recording its webhook") is None:
+        if self.webhooks.deliver(tracker, retry=retry) is None:
             raise NotifyingElsewhere(f"job {tracker.doc.id}: another delivery is sending the webhook; this message "
                                      "comes back to check that it went out")
 

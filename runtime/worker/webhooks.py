@@ -154,9 +154,11 @@ class Webhooks:
         state = doc.webhooks.get(event)
         return self.wants(doc, event) and (state is None or state.settled_at is None)
 
-    def deliver(self, tracker: Any, event: str = "completed") -> bool | None:
+    def deliver(self, tracker: Any, event: str = "completed", retry: Any = None) -> bool | None:
         """Send ``event`` of the tracker's job once: True delivered, False given up, None when another delivery
-        holds a live claim (the caller leaves the message to come back)."""
+        holds a live claim (the caller leaves the message to come back). ``retry(fn, what)``: how the claim and
+        the record are written through an outage (the output stage's budget); the POSTs are not repeated for it."""
+        write = retry or (lambda fn, what: fn())
         def claim(doc: StatusDoc) -> dict[str, Any] | None:
             state = doc.webhooks.get(event)
             if state is not None and (state.settled_at is not None or self._live(state)):
@@ -165,7 +167,7 @@ class Webhooks:
                 return {}  # ours already (the final status carried it)
             return {"webhooks": {**doc.webhooks, event: WebhookDelivery(claimed_at=utcnow(), claimed_by=self.token)}}
 
-        if not tracker.update(claim):
+        if not write(lambda: tracker.update(claim), f"job {tracker.doc.id}: claiming its {event} webhook"):
             return True if tracker.doc.webhooks.get(event, WebhookDelivery()).settled_at else None
         attempts = self.send(tracker.doc, event, self.settings.webhook_retry_s)
         delivered = bool(attempts) and attempts[-1].error is None
@@ -176,7 +178,7 @@ class Webhooks:
             return {"webhooks": {**doc.webhooks, event: done},
                     "webhook_attempts": [*doc.webhook_attempts, *attempts][-MAX_RECORDED_ATTEMPTS:]}
 
-        tracker.update(settle)
+        write(lambda: tracker.update(settle), f"job {tracker.doc.id}: recording its {event} webhook")
         return delivered
 
     def started(self, tracker: Any) -> None:
