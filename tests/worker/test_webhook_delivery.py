@@ -153,3 +153,20 @@ def test_the_sender_retries_what_may_pass_and_stops_at_what_will_not(receiver: R
         assert body["type"] == "job.completed" and body["outputs"][0].startswith("http://127.0.0.1:9/outputs/")
         lives = datetime.fromisoformat(body["outputs_expire_at"]) - datetime.fromisoformat(body["timestamp"])
         assert lives.total_seconds() == LOCAL.webhook_url_ttl_s == 86400
+
+
+def test_spotgen_dev_allows_loopback_and_signs_with_the_given_secret_or_a_new_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.local.devsettings import dev_webhooks
+
+    for name in ("SPOTGEN_WEBHOOK_LOOPBACK", "SPOTGEN_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    given, made = dev_webhooks(Settings(), NEW)
+    assert (given.webhook_secret, given.webhook_loopback, made) == (NEW, True, None)
+    fresh, made = dev_webhooks(Settings(), None)
+    assert made is not None and fresh.webhook_secret == made and made != NEW
+    StandardWebhook(made)  # a secret the specification's libraries take
+    with pytest.raises(SystemExit, match="--webhook-secret: a webhook secret is base64"):
+        dev_webhooks(Settings(), "whsec_not base64!")
+    deployed, made = dev_webhooks(Settings(webhook_secret_arn="arn:aws:secretsmanager:x"), None)
+    assert made is None and deployed.webhook_secret is None  # a configured secret is kept
