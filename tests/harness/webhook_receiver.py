@@ -108,17 +108,17 @@ class Receiver:
             status = None
         if status is None:
             return
+        with self.changed:  # decided, so processed, before the answer goes: the sender may read it at once
+            record.status = status
+            self.changed.notify_all()
         try:
             handler.send_response(status)
             if status == 302:
                 handler.send_header("Location", "/ok/redirected")
             handler.send_header("Content-Length", "0")
             handler.end_headers()
-        except OSError:
+        except OSError:  # the answer was lost: the sender tries again, with the same webhook-id
             return
-        with self.changed:
-            record.status = status
-            self.changed.notify_all()
 
     def of(self, job_id: str) -> list[Received]:
         with self.lock:
