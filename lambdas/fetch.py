@@ -13,13 +13,14 @@ from __future__ import annotations
 import ssl
 import time
 from dataclasses import dataclass
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin
 
 import httpcore
 
 from runtime.config import Settings
 from runtime.contract.errors import ContractError
 from runtime.contract.images import MAX_IMAGE_BYTES
+from runtime.storage import egress
 from runtime.storage.egress import (  # noqa: F401 - address_problem, resolve_host: imported from here by callers
     METADATA_ADDRESSES,
     AddressRefused,
@@ -96,30 +97,14 @@ def _checked_url(url: str, settings: Settings, field: str, test_loopback: bool) 
     Characters that parsers disagree about (spaces, controls, backslashes, non-ASCII) are refused rather
     than interpreted, so the host checked is the host connected to.
     """
-    def refuse(why: str) -> ContractError:
-        return ContractError("url_not_allowed", f"{field}: {why}", field)
-
     if len(url) > MAX_URL_CHARS:
-        raise refuse(f"the image URL is longer than {MAX_URL_CHARS} characters")
-    if not url.isascii() or any(ch <= " " or ch in "\x7f\\" for ch in url):
-        raise refuse("the image URL has spaces, control characters, backslashes or non-ASCII characters "
-                     "(percent-encode them)")
+        raise ContractError("url_not_allowed", f"{field}: the image URL is longer than {MAX_URL_CHARS} characters",
+                            field)
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise refuse(f"the image URL does not parse ({exc})") from None
-    if parts.scheme != "https":
-        raise refuse(f"only https:// image URLs are accepted, not {parts.scheme or 'no'} scheme")
-    if "@" in parts.netloc:
-        raise refuse("image URLs must not contain user information (user:password@)")
-    host = parts.hostname or ""
-    if host not in settings.fetch_allowed_hosts:
-        raise refuse(f"the host {host!r} is not allowed for image URLs; allowed hosts: "
-                     f"{', '.join(settings.fetch_allowed_hosts)}")
-    if port is not None and port != 443 and not test_loopback:
-        raise refuse(f"image URLs must use the https port 443, not {port}")
-    return parts
+        return egress.checked_target(url, settings.fetch_allowed_hosts, "image", "SPOTGEN_FETCH_ALLOWED_HOSTS",
+                                     any_port=test_loopback)
+    except egress.TargetRefused as exc:
+        raise ContractError("url_not_allowed", f"{field}: {exc}", field) from None
 
 
 def _vetted_addresses(host: str, port: int, resolve: Resolver, field: str, deadline: float,

@@ -205,29 +205,36 @@ class TargetRefused(ValueError):
     """A webhook URL against the rules; the message says why, in words for the client."""
 
 
-def webhook_target(url: str, allowed_hosts: Iterable[str], *, loopback: bool = False) -> SplitResult:
-    """``url`` split, if a webhook may be sent there: https on port 443, no user information, a host on the
-    allow-list (``SPOTGEN_WEBHOOK_ALLOWED_HOSTS``); with ``loopback`` (``spotgen dev``) also http or https to a
-    loopback host on any port. Characters that parsers disagree about are refused rather than interpreted, so the
-    host checked is the host connected to. The addresses are checked separately (``vetted_addresses``)."""
+def checked_target(url: str, allowed_hosts: Iterable[str], what: str, setting: str, *, loopback: bool = False,
+                   any_port: bool = False) -> SplitResult:
+    """``url`` split, if ``what`` (``image``, ``webhook``) may be fetched from or sent to it: https on port 443, no
+    user information, a host on the allow-list (``setting`` names it); with ``loopback`` (``spotgen dev``'s
+    webhooks) also http or https to a loopback host on any port; with ``any_port`` (a test's own TLS server) any
+    port. Characters that parsers disagree about are refused rather than interpreted, so the host checked is the
+    host connected to. The addresses are checked separately (``vetted_addresses``)."""
     if not url.isascii() or any(ch <= " " or ch in "\x7f\\" for ch in url):
-        raise TargetRefused("the URL has spaces, control characters, backslashes or non-ASCII characters "
+        raise TargetRefused(f"the {what} URL has spaces, control characters, backslashes or non-ASCII characters "
                             "(percent-encode them)")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise TargetRefused(f"the URL does not parse ({exc})") from None
+        raise TargetRefused(f"the {what} URL does not parse ({exc})") from None
     host = parts.hostname or ""
     local = loopback and host in LOOPBACK_HOSTS
     if parts.scheme != "https" and not (local and parts.scheme == "http"):
-        raise TargetRefused(f"only https:// webhook URLs are accepted, not {parts.scheme or 'no'} scheme")
+        raise TargetRefused(f"only https:// {what} URLs are accepted, not {parts.scheme or 'no'} scheme")
     if "@" in parts.netloc:
-        raise TargetRefused("webhook URLs must not contain user information (user:password@)")
+        raise TargetRefused(f"{what} URLs must not contain user information (user:password@)")
     allowed = list(allowed_hosts)
     if host not in allowed and not local:
-        raise TargetRefused(f"the host {host!r} is not allowed for webhooks; allowed hosts: "
-                            f"{', '.join(allowed) or 'none (SPOTGEN_WEBHOOK_ALLOWED_HOSTS is empty)'}")
-    if port is not None and port != 443 and not local:
-        raise TargetRefused(f"webhook URLs must use the https port 443, not {port}")
+        raise TargetRefused(f"the host {host!r} is not allowed for {what} URLs; allowed hosts: "
+                            f"{', '.join(allowed) or f'none ({setting} is empty)'}")
+    if port is not None and port != 443 and not (local or any_port):
+        raise TargetRefused(f"{what} URLs must use the https port 443, not {port}")
     return parts
+
+
+def webhook_target(url: str, allowed_hosts: Iterable[str], *, loopback: bool = False) -> SplitResult:
+    """A webhook URL against the rules of ``checked_target`` (``SPOTGEN_WEBHOOK_ALLOWED_HOSTS``)."""
+    return checked_target(url, allowed_hosts, "webhook", "SPOTGEN_WEBHOOK_ALLOWED_HOSTS", loopback=loopback)
