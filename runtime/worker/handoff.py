@@ -27,7 +27,9 @@ stage still overlaps). With a short queue and several workers that lets an idle 
 instead of one waiting behind a running job.
 
 Bounds: one job on the device; one storing its outputs (a job that finished generating keeps the device
-until the one before it is stored: back-pressure when S3 is slow); one prepared and waiting. On SIGTERM the
+until the one before it is stored: back-pressure when S3 is slow); one prepared and waiting. A stored job whose
+webhook is still being sent gives the storing slot up first (``outputs.STORED``): its receiver holds only its own
+message, never the next job's hand-off. On SIGTERM the
 waiting one is handed back at once (``Lease.requeue``: a copy, visible at once, that does not count toward
 maxReceiveCount as ChangeMessageVisibility 0 would), the generating one checkpoints at its next step and is
 handed back, the storing one completes; ``wait`` (from Celery's ``worker_shutdown``) joins them within the
@@ -44,6 +46,7 @@ from typing import Any
 
 from runtime.worker.handback import HandBack
 from runtime.worker.job import Job
+from runtime.worker.outputs import STORED
 from runtime.worker.sqs import delete_message
 from runtime.worker.stages import Stage
 
@@ -117,10 +120,11 @@ class Handoff:
                 self._device.release()
                 device = False
                 generated.set()
+                stored = _once(self._storing.release)  # early, before a webhook (``outputs.STORED``)
                 try:
-                    context.run(self.advance, job)  # store
+                    context.run(self._store, job, stored)
                 finally:
-                    self._storing.release()
+                    stored()
         except Exception as exc:  # noqa: BLE001 - the message comes back (or is dead-lettered); never raised here
             delete = self._failed(job, exc)
         finally:
@@ -136,9 +140,27 @@ class Handoff:
         finally:
             self.interruption.drop(lease)
 
+    def _store(self, job: Job, stored: Callable[[], None]) -> None:
+        STORED.set(stored)  # in the job's own context (a copy per thread run)
+        self.advance(job)
+
     def _failed(self, job: Job, exc: BaseException) -> bool:
         try:
             return self.failed(job, exc)
         except Exception:  # noqa: BLE001
             log.exception("handling a failed job failed; its message comes back")
             return False
+
+
+def _once(call: Callable[[], None]) -> Callable[[], None]:
+    """``call`` the first time only (the storing slot is released early, or at the end, never twice)."""
+    done = threading.Event()
+    guard = threading.Lock()
+
+    def once() -> None:
+        with guard:
+            if done.is_set():
+                return
+            done.set()
+        call()
+    return once

@@ -20,6 +20,8 @@ kept, so the next delivery resumes instead of starting over.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from PIL import Image
@@ -43,6 +45,11 @@ from runtime.worker.jobstatus import JobEnded, StatusTracker
 from runtime.worker.webhooks import SecretSource, Webhooks
 
 log = logging.getLogger("spotgen.worker")
+
+#: Set by the output stage's holder (``runtime.worker.handoff``) for the job being stored: called once the job's
+#: outputs, final status and notification are written, before its webhook is sent, so that a receiver that does not
+#: answer holds only this job's message, never the next job's hand-off (and with it the device).
+STORED: ContextVar[Callable[[], None] | None] = ContextVar("spotgen_stored", default=None)
 
 #: The ``format`` message attribute of a sample job's notification (spotgen's own carry none).
 SAMPLE_FORMAT = "aws-sample"
@@ -153,6 +160,8 @@ class Outputs:
                 raise NotifyingElsewhere(f"job {doc.id}: another delivery is sending the notification; this "
                                          "message comes back to check that it went out")
         if self.webhooks.pending(tracker.doc, "completed"):
+            if (stored := STORED.get()) is not None:
+                stored()  # the next job may store its outputs while this one's receiver is waited for
             self.send_webhook(tracker, retry)
         if not checkpoint:
             return

@@ -78,3 +78,17 @@ def test_jobs_without_a_webhook_record_nothing_and_a_host_not_allowed_is_refused
                                                                  "inputs": SHORT, "webhook": {"url": url}})
         assert status == 400 and body["error"]["field"] == "webhook.url", body
         assert body["error"]["code"] == "url_not_allowed" and message in body["error"]["message"], body
+
+
+def test_a_receiver_that_does_not_answer_holds_up_no_other_job(stack: Stack, receiver: Receiver) -> None:
+    """The stack's one worker stores the next job while this one's webhook waits for its receiver: the next job
+    ends before this one's webhook is settled. Were the webhook sent inside the output stage's slot, the next job
+    (its outputs, and the device it keeps until it may store them) would wait for the whole webhook budget."""
+    silent = submit(stack, "txt2img", {**SHORT, "seed": 14}, webhook={"url": receiver.url("/silent/2")})
+    receiver.wait_for("the silent job's first POST", lambda: receiver.of(silent) or None, 120)
+    other = submit(stack, "solid", {"prompt": "next"})
+    ended = final(stack, other, 60)
+    assert ended["state"] == "succeeded", ended
+    doc = settled(stack, silent)
+    assert doc["webhooks"]["completed"]["delivered"] is False
+    assert ended["finished_at"] < doc["webhooks"]["completed"]["settled_at"], (ended, doc["webhooks"])
