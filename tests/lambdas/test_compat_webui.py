@@ -174,3 +174,21 @@ def test_the_sync_wait_rides_out_an_s3_outage_and_says_when_the_images_cannot_be
         assert answer["statusCode"] == 503 and body["error"]["code"] == "images_unavailable", body
         assert answer["headers"]["Location"] == body["status_url"]
         assert wait_for(stack.api_url, body["id"])["state"] == "succeeded"
+
+
+def test_a_webui_body_with_a_webhook_gets_it_signed_from_the_worker(stack: Stack) -> None:
+    """The documented extra field (docs/api.md "Webhooks"): a top-level ``webhook`` in a /sdapi/v1 body, taken out
+    before WebUI's fields are read, and sent by the worker as on the native route."""
+    from tests.harness.webhook_receiver import Receiver
+
+    receiver = Receiver(stack.env["SPOTGEN_WEBHOOK_SECRET"]).start()
+    try:
+        status, answer = txt2img(stack, seed=5, webhook={"url": receiver.url("/ok/webui")})
+        assert status == 200 and len(answer["images"]) == 1, answer
+        receiver.wait_for("the completed webhook", lambda: [r for r in receiver.received if r.path == "/ok/webui"
+                                                            and r.status == 200] or None, 60)
+        (record,) = [r for r in receiver.received if r.path == "/ok/webui"]
+        body = json.loads(record.body)
+        assert record.verified and body["type"] == "job.completed" and body["state"] == "succeeded", body
+    finally:
+        receiver.stop()
