@@ -175,12 +175,14 @@ def recomputed(records: list[tuple[int, str, int, int]], kills: list[tuple[int, 
     """Steps done twice per interruption that hit a job: the steps the killed attempt finished which the job's
     next attempt runs again. A killed pid's last attempt in the log is the one the signal hit; if the job has
     no later attempt, it finished in that attempt and was not interrupted."""
-    attempts: dict[tuple[str, int], list[int]] = {}  # in order of first appearance, i.e. of time
-    last_of_pid: dict[int, tuple[str, int]] = {}
+    # Keyed by process too: two deliveries may run under one attempt number (one killed before its first status
+    # write recorded the attempt), and the steps of one are not the other's to answer for.
+    attempts: dict[tuple[str, int, int], list[int]] = {}  # in order of first appearance, i.e. of time
+    last_of_pid: dict[int, tuple[str, int, int]] = {}
     for pid, job, attempt, step in records:
-        attempts.setdefault((job, attempt), []).append(step)
-        last_of_pid[pid] = (job, attempt)
-    order: dict[str, list[tuple[str, int]]] = {}
+        attempts.setdefault((job, attempt, pid), []).append(step)
+        last_of_pid[pid] = (job, attempt, pid)
+    order: dict[str, list[tuple[str, int, int]]] = {}
     for key in attempts:
         order.setdefault(key[0], []).append(key)
     out: dict[str, list[int]] = {"TERM": [], "KILL": []}

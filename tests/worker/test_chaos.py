@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_harness
+from tests.harness.chaos import recomputed
 from tests.harness.verdicts import chaos_checks
 
 #: 128 px, not less: a periodic checkpoint is uploaded off the denoising loop, and a kill while an upload is
@@ -74,3 +75,12 @@ def test_kills_that_hit_no_running_job_fail_the_run() -> None:
     assert failed(good_figures() | {"sigterm": 0, "sigterm_sent": 0}, sigterm=0) == set()
     # not every kill can hit (the job may finish before the signal lands): one per kind is enough
     assert failed(good_figures() | {"sigterm": 1, "sigkill": 1}) == set()
+
+
+def test_steps_recomputed_are_charged_to_the_delivery_that_was_killed() -> None:
+    # chaos-0053 in a run of make chaos: a delivery SIGKILLed after 5 steps, before its status recorded the attempt,
+    # so the next delivery ran as attempt 1 too; SIGTERMed at step 2, it checkpointed, and attempt 2 went on at 3.
+    # The SIGTERM cost nothing; the 5 steps are the SIGKILL's (merged by attempt, they were charged to the SIGTERM).
+    records = [(10, "j", 1, s) for s in range(1, 6)] + [(11, "j", 1, s) for s in (1, 2)] + \
+        [(12, "j", 2, s) for s in range(3, 8)]
+    assert recomputed(records, [(10, "KILL"), (11, "TERM")]) == {"TERM": [0], "KILL": [5]}
