@@ -37,16 +37,11 @@ from tests.lambdas.hostile_cases import KEY as RAW_KEY
 KEY = "hostile-test-key-0123456789abcdef"
 
 
-#: Buckets and a queue of this module's own: moto keeps one state per process, and other modules in this test
-#: process write to the default names (the session's emulator), which "nothing kept" must not see.
-OWN = {"input_bucket": "hostile-inputs", "output_bucket": "hostile-outputs", "queue_name": "hostile-jobs"}
-
-
 @pytest.fixture(scope="module")
 def api(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """``spotgen dev`` in this process without workers, its compatibility routes behind an API key."""
     try:
-        with in_process_stack(tiny_models, tmp_path_factory.mktemp("hostile"), OWN, workers=0,
+        with in_process_stack(tiny_models, tmp_path_factory.mktemp("hostile"), workers=0,
                               api_key=KEY) as stack:
             yield stack
     finally:
@@ -78,21 +73,39 @@ def refused(status: int, answer: Any, code: str, field: str, what: str) -> None:
     assert field in error["message"] or field == "body", f"{what}: the message names no field: {answer}"
 
 
-def nothing_kept(api: DevStack) -> None:
-    """Both buckets empty and no message in any queue: no job was stored, queued or half-written."""
+#: Every key in both buckets, and the work queue's message counts.
+Kept = tuple[set[str], dict[str, str]]
+
+
+def kept(api: DevStack) -> Kept:
+    """Every key in both buckets, and the work queue's message counts."""
     from runtime.storage import aws
 
     settings = api.settings
     s3, sqs = aws.client("s3", settings), aws.client("sqs", settings)
-    for bucket in {settings.input_bucket, settings.output_bucket}:
-        assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0, f"{bucket} is not empty"
+    keys = {f"{bucket}/{o['Key']}" for bucket in (settings.input_bucket, settings.output_bucket)
+            for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
     counts = sqs.get_queue_attributes(QueueUrl=settings.queue_url, AttributeNames=[
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-    assert set(counts.values()) == {"0"}, counts
+    return keys, counts
+
+
+@pytest.fixture(autouse=True)
+def before(api: DevStack) -> Kept:
+    """What the buckets and the queue held before the test: moto keeps one state per process, and modules that
+    ran earlier in this test process may have left objects under the same bucket names."""
+    return kept(api)
+
+
+def nothing_kept(api: DevStack, before: Kept) -> None:
+    """No object written and no message queued since ``before``: no job was stored, queued or half-written."""
+    keys, counts = kept(api)
+    assert keys == before[0], f"written: {sorted(keys - before[0])}"
+    assert counts == before[1] and set(counts.values()) == {"0"}, counts
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=[r.path for r in ROUTES])
-def test_hostile_values_are_refused_naming_their_field(api: DevStack, route: Route) -> None:
+def test_hostile_values_are_refused_naming_their_field(api: DevStack, route: Route, before: Kept) -> None:
     for case in VALUES:
         status, answer = post(api, route.path, route.place(case.key, case.value), keyed(route))
         refused(status, answer, case.code, case.field(route.prefix), f"{route.path} {case.name}")
@@ -103,10 +116,10 @@ def test_hostile_values_are_refused_naming_their_field(api: DevStack, route: Rou
     for whole in WHOLES:
         status, answer = post(api, route.path, whole.body, keyed(route))
         refused(status, answer, whole.code, "body", f"{route.path} {whole.name}")
-    nothing_kept(api)
+    nothing_kept(api, before)
 
 
-def test_an_answer_that_cannot_fit_lambdas_response_is_refused_before_queueing(api: DevStack) -> None:
+def test_an_answer_that_cannot_fit_lambdas_response_is_refused_before_queueing(api: DevStack, before: Kept) -> None:
     """8 PNGs of 1536 x 1536 would succeed and then be a 502 on AWS; 1 of 1024 x 1024 fits, 2 do not."""
     status, answer = post(api, "/sdapi/v1/txt2img", json.dumps(TOO_LARGE_AN_ANSWER).encode(), {"x-api-key": KEY})
     refused(status, answer, "answer_too_large", "width", "8 x 1536²")  # not even one of that size fits
@@ -120,7 +133,7 @@ def test_an_answer_that_cannot_fit_lambdas_response_is_refused_before_queueing(a
         {**TOO_LARGE_AN_ANSWER, "batch_size": 1, "n_iter": 3, "width": 768, "height": 768}).encode(),
         {"x-api-key": KEY})
     refused(status, answer, "answer_too_large", "n_iter", "3 x 768²")
-    nothing_kept(api)
+    nothing_kept(api, before)
 
 
 def send_raw(api: DevStack, route: Route, case: Raw) -> tuple[int, bytes]:
@@ -146,7 +159,7 @@ def send_raw(api: DevStack, route: Route, case: Raw) -> tuple[int, bytes]:
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=[r.path for r in ROUTES])
-def test_hostile_requests_get_api_gateways_own_answers(api: DevStack, route: Route) -> None:
+def test_hostile_requests_get_api_gateways_own_answers(api: DevStack, route: Route, before: Kept) -> None:
     """What a client library will not send, on raw sockets: malformed or repeated headers, methods no route
     takes, sizes over AWS's limits. Each is answered as API Gateway answers it, and reaches no handler."""
     for case in RAWS:
@@ -156,4 +169,4 @@ def test_hostile_requests_get_api_gateways_own_answers(api: DevStack, route: Rou
         assert status == case.status, f"{route.path} {case.name}: {status} {body[:200]!r}"
         if case.method != "HEAD" and case.message:
             assert json.loads(body) == {"message": case.message}, f"{route.path} {case.name}: {body[:200]!r}"
-    nothing_kept(api)
+    nothing_kept(api, before)
