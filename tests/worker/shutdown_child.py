@@ -45,7 +45,7 @@ def main(which: str, deadline_s: float, endpoint: str, queue_url: str) -> None:
     with lock:
         print(f"signal {time.monotonic()}", flush=True)
         os.kill(os.getpid(), signal.SIGTERM)  # the handler runs on this thread, here, with the lock held
-        time.sleep(3600)
+        time.sleep(3600)  # the hang itself: only the watchdog can end this process, at the deadline
 
 
 if __name__ == "__main__":
