@@ -5,7 +5,8 @@ validate requests with exactly the rules the worker applies again when a message
 trusted). Bump ``CONTRACT_VERSION`` when a change is not backwards compatible; workers refuse versions they do
 not know.
 
-The chapters: ``jobs`` (the request and the queued job), ``inputs`` (the built-in pipelines' inputs), ``families``
+The chapters: ``jobs`` (the request and the queued job), ``inputs`` (the generating pipelines' inputs), ``edits``
+(inpainting's and upscaling's), ``builtin`` (the built-in pipelines by name), ``families``
 (what depends on the model family), ``status`` (the status document and the notification), ``errors``, ``images``
 (image references, checked without Pillow), ``webui`` (SD WebUI API bodies as jobs; ``webui_answer``: what WebUI
 answers besides the images), ``sample`` (the AWS EKS sample's v1alpha1 and v1alpha2 envelopes around those bodies,
@@ -14,13 +15,13 @@ without Celery). The contract is used as one piece, so this package re-exports t
 ``envelope`` is imported by its own path.
 """
 
+from runtime.contract.builtin import BUILTIN_INPUTS, BUILTIN_PIPELINES, IMAGE_FIELDS, MODEL_KINDS
+from runtime.contract.edits import Extend, InpaintInputs, UpscaleInputs, inpaint_size, upscale_size
 from runtime.contract.errors import ContractError, raise_contract_error
 from runtime.contract.families import FAMILIES, SIZE_CONDITIONING_FIELDS, FamilyRules, family_rules, for_family
 from runtime.contract.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageRefError
 from runtime.contract.inputs import (
-    BUILTIN_INPUTS,
-    BUILTIN_PIPELINES,
-    IMAGE_FIELDS,
+    LATENT_UPSCALERS,
     MAX_GUIDANCE,
     MAX_IMAGES,
     MAX_LORA_WEIGHT,
@@ -30,12 +31,14 @@ from runtime.contract.inputs import (
     MAX_STEPS,
     MIN_SIDE,
     MODEL_ID_RE,
+    PIXEL_UPSCALERS,
     SAMPLER_SCHEDULES,
     SCHEDULERS,
     SCHEDULES,
     WEBUI_SAMPLERS,
     ControlNetInputs,
     GenerationInputs,
+    Hires,
     ImageRef,
     Img2ImgInputs,
     LoraRef,
@@ -105,4 +108,6 @@ __all__ = [
     "from_webui", "RUNTIME_NAME_RE", "SAMPLE_TASKTYPES", "SampleNotification", "SampleRequest", "parse_v1alpha1",
     "parse_v1alpha2", "sample_notification", "sample_output_location", "v1alpha1_answer", "v1alpha2_answer",
     "SampleJob", "sample_out_document", "webui_error", "webui_info", "webui_parameters",
+    "MODEL_KINDS", "Extend", "InpaintInputs", "UpscaleInputs", "inpaint_size", "upscale_size", "LATENT_UPSCALERS",
+    "PIXEL_UPSCALERS", "Hires",
 ]

@@ -50,9 +50,21 @@ def for_family(inputs: Any, family: str, prefix: str = "inputs") -> Any:
             if getattr(inputs, name, None) is not None:
                 raise ContractError("invalid_field", f"{prefix}.{name}: only SDXL models take size conditioning; "
                                     f"this is a {family} model", f"{prefix}.{name}")
+    if getattr(type(inputs), "sized_by_image", False) and (inputs.width is None or inputs.height is None):
+        return inputs  # the image decides what is left out (``runtime.contract.edits.inpaint_size``)
     width = inputs.width if inputs.width is not None else rules.default_size
     height = inputs.height if inputs.height is not None else rules.default_size
     if width * height > rules.max_pixels:
         raise ContractError("invalid_field", f"{prefix}.width: width x height is {width * height} pixels, above the "
                             f"{family} budget of {rules.max_pixels}", f"{prefix}.width")
+    hires = getattr(inputs, "hires", None)
+    if hires is not None:
+        target = hires.target(width, height)
+        if target[0] * target[1] > rules.max_pixels:
+            raise ContractError("invalid_field", f"{prefix}.hires: the second pass's {target[0]}x{target[1]} is "
+                                f"{target[0] * target[1]} pixels, above the {family} budget of {rules.max_pixels}",
+                                f"{prefix}.hires")
+    if getattr(inputs, "refiner", None) is not None and not rules.size_conditioning:
+        raise ContractError("invalid_field", f"{prefix}.refiner: the refiner takes over SDXL models' denoising; this "
+                            f"is a {family} model", f"{prefix}.refiner")
     return inputs.model_copy(update={"width": width, "height": height})

@@ -51,7 +51,6 @@ SAMPLER_SCHEDULES: dict[str, tuple[str, ...]] = {
     "pndm": ("default", "sgm_uniform"),
     "lcm": ("default",),  # diffusers' LCM picks its own timesteps (it ignores timestep_spacing)
 }
-BUILTIN_PIPELINES = ("txt2img", "img2img", "controlnet")
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -152,8 +151,88 @@ class GenerationInputs(OutputOptions):
 
 
 
+#: Hires fix's latent upscalers, by the names SD WebUI lists ("Latent", "Latent (nearest-exact)", ...): the first
+#: pass's latents are resized (``torch.nn.functional.interpolate`` in that mode) instead of its pixels.
+LatentUpscaler = Literal["latent", "latent_antialiased", "latent_bicubic", "latent_bicubic_antialiased",
+                         "latent_nearest", "latent_nearest_exact"]
+LATENT_UPSCALERS: tuple[str, ...] = get_args(LatentUpscaler)
+#: Pixel resampling without a model (Pillow's filters); any other upscaler name is a catalog id (``kind: upscaler``).
+PIXEL_UPSCALERS = ("lanczos", "nearest")
+HIRES_MAX_SCALE = 4.0
+
+
+def _upscaler(value: str) -> str:
+    if value in LATENT_UPSCALERS or value in PIXEL_UPSCALERS:
+        return value
+    try:
+        return _model_id(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an upscaler: name one of {', '.join(LATENT_UPSCALERS + PIXEL_UPSCALERS)} "
+                         "or the catalog id of an upscaler model") from None
+
+
+Upscaler = Annotated[str, AfterValidator(_upscaler)]
+
+
+class Hires(Strict):
+    """Hires fix: generate at the job's size, upscale (``upscaler``), then denoise again at the target size.
+
+    The target is ``scale`` times the first pass (2 when nothing is given), or ``width`` x ``height``; one given
+    alone keeps the first pass's aspect ratio, rounded down to a multiple of 8. The second pass runs
+    ``steps`` x ``denoising_strength`` steps (``steps``: the first pass's when left out), as img2img does."""
+
+    scale: float | None = Field(None, ge=1.0, le=HIRES_MAX_SCALE)
+    width: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
+    height: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
+    upscaler: Upscaler = "latent"
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    denoising_strength: float = Field(0.7, gt=0.0, le=1.0)
+    #: The second pass's own prompt, negative prompt and sampler; left out, the first pass's.
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    scheduler: Scheduler | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Hires:
+        if self.scale is not None and (self.width is not None or self.height is not None):
+            raise ValueError("give scale, or width and/or height, not both")
+        return self
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        """The second pass's size for a first pass of ``width`` x ``height``."""
+        if self.width is None and self.height is None:
+            scale = self.scale if self.scale is not None else 2.0
+            return _round8(width * scale), _round8(height * scale)
+        if self.width is not None and self.height is not None:
+            return self.width, self.height
+        if self.width is not None:
+            return self.width, _round8(height * self.width / width)
+        assert self.height is not None
+        return _round8(width * self.height / height), self.height
+
+
+def _round8(value: float) -> int:
+    return max(MIN_SIDE, int(value) // 8 * 8)
+
+
 class Txt2ImgInputs(GenerationInputs):
-    pass
+    hires: Hires | None = None
+    #: A second base model of the same family (SDXL's refiner) that takes over at ``switch_at`` of the steps, as
+    #: WebUI 1.6+'s refiner and diffusers' ``denoising_end``/``denoising_start`` do. SDXL models only.
+    refiner: ModelId | None = None
+    switch_at: float = Field(0.8, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _passes_run_steps(self) -> Txt2ImgInputs:
+        if self.hires is not None:
+            steps = self.hires.steps or self.steps
+            if int(steps * self.hires.denoising_strength) < 1:
+                raise ValueError(f"hires: steps x denoising_strength must be at least 1 (it is {steps} x "
+                                 f"{self.hires.denoising_strength})")
+        if self.refiner is not None and not 1 <= int(self.steps * self.switch_at) < self.steps:
+            raise ValueError(f"switch_at: {self.switch_at} of {self.steps} steps leaves the base model or the refiner "
+                             "no step; raise steps or move switch_at")
+        return self
 
 
 class Img2ImgInputs(GenerationInputs):
@@ -203,12 +282,3 @@ class ControlNetInputs(GenerationInputs):
         if low is not None and value < low:
             raise ValueError(f"must not be below canny_low ({low})")
         return value
-
-
-BUILTIN_INPUTS: dict[str, type[GenerationInputs]] = {
-    "txt2img": Txt2ImgInputs,
-    "img2img": Img2ImgInputs,
-    "controlnet": ControlNetInputs,
-}
-#: Fields of built-in inputs that hold image references (moved to S3 by the submit Lambda).
-IMAGE_FIELDS = ("image", "control_image")

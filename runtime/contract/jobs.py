@@ -14,8 +14,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
+from runtime.contract.builtin import BUILTIN_INPUTS, BUILTIN_PIPELINES
 from runtime.contract.errors import ContractError, raise_contract_error
-from runtime.contract.inputs import BUILTIN_INPUTS, BUILTIN_PIPELINES, ModelId, Strict
+from runtime.contract.inputs import ModelId, Strict
 from runtime.contract.outputcheck import output_options
 from runtime.contract.webhook import Webhook
 
