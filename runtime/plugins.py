@@ -121,6 +121,9 @@ class Pipeline:
     Inputs: ClassVar[type[BaseModel]]
     #: Fields of ``Inputs`` that are image references (the submit API stores them in S3).
     image_fields: ClassVar[tuple[str, ...]] = ()
+    #: The catalog kind of the job's ``model`` (``ctx.model``): a base model, or an ``upscaler`` for a pipeline
+    #: that only upscales. The worker refuses a job whose model is of another kind before it runs.
+    model_kind: ClassVar[str] = "base"
     #: True if ``run`` passes ``state`` to ``ctx.step`` and continues from ``ctx.resume_from``; otherwise an
     #: interrupted job starts again from the beginning (and its status says so).
     checkpoints: ClassVar[bool] = False

@@ -100,8 +100,11 @@ class CatalogEntry(BaseModel):
     #: A diffusers-format directory, or a single-file ``.safetensors`` checkpoint (then ``config`` is required,
     #: except for a LoRA, which is always one file).
     path: RelPath
-    kind: Literal["base", "controlnet", "lora", "vae"] = "base"
+    kind: Literal["base", "controlnet", "lora", "vae", "upscaler"] = "base"
     family: Literal["sd1", "sd2", "sdxl"] = "sd1"
+    #: A base model made for one task: ``inpainting`` (its UNet also takes the mask and the masked image: the
+    #: inpaint pipeline only) or ``refiner`` (SDXL's refiner: a txt2img job's ``refiner`` only).
+    variant: Literal["inpainting", "refiner"] | None = None
     #: Which version of the model this is (a Hub commit, a tag); informational, shown by ``spotgen models list``.
     revision: Annotated[str, AfterValidator(_revision)] | None = None
     #: A JSON file ``{"files": {relpath: sha256}}`` that ``spotgen models verify`` checks the files against.
@@ -130,6 +133,13 @@ class CatalogEntry(BaseModel):
                 raise ValueError(f"a LoRA is one '{SAFETENSORS_SUFFIX}' file; {self.path!r} is not")
             if self.config is not None:
                 raise ValueError("a LoRA has no 'config'")
+        elif self.variant is not None and self.kind != "base":
+            raise ValueError(f"'variant' is for base models; this is a {self.kind}")
+        elif self.variant == "refiner" and self.family != "sdxl":
+            raise ValueError("a refiner is an SDXL model: set family to sdxl")
+        elif self.kind == "upscaler" and (not self.single_file or self.config is not None):
+            raise ValueError(f"an upscaler is one '{SAFETENSORS_SUFFIX}' file (ESRGAN, Real-ESRGAN, SwinIR ... weights "
+                             f"that spandrel reads), without a config; {self.path!r} is not")
         elif self.kind == "vae" and self.single_file:
             raise ValueError(f"a VAE is a diffusers AutoencoderKL directory; {self.path!r} is one file")
         elif self.config is not None and not self.single_file:

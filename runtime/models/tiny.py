@@ -26,9 +26,12 @@ BASE_ID = "tiny-sd"
 CONTROLNET_ID = "tiny-controlnet"
 SDXL_ID = "tiny-sdxl"
 SDXL_CONTROLNET_ID = "tiny-sdxl-controlnet"
+#: An inpainting checkpoint (its UNet takes the mask and the masked image too) and an SDXL refiner.
+INPAINTING_ID = "tiny-sd-inpainting"
+REFINER_ID = "tiny-sdxl-refiner"
 LORA_DIR = "tiny-loras"  # not "loras": a rebuild replaces the directory, and an operator's own may be there
 #: A build of another version is rebuilt; bump it whenever what is built changes.
-VERSION = 3
+VERSION = 4
 _VERSION_FILE = ".tiny-version"
 #: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights.
 LORA_IDS = {"sd1": ("tiny-lora-sd1", "tiny-lora-sd1-kohya"), "sdxl": ("tiny-lora-sdxl", "tiny-lora-sdxl-kohya")}
@@ -41,13 +44,17 @@ CATALOG: dict[str, dict[str, Any]] = {
     **{model_id: {"path": model_id, "kind": kind, "family": family, "aliases": ALIASES[model_id]}
        for model_id, kind, family in ((BASE_ID, "base", "sd1"), (CONTROLNET_ID, "controlnet", "sd1"),
                                       (SDXL_ID, "base", "sdxl"), (SDXL_CONTROLNET_ID, "controlnet", "sdxl"))},
+    INPAINTING_ID: {"path": INPAINTING_ID, "kind": "base", "family": "sd1", "variant": "inpainting",
+                    "aliases": ["sd-v1-5-inpainting.safetensors"]},
+    REFINER_ID: {"path": REFINER_ID, "kind": "base", "family": "sdxl", "variant": "refiner",
+                 "aliases": ["sd_xl_refiner_1.0.safetensors"]},
     **{lora: {"path": f"{LORA_DIR}/{lora}.safetensors", "kind": "lora", "family": family}
        for family, ids in LORA_IDS.items() for lora in ids},
 }
 
 # A file each model must hold; with the catalog entry (written last) it means the model is whole.
 _MARKERS = {BASE_ID: "model_index.json", CONTROLNET_ID: "config.json", SDXL_ID: "model_index.json",
-            SDXL_CONTROLNET_ID: "config.json", **{lora: "" for ids in LORA_IDS.values() for lora in ids}}
+            SDXL_CONTROLNET_ID: "config.json", INPAINTING_ID: "model_index.json", REFINER_ID: "model_index.json", **{lora: "" for ids in LORA_IDS.values() for lora in ids}}
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # A few merges so the tokenizer really runs BPE (words it knows become one token), not only bytes.
 MERGES = ("t h", "th e</w>", "o f</w>", "i n</w>", "f o", "fo x</w>", "r e", "re d</w>")
@@ -126,7 +133,9 @@ def _save_models(out: Path) -> None:
         sd = tinynets.sd_pipeline(_tokenizer())
         sdxl = tinynets.sdxl_pipeline(_tokenizer(), _tokenizer(pad_token="!"))  # SDXL's second tokenizer pads with "!"
         nets = {BASE_ID: sd, CONTROLNET_ID: tinynets.controlnet(sd.unet, seed=3), SDXL_ID: sdxl,
-                SDXL_CONTROLNET_ID: tinynets.controlnet(sdxl.unet, seed=14)}
+                SDXL_CONTROLNET_ID: tinynets.controlnet(sdxl.unet, seed=14),
+                INPAINTING_ID: tinynets.sd_pipeline(_tokenizer(), inpainting=True),
+                REFINER_ID: tinynets.sdxl_refiner(_tokenizer(pad_token="!"))}
         (out / LORA_DIR).mkdir()
         for seed, (family, pipe) in enumerate((("sd1", sd), ("sdxl", sdxl))):
             plain, kohya = LORA_IDS[family]
@@ -135,7 +144,8 @@ def _save_models(out: Path) -> None:
                       out / LORA_DIR / f"{kohya}.safetensors")
     for name, net in nets.items():
         net.save_pretrained(out / name, safe_serialization=True)
-    for name, pipe in ((BASE_ID, sd), (SDXL_ID, sdxl)):
+    for name, pipe in ((BASE_ID, sd), (SDXL_ID, sdxl), (INPAINTING_ID, nets[INPAINTING_ID]),
+                       (REFINER_ID, nets[REFINER_ID])):
         for sub in ("tokenizer", "tokenizer_2"):
             if (out / name / sub).is_dir():
                 _save_slow_tokenizer(getattr(pipe, sub), out / name / sub)

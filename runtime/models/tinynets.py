@@ -15,14 +15,16 @@ _SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled
               "steps_offset": 1}
 
 
-def sd_pipeline(tokenizer: Any) -> Any:
-    """An SD 1.x-shaped pipeline: VAE scale factor 8, one CLIP text encoder with 77 positions."""
+def sd_pipeline(tokenizer: Any, inpainting: bool = False) -> Any:
+    """An SD 1.x-shaped pipeline: VAE scale factor 8, one CLIP text encoder with 77 positions. ``inpainting``: an
+    inpainting checkpoint's UNet, which takes 9 channels (the latents, the mask, the masked image's latents)."""
     import torch
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(SEED + 20 if inpainting else SEED)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        sample_size=8, in_channels=9 if inpainting else 4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
     )
@@ -31,7 +33,8 @@ def sd_pipeline(tokenizer: Any) -> Any:
     torch.manual_seed(SEED + 2)
     text_encoder = _text_encoder(tokenizer)
     scheduler = PNDMScheduler(**_SCHEDULER, set_alpha_to_one=False, skip_prk_steps=True)
-    return StableDiffusionPipeline(
+    cls = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    return cls(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
@@ -64,6 +67,33 @@ def sdxl_pipeline(tokenizer: Any, tokenizer_2: Any) -> Any:
     return StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
         tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+
+
+def sdxl_refiner(tokenizer_2: Any) -> Any:
+    """An SDXL refiner-shaped pipeline: the second text encoder only (cross-attention width 48), and aesthetic-score
+    conditioning instead of the target size (five numbers with the original size and crop), as SDXL's refiner."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    time_dim, pooled_dim = 8, 32
+    torch.manual_seed(SEED + 30)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=48, attention_head_dim=(2, 4), norm_num_groups=8, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=5 * time_dim + pooled_dim,
+    )
+    torch.manual_seed(SEED + 31)
+    vae = _vae(scaling_factor=0.13025, force_upcast=True)
+    torch.manual_seed(SEED + 32)
+    text_encoder_2 = _text_encoder(tokenizer_2, hidden_size=48, projection_dim=pooled_dim)
+    scheduler = EulerDiscreteScheduler(**_SCHEDULER, timestep_spacing="leading", interpolation_type="linear")
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None, tokenizer_2=tokenizer_2, unet=unet,
+        scheduler=scheduler, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
         add_watermarker=False,
     )
 
