@@ -24,7 +24,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from pipelines import attention, loras, prompts
-from pipelines.loading import KINDS, base_pipeline, controlnet_model, family, torch_dtype
+from pipelines.loading import KINDS, base_pipeline, check_variant, controlnet_model, family, torch_dtype
 from pipelines.resume import generators, resumable, run_resumable
 from pipelines.schedulers import make_scheduler
 from runtime.contract import GenerationInputs, for_family
@@ -53,6 +53,8 @@ class DiffusersPipeline(Pipeline):
 
     #: The diffusers pipeline class of this task for each kind of model (see the module docstring).
     classes: ClassVar[dict[str, type[DiffusionPipeline]]] = {}
+    #: The catalog variants of base model this task runs (None: an ordinary checkpoint).
+    variants: ClassVar[frozenset[str | None]] = frozenset({None})
 
     def setup(self, ctx: SetupContext) -> None:
         attention.choose(ctx.device, ctx.models.attention)  # a kernel that cannot run here stops start-up
@@ -68,6 +70,7 @@ class DiffusersPipeline(Pipeline):
         """Check what depends on the model (its family's sizes and conditioning, the LoRAs' family) before
         anything is loaded, then load the base model and switch its adapters to this job's."""
         name = family(ctx.models, ctx.model)
+        check_variant(ctx.models, ctx.model, self.variants, self.name)
         inputs = for_family(inputs, name)
         loras.check(ctx.models, name, inputs.loras)
         base = base_pipeline(ctx.models, ctx.model)

@@ -17,6 +17,7 @@ from diffusers import (
     ControlNetModel,
     DiffusionPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
 )
 
@@ -67,9 +68,26 @@ def family(store: ModelStore, model_id: str) -> str:
     return name
 
 
+#: Base models made for one task load as that task's class: SDXL's refiner has no first text encoder.
+VARIANT_CLASSES: dict[str, type[DiffusionPipeline]] = {"refiner": StableDiffusionXLImg2ImgPipeline}
+
+
+def check_variant(store: ModelStore, model_id: str, accepted: frozenset[str | None], task: str,
+                  field: str = "model") -> None:
+    """Refuse a base model made for another task (an inpainting checkpoint for txt2img, a refiner as the base
+    model), naming the catalog's ``variant``."""
+    variant = store.entry(model_id, "base").variant
+    if variant not in accepted:
+        use = {"inpainting": "the inpaint pipeline", "refiner": "a txt2img job's refiner"}.get(variant or "", "")
+        raise ModelError("wrong_model_variant", f"{field}: model {model_id!r} is an {variant} model, for {use} only; "
+                         f"{task} runs "
+                         f"{' or '.join(sorted(v or 'ordinary' for v in accepted))} models")
+
+
 def base_pipeline(store: ModelStore, model_id: str) -> DiffusionPipeline:
     """The base model's pipeline, loaded once per process; use ``job_pipeline`` to run a job on it."""
-    cls = BASE_CLASSES[family(store, model_id)]
+    variant = store.entry(model_id, "base").variant
+    cls = VARIANT_CLASSES.get(variant or "") or BASE_CLASSES[family(store, model_id)]
 
     def load() -> DiffusionPipeline:
         source, entry = store.source(model_id, "base"), store.entry(model_id, "base")
@@ -77,7 +95,7 @@ def base_pipeline(store: ModelStore, model_id: str) -> DiffusionPipeline:
         if entry.vae is not None:  # the catalog's own VAE (say, SDXL's fp16-safe one) instead of the model's
             options["vae"] = AutoencoderKL.from_pretrained(store.source(entry.vae, "vae").path,
                                                            dtype=options["dtype"], use_safetensors=True)
-        if cls is StableDiffusionPipeline:
+        if cls is StableDiffusionPipeline:  # (an inpainting checkpoint loads as one too: its tasks view it)
             options.update(safety_checker=None, requires_safety_checker=False)
         else:
             options.update(add_watermarker=False)  # SDXL's invisible watermark is an optional extra we do not ship

@@ -88,6 +88,7 @@ class RunContext:
     device: str
     models: ModelStore
     report: StepHook = field(repr=False)
+    #: The input image named by a reference, decoded in its own mode (``image`` converts it).
     fetch_image: Callable[[str], Image] = field(repr=False)
     #: The state an earlier attempt saved, when the pipeline supports checkpoints and one was found.
     resume_from: StepState | None = None
@@ -109,9 +110,11 @@ class RunContext:
         runtime estimates the phases from the step timings."""
         self.on_phase(phase)
 
-    def image(self, ref: str) -> Image:
-        """Load an input image named by the request (an s3:// URI the runtime already checked), as RGB."""
-        return self.fetch_image(ref)
+    def image(self, ref: str, mode: str | None = "RGB") -> Image:
+        """Load an input image named by the request (an s3:// URI the runtime already checked), as RGB; or in
+        another Pillow ``mode``; or, with ``mode=None``, in its own (L, RGB or RGBA: a mask's alpha channel)."""
+        image = self.fetch_image(ref)
+        return image if mode is None or image.mode == mode else image.convert(mode)
 
 
 class Pipeline:

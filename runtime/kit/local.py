@@ -122,7 +122,7 @@ def local_ref(field_name: str) -> str:
 def _image(images: Mapping[str, Image.Image], ref: str) -> Image.Image:
     for key, image in images.items():
         if ref == local_ref(key):
-            return image.convert("RGB")
+            return image if image.mode in ("L", "RGB", "RGBA") else image.convert("RGBA")
     raise KeyError(f"{ref!r} is not an image of this run; give it with --image (its fields: {', '.join(images)})")
 
 

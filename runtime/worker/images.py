@@ -78,14 +78,19 @@ def encode_output(image: Image.Image, parameters: dict[str, Any], options: Outpu
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Decode an input image with explicit limits (never trust what is in the bucket)."""
+    """Decode an input image with explicit limits (never trust what is in the bucket), as L, RGB or RGBA: its own
+    channels, so that a mask's alpha survives (``RunContext.image`` converts to what the pipeline asks for)."""
     try:
         image = Image.open(io.BytesIO(data))
         if image.format not in ("PNG", "JPEG", "WEBP"):
             raise ImageRefError(f"input images must be PNG, JPEG or WebP, not {image.format}")
         if image.width * image.height > MAX_IMAGE_PIXELS:
             raise ImageRefError(f"input image has more than {MAX_IMAGE_PIXELS} pixels")
-        return image.convert("RGB")
+        if image.mode in ("L", "RGB", "RGBA"):
+            image.load()
+            return image
+        transparent = image.mode in ("LA", "PA", "RGBa", "La") or "transparency" in image.info
+        return image.convert("RGBA" if transparent else "L" if image.mode in ("1", "I", "I;16", "F") else "RGB")
     except (OSError, Image.DecompressionBombError) as exc:
         raise ImageRefError(f"input image cannot be decoded: {exc}") from None
 

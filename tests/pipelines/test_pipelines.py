@@ -187,7 +187,7 @@ def test_tiny_models_are_shaped_like_real_ones_small_and_built_once(tiny_models:
     assert {e["kind"] for e in TINY_CATALOG.values()} == {"base", "controlnet", "lora"}
     assert {e["family"] for e in TINY_CATALOG.values()} == {"sd1", "sdxl"}
     files = [p for p in tiny_models.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) < 8_000_000
+    assert sum(p.stat().st_size for p in files) < 12_000_000  # ten pipelines, adapters and upscalers
     assert {p.suffix for p in files if p.stat().st_size > 100_000} == {".safetensors"}
     base, xl = base_pipeline(harness.store, "tiny-sd"), base_pipeline(harness.store, "tiny-sdxl")
     assert base.vae_scale_factor == 8 and base.tokenizer.model_max_length == 77
