@@ -122,3 +122,17 @@ def upscale_size(inputs: UpscaleInputs, image_width: int, image_height: int,
                             f"{width}x{height}, more than the {MAX_IMAGE_PIXELS} pixels an image may have",
                             f"{prefix}.scale")
     return width, height
+
+
+def mask_fits(image_size: tuple[int, int], mask_size: tuple[int, int]) -> bool:
+    """Whether a mask of ``mask_size`` (width, height) may be resized to an image of ``image_size``: the same
+    aspect ratio up to one pixel of rounding, i.e. the mask scaled to the image's width lands within one pixel of
+    its height, or scaled to its height within one pixel of its width. Any other mask would be stretched, moving
+    what it covers: the API (an inline mask's header) and the worker (``pipelines``) refuse it, naming
+    ``inputs.mask``, by this one rule."""
+    (iw, ih), (mw, mh) = image_size, mask_size
+    if min(iw, ih, mw, mh) < 1:
+        return False
+    skew = abs(mw * ih - iw * mh)  # |mw/mh - iw/ih| in units of mh*ih
+    # scaled to the image's height, the mask is mw*ih/mh wide: within 1 of iw <=> skew <= mh; likewise the others
+    return skew <= max(mh, ih, mw, iw)
