@@ -42,7 +42,10 @@ COPY spotgen ./spotgen
 COPY runtime ./runtime
 COPY pipelines ./pipelines
 COPY lambdas ./lambdas
-RUN pip install --no-cache-dir -c constraints.txt ".[worker]"
+# The worker's packages, then spandrel (upscaler models) without the torchvision it declares: PyPI's is a CUDA 13
+# build that this torch refuses, and transformers imports torchvision whenever it is installed (pyproject.toml)
+RUN pip install --no-cache-dir -c constraints.txt ".[worker]" \
+ && pip install --no-cache-dir --no-deps -c constraints.txt spandrel einops
 
 # Optional: xformers, at the exact version XFORMERS names, so that two builds of one tag hold the same one.
 # Its wheels name the torch they were built for (up to 0.0.34 exactly one version; 0.0.35 a range, on PyTorch's

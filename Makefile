@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml constraints.txt constraints-checkov.txt constraints-sam
 	checkov=$$!; \
 	$(PIP) torch==2.13.0; \
 	$(PIP) -e '.[worker,dev,infra]'; \
+	$(PIP) --no-deps spandrel einops; \
 	npm ci --prefix tests/schemas --no-audit --no-fund --ignore-scripts --loglevel=error; \
 	wait $$checkov
 	touch $(STAMP)

@@ -5,7 +5,7 @@ positions, SDXL's two encoders and size conditioning, ControlNets whose conditio
 LoRA adapters in diffusers' and kohya's formats), so every code path a real checkpoint takes is exercised, but
 they weigh a few MB and run in milliseconds on a CPU. Nothing is downloaded: the weights come from fixed seeds
 and the tokenizer is generated here, so two builds are identical. The networks are in ``tinynets`` and the
-adapters in ``tinylora``.
+adapters in ``tinylora``; the upscalers (ESRGAN and Real-ESRGAN Compact, read by spandrel) in ``tinyupscalers``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ SDXL_CONTROLNET_ID = "tiny-sdxl-controlnet"
 INPAINTING_ID = "tiny-sd-inpainting"
 REFINER_ID = "tiny-sdxl-refiner"
 LORA_DIR = "tiny-loras"  # not "loras": a rebuild replaces the directory, and an operator's own may be there
+#: Upscalers of two architectures (ESRGAN x4, Real-ESRGAN Compact x2); a directory of their own, as the LoRAs.
+UPSCALER_DIR = "tiny-upscalers"
+UPSCALER_IDS = ("tiny-esrgan", "tiny-compact")
 #: A build of another version is rebuilt; bump it whenever what is built changes.
-VERSION = 4
+VERSION = 5
 _VERSION_FILE = ".tiny-version"
 #: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights.
 LORA_IDS = {"sd1": ("tiny-lora-sd1", "tiny-lora-sd1-kohya"), "sdxl": ("tiny-lora-sdxl", "tiny-lora-sdxl-kohya")}
@@ -50,12 +53,13 @@ CATALOG: dict[str, dict[str, Any]] = {
                  "aliases": ["sd_xl_refiner_1.0.safetensors"]},
     **{lora: {"path": f"{LORA_DIR}/{lora}.safetensors", "kind": "lora", "family": family}
        for family, ids in LORA_IDS.items() for lora in ids},
+    **{upscaler: {"path": f"{UPSCALER_DIR}/{upscaler}.safetensors", "kind": "upscaler"} for upscaler in UPSCALER_IDS},
 }
 
 # A file each model must hold; with the catalog entry (written last) it means the model is whole.
 _MARKERS = {BASE_ID: "model_index.json", CONTROLNET_ID: "config.json", SDXL_ID: "model_index.json",
             SDXL_CONTROLNET_ID: "config.json", INPAINTING_ID: "model_index.json", REFINER_ID: "model_index.json",
-            **{lora: "" for ids in LORA_IDS.values() for lora in ids}}
+            **{lora: "" for ids in LORA_IDS.values() for lora in ids}, **{up: "" for up in UPSCALER_IDS}}
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # A few merges so the tokenizer really runs BPE (words it knows become one token), not only bytes.
 MERGES = ("t h", "th e</w>", "o f</w>", "i n</w>", "f o", "fo x</w>", "r e", "re d</w>")
@@ -77,7 +81,8 @@ def build_tiny_models(models_dir: Path) -> None:
         work = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=models_dir))
         try:
             _save_models(work)
-            for name in (LORA_DIR, *(n for n in CATALOG if CATALOG[n]["kind"] != "lora")):
+            directories = (n for n in CATALOG if CATALOG[n]["kind"] not in ("lora", "upscaler"))
+            for name in (LORA_DIR, UPSCALER_DIR, *directories):
                 target = models_dir / name
                 if target.exists():  # a leftover that _complete() did not accept
                     shutil.rmtree(target)
@@ -128,7 +133,7 @@ def _save_models(out: Path) -> None:
     import torch  # the worker's dependencies, imported only when models are really built
     from safetensors.torch import save_file
 
-    from runtime.models import tinylora, tinynets
+    from runtime.models import tinylora, tinynets, tinyupscalers
 
     with torch.random.fork_rng(devices=[]):  # deterministic without disturbing the caller's RNG
         sd = tinynets.sd_pipeline(_tokenizer())
@@ -143,6 +148,11 @@ def _save_models(out: Path) -> None:
             save_file(tinylora.lora_weights(pipe, seed=20 + seed), out / LORA_DIR / f"{plain}.safetensors")
             save_file(tinylora.kohya_format(tinylora.lora_weights(pipe, seed=30 + seed), family == "sdxl"),
                       out / LORA_DIR / f"{kohya}.safetensors")
+    (out / UPSCALER_DIR).mkdir()
+    upscalers = tinyupscalers.state_dicts()
+    assert tuple(upscalers) == UPSCALER_IDS
+    for upscaler, weights in upscalers.items():
+        save_file(weights, out / UPSCALER_DIR / f"{upscaler}.safetensors")
     for name, net in nets.items():
         net.save_pretrained(out / name, safe_serialization=True)
     for name, pipe in ((BASE_ID, sd), (SDXL_ID, sdxl), (INPAINTING_ID, nets[INPAINTING_ID]),
