@@ -211,13 +211,15 @@ def job_view(pipe: DiffusionPipeline, task: type[DiffusionPipeline] | None = Non
 
 
 def run_resumable(pipe: DiffusionPipeline, ctx: RunContext, *, num_images: int = 1,
-                  task: type[DiffusionPipeline] | None = None, **call: Any) -> list[Any]:
+                  task: type[DiffusionPipeline] | None = None, output_type: str = "pil", **call: Any) -> Any:
     """Run a diffusers pipeline for one job, with progress, cancel, checkpoints and byte-identical resume from
     ``ctx.resume_from``, and no state code in the plugin: ``call`` is what the pipeline's ``__call__`` takes
     (prompt, image, steps ...), except ``generator`` and ``callback_on_step_end``, which this sets. Any diffusers
     pipeline class whose loop takes ``callback_on_step_end`` and skips a step while ``interrupt`` is true (all of
     diffusers' own since 0.27) qualifies. ``pipe``: a loaded pipeline (viewed per job, see ``job_view``) or a job
-    view already; ``num_images`` images, image ``i`` from seed ``ctx.seed + i``."""
+    view already; ``num_images`` images, image ``i`` from seed ``ctx.seed + i``. Returns the PIL images; with
+    ``output_type="latent"``, the undecoded latents (one tensor, images first), for a pass that another pass
+    continues: ``spotgen.diffusers.Phases`` runs such passes as one job."""
     view = pipe if isinstance(pipe, Resumable) else job_view(pipe, task)
     gens = generators(ctx.seed, num_images)
     if ctx.resume_from is not None:
@@ -227,8 +229,8 @@ def run_resumable(pipe: DiffusionPipeline, ctx: RunContext, *, num_images: int =
         call.setdefault("num_images_per_prompt", num_images)
     ctx.mark("encode")
     with torch.inference_mode():
-        result = view(**call, generator=gens, callback_on_step_end=step_callback(ctx, gens), output_type="pil")
-    return list(result.images)
+        result = view(**call, generator=gens, callback_on_step_end=step_callback(ctx, gens), output_type=output_type)
+    return result.images if output_type == "latent" else list(result.images)
 
 
 def step_callback(ctx: RunContext, generators: list[torch.Generator]) -> Callable[..., dict[str, Any]]:

@@ -94,6 +94,8 @@ class RunContext:
     resume_from: StepState | None = None
     #: Where ``mark`` reports to (the runtime's phase clock); does nothing by default.
     on_phase: Callable[[str], None] = field(default=lambda name: None, repr=False)
+    #: Where ``begin_phase`` reports to (the status's ``progress.phase``); does nothing by default.
+    on_begin_phase: Callable[[str | None], None] = field(default=lambda name: None, repr=False)
 
     def step(self, step: int, total: int, state: Callable[[], StepState] | None = None) -> None:
         """Call after each step. ``state`` builds what is needed to continue after ``step`` steps; the runtime
@@ -109,6 +111,12 @@ class RunContext:
         (after models are loaded and inputs fetched), ``denoise`` when the latents are ready. Without marks the
         runtime estimates the phases from the step timings."""
         self.on_phase(phase)
+
+    def begin_phase(self, name: str | None) -> None:
+        """Optional, for a job of several passes (hires fix, a refiner, a plugin's own): the steps reported from
+        now on belong to pass ``name``, which the status shows as ``progress.phase`` so a client can say what it
+        waits for. ``spotgen.diffusers.Phases`` calls it; a single-pass pipeline never needs to."""
+        self.on_begin_phase(name)
 
     def image(self, ref: str, mode: str | None = "RGB") -> Image:
         """Load an input image named by the request (an s3:// URI the runtime already checked), as RGB; or in

@@ -35,8 +35,13 @@ class JobState(StrEnum):
 
 
 class Progress(BaseModel):
+    """Steps done of all the job's steps. A job of several passes (hires fix, the refiner) counts one total over
+    them all, and ``phase`` names the pass the steps are in (``base``, ``refiner``, ``hires``, or a plugin's own
+    names); None for a job of one pass."""
+
     step: int = 0
     total: int = 0
+    phase: str | None = None
 
 
 class JobErrorInfo(BaseModel):

@@ -51,6 +51,8 @@ class Outcome:
     images: list[Image.Image] = field(default_factory=list)
     steps: list[tuple[int, int]] = field(default_factory=list)
     checkpoint: bytes | None = None
+    #: The pass each of ``steps`` was reported in (``RunContext.begin_phase``; None for a job of one pass).
+    phases: list[str | None] = field(default_factory=list)
 
 
 class LocalRun:
@@ -93,9 +95,11 @@ class LocalRun:
         inputs = self.inputs(name, fields, images)
         outcome = Outcome()
         state = checkpoint.load(resume_from, _FINGERPRINT) if resume_from is not None else None
+        phase: list[str | None] = [None]
 
         def report(step: int, total: int, build: Callable[[], StepState] | None) -> None:
             outcome.steps.append((step, total))
+            outcome.phases.append(phase[0])
             if on_step is not None:
                 on_step(step, total)
             if stop_at is not None and step >= stop_at:
@@ -106,7 +110,8 @@ class LocalRun:
                 raise JobCancelled
 
         ctx = RunContext(job_id="local", model=model, seed=seed, device=self.store.device, models=self.store,
-                         report=report, fetch_image=lambda ref: _image(images, ref), resume_from=state)
+                         report=report, fetch_image=lambda ref: _image(images, ref), resume_from=state,
+                         on_begin_phase=lambda name: phase.__setitem__(0, name))
         try:
             outcome.images = list(pipeline.run(inputs, ctx))
         except JobStopped:

@@ -329,8 +329,8 @@ class JobRunner:
         spec, tracker, pipeline, inputs = job.spec, job.tracker, job.pipeline, job.inputs
         assert tracker is not None and pipeline is not None and inputs is not None
 
-        def write_progress(step: int, total: int) -> None:
-            tracker.write(progress=Progress(step=step, total=total), phase="generating")
+        def write_progress(step: int, total: int, phase: str | None = None) -> None:
+            tracker.write(progress=Progress(step=step, total=total, phase=phase), phase="generating")
 
         report = ProgressWriter(write_progress, self.settings.progress_interval_s)
         saver = Saver(functools.partial(self._store_checkpoint, job))
@@ -340,7 +340,7 @@ class JobRunner:
         fetch = functools.partial(fetch_image, self.store, self.settings.store_retry_s)
         ctx = RunContext(job_id=spec.id, model=spec.model, seed=spec.seed, device=self.settings.device,
                          models=self.models, report=hook, fetch_image=fetch, resume_from=job.resume,
-                         on_phase=clock.mark)
+                         on_phase=clock.mark, on_begin_phase=report.begin)
         try:
             images = self._run_pipeline(job, pipeline, inputs, ctx, clock)
         finally:
