@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 StepHook = Callable[[int, int, "Callable[[], StepState] | None"], None]
 
 ENTRY_POINT_GROUP = "spotgen.pipelines"
-BUILTINS = ("pipelines.txt2img:Txt2Img", "pipelines.img2img:Img2Img", "pipelines.controlnet:ControlNet")
+BUILTINS = ("pipelines.txt2img:Txt2Img", "pipelines.img2img:Img2Img", "pipelines.controlnet:ControlNet",
+            "pipelines.inpaint:Inpaint")
 
 
 class CheckpointError(ValueError):

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from pipelines.controlnet import ControlNet
 from pipelines.img2img import Img2Img
+from pipelines.inpaint import Inpaint
 from pipelines.txt2img import Txt2Img
 from runtime.models.store import ModelStore
 from runtime.plugins import JobInterrupted, Pipeline, RunContext, StepState
@@ -19,12 +20,15 @@ from runtime.worker import checkpoint
 
 BUCKET = "inputs"
 PHOTO, EDGES = f"s3://{BUCKET}/photo.png", f"s3://{BUCKET}/edges.png"
+#: The photo's mask: half its size (the same aspect ratio, so resized to it), a white square to repaint.
+MASK = f"s3://{BUCKET}/mask.png"
 # Non-square, so a width/height mix-up shows; few steps, so the whole file stays fast.
 COMMON: dict[str, Any] = {"prompt": "a red fox in the snow", "width": 64, "height": 48, "steps": 3}
 CASES: dict[str, tuple[type[Pipeline], dict[str, Any]]] = {
     "txt2img": (Txt2Img, {}),
     "img2img": (Img2Img, {"image": PHOTO, "strength": 1.0}),
     "controlnet": (ControlNet, {"control_image": EDGES, "controlnet": "tiny-controlnet"}),
+    "inpaint": (Inpaint, {"image": PHOTO, "mask": MASK, "strength": 1.0}),
 }
 #: The tiny base model of each family, and the ControlNet that goes with it.
 MODELS = ("tiny-sd", "tiny-sdxl")
@@ -37,7 +41,9 @@ def _input_images() -> dict[str, Image.Image]:
     photo = Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8))
     edges = Image.new("RGB", (96, 96))
     edges.paste((255, 255, 255), (20, 20, 76, 76))
-    return {PHOTO: photo, EDGES: edges}
+    mask = Image.new("L", (50, 40))
+    mask.paste(255, (15, 10, 30, 25))
+    return {PHOTO: photo, EDGES: edges, MASK: mask}
 
 
 class Harness:

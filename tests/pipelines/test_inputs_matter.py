@@ -16,12 +16,16 @@ from PIL import Image
 from tests.pipelines.harness import MODELS, PHOTO, Harness, pixels
 
 OTHER_PHOTO, BLACK = "s3://inputs/other.png", "s3://inputs/black.png"
+#: Inpainting's: of the photo's aspect ratio (5:4), which its mask must share.
+OTHER_CANVAS, OTHER_MASK = "s3://inputs/other-canvas.png", "s3://inputs/other-mask.png"
 LORAS = {"tiny-sd": "tiny-lora-sd1", "tiny-sdxl": "tiny-lora-sdxl"}
 # One reference per pipeline: the values every variation departs from.
 REFERENCE: dict[str, dict[str, Any]] = {
     "txt2img": {},
     "img2img": {"strength": 0.6, "steps": 5},
     "controlnet": {"controlnet_conditioning_scale": 1.0},
+    # On a crop (so that padding counts), below full strength (so that the fill counts).
+    "inpaint": {"strength": 0.6, "steps": 5, "only_masked": True, "padding": 4, "mask_blur": 2},
 }
 COMMON_VARIATIONS: dict[str, dict[str, Any]] = {
     "prompt": {"prompt": "a blue bird over the sea"},
@@ -37,6 +41,10 @@ TASK_VARIATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "img2img": {"image": {"image": OTHER_PHOTO}, "strength": {"strength": 0.9}},
     "controlnet": {"control_image": {"control_image": BLACK}, "controlnet_conditioning_scale":
                    {"controlnet_conditioning_scale": 0.2}},
+    "inpaint": {"image": {"image": OTHER_CANVAS}, "mask": {"mask": OTHER_MASK}, "mask_blur": {"mask_blur": 6},
+                "invert_mask": {"invert_mask": True}, "strength": {"strength": 0.9},
+                "fill": {"fill": "latent_noise"}, "only_masked": {"only_masked": False}, "padding": {"padding": 0},
+                "extend": {"extend": {"left": 8, "top": 8}}},
 }
 SDXL_VARIATIONS: dict[str, dict[str, Any]] = {
     "original_size": {"original_size": [1024, 1024]},
@@ -61,6 +69,9 @@ def runs(harness: Harness) -> dict[tuple[str, str], np.ndarray]:
     rng = np.random.default_rng(7)
     harness.images[OTHER_PHOTO] = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
     harness.images[BLACK] = Image.new("RGB", (64, 48))
+    harness.images[OTHER_CANVAS] = Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8))
+    harness.images[OTHER_MASK] = Image.new("L", (50, 40))
+    harness.images[OTHER_MASK].paste(255, (5, 5, 20, 15))
     return {(model, name): pixels(harness.run(name, model=model, **REFERENCE[name]))
             for model in MODELS for name in REFERENCE}
 

@@ -113,8 +113,8 @@ def test_resume_from_a_checkpoint_of_other_inputs_is_refused(harness: Harness) -
 @pytest.mark.parametrize("model", MODELS)
 def test_components_are_shared_and_loaded_once(tiny_models: Path, monkeypatch: pytest.MonkeyPatch,
                                                model: str) -> None:
-    """txt2img, img2img and ControlNet of one base run on one UNet, VAE and text encoder(s): the distinct tensors
-    behind the three jobs are exactly those of the base model plus the ControlNet (memory ratio 1.0)."""
+    """txt2img, img2img, ControlNet and inpainting of one base run on one UNet, VAE and text encoder(s): the
+    distinct tensors behind the jobs are exactly those of the base model plus the ControlNet (memory ratio 1.0)."""
     views: dict[str, Any] = {}
 
     def recording(cls: type, *args: Any, **kwargs: Any) -> Any:
@@ -131,9 +131,9 @@ def test_components_are_shared_and_loaded_once(tiny_models: Path, monkeypatch: p
     for view in views.values():
         for part in parts:
             assert getattr(view, part) is getattr(base, part), part
-    assert len(views) == 3 and h.store.loads == 2
+    assert len(views) == len(CASES) and h.store.loads == 2
     # Each job has a scheduler of its own; the cached pipeline's is never used, so never changed.
-    assert len({id(view.scheduler) for view in views.values()} | {id(base.scheduler)}) == 4
+    assert len({id(view.scheduler) for view in views.values()} | {id(base.scheduler)}) == len(CASES) + 1
     everything = SimpleNamespace(components={f"{name}.{part}": module for name, view in views.items()
                                              for part, module in view.components.items()})
     assert object_bytes(everything) / (object_bytes(base) + object_bytes(controlnet)) == 1.0
