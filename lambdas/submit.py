@@ -22,13 +22,14 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lambdas import outbox, schemas, telemetry
+from lambdas import edits, outbox, schemas, telemetry
 from lambdas.body import parse_json
 from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
 from lambdas.outbox import publish  # noqa: F401 - where callers found it before lambdas/outbox.py
 from lambdas.sweep import SWEEP_BOUND_S
 from runtime.config import Settings
 from runtime.contract import (
+    BUILTIN_INPUTS,
     BUILTIN_PIPELINES,
     IMAGE_FIELDS,
     ContractError,
@@ -60,9 +61,7 @@ def check(dep: Deployment, request: JobRequest, webhook_field: str = "webhook.ur
     """The request's inputs, validated as the pipeline's (image URLs fetched where allowed), or ContractError; the
     webhook's target checked first (an error names ``webhook_field``: where the route's body has it)."""
     settings = dep.settings
-    if request.model not in settings.models:
-        raise ContractError("unknown_model", f"unknown model {request.model!r}; available: "
-                            f"{', '.join(settings.models)}", "model")
+    edits.check_model(settings, request.pipeline, request.model)
     if request.webhook is not None:
         check_webhook(settings, request.webhook.url, webhook_field)
     raw = fetch_image_urls(dep, request.inputs) if request.pipeline in BUILTIN_PIPELINES else request.inputs
@@ -77,7 +76,9 @@ def check(dep: Deployment, request: JobRequest, webhook_field: str = "webhook.ur
     if controlnet is not None and controlnet not in settings.controlnets:
         raise ContractError("unknown_model", f"unknown ControlNet model {controlnet!r}; available: "
                             f"{', '.join(settings.controlnets)}", "inputs.controlnet")
-    check_family(settings, request.model, inputs)
+    if isinstance(inputs, GenerationInputs):  # an upscale job's model is an upscaler: no family, no LoRAs
+        check_family(settings, request.model, inputs)
+    edits.check_edits(settings, request.model, inputs)
     return inputs.model_dump(mode="json")
 
 
@@ -142,7 +143,7 @@ def check_family(settings: Settings, model: str, inputs: GenerationInputs) -> No
     if family and controlnet in families and families[controlnet] != family:
         raise ContractError("incompatible_controlnet", f"ControlNet {controlnet!r} is for {families[controlnet]} "
                             f"models and {model!r} is a {family} model", "inputs.controlnet")
-    for i, ref in enumerate(inputs.loras):
+    for i, ref in enumerate(getattr(inputs, "loras", [])):
         field = f"inputs.loras.{i}.id"
         if ref.id not in settings.loras:
             raise ContractError("unknown_model", f"unknown LoRA {ref.id!r}; available: "
@@ -219,7 +220,7 @@ def _enqueue(dep: Deployment, request: JobRequest, job_id: str, inputs: dict[str
     seed = inputs.get("seed")
     if seed is None:
         seed = secrets.randbelow(2**32)
-    if request.pipeline in BUILTIN_PIPELINES:
+    if "seed" in getattr(BUILTIN_INPUTS.get(request.pipeline), "model_fields", {}):  # upscale takes no seed
         inputs["seed"] = seed
     for name in IMAGE_FIELDS:
         ref = inputs.get(name)

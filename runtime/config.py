@@ -96,17 +96,23 @@ class Settings(BaseModel):
     #: Base URL clients use to reach the API (for ``status_url`` in responses).
     public_url: str = ""
     #: Base model ids the API accepts (comma separated); the worker's catalog is the final word.
-    models: list[str] = Field(default_factory=lambda: ["tiny-sd", "tiny-sdxl"])
+    models: list[str] = Field(default_factory=lambda: ["tiny-sd", "tiny-sdxl", "tiny-sd-inpainting",
+                                                       "tiny-sdxl-refiner"])
     #: ControlNet model ids the API accepts.
     controlnets: list[str] = Field(default_factory=lambda: ["tiny-controlnet", "tiny-sdxl-controlnet"])
     #: LoRA ids the API accepts in ``inputs.loras``.
     loras: list[str] = Field(default_factory=lambda: ["tiny-lora-sd1", "tiny-lora-sd1-kohya", "tiny-lora-sdxl",
                                                       "tiny-lora-sdxl-kohya"])
+    #: Upscaler model ids (catalog ``kind: upscaler``) the API accepts as an ``upscale`` job's model and as
+    #: ``inputs.hires.upscaler``; ``lanczos``, ``nearest`` and the latent upscalers need no model and are always
+    #: accepted.
+    upscalers: list[str] = Field(default_factory=lambda: ["tiny-esrgan", "tiny-compact"])
     #: The family of the ids above, as ``id=family,...`` (sd1, sd2, sdxl), so the API can refuse an SDXL-only
     #: input for an SD 1.x model or a LoRA of another family with a 400; an id not listed is checked by the worker.
     model_families: dict[str, Family] = Field(default_factory=lambda: {
-        "tiny-sd": "sd1", "tiny-controlnet": "sd1", "tiny-lora-sd1": "sd1", "tiny-lora-sd1-kohya": "sd1",
-        "tiny-sdxl": "sdxl", "tiny-sdxl-controlnet": "sdxl", "tiny-lora-sdxl": "sdxl", "tiny-lora-sdxl-kohya": "sdxl"})
+        "tiny-sd": "sd1", "tiny-sd-inpainting": "sd1", "tiny-controlnet": "sd1", "tiny-lora-sd1": "sd1",
+        "tiny-lora-sd1-kohya": "sd1", "tiny-sdxl": "sdxl", "tiny-sdxl-refiner": "sdxl", "tiny-sdxl-controlnet": "sdxl",
+        "tiny-lora-sdxl": "sdxl", "tiny-lora-sdxl-kohya": "sdxl"})
     #: Plugin pipeline names the API accepts besides the built-ins.
     extra_pipelines: list[str] = Field(default_factory=list)
     #: The plugin schema file (``spotgen pipeline schema ... --out``) shipped in the Lambda package: the submit API
@@ -230,7 +236,7 @@ class Settings(BaseModel):
     #: Diagnostics: append "pid job attempt step" per finished denoising step to this file (chaos harness).
     step_log: Path | None = None
 
-    @field_validator("models", "controlnets", "loras", "extra_pipelines", "fetch_allowed_hosts",
+    @field_validator("models", "controlnets", "loras", "upscalers", "extra_pipelines", "fetch_allowed_hosts",
                      "webhook_allowed_hosts", "plugins", "preload", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:

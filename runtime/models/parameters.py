@@ -3,8 +3,8 @@
 The API refuses a model it does not list (``SPOTGEN_MODELS`` and its kin), and a worker can only run what its
 catalog holds: two lists kept by hand drift apart, and then the API accepts jobs that fail on every worker. So the
 stack's lists are printed from the very catalog that goes onto the model library (``spotgen models parameters``,
-docs/deploy.md), and the API accepts exactly the catalog's ids: its base models, ControlNets and LoRAs (a ``vae``
-entry is only ever named by a base model, never by a request).
+docs/deploy.md), and the API accepts exactly the catalog's ids: its base models, ControlNets, LoRAs and
+upscalers (a ``vae`` entry is only ever named by a base model, never by a request).
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ from pathlib import Path
 from runtime.models.catalog import Catalog, ModelError
 
 #: The stack parameter (lambdas/template.yaml) that lists the catalog's ids of each kind a request may name.
-KIND_PARAMETERS = {"base": "Models", "controlnet": "ControlNets", "lora": "Loras"}
+KIND_PARAMETERS = {"base": "Models", "controlnet": "ControlNets", "lora": "Loras", "upscaler": "Upscalers"}
+#: The kinds whose ids go into ``ModelFamilies`` (an upscaler works on pixels of any family).
+FAMILY_KINDS = ("base", "controlnet", "lora")
 #: CloudFormation refuses a parameter value longer than this (bytes): a catalog with hundreds of aliases could
 #: reach it, and it is better said here than by a failed change set.
 CFN_VALUE_MAX_BYTES = 4096
 
 
 def accepted_ids(catalog: Catalog) -> dict[str, list[str]]:
-    """The ids a request may name, by kind (``base``, ``controlnet``, ``lora``), in catalog order."""
+    """The ids a request may name, by kind (``base``, ``controlnet``, ``lora``, ``upscaler``), in catalog order."""
     ids: dict[str, list[str]] = {kind: [] for kind in KIND_PARAMETERS}
     for model_id, entry in catalog.models.items():
         if entry.kind in ids:
@@ -41,10 +43,10 @@ def catalog_aliases(catalog: Catalog, accepted: set[str] | None = None) -> dict[
 
 
 def stack_parameters(catalog: Catalog) -> dict[str, str]:
-    """``Models``, ``ControlNets``, ``Loras``, ``ModelFamilies`` and ``CompatAliases`` of lambdas/template.yaml, as
-    the API must have them for this catalog."""
+    """``Models``, ``ControlNets``, ``Loras``, ``Upscalers``, ``ModelFamilies`` and ``CompatAliases`` of
+    lambdas/template.yaml, as the API must have them for this catalog."""
     ids = accepted_ids(catalog)
-    every = [model_id for kind in KIND_PARAMETERS for model_id in ids[kind]]
+    every = [model_id for kind in FAMILY_KINDS for model_id in ids[kind]]
     parameters = {name: ",".join(ids[kind]) for kind, name in KIND_PARAMETERS.items()}
     parameters["ModelFamilies"] = ",".join(f"{model_id}={catalog.models[model_id].family}" for model_id in every)
     parameters["CompatAliases"] = json.dumps(catalog_aliases(catalog), separators=(",", ":"),

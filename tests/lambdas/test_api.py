@@ -43,7 +43,7 @@ def with_inputs(pipeline: str = "txt2img", **inputs: Any) -> dict[str, Any]:
 
 
 BAD_REQUESTS: list[tuple[str, Any, str]] = [
-    ("unknown pipeline", {**BASE, "pipeline": "upscale"}, "pipeline"),
+    ("unknown pipeline", {**BASE, "pipeline": "sketch"}, "pipeline"),
     ("missing pipeline", {"model": "tiny-sd", "inputs": {"prompt": "x"}}, "pipeline"),
     ("unknown model", {**BASE, "model": "sd-nonexistent"}, "model"),
     ("model id is a path", {**BASE, "model": "../../etc/passwd"}, "model"),

@@ -20,7 +20,8 @@ CATALOG = {"models": {
     "xl": {"path": "xl", "family": "sdxl", "vae": "xl-vae", "aliases": ['SDXL "base" 1.0']},
     "xl-vae": {"path": "xl-vae", "kind": "vae", "family": "sdxl"},
     "canny": {"path": "canny", "kind": "controlnet", "family": "sd1", "aliases": ["control_canny"]},
-    "detail": {"path": "loras/detail.safetensors", "kind": "lora", "family": "sd1", "aliases": ["add_detail"]}}}
+    "detail": {"path": "loras/detail.safetensors", "kind": "lora", "family": "sd1", "aliases": ["add_detail"]},
+    "esrgan": {"path": "upscalers/esrgan.safetensors", "kind": "upscaler"}}}
 
 
 @pytest.fixture
@@ -43,13 +44,14 @@ def test_parameters_are_the_catalogs_ids_and_make_valid_api_settings(library: Pa
     parameters = json.loads(out)
     assert parameters == {
         "Models": "sd15,xl", "ControlNets": "canny", "Loras": "detail",  # a VAE is named by its model, not a request
-        "ModelFamilies": "sd15=sd1,xl=sdxl,canny=sd1,detail=sd1",
+        "Upscalers": "esrgan", "ModelFamilies": "sd15=sd1,xl=sdxl,canny=sd1,detail=sd1",  # upscalers: any family
         "CompatAliases": json.dumps({"v1-5-pruned-emaonly.safetensors": "sd15", 'SDXL "base" 1.0': "xl",
                                      "add_detail": "detail", "control_canny": "canny"}, separators=(",", ":"))}
-    env = {"Models": "MODELS", "ControlNets": "CONTROLNETS", "Loras": "LORAS", "ModelFamilies": "MODEL_FAMILIES",
-           "CompatAliases": "ALIASES"}
+    env = {"Models": "MODELS", "ControlNets": "CONTROLNETS", "Loras": "LORAS", "Upscalers": "UPSCALERS",
+           "ModelFamilies": "MODEL_FAMILIES", "CompatAliases": "ALIASES"}
     settings = Settings.from_env({PREFIX + env[key]: value for key, value in parameters.items()})
     assert settings.models == ["sd15", "xl"] and settings.model_families["detail"] == "sd1"
+    assert settings.upscalers == ["esrgan"]
     assert settings.aliases['SDXL "base" 1.0'] == "xl"
 
 
