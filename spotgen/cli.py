@@ -60,13 +60,14 @@ def build_inputs(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not key:
             raise UsageError(f"--input {item!r}: give KEY=VALUE")
         inputs[key], flags[key] = _value(value), f"--input {key}"
-    if args.image is not None:
-        field = IMAGE_INPUT.get(args.pipeline, "image")
-        try:
-            inputs[field] = inline_image(args.image)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--image {args.image}: {exc}") from None
-        flags[field] = "--image"
+    for path, field, flag in ((args.image, IMAGE_INPUT.get(args.pipeline, "image"), "--image"),
+                              (args.mask, "mask", "--mask")):
+        if path is not None:
+            try:
+                inputs[field] = inline_image(path)
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"{flag} {path}: {exc}") from None
+            flags[field] = flag
     if args.pipeline in BUILTIN_PIPELINES:
         try:
             validate_inputs(args.pipeline, inputs, input_bucket=None)
@@ -139,6 +140,7 @@ def add_commands(sub: Any) -> None:
     submit.add_argument("--seed", type=int)
     submit.add_argument("--scheduler")
     submit.add_argument("--image", type=Path, help="an input image file, sent inline (image or control_image)")
+    submit.add_argument("--mask", type=Path, help="inpaint: the mask image file, sent inline (white repaints)")
     submit.add_argument("--input", action="append", metavar="KEY=VALUE", help="any other input (repeatable)")
     submit.add_argument("--id", help="the idempotency key (default: one is made)")
     submit.add_argument("--wait", action="store_true", help="show progress until the job ends, then save")

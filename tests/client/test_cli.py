@@ -74,3 +74,37 @@ def test_a_400_from_the_api_exits_2_with_the_field(stack: Stack, capsys: pytest.
 def test_an_unreachable_api_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["jobs", "get", "x", "--api-url", "http://127.0.0.1:9", "--retry-s", "0"]) == 3
     assert "cannot reach the API" in capsys.readouterr().err
+
+
+def test_submit_inpaint_with_image_and_mask_files_and_upscale(stack: Stack, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The files go inline as ``image`` and ``mask``, and the API stores both in the input bucket; an upscale job
+    names its upscaler as the model and takes no prompt."""
+    image, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    image.write_bytes(png_bytes(64, 48))
+    white = Image.new("L", (64, 48), 0)
+    white.paste(255, (8, 8, 24, 24))
+    white.save(mask)
+    assert main(["submit", "--pipeline", "inpaint", "--model", "tiny-sd-inpainting", "--prompt", "a fox",
+                 "--image", str(image), "--mask", str(mask), "--steps", "2", "--json",
+                 "--api-url", stack.api_url]) == 0
+    job_id = json.loads(capsys.readouterr().out)["id"]
+    stored = {obj["Key"].rsplit("/", 1)[-1]: obj["Key"] for obj in stack.s3.list_objects_v2(
+        Bucket=stack.env["SPOTGEN_INPUT_BUCKET"], Prefix=f"inputs/{job_id}/").get("Contents", [])}
+    assert set(stored) == {"image.png", "mask.png"}, stored
+    body = stack.s3.get_object(Bucket=stack.env["SPOTGEN_INPUT_BUCKET"], Key=stored["mask.png"])["Body"].read()
+    assert body == mask.read_bytes()
+    assert main(["submit", "--pipeline", "upscale", "--model", "lanczos", "--image", str(image), "--input",
+                 "scale=2", "--json", "--api-url", stack.api_url]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "queued"
+
+
+def test_an_unreadable_mask_is_bad_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit", "--pipeline", "inpaint", "--model", "tiny-sd", "--prompt", "x", "--image",
+                 str(tmp_path / "none.png"), "--api-url", "http://127.0.0.1:9"]) == 2
+    assert "--image" in capsys.readouterr().err
+    image = tmp_path / "in.png"
+    image.write_bytes(png_bytes(64, 48))
+    assert main(["submit", "--pipeline", "inpaint", "--model", "tiny-sd", "--prompt", "x", "--image", str(image),
+                 "--mask", str(tmp_path / "none.png"), "--api-url", "http://127.0.0.1:9"]) == 2
+    assert f"--mask {tmp_path / 'none.png'}" in capsys.readouterr().err
