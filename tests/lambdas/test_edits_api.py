@@ -312,7 +312,6 @@ def test_a_bad_edit_is_400_naming_the_field_and_nothing_is_stored(api: DevStack,
     assert (answer["error"]["code"], answer["error"]["field"]) == (code, field), f"{case}: {answer}"
     assert field in answer["error"]["message"] or field == "model", f"{case}: {answer}"
     assert emu.kept() == before, f"{case}: something was stored or queued"
-    assert set(before[1].values()) == {"0"}, before
 
 
 def queued(api: DevStack, emu: Emulator, body: dict[str, Any]) -> dict[str, Any]:
