@@ -96,12 +96,14 @@ def check_schema_round_trips(pipeline: type[Pipeline], inputs: Mapping[str, Any]
                     "Avoid fields that JSON cannot carry exactly (sets, tuples of mixed types, non-finite floats)")
 
 
-def check_runs(pipeline: type[Pipeline], outcome: Outcome, inputs: Mapping[str, Any]) -> None:
-    """Valid images, sized as asked (``width`` and ``height`` inputs, when the pipeline has them)."""
+def check_runs(pipeline: type[Pipeline], outcome: Outcome, inputs: Mapping[str, Any],
+               size: tuple[int, int] | None = None) -> None:
+    """Valid images, sized as asked: ``size`` when given, else the ``width`` and ``height`` inputs (when the
+    pipeline has them)."""
     if not outcome.images:
         raise _fail(pipeline, "run returned no images", "Return a non-empty list of PIL images")
     model = _validated(pipeline, inputs)
-    want = (getattr(model, "width", None), getattr(model, "height", None))
+    want = size or (getattr(model, "width", None), getattr(model, "height", None))
     for index, image in enumerate(outcome.images):
         if not isinstance(image, Image.Image):
             raise _fail(pipeline, f"run returned a {type(image).__name__} as image {index}", "Return PIL images")
@@ -180,6 +182,9 @@ class PipelineContract:
     seed: ClassVar[int] = 7
     #: Steps after which the resume check interrupts (default: the first and the middle one).
     resume_at: ClassVar[tuple[int, ...]] = ()
+    #: The images' size (width, height) when the ``width`` and ``height`` inputs are not it (a second pass at
+    #: another size, an upscale).
+    output_size: ClassVar[tuple[int, int] | None] = None
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -216,7 +221,7 @@ class PipelineContract:
         check_schema_round_trips(self.pipeline, self.fields())
 
     def test_runs_on_the_tiny_models_with_valid_images_sized_as_asked(self, kit: LocalRun, reference: Outcome) -> None:
-        check_runs(self.pipeline, reference, self.fields())
+        check_runs(self.pipeline, reference, self.fields(), self.output_size)
 
     def test_same_seed_gives_the_same_bytes(self, kit: LocalRun, reference: Outcome) -> None:
         check_same_seed_same_bytes(self.pipeline, reference, self.run(kit))

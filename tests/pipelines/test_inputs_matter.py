@@ -104,3 +104,59 @@ def test_img2img_starts_from_the_input_image(harness: Harness, runs: dict[tuple[
     out = pixels(harness.run("img2img", strength=0.2, steps=10)).astype(float)[0]
     other = np.asarray(harness.images[OTHER_PHOTO].resize((64, 48)), dtype=float)
     assert np.abs(out - photo).mean() < np.abs(out - other).mean()
+
+
+# -- upscale: its inputs are the image and the scale, and its model is the upscaler --------------------------------
+UPSCALE_REFERENCE: dict[str, Any] = {"model": "tiny-esrgan", "image": PHOTO, "scale": 2.0}
+UPSCALE_VARIATIONS: dict[str, dict[str, Any]] = {
+    "image": {"image": OTHER_PHOTO}, "scale": {"scale": 2.1}, "model=tiny-compact": {"model": "tiny-compact"},
+    "model=lanczos": {"model": "lanczos"}, "model=nearest": {"model": "nearest"},
+}
+
+
+def _upscaled(harness: Harness, model: str, **fields: Any) -> np.ndarray:
+    from pipelines.upscale import Upscale
+    from tests.pipelines.harness import parse
+
+    harness.images.setdefault(OTHER_PHOTO, Image.fromarray(np.full((80, 100, 3), 90, np.uint8)))
+    return pixels(Upscale().run(parse(Upscale.Inputs, fields), harness.context(model=model)))
+
+
+@pytest.mark.parametrize("variation", UPSCALE_VARIATIONS)
+def test_each_upscale_input_changes_the_pixels(harness: Harness, variation: str) -> None:
+    reference = {**UPSCALE_REFERENCE}
+    changed = {**reference, **UPSCALE_VARIATIONS[variation]}
+    before = _upscaled(harness, reference.pop("model"), **reference)
+    after = _upscaled(harness, changed.pop("model"), **changed)
+    assert not np.array_equal(before, after), f"upscale: {variation} changed nothing"
+
+
+# -- txt2img's hires fix and SDXL refiner: each field, varied alone against a job that has them -----------------
+HIRES_REFERENCE: dict[str, Any] = {"scale": 1.5, "steps": 4, "denoising_strength": 0.5}
+HIRES_VARIATIONS: dict[str, dict[str, Any]] = {
+    "scale": {"scale": 2.0}, "width": {"scale": None, "width": 104}, "height": {"scale": None, "height": 80},
+    "upscaler=latent_nearest": {"upscaler": "latent_nearest"}, "upscaler=lanczos": {"upscaler": "lanczos"},
+    "upscaler=tiny-esrgan": {"upscaler": "tiny-esrgan"}, "steps": {"steps": 6},
+    "denoising_strength": {"denoising_strength": 0.75}, "prompt": {"prompt": "a blue bird over the sea"},
+    "negative_prompt": {"negative_prompt": "blurry, dark"}, "scheduler": {"scheduler": "dpmpp_2m"},
+}
+REFINER_REFERENCE: dict[str, Any] = {"model": "tiny-sdxl", "steps": 4, "refiner": "tiny-sdxl-refiner",
+                                     "switch_at": 0.5}
+REFINER_VARIATIONS: dict[str, dict[str, Any]] = {"refiner": {"refiner": "tiny-sdxl"}, "switch_at": {"switch_at": 0.75}}
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("variation", HIRES_VARIATIONS)
+def test_each_hires_input_changes_the_pixels(harness: Harness, model: str, variation: str) -> None:
+    before = pixels(harness.run("txt2img", model=model, steps=3, hires=HIRES_REFERENCE))
+    hires = {key: value for key, value in {**HIRES_REFERENCE, **HIRES_VARIATIONS[variation]}.items()
+             if value is not None}
+    after = pixels(harness.run("txt2img", model=model, steps=3, hires=hires))
+    assert before.shape != after.shape or not np.array_equal(before, after), f"{model}: hires.{variation}"
+
+
+@pytest.mark.parametrize("variation", REFINER_VARIATIONS)
+def test_each_refiner_input_changes_the_pixels(harness: Harness, variation: str) -> None:
+    before = pixels(harness.run("txt2img", **REFINER_REFERENCE))
+    after = pixels(harness.run("txt2img", **{**REFINER_REFERENCE, **REFINER_VARIATIONS[variation]}))
+    assert not np.array_equal(before, after), f"{variation} changed nothing"
