@@ -186,8 +186,8 @@ _UNPACK = {depth: [bytes((byte >> (8 - depth * (k + 1))) & (2 ** depth - 1) for 
 
 
 def _extrema(png: _Png) -> tuple[int, int]:
-    """The mask's range: the alpha channel's where any pixel is transparent (rounded at half: 0 or 255), else the
-    luminance's."""
+    """The mask's range: the alpha channel's where any pixel is transparent (rounded at half: 0 below it, 255 from
+    it on), else the luminance's."""
     alpha_lo, alpha_hi, lum_lo, lum_hi = 255, 0, 255, 0
     lum_table, alpha_table = _tables(png) if png.color in (0, 3) else (None, None)
     for row in _rows(png):
@@ -208,6 +208,6 @@ def _extrema(png: _Png) -> tuple[int, int]:
         if lum:
             lum_lo, lum_hi = min(lum_lo, min(lum)), max(lum_hi, max(lum))
     if alpha_lo < 255:
-        return (255 if alpha_lo > REPAINTS else 0), (255 if alpha_hi > REPAINTS else 0)
+        return (255 if alpha_lo >= REPAINTS else 0), (255 if alpha_hi >= REPAINTS else 0)
     return lum_lo, lum_hi
 

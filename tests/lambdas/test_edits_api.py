@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from lambdas.common import deployment
+from pipelines import masks
 from runtime.config import Settings
-from runtime.contract import pngmask, validate_inputs
+from runtime.contract import ContractError, pngmask, validate_inputs
 from runtime.contract.edits import mask_fits
 from runtime.contract.envelope import read_celery_message
-from runtime.contract.pngmask import MAX_RAW_BYTES, BrokenPng, mask_extrema
+from runtime.contract.pngmask import MAX_RAW_BYTES, REPAINTS, BrokenPng, mask_extrema
 from runtime.local.devstack import DevStack
 from runtime.worker.images import decode_image
 from tests.rest import call
@@ -55,14 +56,10 @@ def encoded(image: Image.Image, fmt: str = "PNG", **options: Any) -> bytes:
 
 
 def as_the_worker_reads_it(data: bytes, invert: bool = False) -> tuple[int, int]:
-    """The mask's range by Pillow, as the worker decodes it, under WebUI's rule: with transparency the alpha
-    channel rounded at half, else the luminance; ``invert`` flips it."""
-    image = decode_image(data)
-    if image.mode == "RGBA" and image.getextrema()[-1] != (255, 255):
-        lo, hi = image.getchannel("A").point(lambda v: 255 if v > 128 else 0).getextrema()
-    else:
-        lo, hi = image.convert("L").getextrema()
-    return (255 - hi, 255 - lo) if invert else (lo, hi)
+    """The mask's range as the worker reads it: decoded by Pillow, then the inpaint pipeline's own rule
+    (``pipelines.masks.read_mask``: WebUI's), inverted as it inverts."""
+    mask = masks.read_mask(decode_image(data))
+    return (ImageOps.invert(mask) if invert else mask).getextrema()
 
 
 def noise(mode: str, size: tuple[int, int] = (37, 23), seed: int = 0) -> Image.Image:
@@ -101,6 +98,10 @@ def mask_images() -> dict[str, bytes]:
         "LA transparent": encoded(Image.new("LA", (64, 48), (255, 0))),
         "1-bit black": encoded(Image.new("1", (64, 48), 0)),
         "wide L": encoded(noise("L", (1000, 3))),
+        "L just below half": encoded(Image.new("L", (64, 48), 127)),
+        "L at half": encoded(Image.new("L", (64, 48), 128)),
+        "RGBA alpha at half": encoded(Image.new("RGBA", (64, 48), (255, 255, 255, 128))),
+        "RGBA alpha above half": encoded(Image.new("RGBA", (64, 48), (0, 0, 0, 129))),
     }
 
 
@@ -128,6 +129,20 @@ def test_every_row_filter_unfilters_to_pillows_pixels(color: int, mode: str) -> 
     png = pngmask._parse(data)
     assert png is not None
     assert b"".join(pngmask._rows(png)) == Image.open(io.BytesIO(data)).tobytes()
+
+
+@pytest.mark.parametrize("name", list(MASKS))
+@pytest.mark.parametrize("invert", [False, True], ids=["", "inverted"])
+def test_the_api_calls_a_mask_empty_exactly_when_the_worker_refuses_it(name: str, invert: bool) -> None:
+    mask = decode_image(MASKS[name])
+    try:
+        masks.canvas(Image.new("RGB", mask.size), mask, None, invert, 0)
+        refused = False
+    except ContractError as exc:
+        assert exc.field == "inputs.mask"
+        refused = True
+    extrema = mask_extrema(MASKS[name], invert)
+    assert extrema is not None and (extrema[1] < REPAINTS) == refused
 
 
 def test_what_the_reader_does_not_read_is_left_to_the_worker() -> None:
@@ -248,7 +263,7 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
      "inputs.mask"),
     ("an empty mask", inpaint(mask=BLACK), "invalid_field", "inputs.mask"),
     ("a mask below half white", inpaint(mask=inline(Image.new("L", (64, 48), 127))), "invalid_field", "inputs.mask"),
-    ("a mask of RGBA alpha at most half", inpaint(mask=inline(Image.new("RGBA", (64, 48), (255, 255, 255, 128)))),
+    ("a mask of RGBA alpha below half", inpaint(mask=inline(Image.new("RGBA", (64, 48), (255, 255, 255, 127)))),
      "invalid_field", "inputs.mask"),
     ("an empty RGBA mask: transparent throughout", inpaint(mask=inline(Image.new("RGBA", (64, 48), (255,) * 3 + (0,)))),
      "invalid_field", "inputs.mask"),
@@ -344,7 +359,7 @@ def test_an_inpainting_job_is_queued_with_its_image_and_mask_in_the_input_bucket
     ("outpainting without a mask", inpaint(mask=None, extend={"left": 8, "top": 8})),
     ("a mask twice the image's size", inpaint(mask=inline(Image.new("L", (128, 96), 255)))),
     ("a mask at half white", inpaint(mask=inline(Image.new("L", (64, 48), 128)))),
-    ("an RGBA mask's alpha above half", inpaint(mask=inline(Image.new("RGBA", (64, 48), (0, 0, 0, 129))))),
+    ("an RGBA mask's alpha at half", inpaint(mask=inline(Image.new("RGBA", (64, 48), (0, 0, 0, 128))))),
     ("a JPEG mask: left to the worker", inpaint(mask=inline(Image.new("L", (64, 48), 0), "JPEG"))),
     ("an s3 image: the worker compares the sizes", inpaint(image="s3://spotgen-inputs/mine/a.png",
                                                            mask=inline(Image.new("L", (48, 64), 255)))),
