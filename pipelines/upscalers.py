@@ -30,13 +30,14 @@ if TYPE_CHECKING:
 #: Pillow's resamplings by name: the upscalers that need no model.
 RESAMPLERS: dict[str, Image.Resampling] = {"lanczos": Image.Resampling.LANCZOS,
                                            "nearest": Image.Resampling.NEAREST}
-#: Tile side in input pixels. 256 keeps an ESRGAN x4 (64 features, 23 blocks) under about 1.5 GB of activations
-#: in float32 (WebUI's default is 192, for 4 GB cards), while a 512x512 image is four tiles, not sixteen.
-TILE = 256
-#: Overlap of neighbouring tiles in input pixels: a convolutional upscaler's output near a tile's edge lacks the
-#: pixels beyond it; 32 covers the context that matters for ESRGAN-sized models (WebUI's 8 leaves faint seams on
-#: flat areas), and the linear blend across it hides what remains. The cost: (TILE / (TILE - OVERLAP))^2 - 1, 31%.
-OVERLAP = 32
+#: Largest tile side in input pixels. 512 keeps an ESRGAN x4 (64 features, 23 blocks) near 2 GB of activations
+#: in float16, and each tile large enough that the overlaps cost little (WebUI's default is 192, for 4 GB cards).
+TILE = 512
+#: Least overlap of neighbouring tiles in input pixels: a convolutional upscaler's output near a tile's edge lacks
+#: the pixels beyond it, and the linear blend across the overlap gives those pixels the least weight. 16 is twice
+#: WebUI's 8 (which leaves faint seams on flat areas); it costs at most (512 / 496)^2 - 1 = 6.6% more work, so
+#: a tiled run keeps over 90% of an untiled one's throughput (tests/harness/bench_upscale.py measures it).
+OVERLAP = 16
 #: WebUI's limit on the passes of a model towards the target (a x2 model reaches x8 in three).
 MAX_PASSES = 3
 ProgressFn = Callable[[int, int], None]
@@ -48,7 +49,10 @@ def upscale(store: ModelStore, upscaler: str, image: Image.Image, size: tuple[in
     kind ``upscaler``. ``progress(done, total)`` is called after each tile (it may raise to cancel)."""
     image = image.convert("RGB")
     if upscaler in RESAMPLERS:
-        return image.resize(size, RESAMPLERS[upscaler])
+        image = image.resize(size, RESAMPLERS[upscaler])
+        if progress is not None:
+            progress(1, 1)
+        return image
     model = load(store, upscaler)
     passes = passes_needed(model.scale, image.size, size)
     total = sum(len(tiles(*_grown(image.size, model.scale, i), model.tile, model.overlap)) for i in range(passes))
@@ -137,18 +141,20 @@ def read(model_id: str, path: Any, device: str = "cpu") -> Upscaler:
 # ---- tiling -------------------------------------------------------------------------------------------------------
 
 def tiles(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """The tiles covering a ``width`` x ``height`` image, as (left, top, right, bottom): ``tile`` pixels a side
-    (the image's side where smaller), neighbours overlapping by at least ``overlap``, the last one flush with the
-    image's edge."""
+    """The tiles covering a ``width`` x ``height`` image, as (left, top, right, bottom): at most ``tile`` pixels a
+    side, neighbours overlapping by at least ``overlap``."""
     return [(x, y, x + w, y + h) for y, h in _spans(height, tile, overlap) for x, w in _spans(width, tile, overlap)]
 
 
 def _spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, size) of the tiles along one axis: as few as cover ``length`` with ``overlap`` between
+    neighbours, all of one size (at most ``tile``) and spread evenly, so that no tile is mostly overlap."""
     if length <= tile:
         return [(0, length)]
-    stride = max(1, tile - overlap)
-    starts = list(range(0, length - tile, stride)) + [length - tile]
-    return [(s, tile) for s in starts]
+    count = -(-(length - overlap) // (tile - overlap))
+    size = -(-(length + (count - 1) * overlap) // count)  # <= tile: count * (tile - overlap) >= length - overlap
+    # consecutive starts differ by at most ceil((length - size) / (count - 1)) <= size - overlap
+    return [(index * (length - size) // (count - 1), size) for index in range(count)]
 
 
 def _ramp(length: int, start: int, end: int, total: int, overlap: int) -> np.ndarray:
@@ -169,6 +175,8 @@ def run_tiled(model: Upscaler, image: Image.Image, *, tile: int | None = None, o
     """One pass of the model over ``image`` in overlapping tiles, blended; the result is ``model.scale`` times
     the image. A tile at least as large as the image is one untiled run."""
     tile, overlap = tile or model.tile, model.overlap if overlap is None else overlap
+    if not 0 <= overlap < tile:
+        raise ValueError(f"the tiles' overlap ({overlap}) must be less than their size ({tile})")
     scale = model.scale
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     height, width = pixels.shape[:2]

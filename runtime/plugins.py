@@ -30,7 +30,7 @@ StepHook = Callable[[int, int, "Callable[[], StepState] | None"], None]
 
 ENTRY_POINT_GROUP = "spotgen.pipelines"
 BUILTINS = ("pipelines.txt2img:Txt2Img", "pipelines.img2img:Img2Img", "pipelines.controlnet:ControlNet",
-            "pipelines.inpaint:Inpaint")
+            "pipelines.inpaint:Inpaint", "pipelines.upscale:Upscale")
 
 
 class CheckpointError(ValueError):
@@ -136,6 +136,9 @@ class Pipeline:
     #: The catalog kind of the job's ``model`` (``ctx.model``): a base model, or an ``upscaler`` for a pipeline
     #: that only upscales. The worker refuses a job whose model is of another kind before it runs.
     model_kind: ClassVar[str] = "base"
+    #: Model names that need no catalog entry, which the worker then does not look up: the ``upscale``
+    #: pipeline's ``lanczos`` and ``nearest`` (filters, not weights).
+    builtin_models: ClassVar[tuple[str, ...]] = ()
     #: True if ``run`` passes ``state`` to ``ctx.step`` and continues from ``ctx.resume_from``; otherwise an
     #: interrupted job starts again from the beginning (and its status says so).
     checkpoints: ClassVar[bool] = False

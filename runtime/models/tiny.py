@@ -34,7 +34,7 @@ LORA_DIR = "tiny-loras"  # not "loras": a rebuild replaces the directory, and an
 UPSCALER_DIR = "tiny-upscalers"
 UPSCALER_IDS = ("tiny-esrgan", "tiny-compact")
 #: A build of another version is rebuilt; bump it whenever what is built changes.
-VERSION = 5
+VERSION = 6
 _VERSION_FILE = ".tiny-version"
 #: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights.
 LORA_IDS = {"sd1": ("tiny-lora-sd1", "tiny-lora-sd1-kohya"), "sdxl": ("tiny-lora-sdxl", "tiny-lora-sdxl-kohya")}

@@ -34,7 +34,9 @@ def state_dicts() -> dict[str, dict[str, Any]]:
         with torch.no_grad():
             # ESRGAN has no skip connection: its output centred on mid-grey, so that it is a picture that
             # varies with the input rather than values mostly clipped to black
-            [*esrgan.modules()][-1].bias.fill_(0.5)
+            last = [*esrgan.modules()][-1]
+            last.weight.mul_(8.0)  # and spread over most of the 0..1 range
+            last.bias.fill_(0.5)
             # Compact adds its output to the nearest-upsampled image: a faint residual keeps the picture visible
             compact.body[-1].weight.mul_(0.1)
             compact.body[-1].bias.zero_()

@@ -268,7 +268,8 @@ class JobRunner:
                                  f"(it has {', '.join(self.registry.names())})", "pipeline")
         check_schema(spec, cls)  # before the inputs: another version of them may refuse what the API accepted
         try:
-            self.models.entry(spec.model, cls.model_kind)
+            if spec.model not in cls.builtin_models:
+                self.models.entry(spec.model, cls.model_kind)
             inputs = cls.Inputs.model_validate(spec.inputs, context={"input_bucket": self.store.input_bucket})
         except ModelError as exc:
             raise PermanentError(exc.code, str(exc), "model") from None

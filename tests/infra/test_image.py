@@ -31,7 +31,7 @@ from spotgen import Pipeline
 
 
 class Upscale(Pipeline):
-    name = "upscale"
+    name = "resize"
 
     class Inputs(BaseModel):
         factor: int = 2
@@ -76,9 +76,9 @@ def test_the_loader_verifies_models(image: ImageInstall, tiny_models: Path) -> N
 def test_a_plugin_imports_spotgen_and_its_schema_is_written(image: ImageInstall) -> None:
     site = next(image.venv.glob("lib/python*/site-packages"))
     (site / "upscale_plugin.py").write_text(PLUGIN)
-    schema = image.run(["spotgen", "pipeline", "schema", "--plugin", "upscale_plugin:Upscale", "upscale"])
+    schema = image.run(["spotgen", "pipeline", "schema", "--plugin", "upscale_plugin:Upscale", "resize"])
     assert schema.returncode == 0, schema.stderr
-    assert "factor" in json.dumps(json.loads(schema.stdout)["pipelines"]["upscale"])
+    assert "factor" in json.dumps(json.loads(schema.stdout)["pipelines"]["resize"])
 
 
 def test_a_worker_told_to_compile_without_a_compiler_refuses_to_start(image: ImageInstall) -> None:

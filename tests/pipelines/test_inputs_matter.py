@@ -106,6 +106,31 @@ def test_img2img_starts_from_the_input_image(harness: Harness, runs: dict[tuple[
     assert np.abs(out - photo).mean() < np.abs(out - other).mean()
 
 
+# -- upscale: its inputs are the image and the scale, and its model is the upscaler --------------------------------
+UPSCALE_REFERENCE: dict[str, Any] = {"model": "tiny-esrgan", "image": PHOTO, "scale": 2.0}
+UPSCALE_VARIATIONS: dict[str, dict[str, Any]] = {
+    "image": {"image": OTHER_PHOTO}, "scale": {"scale": 2.1}, "model=tiny-compact": {"model": "tiny-compact"},
+    "model=lanczos": {"model": "lanczos"}, "model=nearest": {"model": "nearest"},
+}
+
+
+def _upscaled(harness: Harness, model: str, **fields: Any) -> np.ndarray:
+    from pipelines.upscale import Upscale
+    from tests.pipelines.harness import parse
+
+    harness.images.setdefault(OTHER_PHOTO, Image.fromarray(np.full((80, 100, 3), 90, np.uint8)))
+    return pixels(Upscale().run(parse(Upscale.Inputs, fields), harness.context(model=model)))
+
+
+@pytest.mark.parametrize("variation", UPSCALE_VARIATIONS)
+def test_each_upscale_input_changes_the_pixels(harness: Harness, variation: str) -> None:
+    reference = {**UPSCALE_REFERENCE}
+    changed = {**reference, **UPSCALE_VARIATIONS[variation]}
+    before = _upscaled(harness, reference.pop("model"), **reference)
+    after = _upscaled(harness, changed.pop("model"), **changed)
+    assert not np.array_equal(before, after), f"upscale: {variation} changed nothing"
+
+
 # -- txt2img's hires fix and SDXL refiner: each field, varied alone against a job that has them -----------------
 HIRES_REFERENCE: dict[str, Any] = {"scale": 1.5, "steps": 4, "denoising_strength": 0.5}
 HIRES_VARIATIONS: dict[str, dict[str, Any]] = {

@@ -69,7 +69,7 @@ def test_entry_point_discovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             factor: int = 2
 
         class Upscale(Pipeline):
-            name = "upscale"
+            name = "resize"
             Inputs = UpInputs
 
             def run(self, inputs, ctx):
@@ -78,10 +78,10 @@ def test_entry_point_discovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     dist = tmp_path / "thirdparty_upscale-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-upscale\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nupscale = thirdparty_upscale:Upscale\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nresize = thirdparty_upscale:Upscale\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     registry = Registry.default(["tests.plugins:SolidColor"])
-    assert {"txt2img", "img2img", "controlnet", "upscale", "solid"} <= set(registry.names())
+    assert {"txt2img", "img2img", "controlnet", "upscale", "resize", "solid"} <= set(registry.names())
     sys.modules.pop("thirdparty_upscale", None)
 
 

@@ -1,0 +1,42 @@
+"""Upscaling, SD WebUI's "extras": an image made ``scale`` times larger by an upscaler model, Lanczos or nearest.
+
+The job's ``model`` is the upscaler: a catalog id of kind ``upscaler`` (ESRGAN, Real-ESRGAN, SwinIR ... read by
+spandrel), or ``lanczos`` / ``nearest``, which need no catalog entry (``builtin_models``: the worker does not
+look them up). The work is ``pipelines.upscalers.upscale``, the same function hires fix uses, so an upscaler
+gives the same pixels in both. There are no denoising steps to resume from (``checkpoints = False``: an
+interrupted job starts again); progress is reported per tile, and a cancel stops the job between tiles.
+"""
+
+from __future__ import annotations
+
+from PIL.Image import Image
+
+from pipelines.upscalers import RESAMPLERS, load, upscale
+from runtime.contract import UpscaleInputs, upscale_size
+from runtime.models.store import ModelStore
+from runtime.plugins import Pipeline, RunContext, SetupContext
+
+
+class Upscale(Pipeline):
+    name = "upscale"
+    Inputs = UpscaleInputs
+    image_fields = ("image",)
+    model_kind = "upscaler"
+    #: The upscalers without weights: a job names them as its model, and the catalog has no entry for them.
+    builtin_models = tuple(RESAMPLERS)
+    checkpoints = False
+
+    def setup(self, ctx: SetupContext) -> None:
+        self.store: ModelStore = ctx.models
+
+    def load(self, model_id: str, kind: str) -> bool:
+        if kind != "upscaler":
+            return False
+        load(self.store, model_id)
+        return True
+
+    def run(self, inputs: UpscaleInputs, ctx: RunContext) -> list[Image]:
+        image = ctx.image(inputs.image)
+        size = upscale_size(inputs, image.width, image.height)  # the API checks only inline images' sizes
+        ctx.mark("encode")
+        return [upscale(ctx.models, ctx.model, image, size, progress=ctx.progress)]
