@@ -15,6 +15,7 @@ from PIL import Image
 from spotgen.cli import main
 from tests.conftest import ROOT, Stack
 from tests.lambdas.test_api import png_bytes
+from tests.rest import wait_for
 
 
 def test_submit_wait_shows_progress_and_writes_the_png(stack: Stack, tmp_path: Path) -> None:
@@ -78,25 +79,29 @@ def test_an_unreachable_api_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_submit_inpaint_with_image_and_mask_files_and_upscale(stack: Stack, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """The files go inline as ``image`` and ``mask``, and the API stores both in the input bucket; an upscale job
-    names its upscaler as the model and takes no prompt."""
+    """The files go inline as ``image`` and ``mask``, the API stores both in the input bucket, and the job runs;
+    an upscale job names its upscaler as the model and takes no prompt. Each is waited on to its end, so that the
+    shared stack's worker is idle again for the next module."""
     image, mask = tmp_path / "in.png", tmp_path / "mask.png"
     image.write_bytes(png_bytes(64, 48))
     white = Image.new("L", (64, 48), 0)
     white.paste(255, (8, 8, 24, 24))
     white.save(mask)
     assert main(["submit", "--pipeline", "inpaint", "--model", "tiny-sd-inpainting", "--prompt", "a fox",
-                 "--image", str(image), "--mask", str(mask), "--steps", "2", "--json",
-                 "--api-url", stack.api_url]) == 0
-    job_id = json.loads(capsys.readouterr().out)["id"]
+                 "--image", str(image), "--mask", str(mask), "--steps", "2", "--wait", "--json",
+                 "--out", str(tmp_path / "out"), "--api-url", stack.api_url]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["state"] == "succeeded" and Image.open(done["saved"][0]).size == (64, 48)
     stored = {obj["Key"].rsplit("/", 1)[-1]: obj["Key"] for obj in stack.s3.list_objects_v2(
-        Bucket=stack.env["SPOTGEN_INPUT_BUCKET"], Prefix=f"inputs/{job_id}/").get("Contents", [])}
+        Bucket=stack.env["SPOTGEN_INPUT_BUCKET"], Prefix=f"inputs/{done['id']}/").get("Contents", [])}
     assert set(stored) == {"image.png", "mask.png"}, stored
     body = stack.s3.get_object(Bucket=stack.env["SPOTGEN_INPUT_BUCKET"], Key=stored["mask.png"])["Body"].read()
     assert body == mask.read_bytes()
     assert main(["submit", "--pipeline", "upscale", "--model", "lanczos", "--image", str(image), "--input",
                  "scale=2", "--json", "--api-url", stack.api_url]) == 0
-    assert json.loads(capsys.readouterr().out)["status"] == "queued"
+    queued = json.loads(capsys.readouterr().out)
+    assert queued["status"] == "queued"
+    wait_for(stack.api_url, queued["id"], timeout=120)
 
 
 def test_an_unreadable_mask_is_bad_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
