@@ -46,6 +46,18 @@ def test_spandrel_identifies_each_architecture_from_its_weights(harness: Harness
     assert load(harness.store, model_id) is model  # loaded once per process
 
 
+def test_spandrel_leaves_no_torchvision_behind(harness: Harness) -> None:
+    """Where torchvision is not installed (make install puts spandrel in without it), the stand-ins that let
+    spandrel import are gone afterwards: transformers and diffusers, which import torchvision when they find it,
+    must not find them (runtime/models/spandrelimport.py)."""
+    import importlib.util
+    import sys
+
+    load(harness.store, "tiny-esrgan")
+    if importlib.util.find_spec("torchvision") is None:
+        assert not [name for name in sys.modules if name.split(".")[0] == "torchvision"]
+
+
 @pytest.mark.parametrize("upscaler", ["lanczos", "nearest", *UPSCALERS])
 @pytest.mark.parametrize("size", [(40, 30), (81, 61), (200, 150)])
 def test_the_result_is_exactly_the_size_asked(harness: Harness, upscaler: str, size: tuple[int, int]) -> None:
