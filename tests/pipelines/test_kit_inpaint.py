@@ -36,5 +36,5 @@ class TestInpaintCheckpointOnACrop(BuiltIn):
 class TestInpaintSdxl(BuiltIn):
     pipeline = Inpaint
     model = "tiny-sdxl"
-    inputs = {**COMMON, "strength": 0.7, "fill": "latent_nothing", "scheduler": "euler_a"}
+    inputs = {**COMMON, "steps": 6, "strength": 0.7, "fill": "latent_nothing", "scheduler": "euler_a"}
     images = {"image": "gradient", "mask": _alpha_mask()}
