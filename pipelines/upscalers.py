@@ -38,6 +38,8 @@ TILE = 512
 #: WebUI's 8 (which leaves faint seams on flat areas); it costs at most (512 / 496)^2 - 1 = 6.6% more work, so
 #: a tiled run keeps over 90% of an untiled one's throughput (tests/harness/bench_upscale.py measures it).
 OVERLAP = 16
+#: The tile of a model that must see the whole image: larger than any image (``MAX_IMAGE_PIXELS``' side).
+MAX_SIDE_PX = 1 << 16
 #: WebUI's limit on the passes of a model towards the target (a x2 model reaches x8 in three).
 MAX_PASSES = 3
 ProgressFn = Callable[[int, int], None]
@@ -85,26 +87,29 @@ def _grown(size: tuple[int, int], scale: int, times: int) -> tuple[int, int]:
 # ---- models -------------------------------------------------------------------------------------------------------
 
 class Upscaler(torch.nn.Module):
-    """A loaded upscaler: spandrel's network plus what tiling needs to know of it. A module, so that the model
-    store counts its parameters against its memory budget."""
+    """A loaded upscaler: spandrel's descriptor (its network, scale and size requirements) and the tiling it
+    runs with. A module, so that the model store counts the network's parameters against its memory budget."""
 
-    def __init__(self, model_id: str, net: torch.nn.Module, scale: int, architecture: str, multiple_of: int,
-                 minimum: int, square: bool) -> None:
+    def __init__(self, model_id: str, descriptor: Any) -> None:
         super().__init__()
-        self.model_id, self.net, self.scale, self.architecture = model_id, net, scale, architecture
-        self.multiple_of, self.minimum, self.square = multiple_of, minimum, square
-        self.tile, self.overlap = TILE, OVERLAP
+        self.model_id, self.descriptor, self.net = model_id, descriptor, descriptor.model
+        self.scale, self.architecture = descriptor.scale, descriptor.architecture.name
+        # spandrel says when a model needs the whole image (it tiles internally, or looks at global statistics)
+        self.tile = TILE if descriptor.tiling.name != "INTERNAL" else MAX_SIDE_PX
+        self.overlap = OVERLAP
 
 
 def load(store: ModelStore, model_id: str) -> Upscaler:
     """The catalog's upscaler ``model_id``, loaded once per process (the store's tier 2)."""
     source = store.source(model_id, "upscaler")  # checks the id, the path and the suffix before anything is read
-    return store.get(f"upscaler:{model_id}", lambda: read(model_id, source.path, store.device), model_id)
+    dtype = store.entry(model_id, "upscaler").dtype
+    return store.get(f"upscaler:{model_id}", lambda: read(model_id, source.path, store.device, dtype), model_id)
 
 
-def read(model_id: str, path: Any, device: str = "cpu") -> Upscaler:
-    """Build the network that ``path``'s weights describe; a ``ModelError`` naming the model when the file is not
-    safetensors or holds no architecture spandrel knows."""
+def read(model_id: str, path: Any, device: str = "cpu", dtype: str | None = None) -> Upscaler:
+    """Build the network that ``path``'s weights describe, on ``device`` in ``dtype`` (the catalog's; else half
+    precision on a GPU where the architecture supports it, as the base models); a ``ModelError`` naming the
+    model when the file is not safetensors or holds no architecture spandrel knows."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -132,10 +137,12 @@ def read(model_id: str, path: Any, device: str = "cpu") -> Upscaler:
     if descriptor.input_channels != 3 or descriptor.output_channels != 3:
         raise ModelError("invalid_upscaler", f"upscaler {model_id!r}: it maps {descriptor.input_channels} channels "
                          f"to {descriptor.output_channels}; an upscaler maps RGB to RGB")
-    net = descriptor.model.eval().requires_grad_(False).to(device)
-    req = descriptor.size_requirements
-    return Upscaler(model_id, net, descriptor.scale, descriptor.architecture.name, req.multiple_of, req.minimum,
-                    req.square)
+    if dtype is None:
+        half = device.startswith("cuda") and descriptor.supports_half
+        dtype = "float16" if half else "float32"
+    descriptor.model.eval().requires_grad_(False)
+    descriptor.to(device, getattr(torch, dtype))
+    return Upscaler(model_id, descriptor)
 
 
 # ---- tiling -------------------------------------------------------------------------------------------------------
@@ -183,8 +190,7 @@ def run_tiled(model: Upscaler, image: Image.Image, *, tile: int | None = None, o
     out = np.zeros((height * scale, width * scale, 3), np.float32)
     weight = np.zeros((height * scale, width * scale, 1), np.float32)
     boxes = tiles(width, height, tile, overlap)
-    device = next(model.net.parameters(), torch.empty(0)).device
-    dtype = next(model.net.parameters(), torch.empty(0)).dtype
+    device, dtype = model.descriptor.device, model.descriptor.dtype
     for index, (left, top, right, bottom) in enumerate(boxes):
         crop = torch.from_numpy(np.ascontiguousarray(pixels[top:bottom, left:right].transpose(2, 0, 1)))[None]
         result = _forward(model, crop.to(device, dtype)).float().cpu().numpy()[0].transpose(1, 2, 0)
@@ -200,19 +206,8 @@ def run_tiled(model: Upscaler, image: Image.Image, *, tile: int | None = None, o
 
 
 def _forward(model: Upscaler, crop: torch.Tensor) -> torch.Tensor:
-    """The network on one tile, padded (reflected) to the sizes it accepts, the padding cut off its output."""
-    _, _, h, w = crop.shape
-    ph, pw = _accepted(h, model), _accepted(w, model)
-    if model.square:
-        ph = pw = max(ph, pw)
-    if (ph, pw) != (h, w):
-        mode = "reflect" if ph - h < h and pw - w < w else "replicate"
-        crop = torch.nn.functional.pad(crop, (0, pw - w, 0, ph - h), mode=mode)
+    """The network on one tile, through spandrel's descriptor: it pads the tile (reflecting its edges) to the
+    sizes the architecture accepts (``size_requirements``: a multiple, a minimum, a square) and cuts the padding
+    off the output, calls the architecture as it must be called, and clamps to 0..1."""
     with torch.inference_mode():
-        result = model.net(crop)
-    return result[:, :, :h * model.scale, :w * model.scale]
-
-
-def _accepted(side: int, model: Upscaler) -> int:
-    side = max(side, model.minimum)
-    return -(-side // model.multiple_of) * model.multiple_of
+        return model.descriptor(crop)

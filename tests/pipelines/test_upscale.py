@@ -161,6 +161,30 @@ def test_pickle_and_unknown_weights_are_refused_naming_the_model(tmp_path: Path,
     assert load(store, "good").architecture == "RealESRGAN Compact"
 
 
+def test_the_size_requirements_of_an_architecture_are_met_on_every_tile(tmp_path: Path, tiny_models: Path) -> None:
+    """SAFMN (a third architecture, built here as the tiny ones are) wants sides that are multiples of 8
+    (spandrel's ``size_requirements``): tiles of 13 reach its network padded to 16, and the padding's output is
+    cut off, so the result is still exactly twice the image."""
+    import torch
+    from safetensors.torch import save_file
+
+    from runtime.models.spandrelimport import spandrel
+
+    spandrel()  # first: it lets spandrel import without torchvision
+    from spandrel.architectures.SAFMN import SAFMN
+
+    torch.manual_seed(3)
+    store = _catalog(tmp_path, tiny_models, {"safmn": {"path": "up/safmn.safetensors", "kind": "upscaler"}})
+    save_file(SAFMN(dim=8, n_blocks=1, upscaling_factor=2).state_dict(), store.models_dir / "up" / "safmn.safetensors")
+    model = load(store, "safmn")
+    assert (model.architecture, model.scale, model.descriptor.size_requirements.multiple_of) == ("SAFMN", 2, 8)
+    seen: list[tuple[int, ...]] = []
+    model.net.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape[2:])))
+    out = run_tiled(model, picture(30, 20), tile=13, overlap=4)
+    assert out.size == (60, 40) and len(seen) == len(tiles(30, 20, 13, 4)) > 1
+    assert all(side % 8 == 0 for shape in seen for side in shape), seen
+
+
 # -- the upscale pipeline --------------------------------------------------------------------------------------
 
 def _run(harness: Harness, model: str, on_step: Any = None, **inputs: Any) -> list[Image.Image]:
