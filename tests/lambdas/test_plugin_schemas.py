@@ -87,9 +87,9 @@ def test_the_command_prints_or_writes_the_document_of_the_named_pipelines(tmp_pa
 
 
 def test_an_unknown_name_exits_2_naming_the_registered_pipelines() -> None:
-    code, out, err = run_command(["pipeline", "schema", "slow", "upscale", *PLUGINS])
+    code, out, err = run_command(["pipeline", "schema", "slow", "sharpen", *PLUGINS])
     assert code == 2 and out == ""
-    assert "'upscale'" in err and "registered: " in err and "slow" in err and "txt2img" in err, err
+    assert "'sharpen'" in err and "registered: " in err and "slow" in err and "txt2img" in err, err
 
 
 def test_the_spotgen_command_has_it_once_registered(tmp_path: Path) -> None:

@@ -248,10 +248,18 @@ def test_the_worker_takes_filters_and_catalog_upscalers_and_refuses_other_models
 
 
 def test_preload_loads_upscalers(tiny_models: Path) -> None:
-    from runtime.plugins import SetupContext
+    """SPOTGEN_PRELOAD's path: the runner asks each pipeline's ``load`` in turn; the upscale pipeline takes the
+    upscalers, and no other kind."""
+    from runtime.config import Settings
+    from runtime.plugins import Registry, SetupContext, load_object
+    from runtime.worker.runner import JobRunner
 
-    store = ModelStore(tiny_models)
+    registry = Registry()
+    for cls in (load_object("pipelines.txt2img:Txt2Img"), Upscale):
+        registry.register(cls)
+    runner = JobRunner(Settings(), None, None, registry, ModelStore(tiny_models))
+    runner.preload(["tiny-esrgan", "tiny-compact"])
+    assert runner.models.resident("tiny-esrgan") and runner.models.resident("tiny-compact")
     pipeline = Upscale()
-    pipeline.setup(SetupContext(device="cpu", models=store))
-    assert pipeline.load("tiny-esrgan", "upscaler") and store.resident("tiny-esrgan")
+    pipeline.setup(SetupContext(device="cpu", models=runner.models))
     assert not pipeline.load("tiny-sd", "base")
