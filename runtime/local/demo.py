@@ -1,8 +1,9 @@
-"""The demo a new user runs first: four jobs through the HTTP API, sent with ``spotgen.Client`` as a client
+"""The demo a new user runs first: seven jobs through the HTTP API, sent with ``spotgen.Client`` as a client
 would send them.
 
-txt2img, then img2img from its output (sent inline as base64), then ControlNet from an edge map of it, then SDXL
-with a LoRA. A rich progress bar per job while they run; the PNGs under ``out/``; summary tables at the end.
+txt2img, then from its output (sent inline as base64): img2img, ControlNet from an edge map of it, inpainting of an
+ellipse in its middle, and a 2x upscale; hires fix (a second pass at twice the size); then SDXL with a LoRA. A rich
+progress bar per job while they run; the PNGs under ``out/``; summary tables at the end.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -28,7 +29,18 @@ if TYPE_CHECKING:
 
 
 def edge_map(png: bytes) -> bytes:
-    image = Image.open(io.BytesIO(png)).convert("L").filter(ImageFilter.FIND_EDGES).convert("RGB")
+    return _png(Image.open(io.BytesIO(png)).convert("L").filter(ImageFilter.FIND_EDGES).convert("RGB"))
+
+
+def ellipse_mask(png: bytes) -> bytes:
+    """White (repaint) on an ellipse in the middle of the image, black (keep) around it."""
+    width, height = Image.open(io.BytesIO(png)).size
+    mask = Image.new("L", (width, height))
+    ImageDraw.Draw(mask).ellipse((width // 4, height // 4, width * 3 // 4, height * 3 // 4), fill=255)
+    return _png(mask)
+
+
+def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
@@ -70,18 +82,24 @@ def run_job(client: Client, name: str, pipeline: str, model: str, inputs: dict[s
     return Row(job.id, name, pipeline, model, status.state, time.monotonic() - started, file, status.trace_id), png
 
 
+#: The demo's jobs by name, in order (``make run`` writes ``out/{name}.png`` for each).
+JOBS = ("txt2img", "img2img", "controlnet", "inpaint", "upscale", "hires", "sdxl-lora")
+
+
 def demo(api_url: str, out: Path, model: str = "tiny-sd", controlnet: str = "tiny-controlnet",
          size: int = 64, steps: int = 20, traces: SpanReceiver | None = None,
-         sdxl: str = "tiny-sdxl", lora: str = "tiny-lora-sdxl") -> bool:
-    """Returns True when all four jobs succeeded: txt2img, img2img and ControlNet on an SD 1.x model, then SDXL
-    with a LoRA and "DPM++ 2M Karras". With ``traces``, the summary ends with each job's phases."""
+         sdxl: str = "tiny-sdxl", lora: str = "tiny-lora-sdxl", upscaler: str = "tiny-esrgan") -> bool:
+    """Returns True when all the ``JOBS`` succeeded: txt2img, img2img, ControlNet, inpainting, upscaling and hires
+    fix on an SD 1.x model, then SDXL with a LoRA and "DPM++ 2M Karras". With ``traces``, the summary ends with
+    each job's phases."""
     out.mkdir(parents=True, exist_ok=True)
     shown = console()
     common = {"width": size, "height": size, "steps": steps, "seed": 7}
     rows: list[Row] = []
     with Client(api_url) as client:
         def run(name: str, pipeline: str, model: str, **inputs: Any) -> bytes | None:
-            row, png = run_job(client, name, pipeline, model, {**inputs, **common}, out, shown)
+            fields = inputs if pipeline == "upscale" else {**inputs, **common}  # an upscale has no prompt or steps
+            row, png = run_job(client, name, pipeline, model, fields, out, shown)
             rows.append(row)
             return png
 
@@ -92,6 +110,11 @@ def demo(api_url: str, out: Path, model: str = "tiny-sd", controlnet: str = "tin
                     strength=0.6)
                 run("controlnet", "controlnet", model, prompt="a red fox in the snow",
                     control_image=_b64(edge_map(first)), controlnet=controlnet)
+                run("inpaint", "inpaint", model, prompt="a snowman", image=_b64(first),
+                    mask=_b64(ellipse_mask(first)), fill="latent_noise", strength=0.9)
+                run("upscale", "upscale", upscaler, image=_b64(first), scale=2.0)
+            run("hires", "txt2img", model, prompt="a red fox in the snow",
+                hires={"scale": 2.0, "upscaler": "latent", "denoising_strength": 0.6})
             run("sdxl-lora", "txt2img", sdxl, prompt="a (red fox:1.2) in the snow, BREAK winter forest",
                 loras=[{"id": lora, "weight": 0.8}], scheduler="dpmpp_2m", schedule="karras")
         except (ApiError, TimeoutError) as exc:  # refused, unreachable or stuck: say so and stop
@@ -100,7 +123,7 @@ def demo(api_url: str, out: Path, model: str = "tiny-sd", controlnet: str = "tin
     print_table(rows, shown)
     if traces is not None:
         print_phases(rows, traces, shown)
-    return len(rows) == 4 and all(r.state == "succeeded" for r in rows)
+    return [r.name for r in rows] == list(JOBS) and all(r.state == "succeeded" for r in rows)
 
 
 def _b64(png: bytes) -> str:

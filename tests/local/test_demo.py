@@ -1,4 +1,5 @@
-"""`make run`: the demo writes four PNGs (SD 1.x, then SDXL with a LoRA) and leaves no process behind."""
+"""`make run`: the demo writes its PNGs (SD 1.x jobs of each kind, then SDXL with a LoRA) and leaves no process
+behind."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import psutil
 from PIL import Image
 
+from runtime.local.demo import JOBS
 from tests.conftest import ROOT
 
 
@@ -25,7 +28,7 @@ def processes_marked(marker: str) -> list[psutil.Process]:
     return found
 
 
-def test_demo_writes_four_pngs_and_stops_everything(tmp_path: Path, tiny_models: Path) -> None:
+def test_demo_writes_a_png_per_job_and_stops_everything(tmp_path: Path, tiny_models: Path) -> None:
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "runtime.cli", "dev", "--demo", "--port", "0", "--aws-port", "0",
@@ -33,20 +36,26 @@ def test_demo_writes_four_pngs_and_stops_everything(tmp_path: Path, tiny_models:
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "DEMO_TEST_MARKER": str(tmp_path)},
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["controlnet.png", "img2img.png", "sdxl-lora.png", "txt2img.png"]
-    for path in out.iterdir():
-        assert Image.open(path).format == "PNG"
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}.png" for name in JOBS)
+    sizes = {path.stem: Image.open(path).size for path in out.iterdir()}
+    assert all(Image.open(path).format == "PNG" for path in out.iterdir())
+    assert sizes["hires"] == sizes["upscale"] == (128, 128) and sizes["inpaint"] == sizes["txt2img"] == (64, 64)
+    inpainted, first = (np.asarray(Image.open(out / f"{name}.png").convert("RGB")) for name in ("inpaint", "txt2img"))
+    assert (inpainted[:4] == first[:4]).all() and not (inpainted[24:40, 24:40] == first[24:40, 24:40]).all()
     lines = result.stdout.splitlines()
     table = lines[lines.index(next(line for line in lines if line.startswith("job "))):]
-    assert [line.split()[1:4] for line in table[2:6]] == [
+    assert [line.split()[1:4] for line in table[2:9]] == [
         ["txt2img", "succeeded", "tiny-sd"], ["img2img", "succeeded", "tiny-sd"],
-        ["controlnet", "succeeded", "tiny-sd"], ["txt2img", "succeeded", "tiny-sdxl"]]
+        ["controlnet", "succeeded", "tiny-sd"], ["inpaint", "succeeded", "tiny-sd"],
+        ["upscale", "succeeded", "tiny-esrgan"], ["txt2img", "succeeded", "tiny-sd"],
+        ["txt2img", "succeeded", "tiny-sdxl"]]
     assert any(line.strip().startswith("metrics") and "http://127.0.0.1:" in line for line in lines)
     # the summary ends with each job's phases, taken from its trace
     phases = lines[lines.index("where the time went (ms, from the traces):") + 1:]
     header = phases[0].split()
     assert header[:1] == ["job"] and {"submit", "encode", "denoise", "decode", "notify", "total"} <= set(header)
-    for line, pipeline in zip(phases[2:6], ("txt2img", "img2img", "controlnet", "sdxl-lora"), strict=True):
+    for line, name in zip(phases[2:2 + len(JOBS)], JOBS, strict=True):
         row = dict(zip(header, line.split(), strict=True))
-        assert row["job"] == pipeline and all(row[p].isdigit() for p in ("submit", "encode", "denoise", "decode"))
+        timed = ("submit", "total") if name == "upscale" else ("submit", "encode", "denoise", "decode")
+        assert row["job"] == name and all(row[p].isdigit() for p in timed), line
     assert processes_marked(str(tmp_path)) == []
