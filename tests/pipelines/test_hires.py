@@ -99,6 +99,20 @@ def test_an_interruption_in_any_pass_resumes_byte_identical(harness: Harness, fi
         assert resumed == reference, f"interrupted after step {stop} of {total}: the images differ"
 
 
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_sde"])
+def test_every_step_of_every_pass_resumes_with_a_second_order_or_brownian_sampler(harness: Harness,
+                                                                                   sampler: str) -> None:
+    """Heun runs more timesteps than steps (the count of each pass is the sampler's, so the total holds), and DPM++
+    SDE draws from a Brownian tree seeded per pass: both resume byte-identical at every step of every pass."""
+    fields = {**REFINED, "scheduler": sampler, "hires": HIRES}
+    reference = png(harness.run("txt2img", **fields))
+    total = harness.reports[-1][1]
+    assert {t for _, t in harness.reports} == {total} and [s for s, _ in harness.reports] == list(range(1, total + 1))
+    for stop in range(1, total):
+        state = checkpoint.load(interrupt_at(harness, "txt2img", stop, **fields), "f" * 64)
+        assert png(harness.run("txt2img", resume_from=state, **fields)) == reference, f"{sampler}, step {stop}"
+
+
 def test_the_refiner_takes_over_at_the_switch(harness: Harness) -> None:
     plain = pixels(harness.run("txt2img", model="tiny-sdxl", steps=4))
     refined = pixels(harness.run("txt2img", **REFINED))
