@@ -134,6 +134,10 @@ def check_progress(pipeline: type[Pipeline], outcome: Outcome) -> None:
         raise _fail(pipeline, f"progress went {done}", "Report each step once, in order")
     if done[-1] != steps[-1][1]:
         raise _fail(pipeline, f"progress ended at {done[-1]} of {steps[-1][1]}", "Report the last step too")
+    passes = [name for i, name in enumerate(outcome.phases) if i == 0 or name != outcome.phases[i - 1]]
+    if len(set(passes)) != len(passes):
+        raise _fail(pipeline, f"the steps' passes went {' -> '.join(map(str, passes))}",
+                    "Name each pass once, when it starts (spotgen.diffusers.Phases does)")
 
 
 def check_cancel(pipeline: type[Pipeline], cancelled: Outcome, at: int) -> None:

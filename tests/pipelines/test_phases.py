@@ -27,6 +27,7 @@ from runtime.storage.jobstore import JobStore
 from runtime.worker import checkpoint
 from runtime.worker.runner import JobRunner
 from spotgen.diffusers import Phases, base_model, job_view, run_resumable
+from spotgen.testing import ContractFailure, check_progress
 from tests.pipelines.test_kit import BuiltIn
 
 
@@ -107,6 +108,24 @@ def test_the_checkpoint_holds_the_pass_its_step_and_what_the_passes_before_made(
     book = state.values["phases"]
     assert (book["phase"], book["step"], book["done"]) == ("refine", 1, {"draft": 4})
     assert state.values["n"] == 1 and "phases.draft" in state.tensors and "value" in state.tensors
+
+
+class Revisits(TwoPass):
+    """Names its passes draft, refine, draft: a status that says the job went back."""
+
+    name = "revisits"
+
+    def run(self, inputs: TwoPassInputs, ctx: RunContext) -> list[Image.Image]:
+        for step, name in enumerate(("draft", "refine", "draft"), start=1):
+            ctx.begin_phase(name)
+            ctx.progress(step, 3)
+        return [Image.new("RGB", (16, 16))]
+
+
+def test_the_kit_refuses_passes_that_come_back(kit: LocalRun) -> None:
+    kit.registry.register(Revisits)
+    with pytest.raises(ContractFailure, match="draft -> refine -> draft"):
+        check_progress(Revisits, kit.run("revisits", "tiny-sd", {}))
 
 
 def _state(book: Any, step: int = 4) -> StepState:
