@@ -6,10 +6,9 @@ mask and the masked image). Masks, canvases, crops and the composite are ``pipel
 WebUI's latent fills (``latent_noise``, ``latent_nothing``) replace the masked area's image latents with noise from
 the job's generators, or with zeros, before the strength's noise is added. They hook diffusers'
 ``prepare_latents``: the image is encoded there as diffusers would, filled, and handed on as latents (diffusers'
-documented path for a 4-channel ``image``). Resume (``pipelines.resume``) replays ``prepare_latents`` from fresh
-generators and then puts the saved generator states back; diffusers draws once more after that, encoding the masked
-image (``prepare_mask_latents``), so ``LatentFill`` makes that draw from where an uninterrupted run made it and
-then puts the saved states back: a resumed run is byte-identical with ancestral samplers too.
+documented path for a 4-channel ``image``). Resume (``pipelines.resume``) replays ``prepare_latents`` and
+``prepare_mask_latents`` (the masked image's encoding draws too) from fresh generators, and puts the saved
+generator states back at the first step: a resumed run is byte-identical with ancestral samplers too.
 """
 
 from __future__ import annotations
@@ -30,12 +29,11 @@ LATENT_FILLS = ("latent_noise", "latent_nothing")
 
 
 class LatentFill:
-    """Mixin over diffusers' inpaint pipelines: WebUI's latent fills, and the masked image's draw kept in order on
-    resume (module docstring). ``latent_fill`` and ``fill_mask`` (the mask at the job's size) are set per job."""
+    """Mixin over diffusers' inpaint pipelines: WebUI's latent fills (module docstring). ``latent_fill`` and
+    ``fill_mask`` (the mask at the job's size) are set per job."""
 
     latent_fill: str | None = None
     fill_mask: Image | None = None
-    _drawn: list[torch.Tensor] | None = None
 
     def prepare_latents(self, batch_size: int, num_channels_latents: int, height: int, width: int,
                         dtype: torch.dtype, device: torch.device, generator: Any, latents: Any = None,
@@ -44,11 +42,9 @@ class LatentFill:
         # At strength 1 diffusers starts from noise alone: the image's latents only matter outside the mask.
         if self.latent_fill in LATENT_FILLS and image is not None and latents is None and not is_strength_max:
             image = self._filled(image.to(device=device, dtype=dtype), batch_size, height, width, generator)
-        out = super().prepare_latents(batch_size, num_channels_latents, height, width,  # type: ignore[misc]
-                                      dtype, device, generator, latents, image, timestep, is_strength_max,
-                                      *args, **kwargs)
-        self._drawn = [g.get_state() for g in generator] if isinstance(generator, list) else None
-        return out
+        return super().prepare_latents(batch_size, num_channels_latents, height, width,  # type: ignore[misc]
+                                       dtype, device, generator, latents, image, timestep, is_strength_max,
+                                       *args, **kwargs)
 
     def _filled(self, image: torch.Tensor, batch_size: int, height: int, width: int, generator: Any) -> torch.Tensor:
         pipe: Any = self
@@ -63,22 +59,6 @@ class LatentFill:
         else:
             fresh = torch.zeros_like(latents)
         return latents * (1 - mask) + fresh * mask
-
-    def prepare_mask_latents(self, *args: Any, **kwargs: Any) -> Any:
-        generator = kwargs.get("generator", args[7] if len(args) > 7 else None)
-        drawn = self._drawn if isinstance(generator, list) else None
-        now = [g.get_state() for g in generator] if drawn is not None else []
-        # Moved since prepare_latents returned: a resume put a checkpoint's states back.
-        moved = drawn is not None and any(not torch.equal(a, b) for a, b in zip(now, drawn, strict=True))
-        if moved:
-            for g, state in zip(generator, drawn, strict=True):
-                g.set_state(state)
-        try:
-            return super().prepare_mask_latents(*args, **kwargs)  # type: ignore[misc]
-        finally:
-            if moved:
-                for g, state in zip(generator, now, strict=True):
-                    g.set_state(state)
 
 
 class SDInpaint(LatentFill, StableDiffusionInpaintPipeline):

@@ -137,6 +137,7 @@ class Resumable:
     _resume: StepState | None = None
     _resume_generators: tuple[torch.Generator, ...] = ()
     _skip_steps = 0
+    _restore_pending = False
     #: Told "denoise" once the latents are ready: the runtime times the encode and denoise phases with it.
     phase_hook: Callable[[str], None] | None = None
 
@@ -172,13 +173,19 @@ class Resumable:
             raise CheckpointError(f"the checkpoint's latents are {tuple(latents.shape)}, this run's "
                                   f"{tuple(first.shape)}")
         restore_scheduler(pipe.scheduler, state, pipe._execution_device)
-        restore_generators(self._resume_generators, state)
+        self._restore_pending = True  # the generators at the first step: diffusers may draw before it (below)
         latents = latents.to(device=first.device, dtype=first.dtype)
         return (latents, *out[1:]) if isinstance(out, tuple) else latents
 
     @property
     def interrupt(self) -> bool:
-        # diffusers reads this once at the top of every step and skips the step when it is true.
+        # diffusers reads this once at the top of every step and skips the step when it is true. The saved generator
+        # states go back at the first read, not in prepare_latents: between the two, diffusers may draw more from the
+        # fresh generators, as the interrupted run did (an inpainting pipeline encodes the masked image there).
+        if self._restore_pending:
+            self._restore_pending = False
+            assert self._resume is not None
+            restore_generators(self._resume_generators, self._resume)
         if self._skip_steps > 0:
             self._skip_steps -= 1
             return True

@@ -181,11 +181,15 @@ class Inpaint(Pipeline):
     checkpoints = True
 
     def run(self, inputs: InpaintInputs, ctx: RunContext) -> list[Image.Image]:
-        from diffusers import StableDiffusionInpaintPipeline
+        from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInpaintPipeline
 
-        from spotgen.diffusers import base_model, run_resumable
+        from spotgen.diffusers import base_model, job_view, run_resumable
 
-        return run_resumable(base_model(ctx), ctx, task=StableDiffusionInpaintPipeline, prompt=inputs.prompt,
+        # An ancestral sampler draws noise every step, after diffusers' inpainting drew for the masked image's
+        # encoding: a resume that put the generators back before that draw would not repeat the run.
+        view = job_view(base_model(ctx), StableDiffusionInpaintPipeline)
+        view.scheduler = EulerAncestralDiscreteScheduler.from_config(view.scheduler.config)
+        return run_resumable(view, ctx, prompt=inputs.prompt,
                              image=ctx.image(inputs.image), mask_image=ctx.image(inputs.mask).convert("L"),
                              num_inference_steps=inputs.steps, width=inputs.width, height=inputs.height,
                              strength=1.0)
