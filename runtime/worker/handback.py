@@ -52,14 +52,14 @@ class HandBack:
         return True
 
     def at_step(self, job: Job, step: int, total: int, dump: Callable[[], bytes | None], unsaved: Callable[[], str],
-                save: Callable[[bytes], bool]) -> None:
+                save: Callable[[bytes], bool], phase: str | None = None) -> None:
         """At a step boundary with state left to save: stop the job with a checkpoint of this step when the worker
         is going away. ``dump``: the checkpoint, None when this run's state cannot be saved (``unsaved`` says why);
         ``save``: store it and wait."""
         if not self.requested:
             return
         assert job.tracker is not None
-        job.tracker.doc.progress = Progress(step=step, total=total)
+        job.tracker.doc.progress = Progress(step=step, total=total, phase=phase)  # phase: the pass it stopped in
         data = dump()
         if data is None:
             log.warning("job %s interrupted at step %d without a checkpoint of it; the next attempt %s", job.id,

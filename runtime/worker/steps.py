@@ -60,6 +60,6 @@ class StepHook:
         if state is None or step >= total:  # nothing to save, or only decoding is left: finish instead
             return
         self.handback.at_step(job, step, total, lambda: self.dump(state), lambda: self.unsaved or "",
-                              lambda data: self.saver.save(data, wait=True))
+                              lambda data: self.saver.save(data, wait=True), self.report.phase)
         if self.every and step % self.every == 0 and (data := self.dump(state)) is not None:
             self.saver.save(data)

@@ -25,6 +25,7 @@ from runtime.models.store import ModelStore
 from runtime.plugins import CheckpointError, Pipeline, Registry, RunContext, StepState
 from runtime.storage.jobstore import JobStore
 from runtime.worker import checkpoint
+from runtime.worker.interrupt import Interruption
 from runtime.worker.runner import JobRunner
 from spotgen.diffusers import Phases, base_model, job_view, run_resumable
 from spotgen.testing import ContractFailure, check_progress
@@ -221,6 +222,22 @@ class Watched(TwoPass):
         return [Image.new("RGB", (16, 16))]
 
 
+class Stopped(TwoPass):
+    """Interrupted (a spot notice) at the refine pass's first step."""
+
+    name = "stopped-two-pass"
+    interruption: Interruption
+
+    def run(self, inputs: TwoPassInputs, ctx: RunContext) -> list[Image.Image]:
+        def step(step: int, total: int, state: Any = None) -> None:
+            if step == inputs.draft + 1:
+                self.interruption.request("spot notice")
+            report(step, total, state)
+
+        report, ctx.report = ctx.report, step
+        return super().run(inputs, ctx)
+
+
 def test_the_status_names_the_pass(emulator: str, tiny_models: Path) -> None:
     suffix = uuid.uuid4().hex[:8]
     settings = Settings(aws_endpoint_url=emulator, input_bucket=f"in-{suffix}", output_bucket=f"out-{suffix}",
@@ -231,11 +248,18 @@ def test_the_status_names_the_pass(emulator: str, tiny_models: Path) -> None:
         s3.create_bucket(Bucket=bucket)
     registry = Registry()
     registry.register(Watched)
+    registry.register(Stopped)
     Watched.store = store = JobStore(s3, settings)
-    runner = JobRunner(settings, store, None, registry, ModelStore(tiny_models))
+    Stopped.interruption = interruption = Interruption(3600, exit=lambda code: None)
+    runner = JobRunner(settings, store, None, registry, ModelStore(tiny_models), interruption)
     message = {"id": f"phases-{suffix}", "pipeline": Watched.name, "model": "tiny-sd", "seed": 1, "inputs": {},
                "output_prefix": "outputs", "submitted_at": "2026-01-01T00:00:00Z", "request_hash": "0" * 64}
     final = runner.run(message)
     assert final is not None and final.state is JobState.succeeded
     assert Watched.seen and Watched.seen[0].phase == "refine" and Watched.seen[0].total == 5, Watched.seen
     assert final.progress.step == final.progress.total == 5
+    # An interruption in the second pass hands the job back queued, its progress naming the pass it stopped in.
+    runner.run({**message, "id": f"stopped-{suffix}", "pipeline": Stopped.name})
+    doc = store.read_status(f"stopped-{suffix}")
+    assert doc is not None and doc.state is JobState.queued, doc
+    assert (doc.progress.step, doc.progress.total, doc.progress.phase) == (4, 5, "refine"), doc.progress
