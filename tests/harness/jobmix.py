@@ -1,7 +1,8 @@
 """The harnesses' job mix and its references (``make chaos``, ``make faults``).
 
-Both harnesses run the same mix: txt2img, img2img and ControlNet, every sampler with each of its schedules,
-every fourth job on SDXL with a LoRA, every tenth making two images; and both compare every PNG a worker
+Both harnesses run the same mix: txt2img, img2img, ControlNet, inpainting (a mask, or outpainting) and a job of two
+passes (hires fix on SD 1.x; the refiner on SDXL), every sampler with each of its schedules, every fourth job on
+SDXL with a LoRA, every tenth making two images; and both compare every PNG a worker
 stored, byte for byte, with a reference that the same pipeline code and PNG encoding made without interruption
 in a separate process (``reference``, in a pool started with ``_reference_init``).
 """
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PIPELINES = ("txt2img", "img2img", "controlnet")
+#: The kinds of job, in turn: "passes" is txt2img with hires fix (SD 1.x) or with the refiner (SDXL).
+KINDS = ("txt2img", "img2img", "controlnet", "inpaint", "passes")
+REFINER = "tiny-sdxl-refiner"
 #: Every fourth job runs on SDXL with a LoRA (and the SDXL ControlNet), the others on SD 1.x.
 MODELS = {"tiny-sd": ("tiny-controlnet", []), "tiny-sdxl": ("tiny-sdxl-controlnet", [{"id": "tiny-lora-sdxl",
                                                                                       "weight": 0.7}])}
@@ -42,40 +45,58 @@ def input_images(size: int) -> dict[str, bytes]:
     draw.ellipse((size // 4, size // 5, size, size * 4 // 5), fill=(220, 90, 30))
     draw.rectangle((0, size * 3 // 4, size * 5 // 4, size), fill=(240, 240, 250))
     edges = photo.convert("L").filter(ImageFilter.FIND_EDGES).convert("RGB")
-    out = {"chaos/photo.png": io.BytesIO(), "chaos/edges.png": io.BytesIO()}
+    mask = Image.new("L", photo.size)
+    ImageDraw.Draw(mask).ellipse((size // 3, size // 4, size, size * 3 // 4), fill=255)
+    out = {"chaos/photo.png": io.BytesIO(), "chaos/edges.png": io.BytesIO(), "chaos/mask.png": io.BytesIO()}
     photo.save(out["chaos/photo.png"], format="PNG")
     edges.save(out["chaos/edges.png"], format="PNG")
+    mask.save(out["chaos/mask.png"], format="PNG")
     return {key: buf.getvalue() for key, buf in out.items()}
 
 
 def make_jobs(n: int, size: int, steps: int, seed: int, bucket: str) -> list[Job]:
-    """Pipelines cycle mod 3 and samplers mod 13, so every pair occurs within 39 jobs; each sampler cycles through
-    the schedules it takes; every 4th job is SDXL with a LoRA; every 10th job makes two images."""
+    """Kinds cycle mod 5 and samplers mod 13, so every pair occurs within 65 jobs; each sampler cycles through
+    the schedules it takes; every 4th job is SDXL with a LoRA; every 10th job makes two images; inpainting jobs
+    take turns at a mask, outpainting (``extend``) and the other fill modes."""
     from runtime.contract import SAMPLER_SCHEDULES, SCHEDULERS, validate_inputs
-    from runtime.contract.inputs import LCM_MAX_STEPS
+    from runtime.contract.edits import FILL_MODES
+    from runtime.contract.inputs import LATENT_UPSCALERS, LCM_MAX_STEPS
 
     rng = random.Random(seed)
     jobs = []
     for i in range(n):
-        pipeline, strength = PIPELINES[i % 3], 0.8
+        kind, strength = KINDS[i % len(KINDS)], 0.8
+        pipeline = "txt2img" if kind == "passes" else kind
         model = "tiny-sdxl" if i % 4 == 3 else "tiny-sd"
         controlnet, loras = MODELS[model]
         sampler = SCHEDULERS[i % len(SCHEDULERS)]
         schedules = SAMPLER_SCHEDULES[sampler]
-        limit = int(LCM_MAX_STEPS * (strength if pipeline == "img2img" else 1)) if sampler == "lcm" else steps
+        scaled = kind in ("img2img", "inpaint")
+        limit = int(LCM_MAX_STEPS * (strength if scaled else 1)) if sampler == "lcm" else steps
         n_steps = min(steps, limit)  # LCM runs at most the steps it was distilled on
         raw: dict[str, Any] = {"prompt": PROMPTS[i % len(PROMPTS)], "width": size, "height": size, "steps": n_steps,
                                "seed": rng.randrange(2**32), "scheduler": sampler,
                                "schedule": schedules[(i // len(SCHEDULERS)) % len(schedules)],
                                "num_images": 2 if i % 10 == 9 else 1, "loras": loras}
-        if pipeline == "img2img":
+        runs = int(n_steps * strength) if scaled else n_steps
+        if kind == "img2img":
             raw |= {"image": f"s3://{bucket}/chaos/photo.png", "strength": strength}
-        if pipeline == "controlnet":
+        if kind == "controlnet":
             raw |= {"control_image": f"s3://{bucket}/chaos/edges.png", "controlnet": controlnet}
+        if kind == "inpaint":
+            turn = i // len(KINDS)
+            raw |= {"image": f"s3://{bucket}/chaos/photo.png", "strength": strength,
+                    "fill": FILL_MODES[turn % len(FILL_MODES)], "only_masked": turn % 3 == 1}
+            raw |= {"extend": {"right": 16}} if turn % 2 else {"mask": f"s3://{bucket}/chaos/mask.png"}
+        if kind == "passes" and model == "tiny-sdxl":
+            raw |= {"refiner": REFINER, "switch_at": 0.5}  # the base runs int(steps x 0.5), the refiner the rest
+        elif kind == "passes":
+            upscaler = LATENT_UPSCALERS[(i // len(KINDS)) % len(LATENT_UPSCALERS)]
+            raw |= {"hires": {"scale": 1.5, "upscaler": upscaler, "denoising_strength": 0.6}}
+            runs += int(n_steps * 0.6)
         inputs = validate_inputs(pipeline, raw, input_bucket=bucket).model_dump(mode="json")  # type: ignore[union-attr]
         jobs.append(Job(f"chaos-{i:04d}", {"id": f"chaos-{i:04d}", "pipeline": pipeline,
-                        "model": model, "inputs": raw}, json.loads(json.dumps(inputs)),
-                        int(n_steps * strength) if pipeline == "img2img" else n_steps))
+                        "model": model, "inputs": raw}, json.loads(json.dumps(inputs)), runs))
     return jobs
 
 
