@@ -18,6 +18,7 @@ timesteps than planned. Each pass is named to the runtime (``RunContext.begin_ph
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from PIL import Image
 from runtime.plugins import CheckpointError, RunContext, StepState
 
 T = TypeVar("T")
+PHASE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 #: Where a checkpoint keeps the passes' bookkeeping (``values``) and their carried outputs (tensor names).
 KEY = "phases"
 _PREFIX = f"{KEY}."
@@ -44,6 +46,9 @@ class Phases:
     def __init__(self, ctx: RunContext, planned: Mapping[str, int]) -> None:
         if not planned or any(not isinstance(n, int) or n < 0 for n in planned.values()):
             raise ValueError(f"plan each pass's steps as a non-negative number, got {dict(planned)!r}")
+        if bad := [name for name in planned if not isinstance(name, str) or not PHASE_NAME.match(name)]:
+            raise ValueError(f"name each pass with 1-32 of a-z, 0-9, '_' and '-', starting with a letter (the status "
+                             f"shows it, checkpoints key its output by it): {bad!r}")
         self.ctx, self.planned, self.names = ctx, dict(planned), list(planned)
         #: Steps each finished pass ran, and the carried outputs (tensors, and where each goes).
         self.done: dict[str, int] = {}

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from runtime.contract.formats import content_type_of
 from runtime.contract.inputs import LoraRef
@@ -37,11 +37,18 @@ class JobState(StrEnum):
 class Progress(BaseModel):
     """Steps done of all the job's steps. A job of several passes (hires fix, the refiner) counts one total over
     them all, and ``phase`` names the pass the steps are in (``base``, ``refiner``, ``hires``, or a plugin's own
-    names); None for a job of one pass."""
+    names); None for a job of one pass, and then left out of the document, as it was before passes existed."""
 
     step: int = 0
     total: int = 0
     phase: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_no_phase(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("phase") is None:
+            data.pop("phase", None)
+        return data
 
 
 class JobErrorInfo(BaseModel):

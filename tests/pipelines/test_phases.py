@@ -158,6 +158,8 @@ def test_passes_run_in_order_and_carry_only_what_a_checkpoint_holds() -> None:
         Phases(ctx, {"draft": 3, "refine": 2}).run("refine", lambda c: None)
     with pytest.raises(TypeError, match="must return a tensor"):
         Phases(ctx, {"draft": 3, "refine": 2}).run("draft", lambda c: {"not": "carried"})
+    with pytest.raises(ValueError, match=r"name each pass .*\['Second pass'\]"):
+        Phases(ctx, {"draft": 3, "Second pass": 2})
 
 
 # -- a plugin's two passes on diffusers: txt2img to latents, then img2img on them (spotgen.diffusers' example) ---

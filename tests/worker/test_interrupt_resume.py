@@ -31,7 +31,7 @@ from runtime.storage.jobstore import JobStore, checkpoint_key
 from runtime.worker import checkpoint
 from runtime.worker.interrupt import FORCED_EXIT
 from tests.conftest import Stack
-from tests.pipelines.harness import _input_images
+from tests.pipelines.harness import EDGES, PHOTO, _input_images
 from tests.rest import download
 from tests.worker.interrupt_pool import (  # noqa: F401 - pool_fixture and stack_fixture are fixtures
     LEASE_S,
@@ -50,7 +50,8 @@ def images(stack: Stack) -> dict[str, str]:
     """Input images in the input bucket, referenced by URI so that every job's PNG parameters match."""
     bucket = stack.env["SPOTGEN_INPUT_BUCKET"]
     refs = {}
-    for name, image in zip(("photo", "edges"), _input_images().values(), strict=True):
+    inputs = _input_images()
+    for name, image in (("photo", inputs[PHOTO]), ("edges", inputs[EDGES])):
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         stack.s3.put_object(Bucket=bucket, Key=f"fixtures/{name}.png", Body=buf.getvalue())
