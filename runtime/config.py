@@ -97,7 +97,7 @@ class Settings(BaseModel):
     public_url: str = ""
     #: Base model ids the API accepts (comma separated); the worker's catalog is the final word.
     models: list[str] = Field(default_factory=lambda: ["tiny-sd", "tiny-sdxl", "tiny-sd-inpainting",
-                                                       "tiny-sdxl-refiner"])
+                                                       "tiny-sdxl-inpainting", "tiny-sdxl-refiner"])
     #: ControlNet model ids the API accepts.
     controlnets: list[str] = Field(default_factory=lambda: ["tiny-controlnet", "tiny-sdxl-controlnet"])
     #: LoRA ids the API accepts in ``inputs.loras``.
@@ -111,7 +111,8 @@ class Settings(BaseModel):
     #: input for an SD 1.x model or a LoRA of another family with a 400; an id not listed is checked by the worker.
     model_families: dict[str, Family] = Field(default_factory=lambda: {
         "tiny-sd": "sd1", "tiny-sd-inpainting": "sd1", "tiny-controlnet": "sd1", "tiny-lora-sd1": "sd1",
-        "tiny-lora-sd1-kohya": "sd1", "tiny-sdxl": "sdxl", "tiny-sdxl-refiner": "sdxl", "tiny-sdxl-controlnet": "sdxl",
+        "tiny-lora-sd1-kohya": "sd1", "tiny-sdxl": "sdxl",
+        "tiny-sdxl-inpainting": "sdxl", "tiny-sdxl-refiner": "sdxl", "tiny-sdxl-controlnet": "sdxl",
         "tiny-lora-sdxl": "sdxl", "tiny-lora-sdxl-kohya": "sdxl"})
     #: Plugin pipeline names the API accepts besides the built-ins.
     extra_pipelines: list[str] = Field(default_factory=list)

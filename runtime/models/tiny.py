@@ -26,15 +26,16 @@ BASE_ID = "tiny-sd"
 CONTROLNET_ID = "tiny-controlnet"
 SDXL_ID = "tiny-sdxl"
 SDXL_CONTROLNET_ID = "tiny-sdxl-controlnet"
-#: An inpainting checkpoint (its UNet takes the mask and the masked image too) and an SDXL refiner.
+#: Inpainting checkpoints (their UNets take the mask and the masked image too) and an SDXL refiner.
 INPAINTING_ID = "tiny-sd-inpainting"
+SDXL_INPAINTING_ID = "tiny-sdxl-inpainting"
 REFINER_ID = "tiny-sdxl-refiner"
 LORA_DIR = "tiny-loras"  # not "loras": a rebuild replaces the directory, and an operator's own may be there
 #: Upscalers of two architectures (ESRGAN x4, Real-ESRGAN Compact x2); a directory of their own, as the LoRAs.
 UPSCALER_DIR = "tiny-upscalers"
 UPSCALER_IDS = ("tiny-esrgan", "tiny-compact")
 #: A build of another version is rebuilt; bump it whenever what is built changes.
-VERSION = 6
+VERSION = 7
 _VERSION_FILE = ".tiny-version"
 #: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights.
 LORA_IDS = {"sd1": ("tiny-lora-sd1", "tiny-lora-sd1-kohya"), "sdxl": ("tiny-lora-sdxl", "tiny-lora-sdxl-kohya")}
@@ -49,6 +50,8 @@ CATALOG: dict[str, dict[str, Any]] = {
                                       (SDXL_ID, "base", "sdxl"), (SDXL_CONTROLNET_ID, "controlnet", "sdxl"))},
     INPAINTING_ID: {"path": INPAINTING_ID, "kind": "base", "family": "sd1", "variant": "inpainting",
                     "aliases": ["sd-v1-5-inpainting.safetensors"]},
+    SDXL_INPAINTING_ID: {"path": SDXL_INPAINTING_ID, "kind": "base", "family": "sdxl", "variant": "inpainting",
+                         "aliases": ["sd_xl_base_1.0_inpainting_0.1.safetensors"]},
     REFINER_ID: {"path": REFINER_ID, "kind": "base", "family": "sdxl", "variant": "refiner",
                  "aliases": ["sd_xl_refiner_1.0.safetensors"]},
     **{lora: {"path": f"{LORA_DIR}/{lora}.safetensors", "kind": "lora", "family": family}
@@ -59,6 +62,7 @@ CATALOG: dict[str, dict[str, Any]] = {
 # A file each model must hold; with the catalog entry (written last) it means the model is whole.
 _MARKERS = {BASE_ID: "model_index.json", CONTROLNET_ID: "config.json", SDXL_ID: "model_index.json",
             SDXL_CONTROLNET_ID: "config.json", INPAINTING_ID: "model_index.json", REFINER_ID: "model_index.json",
+            SDXL_INPAINTING_ID: "model_index.json",
             **{lora: "" for ids in LORA_IDS.values() for lora in ids}, **{up: "" for up in UPSCALER_IDS}}
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # A few merges so the tokenizer really runs BPE (words it knows become one token), not only bytes.
@@ -141,6 +145,7 @@ def _save_models(out: Path) -> None:
         nets = {BASE_ID: sd, CONTROLNET_ID: tinynets.controlnet(sd.unet, seed=3), SDXL_ID: sdxl,
                 SDXL_CONTROLNET_ID: tinynets.controlnet(sdxl.unet, seed=14),
                 INPAINTING_ID: tinynets.sd_pipeline(_tokenizer(), inpainting=True),
+                SDXL_INPAINTING_ID: tinynets.sdxl_pipeline(_tokenizer(), _tokenizer(pad_token="!"), inpainting=True),
                 REFINER_ID: tinynets.sdxl_refiner(_tokenizer(pad_token="!"))}
         (out / LORA_DIR).mkdir()
         for seed, (family, pipe) in enumerate((("sd1", sd), ("sdxl", sdxl))):
@@ -156,6 +161,7 @@ def _save_models(out: Path) -> None:
     for name, net in nets.items():
         net.save_pretrained(out / name, safe_serialization=True)
     for name, pipe in ((BASE_ID, sd), (SDXL_ID, sdxl), (INPAINTING_ID, nets[INPAINTING_ID]),
+                       (SDXL_INPAINTING_ID, nets[SDXL_INPAINTING_ID]),
                        (REFINER_ID, nets[REFINER_ID])):
         for sub in ("tokenizer", "tokenizer_2"):
             if (out / name / sub).is_dir():

@@ -40,18 +40,25 @@ def sd_pipeline(tokenizer: Any, inpainting: bool = False) -> Any:
     )
 
 
-def sdxl_pipeline(tokenizer: Any, tokenizer_2: Any) -> Any:
+def sdxl_pipeline(tokenizer: Any, tokenizer_2: Any, inpainting: bool = False) -> Any:
     """An SDXL-shaped pipeline: two text encoders whose hidden states are concatenated (cross-attention width
     32 + 48), the second one's pooled projection plus the six size-conditioning numbers as the UNet's extra
     embedding (``addition_embed_type="text_time"``), and SDXL's Euler scheduler. The encoders differ in width as
-    SDXL's do (768 and 1280): diffusers' single-file loader tells them apart by it."""
+    SDXL's do (768 and 1280): diffusers' single-file loader tells them apart by it. ``inpainting``: an SDXL inpainting
+    checkpoint's UNet, which takes 9 channels."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLInpaintPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
 
     time_dim, pooled_dim = 8, 32
-    torch.manual_seed(SEED + 10)
+    torch.manual_seed(SEED + 40 if inpainting else SEED + 10)
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        sample_size=16, in_channels=9 if inpainting else 4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=80, attention_head_dim=(2, 4), norm_num_groups=8, use_linear_projection=True,
         transformer_layers_per_block=(1, 2), addition_embed_type="text_time", addition_time_embed_dim=time_dim,
@@ -64,7 +71,8 @@ def sdxl_pipeline(tokenizer: Any, tokenizer_2: Any) -> Any:
     torch.manual_seed(SEED + 13)
     text_encoder_2 = _text_encoder(tokenizer_2, hidden_size=48, projection_dim=pooled_dim)
     scheduler = EulerDiscreteScheduler(**_SCHEDULER, timestep_spacing="leading", interpolation_type="linear")
-    return StableDiffusionXLPipeline(
+    cls = StableDiffusionXLInpaintPipeline if inpainting else StableDiffusionXLPipeline
+    return cls(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
         tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
         add_watermarker=False,

@@ -89,6 +89,7 @@ def test_the_listings_come_from_the_catalog(stack: Stack) -> None:
     titles = {m["model_name"]: m["title"] for m in models}
     assert titles == {"tiny-sd": "v1-5-pruned-emaonly.safetensors", "tiny-sdxl": "sd_xl_turbo_1.0.safetensors",
                       "tiny-sd-inpainting": "sd-v1-5-inpainting.safetensors",
+                      "tiny-sdxl-inpainting": "sd_xl_base_1.0_inpainting_0.1.safetensors",
                       "tiny-sdxl-refiner": "sd_xl_refiner_1.0.safetensors"}
     loras = call("GET", f"{stack.api_url}/sdapi/v1/loras")[1]
     assert {lora["alias"] for lora in loras} >= {"tiny-lora-sd1", "tiny-lora-sdxl"}

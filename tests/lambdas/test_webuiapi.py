@@ -62,9 +62,11 @@ def control_image() -> Image.Image:
 
 def test_the_client_lists_the_catalog(api: webuiapi.WebUIApi) -> None:
     inpainting, refiner = "sd-v1-5-inpainting.safetensors", "sd_xl_refiner_1.0.safetensors"
-    assert api.util_get_model_names() == sorted([SD15, SDXL, inpainting, refiner])
+    xl_inpainting = "sd_xl_base_1.0_inpainting_0.1.safetensors"
+    assert api.util_get_model_names() == sorted([SD15, SDXL, inpainting, xl_inpainting, refiner])
     assert {m["model_name"]: m["title"] for m in api.get_sd_models()} == {
-        "tiny-sd": SD15, "tiny-sdxl": SDXL, "tiny-sd-inpainting": inpainting, "tiny-sdxl-refiner": refiner}
+        "tiny-sd": SD15, "tiny-sdxl": SDXL, "tiny-sd-inpainting": inpainting, "tiny-sdxl-inpainting": xl_inpainting,
+        "tiny-sdxl-refiner": refiner}
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC"} <= set(api.util_get_sampler_names())
     assert api.util_get_scheduler_names() == ["automatic", "exponential", "karras", "sgm_uniform"]
     assert {lora["name"] for lora in api.get_loras()} >= {"tiny-lora-sd1", "tiny-lora-sdxl"}

@@ -20,7 +20,7 @@ from runtime.models.catalog import ModelError
 from runtime.worker import checkpoint
 from tests.pipelines.harness import MASK, PHOTO, Harness, interrupt_at, png
 
-MODELS = ("tiny-sd", "tiny-sdxl", "tiny-sd-inpainting")
+MODELS = ("tiny-sd", "tiny-sdxl", "tiny-sd-inpainting", "tiny-sdxl-inpainting")
 FILLS = ("original", "fill", "latent_noise", "latent_nothing")
 #: The photo's repainted square, at its size (the harness's mask is half that).
 SQUARE = (30, 20, 60, 50)
@@ -205,7 +205,7 @@ def test_the_worker_refuses_a_bad_mask_before_the_model_runs(harness: Harness) -
 # -- resume and variants ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sd-inpainting"])
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sd-inpainting", "tiny-sdxl-inpainting"])
 @pytest.mark.parametrize("fill", FILLS)
 def test_resumed_run_is_byte_identical(harness: Harness, model: str, fill: str) -> None:
     """An ancestral sampler (noise drawn every step) after diffusers' extra draws (the masked image's encoding,
