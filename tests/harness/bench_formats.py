@@ -14,12 +14,13 @@ shapes and gradients, ``smooth_picture``), nearer what a trained model paints. E
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
+
+from tests.harness.tinymodels import on_tiny_models
 
 REPEATS = 5
 #: WebP's bytes against PNG's on the demo's images: "a fifth of the size" (issue 31).
@@ -95,15 +96,10 @@ def measure(images: list[tuple[Image.Image, dict[str, Any]]]) -> dict[str, Any]:
             for name, options in formats.items()}
 
 
-def figures(models: Path | None = None) -> dict[str, Any]:
+@on_tiny_models
+def figures(models: Path) -> dict[str, Any]:
     from tests.harness.verdicts import goal
 
-    if models is None:
-        from runtime.models.tiny import build_tiny_models
-
-        with tempfile.TemporaryDirectory() as tmp:
-            build_tiny_models(Path(tmp) / "models")
-            return figures(Path(tmp) / "models")
     smooth = smooth_picture()
     demo = measure(demo_images(models))
     ratio = demo["webp"]["bytes_vs_png"]

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from tests.harness.tinymodels import on_tiny_models
 
 #: Rounds of one image a side; the side that goes first alternates.
 ROUNDS = 24
@@ -35,7 +36,8 @@ PROMPT = "a red fox in the snow, detailed fur"
 GOAL = 0.95
 
 
-def figures(models: Path | None = None) -> dict[str, Any]:
+@on_tiny_models
+def figures(models: Path) -> dict[str, Any]:
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
@@ -46,12 +48,6 @@ def figures(models: Path | None = None) -> dict[str, Any]:
     from runtime.plugins import RunContext
     from tests.harness.verdicts import goal
 
-    if models is None:
-        from runtime.models.tiny import build_tiny_models
-
-        with tempfile.TemporaryDirectory() as tmp:
-            build_tiny_models(Path(tmp) / "models")
-            return figures(Path(tmp) / "models")
     store = ModelStore(models, "cpu")
     base = base_pipeline(store, "tiny-sd")
     inputs = Txt2ImgInputs(prompt=PROMPT, width=SIZE, height=SIZE, steps=STEPS, scheduler="euler",

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from tests.harness.tinymodels import on_tiny_models
 
 SIZE, MASK, WORK = 256, 32, 64
 ROUNDS, STEPS = 4, 10
@@ -35,18 +36,12 @@ def _inputs() -> dict[str, Image.Image]:
             "s3://in/mask.png": mask}
 
 
-def figures(models: Path | None = None) -> dict[str, Any]:
-    from tests.harness.verdicts import goal
-
-    if models is None:
-        from runtime.models.tiny import build_tiny_models
-
-        with tempfile.TemporaryDirectory() as tmp:
-            build_tiny_models(Path(tmp) / "models")
-            return figures(Path(tmp) / "models")
+@on_tiny_models
+def figures(models: Path) -> dict[str, Any]:
     from pipelines.inpaint import Inpaint
     from runtime.models.store import ModelStore
     from runtime.plugins import RunContext
+    from tests.harness.verdicts import goal
 
     store, images = ModelStore(models, "cpu"), _inputs()
     common = {"prompt": "a red fox in the snow", "image": "s3://in/picture.png", "mask": "s3://in/mask.png",

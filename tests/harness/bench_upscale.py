@@ -20,7 +20,6 @@ torch allocates (CPU has no allocator statistics), not by timing or the process'
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 import weakref
 from pathlib import Path
@@ -31,6 +30,8 @@ import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from tests.harness.tinymodels import on_tiny_models
 
 ROUNDS = 5
 #: Tiled throughput against untiled (issue 26, item 7).
@@ -116,13 +117,8 @@ def measure(model: Any, size: int, tile: int, overlap: int) -> dict[str, Any]:
                       "tiled_peak_vs_one_tile": goal(round(tiled_peak / one_tile, 3), "<=", PEAK_GOAL)}}
 
 
-def figures(models: Path | None = None) -> dict[str, Any]:
-    if models is None:
-        from runtime.models.tiny import build_tiny_models
-
-        with tempfile.TemporaryDirectory() as tmp:
-            build_tiny_models(Path(tmp) / "models")
-            return figures(Path(tmp) / "models")
+@on_tiny_models
+def figures(models: Path) -> dict[str, Any]:
     from pipelines.upscalers import OVERLAP, TILE, load
     from runtime.models.store import ModelStore
 
