@@ -41,6 +41,7 @@ from runtime.contract.inputs import (
     Hires,
     ImageRef,
     Img2ImgInputs,
+    IpAdapterRef,
     LoraRef,
     ModelId,
     Schedule,
@@ -109,5 +110,5 @@ __all__ = [
     "parse_v1alpha2", "sample_notification", "sample_output_location", "v1alpha1_answer", "v1alpha2_answer",
     "SampleJob", "sample_out_document", "webui_error", "webui_info", "webui_parameters",
     "MODEL_KINDS", "Extend", "InpaintInputs", "UpscaleInputs", "inpaint_size", "upscale_size", "LATENT_UPSCALERS",
-    "PIXEL_UPSCALERS", "Hires",
+    "PIXEL_UPSCALERS", "Hires", "MAX_CONTROLNETS", "MAX_IP_ADAPTERS", "ControlUnit", "IpAdapterRef",
 ]

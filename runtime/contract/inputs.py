@@ -7,12 +7,13 @@ full before a job is queued.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from runtime.contract.formats import OutputOptions
 from runtime.contract.images import ImageRefError, check_ref
+from runtime.contract.preprocessors import PREPROCESSORS, WEIGHT_FREE
 
 MIN_SIDE = 8
 MAX_SIDE = 2048
@@ -93,6 +94,51 @@ Size = tuple[Annotated[int, Field(ge=1, le=4 * MAX_SIDE)], Annotated[int, Field(
 Offset = tuple[Annotated[int, Field(ge=0, le=4 * MAX_SIDE)], Annotated[int, Field(ge=0, le=4 * MAX_SIDE)]]
 
 
+MAX_CONTROLNETS = 4
+MAX_IP_ADAPTERS = 2
+
+
+def _preprocessor(value: str) -> str:
+    if value not in PREPROCESSORS:
+        raise ValueError(f"{value!r} is not a preprocessor; the weight-free ones are {', '.join(WEIGHT_FREE)} "
+                         "(docs/api.md lists the others)")
+    return value
+
+
+class ControlUnit(Strict):
+    """One ControlNet unit, as a unit of WebUI's ControlNet extension: the ControlNet (a catalog id), its image
+    (a ready map, or a picture the ``preprocessor`` turns into one), its weight and when in the denoising it
+    guides (``start``/``end``, fractions of the steps)."""
+
+    id: ModelId
+    image: ImageRef
+    scale: float = Field(1.0, ge=0.0, le=2.0)
+    start: float = Field(0.0, ge=0.0, le=1.0)
+    end: float = Field(1.0, ge=0.0, le=1.0)
+    preprocessor: Annotated[str, AfterValidator(_preprocessor)] = "none"
+    #: The preprocessor's parameters, as WebUI's ``threshold_a``/``threshold_b`` (their meaning is the module's;
+    #: None: its default) and ``processor_res`` (the side the preprocessor works at).
+    threshold_a: float | None = Field(None, ge=-1024.0, le=1024.0)
+    threshold_b: float | None = Field(None, ge=-1024.0, le=1024.0)
+    resolution: int = Field(512, ge=64, le=MAX_SIDE)
+
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, value: float, info: ValidationInfo) -> float:
+        start = info.data.get("start")
+        if start is not None and value <= start:
+            raise ValueError(f"must be above start ({start})")
+        return value
+
+
+class IpAdapterRef(Strict):
+    """One IP-Adapter: a catalog id (``kind: ip_adapter``), the image it takes style or subject from, its weight."""
+
+    id: ModelId
+    image: ImageRef
+    scale: float = Field(1.0, ge=0.0, le=2.0)
+
+
 class GenerationInputs(OutputOptions):
     """Inputs every built-in diffusers pipeline takes. ``width``/``height`` left out mean the model family's
     default size (``runtime.contract.families``); ``format``, ``quality`` and ``lossless`` (``OutputOptions``)
@@ -115,6 +161,22 @@ class GenerationInputs(OutputOptions):
     original_size: Size | None = None
     target_size: Size | None = None
     crops_coords_top_left: Offset | None = None
+    #: ControlNet units (up to 4), on every pipeline (the ``controlnet`` pipeline's own fields are one more).
+    controlnets: list[ControlUnit] = Field(default_factory=list, max_length=MAX_CONTROLNETS)
+    ip_adapters: list[IpAdapterRef] = Field(default_factory=list, max_length=MAX_IP_ADAPTERS)
+    #: Seamless tiling: the left and right edges continue into each other, and so do the top and bottom.
+    tiling: bool = False
+
+    #: Inputs the contract declares and the pipelines do not run yet: refused, named, when set (so a request is
+    #: never silently run without them). Each leaves this list when its pipelines do.
+    not_yet: ClassVar[tuple[str, ...]] = ("controlnets", "ip_adapters", "tiling")
+
+    @field_validator("controlnets", "ip_adapters", "tiling")
+    @classmethod
+    def _runs_what_it_takes(cls, value: Any, info: ValidationInfo) -> Any:
+        if value and info.field_name in cls.not_yet:
+            raise ValueError("not supported by this version yet")
+        return value
 
     @field_validator("width", "height")
     @classmethod
