@@ -23,7 +23,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from pipelines import attention, loras, prompts
+from pipelines import attention, loras, prompts, tiling
 from pipelines.loading import KINDS, base_pipeline, check_variant, controlnet_model, family, torch_dtype
 from pipelines.resume import generators, resumable, run_resumable
 from pipelines.schedulers import make_scheduler
@@ -128,12 +128,14 @@ def _size_conditioning(inputs: GenerationInputs, kind: str) -> dict[str, Any]:
 
 def generate(pipe: DiffusionPipeline, job: Prepared, ctx: RunContext, **task: Any) -> list[Image.Image]:
     """Run ``pipe`` with the settings every task shares plus ``task``'s own arguments, through the public
-    ``run_resumable`` (from the beginning or from ``ctx.resume_from``), the prompts encoded WebUI's way."""
+    ``run_resumable`` (from the beginning or from ``ctx.resume_from``), the prompts encoded WebUI's way, the UNet
+    and VAE padding circularly if the job asks for seamless tiling (``pipelines.tiling``)."""
     inputs = job.inputs
     ctx.mark("encode")  # the first mark stands: prompt encoding is part of the encode phase
     with torch.inference_mode():
         # Encoded here, WebUI's way (weights, 75-token chunks, BREAK, clip_skip), not by diffusers: see prompts.py.
         embeds = prompts.encode(pipe, inputs.prompt, inputs.negative_prompt, clip_skip=inputs.clip_skip,
                                 guidance=inputs.guidance_scale > 1)
-    return run_resumable(pipe, ctx, num_images=inputs.num_images, **embeds, num_inference_steps=inputs.steps,
-                         guidance_scale=inputs.guidance_scale, **_size_conditioning(inputs, job.kind), **task)
+    with tiling.circular(pipe, inputs.tiling):  # for this run only: the modules are every job's (tiling.py)
+        return run_resumable(pipe, ctx, num_images=inputs.num_images, **embeds, num_inference_steps=inputs.steps,
+                             guidance_scale=inputs.guidance_scale, **_size_conditioning(inputs, job.kind), **task)

@@ -35,6 +35,7 @@ COMMON_VARIATIONS: dict[str, dict[str, Any]] = {
     "schedule": {"schedule": "karras"},
     "clip_skip": {"clip_skip": 2},
     "lora": {"loras": "LORA@0.8"},
+    "tiling": {"tiling": True},
 }
 TASK_VARIATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "txt2img": {},
