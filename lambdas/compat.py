@@ -19,7 +19,6 @@ from lambdas.common import response
 from lambdas.submit import Queued, check, check_webhook, enqueue
 from runtime.config import Settings
 from runtime.contract import (
-    IMAGE_FIELDS,
     ContractError,
     JobRequest,
     Names,
@@ -33,6 +32,7 @@ from runtime.contract import (
     webui_parameters,
 )
 from runtime.contract.errors import prefixed
+from runtime.contract.imagepaths import get_path, image_paths, set_path
 from runtime.contract.inputs import MAX_SIDE
 from runtime.contract.webhook import Webhook
 from runtime.contract.webui_answer import base64_bytes, png_bytes_bound
@@ -142,8 +142,10 @@ def check_answer_size(job: WebuiJob, inputs: Mapping[str, Any], body: Mapping[st
     count = int(inputs.get("num_images") or 1)
     width, height = int(inputs.get("width") or MAX_SIDE), int(inputs.get("height") or MAX_SIDE)
     seed = _SEED_PLACEHOLDER if inputs.get("seed") is None else inputs["seed"]
-    text = {"pipeline": job.pipeline, "model": job.model, "seed": seed, "index": count - 1,
-            **{key: _URI_PLACEHOLDER if key in IMAGE_FIELDS and value else value for key, value in inputs.items()}}
+    stored = dict(inputs)
+    for path in image_paths(inputs):  # each becomes an S3 URI once queued (units' and adapters' too)
+        stored = set_path(stored, path, _URI_PLACEHOLDER) if get_path(inputs, path) else stored
+    text = {"pipeline": job.pipeline, "model": job.model, "seed": seed, "index": count - 1, **stored}
     text_bytes = text_bound(len(json.dumps(text, sort_keys=True, separators=(",", ":"))))
     image = base64_bytes(png_bytes_bound(width, height, text_bytes))
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lambdas import edits, outbox, schemas, telemetry
+from lambdas import edits, outbox, schemas, steering, telemetry
 from lambdas.body import parse_json
 from lambdas.common import Deployment, deployment, error, raw_body, response, status_url
 from lambdas.outbox import publish  # noqa: F401 - where callers found it before lambdas/outbox.py
@@ -31,7 +31,6 @@ from runtime.config import Settings
 from runtime.contract import (
     BUILTIN_INPUTS,
     BUILTIN_PIPELINES,
-    IMAGE_FIELDS,
     ContractError,
     GenerationInputs,
     JobRequest,
@@ -45,6 +44,7 @@ from runtime.contract import (
     utcnow,
     validate_inputs,
 )
+from runtime.contract.imagepaths import field_name, get_path, image_paths, key_name, set_path
 from runtime.contract.images import decode_inline
 from runtime.contract.jobs import expiry
 
@@ -78,6 +78,7 @@ def check(dep: Deployment, request: JobRequest, webhook_field: str = "webhook.ur
                             f"{', '.join(settings.controlnets)}", "inputs.controlnet")
     if isinstance(inputs, GenerationInputs):  # an upscale job's model is an upscaler: no family, no LoRAs
         check_family(settings, request.model, inputs)
+        steering.check(settings, request.model, inputs)
     edits.check_edits(settings, request.model, inputs)
     return inputs.model_dump(mode="json")
 
@@ -118,17 +119,17 @@ def plugin_schemas(settings: Settings) -> schemas.PluginSchemas | None:
 
 
 def fetch_image_urls(dep: Deployment, inputs: dict[str, Any]) -> dict[str, Any]:
-    """``inputs`` with each ``https://`` image fetched into inline base64, when hosts are allowed (else the URL
-    stays, and the contract refuses it as before). The images of one request share one time budget."""
-    urls = {name: ref for name in IMAGE_FIELDS if isinstance(ref := inputs.get(name), str)
-            and ref[:8].lower() == "https://"}
+    """``inputs`` with each ``https://`` image (a unit's and an adapter's too: ``image_paths``) fetched into inline
+    base64, when hosts are allowed (else the URL stays, and the contract refuses it as before). The images of one
+    request share one time budget."""
+    urls = [path for path in image_paths(inputs) if get_path(inputs, path)[:8].lower() == "https://"]
     if not urls or not dep.settings.fetch_allowed_hosts:
         return inputs
     deadline = time.monotonic() + dep.settings.fetch_timeout_s
-    fetched = dict(inputs)
-    for name, url in urls.items():
-        data = dep.fetch(url, f"inputs.{name}", max(0.001, deadline - time.monotonic()))
-        fetched[name] = base64.b64encode(data).decode("ascii")
+    fetched = inputs
+    for path in urls:
+        data = dep.fetch(get_path(inputs, path), field_name(path), max(0.001, deadline - time.monotonic()))
+        fetched = set_path(fetched, path, base64.b64encode(data).decode("ascii"))
     return fetched
 
 
@@ -222,10 +223,12 @@ def _enqueue(dep: Deployment, request: JobRequest, job_id: str, inputs: dict[str
         seed = secrets.randbelow(2**32)
     if "seed" in getattr(BUILTIN_INPUTS.get(request.pipeline), "model_fields", {}):  # upscale takes no seed
         inputs["seed"] = seed
-    for name in IMAGE_FIELDS:
-        ref = inputs.get(name)
-        if isinstance(ref, str) and not ref.startswith("s3://"):
-            inputs[name] = dep.store.put_input(job_id, name, decode_inline(ref), submission)
+    stored = inputs
+    for path in image_paths(inputs):  # the top-level images, each unit's and each adapter's
+        ref = get_path(inputs, path)
+        if not ref.startswith("s3://"):
+            stored = set_path(stored, path, dep.store.put_input(job_id, key_name(path), decode_inline(ref), submission))
+    inputs.update(stored)  # in place, as callers read the stored references back
     announce = sample(job_id, seed) if sample is not None else None
     document = None if request.pipeline in BUILTIN_PIPELINES else plugin_schemas(dep.settings)
     spec = JobSpec(id=job_id, pipeline=request.pipeline, model=request.model, inputs=inputs, seed=seed,

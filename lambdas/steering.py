@@ -1,0 +1,36 @@
+"""The API's checks of the inputs that steer an image (issue 27): what the contract cannot know because it depends
+on the deployment's settings. Each ControlNet unit's id must be one the API lists (``SPOTGEN_CONTROLNETS``) and,
+where the settings give families, of the base model's family; each IP-Adapter's id likewise where the settings list
+adapters. A bad request is refused naming the unit's field, before anything is stored (the worker checks all of it
+again against its catalog)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.config import Settings
+from runtime.contract import ContractError
+
+
+def check(settings: Settings, model: str, inputs: Any) -> None:
+    """ContractError naming ``inputs.controlnets.N.id`` (or ``inputs.ip_adapters.N.id``) for an id the API does
+    not list, or of another family than ``model``."""
+    families = settings.model_families
+    family = families.get(model)
+    for i, unit in enumerate(getattr(inputs, "controlnets", [])):
+        field = f"inputs.controlnets.{i}.id"
+        if unit.id not in settings.controlnets:
+            raise ContractError("unknown_model", f"{field}: unknown ControlNet {unit.id!r}; available: "
+                                f"{', '.join(settings.controlnets) or 'none'}", field)
+        if family and unit.id in families and families[unit.id] != family:
+            raise ContractError("incompatible_controlnet", f"{field}: ControlNet {unit.id!r} is for "
+                                f"{families[unit.id]} models and {model!r} is a {family} model", field)
+    listed = getattr(settings, "ip_adapters", None)  # a settings list where the deployment has one; else the worker
+    for i, adapter in enumerate(getattr(inputs, "ip_adapters", [])):
+        field = f"inputs.ip_adapters.{i}.id"
+        if listed is not None and adapter.id not in listed:
+            raise ContractError("unknown_model", f"{field}: unknown IP-Adapter {adapter.id!r}; available: "
+                                f"{', '.join(listed) or 'none'}", field)
+        if family and adapter.id in families and families[adapter.id] != family:
+            raise ContractError("incompatible_ip_adapter", f"{field}: IP-Adapter {adapter.id!r} is for "
+                                f"{families[adapter.id]} models and {model!r} is a {family} model", field)
