@@ -24,6 +24,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from pipelines import attention, loras, prompts, tiling
+from pipelines.controlunits import check as check_units
 from pipelines.loading import KINDS, base_pipeline, check_variant, controlnet_model, family, torch_dtype
 from pipelines.resume import generators, resumable, run_resumable
 from pipelines.schedulers import make_scheduler
@@ -55,6 +56,8 @@ class DiffusersPipeline(Pipeline):
     classes: ClassVar[dict[str, type[DiffusionPipeline]]] = {}
     #: The catalog variants of base model this task runs (None: an ordinary checkpoint).
     variants: ClassVar[frozenset[str | None]] = frozenset({None})
+    #: This task's ControlNet class per kind, run when a job has ``controlnets`` (``pipelines.controlunits``).
+    control_classes: ClassVar[dict[str, type[DiffusionPipeline]]] = {}
 
     def setup(self, ctx: SetupContext) -> None:
         attention.choose(ctx.device, ctx.models.attention)  # a kernel that cannot run here stops start-up
@@ -73,12 +76,15 @@ class DiffusersPipeline(Pipeline):
         check_variant(ctx.models, ctx.model, self.variants, self.name)
         inputs = for_family(inputs, name)
         loras.check(ctx.models, name, inputs.loras)
+        check_units(ctx.models, ctx.model, inputs)
         base = base_pipeline(ctx.models, ctx.model)
         loras.activate(ctx.models, base, inputs.loras)
         return Prepared(base, inputs, name, KINDS[name])
 
     def view(self, job: Prepared, **components: Any) -> DiffusionPipeline:
-        return job_pipeline(self.classes[job.kind], job.base, job.inputs, **components)
+        control = "controlnet" in components and self.control_classes  # a job with units
+        cls = self.control_classes[job.kind] if control else self.classes[job.kind]
+        return job_pipeline(cls, job.base, job.inputs, **components)
 
 
 def job_pipeline(cls: type[P], base: DiffusionPipeline, inputs: GenerationInputs, **components: Any) -> P:

@@ -1,10 +1,15 @@
-"""ControlNet: Stable Diffusion (1.x, 2.x or XL) guided by a conditioning image (edges, depth, pose...)."""
+"""ControlNet: Stable Diffusion (1.x, 2.x or XL) guided by a conditioning image (edges, depth, pose...).
+
+Its own fields are one unit (the form clients used before ``controlnets``); ``inputs.controlnets`` adds more, run
+after it (``pipelines.controlunits``: the same checks, maps and per-unit lists as on every other pipeline).
+"""
 
 from __future__ import annotations
 
 from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
 from PIL.Image import Image
 
+from pipelines import controlunits
 from pipelines.common import DiffusersPipeline, controlnet_model, fit, generate
 from pipelines.loading import torch_dtype
 from pipelines.preprocess import control_map
@@ -40,8 +45,14 @@ class ControlNet(DiffusersPipeline):
         job = self.prepare(inputs, ctx)
         control = control_map(fit(ctx.image(inputs.control_image), job.inputs.width, job.inputs.height),
                               inputs.control_preprocessor, inputs.canny_low, inputs.canny_high)
-        pipe = self.view(job, controlnet=controlnet_model(ctx.models, inputs.controlnet))
-        return generate(pipe, job, ctx, image=control, width=job.inputs.width, height=job.inputs.height,
-                        controlnet_conditioning_scale=inputs.controlnet_conditioning_scale,
-                        control_guidance_start=inputs.control_guidance_start,
-                        control_guidance_end=inputs.control_guidance_end)
+        own = {"image": control, "controlnet_conditioning_scale": inputs.controlnet_conditioning_scale,
+               "control_guidance_start": inputs.control_guidance_start,
+               "control_guidance_end": inputs.control_guidance_end}
+        net: object = controlnet_model(ctx.models, inputs.controlnet)
+        if job.inputs.controlnets:  # more units: every argument becomes a list, this pipeline's own unit first
+            _, extra = controlunits.for_job(ctx, job.inputs, control.size, "image")
+            net = controlunits.model(ctx.models, [inputs.controlnet] + [unit.id for unit in job.inputs.controlnets])
+            own = {key: [value, *(extra[key] if isinstance(extra[key], list) else [extra[key]])]
+                   for key, value in own.items()}
+        return generate(self.view(job, controlnet=net), job, ctx, width=job.inputs.width, height=job.inputs.height,
+                        **own)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 from PIL.Image import Image
 
+from pipelines import controlunits
 from pipelines.common import DiffusersPipeline, fit, generate
 from runtime.contract import Img2ImgInputs
 from runtime.plugins import RunContext
@@ -16,9 +17,11 @@ class Img2Img(DiffusersPipeline):
     Inputs = Img2ImgInputs
     image_fields = ("image",)
     classes = {"sd": StableDiffusionImg2ImgPipeline, "sdxl": StableDiffusionXLImg2ImgPipeline}
+    control_classes = controlunits.CLASSES["img2img"]
 
     def run(self, inputs: Img2ImgInputs, ctx: RunContext) -> list[Image]:
         job = self.prepare(inputs, ctx)
         # Fetched and resized before the model runs, so a bad image fails the job cheaply.
         init = fit(ctx.image(inputs.image), job.inputs.width, job.inputs.height)
-        return generate(self.view(job), job, ctx, image=init, strength=inputs.strength)
+        net, control = controlunits.for_job(ctx, job.inputs, init.size)
+        return generate(self.view(job, **net), job, ctx, image=init, strength=inputs.strength, **control)

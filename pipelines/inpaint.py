@@ -16,11 +16,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+from diffusers import (
+    StableDiffusionControlNetInpaintPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionXLControlNetInpaintPipeline,
+    StableDiffusionXLInpaintPipeline,
+)
 from diffusers.utils.torch_utils import randn_tensor
 from PIL.Image import Image
 
-from pipelines import masks
+from pipelines import controlunits, masks
 from pipelines.common import DiffusersPipeline, generate
 from runtime.contract.edits import InpaintInputs, inpaint_size
 from runtime.plugins import RunContext
@@ -69,6 +74,14 @@ class SDXLInpaint(LatentFill, StableDiffusionXLInpaintPipeline):
     pass
 
 
+class SDControlInpaint(LatentFill, StableDiffusionControlNetInpaintPipeline):
+    pass
+
+
+class SDXLControlInpaint(LatentFill, StableDiffusionXLControlNetInpaintPipeline):
+    pass
+
+
 class Inpaint(DiffusersPipeline):
     name = "inpaint"
     checkpoints = True
@@ -76,6 +89,7 @@ class Inpaint(DiffusersPipeline):
     image_fields = ("image", "mask")
     variants = frozenset({None, "inpainting"})
     classes = {"sd": SDInpaint, "sdxl": SDXLInpaint}
+    control_classes = {"sd": SDControlInpaint, "sdxl": SDXLControlInpaint}
 
     def run(self, inputs: InpaintInputs, ctx: RunContext) -> list[Image]:
         job = self.prepare(inputs, ctx)
@@ -85,11 +99,12 @@ class Inpaint(DiffusersPipeline):
         board = masks.canvas(image, mask, inputs.extend, inputs.invert_mask, inputs.mask_blur)
         width, height = inpaint_size(job.inputs, image.width, image.height, job.family)
         work = masks.work(board, width, height, inputs.only_masked, inputs.padding, inputs.fill == "fill")
-        pipe: Any = self.view(job)
+        net, control = controlunits.for_job(ctx, job.inputs, (width, height), box=work.box, canvas=board.image.size)
+        pipe: Any = self.view(job, **net)
         if inputs.fill in LATENT_FILLS:
             pipe.latent_fill, pipe.fill_mask = inputs.fill, work.mask
         outputs = generate(pipe, job, ctx, image=work.image, mask_image=work.mask, strength=inputs.strength,
-                           width=width, height=height)
+                           width=width, height=height, **control)
         # Left to the image, the output is the canvas's own size (the model's, a multiple of 8, resized to it).
         size = board.image.size if inputs.width is None and inputs.height is None else (width, height)
         return [masks.paste_back(output, board, work, size) for output in outputs]

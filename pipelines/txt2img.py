@@ -13,7 +13,7 @@ from typing import Any
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL.Image import Image
 
-from pipelines import hires, refiner
+from pipelines import controlunits, hires, refiner
 from pipelines.common import DiffusersPipeline, Prepared, generate
 from pipelines.phases import Phases
 from runtime.contract import Txt2ImgInputs
@@ -25,11 +25,14 @@ class Txt2Img(DiffusersPipeline):
     checkpoints = True
     Inputs = Txt2ImgInputs
     classes = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+    control_classes = controlunits.CLASSES["txt2img"]
 
     def run(self, inputs: Txt2ImgInputs, ctx: RunContext) -> list[Image]:
         job = self.prepare(inputs, ctx)
         if job.inputs.hires is None and job.inputs.refiner is None:
-            return generate(self.view(job), job, ctx, width=job.inputs.width, height=job.inputs.height)
+            net, control = controlunits.for_job(ctx, job.inputs, (job.inputs.width, job.inputs.height), "image")
+            return generate(self.view(job, **net), job, ctx, width=job.inputs.width, height=job.inputs.height,
+                            **control)
         return self.passes(job, ctx)
 
     def passes(self, job: Prepared, ctx: RunContext) -> list[Image]:

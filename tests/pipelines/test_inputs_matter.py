@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.pipelines.harness import MODELS, PHOTO, Harness, pixels
+from tests.pipelines.harness import CONTROLNETS, MODELS, PHOTO, Harness, pixels
 
 OTHER_PHOTO, BLACK = "s3://inputs/other.png", "s3://inputs/black.png"
 #: Inpainting's: of the photo's aspect ratio (5:4), which its mask must share.
@@ -36,6 +36,7 @@ COMMON_VARIATIONS: dict[str, dict[str, Any]] = {
     "clip_skip": {"clip_skip": 2},
     "lora": {"loras": "LORA@0.8"},
     "tiling": {"tiling": True},
+    "controlnets": {"controlnets": "UNIT"},
 }
 TASK_VARIATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "txt2img": {},
@@ -81,6 +82,8 @@ def _with_lora(fields: dict[str, Any], model: str) -> dict[str, Any]:
     if isinstance(fields.get("loras"), str):
         weight = float(fields["loras"].split("@")[1])
         return {**fields, "loras": [{"id": LORAS[model], "weight": weight}]}
+    if fields.get("controlnets") == "UNIT":  # one unit of the model's family (the controlnet pipeline: one more)
+        return {**fields, "controlnets": [{"id": CONTROLNETS[model], "image": PHOTO, "scale": 1.5}]}
     return fields
 
 
