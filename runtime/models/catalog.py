@@ -22,6 +22,10 @@ files (``.bin``, ``.ckpt``, ...) run code when unpickled, so a model that contai
 A LoRA (``kind: lora``) is one ``.safetensors`` file, in diffusers' or in kohya's (SD WebUI's) format, without a
 config; requests apply it by id (``inputs.loras``) to base models of its family.
 
+An IP-Adapter (``kind: ip_adapter``) is one ``.safetensors`` file in diffusers' layout (``image_proj.*`` and
+``ip_adapter.*`` keys) whose ``image_encoder`` names a ``kind: image_encoder`` entry: a diffusers
+CLIPVisionModelWithProjection directory. Requests apply it by id (``inputs.ip_adapters``) to models of its family.
+
 A manifest (``spotgen models manifest ID`` writes one) is ``{"files": {"relative/path": "<sha256 hex>", ...}}``.
 Its paths are relative to the model's directory for a diffusers model (the form the node cache checks copies
 against) and relative to the models directory for a single-file model (its checkpoint plus its config files).
@@ -100,7 +104,7 @@ class CatalogEntry(BaseModel):
     #: A diffusers-format directory, or a single-file ``.safetensors`` checkpoint (then ``config`` is required,
     #: except for a LoRA, which is always one file).
     path: RelPath
-    kind: Literal["base", "controlnet", "lora", "vae", "upscaler"] = "base"
+    kind: Literal["base", "controlnet", "lora", "vae", "upscaler", "ip_adapter", "image_encoder"] = "base"
     family: Literal["sd1", "sd2", "sdxl"] = "sd1"
     #: A base model made for one task: ``inpainting`` (its UNet also takes the mask and the masked image: the
     #: inpaint pipeline only) or ``refiner`` (SDXL's refiner: a txt2img job's ``refiner`` only).
@@ -118,6 +122,8 @@ class CatalogEntry(BaseModel):
     #: For a base model: the id of a ``kind: vae`` entry (a diffusers AutoencoderKL directory) to decode with
     #: instead of its own, such as the fp16-safe SDXL VAE.
     vae: ModelId | None = None
+    #: For an IP-Adapter: the id of the ``kind: image_encoder`` entry that turns its images into embeddings.
+    image_encoder: ModelId | None = None
     #: Other names SD WebUI clients know the entry by (its checkpoint file name, a WebUI title, a LoRA's tag
     #: name), resolved to this id by the compatibility routes (``runtime.contract.webui.Names``).
     aliases: list[Annotated[str, AfterValidator(_alias)]] = Field(default_factory=list, max_length=32)
@@ -128,11 +134,22 @@ class CatalogEntry(BaseModel):
 
     @model_validator(mode="after")
     def _config_only_for_single_files(self) -> CatalogEntry:
+        if self.image_encoder is not None and self.kind != "ip_adapter":
+            raise ValueError(f"'image_encoder' is for IP-Adapters; this is a {self.kind}")
         if self.kind == "lora":
             if not self.single_file:
                 raise ValueError(f"a LoRA is one '{SAFETENSORS_SUFFIX}' file; {self.path!r} is not")
             if self.config is not None:
                 raise ValueError("a LoRA has no 'config'")
+        elif self.kind == "ip_adapter":
+            if not self.single_file or self.config is not None:
+                raise ValueError(f"an IP-Adapter is one '{SAFETENSORS_SUFFIX}' file (image_proj.* and ip_adapter.* "
+                                 f"keys), without a config; {self.path!r} is not")
+            if self.image_encoder is None:
+                raise ValueError("an IP-Adapter names its 'image_encoder' (the id of a kind: image_encoder entry)")
+        elif self.kind == "image_encoder" and (self.single_file or self.config is not None):
+            raise ValueError(f"an image encoder is a diffusers CLIPVisionModelWithProjection directory; {self.path!r} "
+                             "is not")
         elif self.variant is not None and self.kind != "base":
             raise ValueError(f"'variant' is for base models; this is a {self.kind}")
         elif self.variant == "refiner" and self.family != "sdxl":
@@ -166,6 +183,15 @@ class Catalog(BaseModel):
             if vae.family != entry.family:
                 raise ValueError(f"models.{model_id}.vae: {entry.vae!r} is a {vae.family} VAE and the model "
                                  f"{entry.family}")
+        return self
+
+    @model_validator(mode="after")
+    def _image_encoders_exist(self) -> Catalog:
+        for model_id, entry in self.models.items():
+            encoder = self.models.get(entry.image_encoder) if entry.image_encoder is not None else None
+            if entry.image_encoder is not None and (encoder is None or encoder.kind != "image_encoder"):
+                raise ValueError(f"models.{model_id}.image_encoder: {entry.image_encoder!r} is not an "
+                                 "'image_encoder' entry of the catalog")
         return self
 
     @model_validator(mode="after")

@@ -5,7 +5,7 @@ positions, SDXL's two encoders and size conditioning, ControlNets whose conditio
 LoRA adapters in diffusers' and kohya's formats), so every code path a real checkpoint takes is exercised, but
 they weigh a few MB and run in milliseconds on a CPU. Nothing is downloaded: the weights come from fixed seeds
 and the tokenizer is generated here, so two builds are identical. The networks are in ``tinynets`` and the
-adapters in ``tinylora``; the upscalers (ESRGAN and Real-ESRGAN Compact, read by spandrel) in ``tinyupscalers``.
+adapters in ``tinylora`` (the IP-Adapters and their image encoder in ``tinyadapters``); the upscalers (ESRGAN and Real-ESRGAN Compact, read by spandrel) in ``tinyupscalers``.
 """
 
 from __future__ import annotations
@@ -35,10 +35,14 @@ LORA_DIR = "tiny-loras"  # not "loras": a rebuild replaces the directory, and an
 UPSCALER_DIR = "tiny-upscalers"
 UPSCALER_IDS = ("tiny-esrgan", "tiny-compact")
 #: A build of another version is rebuilt; bump it whenever what is built changes.
-VERSION = 7
+VERSION = 8
 _VERSION_FILE = ".tiny-version"
 #: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights.
 LORA_IDS = {"sd1": ("tiny-lora-sd1", "tiny-lora-sd1-kohya"), "sdxl": ("tiny-lora-sdxl", "tiny-lora-sdxl-kohya")}
+#: IP-Adapters of each family (``tinyadapters``), one file each, and the image encoder they share.
+IP_ADAPTER_DIR = "tiny-ip-adapters"
+IP_ADAPTER_IDS = {"sd1": "tiny-ip-adapter-sd1", "sdxl": "tiny-ip-adapter-sdxl"}
+IMAGE_ENCODER_ID = "tiny-image-encoder"
 #: The tiny models stand in for the checkpoints the AWS sample's and WebUI clients' own request files name, so
 #: those files run unchanged on the dev stack (``docs/migrating.md``); a real catalog names real files.
 ALIASES = {BASE_ID: ["v1-5-pruned-emaonly.safetensors", "v1-5-pruned-emaonly"],
@@ -57,13 +61,17 @@ CATALOG: dict[str, dict[str, Any]] = {
     **{lora: {"path": f"{LORA_DIR}/{lora}.safetensors", "kind": "lora", "family": family}
        for family, ids in LORA_IDS.items() for lora in ids},
     **{upscaler: {"path": f"{UPSCALER_DIR}/{upscaler}.safetensors", "kind": "upscaler"} for upscaler in UPSCALER_IDS},
+    IMAGE_ENCODER_ID: {"path": IMAGE_ENCODER_ID, "kind": "image_encoder"},
+    **{adapter: {"path": f"{IP_ADAPTER_DIR}/{adapter}.safetensors", "kind": "ip_adapter", "family": family,
+                 "image_encoder": IMAGE_ENCODER_ID} for family, adapter in IP_ADAPTER_IDS.items()},
 }
 
 # A file each model must hold; with the catalog entry (written last) it means the model is whole.
 _MARKERS = {BASE_ID: "model_index.json", CONTROLNET_ID: "config.json", SDXL_ID: "model_index.json",
             SDXL_CONTROLNET_ID: "config.json", INPAINTING_ID: "model_index.json", REFINER_ID: "model_index.json",
             SDXL_INPAINTING_ID: "model_index.json",
-            **{lora: "" for ids in LORA_IDS.values() for lora in ids}, **{up: "" for up in UPSCALER_IDS}}
+            **{lora: "" for ids in LORA_IDS.values() for lora in ids}, **{up: "" for up in UPSCALER_IDS},
+            IMAGE_ENCODER_ID: "config.json", **dict.fromkeys(IP_ADAPTER_IDS.values(), "")}
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # A few merges so the tokenizer really runs BPE (words it knows become one token), not only bytes.
 MERGES = ("t h", "th e</w>", "o f</w>", "i n</w>", "f o", "fo x</w>", "r e", "re d</w>")
@@ -85,8 +93,8 @@ def build_tiny_models(models_dir: Path) -> None:
         work = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=models_dir))
         try:
             _save_models(work)
-            directories = (n for n in CATALOG if CATALOG[n]["kind"] not in ("lora", "upscaler"))
-            for name in (LORA_DIR, UPSCALER_DIR, *directories):
+            directories = (n for n in CATALOG if CATALOG[n]["kind"] not in ("lora", "upscaler", "ip_adapter"))
+            for name in (LORA_DIR, UPSCALER_DIR, IP_ADAPTER_DIR, *directories):
                 target = models_dir / name
                 if target.exists():  # a leftover that _complete() did not accept
                     shutil.rmtree(target)
@@ -137,7 +145,7 @@ def _save_models(out: Path) -> None:
     import torch  # the worker's dependencies, imported only when models are really built
     from safetensors.torch import save_file
 
-    from runtime.models import tinylora, tinynets, tinyupscalers
+    from runtime.models import tinyadapters, tinylora, tinynets, tinyupscalers
 
     with torch.random.fork_rng(devices=[]):  # deterministic without disturbing the caller's RNG
         sd = tinynets.sd_pipeline(_tokenizer())
@@ -153,6 +161,11 @@ def _save_models(out: Path) -> None:
             save_file(tinylora.lora_weights(pipe, seed=20 + seed), out / LORA_DIR / f"{plain}.safetensors")
             save_file(tinylora.kohya_format(tinylora.lora_weights(pipe, seed=30 + seed), family == "sdxl"),
                       out / LORA_DIR / f"{kohya}.safetensors")
+        (out / IP_ADAPTER_DIR).mkdir()
+        for seed, (family, pipe) in enumerate((("sd1", sd), ("sdxl", sdxl))):
+            save_file(tinyadapters.ip_adapter_weights(pipe.unet, seed=40 + seed),
+                      out / IP_ADAPTER_DIR / f"{IP_ADAPTER_IDS[family]}.safetensors")
+        nets[IMAGE_ENCODER_ID] = tinyadapters.image_encoder(seed=42)
     (out / UPSCALER_DIR).mkdir()
     upscalers = tinyupscalers.state_dicts()
     assert tuple(upscalers) == UPSCALER_IDS

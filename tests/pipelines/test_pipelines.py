@@ -184,10 +184,13 @@ def test_fit_resizes_to_rgb() -> None:
 def test_tiny_models_are_shaped_like_real_ones_small_and_built_once(tiny_models: Path, harness: Harness) -> None:
     catalog = json.loads((tiny_models / "catalog.json").read_text())
     assert catalog == {"models": TINY_CATALOG}
-    assert {e["kind"] for e in TINY_CATALOG.values()} == {"base", "controlnet", "lora", "upscaler"}
-    assert {e["family"] for e in TINY_CATALOG.values() if e["kind"] != "upscaler"} == {"sd1", "sdxl"}
+    assert {e["kind"] for e in TINY_CATALOG.values()} == {"base", "controlnet", "lora", "upscaler", "ip_adapter",
+                                                          "image_encoder"}
+    assert {e["family"] for e in TINY_CATALOG.values() if e["kind"] not in ("upscaler", "image_encoder")} == {"sd1",
+                                                                                                          "sdxl"}
     files = [p for p in tiny_models.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) < 12_000_000  # ten pipelines, adapters and upscalers
+    # ten pipelines, adapters (0.2 MB of IP-Adapters), an image encoder (0.1 MB) and upscalers
+    assert sum(p.stat().st_size for p in files) < 12_500_000
     assert {p.suffix for p in files if p.stat().st_size > 100_000} == {".safetensors"}
     base, xl = base_pipeline(harness.store, "tiny-sd"), base_pipeline(harness.store, "tiny-sdxl")
     assert base.vae_scale_factor == 8 and base.tokenizer.model_max_length == 77
