@@ -25,6 +25,9 @@ from PIL import Image
 
 from pipelines import attention, loras, prompts, tiling
 from pipelines.controlunits import check as check_units
+from pipelines.ipadapters import activate as activate_ip_adapters
+from pipelines.ipadapters import check as check_ip_adapters
+from pipelines.ipadapters import embeds as ip_adapter_embeds
 from pipelines.loading import KINDS, base_pipeline, check_variant, controlnet_model, family, torch_dtype
 from pipelines.resume import generators, resumable, run_resumable
 from pipelines.schedulers import make_scheduler
@@ -76,9 +79,11 @@ class DiffusersPipeline(Pipeline):
         check_variant(ctx.models, ctx.model, self.variants, self.name)
         inputs = for_family(inputs, name)
         loras.check(ctx.models, name, inputs.loras)
+        check_ip_adapters(ctx.models, name, inputs.ip_adapters)
         check_units(ctx.models, ctx.model, inputs)
         base = base_pipeline(ctx.models, ctx.model)
         loras.activate(ctx.models, base, inputs.loras)
+        activate_ip_adapters(ctx.models, base, inputs.ip_adapters)  # (none: the base's own attention)
         return Prepared(base, inputs, name, KINDS[name])
 
     def view(self, job: Prepared, **components: Any) -> DiffusionPipeline:
@@ -142,6 +147,7 @@ def generate(pipe: DiffusionPipeline, job: Prepared, ctx: RunContext, **task: An
         # Encoded here, WebUI's way (weights, 75-token chunks, BREAK, clip_skip), not by diffusers: see prompts.py.
         embeds = prompts.encode(pipe, inputs.prompt, inputs.negative_prompt, clip_skip=inputs.clip_skip,
                                 guidance=inputs.guidance_scale > 1)
+    embeds |= ip_adapter_embeds(pipe, job.base, inputs.ip_adapters, ctx, guidance=inputs.guidance_scale > 1)
     with tiling.circular(pipe, inputs.tiling):  # for this run only: the modules are every job's (tiling.py)
         return run_resumable(pipe, ctx, num_images=inputs.num_images, **embeds, num_inference_steps=inputs.steps,
                              guidance_scale=inputs.guidance_scale, **_size_conditioning(inputs, job.kind), **task)

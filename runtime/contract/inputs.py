@@ -169,7 +169,7 @@ class GenerationInputs(OutputOptions):
 
     #: Inputs the contract declares and the pipelines do not run yet: refused, named, when set (so a request is
     #: never silently run without them). Each leaves this list when its pipelines do.
-    not_yet: ClassVar[tuple[str, ...]] = ("ip_adapters",)
+    not_yet: ClassVar[tuple[str, ...]] = ()
 
     @field_validator("controlnets", "ip_adapters", "tiling")
     @classmethod
