@@ -23,7 +23,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from pipelines import attention, loras, prompts, tiling
+from pipelines import attention, loras, promptschedule, tiling
 from pipelines.controlunits import check as check_units
 from pipelines.ipadapters import activate as activate_ip_adapters
 from pipelines.ipadapters import check as check_ip_adapters
@@ -144,9 +144,12 @@ def generate(pipe: DiffusionPipeline, job: Prepared, ctx: RunContext, **task: An
     inputs = job.inputs
     ctx.mark("encode")  # the first mark stands: prompt encoding is part of the encode phase
     with torch.inference_mode():
-        # Encoded here, WebUI's way (weights, 75-token chunks, BREAK, clip_skip), not by diffusers: see prompts.py.
-        embeds = prompts.encode(pipe, inputs.prompt, inputs.negative_prompt, clip_skip=inputs.clip_skip,
-                                guidance=inputs.guidance_scale > 1)
+        # Encoded here, WebUI's way (weights, 75-token chunks, BREAK, clip_skip), not by diffusers: see prompts.py;
+        # prompt editing swaps them between steps (promptschedule.py), from the step the run starts at.
+        start = ctx.resume_from.step if ctx.resume_from is not None else 0
+        embeds, pipe.step_conditioning = promptschedule.encode(
+            pipe, inputs.prompt, inputs.negative_prompt, steps=inputs.steps, start=start,
+            clip_skip=inputs.clip_skip, guidance=inputs.guidance_scale > 1, num_images=inputs.num_images)
     embeds |= ip_adapter_embeds(pipe, job.base, inputs.ip_adapters, ctx, guidance=inputs.guidance_scale > 1)
     with tiling.circular(pipe, inputs.tiling):  # for this run only: the modules are every job's (tiling.py)
         return run_resumable(pipe, ctx, num_images=inputs.num_images, **embeds, num_inference_steps=inputs.steps,

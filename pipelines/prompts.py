@@ -196,36 +196,47 @@ def encode(pipe: Any, prompt: str, negative_prompt: str = "", *, clip_skip: int 
     penultimate for SDXL); k is diffusers' ``clip_skip=k-1``, applied to the negative prompt too (diffusers
     ignores it there, WebUI does not). Gradient-free; callable inside ``torch.inference_mode``.
     """
+    return encode_pairs(pipe, [(prompt, negative_prompt)], clip_skip=clip_skip, guidance=guidance)[0]
+
+
+def encode_pairs(pipe: Any, pairs: list[tuple[str, str]], *, clip_skip: int = 1,
+                 guidance: bool = True) -> list[dict[str, torch.Tensor]]:
+    """``encode`` for each (prompt, negative) pair, each distinct text through the encoders once: the texts of
+    a scheduled prompt (``pipelines.promptschedule``) recur across its steps. A pair's result has the same
+    bytes as ``encode`` of it alone (chunks are encoded one by one, so sharing them changes nothing)."""
     second = getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)
     xl = second[1] is not None
-    pairs = ((pipe.tokenizer, pipe.text_encoder), second)
-    encoders = [(tok, enc) for tok, enc in pairs if enc is not None]  # an SDXL refiner has text_encoder_2 only
+    pairs_ = ((pipe.tokenizer, pipe.text_encoder), second)
+    encoders = [(tok, enc) for tok, enc in pairs_ if enc is not None]  # an SDXL refiner has text_encoder_2 only
     for _, enc in encoders:
         _check_clip_skip(enc, clip_skip, xl)
-    zero_negative = xl and not negative_prompt and bool(pipe.config.force_zeros_for_empty_prompt)
-    texts = {"prompt": prompt}
-    if guidance and not zero_negative:
-        texts["negative_prompt"] = negative_prompt
-    layouts = {name: [_layout(text, tok, name) for tok, _ in encoders] for name, text in texts.items()}
-    count = max(len(chunks) for per_encoder in layouts.values() for chunks in per_encoder)
-
-    out: dict[str, torch.Tensor] = {}
+    force_zeros = xl and bool(pipe.config.force_zeros_for_empty_prompt)
+    wanted = [{"prompt": prompt} | ({"negative_prompt": negative} if guidance and not (force_zeros and not negative)
+                                     else {}) for prompt, negative in pairs]
+    layouts = {(name, text): [_layout(text, tok, name) for tok, _ in encoders]
+               for texts in wanted for name, text in texts.items()}  # every text checked before any is encoded
+    encoded = {key: [_encode_chunks(enc, chunks, clip_skip, xl) for (_, enc), chunks in zip(encoders, per, strict=True)]
+               for key, per in layouts.items()}
+    empty = [_encode_chunks(enc, [_chunk(tok, [], [])], clip_skip, xl)[0][0] for tok, enc in encoders]
     last = encoders[-1][1]  # diffusers gives the embeddings text_encoder_2's dtype on SDXL
-    for name, per_encoder in layouts.items():
-        hidden, pooled = [], None
-        for (tok, enc), chunks in zip(encoders, per_encoder, strict=True):
-            states, chunk_pooled = _encode_chunks(enc, chunks + [_chunk(tok, [], [])] * (count - len(chunks)),
-                                                  clip_skip, xl)
-            hidden.append(states.to(last.device))
-            pooled = chunk_pooled if chunk_pooled is not None else pooled  # only encoder 2 has a projection
-        out[f"{name}_embeds"] = torch.cat(hidden, dim=-1).to(last.dtype)
-        if xl:
-            key = "pooled_prompt_embeds" if name == "prompt" else "negative_pooled_prompt_embeds"
-            out[key] = pooled.to(last.device, last.dtype)
-    if guidance and zero_negative:
-        out["negative_prompt_embeds"] = torch.zeros_like(out["prompt_embeds"])
-        out["negative_pooled_prompt_embeds"] = torch.zeros_like(out["pooled_prompt_embeds"])
-    return out
+    results = []
+    for texts in wanted:
+        count = max(len(chunks) for key in texts.items() for chunks in layouts[key])
+        out: dict[str, torch.Tensor] = {}
+        for name, text in texts.items():
+            hidden, pooled = [], None
+            for pad, (states, chunk_pooled) in zip(empty, encoded[(name, text)], strict=True):
+                hidden.append(torch.cat(states + [pad] * (count - len(states)), dim=1).to(last.device))
+                pooled = chunk_pooled if chunk_pooled is not None else pooled  # only encoder 2 has a projection
+            out[f"{name}_embeds"] = torch.cat(hidden, dim=-1).to(last.dtype)
+            if xl:
+                key = "pooled_prompt_embeds" if name == "prompt" else "negative_pooled_prompt_embeds"
+                out[key] = pooled.to(last.device, last.dtype)
+        if guidance and "negative_prompt" not in texts:
+            out["negative_prompt_embeds"] = torch.zeros_like(out["prompt_embeds"])
+            out["negative_pooled_prompt_embeds"] = torch.zeros_like(out["pooled_prompt_embeds"])
+        results.append(out)
+    return results
 
 
 def _layout(text: str, tokenizer: Any, name: str) -> list[Chunk]:
@@ -249,9 +260,9 @@ def _check_clip_skip(encoder: Any, clip_skip: int, xl: bool) -> None:
 
 
 @torch.no_grad()
-def _encode_chunks(encoder: Any, chunks: list[Chunk], clip_skip: int, xl: bool) -> tuple[torch.Tensor, Any]:
-    """Each chunk through the encoder on its own, as WebUI does, weighted, and concatenated along the tokens:
-    (1, 77 * len(chunks), hidden); and the first chunk's pooled projection (``text_embeds``), if any."""
+def _encode_chunks(encoder: Any, chunks: list[Chunk], clip_skip: int, xl: bool) -> tuple[list[torch.Tensor], Any]:
+    """Each chunk through the encoder on its own, as WebUI does, weighted: (1, 77, hidden) each, to be
+    concatenated along the tokens; and the first chunk's pooled projection (``text_embeds``), if any."""
     states, pooled = [], None
     for i, chunk in enumerate(chunks):
         ids = torch.tensor([chunk.ids], device=encoder.device)
@@ -265,7 +276,7 @@ def _encode_chunks(encoder: Any, chunks: list[Chunk], clip_skip: int, xl: bool) 
         if i == 0:
             pooled = getattr(output, "text_embeds", None)
         states.append(_emphasis(z, torch.tensor(chunk.weights, device=z.device)))
-    return torch.cat(states, dim=1), pooled
+    return states, pooled
 
 
 def _final_norm(encoder: Any) -> Any:

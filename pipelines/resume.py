@@ -140,6 +140,9 @@ class Resumable:
     _restore_pending = False
     #: Told "denoise" once the latents are ready: the runtime times the encode and denoise phases with it.
     phase_hook: Callable[[str], None] | None = None
+    #: Given the loop index of the next step and the loop's tensors, the tensors to condition it with (prompt
+    #: editing, ``pipelines.promptschedule``): returned from ``callback_on_step_end`` after each step.
+    step_conditioning: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None
 
     def resume_from(self, state: StepState, generators: list[torch.Generator]) -> None:
         self._resume, self._resume_generators, self._skip_steps = state, tuple(generators), state.step
@@ -235,6 +238,8 @@ def run_resumable(pipe: DiffusionPipeline, ctx: RunContext, *, num_images: int =
     if "num_images_per_prompt" in inspect.signature(type(view).__call__).parameters:
         call.setdefault("num_images_per_prompt", num_images)
     ctx.mark("encode")
+    if view.step_conditioning is not None:  # type: ignore[attr-defined]
+        call["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
     with torch.inference_mode():
         result = view(**call, generator=gens, callback_on_step_end=step_callback(ctx, gens), output_type=output_type)
     return result.images if output_type == "latent" else list(result.images)
@@ -254,6 +259,7 @@ def step_callback(ctx: RunContext, generators: list[torch.Generator]) -> Callabl
             return StepState(step=i + 1, tensors=tensors, values=values)
 
         ctx.step(i + 1, pipe.num_timesteps, state)
-        return kwargs
+        conditioning = getattr(pipe, "step_conditioning", None)
+        return kwargs if conditioning is None else {**kwargs, **conditioning(i + 1, kwargs)}
 
     return on_step_end

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from runtime.contract.formats import OutputOptions
 from runtime.contract.images import ImageRefError, check_ref
 from runtime.contract.preprocessors import PREPROCESSORS, WEIGHT_FREE
+from runtime.contract.promptsyntax import check as check_prompt_syntax
 
 MIN_SIDE = 8
 MAX_SIDE = 2048
@@ -178,6 +179,8 @@ class GenerationInputs(OutputOptions):
             raise ValueError("not supported by this version yet")
         return value
 
+    _prompt_syntax = field_validator("prompt", "negative_prompt")(check_prompt_syntax)
+
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_8(cls, value: int | None) -> int | None:
@@ -253,6 +256,8 @@ class Hires(Strict):
     prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     scheduler: Scheduler | None = None
+
+    _prompt_syntax = field_validator("prompt", "negative_prompt")(check_prompt_syntax)
 
     @model_validator(mode="after")
     def _one_target(self) -> Hires:

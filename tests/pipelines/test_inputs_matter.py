@@ -29,6 +29,9 @@ REFERENCE: dict[str, dict[str, Any]] = {
 }
 COMMON_VARIATIONS: dict[str, dict[str, Any]] = {
     "prompt": {"prompt": "a blue bird over the sea"},
+    "prompt_editing": {"prompt": "[a red fox in the snow:a blue bird over the sea:1]"},  # at the 3rd step run
+    "alternation": {"prompt": "[a red fox in the snow|a blue bird over the sea]"},
+    "negative_prompt_editing": {"negative_prompt": "[blurry, dark::0.5]"},
     "negative_prompt": {"negative_prompt": "blurry, dark"},
     "guidance_scale": {"guidance_scale": 3.0},
     "scheduler": {"scheduler": "dpmpp_2m"},
@@ -100,6 +103,15 @@ def test_the_lora_weight_changes_the_pixels(harness: Harness, model: str) -> Non
     strong = pixels(harness.run("txt2img", model=model, loras=[{"id": LORAS[model], "weight": 0.8}]))
     weak = pixels(harness.run("txt2img", model=model, loras=[{"id": LORAS[model], "weight": 0.4}]))
     assert not np.array_equal(strong, weak)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_prompt_editing_is_neither_of_its_texts(harness: Harness, model: str) -> None:
+    """[a:b:0.5] is a for the first steps and b for the rest: neither a's picture nor b's."""
+    a, b = "a red fox in the snow", "a blue bird over the sea"
+    edited = pixels(harness.run("txt2img", model=model, prompt=f"[{a}:{b}:0.5]"))
+    for text in (a, b):
+        assert not np.array_equal(edited, pixels(harness.run("txt2img", model=model, prompt=text))), text
 
 
 def test_img2img_starts_from_the_input_image(harness: Harness, runs: dict[tuple[str, str], np.ndarray]) -> None:
