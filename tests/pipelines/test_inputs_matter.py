@@ -19,6 +19,7 @@ OTHER_PHOTO, BLACK = "s3://inputs/other.png", "s3://inputs/black.png"
 #: Inpainting's: of the photo's aspect ratio (5:4), which its mask must share.
 OTHER_CANVAS, OTHER_MASK = "s3://inputs/other-canvas.png", "s3://inputs/other-mask.png"
 LORAS = {"tiny-sd": "tiny-lora-sd1", "tiny-sdxl": "tiny-lora-sdxl"}
+IP_ADAPTERS = {"tiny-sd": "tiny-ip-adapter-sd1", "tiny-sdxl": "tiny-ip-adapter-sdxl"}
 # One reference per pipeline: the values every variation departs from.
 REFERENCE: dict[str, dict[str, Any]] = {
     "txt2img": {},
@@ -39,6 +40,7 @@ COMMON_VARIATIONS: dict[str, dict[str, Any]] = {
     "clip_skip": {"clip_skip": 2},
     "lora": {"loras": "LORA@0.8"},
     "tiling": {"tiling": True},
+    "ip_adapters": {"ip_adapters": "ADAPTER"},
     "controlnets": {"controlnets": "UNIT"},
 }
 TASK_VARIATIONS: dict[str, dict[str, dict[str, Any]]] = {
@@ -85,6 +87,8 @@ def _with_lora(fields: dict[str, Any], model: str) -> dict[str, Any]:
     if isinstance(fields.get("loras"), str):
         weight = float(fields["loras"].split("@")[1])
         return {**fields, "loras": [{"id": LORAS[model], "weight": weight}]}
+    if fields.get("ip_adapters") == "ADAPTER":  # (its image and scale: test_ipadapters)
+        return {**fields, "ip_adapters": [{"id": IP_ADAPTERS[model], "image": PHOTO, "scale": 0.8}]}
     if fields.get("controlnets") == "UNIT":  # one unit of the model's family (the controlnet pipeline: one more)
         return {**fields, "controlnets": [{"id": CONTROLNETS[model], "image": PHOTO, "scale": 1.5}]}
     return fields
