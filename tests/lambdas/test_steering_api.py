@@ -22,7 +22,7 @@ import pytest
 from lambdas import submit
 from lambdas.common import deployment
 from lambdas.fetch import LoopbackForTests, fetch_image
-from runtime.contract import GenerationInputs, validate_inputs
+from runtime.contract import validate_inputs
 from runtime.contract.imagepaths import get_path, image_paths, set_path
 from runtime.local.devstack import DevStack
 from tests.lambdas import test_edits_api
@@ -33,16 +33,6 @@ from tests.rest import call
 # The editing tests' stack (the submit handler on the real emulator, no worker), one per module.
 api, emu = test_edits_api.api, test_edits_api.emu
 PICTURE, DEPTH, STYLE = (inline(noise("RGB", (64, 48), seed)) for seed in (1, 2, 3))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def steering_accepted() -> Iterator[None]:
-    """The API's handling of these inputs does not depend on whether the worker runs them yet: while a feature is
-    in ``GenerationInputs.not_yet`` it is accepted here all the same (this module runs the handler in-process)."""
-    saved = GenerationInputs.not_yet
-    GenerationInputs.not_yet = ()
-    yield
-    GenerationInputs.not_yet = saved
 
 
 def unit(image: str = PICTURE, controlnet: str = "tiny-controlnet", **fields: Any) -> dict[str, Any]:
@@ -73,8 +63,9 @@ def test_image_paths_lists_the_nested_references() -> None:
 @pytest.mark.parametrize("pipeline", ["txt2img", "img2img"])
 def test_inline_images_of_units_and_adapters_are_stored_and_referenced(api: DevStack, emu: Emulator,
                                                                         pipeline: str) -> None:
-    body = steered(pipeline=pipeline)
+    body = steered(pipeline=pipeline, tiling=True)
     spec = queued(api, emu, body)
+    assert spec["inputs"]["tiling"] is True
     inputs, prefix = spec["inputs"], f"s3://{api.settings.input_bucket}/inputs/{spec['id']}/"
     paths = image_paths(body["inputs"])
     assert len(paths) == (4 if pipeline == "img2img" else 3)
@@ -167,6 +158,9 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
     ("an IP-Adapter image that is not an image", steered(ip_adapters=[adapter(NOT_AN_IMAGE)]), "invalid_field",
      "inputs.ip_adapters.0.image"),
     ("three IP-Adapters", steered(ip_adapters=[adapter()] * 3), "invalid_field", "inputs.ip_adapters"),
+    ("unbalanced prompt editing", steered(prompt="a [cat|dog"), "invalid_field", "inputs.prompt"),
+    ("unbalanced prompt editing in the negative prompt", steered(negative_prompt="blurry [a|b"), "invalid_field",
+     "inputs.negative_prompt"),
     ("a unit image URL where none are allowed", steered(controlnets=[unit("https://images.test/map.png")]),
      "invalid_field", "inputs.controlnets.0.image"),
 ]
