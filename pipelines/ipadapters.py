@@ -161,6 +161,10 @@ def weights(store: ModelStore, adapter_id: str) -> dict[str, dict[str, torch.Ten
         if not parts["image_proj"] or not parts["ip_adapter"]:
             raise ModelError("invalid_ip_adapter", f"IP-Adapter {adapter_id!r}: {path.name} has no image_proj.* "
                              "and ip_adapter.* keys (diffusers' IP-Adapter layout; see docs/models.md to convert)")
+        if "proj.weight" not in parts["image_proj"]:  # Plus, Full Face, FaceID: image_proj of other shapes
+            raise ModelError("unsupported_ip_adapter", f"IP-Adapter {adapter_id!r}: only plain IP-Adapters "
+                             "(image_proj.proj.weight: the image embedding projected to 4 tokens) are supported; "
+                             "Plus, Full Face and FaceID adapters are not yet")
         return parts
 
     return store.get(f"ip-adapter:{adapter_id}", load, adapter_id)

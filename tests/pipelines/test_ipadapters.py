@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
 
 from pipelines import ipadapters
 from pipelines.common import base_pipeline
@@ -41,13 +42,18 @@ class _Images(dict):  # type: ignore[type-arg]
 
 @pytest.fixture(scope="module")
 def models(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny models with a file of no IP-Adapter keys and an SD 1.x adapter labelled SDXL."""
+    """A copy of the tiny models with a file of no IP-Adapter keys, an SD 1.x adapter labelled SDXL and one whose
+    image projection is not a plain IP-Adapter's (as a Plus adapter's)."""
     models = tmp_path_factory.mktemp("ip") / "models"
     shutil.copytree(tiny_models, models)
     catalog = json.loads((models / CATALOG_FILE).read_text())
     encoder = {"kind": "ip_adapter", "image_encoder": "tiny-image-encoder"}
     catalog["models"]["no-ip-keys"] = {**encoder, "path": "tiny-loras/tiny-lora-sd1.safetensors", "family": "sd1"}
     catalog["models"]["mislabelled"] = {**encoder, "path": f"tiny-ip-adapters/{SD}.safetensors", "family": "sdxl"}
+    plus = {key.replace("image_proj.proj.", "image_proj.latents_"): value
+            for key, value in load_file(models / "tiny-ip-adapters" / f"{SD}.safetensors").items()}
+    save_file(plus, models / "tiny-ip-adapters" / "plus.safetensors")
+    catalog["models"]["plus"] = {**encoder, "path": "tiny-ip-adapters/plus.safetensors", "family": "sd1"}
     (models / CATALOG_FILE).write_text(json.dumps(catalog))
     return models
 
@@ -122,14 +128,17 @@ def test_an_image_that_is_not_an_image_is_refused_naming_the_field(fresh: Harnes
     assert (caught.value.code, caught.value.field) == ("invalid_image", "inputs.ip_adapters.1.image")
 
 
-@pytest.mark.parametrize(("adapter", "model", "message"), [("no-ip-keys", "tiny-sd", "no image_proj"),
-                                                           ("mislabelled", "tiny-sdxl", "cannot be applied")])
+@pytest.mark.parametrize(("adapter", "model", "code", "message"), [
+    ("no-ip-keys", "tiny-sd", "invalid_ip_adapter", "no image_proj"),
+    ("mislabelled", "tiny-sdxl", "invalid_ip_adapter", "cannot be applied"),
+    ("plus", "tiny-sd", "unsupported_ip_adapter", "only plain IP-Adapters"),
+])
 def test_a_broken_adapter_fails_clearly_and_leaves_nothing_behind(fresh: Harness, adapter: str, model: str,
-                                                                  message: str) -> None:
+                                                                  code: str, message: str) -> None:
     never = png(fresh.run("txt2img", model=model))
     with pytest.raises(ContractError, match=message) as caught:
         fresh.run("txt2img", model=model, ip_adapters=[ip(ADAPTERS[model]), ip(adapter)])
-    assert (caught.value.code, caught.value.field) == ("invalid_ip_adapter", "inputs.ip_adapters.1.id")
+    assert (caught.value.code, caught.value.field) == (code, "inputs.ip_adapters.1.id")
     assert png(fresh.run("txt2img", model=model)) == never
 
 
