@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from runtime.contract.detect import ControlNetDetectInputs
 from runtime.contract.edits import InpaintInputs, UpscaleInputs
 from runtime.contract.inputs import ControlNetInputs, Img2ImgInputs, Txt2ImgInputs
 
@@ -13,9 +14,11 @@ BUILTIN_INPUTS: dict[str, type[BaseModel]] = {
     "controlnet": ControlNetInputs,
     "inpaint": InpaintInputs,
     "upscale": UpscaleInputs,
+    "controlnet_detect": ControlNetDetectInputs,
 }
 BUILTIN_PIPELINES = tuple(BUILTIN_INPUTS)
 #: Fields of built-in inputs that hold image references (moved to S3 by the submit Lambda).
 IMAGE_FIELDS = ("image", "control_image", "mask")
 #: The catalog kind of a built-in pipeline's job ``model`` (``base`` for the others).
-MODEL_KINDS = {"upscale": "upscaler"}
+#: ``preprocessor``: no catalog kind; ``controlnet_detect``'s model is ``none`` (``runtime.contract.detect``).
+MODEL_KINDS = {"upscale": "upscaler", "controlnet_detect": "preprocessor"}
