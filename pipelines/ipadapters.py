@@ -197,6 +197,7 @@ def embeds(pipe: Any, base: Any, refs: Sequence[IpAdapterRef], ctx: RunContext, 
     if not refs or state is None or state.active != tuple(ref.id for ref in refs):
         return {}
     out = []
+    projections = state.sets[state.active][1].image_projection_layers
     for i, ref in enumerate(refs):
         entry = ctx.models.entry(ref.id, "ip_adapter")
         assert entry.image_encoder is not None  # the catalog requires it
@@ -209,6 +210,11 @@ def embeds(pipe: Any, base: Any, refs: Sequence[IpAdapterRef], ctx: RunContext, 
         pixels = processor(images=image, return_tensors="pt").pixel_values
         with torch.inference_mode():
             embedding = encoder(pixels.to(encoder.device, encoder.dtype)).image_embeds[None]  # (1, 1, dim)
+        width = projections[i].image_embeds.in_features
+        if embedding.shape[-1] != width:
+            raise ContractError("invalid_ip_adapter", f"IP-Adapter {ref.id!r} takes embeddings of {width} values and "
+                                f"its image encoder {entry.image_encoder!r} makes {embedding.shape[-1]}: the catalog "
+                                "pairs it with another model's encoder", f"inputs.ip_adapters.{i}.id")
         if guidance:
             embedding = torch.cat([torch.zeros_like(embedding), embedding])
         out.append(embedding.to(pipe.unet.device, pipe.unet.dtype))

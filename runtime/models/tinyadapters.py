@@ -17,14 +17,14 @@ EMBED_DIM = 32
 TOKENS = 4  # the image tokens a plain IP-Adapter adds
 
 
-def image_encoder(seed: int) -> Any:
+def image_encoder(seed: int, projection_dim: int = EMBED_DIM) -> Any:
     """A two-layer CLIP vision tower (32 x 32 images, 8 x 8 patches) with a projection."""
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
     config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                              image_size=32, patch_size=8, projection_dim=EMBED_DIM, num_channels=3)
+                              image_size=32, patch_size=8, projection_dim=projection_dim, num_channels=3)
     return CLIPVisionModelWithProjection(config).eval()
 
 

@@ -19,6 +19,7 @@ from pipelines.common import base_pipeline
 from runtime.contract import ContractError
 from runtime.models.catalog import CATALOG_FILE, Catalog, describe
 from runtime.models.store import ModelStore
+from runtime.models.tinyadapters import image_encoder
 from runtime.worker import checkpoint
 from tests.pipelines.harness import EDGES, PHOTO, Harness, interrupt_at, png
 
@@ -43,7 +44,8 @@ class _Images(dict):  # type: ignore[type-arg]
 @pytest.fixture(scope="module")
 def models(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the tiny models with a file of no IP-Adapter keys, an SD 1.x adapter labelled SDXL and one whose
-    image projection is not a plain IP-Adapter's (as a Plus adapter's)."""
+    image projection is not a plain IP-Adapter's (as a Plus adapter's), and one paired with an encoder of another
+    width."""
     models = tmp_path_factory.mktemp("ip") / "models"
     shutil.copytree(tiny_models, models)
     catalog = json.loads((models / CATALOG_FILE).read_text())
@@ -54,6 +56,10 @@ def models(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             for key, value in load_file(models / "tiny-ip-adapters" / f"{SD}.safetensors").items()}
     save_file(plus, models / "tiny-ip-adapters" / "plus.safetensors")
     catalog["models"]["plus"] = {**encoder, "path": "tiny-ip-adapters/plus.safetensors", "family": "sd1"}
+    image_encoder(seed=1, projection_dim=24).save_pretrained(models / "other-encoder")
+    catalog["models"]["other-encoder"] = {"path": "other-encoder", "kind": "image_encoder"}
+    catalog["models"]["wrong-encoder"] = {**encoder, "path": f"tiny-ip-adapters/{SD}.safetensors", "family": "sd1",
+                                          "image_encoder": "other-encoder"}
     (models / CATALOG_FILE).write_text(json.dumps(catalog))
     return models
 
@@ -132,6 +138,7 @@ def test_an_image_that_is_not_an_image_is_refused_naming_the_field(fresh: Harnes
     ("no-ip-keys", "tiny-sd", "invalid_ip_adapter", "no image_proj"),
     ("mislabelled", "tiny-sdxl", "invalid_ip_adapter", "cannot be applied"),
     ("plus", "tiny-sd", "unsupported_ip_adapter", "only plain IP-Adapters"),
+    ("wrong-encoder", "tiny-sd", "invalid_ip_adapter", "another model's encoder"),
 ])
 def test_a_broken_adapter_fails_clearly_and_leaves_nothing_behind(fresh: Harness, adapter: str, model: str,
                                                                   code: str, message: str) -> None:
