@@ -169,3 +169,22 @@ def test_an_adapter_and_its_encoder_are_catalog_entries(models: Path) -> None:
     store = ModelStore(models, "cpu")
     assert store.source(SD, "ip_adapter").path.is_file() and store.source("tiny-image-encoder", "image_encoder")
     assert ipadapters.weights(store, SD)["ip_adapter"] and store.loads == 1
+
+
+@pytest.mark.parametrize(("model", "extra"), [
+    ("tiny-sd", {"hires": {"scale": 1.5, "denoising_strength": 0.6}}),
+    ("tiny-sdxl", {"refiner": "tiny-sdxl-refiner", "switch_at": 0.5}),
+    ("tiny-sd", {"controlnets": [{"id": "tiny-controlnet", "image": EDGES, "scale": 1.2}]}),
+])
+def test_with_hires_fix_the_refiner_or_controlnet_units(harness: Harness, model: str, extra: dict[str, Any]) -> None:
+    """Hires fix's second pass runs on the base model, so with its adapter; SDXL's refiner is another model and runs
+    without (WebUI's way); units and adapters steer one job together. Each resumes byte-identical in either pass."""
+    fields = {"model": model, "scheduler": "euler_a", **extra}
+    adapted = {**fields, "ip_adapters": [ip(ADAPTERS[model])]}
+    whole = png(harness.run("txt2img", **adapted))
+    total = harness.reports[-1][1]
+    assert whole != png(harness.run("txt2img", **fields))
+    for stop in sorted({2, total - 1}):  # in the first pass and in the last
+        saved = interrupt_at(harness, "txt2img", stop, **adapted)
+        resumed = png(harness.run("txt2img", resume_from=checkpoint.load(saved, "f" * 64), **adapted))
+        assert resumed == whole, f"resumed after step {stop} of {total}"
