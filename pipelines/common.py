@@ -23,7 +23,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from pipelines import attention, loras, promptschedule, tiling
+from pipelines import attention, embeddings, loras, promptschedule, tiling
 from pipelines.controlunits import check as check_units
 from pipelines.ipadapters import activate as activate_ip_adapters
 from pipelines.ipadapters import check as check_ip_adapters
@@ -149,7 +149,8 @@ def generate(pipe: DiffusionPipeline, job: Prepared, ctx: RunContext, **task: An
         start = ctx.resume_from.step if ctx.resume_from is not None else 0
         embeds, pipe.step_conditioning = promptschedule.encode(
             pipe, inputs.prompt, inputs.negative_prompt, steps=inputs.steps, start=start,
-            clip_skip=inputs.clip_skip, guidance=inputs.guidance_scale > 1, num_images=inputs.num_images)
+            clip_skip=inputs.clip_skip, guidance=inputs.guidance_scale > 1, num_images=inputs.num_images,
+            embeddings=embeddings.for_family(ctx.models, job.family, (inputs.prompt, inputs.negative_prompt)))
     embeds |= ip_adapter_embeds(pipe, job.base, inputs.ip_adapters, ctx, guidance=inputs.guidance_scale > 1)
     with tiling.circular(pipe, inputs.tiling):  # for this run only: the modules are every job's (tiling.py)
         return run_resumable(pipe, ctx, num_images=inputs.num_images, **embeds, num_inference_steps=inputs.steps,

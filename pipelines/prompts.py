@@ -24,12 +24,17 @@ Where this departs from WebUI, on purpose:
   SDXL base) as diffusers does: zeros for the negative embeddings and pooled embedding. WebUI also zeros an
   empty negative. Zeros for every chunk, padding included, attend exactly like one zero chunk (all keys and
   values are equal, so their number does not matter), i.e. like WebUI's unpadded negative.
-- Textual-inversion embeddings are not looked up; their names are tokenized as words.
+- Textual-inversion embeddings (``pipelines.embeddings``) are found by their names' tokens, as WebUI finds them,
+  and take as many token positions as they have vectors (a chunk they would overflow closes first). Their
+  vectors go in place of those positions' token embeddings through a hook on the encoder's token embedding,
+  for that encoder call only: the shared tokenizer and text encoders are never changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -79,6 +84,8 @@ class Chunk(NamedTuple):
     ids: list[int]
     weights: list[float]
     tokens: int  # prompt tokens in it, BOS, EOS and padding not counted
+    #: Per position, None or (embedding, which of its vectors); empty when no embedding is in the chunk.
+    slots: tuple[Any, ...] = ()
 
 
 def parse(prompt: str) -> list[Fragment | Break]:
@@ -138,52 +145,82 @@ def _number(text: str) -> float | None:
         return None
 
 
-def pack(fragments: list[Fragment | Break], tokenizer: Any) -> list[Chunk]:
+def pack(fragments: list[Fragment | Break], tokenizer: Any, embeddings: Mapping[str, Any] | None = None) -> list[Chunk]:
     """The chunks WebUI's ``tokenize_line`` makes: each fragment tokenized alone (no BOS/EOS, no truncation),
     tokens packed 75 to a chunk with their fragment's weight; a full chunk moves a tail of up to 20 tokens
-    after its last comma to the next; BREAK closes the chunk even when empty. An empty prompt is one chunk."""
+    after its last comma to the next; BREAK closes the chunk even when empty. An empty prompt is one chunk.
+    ``embeddings`` (name -> an object with ``count`` vectors): where a name's tokens occur, the longest name
+    first, its vectors take that many positions (token id 0, as in WebUI), in a chunk they fit in whole."""
     texts = [f.text for f in fragments if isinstance(f, Fragment)]
     tokenized = iter(tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids
                      if texts else [])
+    names = _name_tokens(tokenizer, embeddings or {})
     comma = tokenizer.get_vocab().get(",</w>")
-    closed: list[tuple[list[int], list[float]]] = []
+    closed: list[tuple[list[int], list[float], list[Any]]] = []
     tokens: list[int] = []
     weights: list[float] = []
+    slots: list[Any] = []
     last_comma = -1
     for fragment in fragments:
         if isinstance(fragment, Break):
-            closed.append((tokens, weights))
-            tokens, weights, last_comma = [], [], -1
+            closed.append((tokens, weights, slots))
+            tokens, weights, slots, last_comma = [], [], [], -1
             continue
-        for token in next(tokenized):
+        ids = next(tokenized)
+        j = 0
+        while j < len(ids):
+            token = ids[j]
+            found = next(((seq, emb) for seq, emb in names if tuple(ids[j:j + len(seq)]) == seq), None)
+            if found is not None:
+                seq, emb = found
+                if len(tokens) + emb.count > CHUNK_TOKENS:
+                    closed.append((tokens, weights, slots))
+                    tokens, weights, slots, last_comma = [], [], [], -1
+                tokens += [0] * emb.count
+                weights += [fragment.weight] * emb.count
+                slots += [(emb, k) for k in range(emb.count)]
+                j += len(seq)
+                continue
+            j += 1
             if token == comma:
                 last_comma = len(tokens)
             elif len(tokens) == CHUNK_TOKENS and last_comma != -1 and len(tokens) - last_comma <= COMMA_BACKTRACK:
                 cut = last_comma + 1
-                closed.append((tokens[:cut], weights[:cut]))
-                tokens, weights, last_comma = tokens[cut:], weights[cut:], -1
+                closed.append((tokens[:cut], weights[:cut], slots[:cut]))
+                tokens, weights, slots, last_comma = tokens[cut:], weights[cut:], slots[cut:], -1
             if len(tokens) == CHUNK_TOKENS:
-                closed.append((tokens, weights))
-                tokens, weights, last_comma = [], [], -1
+                closed.append((tokens, weights, slots))
+                tokens, weights, slots, last_comma = [], [], [], -1
             tokens.append(token)
             weights.append(fragment.weight)
+            slots.append(None)
     if tokens or not closed:
-        closed.append((tokens, weights))
-    return [_chunk(tokenizer, t, w) for t, w in closed]
+        closed.append((tokens, weights, slots))
+    return [_chunk(tokenizer, t, w, s) for t, w, s in closed]
 
 
-def _chunk(tokenizer: Any, tokens: list[int], weights: list[float]) -> Chunk:
+def _name_tokens(tokenizer: Any, embeddings: Mapping[str, Any]) -> list[tuple[tuple[int, ...], Any]]:
+    """Each embedding's name as the tokenizer splits it, longest first (WebUI's order)."""
+    if not embeddings:
+        return []
+    ids = tokenizer(list(embeddings), add_special_tokens=False, truncation=False, verbose=False).input_ids
+    pairs = [(tuple(seq), emb) for seq, emb in zip(ids, embeddings.values(), strict=True) if seq]
+    return sorted(pairs, key=lambda pair: -len(pair[0]))
+
+
+def _chunk(tokenizer: Any, tokens: list[int], weights: list[float], slots: list[Any] | None = None) -> Chunk:
     """BOS + tokens + EOS, then the tokenizer's pad token to 77: what the tokenizer itself gives a short
     prompt (so one unweighted chunk is diffusers' own input), and WebUI's ``id_pad`` for SD 1.x, SD 2 and SDXL."""
     eos = tokenizer.eos_token_id
     pad = eos if tokenizer.pad_token_id is None else tokenizer.pad_token_id
     fill = CHUNK_TOKENS - len(tokens)
+    with_embeddings = tuple([None, *slots] + [None] * (fill + 1)) if slots and any(slots) else ()
     return Chunk([tokenizer.bos_token_id, *tokens, eos] + [pad] * fill, [1.0, *weights] + [1.0] * (fill + 1),
-                 len(tokens))
+                 len(tokens), with_embeddings)
 
 
-def encode(pipe: Any, prompt: str, negative_prompt: str = "", *, clip_skip: int = 1,
-           guidance: bool = True) -> dict[str, torch.Tensor]:
+def encode(pipe: Any, prompt: str, negative_prompt: str = "", *, clip_skip: int = 1, guidance: bool = True,
+           embeddings: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """The keyword arguments that replace ``prompt``/``negative_prompt`` in a diffusers SD 1.x/2 or SDXL call.
 
     Keys: ``prompt_embeds``, ``negative_prompt_embeds`` (only with ``guidance``, i.e. guidance_scale > 1), and
@@ -196,11 +233,12 @@ def encode(pipe: Any, prompt: str, negative_prompt: str = "", *, clip_skip: int 
     penultimate for SDXL); k is diffusers' ``clip_skip=k-1``, applied to the negative prompt too (diffusers
     ignores it there, WebUI does not). Gradient-free; callable inside ``torch.inference_mode``.
     """
-    return encode_pairs(pipe, [(prompt, negative_prompt)], clip_skip=clip_skip, guidance=guidance)[0]
+    return encode_pairs(pipe, [(prompt, negative_prompt)], clip_skip=clip_skip, guidance=guidance,
+                        embeddings=embeddings)[0]
 
 
-def encode_pairs(pipe: Any, pairs: list[tuple[str, str]], *, clip_skip: int = 1,
-                 guidance: bool = True) -> list[dict[str, torch.Tensor]]:
+def encode_pairs(pipe: Any, pairs: list[tuple[str, str]], *, clip_skip: int = 1, guidance: bool = True,
+                 embeddings: Mapping[str, Any] | None = None) -> list[dict[str, torch.Tensor]]:
     """``encode`` for each (prompt, negative) pair, each distinct text through the encoders once: the texts of
     a scheduled prompt (``pipelines.promptschedule``) recur across its steps. A pair's result has the same
     bytes as ``encode`` of it alone (chunks are encoded one by one, so sharing them changes nothing)."""
@@ -213,9 +251,11 @@ def encode_pairs(pipe: Any, pairs: list[tuple[str, str]], *, clip_skip: int = 1,
     force_zeros = xl and bool(pipe.config.force_zeros_for_empty_prompt)
     wanted = [{"prompt": prompt} | ({"negative_prompt": negative} if guidance and not (force_zeros and not negative)
                                      else {}) for prompt, negative in pairs]
-    layouts = {(name, text): [_layout(text, tok, name) for tok, _ in encoders]
+    layouts = {(name, text): [_layout(text, tok, name, embeddings) for tok, _ in encoders]
                for texts in wanted for name, text in texts.items()}  # every text checked before any is encoded
-    encoded = {key: [_encode_chunks(enc, chunks, clip_skip, xl) for (_, enc), chunks in zip(encoders, per, strict=True)]
+    roles = [_role(pipe, enc, xl) for _, enc in encoders]
+    encoded = {key: [_encode_chunks(enc, chunks, clip_skip, xl, role)
+                     for (_, enc), chunks, role in zip(encoders, per, roles, strict=True)]
                for key, per in layouts.items()}
     empty = [_encode_chunks(enc, [_chunk(tok, [], [])], clip_skip, xl)[0][0] for tok, enc in encoders]
     last = encoders[-1][1]  # diffusers gives the embeddings text_encoder_2's dtype on SDXL
@@ -239,8 +279,15 @@ def encode_pairs(pipe: Any, pairs: list[tuple[str, str]], *, clip_skip: int = 1,
     return results
 
 
-def _layout(text: str, tokenizer: Any, name: str) -> list[Chunk]:
-    chunks = pack(parse(text), tokenizer)
+def _role(pipe: Any, encoder: Any, xl: bool) -> str:
+    """Which of an embedding's vectors an encoder takes: WebUI's keys, ``clip_l``/``clip_g`` on SDXL."""
+    if not xl:
+        return "clip"
+    return "clip_l" if encoder is pipe.text_encoder else "clip_g"
+
+
+def _layout(text: str, tokenizer: Any, name: str, embeddings: Mapping[str, Any] | None = None) -> list[Chunk]:
+    chunks = pack(parse(text), tokenizer, embeddings)
     if len(chunks) > MAX_CHUNKS:
         tokens = sum(c.tokens for c in chunks)
         raise ContractError("prompt_too_long", f"inputs.{name}: {tokens} tokens make {len(chunks)} chunks of "
@@ -260,13 +307,15 @@ def _check_clip_skip(encoder: Any, clip_skip: int, xl: bool) -> None:
 
 
 @torch.no_grad()
-def _encode_chunks(encoder: Any, chunks: list[Chunk], clip_skip: int, xl: bool) -> tuple[list[torch.Tensor], Any]:
+def _encode_chunks(encoder: Any, chunks: list[Chunk], clip_skip: int, xl: bool,
+                   role: str = "clip") -> tuple[list[torch.Tensor], Any]:
     """Each chunk through the encoder on its own, as WebUI does, weighted: (1, 77, hidden) each, to be
     concatenated along the tokens; and the first chunk's pooled projection (``text_embeds``), if any."""
     states, pooled = [], None
     for i, chunk in enumerate(chunks):
         ids = torch.tensor([chunk.ids], device=encoder.device)
-        output = encoder(ids, output_hidden_states=xl or clip_skip > 1)
+        with _vectors_in_place(encoder, chunk.slots, role):
+            output = encoder(ids, output_hidden_states=xl or clip_skip > 1)
         if xl:
             z = output.hidden_states[-(clip_skip + 1)]
         elif clip_skip > 1:
@@ -277,6 +326,31 @@ def _encode_chunks(encoder: Any, chunks: list[Chunk], clip_skip: int, xl: bool) 
             pooled = getattr(output, "text_embeds", None)
         states.append(_emphasis(z, torch.tensor(chunk.weights, device=z.device)))
     return states, pooled
+
+
+@contextlib.contextmanager
+def _vectors_in_place(encoder: Any, slots: tuple[Any, ...], role: str) -> Iterator[None]:
+    """While the encoder runs on one chunk: its token embedding's output with the chunk's embedding vectors at
+    their positions (WebUI's ``EmbeddingsWithFixes``). A forward hook, removed at once: the module, shared by
+    every job, is not changed."""
+    if not slots:
+        yield
+        return
+    table = encoder.get_input_embeddings()
+    rows = [(position, slot[0].vector(role, slot[1], table.embedding_dim)) for position, slot in enumerate(slots)
+            if slot is not None]
+
+    def replace(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        for position, vector in rows:
+            output[0, position] = vector.to(output.device, output.dtype)
+        return output
+
+    handle = table.register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _final_norm(encoder: Any) -> Any:

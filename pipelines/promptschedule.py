@@ -18,7 +18,7 @@ differ from another step's; the UNet takes any number of text tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -51,17 +51,20 @@ def pairs_by_step(prompt: str, negative_prompt: str, steps: int) -> list[tuple[s
 
 
 def encode(pipe: Any, prompt: str, negative_prompt: str, *, steps: int, start: int = 0, clip_skip: int = 1,
-           guidance: bool = True, num_images: int = 1) -> tuple[dict[str, torch.Tensor], StepConditioning | None]:
+           guidance: bool = True, num_images: int = 1,
+           embeddings: Mapping[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], StepConditioning | None]:
     """The embeddings to call ``pipe`` with (those of step ``start``, where the run begins or resumes) and the
     function that swaps them between steps, None when every step has the same texts (a prompt without the
-    syntax: then the embeddings are ``prompts.encode``'s, bit for bit)."""
+    syntax: then the embeddings are ``prompts.encode``'s, bit for bit). ``embeddings``: the textual-inversion
+    embeddings a prompt may name (``pipelines.embeddings.for_family``)."""
     by_step = pairs_by_step(prompt, negative_prompt, steps)
     distinct = list(dict.fromkeys(by_step))
-    encoded = dict(zip(distinct, prompts.encode_pairs(pipe, distinct, clip_skip=clip_skip, guidance=guidance),
+    encoded = dict(zip(distinct, prompts.encode_pairs(pipe, distinct, clip_skip=clip_skip, guidance=guidance,
+                                                        embeddings=embeddings),
                        strict=True))
     first = encoded[by_step[min(start, steps)]]
     if len(distinct) == 1:
-        return first, None
+        return dict(first), None
 
     def on_step_end(step: int, current: dict[str, Any]) -> dict[str, Any]:
         """Given the loop's index of the step about to run, and the loop's current tensors (for their device
@@ -74,7 +77,7 @@ def encode(pipe: Any, prompt: str, negative_prompt: str, *, steps: int, start: i
                                             num_images, like)
         return out
 
-    return first, on_step_end
+    return dict(first), on_step_end  # a copy: the caller may add to it (IP-Adapter embeddings)
 
 
 def _batch(pair: dict[str, torch.Tensor], positive: str, negative: str, num_images: int,

@@ -107,6 +107,9 @@ class Settings(BaseModel):
     #: ``inputs.hires.upscaler``; ``lanczos``, ``nearest`` and the latent upscalers need no model and are always
     #: accepted.
     upscalers: list[str] = Field(default_factory=lambda: ["tiny-esrgan", "tiny-compact"])
+    #: Textual-inversion embedding ids (catalog ``kind: embedding``) the API lists (a prompt names one as a word;
+    #: the worker recognises every catalog embedding of the model's family, listed here or not).
+    embeddings: list[str] = Field(default_factory=lambda: ["tiny-emb-sd1", "tiny-emb-sd1-diffusers", "tiny-emb-sdxl"])
     #: The family of the ids above, as ``id=family,...`` (sd1, sd2, sdxl), so the API can refuse an SDXL-only
     #: input for an SD 1.x model or a LoRA of another family with a 400; an id not listed is checked by the worker.
     model_families: dict[str, Family] = Field(default_factory=lambda: {
@@ -237,8 +240,8 @@ class Settings(BaseModel):
     #: Diagnostics: append "pid job attempt step" per finished denoising step to this file (chaos harness).
     step_log: Path | None = None
 
-    @field_validator("models", "controlnets", "loras", "upscalers", "extra_pipelines", "fetch_allowed_hosts",
-                     "webhook_allowed_hosts", "plugins", "preload", mode="before")
+    @field_validator("models", "controlnets", "loras", "upscalers", "embeddings", "extra_pipelines",
+                     "fetch_allowed_hosts", "webhook_allowed_hosts", "plugins", "preload", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -19,6 +19,10 @@ files (``.bin``, ``.ckpt``, ...) run code when unpickled, so a model that contai
       "xl":    {"path": "checkpoints/sd_xl_base_1.0.safetensors", "config": "configs/sdxl", "family": "sdxl"},
       "detail": {"path": "loras/add_detail.safetensors", "kind": "lora", "family": "sd1"}}}
 
+A textual-inversion embedding (``kind: embedding``) is one ``.safetensors`` file: WebUI's (``emb_params``; for
+SDXL ``clip_l`` and ``clip_g``) or diffusers' (one ``{token: vectors}`` key). A prompt uses it by its id or an
+alias, written as a word, on models of its family (``pipelines.embeddings``).
+
 A LoRA (``kind: lora``) is one ``.safetensors`` file, in diffusers' or in kohya's (SD WebUI's) format, without a
 config; requests apply it by id (``inputs.loras``) to base models of its family.
 
@@ -104,7 +108,7 @@ class CatalogEntry(BaseModel):
     #: A diffusers-format directory, or a single-file ``.safetensors`` checkpoint (then ``config`` is required,
     #: except for a LoRA, which is always one file).
     path: RelPath
-    kind: Literal["base", "controlnet", "lora", "vae", "upscaler", "ip_adapter", "image_encoder"] = "base"
+    kind: Literal["base", "controlnet", "lora", "vae", "upscaler", "ip_adapter", "image_encoder", "embedding"] = "base"
     family: Literal["sd1", "sd2", "sdxl"] = "sd1"
     #: A base model made for one task: ``inpainting`` (its UNet also takes the mask and the masked image: the
     #: inpaint pipeline only) or ``refiner`` (SDXL's refiner: a txt2img job's ``refiner`` only).
@@ -147,6 +151,10 @@ class CatalogEntry(BaseModel):
                                  f"keys), without a config; {self.path!r} is not")
             if self.image_encoder is None:
                 raise ValueError("an IP-Adapter names its 'image_encoder' (the id of a kind: image_encoder entry)")
+        elif self.kind == "embedding" and (not self.single_file or self.config is not None):
+            raise ValueError(f"a textual-inversion embedding is one '{SAFETENSORS_SUFFIX}' file (WebUI's emb_params, "
+                             f"SDXL's clip_l/clip_g, or diffusers' {{token: vectors}}), without a config; "
+                             f"{self.path!r} is not")
         elif self.kind == "image_encoder" and (self.single_file or self.config is not None):
             raise ValueError(f"an image encoder is a diffusers CLIPVisionModelWithProjection directory; {self.path!r} "
                              "is not")

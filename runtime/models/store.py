@@ -131,9 +131,10 @@ class ModelStore:
             files = self._scan(model_id, path, exclude=self._manifest_file(entry))
             local = self._from_node_cache(model_id, path, files)
             return ModelSource(model_id, local or path, False, None, files, path)
-        if entry.kind in ("lora", "upscaler", "ip_adapter"):  # one weights file, no config
+        if entry.kind in ("lora", "upscaler", "ip_adapter", "embedding"):  # one weights file, no config
             if not path.is_file():
-                what = {"lora": "LoRA", "upscaler": "upscaler", "ip_adapter": "IP-Adapter"}[entry.kind]
+                what = {"lora": "LoRA", "upscaler": "upscaler", "ip_adapter": "IP-Adapter",
+                        "embedding": "embedding"}[entry.kind]
                 raise ModelError("model_missing", f"{what} {model_id!r}: file {path} does not exist")
             return ModelSource(model_id, path, True, None, {entry.path: path}, self.models_dir)
         if entry.config is None:

@@ -35,7 +35,7 @@ LORA_DIR = "tiny-loras"  # not "loras": a rebuild replaces the directory, and an
 UPSCALER_DIR = "tiny-upscalers"
 UPSCALER_IDS = ("tiny-esrgan", "tiny-compact")
 #: A build of another version is rebuilt; bump it whenever what is built changes.
-VERSION = 8
+VERSION = 9
 _VERSION_FILE = ".tiny-version"
 #: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights.
 LORA_IDS = {"sd1": ("tiny-lora-sd1", "tiny-lora-sd1-kohya"), "sdxl": ("tiny-lora-sdxl", "tiny-lora-sdxl-kohya")}
@@ -43,6 +43,9 @@ LORA_IDS = {"sd1": ("tiny-lora-sd1", "tiny-lora-sd1-kohya"), "sdxl": ("tiny-lora
 IP_ADAPTER_DIR = "tiny-ip-adapters"
 IP_ADAPTER_IDS = {"sd1": "tiny-ip-adapter-sd1", "sdxl": "tiny-ip-adapter-sdxl"}
 IMAGE_ENCODER_ID = "tiny-image-encoder"
+#: Textual-inversion embeddings (``tinyembeddings``): SD 1.x in WebUI's and diffusers' formats, SDXL's pair.
+EMBEDDING_DIR = "tiny-embeddings"
+EMBEDDING_IDS = {"tiny-emb-sd1": "sd1", "tiny-emb-sd1-diffusers": "sd1", "tiny-emb-sdxl": "sdxl"}
 #: The tiny models stand in for the checkpoints the AWS sample's and WebUI clients' own request files name, so
 #: those files run unchanged on the dev stack (``docs/migrating.md``); a real catalog names real files.
 ALIASES = {BASE_ID: ["v1-5-pruned-emaonly.safetensors", "v1-5-pruned-emaonly"],
@@ -64,6 +67,8 @@ CATALOG: dict[str, dict[str, Any]] = {
     IMAGE_ENCODER_ID: {"path": IMAGE_ENCODER_ID, "kind": "image_encoder"},
     **{adapter: {"path": f"{IP_ADAPTER_DIR}/{adapter}.safetensors", "kind": "ip_adapter", "family": family,
                  "image_encoder": IMAGE_ENCODER_ID} for family, adapter in IP_ADAPTER_IDS.items()},
+    **{emb: {"path": f"{EMBEDDING_DIR}/{emb}.safetensors", "kind": "embedding", "family": family}
+       for emb, family in EMBEDDING_IDS.items()},
 }
 
 # A file each model must hold; with the catalog entry (written last) it means the model is whole.
@@ -71,7 +76,8 @@ _MARKERS = {BASE_ID: "model_index.json", CONTROLNET_ID: "config.json", SDXL_ID: 
             SDXL_CONTROLNET_ID: "config.json", INPAINTING_ID: "model_index.json", REFINER_ID: "model_index.json",
             SDXL_INPAINTING_ID: "model_index.json",
             **{lora: "" for ids in LORA_IDS.values() for lora in ids}, **{up: "" for up in UPSCALER_IDS},
-            IMAGE_ENCODER_ID: "config.json", **dict.fromkeys(IP_ADAPTER_IDS.values(), "")}
+            IMAGE_ENCODER_ID: "config.json", **dict.fromkeys(IP_ADAPTER_IDS.values(), ""),
+            **dict.fromkeys(EMBEDDING_IDS, "")}
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # A few merges so the tokenizer really runs BPE (words it knows become one token), not only bytes.
 MERGES = ("t h", "th e</w>", "o f</w>", "i n</w>", "f o", "fo x</w>", "r e", "re d</w>")
@@ -93,8 +99,9 @@ def build_tiny_models(models_dir: Path) -> None:
         work = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=models_dir))
         try:
             _save_models(work)
-            directories = (n for n in CATALOG if CATALOG[n]["kind"] not in ("lora", "upscaler", "ip_adapter"))
-            for name in (LORA_DIR, UPSCALER_DIR, IP_ADAPTER_DIR, *directories):
+            files = ("lora", "upscaler", "ip_adapter", "embedding")  # kinds of one file, in the directories below
+            directories = (n for n in CATALOG if CATALOG[n]["kind"] not in files)
+            for name in (LORA_DIR, UPSCALER_DIR, IP_ADAPTER_DIR, EMBEDDING_DIR, *directories):
                 target = models_dir / name
                 if target.exists():  # a leftover that _complete() did not accept
                     shutil.rmtree(target)
@@ -145,7 +152,7 @@ def _save_models(out: Path) -> None:
     import torch  # the worker's dependencies, imported only when models are really built
     from safetensors.torch import save_file
 
-    from runtime.models import tinyadapters, tinylora, tinynets, tinyupscalers
+    from runtime.models import tinyadapters, tinyembeddings, tinylora, tinynets, tinyupscalers
 
     with torch.random.fork_rng(devices=[]):  # deterministic without disturbing the caller's RNG
         sd = tinynets.sd_pipeline(_tokenizer())
@@ -166,6 +173,9 @@ def _save_models(out: Path) -> None:
             save_file(tinyadapters.ip_adapter_weights(pipe.unet, seed=40 + seed),
                       out / IP_ADAPTER_DIR / f"{IP_ADAPTER_IDS[family]}.safetensors")
         nets[IMAGE_ENCODER_ID] = tinyadapters.image_encoder(seed=42)
+        (out / EMBEDDING_DIR).mkdir()
+        for seed, emb in enumerate(EMBEDDING_IDS):
+            save_file(tinyembeddings.embedding_weights(emb, seed=50 + seed), out / EMBEDDING_DIR / f"{emb}.safetensors")
     (out / UPSCALER_DIR).mkdir()
     upscalers = tinyupscalers.state_dicts()
     assert tuple(upscalers) == UPSCALER_IDS

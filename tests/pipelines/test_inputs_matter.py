@@ -118,6 +118,14 @@ def test_prompt_editing_is_neither_of_its_texts(harness: Harness, model: str) ->
         assert not np.array_equal(edited, pixels(harness.run("txt2img", model=model, prompt=text))), text
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_an_embeddings_name_matters(harness: Harness, model: str) -> None:
+    """A textual-inversion embedding named in the prompt changes the pixels, and so does which one."""
+    names = ("tiny-emb-sd1", "tiny-emb-sd1-diffusers") if model == "tiny-sd" else ("tiny-emb-sdxl",)
+    runs = [pixels(harness.run("txt2img", model=model, prompt=f"a red fox {name}".strip())) for name in ("", *names)]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(runs) for b in runs[i + 1:])
+
+
 def test_img2img_starts_from_the_input_image(harness: Harness, runs: dict[tuple[str, str], np.ndarray]) -> None:
     """At a low strength the output stays close to its input: the image is really where denoising starts."""
     photo = np.asarray(harness.images[PHOTO].resize((64, 48)), dtype=float)

@@ -185,7 +185,7 @@ def test_tiny_models_are_shaped_like_real_ones_small_and_built_once(tiny_models:
     catalog = json.loads((tiny_models / "catalog.json").read_text())
     assert catalog == {"models": TINY_CATALOG}
     assert {e["kind"] for e in TINY_CATALOG.values()} == {"base", "controlnet", "lora", "upscaler", "ip_adapter",
-                                                          "image_encoder"}
+                                                          "image_encoder", "embedding"}
     assert {e["family"] for e in TINY_CATALOG.values() if e["kind"] not in ("upscaler", "image_encoder")} == {"sd1",
                                                                                                           "sdxl"}
     files = [p for p in tiny_models.rglob("*") if p.is_file()]
