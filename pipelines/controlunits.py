@@ -10,8 +10,9 @@ resized to the size the model works at; its scale and guidance window go to diff
 Everything that can be refused is checked before anything loads, naming the unit's field: an unknown id or one
 of another kind, a ControlNet of another family than the base model (the shapes would not match) or of another
 dtype (one shared ControlNet cannot be cast for each base it serves), a preprocessor that needs a detector.
-txt2img's hires fix and refiner are refused with units (``inputs.controlnets``): their passes run without
-ControlNet classes here, and running them silently without the units would be worse.
+txt2img's hires fix runs the units in both passes (WebUI's way: ``pipelines.hires``); SDXL's refiner is refused
+with units (``inputs.controlnets``): a refiner has no ControlNet of its own, and running its pass silently without
+the units, or the units on a model they were not trained for, would be worse.
 
 Nothing here draws from the job's generators (diffusers' control image preparation is deterministic, and
 ``shuffle`` seeds its own generator from the job's seed), so ``pipelines.resume`` resumes a job with units
@@ -77,11 +78,10 @@ def check(store: ModelStore, model_id: str, inputs: Any) -> None:
 
 
 def refuse_passes(inputs: Any) -> None:
-    """Refuse units with txt2img's hires fix or refiner (module doc), naming ``inputs.controlnets``."""
-    for name in ("hires", "refiner"):
-        if inputs.controlnets and getattr(inputs, name, None) is not None:
-            raise ContractError("unsupported_combination", f"{FIELD}: ControlNet units do not run with {name} yet; "
-                                f"leave out one of the two", FIELD)
+    """Refuse units with SDXL's refiner (module doc), naming ``inputs.controlnets``."""
+    if inputs.controlnets and getattr(inputs, "refiner", None) is not None:
+        raise ContractError("unsupported_combination", f"{FIELD}: ControlNet units do not run with the refiner "
+                            f"(no ControlNet guides its pass); leave out one of the two", FIELD)
 
 
 def model(store: ModelStore, ids: Sequence[str]) -> Any:

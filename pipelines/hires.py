@@ -14,7 +14,8 @@ so a job resumed in its second pass upscales again to the very same values (``pi
 The second pass is diffusers' img2img class for the model's kind, built on the base model's own modules (nothing
 is loaded twice), with ``steps`` (the first pass's when left out) and ``denoising_strength`` as img2img's
 ``strength``: it runs ``int(steps x denoising_strength)`` steps, and its prompt, negative prompt and sampler
-are its own when given.
+are its own when given. The job's ControlNet units guide both passes (WebUI's way): the second pass is then
+diffusers' ControlNet img2img class, with the units' maps made again at the target size.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 from PIL.Image import Image
 
+from pipelines import controlunits
 from pipelines.common import Prepared, generate, job_pipeline
 from pipelines.schedulers import make_scheduler
 from pipelines.upscalers import upscale
@@ -101,5 +103,8 @@ def planned_steps(job: Prepared) -> int:
 def second_pass(job: Prepared, ctx: RunContext, image: Any) -> list[Image]:
     """The second pass on ``image`` (latents, or images at the target size): the job's final images."""
     second = replace(job, inputs=second_pass_inputs(job))
-    view = job_pipeline(SECOND_PASS[job.kind], job.base, second.inputs)
-    return generate(view, second, ctx, image=image, strength=job.inputs.hires.denoising_strength)
+    # The job's ControlNet units guide this pass too (as WebUI's), their maps at the target size.
+    net, control = controlunits.for_job(ctx, second.inputs, (second.inputs.width, second.inputs.height))
+    cls = controlunits.CLASSES["img2img"][job.kind] if net else SECOND_PASS[job.kind]
+    view = job_pipeline(cls, job.base, second.inputs, **net)
+    return generate(view, second, ctx, image=image, strength=job.inputs.hires.denoising_strength, **control)

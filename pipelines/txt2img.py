@@ -54,8 +54,9 @@ class Txt2Img(DiffusersPipeline):
         handover = "pil" if inputs.hires is None or not hires.in_latents(inputs.hires) else "latent"
         end: dict[str, Any] = {"denoising_end": inputs.switch_at} if refiner_model is not None else {}
         first_output = "latent" if refiner_model is not None else handover
-        out = phases.run("base", lambda c: generate(self.view(job), job, c, width=inputs.width, height=inputs.height,
-                                                    output_type=first_output, **end))
+        net, control = controlunits.for_job(ctx, inputs, (inputs.width, inputs.height), "image")
+        out = phases.run("base", lambda c: generate(self.view(job, **net), job, c, width=inputs.width,
+                                                    height=inputs.height, output_type=first_output, **end, **control))
         if refiner_model is not None:
             latents = out
             out = phases.run("refiner", lambda c: refiner.refine(job, c, refiner_model, latents, handover))

@@ -11,7 +11,7 @@ import pytest
 from pipelines.common import DiffusersPipeline
 from runtime.contract import ContractError
 from runtime.worker import checkpoint
-from tests.pipelines.harness import CONTROLNETS, EDGES, PHOTO, Harness, interrupt_at, pixels, png
+from tests.pipelines.harness import COMMON, CONTROLNETS, EDGES, PHOTO, Harness, interrupt_at, parse, pixels, png
 
 SETTINGS: dict[str, Any] = {"steps": 4, "scheduler": "euler_a"}
 
@@ -86,13 +86,45 @@ def test_a_job_with_two_units_resumes_byte_identically(harness: Harness, name: s
     ([{"id": "tiny-sd", "image": EDGES}], {}, "inputs.controlnets.0.id"),  # a base model, not a ControlNet
     ([unit("tiny-sdxl")], {}, "inputs.controlnets.0.id"),  # the other family's net
     ([unit(), unit(preprocessor="depth_midas")], {}, "inputs.controlnets.1.preprocessor"),
-    ([unit()], {"hires": {"scale": 2.0}}, "inputs.controlnets"),
+    ([unit("tiny-sdxl")], {"model": "tiny-sdxl", "refiner": "tiny-sdxl-refiner", "switch_at": 0.5},
+     "inputs.controlnets"),
 ])
 def test_a_unit_that_cannot_run_is_refused_naming_its_field(harness: Harness, units: list[dict[str, Any]],
                                                              extra: dict[str, Any], field: str) -> None:
     with pytest.raises(ContractError) as caught:
-        harness.run("txt2img", controlnets=units, **extra, **SETTINGS)
+        harness.run("txt2img", controlnets=units, **{**SETTINGS, **extra})
     assert caught.value.field == field, caught.value.message
+
+
+HIRES = {"hires": {"scale": 2.0, "upscaler": "lanczos", "denoising_strength": 0.5}}
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])
+def test_hires_fix_runs_the_units_in_its_second_pass(harness: Harness, model: str) -> None:
+    """The second pass alone, on the same upscaled image, with and without the units (WebUI's way)."""
+    from pipelines import hires
+    from pipelines.txt2img import Txt2Img
+
+    first = harness.run("txt2img", model=model, **SETTINGS)
+    out = {}
+    for name, units in (("none", []), ("two", two(model))):
+        inputs = parse(Txt2Img.Inputs, {**COMMON, **SETTINGS, **HIRES, "controlnets": units})
+        ctx = harness.context(model=model)
+        job = Txt2Img().prepare(inputs, ctx)
+        image = hires.upscaled(ctx.models, job.inputs.hires, first, (128, 96), job.base.vae_scale_factor)
+        out[name] = png(hires.second_pass(job, ctx, image))
+    assert out["none"] != out["two"]
+
+
+@pytest.mark.parametrize("upscaler", ["lanczos", "latent"])
+def test_hires_fix_with_two_units_resumes_byte_identically_in_either_pass(harness: Harness, upscaler: str) -> None:
+    fix = {"hires": {**HIRES["hires"], "upscaler": upscaler}}
+    job = {"controlnets": two(), **SETTINGS, **fix}
+    reference = png(harness.run("txt2img", **job))
+    assert reference != png(harness.run("txt2img", **SETTINGS, **fix))
+    for stop in (2, 5):  # the first pass's 4 steps, then the second's 2
+        state = checkpoint.load(interrupt_at(harness, "txt2img", stop, **job), "f" * 64)
+        assert png(harness.run("txt2img", resume_from=state, **job)) == reference, f"resumed after step {stop}"
 
 
 def test_every_generating_task_has_control_classes() -> None:
