@@ -4,6 +4,7 @@ byte-identical, and a unit that cannot run is refused naming its field before an
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,3 +134,22 @@ def test_every_generating_task_has_control_classes() -> None:
     for name, (cls, _) in CASES.items():
         assert issubclass(cls, DiffusersPipeline)
         assert name == "controlnet" or set(cls.control_classes) == {"sd", "sdxl"}, name
+
+
+def test_a_unit_of_another_dtype_is_refused_naming_its_id(tiny_models: Path, tmp_path: Path) -> None:
+    """One loaded ControlNet serves every base model, so it cannot be cast for each: a catalog entry in another
+    dtype than the base is refused before anything loads."""
+    import json
+    import shutil
+
+    from runtime.models.store import ModelStore
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    catalog = json.loads((models / "catalog.json").read_text())
+    catalog["models"]["half-net"] = {**catalog["models"]["tiny-controlnet"], "aliases": [], "dtype": "float16"}
+    (models / "catalog.json").write_text(json.dumps(catalog))
+    harness = Harness(ModelStore(models, "cpu"))
+    with pytest.raises(ContractError) as caught:
+        harness.run("txt2img", controlnets=[unit(), {"id": "half-net", "image": EDGES}], **SETTINGS)
+    assert caught.value.field == "inputs.controlnets.1.id" and "float16" in caught.value.message
