@@ -1,7 +1,7 @@
 """The API's checks of the inputs that steer an image (issue 27): what the contract cannot know because it depends
 on the deployment's settings. Each ControlNet unit's id must be one the API lists (``SPOTGEN_CONTROLNETS``) and,
 where the settings give families, of the base model's family; each IP-Adapter's id likewise where the settings list
-adapters; and units are not combined with txt2img's hires fix or refiner, which run without them. A bad request is
+adapters; and units are not combined with SDXL's refiner, whose pass runs without them. A bad request is
 refused naming the field, before anything is stored (the worker checks all of it again against its catalog)."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ def check(settings: Settings, model: str, inputs: Any) -> None:
     not list, or of another family than ``model``."""
     families = settings.model_families
     family = families.get(model)
-    for name in ("hires", "refiner"):  # the worker refuses them too (pipelines/controlunits.py, refuse_passes)
-        if getattr(inputs, "controlnets", None) and getattr(inputs, name, None) is not None:
-            raise ContractError("unsupported_combination", f"inputs.controlnets: ControlNet units do not run with "
-                                f"{name} yet; leave out one of the two", "inputs.controlnets")
+    if getattr(inputs, "controlnets", None) and getattr(inputs, "refiner", None) is not None:
+        # as the worker refuses it (pipelines/controlunits.py, refuse_passes); hires fix runs the units in both passes
+        raise ContractError("unsupported_combination", "inputs.controlnets: ControlNet units do not run with the "
+                            "refiner (no ControlNet guides its pass); leave out one of the two", "inputs.controlnets")
     for i, unit in enumerate(getattr(inputs, "controlnets", [])):
         field = f"inputs.controlnets.{i}.id"
         if unit.id not in settings.controlnets:

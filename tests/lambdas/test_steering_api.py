@@ -60,15 +60,18 @@ def test_image_paths_lists_the_nested_references() -> None:
     assert inputs["controlnets"][1]["image"] == DEPTH  # the request as sent is left alone
 
 
-@pytest.mark.parametrize("pipeline", ["txt2img", "img2img"])
-def test_inline_images_of_units_and_adapters_are_stored_and_referenced(api: DevStack, emu: Emulator,
-                                                                        pipeline: str) -> None:
-    body = steered(pipeline=pipeline, tiling=True)
+@pytest.mark.parametrize(("pipeline", "extra"), [("txt2img", {}), ("img2img", {}),
+                                                ("txt2img", {"hires": {"scale": 1.5}})], ids=["txt2img", "img2img",
+                                                                                             "hires"])
+def test_inline_images_of_units_and_adapters_are_stored_and_referenced(api: DevStack, emu: Emulator, pipeline: str,
+                                                                        extra: dict[str, Any]) -> None:
+    """(Hires fix runs the units in both passes: accepted with them.)"""
+    body = steered(pipeline=pipeline, tiling=True, **extra)
     spec = queued(api, emu, body)
     assert spec["inputs"]["tiling"] is True
     inputs, prefix = spec["inputs"], f"s3://{api.settings.input_bucket}/inputs/{spec['id']}/"
     paths = image_paths(body["inputs"])
-    assert len(paths) == (4 if pipeline == "img2img" else 3)
+    assert len(paths) == (4 if pipeline == "img2img" else 3)  # the units', the adapter's (and img2img's image)
     uris = {get_path(inputs, path) for path in paths}
     assert len(uris) == len(paths) and all(uri.startswith(prefix) for uri in uris), inputs
     for path in paths:
@@ -165,8 +168,6 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
      "incompatible_controlnet", "inputs.controlnets.0.id"),
     ("an unknown ControlNet", steered(controlnets=[unit(controlnet="no-such-controlnet")]), "unknown_model",
      "inputs.controlnets.0.id"),
-    ("units with hires fix", steered(ip_adapters=[], hires={"scale": 1.5}), "unsupported_combination",
-     "inputs.controlnets"),
     ("units with the refiner", steered("tiny-sdxl", controlnets=[unit(controlnet="tiny-sdxl-controlnet")],
                                        ip_adapters=[], refiner="tiny-sdxl-refiner"), "unsupported_combination",
      "inputs.controlnets"),
