@@ -28,6 +28,7 @@ from pipelines.controlunits import check as check_units
 from pipelines.ipadapters import activate as activate_ip_adapters
 from pipelines.ipadapters import check as check_ip_adapters
 from pipelines.ipadapters import embeds as ip_adapter_embeds
+from pipelines.ipadapters import preload as preload_ip_adapter
 from pipelines.loading import KINDS, base_pipeline, check_variant, controlnet_model, family, torch_dtype
 from pipelines.resume import generators, resumable, run_resumable
 from pipelines.schedulers import make_scheduler
@@ -67,6 +68,9 @@ class DiffusersPipeline(Pipeline):
         self.models = ctx.models
 
     def load(self, model_id: str, kind: str) -> bool:
+        if kind == "ip_adapter":  # its file and its image encoder (the processors: per base model, at first use)
+            preload_ip_adapter(self.models, model_id)
+            return True
         if kind != "base":
             return False
         base_pipeline(self.models, model_id)

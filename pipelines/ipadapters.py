@@ -219,3 +219,12 @@ def embeds(pipe: Any, base: Any, refs: Sequence[IpAdapterRef], ctx: RunContext, 
             embedding = torch.cat([torch.zeros_like(embedding), embedding])
         out.append(embedding.to(pipe.unet.device, pipe.unet.dtype))
     return {"ip_adapter_image_embeds": out}
+
+
+def preload(store: ModelStore, adapter_id: str) -> None:
+    """Read the adapter's file and load its image encoder before the first job (``SPOTGEN_PRELOAD``), so a broken
+    one stops the worker's start-up."""
+    entry = store.entry(adapter_id, "ip_adapter")
+    weights(store, adapter_id)
+    assert entry.image_encoder is not None  # the catalog requires it
+    image_encoder(store, entry.image_encoder)

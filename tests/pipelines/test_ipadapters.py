@@ -188,3 +188,16 @@ def test_with_hires_fix_the_refiner_or_controlnet_units(harness: Harness, model:
         saved = interrupt_at(harness, "txt2img", stop, **adapted)
         resumed = png(harness.run("txt2img", resume_from=checkpoint.load(saved, "f" * 64), **adapted))
         assert resumed == whole, f"resumed after step {stop} of {total}"
+
+
+def test_preloading_reads_the_adapter_and_its_encoder_once(fresh: Harness) -> None:
+    """SPOTGEN_PRELOAD names adapters as it names base models: loaded by the first pipeline that takes the kind."""
+    from pipelines.txt2img import Txt2Img
+
+    pipeline = Txt2Img()
+    pipeline.models = fresh.store
+    assert pipeline.load(SD, "ip_adapter") and fresh.store.loads == 2  # the file and the image encoder
+    fresh.run("txt2img", ip_adapters=[ip(SD)])
+    assert fresh.store.loads == 3  # the base model only
+    with pytest.raises(Exception, match="no image_proj"):
+        pipeline.load("no-ip-keys", "ip_adapter")
