@@ -36,6 +36,17 @@ def test_one_and_two_units_change_the_pixels(harness: Harness, name: str, model:
     assert (one != plain).any() and (both != one).any() and (both != plain).any()
 
 
+@pytest.mark.parametrize(("model", "family"), [("tiny-sd-inpainting", "tiny-sd"),
+                                             ("tiny-sdxl-inpainting", "tiny-sdxl")])
+def test_inpainting_checkpoints_take_units_and_resume(harness: Harness, model: str, family: str) -> None:
+    """A 9-channel UNet under diffusers' ControlNet inpaint class: the unit counts, and a resume is exact."""
+    job = {"model": model, "controlnets": [unit(family, scale=2.0)], **SETTINGS}
+    reference = png(harness.run("inpaint", **job))
+    assert reference != png(harness.run("inpaint", model=model, **SETTINGS))
+    state = checkpoint.load(interrupt_at(harness, "inpaint", 2, **job), "f" * 64)
+    assert png(harness.run("inpaint", resume_from=state, **job)) == reference
+
+
 def test_a_unit_on_txt2img_is_the_controlnet_pipeline(harness: Harness) -> None:
     """The same net, image and window through ``controlnets`` and through the controlnet pipeline's own fields."""
     window = {"control_guidance_start": 0.25, "control_guidance_end": 0.75, "controlnet_conditioning_scale": 1.5}
