@@ -21,7 +21,7 @@ from runtime.models.catalog import CATALOG_FILE, Catalog, describe
 from runtime.models.store import ModelStore
 from runtime.models.tinyadapters import image_encoder
 from runtime.worker import checkpoint
-from tests.pipelines.harness import EDGES, PHOTO, Harness, interrupt_at, png
+from tests.pipelines.harness import COMMON, EDGES, PHOTO, Harness, interrupt_at, png
 
 SD, SDXL = "tiny-ip-adapter-sd1", "tiny-ip-adapter-sdxl"
 ADAPTERS = {"tiny-sd": SD, "tiny-sdxl": SDXL}
@@ -201,3 +201,30 @@ def test_preloading_reads_the_adapter_and_its_encoder_once(fresh: Harness) -> No
     assert fresh.store.loads == 3  # the base model only
     with pytest.raises(Exception, match="no image_proj"):
         pipeline.load("no-ip-keys", "ip_adapter")
+
+
+def test_the_pixels_are_diffusers_own_load_ip_adapter(harness: Harness, tiny_models: Path) -> None:
+    """The same job through diffusers' documented path on a pipeline of its own: ``load_ip_adapter``,
+    ``set_ip_adapter_scale``, ``ip_adapter_image``: the same bytes. (SD 1.x only: spotgen's SDXL job differs
+    from diffusers' defaults without an adapter too, WebUI's way with an empty negative prompt.)"""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from pipelines.resume import generators
+
+    model = "tiny-sd"
+    ours = png(harness.run("txt2img", model=model, scheduler="euler", ip_adapters=[ip(ADAPTERS[model], scale=0.7)]))
+    cls = StableDiffusionXLPipeline if model == "tiny-sdxl" else StableDiffusionPipeline
+    options = {"add_watermarker": False} if model == "tiny-sdxl" else {"safety_checker": None,
+                                                                       "requires_safety_checker": False}
+    pipe = cls.from_pretrained(tiny_models / model, **options)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.load_ip_adapter(str(tiny_models / "tiny-ip-adapters"), subfolder="", image_encoder_folder=None,
+                         weight_name=f"{ADAPTERS[model]}.safetensors")
+    pipe.image_encoder = CLIPVisionModelWithProjection.from_pretrained(tiny_models / "tiny-image-encoder")
+    pipe.feature_extractor = CLIPImageProcessor(size=32, crop_size=32)
+    pipe.set_ip_adapter_scale(0.7)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(COMMON["prompt"], width=COMMON["width"], height=COMMON["height"], generator=generators(1, 1),
+                  num_inference_steps=COMMON["steps"], ip_adapter_image=harness.images[PHOTO]).images
+    assert png(theirs) == ours
