@@ -5,7 +5,8 @@ positions, SDXL's two encoders and size conditioning, ControlNets whose conditio
 LoRA adapters in diffusers' and kohya's formats), so every code path a real checkpoint takes is exercised, but
 they weigh a few MB and run in milliseconds on a CPU. Nothing is downloaded: the weights come from fixed seeds
 and the tokenizer is generated here, so two builds are identical. The networks are in ``tinynets`` and the
-adapters in ``tinylora`` (the IP-Adapters and their image encoder in ``tinyadapters``); the upscalers (ESRGAN and Real-ESRGAN Compact, read by spandrel) in ``tinyupscalers``.
+adapters in ``tinylora`` (the IP-Adapters and their image encoder in ``tinyadapters``); the upscalers (ESRGAN and
+Real-ESRGAN Compact, read by spandrel) in ``tinyupscalers``.
 """
 
 from __future__ import annotations
