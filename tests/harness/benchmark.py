@@ -16,8 +16,10 @@ Then the model cache (tests/harness/bench_cache.py, which says how EFS is simula
 the LoRA costs (tests/harness/bench_models.py), AWS requests per job and the device's idle time between jobs,
 with and without 20 ms of latency per request (tests/harness/bench_requests.py), bytes and encoding CPU per
 image of each output format (tests/harness/bench_formats.py), the editing pipelines (hires fix against its two passes
-called directly, tiled against untiled upscaling, ``only_masked`` against full-image inpainting:
-tests/harness/bench_hires.py, bench_upscale.py, bench_inpaint.py) and the telemetry overhead
+called directly, tiled against untiled upscaling, ``only_masked`` against full-image inpainting, the cost per step of
+ControlNet units and of an IP-Adapter: tests/harness/bench_hires.py, bench_upscale.py, bench_inpaint.py,
+bench_controlnets.py, bench_ipadapter.py) and the
+telemetry overhead
 (tests/harness/bench_ops.py).
 
 Prints a table and, as the last line, one JSON object with every figure. Each figure that has a goal has its
@@ -388,9 +390,10 @@ def main() -> int:
 
     figures["output_formats"] = formats = bench_formats.figures()
     print("\n".join(bench_formats.report(formats)))
-    from tests.harness import bench_hires, bench_inpaint, bench_upscale
+    from tests.harness import bench_controlnets, bench_hires, bench_inpaint, bench_ipadapter, bench_upscale
 
-    for key, module in (("hires_fix", bench_hires), ("upscaling", bench_upscale), ("inpainting", bench_inpaint)):
+    for key, module in (("hires_fix", bench_hires), ("upscaling", bench_upscale), ("inpainting", bench_inpaint),
+                        ("controlnet_units", bench_controlnets), ("ip_adapter", bench_ipadapter)):
         figures[key] = edits = module.figures()
         print("\n".join(module.report(edits)))
     from tests.harness.bench_ops import ops_overhead  # tracing + metrics on vs off; prints its own lines
