@@ -12,6 +12,7 @@ resolves, and the pipeline reads it through ``ctx.image`` as it would read one f
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +81,10 @@ class LocalRun:
         cls = self.registry.get(name)
         if cls is None:
             raise KeyError(f"no pipeline {name!r}; registered: {', '.join(self.registry.names())}")
-        refs = {key: local_ref(key) for key in dict(images)}
-        return cls.Inputs.model_validate({**fields, **refs}, context={"input_bucket": LOCAL_BUCKET})
+        filled = copy.deepcopy(dict(fields))
+        for key in dict(images):
+            _place(filled, key, local_ref(key))
+        return cls.Inputs.model_validate(filled, context={"input_bucket": LOCAL_BUCKET})
 
     def run(self, name: str, model: str, fields: Mapping[str, Any], *, seed: int = 0,
             images: Mapping[str, Image.Image] | None = None, resume_from: bytes | None = None,
@@ -118,6 +121,22 @@ class LocalRun:
             if stop_at is None and cancel_at is None:
                 raise
         return outcome
+
+
+def _place(fields: dict[str, Any], path: str, ref: str) -> None:
+    """Put ``ref`` at ``path``: a top-level field (``image``) or one inside a list of the inputs, dotted
+    (``controlnets.0.image``: the first unit, which ``fields`` must already have)."""
+    *outer, leaf = path.split(".")
+    node: Any = fields
+    for part in outer:
+        try:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ValueError(f"image {path!r}: the inputs have no {'.'.join(outer)} to put it in; give it with "
+                             f"--input (e.g. controlnets=[{{...}}]) first") from None
+    if not isinstance(node, dict):
+        raise ValueError(f"image {path!r}: {'.'.join(outer)} is not an object of the inputs")
+    node[leaf] = ref
 
 
 def local_ref(field_name: str) -> str:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from pipelines.controlnet import ControlNet
 from pipelines.img2img import Img2Img
 from pipelines.txt2img import Txt2Img
-from runtime.kit.local import LocalRun
+from runtime.kit.local import LocalRun, local_ref
 from runtime.plugins import Pipeline, Registry, RunContext, StepState
 from spotgen.testing import ContractFailure, PipelineContract
 
@@ -241,3 +241,14 @@ def test_spotgen_run_writes_the_format_the_inputs_ask_for(tiny_models: Path, tmp
     data = written[0].read_bytes()
     assert Image.open(io.BytesIO(data)).format == "WEBP"
     assert "a fox" in (read_parameters(data) or "")
+
+
+def test_spotgen_run_puts_an_image_inside_a_list_of_the_inputs(tiny_models: Path) -> None:
+    """``--image controlnets.0.image=PATH``: a unit's or an adapter's image, as the worker gets it from S3."""
+    kit, image = LocalRun(tiny_models), Image.new("RGB", (16, 16))
+    fields = {"prompt": "a fox", "controlnets": [{"id": "tiny-controlnet", "image": "placeholder"}]}
+    inputs = kit.inputs("txt2img", fields, {"controlnets.0.image": image})
+    assert inputs.controlnets[0].image == local_ref("controlnets.0.image")  # type: ignore[attr-defined]
+    assert fields["controlnets"][0]["image"] == "placeholder"  # the caller's fields are left as they were
+    with pytest.raises(ValueError, match=r"'ip_adapters\.0\.image': the inputs have no ip_adapters\.0"):
+        kit.inputs("txt2img", {"prompt": "a fox"}, {"ip_adapters.0.image": image})
