@@ -189,6 +189,13 @@ def loras(dep: Deployment) -> list[dict[str, Any]]:
     return [{"name": titles[lora], "alias": lora, "path": titles[lora], "metadata": {}} for lora in dep.settings.loras]
 
 
+def embeddings(dep: Deployment) -> dict[str, Any]:
+    """WebUI's listing of textual-inversion embeddings: their names, which a prompt uses as words. The sizes WebUI
+    reads from the files are the worker's to know (``null`` here): the API never opens model files."""
+    empty = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None, "vectors": None}
+    return {"loaded": {name: dict(empty) for name in dep.settings.embeddings}, "skipped": {}}
+
+
 def samplers() -> list[dict[str, Any]]:
     return [{"name": webui, "aliases": [name], "options": {}} for name, webui in WEBUI_SAMPLERS.items()]
 
@@ -230,7 +237,7 @@ def set_options(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
 
 
 #: The routes, by method.
-ROUTES = {"GET": ("sd-models", "loras", "samplers", "schedulers", "options", "progress"),
+ROUTES = {"GET": ("sd-models", "loras", "embeddings", "samplers", "schedulers", "options", "progress"),
           "POST": ("txt2img", "img2img", "interrupt", "options")}
 
 
@@ -242,7 +249,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     with telemetry.span(f"spotgen.sdapi.{name}", "SERVER", event.get("headers")):
         if (method, name) in (("POST", "txt2img"), ("POST", "img2img")):
             return generate(dep, event, name)
-        listings = {"sd-models": lambda: sd_models(dep), "loras": lambda: loras(dep), "samplers": samplers,
+        listings = {"sd-models": lambda: sd_models(dep), "loras": lambda: loras(dep),
+                    "embeddings": lambda: embeddings(dep), "samplers": samplers,
                     "schedulers": schedulers, "options": lambda: options(dep)}
         if method == "GET" and name in listings:
             return response(200, listings[name]())
@@ -257,4 +265,4 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         return error(405, "method_not_allowed", f"{method} is not allowed on /sdapi/v1/{name}; use "
                      f"{', '.join(allowed)}", Allow=", ".join(allowed))
     return error(404, "not_found", f"/sdapi/v1/{name} is not served: spotgen serves txt2img, img2img, sd-models, "
-                 "loras, samplers, schedulers, options, progress and interrupt")
+                 "loras, embeddings, samplers, schedulers, options, progress and interrupt")

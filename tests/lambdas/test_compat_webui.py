@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from lambdas import sdapi
+from runtime.config import Settings
 from runtime.storage import aws
 from runtime.storage.jobstore import JobStore
 from tests.conftest import Stack
@@ -93,6 +94,10 @@ def test_the_listings_come_from_the_catalog(stack: Stack) -> None:
                       "tiny-sdxl-refiner": "sd_xl_refiner_1.0.safetensors"}
     loras = call("GET", f"{stack.api_url}/sdapi/v1/loras")[1]
     assert {lora["alias"] for lora in loras} >= {"tiny-lora-sd1", "tiny-lora-sdxl"}
+    embeddings = call("GET", f"{stack.api_url}/sdapi/v1/embeddings")[1]
+    listed = Settings.from_env(stack.env).embeddings
+    assert set(embeddings["loaded"]) == set(listed) >= {"tiny-emb-sd1", "tiny-emb-sdxl"}
+    assert embeddings["skipped"] == {}
     samplers = {s["name"] for s in call("GET", f"{stack.api_url}/sdapi/v1/samplers")[1]}
     assert {"Euler a", "DPM++ 2M", "UniPC"} <= samplers
     schedulers = {s["label"] for s in call("GET", f"{stack.api_url}/sdapi/v1/schedulers")[1]}
