@@ -1,6 +1,7 @@
 """The harnesses' job mix and its references (``make chaos``, ``make faults``).
 
-Both harnesses run the same mix: txt2img, img2img, ControlNet, inpainting (a mask, or outpainting) and a job of two
+Both harnesses run the same mix: txt2img (in turn with two ControlNet units, seamless tiling and WebUI's prompt
+editing), img2img (in turn with an IP-Adapter), ControlNet, inpainting (a mask, or outpainting) and a job of two
 passes (hires fix on SD 1.x; the refiner on SDXL), every sampler with each of its schedules, every fourth job on
 SDXL with a LoRA, every tenth making two images; and both compare every PNG a worker
 stored, byte for byte, with a reference that the same pipeline code and PNG encoding made without interruption
@@ -23,7 +24,10 @@ REFINER = "tiny-sdxl-refiner"
 #: Every fourth job runs on SDXL with a LoRA (and the SDXL ControlNet), the others on SD 1.x.
 MODELS = {"tiny-sd": ("tiny-controlnet", []), "tiny-sdxl": ("tiny-sdxl-controlnet", [{"id": "tiny-lora-sdxl",
                                                                                       "weight": 0.7}])}
-PROMPTS = ("a red fox in the snow", "a lighthouse at dusk", "the fox of the forest", "a bowl of red fruit")
+IP_ADAPTERS = {"tiny-sd": "tiny-ip-adapter-sd1", "tiny-sdxl": "tiny-ip-adapter-sdxl"}
+#: The last prompt is edited mid-run and alternates every step (WebUI's prompt scheduling).
+PROMPTS = ("a red fox in the snow", "a lighthouse at dusk", "the fox of the forest", "a bowl of red fruit",
+           "a [red fox:snow cat:0.5] in the [forest|city]")
 #: torch threads of every process that computes images: float results differ between thread counts.
 THREADS = 1
 
@@ -79,12 +83,21 @@ def make_jobs(n: int, size: int, steps: int, seed: int, bucket: str) -> list[Job
                                "schedule": schedules[(i // len(SCHEDULERS)) % len(schedules)],
                                "num_images": 2 if i % 10 == 9 else 1, "loras": loras}
         runs = int(n_steps * strength) if scaled else n_steps
+        turn = i // len(KINDS)
         if kind == "img2img":
             raw |= {"image": f"s3://{bucket}/chaos/photo.png", "strength": strength}
+            if turn % 2:  # an IP-Adapter, its image the edge map
+                raw |= {"ip_adapters": [{"id": IP_ADAPTERS[model], "image": f"s3://{bucket}/chaos/edges.png",
+                                         "scale": 0.7}]}
+        if kind == "txt2img" and turn % 2:  # two ControlNet units: a ready map, and Canny edges of the photo
+            raw |= {"controlnets": [{"id": controlnet, "image": f"s3://{bucket}/chaos/edges.png"},
+                                    {"id": controlnet, "image": f"s3://{bucket}/chaos/photo.png", "scale": 0.6,
+                                     "preprocessor": "canny", "start": 0.2, "end": 0.8}]}
+        if kind == "txt2img" and turn % 3 == 2:
+            raw |= {"tiling": True}
         if kind == "controlnet":
             raw |= {"control_image": f"s3://{bucket}/chaos/edges.png", "controlnet": controlnet}
         if kind == "inpaint":
-            turn = i // len(KINDS)
             raw |= {"image": f"s3://{bucket}/chaos/photo.png", "strength": strength,
                     "fill": FILL_MODES[turn % len(FILL_MODES)], "only_masked": turn % 3 == 1}
             raw |= {"extend": {"right": 16}} if turn % 2 else {"mask": f"s3://{bucket}/chaos/mask.png"}
