@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,25 +116,15 @@ def _memory_ratio(store: Any) -> float:
     from pipelines.inpaint import Inpaint
     from pipelines.txt2img import Txt2Img
     from runtime.models.store import object_bytes
+    from tests.harness.bench_models import all_modules, recorded_views
 
-    views: list[Any] = []
-    original = pipelines.common.job_pipeline
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        views.append(original(*args, **kwargs))
-        return views[-1]
-
-    pipelines.common.job_pipeline = recording
-    try:
+    with recorded_views() as views:
         common = {"prompt": "a fox", "width": 64, "height": 64, "steps": 2, "controlnets": _units(2)}
         for cls, extra in ((Txt2Img, {}), (Img2Img, {"image": "s3://b/x.png"}),
                            (Inpaint, {"image": "s3://b/x.png", "mask": "s3://b/x.png"})):
             cls().run(cls.Inputs.model_validate({**common, **extra}, context={"input_bucket": "b"}), _context(store))
-    finally:
-        pipelines.common.job_pipeline = original
     assert len(views) == 3, "each job builds one view"
-    everything = SimpleNamespace(components={f"{i}.{k}": v for i, view in enumerate(views)
-                                             for k, v in view.components.items()})
+    everything = all_modules(views)
     base = pipelines.common.base_pipeline(store, "tiny-sd")
     nets = [pipelines.common.controlnet_model(store, net) for net in ("tiny-controlnet", SECOND)]
     assert nets[0] is not nets[1], "two catalog ids load as two ControlNets"

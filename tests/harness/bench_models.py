@@ -21,11 +21,13 @@ real model on a GPU, where the per-step ratio is what to check (``make bench-gpu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -81,12 +83,11 @@ def timed(fn: Any, repeats: int = 5) -> float:
     return statistics.median(samples)
 
 
-def sdxl_memory_ratio(store: Any) -> float:
+@contextlib.contextmanager
+def recorded_views() -> Iterator[list[Any]]:
+    """Every per-job pipeline view the built-ins make meanwhile (``pipelines.common.job_pipeline``), so that their
+    modules can be counted: views that shared the base's modules add nothing to its bytes."""
     import pipelines.common
-    from pipelines.controlnet import ControlNet
-    from pipelines.img2img import Img2Img
-    from pipelines.txt2img import Txt2Img
-    from runtime.models.store import object_bytes
 
     views: list[Any] = []
     original = pipelines.common.job_pipeline
@@ -97,6 +98,25 @@ def sdxl_memory_ratio(store: Any) -> float:
 
     pipelines.common.job_pipeline = recording
     try:
+        yield views
+    finally:
+        pipelines.common.job_pipeline = original
+
+
+def all_modules(views: list[Any]) -> Any:
+    """The views' components as one object ``object_bytes`` counts (each tensor once)."""
+    return SimpleNamespace(components={f"{i}.{k}": v for i, view in enumerate(views)
+                                       for k, v in view.components.items()})
+
+
+def sdxl_memory_ratio(store: Any) -> float:
+    import pipelines.common
+    from pipelines.controlnet import ControlNet
+    from pipelines.img2img import Img2Img
+    from pipelines.txt2img import Txt2Img
+    from runtime.models.store import object_bytes
+
+    with recorded_views() as views:
         from PIL import Image
 
         image = Image.new("RGB", (64, 64), (200, 120, 40))
@@ -106,10 +126,7 @@ def sdxl_memory_ratio(store: Any) -> float:
         for cls, extra in ((Txt2Img, {}), (Img2Img, {"image": "s3://b/x.png"}),
                            (ControlNet, {"control_image": "s3://b/x.png", "controlnet": "tiny-sdxl-controlnet"})):
             cls().run(cls.Inputs.model_validate({**common, **extra}, context={"input_bucket": "b"}), ctx)
-    finally:
-        pipelines.common.job_pipeline = original
-    everything = SimpleNamespace(components={f"{i}.{k}": v for i, view in enumerate(views)
-                                             for k, v in view.components.items()})
+    everything = all_modules(views)
     base = pipelines.common.base_pipeline(store, "tiny-sdxl")
     controlnet = pipelines.common.controlnet_model(store, "tiny-sdxl-controlnet")
     return object_bytes(everything) / (object_bytes(base) + object_bytes(controlnet))

@@ -16,8 +16,6 @@ import dataclasses
 import http.server
 import io
 import json
-import ssl
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +34,7 @@ from tests.conftest import Stack
 from tests.contract.sample_cases import CAT_URL, V1ALPHA1_T2I_EKS, V1ALPHA2_I2I_EKS, V1ALPHA2_I2I_GUIDANCE, V1ALPHA2_T2I
 from tests.inbox import Queue, attribute_id
 from tests.lambdas.compat_stack import PNG_B64, _png_b64, in_process, stack_fixture  # noqa: F401 - stack_fixture
-from tests.lambdas.test_fetch import make_certificates
+from tests.lambdas.test_fetch import tls_server
 from tests.rest import call, wait_for
 
 
@@ -205,16 +203,8 @@ class _HuggingFace(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def huggingface(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
-    ca_file, cert_file, key_file = make_certificates(tmp_path_factory.mktemp("hf-tls"), hosts=("huggingface.co",))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HuggingFace)
-    server.daemon_threads = True
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield server.server_address[1], ca_file
-    server.shutdown()
-    server.server_close()
+    with tls_server(tmp_path_factory.mktemp("hf-tls"), _HuggingFace, ("huggingface.co",)) as served:
+        yield served
 
 
 def fetching(dep: Deployment, port: int, ca_file: Path, address: str = "127.0.0.1") -> Deployment:

@@ -73,6 +73,25 @@ def make_certificates(folder: Path, hosts: tuple[str, ...] = CERT_HOSTS) -> tupl
     return ca_file, cert_file, key_file
 
 
+@contextlib.contextmanager
+def tls_server(folder: Path, handler: type[http.server.BaseHTTPRequestHandler],
+               hosts: tuple[str, ...] = CERT_HOSTS) -> Iterator[tuple[int, Path]]:
+    """A real https server on loopback answering with ``handler``, under a certificate for ``hosts`` signed by a CA
+    of its own: its port and the CA's PEM (the only trust anchor a fetch in a test is given)."""
+    ca_file, cert_file, key_file = make_certificates(folder, hosts)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield server.server_address[1], ca_file
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # -- the server --------------------------------------------------------------------------------------
 
 

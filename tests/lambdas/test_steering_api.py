@@ -10,8 +10,6 @@ import base64
 import dataclasses
 import http.server
 import json
-import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from runtime.contract.imagepaths import get_path, image_paths, set_path
 from runtime.local.devstack import DevStack
 from tests.lambdas import test_edits_api
 from tests.lambdas.test_edits_api import Emulator, encoded, inline, noise, queued
-from tests.lambdas.test_fetch import make_certificates
+from tests.lambdas.test_fetch import tls_server
 from tests.rest import call
 
 # The editing tests' stack (the submit handler on the real emulator, no worker), one per module.
@@ -111,16 +109,8 @@ class _Png(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def images_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     """A real https server on loopback for ``images.test``, with its own CA."""
-    ca_file, cert_file, key_file = make_certificates(tmp_path_factory.mktemp("steering-tls"))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Png)
-    server.daemon_threads = True
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield server.server_address[1], ca_file
-    server.shutdown()
-    server.server_close()
+    with tls_server(tmp_path_factory.mktemp("steering-tls"), _Png) as served:
+        yield served
 
 
 def test_image_urls_of_units_and_adapters_are_fetched_where_allowed(api: DevStack, emu: Emulator,
