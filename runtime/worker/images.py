@@ -103,5 +103,12 @@ def fetch_image(store: JobStore, retry_s: float, uri: str) -> Image.Image:
     except Exception as exc:
         if transient(exc):
             raise RetryableError(f"the input image {uri} could not be read: {type(exc).__name__}") from exc
+        if _missing(exc):  # S3 reads after writes consistently: an image absent now is absent on every delivery
+            raise ImageRefError(f"the input image {uri} does not exist in the input bucket") from None
         raise
     return decode_image(data)
+
+
+def _missing(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None)
+    return isinstance(response, dict) and response.get("Error", {}).get("Code") in ("NoSuchKey", "404")

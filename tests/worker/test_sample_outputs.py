@@ -136,6 +136,8 @@ def test_failed_sample_job_is_announced_failed_without_images(stack: Stack) -> N
     assert note.output_url.endswith(f"/{sample.location}/{job}.out")
     doc = store_of(stack).read_status(job)
     assert doc is not None and doc.state is JobState.failed and doc.error is not None
+    # An image that is not there will not appear: the first delivery fails the job, naming the image.
+    assert (doc.error.code, doc.attempts) == ("invalid_image", 1) and "does not exist" in doc.error.message
     out = json.loads(out_document(stack, sample, job)[0])
     assert out == sample_out_document(job, sample.parameters, sample.info, doc.error.message)
     assert out["parameters"]["error_msg"] == doc.error.message and out["info"] == ""
