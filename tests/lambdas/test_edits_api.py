@@ -321,6 +321,11 @@ def emu(api: DevStack) -> Emulator:
 @pytest.mark.parametrize(("case", "body", "code", "field"), REFUSED, ids=[c[0] for c in REFUSED])
 def test_a_bad_edit_is_400_naming_the_field_and_nothing_is_stored(api: DevStack, emu: Emulator, case: str,
                                                                    body: dict[str, Any], code: str, field: str) -> None:
+    refused(api, emu, case, body, code, field)
+
+
+def refused(api: DevStack, emu: Emulator, case: str, body: dict[str, Any], code: str, field: str) -> None:
+    """``body`` is answered 400 with ``code``, naming ``field``, and nothing is stored or queued."""
     before = emu.kept()
     status, answer = call("POST", f"{api.api_url}/v1/jobs", body)
     assert status == 400, f"{case}: {status} {answer}"
