@@ -7,7 +7,7 @@ full before a job is queued.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -167,17 +167,6 @@ class GenerationInputs(OutputOptions):
     ip_adapters: list[IpAdapterRef] = Field(default_factory=list, max_length=MAX_IP_ADAPTERS)
     #: Seamless tiling: the left and right edges continue into each other, and so do the top and bottom.
     tiling: bool = False
-
-    #: Inputs the contract declares and the pipelines do not run yet: refused, named, when set (so a request is
-    #: never silently run without them). Each leaves this list when its pipelines do.
-    not_yet: ClassVar[tuple[str, ...]] = ()
-
-    @field_validator("controlnets", "ip_adapters", "tiling")
-    @classmethod
-    def _runs_what_it_takes(cls, value: Any, info: ValidationInfo) -> Any:
-        if value and info.field_name in cls.not_yet:
-            raise ValueError("not supported by this version yet")
-        return value
 
     _prompt_syntax = field_validator("prompt", "negative_prompt")(check_prompt_syntax)
 
