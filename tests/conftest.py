@@ -133,8 +133,8 @@ def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None
     log_dir = tmp / "logs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SPOTGEN_POLL_WAIT_S": "1",
            "SPOTGEN_PLUGINS": "tests.plugins:AlwaysFails,tests.plugins:SolidColor,tests.plugins:SlowSteps,"
-                                 "tests.plugins:Flaky",
-           "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid,slow,flaky",
+                                 "tests.plugins:SlowResumable,tests.plugins:Flaky",
+           "SPOTGEN_EXTRA_PIPELINES": "always-fails,solid,slow,slow-resumable,flaky",
            # a webhook receiver that never answers costs a test seconds, not the default's half minute
            "SPOTGEN_WEBHOOK_TIMEOUT_S": "1", "SPOTGEN_WEBHOOK_RETRY_S": "3", **(extra_env or {})}
     proc = subprocess.Popen(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.plugins import Pipeline, RetryableError, RunContext, SetupContext
+from runtime.plugins import Pipeline, RetryableError, RunContext, SetupContext, StepState
 
 
 class FailInputs(BaseModel):
@@ -57,6 +57,23 @@ class SlowSteps(Pipeline):
         for step in range(1, inputs.steps + 1):
             time.sleep(inputs.delay)
             ctx.progress(step, inputs.steps)
+        return [Image.new("RGB", (8, 8))]
+
+
+class SlowResumable(SlowSteps):
+    """``slow`` with checkpoints: a job whose length a test sets with ``delay`` (never by how fast a CPU denoises),
+    so that a signal sent at a step lands mid-job however loaded the machine is."""
+
+    name = "slow-resumable"
+    checkpoints = True
+
+    def run(self, inputs: SlowInputs, ctx: RunContext) -> list[Image.Image]:
+        import time
+
+        start = ctx.resume_from.step if ctx.resume_from else 0
+        for step in range(start + 1, inputs.steps + 1):
+            time.sleep(inputs.delay)
+            ctx.step(step, inputs.steps, lambda step=step: StepState(step=step))
         return [Image.new("RGB", (8, 8))]
 
 

@@ -139,10 +139,10 @@ def test_sigterm_while_every_sqs_call_hangs_exits_by_the_deadline_and_the_job_re
                                                                                       pool: Pool) -> None:
     emulator = urlsplit(stack.state["aws_endpoint_url"])
     release = threading.Event()
-    # A job long enough that SIGTERM, sent as soon as step 6 is logged, lands mid-job; past step 5, the periodic
-    # checkpoint (SPOTGEN_CHECKPOINT_EVERY of tests/worker/interrupt_pool.py).
-    request = {"pipeline": "txt2img", "model": "tiny-sd",
-               "inputs": {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 40, "seed": 5}}
+    # SIGTERM, sent as soon as step 6 is logged, lands mid-job (past step 5, the periodic checkpoint of
+    # SPOTGEN_CHECKPOINT_EVERY in tests/worker/interrupt_pool.py) with 5 s to spare. A txt2img job of 40 steps ran
+    # in 0.5 s: on a loaded machine it had ended before the test sent the signal.
+    request = {"pipeline": "slow-resumable", "model": "tiny-sd", "inputs": {"prompt": "x", "steps": 40, "delay": 0.15}}
     try:
         with FaultProxy((emulator.hostname, emulator.port)) as proxy, no_workers(pool):
             # the victim alone consumes, so it takes the job, and nobody takes it back before it has exited
