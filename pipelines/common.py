@@ -7,9 +7,9 @@ would leak one job's settings into the next; the modules themselves are only rea
 LoRA adapters are switched on them before it runs, one job at a time). A view costs about a millisecond, far
 less than one denoising step.
 
-Each task module (``txt2img``, ``img2img``, ``controlnet``) names its diffusers class per kind of model (``sd``
-for SD 1.x/2.x, ``sdxl``); the catalog entry's family decides which one a job runs, so clients use the same
-pipeline names for every model.
+Each task module (``txt2img``, ``img2img``, ``inpaint``, ``controlnet``) names its task; the catalog entry's family
+(``pipelines.families``) names the diffusers class that runs it, encodes the prompts and picks the samplers, so
+clients use the same pipeline names for every model.
 """
 
 from __future__ import annotations
@@ -19,17 +19,16 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from pipelines import attention, embeddings, loras, promptschedule, tiling
+from pipelines import attention, loras, tiling
 from pipelines.controlunits import check as check_units
+from pipelines.families import Family, family_of
 from pipelines.ipadapters import activate as activate_ip_adapters
 from pipelines.ipadapters import check as check_ip_adapters
-from pipelines.ipadapters import embeds as ip_adapter_embeds
 from pipelines.ipadapters import preload as preload_ip_adapter
-from pipelines.loading import KINDS, base_pipeline, check_variant, controlnet_model, family, torch_dtype
+from pipelines.loading import base_pipeline, check_variant, controlnet_model, family, torch_dtype
 from pipelines.resume import generators, resumable, run_resumable
 from pipelines.schedulers import make_scheduler
 from runtime.contract import GenerationInputs, for_family
@@ -43,12 +42,14 @@ __all__ = ["DiffusersPipeline", "Prepared", "base_pipeline", "controlnet_model",
 
 @dataclass(frozen=True)
 class Prepared:
-    """A job ready to run: its base model loaded with the job's LoRAs active, and inputs with sizes filled in."""
+    """A job ready to run: its base model loaded with the job's LoRAs active, and inputs with the family's defaults
+    filled in."""
 
     base: DiffusionPipeline
     inputs: Any
-    family: str
-    kind: str  # "sd" or "sdxl": the key of the task's ``classes``
+    family: str  # the catalog's family name (sd1, sdxl, flux...)
+    kind: Family  # what runs it (``pipelines.families``)
+    variant: str | None = None  # the base model's catalog variant
 
 
 class DiffusersPipeline(Pipeline):
@@ -56,12 +57,12 @@ class DiffusersPipeline(Pipeline):
     models can be preloaded (``SPOTGEN_PRELOAD``) into the store every built-in pipeline reads, and ``prepare``
     turns a job's inputs into a base model to run on."""
 
-    #: The diffusers pipeline class of this task for each kind of model (see the module docstring).
-    classes: ClassVar[dict[str, type[DiffusionPipeline]]] = {}
+    #: The task this pipeline runs (a key of ``Family.tasks``): the family names the diffusers class.
+    task: ClassVar[str] = ""
     #: The catalog variants of base model this task runs (None: an ordinary checkpoint).
-    variants: ClassVar[frozenset[str | None]] = frozenset({None})
-    #: This task's ControlNet class per kind, run when a job has ``controlnets`` (``pipelines.controlunits``).
-    control_classes: ClassVar[dict[str, type[DiffusionPipeline]]] = {}
+    variants: ClassVar[frozenset[str | None]] = frozenset({None, "schnell", "turbo"})
+    #: Whether every job runs the family's ControlNet class (the ``controlnet`` pipeline), not only one with units.
+    always_control: ClassVar[bool] = False
 
     def setup(self, ctx: SetupContext) -> None:
         attention.choose(ctx.device, ctx.models.attention)  # a kernel that cannot run here stops start-up
@@ -77,34 +78,45 @@ class DiffusersPipeline(Pipeline):
         return True
 
     def prepare(self, inputs: GenerationInputs, ctx: RunContext) -> Prepared:
-        """Check what depends on the model (its family's sizes and conditioning, the LoRAs' family) before
+        """Check what depends on the model (its family's sizes, guidance and inputs, the LoRAs' family) before
         anything is loaded, then load the base model and switch its adapters to this job's."""
         name = family(ctx.models, ctx.model)
         check_variant(ctx.models, ctx.model, self.variants, self.name)
-        inputs = for_family(inputs, name)
+        variant = ctx.models.entry(ctx.model, "base").variant
+        inputs = for_family(inputs, name, variant=variant)
         loras.check(ctx.models, name, inputs.loras)
         check_ip_adapters(ctx.models, name, inputs.ip_adapters)
         check_units(ctx.models, ctx.model, inputs)
+        kind = family_of(name, ctx.model)
+        kind.task_class(self.task, variant, self.always_control or bool(inputs.controlnets))  # before any load
         base = base_pipeline(ctx.models, ctx.model)
         loras.activate(ctx.models, base, inputs.loras)
         activate_ip_adapters(ctx.models, base, inputs.ip_adapters)  # (none: the base's own attention)
-        return Prepared(base, inputs, name, KINDS[name])
+        return Prepared(base, inputs, name, kind, variant)
+
+    def view_class(self, job: Prepared, control: bool) -> type[DiffusionPipeline]:
+        """The diffusers class of this task on the job's model (``Family.task_class``)."""
+        return job.kind.task_class(self.task, job.variant, self.always_control or control)
 
     def view(self, job: Prepared, **components: Any) -> DiffusionPipeline:
-        control = "controlnet" in components and self.control_classes  # a job with units
-        cls = self.control_classes[job.kind] if control else self.classes[job.kind]
-        return job_pipeline(cls, job.base, job.inputs, **components)
+        cls = self.view_class(job, control="controlnet" in components)
+        return job_pipeline(cls, job.base, job.inputs, family=job.kind, **components)
 
 
-def job_pipeline(cls: type[P], base: DiffusionPipeline, inputs: GenerationInputs, **components: Any) -> P:
+def job_pipeline(cls: type[P], base: DiffusionPipeline, inputs: GenerationInputs, *, family: Family | None = None,
+                 **components: Any) -> P:
     """A ``cls`` pipeline for one job on ``base``'s own modules (no copy), with a fresh scheduler for ``inputs``'
-    sampler and schedule; it can continue from a checkpoint (``pipelines.resume``).
+    sampler and schedule (``family``'s samplers; SD's when None); it can continue from a checkpoint
+    (``pipelines.resume``).
 
     ``components`` adds modules ``base`` lacks, such as ``controlnet``. Construction goes through ``cls.__init__``
     rather than ``cls.from_pipe``, which also casts every module to a dtype (float32 unless told otherwise) and
     would turn the shared half-precision weights to float32 on a GPU.
     """
-    scheduler = make_scheduler(inputs.scheduler, inputs.schedule, base.scheduler.config)
+    if family is None:
+        scheduler = make_scheduler(inputs.scheduler, inputs.schedule, base.scheduler.config)
+    else:
+        scheduler = family.make_scheduler(inputs, base.scheduler.config)
     config = {"requires_safety_checker": False, "add_watermarker": False,
               "force_zeros_for_empty_prompt": base.config.get("force_zeros_for_empty_prompt", True)}
     parts = {**base.components, **components, **config, "scheduler": scheduler}
@@ -128,34 +140,14 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     return image
 
 
-def _size_conditioning(inputs: GenerationInputs, kind: str) -> dict[str, Any]:
-    """SDXL's micro-conditioning as diffusers takes it; diffusers' own defaults for what the request leaves out
-    (the output size, no crop)."""
-    if kind != "sdxl":
-        return {}
-    out: dict[str, Any] = {}
-    for name in ("original_size", "target_size", "crops_coords_top_left"):
-        value = getattr(inputs, name)
-        if value is not None:
-            out[name] = tuple(value)
-    return out
-
-
 def generate(pipe: DiffusionPipeline, job: Prepared, ctx: RunContext, **task: Any) -> list[Image.Image]:
     """Run ``pipe`` with the settings every task shares plus ``task``'s own arguments, through the public
-    ``run_resumable`` (from the beginning or from ``ctx.resume_from``), the prompts encoded WebUI's way, the UNet
-    and VAE padding circularly if the job asks for seamless tiling (``pipelines.tiling``)."""
+    ``run_resumable`` (from the beginning or from ``ctx.resume_from``), the prompts encoded as the family does
+    (``Family.encode``), the UNet and VAE padding circularly if the job asks for seamless tiling
+    (``pipelines.tiling``)."""
     inputs = job.inputs
     ctx.mark("encode")  # the first mark stands: prompt encoding is part of the encode phase
-    with torch.inference_mode():
-        # Encoded here, WebUI's way (weights, 75-token chunks, BREAK, clip_skip), not by diffusers: see prompts.py;
-        # prompt editing swaps them between steps (promptschedule.py), from the step the run starts at.
-        start = ctx.resume_from.step if ctx.resume_from is not None else 0
-        embeds, pipe.step_conditioning = promptschedule.encode(
-            pipe, inputs.prompt, inputs.negative_prompt, steps=inputs.steps, start=start,
-            clip_skip=inputs.clip_skip, guidance=inputs.guidance_scale > 1, num_images=inputs.num_images,
-            embeddings=embeddings.for_family(ctx.models, job.family, (inputs.prompt, inputs.negative_prompt)))
-    embeds |= ip_adapter_embeds(pipe, job.base, inputs.ip_adapters, ctx, guidance=inputs.guidance_scale > 1)
+    prompts, pipe.step_conditioning = job.kind.encode(pipe, job, ctx)
     with tiling.circular(pipe, inputs.tiling):  # for this run only: the modules are every job's (tiling.py)
-        return run_resumable(pipe, ctx, num_images=inputs.num_images, **embeds, num_inference_steps=inputs.steps,
-                             guidance_scale=inputs.guidance_scale, **_size_conditioning(inputs, job.kind), **task)
+        return run_resumable(pipe, ctx, num_images=inputs.num_images, **prompts, num_inference_steps=inputs.steps,
+                             **job.kind.call_args(pipe, inputs), **task)

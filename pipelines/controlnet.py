@@ -1,4 +1,5 @@
-"""ControlNet: Stable Diffusion (1.x, 2.x or XL) guided by a conditioning image (edges, depth, pose...).
+"""ControlNet: a text-to-image model of any family with ControlNets guided by a conditioning image (edges, depth,
+pose...).
 
 Its own fields are one unit (the form clients used before ``controlnets``); ``inputs.controlnets`` adds more, run
 after it (``pipelines.controlunits``: the same checks, maps and per-unit lists as on every other pipeline).
@@ -6,7 +7,6 @@ after it (``pipelines.controlunits``: the same checks, maps and per-unit lists a
 
 from __future__ import annotations
 
-from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
 from PIL.Image import Image
 
 from pipelines import controlunits
@@ -23,7 +23,8 @@ class ControlNet(DiffusersPipeline):
     checkpoints = True
     Inputs = ControlNetInputs
     image_fields = ("control_image",)
-    classes = {"sd": StableDiffusionControlNetPipeline, "sdxl": StableDiffusionXLControlNetPipeline}
+    task = "txt2img"
+    always_control = True  # its own unit: the family's ControlNet class of txt2img
 
     def load(self, model_id: str, kind: str) -> bool:
         if kind != "controlnet":
@@ -45,12 +46,13 @@ class ControlNet(DiffusersPipeline):
         job = self.prepare(inputs, ctx)
         control = control_map(fit(ctx.image(inputs.control_image), job.inputs.width, job.inputs.height),
                               inputs.control_preprocessor, inputs.canny_low, inputs.canny_high)
-        own = {"image": control, "controlnet_conditioning_scale": inputs.controlnet_conditioning_scale,
+        own = {job.kind.control_key(self.task): control,
+               "controlnet_conditioning_scale": inputs.controlnet_conditioning_scale,
                "control_guidance_start": inputs.control_guidance_start,
                "control_guidance_end": inputs.control_guidance_end}
         net: object = controlnet_model(ctx.models, inputs.controlnet)
         if job.inputs.controlnets:  # more units: every argument becomes a list, this pipeline's own unit first
-            _, extra = controlunits.for_job(ctx, job.inputs, control.size, "image")
+            _, extra = controlunits.for_job(ctx, job.inputs, control.size, job.kind.control_key(self.task))
             net = controlunits.model(ctx.models, [inputs.controlnet] + [unit.id for unit in job.inputs.controlnets])
             own = {key: [value, *(extra[key] if isinstance(extra[key], list) else [extra[key]])]
                    for key, value in own.items()}

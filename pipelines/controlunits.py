@@ -1,10 +1,10 @@
 """ControlNet units on every generating pipeline (``inputs.controlnets``), as WebUI's ControlNet extension adds
 them to txt2img, img2img and inpainting.
 
-A job with units runs diffusers' ControlNet class of its task and model kind (``CLASSES``) instead of the plain
-one, on the base model's own modules plus the units' ControlNets (each loaded once per process by
-``pipelines.loading.controlnet_model``; several wrapped in a ``MultiControlNetModel`` made per job, which holds
-the same modules, no copy). Each unit's image goes through its preprocessor (``pipelines.preprocess``) and is
+A job with units runs diffusers' ControlNet class of its task and model family (``Family.control_tasks``) instead
+of the plain one, on the base model's own modules plus the units' ControlNets (each loaded once per process by
+``pipelines.loading.controlnet_model``; several wrapped in the family's multi-ControlNet module made per job, which
+holds the same modules, no copy). Each unit's image goes through its preprocessor (``pipelines.preprocess``) and is
 resized to the size the model works at; its scale and guidance window go to diffusers as per-unit lists.
 
 Everything that can be refused is checked before anything loads, naming the unit's field: an unknown id or one
@@ -24,18 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from diffusers import (
-    DiffusionPipeline,
-    StableDiffusionControlNetImg2ImgPipeline,
-    StableDiffusionControlNetInpaintPipeline,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionXLControlNetImg2ImgPipeline,
-    StableDiffusionXLControlNetInpaintPipeline,
-    StableDiffusionXLControlNetPipeline,
-)
-from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from PIL import Image
 
+from pipelines.families import family_of
 from pipelines.loading import controlnet_model, torch_dtype
 from pipelines.preprocess import preprocess, refuse_unknown
 from runtime.contract import ContractError
@@ -44,12 +35,6 @@ from runtime.models.catalog import ModelError
 from runtime.models.store import ModelStore
 from runtime.plugins import RunContext
 
-#: The ControlNet class of each task for each kind of model (``pipelines.loading.KINDS``).
-CLASSES: dict[str, dict[str, type[DiffusionPipeline]]] = {
-    "txt2img": {"sd": StableDiffusionControlNetPipeline, "sdxl": StableDiffusionXLControlNetPipeline},
-    "img2img": {"sd": StableDiffusionControlNetImg2ImgPipeline, "sdxl": StableDiffusionXLControlNetImg2ImgPipeline},
-    "inpaint": {"sd": StableDiffusionControlNetInpaintPipeline, "sdxl": StableDiffusionXLControlNetInpaintPipeline},
-}
 FIELD = "inputs.controlnets"
 
 
@@ -85,9 +70,12 @@ def refuse_passes(inputs: Any) -> None:
 
 
 def model(store: ModelStore, ids: Sequence[str]) -> Any:
-    """The ControlNet module a job's view holds: the one net, or several as one ``MultiControlNetModel``."""
+    """The ControlNet module a job's view holds: the one net, or several as their family's multi-ControlNet module
+    (``check`` made sure they are all of the base model's family)."""
     nets = [controlnet_model(store, model_id) for model_id in ids]
-    return nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
+    if len(nets) == 1:
+        return nets[0]
+    return family_of(store.entry(ids[0], "controlnet").family).multi_controlnet(nets)
 
 
 def control_maps(fetch: Any, units: Sequence[ControlUnit], size: tuple[int, int], seed: int,

@@ -24,7 +24,6 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 from PIL.Image import Image
 
 from pipelines import controlunits
@@ -36,9 +35,6 @@ from runtime.models.catalog import ModelError
 from runtime.models.store import ModelStore
 from runtime.plugins import RunContext
 
-#: The second pass's class for each kind of model (``pipelines.loading.KINDS``).
-SECOND_PASS: dict[str, type[DiffusionPipeline]] = {"sd": StableDiffusionImg2ImgPipeline,
-                                                   "sdxl": StableDiffusionXLImg2ImgPipeline}
 #: WebUI's latent upscale modes (``shared.latent_upscale_modes``): interpolate's mode and antialias.
 LATENT_MODES: dict[str, tuple[str, bool]] = {
     "latent": ("bilinear", False),
@@ -105,6 +101,6 @@ def second_pass(job: Prepared, ctx: RunContext, image: Any) -> list[Image]:
     second = replace(job, inputs=second_pass_inputs(job))
     # The job's ControlNet units guide this pass too (as WebUI's), their maps at the target size.
     net, control = controlunits.for_job(ctx, second.inputs, (second.inputs.width, second.inputs.height))
-    cls = controlunits.CLASSES["img2img"][job.kind] if net else SECOND_PASS[job.kind]
-    view = job_pipeline(cls, job.base, second.inputs, **net)
+    cls = job.kind.task_class("img2img", job.variant, control=bool(net))
+    view = job_pipeline(cls, job.base, second.inputs, family=job.kind, **net)
     return generate(view, second, ctx, image=image, strength=job.inputs.hires.denoising_strength, **control)

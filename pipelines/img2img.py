@@ -1,8 +1,8 @@
-"""Image to image: Stable Diffusion (1.x, 2.x or XL) starting from a noised input image instead of pure noise."""
+"""Image to image: any family's model (``pipelines.families``) starting from a noised input image instead of pure
+noise."""
 
 from __future__ import annotations
 
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 from PIL.Image import Image
 
 from pipelines import controlunits
@@ -16,8 +16,7 @@ class Img2Img(DiffusersPipeline):
     checkpoints = True
     Inputs = Img2ImgInputs
     image_fields = ("image",)
-    classes = {"sd": StableDiffusionImg2ImgPipeline, "sdxl": StableDiffusionXLImg2ImgPipeline}
-    control_classes = controlunits.CLASSES["img2img"]
+    task = "img2img"
 
     def run(self, inputs: Img2ImgInputs, ctx: RunContext) -> list[Image]:
         job = self.prepare(inputs, ctx)

@@ -1,32 +1,32 @@
-"""Inpainting and outpainting: Stable Diffusion (1.x, 2.x or XL) repaints where the mask is white and keeps the
-rest, on ordinary checkpoints (a 4-channel UNet: diffusers puts the image's own latents back outside the mask after
-every step) and on inpainting checkpoints (catalog ``variant: inpainting``: a 9-channel UNet that also reads the
-mask and the masked image). Masks, canvases, crops and the composite are ``pipelines.masks``'.
+"""Inpainting and outpainting: the model repaints where the mask is white and keeps the rest, on ordinary
+checkpoints (diffusers puts the image's own latents back outside the mask after every step) and on inpainting
+checkpoints (catalog ``variant: inpainting``: SD's 9-channel UNet, which also reads the mask and the masked image;
+Flux Fill, which runs as diffusers' ``FluxFillPipeline``). The family (``pipelines.families``) names the class.
+Masks, canvases, crops and the composite are ``pipelines.masks``'.
 
 WebUI's latent fills (``latent_noise``, ``latent_nothing``) replace the masked area's image latents with noise from
-the job's generators, or with zeros, before the strength's noise is added. They hook diffusers'
-``prepare_latents``: the image is encoded there as diffusers would, filled, and handed on as latents (diffusers'
-documented path for a 4-channel ``image``). Resume (``pipelines.resume``) replays ``prepare_latents`` and
-``prepare_mask_latents`` (the masked image's encoding draws too) from fresh generators, and puts the saved
-generator states back at the first step: a resumed run is byte-identical with ancestral samplers too.
+the job's generators, or with zeros, before the strength's noise is added (SD and SDXL: families with
+``latent_fills``; the others refuse them, naming ``inputs.fill``). They hook diffusers' ``prepare_latents``: the
+image is encoded there as diffusers would, filled, and handed on as latents (diffusers' documented path for a
+4-channel ``image``). Resume (``pipelines.resume``) replays ``prepare_latents`` and ``prepare_mask_latents`` (the
+masked image's encoding draws too) from fresh generators, and puts the saved generator states back at the first
+step: a resumed run is byte-identical with ancestral samplers too.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
-from diffusers import (
-    StableDiffusionControlNetInpaintPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionXLControlNetInpaintPipeline,
-    StableDiffusionXLInpaintPipeline,
-)
+from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from PIL.Image import Image
 
 from pipelines import controlunits, masks
-from pipelines.common import DiffusersPipeline, generate
+from pipelines.common import DiffusersPipeline, Prepared, generate
+from pipelines.loading import model_family
+from runtime.contract import ContractError
 from runtime.contract.edits import InpaintInputs, inpaint_size
 from runtime.plugins import RunContext
 
@@ -66,20 +66,10 @@ class LatentFill:
         return latents * (1 - mask) + fresh * mask
 
 
-class SDInpaint(LatentFill, StableDiffusionInpaintPipeline):
-    pass
-
-
-class SDXLInpaint(LatentFill, StableDiffusionXLInpaintPipeline):
-    pass
-
-
-class SDControlInpaint(LatentFill, StableDiffusionControlNetInpaintPipeline):
-    pass
-
-
-class SDXLControlInpaint(LatentFill, StableDiffusionXLControlNetInpaintPipeline):
-    pass
+@functools.cache
+def with_latent_fill(cls: type[DiffusionPipeline]) -> type[DiffusionPipeline]:
+    """``cls`` with the ``LatentFill`` mixin, made once per pipeline class."""
+    return type(cls.__name__, (LatentFill, cls), {"__module__": __name__})
 
 
 class Inpaint(DiffusersPipeline):
@@ -87,11 +77,17 @@ class Inpaint(DiffusersPipeline):
     checkpoints = True
     Inputs = InpaintInputs
     image_fields = ("image", "mask")
-    variants = frozenset({None, "inpainting"})
-    classes = {"sd": SDInpaint, "sdxl": SDXLInpaint}
-    control_classes = {"sd": SDControlInpaint, "sdxl": SDXLControlInpaint}
+    variants = frozenset({None, "inpainting", "schnell", "turbo"})
+    task = "inpaint"
+
+    def view_class(self, job: Prepared, control: bool) -> type[DiffusionPipeline]:
+        cls = super().view_class(job, control)
+        return with_latent_fill(cls) if job.kind.latent_fills else cls
 
     def run(self, inputs: InpaintInputs, ctx: RunContext) -> list[Image]:
+        if inputs.fill in LATENT_FILLS and not model_family(ctx.models, ctx.model).latent_fills:
+            raise ContractError("invalid_field", f"inputs.fill: {inputs.fill} hooks SD's and SDXL's inpainting; on "
+                                f"this model use original or fill", "inputs.fill")
         job = self.prepare(inputs, ctx)
         # Fetched, checked and prepared before the model runs, so a bad mask fails the job cheaply.
         image = ctx.image(inputs.image)

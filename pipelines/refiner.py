@@ -34,7 +34,7 @@ def check(store: ModelStore, job: Prepared) -> None:
         entry = store.entry(refiner_id, "base")
     except ModelError as exc:
         raise ContractError(exc.code, f"refiner: {exc}", FIELD) from None
-    if job.kind != "sdxl" or entry.family != job.family:
+    if job.family != "sdxl" or entry.family != job.family:
         raise ContractError("incompatible_refiner", f"refiner {refiner_id!r} is a {entry.family} model; it must be "
                             f"of the base model's family ({job.family}), and the refiner takes over SDXL models only",
                             FIELD)
@@ -70,7 +70,7 @@ def refine(job: Prepared, ctx: RunContext, refiner: DiffusionPipeline, latents: 
            output_type: str = "pil") -> Any:
     """The refiner's steps on the base model's latents: the images, or latents for a pass after it."""
     config = {"requires_aesthetics_score": bool(refiner.config.get("requires_aesthetics_score", False))}
-    view = job_pipeline(StableDiffusionXLImg2ImgPipeline, refiner, job.inputs, **config)
+    view = job_pipeline(StableDiffusionXLImg2ImgPipeline, refiner, job.inputs, family=job.kind, **config)
     on_refiner = replace(job, base=refiner)
     return generate(view, on_refiner, ctx, image=latents, denoising_start=job.inputs.switch_at,
                     output_type=output_type)

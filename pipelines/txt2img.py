@@ -1,5 +1,5 @@
-"""Text to image: Stable Diffusion (1.x, 2.x or XL, as the model is) from a prompt alone; with hires fix (a second
-pass at a higher size, ``pipelines.hires``) and SDXL's refiner (``pipelines.refiner``) when the job asks.
+"""Text to image: a prompt alone, on any family's model (``pipelines.families``); with hires fix (a second pass at a
+higher size, ``pipelines.hires``) and SDXL's refiner (``pipelines.refiner``) when the job asks.
 
 A job of several passes runs them as ``pipelines.phases.Phases``: base, then refiner, then hires (WebUI's order: the
 refiner finishes the first pass's image, hires fix then works on it at the target size, with the base model).
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL.Image import Image
 
 from pipelines import controlunits, hires, refiner
@@ -24,13 +23,13 @@ class Txt2Img(DiffusersPipeline):
     name = "txt2img"
     checkpoints = True
     Inputs = Txt2ImgInputs
-    classes = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
-    control_classes = controlunits.CLASSES["txt2img"]
+    task = "txt2img"
 
     def run(self, inputs: Txt2ImgInputs, ctx: RunContext) -> list[Image]:
         job = self.prepare(inputs, ctx)
         if job.inputs.hires is None and job.inputs.refiner is None:
-            net, control = controlunits.for_job(ctx, job.inputs, (job.inputs.width, job.inputs.height), "image")
+            net, control = controlunits.for_job(ctx, job.inputs, (job.inputs.width, job.inputs.height),
+                                                job.kind.control_key(self.task))
             return generate(self.view(job, **net), job, ctx, width=job.inputs.width, height=job.inputs.height,
                             **control)
         return self.passes(job, ctx)
@@ -54,7 +53,7 @@ class Txt2Img(DiffusersPipeline):
         handover = "pil" if inputs.hires is None or not hires.in_latents(inputs.hires) else "latent"
         end: dict[str, Any] = {"denoising_end": inputs.switch_at} if refiner_model is not None else {}
         first_output = "latent" if refiner_model is not None else handover
-        net, control = controlunits.for_job(ctx, inputs, (inputs.width, inputs.height), "image")
+        net, control = controlunits.for_job(ctx, inputs, (inputs.width, inputs.height), job.kind.control_key(self.task))
         out = phases.run("base", lambda c: generate(self.view(job, **net), job, c, width=inputs.width,
                                                     height=inputs.height, output_type=first_output, **end, **control))
         if refiner_model is not None:

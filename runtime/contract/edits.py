@@ -95,13 +95,15 @@ class UpscaleInputs(OutputOptions):
 def inpaint_size(inputs: InpaintInputs, image_width: int, image_height: int, family: str,
                  prefix: str = "inputs") -> tuple[int, int]:
     """The job's working size for an image of ``image_width`` x ``image_height``: its own ``width``/``height``,
-    else the canvas's (image plus ``extend``), rounded down to a multiple of 8; a ``ContractError`` naming the
-    field when it is beyond the family's pixel budget."""
+    else the canvas's (image plus ``extend``), rounded down to what the family's sizes divide by (8, or 16 for
+    Flux and SD 3.5); a ``ContractError`` naming the field when it is beyond the family's pixel budget."""
     extend = inputs.extend or Extend.model_construct(left=0, right=0, top=0, bottom=0)
     canvas = (image_width + extend.left + extend.right, image_height + extend.top + extend.bottom)
-    width = inputs.width if inputs.width is not None else max(8, canvas[0] // 8 * 8)
-    height = inputs.height if inputs.height is not None else max(8, canvas[1] // 8 * 8)
-    budget = family_rules(family).max_pixels
+    rules = family_rules(family)
+    step = rules.multiple_of
+    width = inputs.width if inputs.width is not None else max(step, canvas[0] // step * step)
+    height = inputs.height if inputs.height is not None else max(step, canvas[1] // step * step)
+    budget = rules.max_pixels
     if width * height > budget or max(width, height) > MAX_SIDE:
         field = "extend" if inputs.extend is not None and inputs.width is None else "width"
         raise ContractError("invalid_field", f"{prefix}.{field}: the job works at {width}x{height} "

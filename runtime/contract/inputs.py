@@ -24,6 +24,8 @@ MAX_GUIDANCE = 30.0
 MAX_PROMPT_CHARS = 2000
 MAX_LORAS = 5
 MAX_LORA_WEIGHT = 2.0
+MAX_SHIFT = 20.0
+MAX_T5_TOKENS = 512
 
 #: Samplers a request may ask for, by the names SD WebUI users know (docs/api.md has the table); the worker maps
 #: each, with a schedule, to a diffusers scheduler (``pipelines/schedulers.py``).
@@ -140,6 +142,16 @@ class IpAdapterRef(Strict):
     scale: float = Field(1.0, ge=0.0, le=2.0)
 
 
+class SkipLayerGuidance(Strict):
+    """SD 3.5 medium's skip-layer guidance (diffusers' ``skip_guidance_layers`` and friends): between ``start`` and
+    ``stop`` of the steps, a pass without ``layers`` of the transformer steers away from what those layers add."""
+
+    layers: list[int] = Field(default_factory=lambda: [7, 8, 9], min_length=1, max_length=16)
+    scale: float = Field(2.8, ge=0.0, le=10.0)
+    start: float = Field(0.01, ge=0.0, lt=1.0)
+    stop: float = Field(0.2, gt=0.0, le=1.0)
+
+
 class GenerationInputs(OutputOptions):
     """Inputs every built-in diffusers pipeline takes. ``width``/``height`` left out mean the model family's
     default size (``runtime.contract.families``); ``format``, ``quality`` and ``lossless`` (``OutputOptions``)
@@ -150,7 +162,18 @@ class GenerationInputs(OutputOptions):
     width: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE)
     height: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE)
     steps: int = Field(30, ge=1, le=MAX_STEPS)
-    guidance_scale: float = Field(7.5, ge=0.0, le=MAX_GUIDANCE)
+    #: Classifier-free guidance (1: off). Left out: the family's default (7.5 for SD and SDXL, 1 for Flux, whose
+    #: ``guidance`` is distilled into the model, 4.5 for SD 3.5; none for schnell and turbo models).
+    guidance_scale: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
+    #: Flux dev's distilled guidance (Forge's "Distilled CFG Scale"); left out, 3.5. Other families refuse it.
+    guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
+    #: Flow-matching models (Flux, SD 3.5): the sigma shift (Forge's "Shift"); left out, the model's own (Flux dev
+    #: shifts by the image's size). Other families refuse it.
+    shift: float | None = Field(None, gt=0.0, le=MAX_SHIFT)
+    #: How many T5 tokens of the prompt condition a Flux or SD 3.5 model (left out: 512, schnell 256).
+    max_sequence_length: int | None = Field(None, ge=1, le=MAX_T5_TOKENS)
+    #: SD 3.5 (medium)'s skip-layer guidance; off when left out.
+    skip_layer_guidance: SkipLayerGuidance | None = None
     seed: int | None = Field(None, ge=0, lt=2**32)
     scheduler: Scheduler = "euler"
     schedule: Schedule = "default"

@@ -102,7 +102,7 @@ def test_every_sampler_takes_the_default_schedule_and_only_known_ones() -> None:
 def test_the_settings_know_the_contracts_families() -> None:
     assert set(get_args(Family)) == set(FAMILIES)
     with pytest.raises(SystemExit, match="SPOTGEN_MODEL_FAMILIES"):
-        Settings.from_env({"SPOTGEN_MODEL_FAMILIES": "x=sd3"})
+        Settings.from_env({"SPOTGEN_MODEL_FAMILIES": "x=sd4"})
     assert Settings.from_env({"SPOTGEN_MODEL_FAMILIES": "x=sdxl, y=sd1"}).model_families == {"x": "sdxl", "y": "sd1"}
 
 

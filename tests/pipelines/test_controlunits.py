@@ -139,12 +139,20 @@ def test_hires_fix_with_two_units_resumes_byte_identically_in_either_pass(harnes
         assert png(harness.run("txt2img", resume_from=state, **job)) == reference, f"resumed after step {stop}"
 
 
-def test_every_generating_task_has_control_classes() -> None:
+def test_every_generating_task_has_control_classes_or_refuses_units_naming_them() -> None:
+    from pipelines.families import families
     from tests.pipelines.harness import CASES
 
     for name, (cls, _) in CASES.items():
         assert issubclass(cls, DiffusersPipeline)
-        assert name == "controlnet" or set(cls.control_classes) == {"sd", "sdxl"}, name
+        for family in families().values():
+            if cls.task in family.control_tasks:
+                assert family.task_class(cls.task, None, control=True) is family.control_tasks[cls.task], name
+                continue
+            assert family.name == "sd3" and cls.task == "img2img"  # diffusers has no SD3 ControlNet img2img class
+            with pytest.raises(ContractError, match="img2img with ControlNet units does not run on sd3") as caught:
+                family.task_class(cls.task, None, control=True)
+            assert caught.value.field == "inputs.controlnets"
 
 
 def test_a_unit_of_another_dtype_is_refused_naming_its_id(tiny_models: Path, tmp_path: Path) -> None:

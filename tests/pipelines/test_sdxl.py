@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-from pipelines.loading import KINDS
+from pipelines.families import family_of
 from runtime.contract import ContractError, Txt2ImgInputs, for_family
 from runtime.models.catalog import ModelError
 from runtime.models.store import ModelStore
@@ -21,7 +21,8 @@ SDXL = "tiny-sdxl"
                                          ("img2img", StableDiffusionXLImg2ImgPipeline),
                                          ("controlnet", StableDiffusionXLControlNetPipeline)])
 def test_the_family_picks_the_sdxl_pipeline(name: str, cls: type) -> None:
-    assert CASES[name][0].classes["sdxl"] is cls and KINDS["sdxl"] == "sdxl"
+    task = CASES[name][0]
+    assert family_of("sdxl").task_class(task.task, None, task.always_control) is cls
 
 
 @pytest.mark.parametrize(("model", "controlnet"), [(SDXL, "tiny-controlnet"), ("tiny-sd", "tiny-sdxl-controlnet")])

@@ -1,0 +1,58 @@
+"""Stable Diffusion 3.5 (large, medium, large turbo): an MMDiT transformer with CLIP-L, CLIP-G and T5.
+
+Classifier-free guidance as SD's (``guidance_scale``, 4.5 by default); turbo (catalog ``variant: turbo``) is
+timestep-distilled and runs without it. 3.5 medium's skip-layer guidance (``inputs.skip_layer_guidance``) is
+diffusers' ``skip_guidance_layers``: the layers must exist in the model's transformer, and only diffusers'
+text-to-image class takes it (other tasks refuse it, naming the field).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from diffusers import (
+    DiffusionPipeline,
+    SD3ControlNetModel,
+    StableDiffusion3ControlNetInpaintingPipeline,
+    StableDiffusion3ControlNetPipeline,
+    StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3InpaintPipeline,
+    StableDiffusion3Pipeline,
+)
+from diffusers.models.controlnets.controlnet_sd3 import SD3MultiControlNetModel
+
+from pipelines.families.base import require
+from pipelines.families.flow import FlowMatching
+from runtime.contract import ContractError
+
+
+class StableDiffusion3(FlowMatching):
+    names = ("sd3",)
+    base_class = StableDiffusion3Pipeline
+    tasks: ClassVar[dict[str, type[DiffusionPipeline]]] = {
+        "txt2img": StableDiffusion3Pipeline, "img2img": StableDiffusion3Img2ImgPipeline,
+        "inpaint": StableDiffusion3InpaintPipeline}
+    control_tasks: ClassVar[dict[str, type[DiffusionPipeline]]] = {
+        "txt2img": StableDiffusion3ControlNetPipeline, "inpaint": StableDiffusion3ControlNetInpaintingPipeline}
+    controlnet_class = SD3ControlNetModel
+    sequence_length = 256  # diffusers' default for SD3; 3.5 was trained with 256 T5 tokens
+
+    def multi_controlnet(self, nets: Any) -> Any:
+        return SD3MultiControlNetModel(list(nets))
+
+    def call_args(self, pipe: DiffusionPipeline, inputs: Any) -> dict[str, Any]:
+        args: dict[str, Any] = {"guidance_scale": inputs.guidance_scale}
+        slg = inputs.skip_layer_guidance
+        if slg is not None:
+            layers = pipe.transformer.config.num_layers  # type: ignore[attr-defined]
+            if max(slg.layers) >= layers:
+                raise ContractError("invalid_field", f"inputs.skip_layer_guidance.layers: this model's transformer has "
+                                    f"{layers} layers (0 to {layers - 1}); {max(slg.layers)} is not one of them",
+                                    "inputs.skip_layer_guidance.layers")
+            args |= {"skip_guidance_layers": slg.layers, "skip_layer_guidance_scale": slg.scale,
+                     "skip_layer_guidance_start": slg.start, "skip_layer_guidance_stop": slg.stop}
+            require(pipe, args, "inputs.skip_layer_guidance", "skip_guidance_layers")
+        return args
+
+
+FAMILY = StableDiffusion3()
