@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 PREFIX = "SPOTGEN_"
 #: The model families (``runtime.contract.families``; settings import nothing of the rest, a test keeps them equal).
-Family = Literal["sd1", "sd2", "sdxl"]
+Family = Literal["sd1", "sd2", "sdxl", "flux", "sd3"]
+#: The base-model variants (the catalog's ``variant``: ``runtime.models.catalog`` says which family has which).
+Variant = Literal["inpainting", "refiner", "schnell", "turbo"]
 
 #: The shape of a runtime's name (the AWS sample's ``task.metadata.runtime``; the contract checks it the same way).
 RUNTIME_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -97,12 +99,17 @@ class Settings(BaseModel):
     public_url: str = ""
     #: Base model ids the API accepts (comma separated); the worker's catalog is the final word.
     models: list[str] = Field(default_factory=lambda: ["tiny-sd", "tiny-sdxl", "tiny-sd-inpainting",
-                                                       "tiny-sdxl-inpainting", "tiny-sdxl-refiner"])
+                                                       "tiny-sdxl-inpainting", "tiny-sdxl-refiner", "tiny-flux",
+                                                       "tiny-flux-schnell", "tiny-flux-fill", "tiny-sd3",
+                                                       "tiny-sd3-turbo"])
     #: ControlNet model ids the API accepts.
-    controlnets: list[str] = Field(default_factory=lambda: ["tiny-controlnet", "tiny-sdxl-controlnet"])
+    controlnets: list[str] = Field(default_factory=lambda: ["tiny-controlnet", "tiny-sdxl-controlnet",
+                                                            "tiny-flux-controlnet", "tiny-sd3-controlnet"])
     #: LoRA ids the API accepts in ``inputs.loras``.
     loras: list[str] = Field(default_factory=lambda: ["tiny-lora-sd1", "tiny-lora-sd1-kohya", "tiny-lora-sdxl",
-                                                      "tiny-lora-sdxl-kohya"])
+                                                      "tiny-lora-sdxl-kohya", "tiny-lora-flux",
+                                                      "tiny-lora-flux-kohya", "tiny-lora-flux-xlabs",
+                                                      "tiny-lora-sd3"])
     #: Upscaler model ids (catalog ``kind: upscaler``) the API accepts as an ``upscale`` job's model and as
     #: ``inputs.hires.upscaler``; ``lanczos``, ``nearest`` and the latent upscalers need no model and are always
     #: accepted.
@@ -110,13 +117,24 @@ class Settings(BaseModel):
     #: Textual-inversion embedding ids (catalog ``kind: embedding``) the API lists (a prompt names one as a word;
     #: the worker recognises every catalog embedding of the model's family, listed here or not).
     embeddings: list[str] = Field(default_factory=lambda: ["tiny-emb-sd1", "tiny-emb-sd1-diffusers", "tiny-emb-sdxl"])
-    #: The family of the ids above, as ``id=family,...`` (sd1, sd2, sdxl), so the API can refuse an SDXL-only
-    #: input for an SD 1.x model or a LoRA of another family with a 400; an id not listed is checked by the worker.
+    #: The family of the ids above, as ``id=family,...`` (sd1, sd2, sdxl, flux, sd3), so the API can refuse an
+    #: SDXL-only input for an SD 1.x model or a LoRA of another family with a 400; an id not listed is checked by
+    #: the worker.
     model_families: dict[str, Family] = Field(default_factory=lambda: {
         "tiny-sd": "sd1", "tiny-sd-inpainting": "sd1", "tiny-controlnet": "sd1", "tiny-lora-sd1": "sd1",
         "tiny-lora-sd1-kohya": "sd1", "tiny-sdxl": "sdxl",
         "tiny-sdxl-inpainting": "sdxl", "tiny-sdxl-refiner": "sdxl", "tiny-sdxl-controlnet": "sdxl",
-        "tiny-lora-sdxl": "sdxl", "tiny-lora-sdxl-kohya": "sdxl"})
+        "tiny-lora-sdxl": "sdxl", "tiny-lora-sdxl-kohya": "sdxl",
+        **dict.fromkeys(("tiny-flux", "tiny-flux-schnell", "tiny-flux-fill", "tiny-flux-controlnet", "tiny-lora-flux",
+                         "tiny-lora-flux-kohya", "tiny-lora-flux-xlabs"), "flux"),
+        **dict.fromkeys(("tiny-sd3", "tiny-sd3-turbo", "tiny-sd3-controlnet", "tiny-lora-sd3"), "sd3")})
+    #: The variant of the base models above that have one (the catalog's ``variant``), as ``id=variant,...``
+    #: (inpainting, refiner, schnell, turbo), so the API can refuse what the variant cannot do with a 400 (guidance
+    #: for FLUX.1 schnell, a txt2img job on an inpainting model); an id not listed is a plain model to the API, and
+    #: its worker's catalog has the final word.
+    model_variants: dict[str, Variant] = Field(default_factory=lambda: {
+        "tiny-sd-inpainting": "inpainting", "tiny-sdxl-inpainting": "inpainting", "tiny-sdxl-refiner": "refiner",
+        "tiny-flux-schnell": "schnell", "tiny-flux-fill": "inpainting", "tiny-sd3-turbo": "turbo"})
     #: Plugin pipeline names the API accepts besides the built-ins.
     extra_pipelines: list[str] = Field(default_factory=list)
     #: The plugin schema file (``spotgen pipeline schema ... --out``) shipped in the Lambda package: the submit API
@@ -299,16 +317,16 @@ class Settings(BaseModel):
                 raise ValueError(f"{host!r} {problem}; list exact host names such as 'images.example.com'")
         return hosts
 
-    @field_validator("model_families", mode="before")
+    @field_validator("model_families", "model_variants", mode="before")
     @classmethod
-    def _pairs(cls, value: object) -> object:
+    def _pairs(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
             return value
         pairs = {}
         for item in filter(None, (part.strip() for part in value.split(","))):
             name, sep, family = item.partition("=")
             if not sep:
-                raise ValueError(f"{item!r} is not id=family")
+                raise ValueError(f"{item!r} is not id={'family' if info.field_name == 'model_families' else 'variant'}")
             pairs[name.strip()] = family.strip()
         return pairs
 

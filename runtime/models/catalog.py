@@ -17,6 +17,7 @@ files (``.bin``, ``.ckpt``, ...) run code when unpickled, so a model that contai
       "dream": {"path": "checkpoints/dreamshaper_8.safetensors", "config": "configs/sd15", "family": "sd1"},
       "canny": {"path": "sd-controlnet-canny", "kind": "controlnet", "family": "sd1"},
       "xl":    {"path": "checkpoints/sd_xl_base_1.0.safetensors", "config": "configs/sdxl", "family": "sdxl"},
+      "schnell": {"path": "FLUX.1-schnell", "family": "flux", "variant": "schnell"},
       "detail": {"path": "loras/add_detail.safetensors", "kind": "lora", "family": "sd1"}}}
 
 A textual-inversion embedding (``kind: embedding``) is one ``.safetensors`` file: WebUI's (``emb_params``; for
@@ -56,6 +57,16 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+@:-]{0,127}$")
 
 log = logging.getLogger("spotgen.models")
+
+#: The families each base-model variant exists in, and what the catalog says of it in another family.
+_VARIANT_FAMILIES: dict[str, tuple[frozenset[str], str]] = {
+    "refiner": (frozenset({"sdxl"}), "a refiner is an SDXL model: set family to sdxl"),
+    "schnell": (frozenset({"flux"}), "'schnell' is FLUX.1 schnell: set family to flux"),
+    "turbo": (frozenset({"sd3"}), "'turbo' is SD 3.5 large turbo: set family to sd3 (an SDXL Turbo checkpoint is "
+                                  "a plain sdxl model, without a variant)"),
+    "inpainting": (frozenset({"sd1", "sd2", "sdxl", "flux"}),
+                   "there is no SD 3 inpainting checkpoint: an sd3 model inpaints as it is (leave 'variant' out)"),
+}
 
 
 class ModelError(ValueError):
@@ -109,10 +120,14 @@ class CatalogEntry(BaseModel):
     #: except for a LoRA, which is always one file).
     path: RelPath
     kind: Literal["base", "controlnet", "lora", "vae", "upscaler", "ip_adapter", "image_encoder", "embedding"] = "base"
-    family: Literal["sd1", "sd2", "sdxl"] = "sd1"
-    #: A base model made for one task: ``inpainting`` (its UNet also takes the mask and the masked image: the
-    #: inpaint pipeline only) or ``refiner`` (SDXL's refiner: a txt2img job's ``refiner`` only).
-    variant: Literal["inpainting", "refiner"] | None = None
+    #: Stable Diffusion 1.x, 2.x, SDXL, Flux.1 (dev, schnell, Fill) or Stable Diffusion 3.x (3.5 large, medium,
+    #: large turbo).
+    family: Literal["sd1", "sd2", "sdxl", "flux", "sd3"] = "sd1"
+    #: A base model made for one task or one way of sampling: ``inpainting`` (its UNet or transformer also takes
+    #: the mask and the masked image: the inpaint pipeline only; Flux's is FLUX.1 Fill), ``refiner`` (SDXL's
+    #: refiner: a txt2img job's ``refiner`` only), ``schnell`` (FLUX.1 schnell: few steps, no guidance) or
+    #: ``turbo`` (SD 3.5 large turbo: few steps, no guidance).
+    variant: Literal["inpainting", "refiner", "schnell", "turbo"] | None = None
     #: Which version of the model this is (a Hub commit, a tag); informational, shown by ``spotgen models list``.
     revision: Annotated[str, AfterValidator(_revision)] | None = None
     #: A JSON file ``{"files": {relpath: sha256}}`` that ``spotgen models verify`` checks the files against.
@@ -160,8 +175,9 @@ class CatalogEntry(BaseModel):
                              "is not")
         elif self.variant is not None and self.kind != "base":
             raise ValueError(f"'variant' is for base models; this is a {self.kind}")
-        elif self.variant == "refiner" and self.family != "sdxl":
-            raise ValueError("a refiner is an SDXL model: set family to sdxl")
+        elif self.variant is not None and self.family not in _VARIANT_FAMILIES[self.variant][0]:
+            hint = _VARIANT_FAMILIES[self.variant][1]
+            raise ValueError(f"family {self.family} has no {self.variant!r} variant: {hint}")
         elif self.kind == "upscaler" and (not self.single_file or self.config is not None):
             raise ValueError(f"an upscaler is one '{SAFETENSORS_SUFFIX}' file (ESRGAN, Real-ESRGAN, SwinIR ... weights "
                              f"that spandrel reads), without a config; {self.path!r} is not")

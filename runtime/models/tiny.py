@@ -2,11 +2,13 @@
 
 They have the *shape* of Stable Diffusion 1.x and of SDXL (VAE scale factor 8, CLIP text encoders with 77
 positions, SDXL's two encoders and size conditioning, ControlNets whose conditioning embedding downsamples by 8,
-LoRA adapters in diffusers' and kohya's formats), so every code path a real checkpoint takes is exercised, but
+LoRA adapters in diffusers' and kohya's formats), and of Flux.1 (dev, schnell, Fill) and SD 3.5 (medium, large
+turbo) with their ControlNets and LoRAs, so every code path a real checkpoint takes is exercised, but
 they weigh a few MB and run in milliseconds on a CPU. Nothing is downloaded: the weights come from fixed seeds
 and the tokenizer is generated here, so two builds are identical. The networks are in ``tinynets`` and the
 adapters in ``tinylora`` (the IP-Adapters and their image encoder in ``tinyadapters``); the upscalers (ESRGAN and
-Real-ESRGAN Compact, read by spandrel) in ``tinyupscalers``.
+Real-ESRGAN Compact, read by spandrel) in ``tinyupscalers``; the flow-matching models (Flux, SD 3) and their T5
+tokenizer in ``tinyflow``, their LoRAs (diffusers', kohya's and XLabs' formats) in ``tinyflowlora``.
 """
 
 from __future__ import annotations
@@ -31,15 +33,21 @@ SDXL_CONTROLNET_ID = "tiny-sdxl-controlnet"
 INPAINTING_ID = "tiny-sd-inpainting"
 SDXL_INPAINTING_ID = "tiny-sdxl-inpainting"
 REFINER_ID = "tiny-sdxl-refiner"
+#: Flux.1 dev (guidance embedded), schnell (none) and Fill (inpainting); SD 3.5 medium and large turbo shapes.
+FLUX_ID, FLUX_SCHNELL_ID, FLUX_FILL_ID = "tiny-flux", "tiny-flux-schnell", "tiny-flux-fill"
+SD3_ID, SD3_TURBO_ID = "tiny-sd3", "tiny-sd3-turbo"
+FLUX_CONTROLNET_ID, SD3_CONTROLNET_ID = "tiny-flux-controlnet", "tiny-sd3-controlnet"
 LORA_DIR = "tiny-loras"  # not "loras": a rebuild replaces the directory, and an operator's own may be there
 #: Upscalers of two architectures (ESRGAN x4, Real-ESRGAN Compact x2); a directory of their own, as the LoRAs.
 UPSCALER_DIR = "tiny-upscalers"
 UPSCALER_IDS = ("tiny-esrgan", "tiny-compact")
 #: A build of another version is rebuilt; bump it whenever what is built changes.
-VERSION = 9
+VERSION = 10
 _VERSION_FILE = ".tiny-version"
-#: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights.
-LORA_IDS = {"sd1": ("tiny-lora-sd1", "tiny-lora-sd1-kohya"), "sdxl": ("tiny-lora-sdxl", "tiny-lora-sdxl-kohya")}
+#: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights; Flux's
+#: in XLabs' format too; SD 3's in diffusers' only.
+LORA_IDS = {"sd1": ("tiny-lora-sd1", "tiny-lora-sd1-kohya"), "sdxl": ("tiny-lora-sdxl", "tiny-lora-sdxl-kohya"),
+            "flux": ("tiny-lora-flux", "tiny-lora-flux-kohya", "tiny-lora-flux-xlabs"), "sd3": ("tiny-lora-sd3",)}
 #: IP-Adapters of each family (``tinyadapters``), one file each, and the image encoder they share.
 IP_ADAPTER_DIR = "tiny-ip-adapters"
 IP_ADAPTER_IDS = {"sd1": "tiny-ip-adapter-sd1", "sdxl": "tiny-ip-adapter-sdxl"}
@@ -51,7 +59,14 @@ EMBEDDING_IDS = {"tiny-emb-sd1": "sd1", "tiny-emb-sd1-diffusers": "sd1", "tiny-e
 #: those files run unchanged on the dev stack (``docs/migrating.md``); a real catalog names real files.
 ALIASES = {BASE_ID: ["v1-5-pruned-emaonly.safetensors", "v1-5-pruned-emaonly"],
            SDXL_ID: ["sd_xl_turbo_1.0.safetensors", "sd_xl_base_1.0.safetensors"],
-           CONTROLNET_ID: ["control_v11p_sd15_canny"], SDXL_CONTROLNET_ID: ["controlnet-canny-sdxl-1.0"]}
+           CONTROLNET_ID: ["control_v11p_sd15_canny"], SDXL_CONTROLNET_ID: ["controlnet-canny-sdxl-1.0"],
+           FLUX_ID: ["flux1-dev.safetensors", "flux1-dev-fp8.safetensors"],
+           FLUX_SCHNELL_ID: ["flux1-schnell.safetensors"], FLUX_FILL_ID: ["flux1-fill-dev.safetensors"],
+           SD3_ID: ["sd3.5_medium.safetensors"], SD3_TURBO_ID: ["sd3.5_large_turbo.safetensors"],
+           FLUX_CONTROLNET_ID: [], SD3_CONTROLNET_ID: []}
+#: The flow-matching base models: (family, variant).
+FLOW_MODELS = {FLUX_ID: ("flux", None), FLUX_SCHNELL_ID: ("flux", "schnell"), FLUX_FILL_ID: ("flux", "inpainting"),
+               SD3_ID: ("sd3", None), SD3_TURBO_ID: ("sd3", "turbo")}
 CATALOG: dict[str, dict[str, Any]] = {
     **{model_id: {"path": model_id, "kind": kind, "family": family, "aliases": ALIASES[model_id]}
        for model_id, kind, family in ((BASE_ID, "base", "sd1"), (CONTROLNET_ID, "controlnet", "sd1"),
@@ -62,6 +77,10 @@ CATALOG: dict[str, dict[str, Any]] = {
                          "aliases": ["sd_xl_base_1.0_inpainting_0.1.safetensors"]},
     REFINER_ID: {"path": REFINER_ID, "kind": "base", "family": "sdxl", "variant": "refiner",
                  "aliases": ["sd_xl_refiner_1.0.safetensors"]},
+    **{model_id: {"path": model_id, "kind": "base", "family": family, **({"variant": variant} if variant else {}),
+                  "aliases": ALIASES[model_id]} for model_id, (family, variant) in FLOW_MODELS.items()},
+    FLUX_CONTROLNET_ID: {"path": FLUX_CONTROLNET_ID, "kind": "controlnet", "family": "flux", "aliases": []},
+    SD3_CONTROLNET_ID: {"path": SD3_CONTROLNET_ID, "kind": "controlnet", "family": "sd3", "aliases": []},
     **{lora: {"path": f"{LORA_DIR}/{lora}.safetensors", "kind": "lora", "family": family}
        for family, ids in LORA_IDS.items() for lora in ids},
     **{upscaler: {"path": f"{UPSCALER_DIR}/{upscaler}.safetensors", "kind": "upscaler"} for upscaler in UPSCALER_IDS},
@@ -75,7 +94,8 @@ CATALOG: dict[str, dict[str, Any]] = {
 # A file each model must hold; with the catalog entry (written last) it means the model is whole.
 _MARKERS = {BASE_ID: "model_index.json", CONTROLNET_ID: "config.json", SDXL_ID: "model_index.json",
             SDXL_CONTROLNET_ID: "config.json", INPAINTING_ID: "model_index.json", REFINER_ID: "model_index.json",
-            SDXL_INPAINTING_ID: "model_index.json",
+            SDXL_INPAINTING_ID: "model_index.json", **dict.fromkeys(FLOW_MODELS, "model_index.json"),
+            FLUX_CONTROLNET_ID: "config.json", SD3_CONTROLNET_ID: "config.json",
             **{lora: "" for ids in LORA_IDS.values() for lora in ids}, **{up: "" for up in UPSCALER_IDS},
             IMAGE_ENCODER_ID: "config.json", **dict.fromkeys(IP_ADAPTER_IDS.values(), ""),
             **dict.fromkeys(EMBEDDING_IDS, "")}
@@ -153,7 +173,7 @@ def _save_models(out: Path) -> None:
     import torch  # the worker's dependencies, imported only when models are really built
     from safetensors.torch import save_file
 
-    from runtime.models import tinyadapters, tinyembeddings, tinylora, tinynets, tinyupscalers
+    from runtime.models import tinyadapters, tinyembeddings, tinyflow, tinyflowlora, tinylora, tinynets, tinyupscalers
 
     with torch.random.fork_rng(devices=[]):  # deterministic without disturbing the caller's RNG
         sd = tinynets.sd_pipeline(_tokenizer())
@@ -165,7 +185,7 @@ def _save_models(out: Path) -> None:
                 REFINER_ID: tinynets.sdxl_refiner(_tokenizer(pad_token="!"))}
         (out / LORA_DIR).mkdir()
         for seed, (family, pipe) in enumerate((("sd1", sd), ("sdxl", sdxl))):
-            plain, kohya = LORA_IDS[family]
+            plain, kohya = LORA_IDS[family][:2]
             save_file(tinylora.lora_weights(pipe, seed=20 + seed), out / LORA_DIR / f"{plain}.safetensors")
             save_file(tinylora.kohya_format(tinylora.lora_weights(pipe, seed=30 + seed), family == "sdxl"),
                       out / LORA_DIR / f"{kohya}.safetensors")
@@ -174,6 +194,7 @@ def _save_models(out: Path) -> None:
             save_file(tinyadapters.ip_adapter_weights(pipe.unet, seed=40 + seed),
                       out / IP_ADAPTER_DIR / f"{IP_ADAPTER_IDS[family]}.safetensors")
         nets[IMAGE_ENCODER_ID] = tinyadapters.image_encoder(seed=42)
+        nets.update(_flow_models(out / LORA_DIR, tinyflow, tinyflowlora))
         (out / EMBEDDING_DIR).mkdir()
         for seed, emb in enumerate(EMBEDDING_IDS):
             save_file(tinyembeddings.embedding_weights(emb, seed=50 + seed), out / EMBEDDING_DIR / f"{emb}.safetensors")
@@ -184,14 +205,46 @@ def _save_models(out: Path) -> None:
         save_file(weights, out / UPSCALER_DIR / f"{upscaler}.safetensors")
     for name, net in nets.items():
         net.save_pretrained(out / name, safe_serialization=True)
-    for name, pipe in ((BASE_ID, sd), (SDXL_ID, sdxl), (INPAINTING_ID, nets[INPAINTING_ID]),
-                       (SDXL_INPAINTING_ID, nets[SDXL_INPAINTING_ID]),
-                       (REFINER_ID, nets[REFINER_ID])):
-        for sub in ("tokenizer", "tokenizer_2"):
-            if (out / name / sub).is_dir():
-                _save_slow_tokenizer(getattr(pipe, sub), out / name / sub)
+    for name in (BASE_ID, SDXL_ID, INPAINTING_ID, SDXL_INPAINTING_ID, REFINER_ID, *FLOW_MODELS):
+        for sub in ("tokenizer", "tokenizer_2"):  # T5's (Flux's tokenizer_2) is saved whole in its tokenizer.json
+            tokenizer = getattr(nets[name], sub, None)
+            if (out / name / sub).is_dir() and type(tokenizer).__name__.startswith("CLIP"):
+                _save_slow_tokenizer(tokenizer, out / name / sub)
+    for name in FLOW_MODELS:
+        _name_t5_tokenizer_fast(out / name)
     for path in out.rglob("*"):  # some savers write 0600 files; a worker may run as another user
         path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _flow_models(lora_dir: Path, tinyflow: Any, tinyflowlora: Any) -> dict[str, Any]:
+    """The Flux and SD 3 models (``tinyflow``), and their LoRAs written to ``lora_dir``, each from its own seed."""
+    from safetensors.torch import save_file
+
+    nets = {model_id: tinyflow.flux_pipeline(_tokenizer(), variant)
+            for model_id, (family, variant) in FLOW_MODELS.items() if family == "flux"}
+    nets[SD3_ID] = tinyflow.sd3_pipeline(_tokenizer(), _tokenizer(pad_token="!"))
+    nets[SD3_TURBO_ID] = tinyflow.sd3_pipeline(_tokenizer(), _tokenizer(pad_token="!"), seed=tinyflow.SEED + 40)
+    nets[FLUX_CONTROLNET_ID] = tinyflow.flux_controlnet(nets[FLUX_ID].transformer, seed=tinyflow.SEED + 60)
+    nets[SD3_CONTROLNET_ID] = tinyflow.sd3_controlnet(nets[SD3_ID].transformer, seed=tinyflow.SEED + 61)
+    flux, sd3 = nets[FLUX_ID].transformer, nets[SD3_ID].transformer
+    writers = (tinyflowlora.diffusers_lora, tinyflowlora.kohya_lora, tinyflowlora.xlabs_lora)
+    for seed, (lora, writer) in enumerate(zip(LORA_IDS["flux"], writers, strict=True)):
+        save_file(writer(flux, seed=tinyflow.SEED + 70 + seed), lora_dir / f"{lora}.safetensors")
+    save_file(tinyflowlora.diffusers_lora(sd3, seed=tinyflow.SEED + 75), lora_dir / f"{LORA_IDS['sd3'][0]}.safetensors")
+    return nets
+
+
+def _name_t5_tokenizer_fast(directory: Path) -> None:
+    """Name T5's tokenizer T5TokenizerFast, as FLUX.1's and SD 3.5's own repositories do: transformers 5 calls
+    the class T5Tokenizer (both names load tokenizer.json), but transformers 4's T5Tokenizer is the sentencepiece
+    one, which needs a ``spiece.model`` that is not here."""
+    index = json.loads((directory / "model_index.json").read_text())
+    for sub in [key for key, value in index.items() if isinstance(value, list) and value[1] == "T5Tokenizer"]:
+        index[sub] = ["transformers", "T5TokenizerFast"]
+        config_path = directory / sub / "tokenizer_config.json"
+        config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
+                                           "tokenizer_class": "T5TokenizerFast"}, indent=2) + "\n")
+    (directory / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def _save_slow_tokenizer(tokenizer: Any, directory: Path) -> None:

@@ -24,12 +24,15 @@ from PIL import Image
 
 from lambdas import sdapi
 from runtime.config import Settings
+from runtime.models.tiny import ALIASES, FLOW_MODELS
 from runtime.storage import aws
 from runtime.storage.jobstore import JobStore
 from tests.conftest import Stack
 from tests.harness.faultproxy import FaultProxy
 from tests.lambdas.compat_stack import PNG_B64, _png_b64, in_process, stack_fixture  # noqa: F401 - stack_fixture
 from tests.rest import call, wait_for
+
+FLOW_TITLES = {model: ALIASES[model][0] for model in FLOW_MODELS}  # the tiny Flux and SD 3.5 models' file names
 
 # -- SD WebUI's API --------------------------------------------------------------------------------------------
 
@@ -91,7 +94,7 @@ def test_the_listings_come_from_the_catalog(stack: Stack) -> None:
     assert titles == {"tiny-sd": "v1-5-pruned-emaonly.safetensors", "tiny-sdxl": "sd_xl_turbo_1.0.safetensors",
                       "tiny-sd-inpainting": "sd-v1-5-inpainting.safetensors",
                       "tiny-sdxl-inpainting": "sd_xl_base_1.0_inpainting_0.1.safetensors",
-                      "tiny-sdxl-refiner": "sd_xl_refiner_1.0.safetensors"}
+                      "tiny-sdxl-refiner": "sd_xl_refiner_1.0.safetensors", **FLOW_TITLES}
     loras = call("GET", f"{stack.api_url}/sdapi/v1/loras")[1]
     assert {lora["alias"] for lora in loras} >= {"tiny-lora-sd1", "tiny-lora-sdxl"}
     embeddings = call("GET", f"{stack.api_url}/sdapi/v1/embeddings")[1]

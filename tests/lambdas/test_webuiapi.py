@@ -24,9 +24,11 @@ import pytest
 import webuiapi
 from PIL import Image, ImageDraw
 
+from runtime.models.tiny import ALIASES, FLOW_MODELS
 from tests.conftest import Stack
 
 SD15, SDXL, CANNY = "v1-5-pruned-emaonly.safetensors", "sd_xl_turbo_1.0.safetensors", "control_v11p_sd15_canny"
+FLOW_TITLES = {model: ALIASES[model][0] for model in FLOW_MODELS}  # the tiny Flux and SD 3.5 models' file names
 SMALL: dict[str, Any] = {"prompt": "a red fox", "width": 64, "height": 64}
 
 
@@ -63,10 +65,10 @@ def control_image() -> Image.Image:
 def test_the_client_lists_the_catalog(api: webuiapi.WebUIApi) -> None:
     inpainting, refiner = "sd-v1-5-inpainting.safetensors", "sd_xl_refiner_1.0.safetensors"
     xl_inpainting = "sd_xl_base_1.0_inpainting_0.1.safetensors"
-    assert api.util_get_model_names() == sorted([SD15, SDXL, inpainting, xl_inpainting, refiner])
+    assert api.util_get_model_names() == sorted([SD15, SDXL, inpainting, xl_inpainting, refiner, *FLOW_TITLES.values()])
     assert {m["model_name"]: m["title"] for m in api.get_sd_models()} == {
         "tiny-sd": SD15, "tiny-sdxl": SDXL, "tiny-sd-inpainting": inpainting, "tiny-sdxl-inpainting": xl_inpainting,
-        "tiny-sdxl-refiner": refiner}
+        "tiny-sdxl-refiner": refiner, **FLOW_TITLES}
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC"} <= set(api.util_get_sampler_names())
     assert api.util_get_scheduler_names() == ["automatic", "exponential", "karras", "sgm_uniform"]
     assert {lora["name"] for lora in api.get_loras()} >= {"tiny-lora-sd1", "tiny-lora-sdxl"}
