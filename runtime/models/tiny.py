@@ -33,7 +33,8 @@ SDXL_CONTROLNET_ID = "tiny-sdxl-controlnet"
 INPAINTING_ID = "tiny-sd-inpainting"
 SDXL_INPAINTING_ID = "tiny-sdxl-inpainting"
 REFINER_ID = "tiny-sdxl-refiner"
-#: Flux.1 dev (guidance embedded), schnell (none) and Fill (inpainting); SD 3.5 medium and large turbo shapes.
+#: Flux.1 dev (guidance embedded), schnell (none) and Fill (inpainting); SD 3.5 medium and large turbo (no dual
+#: attention) shapes.
 FLUX_ID, FLUX_SCHNELL_ID, FLUX_FILL_ID = "tiny-flux", "tiny-flux-schnell", "tiny-flux-fill"
 SD3_ID, SD3_TURBO_ID = "tiny-sd3", "tiny-sd3-turbo"
 FLUX_CONTROLNET_ID, SD3_CONTROLNET_ID = "tiny-flux-controlnet", "tiny-sd3-controlnet"
@@ -42,7 +43,7 @@ LORA_DIR = "tiny-loras"  # not "loras": a rebuild replaces the directory, and an
 UPSCALER_DIR = "tiny-upscalers"
 UPSCALER_IDS = ("tiny-esrgan", "tiny-compact")
 #: A build of another version is rebuilt; bump it whenever what is built changes.
-VERSION = 10
+VERSION = 11
 _VERSION_FILE = ".tiny-version"
 #: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights; Flux's
 #: in XLabs' format too; SD 3's in diffusers' only.
@@ -223,7 +224,7 @@ def _flow_models(lora_dir: Path, tinyflow: Any, tinyflowlora: Any) -> dict[str, 
     nets = {model_id: tinyflow.flux_pipeline(_tokenizer(), variant)
             for model_id, (family, variant) in FLOW_MODELS.items() if family == "flux"}
     nets[SD3_ID] = tinyflow.sd3_pipeline(_tokenizer(), _tokenizer(pad_token="!"))
-    nets[SD3_TURBO_ID] = tinyflow.sd3_pipeline(_tokenizer(), _tokenizer(pad_token="!"), seed=tinyflow.SEED + 40)
+    nets[SD3_TURBO_ID] = tinyflow.sd3_pipeline(_tokenizer(), _tokenizer(pad_token="!"), large=True)
     nets[FLUX_CONTROLNET_ID] = tinyflow.flux_controlnet(nets[FLUX_ID].transformer, seed=tinyflow.SEED + 60)
     nets[SD3_CONTROLNET_ID] = tinyflow.sd3_controlnet(nets[SD3_ID].transformer, seed=tinyflow.SEED + 61)
     flux, sd3 = nets[FLUX_ID].transformer, nets[SD3_ID].transformer

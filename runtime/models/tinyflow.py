@@ -6,9 +6,9 @@ They are shaped as the real ones where the code that runs them looks: Flux's 16-
 (512 tokens), guidance embedded in dev's transformer and absent from schnell's; Flux Fill's transformer takes
 the latents, the masked image's latents and the 8x8-packed mask (384 channels, as FLUX.1-Fill-dev); SD 3.5
 medium's two projected CLIP encoders of different widths plus T5, RMS-normed queries and keys, dual attention in
-the first blocks and enough blocks (10) for skip-layer guidance's default layers 7, 8 and 9. Widths are 16-96,
-so each weighs well under a MB and runs in milliseconds on a CPU. The T5 tokenizer is a small Unigram model
-made here with ``tokenizers``, with T5's ids for ``<pad>`` (0), ``</s>`` (1) and ``<unk>`` (2).
+the first blocks (not in 3.5 large's) and enough blocks (10) for skip-layer guidance's default layers 7, 8 and 9.
+Widths are 16-96, so each weighs 1-2 MB and runs in milliseconds on a CPU. The T5 tokenizer is a small Unigram
+model made here with ``tokenizers``, with T5's ids for ``<pad>`` (0), ``</s>`` (1) and ``<unk>`` (2).
 
 A fresh T5 has dropout on (transformers builds models in training mode): left so, the same seed would give other
 pixels on every run. Every T5 here is put in eval mode; ``from_pretrained`` does the same for the saved ones.
@@ -96,10 +96,12 @@ def flux_pipeline(clip_tokenizer: Any, variant: str | None = None) -> Any:
     return FluxPipeline(**parts, image_encoder=None, feature_extractor=None)
 
 
-def sd3_pipeline(tokenizer: Any, tokenizer_2: Any, seed: int = SEED + 30) -> Any:
+def sd3_pipeline(tokenizer: Any, tokenizer_2: Any, large: bool = False) -> Any:
     """An SD 3.5 medium-shaped pipeline: CLIP-L (32 wide) and CLIP-G (48 wide), both projected, whose hidden
     states are concatenated and zero-padded to T5's width (96) before T5's tokens follow; their two pooled
-    projections (32 + 48) condition the transformer with the timestep."""
+    projections (32 + 48) condition the transformer with the timestep. ``large``: SD 3.5 large's (and large
+    turbo's) shape instead, without dual attention."""
+    seed = SEED + (40 if large else 30)
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
@@ -108,7 +110,7 @@ def sd3_pipeline(tokenizer: Any, tokenizer_2: Any, seed: int = SEED + 30) -> Any
         sample_size=32, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
         num_layers=SD3_LAYERS, attention_head_dim=8, num_attention_heads=2, joint_attention_dim=96,
         caption_projection_dim=16, pooled_projection_dim=32 + 48, pos_embed_max_size=64,
-        dual_attention_layers=SD3_DUAL_ATTENTION, qk_norm="rms_norm")
+        dual_attention_layers=() if large else SD3_DUAL_ATTENTION, qk_norm="rms_norm")
     torch.manual_seed(seed + 1)
     vae = _vae(**SD3_VAE)
     torch.manual_seed(seed + 2)

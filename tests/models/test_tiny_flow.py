@@ -83,6 +83,7 @@ def test_they_are_shaped_as_flux_and_sd35(pipes: dict[str, Any]) -> None:
     sd3 = pipes["tiny-sd3"]
     assert sd3.text_encoder.config.hidden_size != sd3.text_encoder_2.config.hidden_size  # CLIP-L and CLIP-G
     assert sd3.transformer.config.qk_norm == "rms_norm" and sd3.transformer.config.dual_attention_layers
+    assert not pipes["tiny-sd3-turbo"].transformer.config.dual_attention_layers  # SD 3.5 large's shape
     assert sd3.transformer.config.num_layers >= 10  # skip-layer guidance's default layers are 7, 8 and 9
     assert sd3.scheduler.config.shift == 3.0
     for pipe in pipes.values():
