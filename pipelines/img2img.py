@@ -6,7 +6,7 @@ from __future__ import annotations
 from PIL.Image import Image
 
 from pipelines import controlunits
-from pipelines.common import DiffusersPipeline, fit, generate
+from pipelines.common import DiffusersPipeline, fit, generate, takes
 from runtime.contract import Img2ImgInputs
 from runtime.plugins import RunContext
 
@@ -23,4 +23,7 @@ class Img2Img(DiffusersPipeline):
         # Fetched and resized before the model runs, so a bad image fails the job cheaply.
         init = fit(ctx.image(inputs.image), job.inputs.width, job.inputs.height)
         net, control = controlunits.for_job(ctx, job.inputs, init.size)
-        return generate(self.view(job, **net), job, ctx, image=init, strength=inputs.strength, **control)
+        view = self.view(job, **net)
+        # SD's classes keep the image's size; the flow models' would work at their default 1024 unless told.
+        size = {"width": init.width, "height": init.height} if takes(view, "width") else {}
+        return generate(view, job, ctx, image=init, strength=inputs.strength, **size, **control)

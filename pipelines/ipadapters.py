@@ -67,12 +67,12 @@ def check(store: ModelStore, base_family: str, refs: Sequence[IpAdapterRef]) -> 
 
 def activate(store: ModelStore, base: Any, refs: Sequence[IpAdapterRef]) -> None:
     """Switch ``base``'s UNet to exactly ``refs``' adapters at their scales (none: the base's own parts)."""
-    unet = base.unet
     state: _State | None = getattr(base, _STATE, None)
     ids = tuple(ref.id for ref in refs)
+    if state is None and not ids:
+        return  # never touched: nothing to restore (a transformer model, which takes none, always returns here)
+    unet = base.unet
     if state is None:
-        if not ids:
-            return  # never touched: nothing to restore
         state = _State(dict(unet.attn_processors), unet.encoder_hid_proj, unet.config.encoder_hid_dim_type)
         setattr(base, _STATE, state)
     if state.active:

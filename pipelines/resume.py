@@ -16,10 +16,12 @@ tree, which torchsde documents as deterministic in its seed alone (not in the qu
 checkpoint saves ``None`` and the scheduler builds the same tree again after a resume. An unseeded tree
 cannot be saved: ``scheduler_state`` raises ``CheckpointError`` and the runtime restarts the job from step 0.
 
-Continuing uses diffusers' own ``__call__`` unchanged: ``Resumable`` replaces ``prepare_latents`` (which
-every SD pipeline calls after setting the timesteps) to put the saved state back, and reports the steps
-already done as interrupted (diffusers skips an interrupted step with ``continue``), so the loop goes on
-at step k with exactly the values an uninterrupted run has there.
+Continuing uses diffusers' own ``__call__`` unchanged: ``Resumable`` replaces ``prepare_latents`` (which every
+diffusers pipeline calls once, with the generators) to put the saved latents back, puts the scheduler's and the
+generators' states back when the loop first reads ``interrupt`` (the flow pipelines set their timesteps after
+preparing the latents), and reports the steps already done as interrupted (diffusers skips an interrupted step
+with ``continue``), so the loop goes on at step k with exactly the values an uninterrupted run has there. The
+same holds for every family's classes: SD, SDXL, Flux and SD 3.5.
 """
 
 from __future__ import annotations
@@ -164,10 +166,6 @@ class Resumable:
         state = self._resume
         if state is None:
             return out
-        pipe: Any = self
-        if state.step > len(pipe.scheduler.timesteps):
-            raise CheckpointError(f"the checkpoint is at step {state.step} of a run of "
-                                  f"{len(pipe.scheduler.timesteps)}")
         latents = state.tensors.get("latents")
         if latents is None or not latents.is_floating_point():
             raise CheckpointError("the checkpoint has no latents")
@@ -175,20 +173,26 @@ class Resumable:
         if tuple(latents.shape) != tuple(first.shape):
             raise CheckpointError(f"the checkpoint's latents are {tuple(latents.shape)}, this run's "
                                   f"{tuple(first.shape)}")
-        restore_scheduler(pipe.scheduler, state, pipe._execution_device)
-        self._restore_pending = True  # the generators at the first step: diffusers may draw before it (below)
+        self._restore_pending = True  # the scheduler and the generators at the first step (below)
         latents = latents.to(device=first.device, dtype=first.dtype)
         return (latents, *out[1:]) if isinstance(out, tuple) else latents
 
     @property
     def interrupt(self) -> bool:
-        # diffusers reads this once at the top of every step and skips the step when it is true. The saved generator
-        # states go back at the first read, not in prepare_latents: between the two, diffusers may draw more from the
-        # fresh generators, as the interrupted run did (an inpainting pipeline encodes the masked image there).
+        # diffusers reads this once at the top of every step and skips the step when it is true. The saved scheduler
+        # and generator states go back at the first read, not in prepare_latents: between the two, diffusers may draw
+        # more from the fresh generators, as the interrupted run did (an inpainting pipeline encodes the masked image
+        # there), and the flow pipelines set the timesteps (Flux's depend on the latents' size) and the scheduler's
+        # begin index only after preparing the latents.
         if self._restore_pending:
             self._restore_pending = False
-            assert self._resume is not None
-            restore_generators(self._resume_generators, self._resume)
+            state, pipe = self._resume, self
+            assert state is not None
+            if state.step > len(pipe.scheduler.timesteps):  # type: ignore[attr-defined]
+                raise CheckpointError(f"the checkpoint is at step {state.step} of a run of "
+                                      f"{len(pipe.scheduler.timesteps)}")  # type: ignore[attr-defined]
+            restore_scheduler(pipe.scheduler, state, pipe._execution_device)  # type: ignore[attr-defined]
+            restore_generators(self._resume_generators, state)
         if self._skip_steps > 0:
             self._skip_steps -= 1
             return True

@@ -4,16 +4,22 @@ Classifier-free guidance as SD's (``guidance_scale``, 4.5 by default); turbo (ca
 timestep-distilled and runs without it. 3.5 medium's skip-layer guidance (``inputs.skip_layer_guidance``) is
 diffusers' ``skip_guidance_layers``: the layers must exist in the model's transformer, and only diffusers'
 text-to-image class takes it (other tasks refuse it, naming the field).
+
+ControlNet units run on text-to-image only: diffusers has no SD3 ControlNet class for img2img, and its "inpainting"
+one is another kind of model (a ControlNet that itself inpaints, taking the image and mask as its control). Its
+text-to-image class encodes the control image with the VAE's ``sample()`` from torch's global generator, so
+``SeededControlNet`` runs it with that generator seeded from the job's seed: the same seed gives the same image,
+and a resumed run the same values.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 from diffusers import (
     DiffusionPipeline,
     SD3ControlNetModel,
-    StableDiffusion3ControlNetInpaintingPipeline,
     StableDiffusion3ControlNetPipeline,
     StableDiffusion3Img2ImgPipeline,
     StableDiffusion3InpaintPipeline,
@@ -26,19 +32,37 @@ from pipelines.families.flow import FlowMatching
 from runtime.contract import ContractError
 
 
+class SeededControlNet(StableDiffusion3ControlNetPipeline):
+    """diffusers' SD3 ControlNet class with torch's global generator seeded from the run's (module docstring)."""
+
+    def __call__(self, *args: Any, generator: Any = None, **kwargs: Any) -> Any:
+        first = generator[0] if isinstance(generator, list) else generator
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):  # the process's own generators are left as they were
+            torch.manual_seed(first.initial_seed() if first is not None else 0)
+            return super().__call__(*args, generator=generator, **kwargs)
+
+
 class StableDiffusion3(FlowMatching):
     names = ("sd3",)
     base_class = StableDiffusion3Pipeline
     tasks: ClassVar[dict[str, type[DiffusionPipeline]]] = {
         "txt2img": StableDiffusion3Pipeline, "img2img": StableDiffusion3Img2ImgPipeline,
         "inpaint": StableDiffusion3InpaintPipeline}
-    control_tasks: ClassVar[dict[str, type[DiffusionPipeline]]] = {
-        "txt2img": StableDiffusion3ControlNetPipeline, "inpaint": StableDiffusion3ControlNetInpaintingPipeline}
+    control_tasks: ClassVar[dict[str, type[DiffusionPipeline]]] = {"txt2img": SeededControlNet}
     controlnet_class = SD3ControlNetModel
     sequence_length = 256  # diffusers' default for SD3; 3.5 was trained with 256 T5 tokens
 
     def multi_controlnet(self, nets: Any) -> Any:
         return SD3MultiControlNetModel(list(nets))
+
+    def load(self, store: Any, model_id: str) -> DiffusionPipeline:
+        # the forms of docs/models.md "Flux and SD 3.5 on 24 GB GPUs"; diffusers converts SD 3.5's original layout
+        from diffusers import SD3Transformer2DModel
+
+        from pipelines import flowload
+
+        return flowload.load(self, store, model_id, SD3Transformer2DModel)
 
     def call_args(self, pipe: DiffusionPipeline, inputs: Any) -> dict[str, Any]:
         args: dict[str, Any] = {"guidance_scale": inputs.guidance_scale}

@@ -32,7 +32,8 @@ CASES: dict[str, tuple[type[Pipeline], dict[str, Any]]] = {
 }
 #: The tiny base model of each family, and the ControlNet that goes with it.
 MODELS = ("tiny-sd", "tiny-sdxl")
-CONTROLNETS = {"tiny-sd": "tiny-controlnet", "tiny-sdxl": "tiny-sdxl-controlnet"}
+CONTROLNETS = {"tiny-sd": "tiny-controlnet", "tiny-sdxl": "tiny-sdxl-controlnet", "tiny-flux": "tiny-flux-controlnet",
+               "tiny-sd3": "tiny-sd3-controlnet"}
 
 
 def _input_images() -> dict[str, Image.Image]:
