@@ -40,17 +40,27 @@ _T5_WORDS = ("the", "a", "of", "in", "and", "with", "photo", "fox", "cat", "dog"
 
 
 def t5_tokenizer() -> Any:
-    """A T5-style Unigram tokenizer (``tokenizers``, through transformers' T5 class): T5's special ids, '▁' word
-    starts, letters and digits as pieces and a few whole words; nothing is downloaded."""
+    """A T5-style Unigram tokenizer made with ``tokenizers``: T5's special ids, '▁' word starts, letters, digits and
+    a few whole words as pieces, ``</s>`` after the text, as T5's own ``tokenizer.json`` has it; nothing is
+    downloaded. Wrapped by ``tokenizer_object``, which transformers 4 and 5 both take."""
     import string
 
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import Unigram
     from transformers import T5TokenizerFast
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     vocab += [(f"▁{word}", -3.0) for word in _T5_WORDS]
     symbols = string.ascii_letters + string.digits + ".,!?'-:;()"
     vocab += [(f"▁{char}", -6.0) for char in symbols] + [(char, -5.0) for char in symbols]
-    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=T5_MAX_LENGTH)
+    tokenizer = Tokenizer(Unigram(vocab, unk_id=2, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=T5_MAX_LENGTH)
 
 
 def t5_encoder(tokenizer: Any, d_model: int, seed: int) -> Any:
