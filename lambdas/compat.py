@@ -42,14 +42,18 @@ _FILE_ENDINGS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 def names(settings: Settings, default_model: str | None = None) -> Names:
-    """The ids the API accepts, each under its own name and its aliases (``SPOTGEN_ALIASES``), by kind."""
+    """The ids the API accepts, each under its own name and its aliases (``SPOTGEN_ALIASES``), by kind; the
+    models' families and variants, where the settings say them (a Flux or SD 3.5 model reads a WebUI body as
+    Forge does: ``runtime.contract.webui_families``)."""
     kinds = {"models": settings.models, "loras": settings.loras, "controlnets": settings.controlnets}
     by_kind: dict[str, dict[str, str]] = {kind: {i: i for i in ids} for kind, ids in kinds.items()}
     for alias, target in settings.aliases.items():
         for kind, ids in kinds.items():
             if target in ids:
                 by_kind[kind][alias] = target
-    return Names(**by_kind, default_model=default_model)
+    families = {m: f for m, f in settings.model_families.items() if m in settings.models}
+    variants = {m: v for m, v in settings.model_variants.items() if m in settings.models}
+    return Names(**by_kind, default_model=default_model, families=families, variants=variants)
 
 
 def titles(settings: Settings) -> dict[str, str]:

@@ -9,6 +9,7 @@ or anything while what it tunes is off (``hr_*`` without ``enable_hr``...); a fi
 Values keep their JSON types ("64" is not 64), as everywhere in the contract. WebUI 1.9+ splits the sampler
 from its schedule type (``scheduler``), "Automatic" being the sampler's own: Karras for DPM++ 2M and DPM++ SDE,
 exponential for DPM++ 2M SDE; a suffix in the name ("DPM++ 2M Karras", the names before 1.9) wins, as in WebUI.
+Flux and SD 3.5 checkpoints read a body as Forge does, with its ``distilled_cfg_scale``: ``webui_families``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from runtime.contract.errors import ContractError, json_type
 from runtime.contract.images import ImageRefError, decode_inline
 from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, SAMPLER_SCHEDULES, WEBUI_SAMPLERS, ModelId
+from runtime.contract.webui_families import SIMPLE, family_inputs, sampler_field
 from runtime.contract.webui_schema import (
     _BY_WEBUI_NAME,
     _CONTROL_RESIZE,
@@ -55,6 +57,10 @@ class Names(BaseModel):
     controlnets: dict[str, ModelId] = Field(default_factory=dict)
     #: The checkpoint of a body that names none (WebUI's loaded model); None: a body must name one.
     default_model: ModelId | None = None
+    #: The family and variant of the models the settings say them of: how a body reads on Flux and SD 3.5
+    #: (``webui_families``); a model not listed gets the body as it is, and its worker decides.
+    families: dict[ModelId, str] = Field(default_factory=dict)
+    variants: dict[ModelId, str] = Field(default_factory=dict)
 
     @field_validator("models", "loras", "controlnets")
     @classmethod
@@ -111,6 +117,7 @@ def from_webui(body: dict[str, Any], task: Task, names: Names) -> WebuiJob:
         field = "override_settings.sd_model_checkpoint"
         raise ContractError("missing_field", f"{field}: name the checkpoint (there is no default one)", field)
     inputs |= (_init_image(body, size) if task == "img2img" else {}) | (control or {})
+    inputs = family_inputs(body, inputs, names.families.get(model), names.variants.get(model))
     return WebuiJob(pipeline="controlnet" if control else task, model=model, inputs=inputs, server_seed=seed == -1)
 
 
@@ -172,7 +179,7 @@ def _resolve(aliases: Mapping[str, str], name: str, field: str, what: str) -> st
 def _sampler(body: Mapping[str, Any]) -> tuple[str, str]:
     """(sampler, schedule) as WebUI's ``get_sampler_and_scheduler`` reads ``sampler_name or sampler_index``
     (its API's default being Euler) and ``scheduler``."""
-    field = "sampler_name" if body.get("sampler_name") else "sampler_index"
+    field = sampler_field(body)
     given, scheduler = body.get(field) or "Euler", body.get("scheduler") or "Automatic"  # WebUI reads "" so too
     if scheduler.casefold() not in _SCHEDULE_TYPES:
         raise ContractError("invalid_field", f"scheduler: schedule type {scheduler!r} is not supported; choose "
@@ -188,6 +195,8 @@ def _sampler(body: Mapping[str, Any]) -> tuple[str, str]:
                             f"{', '.join(WEBUI_SAMPLERS.values())}, optionally followed by Karras, Exponential or "
                             "SGM Uniform", field)
     schedule = schedule or _OWN_SCHEDULE.get(sampler, "default")
+    if schedule == SIMPLE:  # the flow-matching families' own: read once the model is known
+        return sampler, schedule
     if schedule not in SAMPLER_SCHEDULES[sampler]:
         raise ContractError("invalid_field", f"{source}: sampler {WEBUI_SAMPLERS[sampler]!r} does not take "
                             f"schedule {schedule!r} here; it takes {', '.join(SAMPLER_SCHEDULES[sampler])}", source)

@@ -16,10 +16,8 @@ from typing import Any
 from runtime.contract.errors import ContractError
 from runtime.contract.inputs import WEBUI_SAMPLERS
 from runtime.contract.webui import WebuiJob
+from runtime.contract.webui_schema import SCHEDULE_LABELS
 
-#: WebUI's label of each schedule (its "Schedule type"); the sampler's own is "Automatic".
-SCHEDULE_LABELS = {"default": "Automatic", "karras": "Karras", "exponential": "Exponential",
-                   "sgm_uniform": "SGM Uniform"}
 #: Written in ``info`` where WebUI writes its own version.
 VERSION = "spotgen"
 
@@ -63,6 +61,8 @@ def webui_info(job: WebuiJob, body: Mapping[str, Any], seed: int, model_title: s
         "extra_generation_params": {}, "index_of_first_image": 0, "styles": [], "job_timestamp": "",
         "clip_skip": inputs.get("clip_skip", 1), "is_using_inpainting_conditioning": False, "version": VERSION,
     }
+    if inputs.get("guidance") is not None:  # Flux's distilled guidance, as Forge reports it
+        info["distilled_cfg_scale"] = inputs["guidance"]
     info["infotexts"] = [_infotext(info, s) for s in seeds]
     return info
 
@@ -72,7 +72,10 @@ def _infotext(info: Mapping[str, Any], seed: int) -> str:
     settings = [f"Steps: {info['steps']}", f"Sampler: {info['sampler_name']}"]
     if info["scheduler"] != "Automatic":
         settings.append(f"Schedule type: {info['scheduler']}")
-    settings += [f"CFG scale: {info['cfg_scale']}", f"Seed: {seed}", f"Size: {info['width']}x{info['height']}",
+    settings.append(f"CFG scale: {info['cfg_scale']}")
+    if "distilled_cfg_scale" in info:
+        settings.append(f"Distilled CFG Scale: {info['distilled_cfg_scale']}")  # where Forge writes it
+    settings += [f"Seed: {seed}", f"Size: {info['width']}x{info['height']}",
                  f"Model: {info['sd_model_name']}"]
     if info["denoising_strength"] is not None:
         settings.append(f"Denoising strength: {info['denoising_strength']}")
@@ -101,7 +104,8 @@ _UNIT = "alwayson_scripts.controlnet.args.0"
 _WEBUI_FIELDS = {
     "model": "override_settings.sd_model_checkpoint", "inputs.prompt": "prompt", "inputs.loras": "prompt",
     "inputs.negative_prompt": "negative_prompt", "inputs.width": "width", "inputs.height": "height",
-    "inputs.steps": "steps", "inputs.guidance_scale": "cfg_scale", "inputs.seed": "seed",
+    "inputs.steps": "steps", "inputs.guidance_scale": "cfg_scale", "inputs.guidance": "distilled_cfg_scale",
+    "inputs.seed": "seed",
     "inputs.scheduler": "sampler_name", "inputs.schedule": "scheduler", "inputs.num_images": "batch_size",
     "inputs.clip_skip": "override_settings.CLIP_stop_at_last_layers", "inputs.image": "init_images.0",
     "inputs.strength": "denoising_strength", "inputs.control_image": f"{_UNIT}.image",

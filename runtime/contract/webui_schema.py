@@ -29,14 +29,15 @@ _COMMON = {
     "str": "prompt negative_prompt sampler_index", "int": "batch_size n_iter steps width height",
     "str?": "sampler_name scheduler refiner_checkpoint firstpass_image infotext script_name force_task_id",
     "int?": "seed subseed seed_resize_from_h seed_resize_from_w", "num": "cfg_scale",
-    "num?": "eta subseed_strength s_min_uncond s_churn s_noise s_tmin s_tmax refiner_switch_at",
+    "num?": "eta subseed_strength s_min_uncond s_churn s_noise s_tmin s_tmax refiner_switch_at "
+            "distilled_cfg_scale",  # Forge's, Flux's distilled guidance (``webui_families``)
     "bool": "send_images save_images", "list": "script_args", "list?": "styles", "dict": "alwayson_scripts",
     "bool?": "restore_faces tiling do_not_save_samples do_not_save_grid override_settings_restore_afterwards "
              "disable_extra_networks", "dict?": "override_settings comments",
 }
 _TYPES = {
     "txt2img": _by_name(_COMMON) | _by_name({
-        "bool?": "enable_hr", "num?": "denoising_strength hr_scale",
+        "bool?": "enable_hr", "num?": "denoising_strength hr_scale hr_cfg hr_distilled_cfg",  # hr_*cfg*: Forge's
         "int?": "firstphase_width firstphase_height hr_second_pass_steps hr_resize_x hr_resize_y",
         "str?": "hr_upscaler hr_checkpoint_name hr_sampler_name hr_scheduler hr_prompt hr_negative_prompt"}),
     "img2img": _by_name(_COMMON) | _by_name({
@@ -83,10 +84,14 @@ _CONTROL_RESIZE = (("Just Resize", 0), ("Crop and Resize", "Resize and Fill", 1,
                     "Outer Fit (Shrink to Fit)", "Scale to Fit (Inner Fit)", "Envelope (Outer Fit)"))
 _INIT_RESIZE = ((0,), (1, 2))
 #: WebUI's schedule types (labels, names, aliases; casefolded) -> spotgen's schedule; None: the sampler's own.
+#: "simple" (Forge's, for Flux and SD 3.5) is read once the model's family is known (``webui_families``).
 _SCHEDULE_TYPES: dict[str, str | None] = {
     "automatic": None, "uniform": "default", "karras": "karras", "exponential": "exponential",
-    "sgm uniform": "sgm_uniform", "sgm_uniform": "sgm_uniform", "sgmuniform": "sgm_uniform",
+    "sgm uniform": "sgm_uniform", "sgm_uniform": "sgm_uniform", "sgmuniform": "sgm_uniform", "simple": "simple",
 }
+#: WebUI's label of each schedule (its "Schedule type"); the sampler's own is "Automatic".
+SCHEDULE_LABELS = {"default": "Automatic", "karras": "Karras", "exponential": "Exponential",
+                   "sgm_uniform": "SGM Uniform"}
 #: "Automatic" in WebUI 1.9+: the schedule a sampler declares; the others run on the model's own sigmas.
 _OWN_SCHEDULE = {"dpmpp_2m": "karras", "dpmpp_sde": "karras", "dpmpp_2m_sde": "exponential"}
 _BY_WEBUI_NAME = {webui.casefold(): name for name, webui in WEBUI_SAMPLERS.items()}

@@ -1,0 +1,76 @@
+"""What a WebUI body means on Flux.1 and SD 3.5 checkpoints: Forge's reading (the WebUI fork that runs them).
+
+People run these models in Forge, whose API is WebUI's plus ``distilled_cfg_scale`` (Flux dev's distilled
+guidance, "Distilled CFG Scale", 3.5 by default), and their clients send WebUI's fields as they always have. On
+these models Forge reads them so, and so does spotgen:
+
+- ``cfg_scale`` is true classifier-free guidance ("CFG Scale": 1 is off, above 1 runs the model twice a step with
+  the negative prompt), on Flux dev as on SD 3.5. Timestep-distilled models (Flux schnell, SD 3.5 large turbo:
+  the settings' ``model_variants``) run without guidance, and WebUI clients send ``cfg_scale`` every time (7 by
+  default), so it is not forwarded to them: they run at 1, and ``info`` says so.
+- ``distilled_cfg_scale`` is Flux's ``guidance``; left out, Forge's 3.5 on a Flux model. A model without
+  distilled guidance (schnell, turbo, SD, SDXL, SD 3.5) refuses it when given, naming it: a client that asks for
+  it is told that it does nothing there.
+- The samplers are the family's flow-matching ones (``runtime.contract.families``): WebUI's "Euler", with the
+  schedule types Automatic, Karras and Exponential. Forge's "Simple", which Flux and SD 3.5 users pick, spaces the
+  timesteps evenly as the model's own schedule does: it is Automatic here (spotgen shifts them by the image's size
+  as diffusers does; Forge by a fixed shift). Another sampler is refused naming ``sampler_name``.
+
+The family and variant come from the settings (``model_families``, ``model_variants``); for a model they do not
+list, the body is forwarded as it is and the worker's catalog decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from runtime.contract.errors import ContractError
+from runtime.contract.families import FAMILIES, UNGUIDED_VARIANTS
+from runtime.contract.inputs import WEBUI_SAMPLERS
+from runtime.contract.webui_schema import SCHEDULE_LABELS
+
+#: Forge's ``distilled_cfg_scale`` when a body leaves it out.
+FORGE_DISTILLED_CFG = 3.5
+#: Forge's schedule type that is the flow-matching families' own (see the module docstring).
+SIMPLE = "simple"
+
+
+def sampler_field(body: Mapping[str, Any]) -> str:
+    """The field the body named its sampler in (WebUI reads ``sampler_name or sampler_index``)."""
+    return "sampler_name" if body.get("sampler_name") else "sampler_index"
+
+
+def family_inputs(body: Mapping[str, Any], inputs: dict[str, Any], family: str | None,
+                  variant: str | None) -> dict[str, Any]:
+    """``inputs`` of a body for a model of ``family`` and ``variant`` (None: not in the settings), read as Forge
+    reads them on that family; a ContractError naming the body's field for what the family cannot run."""
+    out = dict(inputs)
+    if variant in UNGUIDED_VARIANTS:
+        out["guidance_scale"] = 1.0  # cfg_scale, which every client sends, is not forwarded to an unguided model
+    distilled = body.get("distilled_cfg_scale")
+    if distilled is not None:
+        out["guidance"] = distilled  # refused by the family rules where the model has none, naming the field
+    elif family == "flux" and variant not in UNGUIDED_VARIANTS:
+        out["guidance"] = FORGE_DISTILLED_CFG
+    rules = FAMILIES.get(family or "")
+    flow = rules is not None and rules.samplers is not None
+    if out.get("schedule") == SIMPLE:
+        if not flow:
+            raise ContractError("invalid_field", "scheduler: schedule type 'Simple' is not supported for this "
+                                "checkpoint: it is for Flux and SD 3.5 models (as the settings say them); choose "
+                                "Automatic, Uniform, Karras, Exponential or SGM Uniform", "scheduler")
+        out["schedule"] = "default"
+    if rules is not None and rules.samplers is not None:
+        field, sampler = sampler_field(body), out.get("scheduler", "euler")
+        allowed = " or ".join(repr(WEBUI_SAMPLERS[name]) for name in rules.samplers)
+        if sampler not in rules.samplers:
+            why = (" (its noise is drawn outside the seed, so no image would repeat)" if sampler == "euler_a"
+                   else "")
+            raise ContractError("invalid_field", f"{field}: {family} models run the sampler {allowed}; "
+                                f"{WEBUI_SAMPLERS.get(sampler, sampler)!r} is not one of them{why}", field)
+        if out.get("schedule") not in rules.samplers[sampler]:
+            labels = ", ".join(SCHEDULE_LABELS[s] for s in rules.samplers[sampler])
+            raise ContractError("invalid_field", f"scheduler: on {family} models, {WEBUI_SAMPLERS[sampler]!r} takes "
+                                f"the schedule types {labels} (and Simple, which is Automatic)", "scheduler")
+    return out
