@@ -44,6 +44,15 @@ class Flux(FlowMatching):
     def multi_controlnet(self, nets: Any) -> Any:
         return FluxMultiControlNetModel(list(nets))
 
+    def load(self, store: Any, model_id: str) -> DiffusionPipeline:
+        # the forms of docs/models.md "Flux and SD 3.5 on 24 GB GPUs"; original-layout files through fluxlayout
+        from diffusers import FluxTransformer2DModel
+
+        from pipelines import flowload
+        from runtime.models import fluxlayout
+
+        return flowload.load(self, store, model_id, FluxTransformer2DModel, fluxlayout.to_diffusers)
+
     def call_args(self, pipe: DiffusionPipeline, inputs: Any) -> dict[str, Any]:
         # diffusers' Flux ``guidance_scale`` is the distilled guidance; it reaches the transformer only when the
         # model has a guidance embedding (dev and Fill; not schnell, for which the contract leaves it None).

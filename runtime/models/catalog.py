@@ -51,7 +51,11 @@ from runtime.contract import ModelId, Names
 CATALOG_FILE = "catalog.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFETENSORS_SUFFIX = ".safetensors"
-WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
+#: A GGUF file (city96's quantized Flux and SD 3.5 transformers): a Flux or SD 3.5 base model only.
+GGUF_SUFFIX = ".gguf"
+WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX, GGUF_SUFFIX, *PICKLE_SUFFIXES)
+#: The families whose base models take the forms of ``docs/models.md`` "Flux and SD 3.5 on 24 GB GPUs".
+_FLOW_FAMILIES = ("flux", "sd3")
 DEFAULT_MANIFEST_DIR = "manifests"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+@:-]{0,127}$")
@@ -143,13 +147,40 @@ class CatalogEntry(BaseModel):
     vae: ModelId | None = None
     #: For an IP-Adapter: the id of the ``kind: image_encoder`` entry that turns its images into embeddings.
     image_encoder: ModelId | None = None
+    #: For a Flux or SD 3.5 base model: keep the transformer's weights in this type and compute each layer in
+    #: ``dtype`` (diffusers' layerwise casting), half a bf16 transformer's memory. For ComfyUI's fp8 files
+    #: (``flux1-dev-fp8.safetensors``): without it their fp8 weights are widened to ``dtype`` when loaded.
+    storage_dtype: Literal["float8_e4m3fn"] | None = None
+    #: For a Flux or SD 3.5 base model: its T5 encoder on the CPU (the embeddings move to the device), or in 8 bits
+    #: (optimum-quanto's int8 weights) on the device; None: like the other components.
+    t5: Literal["cpu", "int8"] | None = None
     #: Other names SD WebUI clients know the entry by (its checkpoint file name, a WebUI title, a LoRA's tag
     #: name), resolved to this id by the compatibility routes (``runtime.contract.webui.Names``).
     aliases: list[Annotated[str, AfterValidator(_alias)]] = Field(default_factory=list, max_length=32)
 
     @property
     def single_file(self) -> bool:
-        return PurePosixPath(self.path).suffix.lower() == SAFETENSORS_SUFFIX
+        return PurePosixPath(self.path).suffix.lower() in (SAFETENSORS_SUFFIX, GGUF_SUFFIX)
+
+    @property
+    def gguf(self) -> bool:
+        return PurePosixPath(self.path).suffix.lower() == GGUF_SUFFIX
+
+    @model_validator(mode="after")
+    def _flow_forms(self) -> CatalogEntry:
+        """GGUF files, fp8 storage and the T5 options are for Flux and SD 3.5 base models (``pipelines.flowload``)."""
+        flow = self.kind == "base" and self.family in _FLOW_FAMILIES
+        for field, value in (("storage_dtype", self.storage_dtype), ("t5", self.t5)):
+            if value is not None and not flow:
+                raise ValueError(f"'{field}' is for Flux and SD 3.5 base models (family flux or sd3); this is a "
+                                 f"{self.family} {self.kind}")
+        if self.gguf and not flow:
+            raise ValueError(f"a '{GGUF_SUFFIX}' file is a quantized Flux or SD 3.5 transformer (family flux or sd3, "
+                             f"kind base); this is a {self.family} {self.kind}")
+        if self.gguf and self.storage_dtype is not None:
+            raise ValueError(f"'storage_dtype' does not apply to a '{GGUF_SUFFIX}' file, which keeps its own "
+                             "quantization")
+        return self
 
     @model_validator(mode="after")
     def _config_only_for_single_files(self) -> CatalogEntry:

@@ -152,9 +152,13 @@ class ModelStore:
             raise ModelError("invalid_model_config", f"model {model_id!r}: config directory {config} has neither "
                              "model_index.json (a pipeline) nor config.json (a ControlNet)")
         weights = [rel for rel in config_files if rel.lower().endswith(WEIGHT_SUFFIXES)]
+        flow = entry.kind == "base" and entry.family in ("flux", "sd3")
+        if flow:  # the file may be the transformer alone (flux1-dev.safetensors, a GGUF): the rest are the config's
+            weights = [rel for rel in weights if rel.startswith("transformer/") or not rel.endswith(SAFETENSORS_SUFFIX)]
         if weights:
+            what = "no transformer weights (it may hold the other components')" if flow else "configs only"
             raise ModelError("invalid_model_config", f"model {model_id!r}: config directory {config} holds weights "
-                             f"({', '.join(weights[:5])}); it must hold configs only, the weights come from "
+                             f"({', '.join(weights[:5])}); it must hold {what}, the weights come from "
                              f"{entry.path}")
         files = {entry.path: path, **{f"{entry.config}/{rel}": p for rel, p in config_files.items()}}
         local = self._from_node_cache(model_id, path, files)

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from runtime.models import tinyforms
 from runtime.models.catalog import CATALOG_FILE
 
 BASE_ID = "tiny-sd"
@@ -43,7 +44,7 @@ LORA_DIR = "tiny-loras"  # not "loras": a rebuild replaces the directory, and an
 UPSCALER_DIR = "tiny-upscalers"
 UPSCALER_IDS = ("tiny-esrgan", "tiny-compact")
 #: A build of another version is rebuilt; bump it whenever what is built changes.
-VERSION = 11
+VERSION = 12
 _VERSION_FILE = ".tiny-version"
 #: One LoRA per family in diffusers' format, and one in kohya's (SD WebUI's) format with other weights; Flux's
 #: in XLabs' format too; SD 3's in diffusers' only.
@@ -90,10 +91,13 @@ CATALOG: dict[str, dict[str, Any]] = {
                  "image_encoder": IMAGE_ENCODER_ID} for family, adapter in IP_ADAPTER_IDS.items()},
     **{emb: {"path": f"{EMBEDDING_DIR}/{emb}.safetensors", "kind": "embedding", "family": family}
        for emb, family in EMBEDDING_IDS.items()},
+    **tinyforms.CATALOG,  # tiny-flux as one file, fp8, GGUF, and with its T5 on the CPU or in int8
 }
 
 # A file each model must hold; with the catalog entry (written last) it means the model is whole.
-_MARKERS = {BASE_ID: "model_index.json", CONTROLNET_ID: "config.json", SDXL_ID: "model_index.json",
+_MARKERS = {**{name: "model_index.json" if entry["path"] == tinyforms.FLUX else ""
+               for name, entry in tinyforms.CATALOG.items()},
+            BASE_ID: "model_index.json", CONTROLNET_ID: "config.json", SDXL_ID: "model_index.json",
             SDXL_CONTROLNET_ID: "config.json", INPAINTING_ID: "model_index.json", REFINER_ID: "model_index.json",
             SDXL_INPAINTING_ID: "model_index.json", **dict.fromkeys(FLOW_MODELS, "model_index.json"),
             FLUX_CONTROLNET_ID: "config.json", SD3_CONTROLNET_ID: "config.json",
@@ -122,8 +126,8 @@ def build_tiny_models(models_dir: Path) -> None:
         try:
             _save_models(work)
             files = ("lora", "upscaler", "ip_adapter", "embedding")  # kinds of one file, in the directories below
-            directories = (n for n in CATALOG if CATALOG[n]["kind"] not in files)
-            for name in (LORA_DIR, UPSCALER_DIR, IP_ADAPTER_DIR, EMBEDDING_DIR, *directories):
+            directories = (n for n in CATALOG if CATALOG[n]["kind"] not in files and n not in tinyforms.CATALOG)
+            for name in (LORA_DIR, UPSCALER_DIR, IP_ADAPTER_DIR, EMBEDDING_DIR, tinyforms.FORMS_DIR, *directories):
                 target = models_dir / name
                 if target.exists():  # a leftover that _complete() did not accept
                     shutil.rmtree(target)
@@ -213,6 +217,7 @@ def _save_models(out: Path) -> None:
                 _save_slow_tokenizer(tokenizer, out / name / sub)
     for name in FLOW_MODELS:
         _name_t5_tokenizer_fast(out / name)
+    tinyforms.write_forms(out)
     for path in out.rglob("*"):  # some savers write 0600 files; a worker may run as another user
         path.chmod(0o755 if path.is_dir() else 0o644)
 

@@ -1,0 +1,154 @@
+"""Flux and SD 3.5 base models in the forms people deploy on 24 GB GPUs (docs/models.md "Flux and SD 3.5 on 24 GB
+GPUs"): a diffusers directory; one file, transformer only (``flux1-dev.safetensors``, a GGUF) or with the other
+components (ComfyUI's ``flux1-dev-fp8.safetensors``, ``sd3.5_medium.safetensors``), with the catalog's local config
+directory, which then holds what the file lacks; the transformer's weights kept in fp8 (``storage_dtype``); the T5
+encoder on the CPU or in 8 bits (``t5``). Nothing is ever downloaded.
+
+A transformer-only file is loaded as a model (``from_single_file`` of the transformer class, with the config's
+``transformer`` folder) and the pipeline from the config directory with it; a file that also holds the VAE or text
+encoders goes through the pipeline's ``from_single_file``, which takes what it holds from it and the rest from the
+config. Flux's original layout is converted by ``runtime.models.fluxlayout`` (diffusers' converter assumes
+FLUX.1's width); SD 3.5's by diffusers. A file that cannot be read as the model's transformer is refused with a
+``ModelError`` naming the model and the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline
+
+from pipelines.dtypes import torch_dtype
+from runtime.models.catalog import CatalogEntry, ModelError
+from runtime.models.store import ModelSource, ModelStore
+
+#: Key prefixes of the components an all-in-one file holds besides the transformer (ComfyUI's and SAI's files).
+_OTHER_COMPONENTS = ("first_stage_model.", "vae.", "text_encoders.")
+Convert = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def load(family: Any, store: ModelStore, model_id: str, transformer_class: type,
+         convert: Convert | None = None) -> DiffusionPipeline:
+    """``family``'s base model ``model_id`` on the store's device, in the catalog entry's form. ``convert`` turns
+    an original-layout file's state dict into diffusers' transformer layout where diffusers' own converter cannot
+    (Flux); None leaves it to diffusers (SD 3.5)."""
+    source, entry = store.source(model_id, "base"), store.entry(model_id, "base")
+    cls = family.variant_classes.get(entry.variant or "") or family.base_class
+    dtype = torch_dtype(store.device, entry.dtype)
+    parts: dict[str, Any] = {}
+    if entry.vae is not None:  # the catalog's own VAE instead of the model's
+        parts["vae"] = AutoencoderKL.from_pretrained(store.source(entry.vae, "vae").path, dtype=dtype,
+                                                     use_safetensors=True)
+    try:
+        pipe = _pipeline(cls, transformer_class, source, entry, dtype, parts, convert)
+    except ModelError:
+        raise
+    except Exception as exc:  # a damaged or foreign file: anything diffusers, safetensors or gguf raise reading it
+        what = f"file {source.path.name}" if source.single_file else f"directory {source.path.name}"
+        raise ModelError("invalid_model_file", f"model {model_id!r}: {what} could not be loaded as a "
+                         f"{family.name} {transformer_class.__name__}: {type(exc).__name__}: {exc}") from exc
+    if entry.storage_dtype is not None:
+        # Linear and convolution weights stored in fp8, each layer widened to ``dtype`` for its forward; norms and
+        # embeddings stay in ``dtype`` (diffusers' skip patterns).
+        pipe.transformer.enable_layerwise_casting(storage_dtype=getattr(torch, entry.storage_dtype),
+                                                  compute_dtype=dtype)
+    return place(pipe, store.device, entry.t5)
+
+
+def _pipeline(cls: type[DiffusionPipeline], transformer_class: type, source: ModelSource, entry: CatalogEntry,
+              dtype: torch.dtype, parts: dict[str, Any], convert: Convert | None) -> DiffusionPipeline:
+    if not source.single_file:
+        return cls.from_pretrained(source.path, dtype=dtype, use_safetensors=True, **parts)
+    config = str(source.config)
+    options: dict[str, Any] = {"config": config, "subfolder": "transformer", "local_files_only": True,
+                               "torch_dtype": dtype}
+    if entry.gguf:
+        from diffusers import GGUFQuantizationConfig
+
+        options["quantization_config"] = GGUFQuantizationConfig(compute_dtype=dtype)
+    if convert is None:
+        transformer = transformer_class.from_single_file(str(source.path), **options)
+    else:
+        from diffusers.models.model_loading_utils import load_state_dict
+
+        transformer = transformer_class.from_single_file(convert(load_state_dict(str(source.path))), **options)
+    if entry.gguf or not _holds_other_components(source.path):
+        return cls.from_pretrained(config, transformer=transformer, dtype=dtype, use_safetensors=True,
+                                   local_files_only=True, **parts)
+    pipe = cls.from_single_file(str(source.path), config=config, local_files_only=True, torch_dtype=dtype,
+                                transformer=transformer, **parts)
+    for module in pipe.components.values():  # diffusers' T5 from one file leaves its tied input embedding unset
+        if getattr(module, "_tied_weights_keys", None):
+            module.tie_weights()
+    return pipe
+
+
+def _holds_other_components(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return any(key.startswith(_OTHER_COMPONENTS) for key in handle.keys())  # noqa: SIM118 (not a dict)
+
+
+def t5_name(pipe: DiffusionPipeline) -> str:
+    """The pipeline's T5 encoder component (Flux's ``text_encoder_2``, SD 3's ``text_encoder_3``)."""
+    return next(name for name, module in pipe.components.items() if type(module).__name__.startswith("T5"))
+
+
+def place(pipe: DiffusionPipeline, device: str, t5: str | None) -> DiffusionPipeline:
+    """Every component on ``device``, but T5 as the catalog's ``t5`` says: quantized to int8 before it moves (so
+    the full-precision weights never reach the GPU), or left on the CPU with hooks that move its input there and its
+    output back to ``device``, so diffusers' own prompt encoding runs unchanged."""
+    name = t5_name(pipe) if t5 is not None else None
+    if t5 == "int8":  # optimum-quanto, imported only here (docs/models.md says why not torchao)
+        from optimum.quanto import freeze, qint8, quantize
+
+        quantize(getattr(pipe, name), weights=qint8)
+        freeze(getattr(pipe, name))
+    for component, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module) and not (t5 == "cpu" and component == name):
+            module.to(device)
+    if t5 == "cpu":
+        encoder = getattr(pipe, name).to("cpu")
+        encoder.register_forward_pre_hook(_to_cpu, with_kwargs=True)
+        encoder.register_forward_hook(_back_to(torch.device(device)), with_kwargs=True)
+    return pipe
+
+
+def _moved(value: Any, device: torch.device | str) -> Any:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def _to_cpu(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return tuple(_moved(a, "cpu") for a in args), {k: _moved(v, "cpu") for k, v in kwargs.items()}
+
+
+def _back_to(device: torch.device) -> Callable[..., Any]:
+    def hook(module: Any, args: Any, kwargs: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return tuple(_moved(value, device) for value in output)
+        for key, value in output.items():  # transformers' ModelOutput: an ordered dict with attributes
+            output[key] = _moved(value, device)
+        return output
+    return hook
+
+
+def held_bytes(module: torch.nn.Module, device: str | None = None) -> int:
+    """Bytes of ``module``'s parameters and buffers as stored (fp8, GGUF blocks, quanto's int8 tensors and their
+    scales), on ``device`` only when given: what it holds in memory, not what it computes in."""
+    total = 0
+    for tensor in (*module.parameters(), *module.buffers()):
+        if device is None or tensor.device.type == torch.device(device).type:
+            total += _stored_bytes(tensor)
+    return total
+
+
+def _stored_bytes(tensor: torch.Tensor) -> int:
+    flatten = getattr(type(tensor), "__tensor_flatten__", None)
+    if flatten is not None:  # a tensor subclass (quanto's) holds its data in inner tensors
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_stored_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
