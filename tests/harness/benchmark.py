@@ -18,8 +18,8 @@ with and without 20 ms of latency per request (tests/harness/bench_requests.py),
 image of each output format (tests/harness/bench_formats.py), the editing pipelines (hires fix against its two passes
 called directly, tiled against untiled upscaling, ``only_masked`` against full-image inpainting, the cost per step of
 ControlNet units and of an IP-Adapter: tests/harness/bench_hires.py, bench_upscale.py, bench_inpaint.py,
-bench_controlnets.py, bench_ipadapter.py) and the
-telemetry overhead
+bench_controlnets.py, bench_ipadapter.py), Flux.1's and SD 3.5's memory sharing, cost per step against plain
+diffusers and per-job view (tests/harness/bench_flow.py) and the telemetry overhead
 (tests/harness/bench_ops.py).
 
 Prints a table and, as the last line, one JSON object with every figure. Each figure that has a goal has its
@@ -390,10 +390,11 @@ def main() -> int:
 
     figures["output_formats"] = formats = bench_formats.figures()
     print("\n".join(bench_formats.report(formats)))
-    from tests.harness import bench_controlnets, bench_hires, bench_inpaint, bench_ipadapter, bench_upscale
+    from tests.harness import bench_controlnets, bench_flow, bench_hires, bench_inpaint, bench_ipadapter, bench_upscale
 
     for key, module in (("hires_fix", bench_hires), ("upscaling", bench_upscale), ("inpainting", bench_inpaint),
-                        ("controlnet_units", bench_controlnets), ("ip_adapter", bench_ipadapter)):
+                        ("controlnet_units", bench_controlnets), ("ip_adapter", bench_ipadapter),
+                        ("flow_families", bench_flow)):
         figures[key] = edits = module.figures()
         print("\n".join(module.report(edits)))
     from tests.harness.bench_ops import ops_overhead  # tracing + metrics on vs off; prints its own lines
