@@ -21,7 +21,10 @@ from runtime.contract.errors import ContractError
 #: Flow-matching samplers diffusers has (``pipelines/flowsamplers.py``) and the schedules each takes. Euler a
 #: (``FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)``) draws its noise outside the job's generators, so
 #: neither the same seed nor a resume would give the same image: it is refused.
-FLOW_SAMPLERS: dict[str, tuple[str, ...]] = {"euler": ("default", "karras", "exponential")}
+FLOW_SAMPLERS: dict[str, tuple[str, ...]] = {"euler": ("default", "karras", "exponential"), "dpmpp_2m": ("default",),
+                                             "unipc": ("default",)}
+#: SD 3.5 takes Heun too: diffusers' Flux pipelines always pass their own sigmas, which FlowMatchHeun does not take.
+SD3_SAMPLERS: dict[str, tuple[str, ...]] = {**FLOW_SAMPLERS, "heun": ("default",)}
 #: Variants of timestep-distilled models: they run a few steps without guidance.
 UNGUIDED_VARIANTS = ("schnell", "turbo")
 
@@ -67,7 +70,7 @@ FAMILIES: dict[str, FamilyRules] = {
                         samplers=FLOW_SAMPLERS,
                         own_inputs=frozenset({"guidance", "shift", "max_sequence_length"}), refused=_FLOW_REFUSED),
     "sd3": FamilyRules(default_size=1024, max_pixels=2048 * 2048, size_conditioning=False, multiple_of=16,
-                       default_guidance=4.5, samplers=FLOW_SAMPLERS,
+                       default_guidance=4.5, samplers=SD3_SAMPLERS,
                        own_inputs=frozenset({"shift", "max_sequence_length", "skip_layer_guidance"}),
                        refused=_FLOW_REFUSED),
 }

@@ -57,7 +57,8 @@ def test_guidance_on_a_timestep_distilled_model_is_refused(variant: str, fields:
 @pytest.mark.parametrize(("fields", "field", "phrase"), [
     ({"width": 72, "height": 64}, "inputs.width", "multiples of 16"),
     ({"width": 64, "height": 40}, "inputs.height", "multiples of 16"),
-    ({"scheduler": "dpmpp_2m"}, "inputs.scheduler", "flow-matching samplers euler"),
+    ({"scheduler": "lms"}, "inputs.scheduler", "flow-matching samplers euler, dpmpp_2m, unipc"),
+    ({"scheduler": "unipc", "schedule": "karras"}, "inputs.schedule", "sampler 'unipc' takes the schedules default"),
     ({"scheduler": "euler_a"}, "inputs.scheduler", "outside the job's seed"),
     ({"schedule": "sgm_uniform"}, "inputs.schedule", "takes the schedules default, karras, exponential"),
     ({"clip_skip": 2}, "inputs.clip_skip", "clip_skip is for SD and SDXL"),
@@ -87,6 +88,12 @@ def test_flow_families_take_their_own_inputs() -> None:
     assert (done.shift, done.max_sequence_length, done.width, done.height) == (2.0, 128, 80, 48)
     slg = for_family(inputs(skip_layer_guidance={"layers": [1, 2]}), "sd3").skip_layer_guidance
     assert (slg.layers, slg.scale, slg.start, slg.stop) == ([1, 2], 2.8, 0.01, 0.2)
+
+
+def test_heun_runs_on_sd3_only() -> None:
+    """diffusers' Flux pipelines pass their own sigmas, which FlowMatchHeun does not take."""
+    assert for_family(inputs(scheduler="heun"), "sd3").scheduler == "heun"
+    assert refused("flux", scheduler="heun").field == "inputs.scheduler"
 
 
 def test_sd_sizes_stay_multiples_of_8() -> None:

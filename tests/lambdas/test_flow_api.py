@@ -24,7 +24,8 @@ def job(model: str = "tiny-flux", pipeline: str = "txt2img", **inputs: Any) -> d
 
 REFUSED = [
     ("size", job(width=72), "invalid_field", "inputs.width"),
-    ("sampler", job("tiny-sd3", scheduler="dpmpp_2m"), "invalid_field", "inputs.scheduler"),
+    ("sampler", job("tiny-sd3", scheduler="dpm2"), "invalid_field", "inputs.scheduler"),
+    ("heun on flux", job(scheduler="heun"), "invalid_field", "inputs.scheduler"),
     ("euler a", job(scheduler="euler_a"), "invalid_field", "inputs.scheduler"),
     ("schnell guidance", job("tiny-flux-schnell", guidance=3.5), "invalid_field", "inputs.guidance"),
     ("schnell cfg", job("tiny-flux-schnell", guidance_scale=5.0), "invalid_field", "inputs.guidance_scale"),
