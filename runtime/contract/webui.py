@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from runtime.contract.errors import ContractError, json_type
 from runtime.contract.images import ImageRefError, decode_inline
 from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, SAMPLER_SCHEDULES, WEBUI_SAMPLERS, ModelId
-from runtime.contract.webui_families import SIMPLE, family_inputs, sampler_field
+from runtime.contract.webui_families import AUTOMATIC, SIMPLE, family_inputs, sampler_field
 from runtime.contract.webui_schema import (
     _BY_WEBUI_NAME,
     _CONTROL_RESIZE,
@@ -37,7 +37,6 @@ from runtime.contract.webui_schema import (
     _KINDS,
     _NUMBER_RE,
     _ONLY,
-    _OWN_SCHEDULE,
     _SCHEDULE_TYPES,
     _SETTINGS,
     _TYPES,
@@ -194,9 +193,8 @@ def _sampler(body: Mapping[str, Any]) -> tuple[str, str]:
         raise ContractError("invalid_field", f"{field}: unknown sampler {given!r}; choose one of "
                             f"{', '.join(WEBUI_SAMPLERS.values())}, optionally followed by Karras, Exponential or "
                             "SGM Uniform", field)
-    schedule = schedule or _OWN_SCHEDULE.get(sampler, "default")
-    if schedule == SIMPLE:  # the flow-matching families' own: read once the model is known
-        return sampler, schedule
+    if schedule is None or schedule == SIMPLE:  # the sampler's own, or Forge's: read once the model is known
+        return sampler, schedule or AUTOMATIC
     if schedule not in SAMPLER_SCHEDULES[sampler]:
         raise ContractError("invalid_field", f"{source}: sampler {WEBUI_SAMPLERS[sampler]!r} does not take "
                             f"schedule {schedule!r} here; it takes {', '.join(SAMPLER_SCHEDULES[sampler])}", source)

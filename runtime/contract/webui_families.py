@@ -11,10 +11,11 @@ these models Forge reads them so, and so does spotgen:
 - ``distilled_cfg_scale`` is Flux's ``guidance``; left out, Forge's 3.5 on a Flux model. A model without
   distilled guidance (schnell, turbo, SD, SDXL, SD 3.5) refuses it when given, naming it: a client that asks for
   it is told that it does nothing there.
-- The samplers are the family's flow-matching ones (``runtime.contract.families``): WebUI's "Euler", with the
-  schedule types Automatic, Karras and Exponential. Forge's "Simple", which Flux and SD 3.5 users pick, spaces the
-  timesteps evenly as the model's own schedule does: it is Automatic here (spotgen shifts them by the image's size
-  as diffusers does; Forge by a fixed shift). Another sampler is refused naming ``sampler_name``.
+- The samplers are the family's flow-matching ones (``runtime.contract.families``) by their WebUI names ("Euler"
+  ...), and "Automatic" is the model's own schedule (not WebUI's Karras for DPM++ 2M: that is an SD choice).
+  Forge's "Simple", which Flux and SD 3.5 users pick, spaces the timesteps evenly as the model's own schedule
+  does: it is Automatic here (spotgen shifts them by the image's size as diffusers does; Forge by a fixed shift).
+  Another sampler is refused naming ``sampler_name``.
 
 The family and variant come from the settings (``model_families``, ``model_variants``); for a model they do not
 list, the body is forwarded as it is and the worker's catalog decides.
@@ -28,12 +29,15 @@ from typing import Any
 from runtime.contract.errors import ContractError
 from runtime.contract.families import FAMILIES, UNGUIDED_VARIANTS
 from runtime.contract.inputs import WEBUI_SAMPLERS
-from runtime.contract.webui_schema import SCHEDULE_LABELS
+from runtime.contract.webui_schema import _OWN_SCHEDULE, SCHEDULE_LABELS
 
 #: Forge's ``distilled_cfg_scale`` when a body leaves it out.
 FORGE_DISTILLED_CFG = 3.5
 #: Forge's schedule type that is the flow-matching families' own (see the module docstring).
 SIMPLE = "simple"
+#: WebUI's "Automatic" until the model is known: the sampler's own schedule (``_OWN_SCHEDULE``) on SD and SDXL,
+#: the model's own on the flow-matching families.
+AUTOMATIC = "automatic"
 
 
 def sampler_field(body: Mapping[str, Any]) -> str:
@@ -55,7 +59,9 @@ def family_inputs(body: Mapping[str, Any], inputs: dict[str, Any], family: str |
         out["guidance"] = FORGE_DISTILLED_CFG
     rules = FAMILIES.get(family or "")
     flow = rules is not None and rules.samplers is not None
-    if out.get("schedule") == SIMPLE:
+    if out.get("schedule") == AUTOMATIC:
+        out["schedule"] = "default" if flow else _OWN_SCHEDULE.get(out.get("scheduler", "euler"), "default")
+    elif out.get("schedule") == SIMPLE:
         if not flow:
             raise ContractError("invalid_field", "scheduler: schedule type 'Simple' is not supported for this "
                                 "checkpoint: it is for Flux and SD 3.5 models (as the settings say them); choose "
@@ -63,11 +69,11 @@ def family_inputs(body: Mapping[str, Any], inputs: dict[str, Any], family: str |
         out["schedule"] = "default"
     if rules is not None and rules.samplers is not None:
         field, sampler = sampler_field(body), out.get("scheduler", "euler")
-        allowed = " or ".join(repr(WEBUI_SAMPLERS[name]) for name in rules.samplers)
+        allowed = ", ".join(WEBUI_SAMPLERS[name] for name in rules.samplers)
         if sampler not in rules.samplers:
             why = (" (its noise is drawn outside the seed, so no image would repeat)" if sampler == "euler_a"
                    else "")
-            raise ContractError("invalid_field", f"{field}: {family} models run the sampler {allowed}; "
+            raise ContractError("invalid_field", f"{field}: {family} models run the samplers {allowed}; "
                                 f"{WEBUI_SAMPLERS.get(sampler, sampler)!r} is not one of them{why}", field)
         if out.get("schedule") not in rules.samplers[sampler]:
             labels = ", ".join(SCHEDULE_LABELS[s] for s in rules.samplers[sampler])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,7 +22,8 @@ import webuiapi
 from lambdas import compat, sample, sdapi
 from lambdas.common import Deployment
 from runtime.config import Runtime
-from runtime.contract import from_webui
+from runtime.contract import WEBUI_SAMPLERS, from_webui
+from runtime.contract.families import FAMILIES
 from tests.conftest import Stack
 from tests.lambdas.compat_stack import in_process, stack_fixture  # noqa: F401 - stack_fixture
 from tests.lambdas.test_compat_sample import note_of, s3_json
@@ -32,9 +34,11 @@ MEDIUM, TURBO = "sd3.5_medium.safetensors", "sd3.5_large_turbo.safetensors"
 SMALL: dict[str, Any] = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 4}
 
 
-@pytest.fixture
-def dep(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Deployment:
-    return in_process(stack, monkeypatch)
+@pytest.fixture(scope="module")
+def dep(stack: Stack) -> Iterator[Deployment]:
+    """The stack's Lambda code in this process, shared by the module's refusals (they store nothing)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield in_process(stack, monkeypatch)
 
 
 def txt2img(dep: Deployment, checkpoint: str, **body: Any) -> tuple[int, dict[str, Any]]:
@@ -72,6 +76,9 @@ def test_distilled_cfg_scale_is_flux_guidance_and_cfg_scale_skips_unguided_model
         assert inputs(unguided)["guidance_scale"] == 1.0 and "guidance" not in inputs(unguided)
     assert inputs(MEDIUM)["guidance_scale"] == 7.0 and "guidance" not in inputs(MEDIUM)
     assert inputs(DEV, scheduler="Simple")["schedule"] == "default"  # Forge's Flux schedule is the model's own
+    for sampler in FAMILIES["flux"].samplers or {}:  # Automatic: the model's own, not WebUI's Karras for DPM++ 2M
+        assert inputs(DEV, sampler_name=WEBUI_SAMPLERS[sampler])["schedule"] == "default", sampler
+    assert inputs("v1-5-pruned-emaonly.safetensors", sampler_name="DPM++ 2M")["schedule"] == "karras"
     assert inputs(DEV, enable_hr=False, hr_cfg=1.0, hr_distilled_cfg=3.5)  # Forge's, which hires fix off ignores
 
 
@@ -80,7 +87,7 @@ def test_distilled_cfg_scale_is_flux_guidance_and_cfg_scale_skips_unguided_model
     (MEDIUM, {"distilled_cfg_scale": 3.5}, "distilled_cfg_scale", "only flux models"),
     ("v1-5-pruned-emaonly.safetensors", {"distilled_cfg_scale": 2.0}, "distilled_cfg_scale", "only flux models"),
     (DEV, {"sampler_name": "Euler a"}, "sampler_name", "'Euler a' is not one of them"),
-    (MEDIUM, {"sampler_index": "DPM++ 2M"}, "sampler_index", "run the sampler 'Euler'"),
+    (MEDIUM, {"sampler_index": "DDIM", "eta": 0}, "sampler_index", "'DDIM' is not one of them"),
     (TURBO, {"scheduler": "SGM Uniform"}, "scheduler", "Automatic, Karras, Exponential"),
     ("v1-5-pruned-emaonly.safetensors", {"scheduler": "Simple"}, "scheduler", "Flux and SD 3.5"),
     (DEV, {"width": 72}, "width", "multiples of 16"),
