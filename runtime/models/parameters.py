@@ -43,12 +43,15 @@ def catalog_aliases(catalog: Catalog, accepted: set[str] | None = None) -> dict[
 
 
 def stack_parameters(catalog: Catalog) -> dict[str, str]:
-    """``Models``, ``ControlNets``, ``Loras``, ``Upscalers``, ``ModelFamilies`` and ``CompatAliases`` of
-    lambdas/template.yaml, as the API must have them for this catalog."""
+    """``Models``, ``ControlNets``, ``Loras``, ``Upscalers``, ``ModelFamilies``, ``ModelVariants`` and
+    ``CompatAliases`` of lambdas/template.yaml, as the API must have them for this catalog."""
     ids = accepted_ids(catalog)
     every = [model_id for kind in FAMILY_KINDS for model_id in ids[kind]]
     parameters = {name: ",".join(ids[kind]) for kind, name in KIND_PARAMETERS.items()}
     parameters["ModelFamilies"] = ",".join(f"{model_id}={catalog.models[model_id].family}" for model_id in every)
+    # Base models made for one task or run without guidance: the API refuses guidance on Flux schnell with them.
+    parameters["ModelVariants"] = ",".join(f"{model_id}={catalog.models[model_id].variant}" for model_id in ids["base"]
+                                           if catalog.models[model_id].variant is not None)
     parameters["CompatAliases"] = json.dumps(catalog_aliases(catalog), separators=(",", ":"),
                                              ensure_ascii=False)
     for name, value in parameters.items():

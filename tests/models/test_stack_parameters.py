@@ -18,6 +18,7 @@ from runtime.models.parameters import CFN_VALUE_MAX_BYTES
 CATALOG = {"models": {
     "sd15": {"path": "stable-diffusion-v1-5", "family": "sd1", "aliases": ["v1-5-pruned-emaonly.safetensors"]},
     "xl": {"path": "xl", "family": "sdxl", "vae": "xl-vae", "aliases": ['SDXL "base" 1.0']},
+    "schnell": {"path": "flux1-schnell", "family": "flux", "variant": "schnell"},
     "xl-vae": {"path": "xl-vae", "kind": "vae", "family": "sdxl"},
     "canny": {"path": "canny", "kind": "controlnet", "family": "sd1", "aliases": ["control_canny"]},
     "detail": {"path": "loras/detail.safetensors", "kind": "lora", "family": "sd1", "aliases": ["add_detail"]},
@@ -26,7 +27,7 @@ CATALOG = {"models": {
 
 @pytest.fixture
 def library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("MODELS", "CONTROLNETS", "LORAS", "MODEL_FAMILIES", "ALIASES", "MODELS_DIR"):
+    for name in ("MODELS", "CONTROLNETS", "LORAS", "MODEL_FAMILIES", "MODEL_VARIANTS", "ALIASES", "MODELS_DIR"):
         monkeypatch.delenv(PREFIX + name, raising=False)
     (tmp_path / "catalog.json").write_text(json.dumps(CATALOG))
     return tmp_path
@@ -43,15 +44,16 @@ def test_parameters_are_the_catalogs_ids_and_make_valid_api_settings(library: Pa
     assert code == 0
     parameters = json.loads(out)
     assert parameters == {
-        "Models": "sd15,xl", "ControlNets": "canny", "Loras": "detail",  # a VAE is named by its model, not a request
-        "Upscalers": "esrgan", "ModelFamilies": "sd15=sd1,xl=sdxl,canny=sd1,detail=sd1",  # upscalers: any family
+        "Models": "sd15,xl,schnell", "ControlNets": "canny", "Loras": "detail",  # a VAE is named by its model, not a request
+        "Upscalers": "esrgan", "ModelFamilies": "sd15=sd1,xl=sdxl,schnell=flux,canny=sd1,detail=sd1",  # any family
+        "ModelVariants": "schnell=schnell",  # the base models that have one
         "CompatAliases": json.dumps({"v1-5-pruned-emaonly.safetensors": "sd15", 'SDXL "base" 1.0': "xl",
                                      "add_detail": "detail", "control_canny": "canny"}, separators=(",", ":"))}
     env = {"Models": "MODELS", "ControlNets": "CONTROLNETS", "Loras": "LORAS", "Upscalers": "UPSCALERS",
-           "ModelFamilies": "MODEL_FAMILIES", "CompatAliases": "ALIASES"}
+           "ModelFamilies": "MODEL_FAMILIES", "ModelVariants": "MODEL_VARIANTS", "CompatAliases": "ALIASES"}
     settings = Settings.from_env({PREFIX + env[key]: value for key, value in parameters.items()})
-    assert settings.models == ["sd15", "xl"] and settings.model_families["detail"] == "sd1"
-    assert settings.upscalers == ["esrgan"]
+    assert settings.models == ["sd15", "xl", "schnell"] and settings.model_families["detail"] == "sd1"
+    assert settings.upscalers == ["esrgan"] and settings.model_variants == {"schnell": "schnell"}
     assert settings.aliases['SDXL "base" 1.0'] == "xl"
 
 
