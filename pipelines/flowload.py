@@ -78,12 +78,29 @@ def _pipeline(cls: type[DiffusionPipeline], transformer_class: type, source: Mod
     if entry.gguf or not _holds_other_components(source.path):
         return cls.from_pretrained(config, transformer=transformer, dtype=dtype, use_safetensors=True,
                                    local_files_only=True, **parts)
+    parts = {**_config_components(source.config, dtype), **parts}
     pipe = cls.from_single_file(str(source.path), config=config, local_files_only=True, torch_dtype=dtype,
                                 transformer=transformer, **parts)
     for module in pipe.components.values():  # diffusers' T5 from one file leaves its tied input embedding unset
         if getattr(module, "_tied_weights_keys", None):
             module.tie_weights()
     return pipe
+
+
+def _config_components(config: Path, dtype: torch.dtype) -> dict[str, Any]:
+    """The components whose weights the config directory holds (those the file lacks, as SD 3.5's text encoders,
+    which Stability AI ship apart), loaded from it: diffusers' ``from_single_file`` looks there for
+    ``diffusion_pytorch_model`` files only, not for transformers' ``model.safetensors``."""
+    import importlib
+    import json
+
+    parts = {}
+    for name, value in json.loads((config / "model_index.json").read_text()).items():
+        if isinstance(value, list) and value[0] and any((config / name).glob("*.safetensors")):
+            component = getattr(importlib.import_module(value[0]), value[1])
+            parts[name] = component.from_pretrained(config, subfolder=name, dtype=dtype, local_files_only=True,
+                                                    use_safetensors=True)
+    return parts
 
 
 def _holds_other_components(path: Path) -> bool:

@@ -12,6 +12,9 @@ can be compared with the directory (docs/models.md "Flux and SD 3.5 on 24 GB GPU
   blocks of 32 along their rows, vectors float32), written with the ``gguf`` package. The tiny widths (32 to 256)
   are multiples of 32, so every matrix quantizes. Q4_K (blocks of 256) is not made: ``gguf``'s writer has no
   K-quant quantizer, and diffusers reads K-quants through the same code as Q4_0.
+- ``sd3.5-medium-tiny.safetensors``: tiny-sd3 as ``sd3.5_medium.safetensors`` is, the transformer
+  (``model.diffusion_model.*``, Stability AI's layout) with the VAE; ``sd3-config/`` holds the text encoders (which
+  Stability AI ship apart) and the configs.
 """
 
 from __future__ import annotations
@@ -20,15 +23,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from runtime.models import fluxlayout
+from runtime.models import fluxlayout, sd3layout
 
 FORMS_DIR = "tiny-forms"
-FLUX = "tiny-flux"
-CONFIG, CONFIGS_ONLY = f"{FORMS_DIR}/flux-config", f"{FORMS_DIR}/flux-configs"
+FLUX, SD3 = "tiny-flux", "tiny-sd3"
+CONFIG, CONFIGS_ONLY, SD3_CONFIG = f"{FORMS_DIR}/flux-config", f"{FORMS_DIR}/flux-configs", f"{FORMS_DIR}/sd3-config"
 FILES = {"tiny-flux-single": f"{FORMS_DIR}/flux1-dev-tiny.safetensors",
          "tiny-flux-fp8": f"{FORMS_DIR}/flux1-dev-tiny-fp8.safetensors",
          "tiny-flux-q8": f"{FORMS_DIR}/flux1-dev-tiny-Q8_0.gguf",
-         "tiny-flux-q4": f"{FORMS_DIR}/flux1-dev-tiny-Q4_0.gguf"}
+         "tiny-flux-q4": f"{FORMS_DIR}/flux1-dev-tiny-Q4_0.gguf",
+         "tiny-sd3-single": f"{FORMS_DIR}/sd3.5-medium-tiny.safetensors"}
 #: The catalog entries: the files above, and tiny-flux's directory with its T5 on the CPU or in int8.
 CATALOG: dict[str, dict[str, Any]] = {
     "tiny-flux-single": {"path": FILES["tiny-flux-single"], "config": CONFIG, "aliases": []},
@@ -38,8 +42,9 @@ CATALOG: dict[str, dict[str, Any]] = {
     "tiny-flux-q4": {"path": FILES["tiny-flux-q4"], "config": CONFIG, "aliases": []},
     "tiny-flux-t5cpu": {"path": FLUX, "t5": "cpu", "aliases": []},
     "tiny-flux-t5int8": {"path": FLUX, "t5": "int8", "aliases": []},
+    "tiny-sd3-single": {"path": FILES["tiny-sd3-single"], "config": SD3_CONFIG, "family": "sd3", "aliases": []},
 }
-CATALOG = {model_id: {**entry, "kind": "base", "family": "flux"} for model_id, entry in CATALOG.items()}
+CATALOG = {model_id: {"kind": "base", "family": "flux", **entry} for model_id, entry in CATALOG.items()}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
@@ -65,6 +70,11 @@ def write_forms(out: Path) -> None:
     save_file({k: v.contiguous() for k, v in fp8.items()}, out / FILES["tiny-flux-fp8"])
     for model_id, kind in (("tiny-flux-q8", "Q8_0"), ("tiny-flux-q4", "Q4_0")):
         _write_gguf(original, out / FILES[model_id], kind)
+    sd3 = out / SD3
+    shutil.copytree(sd3, out / SD3_CONFIG, ignore=lambda d, names: [n for n in names if n.endswith(".safetensors")
+                                                                     and Path(d).name in ("transformer", "vae")])
+    medium = sd3layout.to_original(load_file(sd3 / "transformer" / "diffusion_pytorch_model.safetensors"))
+    save_file({**medium, **_ldm_vae(sd3 / "vae")}, out / FILES["tiny-sd3-single"])
 
 
 def _write_gguf(state: dict[str, Any], path: Path, kind: str) -> None:

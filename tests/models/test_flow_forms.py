@@ -53,7 +53,7 @@ def runs(tiny_models: Path) -> dict[str, tuple[np.ndarray, Any]]:
     out = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(socket.socket, "connect", lambda self, address: (_ for _ in ()).throw(OSError(address)))
-        for model_id in ("tiny-flux", *tinyforms.CATALOG):
+        for model_id in ("tiny-flux", "tiny-sd3", *tinyforms.CATALOG):
             out[model_id] = (pixels(harness.run("txt2img", model=model_id, **SIZE)).astype(np.int16),
                              base_pipeline(store, model_id))
     return out
@@ -66,6 +66,25 @@ def test_the_transformer_only_file_gives_the_directory_pixels(runs: dict[str, An
     assert np.array_equal(single, directory)
     a, b = pipe.transformer.state_dict(), reference.transformer.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_sd35_medium_file_gives_the_directory_pixels(runs: dict[str, Any], tiny_models: Path) -> None:
+    """sd3.5_medium.safetensors' layout (transformer and VAE, read by diffusers' own converters) with the text
+    encoders from the config directory: the same bytes as the directory. The file is written by the inverse of
+    diffusers' converter (``runtime.models.sd3layout``), checked here against it."""
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+    from safetensors.torch import load_file
+
+    from runtime.models import sd3layout
+
+    (single, pipe), (directory, reference) = runs["tiny-sd3-single"], runs["tiny-sd3"]
+    assert np.array_equal(single, directory)
+    for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        a, b = getattr(pipe, part).state_dict(), getattr(reference, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    state = load_file(tiny_models / "tiny-sd3" / "transformer" / "diffusion_pytorch_model.safetensors")
+    back = convert_sd3_transformer_checkpoint_to_diffusers(sd3layout.to_original(state))
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 
 def test_fp8_keeps_the_transformer_in_fp8_and_computes_in_full_precision(runs: dict[str, Any]) -> None:
