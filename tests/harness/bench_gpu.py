@@ -12,6 +12,9 @@ catalog gives them ``dtype: float16``. For each model, in one run:
 3. **Compile warm-up**: the first job of the compiling worker against the first job of the default one; then
    a second worker with the same node-local cache directory (a second pod of the node) and its first job.
 
+Then the Flux.1 (schnell, dev) and SD 3.5 medium workloads of ``tests.harness.bench_gpu_flow`` (its ``WORKLOADS``
+table): peak GPU memory and images/s of the worker's txt2img path against plain diffusers, in this process.
+
 ``--tiny`` runs the same on the tiny models and this CPU (float32): it checks that the script runs and prints
 its JSON, and says nothing about speed. The last line printed is one JSON object with every figure.
 
@@ -22,7 +25,8 @@ and finite (``tests.harness.verdicts.gpu_problems``); otherwise ``problems`` say
 status is 1. The goals (``ratio_to_plain`` >= 1.3, ``device_idle_share`` < 2%) have their verdicts beside
 them (``"goals"``: value, goal, ``"met"``); a goal missed is a finding, not a failure.
 
-    python -m tests.harness.bench_gpu [--tiny] [--images N] [--steps N] [--models sd15,sdxl] [--log-dir DIR]
+    python -m tests.harness.bench_gpu [--tiny] [--images N] [--steps N] [--models sd15,sdxl,flux-dev,...]
+        [--log-dir DIR]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.harness import bench_gpu_flow  # noqa: E402
 from tests.harness.bench_requests import MODEL_PHASES  # noqa: E402
 from tests.harness.verdicts import goal, gpu_problems, image_problems  # noqa: E402
 from tests.rest import call, wait_for  # noqa: E402
@@ -253,16 +258,17 @@ def figures(tiny: bool, images: int, steps: int, model_ids: list[str], log_dir: 
         tiny = True
     device = "cpu" if tiny else "cuda"
     models = log_dir / "models"
+    sd_ids = [model_id for model_id in model_ids if model_id not in bench_gpu_flow.WORKLOADS]
     if tiny:
         build_tiny_models(models)
-    else:
+    elif sd_ids:
         build_full_size(models, device)
     out: dict[str, Any] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "tiny": tiny,
                            "images": images, "steps": steps, "settings": settings, "models": {}}
     plain_problems: list[str] = []
     bench = Bench(models, device, log_dir)
     try:
-        for model_id in model_ids:
+        for model_id in sd_ids:
             family, size, tiny_id = MODELS[model_id]
             served, size = (tiny_id, 64) if tiny else (model_id, size)
             row: dict[str, Any] = {"model": served, "family": family, "size": size,
@@ -281,7 +287,11 @@ def figures(tiny: bool, images: int, steps: int, model_ids: list[str], log_dir: 
     finally:
         bench.close()
     out["image_problems"] = plain_problems + bench.problems
-    out["images_checked"] = bench.checked + len(model_ids) * (images + 1)  # plain's: each model's, warm-up too
+    out["images_checked"] = bench.checked + len(sd_ids) * (images + 1)  # plain's: each model's, warm-up too
+    # Flux.1 and SD 3.5 (bench_gpu_flow): both sides in this process, each row's model built and freed in turn
+    out["flow"] = {name: bench_gpu_flow.run(name, models if tiny else None, log_dir / "flow", images, device)
+                   for name in model_ids if name in bench_gpu_flow.WORKLOADS}
+    out["images_checked"] += sum(row["images_checked"] for row in out["flow"].values())
     return out
 
 
@@ -299,7 +309,10 @@ def report(found: dict[str, Any]) -> list[str]:
         if "compile_warmup_s" in row:
             lines.append(f"    compile warm-up {row['compile_warmup_s']:.1f} s; a second pod's first job "
                          f"{row['second_pod_first_job_s']:.1f} s")
-    return lines
+    if found["flow"]:
+        lines.append("  Flux.1 and SD 3.5, spotgen's txt2img path in this process against plain diffusers on the same "
+                     "modules:")
+    return lines + bench_gpu_flow.report(found["flow"])
 
 
 def main() -> int:
@@ -307,7 +320,8 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="the tiny models on the CPU (checks the script only)")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--models", default="sd15,sdxl")
+    parser.add_argument("--models", default=",".join(["sd15", "sdxl", *bench_gpu_flow.WORKLOADS]),
+                        help=f"of sd15, sdxl, {', '.join(bench_gpu_flow.WORKLOADS)}")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--log-dir", type=Path, default=None)
     args = parser.parse_args()
@@ -316,7 +330,10 @@ def main() -> int:
         log_dir.mkdir(parents=True, exist_ok=True)
         found = figures(args.tiny, args.images, args.steps, args.models.split(","), log_dir, args.settings.split(","))
     print("\n".join(report(found)))
-    problems = gpu_problems(found, args.models.split(","), found["settings"])
+    asked = args.models.split(",")
+    problems = gpu_problems(found, [m for m in asked if m not in bench_gpu_flow.WORKLOADS], found["settings"])
+    problems += bench_gpu_flow.problems(found["flow"], [m for m in asked if m in bench_gpu_flow.WORKLOADS],
+                                        not found["tiny"])
     for problem in problems:
         print(f"FAIL {problem}")
     print(json.dumps({"bench": "gpu", "ok": not problems, "problems": problems, **found}, sort_keys=True))
