@@ -116,7 +116,9 @@ def from_webui(body: dict[str, Any], task: Task, names: Names) -> WebuiJob:
         field = "override_settings.sd_model_checkpoint"
         raise ContractError("missing_field", f"{field}: name the checkpoint (there is no default one)", field)
     inputs |= (_init_image(body, size) if task == "img2img" else {}) | (control or {})
-    inputs = family_inputs(body, inputs, names.families.get(model), names.variants.get(model))
+    field = "alwayson_scripts.sd_model_checkpoint" if script_model and not settings.get("sd_model_checkpoint") \
+        else "override_settings.sd_model_checkpoint"
+    inputs = family_inputs(body, inputs, names.families.get(model), names.variants.get(model), field)
     return WebuiJob(pipeline="controlnet" if control else task, model=model, inputs=inputs, server_seed=seed == -1)
 
 

@@ -56,7 +56,7 @@ def test_the_checkpoints_are_named_by_their_files_as_forge_lists_them(stack: Sta
                 "tiny-sd3-turbo": TURBO}
     assert {model: (listed[model]["title"], listed[model]["filename"]) for model in expected} == {
         model: (name, name) for model, name in expected.items()}
-    names = compat.names(dep.settings)
+    names = compat.names(dep.settings).model_copy(update={"variants": {}})  # the names alone (Fill is refused)
     for model, name in expected.items():  # a title, a bare name, a title with Forge's short hash, a folder
         for written in (name, name.removesuffix(".safetensors"), f"{name} [a1b2c3d4e5]", f"Flux/{name}"):
             job = from_webui({**SMALL, "override_settings": {"sd_model_checkpoint": written}}, "txt2img", names)
@@ -94,6 +94,8 @@ def test_distilled_cfg_scale_is_flux_guidance_and_cfg_scale_skips_unguided_model
     (TURBO, {"height": 40}, "height", "multiples of 16"),
     (DEV, {"override_settings": {"CLIP_stop_at_last_layers": 2}}, "override_settings.CLIP_stop_at_last_layers",
      "not for flux models"),
+    (FILL, {}, "override_settings.sd_model_checkpoint", "an inpainting model"),
+    ("sd_xl_refiner_1.0.safetensors", {}, "override_settings.sd_model_checkpoint", "SDXL's refiner"),
 ])
 def test_what_the_family_cannot_run_is_refused_naming_the_webui_field(
         dep: Deployment, checkpoint: str, body: dict[str, Any], field: str, phrase: str) -> None:
@@ -102,14 +104,18 @@ def test_what_the_family_cannot_run_is_refused_naming_the_webui_field(
     assert phrase in answer["error"]["message"] and answer["error"]["message"].startswith(field), answer
 
 
-def test_the_sample_route_names_the_field_in_its_envelope(dep: Deployment) -> None:
+@pytest.mark.parametrize(("checkpoint", "body", "field"), [
+    (SCHNELL, {"distilled_cfg_scale": 4.0}, "task.content.distilled_cfg_scale"),
+    (FILL, {}, "task.content.alwayson_scripts.sd_model_checkpoint"),
+])
+def test_the_sample_route_names_the_field_in_its_envelope(dep: Deployment, checkpoint: str, body: dict[str, Any],
+                                                          field: str) -> None:
     task = {"task": {"metadata": {"id": f"t-{uuid.uuid4().hex[:12]}", "runtime": "sdruntime",
                                   "tasktype": "text-to-image", "prefix": "output"},
-                     "content": {**SMALL, "distilled_cfg_scale": 4.0,
-                                 "alwayson_scripts": {"sd_model_checkpoint": SCHNELL}}}}
+                     "content": {**SMALL, **body, "alwayson_scripts": {"sd_model_checkpoint": checkpoint}}}}
     answer = sample.v1alpha2(dep, json.dumps(task).encode())
     error = json.loads(answer["body"])["error"]
-    assert answer["statusCode"] == 400 and error["field"] == "task.content.distilled_cfg_scale", error
+    assert answer["statusCode"] == 400 and error["field"] == field, error
 
 
 def test_options_serve_a_flux_runtime(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
