@@ -93,7 +93,7 @@ def _built_as(device: str) -> Iterator[None]:
         torch.set_default_dtype(before)
 
 
-def _t5(device: str) -> tuple[Any, Any]:
+def _t5() -> tuple[Any, Any]:
     from transformers import T5Config, T5EncoderModel
 
     from runtime.models.tinyflow import t5_tokenizer
@@ -121,7 +121,7 @@ def flux(device: str, schnell: bool = False) -> Any:
     with _built_as(device):
         transformer = FluxTransformer2DModel(**FLUX_TRANSFORMER, guidance_embeds=not schnell)
         text_encoder, tokenizer = _clip(CLIP_L, projected=False)
-        text_encoder_2, tokenizer_2 = _t5(device)
+        text_encoder_2, tokenizer_2 = _t5()
         vae = AutoencoderKL(**VAE_16, **FLUX_VAE)
     scheduler = FlowMatchEulerDiscreteScheduler(**(FLUX_SCHNELL_SCHEDULER if schnell else FLUX_DEV_SCHEDULER))
     return FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
@@ -143,7 +143,7 @@ def sd35_medium(device: str) -> Any:
         transformer = SD3Transformer2DModel(**SD35_MEDIUM_TRANSFORMER)
         text_encoder, tokenizer = _clip(CLIP_L)
         text_encoder_2, tokenizer_2 = _clip(CLIP_G, pad_token="!")
-        text_encoder_3, tokenizer_3 = _t5(device)
+        text_encoder_3, tokenizer_3 = _t5()
         vae = AutoencoderKL(**VAE_16, **SD3_VAE)
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER), vae=vae,
