@@ -23,7 +23,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline
 
 from pipelines.dtypes import torch_dtype
 from runtime.models.catalog import CatalogEntry, ModelError
-from runtime.models.store import ModelSource, ModelStore
+from runtime.models.store import ModelSource, ModelStore, stored_tensors
 
 #: Key prefixes of the components an all-in-one file holds besides the transformer (ComfyUI's and SAI's files).
 _OTHER_COMPONENTS = ("first_stage_model.", "vae.", "text_encoders.")
@@ -156,16 +156,6 @@ def _back_to(device: torch.device) -> Callable[..., Any]:
 def held_bytes(module: torch.nn.Module, device: str | None = None) -> int:
     """Bytes of ``module``'s parameters and buffers as stored (fp8, GGUF blocks, quanto's int8 tensors and their
     scales), on ``device`` only when given: what it holds in memory, not what it computes in."""
-    total = 0
-    for tensor in (*module.parameters(), *module.buffers()):
-        if device is None or tensor.device.type == torch.device(device).type:
-            total += _stored_bytes(tensor)
-    return total
-
-
-def _stored_bytes(tensor: torch.Tensor) -> int:
-    flatten = getattr(type(tensor), "__tensor_flatten__", None)
-    if flatten is not None:  # a tensor subclass (quanto's) holds its data in inner tensors
-        names, _ = tensor.__tensor_flatten__()
-        return sum(_stored_bytes(getattr(tensor, name)) for name in names)
-    return tensor.numel() * tensor.element_size()
+    return sum(part.numel() * part.element_size() for tensor in (*module.parameters(), *module.buffers())
+               if device is None or tensor.device.type == torch.device(device).type
+               for part in stored_tensors(tensor))

@@ -6,8 +6,10 @@ A catalog entry names either a diffusers-format directory or a single-file check
 in the original Stable Diffusion layout, as SD WebUI users keep them) together with a local diffusers config
 directory, so that loading it needs no download. Every path in the catalog and in a manifest is relative and
 must stay inside the models directory, symlinks included: the catalog is configuration, and a typo or a
-hostile edit must not make a worker read arbitrary files. Only safetensors weights are ever loaded; pickle
-files (``.bin``, ``.ckpt``, ...) run code when unpickled, so a model that contains one is refused.
+hostile edit must not make a worker read arbitrary files. Only safetensors weights are ever loaded (and GGUF
+files, data only, for Flux and SD 3.5 transformers); pickle files (``.bin``, ``.ckpt``, ...) run code when
+unpickled, so a model that contains one is refused. Flux and SD 3.5 base models also take ``storage_dtype`` and
+``t5``: the forms of docs/models.md "Flux and SD 3.5 on 24 GB GPUs" (``pipelines.flowload``).
 
 ``catalog.json``::
 

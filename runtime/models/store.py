@@ -362,9 +362,18 @@ def object_bytes(value: Any) -> int:
     total = 0
     for module in modules:
         tensors = [*module.parameters(), *module.buffers()] if hasattr(module, "parameters") else []
-        for tensor in tensors:
+        for tensor in (part for whole in tensors for part in stored_tensors(whole)):
             if tensor.data_ptr() not in seen:
                 seen.add(tensor.data_ptr())
                 total += tensor.numel() * tensor.element_size()
     return total
+
+
+def stored_tensors(tensor: Any) -> list[Any]:
+    """The tensors that hold ``tensor``'s data: itself, or for a tensor subclass (an int8 weight of optimum-quanto's
+    with its scales) its inner tensors, whose bytes are what the subclass really keeps."""
+    if getattr(type(tensor), "__tensor_flatten__", None) is None:
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    return [part for name in names for part in stored_tensors(getattr(tensor, name))]
 

@@ -10,8 +10,9 @@ can be compared with the directory (docs/models.md "Flux and SD 3.5 on 24 GB GPU
   text encoders and VAE stay float32 here, so the transformer's fp8 is the only difference from the directory.
 - ``flux1-dev-tiny-Q8_0.gguf`` and ``-Q4_0.gguf``: city96's GGUF layout (the original layout, matrices quantized in
   blocks of 32 along their rows, vectors float32), written with the ``gguf`` package. The tiny widths (32 to 256)
-  are multiples of 32, so every matrix quantizes. Q4_K (blocks of 256) is not made: ``gguf``'s writer has no
-  K-quant quantizer, and diffusers reads K-quants through the same code as Q4_0.
+  are multiples of 32, so every matrix quantizes. ``-Q4_K.gguf``: the matrices 256 wide (the time and guidance
+  embedders' first layers) in Q4_K (``runtime.models.ggufk``: ``gguf`` has no K-quant quantizer), the others in
+  Q4_0, a mix as city96's K-quant files have.
 - ``sd3.5-medium-tiny.safetensors``: tiny-sd3 as ``sd3.5_medium.safetensors`` is, the transformer
   (``model.diffusion_model.*``, Stability AI's layout) with the VAE; ``sd3-config/`` holds the text encoders (which
   Stability AI ship apart) and the configs.
@@ -32,6 +33,7 @@ FILES = {"tiny-flux-single": f"{FORMS_DIR}/flux1-dev-tiny.safetensors",
          "tiny-flux-fp8": f"{FORMS_DIR}/flux1-dev-tiny-fp8.safetensors",
          "tiny-flux-q8": f"{FORMS_DIR}/flux1-dev-tiny-Q8_0.gguf",
          "tiny-flux-q4": f"{FORMS_DIR}/flux1-dev-tiny-Q4_0.gguf",
+         "tiny-flux-q4k": f"{FORMS_DIR}/flux1-dev-tiny-Q4_K.gguf",
          "tiny-sd3-single": f"{FORMS_DIR}/sd3.5-medium-tiny.safetensors"}
 #: The catalog entries: the files above, and tiny-flux's directory with its T5 on the CPU or in int8.
 CATALOG: dict[str, dict[str, Any]] = {
@@ -40,6 +42,7 @@ CATALOG: dict[str, dict[str, Any]] = {
                       "aliases": []},
     "tiny-flux-q8": {"path": FILES["tiny-flux-q8"], "config": CONFIG, "aliases": []},
     "tiny-flux-q4": {"path": FILES["tiny-flux-q4"], "config": CONFIG, "aliases": []},
+    "tiny-flux-q4k": {"path": FILES["tiny-flux-q4k"], "config": CONFIG, "aliases": []},
     "tiny-flux-t5cpu": {"path": FLUX, "t5": "cpu", "aliases": []},
     "tiny-flux-t5int8": {"path": FLUX, "t5": "int8", "aliases": []},
     "tiny-sd3-single": {"path": FILES["tiny-sd3-single"], "config": SD3_CONFIG, "family": "sd3", "aliases": []},
@@ -68,7 +71,7 @@ def write_forms(out: Path) -> None:
             for k, v in load_file(flux / "text_encoder_2" / "model.safetensors").items()}
     fp8 |= _ldm_vae(flux / "vae")
     save_file({k: v.contiguous() for k, v in fp8.items()}, out / FILES["tiny-flux-fp8"])
-    for model_id, kind in (("tiny-flux-q8", "Q8_0"), ("tiny-flux-q4", "Q4_0")):
+    for model_id, kind in (("tiny-flux-q8", "Q8_0"), ("tiny-flux-q4", "Q4_0"), ("tiny-flux-q4k", "Q4_K")):
         _write_gguf(original, out / FILES[model_id], kind)
     sd3 = out / SD3
     shutil.copytree(sd3, out / SD3_CONFIG, ignore=lambda d, names: [n for n in names if n.endswith(".safetensors")
@@ -78,17 +81,21 @@ def write_forms(out: Path) -> None:
 
 
 def _write_gguf(state: dict[str, Any], path: Path, kind: str) -> None:
-    """As city96's files: matrices quantized (``kind``), vectors float32."""
+    """As city96's files: matrices quantized (``kind``; for Q4_K, those not 256 wide in Q4_0), vectors float32."""
     import gguf
     import numpy as np
 
+    from runtime.models.ggufk import BLOCK, quantize_q4_k
+
     qtype = getattr(gguf.GGMLQuantizationType, kind)
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
     writer = gguf.GGUFWriter(str(path), arch="flux")
     for name, tensor in state.items():
         data = tensor.float().numpy()
-        if data.ndim == 2 and data.shape[-1] % block == 0:
-            writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        if data.ndim == 2 and kind == "Q4_K" and data.shape[-1] % BLOCK == 0:
+            writer.add_tensor(name, quantize_q4_k(data), raw_dtype=qtype)
+        elif data.ndim == 2 and data.shape[-1] % 32 == 0:  # Q8_0's and Q4_0's blocks
+            plain = qtype if kind != "Q4_K" else gguf.GGMLQuantizationType.Q4_0
+            writer.add_tensor(name, gguf.quants.quantize(data, plain), raw_dtype=plain)
         else:
             writer.add_tensor(name, data.astype(np.float32))
     writer.write_header_to_file()
