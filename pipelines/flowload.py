@@ -50,12 +50,18 @@ def load(family: Any, store: ModelStore, model_id: str, transformer_class: type,
         what = f"file {source.path.name}" if source.single_file else f"directory {source.path.name}"
         raise ModelError("invalid_model_file", f"model {model_id!r}: {what} could not be loaded as a "
                          f"{family.name} {transformer_class.__name__}: {type(exc).__name__}: {exc}") from exc
+    return serve(pipe, entry, store.device)
+
+
+def serve(pipe: DiffusionPipeline, entry: CatalogEntry, device: str) -> DiffusionPipeline:
+    """A loaded pipeline in the entry's form on ``device``: the transformer's ``storage_dtype``, T5's place (``make
+    bench-gpu`` applies it to the full-size models it builds, as the loader does to the files it reads)."""
     if entry.storage_dtype is not None:
         # Linear and convolution weights stored in fp8, each layer widened to ``dtype`` for its forward; norms and
         # embeddings stay in ``dtype`` (diffusers' skip patterns).
         pipe.transformer.enable_layerwise_casting(storage_dtype=getattr(torch, entry.storage_dtype),
-                                                  compute_dtype=dtype)
-    return place(pipe, store.device, entry.t5)
+                                                  compute_dtype=torch_dtype(device, entry.dtype))
+    return place(pipe, device, entry.t5)
 
 
 def _pipeline(cls: type[DiffusionPipeline], transformer_class: type, source: ModelSource, entry: CatalogEntry,

@@ -12,8 +12,9 @@ catalog gives them ``dtype: float16``. For each model, in one run:
 3. **Compile warm-up**: the first job of the compiling worker against the first job of the default one; then
    a second worker with the same node-local cache directory (a second pod of the node) and its first job.
 
-Then the Flux.1 (schnell, dev) and SD 3.5 medium workloads of ``tests.harness.bench_gpu_flow`` (its ``WORKLOADS``
-table): peak GPU memory and images/s of the worker's txt2img path against plain diffusers, in this process.
+Then the Flux.1 (schnell, dev, dev in fp8) and SD 3.5 medium workloads of ``tests.harness.bench_gpu_flow`` (its
+``WORKLOADS`` table): peak GPU memory and images/s of the worker's txt2img path against plain diffusers, in this
+process.
 
 ``--tiny`` runs the same on the tiny models and this CPU (float32): it checks that the script runs and prints
 its JSON, and says nothing about speed. The last line printed is one JSON object with every figure.
