@@ -1,9 +1,10 @@
-"""The demo a new user runs first: seven jobs through the HTTP API, sent with ``spotgen.Client`` as a client
+"""The demo a new user runs first: nine jobs through the HTTP API, sent with ``spotgen.Client`` as a client
 would send them.
 
 txt2img, then from its output (sent inline as base64): img2img, ControlNet from an edge map of it, inpainting of an
-ellipse in its middle, and a 2x upscale; hires fix (a second pass at twice the size); then SDXL with a LoRA. A rich
-progress bar per job while they run; the PNGs under ``out/``; summary tables at the end.
+ellipse in its middle, and a 2x upscale; hires fix (a second pass at twice the size); then SDXL with a LoRA, Flux.1
+dev with its distilled guidance and SD 3.5 with skip-layer guidance (both on a non-square size: their sizes are
+multiples of 16). A rich progress bar per job while they run; the PNGs under ``out/``; summary tables at the end.
 """
 
 from __future__ import annotations
@@ -83,22 +84,25 @@ def run_job(client: Client, name: str, pipeline: str, model: str, inputs: dict[s
 
 
 #: The demo's jobs by name, in order (``make run`` writes ``out/{name}.png`` for each).
-JOBS = ("txt2img", "img2img", "controlnet", "inpaint", "upscale", "hires", "sdxl-lora")
+JOBS = ("txt2img", "img2img", "controlnet", "inpaint", "upscale", "hires", "sdxl-lora", "flux", "sd3")
+#: The Flux and SD 3.5 jobs' width and height: not square, so that a mix-up of the two shows.
+FLOW_SIZE = (96, 64)
 
 
 def demo(api_url: str, out: Path, model: str = "tiny-sd", controlnet: str = "tiny-controlnet",
          size: int = 64, steps: int = 20, traces: SpanReceiver | None = None,
-         sdxl: str = "tiny-sdxl", lora: str = "tiny-lora-sdxl", upscaler: str = "tiny-esrgan") -> bool:
+         sdxl: str = "tiny-sdxl", lora: str = "tiny-lora-sdxl", upscaler: str = "tiny-esrgan",
+         flux: str = "tiny-flux", sd3: str = "tiny-sd3") -> bool:
     """Returns True when all the ``JOBS`` succeeded: txt2img, img2img, ControlNet, inpainting, upscaling and hires
-    fix on an SD 1.x model, then SDXL with a LoRA and "DPM++ 2M Karras". With ``traces``, the summary ends with
-    each job's phases."""
+    fix on an SD 1.x model, then SDXL with a LoRA and "DPM++ 2M Karras", Flux.1 dev with distilled guidance and
+    SD 3.5 with skip-layer guidance. With ``traces``, the summary ends with each job's phases."""
     out.mkdir(parents=True, exist_ok=True)
     shown = console()
     common = {"width": size, "height": size, "steps": steps, "seed": 7}
     rows: list[Row] = []
     with Client(api_url) as client:
         def run(name: str, pipeline: str, model: str, **inputs: Any) -> bytes | None:
-            fields = inputs if pipeline == "upscale" else {**inputs, **common}  # an upscale has no prompt or steps
+            fields = inputs if pipeline == "upscale" else {**common, **inputs}  # an upscale has no prompt or steps
             row, png = run_job(client, name, pipeline, model, fields, out, shown)
             rows.append(row)
             return png
@@ -117,6 +121,11 @@ def demo(api_url: str, out: Path, model: str = "tiny-sd", controlnet: str = "tin
                 hires={"scale": 2.0, "upscaler": "latent", "denoising_strength": 0.6})
             run("sdxl-lora", "txt2img", sdxl, prompt="a (red fox:1.2) in the snow, BREAK winter forest",
                 loras=[{"id": lora, "weight": 0.8}], scheduler="dpmpp_2m", schedule="karras")
+            width, height = FLOW_SIZE
+            run("flux", "txt2img", flux, prompt="a red fox in the snow, winter forest", guidance=4.0, width=width,
+                height=height)
+            run("sd3", "txt2img", sd3, prompt="a red fox in the snow, winter forest", width=width, height=height,
+                skip_layer_guidance={"layers": [7, 8, 9]})
         except (ApiError, TimeoutError) as exc:  # refused, unreachable or stuck: say so and stop
             shown.print(f"demo stopped: {exc}", markup=False)
             rows.append(Row("-", "-", "-", "-", "not run", 0.0, "-"))
