@@ -4,8 +4,9 @@ Spot GPUs are taken away at any moment, so the guarantees (exactly one final sta
 outputs byte-identical to an uninterrupted run, little work redone) only mean something under many real
 interruptions. The embedded stack runs N jobs (``tests.harness.jobmix``: txt2img (with ControlNet units, tiling,
 prompt editing), img2img (with an IP-Adapter), ControlNet, inpainting and outpainting, hires fix and the SDXL
-refiner (jobs of two passes), every sampler, a schedule each; every fourth job on SDXL with a LoRA) on W worker
-processes while a driver sends
+refiner (jobs of two passes), every sampler, a schedule each; every fourth of these on SDXL with a LoRA; every
+sixth job on Flux.1 (dev, schnell, img2img, Fill, a ControlNet unit and a LoRA) or SD 3.5 (skip-layer guidance,
+img2img)) on W worker processes while a driver sends
 SIGTERM (spot notice, scale-in) and SIGKILL (node lost) to random *busy* workers and starts a replacement
 each time. Then it checks:
 

@@ -1,4 +1,4 @@
-"""SDXL and LoRA adapters end to end: HTTP API -> SNS -> SQS -> a real worker -> diffusers -> S3.
+"""SDXL, Flux.1, SD 3.5 and LoRA adapters end to end: HTTP API -> SNS -> SQS -> a real worker -> diffusers -> S3.
 
 The worker of the session stack is one process, so the three LoRA jobs run on the same worker in order.
 """
@@ -44,6 +44,30 @@ def test_sdxl_txt2img_img2img_and_controlnet_end_to_end(stack: Stack) -> None:
         doc = run(stack, body)
         image = Image.open(io.BytesIO(first_png(doc)))
         assert image.size == (64, 64) and np.asarray(image).std() > 0, body["pipeline"]
+
+
+#: Flux.1 and SD 3.5 sizes are multiples of 16; not square, so that a mix-up of width and height shows.
+FLOW = {"prompt": "a red fox in the snow", "width": 80, "height": 48, "steps": 4, "seed": 11}
+
+
+def test_flux_and_sd3_jobs_end_to_end(stack: Stack) -> None:
+    """Flux.1 dev with its distilled guidance and a kohya LoRA, and SD 3.5 with skip-layer guidance, through the
+    API and the session's worker: each succeeds with a PNG of the asked size that records what it ran."""
+    flux = {"pipeline": "txt2img", "model": "tiny-flux",
+            "inputs": {**FLOW, "guidance": 4.0, "loras": [{"id": "tiny-lora-flux-kohya", "weight": 0.7}]}}
+    sd3 = {"pipeline": "txt2img", "model": "tiny-sd3",
+           "inputs": {**FLOW, "skip_layer_guidance": {"layers": [7, 8, 9]}, "schedule": "karras"}}
+    recorded = []
+    for body in (flux, sd3):
+        doc = run(stack, body)
+        assert (doc["state"], doc["model"]) == ("succeeded", body["model"]), doc
+        png = first_png(doc)
+        image = Image.open(io.BytesIO(png))
+        assert (image.format, image.size) == ("PNG", (80, 48)) and pixels(png).std() > 0, body["model"]
+        recorded.append(json.loads(image.text["parameters"]))
+    assert (recorded[0]["model"], recorded[0]["guidance"], recorded[0]["loras"]) == (
+        "tiny-flux", 4.0, flux["inputs"]["loras"])
+    assert (recorded[1]["model"], recorded[1]["skip_layer_guidance"]["layers"]) == ("tiny-sd3", [7, 8, 9])
 
 
 def test_the_lora_request_of_the_issue_and_byte_identity_without_it(stack: Stack) -> None:

@@ -92,16 +92,19 @@ def checkpoint_exists(stack: Stack, job_id: str, timeout: float = 10) -> bool:
 
 # Every pipeline and every scheduler of the allow-list, each at least once.
 # One per pipeline, with a multistep, a first-order and an ancestral sampler: the handoff between workers is the
-# same for every sampler, whose own state is checked pair by pair in tests/pipelines/test_schedulers.py.
-CASES = [("txt2img", "dpmpp_2m"), ("img2img", "euler"), ("controlnet", "euler_a")]
+# same for every sampler, whose own state is checked pair by pair in tests/pipelines/test_schedulers.py. And a
+# Flux.1 job (flow matching, a transformer), whose resume after every step tests/pipelines/test_flow_families.py
+# checks in-process.
+CASES = [("txt2img", "dpmpp_2m", "tiny-sd"), ("img2img", "euler", "tiny-sd"), ("controlnet", "euler_a", "tiny-sd"),
+         ("txt2img", "euler", "tiny-flux")]
 
 
-@pytest.mark.parametrize(("pipeline", "scheduler"), CASES)
+@pytest.mark.parametrize(("pipeline", "scheduler", "model"), CASES)
 def test_sigterm_mid_job_resumes_on_another_worker_byte_identical(
         stack: Stack, pool: Pool, images: dict[str, str], pipeline: str,
-        scheduler: str) -> None:
+        scheduler: str, model: str) -> None:
     pool.ensure(2)
-    request = body(pipeline, images, scheduler, steps=80)  # long enough that the signal lands mid-job
+    request = {**body(pipeline, images, scheduler, steps=80), "model": model}  # 80 steps: the signal lands mid-job
     job, reference = submit(stack, request), submit(stack, request)
     pid, _, step = pool.wait_step(job, 3)
     os.kill(pid, signal.SIGTERM)
