@@ -31,10 +31,9 @@ Convert = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def load(family: Any, store: ModelStore, model_id: str, transformer_class: type,
-         convert: Convert | None = None) -> DiffusionPipeline:
+         convert: Convert) -> DiffusionPipeline:
     """``family``'s base model ``model_id`` on the store's device, in the catalog entry's form. ``convert`` turns
-    an original-layout file's state dict into diffusers' transformer layout where diffusers' own converter cannot
-    (Flux); None leaves it to diffusers (SD 3.5)."""
+    an original-layout file's state dict (any other keys it holds left out) into diffusers' transformer layout."""
     source, entry = store.source(model_id, "base"), store.entry(model_id, "base")
     cls = family.variant_classes.get(entry.variant or "") or family.base_class
     dtype = torch_dtype(store.device, entry.dtype)
@@ -56,7 +55,7 @@ def load(family: Any, store: ModelStore, model_id: str, transformer_class: type,
 def serve(pipe: DiffusionPipeline, entry: CatalogEntry, device: str) -> DiffusionPipeline:
     """A loaded pipeline in the entry's form on ``device``: the transformer's ``storage_dtype``, T5's place (``make
     bench-gpu`` applies it to the full-size models it builds, as the loader does to the files it reads)."""
-    if entry.storage_dtype is not None:
+    if entry.storage_dtype is not None and not any(map(_cast_layerwise, pipe.transformer.modules())):
         # Linear and convolution weights stored in fp8, each layer widened to ``dtype`` for its forward; norms and
         # embeddings stay in ``dtype`` (diffusers' skip patterns).
         pipe.transformer.enable_layerwise_casting(storage_dtype=getattr(torch, entry.storage_dtype),
@@ -75,12 +74,13 @@ def _pipeline(cls: type[DiffusionPipeline], transformer_class: type, source: Mod
         from diffusers import GGUFQuantizationConfig
 
         options["quantization_config"] = GGUFQuantizationConfig(compute_dtype=dtype)
-    if convert is None:
-        transformer = transformer_class.from_single_file(str(source.path), **options)
-    else:
-        from diffusers.models.model_loading_utils import load_state_dict
+    from diffusers.models.model_loading_utils import load_state_dict
 
-        transformer = transformer_class.from_single_file(convert(load_state_dict(str(source.path))), **options)
+    state = convert(load_state_dict(str(source.path)))
+    if entry.storage_dtype is not None:
+        transformer = _narrow(transformer_class, state, config, getattr(torch, entry.storage_dtype), dtype)
+    else:
+        transformer = transformer_class.from_single_file(state, **options)
     if entry.gguf or not _holds_other_components(source.path):
         return cls.from_pretrained(config, transformer=transformer, dtype=dtype, use_safetensors=True,
                                    local_files_only=True, **parts)
@@ -91,6 +91,32 @@ def _pipeline(cls: type[DiffusionPipeline], transformer_class: type, source: Mod
         if getattr(module, "_tied_weights_keys", None):
             module.tie_weights()
     return pipe
+
+
+def _narrow(transformer_class: type, state: dict[str, Any], config: str, storage: torch.dtype,
+            compute: torch.dtype) -> Any:
+    """The transformer with the weights layerwise casting stores in ``storage`` taken from the file straight into
+    it (an fp8 file's own tensors, never widened), the rest in ``compute``: what loading in ``compute`` and then
+    enabling layerwise casting gives, without ever holding the whole transformer in ``compute`` (23.8 GB of host
+    memory for FLUX.1 dev in bf16)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # parameters on the meta device; buffers real
+        model = transformer_class.from_config(transformer_class.load_config(config, subfolder="transformer",
+                                                                            local_files_only=True))
+    model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
+    stored = {name for name, module in model.named_modules() if _cast_layerwise(module)}
+    model.load_state_dict({key: value.to(storage if key.rpartition(".")[0] in stored else compute)
+                           for key, value in state.items()}, strict=True, assign=True)
+    for name, buffer in model.named_buffers():
+        if name not in state and buffer.is_floating_point():  # built, not read: as from_single_file casts them
+            buffer.data = buffer.data.to(compute)
+    return model.eval()
+
+
+def _cast_layerwise(module: Any) -> bool:
+    hooks = getattr(module, "_diffusers_hook", None)
+    return hooks is not None and hooks.get_hook("layerwise_casting") is not None
 
 
 def _config_components(config: Path, dtype: torch.dtype) -> dict[str, Any]:

@@ -59,10 +59,12 @@ class StableDiffusion3(FlowMatching):
     def load(self, store: Any, model_id: str) -> DiffusionPipeline:
         # the forms of docs/models.md "Flux and SD 3.5 on 24 GB GPUs"; diffusers converts SD 3.5's original layout
         from diffusers import SD3Transformer2DModel
+        from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
         from pipelines import flowload
 
-        return flowload.load(self, store, model_id, SD3Transformer2DModel)
+        return flowload.load(self, store, model_id, SD3Transformer2DModel,
+                             lambda state: convert_sd3_transformer_checkpoint_to_diffusers(dict(state)))
 
     def call_args(self, pipe: DiffusionPipeline, inputs: Any) -> dict[str, Any]:
         args: dict[str, Any] = {"guidance_scale": inputs.guidance_scale}

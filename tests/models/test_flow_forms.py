@@ -87,7 +87,8 @@ def test_the_sd35_medium_file_gives_the_directory_pixels(runs: dict[str, Any], t
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 
-def test_fp8_keeps_the_transformer_in_fp8_and_computes_in_full_precision(runs: dict[str, Any]) -> None:
+def test_fp8_keeps_the_transformer_in_fp8_and_computes_in_full_precision(runs: dict[str, Any],
+                                                                         tiny_models: Path) -> None:
     (fp8, pipe), (directory, reference) = runs["tiny-flux-fp8"], runs["tiny-flux"]
     assert pipe.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
     assert pipe.transformer.x_embedder.weight.dtype == torch.float8_e4m3fn
@@ -96,6 +97,19 @@ def test_fp8_keeps_the_transformer_in_fp8_and_computes_in_full_precision(runs: d
     # e4m3 keeps 3 mantissa bits: each weight within 1/16 of itself; measured 0.9 of 255 on average, 10 at most
     difference = np.abs(fp8 - directory)
     assert difference.any() and difference.mean() < 4, difference.mean()
+    # read straight into fp8 (pipelines.flowload._narrow), it is what diffusers' own way makes: the file widened to
+    # float32, then layerwise casting enabled
+    from diffusers import FluxTransformer2DModel
+    from diffusers.models.model_loading_utils import load_state_dict
+
+    file = tiny_models / tinyforms.FILES["tiny-flux-fp8"]
+    widened = FluxTransformer2DModel.from_single_file(
+        fluxlayout.to_diffusers(load_state_dict(str(file))), config=str(tiny_models / tinyforms.CONFIGS_ONLY),
+        subfolder="transformer", local_files_only=True, torch_dtype=torch.float32)
+    widened.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    a, b = pipe.transformer.state_dict(), widened.state_dict()
+    assert a.keys() == b.keys()
+    assert all(a[k].dtype == b[k].dtype and torch.equal(a[k].float(), b[k].float()) for k in a)
     # the text encoders and VAE came from the same file (ComfyUI's all-in-one), unchanged
     for part in ("text_encoder", "text_encoder_2", "vae"):
         a, b = getattr(pipe, part).state_dict(), getattr(reference, part).state_dict()
