@@ -55,11 +55,15 @@ def load(family: Any, store: ModelStore, model_id: str, transformer_class: type,
 def serve(pipe: DiffusionPipeline, entry: CatalogEntry, device: str) -> DiffusionPipeline:
     """A loaded pipeline in the entry's form on ``device``: the transformer's ``storage_dtype``, T5's place (``make
     bench-gpu`` applies it to the full-size models it builds, as the loader does to the files it reads)."""
+    compute = torch_dtype(device, entry.dtype)
     if entry.storage_dtype is not None and not any(map(_cast_layerwise, pipe.transformer.modules())):
         # Linear and convolution weights stored in fp8, each layer widened to ``dtype`` for its forward; norms and
         # embeddings stay in ``dtype`` (diffusers' skip patterns).
         pipe.transformer.enable_layerwise_casting(storage_dtype=getattr(torch, entry.storage_dtype),
-                                                  compute_dtype=torch_dtype(device, entry.dtype))
+                                                  compute_dtype=compute)
+    for module in pipe.transformer.modules():
+        if _cast_layerwise(module):  # peft then makes a LoRA's layers in it, not in fp8 (as for GGUF's layers)
+            module.compute_dtype = compute
     return place(pipe, device, entry.t5)
 
 
@@ -87,9 +91,11 @@ def _pipeline(cls: type[DiffusionPipeline], transformer_class: type, source: Mod
     parts = {**_config_components(source.config, dtype), **parts}
     pipe = cls.from_single_file(str(source.path), config=config, local_files_only=True, torch_dtype=dtype,
                                 transformer=transformer, **parts)
-    for module in pipe.components.values():  # diffusers' T5 from one file leaves its tied input embedding unset
-        if getattr(module, "_tied_weights_keys", None):
+    for module in pipe.components.values():
+        if getattr(module, "_tied_weights_keys", None):  # diffusers' T5 from one file: its input embedding unset
             module.tie_weights()
+        if isinstance(module, torch.nn.Module):  # and in training mode: T5's dropout would draw other pixels per run
+            module.eval()
     return pipe
 
 
@@ -157,6 +163,7 @@ def place(pipe: DiffusionPipeline, device: str, t5: str | None) -> DiffusionPipe
 
         quantize(getattr(pipe, name), weights=qint8)
         freeze(getattr(pipe, name))
+        getattr(pipe, name).eval()  # its new layers are built in training mode
     for component, module in pipe.components.items():
         if isinstance(module, torch.nn.Module) and not (t5 == "cpu" and component == name):
             module.to(device)

@@ -46,10 +46,15 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_models: Path) -> dict[str, tuple[np.ndarray, Any]]:
-    """Each form's txt2img pixels and its loaded pipeline, on one store (the forms are read-only here)."""
-    store = ModelStore(tiny_models, "cpu")
-    harness = Harness(store)
+def harness(tiny_models: Path) -> Harness:
+    """One store for the module: each form loads once (the forms are read-only here)."""
+    return Harness(ModelStore(tiny_models, "cpu"))
+
+
+@pytest.fixture(scope="module")
+def runs(harness: Harness) -> dict[str, tuple[np.ndarray, Any]]:
+    """Each form's txt2img pixels and its loaded pipeline."""
+    store = harness.store
     out = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(socket.socket, "connect", lambda self, address: (_ for _ in ()).throw(OSError(address)))
@@ -66,6 +71,31 @@ def test_the_transformer_only_file_gives_the_directory_pixels(runs: dict[str, An
     assert np.array_equal(single, directory)
     a, b = pipe.transformer.state_dict(), reference.transformer.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_form_repeats_its_bytes(runs: dict[str, Any], harness: Harness) -> None:
+    """A second job gives the same bytes, every module in eval mode: diffusers builds a single file's T5 in training
+    mode, and optimum-quanto's layers are new modules, whose dropout would draw other pixels on every run."""
+    for model_id, (first, pipe) in runs.items():
+        modules = [m for c in pipe.components.values() if isinstance(c, torch.nn.Module) for m in c.modules()]
+        assert not any(module.training for module in modules), model_id
+        assert np.array_equal(pixels(harness.run("txt2img", model=model_id, **SIZE)), first), model_id
+
+
+def test_loras_run_on_the_forms(runs: dict[str, Any], tiny_models: Path) -> None:
+    """A LoRA changes the pixels, exactly as on the directory for a file of the same precision, and a job without it
+    afterwards gives the first bytes again (peft makes the LoRA's layers in the compute dtype on fp8 and GGUF layers,
+    not in fp8). A store of its own: loading adapters changes the modules that the other tests compare."""
+    harness, lora = Harness(ModelStore(tiny_models, "cpu")), [{"id": "tiny-lora-flux", "weight": 1.0}]
+    with_lora = {}
+    for model_id in ("tiny-flux", "tiny-flux-single", "tiny-flux-fp8", "tiny-flux-q8"):
+        with_lora[model_id] = pixels(harness.run("txt2img", model=model_id, loras=lora, **SIZE)).astype(np.int16)
+        first = runs[model_id][0]
+        assert np.abs(with_lora[model_id] - first).mean() > 5, model_id
+        assert np.array_equal(pixels(harness.run("txt2img", model=model_id, **SIZE)), first), model_id
+    assert np.array_equal(with_lora["tiny-flux-single"], with_lora["tiny-flux"])
+    for model_id in ("tiny-flux-fp8", "tiny-flux-q8"):  # as close as without the LoRA
+        assert 0 < np.abs(with_lora[model_id] - with_lora["tiny-flux"]).mean() < 4, model_id
 
 
 def test_the_sd35_medium_file_gives_the_directory_pixels(runs: dict[str, Any], tiny_models: Path) -> None:
