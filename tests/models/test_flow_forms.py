@@ -24,8 +24,9 @@ from pipelines.loading import base_pipeline
 from runtime.models import fluxlayout, tinyforms
 from runtime.models.catalog import CATALOG_FILE, ModelError
 from runtime.models.store import ModelStore, object_bytes
+from runtime.worker import checkpoint
 from tests.models.catalogs import write_catalog
-from tests.pipelines.harness import Harness, pixels
+from tests.pipelines.harness import Harness, interrupt_at, pixels, png
 
 SIZE = {"width": 64, "height": 48}
 
@@ -80,6 +81,17 @@ def test_every_form_repeats_its_bytes(runs: dict[str, Any], harness: Harness) ->
         modules = [m for c in pipe.components.values() if isinstance(c, torch.nn.Module) for m in c.modules()]
         assert not any(module.training for module in modules), model_id
         assert np.array_equal(pixels(harness.run("txt2img", model=model_id, **SIZE)), first), model_id
+
+
+def test_a_resumed_job_on_each_quantized_form_is_byte_identical(harness: Harness) -> None:
+    """A job stopped after a step and resumed from its checkpoint gives the bytes of an uninterrupted one, on the
+    forms whose layers are widened as they run (fp8, GGUF) and with T5 in int8 or on the CPU."""
+    for model_id in ("tiny-flux-fp8", "tiny-flux-q4k", "tiny-flux-t5int8", "tiny-flux-t5cpu", "tiny-sd3-single"):
+        job = {"model": model_id, "steps": 3, **SIZE}
+        reference = png(harness.run("txt2img", **job))
+        for stop in (1, 2):
+            state = checkpoint.load(interrupt_at(harness, "txt2img", stop, **job), "f" * 64)
+            assert png(harness.run("txt2img", resume_from=state, **job)) == reference, (model_id, stop)
 
 
 def test_loras_run_on_the_forms(runs: dict[str, Any], tiny_models: Path) -> None:
