@@ -54,3 +54,20 @@ def test_black_images_are_found(tiny_models: Path, tmp_path: Path, monkeypatch: 
     got = bench_gpu_flow.run("flux-schnell", tiny_models, tmp_path, 1, "cpu")
     assert problems({"flux-schnell": got}, ["flux-schnell"], cuda=False) == [
         "spotgen tiny-flux-schnell, image 0: one flat colour", "spotgen tiny-flux-schnell, image 1: one flat colour"]
+
+
+def test_a_row_serves_its_model_in_the_entry_form(tiny_models: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    """The GPU path (a model built in the process, not read from files) in small on the CPU: flux-dev-fp8's form
+    reaches the built transformer as the loader gives it to files, fp8 storage and all (half its bytes or less)."""
+    from dataclasses import replace
+
+    from diffusers import FluxPipeline
+
+    def build(device: str) -> Any:
+        return FluxPipeline.from_pretrained(tiny_models / "tiny-flux", local_files_only=True).to(device)
+
+    for name, workload in (("flux-dev", WORKLOADS["flux-dev"]), ("flux-dev-fp8", WORKLOADS["flux-dev-fp8"])):
+        monkeypatch.setitem(WORKLOADS, name, replace(workload, size=64, steps=2, build=build, dtype="float32"))
+    plain, fp8 = (bench_gpu_flow.run(name, None, tmp_path, 1, "cpu") for name in ("flux-dev", "flux-dev-fp8"))
+    assert problems({"flux-dev-fp8": fp8}, ["flux-dev-fp8"], cuda=False) == []
+    assert 0 < fp8["transformer_bytes"] <= plain["transformer_bytes"] / 2, (fp8, plain)
