@@ -47,6 +47,8 @@ class FamilyRules:
     variant_guidance: dict[str, float] = field(default_factory=dict)
     #: Samplers and their schedules; None: every pair of ``runtime.contract.SAMPLER_SCHEDULES``.
     samplers: dict[str, tuple[str, ...]] | None = None
+    #: Samplers that run on plain text-to-image only (no input image, no ControlNet), with why.
+    txt2img_samplers: dict[str, str] = field(default_factory=dict)
     #: Inputs this family reads that others refuse, by field name.
     own_inputs: frozenset[str] = field(default_factory=frozenset)
     #: Inputs of other families that this one refuses, with why.
@@ -59,6 +61,10 @@ _FLOW_REFUSED = {
     "hires": "hires fix runs on SD and SDXL models (run img2img at the larger size)",
     "ip_adapters": "no IP-Adapter for this family is in the catalog",
 }
+#: Why the multistep solvers run plain text-to-image only on the flow families.
+_TXT2IMG_ONLY = ("diffusers' other Flux and SD 3.5 pipelines pass their own sigmas or noise the input image with the "
+                 "flow schedulers' scale_noise, which the multistep solvers lack; use euler")
+_MULTISTEP_TXT2IMG = dict.fromkeys(("dpmpp_2m", "unipc"), _TXT2IMG_ONLY)
 #: The value of each refusable input that asks for nothing.
 _UNSET: dict[str, Any] = {"clip_skip": 1, "tiling": False, "ip_adapters": []}
 FAMILIES: dict[str, FamilyRules] = {
@@ -67,10 +73,10 @@ FAMILIES: dict[str, FamilyRules] = {
     "sdxl": FamilyRules(default_size=1024, max_pixels=2048 * 2048, size_conditioning=True),
     "flux": FamilyRules(default_size=1024, max_pixels=2048 * 2048, size_conditioning=False, multiple_of=16,
                         default_guidance=1.0, distilled_guidance=3.5, variant_guidance={"inpainting": 30.0},
-                        samplers=FLOW_SAMPLERS,
+                        samplers=FLOW_SAMPLERS, txt2img_samplers=_MULTISTEP_TXT2IMG,
                         own_inputs=frozenset({"guidance", "shift", "max_sequence_length"}), refused=_FLOW_REFUSED),
     "sd3": FamilyRules(default_size=1024, max_pixels=2048 * 2048, size_conditioning=False, multiple_of=16,
-                       default_guidance=4.5, samplers=SD3_SAMPLERS,
+                       default_guidance=4.5, samplers=SD3_SAMPLERS, txt2img_samplers=_MULTISTEP_TXT2IMG,
                        own_inputs=frozenset({"shift", "max_sequence_length", "skip_layer_guidance"}),
                        refused=_FLOW_REFUSED),
 }
@@ -110,6 +116,10 @@ def _check_inputs(inputs: Any, family: str, rules: FamilyRules, prefix: str) -> 
                           f"{', '.join(rules.samplers)}; {inputs.scheduler!r} is not one of them"
                           + (" (it draws noise outside the job's seed, so no image would repeat)"
                              if inputs.scheduler == "euler_a" else ""))
+        why = rules.txt2img_samplers.get(inputs.scheduler)
+        if why and (hasattr(inputs, "image") or hasattr(inputs, "control_image") or inputs.controlnets):
+            raise _refuse(prefix, "scheduler", f"on {family} models, {inputs.scheduler!r} runs text-to-image without "
+                          f"ControlNet units only: {why}")
         if inputs.schedule not in rules.samplers[inputs.scheduler]:
             raise _refuse(prefix, "schedule", f"on {family} models, sampler {inputs.scheduler!r} takes the schedules "
                           f"{', '.join(rules.samplers[inputs.scheduler])}")

@@ -90,6 +90,20 @@ def test_flow_families_take_their_own_inputs() -> None:
     assert (slg.layers, slg.scale, slg.start, slg.stop) == ([1, 2], 2.8, 0.01, 0.2)
 
 
+@pytest.mark.parametrize("scheduler", ["dpmpp_2m", "unipc"])
+def test_the_multistep_solvers_run_flux_txt2img_only(scheduler: str) -> None:
+    assert for_family(inputs(scheduler=scheduler), "flux").scheduler == scheduler
+    assert refused("flux", scheduler=scheduler, controlnets=[{"id": "c", "image": f"s3://{BUCKET}/c.png"}]).field \
+        == "inputs.scheduler"
+    mask = {"image": f"s3://{BUCKET}/a.png", "mask": f"s3://{BUCKET}/m.png", "scheduler": scheduler}
+    with pytest.raises(ContractError, match="runs text-to-image without ControlNet units only") as caught:
+        for_family(InpaintInputs.model_validate({"prompt": "x", **mask}, context={"input_bucket": BUCKET}), "flux")
+    assert caught.value.field == "inputs.scheduler"
+    assert for_family(inputs(scheduler=scheduler), "sd3").scheduler == scheduler
+    assert refused("sd3", scheduler=scheduler, controlnets=[{"id": "c", "image": f"s3://{BUCKET}/c.png"}]).field \
+        == "inputs.scheduler"
+
+
 def test_heun_runs_on_sd3_only() -> None:
     """diffusers' Flux pipelines pass their own sigmas, which FlowMatchHeun does not take."""
     assert for_family(inputs(scheduler="heun"), "sd3").scheduler == "heun"
