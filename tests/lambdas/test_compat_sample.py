@@ -32,9 +32,9 @@ from runtime.config import Settings
 from runtime.contract import MAX_IMAGE_BYTES, SampleNotification
 from tests.conftest import Stack
 from tests.contract.sample_cases import CAT_URL, V1ALPHA1_T2I_EKS, V1ALPHA2_I2I_EKS, V1ALPHA2_I2I_GUIDANCE, V1ALPHA2_T2I
+from tests.harness.tlsserver import tls_server
 from tests.inbox import Queue, attribute_id
 from tests.lambdas.compat_stack import PNG_B64, _png_b64, in_process, stack_fixture  # noqa: F401 - stack_fixture
-from tests.lambdas.test_fetch import tls_server
 from tests.rest import call, wait_for
 
 

@@ -23,9 +23,9 @@ from lambdas.fetch import LoopbackForTests, fetch_image
 from runtime.contract import validate_inputs
 from runtime.contract.imagepaths import get_path, image_paths, set_path
 from runtime.local.devstack import DevStack
+from tests.harness.tlsserver import tls_server
 from tests.lambdas import test_edits_api
 from tests.lambdas.test_edits_api import Emulator, encoded, inline, noise, queued, refused
-from tests.lambdas.test_fetch import tls_server
 from tests.rest import call
 
 # The editing tests' stack (the submit handler on the real emulator, no worker), one per module.

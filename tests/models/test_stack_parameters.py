@@ -44,7 +44,8 @@ def test_parameters_are_the_catalogs_ids_and_make_valid_api_settings(library: Pa
     assert code == 0
     parameters = json.loads(out)
     assert parameters == {
-        "Models": "sd15,xl,schnell", "ControlNets": "canny", "Loras": "detail",  # a VAE is named by its model, not a request
+        # a VAE is named by its model, not a request
+        "Models": "sd15,xl,schnell", "ControlNets": "canny", "Loras": "detail",
         "Upscalers": "esrgan", "ModelFamilies": "sd15=sd1,xl=sdxl,schnell=flux,canny=sd1,detail=sd1",  # any family
         "ModelVariants": "schnell=schnell",  # the base models that have one
         "CompatAliases": json.dumps({"v1-5-pruned-emaonly.safetensors": "sd15", 'SDXL "base" 1.0': "xl",
