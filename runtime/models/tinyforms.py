@@ -16,6 +16,9 @@ can be compared with the directory (docs/models.md "Flux and SD 3.5 on 24 GB GPU
 - ``sd3.5-medium-tiny.safetensors``: tiny-sd3 as ``sd3.5_medium.safetensors`` is, the transformer
   (``model.diffusion_model.*``, Stability AI's layout) with the VAE; ``sd3-config/`` holds the text encoders (which
   Stability AI ship apart) and the configs.
+- ``sd3.5-medium-tiny-Q8_0.gguf``: tiny-sd3's transformer as city96's SD 3.5 GGUF files (bare original keys), with
+  ``sd3-gguf-config/`` (every other component's weights). The tiny SD 3.5's attention is 16 wide, so only its 32-
+  and 96-wide matrices (the context embedder, the MLPs' second layers...) quantize; the rest stay float32.
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ from runtime.models import fluxlayout, sd3layout
 
 FORMS_DIR = "tiny-forms"
 FLUX, SD3 = "tiny-flux", "tiny-sd3"
+SD3_GGUF_CONFIG = f"{FORMS_DIR}/sd3-gguf-config"
 CONFIG, CONFIGS_ONLY, SD3_CONFIG = f"{FORMS_DIR}/flux-config", f"{FORMS_DIR}/flux-configs", f"{FORMS_DIR}/sd3-config"
 FILES = {"tiny-flux-single": f"{FORMS_DIR}/flux1-dev-tiny.safetensors",
          "tiny-flux-fp8": f"{FORMS_DIR}/flux1-dev-tiny-fp8.safetensors",
          "tiny-flux-q8": f"{FORMS_DIR}/flux1-dev-tiny-Q8_0.gguf",
          "tiny-flux-q4": f"{FORMS_DIR}/flux1-dev-tiny-Q4_0.gguf",
          "tiny-flux-q4k": f"{FORMS_DIR}/flux1-dev-tiny-Q4_K.gguf",
-         "tiny-sd3-single": f"{FORMS_DIR}/sd3.5-medium-tiny.safetensors"}
+         "tiny-sd3-single": f"{FORMS_DIR}/sd3.5-medium-tiny.safetensors",
+         "tiny-sd3-q8": f"{FORMS_DIR}/sd3.5-medium-tiny-Q8_0.gguf"}
 #: The catalog entries: the files above, and tiny-flux's directory with its T5 on the CPU or in int8.
 CATALOG: dict[str, dict[str, Any]] = {
     "tiny-flux-single": {"path": FILES["tiny-flux-single"], "config": CONFIG, "aliases": []},
@@ -46,6 +51,7 @@ CATALOG: dict[str, dict[str, Any]] = {
     "tiny-flux-t5cpu": {"path": FLUX, "t5": "cpu", "aliases": []},
     "tiny-flux-t5int8": {"path": FLUX, "t5": "int8", "aliases": []},
     "tiny-sd3-single": {"path": FILES["tiny-sd3-single"], "config": SD3_CONFIG, "family": "sd3", "aliases": []},
+    "tiny-sd3-q8": {"path": FILES["tiny-sd3-q8"], "config": SD3_GGUF_CONFIG, "family": "sd3", "aliases": []},
 }
 CATALOG = {model_id: {"kind": "base", "family": "flux", **entry} for model_id, entry in CATALOG.items()}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
@@ -78,9 +84,13 @@ def write_forms(out: Path) -> None:
                                                                      and Path(d).name in ("transformer", "vae")])
     medium = sd3layout.to_original(load_file(sd3 / "transformer" / "diffusion_pytorch_model.safetensors"))
     save_file({**medium, **_ldm_vae(sd3 / "vae")}, out / FILES["tiny-sd3-single"])
+    shutil.copytree(sd3, out / SD3_GGUF_CONFIG, ignore=lambda d, names: [
+        n for n in names if n.endswith(".safetensors") and Path(d).name == "transformer"])
+    _write_gguf({k.removeprefix(sd3layout.PREFIX): v for k, v in medium.items()}, out / FILES["tiny-sd3-q8"], "Q8_0",
+                arch="sd3")
 
 
-def _write_gguf(state: dict[str, Any], path: Path, kind: str) -> None:
+def _write_gguf(state: dict[str, Any], path: Path, kind: str, arch: str = "flux") -> None:
     """As city96's files: matrices quantized (``kind``; for Q4_K, those not 256 wide in Q4_0), vectors float32."""
     import gguf
     import numpy as np
@@ -88,7 +98,7 @@ def _write_gguf(state: dict[str, Any], path: Path, kind: str) -> None:
     from runtime.models.ggufk import BLOCK, quantize_q4_k
 
     qtype = getattr(gguf.GGMLQuantizationType, kind)
-    writer = gguf.GGUFWriter(str(path), arch="flux")
+    writer = gguf.GGUFWriter(str(path), arch=arch)
     for name, tensor in state.items():
         data = tensor.float().numpy()
         if data.ndim == 2 and kind == "Q4_K" and data.shape[-1] % BLOCK == 0:

@@ -86,7 +86,8 @@ def test_every_form_repeats_its_bytes(runs: dict[str, Any], harness: Harness) ->
 def test_a_resumed_job_on_each_quantized_form_is_byte_identical(harness: Harness) -> None:
     """A job stopped after a step and resumed from its checkpoint gives the bytes of an uninterrupted one, on the
     forms whose layers are widened as they run (fp8, GGUF) and with T5 in int8 or on the CPU."""
-    for model_id in ("tiny-flux-fp8", "tiny-flux-q4k", "tiny-flux-t5int8", "tiny-flux-t5cpu", "tiny-sd3-single"):
+    for model_id in ("tiny-flux-fp8", "tiny-flux-q4k", "tiny-flux-t5int8", "tiny-flux-t5cpu", "tiny-sd3-single",
+                     "tiny-sd3-q8"):
         job = {"model": model_id, "steps": 3, **SIZE}
         reference = png(harness.run("txt2img", **job))
         for stop in (1, 2):
@@ -172,6 +173,15 @@ def test_gguf_q8_and_q4_hold_their_blocks_and_stay_close(runs: dict[str, Any]) -
     # Q8_0 rounds each weight to 1/127 of its block's largest (measured 0.12 of 255 on average), Q4_0 to 1/7 (2.6)
     d8, d4 = np.abs(q8 - directory).mean(), np.abs(q4 - directory).mean()
     assert 0 < d8 < 1 and d8 < d4 < 8, (d8, d4)
+
+
+def test_an_sd35_gguf_loads_through_diffusers_converter(runs: dict[str, Any]) -> None:
+    """city96's SD 3.5 files: the original layout, converted by diffusers' own converter, quantized tensors too."""
+    (q8, pipe), (directory, reference) = runs["tiny-sd3-q8"], runs["tiny-sd3"]
+    assert pipe.transformer.context_embedder.weight.quant_type.name == "Q8_0"
+    assert held_bytes(pipe.transformer) < held_bytes(reference.transformer)  # only some matrices are 32 wide
+    difference = np.abs(q8 - directory)
+    assert difference.any() and difference.mean() < 1, difference.mean()  # Q8_0 (measured 0.05 of 255)
 
 
 def test_gguf_k_quants_load(runs: dict[str, Any]) -> None:
