@@ -184,6 +184,23 @@ def test_an_sd35_gguf_loads_through_diffusers_converter(runs: dict[str, Any]) ->
     assert difference.any() and difference.mean() < 1, difference.mean()  # Q8_0 (measured 0.05 of 255)
 
 
+def test_sd35_in_fp8_with_t5_in_int8(runs: dict[str, Any], models: Path) -> None:
+    """The options together on SD 3.5's single file: the transformer read straight into fp8 through diffusers'
+    converter, T5 in int8; close to the directory, with fewer bytes in both."""
+    catalog = _forms(models)
+    store = write_catalog(models, {**catalog, "sd3-small": {**catalog["tiny-sd3-single"],
+                                                            "storage_dtype": "float8_e4m3fn", "t5": "int8"}})
+    small = pixels(Harness(store).run("txt2img", model="sd3-small", **SIZE)).astype(np.int16)
+    pipe, (directory, reference) = base_pipeline(store, "sd3-small"), runs["tiny-sd3"]
+    assert pipe.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+    # its matrices at 1 byte instead of 4; its 64x64 table of positions (a third of this tiny transformer, 0.45 GB of
+    # SD 3.5 medium's 5 GB) stays float32 (diffusers' layerwise casting skips pos_embed)
+    assert held_bytes(pipe.transformer) < 0.75 * held_bytes(reference.transformer)
+    assert held_bytes(pipe.text_encoder_3) < 0.5 * held_bytes(reference.text_encoder_3)
+    difference = np.abs(small - directory)  # fp8's 3 mantissa bits, as Flux's
+    assert difference.any() and difference.mean() < 4, difference.mean()
+
+
 def test_gguf_k_quants_load(runs: dict[str, Any]) -> None:
     """Q4_K blocks (written by ``runtime.models.ggufk``, read back by ``gguf``'s own dequantizer here and by
     diffusers' in the job) where a matrix is 256 wide, Q4_0 elsewhere."""
