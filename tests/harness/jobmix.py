@@ -31,17 +31,12 @@ IP_ADAPTERS = {"tiny-sd": "tiny-ip-adapter-sd1", "tiny-sdxl": "tiny-ip-adapter-s
 PROMPTS = ("a red fox in the snow", "a lighthouse at dusk", "the fox of the forest", "a bowl of red fruit",
            "a [red fox:snow cat:0.5] in the [forest|city]")
 #: Every ``FLOW_EVERY``-th job is on Flux.1 or SD 3.5: ``FLOW_KINDS`` in turn (``flow_job``). Those families run
-#: the Euler sampler only (with each of its schedules), sizes in multiples of 16, and no prompt editing.
+#: flow-matching samplers of their own, sizes in multiples of 16, and no prompt editing.
 FLOW_EVERY = 6
 FLOW_KINDS = ("flux-dev", "flux-schnell", "flux-img2img", "flux-fill", "flux-controlnet-lora", "sd3-slg",
               "sd3-img2img")
 #: Flux LoRAs in the three formats people share (diffusers, kohya, XLabs), in turn.
 FLUX_LORAS = ("tiny-lora-flux", "tiny-lora-flux-kohya", "tiny-lora-flux-xlabs")
-#: The samplers of the Flux jobs other than plain txt2img. diffusers' Flux img2img, inpaint, Fill and ControlNet
-#: pipelines pass sigmas of their own, which DPM++ 2M and UniPC on flow sigmas refuse ("does not support custom
-#: sigmas schedules": only FluxPipeline drops them for ``use_flow_sigmas``), though the contract lets them through;
-#: this mix found it. Until the family or the contract deals with it, those jobs run Euler's schedules.
-FLUX_OTHER_PIPELINES_SAMPLERS = ("euler",)
 #: Flux schnell is timestep-distilled: it runs a few steps, whatever the mix's step count.
 SCHNELL_STEPS = 8
 #: torch threads of every process that computes images: float results differ between thread counts.
@@ -144,13 +139,15 @@ def sd_job(k: int, common: dict[str, Any], bucket: str) -> tuple[str, str, dict[
 
 def flow_job(turn: int, common: dict[str, Any], bucket: str) -> tuple[str, str, dict[str, Any], int]:
     """Flux.1 or SD 3.5 job ``turn`` (``FLOW_KINDS`` in turn): its pipeline, model, raw inputs and the denoising
-    steps it runs. The (sampler, schedule) pairs its family takes cycle; prompts are plain (the mix's last one edits
-    itself, which T5's families refuse)."""
+    steps it runs. The (sampler, schedule) pairs its family takes for the job's task cycle (the multistep solvers
+    run plain txt2img only there); prompts are plain (the mix's last one edits itself, which these families
+    refuse)."""
     from runtime.contract.families import family_rules
 
     kind, again, steps = FLOW_KINDS[turn % len(FLOW_KINDS)], turn // len(FLOW_KINDS), common["steps"]
     photo, edges, mask = (f"s3://{bucket}/chaos/{name}.png" for name in ("photo", "edges", "mask"))
-    scaled, runs = {"image": photo, "strength": 0.8}, int(steps * 0.8)
+    # the flow pipelines start at step int(steps - steps x strength), not at steps - int(steps x strength) as SD's
+    scaled, runs = {"image": photo, "strength": 0.8}, steps - int(steps - steps * 0.8)
     pipeline, model, extra = "txt2img", "tiny-flux", {}
     if kind == "flux-dev":
         extra, runs = {"guidance": 2.5 + again % 3}, steps
@@ -172,11 +169,10 @@ def flow_job(turn: int, common: dict[str, Any], bucket: str) -> tuple[str, str, 
         extra = {"skip_layer_guidance": {"layers": [7, 8, 9], "start": 0.0, "stop": 0.5}}
     else:
         pipeline, model, extra = "img2img", "tiny-sd3", scaled | {"guidance_scale": 5.0}
-    family = "sd3" if model.startswith("tiny-sd3") else "flux"
-    samplers = family_rules(family).samplers or {}
-    pairs = [(sampler, schedule) for sampler, schedules in samplers.items() for schedule in schedules]
-    if family == "flux" and (pipeline != "txt2img" or "controlnets" in extra):
-        pairs = [pair for pair in pairs if pair[0] in FLUX_OTHER_PIPELINES_SAMPLERS]
+    rules = family_rules("sd3" if model.startswith("tiny-sd3") else "flux")
+    plain = pipeline == "txt2img" and "controlnets" not in extra  # others refuse the txt2img-only samplers
+    pairs = [(sampler, schedule) for sampler, schedules in (rules.samplers or {}).items() for schedule in schedules
+             if plain or sampler not in rules.txt2img_samplers]
     sampler, schedule = pairs[turn % len(pairs)]
     raw = {**common, "prompt": PROMPTS[turn % (len(PROMPTS) - 1)], "scheduler": sampler, "schedule": schedule}
     return pipeline, model, raw | extra, runs
