@@ -35,7 +35,7 @@ PROMPTS = ("a red fox in the snow", "a lighthouse at dusk", "the fox of the fore
 FLOW_EVERY = 6
 FLOW_KINDS = ("flux-dev", "flux-schnell", "flux-img2img", "flux-fill", "flux-controlnet-lora", "sd3-slg",
               "sd3-img2img")
-#: Flux LoRAs in the three formats people share (diffusers, kohya, XLabs), in turn.
+#: Flux LoRAs in the three formats people share (diffusers, kohya, XLabs): two of them in turn.
 FLUX_LORAS = ("tiny-lora-flux", "tiny-lora-flux-kohya", "tiny-lora-flux-xlabs")
 #: Flux schnell is timestep-distilled: it runs a few steps, whatever the mix's step count.
 SCHNELL_STEPS = 8
@@ -163,7 +163,8 @@ def flow_job(turn: int, common: dict[str, Any], bucket: str) -> tuple[str, str, 
     elif kind == "flux-controlnet-lora":
         runs = steps
         extra = {"controlnets": [{"id": "tiny-flux-controlnet", "image": edges, "scale": 0.8}],
-                 "loras": [{"id": FLUX_LORAS[again % len(FLUX_LORAS)], "weight": 0.7}]}
+                 "loras": [{"id": FLUX_LORAS[again % len(FLUX_LORAS)], "weight": 0.7},  # two formats at once
+                           {"id": FLUX_LORAS[(again + 1) % len(FLUX_LORAS)], "weight": 0.4}]}
     elif kind == "sd3-slg":
         model, runs = "tiny-sd3", steps
         extra = {"skip_layer_guidance": {"layers": [7, 8, 9], "start": 0.0, "stop": 0.5}}
