@@ -9,11 +9,14 @@ ControlNet units run on text-to-image only: diffusers has no SD3 ControlNet clas
 one is another kind of model (a ControlNet that itself inpaints, taking the image and mask as its control). Its
 text-to-image class encodes the control image with the VAE's ``sample()`` from torch's global generator, so
 ``SeededControlNet`` runs it with that generator seeded from the job's seed: the same seed gives the same image,
-and a resumed run the same values.
+and a resumed run the same values (but, the draw being one for the whole batch, the first of two images is not the
+image of a job of one, as it is everywhere else). Its img2img class encodes image i of a batch with generator i but never repeats
+a single input image for ``num_images``, as SD's does: ``BatchedImg2Img`` repeats it first.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import torch
@@ -35,6 +38,7 @@ from runtime.contract import ContractError
 class SeededControlNet(StableDiffusion3ControlNetPipeline):
     """diffusers' SD3 ControlNet class with torch's global generator seeded from the run's (module docstring)."""
 
+    @functools.wraps(StableDiffusion3ControlNetPipeline.__call__)  # its signature: what a call may pass is read there
     def __call__(self, *args: Any, generator: Any = None, **kwargs: Any) -> Any:
         first = generator[0] if isinstance(generator, list) else generator
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
@@ -43,11 +47,22 @@ class SeededControlNet(StableDiffusion3ControlNetPipeline):
             return super().__call__(*args, generator=generator, **kwargs)
 
 
+class BatchedImg2Img(StableDiffusion3Img2ImgPipeline):
+    """diffusers' SD3 img2img class with one input image repeated for each image of the job (module docstring)."""
+
+    def prepare_latents(self, image: Any, timestep: Any, batch_size: int, num_images_per_prompt: int, dtype: Any,
+                        device: Any, generator: Any = None) -> Any:
+        images = len(generator) if isinstance(generator, list) else 0
+        if images > image.shape[0] and images % image.shape[0] == 0:
+            image = torch.cat([image] * (images // image.shape[0]), dim=0)
+        return super().prepare_latents(image, timestep, batch_size, num_images_per_prompt, dtype, device, generator)
+
+
 class StableDiffusion3(FlowMatching):
     names = ("sd3",)
     base_class = StableDiffusion3Pipeline
     tasks: ClassVar[dict[str, type[DiffusionPipeline]]] = {
-        "txt2img": StableDiffusion3Pipeline, "img2img": StableDiffusion3Img2ImgPipeline,
+        "txt2img": StableDiffusion3Pipeline, "img2img": BatchedImg2Img,
         "inpaint": StableDiffusion3InpaintPipeline}
     control_tasks: ClassVar[dict[str, type[DiffusionPipeline]]] = {"txt2img": SeededControlNet}
     controlnet_class = SD3ControlNetModel
