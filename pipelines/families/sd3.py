@@ -10,8 +10,8 @@ one is another kind of model (a ControlNet that itself inpaints, taking the imag
 text-to-image class encodes the control image with the VAE's ``sample()`` from torch's global generator, so
 ``SeededControlNet`` runs it with that generator seeded from the job's seed: the same seed gives the same image,
 and a resumed run the same values (but, the draw being one for the whole batch, the first of two images is not the
-image of a job of one, as it is everywhere else). Its img2img class encodes image i of a batch with generator i but never repeats
-a single input image for ``num_images``, as SD's does: ``BatchedImg2Img`` repeats it first.
+image of a job of one, as it is everywhere else). Its img2img class encodes image i of a batch with generator i but
+never repeats a single input image for ``num_images``, as SD's does: ``BatchedImg2Img`` repeats it first.
 """
 
 from __future__ import annotations
