@@ -1,8 +1,9 @@
 """What the flow-matching families (Flux, SD 3.5) share: a transformer, T5 with CLIP, flow-matching samplers.
 
 Prompts go to diffusers' own encoders as text. T5 reads no WebUI syntax, so, as Forge does, the attention syntax
-is stripped (``(word:1.3)`` reads ``word``; ``BREAK`` is a space) and the text is encoded as written; the CLIP
-encoders, which give these models a pooled vector (and SD 3.5 its first tokens), read the same text. Prompt
+is stripped (``(word:1.3)`` reads ``word``; ``BREAK`` is a space) and the text is encoded as written. Flux's CLIP
+gives only a pooled vector, which weights do not reach (in WebUI neither), so it reads the same text; SD 3.5's
+CLIPs give tokens too, which its module weights as WebUI does (``pipelines.sd3prompts``). Prompt
 editing and alternation change the text between steps, which diffusers' flow pipelines cannot swap consistently
 (Flux's loop takes new T5 embeddings only, not CLIP's pooled vector, nor a negative's): they are refused, naming
 the field, rather than run as another image than the prompt says.

@@ -17,7 +17,7 @@ never repeats a single input image for ``num_images``, as SD's does: ``BatchedIm
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import (
@@ -30,9 +30,14 @@ from diffusers import (
 )
 from diffusers.models.controlnets.controlnet_sd3 import SD3MultiControlNetModel
 
-from pipelines.families.base import require
+from pipelines import sd3prompts
+from pipelines.families.base import StepConditioning, require
 from pipelines.families.flow import FlowMatching
 from runtime.contract import ContractError
+
+if TYPE_CHECKING:
+    from pipelines.common import Prepared
+    from runtime.plugins import RunContext
 
 
 class SeededControlNet(StableDiffusion3ControlNetPipeline):
@@ -80,6 +85,18 @@ class StableDiffusion3(FlowMatching):
 
         return flowload.load(self, store, model_id, SD3Transformer2DModel,
                              lambda state: convert_sd3_transformer_checkpoint_to_diffusers(dict(state)))
+
+    def encode(self, pipe: DiffusionPipeline, job: Prepared,
+               ctx: RunContext) -> tuple[dict[str, Any], StepConditioning | None]:
+        """WebUI's weighting on the CLIP encoders' tokens, the text stripped for T5 (``pipelines.sd3prompts``)."""
+        inputs = job.inputs
+        plain = super().encode(pipe, job, ctx)[0]  # the stripped texts, refusals of prompt editing, T5's length
+        texts = {"prompt": (inputs.prompt, plain["prompt"])}
+        if "negative_prompt" in plain:
+            texts["negative_prompt"] = (inputs.negative_prompt, plain["negative_prompt"])
+        with torch.inference_mode():
+            return sd3prompts.encode(pipe, texts, num_images=inputs.num_images,
+                                     max_sequence_length=plain["max_sequence_length"]), None
 
     def call_args(self, pipe: DiffusionPipeline, inputs: Any) -> dict[str, Any]:
         args: dict[str, Any] = {"guidance_scale": inputs.guidance_scale}

@@ -149,6 +149,21 @@ def test_every_input_changes_the_pixels(harness: Harness, model: str, name: str,
     assert not np.array_equal(pixels(harness, model, name, **base), pixels(harness, model, name, **changed))
 
 
+def test_weights_reach_sd3s_clip_tokens_and_nothing_of_flux(harness: Harness) -> None:
+    """WebUI's weighting where the encoder allows it: SD 3.5's CLIP tokens; Flux's CLIP gives a pooled vector only and
+    T5 reads the text stripped of the syntax, as Forge does."""
+    plain, weighted, long = "a red fox in the snow", "a (red fox:1.6) in [the snow]", ", ".join(["a red fox"] * 30)
+    assert not np.array_equal(pixels(harness, "tiny-sd3", prompt=plain), pixels(harness, "tiny-sd3", prompt=weighted))
+    assert np.array_equal(pixels(harness, "tiny-flux", prompt=plain), pixels(harness, "tiny-flux", prompt=weighted))
+    # Past T5's 16 tokens, words reach the image only through CLIP's later chunks (no 77-token cut, as in WebUI).
+    short_t5 = {"max_sequence_length": 16}
+    assert not np.array_equal(pixels(harness, "tiny-sd3", prompt=long, **short_t5),
+                              pixels(harness, "tiny-sd3", prompt=long + " BREAK a blue bird", **short_t5))
+    cfg = {"guidance_scale": 4.0, "num_images": 2}
+    assert not np.array_equal(pixels(harness, "tiny-sd3", negative_prompt="(blurry:1.5)", **cfg),
+                              pixels(harness, "tiny-sd3", negative_prompt="blurry", **cfg))
+
+
 def test_a_job_without_loras_after_one_with_them_is_as_on_a_fresh_worker(harness: Harness,
                                                                         tiny_models: Path) -> None:
     pixels(harness, "tiny-flux", loras=[{"id": "tiny-lora-flux-kohya", "weight": 0.7}])
