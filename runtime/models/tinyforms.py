@@ -124,13 +124,15 @@ def _ldm_vae(directory: Path) -> dict[str, Any]:
     ups = len(json.loads((directory / "config.json").read_text())["up_block_types"])
     out = {}
     for key, tensor in load_file(directory / "diffusion_pytorch_model.safetensors").items():
-        name = _vae_key(key, ups)
+        name = vae_original_key(key, ups)
         out[f"first_stage_model.{name}"] = tensor[:, :, None, None] if ".mid.attn_1." in name and tensor.ndim == 2 \
             else tensor  # the original VAE's attention is 1x1 convolutions
     return out
 
 
-def _vae_key(key: str, ups: int) -> str:
+def vae_original_key(key: str, ups: int) -> str:
+    """The original (LDM) layout's name of a diffusers AutoencoderKL key, for a VAE of ``ups`` up blocks: the
+    inverse of diffusers' ``convert_ldm_vae_checkpoint`` (the tiny single files are written with it)."""
     p = key.split(".")
     if p[0] in ("quant_conv", "post_quant_conv") or p[1] in ("conv_in", "conv_out"):
         return key

@@ -24,6 +24,7 @@ from pipelines.txt2img import Txt2Img
 from runtime.models.catalog import CATALOG_FILE, ModelError
 from runtime.models.manifests import verify_model, write_manifest
 from runtime.models.store import ModelStore
+from runtime.models.tinyforms import vae_original_key
 from tests.models.catalogs import UNET_WEIGHTS, refused, write_catalog
 from tests.pipelines.harness import COMMON, EDGES, Harness, parse, pixels
 
@@ -33,7 +34,6 @@ _UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2
              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
              "controlnet_cond_embedding.conv_in": "input_hint_block.0",
              "controlnet_cond_embedding.conv_out": "input_hint_block.14", "controlnet_mid_block": "middle_block_out.0"}
-_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
 def _resnet(rest: str) -> str:
@@ -75,34 +75,13 @@ def _unet_key(key: str, config: dict[str, Any]) -> str:
     raise KeyError(key)
 
 
-def _vae_key(key: str, config: dict[str, Any]) -> str:
-    """The inverse of diffusers' ``convert_ldm_vae_checkpoint``."""
-    p = key.split(".")
-    if p[0] in ("quant_conv", "post_quant_conv") or p[1] in ("conv_in", "conv_out"):
-        return key
-    side, q = p[0], p[1:]
-    if q[0] == "conv_norm_out":
-        return f"{side}.norm_out.{q[1]}"
-    if q[0] in ("down_blocks", "up_blocks"):
-        down = q[0] == "down_blocks"
-        block = f"down.{q[1]}" if down else f"up.{len(config['up_block_types']) - 1 - int(q[1])}"
-        if q[2] in ("downsamplers", "upsamplers"):
-            return f"{side}.{block}.{'downsample' if down else 'upsample'}.conv.{q[-1]}"
-        return f"{side}.{block}.block.{q[3]}." + ".".join(q[4:]).replace("conv_shortcut", "nin_shortcut")
-    if q[:2] == ["mid_block", "resnets"]:
-        return f"{side}.mid.block_{int(q[2]) + 1}." + ".".join(q[3:]).replace("conv_shortcut", "nin_shortcut")
-    if q[:2] == ["mid_block", "attentions"]:
-        return f"{side}.mid.attn_1.{_VAE_ATTENTION['.'.join(q[3:-1])]}.{q[-1]}"
-    raise KeyError(key)
-
-
 def vae_and_clip_state(model_dir: Path, clip_prefix: str) -> dict[str, torch.Tensor]:
     """A diffusers pipeline's VAE (under ``first_stage_model.``) and first CLIP text encoder (under
     ``clip_prefix``) in the original layout; SD 1.x and SDXL single files keep both the same way."""
     vae_config = json.loads((model_dir / "vae" / "config.json").read_text())
     out: dict[str, torch.Tensor] = {}
     for key, tensor in load_file(model_dir / "vae" / "diffusion_pytorch_model.safetensors").items():
-        name = _vae_key(key, vae_config)
+        name = vae_original_key(key, len(vae_config["up_block_types"]))
         if ".mid.attn_1." in name and tensor.ndim == 2:
             tensor = tensor[:, :, None, None]  # the original VAE attention is 1x1 convolutions
         out["first_stage_model." + name] = tensor
