@@ -104,7 +104,10 @@ def test_sigterm_mid_job_resumes_on_another_worker_byte_identical(
         stack: Stack, pool: Pool, images: dict[str, str], pipeline: str,
         scheduler: str, model: str) -> None:
     pool.ensure(2)
-    request = {**body(pipeline, images, scheduler, steps=80), "model": model}  # 80 steps: the signal lands mid-job
+    # Long enough that the signal lands mid-job on a loaded machine: 80 SD steps take about 1 s here; the tiny Flux
+    # model's steps are shorter, so it runs more of them.
+    steps = 150 if model == "tiny-flux" else 80
+    request = {**body(pipeline, images, scheduler, steps=steps), "model": model}
     job, reference = submit(stack, request), submit(stack, request)
     pid, _, step = pool.wait_step(job, 3)
     os.kill(pid, signal.SIGTERM)
