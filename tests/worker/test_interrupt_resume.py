@@ -26,6 +26,7 @@ import torch
 from runtime.config import Settings
 from runtime.contract import JobSpec, JobState, StatusDoc, Txt2ImgInputs, utcnow
 from runtime.contract.envelope import build_celery_message
+from runtime.contract.inputs import MAX_STEPS
 from runtime.plugins import StepState
 from runtime.storage.jobstore import JobStore, checkpoint_key
 from runtime.worker import checkpoint
@@ -104,10 +105,10 @@ def test_sigterm_mid_job_resumes_on_another_worker_byte_identical(
         stack: Stack, pool: Pool, images: dict[str, str], pipeline: str,
         scheduler: str, model: str) -> None:
     pool.ensure(2)
-    # Long enough that the signal lands mid-job on a loaded machine: 80 SD steps take about 1 s here; the tiny Flux
-    # model's steps are shorter, so it runs more of them.
-    steps = 150 if model == "tiny-flux" else 80
-    request = {**body(pipeline, images, scheduler, steps=steps), "model": model}
+    # Long enough that the signal, sent once step 3 is logged, lands mid-job on a loaded machine: the most steps a
+    # job may have (about 2 s of an SD job here, 1.5 s of the tiny Flux model's shorter steps). A job that ended
+    # first (0.5 s to spare failed so on CI) would leave nothing to hand back.
+    request = {**body(pipeline, images, scheduler, steps=MAX_STEPS), "model": model}
     job, reference = submit(stack, request), submit(stack, request)
     pid, _, step = pool.wait_step(job, 3)
     os.kill(pid, signal.SIGTERM)
