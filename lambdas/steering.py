@@ -12,11 +12,19 @@ from runtime.config import Settings
 from runtime.contract import ContractError
 
 
+def same_family(settings: Settings, model: str, other: str, what: str, code: str, field: str) -> None:
+    """ContractError ``code`` naming ``field`` when the settings give ``other`` (a ``what``: "LoRA", "ControlNet"...)
+    another family than ``model``; nothing where they do not give both families (the worker checks then)."""
+    families = settings.model_families
+    family = families.get(model)
+    if family and other in families and families[other] != family:
+        raise ContractError(code, f"{field}: {what} {other!r} is for {families[other]} models and {model!r} is a "
+                            f"{family} model", field)
+
+
 def check(settings: Settings, model: str, inputs: Any) -> None:
     """ContractError naming ``inputs.controlnets.N.id`` (or ``inputs.ip_adapters.N.id``) for an id the API does
     not list, or of another family than ``model``."""
-    families = settings.model_families
-    family = families.get(model)
     if getattr(inputs, "controlnets", None) and getattr(inputs, "refiner", None) is not None:
         # as the worker refuses it (pipelines/controlunits.py, refuse_passes); hires fix runs the units in both passes
         raise ContractError("unsupported_combination", "inputs.controlnets: ControlNet units do not run with the "
@@ -26,15 +34,11 @@ def check(settings: Settings, model: str, inputs: Any) -> None:
         if unit.id not in settings.controlnets:
             raise ContractError("unknown_model", f"{field}: unknown ControlNet {unit.id!r}; available: "
                                 f"{', '.join(settings.controlnets) or 'none'}", field)
-        if family and unit.id in families and families[unit.id] != family:
-            raise ContractError("incompatible_controlnet", f"{field}: ControlNet {unit.id!r} is for "
-                                f"{families[unit.id]} models and {model!r} is a {family} model", field)
+        same_family(settings, model, unit.id, "ControlNet", "incompatible_controlnet", field)
     listed = getattr(settings, "ip_adapters", None)  # a settings list where the deployment has one; else the worker
     for i, adapter in enumerate(getattr(inputs, "ip_adapters", [])):
         field = f"inputs.ip_adapters.{i}.id"
         if listed is not None and adapter.id not in listed:
             raise ContractError("unknown_model", f"{field}: unknown IP-Adapter {adapter.id!r}; available: "
                                 f"{', '.join(listed) or 'none'}", field)
-        if family and adapter.id in families and families[adapter.id] != family:
-            raise ContractError("incompatible_ip_adapter", f"{field}: IP-Adapter {adapter.id!r} is for "
-                                f"{families[adapter.id]} models and {model!r} is a {family} model", field)
+        same_family(settings, model, adapter.id, "IP-Adapter", "incompatible_ip_adapter", field)

@@ -137,22 +137,18 @@ def check_family(settings: Settings, model: str, inputs: GenerationInputs) -> No
     """What depends on the model's family (and variant), where the settings say it (the worker checks the rest):
     sizes, samplers, guidance and family-only inputs, the ControlNet's and each LoRA's family, and LoRA ids the API
     accepts."""
-    families = settings.model_families
-    family = families.get(model)
+    family = settings.model_families.get(model)
     if family is not None:  # with the variant, so that guidance on Flux schnell is a 400 too
         for_family(inputs, family, variant=settings.model_variants.get(model))
     controlnet = getattr(inputs, "controlnet", None)
-    if family and controlnet in families and families[controlnet] != family:
-        raise ContractError("incompatible_controlnet", f"inputs.controlnet: ControlNet {controlnet!r} is for "
-                            f"{families[controlnet]} models and {model!r} is a {family} model", "inputs.controlnet")
+    if controlnet is not None:
+        steering.same_family(settings, model, controlnet, "ControlNet", "incompatible_controlnet", "inputs.controlnet")
     for i, ref in enumerate(getattr(inputs, "loras", [])):
         field = f"inputs.loras.{i}.id"
         if ref.id not in settings.loras:
             raise ContractError("unknown_model", f"unknown LoRA {ref.id!r}; available: "
                                 f"{', '.join(settings.loras) or 'none'}", field)
-        if family and ref.id in families and families[ref.id] != family:
-            raise ContractError("incompatible_lora", f"{field}: LoRA {ref.id!r} is for {families[ref.id]} models and "
-                                f"{model!r} is a {family} model", field)
+        steering.same_family(settings, model, ref.id, "LoRA", "incompatible_lora", field)
 
 
 class Rejected(Exception):

@@ -131,10 +131,6 @@ def _init_parameters(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.__init__).parameters)
 
 
-def takes(pipe: DiffusionPipeline, argument: str) -> bool:
-    """Whether ``pipe``'s call takes ``argument`` (diffusers' classes of one task differ between families)."""
-    return argument in inspect.signature(type(pipe).__call__).parameters
-
 
 def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     """The input image as RGB at exactly ``width`` x ``height``, so the output has the size the job asked for

@@ -6,7 +6,8 @@ from __future__ import annotations
 from PIL.Image import Image
 
 from pipelines import controlunits
-from pipelines.common import DiffusersPipeline, fit, generate, takes
+from pipelines.common import DiffusersPipeline, fit, generate
+from pipelines.families.base import takes
 from runtime.contract import Img2ImgInputs
 from runtime.plugins import RunContext
 

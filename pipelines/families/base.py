@@ -123,11 +123,15 @@ class Family:
         return {"guidance_scale": inputs.guidance_scale}
 
 
+def takes(pipe: DiffusionPipeline, argument: str) -> bool:
+    """Whether ``pipe``'s call takes ``argument`` (diffusers' classes of one task differ between families)."""
+    return argument in _call_parameters(type(pipe))
+
+
 def require(pipe: DiffusionPipeline, args: dict[str, Any], field: str, *names: str) -> dict[str, Any]:
     """``args``, or a ``ContractError`` naming ``field`` when ``pipe``'s class does not take one of ``names`` (an
     input the request set, which the class would otherwise silently drop)."""
-    accepted = _call_parameters(type(pipe))
-    missing = [name for name in names if name not in accepted]
+    missing = [name for name in names if not takes(pipe, name)]
     if missing:
         raise ContractError("unsupported_combination", f"{field}: diffusers' {type(pipe).__name__} does not take "
                             f"{', '.join(missing)}; this input does not run on this task", field)
