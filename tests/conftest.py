@@ -19,6 +19,7 @@ import boto3
 import pytest
 
 from tests.inbox import Inbox
+from tests.zygote import Forked, Zygote
 
 ROOT = Path(__file__).resolve().parent.parent
 # One torch thread per process, set before anything imports torch and inherited by every worker the tests start:
@@ -93,20 +94,53 @@ def in_process_stack(models: Path, log_dir: Path, settings: dict[str, Any] | Non
 
     saved = dict(os.environ)
     settings = Settings(models_dir=models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1, **(settings or {}))
-    stack = DevStack(settings, port=0, aws_port=0, log_dir=log_dir, **{"workers": 1, **options})
+    workers = options.pop("workers", 1)
+    stack = DevStack(settings, port=0, aws_port=0, log_dir=log_dir, workers=0, **options)
+    procs: list[Forked] = []
     try:
-        yield stack.start()
+        stack.start()
+        from runtime.local.devstack import EMULATOR_CREDENTIALS
+
+        procs = fork_workers({**os.environ, "PYTHONPATH": str(ROOT), **stack.settings.to_env(),
+                              **EMULATOR_CREDENTIALS}, log_dir, workers, stack.pool_queues)
+        yield stack
     finally:
+        stop_workers(procs)
         stack.stop()
         os.environ.clear()
         os.environ.update(saved)
 
 
+def fork_workers(env: dict[str, str], log_dir: Path, workers: int, pools: dict[str, dict[str, str]]) -> list[Forked]:
+    """The workers a dev stack starts (``worker-{i}.log``, and ``worker-{pool}-{i}.log`` for each pool), forked
+    from the zygote instead, which has imported the worker's code once (tests/zygote.py)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for index in range(workers):
+        procs.append(zygote().spawn(env, log_dir / f"worker-{index}.log"))
+        procs += [zygote().spawn({**env, **queue}, log_dir / f"worker-{pool}-{index}.log")
+                  for pool, queue in pools.items()]
+    return procs
+
+
+def stop_workers(procs: list[Forked], timeout: float = 60) -> None:
+    """Warm shutdown (SIGTERM) of all at once, then kill what is left: as a dev stack stops its workers."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Stack:
-    """A running `spotgen dev` process and clients for the emulator it serves."""
+    """A running `spotgen dev` process, its workers and clients for the emulator it serves."""
 
     def __init__(self, state: dict[str, Any], proc: subprocess.Popen[bytes], log_dir: Path) -> None:
         self.state, self.proc, self.log_dir = state, proc, log_dir
+        self.workers: list[Forked] = []
         self.api_url: str = state["api_url"]
         self.env: dict[str, str] = state["env"]
         endpoint = state["aws_endpoint_url"]
@@ -128,7 +162,9 @@ class Stack:
 
 
 def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None, timeout: float = 60,
-                args: tuple[str, ...] = (), python: str = sys.executable) -> Stack:
+                args: tuple[str, ...] = (), python: str = sys.executable, workers: int = 1) -> Stack:
+    """``spotgen dev`` in a process of its own, with ``workers`` workers: forked from this process's zygote, or
+    started by ``spotgen dev`` itself when it runs another Python (whose packages the zygote lacks)."""
     state_file = tmp / "stack.json"
     log_dir = tmp / "logs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SPOTGEN_POLL_WAIT_S": "1",
@@ -139,7 +175,8 @@ def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None
            "SPOTGEN_WEBHOOK_TIMEOUT_S": "1", "SPOTGEN_WEBHOOK_RETRY_S": "3", **(extra_env or {})}
     proc = subprocess.Popen(
         [python, "-m", "runtime.cli", "dev", "--port", "0", "--aws-port", "0", "--models", str(models),
-         "--state-file", str(state_file), "--log-dir", str(log_dir), *args],
+         "--state-file", str(state_file), "--log-dir", str(log_dir), "--workers",
+         str(workers if python != sys.executable else 0), *args],
         cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "dev.log", "wb"))  # noqa: SIM115
     deadline = time.monotonic() + timeout
     while not state_file.exists():
@@ -147,10 +184,17 @@ def start_stack(tmp: Path, models: Path, extra_env: dict[str, str] | None = None
             proc.kill()
             raise RuntimeError(f"spotgen dev did not start:\n{(tmp / 'dev.log').read_text()}")
         time.sleep(0.1)
-    return Stack(json.loads(state_file.read_text()), proc, log_dir)
+    stack = Stack(json.loads(state_file.read_text()), proc, log_dir)
+    if python == sys.executable:
+        from runtime.local.devstack import EMULATOR_CREDENTIALS
+
+        stack.workers = fork_workers({**env, **stack.env, **EMULATOR_CREDENTIALS}, log_dir, workers,
+                                     stack.state.get("pools", {}))
+    return stack
 
 
 def stop_stack(stack: Stack) -> None:
+    stop_workers(stack.workers)
     stack.proc.send_signal(signal.SIGTERM)
     try:
         stack.proc.wait(60)
@@ -159,19 +203,20 @@ def stop_stack(stack: Stack) -> None:
         raise
 
 
-def spawn_worker(stack: Stack, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+@functools.cache
+def zygote() -> Zygote:
+    """This test process's worker zygote (tests/zygote.py), started on first use."""
+    return Zygote()
+
+
+def spawn_worker(stack: Stack, name: str, extra_env: dict[str, str] | None = None) -> Forked:
     """A `spotgen worker` process of our own (for tests that signal or kill workers), logging to the stack's
-    log directory as ``worker-{name}.log``."""
+    log directory as ``worker-{name}.log``; forked from the zygote, which has imported the worker's code once."""
     from runtime.local.devstack import EMULATOR_CREDENTIALS
 
     stack.log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), **stack.env, **EMULATOR_CREDENTIALS, **(extra_env or {})}
-    log = open(stack.log_dir / f"worker-{name}.log", "ab")  # noqa: SIM115 - the child holds it
-    try:
-        return subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    finally:
-        log.close()
+    return zygote().spawn(env, stack.log_dir / f"worker-{name}.log")
 
 
 def run_harness(module: str, args: list[str], log_dir: Path, timeout: float) -> tuple[dict[str, Any], str]:

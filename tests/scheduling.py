@@ -23,7 +23,7 @@ GROUPS = {
                 "tests/lambdas/test_submit_sweep_stack.py", "tests/worker/test_e2e.py", "tests/worker/test_families.py",
                 "tests/worker/test_formats_stack.py",
                 "tests/worker/test_preload.py",
-                "tests/worker/test_progress.py", "tests/worker/test_webhooks.py"],
+                "tests/worker/test_progress.py", "tests/worker/test_webhooks.py", "tests/test_zygote.py"],
     "outages": ["tests/worker/test_handoff.py", "tests/worker/test_outages.py", "tests/worker/test_outage_budget.py",
                 "tests/worker/test_requests.py", "tests/worker/test_webhook_kill.py"],
     "interrupt": ["tests/worker/test_interrupt_resume.py", "tests/worker/test_cancel_expiry_retries.py",

@@ -37,7 +37,7 @@ def with_key(method: str, url: str, key: str | None, body: Any = None) -> tuple[
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[tuple[Stack, Path]]:
     tmp = tmp_path_factory.mktemp("dev-apikey")
-    stack = start_stack(tmp, tiny_models, args=("--api-key", KEY, "--workers", "0"))
+    stack = start_stack(tmp, tiny_models, args=("--api-key", KEY), workers=0)
     yield stack, tmp
     stop_stack(stack)
 
@@ -75,7 +75,7 @@ def test_the_key_is_written_nowhere(keyed: tuple[Stack, Path]) -> None:
 
 
 def test_without_the_flag_compat_routes_are_open(tmp_path: Path, tiny_models: Path) -> None:
-    stack = start_stack(tmp_path, tiny_models, args=("--workers", "0"))
+    stack = start_stack(tmp_path, tiny_models, workers=0)
     try:
         assert stack.state["api_key_required"] is False
         status, answer = with_key("GET", f"{stack.api_url}/sdapi/v1/options", None)

@@ -33,10 +33,11 @@ from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
 from runtime.local.spanreceiver import SpanReceiver
 from runtime.ops.health import LIVE_PATH, READY_PATH
 from runtime.worker.steplog import read as read_steplog
-from tests.conftest import ROOT
+from tests.conftest import ROOT, zygote
 from tests.events import until
 from tests.ops.test_observe import promtool
 from tests.rest import call, wait_for
+from tests.zygote import Forked
 
 LONG_PROMPT = "a lighthouse at dusk, " * 12 + "THE-END-OF-THE-PROMPT"
 
@@ -60,7 +61,7 @@ def get(url: str) -> tuple[int | None, str]:
 @dataclass
 class Worker:
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: Forked
     port: int
     log: Path
     #: (live status, ready status, readiness checks) each time they changed while the worker started.
@@ -95,9 +96,7 @@ class Ops:
                    "SPOTGEN_PROGRESS_INTERVAL_S": "0.2", "SPOTGEN_HEARTBEAT_S": "1", "SPOTGEN_LEASE_S": "10",
                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": self.receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "50",
                    **env}
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker"], env=environ, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+        proc = zygote().spawn(environ, log)
         worker = Worker(name, proc, port, log)
         self.workers.append(worker)
         return worker

@@ -17,8 +17,8 @@ from tests.worker.interrupt_pool import ENV, Pool
 @pytest.fixture(scope="session")
 def interrupt_stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Stack]:
     """No workers of its own: the interrupt tests' ``Pool`` runs the workers they signal."""
-    running = start_stack(tmp_path_factory.mktemp("interrupt"), tiny_models, ENV,
-                          args=("--workers", "0", "--visibility-timeout", "2"))
+    running = start_stack(tmp_path_factory.mktemp("interrupt"), tiny_models, ENV, workers=0,
+                          args=("--visibility-timeout", "2"))
     yield running
     stop_stack(running)
 
@@ -35,8 +35,8 @@ def interrupt_pool(interrupt_stack: Stack, tmp_path_factory: pytest.TempPathFact
 def env(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[tuple[Stack, FaultProxy]]:
     """The outage tests' stack (no workers of its own) and the fault proxy in front of its emulator: each module
     starts the workers it needs behind the proxy (tests/worker/test_outages.py)."""
-    stack = start_stack(tmp_path_factory.mktemp("outages"), tiny_models, args=("--workers", "0",
-                                                                               "--visibility-timeout", "5"))
+    stack = start_stack(tmp_path_factory.mktemp("outages"), tiny_models, workers=0,
+                        args=("--visibility-timeout", "5"))
     emulator = urlsplit(stack.state["aws_endpoint_url"])
     proxy = FaultProxy((emulator.hostname, emulator.port)).start()
     yield stack, proxy

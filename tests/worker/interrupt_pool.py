@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from runtime.worker.steplog import read as read_steplog
 from tests.conftest import Stack, spawn_worker
 from tests.rest import call, wait_for
+from tests.zygote import Forked
 
 LEASE_S = 3
 # One job in hand per worker (no receive-ahead): these tests keep both workers busy so that a job waits in the
@@ -36,10 +36,10 @@ class Pool:
 
     def __init__(self, stack: Stack, steplog: Path) -> None:
         self.stack, self.steplog = stack, steplog
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, Forked] = {}
         self.count = 0
 
-    def start(self, **env: str) -> subprocess.Popen[bytes]:
+    def start(self, **env: str) -> Forked:
         self.count += 1
         # One torch thread each: two workers with two threads each on two cores mostly wait for each other.
         proc = spawn_worker(self.stack, str(self.count), {"SPOTGEN_STEP_LOG": str(self.steplog),
@@ -47,19 +47,19 @@ class Pool:
         self.procs[str(self.count)] = proc
         return proc
 
-    def log(self, proc: subprocess.Popen[bytes]) -> str:
+    def log(self, proc: Forked) -> str:
         name = next(n for n, p in self.procs.items() if p is proc)
         path = self.stack.log_dir / f"worker-{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def wait_log(self, proc: subprocess.Popen[bytes], text: str, timeout: float = 120) -> None:
+    def wait_log(self, proc: Forked, text: str, timeout: float = 120) -> None:
         """Until the worker's log holds ``text``, while it runs."""
         deadline = time.monotonic() + timeout
         while text not in self.log(proc):
             assert proc.poll() is None and time.monotonic() < deadline, f"worker {proc.pid} never logged {text!r}"
             time.sleep(0.05)
 
-    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    def wait_ready(self, proc: Forked, timeout: float = 120) -> None:
         """Until the worker consumes (its log says Celery is ready): before that, SIGTERM just kills it."""
         self.wait_log(proc, " ready.", timeout)
 
@@ -68,7 +68,7 @@ class Pool:
         for _ in range(n - len(alive)):
             self.start()
 
-    def proc(self, pid: int) -> subprocess.Popen[bytes]:
+    def proc(self, pid: int) -> Forked:
         return next(p for p in self.procs.values() if p.pid == pid)
 
     def steps(self, job_id: str) -> list[tuple[int, int, int]]:

@@ -27,13 +27,14 @@ from tests.events import until as wait_for
 from tests.harness.faultproxy import FaultProxy, Request
 from tests.lambdas.test_api import png_bytes
 from tests.rest import call
+from tests.zygote import Forked
 
 TXT2IMG = {"prompt": "a red fox", "width": 32, "height": 32, "steps": 6, "seed": 11, "scheduler": "dpmpp_2m"}
 
 
 @dataclass
 class Worker:
-    proc: subprocess.Popen[bytes]
+    proc: Forked
     port: int
     log: Path
 

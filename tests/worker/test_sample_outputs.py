@@ -37,7 +37,7 @@ ENV = {"SPOTGEN_RECEIVE_AHEAD": "false", "SPOTGEN_PROGRESS_INTERVAL_S": "0.1"}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("sample"), tiny_models, ENV, args=("--workers", "2"))
+    running = start_stack(tmp_path_factory.mktemp("sample"), tiny_models, ENV, workers=2)
     yield running
     stop_stack(running)
 

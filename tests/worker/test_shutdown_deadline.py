@@ -44,6 +44,7 @@ from tests.worker.interrupt_pool import (  # noqa: F401 - pool_fixture and stack
     stack_fixture,
     submit,
 )
+from tests.zygote import Forked
 
 #: The child's SPOTGEN_INTERRUPT_DEADLINE_S (what its Interruption gets), and the worker's.
 CHILD_DEADLINE_S = 2.0
@@ -54,7 +55,7 @@ MARGIN_S = 1.0
 HOLDS = 500
 
 
-def exit_status(proc: subprocess.Popen[bytes], signalled_at: float, deadline_s: float, log: str | Path) -> int:
+def exit_status(proc: subprocess.Popen[bytes] | Forked, signalled_at: float, deadline_s: float, log: str | Path) -> int:
     """The exit status, once the process has exited within ``deadline_s`` + ``MARGIN_S`` of the signal; fails
     otherwise (and kills it)."""
     try:
