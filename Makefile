@@ -47,13 +47,15 @@ run: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 
-# Three test processes (pytest-xdist) on two cores: most tests wait on real workers, and the waits overlap
-# (measured on 2 cores: 14 min serial, 9.6 with two, 7.4 with three). Whole modules go to one process, and the
-# modules that share a stack together, so that each stack starts once (--dist loadscope: tests/scheduling.py).
+# Four test processes (pytest-xdist) on two cores: most tests wait on real workers, and the waits overlap
+# (measured on 2 cores: 14 min serial, 9.6 with two, 7.4 with three; later, with the worker zygote, 6:10 with
+# three and 5:35 with four). Whole modules go to one process, and the modules that share a stack together, so that
+# each stack starts once (--dist loadscope: tests/scheduling.py). The workers the tests start are forked from one
+# process that has imported the worker's code (tests/zygote.py).
 # The slowest tests are printed, so that their cost stays in view.
 # The `slow` tests (minutes of CPU each: torch.compile on the CPU, the GPU benchmark's script, the small chaos and
 # fault harness runs) are left to `make test-slow`, which runs everything.
-PYTEST := $(BIN)/python -m pytest -q -n 3 --dist loadscope --durations=15
+PYTEST := $(BIN)/python -m pytest -q -n 4 --dist loadscope --durations=15
 test: install lint
 	$(PYTEST) -m "not slow"
 

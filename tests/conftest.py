@@ -19,13 +19,20 @@ import boto3
 import pytest
 
 from tests.inbox import Inbox
-from tests.zygote import Forked, Zygote
+from tests.zygote import SOCKET_VARIABLE, Forked, Zygote
 
 ROOT = Path(__file__).resolve().parent.parent
 # One torch thread per process, set before anything imports torch and inherited by every worker the tests start:
 # the suite runs pytest and several workers on 2 cores, and torch's default of one thread per core makes them
 # spin against each other (measured: 88 s against 6 s for tests/pipelines/test_inputs_matter.py under load).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, the controller starts the run's one worker zygote (tests/zygote.py) before its test
+    processes start, so that they share it: the worker's code is imported once per run, not once per process."""
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        os.environ[SOCKET_VARIABLE] = zygote().start()
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

@@ -2,12 +2,14 @@
 
 Why: a worker spends about 5 s of CPU importing torch, diffusers and transformers before it does anything, and the
 suite starts dozens of workers of its own on two cores: that import was a third of the suite's CPU. The zygote (a
-name from Android's app launcher) imports once per test process; each worker it forks then runs ``spotgen worker``
-(``runtime.cli.main``) from the start of its ``main`` in a process of its own: its own session (as
-``start_new_session``), environment, working directory and log, real signals and a real exit status. What it skips
-is only the import. Start-up itself (settings, preload, probes, the broker connection) runs as in any worker.
+name from Android's app launcher) imports once per run, for every test process; each worker it forks then runs
+``spotgen worker`` (``runtime.cli.main``) from the start of its ``main`` in a process of its own: its own session
+(as ``start_new_session``), environment, working directory and log, real signals and a real exit status. What it
+skips is only the import. Start-up itself (settings, preload, probes, the broker connection) runs as in any worker. What
+is read only at import is the zygote's: ``sys.path`` (a ``PYTHONPATH`` of the child's own is not applied) and
+environment variables that libraries read when loaded.
 
-The zygote starts no Python thread and runs no torch operation (checked before each fork), so no torch thread
+The zygote starts no Python thread (checked before each fork) and runs no torch operation, so no torch thread
 pool or lock held by a thread is copied into a child (OpenBLAS's idle threads, when OMP_NUM_THREADS lets numpy start
 them, are restarted by its own fork handlers, as in any forked numpy process); a child sets torch's thread count
 from its own ``OMP_NUM_THREADS``, which libgomp otherwise reads once, when torch is first loaded.
@@ -75,33 +77,38 @@ class Forked:
         self.send_signal(signal.SIGKILL)
 
 
+#: Where the test processes of one run find the zygote their controller started (``Zygote.start``).
+SOCKET_VARIABLE = "SPOTGEN_TESTS_ZYGOTE"
+
+
 class Zygote:
-    """The client: starts the zygote process on first use; it exits when this process closes its control
-    connection (at exit, or when the test process dies)."""
+    """The client. One zygote serves every test process of a run: the first to need it (pytest-xdist's
+    controller, in tests/conftest.py's ``pytest_configure``, else this process) starts it, and it exits when that
+    process closes its control connection (at exit, or when it dies)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._control: socket.socket | None = None
-        self._path = ""
+        self._path = os.environ.get(SOCKET_VARIABLE, "")
 
-    def _start(self) -> None:
+    def start(self) -> str:
+        """Start the zygote (it imports nothing until asked for a worker) and own it; its socket's path."""
         self._path = os.path.join(tempfile.mkdtemp(prefix="zygote-"), "socket")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-m", "tests.zygote", self._path], env=env, cwd=ROOT)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 60
         while not os.path.exists(self._path):
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError(f"the zygote did not start (exit {proc.poll()})")
-            time.sleep(0.05)
-        self._control = self._connect({"control": True})
-        atexit.register(self._stop, proc)
+            time.sleep(0.02)
+        atexit.register(self._stop, proc, self._connect({"control": True}))
+        return self._path
 
-    def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+    @staticmethod
+    def _stop(proc: subprocess.Popen[bytes], control: socket.socket) -> None:
         """Close the control connection and reap the zygote, so that its CPU, and its workers', is counted in
         this process's (``/usr/bin/time make test`` reads the whole tree's)."""
-        assert self._control is not None
-        self._control.close()
+        control.close()
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -117,8 +124,8 @@ class Zygote:
     def spawn(self, env: dict[str, str], log: Path, cwd: Path | str = ROOT) -> Forked:
         """A ``spotgen worker`` with this environment, appending its stdout and stderr to ``log``."""
         with self._lock:
-            if self._control is None:
-                self._start()
+            if not self._path:
+                self.start()
         log.touch()  # there when spawn returns, as Popen's opened stdout would be
         conn = self._connect({"env": env, "log": str(log), "cwd": str(cwd)})
         answer = _answer(conn, "a worker was forked")
@@ -202,8 +209,9 @@ def _child(request: dict[str, Any], ready: int) -> int:
 
 
 def serve(path: str) -> None:
-    """The zygote's loop: fork on each request, report each child's exit on its connection."""
-    _preload()
+    """The zygote's loop: fork on each request, report each child's exit on its connection. It imports the
+    worker's code at the first request, so that a run that starts no worker pays nothing for it."""
+    preloaded = False
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path + ".tmp")
     os.rename(path + ".tmp", path)  # the client waits for the path: it appears only once we listen
@@ -221,6 +229,9 @@ def serve(path: str) -> None:
                     selector.register(conn, selectors.EVENT_READ)
                     controls.append(conn)
                     continue
+                if not preloaded:
+                    _preload()
+                    preloaded = True
                 if threading.active_count() != 1:
                     conn.sendall(json.dumps({"error": "the zygote has threads: a fork would copy them"}).encode()
                                  + b"\n")
