@@ -31,7 +31,7 @@ from runtime.ops.observe import NOOP, Observer, trace_id_from
 from runtime.plugins import PluginError, Registry
 from runtime.storage import aws
 from runtime.storage.jobstore import JobStore
-from runtime.storage.retry import Retry
+from runtime.storage.retry import Retry, transient
 from runtime.worker import deadletter, sqs
 from runtime.worker.errors import PermanentError
 from runtime.worker.handoff import Handoff
@@ -261,8 +261,10 @@ def reach_aws(settings: Settings, sqs_client: Any) -> int:
         try:
             answers.append(retry(call, f"reaching the {what}"))
         except Exception as exc:
-            raise Unreachable(f"cannot reach the {what} (endpoint {settings.aws_endpoint_url or 'AWS'}, retried for "
-                              f"{settings.store_retry_s:.0f} s): {type(exc).__name__}: {exc}") from None
+            # a permanent error (no credentials, access denied) is not retried: say so, not the budget
+            tried = f"retried for {settings.store_retry_s:.0f} s" if transient(exc) else "not retried"
+            raise Unreachable(f"cannot reach the {what} (endpoint {settings.aws_endpoint_url or 'AWS'}, {tried}): "
+                              f"{type(exc).__name__}: {exc}") from None
     return int(answers[0].get("Attributes", {}).get("VisibilityTimeout", 0))
 
 

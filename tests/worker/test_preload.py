@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runtime.models.nodecache import NodeCache
-from tests.conftest import Stack, spawn_worker
+from tests.conftest import ROOT, Stack, spawn_worker, zygote
 
 
 def log_of(stack: Stack, name: str) -> str:
@@ -92,3 +93,14 @@ def test_attention_kernels_are_chosen_and_refused_clearly() -> None:
         choose("cpu", "xformers")
     with pytest.raises(ModelError, match="not one of auto, sdpa, xformers"):
         choose("cpu", "flash")
+
+
+def test_a_worker_without_credentials_stops_at_once_saying_it_did_not_retry(stack: Stack) -> None:
+    """No credentials is not an outage: no retrying for the start-up budget, and no claim that it did."""
+    env = {k: v for k, v in {**os.environ, **stack.env}.items() if not k.startswith("AWS_")}
+    env.update({"PYTHONPATH": str(ROOT), "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.devnull,
+                "AWS_EC2_METADATA_DISABLED": "true", "SPOTGEN_STORE_RETRY_S": "600"})
+    proc = zygote().spawn(env, stack.log_dir / "worker-no-credentials.log")
+    assert proc.wait(120) == 1
+    log = log_of(stack, "no-credentials")
+    assert "cannot start: cannot reach the SQS queue" in log and "not retried): NoCredentialsError" in log, log
