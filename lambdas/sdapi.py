@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from lambdas import compat, telemetry
+from lambdas import compat, telemetry, webui_listings
 from lambdas import status as native
 from lambdas.body import parse_json
 from lambdas.cancel import cancel
@@ -237,7 +237,8 @@ def set_options(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
 
 
 #: The routes, by method.
-ROUTES = {"GET": ("sd-models", "loras", "embeddings", "samplers", "schedulers", "options", "progress"),
+ROUTES = {"GET": ("sd-models", "loras", "embeddings", "samplers", "schedulers", "options", "progress",
+                *webui_listings.NAMES),
           "POST": ("txt2img", "img2img", "interrupt", "options")}
 
 
@@ -254,6 +255,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                     "schedulers": schedulers, "options": lambda: options(dep)}
         if method == "GET" and name in listings:
             return response(200, listings[name]())
+        if method == "GET" and name in webui_listings.NAMES:
+            return response(200, webui_listings.listing(name, dep.settings))
         if method == "GET" and name == "progress":
             return progress(dep, event)
         if method == "POST" and name == "interrupt":
@@ -264,5 +267,5 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if allowed:
         return error(405, "method_not_allowed", f"{method} is not allowed on /sdapi/v1/{name}; use "
                      f"{', '.join(allowed)}", Allow=", ".join(allowed))
-    return error(404, "not_found", f"/sdapi/v1/{name} is not served: spotgen serves txt2img, img2img, sd-models, "
-                 "loras, embeddings, samplers, schedulers, options, progress and interrupt")
+    served = sorted({route for names in ROUTES.values() for route in names})
+    return error(404, "not_found", f"/sdapi/v1/{name} is not served: spotgen serves {', '.join(served)}")
