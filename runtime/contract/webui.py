@@ -6,7 +6,8 @@ whose v1alpha2 ``content`` is such a body) and expect WebUI's picture. So a body
 out is WebUI's default, not spotgen's (50 steps, CFG 7, 512 x 512, Euler). Clients send every field every time,
 so a field spotgen does not implement is accepted at any value that cannot change the images: WebUI's default,
 or anything while what it tunes is off (``hr_*`` without ``enable_hr``...); a field WebUI lacks is refused.
-Values keep their JSON types ("64" is not 64), as everywhere in the contract. WebUI 1.9+ splits the sampler
+Values are read as WebUI's pydantic v1 models read them ("64" is 64 for an integer, false is 0, "7.5" is 7.5
+for a number): ``webui_coerce``; what WebUI refuses is refused naming the field. WebUI 1.9+ splits the sampler
 from its schedule type (``scheduler``), "Automatic" being the sampler's own: Karras for DPM++ 2M and DPM++ SDE,
 exponential for DPM++ 2M SDE; a suffix in the name ("DPM++ 2M Karras", the names before 1.9) wins, as in WebUI.
 Flux and SD 3.5 checkpoints read a body as Forge does, with its ``distilled_cfg_scale``: ``webui_families``.
@@ -15,16 +16,16 @@ Flux and SD 3.5 checkpoints read a body as Forge does, with its ``distilled_cfg_
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from runtime.contract.errors import ContractError, json_type
+from runtime.contract.errors import ContractError
 from runtime.contract.images import ImageRefError, decode_inline
 from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, SAMPLER_SCHEDULES, WEBUI_SAMPLERS, ModelId
+from runtime.contract.webui_coerce import KIND_NAMES, coerce
 from runtime.contract.webui_families import AUTOMATIC, SIMPLE, family_inputs, sampler_field
 from runtime.contract.webui_schema import (
     _BY_WEBUI_NAME,
@@ -34,7 +35,6 @@ from runtime.contract.webui_schema import (
     _EXTRA_NETWORK_RE,
     _HASH_RE,
     _INIT_RESIZE,
-    _KINDS,
     _NUMBER_RE,
     _ONLY,
     _SCHEDULE_TYPES,
@@ -93,7 +93,7 @@ def from_webui(body: dict[str, Any], task: Task, names: Names) -> WebuiJob:
         raise ValueError(f"task is txt2img or img2img, not {task!r}")
     if not isinstance(body, dict):
         raise ContractError("invalid_body", "the request body must be a JSON object", "body")
-    _check_fields(body, _TYPES[task])
+    body = _check_fields(body, _TYPES[task])
     size = (_get(body, "width", 512), _get(body, "height", 512))
     sampler, schedule = _sampler(body)
     if (eta := body.get("eta")) is not None and eta != _ETA.get(sampler, eta):  # the sampler's, or ignored
@@ -128,11 +128,8 @@ def _get(body: Mapping[str, Any], key: str, default: Any) -> Any:
 
 
 def _typed(value: Any, kind: str, field: str) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):  # not JSON (RFC 8259); a caller may not parse it
-        raise ContractError("invalid_number", f"{field}: {value} is not a JSON number (no NaN or infinities)", field)
-    if not _KINDS[kind][0](value):
-        raise ContractError("invalid_field", f"{field}: must be {_KINDS[kind][1]}, not {json_type(value)}", field)
-    return value
+    """``value`` as WebUI's pydantic v1 models read a field of ``kind``: ``webui_coerce``."""
+    return coerce(value, kind, field)
 
 
 def _accepted(value: Any, accepted: tuple[Any, ...]) -> bool:
@@ -147,16 +144,21 @@ def _unsupported(field: str, value: Any, accepted: tuple[Any, ...]) -> ContractE
                          f"only {allowed} (or leave the field out)", field)
 
 
-def _check_fields(body: Mapping[str, Any], types: Mapping[str, str]) -> None:
+def _check_fields(body: Mapping[str, Any], types: Mapping[str, str]) -> dict[str, Any]:
+    """The body with its values as WebUI's models make them; a field WebUI lacks, or null where WebUI's model
+    takes none, refused naming it."""
+    out: dict[str, Any] = {}
     for key, value in body.items():
         if key not in types:
             raise ContractError("unknown_field", f"unknown field {key!r}: SD WebUI's API has no such field here", key)
         if value is None and not types[key].endswith("?"):
-            raise ContractError("invalid_field", f"{key}: must be {_KINDS[types[key]][1]}, not null", key)
+            raise ContractError("invalid_field", f"{key}: must be {KIND_NAMES[types[key]]}, not null", key)
         if value is not None:
-            _typed(value, types[key].rstrip("?"), key)
+            value = _typed(value, types[key].rstrip("?"), key)
             if key in _ONLY and not _accepted(value, _ONLY[key]):
                 raise _unsupported(key, value, _ONLY[key])
+        out[key] = value
+    return out
 
 
 def _resolve(aliases: Mapping[str, str], name: str, field: str, what: str) -> str:
@@ -355,9 +357,16 @@ def _init_image(body: Mapping[str, Any], size: tuple[int, int]) -> dict[str, Any
     if len(images) > 1:
         raise ContractError("unsupported_field", f"init_images: {len(images)} images; spotgen's img2img takes one",
                             "init_images")
-    image = _typed(images[0], "str", "init_images.0")
+    image = _image(images[0], "init_images.0")
     _check_resize(_get(body, "resize_mode", 0), image, size, "resize_mode", _INIT_RESIZE)
     return {"image": image, "strength": body.get("denoising_strength", 0.75)}
+
+
+def _image(value: Any, field: str) -> str:
+    """An image of a list WebUI's model leaves untyped (``init_images``): a string, as WebUI decodes it."""
+    if not isinstance(value, str):
+        raise ContractError("invalid_field", f"{field}: must be a base64 image (a string)", field)
+    return value
 
 
 def _check_resize(mode: Any, image: str, size: tuple[int, int], field: str,

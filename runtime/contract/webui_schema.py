@@ -6,25 +6,17 @@ body with them). Data only: the rules are in ``webui``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from runtime.contract.inputs import WEBUI_SAMPLERS
-
-#: JSON types: how to tell one, and what to call it in an error.
-_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "str": (lambda v: isinstance(v, str), "a string"), "bool": (lambda v: isinstance(v, bool), "a boolean"),
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "num": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
-    "list": (lambda v: isinstance(v, list), "an array"), "dict": (lambda v: isinstance(v, dict), "an object"),
-}
 
 
 def _by_name(types: dict[str, str]) -> dict[str, str]:
     return {name: kind for kind, names in types.items() for name in names.split()}
 
 
-#: The fields of WebUI 1.10's request models (``modules/api/models.py``) by JSON type; "?": null allowed.
+#: The fields of WebUI 1.10's request models (``modules/api/models.py``) by type, as ``webui_coerce`` reads them;
+#: "?": null allowed (WebUI's model takes it, and the field's default applies).
 _COMMON = {
     "str": "prompt negative_prompt sampler_index", "int": "batch_size n_iter steps width height",
     "str?": "sampler_name scheduler refiner_checkpoint firstpass_image infotext script_name force_task_id",

@@ -214,9 +214,9 @@ def test_v1alpha2_contents_sd_model_checkpoint_picks_the_model_as_with_a_dynamic
 
 
 def test_v1alpha2_webui_errors_name_the_field_inside_task_content() -> None:
-    error = refusal(parse2(v2(content={"prompt": "x", "steps": "16"})).webui_job, NAMES)
+    error = refusal(parse2(v2(content={"prompt": "x", "steps": "sixteen"})).webui_job, NAMES)
     assert (error.field, error.message) == ("task.content.steps",
-                                            "task.content.steps: must be an integer, not a string")
+                                            'task.content.steps: must be an integer, not a string ("sixteen")')
     error = refusal(parse2(v2(content={"steps": 16})).webui_job, NAMES)
     assert (error.code, error.field, error.message) == ("missing_field", "task.content.prompt",
                                                         "'task.content.prompt' is required")

@@ -19,17 +19,10 @@ from runtime.contract import (
     WEBUI_SAMPLERS,
     ContractError,
     Names,
-    WebuiJob,
     from_webui,
     validate_inputs,
 )
-from tests.contract.webui_cases import NAMES, png, refused, unit, webuiapi_img2img, webuiapi_txt2img
-
-
-def mapped(body: dict[str, Any], task: str = "txt2img", names: Names = NAMES) -> WebuiJob:
-    job = from_webui(body, task, names)  # type: ignore[arg-type]
-    validate_inputs(job.pipeline, job.inputs, input_bucket="in")
-    return job
+from tests.contract.webui_cases import NAMES, mapped, png, refused, unit, webuiapi_img2img, webuiapi_txt2img
 
 
 # -- what clients send ----------------------------------------------------------------------------------------

@@ -34,15 +34,23 @@ def test_a_field_webuis_schema_does_not_have_is_refused_as_unknown(body: dict[st
 
 
 @pytest.mark.parametrize(("field", "value", "wants"), [
-    ("width", "64", "an integer, not a string"), ("steps", 20.0, "an integer, not a number"),
-    ("cfg_scale", True, "a number, not a boolean"), ("seed", "7", "an integer, not a string"),
-    ("prompt", 1, "a string, not a number"), ("restore_faces", 0, "a boolean, not a number"),
-    ("width", None, "an integer, not null"), ("hr_scale", "2", "a number, not a string"),
-    ("styles", "", "an array, not a string"), ("override_settings", [], "an object, not an array"),
+    ("width", "abc", 'an integer, not a string ("abc")'), ("width", "64.0", 'an integer, not a string ("64.0")'),
+    ("steps", [20], "an integer, not an array"), ("cfg_scale", "high", 'a number, not a string ("high")'),
+    ("cfg_scale", {}, "a number, not an object"), ("prompt", ["a"], "a string, not an array"),
+    ("restore_faces", 2, "a boolean, not a number (2)"), ("tiling", "maybe", 'a boolean, not a string ("maybe")'),
+    ("width", None, "an integer, not null"), ("styles", "", 'an array, not a string ("")'),
+    ("override_settings", 5, "an object, not a number (5)"), ("alwayson_scripts", "x", 'an object, not a string ("x")'),
 ])
-def test_values_keep_their_json_types(field: str, value: Any, wants: str) -> None:
+def test_what_webuis_pydantic_v1_models_refuse_is_refused_naming_the_field(field: str, value: Any,
+                                                                            wants: str) -> None:
     error = refused(webuiapi_txt2img(**{field: value}))
     assert (error.code, error.field, error.message) == ("invalid_field", field, f"{field}: must be {wants}")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
+def test_a_number_that_is_not_finite_is_refused_though_pydantic_v1_reads_it(value: str) -> None:
+    error = refused(webuiapi_txt2img(cfg_scale=value))
+    assert (error.code, error.field) == ("invalid_number", "cfg_scale") and "not a finite number" in error.message
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -105,7 +113,7 @@ def test_img2img_refuses_resize_modes_that_would_crop_pad_or_resize_latents(mode
     ({"sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors"}, "override_settings.sd_vae"),
     ({"eta_noise_seed_delta": 31337}, "override_settings.eta_noise_seed_delta"),
     ({"sd_hypernetwork": "anime"}, "override_settings.sd_hypernetwork"),
-    ({"CLIP_stop_at_last_layers": "2"}, "override_settings.CLIP_stop_at_last_layers"),
+    ({"CLIP_stop_at_last_layers": "two"}, "override_settings.CLIP_stop_at_last_layers"),
     ({"img2img_fix_steps": 0}, "override_settings.img2img_fix_steps"),
 ])
 def test_other_settings_are_refused_naming_the_key(settings: dict[str, Any], field: str) -> None:
@@ -185,9 +193,9 @@ def test_controlnet_settings_not_supported_yet_are_refused_naming_the_field(chan
 
 @pytest.mark.parametrize(("args", "code", "field"), [
     ([{k: v for k, v in unit().items() if k != "enabled"}], "missing_field", "args.0.enabled"),
-    ([unit(enabled=1)], "invalid_field", "args.0.enabled"),
+    ([unit(enabled=2)], "invalid_field", "args.0.enabled"),
     ([unit(image="")], "missing_field", "args.0.image"), ([unit(model="None")], "missing_field", "args.0.model"),
-    ([unit(image=None)], "missing_field", "args.0.image"), ([unit(weight="1")], "invalid_field", "args.0.weight"),
+    ([unit(image=None)], "missing_field", "args.0.image"), ([unit(weight="one")], "invalid_field", "args.0.weight"),
     ([unit(image={"image": png(), "mask": None})], "invalid_field", "args.0.image"),
     ([unit(input_image=png())], "invalid_field", "args.0.input_image"),
     ([unit(threshold_c=1)], "unknown_field", "args.0.threshold_c"), (["unit"], "invalid_field", "args.0"),

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from runtime.contract import ContractError, Names, from_webui
+from runtime.contract import ContractError, Names, WebuiJob, from_webui, validate_inputs
 
 NAMES = Names(
     models={"sd_xl_base_1.0.safetensors": "sdxl-base", "v1-5-pruned-emaonly": "sd15"},
@@ -76,3 +76,10 @@ def refused(body: Any, task: str = "txt2img", names: Names = NAMES) -> ContractE
     with pytest.raises(ContractError) as caught:
         from_webui(body, task, names)  # type: ignore[arg-type]
     return caught.value
+
+
+def mapped(body: dict[str, Any], task: str = "txt2img", names: Names = NAMES) -> WebuiJob:
+    """The job of ``body``, its inputs validated as the pipeline's (a mapping spotgen would refuse later fails)."""
+    job = from_webui(body, task, names)  # type: ignore[arg-type]
+    validate_inputs(job.pipeline, job.inputs, input_bucket="in")
+    return job
