@@ -7,9 +7,8 @@ out is WebUI's default, not spotgen's (50 steps, CFG 7, 512 x 512, Euler). Clien
 so a field spotgen does not implement is accepted at any value that cannot change the images: WebUI's default,
 or anything while what it tunes is off (``hr_*`` without ``enable_hr``...); a field WebUI lacks is refused.
 Values are read as WebUI's pydantic v1 models read them ("64" is 64 for an integer, false is 0, "7.5" is 7.5
-for a number): ``webui_coerce``; what WebUI refuses is refused naming the field. WebUI 1.9+ splits the sampler
-from its schedule type (``scheduler``), "Automatic" being the sampler's own: Karras for DPM++ 2M and DPM++ SDE,
-exponential for DPM++ 2M SDE; a suffix in the name ("DPM++ 2M Karras", the names before 1.9) wins, as in WebUI.
+for a number): ``webui_coerce``; what WebUI refuses is refused naming the field. The sampler, its schedule type
+and ``eta`` (eta 0 on Euler a is Euler) are read as WebUI does: ``webui_samplers``.
 Flux and SD 3.5 checkpoints read a body as Forge does, with its ``distilled_cfg_scale``: ``webui_families``.
 """
 
@@ -24,20 +23,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from runtime.contract.errors import ContractError
 from runtime.contract.images import ImageRefError, decode_inline
-from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, SAMPLER_SCHEDULES, WEBUI_SAMPLERS, ModelId
+from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, ModelId
 from runtime.contract.webui_coerce import KIND_NAMES, coerce
-from runtime.contract.webui_families import AUTOMATIC, SIMPLE, family_inputs, sampler_field
+from runtime.contract.webui_families import family_inputs
+from runtime.contract.webui_samplers import sampler_of
 from runtime.contract.webui_schema import (
-    _BY_WEBUI_NAME,
     _CONTROL_RESIZE,
-    _ETA,
     _EXTENSIONS,
     _EXTRA_NETWORK_RE,
     _HASH_RE,
     _INIT_RESIZE,
     _NUMBER_RE,
     _ONLY,
-    _SCHEDULE_TYPES,
     _SETTINGS,
     _TYPES,
     _UNIT,
@@ -95,9 +92,7 @@ def from_webui(body: dict[str, Any], task: Task, names: Names) -> WebuiJob:
         raise ContractError("invalid_body", "the request body must be a JSON object", "body")
     body = _check_fields(body, _TYPES[task])
     size = (_get(body, "width", 512), _get(body, "height", 512))
-    sampler, schedule = _sampler(body)
-    if (eta := body.get("eta")) is not None and eta != _ETA.get(sampler, eta):  # the sampler's, or ignored
-        raise _unsupported("eta", eta, (_ETA[sampler],))
+    sampler, schedule, own = sampler_of(body)
     prompt, loras = _prompt(body, names)
     inputs: dict[str, Any] = {
         "prompt": prompt, "negative_prompt": _get(body, "negative_prompt", ""), "width": size[0],
@@ -118,7 +113,7 @@ def from_webui(body: dict[str, Any], task: Task, names: Names) -> WebuiJob:
     inputs |= (_init_image(body, size) if task == "img2img" else {}) | (control or {})
     field = "alwayson_scripts.sd_model_checkpoint" if script_model and not settings.get("sd_model_checkpoint") \
         else "override_settings.sd_model_checkpoint"
-    inputs = family_inputs(body, inputs, names.families.get(model), names.variants.get(model), field)
+    inputs = family_inputs(body, inputs, names.families.get(model), names.variants.get(model), field, own)
     return WebuiJob(pipeline="controlnet" if control else task, model=model, inputs=inputs, server_seed=seed == -1)
 
 
@@ -177,32 +172,6 @@ def _resolve(aliases: Mapping[str, str], name: str, field: str, what: str) -> st
             return next(f for f in found if f)
     known = ", ".join(sorted(set(aliases.values()))) or "none"
     raise ContractError("unknown_model", f"{field}: no {what} is called {name!r}; the catalog has: {known}", field)
-
-
-def _sampler(body: Mapping[str, Any]) -> tuple[str, str]:
-    """(sampler, schedule) as WebUI's ``get_sampler_and_scheduler`` reads ``sampler_name or sampler_index``
-    (its API's default being Euler) and ``scheduler``."""
-    field = sampler_field(body)
-    given, scheduler = body.get(field) or "Euler", body.get("scheduler") or "Automatic"  # WebUI reads "" so too
-    if scheduler.casefold() not in _SCHEDULE_TYPES:
-        raise ContractError("invalid_field", f"scheduler: schedule type {scheduler!r} is not supported; choose "
-                            "Automatic, Uniform, Karras, Exponential or SGM Uniform", "scheduler")
-    schedule, source, name = _SCHEDULE_TYPES[scheduler.casefold()], "scheduler", given.strip()
-    for word in sorted(_SCHEDULE_TYPES, key=len, reverse=True):  # "SGM Uniform" before "Uniform"
-        if name.casefold().endswith(" " + word):
-            name, schedule, source = name[: -len(word) - 1].rstrip(), _SCHEDULE_TYPES[word], field
-            break
-    sampler = _BY_WEBUI_NAME.get(name.casefold())
-    if sampler is None:
-        raise ContractError("invalid_field", f"{field}: unknown sampler {given!r}; choose one of "
-                            f"{', '.join(WEBUI_SAMPLERS.values())}, optionally followed by Karras, Exponential or "
-                            "SGM Uniform", field)
-    if schedule is None or schedule == SIMPLE:  # the sampler's own, or Forge's: read once the model is known
-        return sampler, schedule or AUTOMATIC
-    if schedule not in SAMPLER_SCHEDULES[sampler]:
-        raise ContractError("invalid_field", f"{source}: sampler {WEBUI_SAMPLERS[sampler]!r} does not take "
-                            f"schedule {schedule!r} here; it takes {', '.join(SAMPLER_SCHEDULES[sampler])}", source)
-    return sampler, schedule
 
 
 def _count(body: Mapping[str, Any]) -> int:

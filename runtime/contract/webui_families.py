@@ -53,10 +53,12 @@ _OTHER_TASK = {"inpainting": "an inpainting model (its denoiser also takes a mas
 
 
 def family_inputs(body: Mapping[str, Any], inputs: dict[str, Any], family: str | None,
-                  variant: str | None, model_field: str = "override_settings.sd_model_checkpoint") -> dict[str, Any]:
+                  variant: str | None, model_field: str = "override_settings.sd_model_checkpoint",
+                  own_schedule_of: str | None = None) -> dict[str, Any]:
     """``inputs`` of a body for a model of ``family`` and ``variant`` (None: not in the settings), read as Forge
     reads them on that family; a ContractError naming the body's field for what the family cannot run (the
-    checkpoint, at ``model_field``, for a variant made for another task)."""
+    checkpoint, at ``model_field``, for a variant made for another task). "Automatic" is the schedule of
+    ``own_schedule_of`` (the sampler the body named, where eta 0 made it another: ``webui._eta``)."""
     if variant in _OTHER_TASK:
         raise ContractError("unsupported_field", f"{model_field}: the checkpoint is {_OTHER_TASK[variant]}",
                             model_field)
@@ -71,7 +73,8 @@ def family_inputs(body: Mapping[str, Any], inputs: dict[str, Any], family: str |
     rules = FAMILIES.get(family or "")
     flow = rules is not None and rules.samplers is not None
     if out.get("schedule") == AUTOMATIC:
-        out["schedule"] = "default" if flow else _OWN_SCHEDULE.get(out.get("scheduler", "euler"), "default")
+        own = own_schedule_of or out.get("scheduler", "euler")
+        out["schedule"] = "default" if flow else _OWN_SCHEDULE.get(own, "default")
     elif out.get("schedule") == SIMPLE:
         if not flow:
             raise ContractError("invalid_field", "scheduler: schedule type 'Simple' is not supported for this "

@@ -89,6 +89,8 @@ _OWN_SCHEDULE = {"dpmpp_2m": "karras", "dpmpp_sde": "karras", "dpmpp_2m_sde": "e
 _BY_WEBUI_NAME = {webui.casefold(): name for name, webui in WEBUI_SAMPLERS.items()}
 #: The eta each sampler runs at here; WebUI passes eta only to samplers that take one (the others ignore it).
 _ETA = {"euler_a": 1.0, "dpm2_a": 1.0, "dpmpp_sde": 1.0, "dpmpp_2m_sde": 1.0, "ddim": 0.0}
+#: The sampler an ancestral or SDE one is at eta 0 (DPM++ SDE at eta 0 is none of spotgen's: refused).
+_WITHOUT_NOISE = {"euler_a": "euler", "dpm2_a": "dpm2", "dpmpp_2m_sde": "dpmpp_2m"}
 _EXTRA_NETWORK_RE = re.compile(r"<(\w+):([^>]+)>")  # WebUI's extra_networks.re_extra_net
 _NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _HASH_RE = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]$")

@@ -271,3 +271,25 @@ def test_eta_is_accepted_at_the_samplers_own_or_where_the_sampler_ignores_it() -
     for sampler, eta in (("Euler a", 1.0), ("Euler a", 1), ("DPM++ SDE", 1.0), ("DDIM", 0), ("Euler", 0.3),
                          ("DPM++ 2M", 0.0)):
         assert mapped(webuiapi_txt2img(sampler_name=sampler, eta=eta)).pipeline == "txt2img"
+
+
+@pytest.mark.parametrize(("body", "sampler", "schedule"), [
+    ({"sampler_index": "Euler a", "eta": 0}, "euler", "default"),
+    ({"sampler_name": "Euler a", "scheduler": "Karras", "eta": "0"}, "euler", "karras"),  # Euler takes Karras
+    ({"sampler_name": "DPM2 a", "eta": 0.0}, "dpm2", "default"),
+    ({"sampler_name": "DPM++ 2M SDE", "eta": False}, "dpmpp_2m", "exponential"),  # 2M SDE's Automatic, not 2M's
+    ({"sampler_name": "DPM++ 2M SDE Karras", "eta": 0}, "dpmpp_2m", "karras"),
+    ({"sampler_name": "Euler a", "eta": None}, "euler_a", "default"),  # WebUI's eta_ancestral: 1
+])
+def test_eta_0_on_an_ancestral_sampler_is_the_sampler_without_its_noise(body: dict[str, Any], sampler: str,
+                                                                         schedule: str) -> None:
+    inputs = mapped({"prompt": "x", **body}).inputs
+    assert (inputs["scheduler"], inputs["schedule"]) == (sampler, schedule)
+
+
+def test_eta_0_makes_euler_a_run_on_flux_where_the_ancestral_sampler_is_refused() -> None:
+    names = NAMES.model_copy(update={"models": {**NAMES.models, "flux-dev": "flux-dev"},
+                                     "families": {"flux-dev": "flux"}})
+    body = {"prompt": "x", "sampler_index": "Euler a", "override_settings": {"sd_model_checkpoint": "flux-dev"}}
+    assert refused(body, names=names).field == "sampler_index"
+    assert mapped({**body, "eta": 0}, names=names).inputs["scheduler"] == "euler"

@@ -244,10 +244,13 @@ def test_img2img_features_at_other_values_than_their_defaults_are_refused(field:
     assert (error.code, error.field) == ("unsupported_field", field)
 
 
-@pytest.mark.parametrize(("sampler", "eta"), [("Euler a", 0.5), ("DDIM", 1.0), ("DPM++ 2M SDE", 0.0)])
-def test_eta_other_than_the_one_the_sampler_runs_at_is_refused(sampler: str, eta: float) -> None:
+@pytest.mark.parametrize(("sampler", "eta", "runs"), [
+    ("Euler a", 0.5, "eta 1, or eta 0 (which is Euler)"), ("DPM2 a", "0.67", "eta 1, or eta 0 (which is DPM2)"),
+    ("DDIM", 1.0, "eta 0 (or"), ("DPM++ SDE", 0.0, "eta 1 (or"), ("DPM++ 2M SDE", 2, "eta 1, or eta 0 (which is "),
+])
+def test_eta_spotgens_samplers_do_not_take_is_refused_naming_it(sampler: str, eta: Any, runs: str) -> None:
     error = refused(webuiapi_txt2img(sampler_name=sampler, eta=eta))
-    assert (error.code, error.field) == ("unsupported_field", "eta")
+    assert (error.code, error.field) == ("unsupported_field", "eta") and f"spotgen runs it at {runs}" in error.message
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
