@@ -8,8 +8,8 @@ limit is refused before it is queued (``compat.check_answer_size``). The listing
 the settings (the ids the API accepts and their aliases), and ``progress``/``interrupt`` act on the caller's
 latest job, found through a small pointer document (``callers/{caller}.json``): the caller is the API key the
 authorizer let through, else the client's address. WebUI's options are global and mutable, a default model
-shared by all; spotgen has none, so ``options`` answers what it can and refuses a change with a pointer to
-``override_settings``.
+shared by all; spotgen keeps the ones that change how requests run per caller (``lambdas/webui_options.py``),
+next to that pointer, and applies them to the caller's later requests beneath their ``override_settings``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from lambdas import compat, telemetry, webui_listings
+from lambdas import compat, telemetry, webui_listings, webui_options
 from lambdas import status as native
 from lambdas.body import parse_json
 from lambdas.cancel import cancel
@@ -82,13 +82,17 @@ def generate(dep: Deployment, event: dict[str, Any], task: str) -> dict[str, Any
     try:
         body = parse_json(raw_body(event))
         hook = webhook_of(body)
-        job = from_webui(body, task, compat.names(settings, runtime.model if runtime else None))  # type: ignore[arg-type]
+        job = from_webui(with_kept_options(body, kept_options(dep, event)), task,  # type: ignore[arg-type]
+                         compat.names(settings, runtime.model if runtime else None))
         submitted = compat.submit_webui(dep, job, body, pool=runtime.pool if runtime else None,
                                         answer_limit=LAMBDA_RESPONSE_BYTES, webhook=hook)
     except ContractError as exc:
         return error(400, exc.code, exc.message, exc.field)
     except Rejected as rejected:
         return rejected.response
+    except (BotoCoreError, ClientError) as exc:  # the caller's options unread: running without them is not its job
+        return error(503, "options_unavailable", f"the caller's options (POST /sdapi/v1/options) could not be read "
+                     f"({exc}); nothing was queued, retry")
     job_id = submitted.queued.job_id
     url = compat_status_url(settings, job_id)
     try:  # the job is queued: from here an AWS error costs the answer (it names the job), never the job
@@ -205,35 +209,59 @@ def schedulers() -> list[dict[str, Any]]:
              "need_inner_model": False} for label in SCHEDULE_LABELS.values()]
 
 
-def options(dep: Deployment) -> dict[str, Any]:
-    """What can be answered without a global default model: the ``/sdapi/v1`` runtime's model, fixed."""
+def _options_key(who: str) -> str:
+    return f"callers/{who}.options.json"
+
+
+def kept_options(dep: Deployment, event: dict[str, Any] | None) -> dict[str, Any]:
+    """The options the caller set (``webui_options.APPLIED``), as WebUI keeps its own: for its later requests."""
+    if event is None:
+        return {}
+    kept = dep.store.get_json(dep.store.output_bucket, _options_key(caller(event)))
+    return kept if isinstance(kept, dict) else {}
+
+
+def options(dep: Deployment, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    """WebUI 1.10's options document as the caller sees it: the ``/sdapi/v1`` runtime's model unless it set one."""
     runtime = dep.settings.runtimes.get(dep.settings.webui_runtime)
     model = compat.titles(dep.settings).get(runtime.model) if runtime else None
-    return {"sd_model_checkpoint": model, "sd_checkpoint_hash": None, "sd_vae": "Automatic",
-            "CLIP_stop_at_last_layers": 1, "samples_format": "png", "jpeg_quality": 80, "webp_lossless": False}
+    return webui_options.document(model, kept_options(dep, event))
 
 
 def set_options(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
-    """Accepts what changes nothing (clients set the model they already have); refuses any change, naming it."""
+    """Keeps the options that change how the caller's later requests run, checked as ``override_settings`` would
+    be; accepts and ignores the rest of WebUI's document; refuses, naming it, what spotgen cannot do."""
     try:
         body = parse_json(raw_body(event))
     except ContractError as exc:
         return error(400, exc.code, exc.message, exc.field)
     if not isinstance(body, dict):
         return error(400, "invalid_body", "the request body must be a JSON object of options", "body")
-    current = options(dep)
-    runtime = dep.settings.runtimes.get(dep.settings.webui_runtime)
     for key, value in body.items():
-        if key == "sd_model_checkpoint" and runtime and isinstance(value, str) \
-                and compat.names(dep.settings).models.get(value.split(" [")[0]) == runtime.model:
-            continue
-        if key in current and current[key] == value:
-            continue
-        return error(400, "unsupported_option", (
-            f"options.{key}: spotgen has no global options to change (its workers serve every client at once); "
-            f"pass it per request in override_settings instead, e.g. override_settings.sd_model_checkpoint"),
-            f"options.{key}")
+        why = webui_options.unchangeable(key, value)
+        if why is not None:
+            return error(400, "unsupported_option", f"options.{key}: {why}", f"options.{key}")
+    kept = kept_options(dep, event)
+    applied = {**kept, **{k: v for k, v in body.items() if k in webui_options.APPLIED}}
+    if applied == kept:
+        return response(200, None)
+    runtime = dep.settings.runtimes.get(dep.settings.webui_runtime)
+    try:  # what a later body will carry, checked now by the very rules it will meet
+        from_webui({"prompt": "options", "override_settings": dict(applied)}, "txt2img",
+                   compat.names(dep.settings, runtime.model if runtime else None))
+    except ContractError as exc:
+        field = (exc.field or "").replace("override_settings.", "options.", 1) or None
+        return error(400, exc.code, exc.message.replace("override_settings.", "options.", 1), field)
+    dep.store.put_json(_options_key(caller(event)), applied)
     return response(200, None)
+
+
+def with_kept_options(body: Any, kept: dict[str, Any]) -> Any:
+    """``body`` with the caller's options under its ``override_settings`` (the body's own win), as WebUI applies its
+    options beneath a request's override_settings."""
+    if not kept or not isinstance(body, dict) or not isinstance(body.get("override_settings") or {}, dict):
+        return body
+    return {**body, "override_settings": {**kept, **(body.get("override_settings") or {})}}
 
 
 #: The routes, by method.
@@ -252,7 +280,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             return generate(dep, event, name)
         listings = {"sd-models": lambda: sd_models(dep), "loras": lambda: loras(dep),
                     "embeddings": lambda: embeddings(dep), "samplers": samplers,
-                    "schedulers": schedulers, "options": lambda: options(dep)}
+                    "schedulers": schedulers, "options": lambda: options(dep, event)}
         if method == "GET" and name in listings:
             return response(200, listings[name]())
         if method == "GET" and name in webui_listings.NAMES:

@@ -14,14 +14,18 @@ import pytest
 from lambdas.common import deployment
 from runtime.config import Settings
 from runtime.contract.envelope import read_celery_message
+from runtime.local.devsettings import dev_compat
 from runtime.local.devstack import DevStack
 from runtime.storage import aws
 
 
 @pytest.fixture(scope="module", name="api")
-def api_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+def api_fixture(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[DevStack]:
+    """The tiny models' catalog with ``spotgen dev``'s compatibility settings (their aliases, ``sdruntime`` on
+    ``tiny-sd`` for ``/sdapi/v1``)."""
     saved = dict(os.environ)
-    stack = DevStack(Settings(poll_wait_s=1, sync_wait_s=0.2), port=0, aws_port=0, workers=0,
+    settings = dev_compat(Settings(models_dir=tiny_models, poll_wait_s=1)).model_copy(update={"sync_wait_s": 0.2})
+    stack = DevStack(settings, port=0, aws_port=0, workers=0,
                      log_dir=Path(tmp_path_factory.mktemp("sdapi-api")))
     try:
         yield stack.start()

@@ -9,7 +9,7 @@ models: 64 px, 4 steps. Two things the client itself does, which a test must not
 - ``txt2img`` and ``img2img`` default ``alwayson_scripts`` to one shared ``{}`` and write the ControlNet units
   into it, so a call with units and without ``alwayson_scripts`` leaves them in every later call's default;
   the calls here pass a fresh ``alwayson_scripts``.
-- ``set_options`` and ``util_set_model`` do not look at the status: a refused change comes back as the error's
+- ``set_options`` and ``util_set_model`` do not look at the status: a refused option comes back as the error's
   JSON (``util_set_model`` prints "model changed" regardless).
 """
 
@@ -138,17 +138,21 @@ def test_a_refusal_is_the_clients_error_naming_the_field(api: webuiapi.WebUIApi)
     assert result.info["sd_model_name"] == SDXL and result.image.size == (64, 64)
 
 
-def test_setting_the_model_is_accepted_only_when_it_changes_nothing(api: webuiapi.WebUIApi,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_setting_the_model_switches_this_callers_later_requests(api: webuiapi.WebUIApi) -> None:
+    """As the AWS sample's queue agent and ``util_set_model`` do: the option is kept for the caller (this client's
+    address) and applies to its later requests; put back afterwards, as the module's other tests are the same
+    caller."""
+    options = api.get_options()
+    assert (options["sd_model_checkpoint"], options["send_seed"], options["CLIP_stop_at_last_layers"]) == (
+        SD15, True, 1)
     assert api.set_options({"sd_model_checkpoint": SD15}) is None  # WebUI's answer: null
-    api.util_set_model(SD15)
-    refused = api.set_options({"sd_model_checkpoint": SDXL})
-    assert refused["error"]["field"] == "options.sd_model_checkpoint"
-    assert "override_settings" in refused["error"]["message"]
-    # util_set_model does not read the answer: it says it changed the model, and nothing changed.
-    capsys.readouterr()
-    api.util_set_model(SDXL)
-    assert f"model changed to {SDXL}" in capsys.readouterr().out
-    assert api.util_get_current_model() == SD15
+    try:
+        api.util_set_model(SDXL)
+        assert api.util_get_current_model() == SDXL
+        assert api.txt2img(**SMALL, seed=5, alwayson_scripts={}).info["sd_model_name"] == SDXL
+        refused = api.set_options({"sd_model_checkpoint": "nope.safetensors"})  # the client does not raise
+        assert refused["error"]["field"] == "options.sd_model_checkpoint"
+    finally:
+        assert api.set_options({"sd_model_checkpoint": SD15}) is None
     assert api.txt2img(**SMALL, seed=5, alwayson_scripts={}).info["sd_model_name"] == SD15
 
