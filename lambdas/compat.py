@@ -45,7 +45,8 @@ def names(settings: Settings, default_model: str | None = None) -> Names:
     """The ids the API accepts, each under its own name and its aliases (``SPOTGEN_ALIASES``), by kind; the
     models' families and variants, where the settings say them (a Flux or SD 3.5 model reads a WebUI body as
     Forge does: ``runtime.contract.webui_families``)."""
-    kinds = {"models": settings.models, "loras": settings.loras, "controlnets": settings.controlnets}
+    kinds = {"models": settings.models, "loras": settings.loras, "controlnets": settings.controlnets,
+             "upscalers": settings.upscalers}
     by_kind: dict[str, dict[str, str]] = {kind: {i: i for i in ids} for kind, ids in kinds.items()}
     for alias, target in settings.aliases.items():
         for kind, ids in kinds.items():

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from runtime.contract import webui_passes
 from runtime.contract.errors import ContractError
 from runtime.contract.images import ImageRefError, decode_inline
 from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, ModelId
@@ -51,6 +52,8 @@ class Names(BaseModel):
     models: dict[str, ModelId] = Field(default_factory=dict)
     loras: dict[str, ModelId] = Field(default_factory=dict)
     controlnets: dict[str, ModelId] = Field(default_factory=dict)
+    #: Upscaler models (catalog ``kind: upscaler``), for ``hr_upscaler`` beside WebUI's own names.
+    upscalers: dict[str, ModelId] = Field(default_factory=dict)
     #: The checkpoint of a body that names none (WebUI's loaded model); None: a body must name one.
     default_model: ModelId | None = None
     #: The family and variant of the models the settings say them of: how a body reads on Flux and SD 3.5
@@ -58,7 +61,7 @@ class Names(BaseModel):
     families: dict[ModelId, str] = Field(default_factory=dict)
     variants: dict[ModelId, str] = Field(default_factory=dict)
 
-    @field_validator("models", "loras", "controlnets")
+    @field_validator("models", "loras", "controlnets", "upscalers")
     @classmethod
     def _ids_are_aliases(cls, value: dict[str, str]) -> dict[str, str]:
         return {**value, **{catalog_id: catalog_id for catalog_id in value.values()}}
@@ -75,7 +78,7 @@ class WebuiJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    pipeline: Literal["txt2img", "img2img", "controlnet"]
+    pipeline: Literal["txt2img", "img2img", "controlnet", "inpaint"]
     model: ModelId
     inputs: dict[str, Any]
     #: The body left the seed to the server (-1 or none): the API picks one and reports it.
@@ -111,10 +114,43 @@ def from_webui(body: dict[str, Any], task: Task, names: Names) -> WebuiJob:
         field = "override_settings.sd_model_checkpoint"
         raise ContractError("missing_field", f"{field}: name the checkpoint (there is no default one)", field)
     inputs |= (_init_image(body, size) if task == "img2img" else {}) | (control or {})
+    pipeline, inputs = _passes(body, task, names, model, size, inputs, "controlnet" if control else task)
     field = "alwayson_scripts.sd_model_checkpoint" if script_model and not settings.get("sd_model_checkpoint") \
         else "override_settings.sd_model_checkpoint"
-    inputs = family_inputs(body, inputs, names.families.get(model), names.variants.get(model), field, own)
-    return WebuiJob(pipeline="controlnet" if control else task, model=model, inputs=inputs, server_seed=seed == -1)
+    inputs = family_inputs(body, inputs, names.families.get(model), names.variants.get(model), field, own,
+                           pipeline)
+    return WebuiJob(pipeline=pipeline, model=model, inputs=inputs, server_seed=seed == -1)
+
+
+def _passes(body: Mapping[str, Any], task: Task, names: Names, model: str, size: tuple[int, int],
+            inputs: dict[str, Any], pipeline: str) -> tuple[str, dict[str, Any]]:
+    """The pipeline and inputs with WebUI's hires fix, refiner, tiling and inpainting (``webui_passes``)."""
+    def resolver(aliases: Mapping[str, str]) -> webui_passes.Resolve:
+        return lambda name, field, what: _resolve(aliases, name, field, what)
+
+    def hr_prompt(text: str, field: str) -> str:
+        try:
+            hr, loras = _prompt({**body, "prompt": text}, names)
+        except ContractError as exc:
+            raise ContractError(exc.code, exc.message.replace("prompt:", f"{field}:", 1), field) from None
+        if loras != inputs.get("loras", []):
+            raise ContractError("unsupported_field", f"{field}: the second pass applies the first pass's LoRAs "
+                                "here; tag the same ones, or none", field)
+        return hr
+
+    out = inputs | webui_passes.refiner(body, task, resolver(names.models))
+    if body.get("tiling"):
+        out["tiling"] = True
+    if body.get("enable_hr") and task == "txt2img":  # img2img's models have no enable_hr
+        if pipeline != "txt2img":
+            raise ContractError("unsupported_field", "enable_hr: spotgen runs hires fix with ControlNet units as "
+                                "controlnets of txt2img, not yet through this route", "enable_hr")
+        out["hires"] = webui_passes.hires(
+            body, size, model, resolver(names.models), resolver(names.upscalers),
+            lambda name: sampler_of({"sampler_name": name, "eta": body.get("eta")})[0], hr_prompt)
+    if task == "img2img" and body.get("mask"):  # WebUI reads "" as no mask
+        pipeline, out = "inpaint", out | webui_passes.inpaint(body)
+    return pipeline, out
 
 
 def _get(body: Mapping[str, Any], key: str, default: Any) -> Any:

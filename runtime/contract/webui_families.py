@@ -45,21 +45,22 @@ def sampler_field(body: Mapping[str, Any]) -> str:
     return "sampler_name" if body.get("sampler_name") else "sampler_index"
 
 
-#: Variants made for another task than the routes' txt2img and img2img (WebUI's inpainting is not served).
+#: Variants made for another task than the routes' txt2img and img2img (an inpainting model runs img2img with a
+#: ``mask`` only: WebUI's inpainting).
 _OTHER_TASK = {"inpainting": "an inpainting model (its denoiser also takes a mask: Flux Fill, SD inpainting); "
-                             "WebUI's inpainting is not served here, so run it as POST /v1/jobs' inpaint",
+                             "give img2img a mask to inpaint with it",
                "refiner": "SDXL's refiner, which takes over the end of another model's denoising (a native "
                           "txt2img job's refiner); it does not start from noise"}
 
 
 def family_inputs(body: Mapping[str, Any], inputs: dict[str, Any], family: str | None,
                   variant: str | None, model_field: str = "override_settings.sd_model_checkpoint",
-                  own_schedule_of: str | None = None) -> dict[str, Any]:
+                  own_schedule_of: str | None = None, pipeline: str = "txt2img") -> dict[str, Any]:
     """``inputs`` of a body for a model of ``family`` and ``variant`` (None: not in the settings), read as Forge
     reads them on that family; a ContractError naming the body's field for what the family cannot run (the
     checkpoint, at ``model_field``, for a variant made for another task). "Automatic" is the schedule of
     ``own_schedule_of`` (the sampler the body named, where eta 0 made it another: ``webui._eta``)."""
-    if variant in _OTHER_TASK:
+    if variant in _OTHER_TASK and not (variant == "inpainting" and pipeline == "inpaint"):
         raise ContractError("unsupported_field", f"{model_field}: the checkpoint is {_OTHER_TASK[variant]}",
                             model_field)
     out = dict(inputs)

@@ -39,17 +39,18 @@ _TYPES = {
         "bool?": "mask_round inpaint_full_res"}),
 }
 #: The values accepted of fields spotgen does not implement: WebUI's defaults (``()``: null only). The fields
-#: neither here nor read into the job change nothing while what they tune is off or refused: hr_* and txt2img's
-#: denoising_strength (enable_hr), subseed (subseed_strength), s_tmin and s_tmax (s_churn), refiner_switch_at
-#: (refiner_checkpoint), script_args (script_name), the mask's settings (mask), image_cfg_scale
-#: (instruct-pix2pix models only), force_task_id, and do_not_save_* (WebUI's API sets them from save_images).
+#: neither here nor read into the job (``webui``, ``webui_passes``) change nothing while what they tune is off or
+#: refused: subseed (subseed_strength), s_tmin and s_tmax (s_churn), script_args (script_name), mask_round
+#: (WebUI rounds an inpainting mask it has blurred; spotgen's inpainting keeps the blur), image_cfg_scale
+#: (instruct-pix2pix models only), force_task_id, do_not_save_* (WebUI's API sets them from save_images), and
+#: Forge's hr_cfg and hr_distilled_cfg.
 _ONLY: dict[str, tuple[Any, ...]] = {
     "styles": ([],), "subseed_strength": (0,), "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
-    "restore_faces": (False,), "tiling": (False,), "s_min_uncond": (0,), "s_churn": (0,), "s_noise": (1,),
+    "restore_faces": (False,), "s_min_uncond": (0,), "s_churn": (0,), "s_noise": (1,),
     "override_settings_restore_afterwards": (True,),  # false would keep the settings for later requests
-    "refiner_checkpoint": ("", "None", "none"), "comments": ({},), "firstpass_image": (), "infotext": (),
-    "script_name": ("",), "send_images": (True,), "save_images": (False,), "enable_hr": (False,),
-    "firstphase_width": (0,), "firstphase_height": (0,), "mask": (), "latent_mask": (),
+    "comments": ({},), "firstpass_image": (), "infotext": (),
+    "script_name": ("",), "send_images": (True,), "save_images": (False,),
+    "firstphase_width": (0,), "firstphase_height": (0,), "latent_mask": (),
     "initial_noise_multiplier": (1,), "include_init_images": (False,),
 }
 #: Settings clients send at WebUI's defaults, which are what spotgen does; any other setting is refused.
