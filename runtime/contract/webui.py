@@ -14,63 +14,31 @@ Flux and SD 3.5 checkpoints read a body as Forge does, with its ``distilled_cfg_
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict
 
 from runtime.contract import webui_passes
 from runtime.contract.errors import ContractError
-from runtime.contract.images import ImageRefError, decode_inline
 from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, ModelId
 from runtime.contract.webui_coerce import KIND_NAMES, coerce
 from runtime.contract.webui_families import family_inputs
+from runtime.contract.webui_rules import Names, _accepted, _check_resize, _get, _resolve, _unsupported
 from runtime.contract.webui_samplers import sampler_of
 from runtime.contract.webui_schema import (
-    _CONTROL_RESIZE,
-    _EXTENSIONS,
     _EXTRA_NETWORK_RE,
-    _HASH_RE,
     _INIT_RESIZE,
     _NUMBER_RE,
     _ONLY,
     _SETTINGS,
     _TYPES,
-    _UNIT,
 )
+from runtime.contract.webui_units import _scripts
 
 Task = Literal["txt2img", "img2img"]
-
-
-class Names(BaseModel):
-    """What WebUI clients call the catalog's entries: alias -> catalog id, per kind; each id is its own alias."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    models: dict[str, ModelId] = Field(default_factory=dict)
-    loras: dict[str, ModelId] = Field(default_factory=dict)
-    controlnets: dict[str, ModelId] = Field(default_factory=dict)
-    #: Upscaler models (catalog ``kind: upscaler``), for ``hr_upscaler`` beside WebUI's own names.
-    upscalers: dict[str, ModelId] = Field(default_factory=dict)
-    #: The checkpoint of a body that names none (WebUI's loaded model); None: a body must name one.
-    default_model: ModelId | None = None
-    #: The family and variant of the models the settings say them of: how a body reads on Flux and SD 3.5
-    #: (``webui_families``); a model not listed gets the body as it is, and its worker decides.
-    families: dict[ModelId, str] = Field(default_factory=dict)
-    variants: dict[ModelId, str] = Field(default_factory=dict)
-
-    @field_validator("models", "loras", "controlnets", "upscalers")
-    @classmethod
-    def _ids_are_aliases(cls, value: dict[str, str]) -> dict[str, str]:
-        return {**value, **{catalog_id: catalog_id for catalog_id in value.values()}}
-
-    @model_validator(mode="after")
-    def _default_is_a_model(self) -> Names:
-        if self.default_model is not None and self.default_model not in self.models:
-            raise ValueError(f"default_model {self.default_model!r} is not one of the models")
-        return self
+__all__ = ["Names", "Task", "WebuiJob", "from_webui"]
 
 
 class WebuiJob(BaseModel):
@@ -153,26 +121,9 @@ def _passes(body: Mapping[str, Any], task: Task, names: Names, model: str, size:
     return pipeline, out
 
 
-def _get(body: Mapping[str, Any], key: str, default: Any) -> Any:
-    value = body.get(key)
-    return default if value is None else value
-
-
 def _typed(value: Any, kind: str, field: str) -> Any:
     """``value`` as WebUI's pydantic v1 models read a field of ``kind``: ``webui_coerce``."""
     return coerce(value, kind, field)
-
-
-def _accepted(value: Any, accepted: tuple[Any, ...]) -> bool:
-    """Equal as JSON values: true is not 1, 0 is 0.0."""
-    return any(value == a and isinstance(value, bool) == isinstance(a, bool) and (value is None) == (a is None)
-               for a in accepted)
-
-
-def _unsupported(field: str, value: Any, accepted: tuple[Any, ...]) -> ContractError:
-    shown, allowed = json.dumps(value), " or ".join(json.dumps(a) for a in accepted if a is not None) or "null"
-    return ContractError("unsupported_field", f"{field}: {shown[:40]} is not supported yet; spotgen implements "
-                         f"only {allowed} (or leave the field out)", field)
 
 
 def _check_fields(body: Mapping[str, Any], types: Mapping[str, str]) -> dict[str, Any]:
@@ -190,24 +141,6 @@ def _check_fields(body: Mapping[str, Any], types: Mapping[str, str]) -> dict[str
                 raise _unsupported(key, value, _ONLY[key])
         out[key] = value
     return out
-
-
-def _resolve(aliases: Mapping[str, str], name: str, field: str, what: str) -> str:
-    """The catalog id of ``name`` as WebUI clients write it: a title (``x.safetensors [hash]``), a file name
-    (maybe in a folder) or a name without extension; the exact spelling first, then regardless of case."""
-    bare = _HASH_RE.sub("", name.strip())
-    candidates: list[str] = []
-    for text in dict.fromkeys((name, bare, bare.replace("\\", "/").rsplit("/", 1)[-1])):
-        stem = next((text[: -len(ext)] for ext in _EXTENSIONS if text.casefold().endswith(ext)), text)
-        candidates += [text, stem, *(stem + ext for ext in _EXTENSIONS)]
-    folded: dict[str, str | None] = {}
-    for alias, catalog_id in aliases.items():  # an alias that two ids share regardless of case matches neither
-        folded[alias.casefold()] = catalog_id if folded.get(alias.casefold(), catalog_id) == catalog_id else None
-    for found in ([aliases.get(c) for c in candidates], [folded.get(c.casefold()) for c in candidates]):
-        if any(found):
-            return next(f for f in found if f)
-    known = ", ".join(sorted(set(aliases.values()))) or "none"
-    raise ContractError("unknown_model", f"{field}: no {what} is called {name!r}; the catalog has: {known}", field)
 
 
 def _count(body: Mapping[str, Any]) -> int:
@@ -292,69 +225,6 @@ def _output_format(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {"format": fmt, "quality": quality}
 
 
-def _scripts(scripts: Mapping[str, Any], task: Task, names: Names, size: tuple[int, int]
-             ) -> tuple[str | None, dict[str, Any] | None]:
-    """(checkpoint, ControlNet inputs) of ``alwayson_scripts``: ControlNet is the one script spotgen runs, and
-    ``sd_model_checkpoint`` is where the AWS EKS sample names the model."""
-    model, control, seen = None, None, False
-    for key, value in scripts.items():
-        field = f"alwayson_scripts.{key}"
-        if key == "sd_model_checkpoint":
-            model = _resolve(names.models, _typed(value, "str", field), field, "checkpoint")
-        elif key.casefold() == "controlnet" and not seen:  # WebUI finds scripts by title, regardless of case
-            seen, control = True, _controlnet(value, field, task, names, size)
-        else:
-            raise ContractError("unsupported_field", f"{field}: spotgen runs no WebUI script but ControlNet", field)
-    return model, control
-
-
-def _controlnet(value: Any, field: str, task: Task, names: Names, size: tuple[int, int]) -> dict[str, Any] | None:
-    if isinstance(value, dict):
-        for key in set(value) - {"args"}:
-            raise ContractError("unknown_field", f"unknown field {field}.{key}", f"{field}.{key}")
-        value, field = value.get("args", []), f"{field}.args"
-    enabled = []
-    for i, unit in enumerate(_typed(value, "list", field)):
-        path = f"{field}.{i}"
-        if "enabled" not in _typed(unit, "dict", path):  # sd-webui-controlnet's default has changed over versions
-            raise ContractError("missing_field", f"{path}.enabled: say whether the unit is enabled", f"{path}.enabled")
-        if _typed(unit["enabled"], "bool", f"{path}.enabled"):
-            enabled.append((path, unit))
-    if not enabled:
-        return None
-    path, unit = enabled[0]
-    if len(enabled) > 1 or task == "img2img":
-        path = f"{enabled[1][0]}.enabled" if len(enabled) > 1 else path
-        why = "one enabled unit a job" if len(enabled) > 1 else "ControlNet with img2img (it starts from noise)"
-        raise ContractError("unsupported_field", f"{path}: spotgen does not run {why} yet", path)
-    for key, item in unit.items():
-        if key not in _UNIT:
-            raise ContractError("unknown_field", f"unknown field {path}.{key}", f"{path}.{key}")
-        if _UNIT[key] and not _accepted(item, _UNIT[key]):
-            raise _unsupported(f"{path}.{key}", item, _UNIT[key])
-    if "image" in unit and "input_image" in unit:
-        raise ContractError("invalid_field", f"{path}.input_image: give image or input_image, not both",
-                            f"{path}.input_image")
-    image_field = f"{path}.input_image" if "input_image" in unit else f"{path}.image"
-    image, model = unit.get("input_image", unit.get("image")), unit.get("model")
-    for name, value in ((image_field, image), (f"{path}.model", model)):
-        if value in (None, "", "None"):
-            raise ContractError("missing_field", f"{name}: an enabled ControlNet unit needs one", name)
-    _check_resize(unit.get("resize_mode", "Crop and Resize"), _typed(image, "str", image_field), size,
-                  f"{path}.resize_mode", _CONTROL_RESIZE)
-    weight = _typed(unit.get("weight", 1.0), "num", f"{path}.weight")
-    controlnet = _resolve(names.controlnets, _typed(model, "str", f"{path}.model"), f"{path}.model", "ControlNet")
-    job = {"control_image": image, "controlnet": controlnet, "controlnet_conditioning_scale": weight,
-           "control_guidance_start": _typed(unit.get("guidance_start", 0.0), "num", f"{path}.guidance_start"),
-           "control_guidance_end": _typed(unit.get("guidance_end", 1.0), "num", f"{path}.guidance_end")}
-    if unit.get("module", "none") == "canny":  # the extension's -1 (or nothing): the module's own 100 and 200
-        for key, name, default in (("threshold_a", "canny_low", 100), ("threshold_b", "canny_high", 200)):
-            value = _typed(unit.get(key, -1), "num", f"{path}.{key}")
-            job[name] = default if value == -1 else int(value) if value == int(value) else value
-        job["control_preprocessor"] = "canny"
-    return job
-
-
 def _init_image(body: Mapping[str, Any], size: tuple[int, int]) -> dict[str, Any]:
     images = _get(body, "init_images", [])
     if not images:
@@ -372,23 +242,3 @@ def _image(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise ContractError("invalid_field", f"{field}: must be a base64 image (a string)", field)
     return value
-
-
-def _check_resize(mode: Any, image: str, size: tuple[int, int], field: str,
-                  modes: tuple[tuple[Any, ...], tuple[Any, ...]]) -> None:
-    """Spotgen stretches an input image to width x height; WebUI's crop and pad modes do the same to an image
-    of that aspect ratio, so they are accepted for one, and refused for any other."""
-    stretch, fit = modes
-    if not _accepted(mode, stretch) and not (_accepted(mode, fit) and _same_shape(image, size)):
-        raise ContractError("unsupported_field", f"{field}: {json.dumps(mode)} is not supported yet: spotgen stretches "
-                            f"the image to width x height ({json.dumps(stretch[0])}); crop and fill modes do the same "
-                            "only to an image of that aspect ratio", field)
-
-
-def _same_shape(ref: str, size: tuple[int, int]) -> bool:
-    """Whether an inline image has the aspect ratio of width x height (an s3:// one is not read here)."""
-    try:
-        image = decode_inline(ref)
-    except ImageRefError:  # not an image (the image check refuses it, naming the field) or an s3:// one
-        return ref[:5].lower() != "s3://"
-    return image.width * size[1] == image.height * size[0]
