@@ -58,6 +58,10 @@ def check_edits(settings: Settings, model: str, inputs: Any) -> None:
     elif isinstance(inputs, InpaintInputs):
         _check_inpaint(settings, model, inputs)
     elif isinstance(inputs, UpscaleInputs):
+        second = inputs.upscaler_2
+        if second is not None and second not in accepted_models(settings, "upscale"):
+            raise ContractError("unknown_model", f"inputs.upscaler_2: unknown upscaler {second!r}; available: "
+                                f"{', '.join(accepted_models(settings, 'upscale'))}", "inputs.upscaler_2")
         image = _inline(inputs.image)
         if image is not None:
             upscale_size(inputs, image.width, image.height)

@@ -294,11 +294,12 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _compat_names_exist(self) -> Settings:
         """Aliases and runtimes name ids the API accepts: a typo fails at start-up, not on a client's request."""
-        known = {*self.models, *self.controlnets, *self.loras}
+        known = {*self.models, *self.controlnets, *self.loras, *self.upscalers}
         for alias, target in self.aliases.items():
             if target not in known:
-                raise ValueError(f"alias {alias!r} names {target!r}, which is not one of the models, ControlNets or "
-                                 "LoRAs (SPOTGEN_MODELS, SPOTGEN_CONTROLNETS, SPOTGEN_LORAS)")
+                raise ValueError(f"alias {alias!r} names {target!r}, which is not one of the models, ControlNets, "
+                                 "LoRAs or upscalers (SPOTGEN_MODELS, SPOTGEN_CONTROLNETS, SPOTGEN_LORAS, "
+                                 "SPOTGEN_UPSCALERS)")
         for name, runtime in self.runtimes.items():
             if runtime.model not in self.models:
                 raise ValueError(f"runtime {name!r} runs on {runtime.model!r}, which is not one of the models "

@@ -16,7 +16,7 @@ without Celery). The contract is used as one piece, so this package re-exports t
 """
 
 from runtime.contract.builtin import BUILTIN_INPUTS, BUILTIN_PIPELINES, IMAGE_FIELDS, MODEL_KINDS
-from runtime.contract.edits import Extend, InpaintInputs, UpscaleInputs, inpaint_size, upscale_size
+from runtime.contract.edits import Extend, InpaintInputs, UpscaleInputs, inpaint_size, upscale_size, upscale_sizes
 from runtime.contract.errors import ContractError, raise_contract_error
 from runtime.contract.families import FAMILIES, SIZE_CONDITIONING_FIELDS, FamilyRules, family_rules, for_family
 from runtime.contract.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageRefError
@@ -109,6 +109,7 @@ __all__ = [
     "from_webui", "RUNTIME_NAME_RE", "SAMPLE_TASKTYPES", "SampleNotification", "SampleRequest", "parse_v1alpha1",
     "parse_v1alpha2", "sample_notification", "sample_output_location", "v1alpha1_answer", "v1alpha2_answer",
     "SampleJob", "sample_out_document", "webui_error", "webui_info", "webui_parameters",
-    "MODEL_KINDS", "Extend", "InpaintInputs", "UpscaleInputs", "inpaint_size", "upscale_size", "LATENT_UPSCALERS",
+    "MODEL_KINDS", "Extend", "InpaintInputs", "UpscaleInputs", "inpaint_size", "upscale_size", "upscale_sizes",
+    "LATENT_UPSCALERS",
     "PIXEL_UPSCALERS", "Hires", "MAX_CONTROLNETS", "MAX_IP_ADAPTERS", "ControlUnit", "IpAdapterRef",
 ]

@@ -26,6 +26,8 @@ MAX_EXTEND = MAX_SIDE
 MAX_MASK_BLUR = 64
 MAX_PADDING = 256
 MAX_UPSCALE = 8.0
+#: The longest side an upscale job may ask for; the pixels (``MAX_IMAGE_PIXELS``) are the real bound.
+MAX_TARGET_SIDE = 1 << 16
 
 
 class Extend(Strict):
@@ -84,12 +86,28 @@ class InpaintInputs(GenerationInputs):
 
 class UpscaleInputs(OutputOptions):
     """WebUI's "extras": ``image`` made ``scale`` times larger by the job's model, an upscaler: a catalog id
-    (``kind: upscaler``), ``lanczos`` or ``nearest``."""
+    (``kind: upscaler``), ``lanczos`` or ``nearest``. ``width`` and ``height`` instead: the image scaled to cover
+    that size (WebUI's "scale to"), then, with ``crop``, cut to it around the centre. ``upscaler_2`` blended in at
+    ``upscaler_2_visibility`` is WebUI's second upscaler; ``multiple_of`` 8 rounds the sides down as WebUI's
+    extras do (its upscalers make sides of multiples of 8)."""
 
     sized_by_image: ClassVar[bool] = True
 
     image: ImageRef
     scale: float = Field(2.0, ge=1.0, le=MAX_UPSCALE)
+    #: The size to reach: both or neither; given, they decide the size and ``scale`` is not used.
+    width: int | None = Field(None, ge=1, le=MAX_TARGET_SIDE)
+    height: int | None = Field(None, ge=1, le=MAX_TARGET_SIDE)
+    crop: bool = True
+    multiple_of: int = Field(1, ge=1, le=64)
+    upscaler_2: str | None = Field(None, min_length=1, max_length=128)
+    upscaler_2_visibility: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _both_sides(self) -> UpscaleInputs:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both width and height (the size to reach), or neither (scale decides)")
+        return self
 
 
 def inpaint_size(inputs: InpaintInputs, image_width: int, image_height: int, family: str,
@@ -114,16 +132,36 @@ def inpaint_size(inputs: InpaintInputs, image_width: int, image_height: int, fam
     return width, height
 
 
+def _side(length: float, multiple: int) -> int:
+    return round(length) if multiple == 1 else max(multiple, int(length // multiple * multiple))
+
+
+def upscale_sizes(inputs: UpscaleInputs, image_width: int, image_height: int,
+                  prefix: str = "inputs") -> tuple[tuple[int, int], tuple[int, int]]:
+    """The size the upscalers make and the output's (the first cut to the second, around the centre, where they
+    differ), or a ``ContractError`` naming ``scale`` (``width``) when either would hold more than
+    ``MAX_IMAGE_PIXELS`` pixels (the largest image any input or output may be). To a target size, the image is
+    scaled by the larger of the two ratios, so that it covers the target, as WebUI's "scale to"."""
+    scale = inputs.scale
+    if inputs.width is not None and inputs.height is not None:
+        scale = max(inputs.width / image_width, inputs.height / image_height)
+    grown = _side(image_width * scale, inputs.multiple_of), _side(image_height * scale, inputs.multiple_of)
+    out = (inputs.width, inputs.height) if inputs.width is not None and inputs.height is not None and inputs.crop \
+        else grown
+    field, how = ("scale", f"times {scale:g}") if inputs.width is None else \
+        ("width", f"scaled to cover {inputs.width}x{inputs.height}")
+    for width, height in (grown, out):
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ContractError("invalid_field", f"{prefix}.{field}: {image_width}x{image_height} {how} is "
+                                f"{width}x{height}, more than the {MAX_IMAGE_PIXELS} pixels an image may have",
+                                f"{prefix}.{field}")
+    return grown, out
+
+
 def upscale_size(inputs: UpscaleInputs, image_width: int, image_height: int,
                  prefix: str = "inputs") -> tuple[int, int]:
-    """The output's size, or a ``ContractError`` naming ``scale`` when it would hold more than
-    ``MAX_IMAGE_PIXELS`` pixels (the largest image any input or output may be)."""
-    width, height = round(image_width * inputs.scale), round(image_height * inputs.scale)
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ContractError("invalid_field", f"{prefix}.scale: {image_width}x{image_height} times {inputs.scale} is "
-                            f"{width}x{height}, more than the {MAX_IMAGE_PIXELS} pixels an image may have",
-                            f"{prefix}.scale")
-    return width, height
+    """The output's size (``upscale_sizes``' second), or a ``ContractError`` naming the field."""
+    return upscale_sizes(inputs, image_width, image_height, prefix)[1]
 
 
 def mask_fits(image_size: tuple[int, int], mask_size: tuple[int, int]) -> bool:
