@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from runtime.contract import webui_passes
 from runtime.contract.errors import ContractError
 from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, ModelId
-from runtime.contract.webui_coerce import KIND_NAMES, coerce
+from runtime.contract.webui_coerce import KIND_NAMES, coerce, exact
 from runtime.contract.webui_families import family_inputs
 from runtime.contract.webui_rules import Names, _accepted, _check_resize, _get, _resolve, _unsupported
 from runtime.contract.webui_samplers import sampler_of
@@ -74,15 +74,16 @@ def from_webui(body: dict[str, Any], task: Task, names: Names) -> WebuiJob:
     seed, (model, clip_skip) = _get(body, "seed", -1), _settings(settings, names)
     given = {"seed": None if seed == -1 else seed, "loras": loras or None, "clip_skip": clip_skip}
     inputs |= {key: value for key, value in given.items() if value is not None} | _output_format(settings)
-    script_model, control = _scripts(body.get("alwayson_scripts", {}), task, names, size)
+    hires = bool(body.get("enable_hr")) and task == "txt2img"
+    script_model, unit_pipeline, control = _scripts(body.get("alwayson_scripts", {}), task, names, size, hires)
     if None not in (model, script_model) and model != script_model:
         field = "alwayson_scripts.sd_model_checkpoint"
         raise ContractError("invalid_field", f"{field}: another checkpoint than override_settings' one", field)
     if (model := model or script_model or names.default_model) is None:
         field = "override_settings.sd_model_checkpoint"
         raise ContractError("missing_field", f"{field}: name the checkpoint (there is no default one)", field)
-    inputs |= (_init_image(body, size) if task == "img2img" else {}) | (control or {})
-    pipeline, inputs = _passes(body, task, names, model, size, inputs, "controlnet" if control else task)
+    inputs |= (_init_image(body, size) if task == "img2img" else {}) | control
+    pipeline, inputs = _passes(body, task, names, model, size, inputs, unit_pipeline or task)
     field = "alwayson_scripts.sd_model_checkpoint" if script_model and not settings.get("sd_model_checkpoint") \
         else "override_settings.sd_model_checkpoint"
     inputs = family_inputs(body, inputs, names.families.get(model), names.variants.get(model), field, own,
@@ -188,9 +189,9 @@ def _settings(settings: Mapping[str, Any], names: Names) -> tuple[str | None, in
     for key, value in settings.items():
         field = f"override_settings.{key}"
         if key == "sd_model_checkpoint":
-            model = _resolve(names.models, _typed(value, "str", field), field, "checkpoint")
+            model = _resolve(names.models, exact(value, "str", field), field, "checkpoint")
         elif key == "CLIP_stop_at_last_layers":
-            clip_skip = _typed(value, "int", field)
+            clip_skip = exact(value, "int", field)
         elif key in _FORMAT_SETTINGS:
             continue  # read by _output_format
         elif key not in _SETTINGS:
@@ -211,13 +212,13 @@ def _output_format(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The job's output format of ``override_settings``, as WebUI saves its images: ``jpeg_quality`` (WebUI's 80
     when left out) for JPEG and lossy WebP, ``webp_lossless`` for WebP only (WebUI ignores both elsewhere)."""
     field = "override_settings.samples_format"
-    name = _typed(settings.get("samples_format", "png"), "str", field)
+    name = exact(settings.get("samples_format", "png"), "str", field)
     if name.casefold() not in _SAMPLES_FORMATS:
         raise ContractError("invalid_field", f"{field}: spotgen writes {', '.join(_SAMPLES_FORMATS)}, not {name!r}",
                             field)
     fmt = _SAMPLES_FORMATS[name.casefold()]
-    quality = _typed(settings.get("jpeg_quality", _WEBUI_QUALITY), "int", "override_settings.jpeg_quality")
-    lossless = _typed(settings.get("webp_lossless", False), "bool", "override_settings.webp_lossless")
+    quality = exact(settings.get("jpeg_quality", _WEBUI_QUALITY), "int", "override_settings.jpeg_quality")
+    lossless = exact(settings.get("webp_lossless", False), "bool", "override_settings.webp_lossless")
     if fmt == "png":
         return {}
     if fmt == "webp" and lossless:

@@ -93,6 +93,20 @@ def coerce(value: Any, kind: str, field: str) -> Any:
     raise _refuse(value, kind, field)
 
 
+_EXACT = {"str": (str,), "bool": (bool,), "int": (int,), "num": (int, float), "list": (list,), "dict": (dict,)}
+
+
+def exact(value: Any, kind: str, field: str) -> Any:
+    """``value`` if it is of ``kind`` as JSON types go, else a ``ContractError``: for ``override_settings``, which
+    WebUI's models declare ``dict[str, Any]`` and WebUI sets into its options as sent (``"80"`` for a JPEG
+    quality fails there), so no coercion applies."""
+    if isinstance(value, float):
+        _finite(value, field)
+    if isinstance(value, _EXACT[kind]) and (kind == "bool" or not isinstance(value, bool)):
+        return value
+    raise _refuse(value, kind, field)
+
+
 def _whole(value: Any) -> bool:
     """Whether a number is 0 or 1 as pydantic v1's boolean sets hold them (0.0 is 0, 1.0 is 1)."""
     return isinstance(value, int | float) and value in (0, 1)

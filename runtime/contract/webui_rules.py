@@ -24,6 +24,8 @@ class Names(BaseModel):
     models: dict[str, ModelId] = Field(default_factory=dict)
     loras: dict[str, ModelId] = Field(default_factory=dict)
     controlnets: dict[str, ModelId] = Field(default_factory=dict)
+    #: IP-Adapters by alias; empty: a unit's model names one by its file (``webui_units._ip_adapter``).
+    ip_adapters: dict[str, ModelId] = Field(default_factory=dict)
     #: Upscaler models (catalog ``kind: upscaler``), for ``hr_upscaler`` beside WebUI's own names.
     upscalers: dict[str, ModelId] = Field(default_factory=dict)
     #: The checkpoint of a body that names none (WebUI's loaded model); None: a body must name one.
@@ -33,7 +35,7 @@ class Names(BaseModel):
     families: dict[ModelId, str] = Field(default_factory=dict)
     variants: dict[ModelId, str] = Field(default_factory=dict)
 
-    @field_validator("models", "loras", "controlnets", "upscalers")
+    @field_validator("models", "loras", "controlnets", "upscalers", "ip_adapters")
     @classmethod
     def _ids_are_aliases(cls, value: dict[str, str]) -> dict[str, str]:
         return {**value, **{catalog_id: catalog_id for catalog_id in value.values()}}

@@ -59,17 +59,18 @@ _SETTINGS: dict[str, tuple[Any, ...]] = {
     "always_discard_next_to_last_sigma": (False,), "token_merging_ratio": (0,),
 }
 #: A ControlNet unit's fields (sd-webui-controlnet's ``ControlNetUnit``, old aliases too): the values accepted,
-#: None where the field is read into the job, ``()`` where no value matters: it tunes a preprocessor (the module
-#: is "none"), hires fix or inpainting, or only what the API returns.
+#: None where the field is read into the job (``webui_units``), ``()`` where no value matters: it tunes memory,
+#: the extension's own hires and inpainting options, or only what the API returns.
 _UNIT: dict[str, tuple[Any, ...] | None] = {
     **dict.fromkeys(("enabled", "image", "input_image", "model", "weight", "resize_mode")),
-    **dict.fromkeys(("guidance_start", "guidance_end", "threshold_a", "threshold_b")), "module": ("none", "canny"),
+    **dict.fromkeys(("guidance_start", "guidance_end", "threshold_a", "threshold_b", "module", "processor_res",
+                     "pixel_perfect")),
     "guidance": (1,),
     "control_mode": ("Balanced", 0), "mask": (None, ""), "mask_image": (None, ""), "input_mode": ("simple",),
     "batch_images": (None, ""), "output_dir": ("",), "loopback": (False,), "is_ui": (False,),
     **dict.fromkeys(("advanced_weighting", "effective_region_mask", "ipadapter_input"), (None,)),
-    **dict.fromkeys(("low_vram", "lowvram", "processor_res", "pixel_perfect",
-                     "hr_option", "save_detected_map", "inpaint_crop_input_image", "pulid_mode"), ()),
+    **dict.fromkeys(("low_vram", "lowvram", "hr_option", "save_detected_map", "inpaint_crop_input_image",
+                     "pulid_mode"), ()),
 }
 #: Resize modes that stretch an image to width x height, as spotgen does, and ones that crop or pad it, which
 #: do the same to an image of the output's aspect ratio: ControlNet's, then img2img's.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.contract.webui_cases import NAMES, mapped, png, refused, unit, webuiapi_img2img, webuiapi_txt2img
+from tests.contract.webui_cases import NAMES, mapped, png, refused, webuiapi_img2img, webuiapi_txt2img
 
 SDXL = {"override_settings": {"sd_model_checkpoint": "sd_xl_base_1.0"}}
 PASS_NAMES = NAMES.model_copy(update={
@@ -66,7 +66,6 @@ def test_hires_targets_steps_prompts_and_sampler(changes: dict[str, Any], expect
     ({"hr_prompt": "<lora:LeoArmor:0.5> a fox"}, "unsupported_field", "hr_prompt"),
     ({"hr_prompt": "<hypernet:x:1> a fox"}, "unsupported_field", "hr_prompt"),
     ({"hr_sampler_name": "Restart"}, "invalid_field", "sampler_name"),
-    ({"alwayson_scripts": {"controlnet": {"args": [unit()]}}}, "unsupported_field", "enable_hr"),
 ])
 def test_hires_fix_spotgen_would_run_otherwise_is_refused_naming_the_field(changes: dict[str, Any], code: str,
                                                                            field: str) -> None:

@@ -173,14 +173,32 @@ def test_a_missing_or_empty_prompt_is_refused() -> None:
                                                             "prompt: empty (without its tags)")
 
 
-def test_more_than_one_enabled_controlnet_unit_is_refused() -> None:
-    scripts = {"controlnet": {"args": [unit(), unit(enabled=False), unit(weight=0.5)]}}
+def test_more_controlnet_or_ip_adapter_units_than_a_job_runs_are_refused_naming_the_first_too_many() -> None:
+    scripts = {"controlnet": {"args": [unit(), unit(enabled=False), *[unit(weight=0.5)] * 4]}}
     error = refused(webuiapi_txt2img(alwayson_scripts=scripts))
-    assert (error.code, error.field) == ("unsupported_field", "alwayson_scripts.controlnet.args.2.enabled")
+    assert (error.code, error.field) == ("unsupported_field", "alwayson_scripts.controlnet.args.5.enabled")
+    ip = unit(module="ip-adapter_clip_sd15", model="ip-adapter_sd15 [6a3f6166]")
+    error = refused(webuiapi_txt2img(alwayson_scripts={"controlnet": {"args": [ip, unit(), ip, ip]}}))
+    assert (error.code, error.field) == ("unsupported_field", "alwayson_scripts.controlnet.args.3.enabled")
+
+
+@pytest.mark.parametrize(("change", "code", "field"), [
+    ({"module": "reference_only"}, "unsupported_field", "module"), ({"module": "inpaint_only"}, "unsupported_field",
+                                                                    "module"),
+    ({"module": "ip-adapter_face_id_plus"}, "unsupported_field", "module"),
+    ({"module": "ip-adapter_clip_sd15", "guidance_end": 0.5}, "unsupported_field", "guidance_end"),
+    ({"module": "ip-adapter_clip_sd15", "model": "ip adapter?"}, "invalid_field", "model"),
+    ({"module": "depth_midas", "processor_res": 32}, "invalid_field", "processor_res"),
+    ({"module": "threshold", "threshold_a": 5000}, "invalid_field", "threshold_a"),
+    ({"weight": 2.5}, "invalid_field", "weight"), ({"guidance_start": -0.1}, "invalid_field", "guidance_start"),
+])
+def test_a_unit_spotgen_cannot_run_as_the_extension_would_is_refused_naming_the_field(change: dict[str, Any],
+                                                                                       code: str, field: str) -> None:
+    error = refused(webuiapi_txt2img(alwayson_scripts={"controlnet": {"args": [unit(**change)]}}))
+    assert (error.code, error.field) == (code, f"alwayson_scripts.controlnet.args.0.{field}")
 
 
 @pytest.mark.parametrize(("change", "field"), [
-    ({"module": "openpose"}, "module"), ({"module": "None"}, "module"),
     ({"control_mode": "ControlNet is more important"}, "control_mode"), ({"control_mode": 2}, "control_mode"),
     ({"mask": png()}, "mask"), ({"input_mode": "batch"}, "input_mode"), ({"guidance": 0.5}, "guidance"),
 ])
@@ -208,9 +226,7 @@ def test_a_controlnet_unit_spotgen_cannot_run_is_refused_naming_the_field(args: 
     assert (error.code, error.field) == (code, f"alwayson_scripts.controlnet.{field}")
 
 
-def test_controlnet_is_refused_with_img2img_and_in_other_forms() -> None:
-    error = refused(webuiapi_img2img(alwayson_scripts={"controlnet": {"args": [unit()]}}), "img2img")
-    assert (error.code, error.field) == ("unsupported_field", "alwayson_scripts.controlnet.args.0")
+def test_controlnet_in_other_forms_is_refused() -> None:
     assert refused(webuiapi_txt2img(alwayson_scripts={"controlnet": {"args": [], "x": 1}})).field == \
         "alwayson_scripts.controlnet.x"
     assert refused(webuiapi_txt2img(alwayson_scripts={"controlnet": "on"})).field == "alwayson_scripts.controlnet"
