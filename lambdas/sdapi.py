@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from lambdas import compat, extras, telemetry, webui_listings, webui_options
+from lambdas import compat, extras, telemetry, webui_listings, webui_options, webui_pnginfo
 from lambdas import status as native
 from lambdas.body import parse_json
 from lambdas.cancel import cancel
@@ -267,7 +267,7 @@ def with_kept_options(body: Any, kept: dict[str, Any]) -> Any:
 #: The routes, by method.
 ROUTES = {"GET": ("sd-models", "loras", "embeddings", "samplers", "schedulers", "options", "progress",
                 *webui_listings.NAMES),
-          "POST": ("txt2img", "img2img", "interrupt", "options", *extras.ROUTES)}
+          "POST": ("txt2img", "img2img", "interrupt", "options", "png-info", *extras.ROUTES)}
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -291,6 +291,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             return interrupt(dep, event)
         if method == "POST" and name == "options":
             return set_options(dep, event)
+        if method == "POST" and name == "png-info":
+            return webui_pnginfo.png_info(dep, event)
         if method == "POST" and name in extras.ROUTES:  # extra-single-image, extra-batch-images
             return extras.handler(dep, event, name, wait)
     allowed = [m for m, names in ROUTES.items() if name in names]
