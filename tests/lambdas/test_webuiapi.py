@@ -115,10 +115,11 @@ def test_a_controlnet_unit_conditions_txt2img(api: webuiapi.WebUIApi) -> None:
     plain = api.txt2img(**SMALL, seed=11, alwayson_scripts={})
     assert pixels(controlled) != pixels(plain)
 
+    # On img2img the unit guides the denoising too (a ControlNet of img2img).
+    guided = api.img2img(images=[control_image()], **SMALL, seed=11, controlnet_units=[unit], alwayson_scripts={})
+    unguided = api.img2img(images=[control_image()], **SMALL, seed=11, alwayson_scripts={})
+    assert guided.image.size == (64, 64) and pixels(guided) != pixels(unguided)
     # What spotgen does not run yet is refused naming the client's own field.
-    status, error = refusal(lambda: api.img2img(images=[control_image()], **SMALL, controlnet_units=[unit],
-                                                alwayson_scripts={}))
-    assert status == 400 and error["field"] == "alwayson_scripts.ControlNet.args.0", error
     other_mode = webuiapi.ControlNetUnit(image=control_image(), module="canny", model=CANNY, control_mode=1)
     status, error = refusal(lambda: api.txt2img(**SMALL, controlnet_units=[other_mode], alwayson_scripts={}))
     assert status == 400 and error["field"] == "alwayson_scripts.ControlNet.args.0.control_mode", error
