@@ -33,7 +33,7 @@ from runtime.contract import (
 )
 from runtime.contract.errors import prefixed
 from runtime.contract.imagepaths import get_path, image_paths, set_path
-from runtime.contract.inputs import MAX_SIDE
+from runtime.contract.inputs import MAX_SIDE, Hires
 from runtime.contract.webhook import Webhook
 from runtime.contract.webui_answer import base64_bytes, png_bytes_bound
 
@@ -146,6 +146,8 @@ def check_answer_size(job: WebuiJob, inputs: Mapping[str, Any], body: Mapping[st
     job has run."""
     count = int(inputs.get("num_images") or 1)
     width, height = int(inputs.get("width") or MAX_SIDE), int(inputs.get("height") or MAX_SIDE)
+    if inputs.get("hires"):  # hires fix answers its second pass's size (WebUI's enable_hr)
+        width, height = Hires.model_validate(inputs["hires"]).target(width, height)
     seed = _SEED_PLACEHOLDER if inputs.get("seed") is None else inputs["seed"]
     stored = dict(inputs)
     for path in image_paths(inputs):  # each becomes an S3 URI once queued (units' and adapters' too)
@@ -162,7 +164,8 @@ def check_answer_size(job: WebuiJob, inputs: Mapping[str, Any], body: Mapping[st
     if total <= limit:
         return
     fits = next((n for n in range(count - 1, 0, -1) if answer_bytes(n) <= limit), 0)
-    field = "width" if fits == 0 else "n_iter" if (body.get("batch_size") or 1) == 1 else "batch_size"
+    field = ("hr_scale" if inputs.get("hires") else "width") if fits == 0 else \
+        "n_iter" if (body.get("batch_size") or 1) == 1 else "batch_size"
     advice = (f"at most {fits} image{'s' if fits > 1 else ''} of this size fit: lower batch_size x n_iter"
               if fits else "not even one image of this size fits: lower width and height")
     raise ContractError("answer_too_large", (

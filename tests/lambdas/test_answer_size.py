@@ -56,7 +56,8 @@ def fits(body: dict[str, object]) -> bool:
     try:
         compat.check_answer_size(job, job.inputs, body, webui_parameters(body), "tiny-sd", LAMBDA_RESPONSE_BYTES)
     except ContractError as exc:
-        assert exc.code == "answer_too_large" and exc.field in ("batch_size", "n_iter", "width"), exc.as_dict()
+        assert exc.code == "answer_too_large" and exc.field in ("batch_size", "n_iter", "width", "hr_scale"), \
+            exc.as_dict()
         return False
     return True
 
@@ -73,3 +74,12 @@ def test_the_largest_request_let_through_has_an_answer_within_lambdas_limit(side
     answer = compat.webui_answer([base64.b64encode(png).decode()] * count, webui_parameters(body),
                                  webui_info(job, body, 4_000_000_000, "tiny-sd"))
     assert len(json.dumps(answer)) <= LAMBDA_RESPONSE_BYTES == gateway.LAMBDA_RESPONSE_BYTES
+
+
+def test_hires_fix_is_counted_at_its_second_passs_size() -> None:
+    """WebUI's enable_hr answers images of the hires target, not of width x height."""
+    body = {"prompt": "a fox", "seed": 1}
+    hires = {**body, "width": 512, "height": 512, "enable_hr": True, "hr_scale": 2}
+    for count in range(1, 9):
+        assert fits({**hires, "batch_size": count}) == fits({**body, "width": 1024, "height": 1024,
+                                                              "batch_size": count})
