@@ -48,7 +48,9 @@ def webui_info(job: WebuiJob, body: Mapping[str, Any], seed: int, model_title: s
     prompt, negative = str(body.get("prompt", "")), str(body.get("negative_prompt", ""))
     sampler = WEBUI_SAMPLERS.get(inputs.get("scheduler", "euler"), "Euler")
     schedule = SCHEDULE_LABELS.get(inputs.get("schedule", "default"), "Automatic")
-    strength = inputs.get("strength") if job.pipeline != "txt2img" and "strength" in inputs else None
+    hires = inputs.get("hires") or {}
+    strength = inputs.get("strength") if job.pipeline != "txt2img" and "strength" in inputs else \
+        hires.get("denoising_strength")
     info: dict[str, Any] = {
         "prompt": prompt, "all_prompts": [prompt] * count,
         "negative_prompt": negative, "all_negative_prompts": [negative] * count,
@@ -58,7 +60,8 @@ def webui_info(job: WebuiJob, body: Mapping[str, Any], seed: int, model_title: s
         "restore_faces": False, "face_restoration_model": None, "sd_model_name": model_title,
         "sd_model_hash": None, "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": strength,
-        "extra_generation_params": {}, "index_of_first_image": 0, "styles": [], "job_timestamp": "",
+        "extra_generation_params": _extra_params(body, inputs), "index_of_first_image": 0, "styles": [],
+        "job_timestamp": "",
         "clip_skip": inputs.get("clip_skip", 1), "is_using_inpainting_conditioning": False, "version": VERSION,
     }
     if inputs.get("guidance") is not None:  # Flux's distilled guidance, as Forge reports it
@@ -81,9 +84,30 @@ def _infotext(info: Mapping[str, Any], seed: int) -> str:
         settings.append(f"Denoising strength: {info['denoising_strength']}")
     if info["clip_skip"] > 1:
         settings.append(f"Clip skip: {info['clip_skip']}")
+    settings += [f"{key}: {value}" for key, value in info["extra_generation_params"].items()]
     settings.append(f"Version: {VERSION}")
     lines = [info["prompt"]] + ([f"Negative prompt: {info['negative_prompt']}"] if info["negative_prompt"] else [])
     return "\n".join([*lines, ", ".join(settings)])
+
+
+def _extra_params(body: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """What WebUI adds to a job's parameters for hires fix, the refiner, tiling and inpainting, by its labels."""
+    extra: dict[str, Any] = {}
+    if hires := inputs.get("hires"):
+        if "scale" in hires:
+            extra["Hires upscale"] = hires["scale"]
+        else:
+            extra["Hires resize"] = f"{hires.get('width', 0)}x{hires.get('height', 0)}"
+        extra["Hires upscaler"] = body.get("hr_upscaler") or "Latent"
+        if "steps" in hires:
+            extra["Hires steps"] = hires["steps"]
+    if "refiner" in inputs:
+        extra |= {"Refiner": body.get("refiner_checkpoint"), "Refiner switch at": inputs.get("switch_at", 0.8)}
+    if inputs.get("tiling"):
+        extra["Tiling"] = True
+    if "mask" in inputs and "mask_blur" in inputs:
+        extra["Mask blur"] = inputs["mask_blur"]
+    return extra
 
 
 def sample_out_document(job_id: str, parameters: Mapping[str, Any], info: Mapping[str, Any] | None,
@@ -114,6 +138,14 @@ _WEBUI_FIELDS = {
     "inputs.control_preprocessor": f"{_UNIT}.module", "inputs.canny_low": f"{_UNIT}.threshold_a",
     "inputs.canny_high": f"{_UNIT}.threshold_b", "inputs.format": "override_settings.samples_format",
     "inputs.quality": "override_settings.jpeg_quality", "inputs.lossless": "override_settings.webp_lossless",
+    "inputs.hires": "enable_hr", "inputs.hires.scale": "hr_scale", "inputs.hires.width": "hr_resize_x",
+    "inputs.hires.height": "hr_resize_y", "inputs.hires.upscaler": "hr_upscaler",
+    "inputs.hires.steps": "hr_second_pass_steps", "inputs.hires.denoising_strength": "denoising_strength",
+    "inputs.hires.prompt": "hr_prompt", "inputs.hires.negative_prompt": "hr_negative_prompt",
+    "inputs.hires.scheduler": "hr_sampler_name", "inputs.refiner": "refiner_checkpoint",
+    "inputs.switch_at": "refiner_switch_at", "inputs.tiling": "tiling", "inputs.mask": "mask",
+    "inputs.mask_blur": "mask_blur", "inputs.fill": "inpainting_fill", "inputs.only_masked": "inpaint_full_res",
+    "inputs.padding": "inpaint_full_res_padding", "inputs.invert_mask": "inpainting_mask_invert",
 }
 
 
