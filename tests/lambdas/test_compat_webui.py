@@ -119,7 +119,8 @@ def test_options_answer_the_runtimes_model_and_refuse_an_unknown_one(stack: Stac
     status, answer = call("POST", f"{stack.api_url}/sdapi/v1/options", {"sd_model_checkpoint": "nope.safetensors"})
     assert status == 400 and answer["error"]["field"] == "options.sd_model_checkpoint"
     assert call("GET", f"{stack.api_url}/sdapi/v1/txt2img")[0] == 405
-    assert call("GET", f"{stack.api_url}/sdapi/v1/extra-single-image")[0] == 404
+    assert call("GET", f"{stack.api_url}/sdapi/v1/extra-single-image")[0] == 405  # POST only
+    assert call("GET", f"{stack.api_url}/sdapi/v1/interrogate")[0] == 404  # not served
 
 
 def test_progress_follows_the_callers_job_and_interrupt_cancels_it(stack: Stack) -> None:
