@@ -29,7 +29,8 @@ GROUPS = {
     "interrupt": ["tests/worker/test_interrupt_resume.py", "tests/worker/test_cancel_expiry_retries.py",
                   "tests/worker/test_shutdown_deadline.py"],
     "compat": ["tests/lambdas/test_compat_sample.py", "tests/lambdas/test_compat_webui.py",
-               "tests/lambdas/test_webuiapi.py", "tests/lambdas/test_webui_flux.py"],
+               "tests/lambdas/test_webuiapi.py", "tests/lambdas/test_webui_flux.py",
+               "tests/lambdas/test_sdapi_webuiapi.py"],
 }
 GROUP_OF = {module: group for group, modules in GROUPS.items() for module in modules}
 #: The longest units (minutes each on two cores, measured with --durations), dealt out first so that they overlap
