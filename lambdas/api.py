@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lambdas import cancel, sample, sdapi, status, submit
+from lambdas import cancel, controlnet_api, sample, sdapi, status, submit
 from lambdas.common import error
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -24,6 +24,9 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     ("GET", re.compile(r"^/sdapi/v1/spotgen/jobs/(?P<id>[^/]+)$"), sdapi.job_status),  # a job's status, by key
     ("GET", re.compile(r"^/sdapi/v1/(?P<name>[a-z0-9-]+)/?$"), sdapi.handler),
     ("POST", re.compile(r"^/sdapi/v1/(?P<name>[a-z0-9-]+)/?$"), sdapi.handler),
+    # the ControlNet extension's own routes (version, model_list, module_list, detect), by the same key
+    ("GET", re.compile(r"^/controlnet/(?P<name>[a-z_]+)/?$"), controlnet_api.handler),
+    ("POST", re.compile(r"^/controlnet/(?P<name>[a-z_]+)/?$"), controlnet_api.handler),
 ]
 
 

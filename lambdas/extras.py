@@ -86,24 +86,19 @@ def submit(dep: Deployment, body: Any, batch: bool) -> tuple[list[Queued], str]:
     return queued, extras_html_info(request)
 
 
-def handler(dep: Deployment, event: dict[str, Any], name: str, wait: Wait) -> dict[str, Any]:
-    """The answer to one extras request; ``wait(dep, job_id, seconds)``: the status once final (``sdapi.wait``)."""
-    batch = ROUTES[name]
-    try:
-        queued, html_info = submit(dep, parse_json(raw_body(event)), batch)
-    except ContractError as exc:
-        return error(400, exc.code, exc.message, exc.field)
-    except Rejected as rejected:
-        return rejected.response
+def collect(dep: Deployment, queued: list[Queued], wait: Wait, what: str = "image") -> list[str] | dict[str, Any]:
+    """The jobs' output images in base64, in order, once each is final (``wait``: ``sdapi.wait``), or the error
+    answer: a 504 naming a job still running after ``SPOTGEN_SYNC_WAIT_S`` (its status URL; ``ids``: them all), a
+    job's failure, or a 503 when its outputs cannot be read."""
     base = dep.settings.public_url.rstrip("/")
-    images = []
+    images: list[str] = []
     for job in queued:
         url = f"{base}/sdapi/v1/spotgen/jobs/{job.job_id}"
         doc = wait(dep, job.job_id, dep.settings.sync_wait_s)
         if doc is None or not doc.state.final:
             return response(504, {"error": {"code": "still_running", "field": None, "message": (
                 f"job {job.job_id} did not finish within {dep.settings.sync_wait_s:g} s (SPOTGEN_SYNC_WAIT_S); it "
-                f"keeps running: GET {url} for its status and image")}, "id": job.job_id, "status_url": url,
+                f"keeps running: GET {url} for its status and {what}")}, "id": job.job_id, "status_url": url,
                 "ids": [q.job_id for q in queued]}, {"Location": url})
         if doc.state is not JobState.succeeded:
             info = doc.error.model_dump() if doc.error else {"code": doc.state.value, "message": f"the job {doc.state}"}
@@ -115,8 +110,23 @@ def handler(dep: Deployment, event: dict[str, Any], name: str, wait: Wait) -> di
                                         .read()).decode("ascii") for key in doc.outputs]
         except (BotoCoreError, ClientError) as exc:
             return response(503, {"error": {"code": "images_unavailable", "field": None, "message": (
-                f"job {job.job_id} succeeded, but its image could not be read ({exc}); GET {url} for it")},
+                f"job {job.job_id} succeeded, but its {what} could not be read ({exc}); GET {url} for it")},
                 "id": job.job_id, "status_url": url}, {"Location": url})
+    return images
+
+
+def handler(dep: Deployment, event: dict[str, Any], name: str, wait: Wait) -> dict[str, Any]:
+    """The answer to one extras request; ``wait(dep, job_id, seconds)``: the status once final (``sdapi.wait``)."""
+    batch = ROUTES[name]
+    try:
+        queued, html_info = submit(dep, parse_json(raw_body(event)), batch)
+    except ContractError as exc:
+        return error(400, exc.code, exc.message, exc.field)
+    except Rejected as rejected:
+        return rejected.response
+    images = collect(dep, queued, wait)
+    if isinstance(images, dict):
+        return images
     if batch:
         return response(200, {"html_info": html_info, "images": images})
     return response(200, {"html_info": html_info, "image": images[0]})
