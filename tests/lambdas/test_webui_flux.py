@@ -171,4 +171,4 @@ def test_a_v1alpha2_task_with_a_flux_checkpoint(stack: Stack) -> None:
     note = note_of(stack, job_id)
     assert note["status"] == "completed" and len(note["image_url"]) == 1, note
     info = json.loads(s3_json(stack, note["output_url"])["info"])
-    assert info["sd_model_name"] == DEV and "CFG scale: 1, Distilled CFG Scale: 5.0," in info["infotexts"][0]
+    assert info["sd_model_name"] == DEV and "CFG scale: 1.0, Distilled CFG Scale: 5.0," in info["infotexts"][0]
