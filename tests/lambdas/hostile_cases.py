@@ -69,6 +69,9 @@ ROUTES = (
     Route("/sdapi/v1/txt2img", _webui, "", keyed=True),
     Route("/sdapi/v1/img2img", _webui, "", keyed=True),
     Route("/sdapi/v1/options", _webui, "", keyed=True),
+    Route("/sdapi/v1/extra-single-image", _webui, "", keyed=True),
+    Route("/sdapi/v1/extra-batch-images", _webui, "", keyed=True),
+    Route("/controlnet/detect", _webui, "", keyed=True),
 )
 
 
