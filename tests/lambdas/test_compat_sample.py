@@ -145,17 +145,17 @@ BAD_SAMPLE_TASKS: list[tuple[str, str, Any, str, str]] = [
     ("unknown LoRA tag", "v1alpha2", lambda b: b["task"]["content"].update(prompt="a dog <lora:ghost:0.8>"),
      "task.content.prompt", "ghost"),
     ("unknown ControlNet module", "v1alpha2", lambda b: b["task"]["content"]["alwayson_scripts"].update(
-        controlnet={"args": [{"enabled": True, "module": "openpose", "model": "control_v11p_sd15_canny",
+        controlnet={"args": [{"enabled": True, "module": "reference_only", "model": "control_v11p_sd15_canny",
                               "image": PNG_B64}]}), "task.content.alwayson_scripts.controlnet.args.0.module",
-     "openpose"),
+     "reference_only"),
     ("unknown ControlNet model", "v1alpha2", lambda b: b["task"]["content"]["alwayson_scripts"].update(
         controlnet={"args": [{"enabled": True, "module": "canny", "model": "ghost-net", "image": PNG_B64}]}),
      "task.content.alwayson_scripts.controlnet.args.0.model", "ghost-net"),
-    ("hires fix", "v1alpha2", lambda b: b["task"]["content"].update(enable_hr=True), "task.content.enable_hr",
-     "enable_hr"),
+    ("face restoration", "v1alpha2", lambda b: b["task"]["content"].update(restore_faces=True),
+     "task.content.restore_faces", "restore_faces"),
     ("a field WebUI does not have", "v1alpha2", lambda b: b["task"]["content"].update(sharpness=3),
      "task.content.sharpness", "sharpness"),
-    ("steps as a string", "v1alpha2", lambda b: b["task"]["content"].update(steps="4"), "task.content.steps",
+    ("steps as a word", "v1alpha2", lambda b: b["task"]["content"].update(steps="four"), "task.content.steps",
      "integer"),
     ("a URL to a host that is not allowed", "v1alpha2", lambda b: (
         b["task"]["metadata"].update(tasktype="image-to-image"),
