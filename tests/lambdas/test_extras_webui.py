@@ -129,3 +129,20 @@ def test_an_alias_may_name_an_upscaler() -> None:
     assert names(SimpleNamespace(settings=settings))["R-ESRGAN 4x+"] == "tiny-esrgan"  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not one of the models, ControlNets, LoRAs or upscalers"):
         Settings(aliases={"SwinIR 4x": "swinir"})
+
+
+def test_a_wait_that_runs_out_names_the_job_still_running_and_all_of_them() -> None:
+    """As ``/sdapi/v1/txt2img``: a 504 whose body and ``Location`` give the job's status URL (the key's route)."""
+    from types import SimpleNamespace
+
+    from lambdas.extras import collect
+    from lambdas.submit import Queued
+
+    dep = SimpleNamespace(settings=SimpleNamespace(public_url="https://api.example/", sync_wait_s=25.0))
+    waited: list[str] = []
+    answer = collect(dep, [Queued("job-a", 1, False), Queued("job-b", 2, False)],  # type: ignore[arg-type]
+                     lambda _, job_id, seconds: waited.append(job_id))  # type: ignore[func-returns-value]
+    assert isinstance(answer, dict) and answer["statusCode"] == 504 and waited == ["job-a"]
+    body = json.loads(answer["body"])
+    assert body["status_url"] == answer["headers"]["Location"] == "https://api.example/sdapi/v1/spotgen/jobs/job-a"
+    assert body["ids"] == ["job-a", "job-b"] and "25 s (SPOTGEN_SYNC_WAIT_S)" in body["error"]["message"]
