@@ -292,3 +292,11 @@ def test_eta_0_makes_euler_a_run_on_flux_where_the_ancestral_sampler_is_refused(
     body = {"prompt": "x", "sampler_index": "Euler a", "override_settings": {"sd_model_checkpoint": "flux-dev"}}
     assert refused(body, names=names).field == "sampler_index"
     assert mapped({**body, "eta": 0}, names=names).inputs["scheduler"] == "euler"
+
+
+@pytest.mark.parametrize("prompt", [
+    "a [fox:cat:0.5] in snow", "a [fox|cat|dog] in snow", "[fox::0.3] snow", "a (red:1.2) fox, [blurry]",
+    "a fox BREAK snow", "a fox, tiny-emb-sd1", "a \\(fox\\) [cat:10]",
+])
+def test_prompt_editing_alternation_weights_and_embeddings_reach_the_prompt_as_written(prompt: str) -> None:
+    assert mapped(webuiapi_txt2img(prompt=prompt, negative_prompt=f"[{prompt}]")).inputs["prompt"] == prompt
