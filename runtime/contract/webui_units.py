@@ -58,6 +58,10 @@ def _controlnet(value: Any, field: str, task: Task, names: Names, size: tuple[in
     units, adapters = [], []
     for path, unit in enabled:
         read = _unit(path, unit, names, size)
+        option = unit.get("hr_option", "Both")
+        if hires and not (isinstance(option, str) and option.casefold() == "both"):  # spotgen's guide both passes
+            raise ContractError("unsupported_field", f"{path}.hr_option: {option!r} is not supported yet: with hires "
+                                "fix, a unit guides both passes here (\"Both\")", f"{path}.hr_option")
         (adapters if "preprocessor" not in read else units).append((path, read))
     for kind, found, most in (("ControlNet", units, MAX_CONTROLNETS), ("IP-Adapter", adapters, MAX_IP_ADAPTERS)):
         if len(found) > most:

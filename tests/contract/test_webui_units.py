@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from runtime.contract.preprocessors import PREPROCESSORS
-from tests.contract.webui_cases import NAMES, mapped, png, unit, webuiapi_img2img, webuiapi_txt2img
+from tests.contract.webui_cases import NAMES, mapped, png, refused, unit, webuiapi_img2img, webuiapi_txt2img
 
 IP = {"module": "ip-adapter_clip_sd15", "model": "ip-adapter_sd15 [6a3f6166]"}
 
@@ -80,3 +80,13 @@ def test_an_ip_adapter_unit_is_an_ip_adapter_by_its_files_name_or_alias() -> Non
     job = mapped(webuiapi_img2img(alwayson_scripts=units(unit(), unit(**{**IP, "module": "ip-adapter-auto"}))),
                  "img2img", names)
     assert (job.inputs["ip_adapters"][0]["id"], len(job.inputs["controlnets"])) == ("ip-sd15", 1)
+
+
+def test_with_hires_fix_a_unit_guides_both_passes_and_another_hr_option_is_refused() -> None:
+    body = webuiapi_txt2img(enable_hr=True, alwayson_scripts=units(unit(hr_option="Both")))
+    assert len(mapped(body).inputs["controlnets"]) == 1
+    for option in ("Low res only", "High res only"):
+        body = webuiapi_txt2img(enable_hr=True, alwayson_scripts=units(unit(), unit(hr_option=option)))
+        error = refused(body)
+        assert (error.code, error.field) == ("unsupported_field", "alwayson_scripts.controlnet.args.1.hr_option")
+    assert mapped(webuiapi_txt2img(alwayson_scripts=units(unit(hr_option="Low res only")))).pipeline == "controlnet"
