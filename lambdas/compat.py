@@ -105,7 +105,7 @@ def submit_webui(dep: Any, job: WebuiJob, body: Mapping[str, Any], *, job_id: st
     try:
         inputs = check(dep, request, f"{webhook_field}.url")
     except ContractError as exc:
-        error = webui_error(exc)
+        error = webui_error(exc, body)
         raise prefixed(error, field_prefix) if field_prefix and error.field else error from None
     parameters, title = webui_parameters(body), titles(dep.settings).get(job.model, job.model)
     if answer_limit is not None:

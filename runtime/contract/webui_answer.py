@@ -17,6 +17,7 @@ from runtime.contract.errors import ContractError
 from runtime.contract.inputs import WEBUI_SAMPLERS
 from runtime.contract.webui import WebuiJob
 from runtime.contract.webui_schema import SCHEDULE_LABELS
+from runtime.contract.webui_units import unit_field
 
 #: Written in ``info`` where WebUI writes its own version.
 VERSION = "spotgen"
@@ -149,9 +150,14 @@ _WEBUI_FIELDS = {
 }
 
 
-def webui_error(exc: ContractError) -> ContractError:
-    """``exc``, found in the job a WebUI body became, naming the body's field instead of the job's."""
+def webui_error(exc: ContractError, body: Mapping[str, Any] | None = None) -> ContractError:
+    """``exc``, found in the job a WebUI body became, naming the body's field instead of the job's (a unit's by
+    its place in ``alwayson_scripts.controlnet.args`` when ``body`` is given)."""
     field = exc.field or ""
+    unit = unit_field(body, field) if body is not None else None
+    if unit is not None:
+        return ContractError(exc.code, exc.message.replace(field, unit, 1) if field in exc.message else exc.message,
+                             unit)
     known = max((name for name in _WEBUI_FIELDS if field == name or field.startswith(name + ".")), key=len,
                 default=None)
     if known is None:

@@ -172,6 +172,44 @@ def _ip_adapter(name: str, names: Names, field: str) -> str:
     return bare
 
 
+#: A ``ControlUnit``'s or ``IpAdapterRef``'s field -> the unit's field it comes from.
+_UNIT_FIELDS = {"id": "model", "image": "image", "scale": "weight", "start": "guidance_start", "end": "guidance_end",
+                "preprocessor": "module", "threshold_a": "threshold_a", "threshold_b": "threshold_b",
+                "resolution": "processor_res"}
+
+
+def unit_field(body: Mapping[str, Any], field: str) -> str | None:
+    """The body's field of a job's ``inputs.controlnets.N.x`` or ``inputs.ip_adapters.N.x`` (N counts the enabled
+    units of that kind, in order); None for any other field, or a body that does not say."""
+    parts = field.split(".")
+    if len(parts) < 3 or parts[0] != "inputs" or parts[1] not in ("controlnets", "ip_adapters") or \
+            not parts[2].isdigit():
+        return None
+    scripts = body.get("alwayson_scripts") if isinstance(body.get("alwayson_scripts"), dict) else {}
+    key = next((k for k in scripts if k.casefold() == "controlnet"), None)
+    if key is None:
+        return None
+    args, where = scripts[key], f"alwayson_scripts.{key}"
+    if isinstance(args, dict):
+        args, where = args.get("args"), f"{where}.args"
+    seen = 0
+    for i, unit in enumerate(args if isinstance(args, list) else []):
+        try:
+            enabled = isinstance(unit, dict) and _typed(unit.get("enabled"), "bool", "enabled")
+        except ContractError:
+            enabled = False
+        if not enabled or str(unit.get("module") or "none").casefold().startswith("ip-adapter") != \
+                (parts[1] == "ip_adapters"):
+            continue
+        if seen == int(parts[2]):
+            rest = [_UNIT_FIELDS.get(parts[3], parts[3]), *parts[4:]] if len(parts) > 3 else []
+            if rest[:1] == ["image"] and "input_image" in unit:
+                rest[0] = "input_image"
+            return ".".join([where, str(i), *rest])
+        seen += 1
+    return None
+
+
 #: The extension's older module names and its UI's labels -> spotgen's preprocessors.
 _MODULE_ALIASES = {
     "invert (from white bg & black line)": "invert", "lineart_standard (from white bg & black line)":

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from runtime.contract import ContractError, webui_error
 from runtime.contract.preprocessors import PREPROCESSORS
 from tests.contract.webui_cases import NAMES, mapped, png, refused, unit, webuiapi_img2img, webuiapi_txt2img
 
@@ -90,3 +91,20 @@ def test_with_hires_fix_a_unit_guides_both_passes_and_another_hr_option_is_refus
         error = refused(body)
         assert (error.code, error.field) == ("unsupported_field", "alwayson_scripts.controlnet.args.1.hr_option")
     assert mapped(webuiapi_txt2img(alwayson_scripts=units(unit(hr_option="Low res only")))).pipeline == "controlnet"
+
+
+@pytest.mark.parametrize(("job_field", "body_field"), [
+    ("inputs.controlnets.0.id", "alwayson_scripts.ControlNet.args.2.model"),
+    ("inputs.controlnets.1.image", "alwayson_scripts.ControlNet.args.4.input_image"),
+    ("inputs.controlnets.1.resolution", "alwayson_scripts.ControlNet.args.4.processor_res"),
+    ("inputs.ip_adapters.0.scale", "alwayson_scripts.ControlNet.args.3.weight"),
+    ("inputs.ip_adapters.0", "alwayson_scripts.ControlNet.args.3"),
+])
+def test_an_error_in_a_unit_of_the_job_names_the_units_place_in_the_body(job_field: str, body_field: str) -> None:
+    args = [unit(enabled=False), unit(enabled="false"), unit(), unit(**IP),
+            {k: v for k, v in unit(input_image=png(), module="depth").items() if k != "image"}]
+    body = webuiapi_txt2img(alwayson_scripts={"ControlNet": {"args": args}})
+    error = webui_error(ContractError("invalid_field", f"{job_field}: bad", job_field), body)
+    assert (error.field, error.message) == (body_field, f"{body_field}: bad")
+    assert webui_error(ContractError("invalid_field", "x", "inputs.controlnets.5.id"), body).field == \
+        "inputs.controlnets.5.id"  # no such unit: the job's own field

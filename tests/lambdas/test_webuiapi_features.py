@@ -101,3 +101,11 @@ def test_tiling_changes_the_image(api: webuiapi.WebUIApi) -> None:
     tiled = api.txt2img(**SMALL, seed=17, tiling=True, alwayson_scripts={})
     plain = api.txt2img(**SMALL, seed=17, alwayson_scripts={})
     assert tiled.image.tobytes() != plain.image.tobytes()
+
+
+def test_a_unit_the_model_cannot_take_is_refused_naming_its_place_in_the_body(stack: Stack) -> None:
+    args = [{"enabled": False}, {"enabled": True, "module": "canny", "model": CANNY, "image": b64(picture())},
+            {"enabled": True, "module": "none", "model": "tiny-sdxl-controlnet", "image": b64(picture())}]
+    status, answer = call("POST", f"{stack.api_url}/sdapi/v1/txt2img",
+                          {**SMALL, "steps": 4, "alwayson_scripts": {"controlnet": {"args": args}}}, timeout=300)
+    assert status == 400 and answer["error"]["field"] == "alwayson_scripts.controlnet.args.2.model", answer
