@@ -109,3 +109,11 @@ def test_a_unit_the_model_cannot_take_is_refused_naming_its_place_in_the_body(st
     status, answer = call("POST", f"{stack.api_url}/sdapi/v1/txt2img",
                           {**SMALL, "steps": 4, "alwayson_scripts": {"controlnet": {"args": args}}}, timeout=300)
     assert status == 400 and answer["error"]["field"] == "alwayson_scripts.controlnet.args.2.model", answer
+
+
+def test_an_ip_adapter_unit_conditions_the_image(api: webuiapi.WebUIApi) -> None:
+    adapter = webuiapi.ControlNetUnit(image=picture(), module="ip-adapter_clip_sd15", model="tiny-ip-adapter-sd1",
+                                      weight=0.8)
+    adapted = api.txt2img(**SMALL, seed=19, controlnet_units=[adapter], alwayson_scripts={})
+    plain = api.txt2img(**SMALL, seed=19, alwayson_scripts={})
+    assert adapted.image.size == (64, 64) and adapted.image.tobytes() != plain.image.tobytes()
