@@ -4,33 +4,45 @@ A client of the sample (``aws-samples/stable-diffusion-on-eks`` and its successo
 unchanged and gets the sample's 200 answer; the job then runs as any spotgen job, interruption-proof, and ends
 with the sample's notification and ``.out`` document (``runtime.contract.jobs.SampleJob``) under the sample's
 key layout, ``PREFIX/ID/``. The envelopes' rules are ``runtime.contract.sample``'s; the body's, ``webui``'s.
+v1alpha2's ``extra-single-image`` task is WebUI's extras body: one ``upscale`` job (``runtime.contract.extras``),
+whose notification and ``.out`` document are the sample's too (``parameters``: the body without its image).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
-from lambdas import compat, telemetry
+from lambdas import compat, extras, telemetry
 from lambdas.body import parse_json
 from lambdas.common import Deployment, deployment, error, raw_body, response
-from lambdas.submit import Rejected
+from lambdas.submit import Rejected, check, check_webhook, enqueue
 from runtime.contract import (
     ContractError,
+    JobRequest,
     SampleJob,
     SampleRequest,
     parse_v1alpha1,
     parse_v1alpha2,
+    request_hash,
+    utcnow,
     v1alpha1_answer,
     v1alpha2_answer,
 )
+from runtime.contract.errors import prefixed
+from runtime.contract.extras import extras_error, extras_jobs
 
 
 def v1alpha2(dep: Deployment, body: bytes) -> dict[str, Any]:
     try:
         request = parse_v1alpha2(parse_json(body), dep.settings.runtimes)
         runtime = dep.settings.runtimes[str(request.runtime)]
-        job = request.webui_job(compat.names(dep.settings, default_model=runtime.model))
-        _queue(dep, request, job, str(request.runtime), runtime.pool, "task.content")
+        if request.task == "extras":
+            _queue_extras(dep, request, runtime.pool)
+        else:
+            job = request.webui_job(compat.names(dep.settings, default_model=runtime.model))
+            _queue(dep, request, job, str(request.runtime), runtime.pool, "task.content")
     except ContractError as exc:
         return error(400, exc.code, exc.message, exc.field)
     except Rejected as rejected:
@@ -66,6 +78,32 @@ def _queue(dep: Deployment, request: SampleRequest, job: Any, runtime: str, pool
                         announce=announce, pool=pool, field_prefix=field_prefix,
                         identity={"api": request.api_version, "runtime": runtime, "context": request.context},
                         webhook=request.webhook, webhook_field=request.webhook_field)
+
+
+def _queue_extras(dep: Deployment, request: SampleRequest, pool: str | None) -> None:
+    """v1alpha2's ``extra-single-image``: the extras body's one ``upscale`` job, checked as ``POST /v1/jobs`` checks
+    one (errors name ``task.content.*``), announced as the sample's task."""
+    try:
+        (found,), _ = extras_jobs(request.body, False, extras.names(dep))
+        job = JobRequest.model_validate({"id": request.id, "pipeline": "upscale", "model": found.model,
+                                         "inputs": dict(found.inputs), "output_prefix": request.output_prefix,
+                                         "webhook": request.webhook})
+        if request.webhook is not None:
+            check_webhook(dep.settings, request.webhook.url, f"{request.webhook_field}.url")
+        try:
+            inputs = check(dep, job, f"{request.webhook_field}.url")
+        except ContractError as exc:
+            raise extras_error(exc, found) from None
+    except ContractError as exc:
+        raise prefixed(exc, "task.content") if exc.field and not exc.field.startswith("task.") else exc from None
+    parameters = {key: value for key, value in request.body.items() if key != "image"}
+    location = f"{request.output_prefix}/{request.id}"
+    identity = {"api": request.api_version, "runtime": request.runtime, "context": request.context}
+    digest = hashlib.sha256(json.dumps([request_hash(job), identity], sort_keys=True).encode()).hexdigest()
+    enqueue(dep, job, inputs, now=utcnow(), expires_at=None, digest=digest, pool=pool,
+            sample=lambda _job_id, _seed: SampleJob(api_version=request.api_version, runtime=str(request.runtime),
+                                                    context=request.context, location=location,
+                                                    parameters=parameters, info={}))
 
 
 def _handler(route: Any) -> Any:

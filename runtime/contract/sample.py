@@ -37,9 +37,10 @@ RUNTIME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 #: The sample's SD WebUI task types, and the WebUI task each is.
 SAMPLE_TASKTYPES: Mapping[str, Task] = MappingProxyType({"text-to-image": "txt2img", "image-to-image": "img2img"})
-#: Task types the sample knows and spotgen does not run: WebUI's upscaler and ComfyUI workflows.
-_UNSUPPORTED_TASKTYPES = MappingProxyType({"extra-single-image": "WebUI's upscaler (extras)",
-                                           "extra-batch-images": "WebUI's upscaler (extras)",
+#: The sample's upscaler task (v1alpha2 only): its ``content`` is WebUI's extras body, ``runtime.contract.extras``.
+EXTRAS_TASKTYPE = "extra-single-image"
+#: Task types the sample knows and spotgen does not run: WebUI's batch upscaler and ComfyUI workflows.
+_UNSUPPORTED_TASKTYPES = MappingProxyType({"extra-batch-images": "WebUI's batch upscaler (extras)",
                                            "pipeline": "ComfyUI workflows"})
 
 #: ``alwayson_scripts`` keys that the queue agent takes out before calling WebUI (``ALWAYSON_SCRIPTS_EXCLUDE_KEYS``,
@@ -94,7 +95,8 @@ class SampleRequest(BaseModel):
     id: str = Field(pattern=JOB_ID_RE.pattern)
     #: The runtime the client asked for (v1alpha2); v1alpha1 names none (the sample routes it by checkpoint).
     runtime: str | None = None
-    task: Task
+    #: ``extras``: v1alpha2's ``extra-single-image``, whose body is WebUI's extras body (``lambdas/sample.py``).
+    task: Task | Literal["extras"]
     #: The SD WebUI body, without the routing keys: what ``from_webui`` maps.
     body: dict[str, Any]
     #: Where the outputs go: ``{output_prefix}/{id}/``, as in the sample.
@@ -112,6 +114,9 @@ class SampleRequest(BaseModel):
 
     def webui_job(self, names: Names) -> WebuiJob:
         """``from_webui`` of the body, its errors naming the field in the envelope (``task.content.steps``)."""
+        if self.task == "extras":
+            raise ContractError("unsupported_field", "an extras task is an upscale job, not a generation",
+                                "task.metadata.tasktype")
         try:
             return from_webui(dict(self.body), self.task, names)
         except ContractError as exc:
@@ -134,11 +139,13 @@ def parse_v1alpha2(data: Any, runtimes: Collection[str]) -> SampleRequest:
         known = ", ".join(sorted(runtimes)) or "none"
         raise ContractError("unknown_runtime", f"task.metadata.runtime: no runtime is called {meta.runtime!r}; "
                             f"the runtimes are: {known}", "task.metadata.runtime")
-    webui_task = _tasktype(meta.tasktype, "task.metadata.tasktype")
+    extras = meta.tasktype == EXTRAS_TASKTYPE
+    webui_task: Task | Literal["extras"] = "extras" if extras else _tasktype(meta.tasktype, "task.metadata.tasktype")
     context = metadata.get("context", {})  # the queue agent echoes {} when there is none
     _bounded(context, "task.metadata.context")
     content = _object(_required(task, "content", "task."), "task.content")
-    body, _ = _webui_body(content, webui_task, "task.content.alwayson_scripts", _EFFECTIVE_KEYS)
+    body = dict(content) if webui_task == "extras" else \
+        _webui_body(content, webui_task, "task.content.alwayson_scripts", _EFFECTIVE_KEYS)[0]
     return SampleRequest(api_version="v1alpha2", id=str(meta.id), runtime=meta.runtime, task=webui_task, body=body,
                          output_prefix=str(meta.prefix), context=context, webhook=meta.webhook)
 
@@ -255,6 +262,9 @@ def _tasktype(value: Any, field: str) -> Task:
     value = _typed_str(value, field)
     if value in SAMPLE_TASKTYPES:
         return SAMPLE_TASKTYPES[value]
+    if value == EXTRAS_TASKTYPE:  # v1alpha2 takes it (parse_v1alpha2); v1alpha1 routes WebUI bodies only
+        raise ContractError("unsupported_field", f"{field}: {value!r} is not supported in v1alpha1: send it as a "
+                            "v1alpha2 task, or to /sdapi/v1/extra-single-image", field)
     if value in _UNSUPPORTED_TASKTYPES:
         raise ContractError("unsupported_field", f"{field}: {value!r} is not supported: spotgen does not run "
                             f"{_UNSUPPORTED_TASKTYPES[value]}; send text-to-image or image-to-image", field)

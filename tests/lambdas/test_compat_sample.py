@@ -31,7 +31,14 @@ from lambdas.fetch import LoopbackForTests, fetch_image
 from runtime.config import Settings
 from runtime.contract import MAX_IMAGE_BYTES, SampleNotification
 from tests.conftest import Stack
-from tests.contract.sample_cases import CAT_URL, V1ALPHA1_T2I_EKS, V1ALPHA2_I2I_EKS, V1ALPHA2_I2I_GUIDANCE, V1ALPHA2_T2I
+from tests.contract.sample_cases import (
+    CAT_URL,
+    V1ALPHA1_T2I_EKS,
+    V1ALPHA2_EXTRA,
+    V1ALPHA2_I2I_EKS,
+    V1ALPHA2_I2I_GUIDANCE,
+    V1ALPHA2_T2I,
+)
 from tests.harness.tlsserver import tls_server
 from tests.inbox import Queue, attribute_id
 from tests.lambdas.compat_stack import PNG_B64, _png_b64, in_process, stack_fixture  # noqa: F401 - stack_fixture
@@ -135,7 +142,10 @@ BAD_SAMPLE_TASKS: list[tuple[str, str, Any, str, str]] = [
     ("metadata not an object", "v1alpha2", lambda b: b["task"].update(metadata=[]), "task.metadata", "object"),
     ("unknown runtime", "v1alpha2", lambda b: b["task"]["metadata"].update(runtime="sdxl-ghost"),
      "task.metadata.runtime", "sdruntime"),
-    ("the upscaler", "v1alpha2", lambda b: b["task"]["metadata"].update(tasktype="extra-single-image"),
+    ("a generation body as an extras task", "v1alpha2",
+     lambda b: b["task"]["metadata"].update(tasktype="extra-single-image"), "task.content.alwayson_scripts",
+     "unknown field"),
+    ("the batch upscaler", "v1alpha2", lambda b: b["task"]["metadata"].update(tasktype="extra-batch-images"),
      "task.metadata.tasktype", "not supported"),
     ("ComfyUI", "v1alpha2", lambda b: b["task"]["metadata"].update(tasktype="pipeline"),
      "task.metadata.tasktype", "not supported"),
@@ -237,6 +247,30 @@ def test_the_samples_i2i_file_works_when_its_host_is_allowed(stack: Stack,
     eks["task"]["content"].update(width=64, height=64, steps=4)
     assert sample.v1alpha2(dep, json.dumps(eks).encode())["statusCode"] == 200
     assert note_of(stack, "test-i2i-eks")["result"] is True
+
+
+def test_the_samples_extras_file_upscales_and_ends_with_the_sample_notification(
+        stack: Stack, huggingface: tuple[int, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``extra-single-image`` (issue 29, item 5): its cat (96x64 here) by 4 with the deployment's "R-ESRGAN 4x+"
+    (an alias of tiny-esrgan), as /sdapi/v1/extra-single-image would; the sample's notification and .out document,
+    whose parameters are the body without its image."""
+    dep = fetching(in_process(stack, monkeypatch, fetch_allowed_hosts=["huggingface.co"],
+                              aliases={"R-ESRGAN 4x+": "tiny-esrgan"}), *huggingface)
+    answer = sample.v1alpha2(dep, V1ALPHA2_EXTRA.encode())
+    assert answer["statusCode"] == 200, answer["body"]
+    note = note_of(stack, "test-extra")
+    bucket = stack.env["SPOTGEN_OUTPUT_BUCKET"]
+    assert (note["result"], note["image_url"]) == (True, [f"s3://{bucket}/output/test-extra/0.png"]), note
+    png = stack.s3.get_object(Bucket=bucket, Key="output/test-extra/0.png")["Body"].read()
+    assert Image.open(io.BytesIO(png)).size == (384, 256)
+    out = s3_json(stack, note["output_url"])
+    assert out["parameters"]["upscaler_1"] == "R-ESRGAN 4x+" and "image" not in out["parameters"]
+    assert out["parameters"]["id_task"] == "test-extra"
+    unknown = json.loads(V1ALPHA2_EXTRA)
+    unknown["task"]["metadata"]["id"], unknown["task"]["content"]["upscaler_1"] = "test-extra-2", "SwinIR 4x"
+    refused = sample.v1alpha2(dep, json.dumps(unknown).encode())
+    assert refused["statusCode"] == 400 and json.loads(refused["body"])["error"]["field"] == "task.content.upscaler_1"
+    nothing_kept(stack, "test-extra-2")
 
 
 @pytest.mark.parametrize(("url", "address", "hosts", "code"), [
