@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -38,9 +37,8 @@ def stack(own_stack: Stack) -> Stack:
 
 
 @pytest.fixture(scope="module")
-def api(stack: Stack) -> webuiapi.WebUIApi:
-    url = urlsplit(stack.api_url)
-    return webuiapi.WebUIApi(host=url.hostname, port=url.port, steps=4)  # the client's sampler: "Euler a"
+def api(webui: webuiapi.WebUIApi) -> webuiapi.WebUIApi:
+    return webui
 
 
 def pixels(result: webuiapi.WebUIApiResult) -> list[bytes]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -30,9 +29,8 @@ def stack(own_stack: Stack) -> Stack:
 
 
 @pytest.fixture(scope="module")
-def api(stack: Stack) -> webuiapi.WebUIApi:
-    url = urlsplit(stack.api_url)
-    return webuiapi.WebUIApi(host=url.hostname, port=url.port, steps=4)
+def api(webui: webuiapi.WebUIApi) -> webuiapi.WebUIApi:
+    return webui
 
 
 def picture() -> Image.Image:
