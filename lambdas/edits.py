@@ -27,6 +27,7 @@ from runtime.contract.detect import DETECT_MODEL
 from runtime.contract.edits import mask_fits
 from runtime.contract.images import InlineImage, decode_inline
 from runtime.contract.pngmask import REPAINTS, BrokenPng, mask_extrema
+from runtime.contract.sdupscale import NO_UPSCALE, SdUpscaleInputs
 
 
 def accepted_models(settings: Settings, pipeline: str) -> list[str]:
@@ -57,6 +58,11 @@ def check_edits(settings: Settings, model: str, inputs: Any) -> None:
         _check_refiner(settings, model, inputs)
     elif isinstance(inputs, InpaintInputs):
         _check_inpaint(settings, model, inputs)
+    elif isinstance(inputs, SdUpscaleInputs):
+        name = inputs.upscaler
+        if name != NO_UPSCALE and name not in accepted_models(settings, "upscale"):
+            raise ContractError("unknown_model", f"inputs.upscaler: unknown upscaler {name!r}; available: "
+                                f"{', '.join([NO_UPSCALE, *accepted_models(settings, 'upscale')])}", "inputs.upscaler")
     elif isinstance(inputs, UpscaleInputs):
         second = inputs.upscaler_2
         if second is not None and second not in accepted_models(settings, "upscale"):

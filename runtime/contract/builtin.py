@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from runtime.contract.detect import ControlNetDetectInputs
 from runtime.contract.edits import InpaintInputs, UpscaleInputs
 from runtime.contract.inputs import ControlNetInputs, Img2ImgInputs, Txt2ImgInputs
+from runtime.contract.sdupscale import SdUpscaleInputs
 
 BUILTIN_INPUTS: dict[str, type[BaseModel]] = {
     "txt2img": Txt2ImgInputs,
@@ -15,6 +16,7 @@ BUILTIN_INPUTS: dict[str, type[BaseModel]] = {
     "inpaint": InpaintInputs,
     "upscale": UpscaleInputs,
     "controlnet_detect": ControlNetDetectInputs,
+    "sd_upscale": SdUpscaleInputs,
 }
 BUILTIN_PIPELINES = tuple(BUILTIN_INPUTS)
 #: Fields of built-in inputs that hold image references (moved to S3 by the submit Lambda).

@@ -256,6 +256,12 @@ def upscale(model: str = "lanczos", **inputs: Any) -> dict[str, Any]:
     return {"pipeline": "upscale", "model": model, "inputs": {"image": IMAGE, **inputs}}
 
 
+def sd_upscale(**inputs: Any) -> dict[str, Any]:
+    return {"pipeline": "sd_upscale", "model": "tiny-sd",
+            "inputs": {"prompt": "a fox", "steps": 2, "image": IMAGE, "width": 64, "height": 48, "overlap": 16,
+                       **inputs}}
+
+
 REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
     ("extend beyond the family's budget", inpaint(extend={"left": 1024, "right": 1024}), "invalid_field",
      "inputs.extend"),
@@ -285,6 +291,9 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
     ("hires target beyond the family's budget", txt2img(width=1024, height=1024, hires={"scale": 2}),
      "invalid_field", "inputs.hires"),
     ("an unknown refiner", txt2img("tiny-sdxl", refiner="no-such-refiner"), "unknown_model", "inputs.refiner"),
+    ("SD upscale with an unknown upscaler", sd_upscale(upscaler="no-such-upscaler"), "unknown_model",
+     "inputs.upscaler"),
+    ("SD upscale with a base model as upscaler", sd_upscale(upscaler="tiny-sd"), "unknown_model", "inputs.upscaler"),
     ("a refiner of another family", txt2img("tiny-sdxl", refiner="tiny-sd"), "incompatible_refiner",
      "inputs.refiner"),
     ("a refiner for an SD 1.x model", txt2img(refiner="tiny-sdxl-refiner"), "invalid_field", "inputs.refiner"),
@@ -373,6 +382,8 @@ def test_an_inpainting_job_is_queued_with_its_image_and_mask_in_the_input_bucket
     ("hires fix with a latent upscaler", txt2img(hires={"scale": 1.5, "upscaler": "latent_bicubic"})),
     ("hires fix with an upscaler model", txt2img(hires={"width": 128, "upscaler": "tiny-compact", "steps": 2})),
     ("the SDXL refiner", txt2img("tiny-sdxl", refiner="tiny-sdxl-refiner", switch_at=0.5)),
+    ("SD upscale without an upscaler (WebUI's None)", sd_upscale()),
+    ("SD upscale with an upscaler model", sd_upscale(upscaler="tiny-esrgan", scale=2)),
 ], ids=lambda value: value if isinstance(value, str) else "")
 def test_a_good_edit_is_queued(api: DevStack, emu: Emulator, case: str, body: dict[str, Any]) -> None:
     spec = queued(api, emu, body)
