@@ -33,7 +33,9 @@ from runtime.contract import (
 )
 from runtime.contract.errors import prefixed
 from runtime.contract.imagepaths import get_path, image_paths, set_path
+from runtime.contract.images import ImageRefError, decode_inline
 from runtime.contract.inputs import MAX_SIDE, Hires
+from runtime.contract.sdupscale import SdUpscaleInputs, upscaled_size
 from runtime.contract.webhook import Webhook
 from runtime.contract.webui_answer import base64_bytes, png_bytes_bound
 
@@ -137,6 +139,16 @@ def text_bound(characters: int) -> int:
     return 2 * characters + 128
 
 
+def _sd_upscaled(inputs: Mapping[str, Any]) -> tuple[int, int]:
+    """The size of SD upscale's answer: its init image's, upscaled; the largest a job makes when the image is not
+    inline (an S3 reference, which the worker reads)."""
+    try:
+        image = decode_inline(str(inputs["image"]))
+    except ImageRefError:
+        return MAX_SIDE, MAX_SIDE
+    return upscaled_size(SdUpscaleInputs.model_construct(**inputs), image.width, image.height)
+
+
 def check_answer_size(job: WebuiJob, inputs: Mapping[str, Any], body: Mapping[str, Any],
                       parameters: dict[str, Any], title: str, limit: int) -> None:
     """ContractError naming ``batch_size`` (or ``n_iter``, or ``width`` for one image) when the answer with the
@@ -148,6 +160,8 @@ def check_answer_size(job: WebuiJob, inputs: Mapping[str, Any], body: Mapping[st
     width, height = int(inputs.get("width") or MAX_SIDE), int(inputs.get("height") or MAX_SIDE)
     if inputs.get("hires"):  # hires fix answers its second pass's size (WebUI's enable_hr)
         width, height = Hires.model_validate(inputs["hires"]).target(width, height)
+    if job.pipeline == "sd_upscale":  # SD upscale answers the upscaled image, of the init image's size x scale
+        width, height = _sd_upscaled(inputs)
     seed = _SEED_PLACEHOLDER if inputs.get("seed") is None else inputs["seed"]
     stored = dict(inputs)
     for path in image_paths(inputs):  # each becomes an S3 URI once queued (units' and adapters' too)
@@ -164,7 +178,8 @@ def check_answer_size(job: WebuiJob, inputs: Mapping[str, Any], body: Mapping[st
     if total <= limit:
         return
     fits = next((n for n in range(count - 1, 0, -1) if answer_bytes(n) <= limit), 0)
-    field = ("hr_scale" if inputs.get("hires") else "width") if fits == 0 else \
+    single = "script_args.3" if job.pipeline == "sd_upscale" else "hr_scale" if inputs.get("hires") else "width"
+    field = single if fits == 0 else \
         "n_iter" if (body.get("batch_size") or 1) == 1 else "batch_size"
     advice = (f"at most {fits} image{'s' if fits > 1 else ''} of this size fit: lower batch_size x n_iter"
               if fits else "not even one image of this size fits: lower width and height")

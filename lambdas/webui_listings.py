@@ -21,7 +21,8 @@ BUILTIN_UPSCALERS = ("None", "Lanczos", "Nearest")
 LATENT_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                 "Latent (nearest)", "Latent (nearest-exact)")
 #: What ``alwayson_scripts`` and ``script_name`` may name, by tab, as WebUI lists scripts (lower-case titles).
-SCRIPTS = {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
+#: "sd upscale" is the one selectable script (``script_name``: ``runtime.contract.webui_scripts``).
+SCRIPTS = {"txt2img": ["controlnet"], "img2img": ["controlnet", "sd upscale"]}
 #: WebUI's launch flags that clients read (``--api``, the model folders, the memory options), as spotgen is run:
 #: an API without a UI, its models in a catalog rather than in folders.
 CMD_FLAGS: dict[str, Any] = {
@@ -65,10 +66,20 @@ def scripts() -> dict[str, list[str]]:
     return {tab: list(names) for tab, names in SCRIPTS.items()}
 
 
-def script_info() -> list[dict[str, Any]]:
-    """WebUI's ``ScriptInfo`` for each script a body may name; the arguments are the extension's own (its unit's
-    fields, docs/migrating.md), not positional ``script_args``."""
-    return [{"name": name, "is_alwayson": True, "is_img2img": tab == "img2img", "args": []}
+def _arg(label: str, value: Any, low: float | None = None, high: float | None = None, step: float | None = None,
+         choices: list[str] | None = None) -> dict[str, Any]:
+    return {"label": label, "value": value, "minimum": low, "maximum": high, "step": step, "choices": choices}
+
+
+def script_info(settings: Settings) -> list[dict[str, Any]]:
+    """WebUI's ``ScriptInfo`` for each script a body may name. ControlNet's arguments are the extension's own (its
+    unit's fields, docs/migrating.md); SD upscale's are its positional ``script_args``, as WebUI's UI declares
+    them (the upscaler by its index in ``/sdapi/v1/upscalers``)."""
+    upscale_args = [_arg("", None), _arg("Tile overlap", 64, 0, 256, 16),
+                    _arg("Upscaler", "None", choices=[u["name"] for u in upscalers(settings)]),
+                    _arg("Scale Factor", 2, 0, 4, 1)]
+    return [{"name": name, "is_alwayson": name == "controlnet", "is_img2img": tab == "img2img",
+             "args": upscale_args if name == "sd upscale" else []}
             for tab, names in SCRIPTS.items() for name in names]
 
 
@@ -81,7 +92,8 @@ def listing(name: str, settings: Settings) -> Any:
     if name in EMPTY:
         return []
     return {"upscalers": lambda: upscalers(settings), "latent-upscale-modes": latent_upscale_modes,
-            "scripts": scripts, "script-info": script_info, "cmd-flags": lambda: dict(CMD_FLAGS)}[name]()
+            "scripts": scripts, "script-info": lambda: script_info(settings),
+            "cmd-flags": lambda: dict(CMD_FLAGS)}[name]()
 
 
 NAMES = ("upscalers", "latent-upscale-modes", "scripts", "script-info", "cmd-flags", *EMPTY)

@@ -31,20 +31,13 @@ from pipelines.phases import Phases
 from pipelines.schedulers import make_scheduler
 from pipelines.upscalers import RESAMPLERS, upscale
 from runtime.contract import MAX_IMAGE_PIXELS, ContractError
-from runtime.contract.sdupscale import MAX_TILES, NO_UPSCALE, SdUpscaleInputs, grid_positions
+from runtime.contract.sdupscale import MAX_TILES, NO_UPSCALE, SdUpscaleInputs, grid_positions, upscaled_size
 from runtime.models.catalog import ModelError
 from runtime.models.store import ModelStore
 from runtime.plugins import RunContext
 
 #: A tile's place: (x, y) of its top-left corner in the upscaled image.
 Place = tuple[int, int]
-
-
-def upscaled_size(inputs: SdUpscaleInputs, width: int, height: int) -> tuple[int, int]:
-    """The size the upscale reaches: WebUI's, the sides times ``scale`` rounded down to multiples of 8."""
-    if inputs.upscaler == NO_UPSCALE:
-        return width, height
-    return int(width * inputs.scale) // 8 * 8, int(height * inputs.scale) // 8 * 8
 
 
 def split(size: tuple[int, int], tile: tuple[int, int], overlap: int) -> list[list[Place]]:

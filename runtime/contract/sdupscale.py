@@ -50,3 +50,11 @@ def grid_positions(size: int, tile: int, overlap: int) -> list[int]:
     count = max(1, -(-(size - overlap) // (tile - overlap)))
     spacing = (size - tile) / (count - 1) if count > 1 else 0
     return [min(int(i * spacing), size - tile) for i in range(count)]
+
+
+def upscaled_size(inputs: SdUpscaleInputs, width: int, height: int) -> tuple[int, int]:
+    """The size an image of ``width`` x ``height`` is upscaled to, and the job's output's: WebUI's, the sides
+    times ``scale`` rounded down to multiples of 8 (``Upscaler.upscale``); with ``none``, the image's own."""
+    if inputs.upscaler == NO_UPSCALE:
+        return width, height
+    return int(width * inputs.scale) // 8 * 8, int(height * inputs.scale) // 8 * 8

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from runtime.contract import webui_passes
+from runtime.contract import webui_passes, webui_scripts
 from runtime.contract.errors import ContractError
 from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, ModelId
 from runtime.contract.webui_coerce import KIND_NAMES, coerce, exact
@@ -46,7 +46,7 @@ class WebuiJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    pipeline: Literal["txt2img", "img2img", "controlnet", "inpaint"]
+    pipeline: Literal["txt2img", "img2img", "controlnet", "inpaint", "sd_upscale"]
     model: ModelId
     inputs: dict[str, Any]
     #: The body left the seed to the server (-1 or none): the API picks one and reports it.
@@ -117,6 +117,11 @@ def _passes(body: Mapping[str, Any], task: Task, names: Names, model: str, size:
         out["hires"] = webui_passes.hires(
             body, size, model, resolver(names.models), resolver(names.upscalers),
             lambda name: sampler_of({"sampler_name": name, "eta": body.get("eta")})[0], hr_prompt)
+    if webui_scripts.selected(body, task) == "sd upscale":  # refuses another script_name, naming it
+        if out.get("controlnets") or out.get("ip_adapters"):
+            field = "alwayson_scripts.controlnet"
+            raise ContractError("unsupported_field", f"{field}: SD upscale's tiles run without units here", field)
+        return "sd_upscale", out | webui_scripts.sd_upscale(body, names)
     if task == "img2img" and body.get("mask"):  # WebUI reads "" as no mask
         pipeline, out = "inpaint", out | webui_passes.inpaint(body)
     return pipeline, out

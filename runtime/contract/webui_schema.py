@@ -40,8 +40,8 @@ _TYPES = {
 }
 #: The values accepted of fields spotgen does not implement: WebUI's defaults (``()``: null only). The fields
 #: neither here nor read into the job (``webui``, ``webui_passes``) change nothing while what they tune is off or
-#: refused: subseed (subseed_strength), s_tmin and s_tmax (s_churn), script_args (script_name), mask_round
-#: (WebUI rounds an inpainting mask it has blurred; spotgen's inpainting keeps the blur), image_cfg_scale
+#: refused: subseed (subseed_strength), s_tmin and s_tmax (s_churn), script_args (script_name, ``webui_scripts``),
+#: mask_round (WebUI rounds an inpainting mask it has blurred; spotgen's inpainting keeps the blur), image_cfg_scale
 #: (instruct-pix2pix models only), force_task_id, do_not_save_* (WebUI's API sets them from save_images), and
 #: Forge's hr_cfg and hr_distilled_cfg.
 _ONLY: dict[str, tuple[Any, ...]] = {
@@ -49,7 +49,7 @@ _ONLY: dict[str, tuple[Any, ...]] = {
     "restore_faces": (False,), "s_min_uncond": (0,), "s_churn": (0,), "s_noise": (1,),
     "override_settings_restore_afterwards": (True,),  # false would keep the settings for later requests
     "comments": ({},), "firstpass_image": (), "infotext": (),
-    "script_name": ("",), "send_images": (True,), "save_images": (False,),
+    "send_images": (True,), "save_images": (False,),
     "firstphase_width": (0,), "firstphase_height": (0,), "latent_mask": (),
     "initial_noise_multiplier": (1,), "include_init_images": (False,),
 }

@@ -53,6 +53,12 @@ def test_scripts_flags_and_embeddings(api: DevStack) -> None:
     info = get(api, "script-info")
     assert {(s["name"], s["is_img2img"]) for s in info} >= {("controlnet", False), ("controlnet", True)}
     assert all(set(s) == {"name", "is_alwayson", "is_img2img", "args"} for s in info)
+    # SD upscale: img2img's one selectable script, its script_args as WebUI's UI declares them
+    assert "sd upscale" in scripts["img2img"] and "sd upscale" not in scripts["txt2img"]
+    upscale = next(s for s in info if s["name"] == "sd upscale")
+    assert (upscale["is_alwayson"], upscale["is_img2img"]) == (False, True)
+    assert [a["label"] for a in upscale["args"]] == ["", "Tile overlap", "Upscaler", "Scale Factor"]
+    assert upscale["args"][2]["choices"] == [u["name"] for u in get(api, "upscalers")]
     flags = get(api, "cmd-flags")
     assert flags["api"] is True and flags["nowebui"] is True and "lora_dir" in flags
     embeddings = get(api, "embeddings")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.sdupscale import combine, split, upscaled_size
+from pipelines.sdupscale import combine, split
 from runtime.contract import ContractError
-from runtime.contract.sdupscale import SdUpscaleInputs
+from runtime.contract.sdupscale import SdUpscaleInputs, upscaled_size
 from runtime.kit.local import LocalRun
 from spotgen.testing import sample_image
 
