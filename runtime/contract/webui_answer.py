@@ -108,7 +108,14 @@ def _extra_params(body: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[st
         extra["Tiling"] = True
     if "mask" in inputs and "mask_blur" in inputs:
         extra["Mask blur"] = inputs["mask_blur"]
+    if "overlap" in inputs and "upscaler" in inputs:  # SD upscale (webui_scripts): its upscaler as WebUI lists it
+        extra["SD upscale overlap"] = inputs["overlap"]
+        extra["SD upscale upscaler"] = _BUILTIN_UPSCALER_NAMES.get(inputs["upscaler"], inputs["upscaler"])
     return extra
+
+
+#: SD upscale's upscalers without a model, by WebUI's names (a model's is its catalog id here).
+_BUILTIN_UPSCALER_NAMES = {"none": "None", "lanczos": "Lanczos", "nearest": "Nearest"}
 
 
 def sample_out_document(job_id: str, parameters: Mapping[str, Any], info: Mapping[str, Any] | None,

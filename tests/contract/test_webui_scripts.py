@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from runtime.contract import Names
+from runtime.contract.webui_answer import webui_info
 from tests.contract.webui_cases import NAMES, mapped, refused, unit, webuiapi_img2img, webuiapi_txt2img
 
 #: Two upscaler models, the second with an alias: WebUI's list is None, Lanczos, Nearest, then these in order.
@@ -69,3 +70,10 @@ def test_sd_upscale_is_no_txt2img_script_and_other_scripts_stay_refused() -> Non
     assert (error.code, error.field) == ("unsupported_field", "script_name")
     error = refused(webuiapi_img2img(script_name="Loopback", script_args=[]), "img2img")
     assert (error.code, error.field) == ("unsupported_field", "script_name") and "sd upscale" in error.message
+
+
+def test_the_infotext_says_the_overlap_and_the_upscaler_as_webuis_script_adds_them() -> None:
+    body = sd_upscale([None, 48, 1, 2], seed=3)
+    info = webui_info(mapped(body, "img2img"), body, 3, "sd15")
+    assert info["extra_generation_params"] == {"SD upscale overlap": 48, "SD upscale upscaler": "Lanczos"}
+    assert "SD upscale overlap: 48, SD upscale upscaler: Lanczos" in info["infotexts"][0]
