@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from runtime.contract import webui_passes, webui_scripts
 from runtime.contract.errors import ContractError
-from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, ModelId
+from runtime.contract.inputs import MAX_IMAGES, MAX_LORA_WEIGHT, MAX_LORAS, WEBUI_SAMPLERS, ModelId
 from runtime.contract.webui_coerce import KIND_NAMES, coerce, exact
 from runtime.contract.webui_families import family_inputs
 from runtime.contract.webui_rules import Names, _accepted, _check_resize, _get, _resolve, _unsupported
@@ -51,6 +51,9 @@ class WebuiJob(BaseModel):
     inputs: dict[str, Any]
     #: The body left the seed to the server (-1 or none): the API picks one and reports it.
     server_seed: bool
+    #: The sampler the body named where spotgen runs another for it (an ancestral one at eta 0 runs as the sampler
+    #: without its noise): WebUI's answer names the body's, with its ``Eta``.
+    named_sampler: str | None = None
 
 
 
@@ -88,7 +91,8 @@ def from_webui(body: dict[str, Any], task: Task, names: Names) -> WebuiJob:
         else "override_settings.sd_model_checkpoint"
     inputs = family_inputs(body, inputs, names.families.get(model), names.variants.get(model), field, own,
                            pipeline)
-    return WebuiJob(pipeline=pipeline, model=model, inputs=inputs, server_seed=seed == -1)
+    return WebuiJob(pipeline=pipeline, model=model, inputs=inputs, server_seed=seed == -1,
+                    named_sampler=WEBUI_SAMPLERS[own] if own != sampler else None)
 
 
 def _passes(body: Mapping[str, Any], task: Task, names: Names, model: str, size: tuple[int, int],

@@ -47,7 +47,7 @@ def webui_info(job: WebuiJob, body: Mapping[str, Any], seed: int, model_title: s
     count = inputs.get("num_images", 1)
     seeds = [(seed + i) % 2**32 for i in range(count)]
     prompt, negative = str(body.get("prompt", "")), str(body.get("negative_prompt", ""))
-    sampler = WEBUI_SAMPLERS.get(inputs.get("scheduler", "euler"), "Euler")
+    sampler = job.named_sampler or WEBUI_SAMPLERS.get(inputs.get("scheduler", "euler"), "Euler")
     schedule = SCHEDULE_LABELS.get(inputs.get("schedule", "default"), "Automatic")
     hires = inputs.get("hires") or {}
     strength = inputs.get("strength") if job.pipeline != "txt2img" and "strength" in inputs else \
@@ -65,6 +65,8 @@ def webui_info(job: WebuiJob, body: Mapping[str, Any], seed: int, model_title: s
         "job_timestamp": "",
         "clip_skip": inputs.get("clip_skip", 1), "is_using_inpainting_conditioning": False, "version": VERSION,
     }
+    if job.named_sampler:  # the ancestral sampler at eta 0: WebUI's sampler adds its eta, not being its default
+        info["extra_generation_params"]["Eta"] = 0
     if inputs.get("guidance") is not None:  # Flux's distilled guidance, as Forge reports it
         info["distilled_cfg_scale"] = inputs["guidance"]
     info["infotexts"] = [_infotext(info, s) for s in seeds]

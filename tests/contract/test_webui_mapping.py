@@ -22,6 +22,7 @@ from runtime.contract import (
     from_webui,
     validate_inputs,
 )
+from runtime.contract.webui_answer import webui_info
 from tests.contract.webui_cases import NAMES, mapped, png, refused, unit, webuiapi_img2img, webuiapi_txt2img
 
 
@@ -284,6 +285,19 @@ def test_eta_0_on_an_ancestral_sampler_is_the_sampler_without_its_noise(body: di
                                                                          schedule: str) -> None:
     inputs = mapped({"prompt": "x", **body}).inputs
     assert (inputs["scheduler"], inputs["schedule"]) == (sampler, schedule)
+
+
+def test_the_answer_names_the_sampler_the_body_named_with_its_eta() -> None:
+    """WebUI's answer says "Euler a" with "Eta: 0" (its sampler adds an eta that is not its default), whichever
+    sampler spotgen runs for it; at the default eta nothing is added."""
+    job = mapped({"prompt": "x", "sampler_index": "Euler a", "eta": "0"})
+    info = webui_info(job, {}, 5, "tiny")
+    assert info["sampler_name"] == "Euler a" and info["extra_generation_params"]["Eta"] == 0
+    assert "Sampler: Euler a," in info["infotexts"][0] and ", Eta: 0," in info["infotexts"][0]
+    plain = webui_info(mapped({"prompt": "x", "sampler_index": "Euler a"}), {}, 5, "tiny")
+    assert plain["sampler_name"] == "Euler a" and "Eta" not in plain["extra_generation_params"]
+    assert webui_info(mapped({"prompt": "x", "sampler_index": "Euler", "eta": 0}), {}, 5, "tiny")[
+        "sampler_name"] == "Euler"  # a sampler that takes no eta ignores it, as WebUI's
 
 
 def test_eta_0_makes_euler_a_run_on_flux_where_the_ancestral_sampler_is_refused() -> None:
