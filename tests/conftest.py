@@ -92,30 +92,36 @@ def two_models(tiny_models: Path, tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def in_process_stack(models: Path, log_dir: Path, settings: dict[str, Any] | None = None,
-                     **options: Any) -> Iterator[Any]:
-    """A DevStack in this process serving `tiny-sd` and `tiny-sd-b`; the environment it exports to this
-    process (as a Lambda's) is put back afterwards, so later tests do not inherit it."""
-    from runtime.config import Settings
-    from runtime.local.devstack import DevStack
+def dev_stack(settings: Any, log_dir: Path, workers: int = 0, **options: Any) -> Iterator[Any]:
+    """A DevStack in this process with ``workers`` workers forked from the zygote (``settings``: its
+    ``Settings``). The environment it exports to this process (as a Lambda's) is put back afterwards, and its warm
+    "Lambdas" are forgotten, so later tests inherit neither."""
+    from lambdas.common import deployment
+    from runtime.local.devstack import EMULATOR_CREDENTIALS, DevStack
 
     saved = dict(os.environ)
-    settings = Settings(models_dir=models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1, **(settings or {}))
-    workers = options.pop("workers", 1)
     stack = DevStack(settings, port=0, aws_port=0, log_dir=log_dir, workers=0, **options)
     procs: list[Forked] = []
     try:
         stack.start()
-        from runtime.local.devstack import EMULATOR_CREDENTIALS
-
         procs = fork_workers({**os.environ, "PYTHONPATH": str(ROOT), **stack.settings.to_env(),
                               **EMULATOR_CREDENTIALS}, log_dir, workers, stack.pool_queues)
         yield stack
     finally:
         stop_workers(procs)
         stack.stop()
+        deployment.cache_clear()
         os.environ.clear()
         os.environ.update(saved)
+
+
+def in_process_stack(models: Path, log_dir: Path, settings: dict[str, Any] | None = None,
+                     **options: Any) -> contextlib.AbstractContextManager[Any]:
+    """``dev_stack`` serving `tiny-sd` and `tiny-sd-b`, with one worker unless ``workers`` says otherwise."""
+    from runtime.config import Settings
+
+    base = Settings(models_dir=models, models=["tiny-sd", "tiny-sd-b"], poll_wait_s=1, **(settings or {}))
+    return dev_stack(base, log_dir, **{"workers": 1, **options})
 
 
 def fork_workers(env: dict[str, str], log_dir: Path, workers: int, pools: dict[str, dict[str, str]]) -> list[Forked]:

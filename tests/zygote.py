@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -94,13 +93,13 @@ class Zygote:
         """Start the zygote (it imports nothing until asked for a worker) and own it; its socket's path."""
         self._path = os.path.join(tempfile.mkdtemp(prefix="zygote-"), "socket")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen([sys.executable, "-m", "tests.zygote", self._path], env=env, cwd=ROOT)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(self._path):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"the zygote did not start (exit {proc.poll()})")
-            time.sleep(0.02)
+        proc = subprocess.Popen([sys.executable, "-m", "tests.zygote", self._path], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        if proc.stdout.readline() != b"listening\n":  # its first line, once it listens; nothing if it died
+            proc.kill()
+            raise RuntimeError(f"the zygote did not start (exit {proc.wait()})")
+        proc.stdout.close()
         atexit.register(self._stop, proc, self._connect({"control": True}))
         return self._path
 
@@ -213,9 +212,10 @@ def serve(path: str) -> None:
     worker's code at the first request, so that a run that starts no worker pays nothing for it."""
     preloaded = False
     listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path + ".tmp")
-    os.rename(path + ".tmp", path)  # the client waits for the path: it appears only once we listen
+    listener.bind(path)
     listener.listen(64)
+    os.write(1, b"listening\n")  # what the client waits for
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # and nothing more on that pipe
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     children: dict[int, socket.socket] = {}

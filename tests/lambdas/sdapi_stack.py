@@ -4,36 +4,27 @@ generation answers 504 naming its queued job at once; and that job as the API qu
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lambdas.common import deployment
 from runtime.config import Settings
 from runtime.contract.envelope import read_celery_message
 from runtime.local.devsettings import dev_compat
 from runtime.local.devstack import DevStack
 from runtime.storage import aws
+from tests.conftest import dev_stack
 
 
 @pytest.fixture(scope="module", name="api")
 def api_fixture(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[DevStack]:
     """The tiny models' catalog with ``spotgen dev``'s compatibility settings (their aliases, ``sdruntime`` on
     ``tiny-sd`` for ``/sdapi/v1``)."""
-    saved = dict(os.environ)
     settings = dev_compat(Settings(models_dir=tiny_models, poll_wait_s=1)).model_copy(update={"sync_wait_s": 0.2})
-    stack = DevStack(settings, port=0, aws_port=0, workers=0,
-                     log_dir=Path(tmp_path_factory.mktemp("sdapi-api")))
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
-        deployment.cache_clear()  # its warm "Lambdas": a later test must not inherit them
-        os.environ.clear()
-        os.environ.update(saved)
+    with dev_stack(settings, Path(tmp_path_factory.mktemp("sdapi-api"))) as stack:
+        yield stack
 
 
 def queued_spec(api: DevStack, job_id: str) -> dict[str, Any]:

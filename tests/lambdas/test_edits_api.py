@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from PIL import Image, ImageOps
 
-from lambdas.common import deployment
 from pipelines import masks
 from runtime.config import Settings
 from runtime.contract import ContractError, pngmask, validate_inputs
@@ -29,6 +28,7 @@ from runtime.contract.envelope import read_celery_message
 from runtime.contract.pngmask import MAX_RAW_BYTES, REPAINTS, BrokenPng, mask_extrema
 from runtime.local.devstack import DevStack
 from runtime.worker.images import decode_image
+from tests.conftest import dev_stack
 from tests.rest import call
 
 
@@ -219,18 +219,8 @@ def test_the_reader_and_the_checks_need_no_pillow() -> None:
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """``spotgen dev`` in this process without workers, on the default settings (the tiny models, their
     upscalers): the submit Lambda's handler behind the local gateway, on the real emulator."""
-    import os
-
-    saved = dict(os.environ)
-    stack = DevStack(Settings(poll_wait_s=1), port=0, aws_port=0, workers=0,
-                     log_dir=tmp_path_factory.mktemp("edits-api"))
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
-        deployment.cache_clear()  # its warm "Lambdas": a later test must not inherit them
-        os.environ.clear()
-        os.environ.update(saved)
+    with dev_stack(Settings(poll_wait_s=1), tmp_path_factory.mktemp("edits-api")) as stack:
+        yield stack
 
 
 def inline(image: Image.Image, fmt: str = "PNG") -> str:

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from lambdas import authorizer
-from lambdas.common import deployment
 from runtime.local.devstack import DevStack
 from tests.conftest import in_process_stack
 from tests.lambdas.hostile_cases import (
@@ -45,8 +44,7 @@ def api(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                               api_key=KEY) as stack:
             yield stack
     finally:
-        deployment.cache_clear()  # the warm "Lambdas" of this stack: a later test must not inherit them
-        authorizer.keys.cache_clear()
+        authorizer.keys.cache_clear()  # its warm authorizer's keys: a later test must not inherit them
 
 
 def post(api: DevStack, path: str, body: bytes, headers: dict[str, str] | None = None,
