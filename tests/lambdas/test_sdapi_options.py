@@ -9,10 +9,12 @@ own caller (its own source address)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from lambdas import sdapi, webui_options
 from runtime.local.devstack import DevStack
+from tests.conftest import ROOT
 from tests.lambdas.sdapi_stack import api_fixture, queued_spec  # noqa: F401 - the fixture "api"
 
 SD15, SDXL = "v1-5-pruned-emaonly.safetensors", "sd_xl_turbo_1.0.safetensors"
@@ -80,6 +82,18 @@ def test_other_options_are_ignored_or_refused_naming_the_option(api: DevStack) -
     assert send("POST", "options", who, {"face_restoration": False}) == (200, None)  # the document's value
     assert generated(api, who)["model"] == "tiny-sd"  # nothing refused was kept
     assert set(webui_options.APPLIED) <= set(webui_options.DEFAULTS)
+
+
+def test_the_document_is_of_webui_1_10_and_the_docs_list_each_choice() -> None:
+    # keys of 1.8-1.10 that clients and scripts read, present; keys that 1.8 removed, absent
+    assert {"emphasis", "sdxl_clip_l_skip", "sd3_enable_t5", "interrupt_after_current", "dat_enabled_models",
+            "sd_lora", "beta_dist_alpha"} <= set(webui_options.DEFAULTS)
+    assert not {"enable_emphasis", "k_sched_type", "img2img_editor_height"} & set(webui_options.DEFAULTS)
+    assert set(webui_options.REFUSED) <= set(webui_options.DEFAULTS)
+    doc = (ROOT / "docs/migrating.md").read_text()
+    for choice, names in (("applied", webui_options.APPLIED), ("refused", webui_options.REFUSED)):
+        listed = re.search(rf"\*\*{choice}\*\*.*?naming `options.<name>`: (.*?)(?:;|\. )", doc, re.S)
+        assert listed and re.findall(r"`(\w+)`", listed.group(1)) == list(names), choice
 
 
 def _png() -> str:
