@@ -55,11 +55,19 @@ lint: install
 # The slowest tests are printed, so that their cost stays in view.
 # The `slow` tests (minutes of CPU each: torch.compile on the CPU, the GPU benchmark's script, the small chaos and
 # fault harness runs) are left to `make test-slow`, which runs everything.
-PYTEST := $(BIN)/python -m pytest -q -n 4 --dist loadscope --durations=15
+# Python's bytecode cache is on for the tests, also where the environment turns it off (PYTHONDONTWRITEBYTECODE):
+# each of the run's forty-odd Python processes imports most of the project, and compiling it again in each cost
+# about 4 s of CPU per test process (measured with `pytest --collect-only`). The sources are compiled once before
+# pytest starts (1 s); __pycache__ is in .gitignore and .dockerignore.
+# The test processes share the cores out among their torch threads: tests/conftest.py's pytest_configure.
+PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n 4 --dist loadscope --durations=15
+COMPILE := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m compileall -q spotgen runtime pipelines lambdas tests
 test: install lint
+	$(COMPILE)
 	$(PYTEST) -m "not slow"
 
 test-slow: install lint
+	$(COMPILE)
 	$(PYTEST)
 
 # The pipeline, model and resume tests under each ATEN_CPU_CAPABILITY (default, avx2, avx512 where the CPU has

@@ -19,7 +19,6 @@ import botocore.session
 import pytest
 import yaml
 from botocore import xform_name
-from cfnlint.decode import decode
 
 from runtime.config import Settings
 
@@ -99,6 +98,8 @@ def read_env(path: Path) -> dict[str, str]:
 
 @functools.cache
 def _template() -> str:
+    from cfnlint.decode import decode  # here: cfn-lint imports sympy, half a second in each test process's collection
+
     loaded, problems = decode(str(TEMPLATE))
     if problems:
         pytest.fail(f"{TEMPLATE} does not parse: {problems}")
