@@ -19,6 +19,8 @@ from runtime.contract.promptsyntax import check as check_prompt_syntax
 MIN_SIDE = 8
 MAX_SIDE = 2048
 MAX_STEPS = 150
+#: The longest schedule a pass may denoise part of: the models' training schedule (1000 timesteps).
+MAX_SCHEDULE = 1000
 MAX_IMAGES = 8
 MAX_GUIDANCE = 30.0
 MAX_PROMPT_CHARS = 2000
@@ -256,13 +258,14 @@ class Hires(Strict):
 
     The target is ``scale`` times the first pass (2 when nothing is given), or ``width`` x ``height``; one given
     alone keeps the first pass's aspect ratio, rounded down to a multiple of 8. The second pass runs
-    ``steps`` x ``denoising_strength`` steps (``steps``: the first pass's when left out), as img2img does."""
+    ``steps`` x ``denoising_strength`` steps (``steps``: the first pass's when left out), as img2img does: the
+    schedule may be longer than ``MAX_STEPS`` (WebUI stretches it by the strength), the steps it runs may not."""
 
     scale: float | None = Field(None, ge=1.0, le=HIRES_MAX_SCALE)
     width: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
     height: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
     upscaler: Upscaler = "latent"
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    steps: int | None = Field(None, ge=1, le=MAX_SCHEDULE)
     denoising_strength: float = Field(0.7, gt=0.0, le=1.0)
     #: The second pass's own prompt, negative prompt and sampler; left out, the first pass's.
     prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
@@ -275,6 +278,9 @@ class Hires(Strict):
     def _one_target(self) -> Hires:
         if self.scale is not None and (self.width is not None or self.height is not None):
             raise ValueError("give scale, or width and/or height, not both")
+        if self.steps is not None and int(self.steps * self.denoising_strength) > MAX_STEPS:
+            raise ValueError(f"the second pass runs steps x denoising_strength steps, at most {MAX_STEPS} (it is "
+                             f"{self.steps} x {self.denoising_strength:g})")
         return self
 
     def target(self, width: int, height: int) -> tuple[int, int]:

@@ -102,8 +102,8 @@ def _extra_params(body: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[st
         else:
             extra["Hires resize"] = f"{hires.get('width', 0)}x{hires.get('height', 0)}"
         extra["Hires upscaler"] = body.get("hr_upscaler") or "Latent"
-        if "steps" in hires:
-            extra["Hires steps"] = hires["steps"]
+        if body.get("hr_second_pass_steps"):  # as WebUI adds it: the count asked for, not spotgen's schedule
+            extra["Hires steps"] = body["hr_second_pass_steps"]
     if "refiner" in inputs:
         extra |= {"Refiner": body.get("refiner_checkpoint"), "Refiner switch at": inputs.get("switch_at", 0.8)}
     if inputs.get("tiling"):

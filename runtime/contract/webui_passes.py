@@ -8,12 +8,13 @@ naming its field rather than run as something else.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtime.contract.edits import FILL_MODES, MAX_MASK_BLUR, MAX_PADDING
 from runtime.contract.errors import ContractError
-from runtime.contract.inputs import HIRES_MAX_SCALE
+from runtime.contract.inputs import HIRES_MAX_SCALE, MAX_SCHEDULE, MAX_STEPS
 
 #: ``resolve(name, field, what)``: a catalog id by its WebUI name, of the checkpoints or the upscalers.
 Resolve = Callable[[str, str, str], str]
@@ -66,8 +67,9 @@ def hires(body: Mapping[str, Any], size: tuple[int, int], model: str, resolve_mo
                             "hr_resize_x or hr_resize_y alone, or a size of that ratio", "hr_resize_y")
     else:
         out |= {key: value for key, value in (("width", rx), ("height", ry)) if value}
-    if steps := _get(body, "hr_second_pass_steps", 0):
-        out["steps"] = steps
+    own, first = _get(body, "hr_second_pass_steps", 0), _get(body, "steps", 50)
+    if own or isinstance(first, int) and 1 <= first <= MAX_STEPS:  # a bad ``steps`` is refused naming itself
+        out["steps"] = second_pass_schedule(own or first, strength, "hr_second_pass_steps" if own else "steps")
     if text := body.get("hr_prompt"):
         out["prompt"] = prompt(text, "hr_prompt")
     if text := body.get("hr_negative_prompt"):
@@ -83,6 +85,25 @@ def hires(body: Mapping[str, Any], size: tuple[int, int], model: str, resolve_mo
         raise ContractError("unsupported_field", "hr_checkpoint_name: the second pass runs on the first pass's "
                             "checkpoint here (leave it out, or name the same)", "hr_checkpoint_name")
     return out
+
+
+def second_pass_schedule(steps: int, strength: float, field: str) -> int:
+    """The schedule (``hires.steps``) on which the second pass runs ``steps`` denoising steps, as WebUI's does.
+
+    WebUI runs ``hr_second_pass_steps`` (the first pass's when 0) steps of a schedule stretched by the strength
+    (its ``setup_img2img_steps``: ``steps / denoising_strength``); spotgen's second pass runs img2img's
+    ``int(schedule x strength)`` of its schedule. The smallest schedule that gives exactly ``steps`` is WebUI's
+    stretched one, rounded up where WebUI's rounds down: the same count of steps, from a noise level at most one
+    step of the schedule apart."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
+        raise _invalid(field, f"the second pass runs 1 to {MAX_STEPS} steps here, not {steps!r}")
+    schedule = max(steps, math.ceil(steps / strength - 1e-9))
+    while int(schedule * strength) < steps:  # float rounding of the division above
+        schedule += 1
+    if schedule > MAX_SCHEDULE:
+        raise _invalid("denoising_strength", f"{steps} steps at {strength:g} take a schedule of {schedule} steps, "
+                       f"above the models' {MAX_SCHEDULE} (fewer steps, or a higher strength)")
+    return schedule
 
 
 def refiner(body: Mapping[str, Any], task: str, resolve_model: Resolve) -> dict[str, Any]:

@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from runtime.contract import ContractError
+from runtime.contract.inputs import MAX_SCHEDULE, Hires
+from runtime.contract.webui_passes import second_pass_schedule
 from tests.contract.webui_cases import NAMES, mapped, png, refused, webuiapi_img2img, webuiapi_txt2img
 
 SDXL = {"override_settings": {"sd_model_checkpoint": "sd_xl_base_1.0"}}
@@ -26,7 +29,8 @@ def hires_of(**changes: Any) -> dict[str, Any]:
 
 # -- hires fix ----------------------------------------------------------------------------------------------------
 def test_enable_hr_with_webuiapis_defaults_is_hires_fix_at_twice_the_size_in_latent_space() -> None:
-    assert hires_of() == {"denoising_strength": 0.7, "upscaler": "latent", "scale": 2.0}
+    # webuiapi's 20 steps at 0.7, as WebUI runs them: 20 steps of a schedule stretched to 29
+    assert hires_of() == {"denoising_strength": 0.7, "upscaler": "latent", "scale": 2.0, "steps": 29}
     assert "hires" not in mapped(webuiapi_txt2img(hr_scale=3, hr_upscaler="Nearest")).inputs  # enable_hr false
 
 
@@ -42,7 +46,7 @@ def test_hr_upscaler_takes_webuis_names_and_the_catalogs_upscalers(name: str | N
 @pytest.mark.parametrize(("changes", "expected"), [
     ({"hr_resize_x": 1024}, {"width": 1024}), ({"hr_resize_y": "768"}, {"height": 768}),
     ({"hr_resize_x": 1024, "hr_resize_y": 1024}, {"width": 1024, "height": 1024}),
-    ({"hr_scale": 1.5}, {"scale": 1.5}), ({"hr_second_pass_steps": 10}, {"scale": 2.0, "steps": 10}),
+    ({"hr_scale": 1.5}, {"scale": 1.5}), ({"hr_second_pass_steps": 10}, {"scale": 2.0, "steps": 15}),
     ({"hr_prompt": "a blue fox", "hr_negative_prompt": "blur"}, {"scale": 2.0, "prompt": "a blue fox",
                                                                  "negative_prompt": "blur"}),
     ({"hr_sampler_name": "DPM++ 2M", "hr_scheduler": "Automatic"}, {"scale": 2.0, "scheduler": "dpmpp_2m"}),
@@ -51,11 +55,28 @@ def test_hr_upscaler_takes_webuis_names_and_the_catalogs_upscalers(name: str | N
 ])
 def test_hires_targets_steps_prompts_and_sampler(changes: dict[str, Any], expected: dict[str, Any]) -> None:
     got = hires_of(**changes)
-    assert got == {"denoising_strength": 0.5 if "denoising_strength" in changes else 0.7, "upscaler": "latent",
+    strength = 0.5 if "denoising_strength" in changes else 0.7
+    assert got == {"denoising_strength": strength, "upscaler": "latent", "steps": 40 if strength == 0.5 else 29,
                    **expected}
 
 
+@pytest.mark.parametrize("strength", [0.05, 0.1, 0.3, 0.33, 0.35, 0.5, 0.7, 0.75, 0.999, 1.0])
+@pytest.mark.parametrize("steps", [1, 4, 7, 20, 30, 50, 150])
+def test_the_second_pass_runs_webuis_count_of_steps(steps: int, strength: float) -> None:
+    """WebUI's second pass runs exactly ``hr_second_pass_steps`` (or the first pass's) steps; spotgen's runs
+    ``int(schedule x strength)`` of the schedule it is given: the shortest schedule that makes them equal."""
+    try:
+        schedule = second_pass_schedule(steps, strength, "hr_second_pass_steps")
+    except ContractError as error:
+        assert steps / strength > MAX_SCHEDULE and error.field == "denoising_strength", error
+        return
+    assert int(schedule * strength) == steps and int((schedule - 1) * strength) < steps
+    assert Hires(steps=schedule, denoising_strength=strength).steps == schedule  # the native contract takes it
+
+
 @pytest.mark.parametrize(("changes", "code", "field"), [
+    ({"hr_second_pass_steps": 151}, "invalid_field", "hr_second_pass_steps"),
+    ({"steps": 30, "denoising_strength": 0.02}, "invalid_field", "denoising_strength"),
     ({"hr_scale": 8}, "invalid_field", "hr_scale"), ({"hr_scale": 0.5}, "invalid_field", "hr_scale"),
     ({"denoising_strength": 0}, "invalid_field", "denoising_strength"),
     ({"hr_resize_x": 1024, "hr_resize_y": 768}, "unsupported_field", "hr_resize_y"),  # WebUI would crop
