@@ -1,5 +1,6 @@
 """``/controlnet/*``: the ControlNet extension's own routes (``version``, ``model_list``, ``module_list``,
-``detect``), behind the same API key as ``/sdapi/v1``, for the WebUI clients that call them before sending units.
+``control_types``, ``settings``, ``detect``), behind the same API key as ``/sdapi/v1``, for the WebUI clients that
+call them before sending units.
 
 The listings come from the settings and the contract (``runtime.contract.controlnet_ext``); ``detect`` queues a
 ``controlnet_detect`` job per image, checked as ``POST /v1/jobs`` checks one (every image before the first is
@@ -22,22 +23,27 @@ from runtime.contract import ContractError, JobRequest, raise_contract_error, re
 from runtime.contract.controlnet_ext import (
     DETECT_MODEL,
     EXTENSION_API_VERSION,
+    control_types,
     detect_error,
     detect_jobs,
     module_list,
 )
 from runtime.contract.images import decode_inline
-from runtime.contract.inputs import MAX_SIDE
+from runtime.contract.inputs import MAX_CONTROLNETS, MAX_SIDE
 from runtime.contract.webui_answer import LAMBDA_RESPONSE_BYTES, base64_bytes, png_bytes_bound
 
 #: The routes under ``/controlnet/``, by method.
-ROUTES = {"GET": ("version", "model_list", "module_list"), "POST": ("detect",)}
+ROUTES = {"GET": ("version", "model_list", "module_list", "control_types", "settings"), "POST": ("detect",)}
 
 
 def model_list(dep: Deployment) -> dict[str, Any]:
     """The ControlNets a unit's ``model`` may name, by their WebUI titles (an alias, else the id)."""
+    return {"model_list": _titles(dep)}
+
+
+def _titles(dep: Deployment) -> list[str]:
     titles = compat.titles(dep.settings)
-    return {"model_list": [titles[model] for model in dep.settings.controlnets]}
+    return [titles[model] for model in dep.settings.controlnets]
 
 
 def _map_bytes(inputs: dict[str, Any]) -> int:
@@ -99,6 +105,10 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             return response(200, model_list(dep))
         if (method, name) == ("GET", "module_list"):
             return response(200, module_list())
+        if (method, name) == ("GET", "control_types"):
+            return response(200, control_types(_titles(dep)))
+        if (method, name) == ("GET", "settings"):  # the extension's setting of how many units a job may have
+            return response(200, {"control_net_unit_count": MAX_CONTROLNETS})
         if (method, name) == ("POST", "detect"):
             return detect(dep, event)
     allowed = [m for m, names in ROUTES.items() if name in names]

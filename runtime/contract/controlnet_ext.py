@@ -1,5 +1,6 @@
 """The routes of WebUI's ControlNet extension (Mikubill/sd-webui-controlnet, ``scripts/api.py``) that clients
-call besides ``alwayson_scripts``: ``/controlnet/version``, ``model_list``, ``module_list`` and ``detect``.
+call besides ``alwayson_scripts``: ``/controlnet/version``, ``model_list``, ``module_list``, ``control_types``,
+``settings`` and ``detect``.
 
 ``version`` is the extension's API version (2). ``model_list`` names the ControlNets the deployment accepts, as a
 unit's ``model`` may name them; ``module_list`` the preprocessors spotgen runs (``WEIGHT_FREE``, by the
@@ -48,6 +49,39 @@ def module_list() -> dict[str, Any]:
     """``GET /controlnet/module_list``'s answer."""
     return {"module_list": list(WEIGHT_FREE),
             "module_detail": {name: {"model_free": False, "sliders": []} for name in WEIGHT_FREE}}
+
+
+#: The extension's control types (``global_state.preprocessor_filters``: its UI's radio buttons, in its order), each
+#: with its default module and the words that put a module or a model in it (its name and its aliases).
+CONTROL_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "All": ("none", ()), "Canny": ("canny", ("canny",)), "Depth": ("depth_midas", ("depth",)),
+    "NormalMap": ("normal_bae", ("normal",)), "OpenPose": ("openpose_full", ("openpose",)), "MLSD": ("mlsd", ("mlsd",)),
+    "Lineart": ("lineart_standard", ("lineart",)), "SoftEdge": ("softedge_pidinet", ("softedge", "hed", "pidi")),
+    "Scribble/Sketch": ("scribble_pidinet", ("scribble", "sketch")), "Segmentation": ("seg_ofade20k", ("seg",)),
+    "Shuffle": ("shuffle", ("shuffle",)), "Tile/Blur": ("tile_resample", ("tile", "blur")),
+    "Inpaint": ("inpaint_only", ("inpaint",)), "InstructP2P": ("none", ("ip2p",)),
+    "Reference": ("reference_only", ("reference",)), "Recolor": ("recolor_luminance", ("recolor",)),
+    "Revision": ("revision_clipvision", ("revision",)), "T2I-Adapter": ("none", ("t2ia", "t2i_adapter", "t2iadapter")),
+    "IP-Adapter": ("ip-adapter_clip_sd15", ("ip-adapter", "ip_adapter", "ipadapter")),
+    "Instant_ID": ("instant_id", ("instant_id",)), "SparseCtrl": ("none", ("sparsectrl",)),
+}
+
+
+def control_types(models: list[str]) -> dict[str, Any]:
+    """``GET /controlnet/control_types``' answer: per control type, the modules spotgen runs and the ControlNet
+    ``models`` (their WebUI titles) of that type, "none" and "None" first as in the extension, and its defaults:
+    the type's own module where spotgen runs it, and the first model of the type ("None" for "All")."""
+    answer = {}
+    for name, (default, words) in CONTROL_TYPES.items():
+        def of_type(title: str, words: tuple[str, ...] = words) -> bool:
+            return not words or any(word in title.lower() for word in words)
+
+        modules = ["none", *(m for m in WEIGHT_FREE if m != "none" and of_type(m))]
+        titles = ["None", *(t for t in models if of_type(t))]
+        answer[name] = {"module_list": modules, "model_list": titles,
+                        "default_option": default if default in modules else "none",
+                        "default_model": titles[1] if len(titles) > 1 and words else "None"}
+    return {"control_types": answer}
 
 
 def detect_jobs(body: Any) -> list[tuple[dict[str, Any], str]]:

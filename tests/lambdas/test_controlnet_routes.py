@@ -44,6 +44,17 @@ def test_the_listings_are_the_extensions_with_what_spotgen_has(api: webuiapi.Web
     assert api.controlnet_module_list() == list(WEIGHT_FREE)
     detail = api.custom_get("controlnet/module_list")["module_detail"]
     assert detail["canny"] == {"model_free": False, "sliders": []}
+    types = api.custom_get("controlnet/control_types")["control_types"]
+    assert list(types)[:3] == ["All", "Canny", "Depth"] and len(types) == 21  # the extension's, in its order
+    assert types["Canny"] == {"module_list": ["none", "canny"], "default_option": "canny",
+                              "model_list": ["None", "control_v11p_sd15_canny", "controlnet-canny-sdxl-1.0"],
+                              "default_model": "control_v11p_sd15_canny"}
+    assert types["All"]["module_list"] == list(WEIGHT_FREE) and types["All"]["default_model"] == "None"
+    assert types["Depth"] == {"module_list": ["none"], "model_list": ["None"], "default_option": "none",
+                              "default_model": "None"}  # nothing of that type here: an honest empty list
+    assert types["Tile/Blur"]["module_list"] == ["none", "tile_resample", "tile_colorfix", "tile_colorfix+sharp",
+                                                 "blur_gaussian"]
+    assert api.custom_get("controlnet/settings") == {"control_net_unit_count": 4}
 
 
 def test_detect_answers_the_preprocessors_map(api: webuiapi.WebUIApi) -> None:
@@ -93,8 +104,8 @@ def test_the_routes_take_the_api_key_and_other_methods_are_refused(own_stack: St
         urllib.request.urlopen(request, timeout=30)
     assert caught.value.code == 405 and caught.value.headers["Allow"] == "POST"
     with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(f"{own_stack.api_url}/controlnet/control_types", timeout=30)
-    assert caught.value.code == 404
+        urllib.request.urlopen(f"{own_stack.api_url}/controlnet/render_openpose_json", timeout=30)
+    assert caught.value.code == 404 and b"control_types" in caught.value.read()  # it names the routes served
 
 
 def test_minus_one_is_the_modules_default_and_errors_name_the_bodys_field() -> None:
