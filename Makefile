@@ -59,7 +59,6 @@ lint: install
 # each of the run's forty-odd Python processes imports most of the project, and compiling it again in each cost
 # about 4 s of CPU per test process (measured with `pytest --collect-only`). The sources are compiled once before
 # pytest starts (1 s); __pycache__ is in .gitignore and .dockerignore.
-# The test processes share the cores out among their torch threads: tests/conftest.py's pytest_configure.
 PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n 4 --dist loadscope --durations=15
 COMPILE := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m compileall -q spotgen runtime pipelines lambdas tests
 test: install lint

@@ -30,17 +30,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist, the controller starts the run's one worker zygote (tests/zygote.py) before its test
-    processes start, so that they share it: the worker's code is imported once per run, not once per process.
-
-    It also shares the cores out before anything starts: each test process, and each worker they start, gets
-    ``cores / processes`` torch threads (at least one) unless ``OMP_NUM_THREADS`` says otherwise. Four processes
-    of two threads each on two cores spin in OpenMP's waits: measured with two test processes on two cores, one
-    thread each took 10 % less CPU and wall time than two. That results do not depend on the thread count is
-    ``make test-cpus``' proof."""
-    processes = config.getoption("numprocesses", None)
-    if processes and not hasattr(config, "workerinput"):
-        if isinstance(processes, int) and "OMP_NUM_THREADS" not in os.environ:
-            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    processes start, so that they share it: the worker's code is imported once per run, not once per process."""
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
         os.environ[SOCKET_VARIABLE] = zygote().start()
 
 
