@@ -3,6 +3,7 @@ the helpers that compare runs. The ``harness`` fixture (conftest.py) is one per 
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
 import numpy as np
@@ -101,3 +102,17 @@ def interrupt_at(harness: Harness, name: str, stop: int, **overrides: Any) -> by
     with pytest.raises(JobInterrupted):
         harness.run(name, on_step=on_step, **overrides)
     return saved[0]
+
+
+def run_with_snapshots(harness: Harness, name: str, stops: Container[int] | None = None,
+                       **overrides: Any) -> tuple[list[Image.Image], dict[int, bytes]]:
+    """One uninterrupted run that also saves the checkpoint an interruption after each step in ``stops`` (every
+    step when None) would have saved, as the worker's periodic checkpoints do: one run where an interrupted run and
+    a reference run were two. Each is serialized at its step, so the steps after it cannot change it."""
+    saved: dict[int, bytes] = {}
+
+    def on_step(step: int, state: Any) -> None:
+        if stops is None or step in stops:
+            saved[step] = checkpoint.dump(state(), "f" * 64)
+
+    return harness.run(name, on_step=on_step, **overrides), saved
