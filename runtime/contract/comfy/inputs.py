@@ -22,5 +22,4 @@ class ComfyInputs(BaseModel):
     def _checked(cls, graph: dict[str, Any]) -> dict[str, Any]:
         from runtime.contract.comfy.graph import check_graph  # the node table is large: imported when a graph comes
 
-        check_graph(graph)
-        return graph
+        return check_graph(graph)  # as the interpreter runs it: values converted, the needed nodes only
