@@ -1,0 +1,84 @@
+"""Latent nodes: ``EmptyLatentImage``, ``LatentUpscale`` and ``LatentUpscaleBy``.
+
+An empty latent is zeros of the SD families' four channels at an eighth of the size; a sampler at full denoise
+starts it from pure noise, as a text-to-image run (``pipelines.comfyui.sampling``). The upscales resize latents with
+``torch.nn.functional.interpolate`` in the modes ComfyUI names (``nearest-exact``, ``bilinear``, ``area``,
+``bicubic``): pure functions of their input, so a job resumed after the first sampler upscales its carried latents
+again to the very same values. ComfyUI's ``bislerp`` (spherical blending) is not run yet: refused, naming the input.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pipelines.comfyui.values import Latent
+from runtime.contract import ContractError
+
+if TYPE_CHECKING:
+    from pipelines.comfyui.executor import Execution
+
+#: Pixels per latent cell (the SD families' VAEs downscale by 8).
+SCALE = 8
+CHANNELS = 4
+#: ComfyUI's upscale_method -> interpolate's mode.
+MODES = {"nearest-exact": "nearest-exact", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic"}
+
+
+def empty_latent_image(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    width, height, batch = (ex.integer(node_id, args, name) for name in ("width", "height", "batch_size"))
+    shape = (batch, CHANNELS, height // SCALE, width // SCALE)
+    return (Latent(torch.zeros(shape, device=ex.ctx.device), empty=True),)
+
+
+def resized(latent: Latent, width: int, height: int, method: Any, crop: str, where: str) -> Latent:
+    """``latent`` at ``width`` x ``height`` cells; with ``crop`` "center", cut first to the target's aspect."""
+    mode = MODES.get(method) if isinstance(method, str) else None
+    if mode is None:
+        raise ContractError("invalid_field", f"{where}: upscale_method {method!r} is not run here; use one of "
+                            f"{', '.join(MODES)}", where)
+    samples = latent.samples
+    if crop == "center":
+        samples = _center_crop(samples, width / height)
+    corners = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    with torch.inference_mode():
+        out = torch.nn.functional.interpolate(samples, size=(height, width), mode=mode, **corners)
+    return Latent(out, empty=latent.empty)
+
+
+def _center_crop(samples: torch.Tensor, aspect: float) -> torch.Tensor:
+    height, width = samples.shape[-2:]
+    if width / height > aspect:  # too wide: cut the sides
+        keep = round(height * aspect)
+        left = (width - keep) // 2
+        return samples[..., :, left:left + keep]
+    keep = round(width / aspect)
+    top = (height - keep) // 2
+    return samples[..., top:top + keep, :]
+
+
+def latent_upscale(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    latent = ex.want(args["samples"], Latent, node_id, "samples")
+    width, height = ex.integer(node_id, args, "width"), ex.integer(node_id, args, "height")
+    cells_h, cells_w = latent.samples.shape[-2:]
+    if width == 0 and height == 0:
+        return (latent,)
+    if width == 0:  # the other side follows the aspect ratio
+        width = max(64, round(cells_w * height / cells_h))
+    elif height == 0:
+        height = max(64, round(cells_h * width / cells_w))
+    crop = args.get("crop", "disabled")
+    return (resized(latent, width // SCALE, height // SCALE, args["upscale_method"], crop,
+                    ex.where(node_id, "upscale_method")),)
+
+
+def latent_upscale_by(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    latent = ex.want(args["samples"], Latent, node_id, "samples")
+    scale = args["scale_by"]
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale <= 8:
+        where = ex.where(node_id, "scale_by")
+        raise ContractError("invalid_field", f"{where}: a factor above 0 and at most 8, not {scale!r}", where)
+    cells_h, cells_w = latent.samples.shape[-2:]
+    width, height = max(1, round(cells_w * scale)), max(1, round(cells_h * scale))
+    return (resized(latent, width, height, args["upscale_method"], "disabled", ex.where(node_id, "upscale_method")),)

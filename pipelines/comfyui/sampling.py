@@ -1,0 +1,126 @@
+"""``KSampler``: one pass of the job's checkpoint stream, on diffusers' text-to-image or img2img class of the
+model's family (``Family.task_class``), built on the loaded model's own modules (``pipelines.common.job_pipeline``)
+and run by ``pipelines.resume.run_resumable``, so an interruption at any of its steps resumes there byte-identical.
+
+Which class: an empty latent (EmptyLatentImage, upscaled or not) at denoise 1 starts from pure noise, as spotgen's
+txt2img does; any other latent (a sampler's, a VAEEncode's) is img2img's input, noised to where the schedule
+starts. Denoise is ComfyUI's: ``steps`` steps are run, the last ones of a schedule of ``steps / denoise``
+(diffusers' img2img would run ``steps x strength`` of ``steps``). The noise is drawn on the CPU from the node's
+``seed`` (image i of a batch from seed + i), so a seed gives the same noise on any device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+from pipelines.comfyui import samplers
+from pipelines.comfyui.values import Conditioning, Latent, Model
+from pipelines.common import job_pipeline
+from pipelines.resume import run_resumable
+from runtime.contract import ContractError
+from runtime.contract.inputs import LCM_MAX_STEPS, MAX_SCHEDULE
+from runtime.plugins import RunContext
+
+if TYPE_CHECKING:
+    from pipelines.comfyui.executor import Execution
+
+#: Seeds wrap below 2**64 by this much, so that seed + i of a batch is still a seed torch takes.
+_SEED_ROOM = 4096
+
+
+class Schedule(NamedTuple):
+    """A sampler node's run: ``total`` steps of schedule, of which img2img's ``strength`` runs the last ones; a
+    ``total`` of 0 runs none (denoise 0: ComfyUI hands the latent on unchanged)."""
+
+    total: int
+    strength: float
+
+
+def schedule(ex: Execution, node_id: str, args: dict[str, Any], choice: samplers.Choice) -> Schedule:
+    """ComfyUI's denoise as diffusers' img2img counts: ``steps`` of ``int(steps / denoise)``; the strength is
+    put half a step above the count so that img2img's ``int(total x strength)`` is ``steps`` exactly."""
+    steps = ex.integer(node_id, args, "steps")
+    denoise = ex.number(node_id, args, "denoise")
+    if steps < 1 or not 0 <= denoise <= 1:
+        where = ex.where(node_id, "steps" if steps < 1 else "denoise")
+        raise ContractError("invalid_field", f"{where}: steps must be 1 or more and denoise between 0 and 1", where)
+    if denoise == 0:
+        return Schedule(0, 0.0)
+    if denoise >= 1:
+        return Schedule(steps, 1.0)
+    total = max(steps, int(steps / denoise))
+    limit = LCM_MAX_STEPS if choice.scheduler == "lcm" else MAX_SCHEDULE
+    if total > limit:
+        where = ex.where(node_id, "denoise")
+        raise ContractError("invalid_field", f"{where}: {steps} steps at denoise {denoise} make a schedule of "
+                            f"{total} steps, above the {limit} this sampler runs (fewer steps, or more denoise)",
+                            where)
+    return Schedule(total, min(1.0, (steps + 0.5) / total))
+
+
+def planned_steps(model: Model, choice: samplers.Choice, plan: Schedule) -> int:
+    """How many steps the pass reports: the timesteps its scheduler runs (Heun's and DPM2's more than steps)."""
+    if plan.total == 0:
+        return 0
+    scheduler = model.kind.make_scheduler(choice, model.base.scheduler.config)
+    scheduler.set_timesteps(plan.total)
+    start = plan.total - min(int(plan.total * plan.strength), plan.total)
+    return len(scheduler.timesteps[max(start, 0) * scheduler.order:])
+
+
+def plan(ex: Execution, node_id: str, args: dict[str, Any]) -> int:
+    """The steps a KSampler node is planned to run (the executor plans every pass before the first runs)."""
+    choice = samplers.choice(args["sampler_name"], args["scheduler"], ex.where(node_id))
+    model = ex.want(args["model"], Model, node_id, "model")
+    return planned_steps(model, choice, schedule(ex, node_id, args, choice))
+
+
+def _prompts(model: Model, positive: Conditioning, negative: Conditioning, where: str) -> dict[str, Any]:
+    if len(positive.parts) != 1 or len(negative.parts) != 1:
+        raise ContractError("unsupported_combination", f"{where}: combined conditionings (ConditioningCombine) are "
+                            "not run yet; give the sampler one text encoding each", where)
+    pos, neg = positive.parts[0], negative.parts[0]
+    if pos.embeds.shape[-1] != neg.embeds.shape[-1]:
+        raise ContractError("unsupported_combination", f"{where}: the positive and negative conditionings come from "
+                            "different text encoders", where)
+    chunks = max(pos.chunks, neg.chunks)
+    out = {"prompt_embeds": pos.padded(chunks), "negative_prompt_embeds": neg.padded(chunks)}
+    if pos.pooled is not None or neg.pooled is not None:
+        if pos.pooled is None or neg.pooled is None:
+            raise ContractError("unsupported_combination", f"{where}: an SDXL sampler needs both conditionings from "
+                                "an SDXL text encoder", where)
+        out |= {"pooled_prompt_embeds": pos.pooled, "negative_pooled_prompt_embeds": neg.pooled}
+    return out
+
+
+def ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    model = ex.want(args["model"], Model, node_id, "model")
+    positive = ex.want(args["positive"], Conditioning, node_id, "positive")
+    negative = ex.want(args["negative"], Conditioning, node_id, "negative")
+    latent = ex.want(args["latent_image"], Latent, node_id, "latent_image")
+    choice = samplers.choice(args["sampler_name"], args["scheduler"], ex.where(node_id))
+    run = schedule(ex, node_id, args, choice)
+    seed = ex.integer(node_id, args, "seed") % (2**64 - _SEED_ROOM)
+    cfg = ex.number(node_id, args, "cfg")
+    prompts = _prompts(model, positive, negative, ex.where(node_id, "positive"))
+    txt2img = latent.empty and run.strength >= 1
+    cls = model.kind.task_class("txt2img" if txt2img else "img2img", model.variant)
+    height, width = (side * model.base.vae_scale_factor for side in latent.samples.shape[-2:])
+    if txt2img:
+        task: dict[str, Any] = {"width": width, "height": height}
+    else:
+        task = {"image": latent.samples.to(model.base.unet.dtype), "strength": run.strength}
+
+    def sample(ctx: RunContext) -> torch.Tensor:
+        if run.total == 0:
+            return latent.samples
+        view = job_pipeline(cls, model.base, choice, family=model.kind)
+        return run_resumable(view, dataclasses.replace(ctx, seed=seed), num_images=latent.batch,
+                             num_inference_steps=run.total, guidance_scale=cfg, output_type="latent", **prompts,
+                             **task)
+
+    out = ex.sample(node_id, sample)
+    return (Latent(out, empty=latent.empty and run.total == 0),)

@@ -1,0 +1,192 @@
+"""The ``comfyui`` pipeline's interpreter (``pipelines/comfyui/``) on the tiny models, in-process: ComfyUI's own
+workflows (tests/comfy/workflows/, as ComfyUI exports them) at tiny sizes and few steps.
+
+The default txt2img graph gives spotgen's txt2img pixels at the EmptyLatentImage's size, the same bytes twice, and
+other pixels when any of its sampler's or encoder's inputs changes; the hires graph (two KSamplers and a latent
+upscale between) gives the upscaled size, and an interruption inside either sampler resumes to the bytes of an
+uninterrupted run, through checkpoint bytes as the worker stores them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipelines.comfyui import ComfyUI
+from pipelines.comfyui.executor import run_order
+from runtime.contract import ContractError
+from runtime.contract.comfy.inputs import ComfyInputs
+from runtime.models.store import ModelStore
+from runtime.plugins import JobInterrupted, StepState
+from runtime.worker import checkpoint
+from tests.pipelines.harness import Harness, pixels, png
+
+WORKFLOWS = Path(__file__).parent / "workflows"
+KEY = "f" * 64
+
+
+def workflow(name: str) -> dict[str, Any]:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def default_graph(model: str = "tiny-sd", **sampler: Any) -> dict[str, Any]:
+    """ComfyUI's default graph at 64 x 48 (not square, so a width/height mix-up shows), 3 steps."""
+    graph = workflow("default_txt2img")
+    graph["4"]["inputs"]["ckpt_name"] = model
+    graph["5"]["inputs"].update(width=64, height=48)
+    graph["3"]["inputs"].update(seed=1234, steps=3, **sampler)
+    return graph
+
+
+def hires_graph(model: str = "tiny-sd") -> dict[str, Any]:
+    """ComfyUI's hires-fix example: 64 x 48, x1.5 in latents, DPM++ SDE then DPM++ 2M at denoise 0.5."""
+    graph = workflow("hires_two_samplers")
+    graph["16"]["inputs"]["ckpt_name"] = model
+    graph["5"]["inputs"].update(width=64, height=48)
+    graph["3"]["inputs"]["steps"] = 2
+    graph["11"]["inputs"]["steps"] = 2
+    return graph
+
+
+@pytest.fixture(scope="module")
+def harness(tiny_models: Path) -> Harness:
+    return Harness(ModelStore(tiny_models, "cpu"))
+
+
+def run(harness: Harness, graph: dict[str, Any], resume_from: StepState | None = None, on_step: Any = None,
+        phases: list[str | None] | None = None) -> list[Any]:
+    ctx = harness.context(seed=7, resume_from=resume_from, on_step=on_step)
+    if phases is not None:
+        ctx.on_begin_phase = phases.append
+    return ComfyUI().run(ComfyInputs.model_validate({"graph": graph}), ctx)
+
+
+def test_the_default_graph_gives_txt2imgs_pixels_at_the_empty_latents_size(harness: Harness) -> None:
+    graph = default_graph()
+    out = run(harness, graph)
+    assert [image.size for image in out] == [(64, 48)]
+    assert png(run(harness, graph)) == png(out)
+    prompt, negative = graph["6"]["inputs"]["text"], graph["7"]["inputs"]["text"]
+    native = harness.run("txt2img", job_seed=1234, prompt=prompt, negative_prompt=negative, guidance_scale=8,
+                         steps=3)
+    assert np.array_equal(pixels(out), pixels(native))
+
+
+@pytest.mark.parametrize(("node", "changes"), [
+    ("3", {"seed": 1235}), ("3", {"steps": 4}), ("3", {"cfg": 5.0}), ("3", {"sampler_name": "euler_ancestral"}),
+    ("3", {"scheduler": "karras"}), ("6", {"text": "a red fox in the snow"}), ("7", {"text": "blurry"}),
+])
+def test_every_input_of_the_default_graph_changes_the_pixels(harness: Harness, node: str,
+                                                            changes: dict[str, Any]) -> None:
+    base = pixels(run(harness, default_graph()))
+    graph = default_graph()
+    graph[node]["inputs"].update(changes)
+    out = pixels(run(harness, graph))
+    assert out.shape == base.shape and not np.array_equal(out, base), changes
+
+
+def test_a_batch_draws_image_i_from_seed_plus_i(harness: Harness) -> None:
+    one = pixels(run(harness, default_graph()))
+    graph = default_graph()
+    graph["5"]["inputs"]["batch_size"] = 2
+    two = pixels(run(harness, graph))
+    assert two.shape == (2, 48, 64, 3) and np.array_equal(two[:1], one) and not np.array_equal(two[1], one[0])
+
+
+def test_sdxl_runs_the_default_graph_and_its_text_nodes(harness: Harness) -> None:
+    graph = default_graph("tiny-sdxl")
+    out = pixels(run(harness, graph))
+    assert out.shape == (1, 48, 64, 3)
+    skipped = copy.deepcopy(graph)
+    skipped["10"] = {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["4", 1], "stop_at_clip_layer": -2}}
+    skipped["6"]["inputs"]["clip"] = ["10", 0]
+    zeroed = copy.deepcopy(graph)
+    zeroed["10"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["7", 0]}}
+    zeroed["3"]["inputs"]["negative"] = ["10", 0]
+    for other in (skipped, zeroed):
+        assert not np.array_equal(pixels(run(harness, other)), out)
+
+
+def test_the_hires_graph_gives_both_sizes_in_node_order_with_a_pass_per_sampler(harness: Harness) -> None:
+    for model in ("tiny-sd", "tiny-sdxl"):
+        phases: list[str | None] = []
+        out = run(harness, hires_graph(model), phases=phases)
+        assert [image.size for image in out] == [(64, 48), (96, 72)], model  # SaveImage 9, then 13
+        assert phases == ["ksampler-3", "ksampler-11"]
+    total = harness.reports[-1][1]
+    assert [step for step, _ in harness.reports] == list(range(1, total + 1))
+
+
+def test_an_interruption_inside_either_sampler_resumes_byte_identical(harness: Harness) -> None:
+    """Checkpoints after each step of the first sampler (DPM++ SDE: its Brownian noise too) and of the second,
+    each saved as bytes and resumed from; and one real interruption inside the second sampler."""
+    graph = hires_graph()
+    saved: dict[int, bytes] = {}
+
+    def snapshot(step: int, state: Any) -> None:
+        saved[step] = checkpoint.dump(state(), KEY)
+
+    reference = png(run(harness, graph, on_step=snapshot))
+    total = harness.reports[-1][1]
+    first = 3  # DPM++ SDE, second order: 2 steps are 3 timesteps
+    assert total == first + 2 and sorted(saved) == list(range(1, total + 1))
+    for stop in range(1, total):
+        resumed = png(run(harness, graph, resume_from=checkpoint.load(saved[stop], KEY)))
+        assert harness.reports[0] == (stop + 1, total), stop
+        assert resumed == reference, f"resumed after step {stop} of {total}"
+
+    def interrupt(step: int, state: Any) -> None:
+        if step == first + 1:
+            saved[0] = checkpoint.dump(state(), KEY)
+            raise JobInterrupted
+
+    with pytest.raises(JobInterrupted):
+        run(harness, graph, on_step=interrupt)
+    assert png(run(harness, graph, resume_from=checkpoint.load(saved[0], KEY))) == reference
+
+
+def test_vae_encode_and_latent_upscale_feed_a_second_sampler(harness: Harness) -> None:
+    """img2img inside a graph: the first image decoded, encoded again, upscaled to a given size and denoised;
+    PreviewImage's images come with SaveImage's, in node order."""
+    graph = default_graph()
+    graph["20"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["8", 0], "vae": ["4", 2]}}
+    graph["21"] = {"class_type": "LatentUpscale", "inputs": {"samples": ["20", 0], "upscale_method": "bilinear",
+                                                              "width": 80, "height": 0, "crop": "disabled"}}
+    graph["22"] = {"class_type": "KSampler", "inputs": {**graph["3"]["inputs"], "latent_image": ["21", 0],
+                                                         "denoise": 0.6}}
+    graph["23"] = {"class_type": "VAEDecode", "inputs": {"samples": ["22", 0], "vae": ["4", 2]}}
+    graph["24"] = {"class_type": "PreviewImage", "inputs": {"images": ["23", 0]}}
+    out = run(harness, graph)
+    assert [image.size for image in out] == [(64, 48), (80, 64)]  # 80 x 60 in cells of 8
+    stronger = copy.deepcopy(graph)
+    stronger["22"]["inputs"]["denoise"] = 0.9
+    assert not np.array_equal(np.asarray(run(harness, stronger)[1]), np.asarray(out[1]))
+
+
+def test_only_what_an_output_needs_runs_in_dependency_order() -> None:
+    graph = hires_graph()
+    del graph["13"], graph["12"]  # the second sampler now feeds nothing
+    assert run_order(graph) == ["5", "16", "6", "7", "3", "8", "9"]
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda g: g["4"]["inputs"].update(ckpt_name="tiny-flux"), "inputs.graph.4.inputs.ckpt_name"),
+    (lambda g: g["4"]["inputs"].update(ckpt_name="tiny-esrgan"), "inputs.graph.4.inputs.ckpt_name"),
+    (lambda g: g["10"].update(class_type="ConditioningCombine") or g["3"]["inputs"].update(positive=["10", 0]),
+     "inputs.graph.10"),  # not run yet (a sampler would average two predictions)
+])
+def test_what_the_interpreter_does_not_run_is_refused_naming_the_node(harness: Harness, change: Any,
+                                                                      field: str) -> None:
+    graph = default_graph()
+    graph["10"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["7", 0]}}
+    change(graph)
+    if graph["10"]["class_type"] == "ConditioningCombine":
+        graph["10"]["inputs"] = {"conditioning_1": ["6", 0], "conditioning_2": ["7", 0]}
+    steps: list[int] = []
+    with pytest.raises(ContractError) as caught:
+        run(harness, graph, on_step=lambda step, state: steps.append(step))
+    assert caught.value.field == field and not steps, caught.value
