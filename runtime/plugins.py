@@ -31,7 +31,7 @@ StepHook = Callable[[int, int, "Callable[[], StepState] | None"], None]
 ENTRY_POINT_GROUP = "spotgen.pipelines"
 BUILTINS = ("pipelines.txt2img:Txt2Img", "pipelines.img2img:Img2Img", "pipelines.controlnet:ControlNet",
             "pipelines.inpaint:Inpaint", "pipelines.upscale:Upscale", "pipelines.controlnet_detect:ControlNetDetect",
-            "pipelines.sdupscale:SdUpscale")
+            "pipelines.sdupscale:SdUpscale", "pipelines.comfyui:ComfyUI")
 
 
 class CheckpointError(ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from runtime.contract.comfy.inputs import ComfyInputs
 from runtime.contract.detect import ControlNetDetectInputs
 from runtime.contract.edits import InpaintInputs, UpscaleInputs
 from runtime.contract.inputs import ControlNetInputs, Img2ImgInputs, Txt2ImgInputs
@@ -17,6 +18,7 @@ BUILTIN_INPUTS: dict[str, type[BaseModel]] = {
     "upscale": UpscaleInputs,
     "controlnet_detect": ControlNetDetectInputs,
     "sd_upscale": SdUpscaleInputs,
+    "comfyui": ComfyInputs,
 }
 BUILTIN_PIPELINES = tuple(BUILTIN_INPUTS)
 #: Fields of built-in inputs that hold image references (moved to S3 by the submit Lambda).
