@@ -286,3 +286,27 @@ def test_the_workers_inputs_check_the_graph() -> None:
     graph["3"]["inputs"]["sampler_name"] = "dpm_fast"
     with pytest.raises(ValidationError, match="Prompt outputs failed validation"):
         ComfyInputs(graph=graph)
+
+
+def test_samplers_are_checked_on_the_models_family_when_the_deployment_knows_it() -> None:
+    names = Names(models={"flux1-dev.safetensors": "flux-dev", "ae.safetensors": "flux-dev",
+                          "t5xxl_fp16.safetensors": "flux-dev", "clip_l.safetensors": "flux-dev",
+                          "sd3.5_large_fp8_scaled.safetensors": "sd35", "v1-5-pruned-emaonly.safetensors": "sd15"},
+                  loras={"epiNoiseoffset_v2.safetensors": "noise-offset"},
+                  families={"flux-dev": "flux", "sd35": "sd3", "sd15": "sd1"})
+    check_graph(workflow("sd35"), names)  # sgm_uniform is SD 3.5's own schedule
+    flux = workflow("flux_dev")
+    flux["16"]["inputs"]["sampler_name"] = "heun"  # SD 3.5 runs Heun, Flux does not
+    check_graph(flux)  # without the deployment: as on SD
+    found = only_error(flux, "16", names=names)
+    assert found["details"] == ("sampler_name: 'heun' not in ['euler', 'dpmpp_2m', 'uni_pc'] (the samplers spotgen "
+                                "runs on flux models such as 'flux-dev')")
+    sd35 = workflow("sd35")
+    sd35["3"]["inputs"].update(sampler_name="dpmpp_2m", scheduler="karras")
+    assert only_error(sd35, "3", names=names)["details"].startswith(
+        "scheduler: 'karras' not in ['normal', 'sgm_uniform', 'simple']")
+    lora = workflow("lora")  # the model reaches the sampler through a LoRA
+    lora["3"]["inputs"]["sampler_name"] = "dpm_2"
+    check_graph(lora, names)
+    lora["4"]["inputs"]["ckpt_name"] = "flux1-dev.safetensors"
+    assert only_error(lora, "3", names=names)["extra_info"]["input_name"] == "sampler_name"

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from runtime.contract.comfy.nodes import LINK_TYPES, VALUE_TYPES, all_nodes, node_rows
-from runtime.contract.comfy.nodes_sampling import COMFY_SAMPLERS, COMFY_SCHEDULERS, schedulers_for, spotgen_sampler
+from runtime.contract.comfy.nodes_sampling import (
+    COMFY_SAMPLERS,
+    COMFY_SCHEDULERS,
+    samplers_for,
+    schedulers_for,
+    spotgen_sampler,
+)
 from runtime.contract.comfy.objectinfo import object_info
 from runtime.contract.inputs import SAMPLER_SCHEDULES, SCHEDULERS, SCHEDULES
 from runtime.contract.webui_rules import Names
@@ -118,6 +124,12 @@ def test_comfyui_sampler_names_map_onto_spotgens_sampler_table() -> None:
         for scheduler in schedulers_for(sampler):
             runs, schedule = spotgen_sampler(sampler, scheduler)
             assert schedule in SAMPLER_SCHEDULES[runs]
+    assert spotgen_sampler("euler", "sgm_uniform", "flux") == ("euler", "default")  # the model's own schedule
+    assert spotgen_sampler("euler", "sgm_uniform", "sdxl") == ("euler", "sgm_uniform")
+    for family in ("flux", "sd3"):
+        assert set(samplers_for(family)) < set(COMFY_SAMPLERS) and "heun" in samplers_for("sd3")
+    with pytest.raises(ValueError, match="'heun'"):
+        spotgen_sampler("heun", "normal", "flux")
     for sampler, scheduler in (("dpm_fast", "normal"), ("euler", "beta"), ("euler_ancestral", "karras")):
         with pytest.raises(ValueError, match=f"'{sampler if sampler == 'dpm_fast' else scheduler}'"):
             spotgen_sampler(sampler, scheduler)

@@ -16,16 +16,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from runtime.contract.comfy.nodes import Node, all_nodes
-from runtime.contract.comfy.nodes_sampling import schedulers_for
 from runtime.contract.comfy.objectinfo import declaration
-from runtime.contract.comfy.values import check_value, node_error
+from runtime.contract.comfy.pairs import check_sampler_pairs
+from runtime.contract.comfy.values import check_value, link_of, node_error
 from runtime.contract.webui_rules import Names
 
 #: The most nodes a graph may have (ComfyUI's own example workflows have up to a few dozen).
 MAX_NODES = 500
 #: The longest graph, as JSON; prompts and uploaded images' references make most of it.
 MAX_GRAPH_CHARS = 1_000_000
-_KSAMPLERS = ("KSampler", "KSamplerAdvanced")
 
 
 class GraphError(ValueError):
@@ -71,7 +70,7 @@ def check_graph(prompt: Any, names: Names | None = None, max_nodes: int = MAX_NO
     for key in _on_cycles(prompt, needed):
         errors.setdefault(key, []).append(node_error(
             "dependency_cycle", "Dependency cycle detected", f"Node ID '#{key}' depends on its own output"))
-    _check_sampler_pairs(prompt, checked, errors, names)
+    check_sampler_pairs(prompt, checked, errors, names)
     if errors:
         raise _failed(prompt, outputs, reach, errors)
     graph = {}
@@ -123,20 +122,8 @@ def _missing_nodes(unknown: list[tuple[str, str]]) -> GraphError:
                              class_type=class_type), node_errors)
 
 
-def _link(prompt: Mapping[str, Any], value: Any) -> tuple[str, int] | None:
-    """(node id, output index) of a well-formed link to an existing node (a node id may be written as a number)."""
-    if not (isinstance(value, list) and len(value) == 2):
-        return None
-    source, index = value
-    if isinstance(source, int) and not isinstance(source, bool):
-        source = str(source)
-    if not isinstance(source, str) or source not in prompt or isinstance(index, bool) or not isinstance(index, int):
-        return None
-    return source, index
-
-
 def _links(prompt: Mapping[str, Any], key: str) -> list[str]:
-    return [found[0] for value in prompt[key].get("inputs", {}).values() if (found := _link(prompt, value))]
+    return [found[0] for value in prompt[key].get("inputs", {}).values() if (found := link_of(prompt, value))]
 
 
 def _upstream(prompt: Mapping[str, Any], output: str) -> set[str]:
@@ -165,9 +152,9 @@ def _check_node(prompt: Mapping[str, Any], key: str, node: Node,
             continue
         value = given[spec.name]
         if isinstance(value, list):
-            error = _check_link(prompt, spec.name, value, spec.type, declaration(spec, names))
+            error = _checklink_of(prompt, spec.name, value, spec.type, declaration(spec, names))
             if error is None:
-                found = _link(prompt, value)
+                found = link_of(prompt, value)
                 assert found is not None
                 value = list(found)
         else:
@@ -178,13 +165,13 @@ def _check_node(prompt: Mapping[str, Any], key: str, node: Node,
     return out, errors
 
 
-def _check_link(prompt: Mapping[str, Any], name: str, value: list[Any], wanted: str | tuple[str, ...],
+def _checklink_of(prompt: Mapping[str, Any], name: str, value: list[Any], wanted: str | tuple[str, ...],
                 config: list[Any]) -> dict[str, Any] | None:
     extra = {"input_name": name, "input_config": config, "received_value": value}
     if len(value) != 2 or isinstance(value[1], bool) or not isinstance(value[1], int):
         return node_error("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
                           name, **extra)
-    found = _link(prompt, value)
+    found = link_of(prompt, value)
     if found is None:
         return node_error("bad_linked_input", "Bad linked input, the linked node does not exist",
                           f"{name}: no node '#{value[0]}' in the prompt", **extra)
@@ -215,41 +202,6 @@ def _on_cycles(prompt: Mapping[str, Any], needed: list[str]) -> list[str]:
         progress = bool(ready)
     left = [key for key in needed if key not in settled]
     return [key for key in left if any(key in _upstream(prompt, source) for source in sources[key])]
-
-
-def _check_sampler_pairs(prompt: Mapping[str, Any], checked: Mapping[str, dict[str, Any]],
-                         errors: dict[str, list[dict[str, Any]]], names: Names | None) -> None:
-    """A sampler and scheduler that spotgen runs each, but not together (ancestral samplers take no Karras
-    schedule here): ``value_not_in_list`` on the scheduler, with the ones that sampler takes. A custom-sampling
-    node's pair is read where ``KSamplerSelect`` and ``BasicScheduler`` link straight to it."""
-    def bad(key: str) -> bool:
-        return any(e["extra_info"].get("input_name") in ("sampler_name", "scheduler") for e in errors.get(key, ()))
-
-    pairs: list[tuple[str, str, str]] = []  # (node holding the scheduler, sampler name, node holding the sampler)
-    for key, inputs in checked.items():
-        class_type = prompt[key]["class_type"]
-        if class_type in _KSAMPLERS and not bad(key) and "sampler_name" in inputs and "scheduler" in inputs:
-            pairs.append((key, inputs["sampler_name"], key))
-        elif class_type == "SamplerCustomAdvanced" and key not in errors:
-            select, schedule = (_link(prompt, inputs.get(name)) for name in ("sampler", "sigmas"))
-            if (select and schedule and prompt[select[0]]["class_type"] == "KSamplerSelect"
-                    and prompt[schedule[0]]["class_type"] == "BasicScheduler"
-                    and not bad(select[0]) and not bad(schedule[0])):
-                pairs.append((schedule[0], checked[select[0]]["sampler_name"], select[0]))
-    for key, sampler, sampler_node in pairs:
-        scheduler, takes = checked[key]["scheduler"], list(schedulers_for(sampler))
-        if scheduler in takes or bad(key):
-            continue
-        spec = all_nodes()[prompt[key]["class_type"]].input("scheduler")
-        assert spec is not None
-        details = f"scheduler: '{scheduler}' not in {takes}"
-        if sampler_node != key:
-            details += f" (the schedulers spotgen runs sampler '{sampler}' of node '#{sampler_node}' with)"
-        else:
-            details += f" (the schedulers spotgen runs sampler '{sampler}' with)"
-        errors.setdefault(key, []).append(node_error(
-            "value_not_in_list", "Value not in list", details, input_name="scheduler",
-            input_config=[takes, *declaration(spec, names)[1:]], received_value=scheduler))
 
 
 def _failed(prompt: Mapping[str, Any], outputs: list[str], reach: Mapping[str, set[str]],

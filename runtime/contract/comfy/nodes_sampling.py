@@ -4,7 +4,9 @@ ComfyUI names k-diffusion's samplers (``dpm_2_ancestral``) where spotgen names W
 the sigma schedule off as ``scheduler``. Only the names spotgen runs are choices, so a graph naming another
 (``dpm_fast``, ``beta``) is ComfyUI's own ``value_not_in_list`` at the API, naming it, rather than a substitute
 the client did not ask for. ``normal`` and ``simple`` are both timesteps evenly spaced over the model's schedule
-(``simple`` is the flow-matching families' default), which is spotgen's ``default`` schedule on every family.
+(``simple`` is the flow-matching families' default), which is spotgen's ``default`` schedule on every family; on
+Flux and SD 3.5 ``sgm_uniform`` is too (the model's own shifted schedule, which is all those families' ``default``
+is), so the pairs a family takes depend on the family (``runtime.contract.families``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from runtime.contract.comfy.nodes import (
     link,
     number,
 )
+from runtime.contract.families import FAMILIES
 from runtime.contract.inputs import MAX_GUIDANCE, MAX_SHIFT, MAX_SIDE, MAX_STEPS, SAMPLER_SCHEDULES
 
 #: ComfyUI's sampler names (in ComfyUI's order) -> spotgen's samplers. The ``_gpu`` variants differ from their
@@ -37,25 +40,45 @@ COMFY_SCHEDULERS: dict[str, str] = {
 }
 
 
-def schedulers_for(sampler_name: str) -> tuple[str, ...]:
-    """ComfyUI's scheduler names that spotgen runs with the ComfyUI sampler ``sampler_name`` (an ancestral one
-    takes no Karras schedule here, for one)."""
-    takes = SAMPLER_SCHEDULES[COMFY_SAMPLERS[sampler_name]]
-    return tuple(name for name, schedule in COMFY_SCHEDULERS.items() if schedule in takes)
+#: On the flow-matching families (Flux, SD 3.5), whose schedule is the model's own shift of uniform timesteps.
+FLOW_SCHEDULERS: dict[str, str] = {**COMFY_SCHEDULERS, "sgm_uniform": "default"}
 
 
-def spotgen_sampler(sampler_name: str, scheduler: str) -> tuple[str, str]:
-    """(spotgen sampler, schedule) for ComfyUI's pair; ValueError naming what spotgen runs when it runs no such
-    sampler, schedule or pair (``check_graph`` refuses these first, so the interpreter meets none)."""
-    if sampler_name not in COMFY_SAMPLERS:
-        raise ValueError(f"sampler_name: spotgen runs no sampler {sampler_name!r}; it runs "
-                         f"{', '.join(COMFY_SAMPLERS)}")
+def _family_table(family: str | None) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+    """(spotgen sampler -> schedules, ComfyUI scheduler -> schedule) that ``family`` runs; None: any family."""
+    rules = FAMILIES.get(family or "")
+    if rules is None or rules.samplers is None:
+        return SAMPLER_SCHEDULES, COMFY_SCHEDULERS
+    return rules.samplers, FLOW_SCHEDULERS
+
+
+def samplers_for(family: str | None = None) -> tuple[str, ...]:
+    """ComfyUI's sampler names that spotgen runs on ``family`` (None: on some family)."""
+    samplers, _ = _family_table(family)
+    return tuple(name for name, runs in COMFY_SAMPLERS.items() if runs in samplers)
+
+
+def schedulers_for(sampler_name: str, family: str | None = None) -> tuple[str, ...]:
+    """ComfyUI's scheduler names that spotgen runs with the ComfyUI sampler ``sampler_name`` on ``family`` (None:
+    on some family); an ancestral sampler takes no Karras schedule here, for one."""
+    samplers, schedules = _family_table(family)
+    takes = samplers.get(COMFY_SAMPLERS[sampler_name], ())
+    return tuple(name for name, schedule in schedules.items() if schedule in takes)
+
+
+def spotgen_sampler(sampler_name: str, scheduler: str, family: str | None = None) -> tuple[str, str]:
+    """(spotgen sampler, schedule) for ComfyUI's pair on a model of ``family`` (``sd1``, ``sdxl``, ``sd3``,
+    ``flux``; None: read as on SD); ValueError naming what spotgen runs when it runs no such sampler, scheduler or
+    pair (``check_graph`` refuses these first, on the family when the deployment's ``Names`` know it)."""
+    if sampler_name not in samplers_for(family):
+        raise ValueError(f"sampler_name: spotgen runs no sampler {sampler_name!r} here; it runs "
+                         f"{', '.join(samplers_for(family))}")
     if scheduler not in COMFY_SCHEDULERS:
         raise ValueError(f"scheduler: spotgen runs no scheduler {scheduler!r}; it runs {', '.join(COMFY_SCHEDULERS)}")
-    if scheduler not in schedulers_for(sampler_name):
+    if scheduler not in schedulers_for(sampler_name, family):
         raise ValueError(f"scheduler: spotgen runs sampler {sampler_name!r} with "
-                         f"{', '.join(schedulers_for(sampler_name))}, not {scheduler!r}")
-    return COMFY_SAMPLERS[sampler_name], COMFY_SCHEDULERS[scheduler]
+                         f"{', '.join(schedulers_for(sampler_name, family))}, not {scheduler!r}")
+    return COMFY_SAMPLERS[sampler_name], _family_table(family)[1][scheduler]
 
 
 _SEED = {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}

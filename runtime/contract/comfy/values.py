@@ -9,6 +9,7 @@ needed is refused here, where ComfyUI would fail while running the graph.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from runtime.contract.comfy.nodes import Input
@@ -52,6 +53,18 @@ def check_value(spec: Input, value: Any, names: Names | None) -> tuple[Any, dict
     if value not in options:
         return value, _not_in_list(spec, value, config, options)
     return value, None
+
+
+def link_of(prompt: Mapping[str, Any], value: Any) -> tuple[str, int] | None:
+    """(node id, output index) of a well-formed link to an existing node (a node id may be written as a number)."""
+    if not (isinstance(value, list) and len(value) == 2):
+        return None
+    source, index = value
+    if isinstance(source, int) and not isinstance(source, bool):
+        source = str(source)
+    if not isinstance(source, str) or source not in prompt or isinstance(index, bool) or not isinstance(index, int):
+        return None
+    return source, index
 
 
 def _typed(spec: Input, value: Any, config: list[Any]) -> tuple[Any, dict[str, Any] | None]:
