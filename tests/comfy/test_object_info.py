@@ -17,7 +17,7 @@ from runtime.contract.comfy.nodes_sampling import (
     schedulers_for,
     spotgen_sampler,
 )
-from runtime.contract.comfy.objectinfo import object_info
+from runtime.contract.comfy.objectinfo import object_info, object_info_of
 from runtime.contract.inputs import SAMPLER_SCHEDULES, SCHEDULERS, SCHEDULES
 from runtime.contract.webui_rules import Names
 
@@ -88,6 +88,8 @@ def test_nodes_as_comfyui_declares_them() -> None:
     assert info["EmptySD3LatentImage"]["input"]["required"]["width"][1]["step"] == 16
     assert info["FluxGuidance"]["input"]["required"]["guidance"][1]["default"] == 3.5
     assert info["DualCLIPLoader"]["input"]["required"]["type"] == [["sdxl", "sd3", "flux"]]
+    assert object_info_of("KSampler") == {"KSampler": ksampler}
+    assert object_info_of("TripleCLIPLoader") == {}
 
 
 def test_model_choices_are_the_deployments_names() -> None:

@@ -81,3 +81,10 @@ def object_info(names: Names | None = None) -> dict[str, Any]:
     """``GET /object_info``: every node class spotgen runs, by class; ``names``: the deployment's catalog, whose
     aliases and ids are the model inputs' choices (without it, those lists are empty)."""
     return {name: node_info(node, names) for name, node in all_nodes().items()}
+
+
+def object_info_of(class_type: str, names: Names | None = None) -> dict[str, Any]:
+    """``GET /object_info/{class}``: ``{class: entry}``, or ``{}`` for a class spotgen does not run (as ComfyUI
+    answers for a class it does not have)."""
+    node = all_nodes().get(class_type)
+    return {} if node is None else {class_type: node_info(node, names)}
