@@ -152,7 +152,7 @@ def _check_node(prompt: Mapping[str, Any], key: str, node: Node,
             continue
         value = given[spec.name]
         if isinstance(value, list):
-            error = _checklink_of(prompt, spec.name, value, spec.type, declaration(spec, names))
+            error = _check_link(prompt, spec.name, value, spec.type, declaration(spec, names))
             if error is None:
                 found = link_of(prompt, value)
                 assert found is not None
@@ -165,7 +165,7 @@ def _check_node(prompt: Mapping[str, Any], key: str, node: Node,
     return out, errors
 
 
-def _checklink_of(prompt: Mapping[str, Any], name: str, value: list[Any], wanted: str | tuple[str, ...],
+def _check_link(prompt: Mapping[str, Any], name: str, value: list[Any], wanted: str | tuple[str, ...],
                 config: list[Any]) -> dict[str, Any] | None:
     extra = {"input_name": name, "input_config": config, "received_value": value}
     if len(value) != 2 or isinstance(value[1], bool) or not isinstance(value[1], int):
