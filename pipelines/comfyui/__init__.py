@@ -9,7 +9,8 @@ One concept per module:
   pass of one checkpoint stream (``pipelines.phases``);
 - ``values``: what flows along the graph's links (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE);
 - ``loaders``, ``text``, ``latents``, ``sampling``, ``images``: the nodes, by the kind of value they make;
-- ``samplers``: ComfyUI's sampler and scheduler names on spotgen's sampler table (``pipelines.schedulers``).
+- ``samplers``: ComfyUI's sampler and scheduler names on spotgen's sampler table (``pipelines.schedulers``);
+- ``combine``: ConditioningCombine's conditionings, their predictions averaged while a sampler runs.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ def node_table() -> dict[str, Node]:
         "CLIPTextEncode": Node(text.clip_text_encode),
         "CLIPSetLastLayer": Node(text.clip_set_last_layer),
         "ConditioningZeroOut": Node(text.conditioning_zero_out),
+        "ConditioningCombine": Node(text.conditioning_combine),
         "EmptyLatentImage": Node(latents.empty_latent_image),
         "LatentUpscale": Node(latents.latent_upscale),
         "LatentUpscaleBy": Node(latents.latent_upscale_by),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from pipelines.comfyui import samplers
+from pipelines.comfyui import combine, samplers
 from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
 from pipelines.resume import run_resumable
@@ -79,19 +79,16 @@ def plan(ex: Execution, node_id: str, args: dict[str, Any]) -> int:
 
 
 def _prompts(model: Model, positive: Conditioning, negative: Conditioning, where: str) -> dict[str, Any]:
-    if len(positive.parts) != 1 or len(negative.parts) != 1:
-        raise ContractError("unsupported_combination", f"{where}: combined conditionings (ConditioningCombine) are "
-                            "not run yet; give the sampler one text encoding each", where)
+    """The call's embeddings: each side's first conditioning, padded to the same length (the others are
+    ``pipelines.comfyui.combine``'s)."""
+    parts = positive.parts + negative.parts
+    if len({part.embeds.shape[-1] for part in parts}) > 1 or len({part.pooled is None for part in parts}) > 1:
+        raise ContractError("unsupported_combination", f"{where}: the sampler's conditionings come from different "
+                            "text encoders", where)
     pos, neg = positive.parts[0], negative.parts[0]
-    if pos.embeds.shape[-1] != neg.embeds.shape[-1]:
-        raise ContractError("unsupported_combination", f"{where}: the positive and negative conditionings come from "
-                            "different text encoders", where)
     chunks = max(pos.chunks, neg.chunks)
     out = {"prompt_embeds": pos.padded(chunks), "negative_prompt_embeds": neg.padded(chunks)}
-    if pos.pooled is not None or neg.pooled is not None:
-        if pos.pooled is None or neg.pooled is None:
-            raise ContractError("unsupported_combination", f"{where}: an SDXL sampler needs both conditionings from "
-                                "an SDXL text encoder", where)
+    if pos.pooled is not None and neg.pooled is not None:
         out |= {"pooled_prompt_embeds": pos.pooled, "negative_pooled_prompt_embeds": neg.pooled}
     return out
 
@@ -118,9 +115,10 @@ def ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ..
         if run.total == 0:
             return latent.samples
         view = job_pipeline(cls, model.base, choice, family=model.kind)
-        return run_resumable(view, dataclasses.replace(ctx, seed=seed), num_images=latent.batch,
-                             num_inference_steps=run.total, guidance_scale=cfg, output_type="latent", **prompts,
-                             **task)
+        with combine.averaged(model.base.unet, positive, negative, latent.batch):
+            return run_resumable(view, dataclasses.replace(ctx, seed=seed), num_images=latent.batch,
+                                 num_inference_steps=run.total, guidance_scale=cfg, output_type="latent",
+                                 **prompts, **task)
 
     out = ex.sample(node_id, sample)
     return (Latent(out, empty=latent.empty and run.total == 0),)

@@ -1,4 +1,4 @@
-"""Text nodes: ``CLIPTextEncode``, ``CLIPSetLastLayer`` and ``ConditioningZeroOut``.
+"""Text nodes: ``CLIPTextEncode``, ``CLIPSetLastLayer``, ``ConditioningZeroOut`` and ``ConditioningCombine``.
 
 A text is encoded WebUI's way (``pipelines.prompts``: ``(word:1.2)`` weights, which ComfyUI reads alike, and
 75-token chunks, so no 77-token limit), on its own: ComfyUI encodes the positive and the negative separately, and
@@ -52,3 +52,10 @@ def conditioning_zero_out(ex: Execution, node_id: str, args: dict[str, Any]) -> 
     zeros = tuple(Cond(torch.zeros_like(c.embeds), None if c.pooled is None else torch.zeros_like(c.pooled),
                        torch.zeros_like(c.pad)) for c in conditioning.parts)
     return (Conditioning(zeros),)
+
+
+def conditioning_combine(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    """Both lists of encodings, which a sampler averages the predictions of (``pipelines.comfyui.combine``)."""
+    first = ex.want(args["conditioning_1"], Conditioning, node_id, "conditioning_1")
+    second = ex.want(args["conditioning_2"], Conditioning, node_id, "conditioning_2")
+    return (Conditioning(first.parts + second.parts),)

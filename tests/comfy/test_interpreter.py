@@ -149,6 +149,26 @@ def test_an_interruption_inside_either_sampler_resumes_byte_identical(harness: H
     assert png(run(harness, graph, resume_from=checkpoint.load(saved[0], KEY))) == reference
 
 
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])
+def test_combined_conditionings_average_their_predictions(harness: Harness, model: str) -> None:
+    """A text combined with itself is that text exactly ((p + p) / 2 is p in floating point), on either side;
+    combined with another, other pixels."""
+    plain = pixels(run(harness, default_graph(model)))
+
+    def combined(side: str, first: str, second: str) -> np.ndarray:
+        graph = default_graph(model)
+        graph["10"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dusk", "clip": ["4", 1]}}
+        graph["11"] = {"class_type": "ConditioningCombine",
+                       "inputs": {"conditioning_1": [first, 0], "conditioning_2": [second, 0]}}
+        graph["3"]["inputs"][side] = ["11", 0]
+        return pixels(run(harness, graph))
+
+    assert np.array_equal(combined("positive", "6", "6"), plain)
+    assert np.array_equal(combined("negative", "7", "7"), plain)
+    assert not np.array_equal(combined("positive", "6", "10"), plain)
+    assert not np.array_equal(combined("negative", "10", "7"), plain)
+
+
 def test_vae_encode_and_latent_upscale_feed_a_second_sampler(harness: Harness) -> None:
     """img2img inside a graph: the first image decoded, encoded again, upscaled to a given size and denoised;
     PreviewImage's images come with SaveImage's, in node order."""
@@ -176,16 +196,15 @@ def test_only_what_an_output_needs_runs_in_dependency_order() -> None:
 @pytest.mark.parametrize(("change", "field"), [
     (lambda g: g["4"]["inputs"].update(ckpt_name="tiny-flux"), "inputs.graph.4.inputs.ckpt_name"),
     (lambda g: g["4"]["inputs"].update(ckpt_name="tiny-esrgan"), "inputs.graph.4.inputs.ckpt_name"),
-    (lambda g: g["10"].update(class_type="ConditioningCombine") or g["3"]["inputs"].update(positive=["10", 0]),
-     "inputs.graph.10"),  # not run yet (a sampler would average two predictions)
+    (lambda g: g.update({"10": {"class_type": "LoraLoader", "inputs": {  # not run yet
+        "model": ["4", 0], "clip": ["4", 1], "lora_name": "tiny-lora-sd1", "strength_model": 1.0,
+        "strength_clip": 1.0}}}) or g["3"]["inputs"].update(model=["10", 0]), "inputs.graph.10"),
 ])
 def test_what_the_interpreter_does_not_run_is_refused_naming_the_node(harness: Harness, change: Any,
                                                                       field: str) -> None:
     graph = default_graph()
     graph["10"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["7", 0]}}
     change(graph)
-    if graph["10"]["class_type"] == "ConditioningCombine":
-        graph["10"]["inputs"] = {"conditioning_1": ["6", 0], "conditioning_2": ["7", 0]}
     steps: list[int] = []
     with pytest.raises(ContractError) as caught:
         run(harness, graph, on_step=lambda step, state: steps.append(step))
