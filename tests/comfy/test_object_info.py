@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.contract.comfy.nodes import LINK_TYPES, VALUE_TYPES, all_nodes, node_rows
+from runtime.contract.comfy.nodes import LINK_TYPES, VALUE_TYPES
 from runtime.contract.comfy.nodes_sampling import (
     COMFY_SAMPLERS,
     COMFY_SCHEDULERS,
@@ -18,6 +18,7 @@ from runtime.contract.comfy.nodes_sampling import (
     spotgen_sampler,
 )
 from runtime.contract.comfy.objectinfo import object_info, object_info_of
+from runtime.contract.comfy.table import all_nodes, node_rows
 from runtime.contract.inputs import SAMPLER_SCHEDULES, SCHEDULERS, SCHEDULES
 from runtime.contract.webui_rules import Names
 

@@ -15,9 +15,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.contract.comfy.nodes import Node, all_nodes
+from runtime.contract.comfy.nodes import Node
 from runtime.contract.comfy.objectinfo import declaration
 from runtime.contract.comfy.pairs import check_sampler_pairs
+from runtime.contract.comfy.table import all_nodes
 from runtime.contract.comfy.values import check_value, link_of, node_error
 from runtime.contract.webui_rules import Names
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from types import MappingProxyType
 from typing import Any
 
 from runtime.contract.inputs import MAX_GUIDANCE, MAX_IMAGES, MAX_LORA_WEIGHT, MAX_SIDE
@@ -216,31 +214,3 @@ IMAGES_ = (
     Node("PreviewImage", "Preview Image", "image", (link("images", "IMAGE"),), output_node=True,
          description="Saves the input images to your ComfyUI output directory.", hidden=_PNG_INFO),
 )
-
-
-@cache
-def all_nodes() -> Mapping[str, Node]:
-    """Every node class spotgen runs, by class name, in the order docs list them (read-only: it is cached)."""
-    from runtime.contract.comfy.nodes_sampling import SAMPLING  # the sampling nodes share this module's helpers
-
-    return MappingProxyType({node.name: node for node in (*LOADERS, *CONDITIONING, *LATENTS, *SAMPLING, *IMAGES_)})
-
-
-def node_rows() -> list[tuple[str, list[str], list[str]]]:
-    """(class, inputs, outputs) per node for docs/comfyui.md's table: each input as ``name: TYPE`` (choices shown
-    as ``choice``, an optional input in brackets, a range as ``min..max``), each output as ``NAME (type)``."""
-    rows = []
-    for node in all_nodes().values():
-        inputs = []
-        for spec in node.inputs:
-            kind = spec.type if isinstance(spec.type, str) else "choice"
-            text = f"{spec.name}: {kind}"
-            if "min" in spec.options and "max" in spec.options:
-                text += f" {spec.options['min']}..{spec.options['max']}"
-            inputs.append(f"[{text}]" if spec.optional else text)
-        outputs = [f"{name} ({kind})" if name != kind else kind
-                   for name, kind in zip(node.names_of_outputs, node.outputs, strict=True)]
-        if node.output_node and not outputs:
-            outputs = ["(output node)"]
-        rows.append((node.name, inputs, outputs))
-    return rows

@@ -19,9 +19,9 @@ from runtime.contract.comfy.nodes import (
     UPSCALERS,
     Input,
     Node,
-    all_nodes,
 )
 from runtime.contract.comfy.nodes_sampling import COMFY_SAMPLERS, COMFY_SCHEDULERS
+from runtime.contract.comfy.table import all_nodes
 from runtime.contract.webui_rules import Names
 
 #: The ``Names`` field a catalog choice list reads (``None``: the deployment's own field is absent).

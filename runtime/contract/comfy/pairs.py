@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.contract.comfy.nodes import all_nodes
 from runtime.contract.comfy.nodes_sampling import samplers_for, schedulers_for
 from runtime.contract.comfy.objectinfo import declaration
+from runtime.contract.comfy.table import all_nodes
 from runtime.contract.comfy.values import link_of, node_error
 from runtime.contract.webui_rules import Names
 
