@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lambdas import cancel, controlnet_api, sample, sdapi, status, submit
+from lambdas import cancel, comfyui, controlnet_api, sample, sdapi, status, submit
 from lambdas.common import error
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -27,6 +27,12 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     # the ControlNet extension's own routes (version, model_list, module_list, detect), by the same key
     ("GET", re.compile(r"^/controlnet/(?P<name>[a-z_]+)/?$"), controlnet_api.handler),
     ("POST", re.compile(r"^/controlnet/(?P<name>[a-z_]+)/?$"), controlnet_api.handler),
+    # ComfyUI's routes (lambdas/comfyui.py), by the same key
+    *((method, re.compile(rf"^/{path}/?$"), comfyui.handler) for method, path in (
+        ("POST", "prompt"), ("GET", "prompt"), ("POST", "interrupt"), ("GET", "history"), ("GET", "view"),
+        ("GET", "object_info"), ("GET", "queue"), ("GET", "system_stats"))),
+    ("GET", re.compile(r"^/history/(?P<id>[^/]+)$"), comfyui.handler),
+    ("GET", re.compile(r"^/object_info/(?P<name>[^/]+)$"), comfyui.handler),
 ]
 
 
