@@ -1,7 +1,8 @@
 """Which images of a ``comfyui`` job belong to which output node: ComfyUI's ``/history`` lists them per node.
 
 A spotgen job's outputs are one list (``outputs/{id}/{index}.png``); the interpreter returns the images of the
-output nodes in the checked graph's order (``output_nodes``), each node's batch together. How many images a node
+output nodes in the order of their ids (``node_order``: numbers as numbers, as ComfyUI orders them), each node's
+batch together. How many images a node
 gets is known from the graph alone, before anything runs: the batch of the latent or image it is given, traced up
 its links to where a batch is made (``batch_size`` of an empty latent, one per loaded image). So the API maps a
 finished job's list back to nodes without the worker writing anything more, and ``/history`` answers as ComfyUI's.
@@ -20,11 +21,16 @@ OUTPUT_TYPES = {"SaveImage": "output", "PreviewImage": "temp"}
 _BATCHED = ("LATENT", "IMAGE", "MASK")
 
 
+def node_order(node_id: str) -> tuple[int, int, str]:
+    """Node ids in ComfyUI's order: numbers as numbers, then any other id as text."""
+    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+
+
 def output_nodes(graph: Mapping[str, Any]) -> list[tuple[str, str, int]]:
-    """(node id, class, image count) of each output node, in the graph's order: the order the job's images
-    come in. ``graph`` is ``check_graph``'s result."""
-    return [(key, node["class_type"], batch_of(graph, key)) for key, node in graph.items()
-            if node["class_type"] in OUTPUT_TYPES]
+    """(node id, class, image count) of each output node, in ``node_order``: the order the job's images come
+    in. ``graph`` is ``check_graph``'s result."""
+    return [(key, graph[key]["class_type"], batch_of(graph, key)) for key in sorted(graph, key=node_order)
+            if graph[key]["class_type"] in OUTPUT_TYPES]
 
 
 def batch_of(graph: Mapping[str, Any], key: str, seen: frozenset[str] = frozenset()) -> int:
