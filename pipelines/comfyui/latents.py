@@ -3,8 +3,10 @@
 An empty latent is zeros of the SD families' four channels at an eighth of the size; a sampler at full denoise
 starts it from pure noise, as a text-to-image run (``pipelines.comfyui.sampling``). The upscales resize latents with
 ``torch.nn.functional.interpolate`` in the modes ComfyUI names (``nearest-exact``, ``bilinear``, ``area``,
-``bicubic``): pure functions of their input, so a job resumed after the first sampler upscales its carried latents
-again to the very same values. ComfyUI's ``bislerp`` (spherical blending) is not run yet: refused, naming the input.
+``bicubic``), and ``bislerp``: bilinear, but each latent cell's channel vector blended spherically (direction by
+slerp, length linearly), which keeps the noise-like latents' norms where plain bilinear shrinks them (written here
+from that description; its pixels are not ComfyUI's). All are pure functions of their input, so a job resumed after
+the first sampler upscales its carried latents again to the very same values.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
 SCALE = 8
 CHANNELS = 4
 #: ComfyUI's upscale_method -> interpolate's mode.
-MODES = {"nearest-exact": "nearest-exact", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic"}
+MODES = {"nearest-exact": "nearest-exact", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic",
+         "bislerp": "bislerp"}
 
 
 def empty_latent_image(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
@@ -43,8 +46,41 @@ def resized(latent: Latent, width: int, height: int, method: Any, crop: str, whe
         samples = _center_crop(samples, width / height)
     corners = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     with torch.inference_mode():
-        out = torch.nn.functional.interpolate(samples, size=(height, width), mode=mode, **corners)
+        if mode == "bislerp":
+            out = _slerp_axis(_slerp_axis(samples.float(), width, -1), height, -2).to(samples.dtype)
+        else:
+            out = torch.nn.functional.interpolate(samples, size=(height, width), mode=mode, **corners)
     return Latent(out, empty=latent.empty)
+
+
+def _slerp_axis(samples: torch.Tensor, size: int, axis: int) -> torch.Tensor:
+    """``samples`` resized to ``size`` along ``axis`` (-1 or -2): each new cell between its two nearest source
+    cells (half-pixel centres, as bilinear without corner alignment), their channel vectors slerped."""
+    have = samples.shape[axis]
+    if have == size:
+        return samples
+    position = ((torch.arange(size, dtype=torch.float64) + 0.5) * have / size - 0.5).clamp(0, have - 1)
+    low = position.floor().long()
+    high = (low + 1).clamp(max=have - 1)
+    weight = (position - low).to(samples.dtype)
+    a, b = samples.index_select(axis, low.to(samples.device)), samples.index_select(axis, high.to(samples.device))
+    shape = [1] * samples.ndim
+    shape[axis] = size
+    return _slerp(a, b, weight.to(samples.device).view(shape))
+
+
+def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical blend over the channels (dim 1): the direction slerped, the length blended linearly; where the
+    two directions (nearly) agree or a vector is zero, plain linear blending."""
+    norm_a, norm_b = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
+    unit_a, unit_b = a / norm_a.clamp_min(1e-12), b / norm_b.clamp_min(1e-12)
+    omega = (unit_a * unit_b).sum(dim=1, keepdim=True).clamp(-1, 1).acos()
+    sin = omega.sin()
+    curved = ((1 - t) * omega).sin() / sin.clamp_min(1e-6) * unit_a + (t * omega).sin() / sin.clamp_min(1e-6) * unit_b
+    length = (1 - t) * norm_a + t * norm_b
+    straight = (1 - t) * a + t * b
+    flat = (sin < 1e-4) | (norm_a == 0) | (norm_b == 0)
+    return torch.where(flat, straight, curved * length)
 
 
 def _center_crop(samples: torch.Tensor, aspect: float) -> torch.Tensor:

@@ -15,9 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from pipelines.comfyui import ComfyUI
 from pipelines.comfyui.executor import run_order
+from pipelines.comfyui.latents import MODES, resized
+from pipelines.comfyui.values import Latent
 from runtime.contract import ContractError
 from runtime.contract.comfy.inputs import ComfyInputs
 from runtime.models.store import ModelStore
@@ -78,7 +81,8 @@ def test_the_default_graph_gives_txt2imgs_pixels_at_the_empty_latents_size(harne
 
 @pytest.mark.parametrize(("node", "changes"), [
     ("3", {"seed": 1235}), ("3", {"steps": 4}), ("3", {"cfg": 5.0}), ("3", {"sampler_name": "euler_ancestral"}),
-    ("3", {"scheduler": "karras"}), ("6", {"text": "a red fox in the snow"}), ("7", {"text": "blurry"}),
+    ("3", {"scheduler": "karras"}), ("3", {"seed": 2**64 - 1}), ("6", {"text": "a red fox in the snow"}),
+    ("7", {"text": "blurry"}),
 ])
 def test_every_input_of_the_default_graph_changes_the_pixels(harness: Harness, node: str,
                                                             changes: dict[str, Any]) -> None:
@@ -185,6 +189,19 @@ def test_vae_encode_and_latent_upscale_feed_a_second_sampler(harness: Harness) -
     stronger = copy.deepcopy(graph)
     stronger["22"]["inputs"]["denoise"] = 0.9
     assert not np.array_equal(np.asarray(run(harness, stronger)[1]), np.asarray(out[1]))
+
+
+def test_every_latent_upscale_method_gives_its_own_latents_and_bislerp_keeps_their_norms() -> None:
+    latent = Latent(torch.randn(1, 4, 6, 8, generator=torch.Generator().manual_seed(0)))
+    out = {mode: resized(latent, 12, 9, mode, "disabled", "w").samples for mode in MODES}
+    assert all(tuple(value.shape) == (1, 4, 9, 12) for value in out.values())
+    modes = list(out)
+    assert not [(a, b) for i, a in enumerate(modes) for b in modes[i + 1:] if torch.equal(out[a], out[b])]
+    norms = {mode: value.norm(dim=1).mean().item() for mode, value in out.items()}
+    own = latent.samples.norm(dim=1).mean().item()
+    assert abs(norms["bislerp"] - own) < 0.05 < norms["bislerp"] - norms["bilinear"]
+    assert torch.equal(resized(latent, 8, 6, "bislerp", "disabled", "w").samples, latent.samples)
+    assert tuple(resized(latent, 6, 6, "bilinear", "center", "w").samples.shape) == (1, 4, 6, 6)
 
 
 def test_only_what_an_output_needs_runs_in_dependency_order() -> None:
