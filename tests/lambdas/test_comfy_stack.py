@@ -1,0 +1,50 @@
+"""A graph ComfyUI saved, end to end on the compatibility stack (issue 30): ``POST /prompt`` over HTTP, a real
+worker runs the ``comfyui`` pipeline, ``/history/{id}`` lists the SaveImage node's image as ComfyUI does, and
+``/view`` gives its bytes (a redirect to the output bucket, followed as ComfyUI's clients' ``urllib`` follows it)."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from PIL import Image
+
+from tests.conftest import Stack
+from tests.events import until
+from tests.rest import call
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / "comfy" / "workflows"
+
+
+def small_default_graph() -> dict[str, Any]:
+    """ComfyUI's default workflow as it saves it, at a size and step count the tiny model answers at once."""
+    graph = json.loads((WORKFLOWS / "default_txt2img.json").read_text())
+    graph["5"]["inputs"].update(width=64, height=48, batch_size=2)
+    graph["3"]["inputs"]["steps"] = 3
+    return graph
+
+
+def test_a_saved_graph_runs_and_history_and_view_answer_as_comfyui(own_stack: Stack) -> None:
+    status, answer = call("POST", f"{own_stack.api_url}/prompt", {"prompt": small_default_graph(), "client_id": "t"})
+    assert status == 200 and answer["node_errors"] == {}, answer
+    prompt_id = answer["prompt_id"]
+    done = until("the prompt's history", lambda: call("GET", f"{own_stack.api_url}/history/{prompt_id}")[1],
+                 timeout=180, every=0.2)
+    entry = done[prompt_id]
+    assert entry["status"]["status_str"] == "success" and entry["status"]["completed"], entry["status"]
+    assert [m[0] for m in entry["status"]["messages"]][-1] == "execution_success"
+    images = entry["outputs"]["9"]["images"]  # the SaveImage node, its batch of two
+    assert [image["filename"] for image in images] == ["0.png", "1.png"]
+    assert {image["type"] for image in images} == {"output"} and images[0]["subfolder"].endswith(prompt_id)
+    pixels = []
+    for image in images:
+        query = urlencode({"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]})
+        with urllib.request.urlopen(f"{own_stack.api_url}/view?{query}", timeout=30) as got:
+            png = Image.open(io.BytesIO(got.read()))
+        assert png.size == (64, 48)
+        pixels.append(png.tobytes())
+    assert pixels[0] != pixels[1]  # two images of the batch, each its own noise
