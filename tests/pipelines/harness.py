@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pydantic import BaseModel
 
@@ -116,3 +117,12 @@ def run_with_snapshots(harness: Harness, name: str, stops: Container[int] | None
             saved[step] = checkpoint.dump(state(), "f" * 64)
 
     return harness.run(name, on_step=on_step, **overrides), saved
+
+
+def assert_same_state(data: bytes, other: bytes) -> None:
+    """The same checkpoint, whatever the order safetensors writes its metadata in (it varies from call to call)."""
+    a, b = checkpoint.load(data, "f" * 64), checkpoint.load(other, "f" * 64)
+    assert (a.step, a.values, sorted(a.tensors)) == (b.step, b.values, sorted(b.tensors))
+    for key, tensor in a.tensors.items():
+        assert tensor.dtype == b.tensors[key].dtype and tensor.stride() == b.tensors[key].stride(), key
+        assert torch.equal(tensor, b.tensors[key]), key

@@ -19,11 +19,13 @@ from pipelines.img2img import Img2Img
 from pipelines.inpaint import Inpaint
 from pipelines.txt2img import Txt2Img
 from runtime.contract import ContractError
+from runtime.kit.local import LocalRun
 from runtime.models.catalog import ModelError
 from runtime.models.store import ModelStore
+from runtime.plugins import Registry
 from runtime.worker import checkpoint
 from spotgen.testing import PipelineContract
-from tests.pipelines.harness import Harness, interrupt_at, png
+from tests.pipelines.harness import COMMON, Harness, assert_same_state, interrupt_at, png, run_with_snapshots
 
 # Sizes in multiples of 16, non-square so that a width/height mix-up shows.
 FLOW: dict[str, Any] = {"prompt": "a red fox in the snow", "width": 64, "height": 48, "steps": 4}
@@ -36,6 +38,17 @@ class FlowKit(PipelineContract):
     @classmethod
     def spotgen_models(cls, tiny_models: Path) -> Path:
         return tiny_models
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def kit(cls, spotgen_models: Path, harness: Harness) -> LocalRun:
+        """On the module's model store, as a worker runs every job on one: each tiny model loads once, not once
+        per class."""
+        registry = Registry()
+        registry.register(cls.pipeline, "the contract kit")
+        kit = LocalRun(spotgen_models, registry=registry)
+        kit.store = harness.store
+        return kit
 
 
 class TestFluxDevTxt2Img(FlowKit):
@@ -112,6 +125,16 @@ def pixels(harness: Harness, model: str, name: str = "txt2img", **fields: Any) -
     return np.stack([np.asarray(image) for image in images])
 
 
+def shared(bases: dict[str, np.ndarray], harness: Harness, model: str, name: str = "txt2img",
+           **fields: Any) -> np.ndarray:
+    """``pixels``, run once per module for each full set of arguments: the same job gives the same bytes (the
+    kit's same-seed check), so the tests that ask for the same job share its run."""
+    key = repr((model, name, sorted({**COMMON, "width": 64, "height": 48, "steps": 3, **fields}.items())))
+    if key not in bases:
+        bases[key] = pixels(harness, model, name, **fields)
+    return bases[key]
+
+
 FLUX_UNIT = [{"id": "tiny-flux-controlnet", "image": "s3://inputs/edges.png"}]
 SD3_UNIT = [{"id": "tiny-sd3-controlnet", "image": "s3://inputs/edges.png"}]
 
@@ -146,10 +169,8 @@ SD3_UNIT = [{"id": "tiny-sd3-controlnet", "image": "s3://inputs/edges.png"}]
 ])
 def test_every_input_changes_the_pixels(harness: Harness, model: str, name: str, base: dict[str, Any],
                                         changed: dict[str, Any], bases: dict[str, np.ndarray]) -> None:
-    key = repr((model, name, sorted(base.items())))  # the same job gives the same bytes: each base runs once
-    if key not in bases:
-        bases[key] = pixels(harness, model, name, **base)
-    assert not np.array_equal(bases[key], pixels(harness, model, name, **changed))
+    assert not np.array_equal(shared(bases, harness, model, name, **base),
+                              shared(bases, harness, model, name, **changed))
 
 
 @pytest.fixture(scope="module")
@@ -157,19 +178,22 @@ def bases() -> dict[str, np.ndarray]:
     return {}
 
 
-def test_weights_reach_sd3s_clip_tokens_and_nothing_of_flux(harness: Harness) -> None:
+def test_weights_reach_sd3s_clip_tokens_and_nothing_of_flux(harness: Harness, bases: dict[str, np.ndarray]) -> None:
     """WebUI's weighting where the encoder allows it: SD 3.5's CLIP tokens; Flux's CLIP gives a pooled vector only and
     T5 reads the text stripped of the syntax, as Forge does."""
+    def run(model: str, **fields: Any) -> np.ndarray:
+        return shared(bases, harness, model, **fields)
+
     plain, weighted, long = "a red fox in the snow", "a (red fox:1.6) in [the snow]", ", ".join(["a red fox"] * 30)
-    assert not np.array_equal(pixels(harness, "tiny-sd3", prompt=plain), pixels(harness, "tiny-sd3", prompt=weighted))
-    assert np.array_equal(pixels(harness, "tiny-flux", prompt=plain), pixels(harness, "tiny-flux", prompt=weighted))
+    assert not np.array_equal(run("tiny-sd3", prompt=plain), run("tiny-sd3", prompt=weighted))
+    assert np.array_equal(run("tiny-flux", prompt=plain), run("tiny-flux", prompt=weighted))
     # Past T5's 16 tokens, words reach the image only through CLIP's later chunks (no 77-token cut, as in WebUI).
     short_t5 = {"max_sequence_length": 16}
-    assert not np.array_equal(pixels(harness, "tiny-sd3", prompt=long, **short_t5),
-                              pixels(harness, "tiny-sd3", prompt=long + " BREAK a blue bird", **short_t5))
+    assert not np.array_equal(run("tiny-sd3", prompt=long, **short_t5),
+                              run("tiny-sd3", prompt=long + " BREAK a blue bird", **short_t5))
     cfg = {"guidance_scale": 4.0, "num_images": 2}
-    assert not np.array_equal(pixels(harness, "tiny-sd3", negative_prompt="(blurry:1.5)", **cfg),
-                              pixels(harness, "tiny-sd3", negative_prompt="blurry", **cfg))
+    assert not np.array_equal(run("tiny-sd3", negative_prompt="(blurry:1.5)", **cfg),
+                              run("tiny-sd3", negative_prompt="blurry", **cfg))
 
 
 def test_a_job_without_loras_after_one_with_them_is_as_on_a_fresh_worker(harness: Harness,
@@ -193,9 +217,12 @@ MULTISTEP = ("dpmpp_2m", "unipc")  # plain txt2img only (the contract refuses th
 def test_resume_after_every_step_is_byte_identical(harness: Harness, model: str, fields: dict[str, Any],
                                                    name: str) -> None:
     job = {"model": model, "width": 64, "height": 48, "steps": 3, **fields}
-    reference = png(harness.run(name, **job))
+    images, saved = run_with_snapshots(harness, name, **job)  # the checkpoint after every step, as bytes
+    reference = png(images)
+    if (model, fields) in RESUMED[:2]:  # one job per family is interrupted for real: the same state as saved
+        assert_same_state(interrupt_at(harness, name, 1, **job), saved[1])
     for stop in range(1, harness.reports[-1][1]):  # every step (Heun: 5 model calls for 3 steps)
-        state = checkpoint.load(interrupt_at(harness, name, stop, **job), "f" * 64)
+        state = checkpoint.load(saved[stop], "f" * 64)
         assert png(harness.run(name, resume_from=state, **job)) == reference, f"resumed after step {stop}"
 
 
@@ -234,12 +261,13 @@ def test_what_cannot_run_is_refused_naming_the_field(harness: Harness, model: st
 @pytest.mark.parametrize(("model", "name"), [
     (model, name) for model in ("tiny-flux", "tiny-sd3") for name in ("txt2img", "img2img", "inpaint", "controlnet")
 ] + [("tiny-flux-fill", "inpaint"), ("tiny-flux-schnell", "txt2img"), ("tiny-sd3-turbo", "img2img")])
-def test_a_job_of_two_images_makes_two_the_first_as_alone(harness: Harness, model: str, name: str) -> None:
+def test_a_job_of_two_images_makes_two_the_first_as_alone(harness: Harness, model: str, name: str,
+                                                          bases: dict[str, np.ndarray]) -> None:
     """Image i comes from seed + i, whatever the count (SD 3.5's img2img and ControlNet classes failed with two)."""
-    two = pixels(harness, model, name, num_images=2)
+    two = shared(bases, harness, model, name, num_images=2)
     assert len(two) == 2 and not np.array_equal(two[0], two[1])
     if (model, name) != ("tiny-sd3", "controlnet"):  # one draw of the global generator for the whole batch (sd3.py)
-        assert np.array_equal(two[0], pixels(harness, model, name)[0])
+        assert np.array_equal(two[0], shared(bases, harness, model, name)[0])
 
 
 def test_a_fill_model_runs_inpaint_only(harness: Harness) -> None:

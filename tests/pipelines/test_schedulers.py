@@ -24,7 +24,7 @@ from runtime.contract import SAMPLER_SCHEDULES, SCHEDULERS, SCHEDULES, ContractE
 from runtime.models.store import ModelStore
 from runtime.plugins import CheckpointError, Pipeline, Registry, RunContext, StepState
 from runtime.worker import checkpoint
-from tests.pipelines.harness import Harness, interrupt_at, png, run_with_snapshots
+from tests.pipelines.harness import Harness, assert_same_state, interrupt_at, png, run_with_snapshots
 
 PAIRS = [(name, schedule) for name, schedules in SAMPLER_SCHEDULES.items() for schedule in schedules]
 IDS = [f"{name}-{schedule}" for name, schedule in PAIRS]
@@ -139,15 +139,6 @@ def test_the_contract_refuses_other_pairs_naming_the_schedule(name: str, schedul
 def settings(name: str, schedule: str) -> dict[str, Any]:
     """Three steps, two images (DPM++ SDE keeps a Brownian tree per image; ancestral samplers a generator each)."""
     return {"steps": 3, "scheduler": name, "schedule": schedule, "num_images": 2}
-
-
-def assert_same_state(data: bytes, other: bytes) -> None:
-    """The same checkpoint, whatever the order safetensors writes its metadata in (it varies from call to call)."""
-    a, b = checkpoint.load(data, "f" * 64), checkpoint.load(other, "f" * 64)
-    assert (a.step, a.values, sorted(a.tensors)) == (b.step, b.values, sorted(b.tensors))
-    for key, tensor in a.tensors.items():
-        assert tensor.dtype == b.tensors[key].dtype and tensor.stride() == b.tensors[key].stride(), key
-        assert torch.equal(tensor, b.tensors[key]), key
 
 
 #: Interrupted for real (first-order, second-order mid-step, SDE with a generator per image); the other pairs
