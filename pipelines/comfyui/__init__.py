@@ -8,7 +8,8 @@ One concept per module:
 - ``executor``: the graph evaluated in dependency order, each node's outputs computed once, each sampler node a
   pass of one checkpoint stream (``pipelines.phases``);
 - ``values``: what flows along the graph's links (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE);
-- ``loaders``, ``text``, ``latents``, ``sampling``, ``images``: the nodes, by the kind of value they make;
+- ``loaders``, ``text``, ``latents``, ``sampling``, ``images``, ``pixels``: the nodes, by the kind of value they
+  make or work on;
 - ``samplers``: ComfyUI's sampler and scheduler names on spotgen's sampler table (``pipelines.schedulers``);
 - ``combine``: ConditioningCombine's conditionings, their predictions averaged while a sampler runs.
 """

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from PIL.Image import Image
 
-from pipelines.comfyui import images, latents, loaders, sampling, text
+from pipelines.comfyui import images, latents, loaders, pixels, sampling, text
 from pipelines.comfyui.values import type_name
 from pipelines.phases import PHASE_NAME, Phases
 from runtime.contract import ContractError
@@ -62,6 +62,9 @@ def node_table() -> dict[str, Node]:
         "KSampler": Node(sampling.ksampler, plan=sampling.plan),
         "VAEDecode": Node(images.vae_decode),
         "VAEEncode": Node(images.vae_encode),
+        "ImageScale": Node(pixels.image_scale),
+        "ImageScaleBy": Node(pixels.image_scale_by),
+        "ImageInvert": Node(pixels.image_invert),
         "SaveImage": Node(images.save_image, output=True),
         "PreviewImage": Node(images.preview_image, output=True),
     }

@@ -43,7 +43,7 @@ def resized(latent: Latent, width: int, height: int, method: Any, crop: str, whe
                             f"{', '.join(MODES)}", where)
     samples = latent.samples
     if crop == "center":
-        samples = _center_crop(samples, width / height)
+        samples = center_crop(samples, width / height)
     corners = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     with torch.inference_mode():
         if mode == "bislerp":
@@ -83,7 +83,7 @@ def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.where(flat, straight, curved * length)
 
 
-def _center_crop(samples: torch.Tensor, aspect: float) -> torch.Tensor:
+def center_crop(samples: torch.Tensor, aspect: float) -> torch.Tensor:
     height, width = samples.shape[-2:]
     if width / height > aspect:  # too wide: cut the sides
         keep = round(height * aspect)

@@ -5,7 +5,8 @@ The default txt2img graph gives spotgen's txt2img pixels at the EmptyLatentImage
 other pixels when any of its sampler's or encoder's inputs changes; the hires graph (two KSamplers and a latent
 upscale between) gives the upscaled size, and an interruption inside either sampler resumes to the bytes of an
 uninterrupted run, through checkpoint bytes as the worker stores them. Then the other nodes of this slice (text
-nodes, ConditioningCombine, VAEEncode, LatentUpscale's methods, PreviewImage) and what is refused naming the node."""
+nodes, ConditioningCombine, VAEEncode, LatentUpscale's and ImageScale's methods, ImageInvert, PreviewImage) and
+what is refused naming the node."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import torch
 from pipelines.comfyui import ComfyUI
 from pipelines.comfyui.executor import run_order
 from pipelines.comfyui.latents import MODES, resized
-from pipelines.comfyui.values import Latent
+from pipelines.comfyui.pixels import METHODS as SCALE_METHODS
+from pipelines.comfyui.pixels import scaled
+from pipelines.comfyui.values import Images, Latent
 from runtime.contract import ContractError
 from runtime.contract.comfy.inputs import ComfyInputs
 from runtime.models.store import ModelStore
@@ -185,8 +188,12 @@ def test_vae_encode_and_latent_upscale_feed_a_second_sampler(harness: Harness) -
                                                          "denoise": 0.6}}
     graph["23"] = {"class_type": "VAEDecode", "inputs": {"samples": ["22", 0], "vae": ["4", 2]}}
     graph["24"] = {"class_type": "PreviewImage", "inputs": {"images": ["23", 0]}}
+    graph["25"] = {"class_type": "ImageScaleBy", "inputs": {"image": ["8", 0], "upscale_method": "lanczos",
+                                                             "scale_by": 1.25}}
+    graph["26"] = {"class_type": "ImageInvert", "inputs": {"image": ["25", 0]}}
+    graph["27"] = {"class_type": "SaveImage", "inputs": {"images": ["26", 0], "filename_prefix": "inverted"}}
     out = run(harness, graph)
-    assert [image.size for image in out] == [(64, 48), (80, 64)]  # 80 x 60 in cells of 8
+    assert [image.size for image in out] == [(64, 48), (80, 64), (80, 60)]  # 80 x 60 in cells of 8; 64 x 1.25
     stronger = copy.deepcopy(graph)
     stronger["22"]["inputs"]["denoise"] = 0.9
     assert not np.array_equal(np.asarray(run(harness, stronger)[1]), np.asarray(out[1]))
@@ -203,6 +210,16 @@ def test_every_latent_upscale_method_gives_its_own_latents_and_bislerp_keeps_the
     assert abs(norms["bislerp"] - own) < 0.05 < norms["bislerp"] - norms["bilinear"]
     assert torch.equal(resized(latent, 8, 6, "bislerp", "disabled", "w").samples, latent.samples)
     assert tuple(resized(latent, 6, 6, "bilinear", "center", "w").samples.shape) == (1, 4, 6, 6)
+
+
+def test_every_image_scale_method_gives_its_own_pixels_in_range() -> None:
+    images = Images(torch.rand(2, 3, 12, 16, generator=torch.Generator().manual_seed(0)))
+    out = {method: scaled(images, 20, 10, method, "disabled", "w").pixels for method in SCALE_METHODS}
+    assert all(tuple(value.shape) == (2, 3, 10, 20) and 0 <= value.min() <= value.max() <= 1
+               for value in out.values())
+    methods = list(out)
+    assert not [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:] if torch.equal(out[a], out[b])]
+    assert tuple(scaled(images, 10, 10, "area", "center", "w").pixels.shape) == (2, 3, 10, 10)
 
 
 def test_only_what_an_output_needs_runs_in_dependency_order() -> None:
