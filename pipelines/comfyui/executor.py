@@ -52,6 +52,8 @@ def node_table() -> dict[str, Node]:
     """The node classes this interpreter runs."""
     return {
         "CheckpointLoaderSimple": Node(loaders.checkpoint_loader_simple),
+        "LoraLoader": Node(loaders.lora_loader),
+        "LoraLoaderModelOnly": Node(loaders.lora_loader_model_only),
         "CLIPTextEncode": Node(text.clip_text_encode),
         "CLIPSetLastLayer": Node(text.clip_set_last_layer),
         "ConditioningZeroOut": Node(text.conditioning_zero_out),

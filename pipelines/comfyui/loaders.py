@@ -1,21 +1,28 @@
-"""Loader nodes: ``CheckpointLoaderSimple``'s MODEL, CLIP and VAE from one catalog base model.
+"""Loader nodes: ``CheckpointLoaderSimple``'s MODEL, CLIP and VAE from one catalog base model, and
+``LoraLoader``/``LoraLoaderModelOnly``'s LoRAs on them.
 
 The API has already put catalog ids in place of ComfyUI's file names (``ckpt_name``), so the worker only looks ids
 up. The model loads once per process into the store every built-in pipeline reads (``pipelines.loading``); the
 graph's three outputs are views of it. A shared model may carry another job's LoRAs or IP-Adapter: they are
 switched off here, before any node uses it, as ``DiffusersPipeline.prepare`` does for a job without them.
+
+A LoRA loader loads nothing itself: its MODEL and CLIP name the LoRAs (``pipelines.loras``: read once per worker,
+kept in the base model) with ComfyUI's two strengths, and ``activate`` switches exactly those on when they are used:
+the CLIP's while a text is encoded (only the text encoders run then), the MODEL's while a sampler runs (only the
+denoiser runs then). So one graph may sample with and without a LoRA, or with two sets, on one loaded model.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pipelines import loras
-from pipelines.comfyui.values import Clip, Model, Vae
+from pipelines.comfyui.values import Clip, Model, Vae, with_lora
 from pipelines.families.sd import StableDiffusion
 from pipelines.ipadapters import activate as activate_ip_adapters
 from pipelines.loading import base_pipeline, check_variant, model_family
-from runtime.contract import ContractError
+from runtime.contract import ContractError, LoraRef
 from runtime.models.catalog import ModelError
 from runtime.models.store import ModelStore
 
@@ -50,3 +57,43 @@ def load_model(store: ModelStore, model_id: Any, where: str) -> Model:
 def checkpoint_loader_simple(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
     model = load_model(ex.store, args["ckpt_name"], ex.where(node_id, "ckpt_name"))
     return model, Clip(model), Vae(model)
+
+
+def activate(store: ModelStore, model: Model, chosen: tuple[tuple[str, float], ...], where: str) -> None:
+    """Make ``chosen`` the only LoRAs active on ``model``'s loaded pipeline; a LoRA that cannot load is refused
+    naming ``where`` (the input of the node that uses it)."""
+    refs = [LoraRef.model_construct(id=lora_id, weight=weight) for lora_id, weight in chosen]
+    try:
+        loras.activate(store, model.base, refs)
+    except ContractError as exc:
+        raise ContractError(exc.code, f"{where}: {exc.message}", where) from None
+
+
+def _lora(ex: Execution, node_id: str, args: dict[str, Any], model: Model) -> str:
+    """The node's LoRA id, checked against the catalog and the model's family before anything loads."""
+    where = ex.where(node_id, "lora_name")
+    lora_id = args["lora_name"]
+    try:
+        entry = ex.store.entry(lora_id, "lora")
+    except ModelError as exc:
+        raise ContractError(exc.code, f"{where}: {exc}", where) from None
+    if entry.family != model.family:
+        raise ContractError("incompatible_lora", f"{where}: LoRA {lora_id!r} is for {entry.family} models and "
+                            f"{model.model_id!r} is a {model.family} model", where)
+    return str(lora_id)
+
+
+def lora_loader(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    model = ex.want(args["model"], Model, node_id, "model")
+    clip = ex.want(args["clip"], Clip, node_id, "clip")
+    lora_id = _lora(ex, node_id, args, model)
+    strength_model = ex.number(node_id, args, "strength_model")
+    strength_clip = ex.number(node_id, args, "strength_clip")
+    return (replace(model, loras=with_lora(model.loras, lora_id, strength_model)),
+            replace(clip, loras=with_lora(clip.loras, lora_id, strength_clip)))
+
+
+def lora_loader_model_only(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    model = ex.want(args["model"], Model, node_id, "model")
+    lora_id = _lora(ex, node_id, args, model)
+    return (replace(model, loras=with_lora(model.loras, lora_id, ex.number(node_id, args, "strength_model"))),)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from pipelines.comfyui import combine, samplers
+from pipelines.comfyui import combine, loaders, samplers
 from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
 from pipelines.resume import run_resumable
@@ -114,6 +114,7 @@ def ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ..
     def sample(ctx: RunContext) -> torch.Tensor:
         if run.total == 0:
             return latent.samples
+        loaders.activate(ctx.models, model, model.loras, ex.where(node_id, "model"))
         view = job_pipeline(cls, model.base, choice, family=model.kind)
         with combine.averaged(model.base.unet, positive, negative, latent.batch):
             return run_resumable(view, dataclasses.replace(ctx, seed=seed), num_images=latent.batch,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pipelines import prompts
+from pipelines.comfyui import loaders
 from pipelines.comfyui.values import Clip, Cond, Conditioning
 from runtime.contract import ContractError
 
@@ -20,9 +21,10 @@ if TYPE_CHECKING:
     from pipelines.comfyui.executor import Execution
 
 
-def encode(clip: Clip, text: str, where: str) -> Cond:
-    """``text`` through ``clip``'s encoders, stopping at its last layer; a refusal names ``where``."""
+def encode(ex: Execution, clip: Clip, text: str, where: str) -> Cond:
+    """``text`` through ``clip``'s encoders with its LoRAs, stopping at its last layer; a refusal names ``where``."""
     base = clip.model.base
+    loaders.activate(ex.store, clip.model, clip.loras, where)
     try:
         with torch.inference_mode():
             out = prompts.encode(base, text, "", clip_skip=clip.clip_skip, guidance=False)
@@ -34,7 +36,7 @@ def encode(clip: Clip, text: str, where: str) -> Cond:
 
 def clip_text_encode(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
     clip = ex.want(args["clip"], Clip, node_id, "clip")
-    return (Conditioning((encode(clip, str(args["text"]), ex.where(node_id, "text")),)),)
+    return (Conditioning((encode(ex, clip, str(args["text"]), ex.where(node_id, "text")),)),)
 
 
 def clip_set_last_layer(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:

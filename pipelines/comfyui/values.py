@@ -2,11 +2,13 @@
 them.
 
 A checkpoint loader's three outputs are views of one loaded diffusers pipeline (``pipelines.loading``: loaded once
-per process, shared with every other pipeline), so a graph never loads a model twice. Latents are kept as the
-denoiser sees them (scaled by the VAE's factor), which is what diffusers' ``output_type="latent"`` returns and its
-img2img classes take back: a sampler's output goes to the next sampler untouched, and only VAEDecode and VAEEncode
-scale. Images are float tensors (batch, 3, height, width) in [0, 1], as diffusers' ``postprocess(..., "pt")``
-gives them, so the PNG of a graph's image has the bytes of diffusers' own PIL conversion.
+per process, shared with every other pipeline), so a graph never loads a model twice; a LoRA loader's outputs are
+the same views naming the LoRAs and strengths to switch on when they are used (``pipelines.comfyui.loaders``).
+Latents are kept as the denoiser sees them (scaled by the VAE's factor), which is what diffusers'
+``output_type="latent"`` returns and its img2img classes take back: a sampler's output goes to the next sampler
+untouched, and only VAEDecode and VAEEncode scale. Images are float tensors (batch, 3, height, width) in [0, 1], as
+diffusers' ``postprocess(..., "pt")`` gives them, so the PNG of a graph's image has the bytes of diffusers' own PIL
+conversion.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Model:
     kind: Family
     variant: str | None
     base: DiffusionPipeline
+    #: LoRAs on the denoiser (LoraLoader's strength_model): catalog id -> strength, switched on while it samples.
+    loras: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class Clip:
 
     model: Model
     last_layer: int = -1
+    #: LoRAs on the text encoders (LoraLoader's strength_clip), switched on while a text is encoded.
+    loras: tuple[tuple[str, float], ...] = ()
 
     @property
     def clip_skip(self) -> int:
@@ -108,3 +114,10 @@ def type_name(cls: type) -> str:
     names: dict[type, str] = {Model: "MODEL", Clip: "CLIP", Vae: "VAE", Conditioning: "CONDITIONING",
                               Latent: "LATENT", Images: "IMAGE"}
     return names.get(cls, cls.__name__)
+
+
+def with_lora(loras: tuple[tuple[str, float], ...], lora_id: str, strength: float) -> tuple[tuple[str, float], ...]:
+    """``loras`` with one more LoRA; the same LoRA twice adds its strengths, as two applications of it would."""
+    merged = dict(loras)
+    merged[lora_id] = merged.get(lora_id, 0.0) + strength
+    return tuple(merged.items())

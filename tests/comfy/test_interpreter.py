@@ -177,6 +177,38 @@ def test_combined_conditionings_average_their_predictions(harness: Harness, mode
     assert not np.array_equal(combined("negative", "10", "7"), plain)
 
 
+def lora_graph(strength_model: float, strength_clip: float | None) -> dict[str, Any]:
+    """The default graph through a LoraLoader (or LoraLoaderModelOnly, without a CLIP strength)."""
+    graph = default_graph()
+    if strength_clip is None:
+        graph["10"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": ["4", 0], "lora_name": "tiny-lora-sd1", "strength_model": strength_model}}
+    else:
+        graph["10"] = {"class_type": "LoraLoader", "inputs": {
+            "model": ["4", 0], "clip": ["4", 1], "lora_name": "tiny-lora-sd1", "strength_model": strength_model,
+            "strength_clip": strength_clip}}
+        for text in ("6", "7"):
+            graph[text]["inputs"]["clip"] = ["10", 1]
+    graph["3"]["inputs"]["model"] = ["10", 0]
+    return graph
+
+
+def test_a_lora_at_both_strengths_gives_txt2imgs_pixels_with_it_and_each_strength_matters(harness: Harness) -> None:
+    plain = pixels(run(harness, default_graph()))
+    both = pixels(run(harness, lora_graph(0.7, 0.7)))
+    graph = default_graph()
+    native = harness.run("txt2img", job_seed=1234, prompt=graph["6"]["inputs"]["text"],
+                         negative_prompt=graph["7"]["inputs"]["text"], guidance_scale=8, steps=3,
+                         loras=[{"id": "tiny-lora-sd1", "weight": 0.7}])
+    assert np.array_equal(both, pixels(native)) and not np.array_equal(both, plain)
+    model_only = pixels(run(harness, lora_graph(0.7, None)))
+    assert np.array_equal(model_only, pixels(run(harness, lora_graph(0.7, 0.0))))
+    clip_only = pixels(run(harness, lora_graph(0.0, 0.7)))
+    outs = [plain, both, model_only, clip_only]
+    assert not [(i, j) for i in range(4) for j in range(i + 1, 4) if np.array_equal(outs[i], outs[j])]
+    assert np.array_equal(pixels(run(harness, default_graph())), plain)  # switched off again
+
+
 def test_vae_encode_and_latent_upscale_feed_a_second_sampler(harness: Harness) -> None:
     """img2img inside a graph: the first image decoded, encoded again, upscaled to a given size and denoised;
     PreviewImage's images come with SaveImage's, in node order."""
@@ -231,9 +263,15 @@ def test_only_what_an_output_needs_runs_in_dependency_order() -> None:
 @pytest.mark.parametrize(("change", "field"), [
     (lambda g: g["4"]["inputs"].update(ckpt_name="tiny-flux"), "inputs.graph.4.inputs.ckpt_name"),
     (lambda g: g["4"]["inputs"].update(ckpt_name="tiny-esrgan"), "inputs.graph.4.inputs.ckpt_name"),
-    (lambda g: g.update({"10": {"class_type": "LoraLoader", "inputs": {  # not run yet
-        "model": ["4", 0], "clip": ["4", 1], "lora_name": "tiny-lora-sd1", "strength_model": 1.0,
-        "strength_clip": 1.0}}}) or g["3"]["inputs"].update(model=["10", 0]), "inputs.graph.10"),
+    (lambda g: g.update({"10": {"class_type": "LoraLoader", "inputs": {  # another family's
+        "model": ["4", 0], "clip": ["4", 1], "lora_name": "tiny-lora-sdxl", "strength_model": 1.0,
+        "strength_clip": 1.0}}}) or g["3"]["inputs"].update(model=["10", 0]), "inputs.graph.10.inputs.lora_name"),
+    (lambda g: g.update({"10": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "tiny-esrgan"}},
+                         "11": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["10", 0],
+                                                                                  "image": ["8", 0]}},
+                         "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0],
+                                                                      "filename_prefix": "x"}}}),
+     "inputs.graph.10"),  # not run yet
 ])
 def test_what_the_interpreter_does_not_run_is_refused_naming_the_node(harness: Harness, change: Any,
                                                                       field: str) -> None:
