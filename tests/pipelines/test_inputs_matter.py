@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.pipelines.harness import CONTROLNETS, MODELS, PHOTO, Harness, pixels
+from tests.pipelines.harness import COMMON, CONTROLNETS, MODELS, PHOTO, Harness, pixels
 
 OTHER_PHOTO, BLACK = "s3://inputs/other.png", "s3://inputs/black.png"
 #: Inpainting's: of the photo's aspect ratio (5:4), which its mask must share.
@@ -71,7 +71,22 @@ def _cases() -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture(scope="module")
-def runs(harness: Harness) -> dict[tuple[str, str], np.ndarray]:
+def jobs() -> dict[str, np.ndarray]:
+    """The pixels of each job run so far, by its full arguments: the same job gives the same bytes
+    (test_pipelines.py), so the tests that compare with one job (a reference, a hires fix) share its run."""
+    return {}
+
+
+def run(harness: Harness, jobs: dict[str, np.ndarray], name: str, model: str = "tiny-sd",
+        **fields: Any) -> np.ndarray:
+    key = repr((name, model, sorted({**COMMON, **fields}.items())))
+    if key not in jobs:
+        jobs[key] = pixels(harness.run(name, model=model, **fields))
+    return jobs[key]
+
+
+@pytest.fixture(scope="module")
+def runs(harness: Harness, jobs: dict[str, np.ndarray]) -> dict[tuple[str, str], np.ndarray]:
     """Reference pixels per (model, pipeline), computed once."""
     rng = np.random.default_rng(7)
     harness.images[OTHER_PHOTO] = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
@@ -79,8 +94,8 @@ def runs(harness: Harness) -> dict[tuple[str, str], np.ndarray]:
     harness.images[OTHER_CANVAS] = Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8))
     harness.images[OTHER_MASK] = Image.new("L", (50, 40))
     harness.images[OTHER_MASK].paste(255, (5, 5, 20, 15))
-    return {(model, name): pixels(harness.run(name, model=model, **REFERENCE[name]))
-            for model in MODELS for name in REFERENCE}
+    return {(model, name): run(harness, jobs, name, model, **REFERENCE[name]) for model in MODELS
+            for name in REFERENCE}
 
 
 def _with_lora(fields: dict[str, Any], model: str) -> dict[str, Any]:
@@ -96,26 +111,26 @@ def _with_lora(fields: dict[str, Any], model: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("model", "name", "variation"), _cases())
 def test_each_input_changes_the_pixels(harness: Harness, runs: dict[tuple[str, str], np.ndarray], model: str,
-                                       name: str, variation: str) -> None:
+                                       name: str, variation: str, jobs: dict[str, np.ndarray]) -> None:
     fields = {**COMMON_VARIATIONS, **TASK_VARIATIONS[name], **SDXL_VARIATIONS}[variation]
-    changed = pixels(harness.run(name, model=model, **{**REFERENCE[name], **_with_lora(fields, model)}))
+    changed = run(harness, jobs, name, model, **{**REFERENCE[name], **_with_lora(fields, model)})
     assert not np.array_equal(changed, runs[(model, name)]), f"{model}/{name}: {variation} changed nothing"
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_the_lora_weight_changes_the_pixels(harness: Harness, model: str) -> None:
-    strong = pixels(harness.run("txt2img", model=model, loras=[{"id": LORAS[model], "weight": 0.8}]))
+def test_the_lora_weight_changes_the_pixels(harness: Harness, model: str, jobs: dict[str, np.ndarray]) -> None:
+    strong = run(harness, jobs, "txt2img", model, loras=[{"id": LORAS[model], "weight": 0.8}])
     weak = pixels(harness.run("txt2img", model=model, loras=[{"id": LORAS[model], "weight": 0.4}]))
     assert not np.array_equal(strong, weak)
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_prompt_editing_is_neither_of_its_texts(harness: Harness, model: str) -> None:
+def test_prompt_editing_is_neither_of_its_texts(harness: Harness, model: str, jobs: dict[str, np.ndarray]) -> None:
     """[a:b:0.5] is a for the first steps and b for the rest: neither a's picture nor b's."""
     a, b = "a red fox in the snow", "a blue bird over the sea"
     edited = pixels(harness.run("txt2img", model=model, prompt=f"[{a}:{b}:0.5]"))
     for text in (a, b):
-        assert not np.array_equal(edited, pixels(harness.run("txt2img", model=model, prompt=text))), text
+        assert not np.array_equal(edited, run(harness, jobs, "txt2img", model, prompt=text)), text
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -151,10 +166,12 @@ def _upscaled(harness: Harness, model: str, **fields: Any) -> np.ndarray:
 
 
 @pytest.mark.parametrize("variation", UPSCALE_VARIATIONS)
-def test_each_upscale_input_changes_the_pixels(harness: Harness, variation: str) -> None:
+def test_each_upscale_input_changes_the_pixels(harness: Harness, variation: str, jobs: dict[str, np.ndarray]) -> None:
     reference = {**UPSCALE_REFERENCE}
     changed = {**reference, **UPSCALE_VARIATIONS[variation]}
-    before = _upscaled(harness, reference.pop("model"), **reference)
+    if "upscale" not in jobs:  # the same job for every variation: run once
+        jobs["upscale"] = _upscaled(harness, reference.pop("model"), **reference)
+    before = jobs["upscale"]
     after = _upscaled(harness, changed.pop("model"), **changed)
     assert not np.array_equal(before, after), f"upscale: {variation} changed nothing"
 
@@ -175,8 +192,9 @@ REFINER_VARIATIONS: dict[str, dict[str, Any]] = {"refiner": {"refiner": "tiny-sd
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("variation", HIRES_VARIATIONS)
-def test_each_hires_input_changes_the_pixels(harness: Harness, model: str, variation: str) -> None:
-    before = pixels(harness.run("txt2img", model=model, steps=3, hires=HIRES_REFERENCE))
+def test_each_hires_input_changes_the_pixels(harness: Harness, model: str, variation: str,
+                                             jobs: dict[str, np.ndarray]) -> None:
+    before = run(harness, jobs, "txt2img", model, steps=3, hires=HIRES_REFERENCE)
     hires = {key: value for key, value in {**HIRES_REFERENCE, **HIRES_VARIATIONS[variation]}.items()
              if value is not None}
     after = pixels(harness.run("txt2img", model=model, steps=3, hires=hires))
@@ -184,7 +202,7 @@ def test_each_hires_input_changes_the_pixels(harness: Harness, model: str, varia
 
 
 @pytest.mark.parametrize("variation", REFINER_VARIATIONS)
-def test_each_refiner_input_changes_the_pixels(harness: Harness, variation: str) -> None:
-    before = pixels(harness.run("txt2img", **REFINER_REFERENCE))
+def test_each_refiner_input_changes_the_pixels(harness: Harness, variation: str, jobs: dict[str, np.ndarray]) -> None:
+    before = run(harness, jobs, "txt2img", **REFINER_REFERENCE)
     after = pixels(harness.run("txt2img", **{**REFINER_REFERENCE, **REFINER_VARIATIONS[variation]}))
     assert not np.array_equal(before, after), f"{variation} changed nothing"
