@@ -30,6 +30,7 @@ from pipelines.comfyui import images, latents, loaders, pixels, sampling, text
 from pipelines.comfyui.values import type_name
 from pipelines.phases import PHASE_NAME, Phases
 from runtime.contract import ContractError
+from runtime.contract.comfy.outputs import node_order
 from runtime.models.store import ModelStore
 from runtime.plugins import RunContext
 
@@ -72,11 +73,6 @@ def node_table() -> dict[str, Node]:
     }
 
 
-def id_key(node_id: str) -> tuple[int, int, str]:
-    """Node ids in ComfyUI's order: numbers as numbers, then any other id as text."""
-    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
-
-
 def is_link(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and \
         isinstance(value[1], int) and not isinstance(value[1], bool)
@@ -94,7 +90,7 @@ def run_order(graph: dict[str, Any]) -> list[str]:
         if kind not in table:
             raise ContractError("unsupported_node", f"{_field(node_id)}: node class {kind!r} is not run by spotgen "
                                 f"yet; it runs {', '.join(sorted(table))}", _field(node_id))
-    outputs = sorted((n for n, node in graph.items() if table[node["class_type"]].output), key=id_key)
+    outputs = sorted((n for n, node in graph.items() if table[node["class_type"]].output), key=node_order)
     if not outputs:
         raise ContractError("prompt_no_outputs", "inputs.graph: the graph has no output node (SaveImage, "
                             "PreviewImage)", "inputs.graph")
@@ -117,7 +113,7 @@ def run_order(graph: dict[str, Any]) -> list[str]:
         for source in sources:
             users[source].append(node_id)
     waiting = {node_id: len(sources) for node_id, sources in deps.items()}
-    ready = [(id_key(n), n) for n, count in waiting.items() if count == 0]
+    ready = [(node_order(n), n) for n, count in waiting.items() if count == 0]
     heapq.heapify(ready)
     order: list[str] = []
     while ready:
@@ -126,7 +122,7 @@ def run_order(graph: dict[str, Any]) -> list[str]:
         for user in users[node_id]:
             waiting[user] -= 1
             if waiting[user] == 0:
-                heapq.heappush(ready, (id_key(user), user))
+                heapq.heappush(ready, (node_order(user), user))
     if len(order) != len(needed):
         raise ContractError("dependency_cycle", "inputs.graph: the graph's links make a cycle", "inputs.graph")
     return order
@@ -166,7 +162,7 @@ class Execution:
             self.phases = Phases(self.ctx, plan)
         for node_id in self.order:
             self.evaluate(node_id)
-        return {node_id: self.images[node_id] for node_id in sorted(self.images, key=id_key)}
+        return {node_id: self.images[node_id] for node_id in sorted(self.images, key=node_order)}
 
     def _plan(self, node_id: str) -> int:
         node = self.graph[node_id]

@@ -2,8 +2,8 @@
 run by the interpreter of ``pipelines.comfyui.executor``.
 
 It returns the images of the output nodes (SaveImage and PreviewImage), node after node in id order, each node's
-batch in order; ``output_nodes`` says which images are whose, so ``/history`` can list them by node as ComfyUI
-does. The job's checkpoints are the sampler nodes' passes (``pipelines.phases``): ``checkpoints = True``.
+batch in order: the order ``runtime.contract.comfy.outputs.output_nodes`` maps back to nodes for ``/history``.
+The job's checkpoints are the sampler nodes' passes (``pipelines.phases``): ``checkpoints = True``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL.Image import Image
 
-from pipelines.comfyui.executor import Execution, id_key, node_table
+from pipelines.comfyui.executor import Execution
 from pipelines.common import DiffusersPipeline
 from runtime.contract.comfy.inputs import ComfyInputs
 from runtime.plugins import RunContext
@@ -21,14 +21,6 @@ from runtime.plugins import RunContext
 def run_graph(graph: dict[str, Any], ctx: RunContext) -> dict[str, list[Image]]:
     """The output nodes' images by node id (in id order) of one graph's run."""
     return Execution(graph, ctx).run()
-
-
-def output_nodes(graph: dict[str, Any]) -> list[str]:
-    """The graph's output nodes in the order their images come in the job's result."""
-    table = node_table()
-    return sorted((node_id for node_id, node in graph.items()
-                   if isinstance(node, dict) and node.get("class_type") in table
-                   and table[node["class_type"]].output), key=id_key)
 
 
 class ComfyUI(DiffusersPipeline):
