@@ -110,7 +110,10 @@ class DevStack:
             fields["api_keys_parameter"] = put_dev_key(aws.client("ssm", emulator), self._api_key)
             authorizer.keys.cache_clear()  # a warm authorizer of an earlier stack in this process holds its keys
             authorize = authorizer.handler
-        self._api = make_server(api.handler, self.host, self.port, authorize=authorize)
+        from runtime.local import comfyws
+
+        self._api = make_server(api.handler, self.host, self.port, authorize=authorize,
+                                upgrade=(comfyws.is_upgrade, comfyws.serve))
         # Workers get metrics ports of their own (``_spawn_worker``); the exported settings say 0, so that a
         # worker started by hand from them does not collide with those.
         self.settings = emulator.model_copy(update={**fields, "metrics_port": 0, "metrics_host": self.host,

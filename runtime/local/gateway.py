@@ -40,6 +40,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+#: A websocket route: whether a request (path, headers) is its handshake, and what serves the upgraded connection.
+Upgrade = tuple[Callable[[str, dict[str, str]], bool], Callable[[Any, str, dict[str, str], dict[str, Any]], None]]
 
 log = logging.getLogger("spotgen.gateway")
 
@@ -151,10 +153,12 @@ def authorized(event: dict[str, Any], authorize: Handler,
 
 def make_server(handler: Handler, host: str = "127.0.0.1", port: int = 8080, authorize: Handler | None = None,
                 guarded: re.Pattern[str] | None = None, identity_header: str = "x-api-key",
-                integration_timeout_s: float | None = None) -> ThreadingHTTPServer:
+                integration_timeout_s: float | None = None, upgrade: Upgrade | None = None) -> ThreadingHTTPServer:
     """The gateway on ``host:port``. ``authorize`` runs first on the paths ``guarded`` matches (by default the
     compatibility routes, ``lambdas.authorizer.COMPAT_PATH_RE``); without it every path goes straight on.
-    ``integration_timeout_s``: by default ``integration_timeout()`` (tests shorten it rather than wait)."""
+    ``integration_timeout_s``: by default ``integration_timeout()`` (tests shorten it rather than wait).
+    ``upgrade``: ``(is_upgrade, serve)`` for websocket handshakes (ComfyUI's ``/ws``: runtime/local/comfyws.py),
+    authorized as the paths are; ``serve`` gets the connection and runs until the socket closes."""
     if authorize is not None and guarded is None:
         from lambdas.authorizer import COMPAT_PATH_RE
 
@@ -201,6 +205,10 @@ def make_server(handler: Handler, host: str = "127.0.0.1", port: int = 8080, aut
             refused: dict[str, Any] | None = None
             if authorize is not None and guarded is not None and guarded.match(event["rawPath"]):
                 event, refused = authorized(event, authorize, identity_header)
+            if refused is None and upgrade is not None and upgrade[0](self.path, event["headers"]):
+                self.close_connection = True
+                upgrade[1](self.connection, self.path, event["headers"], event)
+                return
             result = refused if refused is not None else self._invoke(event)
             if result is None:
                 return
