@@ -28,8 +28,9 @@ from lambdas.common import Deployment, deployment, raw_body, response
 from lambdas.sdapi import caller
 from lambdas.submit import Rejected, check, enqueue
 from runtime.contract import ContractError, JobRequest, request_hash, utcnow
-from runtime.contract.comfy.graph import GraphError, check_graph
+from runtime.contract.comfy.graph import GraphError, check_graph, not_run_yet
 from runtime.contract.comfy.objectinfo import object_info
+from runtime.contract.comfy.table import RUNS
 
 #: The loaders whose model is the job's ``model`` (what routes it to a pool and what the worker checks first).
 _MODEL_INPUTS = {"CheckpointLoaderSimple": "ckpt_name", "UNETLoader": "unet_name"}
@@ -61,6 +62,7 @@ def submit_prompt(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
         return invalid("No prompt provided", "the body must be a JSON object with a 'prompt' (an API-format graph)")
     try:
         graph = check_graph(body["prompt"], compat.names(dep.settings))
+        not_run_yet(graph)
     except GraphError as exc:
         return response(400, exc.body())
     model = job_model(graph)
@@ -141,7 +143,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         if route == "view":
             return view(dep, event, caller(event))
         if route == "object_info":
-            info = object_info(compat.names(dep.settings))
+            info = {key: value for key, value in object_info(compat.names(dep.settings)).items() if key in RUNS}
             name = params.get("name")
             return response(200, info if name is None else {name: info[name]} if name in info else {})
         if route == "queue":

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lambdas import api as routes
+from runtime.contract.comfy.table import RUNS
 from runtime.local.devstack import DevStack
 from tests.lambdas.sdapi_stack import api_fixture, queued_spec  # noqa: F401 - the fixture "api"
 
@@ -74,6 +75,13 @@ def test_graph_errors_are_comfyuis_400_naming_the_node(api: DevStack) -> None:
     (error,) = answer["node_errors"]["4"]["errors"]
     assert answer["node_errors"]["4"]["class_type"] == "CheckpointLoaderSimple"
     assert error["type"] == "value_not_in_list" and error["extra_info"]["input_name"] == "ckpt_name"
+    later = workflow("default_txt2img.json")  # a core node the interpreter does not run yet: refused, not queued
+    later["10"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["6", 0], "guidance": 3.5}}
+    later["3"]["inputs"]["positive"] = ["10", 0]
+    status, answer, _ = call("POST", "/prompt", "10.0.3.5", {"prompt": later})
+    assert status == 400 and answer["error"]["type"] == "missing_node_type", answer
+    assert "does not run this core node yet" in answer["error"]["message"]
+    assert answer["node_errors"]["10"]["class_type"] == "FluxGuidance"
     for body in ({"client_id": "x"}, [1], {"prompt": "not a graph"}):
         status, answer, _ = call("POST", "/prompt", "10.0.3.5", body)
         assert status == 400 and answer["error"]["type"] in ("invalid_prompt",), (body, answer)
@@ -89,7 +97,8 @@ def test_view_opens_only_outputs_of_the_callers_prompts(api: DevStack) -> None:
 
 def test_object_info_lists_the_nodes_with_the_deployments_models(api: DevStack) -> None:
     status, info, _ = call("GET", "/object_info", "10.0.3.7")
-    assert status == 200 and {"KSampler", "CheckpointLoaderSimple", "SaveImage", "SamplerCustomAdvanced"} <= set(info)
+    assert status == 200 and set(info) == RUNS  # what the interpreter runs, no more
+    assert {"KSampler", "CheckpointLoaderSimple", "SaveImage"} <= set(info)
     checkpoints = info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
     assert {"tiny-sd", "v1-5-pruned-emaonly.safetensors"} <= set(checkpoints)
     assert "euler" in info["KSampler"]["input"]["required"]["sampler_name"][0]

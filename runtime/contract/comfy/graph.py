@@ -18,7 +18,7 @@ from typing import Any
 from runtime.contract.comfy.nodes import Node
 from runtime.contract.comfy.objectinfo import declaration
 from runtime.contract.comfy.pairs import check_sampler_pairs
-from runtime.contract.comfy.table import all_nodes
+from runtime.contract.comfy.table import RUNS, all_nodes
 from runtime.contract.comfy.values import check_value, link_of, node_error
 from runtime.contract.webui_rules import Names
 
@@ -108,10 +108,13 @@ def _check_shape(prompt: Any, max_nodes: int, max_chars: int) -> None:
                                     f"Node ID '#{key}'"))
 
 
-def _missing_nodes(unknown: list[tuple[str, str]]) -> GraphError:
+def _missing_nodes(unknown: list[tuple[str, str]], not_yet: bool = False) -> GraphError:
     """ComfyUI names the first unknown node; every one of them is in ``node_errors``, so that a client sees all
-    the custom nodes it has to replace at once."""
+    the custom nodes it has to replace at once. ``not_yet``: core nodes the interpreter does not run yet."""
     def message(class_type: str) -> str:
+        if not_yet:
+            return (f"Node '{class_type}' not found. spotgen does not run this core node yet (GET /object_info lists "
+                    "the ones it runs; docs/comfyui.md the ones to come).")
         return (f"Node '{class_type}' not found. The custom node may not be installed. spotgen runs ComfyUI's "
                 "core nodes only (GET /object_info lists them), not custom nodes.")
 
@@ -121,6 +124,12 @@ def _missing_nodes(unknown: list[tuple[str, str]]) -> GraphError:
                        "dependent_outputs": [], "class_type": c} for k, c in unknown}
     return GraphError(_error("missing_node_type", message(class_type), f"Node ID '#{key}'", node_id=key,
                              class_type=class_type), node_errors)
+
+
+def not_run_yet(graph: Mapping[str, Any]) -> None:
+    """GraphError, ComfyUI's missing node, when a checked graph holds nodes the interpreter does not run yet."""
+    if waiting := [(key, node["class_type"]) for key, node in graph.items() if node["class_type"] not in RUNS]:
+        raise _missing_nodes(waiting, not_yet=True)
 
 
 def _links(prompt: Mapping[str, Any], key: str) -> list[str]:

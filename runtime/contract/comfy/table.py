@@ -36,3 +36,14 @@ def node_rows() -> list[tuple[str, list[str], list[str]]]:
             outputs = ["(output node)"]
         rows.append((node.name, inputs, outputs))
     return rows
+
+
+#: The node classes the worker's interpreter runs today (``pipelines/comfyui/executor.py``'s table; a test keeps
+#: the two equal). The API refuses a graph with any other, before it is queued, and ``/object_info`` lists only
+#: these; the rest of the table is declared for when the interpreter runs them (docs/comfyui.md lists both).
+RUNS = frozenset({
+    "CheckpointLoaderSimple", "LoraLoader", "LoraLoaderModelOnly", "CLIPTextEncode", "CLIPSetLastLayer",
+    "ConditioningZeroOut", "ConditioningCombine", "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "KSampler",
+    "VAEDecode", "VAEEncode", "ImageScale", "ImageScaleBy", "ImageInvert", "SaveImage", "PreviewImage",
+})
+
