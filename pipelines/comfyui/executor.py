@@ -21,12 +21,12 @@ from __future__ import annotations
 import functools
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from PIL.Image import Image
 
-from pipelines.comfyui import images, latents, loaders, pixels, sampling, text
+from pipelines.comfyui import flownodes, imagenodes, images, latents, loaders, pixels, sampling, text
+from pipelines.comfyui.registry import Node
 from pipelines.comfyui.values import type_name
 from pipelines.phases import PHASE_NAME, Phases
 from runtime.contract import ContractError
@@ -35,17 +35,6 @@ from runtime.models.store import ModelStore
 from runtime.plugins import RunContext
 
 T = TypeVar("T")
-NodeFn = Callable[["Execution", str, dict[str, Any]], tuple[Any, ...]]
-
-
-@dataclass(frozen=True)
-class Node:
-    """How one node class runs: its function, whether it is an output node, and, for a sampler, how its steps are
-    planned (from its literal inputs and its ``model`` input alone)."""
-
-    run: NodeFn
-    output: bool = False
-    plan: Callable[[Execution, str, dict[str, Any]], int] | None = None
 
 
 @functools.cache
@@ -70,6 +59,8 @@ def node_table() -> dict[str, Node]:
         "ImageInvert": Node(pixels.image_invert),
         "SaveImage": Node(images.save_image, output=True),
         "PreviewImage": Node(images.preview_image, output=True),
+        **flownodes.NODES,
+        **imagenodes.NODES,
     }
 
 

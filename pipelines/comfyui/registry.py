@@ -1,0 +1,26 @@
+"""What a node class is to the interpreter (``Node``), and the tables of the node classes it runs, by area: the
+core nodes in ``executor``; Flux's and SD 3.5's (custom sampling, their loaders) in ``flownodes``; images from the
+input bucket and masks in ``imagenodes``. ``executor.node_table`` runs them all; ``runtime.contract.comfy.table``'s
+``RUNS`` says the same to the API (tests/comfy/test_runs.py keeps the two equal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.comfyui.executor import Execution
+
+NodeFn = Callable[["Execution", str, dict[str, Any]], tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class Node:
+    """How one node class runs: its function, whether it is an output node, and, for a sampler, how its steps are
+    planned (from its literal inputs and its ``model`` input alone)."""
+
+    run: NodeFn
+    output: bool = False
+    plan: Callable[[Execution, str, dict[str, Any]], int] | None = None

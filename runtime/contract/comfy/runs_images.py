@@ -1,0 +1,6 @@
+"""The image-input and mask node classes the interpreter runs (``pipelines/comfyui/imagenodes.py``);
+``table.RUNS`` joins them to the core set for the API."""
+
+from __future__ import annotations
+
+RUNS_IMAGES: frozenset[str] = frozenset()
