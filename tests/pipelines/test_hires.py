@@ -19,7 +19,7 @@ from pipelines.loading import base_pipeline
 from runtime.contract import LATENT_UPSCALERS, ContractError
 from runtime.models.store import ModelStore
 from runtime.worker import checkpoint
-from tests.pipelines.harness import Harness, interrupt_at, parse, pixels, png
+from tests.pipelines.harness import Harness, assert_same_state, interrupt_at, parse, pixels, png, run_with_snapshots
 
 HIRES = {"scale": 1.5, "denoising_strength": 0.5}  # 64x48 -> 96x72; 3 x 0.5 = 1 second-pass step of 3
 REFINED = {"model": "tiny-sdxl", "refiner": "tiny-sdxl-refiner", "switch_at": 0.5, "steps": 4}
@@ -89,11 +89,13 @@ def test_progress_counts_both_passes_and_names_each(harness: Harness) -> None:
 def test_an_interruption_in_any_pass_resumes_byte_identical(harness: Harness, fields: dict[str, Any],
                                                             stops: tuple[int, ...]) -> None:
     fields = {"steps": 3, **fields}
-    reference = png(harness.run("txt2img", **fields))
-    total = harness.reports[-1][1]
+    images, saved = run_with_snapshots(harness, "txt2img", stops, **fields)  # the checkpoints, as bytes
+    reference, total = png(images), harness.reports[-1][1]
+    # Interrupted for real at the first stop: the same state as the reference run saved there.
+    assert_same_state(interrupt_at(harness, "txt2img", stops[0], **fields), saved[stops[0]])
     for stop in stops:
         assert stop < total
-        state = checkpoint.load(interrupt_at(harness, "txt2img", stop, **fields), "f" * 64)
+        state = checkpoint.load(saved[stop], "f" * 64)
         resumed = png(harness.run("txt2img", resume_from=state, **fields))
         assert harness.reports[0] == (stop + 1, total), f"resumed after step {stop}"
         assert resumed == reference, f"interrupted after step {stop} of {total}: the images differ"
@@ -105,11 +107,11 @@ def test_every_step_of_every_pass_resumes_with_a_second_order_or_brownian_sample
     """Heun runs more timesteps than steps (the count of each pass is the sampler's, so the total holds), and DPM++
     SDE draws from a Brownian tree seeded per pass: both resume byte-identical at every step of every pass."""
     fields = {**REFINED, "scheduler": sampler, "hires": HIRES}
-    reference = png(harness.run("txt2img", **fields))
-    total = harness.reports[-1][1]
+    images, saved = run_with_snapshots(harness, "txt2img", **fields)  # the checkpoint after every step, as bytes
+    reference, total = png(images), harness.reports[-1][1]
     assert {t for _, t in harness.reports} == {total} and [s for s, _ in harness.reports] == list(range(1, total + 1))
     for stop in range(1, total):
-        state = checkpoint.load(interrupt_at(harness, "txt2img", stop, **fields), "f" * 64)
+        state = checkpoint.load(saved[stop], "f" * 64)
         assert png(harness.run("txt2img", resume_from=state, **fields)) == reference, f"{sampler}, step {stop}"
 
 
