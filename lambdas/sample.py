@@ -5,7 +5,8 @@ unchanged and gets the sample's 200 answer; the job then runs as any spotgen job
 with the sample's notification and ``.out`` document (``runtime.contract.jobs.SampleJob``) under the sample's
 key layout, ``PREFIX/ID/``. The envelopes' rules are ``runtime.contract.sample``'s; the body's, ``webui``'s.
 v1alpha2's ``extra-single-image`` task is WebUI's extras body: one ``upscale`` job (``runtime.contract.extras``),
-whose notification and ``.out`` document are the sample's too (``parameters``: the body without its image).
+whose notification and ``.out`` document are the sample's too (``parameters``: the body without its image); its
+``pipeline`` task is a ComfyUI graph: one ``comfyui`` job (``lambdas/comfyui.py``), announced the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def v1alpha2(dep: Deployment, body: bytes) -> dict[str, Any]:
         runtime = dep.settings.runtimes[str(request.runtime)]
         if request.task == "extras":
             _queue_extras(dep, request, runtime.pool)
+        elif request.task == "pipeline":
+            _queue_graph(dep, request, runtime.pool)
         else:
             job = request.webui_job(compat.names(dep.settings, default_model=runtime.model))
             _queue(dep, request, job, str(request.runtime), runtime.pool, "task.content")
@@ -104,6 +107,34 @@ def _queue_extras(dep: Deployment, request: SampleRequest, pool: str | None) -> 
             sample=lambda _job_id, _seed: SampleJob(api_version=request.api_version, runtime=str(request.runtime),
                                                     context=request.context, location=location,
                                                     parameters=parameters, info={}))
+
+
+def _queue_graph(dep: Deployment, request: SampleRequest, pool: str | None) -> None:
+    """v1alpha2's ``pipeline``: its content, a ComfyUI graph, checked and queued as ``POST /prompt`` queues one
+    (errors name ``task.content.{node}.inputs.{input}``), announced as the sample's task."""
+    from lambdas.comfyui import job_model  # the node table, imported when a graph comes
+    from runtime.contract.comfy.graph import GraphError, check_graph, not_run_yet
+
+    try:
+        graph = check_graph(request.body, compat.names(dep.settings))
+        not_run_yet(graph)
+    except GraphError as exc:
+        raise exc.contract_error("task.content") from None
+    model = job_model(graph)
+    if model is None:
+        raise ContractError("invalid_field", "task.content: the graph loads no checkpoint (CheckpointLoaderSimple) "
+                            "or diffusion model (UNETLoader)", "task.content")
+    job = JobRequest.model_validate({"id": request.id, "pipeline": "comfyui", "model": model,
+                                     "inputs": {"graph": graph}, "output_prefix": request.output_prefix,
+                                     "webhook": request.webhook})
+    inputs = check(dep, job, f"{request.webhook_field}.url")
+    location = f"{request.output_prefix}/{request.id}"
+    identity = {"api": request.api_version, "runtime": request.runtime, "context": request.context}
+    digest = hashlib.sha256(json.dumps([request_hash(job), identity], sort_keys=True).encode()).hexdigest()
+    enqueue(dep, job, inputs, now=utcnow(), expires_at=None, digest=digest, pool=pool,
+            sample=lambda _job_id, _seed: SampleJob(api_version=request.api_version, runtime=str(request.runtime),
+                                                    context=request.context, location=location,
+                                                    parameters={}, info={}))
 
 
 def _handler(route: Any) -> Any:

@@ -39,9 +39,11 @@ RUNTIME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 SAMPLE_TASKTYPES: Mapping[str, Task] = MappingProxyType({"text-to-image": "txt2img", "image-to-image": "img2img"})
 #: The sample's upscaler task (v1alpha2 only): its ``content`` is WebUI's extras body, ``runtime.contract.extras``.
 EXTRAS_TASKTYPE = "extra-single-image"
-#: Task types the sample knows and spotgen does not run: WebUI's batch upscaler and ComfyUI workflows.
-_UNSUPPORTED_TASKTYPES = MappingProxyType({"extra-batch-images": "WebUI's batch upscaler (extras)",
-                                           "pipeline": "ComfyUI workflows"})
+#: The sample's ComfyUI task (v1alpha2 only, its ``comfyui`` runtime): its ``content`` is an API-format graph, run
+#: as ``POST /prompt`` runs one (``lambdas/sample.py``, ``runtime.contract.comfy``).
+PIPELINE_TASKTYPE = "pipeline"
+#: Task types the sample knows and spotgen does not run: WebUI's batch upscaler.
+_UNSUPPORTED_TASKTYPES = MappingProxyType({"extra-batch-images": "WebUI's batch upscaler (extras)"})
 
 #: ``alwayson_scripts`` keys that the queue agent takes out before calling WebUI (``ALWAYSON_SCRIPTS_EXCLUDE_KEYS``,
 #: in either API version). ``sd_model_checkpoint`` stays: ``from_webui`` reads it, naming it where the client
@@ -95,8 +97,9 @@ class SampleRequest(BaseModel):
     id: str = Field(pattern=JOB_ID_RE.pattern)
     #: The runtime the client asked for (v1alpha2); v1alpha1 names none (the sample routes it by checkpoint).
     runtime: str | None = None
-    #: ``extras``: v1alpha2's ``extra-single-image``, whose body is WebUI's extras body (``lambdas/sample.py``).
-    task: Task | Literal["extras"]
+    #: ``extras``: v1alpha2's ``extra-single-image``, whose body is WebUI's extras body; ``pipeline``: its ComfyUI
+    #: graph (``lambdas/sample.py``).
+    task: Task | Literal["extras", "pipeline"]
     #: The SD WebUI body, without the routing keys: what ``from_webui`` maps.
     body: dict[str, Any]
     #: Where the outputs go: ``{output_prefix}/{id}/``, as in the sample.
@@ -114,8 +117,8 @@ class SampleRequest(BaseModel):
 
     def webui_job(self, names: Names) -> WebuiJob:
         """``from_webui`` of the body, its errors naming the field in the envelope (``task.content.steps``)."""
-        if self.task == "extras":
-            raise ContractError("unsupported_field", "an extras task is an upscale job, not a generation",
+        if self.task in ("extras", "pipeline"):
+            raise ContractError("unsupported_field", f"a {self.task} task is not a WebUI generation",
                                 "task.metadata.tasktype")
         try:
             return from_webui(dict(self.body), self.task, names)
@@ -139,12 +142,13 @@ def parse_v1alpha2(data: Any, runtimes: Collection[str]) -> SampleRequest:
         known = ", ".join(sorted(runtimes)) or "none"
         raise ContractError("unknown_runtime", f"task.metadata.runtime: no runtime is called {meta.runtime!r}; "
                             f"the runtimes are: {known}", "task.metadata.runtime")
-    extras = meta.tasktype == EXTRAS_TASKTYPE
-    webui_task: Task | Literal["extras"] = "extras" if extras else _tasktype(meta.tasktype, "task.metadata.tasktype")
+    whole = {EXTRAS_TASKTYPE: "extras", PIPELINE_TASKTYPE: "pipeline"}  # their content is taken whole
+    webui_task: Task | Literal["extras", "pipeline"] = whole.get(meta.tasktype) or \
+        _tasktype(meta.tasktype, "task.metadata.tasktype")  # type: ignore[assignment]
     context = metadata.get("context", {})  # the queue agent echoes {} when there is none
     _bounded(context, "task.metadata.context")
     content = _object(_required(task, "content", "task."), "task.content")
-    body = dict(content) if webui_task == "extras" else \
+    body = dict(content) if webui_task in whole.values() else \
         _webui_body(content, webui_task, "task.content.alwayson_scripts", _EFFECTIVE_KEYS)[0]
     return SampleRequest(api_version="v1alpha2", id=str(meta.id), runtime=meta.runtime, task=webui_task, body=body,
                          output_prefix=str(meta.prefix), context=context, webhook=meta.webhook)

@@ -15,14 +15,15 @@ from runtime.models.parameters import catalog_aliases
 
 def dev_compat(settings: Settings) -> Settings:
     """The compatibility APIs on the dev stack, unless the environment configures them: the catalog's aliases,
-    one sample runtime ``sdruntime`` (the first model), which ``/sdapi/v1`` uses too, and a long sync wait (no
-    API Gateway in front)."""
+    the sample's runtimes ``sdruntime`` (the first model), which ``/sdapi/v1`` uses too, and ``comfyui``, and a
+    long sync wait (no API Gateway in front)."""
     updates: dict[str, object] = {}
     if "SPOTGEN_ALIASES" not in os.environ:
         updates["aliases"] = catalog_aliases(Catalog.load(settings.models_dir),
                                              {*settings.models, *settings.controlnets, *settings.loras})
     if "SPOTGEN_RUNTIMES" not in os.environ and settings.models:
-        updates["runtimes"] = {"sdruntime": {"model": settings.models[0]}}
+        # and "comfyui", the runtime the sample's ComfyUI tasks name (its test/v1alpha2/pipeline.json)
+        updates["runtimes"] = {"sdruntime": {"model": settings.models[0]}, "comfyui": {"model": settings.models[0]}}
         if "SPOTGEN_WEBUI_RUNTIME" not in os.environ:
             updates["webui_runtime"] = "sdruntime"
     if "SPOTGEN_SYNC_WAIT_S" not in os.environ:

@@ -58,12 +58,13 @@ def test_the_samples_v1alpha2_i2i_json_maps_and_its_image_url_is_refused_naming_
     assert (error.field, error.code) == ("inputs.image", "invalid_field") and "URLs are not accepted" in error.message
 
 
-def test_the_samples_extras_task_is_its_extras_body_and_comfyui_is_refused_as_not_supported() -> None:
+def test_the_samples_extras_and_pipeline_tasks_are_their_bodies_whole() -> None:
     request = parse2(json.loads(V1ALPHA2_EXTRA))
     assert (request.task, request.id, request.body) == ("extras", "test-extra",
                                                         json.loads(V1ALPHA2_EXTRA)["task"]["content"])
-    error = refusal(parse2, json.loads(V1ALPHA2_PIPELINE))
-    assert (error.code, error.field) == ("unsupported_field", "task.metadata.tasktype") and "ComfyUI" in error.message
+    request = parse2(json.loads(V1ALPHA2_PIPELINE))  # its ComfyUI graph, as the sample's comfyui runtime takes it
+    assert (request.task, request.id, request.body) == ("pipeline", "test-pipeline",
+                                                        json.loads(V1ALPHA2_PIPELINE)["task"]["content"])
 
 
 @pytest.mark.parametrize(("text", "model"), [(V1ALPHA1_T2I_EKS, "sd15"), (V1ALPHA1_T2I_GUIDANCE, "sdxl-turbo")],

@@ -37,6 +37,7 @@ from tests.contract.sample_cases import (
     V1ALPHA2_EXTRA,
     V1ALPHA2_I2I_EKS,
     V1ALPHA2_I2I_GUIDANCE,
+    V1ALPHA2_PIPELINE,
     V1ALPHA2_T2I,
 )
 from tests.harness.tlsserver import tls_server
@@ -147,8 +148,8 @@ BAD_SAMPLE_TASKS: list[tuple[str, str, Any, str, str]] = [
      "unknown field"),
     ("the batch upscaler", "v1alpha2", lambda b: b["task"]["metadata"].update(tasktype="extra-batch-images"),
      "task.metadata.tasktype", "not supported"),
-    ("ComfyUI", "v1alpha2", lambda b: b["task"]["metadata"].update(tasktype="pipeline"),
-     "task.metadata.tasktype", "not supported"),
+    ("a WebUI body as a ComfyUI graph", "v1alpha2", lambda b: b["task"]["metadata"].update(tasktype="pipeline"),
+     "task.content", "class_type"),
     ("unknown checkpoint", "v1alpha2",
      lambda b: b["task"]["content"].update(override_settings={"sd_model_checkpoint": "ghost.safetensors"}),
      "task.content.override_settings.sd_model_checkpoint", "ghost"),
@@ -271,6 +272,29 @@ def test_the_samples_extras_file_upscales_and_ends_with_the_sample_notification(
     refused = sample.v1alpha2(dep, json.dumps(unknown).encode())
     assert refused["statusCode"] == 400 and json.loads(refused["body"])["error"]["field"] == "task.content.upscaler_1"
     nothing_kept(stack, "test-extra-2")
+
+
+def test_the_samples_pipeline_file_runs_its_comfyui_graph_and_ends_with_the_sample_notification(stack: Stack) -> None:
+    """v1alpha2's ``pipeline`` task: the sample's own file, one ``comfyui`` job whose image lies where the
+    sample puts it, announced as the sample announces a task; a graph with a broken node is refused naming it in
+    the envelope, and nothing is kept."""
+    status, answer = call("POST", f"{stack.api_url}/v1alpha2", json.loads(V1ALPHA2_PIPELINE))
+    bucket = stack.env["SPOTGEN_OUTPUT_BUCKET"]
+    assert (status, answer) == (200, {"id": "test-pipeline", "runtime": "sdruntime",
+                                      "output_location": f"s3://{bucket}/output/test-pipeline"})
+    note = note_of(stack, "test-pipeline")
+    SampleNotification.model_validate(note)
+    assert (note["result"], note["runtime"], note["image_url"]) == (
+        True, "sdruntime", [f"s3://{bucket}/output/test-pipeline/0.png"]), note
+    png = stack.s3.get_object(Bucket=bucket, Key="output/test-pipeline/0.png")["Body"].read()
+    assert Image.open(io.BytesIO(png)).size == (512, 512)
+    assert s3_json(stack, note["output_url"])["parameters"]["id_task"] == "test-pipeline"
+    broken = json.loads(V1ALPHA2_PIPELINE)
+    broken["task"]["metadata"]["id"] = "test-pipeline-2"
+    broken["task"]["content"]["3"]["inputs"]["sampler_name"] = "no_such_sampler"
+    status, answer = call("POST", f"{stack.api_url}/v1alpha2", broken)
+    assert status == 400 and answer["error"]["field"] == "task.content.3.inputs.sampler_name", answer
+    nothing_kept(stack, "test-pipeline-2")
 
 
 @pytest.mark.parametrize(("url", "address", "hosts", "code"), [

@@ -20,6 +20,7 @@ from runtime.contract.comfy.objectinfo import declaration
 from runtime.contract.comfy.pairs import check_sampler_pairs
 from runtime.contract.comfy.table import RUNS, all_nodes
 from runtime.contract.comfy.values import check_value, link_of, node_error
+from runtime.contract.errors import ContractError
 from runtime.contract.webui_rules import Names
 
 #: The most nodes a graph may have (ComfyUI's own example workflows have up to a few dozen).
@@ -39,6 +40,17 @@ class GraphError(ValueError):
 
     def body(self) -> dict[str, Any]:
         return {"error": self.error, "node_errors": self.node_errors}
+
+    def contract_error(self, prefix: str) -> ContractError:
+        """The same refusal in spotgen's shape, for a graph inside another request (the AWS sample's
+        ``task.content``): the first node error's input as ``{prefix}.{node}.inputs.{input}``."""
+        for key, entry in self.node_errors.items():
+            first = entry["errors"][0]
+            name = first.get("extra_info", {}).get("input_name")
+            field = f"{prefix}.{key}.inputs.{name}" if name else f"{prefix}.{key}"
+            return ContractError("invalid_field", f"{field}: {first['message']}: {first['details']} "
+                                 f"(node {key}, {entry['class_type']})", field)
+        return ContractError("invalid_field", f"{prefix}: {self}", prefix)
 
 
 def _error(kind: str, message: str, details: str = "", **extra: Any) -> dict[str, Any]:
