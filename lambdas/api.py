@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lambdas import cancel, comfyui, controlnet_api, sample, sdapi, status, submit
+from lambdas import cancel, comfy_upload, comfyui, controlnet_api, sample, sdapi, status, submit
 from lambdas.common import error
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -33,6 +33,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
         ("GET", "object_info"), ("GET", "queue"), ("GET", "system_stats"))),
     ("GET", re.compile(r"^/history/(?P<id>[^/]+)$"), comfyui.handler),
     ("GET", re.compile(r"^/object_info/(?P<name>[^/]+)$"), comfyui.handler),
+    ("POST", re.compile(r"^/upload/image/?$"), comfy_upload.handler),
 ]
 
 

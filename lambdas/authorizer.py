@@ -44,7 +44,8 @@ from runtime.storage import aws
 #: ``/sdapi/v1`` and under its ControlNet extension's ``/controlnet``, and ComfyUI's routes (``lambdas/comfyui.py``).
 #: The local gateway authorizes exactly these paths; the template routes them to this authorizer.
 COMPAT_PATH_RE = re.compile(r"^/(?:v1alpha[12]/?|sdapi/v1(?:/.*)?|controlnet(?:/.*)?"
-                            r"|(?:prompt|interrupt|view|queue|system_stats|ws)/?|(?:history|object_info)(?:/.*)?)$")
+                            r"|(?:prompt|interrupt|view|queue|system_stats|ws|upload/image)/?"
+                            r"|(?:history|object_info)(?:/.*)?)$")
 #: The header the sample's and WebUI's clients send (lowercase: payload 2.0 lowercases header names).
 HEADER = "x-api-key"
 #: Seconds a warm Lambda trusts the parameter's value before reading it again.

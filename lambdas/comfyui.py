@@ -24,6 +24,7 @@ from lambdas import compat, telemetry
 from lambdas.body import parse_json
 from lambdas.cancel import cancel
 from lambdas.comfy_history import caller_prompts, history, prompt_key, view
+from lambdas.comfy_images import resolve_images
 from lambdas.common import Deployment, deployment, raw_body, response
 from lambdas.sdapi import caller
 from lambdas.submit import Rejected, check, enqueue
@@ -63,6 +64,7 @@ def submit_prompt(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
     try:
         graph = check_graph(body["prompt"], compat.names(dep.settings))
         not_run_yet(graph)
+        graph = resolve_images(dep, caller(event), graph)
     except GraphError as exc:
         return response(400, exc.body())
     model = job_model(graph)
