@@ -60,10 +60,20 @@ def load(ex: Execution, model_id: Any, where: str) -> FlowModel:
     return FlowModel(model_id, entry.family, kind, entry.variant, base)
 
 
+def _runs(ex: Execution, model_id: Any) -> bool:
+    """Whether a UNETLoader loads ``model_id`` (else it refuses it itself, naming its own input)."""
+    try:
+        entry = ex.store.entry(model_id, "base")
+        return isinstance(model_family(ex.store, model_id), FlowMatching) and entry.variant in VARIANTS
+    except (ModelError, TypeError):
+        return False
+
+
 def _same_model(ex: Execution, node_id: str, name: str) -> None:
     """Refuse a CLIP or VAE loader's id that differs from what the graph's UNETLoaders load (module docstring)."""
     mine = ex.graph[node_id]["inputs"].get(name)
     unets = {ex.graph[n]["inputs"].get("unet_name") for n in ex.order if ex.graph[n]["class_type"] == "UNETLoader"}
+    unets = {unet for unet in unets if _runs(ex, unet)}
     if unets and mine not in unets:
         where = ex.where(node_id, name)
         raise ContractError("mismatched_model", f"{where}: {mine!r} is not the model the graph's UNETLoader loads "

@@ -80,3 +80,114 @@ def test_a_flow_graph_gives_the_asked_size_the_same_bytes_twice_in_one_pass(harn
     assert phases == ["samplercustomadvanced-13" if family == "flux" else "samplercustomadvanced-3"]
     assert [step for step, _ in harness.reports] == [1, 2, 3]
     assert png(run(harness, graph)) == png(out)
+
+
+def test_the_flux_graph_gives_spotgens_own_flux_txt2img_pixels(harness: Harness) -> None:
+    """Without ModelSamplingFlux the model's own schedule (shifted by the image's size) runs, as a Flux job's."""
+    graph = flux_graph()
+    graph["17"]["inputs"]["model"] = ["12", 0]
+    graph["22"]["inputs"]["model"] = ["12", 0]
+    out = pixels(run(harness, graph))
+    native = harness.run("txt2img", job_seed=1234, model="tiny-flux", prompt=graph["6"]["inputs"]["text"],
+                         guidance=3.5, steps=3)
+    assert np.array_equal(out, pixels(native))
+
+
+@pytest.mark.parametrize(("family", "node", "changes"), [
+    ("flux", "25", {"noise_seed": 1235}), ("flux", "26", {"guidance": 5.0}), ("flux", "17", {"steps": 4}),
+    ("flux", "6", {"text": "a red fox in the snow"}), ("flux", "30", {"max_shift": 2.0}),
+    ("flux", "30", {"width": 1024}), ("flux", "16", {"sampler_name": "dpmpp_2m"}),
+    ("flux", "17", {"scheduler": "karras"}),
+    ("sd3", "25", {"noise_seed": 1235}), ("sd3", "22", {"cfg": 2.0}), ("sd3", "17", {"steps": 4}),
+    ("sd3", "6", {"text": "a red fox in the snow"}), ("sd3", "13", {"shift": 1.5}),
+    ("sd3", "16", {"sampler_name": "heun"}),
+])
+def test_every_input_changes_the_pixels(harness: Harness, family: str, node: str, changes: dict[str, Any]) -> None:
+    base = pixels(run(harness, GRAPHS[family]()))
+    graph = GRAPHS[family]()
+    graph[node]["inputs"].update(changes)
+    out = pixels(run(harness, graph))
+    assert out.shape == base.shape and not np.array_equal(out, base), changes
+
+
+def test_flux_cfg_guider_batches_and_the_sd3_basic_guider(harness: Harness) -> None:
+    """Flux's true CFG with a negative (CFGGuider) differs from BasicGuider's; a batch of two gives two images
+    (image 0 from the same noise as a batch of one, but not the same bytes: the transformer's batched arithmetic
+    rounds otherwise on the CPU); SD 3.5 with BasicGuider (no CFG) and a single CLIPLoader runs."""
+    graph = flux_graph()
+    plain = pixels(run(harness, graph))
+    guided = copy.deepcopy(graph)
+    guided["40"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["11", 0]}}
+    guided["22"] = {"class_type": "CFGGuider", "inputs": {"model": ["30", 0], "positive": ["26", 0],
+                                                          "negative": ["40", 0], "cfg": 2.0}}
+    assert not np.array_equal(pixels(run(harness, guided)), plain)
+    batch = copy.deepcopy(graph)
+    batch["27"]["inputs"]["batch_size"] = 2
+    two = pixels(run(harness, batch))
+    assert two.shape == (2, 48, 64, 3) and not np.array_equal(two[0], two[1])
+    assert np.abs(two[:1].astype(int) - plain).max() <= 2
+    sd3 = sd3_graph()
+    cfg = pixels(run(harness, sd3))
+    sd3["22"] = {"class_type": "BasicGuider", "inputs": {"model": ["13", 0], "conditioning": ["6", 0]}}
+    sd3["11"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": "tiny-sd3", "type": "sd3"}}
+    out = run(harness, sd3)
+    assert [image.size for image in out] == [(64, 48)] and not np.array_equal(pixels(out), cfg)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_an_interruption_inside_the_sampler_resumes_byte_identical(harness: Harness, family: str) -> None:
+    """Checkpoints after each step, saved as bytes and resumed from; and one real interruption."""
+    graph = GRAPHS[family]()
+    saved: dict[int, bytes] = {}
+
+    def snapshot(step: int, state: Any) -> None:
+        saved[step] = checkpoint.dump(state(), KEY)
+
+    reference = png(run(harness, graph, on_step=snapshot))
+    assert sorted(saved) == [1, 2, 3]
+    for stop in (1, 2):
+        resumed = png(run(harness, graph, resume_from=checkpoint.load(saved[stop], KEY)))
+        assert harness.reports[0] == (stop + 1, 3), stop
+        assert resumed == reference, f"resumed after step {stop}"
+
+    def interrupt(step: int, state: Any) -> None:
+        if step == 2:
+            saved[0] = checkpoint.dump(state(), KEY)
+            raise JobInterrupted
+
+    with pytest.raises(JobInterrupted):
+        run(harness, graph, on_step=interrupt)
+    assert png(run(harness, graph, resume_from=checkpoint.load(saved[0], KEY))) == reference
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda g: g["12"]["inputs"].update(unet_name="tiny-sd"), "inputs.graph.12.inputs.unet_name"),
+    (lambda g: g["12"]["inputs"].update(unet_name="tiny-flux-fill"), "inputs.graph.12.inputs.unet_name"),
+    (lambda g: g["10"]["inputs"].update(vae_name="tiny-sd3"), "inputs.graph.10.inputs.vae_name"),
+    (lambda g: g["11"]["inputs"].update(clip_name2="tiny-sd3"), "inputs.graph.11.inputs.clip_name2"),
+    (lambda g: g["11"]["inputs"].update(type="sd3"), "inputs.graph.11.inputs.type"),
+    (lambda g: g["30"]["inputs"].update(model=["99", 0]) or g.update(
+        {"99": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd"}}}),
+     "inputs.graph.30.inputs.model"),
+    (lambda g: g["27"].update(class_type="EmptyLatentImage"), "inputs.graph.13.inputs.latent_image"),
+    (lambda g: g["16"]["inputs"].update(sampler_name="lms"), "inputs.graph.16.inputs.sampler_name"),
+    (lambda g: g["17"]["inputs"].update(denoise=0.5), "inputs.graph.13.inputs.latent_image"),
+])
+def test_what_a_flux_graph_may_not_run_is_refused_naming_the_input(harness: Harness, change: Any,
+                                                                  field: str) -> None:
+    graph = flux_graph()
+    change(graph)
+    steps: list[int] = []
+    with pytest.raises(ContractError) as caught:
+        run(harness, graph, on_step=lambda step, state: steps.append(step))
+    assert caught.value.field == field and not steps, caught.value
+
+
+def test_a_flow_model_on_a_core_sampler_is_refused_naming_its_input(harness: Harness) -> None:
+    graph = sd3_graph()
+    graph["3"] = {"class_type": "KSampler", "inputs": {
+        "model": ["13", 0], "seed": 1, "steps": 3, "cfg": 4.5, "sampler_name": "euler", "scheduler": "simple",
+        "positive": ["6", 0], "negative": ["40", 0], "latent_image": ["53", 0], "denoise": 1.0}}
+    with pytest.raises(ContractError) as caught:
+        run(harness, graph)
+    assert caught.value.field == "inputs.graph.3.inputs.model", caught.value
