@@ -32,7 +32,8 @@ GROUPS = {
                "tests/lambdas/test_webuiapi.py", "tests/lambdas/test_webui_flux.py",
                "tests/lambdas/test_sdapi_webuiapi.py", "tests/lambdas/test_webuiapi_features.py",
                "tests/lambdas/test_extras_webui.py", "tests/lambdas/test_controlnet_routes.py",
-               "tests/lambdas/test_webuiapi_sdupscale.py", "tests/lambdas/test_comfy_stack.py"],
+               "tests/lambdas/test_webuiapi_sdupscale.py", "tests/lambdas/test_comfy_stack.py",
+               "tests/lambdas/test_comfy_images_stack.py"],
 }
 GROUP_OF = {module: group for group, modules in GROUPS.items() for module in modules}
 #: The longest units (minutes each on two cores, measured with --durations), dealt out first so that they overlap
