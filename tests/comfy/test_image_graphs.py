@@ -116,8 +116,45 @@ def test_the_inpaint_graph_repaints_the_masked_region_far_more_than_the_rest(har
     inside[BOX[1]:BOX[3], BOX[0]:BOX[2]] = True
     rest = np.ones(diff.shape, bool)
     rest[max(0, BOX[1] - 8):BOX[3] + 8, max(0, BOX[0] - 8):BOX[2] + 8] = False  # the grown mask and a cell
-    print("inpaint diff inside, rest:", diff[inside].mean(), diff[rest].mean())
     assert diff[inside].mean() > 4 * max(diff[rest].mean(), 0.5), (diff[inside].mean(), diff[rest].mean())
+
+
+def noise_mask_graph(model: str = "tiny-sd") -> dict[str, Any]:
+    """img2img with SetLatentNoiseMask on the VAEEncode's latent, the mask from LoadImageMask's alpha."""
+    graph = img2img_graph()
+    graph["14"]["inputs"]["ckpt_name"] = model
+    graph["15"] = {"class_type": "LoadImageMask", "inputs": {"image": PAINTED, "channel": "alpha"}}
+    graph["16"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["12", 0], "mask": ["15", 0]}}
+    graph["3"]["inputs"]["latent_image"] = ["16", 0]
+    return graph
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])
+def test_set_latent_noise_mask_resamples_inside_the_mask_only(harness: Harness, model: str) -> None:
+    graph = noise_mask_graph(model)
+    ex = Execution(ComfyInputs.model_validate({"graph": graph}).graph, harness.context(seed=7))
+    ex.run()
+    sampled, encoded = ex.values["3"][0].samples[0], ex.values["12"][0].samples[0]
+    painted = np.zeros((48, 64), bool)
+    painted[BOX[1]:BOX[3], BOX[0]:BOX[2]] = True
+    cells = ~painted[::8, ::8]  # the mask at the latents' size, as diffusers scales it (nearest)
+    assert torch.equal(sampled[:, cells], encoded[:, cells]) and not torch.equal(sampled[:, ~cells], encoded[:, ~cells])
+
+
+def test_an_interruption_inside_the_masked_sampler_resumes_to_the_same_bytes(harness: Harness) -> None:
+    graph = inpaint_graph("tiny-sd")
+    graph["3"]["inputs"]["sampler_name"] = "euler_ancestral"  # draws at every step: the generators are resumed too
+    reference = png(run(harness, graph))
+    saved: dict[int, bytes] = {}
+
+    def interrupt(step: int, state: Any) -> None:
+        if step == 2:
+            saved[step] = checkpoint.dump(state(), KEY)
+            raise JobInterrupted
+
+    with pytest.raises(JobInterrupted):
+        run(harness, graph, on_step=interrupt)
+    assert png(run(harness, graph, resume_from=checkpoint.load(saved[2], KEY))) == reference
 
 
 def test_load_image_gives_rgb_and_one_minus_alpha(harness: Harness) -> None:
