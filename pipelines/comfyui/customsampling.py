@@ -13,8 +13,12 @@ Guidance: BasicGuider runs the conditioning alone (SD 3.5 without classifier-fre
 guidance FluxGuidance set, 3.5 without one, as ComfyUI's Flux defaults). CFGGuider adds the negative at ``cfg``:
 SD 3.5's classifier-free guidance, Flux's true CFG (diffusers' ``true_cfg_scale``, a second pass per step).
 
-Not run yet, each refused naming the input: a latent other than an EmptySD3LatentImage's, or a denoise below 1 (an
-img2img pass), combined conditionings, and a graph that holds a KSampler too (see ``passes``).
+An empty latent (EmptySD3LatentImage) at denoise 1 starts from pure noise, as a Flux or SD 3.5 txt2img job; any
+other latent (a VAEEncode's, a sampler's), or a denoise below 1, is the family's img2img input, noised to where the
+schedule starts: BasicScheduler's ``steps`` are the last of ``steps / denoise``, as KSampler counts them
+(``sampling.schedule``). On img2img the flow families run Euler only (``runtime.contract.families``): the others
+are refused naming the sampler. Not run yet, each refused naming the input: combined conditionings, and a graph
+that holds a KSampler too (see ``passes``).
 ``SamplerCustomAdvanced``'s ``denoised_output`` is its ``output``: at the schedule's end (sigma 0) the two agree.
 """
 
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pipelines.comfyui import sampling
 from pipelines.comfyui.flowtext import CHANNELS
 from pipelines.comfyui.flowvalues import FlowCond, FlowModel, Guider, Noise, SamplerName, Sigmas, padded
 from pipelines.comfyui.values import Cond, Conditioning, Latent
@@ -34,6 +39,7 @@ from pipelines.phases import PHASE_NAME, Phases
 from pipelines.resume import run_resumable
 from runtime.contract import ContractError
 from runtime.contract.comfy.nodes_sampling import spotgen_sampler
+from runtime.contract.families import FAMILIES
 from runtime.plugins import RunContext
 
 if TYPE_CHECKING:
@@ -60,7 +66,7 @@ def basic_scheduler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[
     if steps < 1 or not 0 <= denoise <= 1:
         where = ex.where(node_id, "steps" if steps < 1 else "denoise")
         raise ContractError("invalid_field", f"{where}: steps must be 1 or more and denoise between 0 and 1", where)
-    return (Sigmas(model, str(args["scheduler"]), steps, denoise, ex.where(node_id)),)
+    return (Sigmas(model, str(args["scheduler"]), steps, denoise, ex.where(node_id), node_id),)
 
 
 def _parts(ex: Execution, node_id: str, name: str, value: Any, model: FlowModel) -> tuple[Cond, ...]:
@@ -109,16 +115,35 @@ def _inputs(ex: Execution, node_id: str) -> tuple[SamplerName, Sigmas]:
     return sampler, ex.want(ex.resolve(node_id, "sigmas"), Sigmas, node_id, "sigmas")
 
 
+def _schedule(ex: Execution, sigmas: Sigmas, choice: SimpleNamespace) -> sampling.Schedule:
+    """ComfyUI's denoise as KSampler reads it (``sampling.schedule``): ``steps`` of ``steps / denoise``. The flow
+    img2img classes start at ``int(total - total x strength)`` (no rounding down of ``total x strength`` first, as
+    SD's do), so the strength is put half a step below the count here."""
+    run = sampling.schedule(ex, sigmas.node, {"steps": sigmas.steps, "denoise": sigmas.denoise},
+                            choice)  # type: ignore[arg-type]
+    if run.total == 0 or run.strength >= 1:
+        return run
+    return sampling.Schedule(run.total, (sigmas.steps - 0.5) / run.total)
+
+
+def _start(run: sampling.Schedule) -> int:
+    """The first step of ``run``'s schedule that the flow classes run (``get_timesteps``)."""
+    return int(max(run.total - run.total * run.strength, 0))
+
+
 def plan(ex: Execution, node_id: str) -> int:
-    """The steps a SamplerCustomAdvanced node runs: the timesteps of its scheduler (Heun's more than steps)."""
+    """The steps a SamplerCustomAdvanced node runs: the timesteps of its scheduler (Heun's more than steps) from
+    where its denoise starts."""
     sampler, sigmas = _inputs(ex, node_id)
-    if sigmas.denoise == 0:
+    choice = _choice(sampler, sigmas)
+    run = _schedule(ex, sigmas, choice)
+    if run.total == 0:
         return 0
     model = sigmas.model
-    scheduler = model.kind.make_scheduler(_choice(sampler, sigmas), model.base.scheduler.config)
+    scheduler = model.kind.make_scheduler(choice, model.base.scheduler.config)
     dynamic = {"mu": 0.0} if scheduler.config.get("use_dynamic_shifting") else {}  # the count is mu's alone
-    scheduler.set_timesteps(sigmas.steps, **dynamic)
-    return len(scheduler.timesteps)
+    scheduler.set_timesteps(run.total, **dynamic)
+    return len(scheduler.timesteps[_start(run) * scheduler.order:])
 
 
 def pass_names(samplers: list[str]) -> dict[str, str]:
@@ -188,25 +213,30 @@ def sampler_custom_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -
     if channels != CHANNELS:
         raise ContractError("invalid_link", f"{where}: a latent of {channels} channels; Flux and SD 3.5 take "
                             f"{CHANNELS} (EmptySD3LatentImage's)", where)
-    if sigmas.denoise > 0 and not (latent.empty and sigmas.denoise >= 1):
-        raise ContractError("unsupported_combination", f"{where}: this sampler runs Flux and SD 3.5 from an empty "
-                            "latent at denoise 1 so far (no img2img pass yet)", where)
     if model.family == "flux" and (cells_h % 2 or cells_w % 2):
         raise ContractError("invalid_field", f"{where}: Flux takes sides that are multiples of 16 pixels", where)
+    run = _schedule(ex, sigmas, choice)
+    txt2img = latent.empty and run.strength >= 1
+    why = FAMILIES[model.family].txt2img_samplers.get(choice.scheduler)
+    if not txt2img and run.total and why:
+        raise ContractError("value_not_in_list", f"{sampler.where}: {sampler.name!r} runs from an empty latent at "
+                            f"denoise 1 only: {why}", sampler.where)
     height, width = cells_h * 8, cells_w * 8
     call = _call(ex, node_id, guider, batch)
-    cls = model.kind.task_class("txt2img", model.variant)
+    if not txt2img:  # an img2img pass: the latents noised to where the schedule's last ``steps`` start
+        call |= {"image": latent.samples, "strength": run.strength}
+    cls = model.kind.task_class("txt2img" if txt2img else "img2img", model.variant)
 
     def sample(ctx: RunContext) -> torch.Tensor:
-        if sigmas.denoise == 0:
+        if run.total == 0:
             return latent.samples
         view = job_pipeline(cls, model.base, choice, family=model.kind)  # type: ignore[arg-type]
         out = run_resumable(view, dataclasses.replace(ctx, seed=noise.seed), num_images=batch,
-                            output_type="latent", width=width, height=height,
-                            num_inference_steps=sigmas.steps, **call)
+                            output_type="latent", width=width, height=height, num_inference_steps=run.total,
+                            **call)
         if model.family == "flux":  # diffusers' Flux returns its packed 2 x 2 tokens
             out = view._unpack_latents(out, height, width, view.vae_scale_factor)  # type: ignore[attr-defined]
         return out  # type: ignore[no-any-return]
 
-    out = Latent(phases.run(names[node_id], sample), empty=latent.empty and sigmas.denoise == 0)
+    out = Latent(phases.run(names[node_id], sample), empty=latent.empty and run.total == 0)
     return out, out

@@ -127,13 +127,14 @@ class SamplerName:
 @dataclass(frozen=True)
 class Sigmas:
     """SIGMAS: BasicScheduler's schedule on its model: ComfyUI's scheduler name, steps and denoise, and the node
-    (``where``: ``inputs.graph.<id>``) that set them."""
+    (``node``: its id; ``where``: ``inputs.graph.<id>``) that set them."""
 
     model: FlowModel
     scheduler: str
     steps: int
     denoise: float
     where: str
+    node: str = ""
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,6 @@ def test_an_interruption_inside_the_sampler_resumes_byte_identical(harness: Harn
      "inputs.graph.30.inputs.model"),
     (lambda g: g["27"].update(class_type="EmptyLatentImage"), "inputs.graph.13.inputs.latent_image"),
     (lambda g: g["16"]["inputs"].update(sampler_name="lms"), "inputs.graph.16.inputs.sampler_name"),
-    (lambda g: g["17"]["inputs"].update(denoise=0.5), "inputs.graph.13.inputs.latent_image"),
 ])
 def test_what_a_flux_graph_may_not_run_is_refused_naming_the_input(harness: Harness, change: Any,
                                                                   field: str) -> None:
@@ -191,3 +190,53 @@ def test_a_flow_model_on_a_core_sampler_is_refused_naming_its_input(harness: Har
     with pytest.raises(ContractError) as caught:
         run(harness, graph)
     assert caught.value.field == "inputs.graph.3.inputs.model", caught.value
+
+
+def two_pass_graph(family: str) -> dict[str, Any]:
+    """The first image scaled to 96 x 64, encoded again and denoised at 0.6 in 2 steps by a second sampler with
+    the first's guider and noise: an img2img pass after a txt2img one."""
+    graph = GRAPHS[family]()
+    first, decode, model = ("13", "8", "30") if family == "flux" else ("3", "8", "13")
+    graph["61"] = {"class_type": "ImageScale", "inputs": {"image": [decode, 0], "upscale_method": "bilinear",
+                                                          "width": 96, "height": 64, "crop": "disabled"}}
+    graph["62"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["61", 0], "vae": ["10", 0]}}
+    graph["63"] = {"class_type": "BasicScheduler", "inputs": {"model": [model, 0], "scheduler": "simple", "steps": 2,
+                                                              "denoise": 0.6}}
+    graph["64"] = {"class_type": CUSTOM, "inputs": {**graph[first]["inputs"], "sigmas": ["63", 0],
+                                                    "latent_image": ["62", 0]}}
+    graph["65"] = {"class_type": "VAEDecode", "inputs": {"samples": ["64", 0], "vae": ["10", 0]}}
+    graph["66"] = {"class_type": "SaveImage", "inputs": {"images": ["65", 0], "filename_prefix": "second"}}
+    return graph
+
+
+CUSTOM = "SamplerCustomAdvanced"
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_second_sampler_runs_img2img_and_resumes_inside_either_pass(harness: Harness, family: str) -> None:
+    graph = two_pass_graph(family)
+    saved: dict[int, bytes] = {}
+    phases: list[str | None] = []
+
+    def snapshot(step: int, state: Any) -> None:
+        saved[step] = checkpoint.dump(state(), KEY)
+
+    out = run(harness, graph, on_step=snapshot, phases=phases)
+    assert [image.size for image in out] == [(64, 48), (96, 64)]
+    first = "13" if family == "flux" else "3"
+    assert phases == [f"samplercustomadvanced-{first}", "samplercustomadvanced-64"]
+    assert harness.reports[-1] == (5, 5) and sorted(saved) == [1, 2, 3, 4, 5]
+    reference = png(out)
+    for stop in (2, 3, 4):
+        assert png(run(harness, graph, resume_from=checkpoint.load(saved[stop], KEY))) == reference, stop
+    stronger = copy.deepcopy(graph)
+    stronger["63"]["inputs"]["denoise"] = 0.9
+    again = run(harness, stronger)
+    assert np.array_equal(np.asarray(again[0]), np.asarray(out[0]))
+    assert not np.array_equal(np.asarray(again[1]), np.asarray(out[1]))
+    multistep = copy.deepcopy(graph)
+    multistep["67"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}}
+    multistep["64"]["inputs"]["sampler"] = ["67", 0]
+    with pytest.raises(ContractError) as caught:
+        run(harness, multistep)
+    assert caught.value.field == "inputs.graph.67.inputs.sampler_name", caught.value
