@@ -33,7 +33,7 @@ import torch
 from pipelines.comfyui import sampling
 from pipelines.comfyui.flowtext import CHANNELS
 from pipelines.comfyui.flowvalues import FlowCond, FlowModel, Guider, Noise, SamplerName, Sigmas, padded
-from pipelines.comfyui.values import Cond, Conditioning, Latent
+from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
 from pipelines.phases import PHASE_NAME, Phases
 from pipelines.resume import run_resumable
@@ -60,8 +60,13 @@ def ksampler_select(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[
     return (SamplerName(str(args["sampler_name"]), ex.where(node_id, "sampler_name")),)
 
 
+def _model(ex: Execution, node_id: str, value: Any) -> FlowModel | Model:
+    """A MODEL of any family (a flow model's, or a checkpoint's ``values.Model``)."""
+    return value if isinstance(value, FlowModel) else ex.want(value, Model, node_id, "model")
+
+
 def basic_scheduler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
-    model = ex.want(args["model"], FlowModel, node_id, "model")
+    model = _model(ex, node_id, args["model"])
     steps, denoise = ex.integer(node_id, args, "steps"), ex.number(node_id, args, "denoise")
     if steps < 1 or not 0 <= denoise <= 1:
         where = ex.where(node_id, "steps" if steps < 1 else "denoise")
@@ -69,9 +74,11 @@ def basic_scheduler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[
     return (Sigmas(model, str(args["scheduler"]), steps, denoise, ex.where(node_id), node_id),)
 
 
-def _parts(ex: Execution, node_id: str, name: str, value: Any, model: FlowModel) -> tuple[Cond, ...]:
-    """A guider's conditioning: one encoding, of ``model``'s encoders (or zeros of them)."""
+def _conditioning(ex: Execution, node_id: str, name: str, value: Any, model: FlowModel | Model) -> Conditioning:
+    """A guider's conditioning; on a flow model, one encoding, of ``model``'s encoders (or zeros of them)."""
     conditioning = ex.want(value, Conditioning, node_id, name)
+    if isinstance(model, Model):  # SD's: the core KSampler's checks apply (``sampling``)
+        return conditioning
     where = ex.where(node_id, name)
     if len(conditioning.parts) != 1:
         raise ContractError("unsupported_combination", f"{where}: combined conditionings run on SD and SDXL models "
@@ -80,18 +87,18 @@ def _parts(ex: Execution, node_id: str, name: str, value: Any, model: FlowModel)
     if isinstance(part, FlowCond) and part.model_id and part.model_id != model.model_id:
         raise ContractError("mismatched_model", f"{where}: the text was encoded by {part.model_id!r}'s encoders, "
                             f"and the model is {model.model_id!r}", where)
-    return (part,)
+    return conditioning
 
 
 def basic_guider(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
-    model = ex.want(args["model"], FlowModel, node_id, "model")
-    return (Guider(model, _parts(ex, node_id, "conditioning", args["conditioning"], model)),)
+    model = _model(ex, node_id, args["model"])
+    return (Guider(model, _conditioning(ex, node_id, "conditioning", args["conditioning"], model)),)
 
 
 def cfg_guider(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
-    model = ex.want(args["model"], FlowModel, node_id, "model")
-    positive = _parts(ex, node_id, "positive", args["positive"], model)
-    negative = _parts(ex, node_id, "negative", args["negative"], model)
+    model = _model(ex, node_id, args["model"])
+    positive = _conditioning(ex, node_id, "positive", args["positive"], model)
+    negative = _conditioning(ex, node_id, "negative", args["negative"], model)
     cfg = ex.number(node_id, args, "cfg")
     if cfg < 0:
         where = ex.where(node_id, "cfg")
@@ -107,7 +114,7 @@ def _choice(sampler: SamplerName, sigmas: Sigmas) -> SimpleNamespace:
     except ValueError as exc:
         field = sampler.where if str(exc).startswith("sampler_name") else f"{sigmas.where}.inputs.scheduler"
         raise ContractError("value_not_in_list", f"{field}: {str(exc).split(': ', 1)[1]}", field) from None
-    return SimpleNamespace(scheduler=name, schedule=schedule, shift=sigmas.model.shift)
+    return SimpleNamespace(scheduler=name, schedule=schedule, shift=getattr(sigmas.model, "shift", None))
 
 
 def _inputs(ex: Execution, node_id: str) -> tuple[SamplerName, Sigmas]:
@@ -136,10 +143,12 @@ def plan(ex: Execution, node_id: str) -> int:
     where its denoise starts."""
     sampler, sigmas = _inputs(ex, node_id)
     choice = _choice(sampler, sigmas)
+    model = sigmas.model
+    if isinstance(model, Model):
+        return sampling.plan(ex, sigmas.node, _ksampler_args(sampler, sigmas, model))
     run = _schedule(ex, sigmas, choice)
     if run.total == 0:
         return 0
-    model = sigmas.model
     scheduler = model.kind.make_scheduler(choice, model.base.scheduler.config)
     dynamic = {"mu": 0.0} if scheduler.config.get("use_dynamic_shifting") else {}  # the count is mu's alone
     scheduler.set_timesteps(run.total, **dynamic)
@@ -175,7 +184,7 @@ def passes(ex: Execution) -> tuple[Phases, dict[str, str]]:
 
 def _call(ex: Execution, node_id: str, guider: Guider, batch: int) -> dict[str, Any]:
     """The diffusers call's conditioning: embeddings for each image, Flux's guidance, CFG with its negative."""
-    model, positive = guider.model, guider.positive[0]
+    model, positive = guider.model, guider.positive.parts[0]
     flux = model.family == "flux"
     call: dict[str, Any] = {"prompt_embeds": positive.embeds.repeat(batch, 1, 1),
                             "pooled_prompt_embeds": positive.pooled.repeat(batch, 1),  # type: ignore[union-attr]
@@ -183,7 +192,7 @@ def _call(ex: Execution, node_id: str, guider: Guider, batch: int) -> dict[str, 
     guidance = positive.guidance if isinstance(positive, FlowCond) else None
     call["guidance_scale"] = (FLUX_GUIDANCE if guidance is None else guidance) if flux else 1.0
     if guider.negative is not None and guider.cfg > 1:
-        negative = guider.negative[0]
+        negative = guider.negative.parts[0]
         embeds = negative.embeds
         if not flux:  # diffusers batches SD 3.5's two sides: their CLIP chunks padded to one count
             t5 = next(c.t5_tokens for c in (positive, negative) if isinstance(c, FlowCond))
@@ -194,6 +203,25 @@ def _call(ex: Execution, node_id: str, guider: Guider, batch: int) -> dict[str, 
                  "negative_pooled_prompt_embeds": negative.pooled.repeat(batch, 1)}  # type: ignore[union-attr]
         call["true_cfg_scale" if flux else "guidance_scale"] = guider.cfg
     return call
+
+
+def _ksampler_args(sampler: SamplerName, sigmas: Sigmas, model: Model) -> dict[str, Any]:
+    return {"model": model, "sampler_name": sampler.name, "scheduler": sigmas.scheduler, "steps": sigmas.steps,
+            "denoise": sigmas.denoise}
+
+
+class _Pass:
+    """The execution as the core KSampler sees it (``sampling.ksampler``), its ``sample`` running this node's pass:
+    SD's and SDXL's custom sampling is KSampler's run, with the guider's cfg (BasicGuider's 1: no negative)."""
+
+    def __init__(self, ex: Execution, phases: Phases, name: str) -> None:
+        self._ex, self._phases, self._name = ex, phases, name
+
+    def sample(self, node_id: str, fn: Any) -> Any:
+        return self._phases.run(self._name, fn)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ex, name)
 
 
 def sampler_custom_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
@@ -208,6 +236,12 @@ def sampler_custom_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -
         raise ContractError("mismatched_model", f"{where}: the schedule is {sigmas.model.model_id!r}'s and the "
                             f"guider's model is {model.model_id!r}", where)
     choice = _choice(sampler, sigmas)
+    if isinstance(model, Model):
+        core = {**_ksampler_args(sampler, sigmas, model), "seed": noise.seed, "cfg": guider.cfg,
+                "positive": guider.positive, "negative": guider.negative or guider.positive, "latent_image": latent}
+        done = sampling.ksampler(_Pass(ex, phases, names[node_id]), node_id, core)[0]  # type: ignore[arg-type]
+        return done, done
+    assert isinstance(model, FlowModel)
     where = ex.where(node_id, "latent_image")
     batch, channels, cells_h, cells_w = latent.samples.shape
     if channels != CHANNELS:

@@ -1,5 +1,5 @@
 """What flows along the links of a Flux or SD 3.5 graph: MODEL, CLIP and VAE of a flow-matching catalog model, a
-text's encoding with Flux's guidance, and custom sampling's NOISE, SAMPLER, SIGMAS and GUIDER.
+text's encoding with Flux's guidance, and custom sampling's NOISE, SAMPLER, SIGMAS and GUIDER (on every family).
 
 A flow model's MODEL and CLIP are classes of their own, not ``values.Model`` and ``values.Clip``: the core nodes
 that take those (KSampler, LoraLoader, CLIPSetLastLayer) run SD's UNet code, so a flow model linked to one is
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from pipelines.comfyui.values import Cond, Vae
+from pipelines.comfyui.values import Cond, Conditioning, Model, Vae
 from pipelines.families import Family
 
 
@@ -129,7 +129,7 @@ class Sigmas:
     """SIGMAS: BasicScheduler's schedule on its model: ComfyUI's scheduler name, steps and denoise, and the node
     (``node``: its id; ``where``: ``inputs.graph.<id>``) that set them."""
 
-    model: FlowModel
+    model: FlowModel | Model
     scheduler: str
     steps: int
     denoise: float
@@ -139,9 +139,10 @@ class Sigmas:
 
 @dataclass(frozen=True)
 class Guider:
-    """GUIDER: a model with its conditioning; CFGGuider's negative and cfg too (BasicGuider: no negative, cfg 1)."""
+    """GUIDER: a model with its conditioning; CFGGuider's negative and cfg too (BasicGuider: no negative, cfg 1).
+    The model is a flow model's, or an SD or SDXL checkpoint's (``values.Model``)."""
 
-    model: FlowModel
-    positive: tuple[Cond, ...]
-    negative: tuple[Cond, ...] | None = None
+    model: FlowModel | Model
+    positive: Conditioning
+    negative: Conditioning | None = None
     cfg: float = 1.0
