@@ -357,8 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--models", help=models_dir_help)
     verify.add_argument("--max-problems", type=int, default=5, help="problems shown per model (default 5)")
     verify.set_defaults(func=cmd_models_verify)
-    manifest = models_sub.add_parser("manifest", help="hash a model's files and write its manifest (the path the "
-                                     "catalog entry names, else manifests/ID.json)")
+    manifest = models_sub.add_parser("manifest", help="hash a model's files (xxh3_128; sha256 manifests written "
+                                     "before still verify) and write its manifest (the path the catalog entry "
+                                     "names, else manifests/ID.json)")
     manifest.add_argument("id", metavar="ID")
     manifest.add_argument("--models", help=models_dir_help)
     manifest.set_defaults(func=cmd_models_manifest)

@@ -33,7 +33,8 @@ An IP-Adapter (``kind: ip_adapter``) is one ``.safetensors`` file in diffusers' 
 ``ip_adapter.*`` keys) whose ``image_encoder`` names a ``kind: image_encoder`` entry: a diffusers
 CLIPVisionModelWithProjection directory. Requests apply it by id (``inputs.ip_adapters``) to models of its family.
 
-A manifest (``spotgen models manifest ID`` writes one) is ``{"files": {"relative/path": "<sha256 hex>", ...}}``.
+A manifest (``spotgen models manifest ID`` writes one) is ``{"hash": "xxh3_128", "chunk_bytes": 8388608, "files":
+{"relative/path": "<hex digest>", ...}}``; one without ``hash`` is sha256 (docs/models.md "Manifests").
 Its paths are relative to the model's directory for a diffusers model (the form the node cache checks copies
 against) and relative to the models directory for a single-file model (its checkpoint plus its config files).
 """
@@ -46,9 +47,19 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from runtime.contract import ModelId, Names
+from runtime.models.copying import HASH_KINDS, SHA256, XXH3_128, check_hash_chunk, digest_string
 
 CATALOG_FILE = "catalog.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -59,7 +70,6 @@ WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX, GGUF_SUFFIX, *PICKLE_SUFFIXES)
 #: The families whose base models take the forms of ``docs/models.md`` "Flux and SD 3.5 on 24 GB GPUs".
 _FLOW_FAMILIES = ("flux", "sd3")
 DEFAULT_MANIFEST_DIR = "manifests"
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+@:-]{0,127}$")
 
 log = logging.getLogger("spotgen.models")
@@ -136,7 +146,7 @@ class CatalogEntry(BaseModel):
     variant: Literal["inpainting", "refiner", "schnell", "turbo"] | None = None
     #: Which version of the model this is (a Hub commit, a tag); informational, shown by ``spotgen models list``.
     revision: Annotated[str, AfterValidator(_revision)] | None = None
-    #: A JSON file ``{"files": {relpath: sha256}}`` that ``spotgen models verify`` checks the files against.
+    #: A JSON file ``{"hash": kind, "files": {relpath: digest}}`` that ``spotgen models verify`` checks files against.
     manifest: RelPath | None = None
     #: For a single-file checkpoint: a local diffusers config directory (model_index.json, the component
     #: configs, tokenizer and scheduler; no weights), so that loading it never needs the Hub.
@@ -289,11 +299,45 @@ class Catalog(BaseModel):
 
 
 class Manifest(BaseModel):
-    """The expected sha256 of every file of one model."""
+    """A model's expected file digests (docs/models.md "Manifests"): ``hash`` names the kind, absent in the
+    manifests written before xxh3_128, which are sha256 and keep verifying; ``chunk_bytes`` is xxh3_128's piece
+    size. Once validated, ``files`` holds digest strings that carry their kind (``copying.parse_digest``; sha256
+    ones stay plain hex): ``ModelStore.manifest`` hands that dict alone to the node cache and to ``verify``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    files: dict[RelPath, Annotated[str, Field(pattern=_SHA256_HEX.pattern)]]
+    hash: str = SHA256
+    chunk_bytes: int | None = None
+    files: dict[RelPath, str]
+
+    @field_validator("hash")
+    @classmethod
+    def _known_hash(cls, value: str) -> str:
+        if value not in HASH_KINDS:
+            raise ValueError(f"unknown hash kind {value!r}: this spotgen checks {' and '.join(HASH_KINDS)} "
+                             "(was the manifest written by a newer spotgen?)")
+        return value
+
+    @field_validator("chunk_bytes")
+    @classmethod
+    def _piece_size(cls, value: int | None) -> int | None:
+        return None if value is None else check_hash_chunk(value)
+
+    @field_validator("files")
+    @classmethod
+    def _digests(cls, files: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if "hash" not in info.data or "chunk_bytes" not in info.data:
+            return files  # already refused
+        kind, chunk = info.data["hash"], info.data["chunk_bytes"]
+        if (kind == XXH3_128) != (chunk is not None):
+            raise ValueError(f"chunk_bytes is {'required' if chunk is None else 'not allowed'} with hash {kind}")
+        tagged = {}
+        for rel, value in files.items():
+            try:
+                tagged[rel] = digest_string(kind, value, chunk or 0)
+            except ValueError as exc:
+                raise ValueError(f"{rel}: {exc}") from None
+        return tagged
 
 
 def describe(exc: ValidationError) -> str:

@@ -1,9 +1,21 @@
 """Model files on their way to the node cache: listing them safely, hashing them, and the parallel copy engine.
 
 A copy is filled by several reader threads at once (EFS is slow per stream and fast in parallel), hashed from
-the very bytes written (no second read) when a manifest gives the expected sha256, and copied in the kernel
+the very bytes written (no second read) when a manifest gives the expected digest, and copied in the kernel
 (``copy_file_range``) when there is nothing to hash. Listing follows a symlink only when it stays inside the
 model and names a regular file, so a copy never reads outside the model.
+
+Two hash kinds (docs/models.md "Manifests"). ``sha256`` (manifests without a ``hash`` field) is one digest of
+the whole file, fed in order by one thread: about 1.7 GB/s, which bounded the copy. ``xxh3_128`` (what
+``spotgen models manifest`` writes) is a non-cryptographic hash for integrity in transit, made of pieces so
+that every reader thread hashes its own chunks, out of order::
+
+    piece_i = xxh3_128(file[i * chunk_bytes:(i + 1) * chunk_bytes]).digest()   # 16 bytes, big-endian
+    value   = xxh3_128(piece_0 + piece_1 + ... + piece_{n-1}).hexdigest()      # n = ceil(size / chunk_bytes)
+
+(seed 0; an empty file has no piece: xxh3_128(b"")), with ``chunk_bytes`` recorded in the manifest. Inside the
+node cache and ``verify`` an expected digest is one string that says its kind: 64 hex digits for sha256 (as
+manifests always held, so copies made before keep matching), ``xxh3_128:<chunk_bytes>:<32 hex digits>``.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 import threading
 from collections import deque
@@ -19,6 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CHUNK_BYTES = 8 << 20  # per pread: big enough for EFS's per-request latency, small enough to spread a file
+SHA256, XXH3_128 = "sha256", "xxh3_128"
+HASH_KINDS = (SHA256, XXH3_128)
+#: The pieces of an xxh3_128 digest that ``spotgen models manifest`` records: one copy chunk each.
+HASH_CHUNK_BYTES = CHUNK_BYTES
+_HEX_DIGITS = {SHA256: 64, XXH3_128: 32}
+_HEX = {kind: re.compile(rf"^[0-9a-f]{{{n}}}$") for kind, n in _HEX_DIGITS.items()}
 
 
 class NodeCacheError(ValueError):
@@ -86,18 +105,105 @@ def listed_files(label: str, files: dict[str, Path]) -> list[tuple[str, Path, in
     return sorted(out, key=lambda f: (-f[2], f[0]))
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 hex of a file, read in large chunks (EFS pays a round trip per request)."""
-    digest = hashlib.sha256()
+def check_hash_chunk(chunk_bytes: object) -> int:
+    """``chunk_bytes`` of an xxh3_128 manifest: a power of two from 4 KiB to 1 GiB, so that a copy chunk can
+    always be a whole number of pieces."""
+    if not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or not 4096 <= chunk_bytes <= 1 << 30 \
+            or chunk_bytes & (chunk_bytes - 1):
+        raise ValueError(f"chunk_bytes {chunk_bytes!r} is not a power of two from 4096 to {1 << 30}")
+    return chunk_bytes
+
+
+@dataclass(frozen=True)
+class Digest:
+    """An expected (or computed) digest of one file: its hash kind, hex value and, for xxh3_128, piece size."""
+
+    kind: str
+    hex: str
+    chunk_bytes: int = 0
+
+    def __str__(self) -> str:
+        return self.hex if self.kind == SHA256 else f"{self.kind}:{self.chunk_bytes}:{self.hex}"
+
+
+def parse_digest(value: str) -> Digest:
+    """A digest string (64 hex digits: sha256; ``xxh3_128:<chunk_bytes>:<32 hex digits>``) as a ``Digest``;
+    ValueError saying what is wrong otherwise."""
+    parts = value.split(":")
+    if len(parts) == 1:
+        kind, chunk, hexdigest = SHA256, 0, parts[0]
+    elif len(parts) == 3 and parts[0] == XXH3_128 and parts[1].isdigit():
+        kind, chunk, hexdigest = XXH3_128, check_hash_chunk(int(parts[1])), parts[2]
+    elif len(parts) == 3 and parts[0] != XXH3_128:
+        raise ValueError(f"unknown hash kind {parts[0]!r} (known: {', '.join(HASH_KINDS)})")
+    else:
+        raise ValueError(f"{value!r} is not a digest: 64 hex digits (sha256) or xxh3_128:<chunk_bytes>:<32 hex digits>")
+    if not _HEX[kind].match(hexdigest):
+        raise ValueError(f"{hexdigest!r} is not a {kind} digest ({_HEX_DIGITS[kind]} lowercase hex digits)")
+    return Digest(kind, hexdigest, chunk)
+
+
+def digest_string(kind: str, hexdigest: str, chunk_bytes: int = 0) -> str:
+    """The digest string of a manifest's ``kind`` entry, as ``parse_digest`` reads it; ValueError if it is none."""
+    if kind not in HASH_KINDS:
+        raise ValueError(f"unknown hash kind {kind!r} (known: {', '.join(HASH_KINDS)})")
+    if not isinstance(hexdigest, str) or not _HEX[kind].match(hexdigest):
+        raise ValueError(f"{hexdigest!r} is not a {kind} digest ({_HEX_DIGITS[kind]} lowercase hex digits)")
+    return str(Digest(kind, hexdigest, check_hash_chunk(chunk_bytes) if kind == XXH3_128 else 0))
+
+
+def _pieces(view: memoryview, chunk_bytes: int) -> list[bytes]:
+    import xxhash  # a worker dependency: the Lambdas import the catalog without it
+
+    return [xxhash.xxh3_128_digest(view[i:i + chunk_bytes]) for i in range(0, len(view), chunk_bytes)]
+
+
+def _combine(pieces: list[bytes]) -> str:
+    import xxhash
+
+    return xxhash.xxh3_128_hexdigest(b"".join(pieces))
+
+
+def file_digest(path: Path, kind: str = SHA256, chunk_bytes: int = HASH_CHUNK_BYTES) -> Digest:
+    """The ``kind`` digest of a file, read in large chunks (EFS pays a round trip per request); for xxh3_128
+    with pieces of ``chunk_bytes``, as ``copy_tree`` computes it from the bytes it copies."""
+    if kind == SHA256:
+        digest = hashlib.sha256()
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(CHUNK_BYTES):
+                digest.update(chunk)
+        return Digest(SHA256, digest.hexdigest())
+    if kind != XXH3_128:
+        raise ValueError(f"unknown hash kind {kind!r} (known: {', '.join(HASH_KINDS)})")
+    check_hash_chunk(chunk_bytes)
+    buf, pieces = bytearray(max(chunk_bytes, CHUNK_BYTES // chunk_bytes * chunk_bytes)), []
     with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        while n := f.readinto(buf):
+            pieces += _pieces(memoryview(buf)[:n], chunk_bytes)
+    return Digest(XXH3_128, _combine(pieces), chunk_bytes)
+
+
+def matches(path: Path, expected: str) -> tuple[bool, Digest]:
+    """Whether ``path`` has the digest string ``expected``, and its digest of the same kind."""
+    want = parse_digest(expected)
+    actual = file_digest(path, want.kind, want.chunk_bytes or HASH_CHUNK_BYTES)
+    return actual == want, actual
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 hex of a file (old manifests' kind)."""
+    return file_digest(path).hex
+
+
+def manifest_of(directory: Path, kind: str = XXH3_128, chunk_bytes: int = HASH_CHUNK_BYTES) -> dict[str, str]:
+    """relative path -> digest string of every file under ``directory``: what ``fetch(manifest=...)`` checks."""
+    return {rel: str(file_digest(path, kind, chunk_bytes))
+            for rel, path, _ in sorted(walk_files(f"manifest of {directory}", Path(directory)))}
 
 
 def sha256_manifest(directory: Path) -> dict[str, str]:
-    """relative path -> sha256 hex of every file under ``directory``: what ``fetch(manifest=...)`` checks."""
-    return {rel: sha256_file(path) for rel, path, _ in sorted(walk_files(f"manifest of {directory}", Path(directory)))}
+    """``manifest_of`` in sha256, the kind of manifests written before xxh3_128."""
+    return manifest_of(directory, SHA256)
 
 
 def fsync_path(path: Path) -> None:
@@ -117,19 +223,27 @@ class _File:
     src: Path
     size: int
     dst_fd: int
-    expected: str | None  # sha256 from the manifest, or None: no hashing
+    expected: Digest | None  # from the manifest, or None: no hashing
+    step: int  # bytes per copy chunk: for xxh3_128, a whole number of the manifest's pieces
     src_fd: int = -1
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_kernel: bool = hasattr(os, "copy_file_range")
+    pieces: list[bytes] = field(default_factory=list)  # xxh3_128: each piece's digest, in file order
 
     def __post_init__(self) -> None:
-        self.digest = hashlib.sha256() if self.expected is not None else None
+        self.digest = hashlib.sha256() if self.expected is not None and self.expected.kind == SHA256 else None
 
     def source_fd(self) -> int:
         with self.lock:
             if self.src_fd < 0:
                 self.src_fd = os.open(self.src, os.O_RDONLY)
             return self.src_fd
+
+    def actual(self) -> Digest:
+        if self.digest is not None:
+            return Digest(SHA256, self.digest.hexdigest())
+        assert self.expected is not None
+        return Digest(XXH3_128, _combine(self.pieces), self.expected.chunk_bytes)
 
     def close(self) -> None:
         with self.lock:
@@ -139,9 +253,10 @@ class _File:
                     setattr(self, name, -1)
 
 
-def _copy_chunk(f: _File, offset: int, buf: bytearray, chunk: int) -> int:
-    n = min(chunk, f.size - offset)
-    if f.digest is None and f.in_kernel:  # nothing to hash: let the kernel copy (no trip through this process)
+def _copy_chunk(f: _File, offset: int, buf: bytearray) -> tuple[int, list[bytes]]:
+    """Copy one chunk; for xxh3_128, this reader thread also hashes its pieces (xxhash releases the GIL)."""
+    n = min(f.step, f.size - offset)
+    if f.expected is None and f.in_kernel:  # nothing to hash: let the kernel copy (no trip through this process)
         try:
             done = 0
             while done < n:
@@ -149,7 +264,7 @@ def _copy_chunk(f: _File, offset: int, buf: bytearray, chunk: int) -> int:
                 if got == 0:
                     raise OSError(errno.EIO, f"{f.rel} shrank while it was being copied")
                 done += got
-            return n
+            return n, []
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                 raise
@@ -164,7 +279,9 @@ def _copy_chunk(f: _File, offset: int, buf: bytearray, chunk: int) -> int:
     done = 0
     while done < n:
         done += os.pwrite(f.dst_fd, view[done:], offset + done)
-    return n
+    if f.expected is not None and f.expected.kind == XXH3_128:
+        return n, _pieces(view, f.expected.chunk_bytes)
+    return n, []
 
 
 def _fsync_close(f: _File) -> None:
@@ -172,32 +289,44 @@ def _fsync_close(f: _File) -> None:
     f.close()
 
 
+def _step(expected: Digest | None, chunk: int) -> int:
+    if expected is None or expected.kind != XXH3_128:
+        return chunk
+    return max(expected.chunk_bytes, chunk // expected.chunk_bytes * expected.chunk_bytes)
+
+
 def copy_tree(label: str, files: list[tuple[str, Path, int]], dest: Path, manifest: dict[str, str] | None,
               readers: int, chunk: int = CHUNK_BYTES) -> None:
     """Copy ``files`` into ``dest`` with ``readers`` threads doing pread/pwrite of ``chunk`` bytes, several files
     at once (EFS throughput grows with parallel streams), each file fsync'ed as soon as it is complete.
 
-    Chunks are consumed in the order they were submitted, so this thread feeds each file's sha256 in order from
-    the buffer just written, while the readers go on (hashlib releases the GIL). At most ``2 * readers``
-    buffers are in flight, which bounds memory to ``2 * readers * chunk``."""
+    ``manifest`` holds digest strings (``parse_digest``). For xxh3_128 the readers hash their own chunks, and a
+    copy chunk is rounded to a whole number of the manifest's pieces. Chunks are consumed in the order they were
+    submitted, so this thread collects the pieces in file order, and for sha256 (one ordered digest, the old
+    kind) feeds it from the buffer just written while the readers go on (hashlib releases the GIL). At most
+    ``2 * readers`` buffers are in flight, which bounds memory to ``2 * readers`` chunks."""
+    expected = {rel: parse_digest(value) for rel, value in (manifest or {}).items()}
+    steps = {rel: _step(expected.get(rel), chunk) for rel, _, _ in files}
+    buf_bytes = max(steps.values(), default=chunk)
     window = 2 * readers
-    pending: deque[tuple[Future[int], _File, bytearray, bool]] = deque()
+    pending: deque[tuple[Future[tuple[int, list[bytes]]], _File, bytearray, bool]] = deque()
     free: list[bytearray] = []
     opened: list[_File] = []
     syncs: list[Future[None]] = []
     pool = ThreadPoolExecutor(readers, thread_name_prefix="nodecache")
 
     def finish(f: _File) -> None:
-        if f.digest is not None and f.digest.hexdigest() != f.expected:
-            raise NodeCacheError(f"{label}: {f.rel} read from {f.src} has sha256 {f.digest.hexdigest()} but the "
-                                 f"manifest says {f.expected}: tier 0 does not match the manifest")
+        if f.expected is not None and (actual := f.actual()) != f.expected:
+            raise NodeCacheError(f"{label}: {f.rel} read from {f.src} has {actual.kind} {actual.hex} but the "
+                                 f"manifest says {f.expected.hex}: tier 0 does not match the manifest")
         syncs.append(pool.submit(_fsync_close, f))
 
     def drain_one() -> None:
         future, f, buf, last = pending.popleft()
-        n = future.result()
+        n, pieces = future.result()
         if f.digest is not None:
             f.digest.update(memoryview(buf)[:n])
+        f.pieces += pieces
         free.append(buf)
         if last:
             finish(f)
@@ -207,7 +336,7 @@ def copy_tree(label: str, files: list[tuple[str, Path, int]], dest: Path, manife
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             f = _File(rel, src, size, os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644),
-                      manifest.get(rel) if manifest is not None else None)
+                      expected.get(rel), steps[rel])
             opened.append(f)
             if size:
                 # the final size at once, so that parallel writes never extend the file; not posix_fallocate:
@@ -215,11 +344,11 @@ def copy_tree(label: str, files: list[tuple[str, Path, int]], dest: Path, manife
                 os.ftruncate(f.dst_fd, size)
             else:
                 finish(f)
-            for offset in range(0, size, chunk):
+            for offset in range(0, size, f.step):
                 if len(pending) >= window:
                     drain_one()
-                buf = free.pop() if free else bytearray(chunk)
-                pending.append((pool.submit(_copy_chunk, f, offset, buf, chunk), f, buf, offset + chunk >= size))
+                buf = free.pop() if free else bytearray(buf_bytes)
+                pending.append((pool.submit(_copy_chunk, f, offset, buf), f, buf, offset + f.step >= size))
         while pending:
             drain_one()
         for future in syncs:

@@ -1,7 +1,9 @@
-"""Manifests and verification: the sha256 of every file of a model, written and checked on demand.
+"""Manifests and verification: a digest of every file of a model, written and checked on demand.
 
 ``spotgen models manifest`` writes one, ``spotgen models verify`` checks a model against it, and the node cache
-checks each copy it makes against it (``runtime.models.nodecache``).
+checks each copy it makes against it (``runtime.models.nodecache``). New manifests are xxh3_128 in pieces, which
+the node cache's readers hash as they copy (sha256 in one ordered stream bounded the copy); sha256 manifests,
+written before, still verify. The format is in ``runtime.models.copying`` and docs/models.md "Manifests".
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from runtime.models.catalog import DEFAULT_MANIFEST_DIR, WEIGHT_SUFFIXES, CatalogEntry, ModelError
-from runtime.models.copying import sha256_file
+from runtime.models.copying import HASH_CHUNK_BYTES, XXH3_128, file_digest, matches, parse_digest
 from runtime.models.store import ModelStore
 
 
@@ -28,19 +30,21 @@ def manifest_path(store: ModelStore, model_id: str) -> tuple[Path, bool]:
     return store.models_dir / DEFAULT_MANIFEST_DIR / f"{model_id}.json", False
 
 
-def write_manifest(store: ModelStore, model_id: str) -> tuple[Path, dict[str, str], bool]:
-    """Hash every file of ``model_id`` and write its manifest atomically (a reader never sees half of one).
+def write_manifest(store: ModelStore, model_id: str,
+                   chunk_bytes: int = HASH_CHUNK_BYTES) -> tuple[Path, dict[str, str], bool]:
+    """Hash every file of ``model_id`` (xxh3_128 in pieces of ``chunk_bytes``) and write its manifest atomically
+    (a reader never sees half of one).
 
-    Returns the manifest's path, its files, and whether the catalog names that path. Nothing else changes:
-    the catalog is configuration and stays as its owner wrote it."""
+    Returns the manifest's path, its files (hex digests, as written), and whether the catalog names that path.
+    Nothing else changes: the catalog is configuration and stays as its owner wrote it."""
     source = store.source(model_id, store._kind(model_id))
-    files = {rel: sha256_file(path) for rel, path in sorted(source.files.items())}
+    files = {rel: file_digest(path, XXH3_128, chunk_bytes).hex for rel, path in sorted(source.files.items())}
     target, named = manifest_path(store, model_id)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w") as out:
-            json.dump({"files": files}, out, indent=2, sort_keys=True)
+            json.dump({"hash": XXH3_128, "chunk_bytes": chunk_bytes, "files": files}, out, indent=2, sort_keys=True)
             out.write("\n")
             out.flush()
             os.fsync(out.fileno())
@@ -64,8 +68,8 @@ class Verification:
 
 
 def verify_model(store: ModelStore, model_id: str) -> Verification:
-    """Check ``model_id``'s files against its manifest: every listed file present with its sha256, and no
-    weight file present that the manifest does not list (it would be loaded unchecked)."""
+    """Check ``model_id``'s files against its manifest: every listed file present with its digest (of the
+    manifest's kind), and no weight file present that the manifest does not list (it would be loaded unchecked)."""
     try:
         manifest = store.manifest(model_id)
         if manifest is None:
@@ -81,8 +85,8 @@ def verify_model(store: ModelStore, model_id: str) -> Verification:
             problems.append(f"outside the models directory: {rel}")
         elif not path.is_file():
             problems.append(f"missing: {rel}")
-        elif sha256_file(path) != expected:
-            problems.append(f"sha256 mismatch: {rel}")
+        elif not matches(path, expected)[0]:
+            problems.append(f"{parse_digest(expected).kind} mismatch: {rel}")
     unlisted = sorted(set(source.files) - set(manifest))
     problems += [f"unlisted weight file: {rel}" for rel in unlisted if rel.lower().endswith(WEIGHT_SUFFIXES)]
     others = [rel for rel in unlisted if not rel.lower().endswith(WEIGHT_SUFFIXES)]

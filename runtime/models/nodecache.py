@@ -46,15 +46,15 @@ from runtime.models.copying import (
     copy_tree,
     fsync_path,
     listed_files,
+    matches,
     mib,
-    sha256_file,
+    parse_digest,
     walk_files,
 )
 
 log = logging.getLogger("spotgen.nodecache")
 
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 MODEL_DIR, MARKER, LAST_USED, RESERVED = "model", "marker.json", "last_used", "reserved_bytes"
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _ABSENT = "absent"
@@ -109,14 +109,18 @@ class NodeCache:
         has already decided what a model consists of (``ModelStore`` does: a single-file checkpoint plus its
         config directory, symlinks inside the models directory). A hit checks that every file recorded in the
         marker exists with its size and mtime (a few stats); ``verify=True`` also re-hashes the copy against
-        the manifest (or the hashes recorded at copy time)."""
+        the manifest (or the hashes recorded at copy time).
+
+        ``manifest``: relative path -> digest string (``copying.parse_digest``), as ``ModelStore.manifest`` has it."""
         started = time.perf_counter()
         _check_id(model_id)
         if manifest is not None:
             manifest = {str(k): str(v).lower() for k, v in manifest.items()}
-            bad = [k for k, v in manifest.items() if not SHA256_HEX.match(v)]
-            if bad:
-                raise NodeCacheError(f"model {model_id!r}: manifest entries {bad[:5]} are not sha256 hex digests")
+            for rel, value in manifest.items():
+                try:
+                    parse_digest(value)
+                except ValueError as exc:
+                    raise NodeCacheError(f"model {model_id!r}: the manifest's entry for {rel}: {exc}") from None
         digest = _manifest_digest(manifest) if manifest is not None else None
         path = self.root / model_id / MODEL_DIR
         with self._locked(f"{model_id}.fill", fcntl.LOCK_SH):
@@ -229,10 +233,10 @@ class NodeCache:
         hashes = manifest or {rel: info["sha256"] for rel, info in marker["files"].items() if info["sha256"]}
         if verify and hashes:
             with ThreadPoolExecutor(self.readers) as pool:
-                actual = dict(zip(hashes, pool.map(lambda rel: sha256_file(model / rel), hashes), strict=True))
-            wrong = sorted(rel for rel in hashes if actual[rel] != hashes[rel])
-            if wrong:
-                return f"does not match the sha256 of {', '.join(wrong)}"
+                same = list(pool.map(lambda rel: matches(model / rel, hashes[rel])[0], hashes))
+            if wrong := sorted(rel for rel, ok in zip(hashes, same, strict=True) if not ok):
+                kinds = sorted({parse_digest(hashes[rel]).kind for rel in wrong})
+                return f"does not match the {'/'.join(kinds)} of {', '.join(wrong)}"
         return None
 
     def _fill(self, model_id: str, source: Path, manifest: dict[str, str] | None, digest: str | None,

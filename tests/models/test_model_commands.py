@@ -17,6 +17,7 @@ import pytest
 
 from runtime.cli import main
 from runtime.models.catalog import CATALOG_FILE
+from runtime.models.copying import file_digest, sha256_manifest
 from runtime.models.manifests import verify_model, write_manifest
 from runtime.models.store import ModelStore
 from tests.models.catalogs import UNET_WEIGHTS, write_catalog
@@ -33,7 +34,8 @@ def test_verify_passes_then_fails_after_a_flipped_byte(models: Path, capsys: pyt
     out = capsys.readouterr().out
     assert "manifests/tiny-sd.json: 12 files" in out and "add" not in out
     manifest = json.loads((models / "manifests" / "tiny-sd.json").read_text())
-    assert len(manifest["files"]) == 12 and len(manifest["files"][UNET_WEIGHTS]) == 64
+    assert manifest["hash"] == "xxh3_128" and manifest["chunk_bytes"] == 8 << 20  # the new kind, by default
+    assert len(manifest["files"]) == 12 and len(manifest["files"][UNET_WEIGHTS]) == 32
     assert verify_model(ModelStore(models), "tiny-sd").status == "ok"
 
     assert main(["models", "verify", "--models", str(models)]) == 0
@@ -48,7 +50,36 @@ def test_verify_passes_then_fails_after_a_flipped_byte(models: Path, capsys: pyt
     assert main(["models", "verify", "tiny-sd", "--models", str(models)]) == 1
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["tiny-sd", "FAIL"]
-    assert f"sha256 mismatch: {UNET_WEIGHTS}" in out
+    assert f"xxh3_128 mismatch: {UNET_WEIGHTS}" in out  # names the file and the hash kind
+
+
+def test_old_sha256_manifests_still_verify(models: Path) -> None:
+    """A manifest written before xxh3_128 (no ``hash`` field: sha256) verifies, and fails as sha256."""
+    catalog = json.loads((models / CATALOG_FILE).read_text())
+    catalog["models"]["tiny-sd"]["manifest"] = "old.json"
+    (models / CATALOG_FILE).write_text(json.dumps(catalog))
+    (models / "old.json").write_text(json.dumps({"files": sha256_manifest(models / "tiny-sd")}))
+    store = ModelStore(models)
+    assert verify_model(store, "tiny-sd").status == "ok"
+    weights = models / "tiny-sd" / UNET_WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x80
+    weights.write_bytes(bytes(data))
+    assert verify_model(store, "tiny-sd").problems == [f"sha256 mismatch: {UNET_WEIGHTS}"]
+
+
+def test_the_xxh3_128_value_is_the_documented_one(models: Path) -> None:
+    """docs/models.md "Manifests": xxh3_128 of the concatenated xxh3_128 digests of each chunk_bytes piece, so
+    that another tool can compute it from the definition alone."""
+    import xxhash
+
+    path = models / "tiny-sd" / UNET_WEIGHTS
+    data = path.read_bytes()
+    for chunk in (4096, 1 << 16, 8 << 20):
+        pieces = b"".join(xxhash.xxh3_128(data[i:i + chunk]).digest() for i in range(0, len(data), chunk))
+        assert file_digest(path, "xxh3_128", chunk).hex == xxhash.xxh3_128(pieces).hexdigest()
+    (models / "empty").write_bytes(b"")
+    assert file_digest(models / "empty", "xxh3_128").hex == xxhash.xxh3_128(b"").hexdigest()
 
 
 def test_verify_fails_on_missing_and_unlisted_weight_files(models: Path) -> None:
@@ -70,8 +101,15 @@ def test_verify_fails_on_missing_and_unlisted_weight_files(models: Path) -> None
 @pytest.mark.parametrize(("content", "why"), [
     ({"files": {"../tiny-sd/model_index.json": "0" * 64}}, "'..'"),
     ({"files": {"/etc/passwd": "0" * 64}}, "not absolute"),
-    ({"files": {"model_index.json": "not-a-digest"}}, "should match pattern"),
+    ({"files": {"model_index.json": "not-a-digest"}}, "model_index.json: 'not-a-digest' is not a sha256 digest"),
     ({"sha256": {}}, "files"),
+    # an unknown hash kind is refused, never taken for sha256 or skipped
+    ({"hash": "md5", "files": {"model_index.json": "0" * 32}}, "hash: unknown hash kind 'md5'"),
+    ({"hash": "xxh3_128", "files": {"model_index.json": "0" * 32}}, "chunk_bytes is required with hash xxh3_128"),
+    ({"hash": "xxh3_128", "chunk_bytes": 3000, "files": {}}, "chunk_bytes 3000 is not a power of two"),
+    ({"hash": "xxh3_128", "chunk_bytes": 4096, "files": {"model_index.json": "0" * 64}},
+     "is not a xxh3_128 digest (32 lowercase hex digits)"),
+    ({"chunk_bytes": 4096, "files": {}}, "chunk_bytes is not allowed with hash sha256"),
 ])
 def test_invalid_manifests_fail_verification(models: Path, content: dict[str, Any], why: str) -> None:
     catalog = json.loads((models / CATALOG_FILE).read_text())

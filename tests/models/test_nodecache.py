@@ -254,7 +254,7 @@ def test_bad_sources_are_refused_with_clear_errors(tmp_path: Path) -> None:
         node.fetch("sd15", source, manifest)
     with pytest.raises(NodeCacheError, match=r"missing \['gone.json'\], weight files not in the manifest \[\]"):
         node.fetch("sd15", source, {**sha256_manifest(source), "gone.json": "0" * 64})
-    with pytest.raises(NodeCacheError, match="not sha256 hex digests"):
+    with pytest.raises(NodeCacheError, match="entry for model_index.json: .abc. is not a sha256 digest"):
         node.fetch("sd15", source, {"model_index.json": "abc"})
     # as `spotgen models verify` has it: an unlisted weight file is refused, an unlisted README is copied
     listed = sha256_manifest(source)

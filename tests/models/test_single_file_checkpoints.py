@@ -212,7 +212,7 @@ def test_single_file_manifest_covers_checkpoint_and_config(single_file_models: P
     assert named and "checkpoints/tiny-sd.safetensors" in files and "configs/sd/unet/config.json" in files
     assert verify_model(store, "sd-file").status == "ok"
     (single_file_models / "configs" / "sd" / "unet" / "config.json").write_text("{}")
-    assert verify_model(store, "sd-file").problems == ["sha256 mismatch: configs/sd/unet/config.json"]
+    assert verify_model(store, "sd-file").problems == ["xxh3_128 mismatch: configs/sd/unet/config.json"]
 
 
 def test_single_file_rules(single_file_models: Path) -> None:
