@@ -76,12 +76,12 @@ def test_graph_errors_are_comfyuis_400_naming_the_node(api: DevStack) -> None:
     assert answer["node_errors"]["4"]["class_type"] == "CheckpointLoaderSimple"
     assert error["type"] == "value_not_in_list" and error["extra_info"]["input_name"] == "ckpt_name"
     later = workflow("default_txt2img.json")  # a core node the interpreter does not run yet: refused, not queued
-    later["10"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["6", 0], "guidance": 3.5}}
-    later["3"]["inputs"]["positive"] = ["10", 0]
+    later["10"] = {"class_type": "Canny", "inputs": {"image": ["8", 0], "low_threshold": 0.4, "high_threshold": 0.8}}
+    later["11"] = {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}}
     status, answer, _ = call("POST", "/prompt", "10.0.3.5", {"prompt": later})
     assert status == 400 and answer["error"]["type"] == "missing_node_type", answer
     assert "does not run this core node yet" in answer["error"]["message"]
-    assert answer["node_errors"]["10"]["class_type"] == "FluxGuidance"
+    assert answer["node_errors"]["10"]["class_type"] == "Canny"
     for body in ({"client_id": "x"}, [1], {"prompt": "not a graph"}):
         status, answer, _ = call("POST", "/prompt", "10.0.3.5", body)
         assert status == 400 and answer["error"]["type"] in ("invalid_prompt",), (body, answer)
