@@ -1,5 +1,7 @@
-"""ComfyUI's custom sampling on Flux and SD 3.5 models: ``RandomNoise``, ``KSamplerSelect``, ``BasicScheduler``,
-``BasicGuider``, ``CFGGuider`` and ``SamplerCustomAdvanced``.
+"""ComfyUI's custom sampling: ``RandomNoise``, ``KSamplerSelect``, ``BasicScheduler``, ``BasicGuider``,
+``CFGGuider`` and ``SamplerCustomAdvanced``, on Flux and SD 3.5 models (below) and on SD and SDXL checkpoints, where
+the sampler node is the core KSampler's run (``sampling.ksampler``: the seed, the pair, steps and denoise of these
+nodes, the guider's cfg; BasicGuider's is 1, which runs no negative) in a pass of its own.
 
 The first five only describe the run (a seed, a sampler name, a schedule, a model with its conditioning); the
 ``SamplerCustomAdvanced`` node runs it, as one pass of the job's checkpoint stream (``pipelines.phases``), named as
