@@ -289,3 +289,20 @@ def test_custom_sampling_on_sd_resumes_byte_identical_and_refuses_naming_its_nod
     with pytest.raises(ContractError) as caught:  # a graph the API's check did not see (it refuses it first)
         run_graph(bad, harness.context(seed=7))
     assert caught.value.field == "inputs.graph.23.inputs.scheduler", caught.value
+
+
+def test_a_graph_with_both_kinds_of_sampler_and_a_wrong_model_sampling_are_refused(harness: Harness) -> None:
+    graph = custom_default_graph()
+    graph["30"] = {"class_type": "KSampler", "inputs": {
+        "model": ["4", 0], "seed": 1, "steps": 2, "cfg": 8.0, "sampler_name": "euler", "scheduler": "normal",
+        "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["3", 0], "denoise": 0.5}}
+    graph["31"] = {"class_type": "VAEDecode", "inputs": {"samples": ["30", 0], "vae": ["4", 2]}}
+    graph["32"] = {"class_type": "SaveImage", "inputs": {"images": ["31", 0], "filename_prefix": "x"}}
+    with pytest.raises(ContractError) as caught:
+        run(harness, graph)
+    assert caught.value.field == "inputs.graph.3", caught.value
+    flux = flux_graph()
+    flux["30"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["12", 0], "shift": 3.0}}
+    with pytest.raises(ContractError) as caught:
+        run(harness, flux)
+    assert caught.value.field == "inputs.graph.30.inputs.model", caught.value
