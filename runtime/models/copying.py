@@ -36,6 +36,10 @@ SHA256, XXH3_128 = "sha256", "xxh3_128"
 HASH_KINDS = (SHA256, XXH3_128)
 #: The pieces of an xxh3_128 digest that ``spotgen models manifest`` records: one copy chunk each.
 HASH_CHUNK_BYTES = CHUNK_BYTES
+# A reader hashes and writes its chunk this much at a time, each part hashed then written while in the CPU's
+# cache: hashing a whole 8 MiB chunk after writing it read it from memory once more, which measured 1.26x the
+# time of the same copy unhashed, against 1.01-1.15x this way (bench_cache's model, 2 cores, 256 KiB to 1 MiB alike)
+_HOT_BYTES = 1 << 20
 _HEX_DIGITS = {SHA256: 64, XXH3_128: 32}
 _HEX = {kind: re.compile(rf"^[0-9a-f]{{{n}}}$") for kind, n in _HEX_DIGITS.items()}
 
@@ -276,12 +280,26 @@ def _copy_chunk(f: _File, offset: int, buf: bytearray) -> tuple[int, list[bytes]
         if got == 0:
             raise OSError(errno.EIO, f"{f.rel} shrank while it was being copied")
         done += got
+    if f.expected is None or f.expected.kind != XXH3_128:
+        _write(f, view, offset)
+        return n, []
+    import xxhash
+
+    pieces, size = [], f.expected.chunk_bytes
+    for start in range(0, n, size):
+        digest = xxhash.xxh3_128()
+        for at in range(start, min(n, start + size), _HOT_BYTES):
+            part = view[at:min(n, start + size, at + _HOT_BYTES)]
+            digest.update(part)
+            _write(f, part, offset + at)  # while ``part`` is still in the CPU's cache
+        pieces.append(digest.digest())
+    return n, pieces
+
+
+def _write(f: _File, view: memoryview, offset: int) -> None:
     done = 0
-    while done < n:
+    while done < len(view):
         done += os.pwrite(f.dst_fd, view[done:], offset + done)
-    if f.expected is not None and f.expected.kind == XXH3_128:
-        return n, _pieces(view, f.expected.chunk_bytes)
-    return n, []
 
 
 def _fsync_close(f: _File) -> None:
