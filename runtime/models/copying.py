@@ -157,7 +157,7 @@ def digest_string(kind: str, hexdigest: str, chunk_bytes: int = 0) -> str:
 
 
 def _pieces(view: memoryview, chunk_bytes: int) -> list[bytes]:
-    import xxhash  # a worker dependency: the Lambdas import the catalog without it
+    import xxhash  # the worker extra's: reading a catalog (`spotgen models parameters`, say) does without it
 
     return [xxhash.xxh3_128_digest(view[i:i + chunk_bytes]) for i in range(0, len(view), chunk_bytes)]
 
