@@ -351,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--models", help=models_dir_help)
     listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     listing.set_defaults(func=cmd_models_list)
-    verify = models_sub.add_parser("verify", help="check models against their sha256 manifests (exit 1 on a "
-                                   "mismatch)")
+    verify = models_sub.add_parser("verify", help="check models against their manifests, xxh3_128 or sha256 "
+                                   "(exit 1 on a mismatch)")
     verify.add_argument("ids", nargs="*", metavar="ID", help="catalog ids (default: every entry)")
     verify.add_argument("--models", help=models_dir_help)
     verify.add_argument("--max-problems", type=int, default=5, help="problems shown per model (default 5)")

@@ -171,7 +171,8 @@ class ModelStore:
         return sum(p.stat().st_size for p in self.source(model_id, kind or self._kind(model_id)).files.values())
 
     def manifest(self, model_id: str) -> dict[str, str] | None:
-        """The entry's manifest, ``{relpath: sha256}``, or None when the catalog names none."""
+        """The entry's manifest, ``{relpath: digest}`` (sha256 hex, or ``xxh3_128:<chunk>:<hex>``:
+        ``runtime.models.manifests``), or None when the catalog names none."""
         entry = self.entry(model_id, self._kind(model_id))
         if entry.manifest is None:
             return None
