@@ -45,6 +45,19 @@ def last_sampler(graph: dict[str, Any]) -> str | None:
     return max(samplers, key=node_order) if samplers else None
 
 
+def planned_steps(graph: dict[str, Any], node: str) -> int:
+    """The steps a sampler node runs, from the graph: KSampler's ``steps`` (ComfyUI runs that many whatever its
+    denoise), or the ``steps`` of the scheduler node a custom sampler's sigmas come from; 0 when unknown."""
+    inputs = graph[node]["inputs"]
+    if isinstance(inputs.get("steps"), int):
+        return int(inputs["steps"])
+    sigmas = inputs.get("sigmas")
+    if isinstance(sigmas, list) and sigmas and str(sigmas[0]) in graph:
+        steps = graph[str(sigmas[0])]["inputs"].get("steps")
+        return int(steps) if isinstance(steps, int) else 0
+    return 0
+
+
 class Watch:
     """What one client has been told about each of its prompts, so that each message is sent once."""
 
@@ -77,9 +90,13 @@ class Watch:
                 out.append({"type": "executing", "data": {"node": node, "display_node": node,
                                                           "prompt_id": prompt_id}})
             self._at[prompt_id] = (node, doc.progress.step)
-            if doc.progress.total:
-                out.append({"type": "progress", "data": {"value": doc.progress.step, "max": doc.progress.total,
-                                                         "prompt_id": prompt_id, "node": node}})
+            step, total = doc.progress.step, doc.progress.total
+            if not total and doc.state is JobState.succeeded and node is not None:
+                # done before any step was written (a fast job): the sampler ran all of its own steps
+                step = total = planned_steps(graph, node)
+            if total:
+                out.append({"type": "progress", "data": {"value": step, "max": total, "prompt_id": prompt_id,
+                                                         "node": node}})
         if doc.state.final:
             self._ended.add(prompt_id)
             out += self._end(prompt_id, graph, doc, stamp)

@@ -49,6 +49,14 @@ def test_a_two_sampler_prompt_runs_node_by_node_and_ends_with_its_images() -> No
     assert watch.messages(KEPT, doc(JobState.succeeded, 8, 8, outputs=outputs)) == []  # said once
 
 
+def test_a_prompt_done_before_any_step_was_written_reports_its_samplers_steps() -> None:
+    quick = Watch().messages(KEPT, doc(JobState.succeeded, outputs=["outputs/p1/0.png", "outputs/p1/1.png"]))
+    progress = [m["data"] for m in quick if m["type"] == "progress"]
+    last = max(SAMPLERS, key=int)  # the second pass, which the first's latents feed
+    steps = KEPT["graph"][last]["inputs"]["steps"]
+    assert progress == [{"value": steps, "max": steps, "prompt_id": "p1", "node": last}]
+
+
 def test_a_failed_or_cancelled_prompt_ends_as_comfyui_says_so() -> None:
     failed = Watch().messages(KEPT, doc(JobState.failed, error=JobErrorInfo(code="pipeline_error", message="boom")))
     assert kinds(failed)[-2:] == [("execution_error", None), ("executing", None)]
