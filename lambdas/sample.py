@@ -99,7 +99,13 @@ def _queue_extras(dep: Deployment, request: SampleRequest, pool: str | None) -> 
             raise extras_error(exc, found) from None
     except ContractError as exc:
         raise prefixed(exc, "task.content") if exc.field and not exc.field.startswith("task.") else exc from None
-    parameters = {key: value for key, value in request.body.items() if key != "image"}
+    _announced(dep, request, job, inputs, pool, {key: value for key, value in request.body.items() if key != "image"})
+
+
+def _announced(dep: Deployment, request: SampleRequest, job: JobRequest, inputs: dict[str, Any], pool: str | None,
+               parameters: dict[str, Any]) -> None:
+    """Queue a v1alpha2 task that is one spotgen job as it is (extras, a graph), announced as the sample's task:
+    its notification and ``.out`` with ``parameters``; the same task posted again is the job already queued."""
     location = f"{request.output_prefix}/{request.id}"
     identity = {"api": request.api_version, "runtime": request.runtime, "context": request.context}
     digest = hashlib.sha256(json.dumps([request_hash(job), identity], sort_keys=True).encode()).hexdigest()
@@ -127,14 +133,7 @@ def _queue_graph(dep: Deployment, request: SampleRequest, pool: str | None) -> N
     job = JobRequest.model_validate({"id": request.id, "pipeline": "comfyui", "model": model,
                                      "inputs": {"graph": graph}, "output_prefix": request.output_prefix,
                                      "webhook": request.webhook})
-    inputs = check(dep, job, f"{request.webhook_field}.url")
-    location = f"{request.output_prefix}/{request.id}"
-    identity = {"api": request.api_version, "runtime": request.runtime, "context": request.context}
-    digest = hashlib.sha256(json.dumps([request_hash(job), identity], sort_keys=True).encode()).hexdigest()
-    enqueue(dep, job, inputs, now=utcnow(), expires_at=None, digest=digest, pool=pool,
-            sample=lambda _job_id, _seed: SampleJob(api_version=request.api_version, runtime=str(request.runtime),
-                                                    context=request.context, location=location,
-                                                    parameters={}, info={}))
+    _announced(dep, request, job, check(dep, job, f"{request.webhook_field}.url"), pool, {})
 
 
 def _handler(route: Any) -> Any:
