@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from PIL.Image import Image
 
-from pipelines.comfyui import flownodes, imagenodes, images, latents, loaders, pixels, sampling, text
+from pipelines.comfyui import controlnodes, flownodes, imagenodes, images, latents, loaders, pixels, sampling, text
 from pipelines.comfyui.registry import Node
 from pipelines.comfyui.values import type_name
 from pipelines.phases import PHASE_NAME, Phases
@@ -61,6 +61,7 @@ def node_table() -> dict[str, Node]:
         "PreviewImage": Node(images.preview_image, output=True),
         **flownodes.NODES,
         **imagenodes.NODES,
+        **controlnodes.NODES,
     }
 
 

@@ -1,0 +1,145 @@
+"""ControlNets in graphs on the worker (``pipelines/comfyui/controlnodes.py``), on the tiny models at tiny sizes:
+ComfyUI's ControlNet workflow (ControlNetLoader + Canny + ControlNetApplyAdvanced, tests/comfy/workflows/) gives
+spotgen's own ControlNet txt2img pixels for the same settings; strength, the guidance window and Canny's thresholds
+matter (strength 0 is no control); the same graph gives the same bytes and resumes byte-identical from inside its
+sampler; a ControlNet of another family and a masked latent with a control are refused naming the input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.comfyui import ComfyUI
+from pipelines.comfyui.executor import Execution
+from runtime.contract import ContractError
+from runtime.contract.comfy.inputs import ComfyInputs
+from runtime.models.store import ModelStore
+from runtime.plugins import JobInterrupted, StepState
+from runtime.worker import checkpoint
+from tests.pipelines.harness import BUCKET, Harness, pixels, png
+
+WORKFLOWS = Path(__file__).parent / "workflows"
+KEY = "c" * 64
+#: The control's source: at the latent's size (64 x 48), so Canny's map reaches the ControlNet unresized.
+SHAPES = f"s3://{BUCKET}/shapes.png"
+
+
+def workflow(name: str) -> dict[str, Any]:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def harness(tiny_models: Path) -> Harness:
+    made = Harness(ModelStore(tiny_models, "cpu"))
+    shapes = Image.new("RGB", (64, 48), (30, 30, 30))
+    shapes.paste((200, 200, 200), (10, 8, 40, 30))
+    shapes.paste((120, 120, 120), (30, 20, 58, 44))
+    shapes.paste((45, 45, 45), (4, 34, 24, 46))  # a faint edge, which only the lower thresholds find
+    made.images[SHAPES] = shapes
+    return made
+
+
+def control_graph(**control: Any) -> dict[str, Any]:
+    graph = workflow("controlnet_canny")
+    graph["4"]["inputs"]["ckpt_name"] = "tiny-sd"
+    graph["12"]["inputs"]["control_net_name"] = "tiny-controlnet"
+    graph["10"]["inputs"]["image"] = SHAPES
+    graph["5"]["inputs"].update(width=64, height=48)
+    graph["3"]["inputs"].update(seed=1234, steps=3)
+    graph["11"]["inputs"].update(control)
+    return graph
+
+
+def uncontrolled() -> dict[str, Any]:
+    """The same graph with the conditionings straight from the text encoders."""
+    graph = control_graph()
+    graph["3"]["inputs"].update(positive=["6", 0], negative=["7", 0])
+    for node in ("11", "12", "13", "14"):
+        del graph[node]
+    return graph
+
+
+def run(harness: Harness, graph: dict[str, Any], resume_from: StepState | None = None,
+        on_step: Any = None) -> list[Image.Image]:
+    ctx = harness.context(seed=7, resume_from=resume_from, on_step=on_step)
+    return ComfyUI().run(ComfyInputs.model_validate({"graph": graph}), ctx)
+
+
+def sampled(harness: Harness, graph: dict[str, Any]) -> np.ndarray:
+    """The sampler's image (the graph's other output is Canny's preview)."""
+    return pixels(Execution(ComfyInputs.model_validate({"graph": graph}).graph, harness.context(seed=7)).run()["9"])
+
+
+def test_the_controlnet_graph_gives_the_controlnet_pipelines_pixels(harness: Harness) -> None:
+    graph = control_graph()
+    out = run(harness, graph)
+    assert [image.size for image in out] == [(64, 48), (64, 48)]
+    assert png(run(harness, graph)) == png(out)
+    native = harness.run("controlnet", job_seed=1234, prompt=graph["6"]["inputs"]["text"],
+                         negative_prompt=graph["7"]["inputs"]["text"], guidance_scale=8, control_image=SHAPES,
+                         control_preprocessor="canny", canny_low=102, canny_high=204)
+    assert np.array_equal(pixels(out[:1]), pixels(native))
+
+
+def test_strength_and_the_guidance_window_matter_and_strength_zero_is_no_control(harness: Harness) -> None:
+    base = sampled(harness, control_graph())
+    plain = sampled(harness, uncontrolled())
+    assert not np.array_equal(base, plain)
+    assert np.array_equal(sampled(harness, control_graph(strength=0)), plain)
+    for change in ({"strength": 0.5}, {"start_percent": 0.5}, {"end_percent": 0.5}):
+        assert not np.array_equal(sampled(harness, control_graph(**change)), base), change
+
+
+def test_cannys_thresholds_change_its_map(harness: Harness) -> None:
+    def edges(low: float, high: float) -> np.ndarray:
+        graph = control_graph()
+        graph["13"]["inputs"].update(low_threshold=low, high_threshold=high)
+        ex = Execution(ComfyInputs.model_validate({"graph": graph}).graph, harness.context(seed=7))
+        return ex.run()["14"][0]
+
+    low, high = np.asarray(edges(0.1, 0.2)), np.asarray(edges(0.5, 0.9))
+    assert low.max() == 255 and set(np.unique(low)) <= {0, 255}
+    assert (low > 0).sum() > (high > 0).sum()
+
+
+def test_an_interruption_inside_the_controlled_sampler_resumes_to_the_same_bytes(harness: Harness) -> None:
+    graph = control_graph()
+    reference = png(run(harness, graph))
+    saved: dict[int, bytes] = {}
+
+    def interrupt(step: int, state: Any) -> None:
+        if step == 2:
+            saved[step] = checkpoint.dump(state(), KEY)
+            raise JobInterrupted
+
+    with pytest.raises(JobInterrupted):
+        run(harness, graph, on_step=interrupt)
+    assert png(run(harness, graph, resume_from=checkpoint.load(saved[2], KEY))) == reference
+    assert harness.reports[0][0] == 3  # it went on from step 2, not from the start
+
+
+def test_a_controlnet_of_another_family_is_refused_naming_the_input(harness: Harness) -> None:
+    graph = control_graph()
+    graph["12"]["inputs"]["control_net_name"] = "tiny-sdxl-controlnet"
+    with pytest.raises(ContractError) as caught:
+        run(harness, graph)
+    assert "3.inputs.positive" in str(caught.value) and "sdxl" in str(caught.value)
+    graph["12"]["inputs"]["control_net_name"] = "tiny-sd"
+    with pytest.raises(ContractError) as caught:
+        run(harness, graph)
+    assert "12.inputs.control_net_name" in str(caught.value)
+
+
+def test_a_masked_latent_with_a_control_is_refused_naming_the_latent(harness: Harness) -> None:
+    graph = control_graph()
+    graph["20"] = {"class_type": "LoadImage", "inputs": {"image": SHAPES}}
+    graph["21"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["5", 0], "mask": ["20", 1]}}
+    graph["3"]["inputs"]["latent_image"] = ["21", 0]
+    with pytest.raises(ContractError) as caught:
+        run(harness, graph)
+    assert "3.inputs.latent_image" in str(caught.value)
