@@ -19,8 +19,8 @@ An empty latent (EmptySD3LatentImage) at denoise 1 starts from pure noise, as a 
 other latent (a VAEEncode's, a sampler's), or a denoise below 1, is the family's img2img input, noised to where the
 schedule starts: BasicScheduler's ``steps`` are the last of ``steps / denoise``, as KSampler counts them
 (``sampling.schedule``). On img2img the flow families run Euler only (``runtime.contract.families``): the others
-are refused naming the sampler. Not run yet, each refused naming the input: combined conditionings, and a graph
-that holds a KSampler too (see ``passes``).
+are refused naming the sampler. Not run yet, refused naming the input: combined conditionings on a flow model.
+A graph may mix these nodes with KSamplers: the executor plans every sampler node as a pass of one stream.
 ``SamplerCustomAdvanced``'s ``denoised_output`` is its ``output``: at the schedule's end (sigma 0) the two agree.
 """
 
@@ -37,7 +37,6 @@ from pipelines.comfyui.flowtext import CHANNELS
 from pipelines.comfyui.flowvalues import FlowCond, FlowModel, Guider, Noise, SamplerName, Sigmas, padded
 from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
-from pipelines.phases import PHASE_NAME, Phases
 from pipelines.resume import run_resumable
 from runtime.contract import ContractError
 from runtime.contract.comfy.nodes_sampling import spotgen_sampler
@@ -140,9 +139,9 @@ def _start(run: sampling.Schedule) -> int:
     return int(max(run.total - run.total * run.strength, 0))
 
 
-def plan(ex: Execution, node_id: str) -> int:
+def plan(ex: Execution, node_id: str, args: dict[str, Any] | None = None) -> int:
     """The steps a SamplerCustomAdvanced node runs: the timesteps of its scheduler (Heun's more than steps) from
-    where its denoise starts."""
+    where its denoise starts. Its model is the sigmas' (the node has no ``model`` input), so ``args`` go unread."""
     sampler, sigmas = _inputs(ex, node_id)
     choice = _choice(sampler, sigmas)
     model = sigmas.model
@@ -155,33 +154,6 @@ def plan(ex: Execution, node_id: str) -> int:
     dynamic = {"mu": 0.0} if scheduler.config.get("use_dynamic_shifting") else {}  # the count is mu's alone
     scheduler.set_timesteps(run.total, **dynamic)
     return len(scheduler.timesteps[_start(run) * scheduler.order:])
-
-
-def pass_names(samplers: list[str]) -> dict[str, str]:
-    """Each sampler node's pass name, by the executor's rule (``executor.phase_names``, which this module cannot
-    import back): its class and id, or its place when that is no name."""
-    names: dict[str, str] = {}
-    for i, node_id in enumerate(samplers):
-        name = f"{CLASS.lower()}-{node_id.lower()}"
-        names[node_id] = name if PHASE_NAME.match(name) and name not in names.values() else f"sampler-{i}"
-    return names
-
-
-def passes(ex: Execution) -> tuple[Phases, dict[str, str]]:
-    """The job's passes, one per SamplerCustomAdvanced node in run order, each planned before the first runs.
-
-    The executor plans only the nodes whose ``Node.plan`` it can call with the node's ``model`` input, which this
-    node lacks (its model comes through the guider); so its passes are planned here, when the first of them runs,
-    and a graph that holds passes of both kinds (a KSampler too) is refused."""
-    samplers = [n for n in ex.order if ex.graph[n]["class_type"] == CLASS]
-    names = pass_names(samplers)
-    if ex.phases is None:
-        ex.phases = Phases(ex.ctx, {names[n]: plan(ex, n) for n in samplers})
-    elif set(ex.phases.names) != set(names.values()):
-        raise ContractError("unsupported_combination", f"inputs.graph.{samplers[0]}: a graph with both KSampler and "
-                            "SamplerCustomAdvanced nodes is not run yet; use one kind of sampler",
-                            f"inputs.graph.{samplers[0]}")
-    return ex.phases, names
 
 
 def _call(ex: Execution, node_id: str, guider: Guider, batch: int) -> dict[str, Any]:
@@ -212,26 +184,11 @@ def _ksampler_args(sampler: SamplerName, sigmas: Sigmas, model: Model) -> dict[s
             "denoise": sigmas.denoise}
 
 
-class _Pass:
-    """The execution as the core KSampler sees it (``sampling.ksampler``), its ``sample`` running this node's pass:
-    SD's and SDXL's custom sampling is KSampler's run, with the guider's cfg (BasicGuider's 1: no negative)."""
-
-    def __init__(self, ex: Execution, phases: Phases, name: str) -> None:
-        self._ex, self._phases, self._name = ex, phases, name
-
-    def sample(self, node_id: str, fn: Any) -> Any:
-        return self._phases.run(self._name, fn)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ex, name)
-
-
 def sampler_custom_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
     noise = ex.want(args["noise"], Noise, node_id, "noise")
     guider = ex.want(args["guider"], Guider, node_id, "guider")
     sampler, sigmas = _inputs(ex, node_id)
     latent = ex.want(args["latent_image"], Latent, node_id, "latent_image")
-    phases, names = passes(ex)
     model = guider.model
     if sigmas.model.model_id != model.model_id:
         where = ex.where(node_id, "sigmas")
@@ -241,7 +198,7 @@ def sampler_custom_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -
     if isinstance(model, Model):
         core = {**_ksampler_args(sampler, sigmas, model), "seed": noise.seed, "cfg": guider.cfg,
                 "positive": guider.positive, "negative": guider.negative or guider.positive, "latent_image": latent}
-        done = sampling.ksampler(_Pass(ex, phases, names[node_id]), node_id, core)[0]  # type: ignore[arg-type]
+        done = sampling.ksampler(ex, node_id, core)[0]
         return done, done
     assert isinstance(model, FlowModel)
     where = ex.where(node_id, "latent_image")
@@ -274,5 +231,5 @@ def sampler_custom_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -
             out = view._unpack_latents(out, height, width, view.vae_scale_factor)  # type: ignore[attr-defined]
         return out  # type: ignore[no-any-return]
 
-    out = Latent(phases.run(names[node_id], sample), empty=latent.empty and run.total == 0)
+    out = Latent(ex.sample(node_id, sample), empty=latent.empty and run.total == 0)
     return out, out

@@ -161,7 +161,8 @@ class Execution:
         planner = node_table()[node["class_type"]].plan
         assert planner is not None
         args = dict(node.get("inputs", {}))
-        args["model"] = self.resolve(node_id, "model")
+        if "model" in args:  # SamplerCustomAdvanced has none: its planner reads its sigmas' model itself
+            args["model"] = self.resolve(node_id, "model")
         return planner(self, node_id, args)
 
     def evaluate(self, node_id: str) -> tuple[Any, ...]:

@@ -30,6 +30,5 @@ NODES: dict[str, Node] = {
     "BasicScheduler": Node(customsampling.basic_scheduler),
     "BasicGuider": Node(customsampling.basic_guider),
     "CFGGuider": Node(customsampling.cfg_guider),
-    # Planned by ``customsampling.passes``, not the executor: its model comes through the guider, not a ``model``.
-    "SamplerCustomAdvanced": Node(customsampling.sampler_custom_advanced),
+    "SamplerCustomAdvanced": Node(customsampling.sampler_custom_advanced, plan=customsampling.plan),
 }

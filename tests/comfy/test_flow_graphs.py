@@ -291,16 +291,24 @@ def test_custom_sampling_on_sd_resumes_byte_identical_and_refuses_naming_its_nod
     assert caught.value.field == "inputs.graph.23.inputs.scheduler", caught.value
 
 
-def test_a_graph_with_both_kinds_of_sampler_and_a_wrong_model_sampling_are_refused(harness: Harness) -> None:
+def test_a_graph_with_both_kinds_of_sampler_runs_and_resumes_inside_either_and_a_wrong_model_sampling_is_refused(
+        harness: Harness) -> None:
     graph = custom_default_graph()
     graph["30"] = {"class_type": "KSampler", "inputs": {
         "model": ["4", 0], "seed": 1, "steps": 2, "cfg": 8.0, "sampler_name": "euler", "scheduler": "normal",
         "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["3", 0], "denoise": 0.5}}
     graph["31"] = {"class_type": "VAEDecode", "inputs": {"samples": ["30", 0], "vae": ["4", 2]}}
     graph["32"] = {"class_type": "SaveImage", "inputs": {"images": ["31", 0], "filename_prefix": "x"}}
-    with pytest.raises(ContractError) as caught:
-        run(harness, graph)
-    assert caught.value.field == "inputs.graph.3", caught.value
+    phases: list[str | None] = []
+    saved: dict[int, bytes] = {}
+    reference = png(run(harness, graph, phases=phases, on_step=lambda step, state: saved.update({
+        step: checkpoint.dump(state(), KEY)})))
+    assert phases == ["samplercustomadvanced-3", "ksampler-30"]
+    total = harness.reports[-1][1]
+    assert total == 3 + 2 and sorted(saved) == list(range(1, total + 1))
+    assert png(run(harness, graph)) == reference
+    for stop in range(1, total):  # inside the custom sampler's pass (1, 2), at its end (3), inside KSampler's (4)
+        assert png(run(harness, graph, resume_from=checkpoint.load(saved[stop], KEY))) == reference, stop
     flux = flux_graph()
     flux["30"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["12", 0], "shift": 3.0}}
     with pytest.raises(ContractError) as caught:
