@@ -109,12 +109,25 @@ def _control(ex: Execution, node_id: str, args: dict[str, Any], start: float, en
     return None if strength == 0 else Control(net, image, strength, start, end)
 
 
+def _unstacked(ex: Execution, node_id: str, conditioning: Conditioning, name: str) -> Conditioning:
+    """A conditioning that has no control yet: two ControlNets on one conditioning are refused naming the input
+    (ComfyUI runs both; the one-net sampler here would keep only the last)."""
+    if isinstance(conditioning, Controlled) and conditioning.control is not None:
+        where = ex.where(node_id, name)
+        raise ContractError("unsupported_combination", f"{where}: already has a ControlNet; several ControlNets on "
+                            "one conditioning do not run yet", where)
+    return conditioning
+
+
 def _with(conditioning: Conditioning, control: Control | None) -> Conditioning:
-    return conditioning if control is None else Controlled(conditioning.parts, control=control)
+    """The conditioning with ``control`` (None at strength 0: the same parts, marked as having been through an
+    Apply node, so the sampler knows no control was lost)."""
+    return Controlled(conditioning.parts, control=control)
 
 
 def controlnet_apply(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
     conditioning = ex.want(args["conditioning"], Conditioning, node_id, "conditioning")
+    _unstacked(ex, node_id, conditioning, "conditioning")
     return (_with(conditioning, _control(ex, node_id, args, 0.0, 1.0)),)
 
 
@@ -123,6 +136,8 @@ def controlnet_apply_advanced(ex: Execution, node_id: str, args: dict[str, Any])
     SD's and SDXL's take pixels, so it is not read)."""
     positive = ex.want(args["positive"], Conditioning, node_id, "positive")
     negative = ex.want(args["negative"], Conditioning, node_id, "negative")
+    _unstacked(ex, node_id, positive, "positive")
+    _unstacked(ex, node_id, negative, "negative")
     control = _control(ex, node_id, args, ex.number(node_id, args, "start_percent"),
                        ex.number(node_id, args, "end_percent"))
     return _with(positive, control), _with(negative, control)
@@ -143,15 +158,43 @@ def canny(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
 
 def ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
     """KSampler: a controlled positive runs with its ControlNet (``controlled``); anything else is imagenodes'."""
-    positive = args.get("positive")
-    if not isinstance(positive, Controlled) or positive.control is None:
+    positive, negative = args.get("positive"), args.get("negative")
+    control = positive.control if isinstance(positive, Controlled) else None
+    other = negative.control if isinstance(negative, Controlled) else None
+    _lost(ex, node_id, "positive", positive)
+    _lost(ex, node_id, "negative", negative)
+    if other is not None and other is not control:
+        where = ex.where(node_id, "negative")
+        raise ContractError("unsupported_combination", f"{where}: its ControlNet is not the positive's; diffusers "
+                            "runs one control on both, so put the same Apply node's outputs on both (or the "
+                            "control on the positive alone)", where)
+    if control is None:
         return noisemask.ksampler(ex, node_id, args)
     latent = args.get("latent_image")
     if isinstance(latent, MaskedLatent) and latent.noise_mask is not None:
         where = ex.where(node_id, "latent_image")
         raise ContractError("unsupported_combination", f"{where}: a latent with a noise mask does not run with a "
                             "ControlNet on its conditioning yet; leave out one of the two", where)
-    return controlled(ex, node_id, args, positive.control)
+    return controlled(ex, node_id, args, control)
+
+
+def _lost(ex: Execution, node_id: str, name: str, value: Any) -> None:
+    """Refuse, naming the input, a conditioning whose control a node on the way dropped (ConditioningCombine and
+    the like make a plain conditioning): an Apply node upstream, and no control left."""
+    if isinstance(value, Controlled):  # its control, or none from an Apply at strength 0
+        return
+    seen, todo = set(), [ex.graph[node_id]["inputs"].get(name)]
+    while todo:
+        link = todo.pop()
+        if not (isinstance(link, list) and link and isinstance(link[0], str)) or link[0] in seen:
+            continue
+        seen.add(link[0])
+        node = ex.graph.get(link[0], {})
+        if str(node.get("class_type", "")).startswith("ControlNetApply"):
+            where = ex.where(node_id, name)
+            raise ContractError("unsupported_combination", f"{where}: node {link[0]}'s ControlNet does not reach "
+                                "the sampler through the nodes between them yet; apply it last", where)
+        todo.extend(node.get("inputs", {}).values())
 
 
 def _check(ex: Execution, node_id: str, model: Model, control: Control) -> None:

@@ -143,3 +143,50 @@ def test_a_masked_latent_with_a_control_is_refused_naming_the_latent(harness: Ha
     with pytest.raises(ContractError) as caught:
         run(harness, graph)
     assert "3.inputs.latent_image" in str(caught.value)
+
+
+def test_a_controlled_img2img_sampler_and_the_old_apply_node_run(harness: Harness) -> None:
+    """A VAEEncode latent at denoise 0.6 runs on the ControlNet img2img class; ControlNetApply controls the
+    positive alone (the negative straight from its encoder) and its strength matters."""
+    graph = control_graph()
+    graph["20"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    graph["3"]["inputs"].update(latent_image=["20", 0], denoise=0.6)
+    image = sampled(harness, graph)
+    assert image.shape == (1, 48, 64, 3)
+    graph["3"]["inputs"].update(positive=["6", 0], negative=["7", 0])
+    assert not np.array_equal(sampled(harness, graph), image)
+    old = control_graph()
+    old["11"] = {"class_type": "ControlNetApply",
+                 "inputs": {"conditioning": ["6", 0], "control_net": ["12", 0], "image": ["13", 0], "strength": 1}}
+    old["3"]["inputs"].update(positive=["11", 0], negative=["7", 0])
+    once = sampled(harness, old)
+    old["11"]["inputs"]["strength"] = 0.5
+    assert not np.array_equal(sampled(harness, old), once)
+    assert not np.array_equal(once, sampled(harness, uncontrolled()))
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    # a second Apply on the controlled conditionings: two ControlNets are not run yet
+    ({"30": {"class_type": "ControlNetApplyAdvanced",
+             "inputs": {"positive": ["11", 0], "negative": ["11", 1], "control_net": ["12", 0], "image": ["13", 0],
+                        "strength": 1, "start_percent": 0, "end_percent": 1}},
+      "3": {"positive": ["30", 0], "negative": ["30", 1]}}, "30.inputs.positive"),
+    # a ConditioningCombine after the Apply would drop its control
+    ({"30": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["11", 0], "conditioning_2": ["6", 0]}},
+      "3": {"positive": ["30", 0]}}, "3.inputs.positive"),
+    # the old Apply on the negative alone: diffusers would run it on both halves
+    ({"30": {"class_type": "ControlNetApply",
+             "inputs": {"conditioning": ["7", 0], "control_net": ["12", 0], "image": ["13", 0], "strength": 1}},
+      "3": {"positive": ["6", 0], "negative": ["30", 0]}}, "3.inputs.negative"),
+])
+def test_a_control_the_sampler_would_drop_is_refused_naming_the_input(harness: Harness, change: dict[str, Any],
+                                                                     field: str) -> None:
+    graph = control_graph()
+    for node_id, inputs in change.items():
+        if "class_type" in inputs:
+            graph[node_id] = inputs
+        else:
+            graph[node_id]["inputs"].update(inputs)
+    with pytest.raises(ContractError) as caught:
+        run(harness, graph)
+    assert field in str(caught.value), caught.value
