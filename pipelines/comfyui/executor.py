@@ -25,7 +25,18 @@ from typing import Any, TypeVar
 
 from PIL.Image import Image
 
-from pipelines.comfyui import controlnodes, flownodes, imagenodes, images, latents, loaders, pixels, sampling, text
+from pipelines.comfyui import (
+    controlnodes,
+    flownodes,
+    imagenodes,
+    images,
+    latents,
+    loaders,
+    pixels,
+    sampling,
+    text,
+    upscalenodes,
+)
 from pipelines.comfyui.registry import Node
 from pipelines.comfyui.values import type_name
 from pipelines.phases import PHASE_NAME, Phases
@@ -62,6 +73,7 @@ def node_table() -> dict[str, Node]:
         **flownodes.NODES,
         **imagenodes.NODES,
         **controlnodes.NODES,
+        **upscalenodes.NODES,
     }
 
 

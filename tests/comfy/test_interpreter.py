@@ -266,12 +266,6 @@ def test_only_what_an_output_needs_runs_in_dependency_order() -> None:
     (lambda g: g.update({"10": {"class_type": "LoraLoader", "inputs": {  # another family's
         "model": ["4", 0], "clip": ["4", 1], "lora_name": "tiny-lora-sdxl", "strength_model": 1.0,
         "strength_clip": 1.0}}}) or g["3"]["inputs"].update(model=["10", 0]), "inputs.graph.10.inputs.lora_name"),
-    (lambda g: g.update({"10": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "tiny-esrgan"}},
-                         "11": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["10", 0],
-                                                                                  "image": ["8", 0]}},
-                         "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0],
-                                                                      "filename_prefix": "x"}}}),
-     "inputs.graph.10"),  # not run yet
 ])
 def test_what_the_interpreter_does_not_run_is_refused_naming_the_node(harness: Harness, change: Any,
                                                                       field: str) -> None:

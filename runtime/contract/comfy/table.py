@@ -13,6 +13,7 @@ from runtime.contract.comfy.nodes_sampling import SAMPLING
 from runtime.contract.comfy.runs_control import RUNS_CONTROL
 from runtime.contract.comfy.runs_flow import RUNS_FLOW
 from runtime.contract.comfy.runs_images import RUNS_IMAGES
+from runtime.contract.comfy.runs_upscale import RUNS_UPSCALE
 
 
 @cache
@@ -48,5 +49,5 @@ RUNS = frozenset({
     "CheckpointLoaderSimple", "LoraLoader", "LoraLoaderModelOnly", "CLIPTextEncode", "CLIPSetLastLayer",
     "ConditioningZeroOut", "ConditioningCombine", "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "KSampler",
     "VAEDecode", "VAEEncode", "ImageScale", "ImageScaleBy", "ImageInvert", "SaveImage", "PreviewImage",
-}) | RUNS_FLOW | RUNS_IMAGES | RUNS_CONTROL
+}) | RUNS_FLOW | RUNS_IMAGES | RUNS_CONTROL | RUNS_UPSCALE
 
