@@ -21,7 +21,7 @@ from runtime.contract.comfy.inputs import ComfyInputs
 from runtime.models.store import ModelStore
 from runtime.plugins import JobInterrupted, StepState
 from runtime.worker import checkpoint
-from tests.pipelines.harness import BUCKET, Harness, pixels, png
+from tests.pipelines.harness import BUCKET, CONTROLNETS, Harness, pixels, png
 
 WORKFLOWS = Path(__file__).parent / "workflows"
 KEY = "c" * 64
@@ -44,10 +44,10 @@ def harness(tiny_models: Path) -> Harness:
     return made
 
 
-def control_graph(**control: Any) -> dict[str, Any]:
+def control_graph(model: str = "tiny-sd", **control: Any) -> dict[str, Any]:
     graph = workflow("controlnet_canny")
-    graph["4"]["inputs"]["ckpt_name"] = "tiny-sd"
-    graph["12"]["inputs"]["control_net_name"] = "tiny-controlnet"
+    graph["4"]["inputs"]["ckpt_name"] = model
+    graph["12"]["inputs"]["control_net_name"] = CONTROLNETS[model]
     graph["10"]["inputs"]["image"] = SHAPES
     graph["5"]["inputs"].update(width=64, height=48)
     graph["3"]["inputs"].update(seed=1234, steps=3)
@@ -75,14 +75,15 @@ def sampled(harness: Harness, graph: dict[str, Any]) -> np.ndarray:
     return pixels(Execution(ComfyInputs.model_validate({"graph": graph}).graph, harness.context(seed=7)).run()["9"])
 
 
-def test_the_controlnet_graph_gives_the_controlnet_pipelines_pixels(harness: Harness) -> None:
-    graph = control_graph()
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])
+def test_the_controlnet_graph_gives_the_controlnet_pipelines_pixels(harness: Harness, model: str) -> None:
+    graph = control_graph(model)
     out = run(harness, graph)
     assert [image.size for image in out] == [(64, 48), (64, 48)]
     assert png(run(harness, graph)) == png(out)
     native = harness.run("controlnet", job_seed=1234, prompt=graph["6"]["inputs"]["text"],
                          negative_prompt=graph["7"]["inputs"]["text"], guidance_scale=8, control_image=SHAPES,
-                         control_preprocessor="canny", canny_low=102, canny_high=204)
+                         control_preprocessor="canny", canny_low=102, canny_high=204, model=model)
     assert np.array_equal(pixels(out[:1]), pixels(native))
 
 
