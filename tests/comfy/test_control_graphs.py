@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.comfyui import ComfyUI
 from pipelines.comfyui.executor import Execution
 from runtime.contract import ContractError
 from runtime.contract.comfy.inputs import ComfyInputs
 from runtime.models.store import ModelStore
-from runtime.plugins import JobInterrupted, StepState
+from runtime.plugins import JobInterrupted
 from runtime.worker import checkpoint
+from tests.comfy.runner import run
 from tests.pipelines.harness import BUCKET, CONTROLNETS, Harness, pixels, png
 
 WORKFLOWS = Path(__file__).parent / "workflows"
@@ -64,10 +64,6 @@ def uncontrolled() -> dict[str, Any]:
     return graph
 
 
-def run(harness: Harness, graph: dict[str, Any], resume_from: StepState | None = None,
-        on_step: Any = None) -> list[Image.Image]:
-    ctx = harness.context(seed=7, resume_from=resume_from, on_step=on_step)
-    return ComfyUI().run(ComfyInputs.model_validate({"graph": graph}), ctx)
 
 
 def sampled(harness: Harness, graph: dict[str, Any]) -> np.ndarray:

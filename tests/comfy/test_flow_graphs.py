@@ -10,20 +10,16 @@ is refused naming the node's input, before any step runs."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from pipelines.comfyui import ComfyUI
 from pipelines.comfyui.pipeline import run_graph
 from runtime.contract import ContractError
-from runtime.contract.comfy.inputs import ComfyInputs
-from runtime.models.store import ModelStore
-from runtime.plugins import JobInterrupted, StepState
+from runtime.plugins import JobInterrupted
 from runtime.worker import checkpoint
-from tests.comfy.test_interpreter import workflow
+from tests.comfy.runner import default_graph, run, workflow
 from tests.pipelines.harness import Harness, pixels, png
 
 KEY = "f" * 64
@@ -59,17 +55,8 @@ def sd3_graph(model: str = "tiny-sd3") -> dict[str, Any]:
 GRAPHS = {"flux": flux_graph, "sd3": sd3_graph}
 
 
-@pytest.fixture(scope="module")
-def harness(tiny_models: Path) -> Harness:
-    return Harness(ModelStore(tiny_models, "cpu"))
 
 
-def run(harness: Harness, graph: dict[str, Any], resume_from: StepState | None = None, on_step: Any = None,
-        phases: list[str | None] | None = None) -> list[Any]:
-    ctx = harness.context(seed=7, resume_from=resume_from, on_step=on_step)
-    if phases is not None:
-        ctx.on_begin_phase = phases.append
-    return ComfyUI().run(ComfyInputs.model_validate({"graph": graph}), ctx)
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])
@@ -245,8 +232,6 @@ def test_a_second_sampler_runs_img2img_and_resumes_inside_either_pass(harness: H
 
 def custom_default_graph(model: str = "tiny-sd") -> dict[str, Any]:
     """ComfyUI's default txt2img graph with its KSampler split into the custom-sampling nodes."""
-    from tests.comfy.test_interpreter import default_graph
-
     graph = default_graph(model)
     ks = graph.pop("3")["inputs"]
     graph["3"] = {"class_type": CUSTOM, "inputs": {"noise": ["20", 0], "guider": ["21", 0], "sampler": ["22", 0],
@@ -262,8 +247,6 @@ def custom_default_graph(model: str = "tiny-sd") -> dict[str, Any]:
 
 @pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])
 def test_custom_sampling_on_sd_models_is_ksamplers_run_in_a_pass_of_its_own(harness: Harness, model: str) -> None:
-    from tests.comfy.test_interpreter import default_graph
-
     graph = custom_default_graph(model)
     phases: list[str | None] = []
     out = pixels(run(harness, graph, phases=phases))

@@ -11,42 +11,26 @@ what is refused naming the node."""
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from pipelines.comfyui import ComfyUI
 from pipelines.comfyui.executor import run_order
 from pipelines.comfyui.latents import MODES, resized
 from pipelines.comfyui.pixels import METHODS as SCALE_METHODS
 from pipelines.comfyui.pixels import scaled
 from pipelines.comfyui.values import Images, Latent
 from runtime.contract import ContractError
-from runtime.contract.comfy.inputs import ComfyInputs
-from runtime.models.store import ModelStore
-from runtime.plugins import JobInterrupted, StepState
+from runtime.plugins import JobInterrupted
 from runtime.worker import checkpoint
+from tests.comfy.runner import default_graph, run, workflow
 from tests.pipelines.harness import Harness, pixels, png
 
-WORKFLOWS = Path(__file__).parent / "workflows"
 KEY = "f" * 64
 
 
-def workflow(name: str) -> dict[str, Any]:
-    return json.loads((WORKFLOWS / f"{name}.json").read_text())
-
-
-def default_graph(model: str = "tiny-sd", **sampler: Any) -> dict[str, Any]:
-    """ComfyUI's default graph at 64 x 48 (not square, so a width/height mix-up shows), 3 steps."""
-    graph = workflow("default_txt2img")
-    graph["4"]["inputs"]["ckpt_name"] = model
-    graph["5"]["inputs"].update(width=64, height=48)
-    graph["3"]["inputs"].update(seed=1234, steps=3, **sampler)
-    return graph
 
 
 def hires_graph(model: str = "tiny-sd") -> dict[str, Any]:
@@ -59,17 +43,8 @@ def hires_graph(model: str = "tiny-sd") -> dict[str, Any]:
     return graph
 
 
-@pytest.fixture(scope="module")
-def harness(tiny_models: Path) -> Harness:
-    return Harness(ModelStore(tiny_models, "cpu"))
 
 
-def run(harness: Harness, graph: dict[str, Any], resume_from: StepState | None = None, on_step: Any = None,
-        phases: list[str | None] | None = None) -> list[Any]:
-    ctx = harness.context(seed=7, resume_from=resume_from, on_step=on_step)
-    if phases is not None:
-        ctx.on_begin_phase = phases.append
-    return ComfyUI().run(ComfyInputs.model_validate({"graph": graph}), ctx)
 
 
 @pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])

@@ -6,34 +6,22 @@ than a plain resize; a model of another kind for the loader is refused naming th
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.comfyui import ComfyUI
 from runtime.contract import ContractError
-from runtime.contract.comfy.inputs import ComfyInputs
-from runtime.models.store import ModelStore
-from runtime.plugins import StepState
 from runtime.worker import checkpoint
-from tests.comfy.test_interpreter import default_graph
+from tests.comfy.runner import default_graph, run
 from tests.pipelines.harness import Harness, png
 
 KEY = "f" * 64
 
 
-@pytest.fixture(scope="module")
-def harness(tiny_models: Path) -> Harness:
-    return Harness(ModelStore(tiny_models, "cpu"))
 
 
-def run(harness: Harness, graph: dict[str, Any], resume_from: StepState | None = None,
-        on_step: Any = None) -> list[Any]:
-    ctx = harness.context(seed=7, resume_from=resume_from, on_step=on_step)
-    return ComfyUI().run(ComfyInputs.model_validate({"graph": graph}), ctx)
 
 
 def upscale_graph(model_name: str = "tiny-esrgan") -> dict[str, Any]:

@@ -1,0 +1,36 @@
+"""How the comfy tests run a graph: the ``comfyui`` pipeline on the tiny models through the pipeline tests'
+``Harness`` (its inputs checked as the worker checks them), seed 7; ``phases`` collects the passes it names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.comfyui import ComfyUI
+from runtime.contract.comfy.inputs import ComfyInputs
+from runtime.plugins import StepState
+from tests.pipelines.harness import Harness
+
+WORKFLOWS = Path(__file__).parent / "workflows"
+
+
+def run(harness: Harness, graph: dict[str, Any], resume_from: StepState | None = None, on_step: Any = None,
+        phases: list[str | None] | None = None) -> list[Any]:
+    ctx = harness.context(seed=7, resume_from=resume_from, on_step=on_step)
+    if phases is not None:
+        ctx.on_begin_phase = phases.append
+    return ComfyUI().run(ComfyInputs.model_validate({"graph": graph}), ctx)
+
+
+def workflow(name: str) -> dict[str, Any]:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def default_graph(model: str = "tiny-sd", **sampler: Any) -> dict[str, Any]:
+    """ComfyUI's default graph at 64 x 48 (not square, so a width/height mix-up shows), 3 steps."""
+    graph = workflow("default_txt2img")
+    graph["4"]["inputs"]["ckpt_name"] = model
+    graph["5"]["inputs"].update(width=64, height=48)
+    graph["3"]["inputs"].update(seed=1234, steps=3, **sampler)
+    return graph
