@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pipelines.comfyui import ComfyUI
 from runtime.contract.comfy.inputs import ComfyInputs
-from runtime.plugins import StepState
-from tests.pipelines.harness import Harness
+from runtime.plugins import JobInterrupted, StepState
+from runtime.worker import checkpoint
+from tests.pipelines.harness import Harness, png
 
 WORKFLOWS = Path(__file__).parent / "workflows"
 
@@ -34,3 +37,20 @@ def default_graph(model: str = "tiny-sd", **sampler: Any) -> dict[str, Any]:
     graph["5"]["inputs"].update(width=64, height=48)
     graph["3"]["inputs"].update(seed=1234, steps=3, **sampler)
     return graph
+
+
+def assert_resumes_alike(harness: Harness, graph: dict[str, Any], at: int = 2) -> None:
+    """Interrupted after step ``at`` (its checkpoint through bytes, as between two workers), the graph resumes at
+    the next step to the uninterrupted run's very bytes."""
+    reference = png(run(harness, graph))
+    saved: list[bytes] = []
+
+    def interrupt(step: int, state: Any) -> None:
+        if step == at:
+            saved.append(checkpoint.dump(state(), "f" * 64))
+            raise JobInterrupted
+
+    with pytest.raises(JobInterrupted):
+        run(harness, graph, on_step=interrupt)
+    assert png(run(harness, graph, resume_from=checkpoint.load(saved[0], "f" * 64))) == reference
+    assert harness.reports[0][0] == at + 1  # it went on from the saved step, not from the start

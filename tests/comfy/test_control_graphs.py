@@ -18,9 +18,7 @@ from pipelines.comfyui.executor import Execution
 from runtime.contract import ContractError
 from runtime.contract.comfy.inputs import ComfyInputs
 from runtime.models.store import ModelStore
-from runtime.plugins import JobInterrupted
-from runtime.worker import checkpoint
-from tests.comfy.runner import run
+from tests.comfy.runner import assert_resumes_alike, run
 from tests.pipelines.harness import BUCKET, CONTROLNETS, Harness, pixels, png
 
 WORKFLOWS = Path(__file__).parent / "workflows"
@@ -106,18 +104,7 @@ def test_cannys_thresholds_change_its_map(harness: Harness) -> None:
 
 def test_an_interruption_inside_the_controlled_sampler_resumes_to_the_same_bytes(harness: Harness) -> None:
     graph = control_graph()
-    reference = png(run(harness, graph))
-    saved: dict[int, bytes] = {}
-
-    def interrupt(step: int, state: Any) -> None:
-        if step == 2:
-            saved[step] = checkpoint.dump(state(), KEY)
-            raise JobInterrupted
-
-    with pytest.raises(JobInterrupted):
-        run(harness, graph, on_step=interrupt)
-    assert png(run(harness, graph, resume_from=checkpoint.load(saved[2], KEY))) == reference
-    assert harness.reports[0][0] == 3  # it went on from step 2, not from the start
+    assert_resumes_alike(harness, graph)
 
 
 def test_a_controlnet_of_another_family_is_refused_naming_the_input(harness: Harness) -> None:

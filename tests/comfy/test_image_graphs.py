@@ -20,9 +20,7 @@ from pipelines.comfyui.executor import Execution
 from runtime.contract import ContractError
 from runtime.contract.comfy.inputs import ComfyInputs
 from runtime.models.store import ModelStore
-from runtime.plugins import JobInterrupted
-from runtime.worker import checkpoint
-from tests.comfy.runner import run
+from tests.comfy.runner import assert_resumes_alike, run
 from tests.pipelines.harness import Harness, pixels, png
 
 WORKFLOWS = Path(__file__).parent / "workflows"
@@ -77,18 +75,7 @@ def test_img2img_keeps_the_images_size_and_its_inputs_matter(harness: Harness) -
 
 def test_an_interruption_inside_the_img2img_sampler_resumes_to_the_same_bytes(harness: Harness) -> None:
     graph = img2img_graph()
-    reference = png(run(harness, graph))
-    saved: dict[int, bytes] = {}
-
-    def interrupt(step: int, state: Any) -> None:
-        if step == 2:
-            saved[step] = checkpoint.dump(state(), KEY)
-            raise JobInterrupted
-
-    with pytest.raises(JobInterrupted):
-        run(harness, graph, on_step=interrupt)
-    assert png(run(harness, graph, resume_from=checkpoint.load(saved[2], KEY))) == reference
-    assert harness.reports[0][0] == 3  # it went on from step 2, not from the start
+    assert_resumes_alike(harness, graph)
 
 
 @pytest.mark.parametrize("model", ["tiny-sd"])  # an inpainting checkpoint once the loaders take that variant
@@ -140,17 +127,7 @@ def test_set_latent_noise_mask_resamples_inside_the_mask_only(harness: Harness, 
 def test_an_interruption_inside_the_masked_sampler_resumes_to_the_same_bytes(harness: Harness) -> None:
     graph = inpaint_graph("tiny-sd")
     graph["3"]["inputs"]["sampler_name"] = "euler_ancestral"  # draws at every step: the generators are resumed too
-    reference = png(run(harness, graph))
-    saved: dict[int, bytes] = {}
-
-    def interrupt(step: int, state: Any) -> None:
-        if step == 2:
-            saved[step] = checkpoint.dump(state(), KEY)
-            raise JobInterrupted
-
-    with pytest.raises(JobInterrupted):
-        run(harness, graph, on_step=interrupt)
-    assert png(run(harness, graph, resume_from=checkpoint.load(saved[2], KEY))) == reference
+    assert_resumes_alike(harness, graph)
 
 
 def test_load_image_gives_rgb_and_one_minus_alpha(harness: Harness) -> None:
