@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines import loras
 from pipelines.comfyui.flowvalues import FlowClip, FlowModel, FlowVae
+from pipelines.comfyui.loaders import catalog_base
 from pipelines.families.flow import FlowMatching
-from pipelines.loading import base_pipeline, check_variant, model_family
+from pipelines.loading import base_pipeline, model_family
 from runtime.contract import ContractError
 from runtime.models.catalog import ModelError
 
@@ -42,15 +43,7 @@ CLIP_TYPES = {"flux": "flux", "sd3": "sd3"}
 def load(ex: Execution, model_id: Any, where: str) -> FlowModel:
     """The Flux or SD 3.5 base model ``model_id``, loaded with no LoRAs on; refused naming ``where`` otherwise."""
     store = ex.store
-    try:
-        if not isinstance(model_id, str):
-            raise ModelError("invalid_model_id", f"{model_id!r} is not a model id")
-        entry = store.entry(model_id, "base")
-        kind = model_family(store, model_id)
-        check_variant(store, model_id, VARIANTS, "a ComfyUI Flux or SD 3.5 loader", field=where)
-    except ModelError as exc:
-        message = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
-        raise ContractError(exc.code, message, where) from None
+    entry, kind = catalog_base(store, model_id, where, VARIANTS, "a ComfyUI Flux or SD 3.5 loader")
     if not isinstance(kind, FlowMatching):
         raise ContractError("unsupported_model_family", f"{where}: model {model_id!r} is a {entry.family} model; "
                             "this loader runs Flux and SD 3.5 models (CheckpointLoaderSimple loads SD and SDXL)",

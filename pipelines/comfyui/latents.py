@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.comfyui.values import Latent
+from pipelines.comfyui.values import Latent, target_size
 from runtime.contract import ContractError
 
 if TYPE_CHECKING:
@@ -100,10 +100,7 @@ def latent_upscale(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[A
     cells_h, cells_w = latent.samples.shape[-2:]
     if width == 0 and height == 0:
         return (latent,)
-    if width == 0:  # the other side follows the aspect ratio
-        width = max(64, round(cells_w * height / cells_h))
-    elif height == 0:
-        height = max(64, round(cells_h * width / cells_w))
+    width, height = target_size(width, height, cells_w, cells_h, 64)
     crop = args.get("crop", "disabled")
     return (resized(latent, width // SCALE, height // SCALE, args["upscale_method"], crop,
                     ex.where(node_id, "upscale_method")),)

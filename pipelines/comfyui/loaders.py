@@ -33,18 +33,25 @@ if TYPE_CHECKING:
 VARIANTS: frozenset[str | None] = frozenset({None, "turbo"})
 
 
-def load_model(store: ModelStore, model_id: Any, where: str) -> Model:
-    """The catalog base model ``model_id``, loaded and with no adapters; refused naming ``where`` (the node's
-    input) when the catalog lacks it, it is no base model, or this interpreter does not run its family yet."""
+def catalog_base(store: ModelStore, model_id: Any, where: str, variants: Any, loader: str) -> tuple[Any, Any]:
+    """The catalog entry of base model ``model_id`` and its family, for a loader node; a ContractError naming
+    ``where`` (the node's input) when the id is not a string, not in the catalog, or of another variant."""
     try:
         if not isinstance(model_id, str):
             raise ModelError("invalid_model_id", f"{model_id!r} is not a model id")
         entry = store.entry(model_id, "base")
         kind = model_family(store, model_id)
-        check_variant(store, model_id, VARIANTS, "a ComfyUI checkpoint loader", field=where)
+        check_variant(store, model_id, variants, loader, field=where)
     except ModelError as exc:
         message = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
         raise ContractError(exc.code, message, where) from None
+    return entry, kind
+
+
+def load_model(store: ModelStore, model_id: Any, where: str) -> Model:
+    """The catalog base model ``model_id``, loaded and with no adapters; refused naming ``where`` (the node's
+    input) when the catalog lacks it, it is no base model, or this interpreter does not run its family yet."""
+    entry, kind = catalog_base(store, model_id, where, VARIANTS, "a ComfyUI checkpoint loader")
     if not isinstance(kind, StableDiffusion):
         raise ContractError("unsupported_model_family", f"{where}: model {model_id!r} is a {entry.family} model; "
                             "ComfyUI graphs run on SD 1.x, SD 2.x and SDXL models so far", where)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from pipelines.comfyui.latents import center_crop
-from pipelines.comfyui.values import Images
+from pipelines.comfyui.values import Images, target_size
 from runtime.contract import ContractError
 
 if TYPE_CHECKING:
@@ -57,10 +57,7 @@ def image_scale(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any,
     have_h, have_w = images.pixels.shape[-2:]
     if width == 0 and height == 0:
         return (images,)
-    if width == 0:  # the other side follows the aspect ratio
-        width = max(1, round(have_w * height / have_h))
-    elif height == 0:
-        height = max(1, round(have_h * width / have_w))
+    width, height = target_size(width, height, have_w, have_h, 1)
     return (scaled(images, width, height, args["upscale_method"], args.get("crop", "disabled"),
                    ex.where(node_id, "upscale_method")),)
 

@@ -121,3 +121,15 @@ def with_lora(loras: tuple[tuple[str, float], ...], lora_id: str, strength: floa
     merged = dict(loras)
     merged[lora_id] = merged.get(lora_id, 0.0) + strength
     return tuple(merged.items())
+
+
+def target_size(width: int, height: int, have_w: int, have_h: int, least: int) -> tuple[int, int]:
+    """ComfyUI's target of a resize node: a side given as 0 follows the other's aspect ratio (at least ``least``);
+    both 0 is the size it has (the node then passes its input on)."""
+    if width == 0 and height == 0:
+        return have_w, have_h
+    if width == 0:
+        width = max(least, round(have_w * height / have_h))
+    elif height == 0:
+        height = max(least, round(have_h * width / have_w))
+    return width, height
