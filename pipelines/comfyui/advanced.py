@@ -1,0 +1,280 @@
+"""``KSamplerAdvanced``: a slice of a sampler's schedule, as ComfyUI's SDXL base + refiner workflow splits one run
+over two models, run as one pass of the job's checkpoint stream (``pipelines.resume.run_resumable``), so an
+interruption at any of its steps resumes there byte-identical.
+
+ComfyUI's semantics: the schedule is ``steps`` steps and the pass runs steps ``[start_at_step, min(end_at_step,
+steps))``. ``add_noise`` enable noises the input latent to where the slice starts (from ``noise_seed``, drawn on the
+CPU as KSampler draws it); disable takes the latent as already that noisy. ``return_with_leftover_noise`` enable
+hands on the latent as it is at ``end_at_step``; disable ends the last step on the model's fully denoised
+prediction when the slice stops before the schedule's end (ComfyUI's last sigma set to 0).
+
+How, on diffusers' own classes (SD 1.x/2.x and SDXL alike; diffusers' ``denoising_end``/``denoising_start`` are
+SDXL's only, and cut at a fraction of the timesteps rather than at a step): the img2img class starts at
+``start_at_step`` through its strength, and the job view's scheduler is its sampler's class with ``Slice`` on top,
+which cuts the timesteps at the slice's end, leaves the latent unnoised when asked, and replaces the last step's
+result by the denoised prediction when asked. Its settings are plain attributes, so a checkpoint saves them with
+the rest of the scheduler. An empty latent from step 0 with noise is text-to-image, as KSampler runs it.
+
+Latents between samplers are kept as ComfyUI keeps them, ``x0 + sigma * noise``: what the Euler-like schedulers
+step on. The others (DPM-Solver++, UniPC, DDIM, LCM) step on ``x / sqrt(1 + sigma^2)``, so a leftover latent is
+scaled out of that on return and into it when taken without noise: a base on Euler and a refiner on DPM++ 2M
+hand over the same noise level. Not run here yet, refused naming the input: Flux and SD 3.5 models (their graphs
+sample with ``SamplerCustomAdvanced``), a latent with a noise mask, a ControlNet's conditioning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+from pipelines.comfyui import combine, loaders, samplers, sampling
+from pipelines.comfyui.controlnodes import Controlled
+from pipelines.comfyui.flowvalues import FlowModel
+from pipelines.comfyui.noisemask import MaskedLatent
+from pipelines.comfyui.registry import Node
+from pipelines.comfyui.values import Conditioning, Latent, Model
+from pipelines.common import job_pipeline
+from pipelines.resume import run_resumable
+from runtime.contract import ContractError
+from runtime.contract.inputs import LCM_MAX_STEPS, MAX_SCHEDULE
+from runtime.plugins import RunContext
+
+if TYPE_CHECKING:
+    from pipelines.comfyui.executor import Execution
+
+CLASS = "KSamplerAdvanced"
+_SWITCH = ("enable", "disable")
+
+
+class Span(NamedTuple):
+    """A KSamplerAdvanced's slice: ``steps`` of schedule, steps ``start`` to ``end`` (at most ``steps``) run;
+    ``noise``: noise the latent to ``start`` first; ``leftover``: hand on the latent as it is at ``end``."""
+
+    steps: int
+    start: int
+    end: int
+    noise: bool
+    leftover: bool
+
+    @property
+    def final(self) -> bool:
+        """Whether the last step ends on the denoised prediction (ComfyUI's full denoise before the end)."""
+        return not self.leftover and self.end < self.steps
+
+
+def _switch(ex: Execution, node_id: str, args: dict[str, Any], name: str) -> bool:
+    value = args.get(name)
+    if value not in _SWITCH:
+        where = ex.where(node_id, name)
+        raise ContractError("value_not_in_list", f"{where}: 'enable' or 'disable', not {value!r}", where)
+    return bool(value == "enable")
+
+
+def span(ex: Execution, node_id: str, args: dict[str, Any], choice: samplers.Choice) -> Span:
+    """The node's slice of its schedule; a ContractError naming the input whose value cannot run."""
+    steps = ex.integer(node_id, args, "steps")
+    start, end = ex.integer(node_id, args, "start_at_step"), ex.integer(node_id, args, "end_at_step")
+    limit = LCM_MAX_STEPS if choice.scheduler == "lcm" else MAX_SCHEDULE
+    bad = [("steps", steps < 1 or steps > limit, f"from 1 to {limit} steps"),
+           ("start_at_step", start < 0, "a step of 0 or more"), ("end_at_step", end < 0, "a step of 0 or more"),
+           ("start_at_step", start >= end, f"a step below end_at_step ({end}): the sampler would run no step")]
+    for name, wrong, want in bad:
+        if wrong:
+            where = ex.where(node_id, name)
+            raise ContractError("invalid_field", f"{where}: {want}, not {args[name]!r}", where)
+    noise, leftover = _switch(ex, node_id, args, "add_noise"), _switch(ex, node_id, args, "return_with_leftover_noise")
+    return Span(steps, start, min(end, steps), noise, leftover)
+
+
+def _model(ex: Execution, node_id: str, value: Any) -> Model:
+    if isinstance(value, FlowModel):
+        where = ex.where(node_id, "model")
+        raise ContractError("unsupported_model_family", f"{where}: {CLASS} runs on SD 1.x, SD 2.x and SDXL models so "
+                            f"far; {value.model_id!r} is a {value.family} model: sample it with "
+                            "SamplerCustomAdvanced", where)
+    return ex.want(value, Model, node_id, "model")
+
+
+def _cut(run: Span, order: int) -> int:
+    """Where the timesteps stop: after the slice's last step, or after the first stage of it when that stage's
+    prediction ends the pass (a second-order sampler's second stage would be thrown away)."""
+    return run.end * order if not run.final else (run.end - 1) * order + 1
+
+
+def _scheduler(model: Model, choice: samplers.Choice, steps: int) -> Any:
+    scheduler = model.kind.make_scheduler(choice, model.base.scheduler.config)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def planned_steps(model: Model, choice: samplers.Choice, run: Span) -> int:
+    """The timesteps the pass runs (a second-order sampler's two stages each)."""
+    if run.start >= run.steps:
+        return 0
+    scheduler = _scheduler(model, choice, run.steps)
+    return len(scheduler.timesteps[run.start * scheduler.order:_cut(run, scheduler.order)])
+
+
+def plan(ex: Execution, node_id: str, args: dict[str, Any]) -> int:
+    """The steps a KSamplerAdvanced node is planned to run (the executor plans every pass before the first runs)."""
+    model = _model(ex, node_id, args["model"])
+    choice = samplers.choice(args["sampler_name"], args["scheduler"], ex.where(node_id))
+    return planned_steps(model, choice, span(ex, node_id, args, choice))
+
+
+class Slice:
+    """On a diffusers scheduler class: the slice's cut, noise and end (``cut_at``, ``keep_latent``,
+    ``final_denoise``), set on the instance before ``set_timesteps``, which works out the noise levels at the
+    slice's ends (``level_in``, ``level_out``, as sigmas of ``x0 + sigma * noise``) and then cuts."""
+
+    cut_at: int
+    start_at: int
+    keep_latent: bool
+    final_denoise: bool
+    level_in: float
+    level_out: float
+
+    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        super().set_timesteps(*args, **kwargs)  # type: ignore[misc]
+        full = self.timesteps  # type: ignore[attr-defined]
+        self.level_in, self.level_out = self._level(full, self.start_at), self._level(full, self.cut_at)
+        self.timesteps = full[:self.cut_at]
+
+    def _level(self, timesteps: torch.Tensor, index: int) -> float:
+        if index >= len(timesteps):  # the schedule's end (a second-order sampler's last step has one stage)
+            return 0.0
+        sigmas = getattr(self, "sigmas", None)
+        if sigmas is not None and len(sigmas) > len(timesteps):  # the karras-style schedulers keep theirs
+            return float(sigmas[index])
+        alpha = float(self.alphas_cumprod[int(timesteps[index])])  # type: ignore[attr-defined]
+        return math.sqrt((1 - alpha) / alpha)
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the latents it steps on are ``x / sqrt(1 + sigma^2)`` (pure noise has a sigma of 1)."""
+        return float(self.init_noise_sigma) <= 1  # type: ignore[attr-defined]
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if not self.keep_latent:
+            return super().add_noise(original, noise, timesteps)  # type: ignore[misc,no-any-return]
+        return original / math.sqrt(1 + self.level_in ** 2) if self.scaled else original
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        index = self._index(timestep)
+        denoised = self._denoised(model_output, timestep, sample, index) if self.final_denoise and \
+            index == len(self.timesteps) - 1 else None  # type: ignore[attr-defined]
+        out = super().step(model_output, timestep, sample, *args, **kwargs)  # type: ignore[misc]
+        if denoised is None:
+            return out
+        if isinstance(out, tuple):
+            return (denoised, *out[1:])
+        out.prev_sample = denoised
+        return out
+
+    def _index(self, timestep: Any) -> int:
+        index = getattr(self, "step_index", None)
+        if index is None:
+            index = getattr(self, "begin_index", None)
+        if index is None:
+            index = int((self.timesteps == timestep).nonzero()[0])  # type: ignore[attr-defined]
+        return int(index)
+
+    def _denoised(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, index: int) -> torch.Tensor:
+        """The model's prediction of the clean latents at this step (ComfyUI's step to sigma 0)."""
+        sigma = self._level(self.timesteps, index)  # type: ignore[attr-defined]
+        alpha = 1 / math.sqrt(1 + sigma ** 2)
+        x = sample.float() if self.scaled else sample.float() * alpha
+        out, kind = model_output.float(), self.config.prediction_type  # type: ignore[attr-defined]
+        if kind == "v_prediction":
+            clean = alpha * x - sigma * alpha * out
+        elif kind == "sample":
+            clean = out
+        else:
+            clean = (x - sigma * alpha * out) / alpha
+        return clean.to(sample.dtype)
+
+
+def _forward(fn: Any, like: Any) -> Any:
+    """``fn`` under ``like``'s signature: diffusers reads a scheduler's (its ``step`` gets the generators only
+    where it takes a ``generator``)."""
+
+    @functools.wraps(fn)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(self, *args, **kwargs)
+
+    call.__signature__ = inspect.signature(like)  # type: ignore[attr-defined]
+    return call
+
+
+@functools.cache
+def _sliced(cls: type) -> type:
+    own = {name: _forward(getattr(Slice, name), getattr(cls, name)) for name in ("set_timesteps", "step")}
+    return type(cls.__name__, (Slice, cls), {"__module__": __name__, **own})
+
+
+def _view(model: Model, cls: type, choice: samplers.Choice, run: Span) -> Any:
+    """A job view of ``cls`` whose scheduler runs ``run``'s slice."""
+    aesthetics = bool(model.base.config.get("requires_aesthetics_score", False))  # a refiner's conditioning
+    view = job_pipeline(cls, model.base, choice, family=model.kind,  # type: ignore[arg-type]
+                        requires_aesthetics_score=aesthetics)
+    scheduler = view.scheduler
+    scheduler.__class__ = _sliced(type(scheduler))
+    scheduler.cut_at, scheduler.start_at = _cut(run, scheduler.order), run.start * scheduler.order
+    scheduler.keep_latent, scheduler.final_denoise = not run.noise, run.final
+    return view
+
+
+def _refuse(ex: Execution, node_id: str, name: str, what: str) -> None:
+    where = ex.where(node_id, name)
+    raise ContractError("unsupported_combination", f"{where}: {CLASS} does not run {what} yet; KSampler does",
+                        where)
+
+
+def ksampler_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    model = _model(ex, node_id, args["model"])
+    positive = ex.want(args["positive"], Conditioning, node_id, "positive")
+    negative = ex.want(args["negative"], Conditioning, node_id, "negative")
+    latent = ex.want(args["latent_image"], Latent, node_id, "latent_image")
+    for name, conditioning in (("positive", positive), ("negative", negative)):
+        if isinstance(conditioning, Controlled) and conditioning.control is not None:
+            _refuse(ex, node_id, name, "a ControlNet's conditioning")
+    if isinstance(latent, MaskedLatent) and latent.noise_mask is not None:
+        _refuse(ex, node_id, "latent_image", "a latent with a noise mask")
+    choice = samplers.choice(args["sampler_name"], args["scheduler"], ex.where(node_id))
+    run = span(ex, node_id, args, choice)
+    seed = ex.integer(node_id, args, "noise_seed") % (2**64 - sampling._SEED_ROOM)
+    cfg = ex.number(node_id, args, "cfg")
+    prompts = sampling._prompts(model, positive, negative, ex.where(node_id, "positive"))
+    txt2img = latent.empty and run.start == 0 and run.noise and model.variant != "refiner"
+    cls = model.kind.task_class("txt2img" if txt2img else "img2img", model.variant)
+    height, width = (side * model.base.vae_scale_factor for side in latent.samples.shape[-2:])
+    if txt2img:
+        task: dict[str, Any] = {"width": width, "height": height}
+    else:  # the strength that makes img2img start at ``start`` of ``steps`` (half a step above the count)
+        strength = min(1.0, (run.steps - run.start + 0.5) / run.steps)
+        task = {"image": latent.samples.to(model.base.unet.dtype), "strength": strength}
+
+    def sample(ctx: RunContext) -> torch.Tensor:
+        if run.start >= run.steps:
+            return latent.samples
+        loaders.activate(ctx.models, model, model.loras, ex.where(node_id, "model"))
+        view = _view(model, cls, choice, run)
+        with combine.averaged(model.base.unet, positive, negative, latent.batch):
+            out = run_resumable(view, dataclasses.replace(ctx, seed=seed), num_images=latent.batch,
+                                num_inference_steps=run.steps, guidance_scale=cfg, output_type="latent",
+                                **prompts, **task)
+        scheduler = view.scheduler
+        if run.leftover and scheduler.scaled and scheduler.level_out > 0:
+            out = out * math.sqrt(1 + scheduler.level_out ** 2)  # back to ``x0 + sigma * noise``
+        return out  # type: ignore[no-any-return]
+
+    out = ex.sample(node_id, sample)
+    return (Latent(out, empty=latent.empty and run.start >= run.steps),)
+
+
+NODES: dict[str, Node] = {CLASS: Node(ksampler_advanced, plan=plan)}
