@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from PIL.Image import Image
 
 from pipelines.comfyui import (
+    advanced,
     controlnodes,
     flownodes,
     imagenodes,
@@ -74,6 +75,7 @@ def node_table() -> dict[str, Node]:
         **imagenodes.NODES,
         **controlnodes.NODES,
         **upscalenodes.NODES,
+        **advanced.NODES,
     }
 
 

@@ -10,6 +10,7 @@ from types import MappingProxyType
 
 from runtime.contract.comfy.nodes import CONDITIONING, IMAGES_, LATENTS, LOADERS, Node
 from runtime.contract.comfy.nodes_sampling import SAMPLING
+from runtime.contract.comfy.runs_advanced import RUNS_ADVANCED
 from runtime.contract.comfy.runs_control import RUNS_CONTROL
 from runtime.contract.comfy.runs_flow import RUNS_FLOW
 from runtime.contract.comfy.runs_images import RUNS_IMAGES
@@ -49,5 +50,5 @@ RUNS = frozenset({
     "CheckpointLoaderSimple", "LoraLoader", "LoraLoaderModelOnly", "CLIPTextEncode", "CLIPSetLastLayer",
     "ConditioningZeroOut", "ConditioningCombine", "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "KSampler",
     "VAEDecode", "VAEEncode", "ImageScale", "ImageScaleBy", "ImageInvert", "SaveImage", "PreviewImage",
-}) | RUNS_FLOW | RUNS_IMAGES | RUNS_CONTROL | RUNS_UPSCALE
+}) | RUNS_FLOW | RUNS_IMAGES | RUNS_CONTROL | RUNS_UPSCALE | RUNS_ADVANCED
 
