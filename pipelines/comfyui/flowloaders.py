@@ -20,11 +20,10 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from pipelines import loras
 from pipelines.comfyui.flowvalues import FlowClip, FlowModel, FlowVae
-from pipelines.comfyui.loaders import catalog_base
+from pipelines.comfyui.loaders import catalog_base, flow_model
 from pipelines.families.flow import FlowMatching
-from pipelines.loading import base_pipeline, model_family
+from pipelines.loading import model_family
 from runtime.contract import ContractError
 from runtime.models.catalog import ModelError
 
@@ -48,9 +47,7 @@ def load(ex: Execution, model_id: Any, where: str) -> FlowModel:
         raise ContractError("unsupported_model_family", f"{where}: model {model_id!r} is a {entry.family} model; "
                             "this loader runs Flux and SD 3.5 models (CheckpointLoaderSimple loads SD and SDXL)",
                             where)
-    base = base_pipeline(store, model_id)
-    loras.activate(store, base, [])
-    return FlowModel(model_id, entry.family, kind, entry.variant, base)
+    return flow_model(store, model_id, entry, kind)
 
 
 def _runs(ex: Execution, model_id: Any) -> bool:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pipelines import sd3prompts
-from pipelines.comfyui import text
+from pipelines.comfyui import loaders, text
 from pipelines.comfyui.flowvalues import FlowClip, FlowCond
 from pipelines.comfyui.values import Conditioning, Latent
 from pipelines.families.flow import plain_text
@@ -49,9 +49,13 @@ def encode(clip: FlowClip, prompt: str, where: str) -> FlowCond:
 
 
 def clip_text_encode(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
-    if not isinstance(args.get("clip"), FlowClip):
+    """A flow model's CLIP encodes with its LoRAs on (LoraLoader's strength_clip; none: every LoRA off)."""
+    clip = args.get("clip")
+    if not isinstance(clip, FlowClip):
         return text.clip_text_encode(ex, node_id, args)
-    return (Conditioning((encode(args["clip"], str(args["text"]), ex.where(node_id, "text")),)),)
+    where = ex.where(node_id, "text")
+    loaders.activate(ex.store, clip.model, clip.loras, where)
+    return (Conditioning((encode(clip, str(args["text"]), where),)),)
 
 
 def flux_guidance(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:

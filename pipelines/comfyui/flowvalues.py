@@ -34,13 +34,17 @@ class FlowModel:
     variant: str | None
     base: DiffusionPipeline
     shift: float | None = None
+    #: LoRAs on the transformer (LoraLoader's strength_model): catalog id -> strength, switched on while it samples.
+    loras: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class FlowClip:
-    """CLIP of a flow model: all its text encoders (CLIP with T5), as its catalog entry holds them."""
+    """CLIP of a flow model: all its text encoders (CLIP with T5), as its catalog entry holds them, and the LoRAs
+    on them (LoraLoader's strength_clip), switched on while a text is encoded."""
 
     model: FlowModel
+    loras: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,9 +144,11 @@ class Sigmas:
 @dataclass(frozen=True)
 class Guider:
     """GUIDER: a model with its conditioning; CFGGuider's negative and cfg too (BasicGuider: no negative, cfg 1).
-    The model is a flow model's, or an SD or SDXL checkpoint's (``values.Model``)."""
+    The model is a flow model's, or an SD or SDXL checkpoint's (``values.Model``); ``where`` is the input that set
+    it (``inputs.graph.<id>.inputs.model``), which a LoRA that cannot load is refused naming."""
 
     model: FlowModel | Model
     positive: Conditioning
     negative: Conditioning | None = None
     cfg: float = 1.0
+    where: str = ""

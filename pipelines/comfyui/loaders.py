@@ -1,5 +1,7 @@
 """Loader nodes: ``CheckpointLoaderSimple``'s MODEL, CLIP and VAE from one catalog base model, and
-``LoraLoader``/``LoraLoaderModelOnly``'s LoRAs on them.
+``LoraLoader``/``LoraLoaderModelOnly``'s LoRAs on them, on every family: an SD or SDXL checkpoint gives
+``values``' Model, Clip and Vae; a Flux or SD 3.5 one (ComfyUI's "checkpoint" examples of those families) the flow
+views of ``flowvalues``, the same the UNETLoader/DualCLIPLoader/VAELoader set gives (``flowloaders``).
 
 The API has already put catalog ids in place of ComfyUI's file names (``ckpt_name``), so the worker only looks ids
 up. The model loads once per process into the store every built-in pipeline reads (``pipelines.loading``); the
@@ -9,7 +11,10 @@ switched off here, before any node uses it, as ``DiffusersPipeline.prepare`` doe
 A LoRA loader loads nothing itself: its MODEL and CLIP name the LoRAs (``pipelines.loras``: read once per worker,
 kept in the base model) with ComfyUI's two strengths, and ``activate`` switches exactly those on when they are used:
 the CLIP's while a text is encoded (only the text encoders run then), the MODEL's while a sampler runs (only the
-denoiser runs then). So one graph may sample with and without a LoRA, or with two sets, on one loaded model.
+denoiser runs then). So one graph may sample with and without a LoRA, or with two sets, on one loaded model. A
+flow family's LoRA file may hold text-encoder layers too (kohya's ``lora_te1_``, diffusers' ``text_encoder.``):
+diffusers loads them into the encoders and strength_clip weighs them; one of the transformer alone (the common
+Flux and SD 3.5 ones) leaves the text as it was, whatever strength_clip is, as in ComfyUI.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pipelines import loras
+from pipelines.comfyui.flowvalues import FlowClip, FlowModel, FlowVae
 from pipelines.comfyui.values import Clip, Model, Vae, with_lora
+from pipelines.families.flow import FlowMatching
 from pipelines.families.sd import StableDiffusion
 from pipelines.ipadapters import activate as activate_ip_adapters
 from pipelines.loading import base_pipeline, check_variant, model_family
@@ -29,8 +36,9 @@ from runtime.models.store import ModelStore
 if TYPE_CHECKING:
     from pipelines.comfyui.executor import Execution
 
-#: Base model variants a checkpoint loader takes: ordinary checkpoints and distilled ones (SDXL Turbo).
-VARIANTS: frozenset[str | None] = frozenset({None, "turbo"})
+#: Base model variants a checkpoint loader takes: ordinary checkpoints and distilled ones (SDXL and SD 3.5 Turbo,
+#: Flux schnell).
+VARIANTS: frozenset[str | None] = frozenset({None, "turbo", "schnell"})
 
 
 def catalog_base(store: ModelStore, model_id: Any, where: str, variants: Any, loader: str) -> tuple[Any, Any]:
@@ -48,25 +56,36 @@ def catalog_base(store: ModelStore, model_id: Any, where: str, variants: Any, lo
     return entry, kind
 
 
-def load_model(store: ModelStore, model_id: Any, where: str) -> Model:
+def load_model(store: ModelStore, model_id: Any, where: str) -> Model | FlowModel:
     """The catalog base model ``model_id``, loaded and with no adapters; refused naming ``where`` (the node's
-    input) when the catalog lacks it, it is no base model, or this interpreter does not run its family yet."""
+    input) when the catalog lacks it, it is no base model, or this interpreter does not run its family."""
     entry, kind = catalog_base(store, model_id, where, VARIANTS, "a ComfyUI checkpoint loader")
+    if isinstance(kind, FlowMatching):
+        return flow_model(store, model_id, entry, kind)
     if not isinstance(kind, StableDiffusion):
         raise ContractError("unsupported_model_family", f"{where}: model {model_id!r} is a {entry.family} model; "
-                            "ComfyUI graphs run on SD 1.x, SD 2.x and SDXL models so far", where)
+                            "ComfyUI graphs run on SD 1.x, SD 2.x, SDXL, SD 3.5 and Flux models", where)
     base = base_pipeline(store, model_id)
     loras.activate(store, base, [])
     activate_ip_adapters(store, base, [])
     return Model(model_id, entry.family, kind, entry.variant, base)
 
 
+def flow_model(store: ModelStore, model_id: str, entry: Any, kind: FlowMatching) -> FlowModel:
+    """A Flux or SD 3.5 base model (``catalog_base``'s ``entry`` and ``kind``), loaded with no LoRAs on."""
+    base = base_pipeline(store, model_id)
+    loras.activate(store, base, [])
+    return FlowModel(model_id, entry.family, kind, entry.variant, base)
+
+
 def checkpoint_loader_simple(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
     model = load_model(ex.store, args["ckpt_name"], ex.where(node_id, "ckpt_name"))
+    if isinstance(model, FlowModel):
+        return model, FlowClip(model), FlowVae(model)  # type: ignore[arg-type]
     return model, Clip(model), Vae(model)
 
 
-def activate(store: ModelStore, model: Model, chosen: tuple[tuple[str, float], ...], where: str) -> None:
+def activate(store: ModelStore, model: Model | FlowModel, chosen: tuple[tuple[str, float], ...], where: str) -> None:
     """Make ``chosen`` the only LoRAs active on ``model``'s loaded pipeline; a LoRA that cannot load is refused
     naming ``where`` (the input of the node that uses it)."""
     refs = [LoraRef.model_construct(id=lora_id, weight=weight) for lora_id, weight in chosen]
@@ -76,7 +95,7 @@ def activate(store: ModelStore, model: Model, chosen: tuple[tuple[str, float], .
         raise ContractError(exc.code, f"{where}: {exc.message}", where) from None
 
 
-def _lora(ex: Execution, node_id: str, args: dict[str, Any], model: Model) -> str:
+def _lora(ex: Execution, node_id: str, args: dict[str, Any], model: Model | FlowModel) -> str:
     """The node's LoRA id, checked against the catalog and the model's family before anything loads."""
     where = ex.where(node_id, "lora_name")
     lora_id = args["lora_name"]
@@ -90,9 +109,13 @@ def _lora(ex: Execution, node_id: str, args: dict[str, Any], model: Model) -> st
     return str(lora_id)
 
 
+def _model(ex: Execution, node_id: str, value: Any) -> Model | FlowModel:
+    return value if isinstance(value, FlowModel) else ex.want(value, Model, node_id, "model")
+
+
 def lora_loader(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
-    model = ex.want(args["model"], Model, node_id, "model")
-    clip = ex.want(args["clip"], Clip, node_id, "clip")
+    model = _model(ex, node_id, args["model"])
+    clip = args["clip"] if isinstance(args["clip"], FlowClip) else ex.want(args["clip"], Clip, node_id, "clip")
     lora_id = _lora(ex, node_id, args, model)
     strength_model = ex.number(node_id, args, "strength_model")
     strength_clip = ex.number(node_id, args, "strength_clip")
@@ -101,6 +124,6 @@ def lora_loader(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any,
 
 
 def lora_loader_model_only(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
-    model = ex.want(args["model"], Model, node_id, "model")
+    model = _model(ex, node_id, args["model"])
     lora_id = _lora(ex, node_id, args, model)
     return (replace(model, loras=with_lora(model.loras, lora_id, ex.number(node_id, args, "strength_model"))),)

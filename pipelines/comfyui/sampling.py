@@ -1,4 +1,5 @@
-"""``KSampler``: one pass of the job's checkpoint stream, on diffusers' text-to-image or img2img class of the
+"""``KSampler`` on the MODEL's family (``family_sampler``: Flux's and SD 3.5's is ``flowsampler``'s; SD's and
+SDXL's here): one pass of the job's checkpoint stream, on diffusers' text-to-image or img2img class of the
 model's family (``Family.task_class``), built on the loaded model's own modules (``pipelines.common.job_pipeline``)
 and run by ``pipelines.resume.run_resumable``, so an interruption at any of its steps resumes there byte-identical.
 
@@ -12,53 +13,28 @@ starts. Denoise is ComfyUI's: ``steps`` steps are run, the last ones of a schedu
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.comfyui import combine, loaders, samplers
+from pipelines.comfyui import combine, flowsampler, loaders, samplers
+from pipelines.comfyui.denoise import SEED_ROOM, Schedule, schedule
+from pipelines.comfyui.registry import NodeFn
 from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
+from pipelines.families.flow import FlowMatching
 from pipelines.resume import run_resumable
 from runtime.contract import ContractError
-from runtime.contract.inputs import LCM_MAX_STEPS, MAX_SCHEDULE
 from runtime.plugins import RunContext
 
 if TYPE_CHECKING:
     from pipelines.comfyui.executor import Execution
 
-#: Seeds wrap below 2**64 by this much, so that seed + i of a batch is still a seed torch takes.
-_SEED_ROOM = 4096
+Planner = Callable[["Execution", str, dict[str, Any]], int]
 
-
-class Schedule(NamedTuple):
-    """A sampler node's run: ``total`` steps of schedule, of which img2img's ``strength`` runs the last ones; a
-    ``total`` of 0 runs none (denoise 0: ComfyUI hands the latent on unchanged)."""
-
-    total: int
-    strength: float
-
-
-def schedule(ex: Execution, node_id: str, args: dict[str, Any], choice: samplers.Choice) -> Schedule:
-    """ComfyUI's denoise as diffusers' img2img counts: ``steps`` of ``int(steps / denoise)``; the strength is
-    put half a step above the count so that img2img's ``int(total x strength)`` is ``steps`` exactly."""
-    steps = ex.integer(node_id, args, "steps")
-    denoise = ex.number(node_id, args, "denoise")
-    if steps < 1 or not 0 <= denoise <= 1:
-        where = ex.where(node_id, "steps" if steps < 1 else "denoise")
-        raise ContractError("invalid_field", f"{where}: steps must be 1 or more and denoise between 0 and 1", where)
-    if denoise == 0:
-        return Schedule(0, 0.0)
-    if denoise >= 1:
-        return Schedule(steps, 1.0)
-    total = max(steps, int(steps / denoise))
-    limit = LCM_MAX_STEPS if choice.scheduler == "lcm" else MAX_SCHEDULE
-    if total > limit:
-        where = ex.where(node_id, "denoise")
-        raise ContractError("invalid_field", f"{where}: {steps} steps at denoise {denoise} make a schedule of "
-                            f"{total} steps, above the {limit} this sampler runs (fewer steps, or more denoise)",
-                            where)
-    return Schedule(total, min(1.0, (steps + 0.5) / total))
+#: Seeds wrap below 2**64 by this much (``denoise.SEED_ROOM``; the inpainting and ControlNet samplers read it here).
+_SEED_ROOM = SEED_ROOM
 
 
 def planned_steps(model: Model, choice: samplers.Choice, plan: Schedule) -> int:
@@ -71,29 +47,47 @@ def planned_steps(model: Model, choice: samplers.Choice, plan: Schedule) -> int:
     return len(scheduler.timesteps[max(start, 0) * scheduler.order:])
 
 
+def family_sampler(model: Any) -> tuple[NodeFn, Planner]:
+    """KSampler and its planner for the MODEL's family (its ``kind``): the flow-matching families' (Flux, SD 3.5)
+    are ``flowsampler``'s, SD's and SDXL's this module's (any other value: SD's, which refuse it naming the
+    input)."""
+    if isinstance(getattr(model, "kind", None), FlowMatching):
+        return flowsampler.ksampler, flowsampler.plan
+    return _sd_ksampler, _sd_plan
+
+
 def plan(ex: Execution, node_id: str, args: dict[str, Any]) -> int:
     """The steps a KSampler node is planned to run (the executor plans every pass before the first runs)."""
+    return family_sampler(args.get("model"))[1](ex, node_id, args)
+
+
+def ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    """KSampler: its model's family's (``family_sampler``)."""
+    return family_sampler(args.get("model"))[0](ex, node_id, args)
+
+
+def _sd_plan(ex: Execution, node_id: str, args: dict[str, Any]) -> int:
     choice = samplers.choice(args["sampler_name"], args["scheduler"], ex.where(node_id))
     model = ex.want(args["model"], Model, node_id, "model")
     return planned_steps(model, choice, schedule(ex, node_id, args, choice))
 
 
 def _prompts(model: Model, positive: Conditioning, negative: Conditioning, where: str) -> dict[str, Any]:
-    """The call's embeddings: each side's first conditioning, padded to the same length (the others are
-    ``pipelines.comfyui.combine``'s)."""
+    """The call's embeddings: each side's first conditioning, padded to the length of the longest of all (the
+    others are ``pipelines.comfyui.combine``'s)."""
     parts = positive.parts + negative.parts
     if len({part.embeds.shape[-1] for part in parts}) > 1 or len({part.pooled is None for part in parts}) > 1:
         raise ContractError("unsupported_combination", f"{where}: the sampler's conditionings come from different "
                             "text encoders", where)
     pos, neg = positive.parts[0], negative.parts[0]
-    chunks = max(pos.chunks, neg.chunks)
+    chunks = max(part.chunks for part in parts)  # the longest part's: ``combine`` predicts each at this length
     out = {"prompt_embeds": pos.padded(chunks), "negative_prompt_embeds": neg.padded(chunks)}
     if pos.pooled is not None and neg.pooled is not None:
         out |= {"pooled_prompt_embeds": pos.pooled, "negative_pooled_prompt_embeds": neg.pooled}
     return out
 
 
-def ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+def _sd_ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
     model = ex.want(args["model"], Model, node_id, "model")
     positive = ex.want(args["positive"], Conditioning, node_id, "positive")
     negative = ex.want(args["negative"], Conditioning, node_id, "negative")

@@ -5,7 +5,8 @@ same loaders with CFGGuider (tests/comfy/workflows/), at tiny sizes and few step
 Each gives an image of the asked size, the same bytes twice, and other pixels when its seed, guidance, steps or
 prompt changes; Flux's graph gives spotgen's own Flux txt2img pixels; an interruption inside the sampler resumes to
 the bytes of an uninterrupted run, through checkpoint bytes as the worker stores them; a wrong model for a loader
-is refused naming the node's input, before any step runs."""
+is refused naming the node's input, before any step runs; KSampler on their models is the custom-sampling set of
+its inputs (tests/comfy/test_flow_checkpoints.py runs ComfyUI's checkpoint examples of these families)."""
 
 from __future__ import annotations
 
@@ -53,10 +54,6 @@ def sd3_graph(model: str = "tiny-sd3") -> dict[str, Any]:
 
 
 GRAPHS = {"flux": flux_graph, "sd3": sd3_graph}
-
-
-
-
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])
@@ -157,7 +154,6 @@ def test_an_interruption_inside_the_sampler_resumes_byte_identical(harness: Harn
     (lambda g: g["30"]["inputs"].update(model=["99", 0]) or g.update(
         {"99": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd"}}}),
      "inputs.graph.30.inputs.model"),
-    (lambda g: g["27"].update(class_type="EmptyLatentImage"), "inputs.graph.13.inputs.latent_image"),
     (lambda g: g["16"]["inputs"].update(sampler_name="lms"), "inputs.graph.16.inputs.sampler_name"),
 ])
 def test_what_a_flux_graph_may_not_run_is_refused_naming_the_input(harness: Harness, change: Any,
@@ -170,14 +166,22 @@ def test_what_a_flux_graph_may_not_run_is_refused_naming_the_input(harness: Harn
     assert caught.value.field == field and not steps, caught.value
 
 
-def test_a_flow_model_on_a_core_sampler_is_refused_naming_its_input(harness: Harness) -> None:
-    graph = sd3_graph()
-    graph["3"] = {"class_type": "KSampler", "inputs": {
-        "model": ["13", 0], "seed": 1, "steps": 3, "cfg": 4.5, "sampler_name": "euler", "scheduler": "simple",
-        "positive": ["6", 0], "negative": ["40", 0], "latent_image": ["53", 0], "denoise": 1.0}}
-    with pytest.raises(ContractError) as caught:
-        run(harness, graph)
-    assert caught.value.field == "inputs.graph.3.inputs.model", caught.value
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_core_sampler_on_the_unet_loaders_model_is_the_custom_sampling_set_of_its_inputs(harness: Harness,
+                                                                                          family: str) -> None:
+    """ComfyUI's KSampler is RandomNoise, CFGGuider, KSamplerSelect and BasicScheduler of its own inputs: the same
+    pixels (cfg 1 on Flux: the positive alone, as BasicGuider)."""
+    graph = GRAPHS[family]()
+    reference = pixels(run(harness, graph))
+    first, model, positive, negative, latent = ("13", "30", "26", "26", "27") if family == "flux" else \
+        ("3", "13", "6", "40", "53")
+    graph[first] = {"class_type": "KSampler", "inputs": {
+        "model": [model, 0], "seed": 1234, "steps": 3, "cfg": 1.0 if family == "flux" else 4.5,
+        "sampler_name": "euler", "scheduler": graph["17"]["inputs"]["scheduler"], "positive": [positive, 0],
+        "negative": [negative, 0], "latent_image": [latent, 0], "denoise": 1.0}}
+    phases: list[str | None] = []
+    assert np.array_equal(pixels(run(harness, graph, phases=phases)), reference)
+    assert phases == [f"ksampler-{first}"]
 
 
 def two_pass_graph(family: str) -> dict[str, Any]:
