@@ -1,5 +1,5 @@
 """ComfyUI's custom sampling: ``RandomNoise``, ``KSamplerSelect``, ``BasicScheduler``, ``BasicGuider``,
-``CFGGuider`` and ``SamplerCustomAdvanced``, on Flux and SD 3.5 models (below) and on SD and SDXL checkpoints, where
+``CFGGuider`` and ``SamplerCustomAdvanced``, on Flux and SD 3.5 models (``flowsampler``) and on SD and SDXL, where
 the sampler node is the core KSampler's run (``sampling.ksampler``: the seed, the pair, steps and denoise of these
 nodes, the guider's cfg; BasicGuider's is 1, which runs no negative) in a pass of its own.
 

@@ -7,7 +7,8 @@ So each loader names the same id, and each gives a view of the one pipeline load
 once per process, shared with spotgen's own Flux and SD 3.5 jobs). A loader whose id is not a Flux or SD 3.5 base
 model is refused naming its input, and so is a CLIP or VAE loader whose id is not the one a UNETLoader of the graph
 loads (a text encoded by another model's encoders, latents decoded by another model's VAE: not what the graph's
-author meant, since the catalog has no separate encoders or VAEs of these families).
+author meant, since the catalog has no separate encoders or VAEs of these families). ComfyUI's "checkpoint"
+examples of these families load the same views through CheckpointLoaderSimple (``loaders.flow_model``).
 
 ModelSampling nodes set the schedule's shift. ComfyUI's ModelSamplingFlux computes its shift from the width and
 height it is given (linear in the image's tokens from ``base_shift`` at 256 to ``max_shift`` at 4096, then
@@ -45,7 +46,7 @@ def load(ex: Execution, model_id: Any, where: str) -> FlowModel:
     entry, kind = catalog_base(store, model_id, where, VARIANTS, "a ComfyUI Flux or SD 3.5 loader")
     if not isinstance(kind, FlowMatching):
         raise ContractError("unsupported_model_family", f"{where}: model {model_id!r} is a {entry.family} model; "
-                            "this loader runs Flux and SD 3.5 models (CheckpointLoaderSimple loads SD and SDXL)",
+                            "this loader runs Flux and SD 3.5 models (CheckpointLoaderSimple loads every family)",
                             where)
     return flow_model(store, model_id, entry, kind)
 

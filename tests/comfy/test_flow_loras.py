@@ -6,7 +6,7 @@ with one more Flux and one more SD 3.5 LoRA, made here in diffusers' format with
 A LoRA changes the image; strength 0 gives the very bytes of the graph without it; Flux's kohya-format LoRA at 0.7
 gives spotgen's own Flux txt2img pixels with that LoRA; strength_model and strength_clip each matter, the second only
 through the text encoders (a LoRA of the transformer alone leaves the text as it was, as in ComfyUI); a LoRA of
-another family is refused naming ``lora_name``."""
+another family is refused naming ``lora_name``; a graph with a LoRA resumes to the same bytes."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from transformers import CLIPTextModel
 
 from runtime.contract import ContractError
 from runtime.models.store import ModelStore
-from tests.comfy.runner import run
+from tests.comfy.runner import assert_resumes_alike, run
 from tests.comfy.test_flow_checkpoints import PROMPT, flux_checkpoint_graph, sd35_graph
 from tests.comfy.test_flow_graphs import flux_graph
 from tests.pipelines.harness import Harness, pixels, png
@@ -87,6 +87,11 @@ def test_a_lora_changes_the_image_and_strength_0_gives_the_image_without_it(harn
     assert adapted != plain
     assert png(run(harness, with_lora(family, strength=0.5))) not in (plain, adapted)
     assert png(run(harness, CHECKPOINT_GRAPHS[family][0]())) == plain  # no LoRA left on for the next graph
+
+
+def test_a_graph_with_a_lora_resumes_to_the_same_bytes(harness: Harness) -> None:
+    """The MODEL's LoRA is switched on again by the resumed pass, before its next step."""
+    assert_resumes_alike(harness, with_lora("sd3", strength=0.8))
 
 
 def test_a_kohya_flux_lora_in_a_graph_gives_spotgens_own_txt2img_pixels_with_it(harness: Harness) -> None:
