@@ -33,6 +33,10 @@ An IP-Adapter (``kind: ip_adapter``) is one ``.safetensors`` file in diffusers' 
 ``ip_adapter.*`` keys) whose ``image_encoder`` names a ``kind: image_encoder`` entry: a diffusers
 CLIPVisionModelWithProjection directory. Requests apply it by id (``inputs.ip_adapters``) to models of its family.
 
+A diffusers directory may live on S3 instead (``runtime.models.s3source``): its ``path`` is ``s3://bucket/prefix``,
+or the catalog's ``s3_root`` holds every directory entry's relative path. The node cache fetches it, checked
+against its manifest, which stays in the models directory like the catalog (docs/models.md "S3 sources").
+
 A manifest (``spotgen models manifest ID`` writes one) is ``{"hash": "xxh3_128", "chunk_bytes": 8388608, "files":
 {"relative/path": "<hex digest>", ...}}``; one without ``hash`` is sha256 (docs/models.md "Manifests").
 Its paths are relative to the model's directory for a diffusers model (the form the node cache checks copies
@@ -59,10 +63,17 @@ from pydantic import (
 )
 
 from runtime.contract import ModelId, Names
-from runtime.models.copying import HASH_KINDS, SHA256, XXH3_128, check_hash_chunk, digest_string
+from runtime.models.copying import (
+    HASH_KINDS,
+    PICKLE_SUFFIXES,
+    SHA256,
+    XXH3_128,
+    check_hash_chunk,
+    digest_string,
+)
+from runtime.models.s3source import parse_s3_url
 
 CATALOG_FILE = "catalog.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFETENSORS_SUFFIX = ".safetensors"
 #: A GGUF file (city96's quantized Flux and SD 3.5 transformers): a Flux or SD 3.5 base model only.
 GGUF_SUFFIX = ".gguf"
@@ -114,6 +125,19 @@ def _relative_path(value: str) -> str:
 RelPath = Annotated[str, AfterValidator(_relative_path)]
 
 
+def _model_path(value: str) -> str:
+    """A relative path, or an S3 URL (the catalog is the operator's: it is what allows a worker to read a prefix)."""
+    if isinstance(value, str) and value.startswith("s3://"):
+        parse_s3_url(value)
+        return value
+    return _relative_path(value)
+
+
+def _s3_url(value: str) -> str:
+    parse_s3_url(value)
+    return value
+
+
 def _alias(value: str) -> str:
     if not 1 <= len(value) <= 200 or any(ord(c) < 32 or c in "\x7f<>" for c in value) or value != value.strip():
         raise ValueError(f"alias {value!r}: 1-200 printable characters, no '<' or '>', no surrounding spaces")
@@ -133,8 +157,8 @@ class CatalogEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: A diffusers-format directory, or a single-file ``.safetensors`` checkpoint (then ``config`` is required,
-    #: except for a LoRA, which is always one file).
-    path: RelPath
+    #: except for a LoRA, which is always one file); a diffusers directory may be ``s3://bucket/prefix``.
+    path: Annotated[str, AfterValidator(_model_path)]
     kind: Literal["base", "controlnet", "lora", "vae", "upscaler", "ip_adapter", "image_encoder", "embedding"] = "base"
     #: Stable Diffusion 1.x, 2.x, SDXL, Flux.1 (dev, schnell, Fill) or Stable Diffusion 3.x (3.5 large, medium,
     #: large turbo).
@@ -175,6 +199,10 @@ class CatalogEntry(BaseModel):
         return PurePosixPath(self.path).suffix.lower() in (SAFETENSORS_SUFFIX, GGUF_SUFFIX)
 
     @property
+    def s3(self) -> bool:
+        return self.path.startswith("s3://")
+
+    @property
     def gguf(self) -> bool:
         return PurePosixPath(self.path).suffix.lower() == GGUF_SUFFIX
 
@@ -196,6 +224,9 @@ class CatalogEntry(BaseModel):
 
     @model_validator(mode="after")
     def _config_only_for_single_files(self) -> CatalogEntry:
+        if self.s3 and self.single_file:
+            raise ValueError(f"an S3 source is a diffusers directory (s3://bucket/prefix); {self.path!r} is one file: "
+                             "keep single files in the models directory, or save the model with diffusers")
         if self.image_encoder is not None and self.kind != "ip_adapter":
             raise ValueError(f"'image_encoder' is for IP-Adapters; this is a {self.kind}")
         if self.kind == "lora":
@@ -236,6 +267,15 @@ class Catalog(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: dict[ModelId, CatalogEntry]
+    #: ``s3://bucket/prefix`` that holds the directory models: an entry's relative ``path`` is a prefix under it
+    #: (single files, configs and manifests stay in the models directory).
+    s3_root: Annotated[str, AfterValidator(_s3_url)] | None = None
+
+    def s3_url(self, entry: CatalogEntry) -> str | None:
+        """Where a directory entry lives on S3, or None when it is in the models directory."""
+        if entry.s3 or entry.single_file or self.s3_root is None:
+            return entry.path if entry.s3 else None
+        return f"{self.s3_root}/{entry.path}"
 
     @model_validator(mode="after")
     def _vaes_exist(self) -> Catalog:

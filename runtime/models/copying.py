@@ -33,6 +33,8 @@ from pathlib import Path
 
 CHUNK_BYTES = 8 << 20  # per pread: big enough for EFS's per-request latency, small enough to spread a file
 SHA256, XXH3_128 = "sha256", "xxh3_128"
+#: Weights that run code when unpickled: never loaded, never fetched (``runtime.models.catalog`` re-exports it).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 HASH_KINDS = (SHA256, XXH3_128)
 #: The pieces of an xxh3_128 digest that ``spotgen models manifest`` records: one copy chunk each.
 HASH_CHUNK_BYTES = CHUNK_BYTES

@@ -78,10 +78,12 @@ def verify_model(store: ModelStore, model_id: str) -> Verification:
     except ModelError as exc:
         return Verification(model_id, "fail", [f"{exc.code}: {exc}"])
     root = source.manifest_root or source.path
+    # an S3 model is checked in its tier-1 copy (the node cache checked it against the manifest as it arrived)
+    inside = store.models_dir if store.catalog.s3_url(store.entry(model_id, store._kind(model_id))) is None else root
     problems: list[str] = []
     for rel, expected in sorted(manifest.items()):
         path = (root / rel).resolve()
-        if not path.is_relative_to(store.models_dir):
+        if not path.is_relative_to(inside):
             problems.append(f"outside the models directory: {rel}")
         elif not path.is_file():
             problems.append(f"missing: {rel}")

@@ -1,8 +1,8 @@
-"""Tier 1 of the model cache: node-local copies of the model directories on tier 0 (EFS).
+"""Tier 1 of the model cache: node-local copies of the model directories on tier 0 (EFS, or S3: ``s3source``).
 
-Tier 0 is the EFS mount, the read-only source of truth, slow per stream and shared by every node. Tier 1 is a
-directory on node-local disk (NVMe or a hostPath) that the worker pods of one node share. A model is copied
-there once per node and then loaded from local disk.
+Tier 0 is the read-only source of truth shared by every node: the EFS mount, slow per stream, or an S3 prefix
+(``S3Tree``), fetched by parallel ranged GETs. Tier 1 is a directory on node-local disk (NVMe or a hostPath) that
+the worker pods of one node share. A model is copied there once per node and then loaded from local disk.
 
 Layout under ``root`` (model ids match ``MODEL_ID``; no path is ever built from anything else)::
 
@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.models.copying import (
     CHUNK_BYTES,
@@ -52,6 +52,8 @@ from runtime.models.copying import (
     walk_files,
 )
 
+if TYPE_CHECKING:
+    from runtime.models.s3source import S3Tree
 log = logging.getLogger("spotgen.nodecache")
 
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -101,7 +103,7 @@ class NodeCache:
         (self.root / ".locks").mkdir(parents=True, exist_ok=True)
 
     # -- public --------------------------------------------------------------------------------------------
-    def fetch(self, model_id: str, source: Path, manifest: dict[str, str] | None = None, *,
+    def fetch(self, model_id: str, source: Path | S3Tree, manifest: dict[str, str] | None = None, *,
               verify: bool = False, files: dict[str, Path] | None = None) -> FetchResult:
         """The tier-1 copy of ``source``, copied first if absent, incomplete, corrupted or made for another manifest.
 
@@ -109,8 +111,7 @@ class NodeCache:
         has already decided what a model consists of (``ModelStore`` does: a single-file checkpoint plus its
         config directory, symlinks inside the models directory). A hit checks that every file recorded in the
         marker exists with its size and mtime (a few stats); ``verify=True`` also re-hashes the copy against
-        the manifest (or the hashes recorded at copy time).
-
+        the manifest (or the hashes recorded at copy time). An ``S3Tree`` source is listed and downloaded instead.
         ``manifest``: relative path -> digest string (``copying.parse_digest``), as ``ModelStore.manifest`` has it."""
         started = time.perf_counter()
         _check_id(model_id)
@@ -137,7 +138,8 @@ class NodeCache:
                         "model %s: the tier-1 copy %s; removing it and copying it again from %s",
                         model_id, problem, source)
                 self._remove(model_id)
-            copied = self._fill(model_id, Path(source), manifest, digest, files)
+            source = source if hasattr(source, "download") else Path(source)  # an S3Tree, or a directory
+            copied = self._fill(model_id, source, manifest, digest, files)
             return FetchResult(path, True, copied, time.perf_counter() - started)
 
     @contextlib.contextmanager
@@ -239,10 +241,11 @@ class NodeCache:
                 return f"does not match the {'/'.join(kinds)} of {', '.join(wrong)}"
         return None
 
-    def _fill(self, model_id: str, source: Path, manifest: dict[str, str] | None, digest: str | None,
+    def _fill(self, model_id: str, source: Path | S3Tree, manifest: dict[str, str] | None, digest: str | None,
               listed: dict[str, Path] | None = None) -> int:
-        label = f"model {model_id!r}"
-        files = walk_files(label, source) if listed is None else listed_files(label, listed)
+        label, remote = f"model {model_id!r}", None if isinstance(source, Path) else source
+        files: list[Any] = remote.files(label) if remote else walk_files(label, source) if listed is None \
+            else listed_files(label, listed)
         if manifest is not None:
             names = {rel for rel, _, _ in files}
             missing = sorted(manifest.keys() - names)
@@ -259,7 +262,8 @@ class NodeCache:
         tmp = self._reserve(model_id, total)
         try:
             (tmp / MODEL_DIR).mkdir()
-            copy_tree(label, files, tmp / MODEL_DIR, manifest, self.readers, self.chunk_bytes)
+            (remote.download if remote else copy_tree)(label, files, tmp / MODEL_DIR, manifest, self.readers,
+                                                       self.chunk_bytes)
             records = {}
             for rel, _, size in files:
                 st = os.stat(tmp / MODEL_DIR / rel)
@@ -352,10 +356,7 @@ class NodeCache:
             os.rename(self.root / model_id, trash)
         except FileNotFoundError:
             return False
-        if trash.is_dir():
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            trash.unlink()
+        shutil.rmtree(trash, ignore_errors=True) if trash.is_dir() else trash.unlink()
         return True
 
 

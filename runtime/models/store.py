@@ -83,6 +83,8 @@ class ModelStore:
         self._model_keys: dict[str, set[str]] = {}
         #: Tier 1: directory models are copied once per node to local disk and loaded from there.
         self.node_cache = node_cache
+        #: The S3 client of S3 sources (``runtime.models.s3source.default_client`` when unset, made on first use).
+        self.s3_client: Any = None
         self._catalog: Catalog | None = None
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -118,6 +120,8 @@ class ModelStore:
         """Where to load ``model_id`` from, after checking that every path stays inside the models directory
         (through symlinks too), that the files exist, and that no pickle weights are among them."""
         entry = self.entry(model_id, kind)
+        if (url := self.catalog.s3_url(entry)) is not None:
+            return self._from_s3(model_id, url)
         path = self._inside(model_id, "path", entry.path)
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise ModelError("unsafe_weights", f"model {model_id!r}: {entry.path} is a pickle checkpoint; only "
@@ -272,7 +276,20 @@ class ModelStore:
             return contextlib.nullcontext()
         return self.node_cache.hold(model_id)
 
-    def _from_node_cache(self, model_id: str, source: Path, files: dict[str, Path]) -> Path | None:
+    def _from_s3(self, model_id: str, url: str) -> ModelSource:
+        """An S3 model is loaded from its tier-1 copy only (diffusers reads files): fetched now, or found there."""
+        if self.node_cache is None:
+            raise ModelError("s3_needs_node_cache", f"model {model_id!r} lives at {url}: S3 models are fetched into "
+                             "the node cache and loaded from there; set SPOTGEN_NODE_CACHE_DIR")
+        from runtime.models.s3source import S3Tree, default_client
+
+        self.s3_client = self.s3_client or default_client()
+        local = self._from_node_cache(model_id, S3Tree(url, self.s3_client), {})
+        assert local is not None
+        files = {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*")) if p.is_file()}
+        return ModelSource(model_id, local, False, None, files, local)
+
+    def _from_node_cache(self, model_id: str, source: Any, files: dict[str, Path]) -> Path | None:
         """The tier-1 copy of the model's files (copied now if absent or damaged), or None without a node cache.
 
         The store decides what the model consists of (``files``, keyed as its manifest keys them), so the copy
@@ -286,7 +303,9 @@ class ModelStore:
                 result = self.node_cache.fetch(model_id, source, self.manifest(model_id), files=files)
         except NodeCacheError as exc:
             raise ModelError("model_cache_error", str(exc)) from None
-        except OSError as exc:  # local disk full, say: loading from tier 0 is slower but works
+        except OSError as exc:  # local disk full, say: loading from tier 0 is slower but works (not from S3)
+            if not isinstance(source, Path):
+                raise ModelError("model_unreadable", exc.strerror or str(exc)) from None
             log.warning("model %s: node cache unavailable (%s); loading from %s", model_id, exc, source)
             return None
         self.observer.cache_lookup("node", not result.copied, model_id)
@@ -355,7 +374,6 @@ class ModelStore:
         return files
 
 
-# -- manifests ---------------------------------------------------------------------------------------------
 def object_bytes(value: Any) -> int:
     """Bytes of the distinct tensors a loaded model holds (a pipeline's components, or one module)."""
     modules = list(getattr(value, "components", {}).values()) if hasattr(value, "components") else [value]

@@ -1,5 +1,5 @@
 """Model cache figures for `make bench` (issue: model cache from EFS). Run alone: `python -m tests.harness.bench_cache`;
-the node-cache copy only: `python -m tests.harness.bench_cache --copy [--rounds N]`.
+the node-cache copy only: `python -m tests.harness.bench_cache --copy [--rounds N]`; the S3 fetch only: `--s3`.
 
 How EFS is simulated: it is not throttled. "Tier 0" is a plain local directory on the same disk; before every
 timed cold read its files are fsync'ed and dropped from the page cache with posix_fadvise(DONTNEED) (that
@@ -15,6 +15,11 @@ The figures with a goal carry its verdict (``"goals"``: value, goal, ``"met"``):
 preload (one copy of each model read from tier 0), and (issue 32) a cold fetch with an xxh3_128 manifest
 within 1.15x of ``cp -r`` + ``sync``, measured in the same run; the same fetch with a sha256 manifest (the kind
 written before) and without a manifest are beside it, to show what the hash costs and what the copy alone does.
+
+The S3 row: a cold fetch from the AWS emulator (moto's server on loopback) into the node cache against the same
+bytes downloaded file by file with boto3's ``download_file`` (what ``aws s3 cp --recursive`` does with its
+defaults, less its parallel files), in the same run. The emulator serves from one Python process, so the ratio
+shows the fetch's own costs (the hash, fsync, the marker) and its parallelism, not S3's throughput.
 """
 
 from __future__ import annotations
@@ -278,12 +283,66 @@ def preload_figures(models: Path, workers: int = 4, timeout: float = 300) -> dic
             "goals": {"copy_events": goal(len(copies), "==", len(preload))}}  # each model copied once
 
 
+def s3_figures(rounds: int = 3) -> dict[str, Any]:
+    """A tier-1 cold fetch of a ~130 MiB model from the emulator (xxh3_128 manifest) vs ``download_file`` per file."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from runtime.models.copying import manifest_of
+    from runtime.models.nodecache import NodeCache
+    from runtime.models.s3source import S3Tree
+
+    sizes = {"unet/diffusion_pytorch_model.safetensors": 96 << 20, "text_encoder/model.safetensors": 24 << 20,
+             "vae/diffusion_pytorch_model.safetensors": 8 << 20, "model_index.json": 600, "unet/config.json": 1800}
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    times: dict[str, list[float]] = {"download_file": [], "s3_cold": []}
+    try:
+        host, port = server.get_host_and_port()
+        s3 = boto3.session.Session().client("s3", region_name="us-east-1", endpoint_url=f"http://{host}:{port}",
+                                            aws_access_key_id="bench", aws_secret_access_key="bench")  # noqa: S106
+        s3.create_bucket(Bucket="bench-models")
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / "source"
+            for rel, size in sizes.items():
+                (source / rel).parent.mkdir(parents=True, exist_ok=True)
+                (source / rel).write_bytes(os.urandom(size))
+                s3.upload_file(str(source / rel), "bench-models", f"models/sd/{rel}")
+            manifest = manifest_of(source)
+            for n in range(rounds):  # alternating, as the copy figures
+                target = Path(tmp) / f"plain-{n}"
+                began = time.perf_counter()
+                for rel in sizes:
+                    (target / rel).parent.mkdir(parents=True, exist_ok=True)
+                    s3.download_file("bench-models", f"models/sd/{rel}", str(target / rel))
+                times["download_file"].append(time.perf_counter() - began)
+                result = NodeCache(Path(tmp) / f"node-{n}", 1 << 30).fetch(
+                    "sd", S3Tree("s3://bench-models/models/sd", s3), manifest)
+                assert result.copied
+                times["s3_cold"].append(result.seconds)
+                shutil.rmtree(target)
+                shutil.rmtree(Path(tmp) / f"node-{n}")
+    finally:
+        server.stop()
+    med = {name: statistics.median(values) for name, values in times.items()}
+    return {"source_mib": sum(sizes.values()) / 2**20, "files": len(sizes), "rounds": rounds,
+            "download_file_s": med["download_file"], "s3_cold_fetch_s": med["s3_cold"],
+            "s3_cold_over_download_file": med["s3_cold"] / med["download_file"]}
+
+
+def s3_report(c: dict[str, Any]) -> str:
+    return (f"node cache from S3 (the emulator on loopback), {c['source_mib']:.0f} MiB in {c['files']} files, median "
+            f"of {c['rounds']}: cold fetch {c['s3_cold_fetch_s'] * 1000:.0f} ms (ranged GETs, xxh3_128 as they "
+            f"arrive, fsync) vs download_file per file {c['download_file_s'] * 1000:.0f} ms: "
+            f"{c['s3_cold_over_download_file']:.2f}x")
+
+
 def figures() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
         build_medium_models(models)
-        return {"copy": copy_figures(), "load": load_figures(models), "memory": memory_figures(models),
-                "preload": preload_figures(models)}
+        return {"copy": copy_figures(), "s3": s3_figures(), "load": load_figures(models),
+                "memory": memory_figures(models), "preload": preload_figures(models)}
 
 
 def copy_report(c: dict[str, Any]) -> str:
@@ -299,6 +358,7 @@ def report(cache: dict[str, Any]) -> list[str]:
     c, ld, m, p = cache["copy"], cache["load"], cache["memory"], cache["preload"]
     return [
         copy_report(c),
+        *([s3_report(cache["s3"])] if "s3" in cache else []),
         f"model load, {ld['model_mib']:.0f} MiB: cold (tier 0 copy + load) {ld['cold_s'] * 1000:.0f} ms; tier-1 hit "
         f"{ld['tier1_s'] * 1000:.0f} ms ({ld['tier1_over_cold']:.3f} of cold); tier-2 hit "
         f"{ld['tier2_s'] * 1e6:.0f} us ({ld['tier2_over_cold']:.6f} of cold)",
@@ -314,9 +374,14 @@ def report(cache: dict[str, Any]) -> list[str]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copy", action="store_true", help="the node-cache copy figures only (about 10 s)")
+    parser.add_argument("--s3", action="store_true", help="the node cache's fetch from S3 only (the emulator)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the copy figures (median; default 3)")
     args = parser.parse_args()
-    if args.copy:
+    if args.s3:
+        fetched = s3_figures(args.rounds)
+        print(s3_report(fetched))
+        print(json.dumps({"bench": "model_cache_s3", **fetched}, sort_keys=True))
+    elif args.copy:
         copied = copy_figures(args.rounds)
         print(copy_report(copied))
         print(json.dumps({"bench": "model_cache_copy", **copied}, sort_keys=True))

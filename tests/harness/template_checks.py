@@ -224,9 +224,24 @@ def check_worker_policy(tpl: Doc, required: dict[str, str]) -> list[str]:
     errors += [f"WorkerPolicy grants {action}, which no code of the worker uses: remove it, or name the library "
                "call in tests/infra/test_infra.py (LIBRARY_CALLS)" for action in sorted(granted - required.keys())]
     errors += [f"WorkerPolicy has a wildcard: {wildcard}" for wildcard in wildcards]
+    errors += check_models_read(policy)
     role = tpl["Resources"]["WorkerRole"]["Properties"]
     if role.get("ManagedPolicyArns") != [{"Ref": "WorkerPolicy"}] or role.get("Policies"):
         errors.append("WorkerRole must have WorkerPolicy and nothing else")
+    return errors
+
+
+def check_models_read(policy: Doc) -> list[str]:
+    """S3 model sources: the worker lists and reads ModelsPrefix of ModelsBucket, nothing more, if there is one."""
+    found = {s["Fn::If"][1].get("Sid"): s["Fn::If"] for s in policy["Statement"] if "Fn::If" in s}
+    arn, errors = "arn:${AWS::Partition}:s3:::${ModelsBucket}", []
+    for sid, action, resource, condition in (
+            ("ReadModels", "s3:GetObject", arn + "/${ModelsPrefix}/*", None),
+            ("ListModels", "s3:ListBucket", arn, {"StringLike": {"s3:prefix": {"Fn::Sub": "${ModelsPrefix}/*"}}})):
+        if found.get(sid) != ["HasModelsBucket", {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": {
+                "Fn::Sub": resource}, **({"Condition": condition} if condition else {})}, {"Ref": "AWS::NoValue"}]:
+            errors.append(f"WorkerPolicy's {sid} must be, if HasModelsBucket, {action} on {resource} alone"
+                          + (f" with the condition {json.dumps(condition)}" if condition else ""))
     return errors
 
 
