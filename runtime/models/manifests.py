@@ -74,12 +74,15 @@ def verify_model(store: ModelStore, model_id: str) -> Verification:
         manifest = store.manifest(model_id)
         if manifest is None:
             return Verification(model_id, "no manifest")
+        url = store.catalog.s3_url(store.entry(model_id, store._kind(model_id)))
+        if url is not None and store.node_cache is None:
+            return _verify_listing(store, model_id, url, manifest)
         source = store.source(model_id, store._kind(model_id))
     except ModelError as exc:
         return Verification(model_id, "fail", [f"{exc.code}: {exc}"])
     root = source.manifest_root or source.path
     # an S3 model is checked in its tier-1 copy (the node cache checked it against the manifest as it arrived)
-    inside = store.models_dir if store.catalog.s3_url(store.entry(model_id, store._kind(model_id))) is None else root
+    inside = store.models_dir if url is None else root
     problems: list[str] = []
     for rel, expected in sorted(manifest.items()):
         path = (root / rel).resolve()
@@ -93,6 +96,24 @@ def verify_model(store: ModelStore, model_id: str) -> Verification:
     problems += [f"unlisted weight file: {rel}" for rel in unlisted if rel.lower().endswith(WEIGHT_SUFFIXES)]
     others = [rel for rel in unlisted if not rel.lower().endswith(WEIGHT_SUFFIXES)]
     notes = [f"{len(others)} unlisted non-weight file(s): {', '.join(others[:5])}"] if others else []
+    return Verification(model_id, "fail" if problems else "ok", problems, notes, len(manifest))
+
+
+def _verify_listing(store: ModelStore, model_id: str, url: str, manifest: dict[str, str]) -> Verification:
+    """An S3 model where nothing fetches it (no node cache): its objects' names against the manifest; their bytes
+    are checked by each node's fetch, as they arrive."""
+    from runtime.models.copying import NodeCacheError
+    from runtime.models.s3source import S3Tree, default_client
+
+    store.s3_client = store.s3_client or default_client()
+    try:
+        listed = {rel for rel, _, _ in S3Tree(url, store.s3_client).files(f"model {model_id!r}")}
+    except (NodeCacheError, OSError) as exc:
+        return Verification(model_id, "fail", [str(exc.args[-1])])
+    problems = [f"missing: {rel}" for rel in sorted(manifest.keys() - listed)]
+    problems += [f"unlisted weight file: {rel}" for rel in sorted(listed - manifest.keys())
+                 if rel.lower().endswith(WEIGHT_SUFFIXES)]
+    notes = [f"on S3 ({url}): names checked; the bytes are checked against the manifest by each node's fetch"]
     return Verification(model_id, "fail" if problems else "ok", problems, notes, len(manifest))
 
 

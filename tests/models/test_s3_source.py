@@ -22,6 +22,7 @@ from botocore.config import Config
 
 from runtime.models.catalog import CatalogEntry, ModelError
 from runtime.models.copying import SHA256, XXH3_128, NodeCacheError, manifest_of
+from runtime.models.manifests import verify_model
 from runtime.models.nodecache import NodeCache
 from runtime.models.s3source import S3Tree
 from runtime.models.store import ModelStore
@@ -288,6 +289,13 @@ def test_a_catalog_entry_on_s3_loads_from_its_node_cache_copy(models: Path, emul
         store.source("tiny-root")
     assert failed.value.code == "model_unreadable" and not (tmp_path / "node" / "tiny-root").exists()
     assert sorted(os.listdir(tmp_path / "node")) == [".locks", "tiny-s3"]
+    assert verify_model(store, "tiny-s3").status == "ok"  # its tier-1 copy, hashed again
+    listing = ModelStore(models)  # no node cache (`spotgen models verify`): the objects' names are checked
+    listing.s3_client = client(emulator)
+    assert verify_model(listing, "tiny-s3").status == "ok"
+    bucket, prefix = url[len("s3://"):].split("/", 1)
+    listing.s3_client.delete_object(Bucket=bucket, Key=f"{prefix}/model_index.json")
+    assert verify_model(listing, "tiny-s3").problems == ["missing: model_index.json"]
 
 
 def test_the_worker_role_reads_the_models_prefix_only() -> None:
