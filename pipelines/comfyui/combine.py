@@ -11,6 +11,8 @@ draws noise, so a resumed run averages alike.
 
 Which rows of a call are which side: SD's and SD 3.5's classes batch the negative half first, then the positive;
 Flux's runs the positive alone, then (true CFG) the negative in a call of its own, each step (``alternating``).
+There diffusers gives the negative the positive's distilled guidance; ComfyUI gives each conditioning its own (3.5
+where no FluxGuidance set one), and so does a pre-hook here.
 """
 
 from __future__ import annotations
@@ -39,31 +41,42 @@ def averaged(denoiser: torch.nn.Module, positive: Conditioning, negative: Condit
              pad: Callable[[Cond, int], torch.Tensor] = chunks) -> Iterator[None]:
     """While the sampler runs: ``denoiser``'s prediction for each side, the mean over that side's conditionings.
     ``batch`` is the images' count: a call of twice as many is guided (negative half first, as diffusers batches);
-    ``alternating``: calls of ``batch`` alternate positive and negative (Flux's true CFG). ``guidance`` is Flux's
-    distilled guidance for a conditioning that no FluxGuidance set. ``pad`` makes an encoding as long as the
-    call's (the sampler pads its first parts so, to the longest of all): each part is predicted at the length and
-    in a call of the shape of the first parts', so the average does not depend on the parts' order."""
-    if len(positive.parts) == 1 and len(negative.parts) == 1:
-        yield
-        return
-    inside, calls = [False], [0]
+    ``alternating``: calls of ``batch`` alternate positive and negative (Flux's true CFG), and the negative's runs
+    with its own guidance; ``guidance`` is Flux's distilled guidance for a conditioning no FluxGuidance set.
+    ``pad`` makes an encoding as long as the call's (the sampler pads its first parts so, to the longest of all):
+    each part is predicted at the length and in a call of the shape of the first parts', so the average does not
+    depend on the parts' order."""
+    inside, calls, side = [False], [0], [positive]
+
+    def before(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Which side this call is; Flux's negative call with its own guidance (diffusers gives it the
+        positive's, ComfyUI each conditioning its own)."""
+        if inside[0]:  # the hook's own calls
+            return None
+        side[0] = negative if calls[0] % 2 else positive
+        calls[0] += 1
+        if side[0] is negative and isinstance(kwargs.get("guidance"), torch.Tensor) and guidance is not None:
+            own = getattr(negative.parts[0], "guidance", None)
+            return args, {**kwargs, "guidance": torch.full_like(kwargs["guidance"], guidance if own is None else own)}
+        return None
 
     def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         if inside[0]:  # the hook's own calls
             return None
         inside[0] = True
         try:
-            side = negative if alternating and calls[0] % 2 else positive
-            calls[0] += 1
-            return _average(module, args, kwargs, output, side, negative, batch, guidance, pad)
+            return _average(module, args, kwargs, output, side[0], negative, batch, guidance, pad)
         finally:
             inside[0] = False
 
-    handle = denoiser.register_forward_hook(hook, with_kwargs=True)
+    handles = [denoiser.register_forward_pre_hook(before, with_kwargs=True)] if alternating else []
+    if len(positive.parts) > 1 or len(negative.parts) > 1:
+        handles.append(denoiser.register_forward_hook(hook, with_kwargs=True))
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def _average(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, positive: Conditioning,

@@ -5,8 +5,8 @@ KSampler at cfg 1), at 64 x 48 and 3 steps.
 
 Each runs as one KSampler pass and gives the pixels of the same run by other nodes (SD 3.5's custom-sampling graph
 through UNETLoader, DualCLIPLoader and VAELoader; spotgen's own Flux txt2img); every KSampler input changes the
-pixels; an interrupted SD 3.5 graph resumes to the same bytes; what KSampler cannot run on these models is
-refused naming its input."""
+pixels; Flux's negative has its own guidance; an interrupted SD 3.5 graph resumes to the same bytes; what KSampler
+cannot run on these models is refused naming its input."""
 
 from __future__ import annotations
 
@@ -111,6 +111,26 @@ def test_an_empty_latent_image_of_sds_channels_is_the_models_own_as_in_comfyui(h
     reference = png(run(harness, graph))
     graph["53" if family == "sd3" else "27"]["class_type"] = "EmptyLatentImage"
     assert png(run(harness, graph)) == reference
+
+
+def test_fluxs_negative_runs_with_its_own_guidance_as_in_comfyui(harness: Harness) -> None:
+    """At cfg 2 (true CFG) the negative's FluxGuidance is its own (3.5 where none is set, as ComfyUI's default),
+    not the positive's (diffusers' one ``guidance`` for both)."""
+    def graph(negative_guidance: float | None, positive_guidance: float = 3.5) -> dict[str, Any]:
+        out = flux_checkpoint_graph()
+        out["31"]["inputs"]["cfg"] = 2.0
+        out["35"]["inputs"]["guidance"] = positive_guidance
+        if negative_guidance is not None:
+            out["36"] = {"class_type": "FluxGuidance", "inputs": {"guidance": negative_guidance,
+                                                                  "conditioning": ["33", 0]}}
+            out["31"]["inputs"]["negative"] = ["36", 0]
+        return out
+
+    plain = png(run(harness, graph(None)))
+    assert png(run(harness, graph(3.5))) == plain
+    assert png(run(harness, graph(5.0))) != plain
+    assert png(run(harness, graph(None, 5.0))) == png(run(harness, graph(3.5, 5.0)))
+    assert_resumes_alike(harness, graph(5.0))  # a resumed pass starts with the positive's call again
 
 
 def test_an_interrupted_sd35_ksampler_graph_resumes_to_the_same_bytes(harness: Harness) -> None:
