@@ -11,11 +11,12 @@ node cache does the rest as for a local copy: budget, locks, and the one rename 
 
 Hashing while the bytes arrive: an xxh3_128 digest is made of pieces of the manifest's ``chunk_bytes``
 (``runtime.models.copying``); a part is a whole number of pieces and s3transfer writes a part's chunks in order
-(from one I/O thread), so every piece is hashed from the writes themselves. A retried part starts again at a
+from its one I/O thread, so every piece is hashed from the writes themselves. A retried part starts again at a
 piece's start, which starts that piece's hash again. Only a piece that was not written in one run from its start
-(a foreign part size) is read back from the file to be hashed. sha256 (the old manifests: one ordered digest) is fed
-from the writes that reach the end of what is hashed so far, and catches up by reading back, from the page cache,
-what arrived ahead of it.
+(a foreign part size) is read back from the file to be hashed. That one thread writes and hashes every byte: on a
+node whose network outruns it, it bounds the fetch (not measured against real S3 here). sha256 (the old
+manifests: one ordered digest) is fed from the writes that reach the end of what is hashed so far, and catches up
+by reading back, from the page cache, what arrived ahead of it.
 
 Nothing here is named by a request: the catalog (the operator's configuration) names the URLs, which
 ``parse_s3_url`` checks, and the worker's IAM role reads the models prefix only (lambdas/template.yaml).
@@ -151,8 +152,9 @@ class S3Tree:
 
         expected = {rel: parse_digest(value) for rel, value in (manifest or {}).items()}
         part = part_bytes(list(expected.values()), self.part_bytes)
+        # chunks wait for the one I/O thread in a queue of at most 64 MiB: the GETs pause when the disk lags
         config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, io_chunksize=min(part, 1 << 20),
-                                max_request_concurrency=max(readers, self.concurrency),
+                                max_request_concurrency=max(readers, self.concurrency), max_io_queue_size=64,
                                 num_download_attempts=self.attempts)
         sinks: list[_Sink] = []
         try:
