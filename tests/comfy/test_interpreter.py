@@ -236,7 +236,6 @@ def test_only_what_an_output_needs_runs_in_dependency_order() -> None:
 
 
 @pytest.mark.parametrize(("change", "field"), [
-    (lambda g: g["4"]["inputs"].update(ckpt_name="tiny-flux"), "inputs.graph.4.inputs.ckpt_name"),
     (lambda g: g["4"]["inputs"].update(ckpt_name="tiny-esrgan"), "inputs.graph.4.inputs.ckpt_name"),
     (lambda g: g.update({"10": {"class_type": "LoraLoader", "inputs": {  # another family's
         "model": ["4", 0], "clip": ["4", 1], "lora_name": "tiny-lora-sdxl", "strength_model": 1.0,
