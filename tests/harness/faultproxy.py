@@ -354,6 +354,13 @@ class FaultProxy:
                 while response_head.split(b" ", 2)[1].startswith(b"1"):  # an interim answer: the final one follows
                     response_head = _read_until(upstream, upbuf, b"\r\n\r\n")
                 response = response_head + _read_body(upstream, upbuf, response_head, request.method)
+                if re.search(rb"(?im)^connection:\s*close", response_head):
+                    # the emulator (werkzeug) closes after every answer: the next request goes on a new
+                    # connection, never into one that is closing (which would swallow it)
+                    with self._lock:
+                        self._conns.discard(upstream)
+                    upstream.close()
+                    upstream, upbuf = None, bytearray()
                 if trigger is not None:
                     self._cut(trigger, request)
                     return
