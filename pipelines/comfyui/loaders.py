@@ -36,9 +36,13 @@ from runtime.models.store import ModelStore
 if TYPE_CHECKING:
     from pipelines.comfyui.executor import Execution
 
-#: Base model variants a checkpoint loader takes: ordinary checkpoints and distilled ones (SDXL and SD 3.5 Turbo,
-#: Flux schnell).
-VARIANTS: frozenset[str | None] = frozenset({None, "turbo", "schnell"})
+#: Base model variants a checkpoint loader takes: ordinary checkpoints, distilled ones (SDXL and SD 3.5 Turbo, Flux
+#: schnell), SDXL's refiner (KSampler runs it on the img2img class with its aesthetic score, an empty latent from
+#: noise) and SD's and SDXL's inpainting checkpoints (their 9-channel UNet gets the mask and the masked image's
+#: latents: ``noisemask`` with a noise mask, ``inpaintmodel`` without).
+VARIANTS: frozenset[str | None] = frozenset({None, "turbo", "schnell", "refiner", "inpainting"})
+#: Of those, the ones a flow family's checkpoint may be (FLUX.1 Fill's inpainting transformer does not run here).
+FLOW_VARIANTS: frozenset[str | None] = frozenset({None, "turbo", "schnell"})
 
 
 def catalog_base(store: ModelStore, model_id: Any, where: str, variants: Any, loader: str) -> tuple[Any, Any]:
@@ -61,6 +65,7 @@ def load_model(store: ModelStore, model_id: Any, where: str) -> Model | FlowMode
     input) when the catalog lacks it, it is no base model, or this interpreter does not run its family."""
     entry, kind = catalog_base(store, model_id, where, VARIANTS, "a ComfyUI checkpoint loader")
     if isinstance(kind, FlowMatching):
+        catalog_base(store, model_id, where, FLOW_VARIANTS, "a ComfyUI checkpoint loader of a Flux or SD 3.5 model")
         return flow_model(store, model_id, entry, kind)
     if not isinstance(kind, StableDiffusion):
         raise ContractError("unsupported_model_family", f"{where}: model {model_id!r} is a {entry.family} model; "

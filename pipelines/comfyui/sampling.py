@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.comfyui import combine, flowsampler, loaders, samplers
+from pipelines.comfyui import combine, flowsampler, inpaintmodel, loaders, samplers
 from pipelines.comfyui.denoise import SEED_ROOM, Schedule, schedule
 from pipelines.comfyui.registry import NodeFn
 from pipelines.comfyui.values import Conditioning, Latent, Model
@@ -97,7 +97,11 @@ def _sd_ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any
     seed = ex.integer(node_id, args, "seed") % (2**64 - _SEED_ROOM)
     cfg = ex.number(node_id, args, "cfg")
     prompts = _prompts(model, positive, negative, ex.where(node_id, "positive"))
-    txt2img = latent.empty and run.strength >= 1
+    if model.variant == "inpainting":  # its UNet also reads a mask and a masked image: everything is repainted
+        return inpaintmodel.unmasked(ex, node_id, args, model, latent, run, prompts)
+    # A refiner has no text-to-image class: an empty latent is img2img's at strength 1, a pass from pure noise.
+    refiner = bool(model.base.config.get("requires_aesthetics_score", False))
+    txt2img = latent.empty and run.strength >= 1 and not refiner
     cls = model.kind.task_class("txt2img" if txt2img else "img2img", model.variant)
     height, width = (side * model.base.vae_scale_factor for side in latent.samples.shape[-2:])
     if txt2img:
@@ -109,7 +113,7 @@ def _sd_ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any
         if run.total == 0:
             return latent.samples
         loaders.activate(ctx.models, model, model.loras, ex.where(node_id, "model"))
-        view = job_pipeline(cls, model.base, choice, family=model.kind)
+        view = job_pipeline(cls, model.base, choice, family=model.kind, requires_aesthetics_score=refiner)
         with combine.averaged(model.base.unet, positive, negative, latent.batch):
             return run_resumable(view, dataclasses.replace(ctx, seed=seed), num_images=latent.batch,
                                  num_inference_steps=run.total, guidance_scale=cfg, output_type="latent",

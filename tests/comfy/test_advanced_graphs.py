@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.comfyui import loaders
 from pipelines.comfyui.executor import Execution
 from runtime.contract import ContractError
 from tests.comfy.runner import assert_resumes_alike, default_graph, run, workflow
@@ -51,10 +50,9 @@ def test_the_refiner_graph_runs_a_pass_per_sampler_planned_together(harness: Har
     assert png(run(harness, refiner_graph())) == png(out)
 
 
-def test_the_refiner_checkpoint_takes_over_from_the_base(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_refiner_checkpoint_takes_over_from_the_base(harness: Harness) -> None:
     """The catalog's SDXL refiner (its second text encoder alone, an aesthetic score in its conditioning) as the
-    second sampler's model. The checkpoint loader takes refiners only once ``loaders.VARIANTS`` lists them."""
-    monkeypatch.setattr(loaders, "VARIANTS", loaders.VARIANTS | {"refiner"})
+    second sampler's model."""
     out = pixels(run(harness, refiner_graph("tiny-sdxl-refiner")))
     assert out.shape == (1, 48, 64, 3)
     assert not np.array_equal(out, pixels(run(harness, refiner_graph())))
