@@ -154,6 +154,17 @@ def _preload() -> None:
     from runtime.plugins import Registry
 
     Registry.default()
+    # what a worker's start reads before its first job: the tracing SDK, celery's command line, and botocore's
+    # service models and endpoints (through the process's one loader, runtime.storage.aws.data_loader)
+    import celery.bin.celery
+    import opentelemetry.sdk.trace
+
+    import runtime.ops.tracing
+    from runtime.storage import aws
+
+    for service in ("s3", "sqs", "sns", "ssm"):
+        aws.session().client(service, region_name="us-east-1")
+    del celery, opentelemetry
     for name in ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
                  "StableDiffusionControlNetPipeline", "StableDiffusionXLPipeline", "FluxPipeline",
                  "StableDiffusion3Pipeline", "AutoencoderKL", "UNet2DConditionModel", "ControlNetModel"):
