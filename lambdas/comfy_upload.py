@@ -10,10 +10,17 @@ ComfyUI name (``name (1).png``, subfolders, spaces) is no safe S3 key, so the ke
 the object's metadata for whoever reads the bucket. As ComfyUI, a taken name without ``overwrite`` is renamed
 ``name (1).png``, ``name (2).png``..., unless the same bytes are there already (ComfyUI's duplicate check), which
 answers the existing name.
+
+A digest cannot be listed back as a name, so an ``input`` upload also writes an empty marker whose key holds its
+name (``name_marker``: ``subfolder/name`` in base64url, in the output bucket beside the caller's prompts, so that
+the input bucket holds images only): ``GET /object_info`` lists the caller's newest ``MAX_LISTED`` of them as
+LoadImage's choices, as ComfyUI lists its input folder (``uploaded_names``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import posixpath
 import re
@@ -35,6 +42,10 @@ TYPES = ("input", "temp")
 MAX_NAME = 255
 #: How many ``name (i)`` renamings are tried before a name is refused as taken.
 MAX_RENAMES = 1000
+#: The most uploaded names ``/object_info`` lists (the newest; ComfyUI lists its whole input folder).
+MAX_LISTED = 1000
+#: S3's longest key: a name whose marker would be longer is uploaded and usable, but not listed.
+MAX_KEY = 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -52,6 +63,30 @@ def upload_key(who: str, kind: str, subfolder: str, name: str) -> str:
     path = f"{subfolder}/{name}" if subfolder else name
     digest = hashlib.sha256(path.encode()).hexdigest()[:32]
     return f"comfy/{who}/{kind}/{digest}-{_UNSAFE.sub('_', name)[-64:]}"
+
+
+def name_marker(who: str, path: str) -> str | None:
+    """The key of the marker that lists ``who``'s input upload ``path`` (``subfolder/name``); None when too long."""
+    key = f"comfy/uploads/{who}/input/{base64.urlsafe_b64encode(path.encode()).decode().rstrip('=')}"
+    return key if len(key.encode()) <= MAX_KEY else None
+
+
+def uploaded_names(dep: Deployment, who: str, limit: int = MAX_LISTED) -> list[str]:
+    """``who``'s newest ``limit`` input uploads as a graph names them (``name`` or ``subfolder/name``), sorted as
+    ComfyUI sorts its input folder's files."""
+    prefix = f"comfy/uploads/{who}/input/"
+    found: list[tuple[Any, str]] = []
+    pages = dep.store.s3.get_paginator("list_objects_v2").paginate(Bucket=dep.store.output_bucket, Prefix=prefix)
+    for page in pages:
+        for obj in page.get("Contents", []):
+            encoded = obj["Key"][len(prefix):]
+            try:
+                name = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                continue
+            found.append((obj["LastModified"], name))
+    newest = sorted(found, key=lambda item: item[0], reverse=True)[:limit]
+    return sorted({name for _, name in newest})
 
 
 def normal_subfolder(value: str) -> str:
@@ -156,6 +191,9 @@ def upload_image(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
         return error(400, exc.code, str(exc), exc.field)
     dep.store.s3.put_object(Bucket=dep.store.input_bucket, Key=upload_key(who, kind, subfolder, name),
                             Body=file[1], ContentType=content_type, Metadata={"comfy-name": _ascii(name)})
+    marker = name_marker(who, f"{subfolder}/{name}" if subfolder else name) if kind == "input" else None
+    if marker is not None:  # after the image: a listed name is always there
+        dep.store.s3.put_object(Bucket=dep.store.output_bucket, Key=marker, Body=b"")
     return response(200, {"name": name, "subfolder": subfolder, "type": kind})
 
 

@@ -7,6 +7,8 @@ ComfyUI 400 with ``node_errors`` by node id), resolves its model names to catalo
 job, whose id is the ``prompt_id``. What the client sent is kept beside the job (``comfy/prompts/{id}.json``) for
 ``/history``, with an index per caller (``comfy/callers/{caller}/{number}-{id}``) for ``/history``, ``/queue`` and
 ``/interrupt``: a ComfyUI server is one user's, a deployment serves many, and a caller sees only its own prompts.
+Likewise its uploads: ``/view?type=input`` opens only the caller's own (``lambdas.comfy_images.view_upload``),
+``/object_info``'s LoadImage lists only theirs (``lambdas.comfy_upload.uploaded_names``).
 ``/history`` answers ``{}`` until the job is final, as ComfyUI does until a prompt has run
 (``lambdas/comfy_history.py``).
 """
@@ -17,6 +19,7 @@ import sys
 import time
 import uuid
 from typing import Any
+from urllib.parse import parse_qs
 
 from pydantic import ValidationError
 
@@ -24,7 +27,8 @@ from lambdas import compat, telemetry
 from lambdas.body import parse_json
 from lambdas.cancel import cancel
 from lambdas.comfy_history import caller_prompts, history, prompt_key, view
-from lambdas.comfy_images import resolve_images
+from lambdas.comfy_images import LOADERS, annotation, resolve_images, view_upload
+from lambdas.comfy_upload import uploaded_names
 from lambdas.common import Deployment, deployment, raw_body, response
 from lambdas.sdapi import caller
 from lambdas.submit import Rejected, check, enqueue
@@ -120,6 +124,21 @@ def interrupt(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
     return response(200, {})
 
 
+def view_any(dep: Deployment, event: dict[str, Any]) -> dict[str, Any]:
+    """``/view`` by ``type`` (or the filename's ComfyUI annotation): ``output`` (the default) an output of the
+    caller's prompts, ``input`` the caller's upload, ``temp`` a PreviewImage's output (as ``/history`` lists
+    them), else the caller's temp upload."""
+    query = parse_qs(event.get("rawQueryString") or "")
+    kind = annotation(query.get("filename", [""])[0]) or query.get("type", ["output"])[0] or "output"
+    if kind == "output":
+        return view(dep, event, caller(event))
+    if kind == "temp":
+        answer = view(dep, event, caller(event))
+        if answer["statusCode"] != 404:
+            return answer
+    return view_upload(dep, event, caller(event), kind)
+
+
 def system_stats() -> dict[str, Any]:
     """What the API knows: it is not where the images are made (the workers' devices are theirs: ``/readyz``)."""
     return {"system": {"os": "posix", "python_version": sys.version, "embedded_python": False,
@@ -143,10 +162,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         if route == "history":
             return history(dep, event, caller(event), params.get("id"))
         if route == "view":
-            return view(dep, event, caller(event))
+            return view_any(dep, event)
         if route == "object_info":
-            info = {key: value for key, value in object_info(compat.names(dep.settings)).items() if key in RUNS}
             name = params.get("name")
+            uploads = uploaded_names(dep, caller(event)) if name is None or name in LOADERS else None
+            info = {key: value for key, value in object_info(compat.names(dep.settings), uploads).items()
+                    if key in RUNS}
             return response(200, info if name is None else {name: info[name]} if name in info else {})
         if route == "queue":
             return queue(dep, event)

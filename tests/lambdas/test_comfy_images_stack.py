@@ -1,5 +1,6 @@
 """An image into a graph, end to end on the compatibility stack (issue 30): uploaded as ComfyUI's clients upload
-it (``POST /upload/image``, multipart, with httpx's ``files=`` as requests writes it), named by ComfyUI's img2img
+it (``POST /upload/image``, multipart, with httpx's ``files=`` as requests writes it), shown back by ``/view`` and
+listed by ``/object_info`` as ComfyUI's clients read them, named by ComfyUI's img2img
 workflow's LoadImage, run by a real worker from the input bucket, and its image fetched through ``/history`` and
 ``/view`` at the uploaded image's size."""
 
@@ -41,6 +42,16 @@ def test_an_uploaded_image_runs_through_the_img2img_graph(own_stack: Stack) -> N
     answer = httpx.post(f"{own_stack.api_url}/upload/image", files={"image": ("example.png", photo(), "image/png")},
                         data={"overwrite": "true"}, timeout=30)
     assert answer.status_code == 200 and answer.json() == {"name": "example.png", "subfolder": "", "type": "input"}
+    # as ComfyUI's clients show it: the same bytes back, and a LoadImage choice; a path reads nothing
+    shown = httpx.get(f"{own_stack.api_url}/view", params={"filename": "example.png", "type": "input"},
+                      follow_redirects=True, timeout=30)
+    assert shown.status_code == 200 and shown.content == photo()
+    for params in ({"filename": "../example.png", "type": "input"},
+                   {"filename": "example.png", "subfolder": "../../comfy", "type": "input"}):
+        refused = httpx.get(f"{own_stack.api_url}/view", params=params, timeout=30)
+        assert refused.status_code in (400, 403) and "location" not in refused.headers, params
+    listed = httpx.get(f"{own_stack.api_url}/object_info/LoadImage", timeout=30).json()
+    assert "example.png" in listed["LoadImage"]["input"]["required"]["image"][0]
     status, queued = call("POST", f"{own_stack.api_url}/prompt", {"prompt": img2img(answer.json()["name"])})
     assert status == 200 and queued["node_errors"] == {}, queued
     prompt_id = queued["prompt_id"]

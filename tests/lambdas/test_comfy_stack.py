@@ -1,7 +1,8 @@
 """A graph ComfyUI saved, end to end on the compatibility stack (issue 30): ``POST /prompt`` over HTTP, a real
 worker runs the ``comfyui`` pipeline, ``/history/{id}`` lists the SaveImage node's image as ComfyUI does, and
 ``/view`` gives its bytes (a redirect to the output bucket, followed as ComfyUI's clients' ``urllib`` follows it);
-``/ws`` tells a client its prompt's run as ComfyUI's own example script reads it."""
+``/ws`` tells a client its prompt's run as ComfyUI's own example script reads it; a PreviewImage's image is viewed
+as ComfyUI's ``temp`` type."""
 
 from __future__ import annotations
 
@@ -84,3 +85,20 @@ def test_the_websocket_tells_a_client_its_prompt_as_comfyuis_example_script_read
     assert executed["node"] == "9" and len(executed["output"]["images"]) == 2
     history = call("GET", f"{own_stack.api_url}/history/{prompt_id}")[1][prompt_id]
     assert history["outputs"]["9"] == executed["output"]
+
+
+def test_a_preview_is_viewed_as_comfyuis_temp_image(own_stack: Stack) -> None:
+    """PreviewImage's images are ``temp`` in /history and /view gives them by that type; an upload of theirs by that
+    name there is not (a client's temp folder is its uploads)."""
+    graph = small_default_graph()
+    graph["5"]["inputs"]["batch_size"] = 1
+    graph["9"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    prompt_id = call("POST", f"{own_stack.api_url}/prompt", {"prompt": graph})[1]["prompt_id"]
+    done = until("the prompt's history", lambda: call("GET", f"{own_stack.api_url}/history/{prompt_id}")[1],
+                 timeout=180, every=0.2)
+    (image,) = done[prompt_id]["outputs"]["9"]["images"]
+    assert image["type"] == "temp"
+    with urllib.request.urlopen(f"{own_stack.api_url}/view?{urlencode(image)}", timeout=30) as got:
+        assert Image.open(io.BytesIO(got.read())).size == (64, 48)
+    status, answer = call("GET", f"{own_stack.api_url}/view?{urlencode({**image, 'type': 'input'})}")
+    assert status == 404 and answer["error"]["field"] == "filename", answer

@@ -2,11 +2,14 @@
 
 ComfyUI-aware tools (its own frontend, client libraries, graph builders) read this document to offer a node's
 inputs and choices and to check a graph before they send it, so its choices are what this deployment runs: the
-catalog's models under the names a workflow may use for them, and only the samplers and schedulers spotgen has.
+catalog's models under the names a workflow may use for them, only the samplers and schedulers spotgen has,
+and LoadImage's and LoadImageMask's images: the caller's uploads (``uploads``, the API lists them), as ComfyUI
+lists its input folder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from runtime.contract.comfy.nodes import (
@@ -28,34 +31,37 @@ from runtime.contract.webui_rules import Names
 CATALOG_FIELDS = {MODELS: "models", LORAS: "loras", CONTROLNETS: "controlnets", UPSCALERS: "upscalers"}
 
 
-def choices_of(spec: Input, names: Names | None) -> list[str] | None:
+def choices_of(spec: Input, names: Names | None, uploads: Sequence[str] | None = None) -> list[str] | None:
     """The values ``spec`` takes; None where any name is taken: a catalog list checked without a deployment (the
-    worker's check of a graph the API already resolved) and uploaded images (the API checks the references)."""
+    worker's check of a graph the API already resolved) and uploaded images without ``uploads`` (the graph check:
+    ``lambdas.comfy_images`` checks each name against the caller's uploads, listed or not)."""
     if isinstance(spec.type, tuple) and spec.choices is None:
         return list(spec.type)
     if spec.choices == SAMPLERS:
         return list(COMFY_SAMPLERS)
     if spec.choices == SCHEDULERS:
         return list(COMFY_SCHEDULERS)
-    if spec.choices == IMAGES or names is None or spec.choices not in CATALOG_FIELDS:
+    if spec.choices == IMAGES:
+        return None if uploads is None else list(uploads)
+    if names is None or spec.choices not in CATALOG_FIELDS:
         return None
     return sorted(getattr(names, CATALOG_FIELDS[spec.choices]), key=str.casefold)
 
 
-def declaration(spec: Input, names: Names | None) -> list[Any]:
+def declaration(spec: Input, names: Names | None, uploads: Sequence[str] | None = None) -> list[Any]:
     """ComfyUI's declaration of an input as JSON: ``["INT", {options}]``, ``[[choices...], {options}]`` or
     ``["MODEL"]`` (also a node error's ``input_config``)."""
     if isinstance(spec.type, str):
         head: Any = spec.type
     else:
-        head = choices_of(spec, names) or []
+        head = choices_of(spec, names, uploads) or []
     return [head, dict(spec.options)] if spec.options else [head]
 
 
-def node_info(node: Node, names: Names | None) -> dict[str, Any]:
+def node_info(node: Node, names: Names | None, uploads: Sequence[str] | None = None) -> dict[str, Any]:
     """One class's entry, as ComfyUI's ``node_info`` writes it for ``/object_info/{class}``."""
-    required = {i.name: declaration(i, names) for i in node.inputs if not i.optional}
-    optional = {i.name: declaration(i, names) for i in node.inputs if i.optional}
+    required = {i.name: declaration(i, names, uploads) for i in node.inputs if not i.optional}
+    optional = {i.name: declaration(i, names, uploads) for i in node.inputs if i.optional}
     inputs: dict[str, Any] = {"required": required}
     if optional:
         inputs["optional"] = optional
@@ -77,14 +83,16 @@ def node_info(node: Node, names: Names | None) -> dict[str, Any]:
     }
 
 
-def object_info(names: Names | None = None) -> dict[str, Any]:
+def object_info(names: Names | None = None, uploads: Sequence[str] | None = None) -> dict[str, Any]:
     """``GET /object_info``: every node class spotgen runs, by class; ``names``: the deployment's catalog, whose
-    aliases and ids are the model inputs' choices (without it, those lists are empty)."""
-    return {name: node_info(node, names) for name, node in all_nodes().items()}
+    aliases and ids are the model inputs' choices, ``uploads``: the caller's uploaded images (without them, those
+    lists are empty)."""
+    return {name: node_info(node, names, uploads) for name, node in all_nodes().items()}
 
 
-def object_info_of(class_type: str, names: Names | None = None) -> dict[str, Any]:
+def object_info_of(class_type: str, names: Names | None = None,
+                   uploads: Sequence[str] | None = None) -> dict[str, Any]:
     """``GET /object_info/{class}``: ``{class: entry}``, or ``{}`` for a class spotgen does not run (as ComfyUI
     answers for a class it does not have)."""
     node = all_nodes().get(class_type)
-    return {} if node is None else {class_type: node_info(node, names)}
+    return {} if node is None else {class_type: node_info(node, names, uploads)}
