@@ -8,6 +8,10 @@ txt2img does; any other latent (a sampler's, a VAEEncode's) is img2img's input, 
 starts. Denoise is ComfyUI's: ``steps`` steps are run, the last ones of a schedule of ``steps / denoise``
 (diffusers' img2img would run ``steps x strength`` of ``steps``). The noise is drawn on the CPU from the node's
 ``seed`` (image i of a batch from seed + i), so a seed gives the same noise on any device.
+
+SDXL's refiner has no text-to-image class: its passes are img2img's with its aesthetic-score conditioning, an empty
+latent at strength 1 (from pure noise, as ComfyUI samples one). An inpainting checkpoint's 9-channel UNet runs on
+the inpainting class (``inpaintmodel``: a mask of ones and a grey image's latents, as ComfyUI gives it).
 """
 
 from __future__ import annotations
