@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from pipelines.comfyui import combine, loaders, samplers, sampling
+from pipelines.comfyui import combine, inpaintmodel, loaders, samplers, sampling
 from pipelines.comfyui.controlnodes import Controlled
 from pipelines.comfyui.flowvalues import FlowModel
 from pipelines.comfyui.noisemask import MaskedLatent
@@ -97,7 +97,9 @@ def _model(ex: Execution, node_id: str, value: Any) -> Model:
         raise ContractError("unsupported_model_family", f"{where}: {CLASS} runs on SD 1.x, SD 2.x and SDXL models so "
                             f"far; {value.model_id!r} is a {value.family} model: sample it with "
                             "SamplerCustomAdvanced", where)
-    return ex.want(value, Model, node_id, "model")
+    model = ex.want(value, Model, node_id, "model")
+    inpaintmodel.refuse(ex, node_id, model, CLASS)
+    return model
 
 
 def _cut(run: Span, order: int) -> int:

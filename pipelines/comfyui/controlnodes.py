@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.comfyui import combine, loaders, noisemask, samplers, sampling
+from pipelines.comfyui import combine, inpaintmodel, loaders, noisemask, samplers, sampling
 from pipelines.comfyui.noisemask import MaskedLatent
 from pipelines.comfyui.registry import Node
 from pipelines.comfyui.values import Conditioning, Images, Latent, Model
@@ -199,6 +199,7 @@ def _lost(ex: Execution, node_id: str, name: str, value: Any) -> None:
 
 def _check(ex: Execution, node_id: str, model: Model, control: Control) -> None:
     """A ControlNet of another family or dtype than the model is refused naming the sampler's ``positive``."""
+    inpaintmodel.refuse(ex, node_id, model, "a sampler with a ControlNet")
     where = ex.where(node_id, "positive")
     net = control.net
     if net.family != model.family:

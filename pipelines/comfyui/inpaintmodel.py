@@ -23,6 +23,7 @@ from pipelines.comfyui.denoise import SEED_ROOM, Schedule
 from pipelines.comfyui.values import Conditioning, Images, Latent, Model, Vae
 from pipelines.common import job_pipeline
 from pipelines.resume import run_resumable
+from runtime.contract import ContractError
 from runtime.plugins import RunContext
 
 if TYPE_CHECKING:
@@ -30,6 +31,15 @@ if TYPE_CHECKING:
 
 #: The value (in [0, 1]) a blank masked image has: VAEEncodeForInpaint's fill of what it masks.
 GREY = 0.5
+
+
+def refuse(ex: Execution, node_id: str, model: Model, what: str) -> None:
+    """A sampler that feeds the UNet only the noisy latents cannot run an inpainting checkpoint's 9-channel UNet:
+    refused naming its ``model`` before any step, rather than failing on the UNet's first call."""
+    if model.variant == "inpainting":
+        where = ex.where(node_id, "model")
+        raise ContractError("unsupported_model", f"{where}: {model.model_id!r} is an inpainting checkpoint, which "
+                            f"{what} does not run yet; sample it with KSampler", where)
 
 
 def blank_latents(model: Model, batch: int, height: int, width: int, device: str) -> torch.Tensor:

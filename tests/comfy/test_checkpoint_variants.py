@@ -170,3 +170,19 @@ def test_flux_fill_stays_refused_naming_the_input(harness: Harness) -> None:
     with pytest.raises(ContractError) as refused:
         run(harness, graph)
     assert "ckpt_name" in str(refused.value) and "inpainting" in str(refused.value)
+
+
+def test_samplers_that_give_the_unet_only_latents_refuse_an_inpainting_checkpoint(harness: Harness) -> None:
+    """KSamplerAdvanced and a ControlNet's sampler would fail on the 9-channel UNet's first call: refused before
+    any step, naming the sampler's model."""
+    from tests.comfy.test_control_graphs import SHAPES, control_graph
+
+    harness.images[SHAPES] = Image.new("RGB", (64, 48), (90, 90, 90))
+    controlled = control_graph()
+    controlled["4"]["inputs"]["ckpt_name"] = "tiny-sd-inpainting"
+    steps: list[int] = []
+    for graph, field in ((refiner_graph("tiny-sdxl-inpainting"), "inputs.graph.11.inputs.model"),
+                         (controlled, "inputs.graph.3.inputs.model")):
+        with pytest.raises(ContractError) as refused:
+            run(harness, graph, on_step=lambda step, state: steps.append(step))
+        assert refused.value.field == field and "inpainting checkpoint" in str(refused.value) and not steps
