@@ -28,6 +28,7 @@ from tests.harness.infra_docs import (
     worker_settings,
 )
 from tests.harness.pool_checks import Stack
+from tests.harness.ws_checks import WS_ACTIONS, http_api
 
 #: Settings the API Lambdas cannot run without.
 REQUIRED_API_SETTINGS = {PREFIX + name for name in (
@@ -44,6 +45,7 @@ FUNCTION_ACTIONS = {
     "AuthorizerFunction": {"ssm:GetParameter", "kms:Decrypt"},
     # the sweep (lambdas/sweep.py): lists pending/, reads and updates status documents, publishes, deletes
     "SweepFunction": {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "sns:Publish"},
+    **WS_ACTIONS,  # ComfyUI's /ws: its connections' function and the notifier (tests/harness/ws_checks.py)
 }
 #: The compatibility routes' authorizer (the HTTP API's Auth.Authorizers) and the handler that serves them.
 COMPAT_AUTHORIZER = "ApiKeyAuthorizer"
@@ -280,16 +282,14 @@ def check_api(transformed: Doc) -> list[str]:
     """The native routes require IAM auth and are those of lambdas/api.py with the same handlers; the compatibility
     routes (``COMPAT_PATH_RE``) are authorized by the API-key authorizer alone and served by lambdas/api.py's
     router, and cover its compatibility routes."""
-    errors = []
-    apis = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::ApiGatewayV2::Api"]
-    routes = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::ApiGatewayV2::Route"]
-    if len(apis) != 1:
-        return [f"expected one HTTP API, found {len(apis)}"]
+    http, routes, errors = http_api(transformed)  # ComfyUI's WebSocket API is ws_checks.py's
+    if http is None:
+        return errors
     errors += [f"route {r['Properties'].get('RouteKey')} is not IAM-authorized" for r in routes
                if r["Properties"].get("AuthorizationType") != "AWS_IAM"]
     seen: set[int] = set()
     compat: list[tuple[str, str]] = []
-    body = apis[0]["Properties"]["Body"]
+    body = http["Properties"]["Body"]
     for path, methods in body["paths"].items():
         for method, operation in methods.items():
             key = f"{method.upper()} {path}"

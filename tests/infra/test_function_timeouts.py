@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from lambdas.authorizer import SSM_CONFIG
+from lambdas.comfy_ws_notify import POST_CONFIG
 from lambdas.common import TIMEOUT_VARIABLE, deployment
 from lambdas.outbox import CREATOR_MAX_S
 from lambdas.sweep import SWEEP_INTERVAL_S, SWEEP_TIMEOUT_S
@@ -98,3 +99,9 @@ def test_the_clients_a_handler_builds_have_its_functions_bounds(function: str, f
         assert config.retries.get("total_max_attempts") == aws.BOUNDED_ATTEMPTS, config.retries
         assert "max_attempts" not in config.retries, config.retries
         assert aws.worst_case_s(config) <= timeout * aws.BOUNDED_SHARE + 1e-9, (function, aws.worst_case_s(config))
+
+
+def test_the_comfy_notifiers_posts_fit_in_its_timeout() -> None:
+    """A dead websocket costs one bounded post (lambdas/comfy_ws_notify.py POST_CONFIG), half the function's time."""
+    _, timeout, _ = functions(template())["ComfyWsNotifyFunction"]
+    assert aws.worst_case_s(POST_CONFIG) <= timeout * aws.BOUNDED_SHARE, (aws.worst_case_s(POST_CONFIG), timeout)

@@ -23,6 +23,7 @@ from runtime.contract import ContractError, JobRequest
 from runtime.contract.jobs import MAX_TTL_S, QUEUE_RETENTION_S, expiry
 from runtime.contract.status import EXPIRY_GRACE_S
 from tests.harness.infra_docs import DEPLOY_DOC, EXAMPLE_STACK, Doc, resolve, sam_transform, template
+from tests.harness.ws_checks import broken, check_comfy_ws
 
 DAY_S = 24 * 3600
 #: Each expiring prefix of the output bucket and the parameter that holds its days.
@@ -279,3 +280,27 @@ def test_broken_teardown() -> None:
     _says(check_teardown(late, template()), "before 'detach-user-policy'")
     _says(check_teardown([line for line in commands if "ssm delete-parameter" not in line], template()),
           "ssm delete-parameter")
+
+
+# == ComfyUI's /ws on AWS (tests/harness/ws_checks.py) ===========================================================
+def test_the_comfy_websocket_api_is_wired() -> None:
+    assert check_comfy_ws(template()) == []
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda res: res.pop("ComfyWsDefaultRoute"), ("routes are ['$connect', '$disconnect']",)),
+    (lambda res: res["ComfyWsInvokePermission"]["Properties"].update(
+        SourceArn={"Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:*"}),
+     ("may be invoked by any API",)),
+    (lambda res: res["ComfyWsStage"]["Properties"].update(StageName="prod"), ("one auto-deployed stage 'ws'",)),
+    (lambda res: res["ComfyWsNotifyFunction"]["Properties"]["Policies"][0]["Statement"][-1].update(
+        Resource={"Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:*"}),
+     ("may manage",)),
+    (lambda res: res["ComfyWsFunction"]["Properties"]["Policies"][0]["Statement"][2].update(
+        Resource={"Fn::Sub": "${OutputBucket.Arn}/*"}), ("beyond comfy/ws/",)),
+    (lambda res: res["ComfyWsNotifyFunction"]["Properties"]["Events"]["Results"]["Properties"].pop("FilterPolicy"),
+     ("lets the sample's notifications in",)),
+    (lambda res: res["ComfyWsFunction"]["Properties"].update(Timeout=5), ("does not outlast its SSM call",)),
+])
+def test_broken_comfy_websocket_api(change: Any, words: tuple[str, ...]) -> None:
+    _says(check_comfy_ws(broken(template(), change)), *words)
