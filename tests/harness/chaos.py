@@ -329,10 +329,12 @@ def main(argv: list[str] | None = None) -> int:
             chaos.s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="image/png")
         pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _reference_init,
                                    (str(args.models.resolve()), bucket, images, str(args.log_dir / "reference.log")))
-        refs = {j.id: pool.submit(reference, j.id, j.request["pipeline"], j.inputs, j.request["model"]) for j in jobs}
+        refs = {}
         for job in jobs:
             status, body = call("POST", f"{stack.api_url}/v1/jobs", job.request)
             assert status == 202, (status, body)
+            refs[job.id] = pool.submit(reference, job.id, job.request["pipeline"], job.inputs, job.request["model"],
+                                       body["seed"])
         print(f"{len(jobs)} jobs submitted to {args.workers} workers ({time.monotonic() - started:.1f} s)", flush=True)
         chaos.drive(random.Random(args.seed), started)
         chaos_s = time.monotonic() - started

@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             hooks.ask_webhooks(receiver, [job])
             status, body = call("POST", f"{stack.api_url}/v1/jobs", job.request)
             assert status == 202, (status, body)
-            refs[job.id] = pool.submit(reference, job.id, job.request["pipeline"], job.inputs, job.request["model"])
+            refs[job.id] = pool.submit(reference, job.id, job.request["pipeline"], job.inputs, job.request["model"],
+                                       body["seed"])
             jobs.append(job)
             return job.id
 

@@ -5,9 +5,10 @@ editing), img2img (in turn with an IP-Adapter), ControlNet, inpainting (a mask, 
 passes (hires fix on SD 1.x; the refiner on SDXL), every sampler with each of its schedules, every fourth of these
 on SDXL with a LoRA; every sixth job on the flow-matching families (``FLOW_KINDS``: Flux.1 dev with distilled
 guidance and schnell, Flux img2img, Fill inpainting, Flux with a ControlNet unit and a LoRA, SD 3.5 with skip-layer
-guidance and img2img); every tenth job making two images. Both compare every PNG a worker
-stored, byte for byte, with a reference that the same pipeline code and PNG encoding made without interruption
-in a separate process (``reference``, in a pool started with ``_reference_init``).
+guidance and img2img); every eighth a ComfyUI graph of two samplers (``comfy_job``); every tenth job making two
+images. Both compare every PNG a worker stored, byte for byte, with a reference that the same pipeline code and PNG
+encoding made without interruption in a separate process (``reference``, in a pool started with
+``_reference_init``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ PROMPTS = ("a red fox in the snow", "a lighthouse at dusk", "the fox of the fore
 FLOW_EVERY = 6
 FLOW_KINDS = ("flux-dev", "flux-schnell", "flux-img2img", "flux-fill", "flux-controlnet-lora", "sd3-slg",
               "sd3-img2img")
+#: Every ``COMFY_EVERY``-th job, from the third, is a ComfyUI graph (``comfy_job``: ComfyUI's hires-fix workflow,
+#: two samplers); even-numbered, so never one the flow jobs (odd-numbered) would have been.
+COMFY_EVERY = 8
 #: Flux LoRAs in the three formats people share (diffusers, kohya, XLabs): two of them in turn.
 FLUX_LORAS = ("tiny-lora-flux", "tiny-lora-flux-kohya", "tiny-lora-flux-xlabs")
 #: Flux schnell is timestep-distilled: it runs a few steps, whatever the mix's step count.
@@ -79,7 +83,9 @@ def make_jobs(n: int, size: int, steps: int, seed: int, bucket: str) -> list[Job
     for i in range(n):
         common = {"prompt": PROMPTS[i % len(PROMPTS)], "width": size, "height": size, "steps": steps,
                   "seed": rng.randrange(2**32), "num_images": 2 if i % 10 == 9 else 1}
-        if i % FLOW_EVERY == FLOW_EVERY - 1:
+        if i % COMFY_EVERY == 2:
+            pipeline, model, raw, runs = comfy_job(i // COMFY_EVERY, common)
+        elif i % FLOW_EVERY == FLOW_EVERY - 1:
             pipeline, model, raw, runs = flow_job(i // FLOW_EVERY, common, bucket)
         else:
             pipeline, model, raw, runs = sd_job(sd, common, bucket)
@@ -179,6 +185,20 @@ def flow_job(turn: int, common: dict[str, Any], bucket: str) -> tuple[str, str, 
     return pipeline, model, raw | extra, runs
 
 
+def comfy_job(turn: int, common: dict[str, Any]) -> tuple[str, str, dict[str, Any], int]:
+    """Graph job ``turn``: ComfyUI's hires-fix workflow as ComfyUI exports it (tests/comfy/workflows), on tiny-sd at
+    the mix's size and steps: a sampler from noise, the latent upscaled 1.5x, a second at denoise 0.5 (``steps``
+    steps of a schedule of twice as many, ComfyUI's denoise), each image saved. The graph's seeds are its own."""
+    graph = json.loads((Path(__file__).parents[1] / "comfy/workflows/hires_two_samplers.json").read_text())
+    graph["16"]["inputs"]["ckpt_name"] = "tiny-sd"
+    graph["6"]["inputs"]["text"] = PROMPTS[turn % (len(PROMPTS) - 1)]
+    graph["5"]["inputs"].update(width=common["width"], height=common["height"], batch_size=common["num_images"])
+    graph["3"]["inputs"].update(seed=common["seed"], steps=common["steps"], sampler_name="euler_ancestral")
+    graph["11"]["inputs"].update(seed=common["seed"] + 1, steps=common["steps"], sampler_name="dpmpp_2m",
+                                 scheduler="karras" if turn % 2 else "normal")
+    return "comfyui", "tiny-sd", {"graph": graph}, 2 * common["steps"]
+
+
 _REF: dict[str, Any] = {}
 
 
@@ -196,9 +216,10 @@ def _reference_init(models_dir: str, bucket: str, images: dict[str, bytes], log:
                 images={f"s3://{bucket}/{key}": data for key, data in images.items()}, pipelines={})
 
 
-def reference(job_id: str, pipeline: str, inputs: dict[str, Any], model: str) -> list[bytes]:
+def reference(job_id: str, pipeline: str, inputs: dict[str, Any], model: str, seed: int) -> list[bytes]:
     """The job's PNGs as an uninterrupted worker makes them (runs in the reference process): the worker's
-    pipeline class, RunContext and ``encode_png`` with the parameters ``JobRunner.store_outputs`` writes."""
+    pipeline class, RunContext and ``encode_png`` with the parameters ``JobRunner.store_outputs`` writes.
+    ``seed``: the job's, as the API answered it (a graph's inputs hold none; the API chose it)."""
     from runtime.plugins import RunContext, SetupContext
     from runtime.worker.images import decode_image, encode_png
 
@@ -208,8 +229,8 @@ def reference(job_id: str, pipeline: str, inputs: dict[str, Any], model: str) ->
         pipelines[pipeline].setup(SetupContext(device="cpu", models=store))
     runner = pipelines[pipeline]
     parsed = type(runner).Inputs.model_validate(inputs, context={"input_bucket": _REF["bucket"]})
-    ctx = RunContext(job_id=job_id, model=model, seed=inputs["seed"], device="cpu", models=store,
+    ctx = RunContext(job_id=job_id, model=model, seed=seed, device="cpu", models=store,
                      report=lambda step, total, state: None,
                      fetch_image=lambda uri: decode_image(_REF["images"][uri]))
-    params = {"pipeline": pipeline, "model": model, "seed": inputs["seed"], **inputs}
+    params = {"pipeline": pipeline, "model": model, "seed": seed, **inputs}
     return [encode_png(image, {**params, "index": i}) for i, image in enumerate(runner.run(parsed, ctx))]
