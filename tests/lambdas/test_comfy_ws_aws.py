@@ -92,7 +92,7 @@ def serve(management: Management) -> ThreadingHTTPServer:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server
 
 
@@ -190,6 +190,14 @@ def test_connect_takes_only_a_valid_key_and_a_client_id(aws_env: Any) -> None:
     assert disconnect("good1=") == {"statusCode": 200}
     assert disconnect("never-connected=") == {"statusCode": 200}
     assert registry(s3, bucket) == [f"comfy/ws/clients/{CALLER}/alpha/query1=", "comfy/ws/connections/query1=.json"]
+
+
+def test_connect_fails_closed_when_the_keys_cannot_be_read(aws_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3, bucket = aws_env
+    monkeypatch.setenv("SPOTGEN_API_KEYS_PARAMETER", f"/spotgen/test/missing-{uuid.uuid4().hex}")
+    authorizer.keys.cache_clear()
+    assert connect("k1=", "alpha", KEY)["statusCode"] == 500  # as the authorizer: nothing let through
+    assert registry(s3, bucket) == []
 
 
 def test_a_finished_prompt_reaches_exactly_its_clients_connections_in_comfyui_order(
