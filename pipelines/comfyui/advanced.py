@@ -24,7 +24,6 @@ sample with ``SamplerCustomAdvanced``), a latent with a noise mask, a ControlNet
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import math
@@ -32,14 +31,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from pipelines.comfyui import combine, inpaintmodel, loaders, samplers, sampling
+from pipelines.comfyui import inpaintmodel, samplers, sampling
 from pipelines.comfyui.controlnodes import Controlled
 from pipelines.comfyui.flowvalues import FlowModel
 from pipelines.comfyui.noisemask import MaskedLatent
 from pipelines.comfyui.registry import Node
+from pipelines.comfyui.unetpass import UnetPass
 from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
-from pipelines.resume import run_resumable
 from runtime.contract import ContractError
 from runtime.contract.inputs import LCM_MAX_STEPS, MAX_SCHEDULE
 from runtime.plugins import RunContext
@@ -261,15 +260,13 @@ def ksampler_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -> tupl
         strength = min(1.0, (run.steps - run.start + 0.5) / run.steps)
         task = {"image": latent.samples.to(model.base.unet.dtype), "strength": strength}
 
+    unet = UnetPass(model, positive, negative, latent, seed, cfg)
+
     def sample(ctx: RunContext) -> torch.Tensor:
         if run.start >= run.steps:
             return latent.samples
-        loaders.activate(ctx.models, model, model.loras, ex.where(node_id, "model"))
         view = _view(model, cls, choice, run)
-        with combine.averaged(model.base.unet, positive, negative, latent.batch):
-            out = run_resumable(view, dataclasses.replace(ctx, seed=seed), num_images=latent.batch,
-                                num_inference_steps=run.steps, guidance_scale=cfg, output_type="latent",
-                                **prompts, **task)
+        out = unet.run(ex, node_id, ctx, view, run.steps, **prompts, **task)
         scheduler = view.scheduler
         if run.leftover and scheduler.scaled and scheduler.level_out > 0:
             out = out * math.sqrt(1 + scheduler.level_out ** 2)  # back to ``x0 + sigma * noise``

@@ -17,7 +17,6 @@ on unchanged, as ComfyUI does. The sampler stays one pass of the job's checkpoin
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.comfyui import combine, inpaintmodel, loaders, noisemask, samplers, sampling
+from pipelines.comfyui import inpaintmodel, noisemask, samplers, sampling
 from pipelines.comfyui.noisemask import MaskedLatent
 from pipelines.comfyui.registry import Node
+from pipelines.comfyui.unetpass import UnetPass
 from pipelines.comfyui.values import Conditioning, Images, Latent, Model
 from pipelines.common import job_pipeline
 from pipelines.loading import controlnet_model, torch_dtype
 from pipelines.preprocess import canny as canny_edges
-from pipelines.resume import run_resumable
 from runtime.contract import ContractError
 from runtime.models.catalog import ModelError
 from runtime.plugins import RunContext
@@ -236,15 +235,13 @@ def controlled(ex: Execution, node_id: str, args: dict[str, Any], control: Contr
              "controlnet_conditioning_scale": control.strength, "control_guidance_start": control.start,
              "control_guidance_end": control.end}
 
+    unet = UnetPass(model, positive, negative, latent, seed, cfg)
+
     def sample(ctx: RunContext) -> torch.Tensor:
         if run.total == 0:
             return latent.samples
-        loaders.activate(ctx.models, model, model.loras, ex.where(node_id, "model"))
         view = job_pipeline(cls, model.base, choice, family=model.kind, controlnet=control.net.net)
-        with combine.averaged(model.base.unet, positive, negative, latent.batch):
-            return run_resumable(view, dataclasses.replace(ctx, seed=seed), num_images=latent.batch,
-                                 num_inference_steps=run.total, guidance_scale=cfg, output_type="latent",
-                                 **prompts, **task)
+        return unet.run(ex, node_id, ctx, view, run.total, **prompts, **task)
 
     out = ex.sample(node_id, sample)
     return (Latent(out, empty=latent.empty and run.total == 0),)

@@ -65,11 +65,7 @@ def cfg_guider(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, 
     model = _model(ex, node_id, args["model"])
     positive = _conditioning(ex, node_id, "positive", args["positive"], model)
     negative = _conditioning(ex, node_id, "negative", args["negative"], model)
-    cfg = ex.number(node_id, args, "cfg")
-    if cfg < 0:
-        where = ex.where(node_id, "cfg")
-        raise ContractError("invalid_field", f"{where}: a cfg of 0 or more, not {cfg}", where)
-    return (Guider(model, positive, negative, cfg, where=ex.where(node_id, "model")),)
+    return (Guider(model, positive, negative, flowsampler.cfg(ex, node_id, args), where=ex.where(node_id, "model")),)
 
 
 def _inputs(ex: Execution, node_id: str) -> tuple[SamplerName, Sigmas]:

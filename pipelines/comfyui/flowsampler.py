@@ -202,6 +202,15 @@ def plan(ex: Execution, node_id: str, args: dict[str, Any]) -> int:
     return planned(ex, *_values(ex, node_id, args))
 
 
+def cfg(ex: Execution, node_id: str, args: dict[str, Any]) -> float:
+    """The node's ``cfg``, refused below 0 naming it (the guidance of CFGGuider and of KSampler on these models)."""
+    value = ex.number(node_id, args, "cfg")
+    if value < 0:
+        where = ex.where(node_id, "cfg")
+        raise ContractError("invalid_field", f"{where}: a cfg of 0 or more, not {value}", where)
+    return value
+
+
 def ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
     """KSampler on a Flux or SD 3.5 model: ComfyUI's custom-sampling set of its inputs (module docstring)."""
     sampler, sigmas = _values(ex, node_id, args)
@@ -209,10 +218,6 @@ def ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ..
     assert isinstance(model, FlowModel)
     positive = conditioning(ex, node_id, "positive", args["positive"], model)
     negative = conditioning(ex, node_id, "negative", args["negative"], model)
-    cfg = ex.number(node_id, args, "cfg")
-    if cfg < 0:
-        where = ex.where(node_id, "cfg")
-        raise ContractError("invalid_field", f"{where}: a cfg of 0 or more, not {cfg}", where)
-    guider = Guider(model, positive, negative, cfg, where=ex.where(node_id, "model"))
+    guider = Guider(model, positive, negative, cfg(ex, node_id, args), where=ex.where(node_id, "model"))
     latent = ex.want(args["latent_image"], Latent, node_id, "latent_image")
     return (run(ex, node_id, Noise(denoise.seed(ex, node_id, args)), guider, sampler, sigmas, latent),)

@@ -13,16 +13,15 @@ go to the UNet there). The pass is ``pipelines.resume.run_resumable``'s, so an i
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.comfyui import combine, images, loaders, samplers
+from pipelines.comfyui import images, samplers
 from pipelines.comfyui.denoise import SEED_ROOM, Schedule
+from pipelines.comfyui.unetpass import UnetPass
 from pipelines.comfyui.values import Conditioning, Images, Latent, Model, Vae
 from pipelines.common import job_pipeline
-from pipelines.resume import run_resumable
 from runtime.contract import ContractError
 from runtime.plugins import RunContext
 
@@ -63,16 +62,14 @@ def unmasked(ex: Execution, node_id: str, args: dict[str, Any], model: Model, la
     mask = torch.ones((latent.batch, 1, height, width), dtype=samples.dtype, device=samples.device)
     blank = blank_latents(model, latent.batch, height, width, ex.ctx.device).to(samples.device, samples.dtype)
 
+    unet = UnetPass(model, positive, negative, latent, seed, cfg)
+
     def sample(ctx: RunContext) -> torch.Tensor:
         if run.total == 0:
             return latent.samples
-        loaders.activate(ctx.models, model, model.loras, ex.where(node_id, "model"))
         view = job_pipeline(cls, model.base, choice, family=model.kind)
-        with combine.averaged(model.base.unet, positive, negative, latent.batch):
-            return run_resumable(view, dataclasses.replace(ctx, seed=seed), num_images=latent.batch,
-                                 num_inference_steps=run.total, guidance_scale=cfg, output_type="latent",
-                                 image=samples, mask_image=mask, masked_image_latents=blank,
-                                 strength=run.strength, width=width, height=height, **prompts)
+        return unet.run(ex, node_id, ctx, view, run.total, image=samples, mask_image=mask,
+                        masked_image_latents=blank, strength=run.strength, width=width, height=height, **prompts)
 
     out = ex.sample(node_id, sample)
     return (Latent(out, empty=latent.empty and run.total == 0),)

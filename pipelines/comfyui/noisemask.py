@@ -14,16 +14,15 @@ is ``pipelines.resume.run_resumable``'s like any KSampler's, so an interruption 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.comfyui import combine, loaders, samplers, sampling
+from pipelines.comfyui import samplers, sampling
+from pipelines.comfyui.unetpass import UnetPass
 from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
-from pipelines.resume import run_resumable
 from runtime.plugins import RunContext
 
 if TYPE_CHECKING:
@@ -90,16 +89,14 @@ def inpaint(ex: Execution, node_id: str, args: dict[str, Any], latent: Latent,
     samples = latent.samples.to(model.base.unet.dtype)
     mask = _pixel_mask(noise_mask, latent.batch, height, width).to(samples.device, samples.dtype)
 
+    unet = UnetPass(model, positive, negative, latent, seed, cfg)
+
     def sample(ctx: RunContext) -> torch.Tensor:
         if run.total == 0:
             return latent.samples
-        loaders.activate(ctx.models, model, model.loras, ex.where(node_id, "model"))
         view = job_pipeline(cls, model.base, choice, family=model.kind)
-        with combine.averaged(model.base.unet, positive, negative, latent.batch):
-            out = run_resumable(view, dataclasses.replace(ctx, seed=seed), num_images=latent.batch,
-                                num_inference_steps=run.total, guidance_scale=cfg, output_type="latent",
-                                image=samples, mask_image=mask, masked_image_latents=samples,
-                                strength=run.strength, width=width, height=height, **prompts)
+        out = unet.run(ex, node_id, ctx, view, run.total, image=samples, mask_image=mask,
+                       masked_image_latents=samples, strength=run.strength, width=width, height=height, **prompts)
         return kept_outside(out, samples, mask)
 
     out = ex.sample(node_id, sample)

@@ -16,19 +16,18 @@ the inpainting class (``inpaintmodel``: a mask of ones and a grey image's latent
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.comfyui import combine, flowsampler, inpaintmodel, loaders, samplers
+from pipelines.comfyui import flowsampler, inpaintmodel, samplers
 from pipelines.comfyui.denoise import SEED_ROOM, Schedule, schedule
 from pipelines.comfyui.registry import NodeFn
+from pipelines.comfyui.unetpass import UnetPass
 from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
 from pipelines.families.flow import FlowMatching
-from pipelines.resume import run_resumable
 from runtime.contract import ContractError
 from runtime.plugins import RunContext
 
@@ -113,15 +112,13 @@ def _sd_ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any
     else:
         task = {"image": latent.samples.to(model.base.unet.dtype), "strength": run.strength}
 
+    unet = UnetPass(model, positive, negative, latent, seed, cfg)
+
     def sample(ctx: RunContext) -> torch.Tensor:
         if run.total == 0:
             return latent.samples
-        loaders.activate(ctx.models, model, model.loras, ex.where(node_id, "model"))
         view = job_pipeline(cls, model.base, choice, family=model.kind, requires_aesthetics_score=refiner)
-        with combine.averaged(model.base.unet, positive, negative, latent.batch):
-            return run_resumable(view, dataclasses.replace(ctx, seed=seed), num_images=latent.batch,
-                                 num_inference_steps=run.total, guidance_scale=cfg, output_type="latent",
-                                 **prompts, **task)
+        return unet.run(ex, node_id, ctx, view, run.total, **prompts, **task)
 
     out = ex.sample(node_id, sample)
     return (Latent(out, empty=latent.empty and run.total == 0),)
