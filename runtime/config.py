@@ -200,6 +200,10 @@ class Settings(BaseModel):
     lora_memory_bytes: int = Field(2 * 1024**3, ge=0)
     #: Catalog ids the worker loads before it takes its first job; start-up fails loudly if one cannot load.
     preload: list[str] = Field(default_factory=list)
+    #: When a worker with preload models starts taking jobs: once "all" are loaded, or once the "first" is and the
+    #: rest load while it serves (``runtime.worker.preload``: a job never waits longer for that than on a worker
+    #: without preload).
+    serve_after_preload: Literal["all", "first"] = "all"
     device: str = "cpu"
     #: Attention kernel: "auto" (PyTorch SDPA, or xformers where it is installed and measured faster), "sdpa",
     #: or "xformers" (start-up fails where it cannot run).

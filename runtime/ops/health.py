@@ -9,9 +9,12 @@ Kubernetes probes (``infra/k8s``) use exactly these paths on ``Settings.metrics_
   liveness even while the event loop runs, so Kubernetes restarts the pod. An outage does not: failed receives
   are progress, and a restart would not bring the network back. Start-up (imports, preload) counts as alive: a
   startup probe covers it.
-- ``/readyz``: the worker takes jobs: preload models loaded, the consumer started on its queue, the last
-  receive reached SQS, and no shutdown under way. It turns false the moment an interruption starts (it reads
-  ``Interruption.requested``) and while AWS is unreachable, and true again with the first receive that works.
+- ``/readyz``: the worker can serve jobs now: the preload models it waits for loaded (all of them, or with
+  ``SPOTGEN_SERVE_AFTER_PRELOAD=first`` the first: ``runtime.worker.preload``), none failed, the consumer
+  started on its queue, the last receive reached SQS, and no shutdown under way. It turns false the moment an
+  interruption starts (it reads ``Interruption.requested``) and while AWS is unreachable, and true again with
+  the first receive that works. Its body's ``models`` says which preload models are loaded, loading, waiting
+  and failed.
 - ``/metrics``: Prometheus text format.
 
 Each probe answers 200 or 503 with a small JSON body saying which check failed. ``spotgen worker --check``
@@ -48,6 +51,8 @@ class Health:
         self.interruption = interruption
         self.stall_s, self.clock = stall_s, clock
         self.preload_done = False
+        #: The preload models' states for the ``/readyz`` body (``PreloadReport.model_dump``); None: no report.
+        self.models: Callable[[], dict[str, Any]] | None = None
         self.consumer = False
         self.last_progress: float | None = None
         #: Why the last receive failed; None once one worked.
@@ -89,8 +94,10 @@ class Health:
 
     def ready(self) -> tuple[bool, dict[str, str]]:
         interruption = self.interruption
+        failed = (self.models() if self.models is not None else {}).get("failed") or {}
         checks = {
-            "preload": "ok" if self.preload_done else "loading models",
+            "preload": f"failed: {'; '.join(failed.values())}" if failed
+            else "ok" if self.preload_done else "loading models",
             "queue": "ok" if self.consumer else "not consuming",
             "aws": "ok" if self.receive_error is None else f"SQS unreachable: {self.receive_error}",
             "shutdown": "ok" if interruption is None or not interruption.requested
@@ -111,7 +118,8 @@ def serve(health: Health, metrics: Callable[[], tuple[bytes, str]] | None, host:
             path = self.path.split("?", 1)[0]
             if path in (LIVE_PATH, READY_PATH):
                 ok, checks = health.live() if path == LIVE_PATH else health.ready()
-                extra = {"consumer_idle_s": health.idle_s()} if path == LIVE_PATH else {}
+                extra = {"consumer_idle_s": health.idle_s()} if path == LIVE_PATH else \
+                    {"models": health.models()} if health.models is not None else {}
                 body = json.dumps({"ok": ok, "checks": checks, **extra}).encode()
                 self._send(200 if ok else 503, body, "application/json")
             elif path == METRICS_PATH and metrics is not None:

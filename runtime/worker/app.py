@@ -38,6 +38,7 @@ from runtime.worker.handoff import Handoff
 from runtime.worker.interrupt import Interruption, watch_imds
 from runtime.worker.job import Job
 from runtime.worker.lease import Lease
+from runtime.worker.preload import Preload
 from runtime.worker.runner import JobRunner
 from runtime.worker.stages import Stage
 
@@ -279,9 +280,10 @@ def first_beat_s(visibility_s: int, settings: Settings) -> float:
 
 
 def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
-    """Start consuming. The runner is built and the preload models loaded first, so a broken plugin or model
-    stops start-up (exit status 1, with the reason) instead of failing every job. Logs, metrics, traces and the
-    probes' server start before that (``runtime.ops.telemetry``), so ``/livez`` answers during the preload."""
+    """Start consuming. The runner is built and the preload models loaded first (all, or the first with the rest
+    loading while it serves: ``runtime.worker.preload``), so a broken plugin or model stops start-up (exit status
+    1, with the reason) instead of failing every job. Logs, metrics, traces and the probes' server start before
+    that (``runtime.ops.telemetry``), so ``/livez`` answers during the preload."""
     from runtime.ops import telemetry
 
     app = make_app(settings)
@@ -296,7 +298,10 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
         hooks.first_beat_s = first_beat_s(reach_aws(settings, hooks.sqs), settings)
         runner = app.spotgen.runner()
         runner.setup()  # every pipeline's setup: a plugin that cannot run here (an attention kernel...) stops it
-        runner.preload(settings.preload)
+        preload = Preload(runner, settings.preload, settings.serve_after_preload,
+                          lambda exc: hooks.interruption.leave(f"preload failed: {exc}"))
+        ops.health.models = lambda: preload.report().model_dump()
+        preload.start()
     except (ModelError, PluginError, Unreachable) as exc:
         raise SystemExit(f"spotgen worker: cannot start: {exc}") from None
     ops.health.preloaded()
@@ -310,6 +315,7 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     signals.worker_shutting_down.connect(hooks.interruption.on_worker_shutting_down, weak=False)
     hooks.interruption.last_resort = True  # this process is the worker's: faulthandler may end it
     signals.worker_shutdown.connect(on_stopped, weak=False)
+    signals.worker_ready.connect(lambda **_: preload.serving.set(), weak=False)
     if settings.imds_poll_s:
         watch_imds(settings.imds_url, settings.imds_poll_s)
     argv = ["worker", "--pool=solo", "--concurrency=1", f"--queues={settings.queue_name}",
@@ -317,4 +323,7 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     if settings.log_format == "json":
         argv.insert(0, "--quiet")  # no banner on stdout: every line there is a JSON object
     app.worker_main(argv + (extra_argv or []))
-    hooks.interruption.stopped()  # after an interruption, no interpreter teardown: it could outlast the deadline
+    # after an interruption, no interpreter teardown: it could outlast the deadline; a failed preload exits 1
+    hooks.interruption.stopped(1 if preload.failure is not None else 0)
+    if preload.failure is not None:  # stopped before an interruption began
+        raise SystemExit(f"spotgen worker: cannot start: {preload.failure}")

@@ -292,27 +292,13 @@ class JobRunner:
                 raise PluginError(f"pipeline {name!r} failed to set up: {type(exc).__name__}: {exc}") from exc
 
     def preload(self, model_ids: list[str]) -> None:
-        """Load the configured models before the first job, so a missing or broken model stops start-up instead
-        of failing every job that names it. ``ModelError`` says which model and why. Each model is loaded by the
-        first pipeline (in registry order) whose ``load`` takes models of its kind."""
+        """Load these models now, one after another, each by the first pipeline (in registry order) whose
+        ``load`` takes its kind; ``ModelError`` says which model and why (``runtime.worker.preload``)."""
+        from runtime.worker.preload import check_catalog, load_model
+
+        check_catalog(self, model_ids)
         for model_id in model_ids:
-            entry = self.models.catalog.models.get(model_id)
-            if entry is None:
-                raise ModelError("unknown_model", f"preload model {model_id!r} is not in the catalog "
-                                 f"{self.models.models_dir / 'catalog.json'}")
-            started = time.perf_counter()
-            try:
-                loaded = any(self.pipeline(name).load(model_id, entry.kind) for name in self.registry.names())
-            except ModelError:
-                raise
-            except Exception as exc:  # a corrupt file, a config diffusers cannot read...
-                raise ModelError("model_load_failed", f"preload model {model_id!r} failed to load: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-            if not loaded:
-                raise ModelError("model_not_loadable", f"preload model {model_id!r} is a {entry.kind} model, and no "
-                                 f"pipeline of this worker loads {entry.kind} models "
-                                 f"(it has {', '.join(self.registry.names())})")
-            log.info("preloaded model %s in %.2f s", model_id, time.perf_counter() - started)
+            load_model(self, model_id)
 
     def pipeline(self, name: str) -> Pipeline:
         if name not in self._pipelines:

@@ -191,6 +191,8 @@ def test_probes_during_start_up_and_preload(ops: Ops, worker_a: Worker) -> None:
     assert answered[0][1] == 503  # the first answer is "alive, not ready"
     assert all(live == 200 for live, _, _ in answered)  # alive all along: preload is no reason to restart
     assert any('"preload": "loading models"' in checks for _, ready, checks in answered if ready == 503), seen
+    status, body = get(worker_a.url + READY_PATH)  # the preload's models, each in its place
+    assert json.loads(body)["models"] == {"loaded": ["tiny-sd"], "loading": [], "waiting": [], "failed": {}}, body
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     check = [sys.executable, "-m", "runtime.cli", "worker", "--check"]
     ok = subprocess.run(check, env={**env, "SPOTGEN_METRICS_PORT": str(worker_a.port)}, capture_output=True)

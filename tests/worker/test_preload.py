@@ -1,16 +1,29 @@
-"""Preloading: a worker loads its configured models before taking jobs, and refuses to start without them."""
+"""Preloading: a worker loads its configured models before taking jobs (or, with SPOTGEN_SERVE_AFTER_PRELOAD=first,
+the first before and the rest while serving), and refuses to start or serve without them."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from PIL import Image
 
 from runtime.models.nodecache import NodeCache
+from runtime.plugins import Pipeline, RunContext, SetupContext
 from tests.conftest import ROOT, Stack, spawn_worker, zygote
+from tests.events import until
+from tests.plugins import FailInputs
+from tests.rest import call, wait_for
+from tests.zygote import Forked
 
 
 def log_of(stack: Stack, name: str) -> str:
@@ -104,3 +117,157 @@ def test_a_worker_without_credentials_stops_at_once_saying_it_did_not_retry(stac
     assert proc.wait(120) == 1
     log = log_of(stack, "no-credentials")
     assert "cannot start: cannot reach the SQS queue" in log and "not retried): NoCredentialsError" in log, log
+
+
+# -- serving while the rest load (SPOTGEN_SERVE_AFTER_PRELOAD) ---------------------------------------------------
+class GatedLoad(Pipeline):
+    """Preloads LoRA ids (no built-in pipeline does) through the model store, each load held until the test writes
+    the gate file (``SPOTGEN_TEST_GATE``): "ok" lets it finish, "fail" makes it raise. A model whose load the test
+    controls, instead of one that takes long enough."""
+
+    name = "gated-load"
+    Inputs = FailInputs
+
+    def setup(self, ctx: SetupContext) -> None:
+        self.models = ctx.models
+
+    def load(self, model_id: str, kind: str) -> bool:
+        if kind != "lora":
+            return False
+        gate = Path(os.environ["SPOTGEN_TEST_GATE"])
+
+        def held() -> dict[str, str]:
+            while not gate.exists():
+                time.sleep(0.02)
+            if gate.read_text() == "fail":
+                raise OSError(f"{model_id}: the test failed this load")
+            return {"model": model_id}
+
+        self.models.get(f"gated:{model_id}", held, model_id)
+        return True
+
+    def run(self, inputs: FailInputs, ctx: RunContext) -> list[Image.Image]:
+        return [Image.new("RGB", (8, 8))]
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Any]:
+    """An API and emulator with no worker of their own: every job goes to the worker a test starts."""
+    from runtime.config import Settings
+    from runtime.local.devstack import DevStack
+
+    saved = dict(os.environ)
+    tmp = tmp_path_factory.mktemp("preload-serve")
+    stack = DevStack(Settings(models_dir=tiny_models, poll_wait_s=1), port=0, aws_port=0, workers=0,
+                     log_dir=tmp / "logs")
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def gated_worker(stack: Any, tmp: Path, serve: str) -> tuple[Forked, str, Path, Path]:
+    """A worker preloading tiny-sd, then tiny-lora-sd1 behind a gate; (process, probe URL, gate, log)."""
+    from runtime.local.devstack import EMULATOR_CREDENTIALS
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gate, log = tmp / "gate", tmp / "worker.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **stack.settings.to_env(), **EMULATOR_CREDENTIALS,
+           "SPOTGEN_METRICS_PORT": str(port), "SPOTGEN_METRICS_HOST": "127.0.0.1", "OMP_NUM_THREADS": "1",
+           "SPOTGEN_PLUGINS": "tests.worker.test_preload:GatedLoad", "SPOTGEN_TEST_GATE": str(gate),
+           "SPOTGEN_PRELOAD": "tiny-sd,tiny-lora-sd1", "SPOTGEN_SERVE_AFTER_PRELOAD": serve}
+    return zygote().spawn(env, log), f"http://127.0.0.1:{port}/readyz", gate, log
+
+
+def readyz(url: str) -> tuple[int | None, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return None, {}
+
+
+def models_are(url: str, proc: Forked, loaded: list[str], loading: list[str]) -> tuple[int | None, dict[str, Any]]:
+    """/readyz's first answer whose models are as given (the process must stay up meanwhile)."""
+    def check() -> tuple[int | None, dict[str, Any]] | None:
+        assert proc.poll() is None, "the worker exited"
+        status, body = readyz(url)
+        models = body.get("models") or {}
+        return (status, body) if (models.get("loaded"), models.get("loading")) == (loaded, loading) else None
+    return until(f"/readyz models loaded={loaded} loading={loading}", check, timeout=120, every=0.05)
+
+
+def test_serving_the_first_preload_model_while_the_next_loads(own_stack: Any, tmp_path: Path) -> None:
+    proc, url, gate, log = gated_worker(own_stack, tmp_path, "first")
+    try:
+        until("/readyz to pass", lambda: readyz(url)[0] == 200 or proc.poll() is not None, timeout=120, every=0.05)
+        status, body = models_are(url, proc, ["tiny-sd"], ["tiny-lora-sd1"])
+        assert status == 200 and body["checks"]["preload"] == "ok", body  # serving: tiny-sd can run now
+        answer = call("POST", f"{own_stack.api_url}/v1/jobs", {"pipeline": "txt2img", "model": "tiny-sd", "inputs": {
+            "prompt": "a red fox", "width": 64, "height": 64, "steps": 2, "seed": 3}})
+        assert answer[0] == 202, answer
+        assert wait_for(own_stack.api_url, answer[1]["id"], timeout=120)["state"] == "succeeded"
+        status, body = readyz(url)  # the gate is still shut: the job ran while tiny-lora-sd1 was loading
+        assert (status, body["models"]["loading"], body["models"]["loaded"]) == (200, ["tiny-lora-sd1"], ["tiny-sd"])
+        gate.write_text("ok")
+        status, body = models_are(url, proc, ["tiny-sd", "tiny-lora-sd1"], [])
+        assert status == 200 and body["models"]["failed"] == {} and body["models"]["waiting"] == []
+        assert "preload finished while serving: tiny-lora-sd1" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_without_the_setting_the_worker_takes_no_job_before_every_model_is_loaded(own_stack: Any,
+                                                                                    tmp_path: Path) -> None:
+    proc, url, gate, log = gated_worker(own_stack, tmp_path, "all")
+    try:
+        status, body = models_are(url, proc, ["tiny-sd"], ["tiny-lora-sd1"])
+        assert status == 503 and body["checks"]["preload"] == "loading models", body
+        assert " ready." not in log.read_text()  # the consumer waits behind the gate: it cannot have started
+        gate.write_text("ok")
+        until("/readyz to pass", lambda: readyz(url)[0] == 200 or proc.poll() is not None, timeout=120, every=0.05)
+        text = log.read_text()
+        assert text.index("preloaded model tiny-lora-sd1") < text.index(" ready.")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_a_preload_model_failing_while_serving_ends_the_worker_with_the_reason(own_stack: Any,
+                                                                                tmp_path: Path) -> None:
+    """Today's rule under the setting: a worker does not serve without a preload model; it leaves as a drain does
+    and exits 1, naming the model."""
+    proc, url, gate, log = gated_worker(own_stack, tmp_path, "first")
+    try:
+        models_are(url, proc, ["tiny-sd"], ["tiny-lora-sd1"])
+        until("the consumer to start", lambda: " ready." in log.read_text(), timeout=120, every=0.05)
+        gate.write_text("fail")
+        assert proc.wait(120) == 1
+        assert "cannot serve without preload model tiny-lora-sd1" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(60)
+
+
+def test_readiness_says_which_preload_model_failed() -> None:
+    """A failed preload model fails readiness whatever else holds, naming it (the worker then leaves)."""
+    from runtime.ops.health import Health
+
+    health = Health()
+    health.preloaded()
+    health.consuming(True)
+    report = {"loaded": ["tiny-sd"], "loading": [], "waiting": [], "failed": {}}
+    health.models = lambda: report
+    assert health.ready() == (True, {"preload": "ok", "queue": "ok", "aws": "ok", "shutdown": "ok"})
+    report["failed"] = {"tiny-lora-sd1": "preload model 'tiny-lora-sd1' failed to load: OSError: gone"}
+    ok, checks = health.ready()
+    assert not ok and checks["preload"] == "failed: preload model 'tiny-lora-sd1' failed to load: OSError: gone"
