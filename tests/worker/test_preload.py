@@ -122,8 +122,8 @@ def test_a_worker_without_credentials_stops_at_once_saying_it_did_not_retry(stac
 # -- serving while the rest load (SPOTGEN_SERVE_AFTER_PRELOAD) ---------------------------------------------------
 class GatedLoad(Pipeline):
     """Preloads LoRA ids (no built-in pipeline does) through the model store, each load held until the test writes
-    the gate file (``SPOTGEN_TEST_GATE``): "ok" lets it finish, "fail" makes it raise. A model whose load the test
-    controls, instead of one that takes long enough."""
+    the model's gate file (``$SPOTGEN_TEST_GATE-<id>``): "ok" lets it finish, "fail" makes it raise. A model whose
+    load the test controls, instead of one that takes long enough."""
 
     name = "gated-load"
     Inputs = FailInputs
@@ -134,7 +134,7 @@ class GatedLoad(Pipeline):
     def load(self, model_id: str, kind: str) -> bool:
         if kind != "lora":
             return False
-        gate = Path(os.environ["SPOTGEN_TEST_GATE"])
+        gate = Path(f"{os.environ['SPOTGEN_TEST_GATE']}-{model_id}")
 
         def held() -> dict[str, str]:
             while not gate.exists():
@@ -176,10 +176,10 @@ def gated_worker(stack: Any, tmp: Path, serve: str) -> tuple[Forked, str, Path, 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    gate, log = tmp / "gate", tmp / "worker.log"
+    gate, log = tmp / "gate-tiny-lora-sd1", tmp / "worker.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), **stack.settings.to_env(), **EMULATOR_CREDENTIALS,
            "SPOTGEN_METRICS_PORT": str(port), "SPOTGEN_METRICS_HOST": "127.0.0.1", "OMP_NUM_THREADS": "1",
-           "SPOTGEN_PLUGINS": "tests.worker.test_preload:GatedLoad", "SPOTGEN_TEST_GATE": str(gate),
+           "SPOTGEN_PLUGINS": "tests.worker.test_preload:GatedLoad", "SPOTGEN_TEST_GATE": str(tmp / "gate"),
            "SPOTGEN_PRELOAD": "tiny-sd,tiny-lora-sd1", "SPOTGEN_SERVE_AFTER_PRELOAD": serve}
     return zygote().spawn(env, log), f"http://127.0.0.1:{port}/readyz", gate, log
 
@@ -271,3 +271,36 @@ def test_readiness_says_which_preload_model_failed() -> None:
     report["failed"] = {"tiny-lora-sd1": "preload model 'tiny-lora-sd1' failed to load: OSError: gone"}
     ok, checks = health.ready()
     assert not ok and checks["preload"] == "failed: preload model 'tiny-lora-sd1' failed to load: OSError: gone"
+
+
+def test_a_job_for_the_model_the_preload_is_loading_gets_that_load(tiny_models: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """No second copy in memory: a job's lookup of the model the preload thread is loading (on a thread of its own,
+    as the device thread's) ends with that one load, whichever of the two reaches the store first."""
+    import threading
+
+    from runtime.config import Settings
+    from runtime.models.store import ModelStore
+    from runtime.plugins import Registry
+    from runtime.worker.preload import Preload, PreloadReport
+    from runtime.worker.runner import JobRunner
+
+    monkeypatch.setenv("SPOTGEN_TEST_GATE", str(tmp_path / "gate"))
+    registry = Registry()
+    registry.register(GatedLoad)
+    runner = JobRunner(Settings(), None, None, registry, ModelStore(tiny_models))
+    runner.setup()
+    (tmp_path / "gate-tiny-lora-sd1").write_text("ok")
+    preload = Preload(runner, ["tiny-lora-sd1", "tiny-lora-sd1-kohya"], "first")
+    preload.start()  # returns with the first loaded, the second's load held at its gate
+    assert preload.report().loaded == ["tiny-lora-sd1"] and runner.models.loads == 1
+    until("the preload thread to start the second load", lambda: preload.report().loading == ["tiny-lora-sd1-kohya"])
+    job = threading.Thread(target=runner.pipeline("gated-load").load, args=("tiny-lora-sd1-kohya", "lora"))
+    job.start()
+    (tmp_path / "gate-tiny-lora-sd1-kohya").write_text("ok")
+    job.join(60)
+    assert preload.thread is not None
+    preload.thread.join(60)
+    assert not job.is_alive() and not preload.thread.is_alive()
+    assert runner.models.loads == 2  # one per model
+    assert preload.report() == PreloadReport(loaded=["tiny-lora-sd1", "tiny-lora-sd1-kohya"])
