@@ -18,8 +18,8 @@ the rest of the scheduler. An empty latent from step 0 with noise is text-to-ima
 Latents between samplers are kept as ComfyUI keeps them, ``x0 + sigma * noise``: what the Euler-like schedulers
 step on. The others (DPM-Solver++, UniPC, DDIM, LCM) step on ``x / sqrt(1 + sigma^2)``, so a leftover latent is
 scaled out of that on return and into it when taken without noise: a base on Euler and a refiner on DPM++ 2M
-hand over the same noise level. Not run here yet, refused naming the input: Flux and SD 3.5 models (their graphs
-sample with ``SamplerCustomAdvanced``), a latent with a noise mask, a ControlNet's conditioning.
+hand over the same noise level. Not run here yet, refused naming the input: a latent with a noise mask, a
+ControlNet's conditioning. Flux and SD 3.5 models run their slice as ``flowadvanced``'s (``family_advanced``).
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ import torch
 
 from pipelines.comfyui import inpaintmodel, samplers, sampling
 from pipelines.comfyui.controlnodes import Controlled
-from pipelines.comfyui.flowvalues import FlowModel
 from pipelines.comfyui.noisemask import MaskedLatent
-from pipelines.comfyui.registry import Node
+from pipelines.comfyui.registry import Node, NodeFn
 from pipelines.comfyui.unetpass import UnetPass
 from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
+from pipelines.families.flow import FlowMatching
 from runtime.contract import ContractError
 from runtime.contract.inputs import LCM_MAX_STEPS, MAX_SCHEDULE
 from runtime.plugins import RunContext
@@ -90,12 +90,17 @@ def span(ex: Execution, node_id: str, args: dict[str, Any], choice: samplers.Cho
     return Span(steps, start, min(end, steps), noise, leftover)
 
 
+def family_advanced(model: Any) -> tuple[NodeFn, sampling.Planner]:
+    """KSamplerAdvanced and its planner for the MODEL's family (its ``kind``, as ``sampling.family_sampler``
+    reads it): the flow-matching families' (Flux, SD 3.5) are ``flowadvanced``'s, SD's and SDXL's this module's."""
+    if isinstance(getattr(model, "kind", None), FlowMatching):
+        from pipelines.comfyui import flowadvanced  # it reads this module's slice: imported once both are defined
+
+        return flowadvanced.ksampler_advanced, flowadvanced.plan
+    return _sd_ksampler_advanced, _sd_plan
+
+
 def _model(ex: Execution, node_id: str, value: Any) -> Model:
-    if isinstance(value, FlowModel):
-        where = ex.where(node_id, "model")
-        raise ContractError("unsupported_model_family", f"{where}: {CLASS} runs on SD 1.x, SD 2.x and SDXL models so "
-                            f"far; {value.model_id!r} is a {value.family} model: sample it with "
-                            "SamplerCustomAdvanced", where)
     model = ex.want(value, Model, node_id, "model")
     inpaintmodel.refuse(ex, node_id, model, CLASS)
     return model
@@ -123,6 +128,15 @@ def planned_steps(model: Model, choice: samplers.Choice, run: Span) -> int:
 
 def plan(ex: Execution, node_id: str, args: dict[str, Any]) -> int:
     """The steps a KSamplerAdvanced node is planned to run (the executor plans every pass before the first runs)."""
+    return family_advanced(args.get("model"))[1](ex, node_id, args)
+
+
+def ksampler_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    """KSamplerAdvanced: its model's family's (``family_advanced``)."""
+    return family_advanced(args.get("model"))[0](ex, node_id, args)
+
+
+def _sd_plan(ex: Execution, node_id: str, args: dict[str, Any]) -> int:
     model = _model(ex, node_id, args["model"])
     choice = samplers.choice(args["sampler_name"], args["scheduler"], ex.where(node_id))
     return planned_steps(model, choice, span(ex, node_id, args, choice))
@@ -236,7 +250,7 @@ def _refuse(ex: Execution, node_id: str, name: str, what: str) -> None:
                         where)
 
 
-def ksampler_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
+def _sd_ksampler_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any, ...]:
     model = _model(ex, node_id, args["model"])
     positive = ex.want(args["positive"], Conditioning, node_id, "positive")
     negative = ex.want(args["negative"], Conditioning, node_id, "negative")

@@ -143,9 +143,10 @@ def guided(guider: Guider) -> bool:
 
 
 def run(ex: Execution, node_id: str, noise: Noise, guider: Guider, sampler: SamplerName, sigmas: Sigmas,
-        latent: Latent) -> Latent:
+        latent: Latent, fixed: denoise.Schedule | None = None, adapt: Callable[[Any], None] | None = None) -> Latent:
     """The sampler node ``node_id``'s pass on a flow model (module docstring); refusals name where each value was
-    set (a KSampler's own inputs, or the custom-sampling node that made it)."""
+    set (a KSampler's own inputs, or the custom-sampling node that made it). KSamplerAdvanced (``flowadvanced``)
+    gives its own ``fixed`` schedule instead of the sigmas' denoise, and ``adapt``s the job view to its slice."""
     model = guider.model
     assert isinstance(model, FlowModel)
     picked = choice(sampler, sigmas)
@@ -158,7 +159,7 @@ def run(ex: Execution, node_id: str, noise: Noise, guider: Guider, sampler: Samp
                             f"{CHANNELS} (EmptySD3LatentImage's)", where)
     if model.family == "flux" and (cells_h % 2 or cells_w % 2):
         raise ContractError("invalid_field", f"{where}: Flux takes sides that are multiples of 16 pixels", where)
-    plan = schedule(ex, sigmas, picked)
+    plan = schedule(ex, sigmas, picked) if fixed is None else fixed
     txt2img = latent.empty and plan.strength >= 1
     why = FAMILIES[model.family].txt2img_samplers.get(picked.scheduler)
     if not txt2img and plan.total and why:
@@ -177,6 +178,8 @@ def run(ex: Execution, node_id: str, noise: Noise, guider: Guider, sampler: Samp
             return latent.samples
         loaders.activate(ctx.models, model, model.loras, guider.where)  # type: ignore[arg-type]
         view = job_pipeline(cls, model.base, picked, family=model.kind)  # type: ignore[arg-type]
+        if adapt is not None:
+            adapt(view)
         with combine.averaged(model.base.transformer, guider.positive, negative, batch, flux and guided(guider),
                               FLUX_GUIDANCE if flux else None, fit(guider)[0]):
             out = run_resumable(view, dataclasses.replace(ctx, seed=noise.seed), num_images=batch,

@@ -5,7 +5,7 @@ the refiner's N..end without adding noise) at 64 x 48 and 5 steps.
 The two samplers are two passes planned together; an interruption inside either resumes to the uninterrupted run's
 bytes; each input of the slice changes the pixels, and the seed of a sampler that adds no noise does not; the whole
 schedule is KSampler's run, and a schedule cut in two on one model with Euler is the uncut run; values that cannot
-run and Flux's models are refused naming the input, before any step runs."""
+run are refused naming the input, before any step runs (Flux and SD 3.5 models: test_flow_advanced.py)."""
 
 from __future__ import annotations
 
@@ -177,17 +177,3 @@ def test_values_that_cannot_run_are_refused_naming_the_input(harness: Harness, c
     with pytest.raises(ContractError) as caught:
         Execution(refiner_graph(**change), ctx).run()
     assert caught.value.field == field and not steps, caught.value
-
-
-def test_a_flux_model_is_refused_naming_the_input(harness: Harness) -> None:
-    graph = workflow("flux_dev")
-    for node, name in {"12": "unet_name", "11": "clip_name1", "10": "vae_name"}.items():
-        graph[node]["inputs"][name] = "tiny-flux"
-    graph["11"]["inputs"]["clip_name2"] = "tiny-flux"
-    graph["27"]["inputs"].update(width=64, height=48)
-    graph["13"] = {"class_type": "KSamplerAdvanced", "inputs": {**refiner_graph()["10"]["inputs"], "model": ["30", 0],
-                                                               "positive": ["26", 0], "negative": ["26", 0],
-                                                               "latent_image": ["27", 0]}}
-    with pytest.raises(ContractError) as caught:
-        run(harness, graph)
-    assert caught.value.field == "inputs.graph.13.inputs.model" and "SamplerCustomAdvanced" in caught.value.message
