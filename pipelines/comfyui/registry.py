@@ -1,9 +1,9 @@
 """What a node class is to the interpreter (``Node``), and the tables of the node classes it runs, by area: the core
 nodes in ``executor``; Flux's and SD 3.5's (custom sampling, their loaders) in ``flownodes``; images from the input
 bucket and masks in ``imagenodes``; ControlNets in ``controlnodes``; upscale models in ``upscalenodes``;
-KSamplerAdvanced (a slice of a schedule: SDXL's base + refiner) in ``advanced``. ``executor.node_table`` runs them
-all; ``runtime.contract.comfy.table``'s ``RUNS`` says the same to the API (tests/comfy/test_runs.py keeps the two
-equal).
+KSamplerAdvanced (a slice of a schedule: SDXL's base + refiner) in ``advanced`` (``flowadvanced`` on Flux and
+SD 3.5). ``executor.node_table`` runs them all; ``runtime.contract.comfy.table``'s ``RUNS`` says the same to the API
+(tests/comfy/test_runs.py keeps the two equal).
 """
 
 from __future__ import annotations
