@@ -34,6 +34,7 @@ from runtime.models.catalog import (
     ModelError,
     describe,
 )
+from runtime.models.prefetch import Prefetcher
 from runtime.ops.observe import NOOP, Observer
 
 if TYPE_CHECKING:
@@ -59,10 +60,8 @@ class ModelSource:
 
 
 class ModelStore:
-    """Catalog lookups, the tier-1 node cache (when configured) and tier 2: loaded objects kept in memory.
-
-    ``source`` is what loaders use: it says whether a model is a diffusers directory or a single file with a
-    config directory. ``path`` stays for callers that only know directories."""
+    """Catalog lookups, the tier-1 node cache (when configured) and tier 2: loaded objects kept in memory. Loaders
+    use ``source`` (a diffusers directory, or a single file with a config directory); ``path`` is for the rest."""
 
     def __init__(self, models_dir: Path, device: str = "cpu", node_cache: NodeCache | None = None,
                  memory_budget: int = 0, lora_budget: int = 0) -> None:
@@ -92,6 +91,7 @@ class ModelStore:
         self.loads = 0  # how many times a loader actually ran; tests and metrics read it
         #: Metrics and traces of lookups, loads, copies and evictions (``runtime.ops.observe``); no-op by default.
         self.observer: Observer = NOOP
+        self.prefetch = Prefetcher()
 
     @property
     def catalog(self) -> Catalog:
@@ -112,13 +112,19 @@ class ModelStore:
         return entry
 
     def path(self, model_id: str, kind: str = "base") -> Path:
-        """The model's directory (its ``.safetensors`` file for a single-file checkpoint; load those through
-        ``source``, which also gives the config), checked as ``source`` checks it."""
+        """The model's directory (a single file's ``.safetensors``: load those through ``source``), checked."""
         return self.source(model_id, kind).path
 
     def source(self, model_id: str, kind: str = "base") -> ModelSource:
-        """Where to load ``model_id`` from, after checking that every path stays inside the models directory
-        (through symlinks too), that the files exist, and that no pickle weights are among them."""
+        """Where to load ``model_id`` from, checked: every path inside the models directory (through symlinks too),
+        the files there, no pickle weights. Inside a load (``get``) its files are read ahead (``models.prefetch``)."""
+        found = self._source(model_id, kind)
+        if self.prefetch.active:
+            config = sorted(p for p in found.config.rglob("*") if p.is_file()) if found.config else []
+            self.prefetch.files([found.path, *config] if found.single_file else [found.path / r for r in found.files])
+        return found
+
+    def _source(self, model_id: str, kind: str) -> ModelSource:
         entry = self.entry(model_id, kind)
         if (url := self.catalog.s3_url(entry)) is not None:
             return self._from_s3(model_id, url)
@@ -193,13 +199,11 @@ class ModelStore:
                              f"{describe(exc)}") from None
 
     def get(self, key: str, loader: Callable[[], T], model_id: str | None = None) -> T:
-        """Tier 2: load once per process under ``key``; later calls return the same object. With a memory
-        budget, the least recently used other objects are dropped when a load goes over it (a job still
-        running on one keeps its reference, so nothing is pulled from under it).
-
-        The store's lock guards its tables only, never a load: a load takes seconds to minutes, and ``/metrics``
-        and ``resident`` must answer meanwhile. Two callers of one key wait on that key's own lock, so the
-        model still loads once."""
+        """Tier 2: load once per process under ``key``; later calls return the same object. With a memory budget,
+        the least recently used other objects are dropped when a load goes over it (a job still running on one
+        keeps its reference, so nothing is pulled from under it). The store's lock guards its tables only, never a
+        load: a load takes seconds to minutes, and ``/metrics`` and ``resident`` must answer meanwhile. Two callers
+        of one key wait on that key's own lock, so the model still loads once. Files are read ahead meanwhile."""
         with self._lock:
             if (value := self._hit(key, model_id)) is not None:
                 return value
@@ -211,7 +215,8 @@ class ModelStore:
             # the node cache must not evict the files between their fetch (inside the loader) and the load
             started = time.perf_counter()
             try:
-                with self._held(model_id), self.observer.phase("model_load", model=model_id or key):
+                with (self._held(model_id), self.observer.phase("model_load", model=model_id or key),
+                      self.prefetch.loading()):
                     value = loader()
             finally:
                 with self._lock:
@@ -230,11 +235,9 @@ class ModelStore:
             return value
 
     def release_idle(self, keep: Iterable[str] = ()) -> int:
-        """Drop every loaded object but those of the models in ``keep`` (the running job's); the bytes dropped.
-
-        The answer to an out-of-memory error: the job that hit it keeps its own models (dropping them here would
-        only make the next lookup load a second copy beside the job's), and everything else goes, so the retry
-        in the same process has the room the idle models took."""
+        """Drop every loaded object but those of the models in ``keep`` (the running job's); the bytes dropped. The
+        answer to an out-of-memory error: the job keeps its own models (dropping them would only make the next lookup
+        load a second copy beside the job's), and the retry in this process gets the room the idle models took."""
         kept = {key for model_id in keep for key in self._model_keys.get(model_id, ())}
         with self._lock:
             idle = [key for key in self._loaded if key not in kept]
@@ -290,10 +293,9 @@ class ModelStore:
         return ModelSource(model_id, local, False, None, files, local)
 
     def _from_node_cache(self, model_id: str, source: Any, files: dict[str, Path]) -> Path | None:
-        """The tier-1 copy of the model's files (copied now if absent or damaged), or None without a node cache.
-
-        The store decides what the model consists of (``files``, keyed as its manifest keys them), so the copy
-        follows the same rules as loading from tier 0 and ``spotgen models verify``."""
+        """The tier-1 copy of the model's files (copied now if absent or damaged), or None without a node cache. The
+        store decides what the model consists of (``files``, keyed as its manifest keys them), so the copy follows
+        the same rules as loading from tier 0 and ``spotgen models verify``."""
         if self.node_cache is None:
             return None
         from runtime.models.copying import NodeCacheError
@@ -333,10 +335,9 @@ class ModelStore:
         return path
 
     def _scan(self, model_id: str, root: Path, exclude: Path | None = None) -> dict[str, Path]:
-        """Every file under ``root`` as {relative POSIX path: resolved path}.
-
-        Symlinks are followed only while they stay inside the models directory (a model directory may share
-        files with another one); one that leads out is refused, as are pickle files, wherever they are."""
+        """Every file under ``root`` as {relative POSIX path: resolved path}. Symlinks are followed only while they
+        stay inside the models directory (a model directory may share files with another one); one that leads out
+        is refused, as are pickle files, wherever they are."""
         files: dict[str, Path] = {}
         pickles: list[str] = []
         seen: set[Path] = set()

@@ -14,9 +14,11 @@ import contextvars
 import functools
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -279,6 +281,16 @@ def first_beat_s(visibility_s: int, settings: Settings) -> float:
     return 0.0
 
 
+def process_age_s() -> float:
+    """Seconds since this process started, from Linux's ``/proc`` (-1 elsewhere): what the imports before any log
+    line cost is only seen from the process's own start."""
+    try:
+        started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, in ticks
+        return float(Path("/proc/uptime").read_text().split()[0]) - started / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
 def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     """Start consuming. The runner is built and the preload models loaded first (all, or the first with the rest
     loading while it serves: ``runtime.worker.preload``), so a broken plugin or model stops start-up (exit status
@@ -298,6 +310,8 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
         hooks.first_beat_s = first_beat_s(reach_aws(settings, hooks.sqs), settings)
         runner = app.spotgen.runner()
         runner.setup()  # every pipeline's setup: a plugin that cannot run here (an attention kernel...) stops it
+        log.info("worker set up %.2f s after its process started (imports, AWS reached, pipelines' setup)",
+                 process_age_s())  # the first phase of a new node's time to its first image (docs/models.md)
         preload = Preload(runner, settings.preload, settings.serve_after_preload,
                           lambda exc: hooks.interruption.leave(f"preload failed: {exc}"))
         ops.health.models = lambda: preload.report().model_dump()

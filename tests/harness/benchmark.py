@@ -20,11 +20,12 @@ called directly, tiled against untiled upscaling, ``only_masked`` against full-i
 ControlNet units and of an IP-Adapter: tests/harness/bench_hires.py, bench_upscale.py, bench_inpaint.py,
 bench_controlnets.py, bench_ipadapter.py), Flux.1's and SD 3.5's memory sharing, cost per step against plain
 diffusers and per-job view (tests/harness/bench_flow.py) and the telemetry overhead
-(tests/harness/bench_ops.py).
+(tests/harness/bench_ops.py), and how fast a new node serves: a tier-1 load against reading its files, and a worker
+process's start to its first image by phase, each against its floor (tests/harness/bench_coldstart.py).
 
-Prints a table and, as the last line, one JSON object with every figure. Each figure that has a goal has its
-verdict beside it (a ``"goals"`` map: value, goal, ``"met"``), and ``goals_missed`` lists those not met; a goal
-missed is a finding about this machine, not a failure: the exit status is non-zero only when the benchmark
+Prints tables (the goals' last) and, as the last line, one JSON object with every figure. Each figure that has a
+goal has its verdict beside it (a ``"goals"`` map: value, goal, ``"met"``), and ``goals_missed`` lists those not
+met; a goal missed is a finding about this machine, not a failure: the exit status is non-zero only when the benchmark
 itself failed.
 """
 
@@ -331,6 +332,11 @@ def main() -> int:
     print(f"resume: read + restore + first step {ckpt['resume_to_first_step_s'] * 1000:.0f} ms vs fresh start + first "
           f"step {ckpt['fresh_start_to_first_step_s'] * 1000:.0f} ms: {ckpt['resume_overhead_steps']:+.2f} steps")
     print("\n".join(bench_cache.report(cache)))
+    from tests.harness import bench_coldstart  # a new node: load against read, process start to first image
+
+    figures["new_node"] = new_node = bench_coldstart.figures()
+    bench_coldstart.print_table("How fast a new node serves (docs/models.md)",
+                                ("figure", "value", "floor / against", "ratio"), bench_coldstart.rows(new_node))
     from tests.harness import bench_models
 
     figures["models"] = families = bench_models.figures()
@@ -354,6 +360,7 @@ def main() -> int:
 
     figures["operations"] = ops_overhead()
     missed = goals_missed(figures)
+    bench_coldstart.print_table("Goals", ("figure", "value", "goal", "met"), bench_coldstart.goal_rows(figures))
     print(f"goals: {goals_count(figures) - len(missed)} met, {len(missed)} not met" + "".join(f"\n  not met: {m}"
                                                                                           for m in missed))
     print(json.dumps({"bench": "e2e", **figures, "goals_missed": missed}, sort_keys=True))

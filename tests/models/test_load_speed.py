@@ -1,0 +1,107 @@
+"""Loading at the disk's speed (issue 32): the store reads a model's files ahead while diffusers builds its modules,
+only inside a load and only what is not in memory yet; and the worker's start-up phase timings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pipelines.common import base_pipeline
+from runtime.models.prefetch import Prefetcher, cached
+from runtime.models.store import ModelStore
+from runtime.models.tinymedium import evict, model_files
+from runtime.worker.app import process_age_s
+from tests.harness.bench_coldstart import worker_phases
+
+
+def cold(files: list[Path]) -> bool:
+    """Whether ``files`` could be dropped from the page cache here (not on a tmpfs, say); they are, after it (the
+    probe may start the kernel's own read-ahead: dropped again)."""
+    for _ in range(3):  # a page under I/O (a read-ahead in flight) stays: try again
+        if not evict(files):
+            return False
+        fd = os.open(files[-1], os.O_RDONLY)
+        try:
+            dropped = not cached(fd, 0, bytearray(4096))
+        finally:
+            os.close(fd)
+        if dropped and evict(files):
+            return True
+    return False
+
+
+def test_files_are_read_ahead_during_a_load_only(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(os.urandom(3 << 20))
+    prefetch = Prefetcher()
+    assert prefetch.files([weights]) is None and not prefetch.active  # outside a load: nothing read
+    if not cold([weights]):
+        pytest.skip("the page cache cannot be dropped on this file system")
+    with prefetch.loading():
+        thread = prefetch.files([weights])
+        assert thread is not None and prefetch.files([weights]) is None  # once per load
+        thread.join()
+    assert prefetch.bytes_read == 3 << 20
+    with prefetch.loading():  # now in the page cache: skipped, not copied again
+        thread = prefetch.files([weights])
+        assert thread is not None
+        thread.join()
+    assert prefetch.bytes_read == 3 << 20
+
+
+def test_a_disabled_prefetcher_reads_nothing(tmp_path: Path) -> None:
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"x" * 4096)
+    prefetch = Prefetcher(enabled=False)
+    with prefetch.loading():
+        assert not prefetch.active and prefetch.files([weights]) is None
+
+
+def test_a_store_load_reads_the_model_ahead_and_loads_the_same_model(models: Path) -> None:
+    files = model_files(models / "tiny-sd")
+    if not cold(files):
+        pytest.skip("the page cache cannot be dropped on this file system")
+    store = ModelStore(models)
+    store.source("tiny-sd")  # outside a load: checked, not read ahead
+    assert store.prefetch.bytes_read == 0
+    pipe = base_pipeline(store, "tiny-sd")
+    assert store.loads == 1 and pipe.unet is not None
+    weights = sum(p.stat().st_size for p in files if p.suffix == ".safetensors")
+    assert 0 < store.prefetch.bytes_read <= sum(p.stat().st_size for p in files) + (1 << 20) * len(files)
+    assert weights > 0
+    reference = base_pipeline(ModelStore(models), "tiny-sd")
+    for (name, mine), (_, theirs) in zip(pipe.unet.state_dict().items(), reference.unet.state_dict().items(),
+                                         strict=True):
+        assert mine.equal(theirs), name
+
+
+def test_process_age_is_measured_from_the_process_start() -> None:
+    age = process_age_s()
+    if age < 0:
+        pytest.skip("no /proc here")
+    assert 0 < age < 24 * 3600
+
+
+def test_the_benchmark_reads_the_phases_from_the_worker_log(tmp_path: Path) -> None:
+    lines = [("2026-12-07T10:00:05.000Z", "worker set up 5.00 s after its process started (imports...)"),
+             ("2026-12-07T10:00:07.500Z", "model medium-sd: copied 1000 bytes to the node cache in 1.50 s"),
+             ("2026-12-07T10:00:08.000Z", "preloaded model medium-sd in 2.75 s"),
+             ("2026-12-07T10:00:09.000Z", "job other succeeded: pipeline 0.100 s"),
+             ("2026-12-07T10:00:10.000Z", "job abc succeeded: pipeline 0.500 s, storing")]
+    log = tmp_path / "worker.log"
+    log.write_text("not json\n" + "".join(json.dumps({"time": t, "message": m}) + "\n" for t, m in lines))
+    phases = worker_phases(log, "abc")
+    assert phases["set_up_s"] == 5.0 and phases["fetch_s"] == 1.5 and phases["load_s"] == 1.25
+    assert phases["first_job_s"] == pytest.approx(2.0) and phases["total_s"] == pytest.approx(10.0)
+    assert phases["job_pipeline_s"] == 0.5 and phases["fetched_bytes"] == 1000
+
+
+def test_the_goals_table_lists_every_goal_at_any_depth() -> None:
+    from tests.harness.bench_coldstart import goal_rows
+    from tests.harness.verdicts import goal
+
+    figures = {"goals": {"a": goal(1.0, "<=", 2)}, "x": {"y": {"goals": {"b": goal(3.0, "<=", 2)}}}}
+    assert goal_rows(figures) == [("a", "1.000", "<= 2", "yes"), ("x.y.b", "3.000", "<= 2", "NO")]
