@@ -25,9 +25,8 @@ ControlNet's conditioning. Flux and SD 3.5 models run their slice as ``flowadvan
 from __future__ import annotations
 
 import functools
-import inspect
 import math
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,66 +34,24 @@ from pipelines.comfyui import inpaintmodel, samplers, sampling
 from pipelines.comfyui.controlnodes import Controlled
 from pipelines.comfyui.noisemask import MaskedLatent
 from pipelines.comfyui.registry import Node, NodeFn
+from pipelines.comfyui.slices import CLASS, Span, cut, forward, span, step_index
 from pipelines.comfyui.unetpass import UnetPass
 from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
 from pipelines.families.flow import FlowMatching
 from runtime.contract import ContractError
-from runtime.contract.inputs import LCM_MAX_STEPS, MAX_SCHEDULE
 from runtime.plugins import RunContext
 
 if TYPE_CHECKING:
     from pipelines.comfyui.executor import Execution
 
-CLASS = "KSamplerAdvanced"
-_SWITCH = ("enable", "disable")
-
-
-class Span(NamedTuple):
-    """A KSamplerAdvanced's slice: ``steps`` of schedule, steps ``start`` to ``end`` (at most ``steps``) run;
-    ``noise``: noise the latent to ``start`` first; ``leftover``: hand on the latent as it is at ``end``."""
-
-    steps: int
-    start: int
-    end: int
-    noise: bool
-    leftover: bool
-
-    @property
-    def final(self) -> bool:
-        """Whether the last step ends on the denoised prediction (ComfyUI's full denoise before the end)."""
-        return not self.leftover and self.end < self.steps
-
-
-def _switch(ex: Execution, node_id: str, args: dict[str, Any], name: str) -> bool:
-    value = args.get(name)
-    if value not in _SWITCH:
-        where = ex.where(node_id, name)
-        raise ContractError("value_not_in_list", f"{where}: 'enable' or 'disable', not {value!r}", where)
-    return bool(value == "enable")
-
-
-def span(ex: Execution, node_id: str, args: dict[str, Any], choice: samplers.Choice) -> Span:
-    """The node's slice of its schedule; a ContractError naming the input whose value cannot run."""
-    steps = ex.integer(node_id, args, "steps")
-    start, end = ex.integer(node_id, args, "start_at_step"), ex.integer(node_id, args, "end_at_step")
-    limit = LCM_MAX_STEPS if choice.scheduler == "lcm" else MAX_SCHEDULE
-    bad = [("steps", steps < 1 or steps > limit, f"from 1 to {limit} steps"),
-           ("start_at_step", start < 0, "a step of 0 or more"), ("end_at_step", end < 0, "a step of 0 or more"),
-           ("start_at_step", start >= end, f"a step below end_at_step ({end}): the sampler would run no step")]
-    for name, wrong, want in bad:
-        if wrong:
-            where = ex.where(node_id, name)
-            raise ContractError("invalid_field", f"{where}: {want}, not {args[name]!r}", where)
-    noise, leftover = _switch(ex, node_id, args, "add_noise"), _switch(ex, node_id, args, "return_with_leftover_noise")
-    return Span(steps, start, min(end, steps), noise, leftover)
 
 
 def family_advanced(model: Any) -> tuple[NodeFn, sampling.Planner]:
     """KSamplerAdvanced and its planner for the MODEL's family (its ``kind``, as ``sampling.family_sampler``
     reads it): the flow-matching families' (Flux, SD 3.5) are ``flowadvanced``'s, SD's and SDXL's this module's."""
     if isinstance(getattr(model, "kind", None), FlowMatching):
-        from pipelines.comfyui import flowadvanced  # it reads this module's slice: imported once both are defined
+        from pipelines.comfyui import flowadvanced  # imported when a flow model comes
 
         return flowadvanced.ksampler_advanced, flowadvanced.plan
     return _sd_ksampler_advanced, _sd_plan
@@ -104,12 +61,6 @@ def _model(ex: Execution, node_id: str, value: Any) -> Model:
     model = ex.want(value, Model, node_id, "model")
     inpaintmodel.refuse(ex, node_id, model, CLASS)
     return model
-
-
-def _cut(run: Span, order: int) -> int:
-    """Where the timesteps stop: after the slice's last step, or after the first stage of it when that stage's
-    prediction ends the pass (a second-order sampler's second stage would be thrown away)."""
-    return run.end * order if not run.final else (run.end - 1) * order + 1
 
 
 def _scheduler(model: Model, choice: samplers.Choice, steps: int) -> Any:
@@ -123,7 +74,7 @@ def planned_steps(model: Model, choice: samplers.Choice, run: Span) -> int:
     if run.start >= run.steps:
         return 0
     scheduler = _scheduler(model, choice, run.steps)
-    return len(scheduler.timesteps[run.start * scheduler.order:_cut(run, scheduler.order)])
+    return len(scheduler.timesteps[run.start * scheduler.order:cut(run, scheduler.order)])
 
 
 def plan(ex: Execution, node_id: str, args: dict[str, Any]) -> int:
@@ -192,12 +143,7 @@ class Slice:
         return out
 
     def _index(self, timestep: Any) -> int:
-        index = getattr(self, "step_index", None)
-        if index is None:
-            index = getattr(self, "begin_index", None)
-        if index is None:
-            index = int((self.timesteps == timestep).nonzero()[0])  # type: ignore[attr-defined]
-        return int(index)
+        return step_index(self, timestep)
 
     def _denoised(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, index: int) -> torch.Tensor:
         """The model's prediction of the clean latents at this step (ComfyUI's step to sigma 0)."""
@@ -214,21 +160,9 @@ class Slice:
         return clean.to(sample.dtype)
 
 
-def _forward(fn: Any, like: Any) -> Any:
-    """``fn`` under ``like``'s signature: diffusers reads a scheduler's (its ``step`` gets the generators only
-    where it takes a ``generator``)."""
-
-    @functools.wraps(fn)
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return fn(self, *args, **kwargs)
-
-    call.__signature__ = inspect.signature(like)  # type: ignore[attr-defined]
-    return call
-
-
 @functools.cache
 def _sliced(cls: type) -> type:
-    own = {name: _forward(getattr(Slice, name), getattr(cls, name)) for name in ("set_timesteps", "step")}
+    own = {name: forward(getattr(Slice, name), getattr(cls, name)) for name in ("set_timesteps", "step")}
     return type(cls.__name__, (Slice, cls), {"__module__": __name__, **own})
 
 
@@ -239,7 +173,7 @@ def _view(model: Model, cls: type, choice: samplers.Choice, run: Span) -> Any:
                         requires_aesthetics_score=aesthetics)
     scheduler = view.scheduler
     scheduler.__class__ = _sliced(type(scheduler))
-    scheduler.cut_at, scheduler.start_at = _cut(run, scheduler.order), run.start * scheduler.order
+    scheduler.cut_at, scheduler.start_at = cut(run, scheduler.order), run.start * scheduler.order
     scheduler.keep_latent, scheduler.final_denoise = not run.noise, run.final
     return view
 

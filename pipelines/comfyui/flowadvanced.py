@@ -1,7 +1,8 @@
 """``KSamplerAdvanced`` on Flux and SD 3.5 models: a slice ``[start_at_step, min(end_at_step, steps))`` of a
 ``steps`` schedule, run as ``flowsampler``'s pass (the one KSampler and SamplerCustomAdvanced run on these models:
 its conditioning checks, guider and sampler choice), so an interruption at any step resumes there byte-identical.
-``advanced`` hands a flow model's node here (``advanced.family_advanced``) and parses the slice (``advanced.span``).
+``advanced`` hands a flow model's node here (``advanced.family_advanced``); the slice is read as on SD
+(``slices.span``).
 
 ComfyUI's meaning on a flow-matching model: the sigmas go from 1 to 0, shifted as the MODEL says
 (ModelSamplingSD3/Flux, or the model's own shift); the latent is ``x = (1 - sigma) * x0 + sigma * noise``.
@@ -31,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.comfyui import advanced, denoise, flowsampler
+from pipelines.comfyui import denoise, flowsampler
 from pipelines.comfyui.flowvalues import FlowModel, Guider, Noise, SamplerName, Sigmas
 from pipelines.comfyui.noisemask import MaskedLatent
+from pipelines.comfyui.slices import CLASS, Span, cut, forward, span, step_index
 from pipelines.comfyui.values import Latent
 from runtime.contract import ContractError
 from runtime.contract.families import FAMILIES
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 
 
 def _values(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[SamplerName, Sigmas, SimpleNamespace,
-                                                                         advanced.Span]:
+                                                                         Span]:
     """The node's sampler and schedule as KSamplerSelect and BasicScheduler would give them (denoise 1: the slice
     says where to start), spotgen's sampler of the pair, and the slice; a multistep sampler on a slice that is
     img2img whatever its latent is refused here, so that the planner refuses it before any pass runs."""
@@ -52,7 +54,7 @@ def _values(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[SamplerN
                     node_id)
     sampler = SamplerName(str(args["sampler_name"]), ex.where(node_id, "sampler_name"))
     picked = flowsampler.choice(sampler, sigmas)
-    run = advanced.span(ex, node_id, args, picked)  # type: ignore[arg-type]
+    run = span(ex, node_id, args, picked)  # type: ignore[arg-type]
     why = FAMILIES[model.family].txt2img_samplers.get(picked.scheduler)
     if why and run.start < run.steps and (run.start > 0 or not run.noise):  # img2img, whatever the latent
         raise ContractError("value_not_in_list", f"{sampler.where}: {sampler.name!r} runs from an empty latent at "
@@ -71,7 +73,7 @@ def plan(ex: Execution, node_id: str, args: dict[str, Any]) -> int:
     dynamic = {"mu": 0.0} if scheduler.config.get("use_dynamic_shifting") else {}  # the count is mu's alone
     scheduler.set_timesteps(run.steps, **dynamic)
     order = scheduler.order
-    return len(scheduler.timesteps[run.start * order:advanced._cut(run, order)])
+    return len(scheduler.timesteps[run.start * order:cut(run, order)])
 
 
 class FlowSlice:
@@ -100,7 +102,7 @@ class FlowSlice:
         return (1.0 - sigma) * sample  # ComfyUI's noise scaling with zero noise
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        index = advanced.Slice._index(self, timestep)  # type: ignore[arg-type]
+        index = step_index(self, timestep)  # type: ignore[arg-type]
         last = index == len(self.timesteps) - 1  # type: ignore[attr-defined]
         sigma = self._sigma(index)
         out = super().step(model_output, timestep, sample, *args, **kwargs)  # type: ignore[misc]
@@ -133,7 +135,7 @@ class FromStart:
 
 @functools.cache
 def _sliced(cls: type) -> type:
-    own = {name: advanced._forward(getattr(FlowSlice, name), getattr(cls, name)) for name in ("set_timesteps", "step")}
+    own = {name: forward(getattr(FlowSlice, name), getattr(cls, name)) for name in ("set_timesteps", "step")}
     return type(cls.__name__, (FlowSlice, cls), {"__module__": __name__, **own})
 
 
@@ -142,14 +144,14 @@ def _from_start(cls: type) -> type:
     return type(cls.__name__, (FromStart, cls), {"__module__": __name__})
 
 
-def _adapt(run: advanced.Span) -> Any:
+def _adapt(run: Span) -> Any:
     """What makes a job view run ``run``'s slice (``flowsampler.run``'s ``adapt``)."""
 
     def adapt(view: Any) -> None:
         scheduler = view.scheduler
         scheduler.__class__ = _sliced(type(scheduler))
         order = scheduler.order
-        scheduler.start_at, scheduler.cut_at = run.start * order, advanced._cut(run, order)
+        scheduler.start_at, scheduler.cut_at = run.start * order, cut(run, order)
         scheduler.keep_latent, scheduler.final_denoise = not run.noise, run.final
         scheduler.leftover = run.leftover
         if hasattr(view, "get_timesteps"):
@@ -168,7 +170,7 @@ def ksampler_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -> tupl
     latent = ex.want(args["latent_image"], Latent, node_id, "latent_image")
     if isinstance(latent, MaskedLatent) and latent.noise_mask is not None:
         where = ex.where(node_id, "latent_image")
-        raise ContractError("unsupported_combination", f"{where}: {advanced.CLASS} on a Flux or SD 3.5 model does "
+        raise ContractError("unsupported_combination", f"{where}: {CLASS} on a Flux or SD 3.5 model does "
                             "not run a latent with a noise mask yet", where)
     guider = Guider(model, positive, negative, flowsampler.cfg(ex, node_id, args), where=ex.where(node_id, "model"))
     noise = Noise(denoise.seed(ex, node_id, args, "noise_seed"))
