@@ -42,6 +42,9 @@ class SolidColor(Pipeline):
 class SlowInputs(FailInputs):
     steps: int = Field(10, ge=1, le=1000)
     delay: float = Field(0.25, ge=0, le=10)
+    #: ``slow-resumable``'s delay once resumed (None: ``delay``): a job long enough to be interrupted whatever the
+    #: load, whose rescue does not take as long again
+    resumed_delay: float | None = Field(None, ge=0, le=10)
 
 
 class SlowSteps(Pipeline):
@@ -71,8 +74,9 @@ class SlowResumable(SlowSteps):
         import time
 
         start = ctx.resume_from.step if ctx.resume_from else 0
+        delay = inputs.delay if ctx.resume_from is None or inputs.resumed_delay is None else inputs.resumed_delay
         for step in range(start + 1, inputs.steps + 1):
-            time.sleep(inputs.delay)
+            time.sleep(delay)
             ctx.step(step, inputs.steps, lambda step=step: StepState(step=step))
         return [Image.new("RGB", (8, 8))]
 

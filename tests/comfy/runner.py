@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pipelines.comfyui import ComfyUI
 from runtime.contract.comfy.inputs import ComfyInputs
@@ -16,6 +18,18 @@ from runtime.worker import checkpoint
 from tests.pipelines.harness import Harness, png
 
 WORKFLOWS = Path(__file__).parent / "workflows"
+#: The image-graph tests' photo and its painted-out copy (LoadImage's alpha is the mask: the box is transparent).
+PHOTO = "s3://inputs/comfy/ip-x/input/photo.png"
+PAINTED = "s3://inputs/comfy/ip-x/input/painted.png"
+BOX = (20, 16, 44, 32)  # left, top, right, bottom
+
+
+def photos() -> dict[str, Image.Image]:
+    """``PHOTO`` (64 x 48 of seeded noise) and ``PAINTED`` (the same with ``BOX`` transparent), by their URIs."""
+    photo = Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    painted = photo.convert("RGBA")
+    painted.paste((0, 0, 0, 0), BOX)
+    return {PHOTO: photo, PAINTED: painted}
 
 
 def run(harness: Harness, graph: dict[str, Any], resume_from: StepState | None = None, on_step: Any = None,

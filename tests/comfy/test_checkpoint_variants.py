@@ -26,23 +26,18 @@ from pipelines.comfyui.inpaintmodel import blank_latents
 from runtime.contract import ContractError
 from runtime.contract.comfy.inputs import ComfyInputs
 from runtime.models.store import ModelStore
-from tests.comfy.runner import assert_resumes_alike, default_graph, run, workflow
+from tests.comfy.runner import BOX, PAINTED, assert_resumes_alike, default_graph, photos, run, workflow
 from tests.comfy.test_advanced_graphs import refiner_graph
 from tests.pipelines.harness import Harness, pixels, png
 
 #: The painted-out photo: transparent in a 24 x 16 box, LoadImage's mask there.
-PAINTED = "s3://inputs/comfy/ip-x/input/painted.png"
-BOX = (20, 16, 44, 32)  # left, top, right, bottom
 INPAINTING = ["tiny-sd-inpainting", "tiny-sdxl-inpainting"]
 
 
 @pytest.fixture(scope="module")
 def harness(tiny_models: Path) -> Harness:
     made = Harness(ModelStore(tiny_models, "cpu"))
-    photo = Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8))
-    painted = photo.convert("RGBA")
-    painted.paste((0, 0, 0, 0), BOX)
-    made.images[PAINTED] = painted
+    made.images.update(photos())
     return made
 
 

@@ -28,11 +28,11 @@ from PIL import Image
 from runtime.contract import ContractError
 from runtime.contract.comfy.table import RUNS, all_nodes
 from runtime.models.store import ModelStore
-from tests.comfy.runner import default_graph, run, workflow
+from tests.comfy.runner import PAINTED, PHOTO, default_graph, photos, run, workflow
 from tests.comfy.test_advanced_graphs import refiner_graph
 from tests.comfy.test_control_graphs import control_graph
 from tests.comfy.test_flow_graphs import custom_default_graph, flux_graph, sd3_graph
-from tests.comfy.test_image_graphs import BOX, PAINTED, PHOTO, inpaint_graph, noise_mask_graph
+from tests.comfy.test_image_graphs import inpaint_graph, noise_mask_graph
 from tests.comfy.test_interpreter import hires_graph
 from tests.comfy.test_upscale_graphs import upscale_graph
 from tests.pipelines.harness import BUCKET, Harness, png
@@ -340,13 +340,11 @@ REFUSED: dict[tuple[str, str], tuple[str, str, Any, str]] = {
 def harness(tiny_models: Path) -> Harness:
     """The tiny models with test_image_graphs' photo and painted-out photo (made alike) and the edges above."""
     made = Harness(ModelStore(tiny_models, "cpu"))
-    photo = Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8))
-    painted = photo.convert("RGBA")
-    painted.paste((0, 0, 0, 0), BOX)
+    images = photos()
     edges = np.zeros((48, 64, 3), np.uint8)
     edges[6:22, 6:58] = np.linspace(10, 250, 52, dtype=np.uint8)[None, :, None]
     edges[28:42, 16:48] = 30
-    made.images.update({PHOTO: photo, PAINTED: painted, EDGES: Image.fromarray(edges)})
+    made.images.update({**images, EDGES: Image.fromarray(edges)})
     return made
 
 

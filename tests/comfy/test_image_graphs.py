@@ -7,42 +7,25 @@ refused naming the input."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pipelines.comfyui.executor import Execution
 from runtime.contract import ContractError
 from runtime.contract.comfy.inputs import ComfyInputs
 from runtime.models.store import ModelStore
-from tests.comfy.runner import assert_resumes_alike, run
+from tests.comfy.runner import BOX, PAINTED, PHOTO, assert_resumes_alike, photos, run, workflow
 from tests.pipelines.harness import Harness, pixels, png
-
-WORKFLOWS = Path(__file__).parent / "workflows"
-KEY = "e" * 64
-PHOTO = "s3://inputs/comfy/ip-x/input/photo.png"
-#: The painted-out photo: transparent (alpha 0) in a 24 x 16 box, which LoadImage's mask repaints.
-PAINTED = "s3://inputs/comfy/ip-x/input/painted.png"
-BOX = (20, 16, 44, 32)  # left, top, right, bottom
-
-
-def workflow(name: str) -> dict[str, Any]:
-    return json.loads((WORKFLOWS / f"{name}.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def harness(tiny_models: Path) -> Harness:
     made = Harness(ModelStore(tiny_models, "cpu"))
-    rng = np.random.default_rng(5)
-    photo = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
-    painted = photo.convert("RGBA")
-    painted.paste((0, 0, 0, 0), BOX)
-    made.images.update({PHOTO: photo, PAINTED: painted})
+    made.images.update(photos())
     return made
 
 

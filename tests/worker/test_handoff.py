@@ -102,7 +102,11 @@ def test_sigterm_mid_output_stage_stores_it_and_hands_the_others_back(env: tuple
     try:
         storing = submit(stack, "txt2img", {**SHORT, "seed": 3})
         held = proxy.hold(png_put(storing), release)
-        generating = submit(stack, "txt2img", {"prompt": "long", "width": 256, "height": 256, "steps": 150, "seed": 6})
+        # 30 s of steps however fast the CPU denoises: still generating when the signal comes, on a loaded machine
+        # too (150 real steps ended first there, and the job waiting behind it started before the SIGTERM); resumed,
+        # the rest takes a second
+        generating = submit(stack, "slow-resumable", {"prompt": "long", "steps": 150, "delay": 0.2,
+                                                       "resumed_delay": 0.005})
         waiting = submit(stack, "txt2img", {**SHORT, "seed": 4})
         prepared = proxy.hold(status_get(waiting), seen)
         wait_for("the first job's PNG upload", held.is_set, 90)
