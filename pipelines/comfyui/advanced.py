@@ -24,17 +24,16 @@ ControlNet's conditioning. Flux and SD 3.5 models run their slice as ``flowadvan
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.comfyui import inpaintmodel, samplers, sampling
+from pipelines.comfyui import denoise, inpaintmodel, samplers, sampling
 from pipelines.comfyui.controlnodes import Controlled
 from pipelines.comfyui.noisemask import MaskedLatent
 from pipelines.comfyui.registry import Node, NodeFn
-from pipelines.comfyui.slices import CLASS, Span, cut, forward, span, step_index
+from pipelines.comfyui.slices import CLASS, Span, cut, slice_scheduler, span, step_index
 from pipelines.comfyui.unetpass import UnetPass
 from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
@@ -160,21 +159,12 @@ class Slice:
         return clean.to(sample.dtype)
 
 
-@functools.cache
-def _sliced(cls: type) -> type:
-    own = {name: forward(getattr(Slice, name), getattr(cls, name)) for name in ("set_timesteps", "step")}
-    return type(cls.__name__, (Slice, cls), {"__module__": __name__, **own})
-
-
 def _view(model: Model, cls: type, choice: samplers.Choice, run: Span) -> Any:
     """A job view of ``cls`` whose scheduler runs ``run``'s slice."""
     aesthetics = bool(model.base.config.get("requires_aesthetics_score", False))  # a refiner's conditioning
     view = job_pipeline(cls, model.base, choice, family=model.kind,  # type: ignore[arg-type]
                         requires_aesthetics_score=aesthetics)
-    scheduler = view.scheduler
-    scheduler.__class__ = _sliced(type(scheduler))
-    scheduler.cut_at, scheduler.start_at = cut(run, scheduler.order), run.start * scheduler.order
-    scheduler.keep_latent, scheduler.final_denoise = not run.noise, run.final
+    slice_scheduler(view.scheduler, Slice, run)
     return view
 
 
@@ -196,7 +186,7 @@ def _sd_ksampler_advanced(ex: Execution, node_id: str, args: dict[str, Any]) -> 
         _refuse(ex, node_id, "latent_image", "a latent with a noise mask")
     choice = samplers.choice(args["sampler_name"], args["scheduler"], ex.where(node_id))
     run = span(ex, node_id, args, choice)
-    seed = ex.integer(node_id, args, "noise_seed") % (2**64 - sampling._SEED_ROOM)
+    seed = denoise.seed(ex, node_id, args, "noise_seed")
     cfg = ex.number(node_id, args, "cfg")
     prompts = sampling._prompts(model, positive, negative, ex.where(node_id, "positive"))
     txt2img = latent.empty and run.start == 0 and run.noise and model.variant != "refiner"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.comfyui import inpaintmodel, noisemask, samplers, sampling
+from pipelines.comfyui import denoise, inpaintmodel, noisemask, samplers, sampling
 from pipelines.comfyui.noisemask import MaskedLatent
 from pipelines.comfyui.registry import Node
 from pipelines.comfyui.unetpass import UnetPass
@@ -220,7 +220,7 @@ def controlled(ex: Execution, node_id: str, args: dict[str, Any], control: Contr
     _check(ex, node_id, model, control)
     choice = samplers.choice(args["sampler_name"], args["scheduler"], ex.where(node_id))
     run = sampling.schedule(ex, node_id, args, choice)
-    seed = ex.integer(node_id, args, "seed") % (2**64 - sampling._SEED_ROOM)
+    seed = denoise.seed(ex, node_id, args)
     cfg = ex.number(node_id, args, "cfg")
     prompts = sampling._prompts(model, positive, negative, ex.where(node_id, "positive"))
     txt2img = latent.empty and run.strength >= 1

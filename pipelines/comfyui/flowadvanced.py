@@ -35,7 +35,7 @@ import torch
 from pipelines.comfyui import denoise, flowsampler
 from pipelines.comfyui.flowvalues import FlowModel, Guider, Noise, SamplerName, Sigmas
 from pipelines.comfyui.noisemask import MaskedLatent
-from pipelines.comfyui.slices import CLASS, Span, cut, forward, span, step_index
+from pipelines.comfyui.slices import CLASS, Span, cut, slice_scheduler, span, step_index
 from pipelines.comfyui.values import Latent
 from runtime.contract import ContractError
 from runtime.contract.families import FAMILIES
@@ -134,12 +134,6 @@ class FromStart:
 
 
 @functools.cache
-def _sliced(cls: type) -> type:
-    own = {name: forward(getattr(FlowSlice, name), getattr(cls, name)) for name in ("set_timesteps", "step")}
-    return type(cls.__name__, (FlowSlice, cls), {"__module__": __name__, **own})
-
-
-@functools.cache
 def _from_start(cls: type) -> type:
     return type(cls.__name__, (FromStart, cls), {"__module__": __name__})
 
@@ -148,12 +142,8 @@ def _adapt(run: Span) -> Any:
     """What makes a job view run ``run``'s slice (``flowsampler.run``'s ``adapt``)."""
 
     def adapt(view: Any) -> None:
-        scheduler = view.scheduler
-        scheduler.__class__ = _sliced(type(scheduler))
-        order = scheduler.order
-        scheduler.start_at, scheduler.cut_at = run.start * order, cut(run, order)
-        scheduler.keep_latent, scheduler.final_denoise = not run.noise, run.final
-        scheduler.leftover = run.leftover
+        slice_scheduler(view.scheduler, FlowSlice, run)
+        view.scheduler.leftover = run.leftover
         if hasattr(view, "get_timesteps"):
             view.__class__ = _from_start(type(view))
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.comfyui import images, samplers
-from pipelines.comfyui.denoise import SEED_ROOM, Schedule
+from pipelines.comfyui import denoise, images, samplers
+from pipelines.comfyui.denoise import Schedule
 from pipelines.comfyui.unetpass import UnetPass
 from pipelines.comfyui.values import Conditioning, Images, Latent, Model, Vae
 from pipelines.common import job_pipeline
@@ -54,7 +54,7 @@ def unmasked(ex: Execution, node_id: str, args: dict[str, Any], model: Model, la
     positive = ex.want(args["positive"], Conditioning, node_id, "positive")
     negative = ex.want(args["negative"], Conditioning, node_id, "negative")
     choice = samplers.choice(args["sampler_name"], args["scheduler"], ex.where(node_id))
-    seed = ex.integer(node_id, args, "seed") % (2**64 - SEED_ROOM)
+    seed = denoise.seed(ex, node_id, args)
     cfg = ex.number(node_id, args, "cfg")
     cls = model.kind.task_class("inpaint", model.variant)
     height, width = (side * model.base.vae_scale_factor for side in latent.samples.shape[-2:])

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.comfyui import samplers, sampling
+from pipelines.comfyui import denoise, samplers, sampling
 from pipelines.comfyui.unetpass import UnetPass
 from pipelines.comfyui.values import Conditioning, Latent, Model
 from pipelines.common import job_pipeline
@@ -81,7 +81,7 @@ def inpaint(ex: Execution, node_id: str, args: dict[str, Any], latent: Latent,
     negative = ex.want(args["negative"], Conditioning, node_id, "negative")
     choice = samplers.choice(args["sampler_name"], args["scheduler"], ex.where(node_id))
     run = sampling.schedule(ex, node_id, args, choice)
-    seed = ex.integer(node_id, args, "seed") % (2**64 - sampling._SEED_ROOM)
+    seed = denoise.seed(ex, node_id, args)
     cfg = ex.number(node_id, args, "cfg")
     prompts = sampling._prompts(model, positive, negative, ex.where(node_id, "positive"))
     cls = model.kind.task_class("inpaint", model.variant)

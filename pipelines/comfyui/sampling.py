@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.comfyui import flowsampler, inpaintmodel, samplers
-from pipelines.comfyui.denoise import SEED_ROOM, Schedule, schedule
+from pipelines.comfyui import denoise, flowsampler, inpaintmodel, samplers
+from pipelines.comfyui.denoise import Schedule, schedule
 from pipelines.comfyui.registry import NodeFn
 from pipelines.comfyui.unetpass import UnetPass
 from pipelines.comfyui.values import Conditioning, Latent, Model
@@ -35,9 +35,6 @@ if TYPE_CHECKING:
     from pipelines.comfyui.executor import Execution
 
 Planner = Callable[["Execution", str, dict[str, Any]], int]
-
-#: Seeds wrap below 2**64 by this much (``denoise.SEED_ROOM``; the inpainting and ControlNet samplers read it here).
-_SEED_ROOM = SEED_ROOM
 
 
 def planned_steps(model: Model, choice: samplers.Choice, plan: Schedule) -> int:
@@ -97,7 +94,7 @@ def _sd_ksampler(ex: Execution, node_id: str, args: dict[str, Any]) -> tuple[Any
     latent = ex.want(args["latent_image"], Latent, node_id, "latent_image")
     choice = samplers.choice(args["sampler_name"], args["scheduler"], ex.where(node_id))
     run = schedule(ex, node_id, args, choice)
-    seed = ex.integer(node_id, args, "seed") % (2**64 - _SEED_ROOM)
+    seed = denoise.seed(ex, node_id, args)
     cfg = ex.number(node_id, args, "cfg")
     prompts = _prompts(model, positive, negative, ex.where(node_id, "positive"))
     if model.variant == "inpainting":  # its UNet also reads a mask and a masked image: everything is repainted

@@ -76,7 +76,22 @@ def step_index(scheduler: Any, timestep: Any) -> int:
     return int(index)
 
 
-def forward(fn: Any, like: Any) -> Any:
+def slice_scheduler(scheduler: Any, mixin: type, run: Span) -> None:
+    """Make ``scheduler`` run ``run``'s slice: its class under ``mixin`` (a family's sliced ``set_timesteps`` and
+    ``step``), and the slice set on it before the pipeline sets its timesteps."""
+    scheduler.__class__ = _sliced(mixin, type(scheduler))
+    order = scheduler.order
+    scheduler.start_at, scheduler.cut_at = run.start * order, cut(run, order)
+    scheduler.keep_latent, scheduler.final_denoise = not run.noise, run.final
+
+
+@functools.cache
+def _sliced(mixin: type, cls: type) -> type:
+    own = {name: _forward(getattr(mixin, name), getattr(cls, name)) for name in ("set_timesteps", "step")}
+    return type(cls.__name__, (mixin, cls), {"__module__": mixin.__module__, **own})
+
+
+def _forward(fn: Any, like: Any) -> Any:
     """``fn`` under ``like``'s signature: diffusers reads a scheduler's (its ``step`` gets the generators only
     where it takes a ``generator``)."""
 

@@ -15,7 +15,7 @@ from pipelines.comfyui import ComfyUI
 from runtime.contract.comfy.inputs import ComfyInputs
 from runtime.plugins import JobInterrupted, StepState
 from runtime.worker import checkpoint
-from tests.pipelines.harness import Harness, png
+from tests.pipelines.harness import Harness, interrupter, png
 
 WORKFLOWS = Path(__file__).parent / "workflows"
 #: The image-graph tests' photo and its painted-out copy (LoadImage's alpha is the mask: the box is transparent).
@@ -58,13 +58,7 @@ def assert_resumes_alike(harness: Harness, graph: dict[str, Any], at: int = 2) -
     the next step to the uninterrupted run's very bytes."""
     reference = png(run(harness, graph))
     saved: list[bytes] = []
-
-    def interrupt(step: int, state: Any) -> None:
-        if step == at:
-            saved.append(checkpoint.dump(state(), "f" * 64))
-            raise JobInterrupted
-
     with pytest.raises(JobInterrupted):
-        run(harness, graph, on_step=interrupt)
+        run(harness, graph, on_step=interrupter(at, saved))
     assert png(run(harness, graph, resume_from=checkpoint.load(saved[0], "f" * 64))) == reference
     assert harness.reports[0][0] == at + 1  # it went on from the saved step, not from the start

@@ -3,7 +3,7 @@ the helpers that compare runs. The ``harness`` fixture (conftest.py) is one per 
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import Any
 
 import numpy as np
@@ -91,17 +91,23 @@ def png(images: list[Image.Image]) -> list[bytes]:
     return [encode_png(image, {}) for image in images]
 
 
-def interrupt_at(harness: Harness, name: str, stop: int, **overrides: Any) -> bytes:
-    """Run until ``stop`` steps are done, then save a checkpoint as the worker does and stop."""
-    saved: list[bytes] = []
+def interrupter(stop: int, saved: list[bytes]) -> Callable[[int, Any], None]:
+    """An ``on_step`` that, once ``stop`` steps are done, appends their checkpoint to ``saved`` as the worker
+    serializes it, then interrupts the run."""
 
     def on_step(step: int, state: Any) -> None:
         if step == stop:
             saved.append(checkpoint.dump(state(), "f" * 64))
             raise JobInterrupted
 
+    return on_step
+
+
+def interrupt_at(harness: Harness, name: str, stop: int, **overrides: Any) -> bytes:
+    """Run until ``stop`` steps are done, then save a checkpoint as the worker does and stop."""
+    saved: list[bytes] = []
     with pytest.raises(JobInterrupted):
-        harness.run(name, on_step=on_step, **overrides)
+        harness.run(name, on_step=interrupter(stop, saved), **overrides)
     return saved[0]
 
 
