@@ -1,9 +1,10 @@
-"""Model files on their way to the node cache: listing them safely, hashing them, and the parallel copy engine.
+"""Model files on their way to the node cache: listing them safely, hashing them, and the copy's entry point.
 
-A copy is filled by several reader threads at once (EFS is slow per stream and fast in parallel), hashed from
-the very bytes written (no second read) when a manifest gives the expected digest, and copied in the kernel
-(``copy_file_range``) when there is nothing to hash. Listing follows a symlink only when it stays inside the
-model and names a regular file, so a copy never reads outside the model.
+A copy is filled by several reader threads at once (EFS is slow per stream and fast in parallel), copied in the
+kernel (``copy_file_range``) where the file systems allow it, and checked against the manifest from the bytes
+of the copy itself, read back while still in memory (no second read from disk); ``runtime.models.copyengine``
+is the engine and says how. Listing follows a symlink only when it stays inside the model and names a regular
+file, so a copy never reads outside the model.
 
 Two hash kinds (docs/models.md "Manifests"). ``sha256`` (manifests without a ``hash`` field) is one digest of
 the whole file, fed in order by one thread: about 1.7 GB/s, which bounded the copy. ``xxh3_128`` (what
@@ -20,15 +21,11 @@ manifests always held, so copies made before keep matching), ``xxh3_128:<chunk_b
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
 import stat
-import threading
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK_BYTES = 8 << 20  # per pread: big enough for EFS's per-request latency, small enough to spread a file
@@ -220,160 +217,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-@dataclass
-class _File:
-    """One file being copied: the destination is opened (and preallocated) up front, the source lazily by the
-    first reader thread, so that EFS's slow opens happen in parallel too."""
-
-    rel: str
-    src: Path
-    size: int
-    dst_fd: int
-    expected: Digest | None  # from the manifest, or None: no hashing
-    step: int  # bytes per copy chunk: for xxh3_128, a whole number of the manifest's pieces
-    src_fd: int = -1
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    in_kernel: bool = hasattr(os, "copy_file_range")
-    pieces: list[bytes] = field(default_factory=list)  # xxh3_128: each piece's digest, in file order
-
-    def __post_init__(self) -> None:
-        self.digest = hashlib.sha256() if self.expected is not None and self.expected.kind == SHA256 else None
-
-    def source_fd(self) -> int:
-        with self.lock:
-            if self.src_fd < 0:
-                self.src_fd = os.open(self.src, os.O_RDONLY)
-            return self.src_fd
-
-    def actual(self) -> Digest:
-        if self.digest is not None:
-            return Digest(SHA256, self.digest.hexdigest())
-        assert self.expected is not None
-        return Digest(XXH3_128, _combine(self.pieces), self.expected.chunk_bytes)
-
-    def close(self) -> None:
-        with self.lock:
-            for name in ("src_fd", "dst_fd"):
-                if getattr(self, name) >= 0:
-                    os.close(getattr(self, name))
-                    setattr(self, name, -1)
-
-
-def _copy_chunk(f: _File, offset: int, buf: bytearray) -> tuple[int, list[bytes]]:
-    """Copy one chunk; for xxh3_128, this reader thread also hashes its pieces (xxhash releases the GIL)."""
-    n = min(f.step, f.size - offset)
-    if f.expected is None and f.in_kernel:  # nothing to hash: let the kernel copy (no trip through this process)
-        try:
-            done = 0
-            while done < n:
-                got = os.copy_file_range(f.source_fd(), f.dst_fd, n - done, offset + done, offset + done)
-                if got == 0:
-                    raise OSError(errno.EIO, f"{f.rel} shrank while it was being copied")
-                done += got
-            return n, []
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            f.in_kernel = False  # another file system (NFS to local disk on older kernels): copy through buf
-    view = memoryview(buf)[:n]
-    done = 0
-    while done < n:
-        got = os.preadv(f.source_fd(), [view[done:]], offset + done)
-        if got == 0:
-            raise OSError(errno.EIO, f"{f.rel} shrank while it was being copied")
-        done += got
-    if f.expected is None or f.expected.kind != XXH3_128:
-        _write(f, view, offset)
-        return n, []
-    import xxhash
-
-    pieces, size = [], f.expected.chunk_bytes
-    for start in range(0, n, size):
-        digest = xxhash.xxh3_128()
-        for at in range(start, min(n, start + size), _HOT_BYTES):
-            part = view[at:min(n, start + size, at + _HOT_BYTES)]
-            digest.update(part)
-            _write(f, part, offset + at)  # while ``part`` is still in the CPU's cache
-        pieces.append(digest.digest())
-    return n, pieces
-
-
-def _write(f: _File, view: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(view):
-        done += os.pwrite(f.dst_fd, view[done:], offset + done)
-
-
-def _fsync_close(f: _File) -> None:
-    os.fsync(f.dst_fd)
-    f.close()
-
-
-def _step(expected: Digest | None, chunk: int) -> int:
-    if expected is None or expected.kind != XXH3_128:
-        return chunk
-    return max(expected.chunk_bytes, chunk // expected.chunk_bytes * expected.chunk_bytes)
-
-
 def copy_tree(label: str, files: list[tuple[str, Path, int]], dest: Path, manifest: dict[str, str] | None,
               readers: int, chunk: int = CHUNK_BYTES) -> None:
-    """Copy ``files`` into ``dest`` with ``readers`` threads doing pread/pwrite of ``chunk`` bytes, several files
-    at once (EFS throughput grows with parallel streams), each file fsync'ed as soon as it is complete.
+    """Copy ``files`` (``walk_files``'s tuples) into ``dest`` with ``readers`` threads, ``chunk`` bytes at a time,
+    several files at once (EFS throughput grows with parallel streams), each file fsync'ed as soon as it is
+    complete; ``manifest`` holds digest strings (``parse_digest``), checked against the very bytes written.
 
-    ``manifest`` holds digest strings (``parse_digest``). For xxh3_128 the readers hash their own chunks, and a
-    copy chunk is rounded to a whole number of the manifest's pieces. Chunks are consumed in the order they were
-    submitted, so this thread collects the pieces in file order, and for sha256 (one ordered digest, the old
-    kind) feeds it from the buffer just written while the readers go on (hashlib releases the GIL). At most
-    ``2 * readers`` buffers are in flight, which bounds memory to ``2 * readers`` chunks."""
-    expected = {rel: parse_digest(value) for rel, value in (manifest or {}).items()}
-    steps = {rel: _step(expected.get(rel), chunk) for rel, _, _ in files}
-    buf_bytes = max(steps.values(), default=chunk)
-    window = 2 * readers
-    pending: deque[tuple[Future[tuple[int, list[bytes]]], _File, bytearray, bool]] = deque()
-    free: list[bytearray] = []
-    opened: list[_File] = []
-    syncs: list[Future[None]] = []
-    pool = ThreadPoolExecutor(readers, thread_name_prefix="nodecache")
+    The engine is ``runtime.models.copyengine`` (imported here when used: it builds on this module)."""
+    from runtime.models.copyengine import copy_tree as engine
 
-    def finish(f: _File) -> None:
-        if f.expected is not None and (actual := f.actual()) != f.expected:
-            raise NodeCacheError(f"{label}: {f.rel} read from {f.src} has {actual.kind} {actual.hex} but the "
-                                 f"manifest says {f.expected.hex}: tier 0 does not match the manifest")
-        syncs.append(pool.submit(_fsync_close, f))
-
-    def drain_one() -> None:
-        future, f, buf, last = pending.popleft()
-        n, pieces = future.result()
-        if f.digest is not None:
-            f.digest.update(memoryview(buf)[:n])
-        f.pieces += pieces
-        free.append(buf)
-        if last:
-            finish(f)
-
-    try:
-        for rel, src, size in files:
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            f = _File(rel, src, size, os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644),
-                      expected.get(rel), steps[rel])
-            opened.append(f)
-            if size:
-                # the final size at once, so that parallel writes never extend the file; not posix_fallocate:
-                # writing into its unwritten extents measured 2-7x slower on ext4 (free space is checked before)
-                os.ftruncate(f.dst_fd, size)
-            else:
-                finish(f)
-            for offset in range(0, size, f.step):
-                if len(pending) >= window:
-                    drain_one()
-                buf = free.pop() if free else bytearray(buf_bytes)
-                pending.append((pool.submit(_copy_chunk, f, offset, buf), f, buf, offset + f.step >= size))
-        while pending:
-            drain_one()
-        for future in syncs:
-            future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        for f in opened:
-            f.close()
+    engine(label, files, dest, manifest, readers, chunk)

@@ -3,6 +3,7 @@ written before it), both through ``NodeCache.fetch`` and through ``ModelStore`` 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.models import copyengine
 from runtime.models.catalog import CATALOG_FILE, ModelError
 from runtime.models.copying import NodeCacheError, file_digest, manifest_of, parse_digest, sha256_manifest
 from runtime.models.manifests import write_manifest
@@ -63,6 +65,66 @@ def test_corrupted_bytes_fail_naming_the_file_and_the_hash_kind(tmp_path: Path,
                                              rf"says {parse_digest(manifest[UNET]).hex}"):
         fresh.fetch("sd15", source, manifest)
     assert not fresh.is_cached("sd15") and not (tmp_path / "fresh" / "sd15").exists()  # nothing torn left
+
+
+def _no_copy_file_range(*args: object) -> int:
+    raise OSError(errno.EXDEV, "Invalid cross-device link")  # as from NFS (EFS) to local disk
+
+
+@pytest.mark.parametrize("in_kernel", [True, False], ids=["copy_file_range", "through-a-buffer"])
+def test_xxh3_copies_in_the_kernel_or_through_a_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       in_kernel: bool) -> None:
+    """Local disk to local disk copies in the kernel, a part of at most a piece at a time, each hashed from the
+    copy right after; EXDEV (EFS to local disk) falls back to pread, hash, pwrite. Both give the verified copy."""
+    source = make_model(tmp_path / "efs")
+    manifest = manifest_of(source, "xxh3_128", 64 * KiB)
+    parts: list[int] = []
+    kernel_copy = copyengine._kernel_copy
+    monkeypatch.setattr(copyengine, "_kernel_copy", lambda f, at, n, fd: (parts.append(n), kernel_copy(f, at, n, fd)))
+    if not in_kernel:
+        monkeypatch.setattr(os, "copy_file_range", _no_copy_file_range)
+    result = NodeCache(tmp_path / "node", 64 << 20, readers=4, chunk_bytes=256 * KiB).fetch("sd15", source, manifest)
+    assert result.copied and manifest_of(result.path, "xxh3_128", 64 * KiB) == manifest
+    assert (result.path / UNET).read_bytes() == (source / UNET).read_bytes()
+    assert parts  # tried in the kernel first either way
+    if in_kernel:
+        assert sum(parts) == sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+        assert max(parts) <= 64 * KiB
+
+
+@pytest.mark.parametrize("in_kernel", [True, False], ids=["copy_file_range", "through-a-buffer"])
+def test_a_chunk_corrupted_on_its_way_to_the_copy_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            in_kernel: bool) -> None:
+    """The broken variants: in the kernel path, a byte changed in the copy after the kernel wrote it (a fault
+    between the source and the disk) is caught, because the hash is of the copy's bytes and not the source's;
+    through a buffer, a byte changed in the buffer after the read. Nothing is committed or left behind."""
+    source = make_model(tmp_path / "efs")
+    manifest = manifest_of(source, "xxh3_128", 64 * KiB)
+    bad = (1 << 20) + 100
+    if in_kernel:
+        kernel_copy = copyengine._kernel_copy
+
+        def corrupted(f: copyengine._File, at: int, n: int, fd: int) -> None:
+            kernel_copy(f, at, n, fd)
+            if f.rel == UNET and at <= bad < at + n:
+                os.pwrite(fd, bytes([os.pread(fd, 1, bad)[0] ^ 0x40]), bad)
+
+        monkeypatch.setattr(copyengine, "_kernel_copy", corrupted)
+    else:
+        monkeypatch.setattr(os, "copy_file_range", _no_copy_file_range)
+        read = copyengine._read
+
+        def corrupted_read(fd: int, view: memoryview, at: int, shrank: str) -> None:
+            read(fd, view, at, shrank)
+            if UNET in shrank and at <= bad < at + len(view):
+                view[bad - at] ^= 0x40
+
+        monkeypatch.setattr(copyengine, "_read", corrupted_read)
+    node = NodeCache(tmp_path / "node", 64 << 20, readers=4, chunk_bytes=256 * KiB)
+    with pytest.raises(NodeCacheError, match=rf"{UNET} read from .* has xxh3_128 [0-9a-f]{{32}} but the manifest"):
+        node.fetch("sd15", source, manifest)
+    assert not node.is_cached("sd15") and not (tmp_path / "node" / "sd15").exists()
+    assert not list((tmp_path / "node").glob(".tmp-*"))
 
 
 def test_unknown_hash_kinds_are_refused(tmp_path: Path) -> None:
