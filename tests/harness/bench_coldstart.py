@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,23 +128,30 @@ def load_figures(models: Path, rounds: int = 5) -> dict[str, Any]:
             "goals": {"load_over_read": goal(ratio, "<=", LOAD_GOAL)}}
 
 
+#: What the set-up phase's floor imports: torch and diffusers' pipelines alone.
+FLOOR_IMPORTS = "import torch, diffusers; from diffusers import StableDiffusionPipeline"
+
+
 def import_floor_s() -> float:
     """Seconds for a fresh Python to import torch and diffusers' pipelines alone (the floor of the set-up phase)."""
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, diffusers; from diffusers import StableDiffusionPipeline"],
-                   check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run([sys.executable, "-c", FLOOR_IMPORTS], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return time.perf_counter() - began
 
 
-_LINES = {"set_up": re.compile(r"worker set up ([\d.]+) s after its process started"),
-          "fetch": re.compile(rf"model {MEDIUM_ID}: copied (\d+) bytes to the node cache in ([\d.]+) s"),
-          "preloaded": re.compile(rf"preloaded model {MEDIUM_ID} in ([\d.]+) s"),
-          "received": re.compile(r"Task \S+\[(\w+)\] received"),
-          "job": re.compile(r"job (\w+) succeeded: pipeline ([\d.]+) s")}
+def _lines(model_id: str) -> dict[str, re.Pattern[str]]:
+    """The worker's log lines that end each start-up phase, for a preload of ``model_id``."""
+    model = re.escape(model_id)
+    return {"set_up": re.compile(r"worker set up ([\d.]+) s after its process started"),
+            "fetch": re.compile(rf"model {model}: copied (\d+) bytes to the node cache in ([\d.]+) s"),
+            "preloaded": re.compile(rf"preloaded model {model} in ([\d.]+) s"),
+            "received": re.compile(r"Task \S+\[(\w+)\] received"),
+            "job": re.compile(r"job (\w+) succeeded: pipeline ([\d.]+) s")}
 
 
-def worker_phases(log: Path, job_id: str) -> dict[str, float]:
+def worker_phases(log: Path, job_id: str, model_id: str = MEDIUM_ID) -> dict[str, float]:
     """The start-up phases from the worker's JSON log lines (their times and the durations they state)."""
+    lines = _lines(model_id)
     found: dict[str, tuple[float, re.Match[str]]] = {}
     for line in log.read_text(errors="replace").splitlines():
         try:
@@ -152,7 +160,7 @@ def worker_phases(log: Path, job_id: str) -> dict[str, float]:
             continue
         stamp = record["time"]
         at = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + int(stamp[20:23]) / 1000
-        for name, pattern in _LINES.items():
+        for name, pattern in lines.items():
             match = pattern.search(record.get("message", ""))
             if match and name not in found and (name not in ("job", "received") or match[1] == job_id):
                 found[name] = (at, match)
@@ -167,7 +175,22 @@ def worker_phases(log: Path, job_id: str) -> dict[str, float]:
             "total_s": found["job"][0] - started}
 
 
-def first_image(tier0: Path, node: Path, log_dir: Path, name: str, s3: bool = False) -> dict[str, float]:
+@dataclass(frozen=True)
+class Served:
+    """What a first-image run serves: this module's medium model on the CPU (the default), or a row of
+    ``bench_gpu_coldstart`` (a full-size model on the GPU, a tiny one with ``--tiny``); ``check_images``: the job's
+    outputs are read back from S3 and checked (``verdicts.image_problems``)."""
+
+    model_id: str = MEDIUM_ID
+    family: str = "sd1"
+    variant: str | None = None
+    job: dict[str, Any] = field(default_factory=lambda: dict(JOB))
+    device: str = "cpu"
+    check_images: bool = False
+
+
+def first_image(tier0: Path, node: Path, log_dir: Path, name: str, s3: bool = False,
+                served: Served | None = None) -> dict[str, Any]:
     """One worker process from its start to its first image, with an empty node cache; ``s3``: the models
     directory holds the catalog and manifest only, the model itself is put on the emulator's S3 first."""
     from runtime.config import Settings
@@ -175,47 +198,66 @@ def first_image(tier0: Path, node: Path, log_dir: Path, name: str, s3: bool = Fa
     from runtime.storage import aws
     from tests.rest import call, wait_for
 
+    served = served or Served()
+    model_id = served.model_id
     settings = Settings.from_env().model_copy(update={
-        "models_dir": tier0, "node_cache_dir": node, "preload": [MEDIUM_ID], "log_format": "json",
-        "models": [MEDIUM_ID], "model_families": {MEDIUM_ID: "sd1"}})
+        "models_dir": tier0, "node_cache_dir": node, "preload": [model_id], "log_format": "json",
+        "models": [model_id], "model_families": {model_id: served.family}, "device": served.device,
+        "model_variants": {model_id: served.variant} if served.variant else {}})
     with DevStack(settings, port=0, aws_port=0, workers=0, log_dir=log_dir) as stack:
         if s3:
             client = aws.client("s3", stack.settings)
             client.create_bucket(Bucket="spotgen-models")
-            for path in model_files(tier0 / MEDIUM_ID):
+            for path in model_files(tier0 / model_id):
                 client.upload_file(str(path), "spotgen-models", f"models/{path.relative_to(tier0).as_posix()}")
-        status, body = call("POST", f"{stack.api_url}/v1/jobs", {"pipeline": "txt2img", "model": MEDIUM_ID,
-                                                                  "inputs": {**JOB, "seed": 1}})
+        status, body = call("POST", f"{stack.api_url}/v1/jobs", {"pipeline": "txt2img", "model": model_id,
+                                                                  "inputs": {**served.job, "seed": 1}})
         assert status == 202, body
         evict(model_files(tier0))
         stack._procs.append(stack._spawn_worker(name))  # noqa: SLF001 - a worker started now, timed from its start
         doc = wait_for(stack.api_url, body["id"], timeout=600, poll_s=0.5)
         assert doc["state"] == "succeeded", doc.get("error")
-    return worker_phases(log_dir / f"worker-{name}.log", body["id"])
+        out: dict[str, Any] = worker_phases(log_dir / f"worker-{name}.log", body["id"], model_id)
+        if served.check_images:  # after the clock stopped: the image as a client would download it
+            from tests.harness.verdicts import image_problems
+
+            s3_client, size = aws.client("s3", stack.settings), served.job["width"]
+            pngs = [s3_client.get_object(Bucket=stack.settings.output_bucket, Key=link["key"])["Body"].read()
+                    for link in doc["outputs"]]
+            out["images_checked"] = len(pngs)
+            out["image_problems"] = [f"{model_id} first image: {p}" for png in pngs for p in image_problems(png, size)]
+    return out
 
 
-def first_image_apart(tier0: Path, node: Path, log_dir: Path, name: str, s3: bool = False) -> dict[str, float]:
+def first_image_apart(tier0: Path, node: Path, log_dir: Path, name: str, s3: bool = False,
+                      served: Served | None = None) -> dict[str, Any]:
     """``first_image`` with a stack of its own in a process of its own: a second embedded stack in one process
-    lost its first job's SNS message (published later by the sweep, ~45 s), which is the harness's, not a node's."""
+    lost its first job's SNS message (published later by the sweep, ~45 s), which is the harness's, not a node's.
+    That process, its worker and whatever they held (the GPU's memory) have ended when this returns."""
     argv = [sys.executable, "-m", "tests.harness.bench_coldstart", "--first-image", str(tier0), str(node),
-            str(log_dir), name] + (["--s3"] if s3 else [])
+            str(log_dir), name, *(["--s3"] if s3 else []),
+            *(["--served", json.dumps(asdict(served))] if served else [])]
     done = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def direct_job_s(models: Path) -> float:
-    """The first job's floor: the same job through the worker's pipeline in this process, model loaded, warm."""
+def direct_job_s(models: Path, served: Served | None = None) -> float:
+    """The first job's floor: the same job through the worker's pipeline in this process, model loaded, warm (the
+    fastest of the runs after the first). The store is dropped on return, so a GPU's memory can be freed."""
     from pipelines.txt2img import Txt2Img
     from runtime.contract import Txt2ImgInputs
     from runtime.models.store import ModelStore
     from runtime.plugins import RunContext
 
-    store, pipeline, inputs = ModelStore(models, "cpu"), Txt2Img(), Txt2ImgInputs(**JOB)
+    served = served or Served()
+    store, pipeline = ModelStore(models, served.device), Txt2Img()
+    inputs = Txt2ImgInputs(**served.job)
     times = []
     for seed in range(3):
         began = time.perf_counter()
-        pipeline.run(inputs, RunContext(job_id="direct", model=MEDIUM_ID, seed=seed, device="cpu", models=store,
-                                        report=lambda step, total, state: None, fetch_image=lambda ref: None))
+        pipeline.run(inputs, RunContext(job_id="direct", model=served.model_id, seed=seed, device=served.device,
+                                        models=store, report=lambda step, total, state: None,
+                                        fetch_image=lambda ref: None))
         times.append(time.perf_counter() - began)
     return min(times[1:])
 
@@ -323,10 +365,12 @@ if __name__ == "__main__":
     parser.add_argument("--first-image", nargs=4, metavar=("TIER0", "NODE", "LOGS", "NAME"),
                         help="(used by the benchmark) one worker's start to its first image, as JSON")
     parser.add_argument("--s3", action="store_true", help="with --first-image: the model on the emulator's S3")
+    parser.add_argument("--served", help="with --first-image: what it serves (Served's fields as JSON)")
     args = parser.parse_args()
     if args.first_image:
         tier0, node, logs, name = args.first_image
-        print(json.dumps(first_image(Path(tier0), Path(node), Path(logs), name, args.s3)))
+        served = Served(**json.loads(args.served)) if args.served else None
+        print(json.dumps(first_image(Path(tier0), Path(node), Path(logs), name, args.s3, served)))
         sys.exit(0)
     if args.load:
         with tempfile.TemporaryDirectory() as tmp:

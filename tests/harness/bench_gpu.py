@@ -16,6 +16,10 @@ Then the Flux.1 (schnell, dev, dev in fp8) and SD 3.5 medium workloads of ``test
 ``WORKLOADS`` table): peak GPU memory and images/s of the worker's txt2img path against plain diffusers, in this
 process.
 
+Then the cold-start rows of ``tests.harness.bench_gpu_coldstart`` (``--cold-start``, SD 1.5, SDXL and Flux.1 dev by
+default): a fresh worker's start to its first image, split into set up, fetch, load and first job, each against its
+floor; ``--models none --cold-start flux-dev`` runs one alone (a device call of its own).
+
 ``--tiny`` runs the same on the tiny models and this CPU (float32): it checks that the script runs and prints
 its JSON, and says nothing about speed. The last line printed is one JSON object with every figure.
 
@@ -26,8 +30,8 @@ and finite (``tests.harness.verdicts.gpu_problems``); otherwise ``problems`` say
 status is 1. The goals (``ratio_to_plain`` >= 1.3, ``device_idle_share`` < 2%) have their verdicts beside
 them (``"goals"``: value, goal, ``"met"``); a goal missed is a finding, not a failure.
 
-    python -m tests.harness.bench_gpu [--tiny] [--images N] [--steps N] [--models sd15,sdxl,flux-dev,...]
-        [--log-dir DIR]
+    python -m tests.harness.bench_gpu [--tiny] [--images N] [--steps N] [--models sd15,sdxl,flux-dev,...|none]
+        [--cold-start sd15,sdxl,flux-dev|none] [--log-dir DIR]
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import bench_gpu_flow  # noqa: E402
+from tests.harness import bench_gpu_coldstart, bench_gpu_flow  # noqa: E402
 from tests.harness.bench_requests import MODEL_PHASES  # noqa: E402
 from tests.harness.verdicts import goal, gpu_problems, image_problems  # noqa: E402
 from tests.rest import call, wait_for  # noqa: E402
@@ -246,7 +250,7 @@ class Bench:
 
 
 def figures(tiny: bool, images: int, steps: int, model_ids: list[str], log_dir: Path,
-            settings: list[str] | None = None) -> dict[str, Any]:
+            settings: list[str] | None = None, cold_start: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from runtime.models.tiny import build_tiny_models
@@ -293,6 +297,10 @@ def figures(tiny: bool, images: int, steps: int, model_ids: list[str], log_dir: 
     out["flow"] = {name: bench_gpu_flow.run(name, models if tiny else None, log_dir / "flow", images, device)
                    for name in model_ids if name in bench_gpu_flow.WORKLOADS}
     out["images_checked"] += sum(row["images_checked"] for row in out["flow"].values())
+    # Process start to first image (bench_gpu_coldstart): each model in processes of their own, one at a time
+    out["coldstart"] = bench_gpu_coldstart.figures(cold_start or [], models if tiny else None, log_dir / "coldstart",
+                                                   steps)
+    out["images_checked"] += sum(row.get("images_checked", 0) for row in out["coldstart"].values())
     return out
 
 
@@ -313,7 +321,20 @@ def report(found: dict[str, Any]) -> list[str]:
     if found["flow"]:
         lines.append("  Flux.1 and SD 3.5, spotgen's txt2img path in this process against plain diffusers on the same "
                      "modules:")
-    return lines + bench_gpu_flow.report(found["flow"])
+    return lines + bench_gpu_flow.report(found["flow"]) + bench_gpu_coldstart.report(found["coldstart"])
+
+
+def run_problems(found: dict[str, Any], asked: list[str], cold_start: list[str]) -> list[str]:
+    """What makes the run's figures worthless (``"ok"`` is that this is empty): every part's checks."""
+    problems = gpu_problems(found, [m for m in asked if m not in bench_gpu_flow.WORKLOADS], found["settings"])
+    problems += bench_gpu_flow.problems(found["flow"], [m for m in asked if m in bench_gpu_flow.WORKLOADS],
+                                        not found["tiny"])
+    return problems + bench_gpu_coldstart.problems(found["coldstart"], cold_start)
+
+
+def listed(option: str) -> list[str]:
+    """A comma-separated option's names; "none" (or nothing) is none."""
+    return [name for name in option.split(",") if name and name != "none"]
 
 
 def main() -> int:
@@ -322,19 +343,19 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--models", default=",".join(["sd15", "sdxl", *bench_gpu_flow.WORKLOADS]),
-                        help=f"of sd15, sdxl, {', '.join(bench_gpu_flow.WORKLOADS)}")
+                        help=f"of sd15, sdxl, {', '.join(bench_gpu_flow.WORKLOADS)}; none: the cold-start rows alone")
+    parser.add_argument("--cold-start", default=",".join(bench_gpu_coldstart.MODELS),
+                        help="the cold-start rows, of the models above; none: skip them")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--log-dir", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = args.log_dir or Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
-        found = figures(args.tiny, args.images, args.steps, args.models.split(","), log_dir, args.settings.split(","))
+        found = figures(args.tiny, args.images, args.steps, listed(args.models), log_dir, args.settings.split(","),
+                        listed(args.cold_start))
     print("\n".join(report(found)))
-    asked = args.models.split(",")
-    problems = gpu_problems(found, [m for m in asked if m not in bench_gpu_flow.WORKLOADS], found["settings"])
-    problems += bench_gpu_flow.problems(found["flow"], [m for m in asked if m in bench_gpu_flow.WORKLOADS],
-                                        not found["tiny"])
+    problems = run_problems(found, listed(args.models), listed(args.cold_start))
     for problem in problems:
         print(f"FAIL {problem}")
     print(json.dumps({"bench": "gpu", "ok": not problems, "problems": problems, **found}, sort_keys=True))

@@ -4,6 +4,10 @@ works for the day it runs on a GPU. The compile setting is left out here: compil
 most of a minute per process, and tests/pipelines/test_compile.py already compiles and reuses the cache from a
 second process; ``python -m tests.harness.bench_gpu --tiny`` runs all of it (about 3 minutes).
 
+The cold-start row (tests/harness/bench_gpu_coldstart.py) runs once on tiny-sd in ``make test`` (a fresh worker and
+a fresh floors process: two imports of torch and diffusers are most of its cost), and on tiny-sd and tiny-flux in
+the slow run through the script.
+
 Its ``ok`` and the benchmarks' goal verdicts can fail: ``tests.harness.verdicts`` is handed black, wrong-sized and
 broken images, NaN and missing figures, and goals missed, without running anything."""
 
@@ -17,6 +21,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_harness
+from tests.harness import bench_gpu_coldstart
+from tests.harness.bench_gpu import run_problems
+from tests.harness.bench_gpu_coldstart import PHASES, ROUNDING_S
 from tests.harness.verdicts import goal, goals_count, goals_missed, gpu_problems, image_problems
 
 
@@ -24,10 +31,12 @@ from tests.harness.verdicts import goal, goals_count, goals_missed, gpu_problems
 def test_the_gpu_benchmark_runs_on_the_tiny_models_and_prints_its_figures(tmp_path: Path) -> None:
     figures, context = run_harness("tests.harness.bench_gpu", ["--tiny", "--images", "2", "--steps", "4",
                                                                "--models", "sd15", "--settings",
-                                                               "default,channels_last"], tmp_path, timeout=600)
+                                                               "default,channels_last", "--cold-start",
+                                                               "sd15,flux-dev"], tmp_path, timeout=900)
     assert figures["bench"] == "gpu" and figures["tiny"] is True and figures["device"] == "cpu", context
     assert figures["ok"] is True and figures["problems"] == [], context
-    assert figures["images_checked"] == 3 + 2 * 3, context  # plain's warm-up and 2; each worker's first job and 2
+    # plain's warm-up and 2; each worker's first job and 2; each cold-start worker's first job
+    assert figures["images_checked"] == 3 + 2 * 3 + 2, context
     row = figures["models"]["sd15"]
     assert row["model"] == "tiny-sd" and row["plain_images_per_s"] > 0, context
     for setting in ("default", "channels_last"):
@@ -36,6 +45,76 @@ def test_the_gpu_benchmark_runs_on_the_tiny_models_and_prints_its_figures(tmp_pa
         assert 0 <= got["device_idle_share"] < 1 and not math.isnan(got["ratio_to_plain"]), (setting, context)
         assert set(got["goals"]) == {"ratio_to_plain", "device_idle_share"}, (setting, context)
     assert "compile" not in row and "second_pod_first_job_s" not in row, context
+    cold = figures["coldstart"]
+    assert {name: got["model"] for name, got in cold.items()} == {"sd15": "tiny-sd", "flux-dev": "tiny-flux"}, context
+    for got in cold.values():
+        assert consistent(got) == [], (got, context)
+
+
+def consistent(got: dict[str, Any]) -> list[str]:
+    """What is wrong with one cold-start row's figures: each phase, the total and each floor a finite figure (the
+    floors above 0), the phases within the total, the fetch the model's bytes, one valid image."""
+    wrong = [f"{key}: {got.get(key)}" for key in (*PHASES, "total_s") if not 0 <= got.get(key, -1) < math.inf]
+    floors = got["floors"]
+    wrong += [f"floor {key}: {floors.get(key)}" for key in PHASES if not 0 < floors.get(key, 0) < math.inf]
+    if not wrong and sum(got[key] for key in PHASES) > got["total_s"] + ROUNDING_S:
+        wrong.append("the phases add up to more than the total")
+    if not 0 < got["fetched_bytes"] == got["model_bytes"]:
+        wrong.append(f"fetched {got['fetched_bytes']} of {got['model_bytes']} bytes")
+    if got["images_checked"] != 1 or got["image_problems"]:
+        wrong.append(f"images: {got['images_checked']}, {got['image_problems']}")
+    return wrong + bench_gpu_coldstart.problems({"row": got}, ["row"])
+
+
+def test_a_cold_start_row_runs_on_a_tiny_model(tiny_models: Path, tmp_path: Path) -> None:
+    """One row on tiny-sd, as bench_gpu --tiny runs it: a floors process that builds tier 0, then a worker from its
+    start to its first image. Its figures say nothing about speed here; they must be there and add up."""
+    rows = bench_gpu_coldstart.figures(["sd15"], tiny_models, tmp_path, 2)
+    got = rows["sd15"]
+    assert "error" not in got, got.get("error")
+    assert (got["model"], got["size"], got["steps"], got["node_cache"]) == ("tiny-sd", 64, 2, "local disk"), got
+    assert consistent(got) == [], got
+    assert set(got["over_floor"]) == set(PHASES) and got["files"] > 1, got
+    assert not (tmp_path / "sd15").exists()  # the models are gone once the row is done; the logs stay
+    assert (tmp_path / "logs" / "worker-cold-sd15.log").is_file()
+    assert len(bench_gpu_coldstart.report(rows)) == 2
+
+
+def cold_row(**changes: Any) -> dict[str, Any]:
+    """A cold-start row where everything held."""
+    floors = {"set_up_s": 4.0, "fetch_s": 0.5, "load_s": 0.5, "first_job_s": 0.2}
+    return {"model": "tiny-sd", "set_up_s": 6.0, "fetch_s": 0.7, "load_s": 1.0, "first_job_s": 0.4, "total_s": 8.2,
+            "fetched_bytes": 1000, "model_bytes": 1000, "images_checked": 1, "image_problems": [], "floors": floors,
+            **changes}
+
+
+def test_a_cold_start_row_is_read_only_with_its_figures_and_image() -> None:
+    assert bench_gpu_coldstart.problems({"sd15": cold_row()}, ["sd15"]) == []
+    assert bench_gpu_coldstart.problems({}, ["sd15"]) == ["cold start sd15: no figures"]
+    failed = {"model": "tiny-sd", "error": "RuntimeError: the floors process failed (exit 1):\n..."}
+    assert bench_gpu_coldstart.problems({"sd15": failed}, ["sd15"]) == [
+        "cold start sd15: RuntimeError: the floors process failed (exit 1):"]
+    assert bench_gpu_coldstart.problems({"sd15": cold_row(load_s=float("nan"))}, ["sd15"]) == [
+        "cold start sd15: load_s is nan"]
+    missing = cold_row()
+    del missing["first_job_s"]
+    assert bench_gpu_coldstart.problems({"sd15": missing}, ["sd15"]) == ["cold start sd15: first_job_s is None"]
+    no_floor = cold_row(floors={**cold_row()["floors"], "set_up_s": float("inf")})
+    assert bench_gpu_coldstart.problems({"sd15": no_floor}, ["sd15"]) == ["cold start sd15: floor set_up_s is inf"]
+    assert bench_gpu_coldstart.problems({"sd15": cold_row(total_s=2.0)}, ["sd15"]) == [
+        "cold start sd15: the phases add up to 8.100 s, more than the total 2.000 s"]
+    assert bench_gpu_coldstart.problems({"sd15": cold_row(fetched_bytes=0)}, ["sd15"]) == [
+        "cold start sd15: fetched 0 bytes of a model of 1000"]  # the node cache was not empty
+    black = cold_row(image_problems=["tiny-sd first image: one flat colour"])
+    assert bench_gpu_coldstart.problems({"sd15": black}, ["sd15"]) == ["tiny-sd first image: one flat colour"]
+    assert bench_gpu_coldstart.problems({"sd15": cold_row(images_checked=0)}, ["sd15"]) == [
+        "cold start sd15: no image checked"]
+    # in the script's verdict: "ok" is false, and the problem names the row and the figure
+    found = {"settings": [], "flow": {}, "tiny": True, "images_checked": 1, "image_problems": [],
+             "coldstart": {"sd15": cold_row(fetch_s=float("nan"))}}
+    assert run_problems(found, [], ["sd15"]) == ["cold start sd15: fetch_s is nan"]
+    assert run_problems(found | {"coldstart": {}}, [], ["sd15"]) == ["cold start sd15: no figures"]
+    assert run_problems(found | {"coldstart": {"sd15": cold_row()}}, [], ["sd15"]) == []
 
 
 def png(array: Any) -> bytes:
