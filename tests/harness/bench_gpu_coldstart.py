@@ -73,7 +73,8 @@ def served(model_id: str, tiny: bool, steps: int) -> Served:
 
 
 def place(row: str, serve: Served, tier0: Path, tiny_models: Path | None, built: Path) -> None:
-    """Tier 0 with ``serve``'s model alone: copied from the tiny models, or built at full size on the GPU."""
+    """Tier 0 with ``serve``'s model alone: copied from the tiny models (built there first if they are not), or
+    built at full size on the GPU."""
     from runtime.models.manifests import write_manifest
     from runtime.models.store import ModelStore
     from tests.harness.bench_gpu_flow import WORKLOADS
@@ -81,6 +82,9 @@ def place(row: str, serve: Served, tier0: Path, tiny_models: Path | None, built:
     tier0.mkdir(parents=True, exist_ok=True)
     target = tier0 / serve.model_id
     if tiny_models is not None:
+        from runtime.models.tiny import build_tiny_models
+
+        build_tiny_models(tiny_models)  # nothing to do where they are built; else here, where torch is imported
         shutil.copytree(tiny_models / serve.model_id, target)
         entry = json.loads((tiny_models / "catalog.json").read_text())["models"][serve.model_id]
     elif row in WORKLOADS:

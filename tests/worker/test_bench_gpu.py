@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,18 @@ def consistent(got: dict[str, Any]) -> list[str]:
     return wrong + bench_gpu_coldstart.problems({"row": got}, ["row"])
 
 
-def test_a_cold_start_row_runs_on_a_tiny_model(tiny_models: Path, tmp_path: Path) -> None:
+def shared_tiny_models(factory: pytest.TempPathFactory) -> Path:
+    """Where the session's ``tiny_models`` fixture keeps them (tests/conftest.py), without asking for it: the floors
+    process copies tiny-sd from there, building them first if no test has (``build_tiny_models`` locks, and does
+    nothing where they are built). It imports torch anyway; this process need not, which alone costs seconds."""
+    base = factory.getbasetemp()
+    return (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "tiny-models"
+
+
+def test_a_cold_start_row_runs_on_a_tiny_model(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     """One row on tiny-sd, as bench_gpu --tiny runs it: a floors process that builds tier 0, then a worker from its
     start to its first image. Its figures say nothing about speed here; they must be there and add up."""
-    rows = bench_gpu_coldstart.figures(["sd15"], tiny_models, tmp_path, 2)
+    rows = bench_gpu_coldstart.figures(["sd15"], shared_tiny_models(tmp_path_factory), tmp_path, 2)
     got = rows["sd15"]
     assert "error" not in got, got.get("error")
     assert (got["model"], got["size"], got["steps"], got["node_cache"]) == ("tiny-sd", 64, 2, "local disk"), got
