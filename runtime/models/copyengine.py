@@ -21,6 +21,7 @@ made: a new 8 MiB buffer per chunk cost more system time than the copy's own ext
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -29,6 +30,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runtime.models.copying import (
     _HOT_BYTES,
@@ -43,6 +45,8 @@ from runtime.models.copying import (
 #: errnos of a ``copy_file_range`` that these file systems cannot do (not an I/O error): copy through a buffer
 _NOT_IN_KERNEL = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 _local = threading.local()
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
+_sync_file_range: Any = None  # libc's, once looked up; False where there is none
 
 
 def _thread_buffer(n: int) -> memoryview:
@@ -93,8 +97,31 @@ class _File:
 
 
 def _copy_chunk(f: _File, offset: int, buf: bytearray | None) -> tuple[int, list[bytes]]:
-    """Copy one chunk; for xxh3_128, this reader thread also hashes its pieces (xxhash releases the GIL).
-    ``buf`` is given for sha256 only (the collecting thread hashes from it)."""
+    """Copy one chunk and start writing it to disk; for xxh3_128, this reader thread also hashes its pieces
+    (xxhash releases the GIL). ``buf`` is given for sha256 only (the collecting thread hashes from it)."""
+    n, pieces = _copy_bytes(f, offset, buf)
+    _start_writeback(f.dst_fd, offset, n)
+    return n, pieces
+
+
+def _start_writeback(fd: int, offset: int, n: int) -> None:
+    """Have the kernel start writing ``n`` bytes at ``offset`` to disk now, without waiting for it
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``): the disk writes while the readers go on reading, where
+    otherwise the whole copy stays dirty in memory until its fsync (measured: the fsync'ed copy 0.91-0.94 of the
+    time without). Only a hint: the fsync before the commit is what makes the copy durable and reports errors."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            _sync_file_range = libc.sync_file_range
+            _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        except (OSError, AttributeError):  # not Linux: the fsync alone
+            _sync_file_range = False
+    if _sync_file_range:
+        _sync_file_range(fd, offset, n, _SYNC_FILE_RANGE_WRITE)
+
+
+def _copy_bytes(f: _File, offset: int, buf: bytearray | None) -> tuple[int, list[bytes]]:
     n = min(f.step, f.size - offset)
     xxh3 = f.expected is not None and f.expected.kind == XXH3_128
     if f.in_kernel and buf is None:
