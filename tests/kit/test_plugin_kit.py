@@ -4,6 +4,11 @@ package's pipeline on ``spotgen dev`` through the API.
 
 The package is installed into a virtual environment of its own that sees this one's packages (a ``.pth`` file),
 so that its entry point registers the pipeline there and in no other test's workers.
+
+That journey costs about 40 s of CPU (six fresh Python processes that import torch, a pip build) and is left to
+``make test-slow``; ``make test`` runs the same package in this process: written by ``spotgen pipeline new``, its
+pipeline registered with ``--plugin``, run and resumed by ``spotgen run --interrupt-at`` (the same code as the
+command), its entry point and test file checked as written.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import venv
 from pathlib import Path
 
@@ -41,7 +47,7 @@ def sh(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float
                           env={**os.environ, **(env or {})})
 
 
-@pytest.mark.heavy  # several processes that each import torch and diffusers
+@pytest.mark.slow  # six processes that import torch and diffusers, and a pip build: make test-slow
 def test_new_install_test_run_then_dev(engineer: Path, tiny_models: Path) -> None:
     new = sh(engineer, "-m", "spotgen.cli", "pipeline", "new", "upscale-lite")
     assert new.returncode == 0, new.stderr
@@ -69,6 +75,34 @@ def test_new_install_test_run_then_dev(engineer: Path, tiny_models: Path) -> Non
     # a bad --input's exit 2 is checked in-process: tests/pipelines/test_kit.py
 
     dev_with_the_plugin(engineer, tiny_models)  # one test: the steps build on each other
+
+
+def test_a_new_package_runs_and_resumes_in_this_process(tmp_path: Path, tiny_models: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from runtime.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["pipeline", "new", "upscale-lite"]) == 0
+    package = tmp_path / "upscale-lite"
+    project = tomllib.loads((package / "pyproject.toml").read_text())
+    assert project["project"]["entry-points"]["spotgen.pipelines"] == {
+        "upscale-lite": "upscale_lite.pipeline:UpscaleLite"}
+    for module in package.rglob("*.py"):  # the package's own tests among them
+        compile(module.read_text(), str(module), "exec")
+    assert "PipelineContract" in (package / "tests/test_pipeline.py").read_text()
+
+    monkeypatch.syspath_prepend(str(package))
+    Image.new("RGB", (48, 40), (200, 120, 30)).save(tmp_path / "photo.png")
+    capsys.readouterr()
+    ran = main(["run", "upscale-lite", "--plugin", "upscale_lite.pipeline:UpscaleLite", "--model", "tiny-sd",
+                "--image", "photo.png", "--input", "prompt=a red fox", "--input", "steps=4", "--input",
+                "strength=0.5", "--interrupt-at", "1", "--models", str(tiny_models), "--out", "out", "--quiet"])
+    said = capsys.readouterr()
+    assert ran == 0, said.err[-3000:]
+    assert "the same bytes as the uninterrupted run" in said.out
+    png = Image.open(tmp_path / "out/upscale-lite-0-0.png")
+    assert png.size == (96, 80) and json.loads(png.text["parameters"])["prompt"] == "a red fox"
 
 
 def test_a_name_that_cannot_be_a_pipeline_is_refused(engineer: Path) -> None:

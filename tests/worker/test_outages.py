@@ -264,7 +264,7 @@ def test_two_deliveries_of_one_job_at_once_make_one_result(env: tuple[Stack, Fau
     second = start_worker(stack, proxy, "second", SPOTGEN_RECEIVE_AHEAD="false")
     try:
         spec = JobSpec(id=f"twice-{uuid.uuid4().hex[:8]}", pipeline="slow", model="tiny-sd",
-                       inputs={"prompt": "twice", "steps": 12, "delay": 0.25}, seed=5, output_prefix="outputs",
+                       inputs={"prompt": "twice", "steps": 40, "delay": 0.2}, seed=5, output_prefix="outputs",
                        submitted_at=utcnow(), request_hash="0" * 64)
         body = build_celery_message(spec.id, [spec.model_dump(mode="json")], queue=stack.env["SPOTGEN_QUEUE_NAME"])
         attributes = {"job_id": {"DataType": "String", "StringValue": spec.id}}
@@ -286,6 +286,10 @@ def test_two_deliveries_of_one_job_at_once_make_one_result(env: tuple[Stack, Fau
         send()
         wait_for("the first delivery to run", lambda: status_of(stack, spec.id).get("progress", {}).get("step", 0) >= 3)
         send()  # the copy, while the first delivery runs: the other, idle worker takes it
+        # within a receive after its backoff (up to 5 s after a fault of an earlier test, then a 1 s poll): the job
+        # runs 8 s, and the copy's start is waited for, so that under load it is not the next job's
+        wait_for("the copy to start on the other worker while the first runs",
+                 lambda: all(f"job {spec.id} started" in w.text() for w in (worker, second)), 30)
         doc = final(stack, spec.id)
         stack.inbox.wait_idle()  # the second delivery notices within a step, stops and acks
         stop.set()
