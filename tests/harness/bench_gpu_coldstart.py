@@ -88,23 +88,24 @@ def place(row: str, serve: Served, tier0: Path, tiny_models: Path | None, built:
         shutil.copytree(tiny_models / serve.model_id, target)
         entry = json.loads((tiny_models / "catalog.json").read_text())["models"][serve.model_id]
     elif row in WORKLOADS:
-        import torch
-
         workload = WORKLOADS[row]
         pipe = workload.build(serve.device)
         pipe.save_pretrained(target, safe_serialization=True)
         del pipe
-        gc.collect()
-        torch.cuda.empty_cache()  # the direct job loads its own copy from the files
         entry = {"path": row, "family": workload.family, "dtype": workload.dtype, **workload.form,
                  **({"variant": workload.variant} if workload.variant else {})}
     else:
-        from tests.harness.bench_gpu import build_full_size
+        from tests.harness.bench_gpu import build_full_size  # (lazily: bench_gpu imports this module)
 
         if not (built / row).is_dir():  # SD 1.5 and SDXL are built together, once a run
             build_full_size(built, serve.device)
         os.replace(built / row, target)
         entry = json.loads((built / "catalog.json").read_text())["models"][row]
+    if serve.device.startswith("cuda"):  # the built model is saved: the direct job loads its own from the files
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
     entry = {**entry, "path": serve.model_id, "manifest": f"manifests/{serve.model_id}.json"}
     (tier0 / "catalog.json").write_text(json.dumps({"models": {serve.model_id: entry}}, indent=2))
     write_manifest(ModelStore(tier0), serve.model_id)
@@ -187,7 +188,10 @@ def row(model_id: str, tiny_models: Path | None, work: Path, steps: int) -> dict
 
 def figures(model_ids: list[str], tiny_models: Path | None, work: Path, steps: int) -> dict[str, Any]:
     """Every row asked for, one at a time (one worker process at a time, each gone before the next starts)."""
-    return {model_id: row(model_id, tiny_models, work, steps) for model_id in model_ids}
+    try:
+        return {model_id: row(model_id, tiny_models, work, steps) for model_id in model_ids}
+    finally:
+        shutil.rmtree(work / "built", ignore_errors=True)  # an SD model built for a row not asked for
 
 
 def problems(rows: dict[str, Any], asked: list[str]) -> list[str]:
