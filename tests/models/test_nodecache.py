@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from runtime.models import copyengine
 from runtime.models.copying import NodeCacheError, sha256_manifest
 from runtime.models.nodecache import NodeCache
 
@@ -98,6 +99,27 @@ def test_hit_copies_nothing_and_updates_last_used(tmp_path: Path) -> None:
     (_, _, used_after), = node.entries()
     assert used_after > used_before and size == model_bytes(source) == node.size("sd15")
     assert node.is_cached("sd15") and not node.is_cached("other") and node.size("other") is None
+
+
+def test_without_a_manifest_the_copy_stays_in_the_kernel_and_every_chunk_starts_its_writeback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing to hash: no byte goes through this process (no pread, no pwrite), and each chunk is handed to
+    the disk as soon as it is copied; the fsync before the commit is still what makes it durable."""
+    source = make_model(tmp_path / "efs")
+
+    def refused(*args: object) -> int:
+        raise AssertionError("a byte of a copy without a manifest went through the process")
+
+    written: list[tuple[int, int]] = []
+    start_writeback = copyengine._start_writeback
+    monkeypatch.setattr(os, "preadv", refused)
+    monkeypatch.setattr(os, "pwrite", refused)
+    monkeypatch.setattr(copyengine, "_start_writeback",
+                        lambda fd, at, n: (written.append((at, n)), start_writeback(fd, at, n)))
+    result = cache(tmp_path / "node").fetch("sd15", source)
+    assert result.copied and all((result.path / p.relative_to(source)).read_bytes() == p.read_bytes()
+                                 for p in source.rglob("*") if p.is_file())
+    assert sum(n for _, n in written) == model_bytes(source) and max(n for _, n in written) == CHUNK
 
 
 def flip_byte(path: Path, offset: int = 1000, keep_mtime: bool = False) -> None:
