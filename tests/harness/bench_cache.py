@@ -95,7 +95,7 @@ def copy_figures(rounds: int = 3) -> dict[str, Any]:
     The goal's `sync` is `sync` given the copy's files and directories (and the directory holding it): an fsync
     of each, what the cache makes durable. A bare `sync` (``cp_sync_all``, shown beside it) also writes every
     other process's dirty pages on every file system, so on a machine with other work writing it measured up
-    to 1.6x the fsyncs and flattered the cache; on a quiet one the two were alike (the fsyncs 0.92-0.98x)."""
+    to 1.4x the fsyncs and flattered the cache; on a quiet one the two were alike (the fsyncs 0.92-0.98x)."""
     from runtime.models.copying import manifest_of, sha256_manifest
     from runtime.models.nodecache import NodeCache
 
