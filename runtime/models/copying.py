@@ -35,9 +35,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 HASH_KINDS = (SHA256, XXH3_128)
 #: The pieces of an xxh3_128 digest that ``spotgen models manifest`` records: one copy chunk each.
 HASH_CHUNK_BYTES = CHUNK_BYTES
-# A reader hashes and writes its chunk this much at a time, each part hashed then written while in the CPU's
-# cache: hashing a whole 8 MiB chunk after writing it read it from memory once more, which measured 1.26x the
-# time of the same copy unhashed, against 1.01-1.15x this way (bench_cache's model, 2 cores, 256 KiB to 1 MiB alike)
+# A reader copies and hashes its chunk this much at a time, so that each part is hashed while in the CPU's cache
+# (copied in the kernel, then read back from the copy; through a buffer, hashed then written): hashing a whole
+# 8 MiB chunk after writing it read it from memory once more, which measured 1.26x the time of the same copy
+# unhashed, against 1.01-1.15x this way (bench_cache's model, 2 cores; 256 KiB to 1 MiB alike, both ways)
 _HOT_BYTES = 1 << 20
 _HEX_DIGITS = {SHA256: 64, XXH3_128: 32}
 _HEX = {kind: re.compile(rf"^[0-9a-f]{{{n}}}$") for kind, n in _HEX_DIGITS.items()}
