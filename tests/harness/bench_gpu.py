@@ -349,6 +349,8 @@ def main() -> int:
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--log-dir", type=Path, default=None)
     args = parser.parse_args()
+    if bench_gpu_coldstart.unknown(listed(args.cold_start)):
+        parser.error(f"--cold-start: no such model {', '.join(bench_gpu_coldstart.unknown(listed(args.cold_start)))}")
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = args.log_dir or Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,14 @@ ROUNDING_S = 0.02
 MARGIN_BYTES = 2 << 30
 
 
+def unknown(model_ids: list[str]) -> list[str]:
+    """The ids of ``model_ids`` that have no row: checked before a run, not minutes into one."""
+    from tests.harness.bench_gpu import MODELS as SD  # (lazily: bench_gpu imports this module)
+    from tests.harness.bench_gpu_flow import WORKLOADS
+
+    return [model_id for model_id in model_ids if model_id not in SD and model_id not in WORKLOADS]
+
+
 def served(model_id: str, tiny: bool, steps: int) -> Served:
     """What the row of ``model_id`` serves and its job: SD at its native size and ``steps``, a flow workload as
     ``bench_gpu_flow`` runs it; with ``tiny``, the tiny stand-in at 64 px and at most 4 steps, on the CPU."""

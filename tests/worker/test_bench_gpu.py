@@ -118,6 +118,7 @@ def test_a_cold_start_row_is_read_only_with_its_figures_and_image() -> None:
     assert bench_gpu_coldstart.problems({"sd15": black}, ["sd15"]) == ["tiny-sd first image: one flat colour"]
     assert bench_gpu_coldstart.problems({"sd15": cold_row(images_checked=0)}, ["sd15"]) == [
         "cold start sd15: no image checked"]
+    assert bench_gpu_coldstart.unknown(["sd15", "flux-dev", "flux-def"]) == ["flux-def"]  # refused before a run
     # in the script's verdict: "ok" is false, and the problem names the row and the figure
     found = {"settings": [], "flow": {}, "tiny": True, "images_checked": 1, "image_problems": [],
              "coldstart": {"sd15": cold_row(fetch_s=float("nan"))}}
