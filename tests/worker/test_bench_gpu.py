@@ -75,6 +75,7 @@ def shared_tiny_models(factory: pytest.TempPathFactory) -> Path:
     return (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "tiny-models"
 
 
+@pytest.mark.slow  # two fresh processes that import torch (20 s of CPU); the script's slow test runs it too
 def test_a_cold_start_row_runs_on_a_tiny_model(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     """One row on tiny-sd, as bench_gpu --tiny runs it: a floors process that builds tier 0, then a worker from its
     start to its first image. Its figures say nothing about speed here; they must be there and add up."""
