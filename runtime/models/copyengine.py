@@ -1,4 +1,4 @@
-"""The parallel copy engine of the node cache (``copying.copy_tree`` is its entry point).
+"""The parallel copy engine of the node cache (``copy_tree`` is its entry point).
 
 Several reader threads fill a copy at once (EFS is slow per stream and fast in parallel). How a chunk is copied
 depends on what the manifest asks for:
@@ -211,7 +211,7 @@ def _step(expected: Digest | None, chunk: int) -> int:
 
 def copy_tree(label: str, files: list[tuple[str, Path, int]], dest: Path, manifest: dict[str, str] | None,
               readers: int, chunk: int) -> None:
-    """``copying.copy_tree``: ``readers`` threads copy chunks of ``chunk`` bytes, several files at once (EFS
+    """``readers`` threads copy chunks of ``chunk`` bytes, several files at once (EFS
     throughput grows with parallel streams), each file fsync'ed as soon as it is complete.
 
     For xxh3_128 the readers hash their own chunks, and a copy chunk is rounded to a whole number of the

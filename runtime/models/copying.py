@@ -217,14 +217,3 @@ def fsync_path(path: Path) -> None:
     finally:
         os.close(fd)
 
-
-def copy_tree(label: str, files: list[tuple[str, Path, int]], dest: Path, manifest: dict[str, str] | None,
-              readers: int, chunk: int = CHUNK_BYTES) -> None:
-    """Copy ``files`` (``walk_files``'s tuples) into ``dest`` with ``readers`` threads, ``chunk`` bytes at a time,
-    several files at once (EFS throughput grows with parallel streams), each file fsync'ed as soon as it is
-    complete; ``manifest`` holds digest strings (``parse_digest``), checked against the very bytes written.
-
-    The engine is ``runtime.models.copyengine`` (imported here when used: it builds on this module)."""
-    from runtime.models.copyengine import copy_tree as engine
-
-    engine(label, files, dest, manifest, readers, chunk)

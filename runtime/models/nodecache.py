@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runtime.models.copyengine import copy_tree
 from runtime.models.copying import (
     CHUNK_BYTES,
     NodeCacheError,
-    copy_tree,
     fsync_path,
     listed_files,
     matches,
