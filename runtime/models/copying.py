@@ -35,11 +35,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 HASH_KINDS = (SHA256, XXH3_128)
 #: The pieces of an xxh3_128 digest that ``spotgen models manifest`` records: one copy chunk each.
 HASH_CHUNK_BYTES = CHUNK_BYTES
-# A reader copies and hashes its chunk this much at a time, so that each part is hashed while in the CPU's cache
-# (copied in the kernel, then read back from the copy; through a buffer, hashed then written): hashing a whole
-# 8 MiB chunk after writing it read it from memory once more, which measured 1.26x the time of the same copy
-# unhashed, against 1.01-1.15x this way (bench_cache's model, 2 cores; 256 KiB to 1 MiB alike, both ways)
-_HOT_BYTES = 1 << 20
 _HEX_DIGITS = {SHA256: 64, XXH3_128: 32}
 _HEX = {kind: re.compile(rf"^[0-9a-f]{{{n}}}$") for kind, n in _HEX_DIGITS.items()}
 
@@ -162,7 +157,8 @@ def _pieces(view: memoryview, chunk_bytes: int) -> list[bytes]:
     return [xxhash.xxh3_128_digest(view[i:i + chunk_bytes]) for i in range(0, len(view), chunk_bytes)]
 
 
-def _combine(pieces: list[bytes]) -> str:
+def combine_pieces(pieces: list[bytes]) -> str:
+    """An xxh3_128 digest's value from its pieces' digests (the module docstring's formula)."""
     import xxhash
 
     return xxhash.xxh3_128_hexdigest(b"".join(pieces))
@@ -184,7 +180,7 @@ def file_digest(path: Path, kind: str = SHA256, chunk_bytes: int = HASH_CHUNK_BY
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
             pieces += _pieces(memoryview(buf)[:n], chunk_bytes)
-    return Digest(XXH3_128, _combine(pieces), chunk_bytes)
+    return Digest(XXH3_128, combine_pieces(pieces), chunk_bytes)
 
 
 def matches(path: Path, expected: str) -> tuple[bool, Digest]:
