@@ -265,9 +265,23 @@ def test_a_job_of_two_images_makes_two_the_first_as_alone(harness: Harness, mode
                                                           bases: dict[str, np.ndarray]) -> None:
     """Image i comes from seed + i, whatever the count (SD 3.5's img2img and ControlNet classes failed with two)."""
     two = shared(bases, harness, model, name, num_images=2)
-    assert len(two) == 2 and not np.array_equal(two[0], two[1])
+    assert len(two) == 2 and levels_apart(two[0], two[1])[1] > 5 * BATCH_ROUNDING[1]
     if (model, name) != ("tiny-sd3", "controlnet"):  # one draw of the global generator for the whole batch (sd3.py)
-        assert np.array_equal(two[0], shared(bases, harness, model, name)[0])
+        worst, mean = levels_apart(two[0], shared(bases, harness, model, name)[0])
+        assert worst <= BATCH_ROUNDING[0] and mean <= BATCH_ROUNDING[1], (worst, mean)
+
+
+#: A batch of two runs the same math as a job of one with other matrix shapes, so on some kernel sets the sums round
+#: otherwise: under ATEN_CPU_CAPABILITY=avx2 (make test-cpus), SD 3.5's img2img image 0 differed from the job of one
+#: in one channel of one pixel by one level (mean 0.0001), where images of another seed differ by 8.7 to 39 levels
+#: on average: (most levels any value may differ, mean levels over all values).
+BATCH_ROUNDING = (2, 0.05)
+
+
+def levels_apart(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
+    """The largest and the mean difference between two 8-bit images, in levels."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return int(diff.max()), float(diff.mean())
 
 
 def test_a_fill_model_runs_inpaint_only(harness: Harness) -> None:
