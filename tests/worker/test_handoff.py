@@ -52,9 +52,10 @@ def test_the_next_job_generates_while_the_one_before_stores_its_outputs(env: tup
     try:
         first = submit(stack, "txt2img", {**SHORT, "seed": 1})
         held = proxy.hold(png_put(first), release)
-        second = submit(stack, "txt2img", {**SHORT, "seed": 2})
         wait_for("the first job's PNG upload", held.is_set, 90)
-        # while that upload is held, the second job was received, prepared and started on the device
+        # submitted now, not with the first: a standard queue may hand out messages sent together in either order
+        second = submit(stack, "txt2img", {**SHORT, "seed": 2})
+        # while that upload is held, the second job is received, prepared and started on the device
         wait_for("the second job to start", lambda: f"job {second} started" in worker.text(), 60)
         assert status_of(stack, first)["state"] != "succeeded"
         release.set()
@@ -100,17 +101,21 @@ def test_sigterm_mid_output_stage_stores_it_and_hands_the_others_back(env: tuple
     seen.set()  # the third job's status read is only watched for, not held
     rescuer = None
     try:
+        # Each job is submitted once the one before is where it must be: a standard queue does not keep the order of
+        # messages sent together (the generating job was once received first and ran 30 s before the others).
         storing = submit(stack, "txt2img", {**SHORT, "seed": 3})
         held = proxy.hold(png_put(storing), release)
+        wait_for("the first job's PNG upload", held.is_set, 90)
         # 30 s of steps however fast the CPU denoises: still generating when the signal comes, on a loaded machine
         # too (150 real steps ended first there, and the job waiting behind it started before the SIGTERM); resumed,
         # the rest takes a second
         generating = submit(stack, "slow-resumable", {"prompt": "long", "steps": 150, "delay": 0.2,
                                                        "resumed_delay": 0.005})
-        waiting = submit(stack, "txt2img", {**SHORT, "seed": 4})
-        prepared = proxy.hold(status_get(waiting), seen)
-        wait_for("the first job's PNG upload", held.is_set, 90)
         wait_for("the second job to start", lambda: f"job {generating} started" in worker.text(), 60)
+        # watched before the third job exists: the worker may receive and prepare it as soon as it is submitted
+        prepared = proxy.hold(lambda r: r.method == "GET" and r.path.endswith("/status.json")
+                              and storing not in r.path and generating not in r.path, seen)
+        waiting = submit(stack, "txt2img", {**SHORT, "seed": 4})
         wait_for("the third job to be received and prepared", prepared.is_set, 60)
         worker.proc.send_signal(signal.SIGTERM)
         wait_for("the interruption", lambda: "interruption (" in worker.text(), 30)
