@@ -28,6 +28,7 @@ import hashlib
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,35 +150,38 @@ def _copy_bytes(f: _File, offset: int, buf: bytearray | None) -> tuple[int, list
     if not xxh3:
         _write(f, view, offset)
         return n, []
-    import xxhash
 
-    assert f.expected is not None
-    pieces, size = [], f.expected.chunk_bytes
-    for start in range(0, n, size):
-        digest = xxhash.xxh3_128()
-        for at in range(start, min(n, start + size), _HOT_BYTES):
-            part = view[at:min(n, start + size, at + _HOT_BYTES)]
-            digest.update(part)
-            _write(f, part, offset + at)  # while ``part`` is still in the CPU's cache
-        pieces.append(digest.digest())
-    return n, pieces
+    def written(at: int, m: int) -> memoryview:
+        _write(f, view[at:at + m], offset + at)
+        return view[at:at + m]  # hashed while still in the CPU's cache
+
+    return n, _hashed_pieces(f, n, written)
 
 
 def _pieces_copied(f: _File, offset: int, n: int) -> list[bytes]:
     """The xxh3_128 pieces of ``n`` bytes at ``offset``, copied in the kernel a part at a time, each part then
     hashed from the destination (see the module's docstring for why the destination)."""
+    hot = _thread_buffer(_HOT_BYTES)
+
+    def copied(at: int, m: int) -> memoryview:
+        _kernel_copy(f, offset + at, m, f.dst_fd)
+        _read(f.dst_fd, hot[:m], offset + at, f"the copy of {f.rel} shrank while it was being hashed")
+        return hot[:m]
+
+    return _hashed_pieces(f, n, copied)
+
+
+def _hashed_pieces(f: _File, n: int, part: Callable[[int, int], memoryview]) -> list[bytes]:
+    """The xxh3_128 pieces (the manifest's ``chunk_bytes`` each) of a chunk's ``n`` bytes, each fed ``_HOT_BYTES``
+    at a time by ``part(at, m)``, which copies the ``m`` bytes at ``at`` in the chunk and returns them."""
     import xxhash
 
     assert f.expected is not None
-    hot = _thread_buffer(_HOT_BYTES)
     pieces, size = [], f.expected.chunk_bytes
     for start in range(0, n, size):
         digest = xxhash.xxh3_128()
         for at in range(start, min(n, start + size), _HOT_BYTES):
-            m = min(n, start + size, at + _HOT_BYTES) - at
-            _kernel_copy(f, offset + at, m, f.dst_fd)
-            _read(f.dst_fd, hot[:m], offset + at, f"the copy of {f.rel} shrank while it was being hashed")
-            digest.update(hot[:m])
+            digest.update(part(at, min(n, start + size, at + _HOT_BYTES) - at))
         pieces.append(digest.digest())
     return pieces
 

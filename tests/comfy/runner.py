@@ -44,6 +44,14 @@ def workflow(name: str) -> dict[str, Any]:
     return json.loads((WORKFLOWS / f"{name}.json").read_text())
 
 
+def changed(graph: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``graph`` with ``changes`` as ``{"<node>_<input>": value}`` set on its nodes' inputs (in place)."""
+    for key, value in changes.items():
+        node, name = key.split("_", 1)
+        graph[node]["inputs"][name] = value
+    return graph
+
+
 def default_graph(model: str = "tiny-sd", **sampler: Any) -> dict[str, Any]:
     """ComfyUI's default graph at 64 x 48 (not square, so a width/height mix-up shows), 3 steps."""
     graph = workflow("default_txt2img")

@@ -17,7 +17,7 @@ import torch
 
 from pipelines.comfyui.executor import Execution
 from runtime.contract import ContractError
-from tests.comfy.runner import assert_resumes_alike, default_graph, run, workflow
+from tests.comfy.runner import assert_resumes_alike, changed, default_graph, run, workflow
 from tests.pipelines.harness import Harness, pixels, png
 
 #: The refiner model the graph's second loader names in the tests (an ordinary SDXL model is a refiner too).
@@ -35,10 +35,7 @@ def refiner_graph(refiner: str = REFINER, steps: int = 5, switch: int = 3, **cha
     graph["5"]["inputs"].update(width=64, height=48)
     graph["10"]["inputs"].update(steps=steps, end_at_step=switch, noise_seed=1234)
     graph["11"]["inputs"].update(steps=steps, start_at_step=switch)
-    for key, value in changes.items():
-        node, name = key.split("_", 1)
-        graph[node]["inputs"][name] = value
-    return graph
+    return changed(graph, changes)
 
 
 def test_the_refiner_graph_runs_a_pass_per_sampler_planned_together(harness: Harness) -> None:

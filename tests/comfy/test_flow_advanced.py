@@ -20,7 +20,7 @@ from diffusers import FluxPipeline
 
 from pipelines.comfyui.executor import Execution
 from runtime.contract import ContractError
-from tests.comfy.runner import assert_resumes_alike, run
+from tests.comfy.runner import assert_resumes_alike, changed, run
 from tests.comfy.test_flow_graphs import GRAPHS
 from tests.pipelines.harness import Harness, pixels, png
 
@@ -76,10 +76,7 @@ def split_graph(steps: int = 4, switch: int = 2, **changes: Any) -> dict[str, An
         "latent_image": ["13", 0], "add_noise": "disable", "noise_seed": 99, "start_at_step": switch,
         "end_at_step": 10000, "return_with_leftover_noise": "disable"}}
     graph["8"]["inputs"]["samples"] = ["44", 0]
-    for key, value in changes.items():
-        node, name = key.split("_", 1)
-        graph[node]["inputs"][name] = value
-    return graph
+    return changed(graph, changes)
 
 
 def test_the_two_samplers_are_two_passes_planned_together(harness: Harness) -> None:
