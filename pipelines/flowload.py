@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 
+from pipelines import components
 from pipelines.dtypes import torch_dtype
 from runtime.models.catalog import CatalogEntry, ModelError
 from runtime.models.store import ModelSource, ModelStore, stored_tensors
@@ -70,6 +71,7 @@ def serve(pipe: DiffusionPipeline, entry: CatalogEntry, device: str) -> Diffusio
 def _pipeline(cls: type[DiffusionPipeline], transformer_class: type, source: ModelSource, entry: CatalogEntry,
               dtype: torch.dtype, parts: dict[str, Any], convert: Convert | None) -> DiffusionPipeline:
     if not source.single_file:
+        parts = {**components.smallest_first(source.path, cls, dtype, parts), **parts}
         return cls.from_pretrained(source.path, dtype=dtype, use_safetensors=True, **parts)
     config = str(source.config)
     options: dict[str, Any] = {"config": config, "subfolder": "transformer", "local_files_only": True,
@@ -129,16 +131,11 @@ def _config_components(config: Path, dtype: torch.dtype) -> dict[str, Any]:
     """The components whose weights the config directory holds (those the file lacks, as SD 3.5's text encoders,
     which Stability AI ship apart), loaded from it: diffusers' ``from_single_file`` looks there for
     ``diffusion_pytorch_model`` files only, not for transformers' ``model.safetensors``."""
-    import importlib
     import json
 
-    parts = {}
-    for name, value in json.loads((config / "model_index.json").read_text()).items():
-        if isinstance(value, list) and value[0] and any((config / name).glob("*.safetensors")):
-            component = getattr(importlib.import_module(value[0]), value[1])
-            parts[name] = component.from_pretrained(config, subfolder=name, dtype=dtype, local_files_only=True,
-                                                    use_safetensors=True)
-    return parts
+    return {name: components.load(config / name, value[0], value[1], dtype)
+            for name, value in json.loads((config / "model_index.json").read_text()).items()
+            if isinstance(value, list) and value[0] and any((config / name).glob("*.safetensors"))}
 
 
 def _holds_other_components(path: Path) -> bool:

@@ -1,11 +1,18 @@
 """Reading a model's files into the page cache while diffusers builds its modules, so the disk never waits on Python.
 
 A load from disk does two things in turn, per component: build the modules (Python and CPU: configs, layers on the
-meta device, a few hundred ms for a UNet whatever its size) and then read the weights through safetensors' mmap
+meta device, a few tens of ms for a UNet whatever its size) and then read the weights through safetensors' mmap
 (the disk). One after the other, a cold load costs the sum; with the files read ahead by a thread of their own
-while the first component is being built, it costs about the larger of the two (``make bench``'s "load against
-read" figures, ``tests/harness/bench_coldstart.py``). The thread reads into one reused buffer: the bytes land in the
-page cache, which safetensors then maps without another trip to the disk, and no copy of the model is kept.
+while the components are being built, it costs about the larger of the two (``make bench``'s "load against read"
+figures, ``tests/harness/bench_coldstart.py``).
+
+The thread moves the bytes with ``sendfile`` to ``/dev/null``: the kernel reads them into the page cache, which
+safetensors then maps without another trip to the disk, and no byte is copied to user space (a read into a buffer
+cost a core's worth of copying, and it took the GIL back after every MiB: a load's Python, which holds the GIL for
+up to 5 ms at a time, slowed the read down to its own pace).
+Files go in the order a load needs them: the smallest folder's first (``smallest_first``), as
+``pipelines.components`` loads a pipeline's components, so the largest one (the UNet or the transformer) is read
+last, while the others are built.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ log = logging.getLogger("spotgen.models")
 CHUNK = 1 << 20
 #: Read-ahead goes by spans, each skipped when its first page is already in the page cache.
 SPAN = 8 << 20
+#: The most one ``sendfile`` call moves, with the GIL released: past the first span not in the page cache, the rest
+#: of a file is read in runs this long.
+RUN = 256 << 20
 
 
 class Prefetcher:
@@ -56,12 +66,12 @@ class Prefetcher:
             self._local.stop = None
 
     def files(self, paths: Iterable[Path]) -> threading.Thread | None:
-        """Read ``paths`` ahead (those not yet read in this load), in sorted order, as diffusers loads components
-        in its model index's sorted order; nothing outside a load. The thread, or None when nothing was started."""
+        """Read ``paths`` ahead (those not yet read in this load), the smallest folder's first
+        (``smallest_first``); nothing outside a load. The thread, or None when nothing was started."""
         stop: threading.Event | None = getattr(self._local, "stop", None)
         if stop is None or not self.enabled:
             return None
-        todo = sorted(p for p in paths if p not in self._local.seen)
+        todo = smallest_first(p for p in paths if p not in self._local.seen)
         if not todo:
             return None
         self._local.seen.update(todo)
@@ -70,28 +80,70 @@ class Prefetcher:
         return thread
 
     def _read(self, paths: list[Path], stop: threading.Event) -> None:
-        buffer, probe = bytearray(CHUNK), bytearray(4096)
-        for path in paths:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:  # the loader reports a missing file itself
-                continue
-            try:
-                size, offset = os.fstat(fd).st_size, 0
-                while offset < size and not stop.is_set():
-                    if not cached(fd, offset, probe):  # in memory already (a warm node): no copy for nothing
-                        position = offset
-                        while position < min(offset + SPAN, size) and (n := os.preadv(fd, [buffer], position)):
-                            position += n
-                            with self._count:
-                                self.bytes_read += n
-                    offset += SPAN
-            except OSError as exc:
-                log.debug("prefetch of %s stopped: %s", path, exc)
-            finally:
-                os.close(fd)
-            if stop.is_set():
-                return
+        probe = bytearray(4096)
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            for path in paths:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:  # the loader reports a missing file itself
+                    continue
+                try:
+                    size, offset = os.fstat(fd).st_size, 0
+                    while offset < size and cached(fd, offset, probe):  # in memory already (a warm node)
+                        offset += SPAN
+                    while offset < size and not stop.is_set():  # the rest, a run at a time, never probed again:
+                        n = _into_page_cache(fd, null, offset, min(RUN, size - offset))  # each probe is a turn
+                        self._count_read(n)  # of the GIL, which the load's Python holds for up to 5 ms
+                        offset = offset + n if n else size
+                except OSError as exc:
+                    log.debug("prefetch of %s stopped: %s", path, exc)
+                finally:
+                    os.close(fd)
+                if stop.is_set():
+                    return
+        finally:
+            os.close(null)
+
+    def _count_read(self, n: int) -> None:
+        with self._count:
+            self.bytes_read += n
+
+
+def _into_page_cache(fd: int, null: int, offset: int, length: int) -> int:
+    """Read ``length`` bytes of ``fd`` from ``offset`` into the page cache, to ``/dev/null`` in the kernel
+    (``sendfile``); through a buffer where ``sendfile`` cannot (not Linux). Bytes read."""
+    done = 0
+    try:
+        while done < length and (n := os.sendfile(null, fd, offset + done, length - done)):
+            done += n
+        return done
+    except OSError:  # no sendfile from a file here: the bytes come through a buffer instead
+        buffer = bytearray(CHUNK)
+        while done < length and (n := os.preadv(fd, [memoryview(buffer)[:min(CHUNK, length - done)]],
+                                               offset + done)):
+            done += n
+        return done
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files directly in ``folder`` (a pipeline component's weights and configs): what orders a
+    load's reads and its components, smallest first."""
+    try:
+        return sum(entry.stat().st_size for entry in os.scandir(folder) if entry.is_file())
+    except OSError:
+        return 0
+
+
+def smallest_first(paths: Iterable[Path]) -> list[Path]:
+    """``paths`` by the bytes of their folders, smallest first, then by name: a pipeline's configs, tokenizers and
+    small encoders before its UNet or transformer, the order ``pipelines.components`` loads them in."""
+    sizes: dict[Path, int] = {}
+    listed = list(paths)
+    for path in listed:
+        if path.parent not in sizes:
+            sizes[path.parent] = folder_bytes(path.parent)
+    return sorted(listed, key=lambda path: (sizes[path.parent], str(path)))
 
 
 def cached(fd: int, offset: int, probe: bytearray) -> bool:

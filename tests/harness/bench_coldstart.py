@@ -50,7 +50,6 @@ JOB = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 4}
 PROFILE_PARTS = {"safetensors read (mmap)": ("", "get_tensors"),
                  "module construction (configs, layers on meta)": ("configuration_utils.py", "from_config"),
                  "weights into modules": ("model_loading_utils.py", "load_model_dict_into_meta"),
-                 "pipe.to(device)": ("pipeline_utils.py", "to"),
                  "text encoder (transformers)": ("transformers/modeling_utils.py", "from_pretrained")}
 
 
@@ -117,11 +116,16 @@ def load_figures(models: Path, rounds: int = 5) -> dict[str, Any]:
         for name in ("warm_read", "warm_load", "warm_load_before"):
             times[name].append(read_s(files) if name == "warm_read" else load_s(models, name == "warm_load"))
     med = {name: statistics.median(values) for name, values in times.items()}
-    ratio = med["load"] / med["read"]
+    # Each round's load against the read just before it: this disk's speed drifts by up to 4x within a run (a
+    # shared host), and a ratio of two medians would compare rounds of different speeds.
+    ratios = [load / read for load, read in zip(times["load"], times["read"], strict=True)]
+    ratio = statistics.median(ratios)
     return {"model_mib": size / 2**20, "files": len(files), "rounds": rounds, "page_cache_dropped": cold,
             **{f"{name}_s": value for name, value in med.items()},
             "read_mib_per_s": size / 2**20 / med["read"],
-            "load_over_read": ratio, "load_over_read_before": med["load_before"] / med["read"],
+            "load_over_read": ratio, "load_over_read_rounds": [min(ratios), max(ratios)],
+            "load_over_read_before": statistics.median(
+                before / read for before, read in zip(times["load_before"], times["read"], strict=True)),
             "warm_load_over_read": med["warm_load"] / med["warm_read"],
             "warm_load_over_read_before": med["warm_load_before"] / med["warm_read"],
             "profile_s": profile_parts(models),
@@ -312,7 +316,8 @@ def rows(figs: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     cold = "page cache dropped" if ld["page_cache_dropped"] else "WARM: the page cache could not be dropped"
     out = [(f"tier-1 load, {ld['model_mib']:.0f} MiB, cold ({cold})",
             f"{ld['load_s'] * 1000:.0f} ms", f"read {ld['read_s'] * 1000:.0f} ms (goal <= {LOAD_GOAL}x)",
-            f"{ld['load_over_read']:.2f}x (before: {ld['load_over_read_before']:.2f}x)"),
+            f"{ld['load_over_read']:.2f}x (rounds {ld['load_over_read_rounds'][0]:.2f}-"
+            f"{ld['load_over_read_rounds'][1]:.2f}; before: {ld['load_over_read_before']:.2f}x)"),
            ("tier-1 load, warm", f"{ld['warm_load_s'] * 1000:.0f} ms", f"read {ld['warm_read_s'] * 1000:.0f} ms",
             f"{ld['warm_load_over_read']:.2f}x (before: {ld['warm_load_over_read_before']:.2f}x)")]
     fi = figs.get("first_image")

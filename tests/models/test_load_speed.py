@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.common import base_pipeline
-from runtime.models.prefetch import Prefetcher, cached
+from runtime.models.prefetch import SPAN, Prefetcher, _into_page_cache, cached, smallest_first
 from runtime.models.store import ModelStore
 from runtime.models.tinymedium import evict, model_files
 from runtime.worker.app import process_age_s
@@ -50,6 +50,99 @@ def test_files_are_read_ahead_during_a_load_only(tmp_path: Path) -> None:
         assert thread is not None
         thread.join()
     assert prefetch.bytes_read == 3 << 20
+
+
+def test_a_partly_cached_file_is_read_from_its_first_span_not_in_memory(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(os.urandom(3 * SPAN))
+    if not cold([weights]):
+        pytest.skip("the page cache cannot be dropped on this file system")
+    fd = os.open(weights, os.O_RDONLY)
+    try:  # the first span in memory, as after a load cut short (and not the kernel's read-ahead past it)
+        os.pread(fd, SPAN, 0)
+        os.posix_fadvise(fd, SPAN, 0, os.POSIX_FADV_DONTNEED)
+        assert cached(fd, 0, bytearray(4096)) and not cached(fd, SPAN, bytearray(4096))
+    finally:
+        os.close(fd)
+    prefetch = Prefetcher()
+    with prefetch.loading():
+        thread = prefetch.files([weights])
+        assert thread is not None
+        thread.join()
+    assert prefetch.bytes_read == 2 * SPAN
+
+
+def test_where_sendfile_cannot_the_read_ahead_goes_through_a_buffer(tmp_path: Path) -> None:
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(os.urandom(3 << 20))
+    fd, not_writable = os.open(weights, os.O_RDONLY), os.open(weights, os.O_RDONLY)
+    try:  # sendfile refuses an output it cannot write: the bytes are read all the same
+        assert _into_page_cache(fd, not_writable, 1 << 20, 2 << 20) == 2 << 20
+        assert _into_page_cache(fd, not_writable, 2 << 20, 5 << 20) == 1 << 20  # to the end of the file
+    finally:
+        os.close(fd)
+        os.close(not_writable)
+
+
+def test_files_are_read_ahead_the_smallest_folder_first(tmp_path: Path) -> None:
+    sizes = {"unet": 5000, "vae": 300, "text_encoder": 1000, "tokenizer": 10}
+    paths = []
+    for folder, size in sizes.items():
+        (tmp_path / folder).mkdir()
+        for name in ("config.json", "weights.safetensors"):
+            (tmp_path / folder / name).write_bytes(b"x" * (size if name.startswith("weights") else 1))
+            paths.append(tmp_path / folder / name)
+    (tmp_path / "model_index.json").write_bytes(b"{}")
+    order = smallest_first([*paths, tmp_path / "model_index.json"])
+    assert [p.relative_to(tmp_path).as_posix() for p in order] == [
+        "model_index.json", "tokenizer/config.json", "tokenizer/weights.safetensors", "vae/config.json",
+        "vae/weights.safetensors", "text_encoder/config.json", "text_encoder/weights.safetensors",
+        "unet/config.json", "unet/weights.safetensors"]
+
+
+def test_components_load_smallest_first_into_the_pipeline_diffusers_loads(tiny_models: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from pipelines import components
+    from runtime.models.prefetch import folder_bytes
+
+    directory = tiny_models / "tiny-sd"
+    parts = components.smallest_first(directory, StableDiffusionPipeline, torch.float32, {"safety_checker": None})
+    assert set(parts) == {"scheduler", "text_encoder", "tokenizer", "unet", "vae"}
+    assert list(parts) == sorted(parts, key=lambda name: (folder_bytes(directory / name), name))
+    assert list(parts)[-1] == "unet"  # the largest, whose read the others' building overlaps
+    mine = StableDiffusionPipeline.from_pretrained(directory, safety_checker=None, **parts)
+    theirs = StableDiffusionPipeline.from_pretrained(directory, safety_checker=None)
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(mine, name), getattr(theirs, name)
+        assert type(a) is type(b) and a.training == b.training == False  # noqa: E712
+        assert a.config == b.config, name
+        for (key, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert x.dtype == y.dtype and x.equal(y), f"{name}.{key}"
+    assert mine.scheduler.config == theirs.scheduler.config
+    assert mine.tokenizer("a red fox").input_ids == theirs.tokenizer("a red fox").input_ids
+
+
+def test_a_component_already_given_is_not_loaded_again(tiny_models: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from pipelines import components
+
+    parts = components.smallest_first(tiny_models / "tiny-sd", StableDiffusionPipeline, torch.float32,
+                                      {"vae": object(), "safety_checker": None, "requires_safety_checker": False})
+    assert "vae" not in parts and "safety_checker" not in parts and "unet" in parts
+
+
+def test_a_cpu_load_is_not_moved_and_another_device_is(tiny_models: Path) -> None:
+    from pipelines.families.base import on_device
+
+    store = ModelStore(tiny_models)
+    pipe = base_pipeline(store, "tiny-sd")
+    assert on_device(pipe, "cpu") is pipe and pipe.unet.device.type == "cpu"
+    fresh = base_pipeline(ModelStore(tiny_models), "tiny-sd")  # a store of its own: not the pipeline above
+    assert on_device(fresh, "meta").unet.device.type == "meta"  # a device that is not the CPU: moved
 
 
 def test_a_disabled_prefetcher_reads_nothing(tmp_path: Path) -> None:
