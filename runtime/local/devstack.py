@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from runtime.config import Settings
 from runtime.local.provision import VISIBILITY_TIMEOUT_S, Resources, add_work_queue, pool_filter_policies, provision
@@ -43,7 +43,23 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _fresh_emulator(endpoint: str) -> None:
+    """Clear moto's state in this process (its documented ``/moto-api/reset``). An earlier stack's queues and
+    topics of the same names stay there otherwise, with what still holds them: a long poll of that stack's
+    worker, cut off when its emulator stopped, went on waiting inside moto on the queue, took the next stack's
+    first message and left it invisible for the 60 s of the visibility timeout."""
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10):
+        pass
+
+
 class DevStack:
+    #: The stacks running in this process. moto keeps one state per process, shared by every emulator it serves,
+    #: so the first stack to start clears what earlier ones left (``_fresh_emulator``) and a second one beside it
+    #: must not.
+    _running: ClassVar[set[int]] = set()
+
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8080, aws_port: int = 4566,
                  workers: int = 1, log_dir: Path | None = None, visibility_timeout_s: int = VISIBILITY_TIMEOUT_S,
                  pools: dict[str, list[str]] | None = None, api_key: str | None = None,
@@ -89,6 +105,9 @@ class DevStack:
         self._emulator.start()
         host, aws_port = self._emulator.get_host_and_port()
         endpoint = f"http://{host}:{aws_port}"
+        if not DevStack._running:
+            _fresh_emulator(endpoint)
+        DevStack._running.add(id(self))
         emulator = self.base.model_copy(update={"aws_endpoint_url": endpoint})
         sns, sqs = aws.client("sns", emulator), aws.client("sqs", emulator)
         default_policy, pool_policies = pool_filter_policies(self.pools)
@@ -240,6 +259,7 @@ class DevStack:
         if self._emulator is not None:
             self._emulator.stop()
             self._emulator = None
+        DevStack._running.discard(id(self))
 
     def __enter__(self) -> DevStack:
         return self.start()

@@ -235,9 +235,8 @@ def first_image(tier0: Path, node: Path, log_dir: Path, name: str, s3: bool = Fa
 
 def first_image_apart(tier0: Path, node: Path, log_dir: Path, name: str, s3: bool = False,
                       served: Served | None = None) -> dict[str, Any]:
-    """``first_image`` with a stack of its own in a process of its own: a second embedded stack in one process
-    lost its first job's SNS message (published later by the sweep, ~45 s), which is the harness's, not a node's.
-    That process, its worker and whatever they held (the GPU's memory) have ended when this returns."""
+    """``first_image`` with a stack of its own in a process of its own: that process, its worker and whatever
+    they held (the GPU's memory, moto's state) have ended when this returns."""
     argv = [sys.executable, "-m", "tests.harness.bench_coldstart", "--first-image", str(tier0), str(node),
             str(log_dir), name, *(["--s3"] if s3 else []),
             *(["--served", json.dumps(asdict(served))] if served else [])]
