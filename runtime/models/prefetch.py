@@ -148,7 +148,8 @@ def smallest_first(paths: Iterable[Path]) -> list[Path]:
 
 def cached(fd: int, offset: int, probe: bytearray) -> bool:
     """Whether the page at ``offset`` is in the page cache (read without waiting for the disk: ``RWF_NOWAIT``);
-    False where that cannot be told (then the span is read)."""
+    False where that cannot be told (then the span is read). Not free of effects: a probe of a page not in memory
+    starts reading it (Linux 6.18 measured), so a second probe of it may say True; probe a page once."""
     flag = getattr(os, "RWF_NOWAIT", None)
     if flag is None:
         return False
