@@ -37,7 +37,8 @@ REQUIRED_ALARMS = {
     ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "DeadLetterQueue"),
     ("AWS/SQS", "ApproximateAgeOfOldestMessage", "WorkQueue"),
     *(("AWS/Lambda", metric, function) for metric in ("Errors", "Throttles")
-      for function in ("SubmitFunction", "StatusFunction", "CancelFunction", "CompatFunction", "AuthorizerFunction")),
+      for function in ("SubmitFunction", "StatusFunction", "CancelFunction", "CompatFunction", "AuthorizerFunction",
+                       "ComfyWsFunction", "ComfyWsNotifyFunction")),  # a throttled $connect: no client connects
     ("AWS/Lambda", "Errors", "SweepFunction"),  # a sweep that fails queues no stranded job (lambdas/sweep.py)
     ("AWS/ApiGateway", "5xx", "Api"),
     (EMF_NAMESPACE, "spotgen_jobs_total", "state=failed"),
