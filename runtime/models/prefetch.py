@@ -138,11 +138,8 @@ def folder_bytes(folder: Path) -> int:
 def smallest_first(paths: Iterable[Path]) -> list[Path]:
     """``paths`` by the bytes of their folders, smallest first, then by name: a pipeline's configs, tokenizers and
     small encoders before its UNet or transformer, the order ``pipelines.components`` loads them in."""
-    sizes: dict[Path, int] = {}
     listed = list(paths)
-    for path in listed:
-        if path.parent not in sizes:
-            sizes[path.parent] = folder_bytes(path.parent)
+    sizes = {folder: folder_bytes(folder) for folder in {path.parent for path in listed}}
     return sorted(listed, key=lambda path: (sizes[path.parent], str(path)))
 
 

@@ -118,14 +118,16 @@ def load_figures(models: Path, rounds: int = 5) -> dict[str, Any]:
     med = {name: statistics.median(values) for name, values in times.items()}
     # Each round's load against the read just before it: this disk's speed drifts by up to 4x within a run (a
     # shared host), and a ratio of two medians would compare rounds of different speeds.
-    ratios = [load / read for load, read in zip(times["load"], times["read"], strict=True)]
+    def over_read(name: str) -> list[float]:
+        return [value / read for value, read in zip(times[name], times["read"], strict=True)]
+
+    ratios = over_read("load")
     ratio = statistics.median(ratios)
     return {"model_mib": size / 2**20, "files": len(files), "rounds": rounds, "page_cache_dropped": cold,
             **{f"{name}_s": value for name, value in med.items()},
             "read_mib_per_s": size / 2**20 / med["read"],
             "load_over_read": ratio, "load_over_read_rounds": [min(ratios), max(ratios)],
-            "load_over_read_before": statistics.median(
-                before / read for before, read in zip(times["load_before"], times["read"], strict=True)),
+            "load_over_read_before": statistics.median(over_read("load_before")),
             "warm_load_over_read": med["warm_load"] / med["warm_read"],
             "warm_load_over_read_before": med["warm_load_before"] / med["warm_read"],
             "profile_s": profile_parts(models),
