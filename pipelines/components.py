@@ -8,9 +8,10 @@ that one is all that is left when its read ends. diffusers' own loop takes the c
 from one load to the next, often the UNet first, and then the others were built after the whole read.
 
 Each is loaded as diffusers' ``load_sub_model`` does (the class its model index names, from its folder, in the
-load's dtype, from safetensors only), so the pipeline is the same one. Not in threads: diffusers and transformers
-build modules on the meta device by patching torch for the time of a load (accelerate's ``init_empty_weights``),
-and two loads at once in one process can leave that patch in place.
+load's dtype, from safetensors only), so the pipeline is the same one; a diffusers model's weights are views of
+its mapped files (``pipelines.mapped``), so that it too is built before its bytes have come in. Not in threads:
+diffusers and transformers build modules on the meta device by patching torch for the time of a load (accelerate's
+``init_empty_weights``), and two loads at once in one process can leave that patch in place.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from diffusers import DiffusionPipeline, ModelMixin
 from transformers import PreTrainedModel
 
+from pipelines import mapped
 from runtime.models.prefetch import folder_bytes
 
 #: The libraries whose classes a model index may name for a component loaded here (diffusers' own lookup table);
@@ -51,6 +53,8 @@ def load(folder: Path, library: str, class_name: str, dtype: torch.dtype) -> Any
     scheduler, an image processor) from its configs."""
     cls = getattr(importlib.import_module(library), class_name)
     path = str(folder)  # as diffusers passes it: the component's config records it (``_name_or_path``)
-    if isinstance(cls, type) and issubclass(cls, (ModelMixin, PreTrainedModel)):
+    if isinstance(cls, type) and issubclass(cls, ModelMixin):
+        return mapped.load(cls, folder, dtype) or cls.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    if isinstance(cls, type) and issubclass(cls, PreTrainedModel):
         return cls.from_pretrained(path, dtype=dtype, use_safetensors=True)
     return cls.from_pretrained(path)
