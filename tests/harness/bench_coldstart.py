@@ -1,7 +1,7 @@
 """How fast a new node serves (issue 32, items 3 and 4), for `make bench`; alone:
 `python -m tests.harness.bench_coldstart` (`--load`: the load against the read only).
 
-Load against read: a tier-1 load of ``medium-sd`` (``runtime.models.tinymedium``, ~290 MiB, built here into a
+Load against read: a tier-1 load of ``medium-sd`` (``runtime.models.tinymedium``, ~515 MiB, built here into a
 temporary directory) through the worker's own code (``pipelines.loading.base_pipeline`` on a fresh ``ModelStore``)
 against reading the same files' bytes to nowhere, each after the files were dropped from the page cache
 (fsync + ``posix_fadvise(DONTNEED)``: no root needed, this directory's files only), in alternating rounds; the load
@@ -47,9 +47,10 @@ from tests.harness.verdicts import goal  # noqa: E402
 LOAD_GOAL = 1.3
 JOB = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 4}
 #: Where a cold load's time goes: (the profile's file name ends with, function name) -> cumulative seconds.
-PROFILE_PARTS = {"safetensors read (mmap)": ("", "get_tensors"),
+PROFILE_PARTS = {"checkpoint views (header, mapping)": ("pipelines/mapped.py", "_mapped"),
                  "module construction (configs, layers on meta)": ("configuration_utils.py", "from_config"),
-                 "weights into modules": ("model_loading_utils.py", "load_model_dict_into_meta"),
+                 "weights into modules": ("torch/nn/modules/module.py", "load_state_dict"),
+                 "waiting for the last bytes (populate)": ("pipelines/mapped.py", "_populate"),
                  "text encoder (transformers)": ("transformers/modeling_utils.py", "from_pretrained")}
 
 
@@ -91,7 +92,7 @@ def profile_parts(models: Path) -> dict[str, float]:
     parts = {name: 0.0 for name in PROFILE_PARTS}
     total = 0.0
     for (filename, _, func), (_, _, _, cumulative, _) in stats.items():
-        if func == "load_s":
+        if func == "base_pipeline":  # the load alone, not the collection after it
             total = cumulative
         for name, (suffix, wanted) in PROFILE_PARTS.items():
             builtin = func.startswith("<") and f"'{wanted}'" in func
