@@ -56,5 +56,6 @@ def load(folder: Path, library: str, class_name: str, dtype: torch.dtype) -> Any
     if isinstance(cls, type) and issubclass(cls, ModelMixin):
         return mapped.load(cls, folder, dtype) or cls.from_pretrained(path, dtype=dtype, use_safetensors=True)
     if isinstance(cls, type) and issubclass(cls, PreTrainedModel):
-        return cls.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        return (mapped.load_transformers(cls, folder, dtype)
+                or cls.from_pretrained(path, dtype=dtype, use_safetensors=True))
     return cls.from_pretrained(path)

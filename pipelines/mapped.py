@@ -15,6 +15,10 @@ loader of its own, keys or shapes that do not match the model) returns None: dif
 wrong. The mapping is private and copy-on-write, as safetensors' own: a weight changed in place never reaches the
 file. The header is checked by safetensors and its offsets by us before any view is made (model files are
 untrusted input).
+
+A transformers model (a text encoder: CLIP, T5) is loaded by transformers itself, handed the same views as its
+state dict: its own loader then assigns them (its key renames, tied weights and dtypes as always) where, from a
+file, it would copy every tensor out of the mapping (9.5 GB for Flux's T5).
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ from accelerate import init_empty_weights
 from diffusers import ModelMixin
 from diffusers.models.modeling_utils import LegacyModelMixin, no_init_weights
 from safetensors import SafetensorError, safe_open
+from transformers import PreTrainedModel
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = WEIGHTS + ".index.json"
+#: transformers' weights file.
+TRANSFORMERS_WEIGHTS = "model.safetensors"
 #: safetensors' dtype names, as its header writes them.
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -52,13 +59,9 @@ def load(cls: type, folder: Path, dtype: torch.dtype) -> ModelMixin | None:
     config = cls.load_config(str(folder))
     if config.get("quantization_config"):
         return None
-    try:
-        maps = [_mapped(path) for path in _files(folder)]
-    except OSError:  # no room to map (a file larger than memory and swap), or no mmap here: diffusers reads it
+    if (maps := _all_mapped(folder, WEIGHTS)) is None:
         return None
-    state: dict[str, torch.Tensor] = {}
-    for _, tensors in maps:
-        state.update(tensors)
+    state = {key: tensor for _, tensors in maps for key, tensor in tensors.items()}
     model = _empty(cls, config, dtype)
     model._fix_state_dict_keys_on_load(state)
     expected = {key: value.shape for key, value in model.state_dict().items()}
@@ -78,23 +81,51 @@ def load(cls: type, folder: Path, dtype: torch.dtype) -> ModelMixin | None:
     return model
 
 
+def load_transformers(cls: type, folder: Path, dtype: torch.dtype) -> PreTrainedModel | None:
+    """The transformers model ``cls`` from ``folder`` in ``dtype``, loaded by transformers from views of the mapped
+    files; None where there are no safetensors weights to map (transformers then loads it from its folder)."""
+    if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel) and (folder / "config.json").is_file()):
+        return None
+    if (maps := _all_mapped(folder, TRANSFORMERS_WEIGHTS)) is None:
+        return None
+    state = {key: tensor for _, tensors in maps for key, tensor in tensors.items()}
+    model = cls.from_pretrained(None, config=cls.config_class.from_pretrained(str(folder)), state_dict=state,
+                                dtype=dtype)
+    model.config._name_or_path = str(folder)  # as a load from the folder records it
+    for handle, _ in maps:
+        _populate(handle)
+    return model
+
+
+def _all_mapped(folder: Path, weights: str) -> list[tuple[mmap.mmap, dict[str, torch.Tensor]]] | None:
+    """Every checkpoint file of ``folder`` mapped (``weights``, or the shards its index names); None where there
+    are none, or they cannot be mapped (a file larger than memory and swap, no mmap here)."""
+    if not ((folder / weights).is_file() or (folder / f"{weights}.index.json").is_file()):
+        return None
+    try:
+        return [_mapped(path) for path in _files(folder, weights)]
+    except OSError:
+        return None
+
+
 def _plain(cls: type, folder: Path) -> bool:
     """A diffusers model class loaded by ``ModelMixin.from_pretrained`` itself, with safetensors weights."""
     return (isinstance(cls, type) and issubclass(cls, ModelMixin) and not issubclass(cls, LegacyModelMixin)
             and cls.from_pretrained.__func__ is ModelMixin.from_pretrained.__func__
-            and (folder / "config.json").is_file() and ((folder / WEIGHTS).is_file() or (folder / INDEX).is_file()))
+            and (folder / "config.json").is_file())
 
 
-def _files(folder: Path) -> list[Path]:
+def _files(folder: Path, weights: str) -> list[Path]:
     """The checkpoint's files: the one file, or the shards its index names (each inside ``folder``)."""
-    if (folder / WEIGHTS).is_file():
-        return [folder / WEIGHTS]
-    weight_map = json.loads((folder / INDEX).read_text()).get("weight_map")
+    if (folder / weights).is_file():
+        return [folder / weights]
+    index = folder / f"{weights}.index.json"
+    weight_map = json.loads(index.read_text()).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
-        raise ValueError(f"{folder / INDEX}: no weight_map of file names")
+        raise ValueError(f"{index}: no weight_map of file names")
     names = sorted(set(weight_map.values()))
     if any(Path(name).name != name for name in names):
-        raise ValueError(f"{folder / INDEX}: a shard outside its folder ({names})")
+        raise ValueError(f"{index}: a shard outside its folder ({names})")
     return [folder / name for name in names]
 
 

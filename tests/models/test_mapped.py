@@ -129,3 +129,36 @@ def test_a_damaged_file_is_an_error_naming_it(tiny_models: Path, tmp_path: Path)
     (index / mapped.INDEX).write_text(json.dumps({"weight_map": {"a": "../unet/" + mapped.WEIGHTS}}))
     with pytest.raises(ValueError, match="outside its folder"):
         mapped.load(UNet2DConditionModel, index, torch.float32)
+
+
+def transformers_folders(models: Path) -> dict[str, tuple[type, Path]]:
+    """One weights folder per transformers model class among the tiny models (CLIP's text encoders with and
+    without projection, T5's encoder, CLIP's vision model), by class name."""
+    import transformers
+
+    found: dict[str, tuple[type, Path]] = {}
+    for config in sorted(models.rglob("config.json")):
+        names = json.loads(config.read_text()).get("architectures") or [""]
+        cls = getattr(transformers, names[0], None)
+        if (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) and names[0] not in found
+                and (config.parent / mapped.TRANSFORMERS_WEIGHTS).is_file()):
+            found[names[0]] = (cls, config.parent)
+    return found
+
+
+def test_every_tiny_transformers_model_loads_as_transformers_loads_it_without_a_copy(tiny_models: Path) -> None:
+    folders = transformers_folders(tiny_models)
+    assert {"CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"} <= set(folders)
+    for name, (cls, folder) in sorted(folders.items()):
+        for dtype in (torch.float32, torch.float16):  # fp16: T5 keeps its "wo" layers in fp32
+            mine = mapped.load_transformers(cls, folder, dtype)
+            theirs = cls.from_pretrained(str(folder), dtype=dtype, use_safetensors=True)
+            assert mine is not None and type(mine) is type(theirs), name
+            assert mine.config.to_dict() == theirs.config.to_dict() and mine.training is theirs.training is False
+            for (key, x), (other, y) in zip([*mine.named_parameters(), *mine.named_buffers()],
+                                            [*theirs.named_parameters(), *theirs.named_buffers()], strict=True):
+                assert key == other and x.dtype == y.dtype and x.equal(y), f"{name}.{key}"
+        size = (folder / mapped.TRANSFORMERS_WEIGHTS).stat().st_size
+        same = mapped.load_transformers(cls, folder, torch.float32)  # the file's dtype: views, no copy
+        assert {p.untyped_storage().nbytes() for p in same.parameters()} == {size}, name
+    assert mapped.load_transformers(UNet2DConditionModel, tiny_models / "tiny-sd" / "unet", torch.float32) is None
