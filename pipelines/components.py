@@ -52,10 +52,14 @@ def load(folder: Path, library: str, class_name: str, dtype: torch.dtype) -> Any
     """One component from its folder: a model in ``dtype`` from safetensors, anything else (a tokenizer, a
     scheduler, an image processor) from its configs."""
     cls = getattr(importlib.import_module(library), class_name)
-    path = str(folder)  # as diffusers passes it: the component's config records it (``_name_or_path``)
-    if isinstance(cls, type) and issubclass(cls, ModelMixin):
-        return mapped.load(cls, folder, dtype) or cls.from_pretrained(path, dtype=dtype, use_safetensors=True)
-    if isinstance(cls, type) and issubclass(cls, PreTrainedModel):
-        return (mapped.load_transformers(cls, folder, dtype)
-                or cls.from_pretrained(path, dtype=dtype, use_safetensors=True))
-    return cls.from_pretrained(path)
+    if isinstance(cls, type) and issubclass(cls, (ModelMixin, PreTrainedModel)):
+        return model(cls, folder, dtype)
+    return cls.from_pretrained(str(folder))  # as diffusers passes it: the component's config records it
+
+
+def model(cls: type, folder: Path, dtype: torch.dtype) -> Any:
+    """A diffusers or transformers model from its folder's safetensors in ``dtype``: as views of the mapped files
+    where ``pipelines.mapped`` can, else by the class's own ``from_pretrained``."""
+    loaded = (mapped.load(cls, folder, dtype) if issubclass(cls, ModelMixin)
+              else mapped.load_transformers(cls, folder, dtype))
+    return loaded if loaded is not None else cls.from_pretrained(str(folder), dtype=dtype, use_safetensors=True)

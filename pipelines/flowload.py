@@ -40,8 +40,7 @@ def load(family: Any, store: ModelStore, model_id: str, transformer_class: type,
     dtype = torch_dtype(store.device, entry.dtype)
     parts: dict[str, Any] = {}
     if entry.vae is not None:  # the catalog's own VAE instead of the model's
-        parts["vae"] = AutoencoderKL.from_pretrained(store.source(entry.vae, "vae").path, dtype=dtype,
-                                                     use_safetensors=True)
+        parts["vae"] = components.model(AutoencoderKL, store.source(entry.vae, "vae").path, dtype)
     try:
         pipe = _pipeline(cls, transformer_class, source, entry, dtype, parts, convert)
     except ModelError:

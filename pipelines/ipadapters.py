@@ -177,12 +177,12 @@ def image_encoder(store: ModelStore, encoder_id: str) -> tuple[Any, Any]:
     def load() -> tuple[Any, Any]:
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+        from pipelines import components
         from pipelines.loading import torch_dtype
 
         entry = store.entry(encoder_id, "image_encoder")
-        model = CLIPVisionModelWithProjection.from_pretrained(
-            store.source(encoder_id, "image_encoder").path, dtype=torch_dtype(store.device, entry.dtype),
-            use_safetensors=True).to(store.device).eval()
+        model = components.model(CLIPVisionModelWithProjection, store.source(encoder_id, "image_encoder").path,
+                                 torch_dtype(store.device, entry.dtype)).to(store.device).eval()
         size = model.config.image_size
         return model, CLIPImageProcessor(size=size, crop_size=size)
 

@@ -84,8 +84,7 @@ class Family:
         cls = self.variant_classes.get(entry.variant or "") or self.base_class
         options: dict[str, Any] = {"dtype": torch_dtype(store.device, entry.dtype), **self.load_options(store, entry)}
         if entry.vae is not None:  # the catalog's own VAE (say, SDXL's fp16-safe one) instead of the model's
-            options["vae"] = AutoencoderKL.from_pretrained(store.source(entry.vae, "vae").path,
-                                                           dtype=options["dtype"], use_safetensors=True)
+            options["vae"] = components.model(AutoencoderKL, store.source(entry.vae, "vae").path, options["dtype"])
         if source.single_file:
             pipe = cls.from_single_file(str(source.path), config=str(source.config), local_files_only=True,
                                         **options)
@@ -103,7 +102,7 @@ class Family:
             model = cls.from_single_file(str(source.path), config=str(source.config), local_files_only=True,
                                          dtype=dtype)
         else:
-            model = cls.from_pretrained(source.path, dtype=dtype, use_safetensors=True)
+            model = components.model(cls, source.path, dtype)
         return model.to(store.device)
 
     def multi_controlnet(self, nets: Sequence[Any]) -> Any:
