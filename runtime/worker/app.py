@@ -40,7 +40,7 @@ from runtime.worker.handoff import Handoff
 from runtime.worker.interrupt import Interruption, watch_imds
 from runtime.worker.job import Job
 from runtime.worker.lease import Lease
-from runtime.worker.preload import Preload
+from runtime.worker.preload import Preload, fetch_ahead
 from runtime.worker.runner import JobRunner
 from runtime.worker.stages import Stage
 
@@ -55,6 +55,8 @@ class Hooks:
     sqs: Any
     runner: Callable[[], JobRunner]
     interruption: Interruption
+    #: The runner's model store, built before the runner (``build_models``); None: the runner builds its own.
+    models: Callable[[], ModelStore] | None = None
     #: Metrics, traces and log context (``runtime.ops.telemetry``); probes' state.
     observer: Observer = NOOP
     health: Any = None
@@ -109,10 +111,9 @@ def broker_url(settings: Settings) -> str:
     return f"sqs://@{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
-def build_runner(settings: Settings, interruption: Interruption | None = None,
-                 observer: Observer = NOOP) -> JobRunner:
-    registry = Registry.default(settings.plugins)
-    store = JobStore(aws.client("s3", settings, observer.aws_error), settings)
+def build_models(settings: Settings, observer: Observer = NOOP) -> ModelStore:
+    """The worker's model store (the node cache, tier 1, and memory, tier 2). Apart from the runner, so that it
+    exists before the pipelines are imported (seconds): the preload's first model is fetched meanwhile."""
     node_cache = None
     if settings.node_cache_dir is not None:
         from runtime.models.nodecache import NodeCache
@@ -129,16 +130,24 @@ def build_runner(settings: Settings, interruption: Interruption | None = None,
         if cache is not None:
             use_compile_cache(cache)
     models.observer = observer
-    return JobRunner(settings, store, aws.client("sns", settings, observer.aws_error), registry, models,
-                     interruption, observer)
+    return models
+
+
+def build_runner(settings: Settings, interruption: Interruption | None = None,
+                 observer: Observer = NOOP, models: ModelStore | None = None) -> JobRunner:
+    registry = Registry.default(settings.plugins)
+    store = JobStore(aws.client("s3", settings, observer.aws_error), settings)
+    return JobRunner(settings, store, aws.client("sns", settings, observer.aws_error), registry,
+                     models or build_models(settings, observer), interruption, observer)
 
 
 def make_app(settings: Settings) -> Celery:
     app = Celery("spotgen", broker=broker_url(settings), set_as_current=False)
     interruption = Interruption(settings.interrupt_deadline_s)
-    runner = functools.cache(lambda: build_runner(settings, interruption, hooks.observer))
+    models = functools.cache(lambda: build_models(settings, hooks.observer))
+    runner = functools.cache(lambda: build_runner(settings, interruption, hooks.observer, models()))
     hooks = Hooks(settings, aws.client("sqs", settings, lambda *error: hooks.aws_error(*error)), runner,
-                  interruption)
+                  interruption, models=models)
     app.spotgen = hooks
     # An ack retried past the lease would race a redelivery for nothing: the job is final either way.
     delete_retry_s = min(settings.store_retry_s, settings.lease_s)
@@ -307,6 +316,8 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> None:
     try:
         if problem := compile_toolchain_problem(settings.compile, settings.device):  # no compiler in the image
             raise ModelError("compile_unavailable", problem)
+        if hooks.models is not None:  # the first preload model's fetch overlaps the pipelines' imports
+            fetch_ahead(hooks.models(), settings.preload[:1])
         hooks.first_beat_s = first_beat_s(reach_aws(settings, hooks.sqs), settings)
         runner = app.spotgen.runner()
         runner.setup()  # every pipeline's setup: a plugin that cannot run here (an attention kernel...) stops it

@@ -20,6 +20,12 @@ real model before a message is taken (a worker that cannot load anything stops s
 readiness means a job can be served from memory now. The catalog is checked for every preload id first, so a
 typo stops start-up at once whichever the setting.
 
+The first preload model's fetch into the node cache (tier 0 to 1) starts before the pipelines are imported, on a
+thread of its own (``fetch_ahead``): a process spends seconds importing torch and diffusers, while the fetch
+waits on EFS or S3, so overlapping them takes the shorter off a new node's time to its first image. Only the
+first: a later one's fetch could evict it from a small node cache before it loads. A fetch that fails there is
+only logged; the preload's own fetch then tries again and reports what is wrong.
+
 A preload model that fails to load keeps today's rule: the worker does not serve with it missing. Before the
 first job that is start-up failing (exit 1, with the reason); on the thread, readiness turns false at once (the
 ``/readyz`` body names the model and why), and once the consumer has started the worker leaves the way a drain
@@ -39,6 +45,7 @@ from pydantic import BaseModel, Field
 from runtime.models.catalog import ModelError
 
 if TYPE_CHECKING:
+    from runtime.models.store import ModelStore
     from runtime.worker.runner import JobRunner
 
 log = logging.getLogger("spotgen.worker")
@@ -56,6 +63,27 @@ class PreloadReport(BaseModel):
     waiting: list[str] = Field(default_factory=list)
     #: Model id: why it failed to load.
     failed: dict[str, str] = Field(default_factory=dict)
+
+
+def fetch_ahead(store: ModelStore, model_ids: list[str]) -> threading.Thread | None:
+    """Fetch ``model_ids`` into the store's node cache on a thread; None where there is none (or nothing to do).
+    A second fetch of a model (the preload's, a job's) waits for this one's and finds it copied: the node cache
+    locks each model across threads and processes."""
+    if store.node_cache is None or not model_ids:
+        return None
+
+    def fetch() -> None:
+        for model_id in model_ids:
+            try:
+                entry = store.catalog.models.get(model_id)
+                if entry is not None:  # an unknown id is the preload's error to report
+                    store.source(model_id, entry.kind)
+            except Exception as exc:  # noqa: BLE001 - the preload fetches it again and says what is wrong
+                log.info("model %s: fetch ahead of the preload failed (%s); the preload fetches it", model_id, exc)
+
+    thread = threading.Thread(target=fetch, name="preload-fetch", daemon=True)
+    thread.start()
+    return thread
 
 
 def check_catalog(runner: JobRunner, model_ids: list[str]) -> None:

@@ -191,6 +191,13 @@ def test_the_benchmark_reads_the_phases_from_the_worker_log(tmp_path: Path) -> N
     assert phases["set_up_s"] == 5.0 and phases["fetch_s"] == 1.5 and phases["load_s"] == 1.25
     assert phases["first_job_s"] == pytest.approx(2.0) and phases["total_s"] == pytest.approx(10.0)
     assert phases["job_pipeline_s"] == 0.5 and phases["fetched_bytes"] == 1000
+    assert phases["fetch_during_set_up_s"] == 0.0
+    # fetched ahead: 4.0 s to 5.5 s, so 1.0 s of it during the set-up, and the preload (5.25 s to 8.0 s) waited
+    # 0.5 s of it: that half second is the fetch's, not the load's
+    lines[1] = ("2026-12-07T10:00:05.500Z", "model medium-sd: copied 1000 bytes to the node cache in 1.50 s")
+    log.write_text("".join(json.dumps({"time": t, "message": m}) + "\n" for t, m in lines))
+    phases = worker_phases(log, "abc")
+    assert phases["fetch_during_set_up_s"] == pytest.approx(1.0) and phases["load_s"] == pytest.approx(2.25)
 
 
 def test_the_goals_table_lists_every_goal_at_any_depth() -> None:

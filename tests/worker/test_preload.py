@@ -90,10 +90,37 @@ def test_preloaded_models_are_loaded_before_the_worker_is_ready(stack: Stack, tm
         order = [log.index(text) for text in ("preloaded model tiny-sd", "preloaded model tiny-controlnet", " ready.")]
         assert order == sorted(order)
         assert "tiny-sd: copied" in log and "tiny-controlnet: copied" in log  # through the node cache
+        assert log.count("tiny-sd: copied") == 1  # fetched ahead of the preload (fetch_ahead), not twice
         assert NodeCache(tmp_path / "node-cache", 1024**3).is_cached("tiny-sd")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def test_the_first_preload_model_is_fetched_ahead_once_and_a_failure_is_left_to_the_preload(
+        tiny_models: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from runtime.models.store import ModelStore
+    from runtime.worker.preload import fetch_ahead
+
+    assert fetch_ahead(ModelStore(tiny_models), ["tiny-sd"]) is None  # no node cache: nothing to fetch ahead
+    store = ModelStore(tiny_models, "cpu", NodeCache(tmp_path / "node-cache", 1024**3))
+    caplog.set_level("INFO", "spotgen")
+    thread = fetch_ahead(store, ["tiny-sd"])
+    assert thread is not None
+    thread.join(60)
+    assert store.node_cache is not None and store.node_cache.is_cached("tiny-sd")
+    assert store.source("tiny-sd").path.is_relative_to(tmp_path / "node-cache")  # the preload's: a hit
+    assert sum("tiny-sd: copied" in record.getMessage() for record in caplog.records) == 1
+    catalog = json.loads((tiny_models / "catalog.json").read_text())
+    broken = tmp_path / "models"
+    broken.mkdir()
+    catalog["models"] = {"gone": {**catalog["models"]["tiny-sd"], "path": "missing-dir"}}
+    (broken / "catalog.json").write_text(json.dumps(catalog))
+    thread = fetch_ahead(ModelStore(broken, "cpu", NodeCache(tmp_path / "other-cache", 1024**3)), ["gone", "nope"])
+    assert thread is not None
+    thread.join(60)  # logged, not raised: the preload's own fetch says what is wrong
+    assert any("gone: fetch ahead of the preload failed" in record.getMessage() and "does not exist"
+               in record.getMessage() for record in caplog.records)
 
 
 def test_attention_kernels_are_chosen_and_refused_clearly() -> None:
