@@ -44,8 +44,15 @@ INDEX = WEIGHTS + ".index.json"
 TRANSFORMERS_WEIGHTS = "model.safetensors"
 #: safetensors' dtype names, as its header writes them.
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
+          "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+          "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+class Unmapped(Exception):
+    """A checkpoint valid for safetensors that this module does not map (a dtype not in ``DTYPES``): the
+    library's own loader reads it."""
+
+
 #: ``madvise(MADV_POPULATE_READ)``: map every page of the file (reading those not in the page cache), Linux 5.14+.
 MADV_POPULATE_READ = 22
 MAX_HEADER = 100 << 20  # safetensors' own limit
@@ -99,12 +106,12 @@ def load_transformers(cls: type, folder: Path, dtype: torch.dtype) -> PreTrained
 
 def _all_mapped(folder: Path, weights: str) -> list[tuple[mmap.mmap, dict[str, torch.Tensor]]] | None:
     """Every checkpoint file of ``folder`` mapped (``weights``, or the shards its index names); None where there
-    are none, or they cannot be mapped (a file larger than memory and swap, no mmap here)."""
+    are none, or they cannot be mapped (a file larger than memory and swap, no mmap here, a dtype not mapped)."""
     if not ((folder / weights).is_file() or (folder / f"{weights}.index.json").is_file()):
         return None
     try:
         return [_mapped(path) for path in _files(folder, weights)]
-    except OSError:
+    except (OSError, Unmapped):
         return None
 
 
@@ -163,7 +170,7 @@ def _mapped(path: Path) -> tuple[mmap.mmap, dict[str, torch.Tensor]]:
             continue
         dtype, shape, (start, end) = DTYPES.get(info["dtype"]), info["shape"], info["data_offsets"]
         if dtype is None:
-            raise ValueError(f"{path}: tensor {key} has dtype {info['dtype']}, which spotgen does not load")
+            raise Unmapped(f"{path}: tensor {key} has dtype {info['dtype']}")
         itemsize = torch.empty(0, dtype=dtype).element_size()
         if not 0 <= start <= end <= len(handle) - data or end - start != math.prod(shape) * itemsize:
             raise ValueError(f"{path}: tensor {key}'s offsets {start}..{end} do not fit its shape or the file")

@@ -99,6 +99,17 @@ def test_the_pages_are_in_memory_when_the_load_ends(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_fp8_weights_load_widened_as_diffusers_widens_them(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    Wide(width=64).save_pretrained(tmp_path)
+    weights = tmp_path / mapped.WEIGHTS
+    save_file({key: value.to(torch.float8_e4m3fn) for key, value in load_file(weights).items()}, weights)
+    mine = mapped.load(Wide, tmp_path, torch.bfloat16)
+    assert mine is not None and mine.proj.weight.dtype == torch.bfloat16
+    assert_same(mine, Wide.from_pretrained(str(tmp_path), dtype=torch.bfloat16))
+
+
 def test_what_is_not_the_plain_case_is_left_to_diffusers(tiny_models: Path, tmp_path: Path) -> None:
     source = tiny_models / "tiny-sd" / "unet"
     assert mapped.load(torch.nn.Linear, source, torch.float32) is None  # not a diffusers model
