@@ -66,9 +66,9 @@ def load(cls: type, folder: Path, dtype: torch.dtype) -> ModelMixin | None:
     config = cls.load_config(str(folder))
     if config.get("quantization_config"):
         return None
-    if (maps := _all_mapped(folder, WEIGHTS)) is None:
+    if (found := _all_mapped(folder, WEIGHTS)) is None:
         return None
-    state = {key: tensor for _, tensors in maps for key, tensor in tensors.items()}
+    handles, state = found
     model = _empty(cls, config, dtype)
     model._fix_state_dict_keys_on_load(state)
     expected = {key: value.shape for key, value in model.state_dict().items()}
@@ -81,8 +81,7 @@ def load(cls: type, folder: Path, dtype: torch.dtype) -> ModelMixin | None:
             if tensor.dtype != target:
                 state[key] = tensor.to(target)  # a copy: this tensor's bytes are read here
     model.load_state_dict(state, strict=True, assign=True)
-    for handle, _ in maps:
-        _populate(handle)
+    _populate(handles)
     model.register_to_config(_name_or_path=str(folder))
     model.eval()
     return model
@@ -93,30 +92,31 @@ def load_transformers(cls: type, folder: Path, dtype: torch.dtype) -> PreTrained
     files; None where there are no safetensors weights to map (transformers then loads it from its folder)."""
     if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel) and (folder / "config.json").is_file()):
         return None
-    if (maps := _all_mapped(folder, TRANSFORMERS_WEIGHTS)) is None:
+    if (found := _all_mapped(folder, TRANSFORMERS_WEIGHTS)) is None:
         return None
-    state = {key: tensor for _, tensors in maps for key, tensor in tensors.items()}
+    handles, state = found
     model = cls.from_pretrained(None, config=cls.config_class.from_pretrained(str(folder)), state_dict=state,
                                 dtype=dtype)
     model.config._name_or_path = str(folder)  # as a load from the folder records it
-    for handle, _ in maps:
-        _populate(handle)
+    _populate(handles)
     return model
 
 
-def _all_mapped(folder: Path, weights: str) -> list[tuple[mmap.mmap, dict[str, torch.Tensor]]] | None:
-    """Every checkpoint file of ``folder`` mapped (``weights``, or the shards its index names); None where there
-    are none, or they cannot be mapped (a file larger than memory and swap, no mmap here, a dtype not mapped)."""
+def _all_mapped(folder: Path, weights: str) -> tuple[list[mmap.mmap], dict[str, torch.Tensor]] | None:
+    """Every checkpoint file of ``folder`` mapped (``weights``, or the shards its index names), and all their
+    tensors as views; None where there are none, or they cannot be mapped (a file larger than memory and swap, no
+    mmap here, a dtype not mapped)."""
     if not ((folder / weights).is_file() or (folder / f"{weights}.index.json").is_file()):
         return None
     try:
-        return [_mapped(path) for path in _files(folder, weights)]
+        files = [_mapped(path) for path in _files(folder, weights)]
     except (OSError, Unmapped):
         return None
+    return [handle for handle, _ in files], {key: view for _, views in files for key, view in views.items()}
 
 
 def _plain(cls: type, folder: Path) -> bool:
-    """A diffusers model class loaded by ``ModelMixin.from_pretrained`` itself, with safetensors weights."""
+    """A diffusers model class loaded by ``ModelMixin.from_pretrained`` itself, with its config in ``folder``."""
     return (isinstance(cls, type) and issubclass(cls, ModelMixin) and not issubclass(cls, LegacyModelMixin)
             and cls.from_pretrained.__func__ is ModelMixin.from_pretrained.__func__
             and (folder / "config.json").is_file())
@@ -181,9 +181,12 @@ def _mapped(path: Path) -> tuple[mmap.mmap, dict[str, torch.Tensor]]:
     return handle, tensors
 
 
-def _populate(handle: mmap.mmap) -> None:
+def _populate(handles: list[mmap.mmap]) -> None:
     """Map every page now, so that the load ends with the weights in memory and a first job does not fault them in
     one by one; where the kernel cannot, they are faulted in on first use."""
-    if sys.platform.startswith("linux") and len(handle):
-        with contextlib.suppress(OSError):
-            handle.madvise(MADV_POPULATE_READ)
+    if not sys.platform.startswith("linux"):
+        return
+    for handle in handles:
+        if len(handle):
+            with contextlib.suppress(OSError):
+                handle.madvise(MADV_POPULATE_READ)
