@@ -106,6 +106,8 @@ def _all_mapped(folder: Path, weights: str) -> tuple[list[mmap.mmap], dict[str, 
     """Every checkpoint file of ``folder`` mapped (``weights``, or the shards its index names), and all their
     tensors as views; None where there are none, or they cannot be mapped (a file larger than memory and swap, no
     mmap here, a dtype not mapped)."""
+    if not hasattr(mmap, "MAP_PRIVATE"):  # Windows: no private file mappings in Python's mmap
+        return None
     if not ((folder / weights).is_file() or (folder / f"{weights}.index.json").is_file()):
         return None
     try:
