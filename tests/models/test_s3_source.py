@@ -309,3 +309,24 @@ def test_the_worker_role_reads_the_models_prefix_only() -> None:
     del named["ListModels"]["Condition"]  # any prefix
     assert [e.split(" must")[0] for e in check_models_read(policy)] == ["WorkerPolicy's ReadModels",
                                                                         "WorkerPolicy's ListModels"]
+
+
+def test_a_fetch_ahead_that_s3_fails_leaves_nothing_and_the_preloads_own_fetch_succeeds(
+        models: Path, emulator: str, proxy: CountingProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from runtime.worker.preload import fetch_ahead
+
+    catalog = json.loads((models / "catalog.json").read_text())
+    source = models / catalog["models"]["tiny-sd"]["path"]
+    url = upload(emulator, source, "models/tiny-sd")
+    catalog["models"]["tiny-s3"] = {**catalog["models"]["tiny-sd"], "path": url, "aliases": []}
+    (models / "catalog.json").write_text(json.dumps(catalog))
+    store = ModelStore(models, node_cache=NodeCache(tmp_path / "node", 256 * MiB))
+    store.s3_client = client(proxy.url, attempts=1)
+    proxy.fail("s3", 1, 500)  # the fetch ahead's listing: an internal error, not retried with one attempt
+    caplog.set_level("INFO", "spotgen")
+    thread = fetch_ahead(store, ["tiny-s3"])
+    assert thread is not None
+    thread.join(60)
+    assert proxy.injected["s3 500"] == 1 and tier1_holds_nothing(tmp_path / "node")
+    assert any("tiny-s3: fetch ahead of the preload failed" in record.getMessage() for record in caplog.records)
+    assert same_tree(source, store.source("tiny-s3").path)  # the preload's own fetch, S3 answering again
