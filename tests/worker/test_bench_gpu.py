@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import run_harness
 from tests.harness import bench_gpu_coldstart
 from tests.harness.bench_gpu import run_problems
-from tests.harness.bench_gpu_coldstart import PHASES, ROUNDING_S
+from tests.harness.bench_gpu_coldstart import PHASES
 from tests.harness.verdicts import goal, goals_count, goals_missed, gpu_problems, image_problems
 
 
@@ -54,12 +54,11 @@ def test_the_gpu_benchmark_runs_on_the_tiny_models_and_prints_its_figures(tmp_pa
 
 def consistent(got: dict[str, Any]) -> list[str]:
     """What is wrong with one cold-start row's figures: each phase, the total and each floor a finite figure (the
-    floors above 0), the phases within the total, the fetch the model's bytes, one valid image."""
+    floors above 0), the fetch the model's bytes, one valid image; and the script's own checks (the phases within
+    the total, the fetch's part during the set-up counted once)."""
     wrong = [f"{key}: {got.get(key)}" for key in (*PHASES, "total_s") if not 0 <= got.get(key, -1) < math.inf]
     floors = got["floors"]
     wrong += [f"floor {key}: {floors.get(key)}" for key in PHASES if not 0 < floors.get(key, 0) < math.inf]
-    if not wrong and sum(got[key] for key in PHASES) > got["total_s"] + ROUNDING_S:
-        wrong.append("the phases add up to more than the total")
     if not 0 < got["fetched_bytes"] == got["model_bytes"]:
         wrong.append(f"fetched {got['fetched_bytes']} of {got['model_bytes']} bytes")
     if got["images_checked"] != 1 or got["image_problems"]:
@@ -113,6 +112,8 @@ def test_a_cold_start_row_is_read_only_with_its_figures_and_image() -> None:
     assert bench_gpu_coldstart.problems({"sd15": no_floor}, ["sd15"]) == ["cold start sd15: floor set_up_s is inf"]
     assert bench_gpu_coldstart.problems({"sd15": cold_row(total_s=2.0)}, ["sd15"]) == [
         "cold start sd15: the phases add up to 8.100 s, more than the total 2.000 s"]
+    # the fetch ran during the set-up (the worker's fetch ahead): only its part after it counts towards the total
+    assert bench_gpu_coldstart.problems({"sd15": cold_row(total_s=7.4, fetch_during_set_up_s=0.7)}, ["sd15"]) == []
     assert bench_gpu_coldstart.problems({"sd15": cold_row(fetched_bytes=0)}, ["sd15"]) == [
         "cold start sd15: fetched 0 bytes of a model of 1000"]  # the node cache was not empty
     black = cold_row(image_problems=["tiny-sd first image: one flat colour"])
