@@ -8,8 +8,9 @@ that one is all that is left when its read ends. diffusers' own loop takes the c
 from one load to the next, often the UNet first, and then the others were built after the whole read.
 
 Each is loaded as diffusers' ``load_sub_model`` does (the class its model index names, from its folder, in the
-load's dtype, from safetensors only), so the pipeline is the same one; a diffusers model's weights are views of
-its mapped files (``pipelines.mapped``), so that it too is built before its bytes have come in. Not in threads:
+load's dtype, from safetensors only), so the pipeline is the same one; a model's weights (diffusers' or
+transformers') are views of its mapped files (``pipelines.mapped``): the largest is built before its bytes have
+come in, and none is copied out of the page cache. Not in threads:
 diffusers and transformers build modules on the meta device by patching torch for the time of a load (accelerate's
 ``init_empty_weights``), and two loads at once in one process can leave that patch in place.
 """
