@@ -148,7 +148,9 @@ def test_progress_follows_the_callers_job_and_interrupt_cancels_it(stack: Stack)
 
 def test_a_wait_that_runs_out_is_a_504_naming_the_job_which_still_finishes(stack: Stack,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    dep = in_process(stack, monkeypatch, sync_wait_s=0.3)
+    # a wait far shorter than any job (received, 60 steps, stored): the first status read is the only one; 0.3 s
+    # was not, once a tiny model's 60 steps took less than that
+    dep = in_process(stack, monkeypatch, sync_wait_s=0.01)
     event = {"body": json.dumps({"prompt": "slow", "width": 64, "height": 64, "steps": 60}),
              "requestContext": {"http": {"method": "POST", "sourceIp": "127.0.0.9"}}}
     answer = sdapi.generate(dep, event, "txt2img")
