@@ -1,13 +1,13 @@
 """Reading a model's files into the page cache while diffusers builds its modules, so the disk never waits on Python.
 
 A load from disk does two things in turn, per component: build the modules (Python and CPU: configs, layers on the
-meta device, a few tens of ms for a UNet whatever its size) and then read the weights through safetensors' mmap
-(the disk). One after the other, a cold load costs the sum; with the files read ahead by a thread of their own
-while the components are being built, it costs about the larger of the two (``make bench``'s "load against read"
-figures, ``tests/harness/bench_coldstart.py``).
+meta device, a few tens of ms for a UNet whatever its size) and then read the weights through a mapping of their
+files (the disk: ``pipelines.mapped``). One after the other, a cold load costs the sum; with the files read
+ahead by a thread of their own while the components are being built, it costs about the larger of the two
+(``make bench``'s "load against read" figures, ``tests/harness/bench_coldstart.py``).
 
 The thread moves the bytes with ``sendfile`` to ``/dev/null``: the kernel reads them into the page cache, which
-safetensors then maps without another trip to the disk, and no byte is copied to user space (a read into a buffer
+the load then maps without another trip to the disk, and no byte is copied to user space (a read into a buffer
 cost a core's worth of copying, and it took the GIL back after every MiB: a load's Python, which holds the GIL for
 up to 5 ms at a time, slowed the read down to its own pace).
 Files go in the order a load needs them: the smallest folder's first (``smallest_first``), as

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.harness.bench_coldstart import FLOOR_IMPORTS, Served, first_image_apart  # noqa: E402
+from tests.harness.bench_coldstart import FLOOR_IMPORTS, Served, first_image_apart, floor_total  # noqa: E402
 from tests.harness.verdicts import finite  # noqa: E402
 
 MODELS = ("sd15", "sdxl", "flux-dev")
@@ -189,7 +189,7 @@ def row(model_id: str, tiny_models: Path | None, work: Path, steps: int) -> dict
     floor = {"set_up_s": f["import_s"], "fetch_s": f["read_s"], "load_s": f["read_s"], "first_job_s": f["first_job_s"]}
     out.update(got, model_bytes=f["model_bytes"], model_gib=round(f["model_bytes"] / 2**30, 3), files=f["files"],
                page_cache_dropped=f["page_cache_dropped"], cold_read_mib_per_s=read_mib_per_s, floors=floor,
-               floor_total_s=max(floor["set_up_s"], floor["fetch_s"]) + floor["load_s"] + floor["first_job_s"],
+               floor_total_s=floor_total(floor),
                over_floor={p: got[p] / floor[p] for p in PHASES if finite(got.get(p)) and floor[p] > 0})
     return out
 

@@ -19,15 +19,20 @@ from pipelines import mapped
 from tests.models.test_load_speed import cold
 
 
-def diffusers_folders(models: Path) -> dict[str, tuple[type, Path]]:
-    """One weights folder per diffusers model class among the tiny models (a UNet, a VAE, ControlNets, Flux's and
-    SD 3's transformers...), by class name."""
+def tiny_model_folders(models: Path, library: str) -> dict[str, tuple[type, Path]]:
+    """One weights folder per model class of ``library`` ("diffusers": a UNet, a VAE, ControlNets, Flux's and
+    SD 3's transformers...; "transformers": CLIP's text encoders with and without projection, T5's encoder, CLIP's
+    vision model) among the tiny models, by class name."""
+    module = importlib.import_module(library)
+    diffusers = library == "diffusers"
+    base, weights = (ModelMixin, mapped.WEIGHTS) if diffusers else (module.PreTrainedModel, mapped.TRANSFORMERS_WEIGHTS)
     found: dict[str, tuple[type, Path]] = {}
     for config in sorted(models.rglob("config.json")):
-        name = json.loads(config.read_text()).get("_class_name")
-        cls = getattr(importlib.import_module("diffusers"), name or "", None)
-        if (isinstance(cls, type) and issubclass(cls, ModelMixin) and name not in found
-                and (config.parent / mapped.WEIGHTS).is_file()):
+        data = json.loads(config.read_text())
+        name = data.get("_class_name") if diffusers else (data.get("architectures") or [""])[0]
+        cls = getattr(module, name or "", None)
+        if (isinstance(cls, type) and issubclass(cls, base) and name not in found
+                and (config.parent / weights).is_file()):
             found[name] = (cls, config.parent)
     return found
 
@@ -41,7 +46,7 @@ def assert_same(mine: ModelMixin, theirs: ModelMixin) -> None:
 
 
 def test_every_tiny_diffusers_model_loads_as_diffusers_loads_it(tiny_models: Path) -> None:
-    folders = diffusers_folders(tiny_models)
+    folders = tiny_model_folders(tiny_models, "diffusers")
     assert {"UNet2DConditionModel", "AutoencoderKL", "ControlNetModel", "FluxTransformer2DModel",
             "SD3Transformer2DModel"} <= set(folders)
     for index, (name, (cls, folder)) in enumerate(sorted(folders.items())):
@@ -142,23 +147,8 @@ def test_a_damaged_file_is_an_error_naming_it(tiny_models: Path, tmp_path: Path)
         mapped.load(UNet2DConditionModel, index, torch.float32)
 
 
-def transformers_folders(models: Path) -> dict[str, tuple[type, Path]]:
-    """One weights folder per transformers model class among the tiny models (CLIP's text encoders with and
-    without projection, T5's encoder, CLIP's vision model), by class name."""
-    import transformers
-
-    found: dict[str, tuple[type, Path]] = {}
-    for config in sorted(models.rglob("config.json")):
-        names = json.loads(config.read_text()).get("architectures") or [""]
-        cls = getattr(transformers, names[0], None)
-        if (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) and names[0] not in found
-                and (config.parent / mapped.TRANSFORMERS_WEIGHTS).is_file()):
-            found[names[0]] = (cls, config.parent)
-    return found
-
-
 def test_every_tiny_transformers_model_loads_as_transformers_loads_it_without_a_copy(tiny_models: Path) -> None:
-    folders = transformers_folders(tiny_models)
+    folders = tiny_model_folders(tiny_models, "transformers")
     assert {"CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"} <= set(folders)
     for name, (cls, folder) in sorted(folders.items()):
         for dtype in (torch.float32, torch.float16):  # fp16: T5 keeps its "wo" layers in fp32
